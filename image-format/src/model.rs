@@ -1,0 +1,84 @@
+//! The collected state of one task as plain data: what the dumper fills in
+//! and the writer lays out. Records hold fixed fields; strings and variable
+//! payloads (paths, xsave areas, auxv) sit beside them as owned values, and
+//! the writer interns the strings into the string table.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::elf::UserRegs;
+use crate::records::{
+    CredsRecord, FdRecord, GadgetsRecord, ItimerRecord, MmRecord, PendingSignalRecord,
+    ProcessRecord, RlimitRecord, SigactionRecord, ThreadRecord, VmaRecord,
+};
+
+/// One thread: its registers and per-thread extras.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadState {
+    /// `tid`, restart, sigmask, altstack, rseq, robust list, tid address, comm.
+    pub record: ThreadRecord,
+    /// General registers after the interrupted-syscall fix-up.
+    pub regs: UserRegs,
+    /// The `NT_X86_XSTATE` regset as ptrace returned it (standard format); its
+    /// first 512 bytes are the `NT_PRFPREG` payload.
+    pub xsave: Vec<u8>,
+}
+
+/// One memory area. `record.path` is filled in by the writer from `path`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmaState {
+    pub record: VmaRecord,
+    pub path: String,
+}
+
+/// One open file descriptor. `record.path` is filled in by the writer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FdState {
+    pub record: FdRecord,
+    pub path: String,
+}
+
+/// A run of pages to store: `[start, start + len)`, page-aligned, inside one
+/// VMA. Runs are sorted and do not overlap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PageRun {
+    pub start: u64,
+    pub len: u64,
+}
+
+impl PageRun {
+    pub fn end(&self) -> u64 {
+        self.start + self.len
+    }
+}
+
+/// Everything an image says about one process (thread group).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskState {
+    /// `exe`, `cwd`, `root`, `cmdline` are filled in by the writer.
+    pub process: ProcessRecord,
+    pub exe: String,
+    pub cwd: String,
+    pub root: String,
+    /// NUL-separated arguments, as `/proc/P/cmdline`.
+    pub cmdline: Vec<u8>,
+    pub creds: CredsRecord,
+    pub mm: MmRecord,
+    /// The auxiliary vector as (type, value) pairs, ending with `AT_NULL`.
+    pub auxv: Vec<u64>,
+    pub rlimits: Vec<RlimitRecord>,
+    pub sigactions: Vec<SigactionRecord>,
+    pub itimers: Vec<ItimerRecord>,
+    /// The thread group leader first.
+    pub threads: Vec<ThreadState>,
+    /// Sorted by address.
+    pub vmas: Vec<VmaState>,
+    /// Sorted by fd number.
+    pub fds: Vec<FdState>,
+    pub pending: Vec<PendingSignalRecord>,
+    pub gadgets: GadgetsRecord,
+    /// State the dump could not keep.
+    pub warnings: Vec<String>,
+    /// Pages whose contents go into the image.
+    pub pages: Vec<PageRun>,
+}

@@ -1,0 +1,710 @@
+//! Parsing and validating an image from a byte slice, without allocating.
+//!
+//! [`Image::parse`] checks everything that later code trusts: the ELF header
+//! and crimg ident, the program header table, the bounds of every segment and
+//! note, that each record note's records fit, the headers-and-notes checksum
+//! and the file size. Segment *contents* are checked separately by
+//! [`Image::verify_segments`], since that reads every stored page.
+
+use core::fmt;
+
+use zerocopy::{FromBytes, FromZeros};
+
+use crate::elf::{self, Ehdr, Nhdr, Phdr, Prstatus, Shdr, UserRegs};
+use crate::records::{
+    self, note, ChecksumRecord, CredsRecord, FdRecord, GadgetsRecord, MmRecord, ProcessRecord,
+    Record, RecordHeader, SegmentCrcRecord, StrRef, ThreadRecord, VmaRecord,
+};
+use crate::{is_page_aligned, FORMAT_VERSION, IDENT, PAGE_SIZE};
+
+/// Why an image was refused. Offsets are byte offsets in the image file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageError {
+    /// The file is shorter than a structure it must contain.
+    Truncated { what: &'static str, offset: u64, needed: u64, file_size: u64 },
+    /// Not an ELF64 little-endian x86_64 core file.
+    NotElfCore { what: &'static str },
+    /// An ELF core file, but not a crimg image (no crimg magic).
+    NotCrimg,
+    /// A crimg image of a format version this reader does not know.
+    UnsupportedVersion { found: u8, supported: u8 },
+    /// A header field has a value the format forbids.
+    BadHeader { what: &'static str, value: u64 },
+    /// A program header is malformed.
+    BadSegment { index: u32, what: &'static str },
+    /// A note is malformed.
+    BadNote { offset: u64, what: &'static str },
+    /// A required note is missing.
+    MissingNote { note_type: u32 },
+    /// A record note is malformed.
+    BadRecords { note_type: u32, what: &'static str },
+    /// A string reference points outside the string table.
+    BadString { offset: u32, len: u32 },
+    /// The checksum of the headers or notes does not match.
+    ChecksumMismatch { what: &'static str, expected: u32, found: u32 },
+    /// The checksum of a segment's contents does not match.
+    SegmentChecksumMismatch { index: u32, vaddr: u64, expected: u32, found: u32 },
+    /// The recorded file size differs from the actual one.
+    SizeMismatch { recorded: u64, actual: u64 },
+    /// Two memory areas or segments overlap, or a segment is outside every area.
+    BadLayout { what: &'static str, addr: u64 },
+}
+
+impl fmt::Display for ImageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Truncated { what, offset, needed, file_size } => write!(
+                f,
+                "truncated image: {what} needs {needed} bytes at offset {offset} but the file has {file_size}"
+            ),
+            Self::NotElfCore { what } => write!(f, "not an x86_64 ELF core file ({what})"),
+            Self::NotCrimg => write!(f, "an ELF core file but not a crimg image (no crimg magic)"),
+            Self::UnsupportedVersion { found, supported } => {
+                write!(f, "image format version {found} is not supported (this build reads {supported})")
+            }
+            Self::BadHeader { what, value } => write!(f, "bad ELF header: {what} ({value:#x})"),
+            Self::BadSegment { index, what } => write!(f, "bad program header {index}: {what}"),
+            Self::BadNote { offset, what } => write!(f, "bad note at offset {offset:#x}: {what}"),
+            Self::MissingNote { note_type } => write!(f, "required note {note_type:#x} is missing"),
+            Self::BadRecords { note_type, what } => write!(f, "bad records in note {note_type:#x}: {what}"),
+            Self::BadString { offset, len } => {
+                write!(f, "string reference {offset}+{len} is outside the string table")
+            }
+            Self::ChecksumMismatch { what, expected, found } => {
+                write!(f, "checksum mismatch in {what}: recorded {expected:#010x}, computed {found:#010x}")
+            }
+            Self::SegmentChecksumMismatch { index, vaddr, expected, found } => write!(
+                f,
+                "checksum mismatch in segment {index} (memory at {vaddr:#x}): recorded {expected:#010x}, computed {found:#010x}"
+            ),
+            Self::SizeMismatch { recorded, actual } => {
+                write!(f, "image size is {actual} bytes but {recorded} were written (truncated or extended)")
+            }
+            Self::BadLayout { what, addr } => write!(f, "bad memory layout at {addr:#x}: {what}"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for ImageError {}
+
+/// Limits that keep a hostile image from making a reader spin or overflow.
+pub mod limits {
+    /// Program headers (`PN_XNUM` allows more than 65 535).
+    pub const MAX_SEGMENTS: u64 = 1 << 22;
+    /// Total note bytes.
+    pub const MAX_NOTES_SIZE: u64 = 64 << 20;
+    /// Threads in one image.
+    pub const MAX_THREADS: u32 = 1 << 16;
+}
+
+/// A `PT_LOAD` segment: stored page contents for `[vaddr, vaddr + len)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub index: u32,
+    pub vaddr: u64,
+    /// Offset in the image file (page-aligned).
+    pub offset: u64,
+    pub len: u64,
+    /// `PF_*` flags.
+    pub flags: u32,
+}
+
+impl Segment {
+    pub fn end(&self) -> u64 {
+        self.vaddr + self.len
+    }
+}
+
+/// One note in the `PT_NOTE` segment.
+#[derive(Clone, Copy, Debug)]
+pub struct Note<'a> {
+    /// Offset of the note header in the file.
+    pub offset: u64,
+    pub owner: &'a [u8],
+    pub note_type: u32,
+    pub desc: &'a [u8],
+}
+
+/// One thread's state, gathered from its standard and crimg notes.
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadView<'a> {
+    pub record: ThreadRecord,
+    pub prstatus: Prstatus,
+    /// The `NT_X86_XSTATE` payload (standard XSAVE format).
+    pub xsave: &'a [u8],
+}
+
+impl ThreadView<'_> {
+    pub fn regs(&self) -> UserRegs {
+        self.prstatus.pr_reg
+    }
+
+    /// `XSTATE_BV` of the saved area: the features whose state it holds.
+    pub fn xstate_bv(&self) -> u64 {
+        read_u64(self.xsave, elf::XSAVE_HEADER_OFFSET).unwrap_or(0)
+    }
+
+    /// The feature mask the kernel recorded in the software-reserved bytes
+    /// (`_fpx_sw_bytes.xfeatures`), i.e. the XCR0 of the dumping machine.
+    pub fn xfeatures(&self) -> u64 {
+        read_u64(self.xsave, elf::FX_SW_BYTES_OFFSET + 8).unwrap_or(0)
+    }
+}
+
+fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
+    let b = bytes.get(at..at + 8)?;
+    Some(u64::from_le_bytes(b.try_into().ok()?))
+}
+
+/// A parsed, validated image borrowing its bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Image<'a> {
+    bytes: &'a [u8],
+    ehdr: Ehdr,
+    phoff: u64,
+    phnum: u64,
+    notes_offset: u64,
+    notes_len: u64,
+    strtab: &'a [u8],
+    process: ProcessRecord,
+    mm: MmRecord,
+    nthreads: u32,
+    nsegments: u32,
+}
+
+fn get<'a>(bytes: &'a [u8], what: &'static str, offset: u64, len: u64) -> Result<&'a [u8], ImageError> {
+    let file_size = bytes.len() as u64;
+    let truncated = ImageError::Truncated { what, offset, needed: len, file_size };
+    let end = offset.checked_add(len).ok_or(truncated)?;
+    if end > file_size {
+        return Err(truncated);
+    }
+    Ok(&bytes[offset as usize..end as usize])
+}
+
+fn read_struct<T: FromBytes>(bytes: &[u8], what: &'static str, offset: u64) -> Result<T, ImageError> {
+    let len = core::mem::size_of::<T>() as u64;
+    let raw = get(bytes, what, offset, len)?;
+    T::read_from_bytes(raw).map_err(|_| ImageError::Truncated {
+        what,
+        offset,
+        needed: len,
+        file_size: bytes.len() as u64,
+    })
+}
+
+fn align4(x: u64) -> u64 {
+    (x + 3) & !3
+}
+
+/// Records of one type in a crimg note.
+#[derive(Clone, Debug)]
+pub struct Records<'a, T> {
+    data: &'a [u8],
+    record_size: usize,
+    remaining: u32,
+    _marker: core::marker::PhantomData<T>,
+}
+
+impl<'a, T: Record> Records<'a, T> {
+    fn empty() -> Self {
+        Records { data: &[], record_size: 1, remaining: 0, _marker: core::marker::PhantomData }
+    }
+
+    /// Checks a record note's header against its size.
+    fn from_desc(desc: &'a [u8]) -> Result<Self, ImageError> {
+        let bad = |what| ImageError::BadRecords { note_type: T::NOTE_TYPE, what };
+        let header = RecordHeader::read_from_prefix(desc).map_err(|_| bad("shorter than its header"))?.0;
+        if header.record_size == 0 {
+            return Err(bad("record size is zero"));
+        }
+        let data = &desc[core::mem::size_of::<RecordHeader>()..];
+        let needed = u64::from(header.record_size) * u64::from(header.count);
+        if needed > data.len() as u64 {
+            return Err(bad("records extend past the note"));
+        }
+        Ok(Records {
+            data: &data[..needed as usize],
+            record_size: usize::from(header.record_size),
+            remaining: header.count,
+            _marker: core::marker::PhantomData,
+        })
+    }
+
+    pub fn len(&self) -> u32 {
+        self.remaining
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.remaining == 0
+    }
+}
+
+impl<T: Record> Iterator for Records<'_, T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        if self.remaining == 0 {
+            return None;
+        }
+        let (rec, rest) = self.data.split_at(self.record_size);
+        self.data = rest;
+        self.remaining -= 1;
+        // A record written by a newer writer may be longer (we read its prefix)
+        // or by an older one shorter (missing fields read as zero).
+        let mut value = T::new_zeroed();
+        let dst = value.as_mut_bytes();
+        let n = dst.len().min(rec.len());
+        dst[..n].copy_from_slice(&rec[..n]);
+        Some(value)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining as usize, Some(self.remaining as usize))
+    }
+}
+
+
+/// Iterator over the notes of the `PT_NOTE` segment.
+#[derive(Clone, Debug)]
+pub struct Notes<'a> {
+    bytes: &'a [u8],
+    pos: u64,
+    end: u64,
+}
+
+impl<'a> Iterator for Notes<'a> {
+    type Item = Result<Note<'a>, ImageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.pos >= self.end {
+            return None;
+        }
+        let r = self.parse_one();
+        if r.is_err() {
+            self.pos = self.end;
+        }
+        Some(r)
+    }
+}
+
+impl<'a> Notes<'a> {
+    fn parse_one(&mut self) -> Result<Note<'a>, ImageError> {
+        let offset = self.pos;
+        let bad = |what| ImageError::BadNote { offset, what };
+        if self.end - offset < 12 {
+            return Err(bad("note header runs past the note segment"));
+        }
+        let nhdr: Nhdr = read_struct(self.bytes, "note header", offset)?;
+        let name_off = offset + 12;
+        let desc_off = name_off + align4(u64::from(nhdr.n_namesz));
+        let next = desc_off + align4(u64::from(nhdr.n_descsz));
+        if desc_off > self.end || next > self.end {
+            return Err(bad("note runs past the note segment"));
+        }
+        let name = get(self.bytes, "note name", name_off, u64::from(nhdr.n_namesz))?;
+        // Owner names are NUL-terminated; compare without the terminator.
+        let owner = match name.split_last() {
+            Some((0, rest)) => rest,
+            _ => name,
+        };
+        let desc = get(self.bytes, "note descriptor", desc_off, u64::from(nhdr.n_descsz))?;
+        self.pos = next;
+        Ok(Note { offset, owner, note_type: nhdr.n_type, desc })
+    }
+}
+
+impl<'a> Image<'a> {
+    /// Parses and validates an image (everything but segment contents).
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, ImageError> {
+        let file_size = bytes.len() as u64;
+        let ehdr: Ehdr = read_struct(bytes, "ELF header", 0)?;
+        let id = &ehdr.e_ident;
+        if id[..4] != elf::ELFMAG {
+            return Err(ImageError::NotElfCore { what: "no ELF magic" });
+        }
+        if id[4] != elf::ELFCLASS64 || id[5] != elf::ELFDATA2LSB {
+            return Err(ImageError::NotElfCore { what: "not 64-bit little-endian" });
+        }
+        if ehdr.e_type != elf::ET_CORE {
+            return Err(ImageError::NotElfCore { what: "not a core file" });
+        }
+        if ehdr.e_machine != elf::EM_X86_64 {
+            return Err(ImageError::NotElfCore { what: "not x86_64" });
+        }
+        if id[9..14] != IDENT[9..14] {
+            return Err(ImageError::NotCrimg);
+        }
+        if id[14] != FORMAT_VERSION {
+            return Err(ImageError::UnsupportedVersion { found: id[14], supported: FORMAT_VERSION });
+        }
+        if usize::from(ehdr.e_phentsize) != core::mem::size_of::<Phdr>() {
+            return Err(ImageError::BadHeader { what: "e_phentsize", value: ehdr.e_phentsize.into() });
+        }
+        let phnum = if ehdr.e_phnum == elf::PN_XNUM {
+            if ehdr.e_shnum == 0 || usize::from(ehdr.e_shentsize) != core::mem::size_of::<Shdr>() {
+                return Err(ImageError::BadHeader { what: "PN_XNUM without section header 0", value: 0 });
+            }
+            let sh0: Shdr = read_struct(bytes, "section header 0", ehdr.e_shoff)?;
+            u64::from(sh0.sh_info)
+        } else {
+            u64::from(ehdr.e_phnum)
+        };
+        if phnum == 0 || phnum > limits::MAX_SEGMENTS {
+            return Err(ImageError::BadHeader { what: "program header count", value: phnum });
+        }
+        let phoff = ehdr.e_phoff;
+        get(bytes, "program header table", phoff, phnum * core::mem::size_of::<Phdr>() as u64)?;
+
+        // The first program header is the PT_NOTE; every other is a PT_LOAD.
+        let pnote: Phdr = read_struct(bytes, "program header", phoff)?;
+        if pnote.p_type != elf::PT_NOTE {
+            return Err(ImageError::BadSegment { index: 0, what: "first program header is not PT_NOTE" });
+        }
+        if pnote.p_filesz > limits::MAX_NOTES_SIZE {
+            return Err(ImageError::BadSegment { index: 0, what: "note segment too large" });
+        }
+        get(bytes, "note segment", pnote.p_offset, pnote.p_filesz)?;
+
+        let mut img = Image {
+            bytes,
+            ehdr,
+            phoff,
+            phnum,
+            notes_offset: pnote.p_offset,
+            notes_len: pnote.p_filesz,
+            strtab: &[],
+            process: ProcessRecord::new_zeroed(),
+            mm: MmRecord::default(),
+            nthreads: 0,
+            nsegments: (phnum - 1) as u32,
+        };
+        img.check_checksum_note(file_size)?;
+        img.check_notes()?;
+        img.check_segments()?;
+        Ok(img)
+    }
+
+    /// The checksum note is last; it covers everything before it.
+    fn check_checksum_note(&mut self, file_size: u64) -> Result<(), ImageError> {
+        let mut last = None;
+        for n in self.notes() {
+            last = Some(n?);
+        }
+        let last = last.ok_or(ImageError::MissingNote { note_type: note::CHECKSUM })?;
+        if last.owner != records::OWNER_CRIMG || last.note_type != note::CHECKSUM {
+            return Err(ImageError::MissingNote { note_type: note::CHECKSUM });
+        }
+        let sum: ChecksumRecord = Records::<ChecksumRecord>::from_desc(last.desc)?
+            .next()
+            .ok_or(ImageError::BadRecords { note_type: note::CHECKSUM, what: "no record" })?;
+        if sum.file_size != file_size {
+            return Err(ImageError::SizeMismatch { recorded: sum.file_size, actual: file_size });
+        }
+        let found = self.headers_crc();
+        if found != sum.headers_crc32 {
+            return Err(ImageError::ChecksumMismatch { what: "ELF and program headers", expected: sum.headers_crc32, found });
+        }
+        let covered = get(self.bytes, "notes", self.notes_offset, last.offset - self.notes_offset)?;
+        let found = crc32fast::hash(covered);
+        if found != sum.notes_crc32 {
+            return Err(ImageError::ChecksumMismatch { what: "notes", expected: sum.notes_crc32, found });
+        }
+        Ok(())
+    }
+
+    /// CRC-32 of the ELF header and the program header table (and section
+    /// header 0 when present).
+    fn headers_crc(&self) -> u32 {
+        let mut h = crc32fast::Hasher::new();
+        h.update(&self.bytes[..64]);
+        let ph = self.phoff as usize;
+        h.update(&self.bytes[ph..ph + self.phnum as usize * 56]);
+        h.finalize()
+    }
+
+    fn check_notes(&mut self) -> Result<(), ImageError> {
+        let mut prstatus = 0u32;
+        let mut process = None;
+        let mut mm = None;
+        for n in self.notes() {
+            let n = n?;
+            if n.owner == elf::OWNER_CORE && n.note_type == elf::NT_PRSTATUS {
+                if n.desc.len() < core::mem::size_of::<Prstatus>() {
+                    return Err(ImageError::BadNote { offset: n.offset, what: "NT_PRSTATUS too short" });
+                }
+                prstatus += 1;
+            }
+            if n.owner != records::OWNER_CRIMG {
+                continue;
+            }
+            match n.note_type {
+                note::STRTAB => self.strtab = n.desc,
+                note::PROCESS => process = Records::<ProcessRecord>::from_desc(n.desc)?.next(),
+                note::MM => mm = Records::<MmRecord>::from_desc(n.desc)?.next(),
+                _ => {}
+            }
+        }
+        self.process = process.ok_or(ImageError::MissingNote { note_type: note::PROCESS })?;
+        self.mm = mm.ok_or(ImageError::MissingNote { note_type: note::MM })?;
+        let threads = self.records::<ThreadRecord>()?;
+        if threads.is_empty() || threads.len() > limits::MAX_THREADS {
+            return Err(ImageError::BadRecords { note_type: note::THREADS, what: "thread count" });
+        }
+        if threads.len() != prstatus {
+            return Err(ImageError::BadRecords { note_type: note::THREADS, what: "thread records and NT_PRSTATUS notes differ in number" });
+        }
+        self.nthreads = prstatus;
+        // Every thread must have its xsave area; thread views are built from notes.
+        for t in self.threads() {
+            t?;
+        }
+        // Every string reference must resolve.
+        let p = self.process;
+        for s in [p.exe, p.cwd, p.root, p.cmdline] {
+            self.string(s)?;
+        }
+        for v in self.vmas()? {
+            self.string(v.path)?;
+        }
+        for f in self.fds()? {
+            self.string(f.path)?;
+        }
+        for w in self.records::<records::WarningRecord>()? {
+            self.string(w.message)?;
+        }
+        let crcs = self.records::<SegmentCrcRecord>()?;
+        if crcs.len() != self.nsegments {
+            return Err(ImageError::BadRecords { note_type: note::SEGMENT_CRCS, what: "one CRC per PT_LOAD expected" });
+        }
+        Ok(())
+    }
+
+    fn check_segments(&self) -> Result<(), ImageError> {
+        let mut prev_end = 0u64;
+        let mut vmas = self.vmas()?.peekable();
+        let mut vma_prev_end = 0u64;
+        for v in self.vmas()? {
+            if v.start >= v.end || !is_page_aligned(v.start) || !is_page_aligned(v.end) {
+                return Err(ImageError::BadLayout { what: "memory area empty or not page-aligned", addr: v.start });
+            }
+            if v.start < vma_prev_end {
+                return Err(ImageError::BadLayout { what: "memory areas overlap or are unsorted", addr: v.start });
+            }
+            vma_prev_end = v.end;
+        }
+        for i in 0..self.nsegments {
+            let s = self.segment(i)?;
+            if s.vaddr < prev_end {
+                return Err(ImageError::BadLayout { what: "segments overlap or are unsorted", addr: s.vaddr });
+            }
+            prev_end = s.end();
+            // Each segment lies inside one memory area.
+            loop {
+                match vmas.peek() {
+                    Some(v) if v.end <= s.vaddr => {
+                        vmas.next();
+                    }
+                    Some(v) if v.start <= s.vaddr && s.end() <= v.end => break,
+                    _ => return Err(ImageError::BadLayout { what: "segment outside every memory area", addr: s.vaddr }),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The `i`-th `PT_LOAD` segment (0-based, in program header order).
+    pub fn segment(&self, i: u32) -> Result<Segment, ImageError> {
+        let index = i + 1;
+        let ph: Phdr = read_struct(self.bytes, "program header", self.phoff + u64::from(index) * 56)?;
+        let bad = |what| ImageError::BadSegment { index, what };
+        if ph.p_type != elf::PT_LOAD {
+            return Err(bad("not PT_LOAD"));
+        }
+        if ph.p_filesz != ph.p_memsz || ph.p_filesz == 0 {
+            return Err(bad("file size differs from memory size, or is zero"));
+        }
+        if !is_page_aligned(ph.p_offset) || !is_page_aligned(ph.p_vaddr) || !is_page_aligned(ph.p_filesz) {
+            return Err(bad("not page-aligned"));
+        }
+        if ph.p_vaddr.checked_add(ph.p_filesz).is_none_or(|e| e > (1 << 47)) {
+            return Err(bad("outside the user address space"));
+        }
+        get(self.bytes, "segment contents", ph.p_offset, ph.p_filesz)?;
+        Ok(Segment { index: i, vaddr: ph.p_vaddr, offset: ph.p_offset, len: ph.p_filesz, flags: ph.p_flags })
+    }
+
+    /// All `PT_LOAD` segments.
+    pub fn segments(&self) -> impl Iterator<Item = Segment> + '_ {
+        // Bounds were checked by `parse`.
+        (0..self.nsegments).filter_map(move |i| self.segment(i).ok())
+    }
+
+    pub fn segment_count(&self) -> u32 {
+        self.nsegments
+    }
+
+    /// The stored bytes of a segment.
+    pub fn segment_bytes(&self, s: &Segment) -> &'a [u8] {
+        &self.bytes[s.offset as usize..(s.offset + s.len) as usize]
+    }
+
+    /// Checks the CRC of one segment's contents.
+    pub fn verify_segment(&self, s: &Segment) -> Result<(), ImageError> {
+        let expected = self
+            .records::<SegmentCrcRecord>()?
+            .nth(s.index as usize)
+            .map(|r| r.crc32)
+            .ok_or(ImageError::BadRecords { note_type: note::SEGMENT_CRCS, what: "missing CRC" })?;
+        let found = crc32fast::hash(self.segment_bytes(s));
+        if found != expected {
+            return Err(ImageError::SegmentChecksumMismatch { index: s.index, vaddr: s.vaddr, expected, found });
+        }
+        Ok(())
+    }
+
+    /// Checks the CRC of every segment's contents (reads every stored page).
+    pub fn verify_segments(&self) -> Result<(), ImageError> {
+        let mut crcs = self.records::<SegmentCrcRecord>()?;
+        for s in self.segments() {
+            let expected = crcs
+                .next()
+                .ok_or(ImageError::BadRecords { note_type: note::SEGMENT_CRCS, what: "missing CRC" })?
+                .crc32;
+            let found = crc32fast::hash(self.segment_bytes(&s));
+            if found != expected {
+                return Err(ImageError::SegmentChecksumMismatch { index: s.index, vaddr: s.vaddr, expected, found });
+            }
+        }
+        Ok(())
+    }
+
+    /// The whole image.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    pub fn header(&self) -> &Ehdr {
+        &self.ehdr
+    }
+
+    /// All notes, in file order.
+    pub fn notes(&self) -> Notes<'a> {
+        Notes { bytes: self.bytes, pos: self.notes_offset, end: self.notes_offset + self.notes_len }
+    }
+
+    /// The first note with this owner and type.
+    pub fn find_note(&self, owner: &[u8], note_type: u32) -> Option<Note<'a>> {
+        self.notes().filter_map(Result::ok).find(|n| n.owner == owner && n.note_type == note_type)
+    }
+
+    /// Records of type `T`; an absent note yields no records.
+    pub fn records<T: Record>(&self) -> Result<Records<'a, T>, ImageError> {
+        match self.find_note(records::OWNER_CRIMG, T::NOTE_TYPE) {
+            Some(n) => Records::from_desc(n.desc),
+            None => Ok(Records::empty()),
+        }
+    }
+
+    /// A string from the string table.
+    pub fn string(&self, s: StrRef) -> Result<&'a [u8], ImageError> {
+        let bad = ImageError::BadString { offset: s.offset, len: s.len };
+        let end = (s.offset as usize).checked_add(s.len as usize).ok_or(bad)?;
+        self.strtab.get(s.offset as usize..end).ok_or(bad)
+    }
+
+    pub fn process(&self) -> ProcessRecord {
+        self.process
+    }
+
+    pub fn mm(&self) -> MmRecord {
+        self.mm
+    }
+
+    pub fn creds(&self) -> Option<CredsRecord> {
+        self.records::<CredsRecord>().ok()?.next()
+    }
+
+    /// Gadgets found by the dumper (zero addresses when none).
+    pub fn gadgets(&self) -> GadgetsRecord {
+        self.records::<GadgetsRecord>().ok().and_then(|mut r| r.next()).unwrap_or_default()
+    }
+
+    pub fn vmas(&self) -> Result<Records<'a, VmaRecord>, ImageError> {
+        self.records::<VmaRecord>()
+    }
+
+    pub fn fds(&self) -> Result<Records<'a, FdRecord>, ImageError> {
+        self.records::<FdRecord>()
+    }
+
+    pub fn thread_count(&self) -> u32 {
+        self.nthreads
+    }
+
+    /// The auxiliary vector (`NT_AUXV`), as raw (type, value) u64 pairs.
+    pub fn auxv(&self) -> &'a [u8] {
+        self.find_note(elf::OWNER_CORE, elf::NT_AUXV).map(|n| n.desc).unwrap_or(&[])
+    }
+
+    /// Threads, leader first: each `NT_PRSTATUS` with the `NT_X86_XSTATE`
+    /// that follows it, joined with the matching [`ThreadRecord`].
+    pub fn threads(&self) -> impl Iterator<Item = Result<ThreadView<'a>, ImageError>> + 'a {
+        let mut notes = self.notes().peekable();
+        let records = self.records::<ThreadRecord>().unwrap_or(Records::empty());
+        records.map(move |record| {
+            // Advance to this thread's NT_PRSTATUS.
+            let pr = loop {
+                match notes.next() {
+                    Some(Ok(n)) if n.owner == elf::OWNER_CORE && n.note_type == elf::NT_PRSTATUS => break n,
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(e),
+                    None => return Err(ImageError::BadRecords { note_type: note::THREADS, what: "more thread records than NT_PRSTATUS notes" }),
+                }
+            };
+            let prstatus = Prstatus::read_from_prefix(pr.desc)
+                .map_err(|_| ImageError::BadNote { offset: pr.offset, what: "NT_PRSTATUS too short" })?
+                .0;
+            if prstatus.pr_pid != record.tid {
+                return Err(ImageError::BadNote { offset: pr.offset, what: "NT_PRSTATUS pid differs from the thread record" });
+            }
+            // Its XSTATE comes before the next thread's NT_PRSTATUS.
+            let mut xsave = None;
+            while let Some(Ok(n)) = notes.peek() {
+                if n.owner == elf::OWNER_CORE && n.note_type == elf::NT_PRSTATUS {
+                    break;
+                }
+                if n.owner == elf::OWNER_LINUX && n.note_type == elf::NT_X86_XSTATE {
+                    xsave = Some(n.desc);
+                }
+                notes.next();
+            }
+            let xsave = xsave.ok_or(ImageError::BadNote { offset: pr.offset, what: "thread has no NT_X86_XSTATE" })?;
+            if xsave.len() < elf::XSAVE_HEADER_OFFSET + 64 {
+                return Err(ImageError::BadNote { offset: pr.offset, what: "NT_X86_XSTATE shorter than the XSAVE header" });
+            }
+            Ok(ThreadView { record, prstatus, xsave })
+        })
+    }
+
+    /// Warnings the dump recorded: state it could not keep.
+    pub fn warnings(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
+        self.records::<records::WarningRecord>()
+            .unwrap_or(Records::empty())
+            .filter_map(move |w| self.string(w.message).ok())
+    }
+
+    /// Total bytes of page contents stored.
+    pub fn stored_bytes(&self) -> u64 {
+        self.segments().map(|s| s.len).sum()
+    }
+
+    /// Pages in `[start, end)` that have stored contents.
+    pub fn stored_in(&self, start: u64, end: u64) -> u64 {
+        self.segments()
+            .map(|s| s.end().min(end).saturating_sub(s.vaddr.max(start)))
+            .sum::<u64>()
+            / PAGE_SIZE
+    }
+}

@@ -1,0 +1,415 @@
+//! crimg's own notes (owner `CRIMG`): fixed-layout little-endian records.
+//!
+//! Every crimg note's descriptor starts with a [`RecordHeader`] giving the
+//! record version, the size of one record and their count; the records follow
+//! back to back. A reader copies `min(record_size, size_of::<T>())` bytes of
+//! each record and zero-fills the rest, so a newer writer may append fields to
+//! a record and an older reader still reads the prefix it knows; note types a
+//! reader does not know are skipped. Strings live once in the
+//! [`note::STRTAB`] note and records refer to them with [`StrRef`].
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// Owner name of crimg's notes.
+pub const OWNER_CRIMG: &[u8] = b"CRIMG";
+
+/// Note types of crimg's own notes.
+pub mod note {
+    /// One [`super::ProcessRecord`].
+    pub const PROCESS: u32 = 0x4352_0001;
+    /// One [`super::CredsRecord`].
+    pub const CREDS: u32 = 0x4352_0002;
+    /// One [`super::MmRecord`].
+    pub const MM: u32 = 0x4352_0003;
+    /// [`super::RlimitRecord`]s, one per resource.
+    pub const RLIMITS: u32 = 0x4352_0004;
+    /// [`super::SigactionRecord`]s for signals 1..=64.
+    pub const SIGACTIONS: u32 = 0x4352_0005;
+    /// [`super::ItimerRecord`]s: real, virtual, prof.
+    pub const ITIMERS: u32 = 0x4352_0006;
+    /// [`super::ThreadRecord`]s, in the same order as the `NT_PRSTATUS` notes.
+    pub const THREADS: u32 = 0x4352_0007;
+    /// [`super::VmaRecord`]s, sorted by address, not overlapping.
+    pub const VMAS: u32 = 0x4352_0008;
+    /// [`super::FdRecord`]s, sorted by fd number.
+    pub const FDS: u32 = 0x4352_0009;
+    /// [`super::PendingSignalRecord`]s.
+    pub const PENDING: u32 = 0x4352_000a;
+    /// Raw bytes (no record header): the strings [`super::StrRef`]s point into.
+    pub const STRTAB: u32 = 0x4352_000b;
+    /// One [`super::GadgetsRecord`].
+    pub const GADGETS: u32 = 0x4352_000c;
+    /// [`super::WarningRecord`]s: state the dump could not keep.
+    pub const WARNINGS: u32 = 0x4352_000d;
+    /// [`super::SegmentCrcRecord`]s, one per `PT_LOAD`, in program header order.
+    pub const SEGMENT_CRCS: u32 = 0x4352_000e;
+    /// One [`super::ChecksumRecord`]; always the last note of the image.
+    pub const CHECKSUM: u32 = 0x4352_000f;
+}
+
+/// Start of every crimg note descriptor except [`note::STRTAB`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct RecordHeader {
+    pub version: u16,
+    pub record_size: u16,
+    pub count: u32,
+}
+const _: () = assert!(core::mem::size_of::<RecordHeader>() == 8);
+
+/// A record type of a crimg note.
+pub trait Record: FromBytes + IntoBytes + Immutable + KnownLayout + Copy {
+    /// The note type carrying records of this type.
+    const NOTE_TYPE: u32;
+    /// Layout version written by this crate.
+    const VERSION: u16 = 1;
+}
+
+/// A string in the [`note::STRTAB`] note (bytes, not NUL-terminated).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct StrRef {
+    pub offset: u32,
+    pub len: u32,
+}
+
+/// What identifies a file's contents well enough to notice it changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_sec: i64,
+    pub mtime_nsec: i64,
+}
+const _: () = assert!(core::mem::size_of::<FileId>() == 40);
+
+/// `ProcessRecord::flags`: the dump ran with privileges the restorer may lack.
+pub const PROCESS_DUMPED_AS_ROOT: u32 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct ProcessRecord {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub nthreads: u32,
+    pub umask: u32,
+    pub personality: u32,
+    pub flags: u32,
+    /// `tty_nr` from `/proc/P/stat` (0: no controlling terminal).
+    pub tty_nr: u32,
+    pub page_size: u32,
+    /// Process start time, clock ticks after boot (`/proc/P/stat` field 22).
+    pub start_time: u64,
+    /// `CLOCK_REALTIME` at the dump, nanoseconds.
+    pub dump_time_ns: u64,
+    pub exe: StrRef,
+    pub exe_id: FileId,
+    pub cwd: StrRef,
+    pub root: StrRef,
+    /// The command line as NUL-separated bytes (what `/proc/P/cmdline` showed).
+    pub cmdline: StrRef,
+    pub comm: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<ProcessRecord>() == 144);
+impl Record for ProcessRecord {
+    const NOTE_TYPE: u32 = note::PROCESS;
+}
+
+/// Maximum supplementary groups kept.
+pub const MAX_GROUPS: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct CredsRecord {
+    pub uid: [u32; 4],
+    pub gid: [u32; 4],
+    pub ngroups: u32,
+    pub securebits: u32,
+    pub groups: [u32; MAX_GROUPS],
+    pub cap_inheritable: u64,
+    pub cap_permitted: u64,
+    pub cap_effective: u64,
+    pub cap_bounding: u64,
+    pub cap_ambient: u64,
+    pub no_new_privs: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<CredsRecord>() == 344);
+impl Record for CredsRecord {
+    const NOTE_TYPE: u32 = note::CREDS;
+}
+
+/// The mm fields that `prctl(PR_SET_MM, PR_SET_MM_MAP)` takes (the auxv is the
+/// `NT_AUXV` note).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct MmRecord {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    /// The exact program break, as `brk(0)` returned inside the task.
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+}
+const _: () = assert!(core::mem::size_of::<MmRecord>() == 88);
+impl Record for MmRecord {
+    const NOTE_TYPE: u32 = note::MM;
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct RlimitRecord {
+    pub resource: u32,
+    pub _pad: u32,
+    pub cur: u64,
+    pub max: u64,
+}
+impl Record for RlimitRecord {
+    const NOTE_TYPE: u32 = note::RLIMITS;
+}
+
+/// A signal's disposition, as the kernel's `struct sigaction` for
+/// `rt_sigaction` (handler 0 = SIG_DFL, 1 = SIG_IGN).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct SigactionRecord {
+    pub signo: u32,
+    pub _pad: u32,
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+impl Record for SigactionRecord {
+    const NOTE_TYPE: u32 = note::SIGACTIONS;
+}
+
+/// One interval timer (`which`: 0 real, 1 virtual, 2 prof).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct ItimerRecord {
+    pub which: u32,
+    pub _pad: u32,
+    pub interval: crate::elf::Timeval,
+    pub value: crate::elf::Timeval,
+}
+impl Record for ItimerRecord {
+    const NOTE_TYPE: u32 = note::ITIMERS;
+}
+
+/// `ThreadRecord::restart`: what the dumper did to a syscall the thread was in.
+pub mod restart {
+    /// The thread was not in a syscall (or the syscall had completed).
+    pub const NONE: u32 = 0;
+    /// `-ERESTARTSYS/-ERESTARTNOINTR/-ERESTARTNOHAND`: `rip -= 2`, `rax = orig_rax`.
+    pub const RESTART: u32 = 1;
+    /// `-ERESTART_RESTARTBLOCK`: the kernel's restart data is lost; `rax = -EINTR`.
+    pub const EINTR: u32 = 2;
+}
+
+/// Per-thread state not carried by the standard register notes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct ThreadRecord {
+    pub tid: i32,
+    /// One of [`restart`].
+    pub restart: u32,
+    pub sigmask: u64,
+    pub altstack_sp: u64,
+    pub altstack_size: u64,
+    pub altstack_flags: i32,
+    pub rseq_len: u32,
+    pub rseq_addr: u64,
+    pub rseq_sig: u32,
+    pub rseq_flags: u32,
+    pub robust_list_head: u64,
+    pub robust_list_len: u64,
+    pub clear_child_tid: u64,
+    pub comm: [u8; 16],
+    /// The syscall the thread was in (`orig_rax`), or -1.
+    pub syscall_nr: i64,
+    /// `rax` as the dumper found it, before the restart fix-up.
+    pub syscall_ret: i64,
+}
+const _: () = assert!(core::mem::size_of::<ThreadRecord>() == 112);
+impl Record for ThreadRecord {
+    const NOTE_TYPE: u32 = note::THREADS;
+}
+
+/// `VmaRecord::kind`.
+pub mod vma_kind {
+    pub const ANON: u32 = 0;
+    pub const FILE: u32 = 1;
+    pub const HEAP: u32 = 2;
+    pub const STACK: u32 = 3;
+    pub const VDSO: u32 = 4;
+    pub const VVAR: u32 = 5;
+    pub const VVAR_VCLOCK: u32 = 6;
+    pub const VSYSCALL: u32 = 7;
+    /// Shared anonymous memory (`/dev/zero`, `MAP_SHARED|MAP_ANONYMOUS`, SysV shm).
+    pub const SHARED_ANON: u32 = 8;
+}
+
+/// `VmaRecord::flags` bits (from `/proc/P/smaps` `VmFlags`).
+pub mod vma_flags {
+    pub const SHARED: u32 = 1 << 0;
+    pub const GROWSDOWN: u32 = 1 << 1;
+    pub const DONTDUMP: u32 = 1 << 2;
+    pub const DONTFORK: u32 = 1 << 3;
+    pub const HUGEPAGE: u32 = 1 << 4;
+    pub const NOHUGEPAGE: u32 = 1 << 5;
+    pub const LOCKED: u32 = 1 << 6;
+    pub const WIPEONFORK: u32 = 1 << 7;
+    pub const RANDOM: u32 = 1 << 8;
+    pub const SEQUENTIAL: u32 = 1 << 9;
+    /// `/proc/P/maps` showed the mapped file as `(deleted)`.
+    pub const FILE_DELETED: u32 = 1 << 10;
+    pub const MAYSHARE: u32 = 1 << 11;
+}
+
+/// `VmaRecord::prot` uses the `PROT_*` values: read 1, write 2, exec 4.
+pub mod prot {
+    pub const READ: u32 = 1;
+    pub const WRITE: u32 = 2;
+    pub const EXEC: u32 = 4;
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct VmaRecord {
+    pub start: u64,
+    pub end: u64,
+    /// File offset of `start`, in bytes.
+    pub pgoff: u64,
+    pub prot: u32,
+    pub flags: u32,
+    /// One of [`vma_kind`].
+    pub kind: u32,
+    pub _pad: u32,
+    /// The path as `/proc/P/maps` printed it (without ` (deleted)`).
+    pub path: StrRef,
+    pub file: FileId,
+}
+const _: () = assert!(core::mem::size_of::<VmaRecord>() == 88);
+impl Record for VmaRecord {
+    const NOTE_TYPE: u32 = note::VMAS;
+}
+
+/// `FdRecord::kind`.
+pub mod fd_kind {
+    pub const REGULAR: u32 = 0;
+    pub const DIRECTORY: u32 = 1;
+    pub const PIPE: u32 = 2;
+    pub const FIFO: u32 = 3;
+    pub const SOCKET: u32 = 4;
+    pub const CHAR: u32 = 5;
+    pub const BLOCK: u32 = 6;
+    /// `anon_inode:[…]` (eventfd, epoll, signalfd, timerfd, …); the path says which.
+    pub const ANON_INODE: u32 = 7;
+    /// A terminal (pty or console), kept apart from other character devices.
+    pub const TTY: u32 = 8;
+    pub const MEMFD: u32 = 9;
+}
+
+/// `FdRecord::flags` bits.
+pub mod fd_flags {
+    /// `FD_CLOEXEC` was set.
+    pub const CLOEXEC: u32 = 1;
+    /// The file was deleted while open.
+    pub const DELETED: u32 = 2;
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct FdRecord {
+    pub fd: i32,
+    /// One of [`fd_kind`].
+    pub kind: u32,
+    /// [`fd_flags`] bits.
+    pub flags: u32,
+    /// `O_*` status flags from `/proc/P/fdinfo/N`.
+    pub open_flags: u32,
+    pub pos: u64,
+    pub mnt_id: u32,
+    /// `st_mode` of the open file.
+    pub mode: u32,
+    /// `readlink /proc/P/fd/N`.
+    pub path: StrRef,
+    pub file: FileId,
+}
+const _: () = assert!(core::mem::size_of::<FdRecord>() == 80);
+impl Record for FdRecord {
+    const NOTE_TYPE: u32 = note::FDS;
+}
+
+/// A pending signal; `tid == 0` means process-wide (shared) pending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct PendingSignalRecord {
+    pub tid: i32,
+    pub _pad: u32,
+    /// The kernel's `siginfo_t`, as `PTRACE_PEEKSIGINFO` returned it.
+    pub siginfo: [u8; 128],
+}
+impl Record for PendingSignalRecord {
+    const NOTE_TYPE: u32 = note::PENDING;
+}
+
+/// Instruction sequences found in the task's own executable memory, which the
+/// loader borrows to leave no trace (see LOADER.md, stage 4). 0: none found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct GadgetsRecord {
+    /// Address of `syscall; ret` (`0f 05 c3`).
+    pub syscall_ret: u64,
+    /// Address of `mov $15, %eax; syscall` (`b8 0f 00 00 00 0f 05`).
+    pub rt_sigreturn: u64,
+}
+impl Record for GadgetsRecord {
+    const NOTE_TYPE: u32 = note::GADGETS;
+}
+
+/// State the dump could not keep, said in the image rather than lost silently.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct WarningRecord {
+    pub message: StrRef,
+}
+impl Record for WarningRecord {
+    const NOTE_TYPE: u32 = note::WARNINGS;
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct SegmentCrcRecord {
+    /// CRC-32 (IEEE) of the segment's file bytes.
+    pub crc32: u32,
+}
+impl Record for SegmentCrcRecord {
+    const NOTE_TYPE: u32 = note::SEGMENT_CRCS;
+}
+
+/// The image's own integrity record, in the last note.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct ChecksumRecord {
+    /// CRC-32 of the ELF header and program header table.
+    pub headers_crc32: u32,
+    /// CRC-32 of every note byte before this note.
+    pub notes_crc32: u32,
+    /// Total image size in bytes; catches truncation before anything else.
+    pub file_size: u64,
+}
+impl Record for ChecksumRecord {
+    const NOTE_TYPE: u32 = note::CHECKSUM;
+}

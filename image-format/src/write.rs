@@ -1,0 +1,432 @@
+//! Laying out and writing an image from a [`TaskState`].
+//!
+//! Two phases, like `object`'s writer: first every note is built and every
+//! offset reserved (so the size is known before a page is copied), then page
+//! contents are streamed from a [`PageSource`] straight to their place in the
+//! file in large chunks, their CRCs computed on the way; the headers, the
+//! notes and the checksum record go in last. Writing with `pwrite` (not
+//! through a mapping) makes a full disk an ordinary `ENOSPC` error.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::vec::Vec;
+
+use zerocopy::IntoBytes;
+
+use crate::elf::{self, Ehdr, Nhdr, Phdr, Prpsinfo, Prstatus, Shdr};
+use crate::model::{PageRun, TaskState};
+use crate::records::{
+    self, vma_kind, ChecksumRecord, GadgetsRecord, ItimerRecord, MmRecord, PendingSignalRecord,
+    ProcessRecord, Record, RecordHeader, RlimitRecord, SegmentCrcRecord, SigactionRecord, StrRef,
+    ThreadRecord, VmaRecord, WarningRecord,
+};
+use crate::{is_page_aligned, page_align_up, IDENT, PAGE_SIZE};
+
+/// Where page contents come from: the dumper reads the stopped task's memory.
+pub trait PageSource {
+    /// Fills `buf` with the task's memory starting at `addr`.
+    fn read_pages(&mut self, addr: u64, buf: &mut [u8]) -> io::Result<()>;
+
+    /// Called after each chunk: `done` of `total` page bytes are written.
+    fn progress(&mut self, _done: u64, _total: u64) {}
+}
+
+/// Why an image could not be written.
+#[derive(Debug)]
+pub enum WriteError {
+    /// The state does not describe a valid image.
+    InvalidState { what: &'static str, addr: u64 },
+    /// Reading the task's memory failed.
+    ReadMemory { addr: u64, len: u64, source: io::Error },
+    /// Writing the image file failed (a full disk is `ENOSPC` here).
+    Write { offset: u64, source: io::Error },
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::InvalidState { what, addr } => write!(f, "cannot lay out the image: {what} (at {addr:#x})"),
+            Self::ReadMemory { addr, len, source } => {
+                write!(f, "cannot read {len} bytes of task memory at {addr:#x}: {source}")
+            }
+            Self::Write { offset, source } => write!(f, "cannot write the image at offset {offset}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for WriteError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::InvalidState { .. } => None,
+            Self::ReadMemory { source, .. } | Self::Write { source, .. } => Some(source),
+        }
+    }
+}
+
+/// Size of one copy chunk: large enough that syscalls are few, small enough
+/// to stay in cache-friendly territory.
+const CHUNK: usize = 8 << 20;
+
+/// Interned strings of the string table.
+#[derive(Default)]
+struct StringTable {
+    bytes: Vec<u8>,
+}
+
+impl StringTable {
+    fn add(&mut self, s: &[u8]) -> StrRef {
+        let offset = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(s);
+        StrRef { offset, len: s.len() as u32 }
+    }
+}
+
+/// The note segment under construction.
+#[derive(Default)]
+struct NoteWriter {
+    bytes: Vec<u8>,
+}
+
+impl NoteWriter {
+    fn add(&mut self, owner: &[u8], note_type: u32, desc: &[u8]) {
+        let nhdr = Nhdr { n_namesz: owner.len() as u32 + 1, n_descsz: desc.len() as u32, n_type: note_type };
+        self.bytes.extend_from_slice(nhdr.as_bytes());
+        self.bytes.extend_from_slice(owner);
+        self.bytes.push(0);
+        self.pad();
+        self.bytes.extend_from_slice(desc);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while !self.bytes.len().is_multiple_of(4) {
+            self.bytes.push(0);
+        }
+    }
+
+    fn add_records<T: Record>(&mut self, recs: &[T]) {
+        self.add(records::OWNER_CRIMG, T::NOTE_TYPE, &record_desc(recs));
+    }
+}
+
+/// A crimg record note's descriptor: header, then the records.
+fn record_desc<T: Record>(recs: &[T]) -> Vec<u8> {
+    let header = RecordHeader {
+        version: T::VERSION,
+        record_size: core::mem::size_of::<T>() as u16,
+        count: recs.len() as u32,
+    };
+    let mut desc = Vec::with_capacity(8 + core::mem::size_of_val(recs));
+    desc.extend_from_slice(header.as_bytes());
+    for r in recs {
+        desc.extend_from_slice(r.as_bytes());
+    }
+    desc
+}
+
+/// Size of a note with this owner and descriptor length.
+fn note_size(owner: &[u8], desc_len: usize) -> usize {
+    12 + (owner.len() + 1).next_multiple_of(4) + desc_len.next_multiple_of(4)
+}
+
+/// The `PF_*` flags for a VMA's `PROT_*` protections.
+fn segment_flags(prot: u32) -> u32 {
+    let mut f = 0;
+    if prot & records::prot::READ != 0 {
+        f |= elf::PF_R;
+    }
+    if prot & records::prot::WRITE != 0 {
+        f |= elf::PF_W;
+    }
+    if prot & records::prot::EXEC != 0 {
+        f |= elf::PF_X;
+    }
+    f
+}
+
+fn check_state(state: &TaskState) -> Result<(), WriteError> {
+    let invalid = |what, addr| Err(WriteError::InvalidState { what, addr });
+    if state.threads.is_empty() {
+        return invalid("no threads", 0);
+    }
+    let mut prev = 0;
+    for v in &state.vmas {
+        let r = &v.record;
+        if r.start >= r.end || !is_page_aligned(r.start) || !is_page_aligned(r.end) || r.start < prev {
+            return invalid("memory areas empty, unaligned, unsorted or overlapping", r.start);
+        }
+        prev = r.end;
+    }
+    let mut prev = 0;
+    let mut vmas = state.vmas.iter().peekable();
+    for run in &state.pages {
+        if run.len == 0 || !is_page_aligned(run.start) || !is_page_aligned(run.len) || run.start < prev {
+            return invalid("page runs empty, unaligned, unsorted or overlapping", run.start);
+        }
+        prev = run.end();
+        while vmas.peek().is_some_and(|v| v.record.end <= run.start) {
+            vmas.next();
+        }
+        match vmas.peek() {
+            Some(v) if v.record.start <= run.start && run.end() <= v.record.end => {}
+            _ => return invalid("page run outside every memory area", run.start),
+        }
+    }
+    for t in &state.threads {
+        if t.xsave.len() < elf::XSAVE_HEADER_OFFSET + 64 {
+            return invalid("xsave area shorter than its header", t.record.tid as u64);
+        }
+    }
+    Ok(())
+}
+
+/// The `NT_FILE` note: every file-backed mapping, for debuggers.
+fn nt_file(state: &TaskState) -> Vec<u8> {
+    let files: Vec<_> = state.vmas.iter().filter(|v| v.record.kind == vma_kind::FILE).collect();
+    let mut d = Vec::new();
+    d.extend_from_slice(&(files.len() as u64).to_le_bytes());
+    d.extend_from_slice(&PAGE_SIZE.to_le_bytes());
+    for v in &files {
+        d.extend_from_slice(&v.record.start.to_le_bytes());
+        d.extend_from_slice(&v.record.end.to_le_bytes());
+        d.extend_from_slice(&(v.record.pgoff / PAGE_SIZE).to_le_bytes());
+    }
+    for v in &files {
+        d.extend_from_slice(v.path.as_bytes());
+        d.push(0);
+    }
+    d
+}
+
+fn prpsinfo(state: &TaskState) -> Prpsinfo {
+    let p = &state.process;
+    let mut info = Prpsinfo {
+        pr_sname: b'R',
+        pr_uid: state.creds.uid[0],
+        pr_gid: state.creds.gid[0],
+        pr_pid: p.pid,
+        pr_ppid: p.ppid,
+        pr_pgrp: p.pgid,
+        pr_sid: p.sid,
+        pr_fname: p.comm,
+        ..Prpsinfo::default()
+    };
+    // psargs: the command line with NULs as spaces, truncated as the kernel does.
+    let args = state.cmdline.strip_suffix(&[0]).unwrap_or(&state.cmdline);
+    for (dst, &b) in info.pr_psargs[..79].iter_mut().zip(args) {
+        *dst = if b == 0 { b' ' } else { b };
+    }
+    info
+}
+
+/// The standard notes, thread by thread, as the kernel orders them: the first
+/// thread's `NT_PRSTATUS` is followed by the process-wide notes, and every
+/// thread's `NT_PRFPREG`/`NT_X86_XSTATE` follow its `NT_PRSTATUS`.
+fn standard_notes(state: &TaskState, notes: &mut NoteWriter) {
+    let p = &state.process;
+    for (i, t) in state.threads.iter().enumerate() {
+        let status = Prstatus {
+            pr_sighold: t.record.sigmask,
+            pr_pid: t.record.tid,
+            pr_ppid: p.ppid,
+            pr_pgrp: p.pgid,
+            pr_sid: p.sid,
+            pr_reg: t.regs,
+            pr_fpvalid: 1,
+            ..Prstatus::default()
+        };
+        notes.add(elf::OWNER_CORE, elf::NT_PRSTATUS, status.as_bytes());
+        if i == 0 {
+            notes.add(elf::OWNER_CORE, elf::NT_PRPSINFO, prpsinfo(state).as_bytes());
+            notes.add(elf::OWNER_CORE, elf::NT_AUXV, state.auxv.as_bytes());
+            notes.add(elf::OWNER_CORE, elf::NT_FILE, &nt_file(state));
+        }
+        notes.add(elf::OWNER_CORE, elf::NT_PRFPREG, &t.xsave[..elf::FXSAVE_SIZE]);
+        notes.add(elf::OWNER_LINUX, elf::NT_X86_XSTATE, &t.xsave);
+    }
+}
+
+/// crimg's own notes, except the segment CRCs and the checksum.
+fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
+    let mut strings = StringTable::default();
+    let process = ProcessRecord {
+        exe: strings.add(state.exe.as_bytes()),
+        cwd: strings.add(state.cwd.as_bytes()),
+        root: strings.add(state.root.as_bytes()),
+        cmdline: strings.add(&state.cmdline),
+        nthreads: state.threads.len() as u32,
+        ..state.process
+    };
+    let vmas: Vec<VmaRecord> = state
+        .vmas
+        .iter()
+        .map(|v| VmaRecord { path: strings.add(v.path.as_bytes()), ..v.record })
+        .collect();
+    let fds: Vec<_> = state
+        .fds
+        .iter()
+        .map(|f| records::FdRecord { path: strings.add(f.path.as_bytes()), ..f.record })
+        .collect();
+    let warnings: Vec<WarningRecord> =
+        state.warnings.iter().map(|w| WarningRecord { message: strings.add(w.as_bytes()) }).collect();
+    let threads: Vec<ThreadRecord> = state.threads.iter().map(|t| t.record).collect();
+
+    notes.add(records::OWNER_CRIMG, records::note::STRTAB, &strings.bytes);
+    notes.add_records::<ProcessRecord>(&[process]);
+    notes.add_records(&[state.creds]);
+    notes.add_records::<MmRecord>(&[state.mm]);
+    notes.add_records::<RlimitRecord>(&state.rlimits);
+    notes.add_records::<SigactionRecord>(&state.sigactions);
+    notes.add_records::<ItimerRecord>(&state.itimers);
+    notes.add_records::<ThreadRecord>(&threads);
+    notes.add_records::<VmaRecord>(&vmas);
+    notes.add_records(&fds);
+    notes.add_records::<PendingSignalRecord>(&state.pending);
+    notes.add_records::<GadgetsRecord>(&[state.gadgets]);
+    notes.add_records::<WarningRecord>(&warnings);
+}
+
+/// The computed placement of everything in the file.
+struct Layout {
+    phnum: usize,
+    phoff: u64,
+    /// Offset of section header 0, when `PN_XNUM` is needed.
+    shoff: Option<u64>,
+    notes_offset: u64,
+    notes_len: u64,
+    /// File offset of each page run.
+    run_offsets: Vec<u64>,
+    file_size: u64,
+}
+
+fn layout(pages: &[PageRun], notes_len_without_tail: usize) -> Layout {
+    let phnum = 1 + pages.len();
+    let phoff = core::mem::size_of::<Ehdr>() as u64;
+    let mut end = phoff + (phnum * core::mem::size_of::<Phdr>()) as u64;
+    let shoff = if phnum >= usize::from(elf::PN_XNUM) {
+        let at = end;
+        end += core::mem::size_of::<Shdr>() as u64;
+        Some(at)
+    } else {
+        None
+    };
+    let notes_offset = end.next_multiple_of(4);
+    let tail = note_size(records::OWNER_CRIMG, 8 + 4 * pages.len())
+        + note_size(records::OWNER_CRIMG, 8 + core::mem::size_of::<ChecksumRecord>());
+    let notes_len = (notes_len_without_tail + tail) as u64;
+    let mut offset = page_align_up(notes_offset + notes_len);
+    let mut run_offsets = Vec::with_capacity(pages.len());
+    for run in pages {
+        run_offsets.push(offset);
+        offset += run.len;
+    }
+    Layout { phnum, phoff, shoff, notes_offset, notes_len, run_offsets, file_size: offset }
+}
+
+fn write_at(out: &File, bytes: &[u8], offset: u64) -> Result<(), WriteError> {
+    out.write_all_at(bytes, offset).map_err(|source| WriteError::Write { offset, source })
+}
+
+/// Writes the image of `state` to `out` (which should be empty), reading page
+/// contents from `source`. Returns the image size in bytes.
+pub fn write_image(state: &TaskState, out: &File, source: &mut dyn PageSource) -> Result<u64, WriteError> {
+    check_state(state)?;
+    let mut notes = NoteWriter::default();
+    standard_notes(state, &mut notes);
+    crimg_notes(state, &mut notes);
+    let lay = layout(&state.pages, notes.bytes.len());
+
+    // Pages first: their CRCs go into the notes.
+    let total: u64 = state.pages.iter().map(|r| r.len).sum();
+    let mut done = 0u64;
+    let mut buf = vec![0u8; CHUNK.min(total as usize)];
+    let mut crcs = Vec::with_capacity(state.pages.len());
+    for (run, &file_off) in state.pages.iter().zip(&lay.run_offsets) {
+        let mut hasher = crc32fast::Hasher::new();
+        let mut at = 0u64;
+        while at < run.len {
+            let n = (run.len - at).min(CHUNK as u64) as usize;
+            let chunk = &mut buf[..n];
+            let addr = run.start + at;
+            source
+                .read_pages(addr, chunk)
+                .map_err(|source| WriteError::ReadMemory { addr, len: n as u64, source })?;
+            hasher.update(chunk);
+            write_at(out, chunk, file_off + at)?;
+            at += n as u64;
+            done += n as u64;
+            source.progress(done, total);
+        }
+        crcs.push(SegmentCrcRecord { crc32: hasher.finalize() });
+    }
+    notes.add_records(&crcs);
+
+    // Headers.
+    let mut head = Vec::with_capacity(lay.notes_offset as usize);
+    let ehdr = Ehdr {
+        e_ident: IDENT,
+        e_type: elf::ET_CORE,
+        e_machine: elf::EM_X86_64,
+        e_version: u32::from(elf::EV_CURRENT),
+        e_phoff: lay.phoff,
+        e_shoff: lay.shoff.unwrap_or(0),
+        e_ehsize: core::mem::size_of::<Ehdr>() as u16,
+        e_phentsize: core::mem::size_of::<Phdr>() as u16,
+        e_phnum: if lay.shoff.is_some() { elf::PN_XNUM } else { lay.phnum as u16 },
+        e_shentsize: if lay.shoff.is_some() { core::mem::size_of::<Shdr>() as u16 } else { 0 },
+        e_shnum: u16::from(lay.shoff.is_some()),
+        ..Ehdr::default()
+    };
+    head.extend_from_slice(ehdr.as_bytes());
+    let note_ph = Phdr {
+        p_type: elf::PT_NOTE,
+        p_offset: lay.notes_offset,
+        p_filesz: lay.notes_len,
+        p_align: 4,
+        ..Phdr::default()
+    };
+    head.extend_from_slice(note_ph.as_bytes());
+    let mut vmas = state.vmas.iter().peekable();
+    for (run, &off) in state.pages.iter().zip(&lay.run_offsets) {
+        while vmas.peek().is_some_and(|v| v.record.end <= run.start) {
+            vmas.next();
+        }
+        let prot = vmas.peek().map_or(0, |v| v.record.prot);
+        let ph = Phdr {
+            p_type: elf::PT_LOAD,
+            p_flags: segment_flags(prot),
+            p_offset: off,
+            p_vaddr: run.start,
+            p_filesz: run.len,
+            p_memsz: run.len,
+            p_align: PAGE_SIZE,
+            ..Phdr::default()
+        };
+        head.extend_from_slice(ph.as_bytes());
+    }
+    let headers_crc32 = crc32fast::hash(&head);
+    if lay.shoff.is_some() {
+        let sh0 = Shdr { sh_info: lay.phnum as u32, ..Shdr::default() };
+        head.extend_from_slice(sh0.as_bytes());
+    }
+    head.resize(lay.notes_offset as usize, 0);
+
+    // The checksum note covers every note byte before it.
+    let sum = ChecksumRecord {
+        headers_crc32,
+        notes_crc32: crc32fast::hash(&notes.bytes),
+        file_size: lay.file_size,
+    };
+    notes.add_records(&[sum]);
+    if notes.bytes.len() as u64 != lay.notes_len {
+        return Err(WriteError::InvalidState { what: "note size differs from its reservation", addr: 0 });
+    }
+    head.extend_from_slice(&notes.bytes);
+    // Zero the gap up to the first page so the file has no hole there.
+    let first_page = page_align_up(lay.notes_offset + lay.notes_len);
+    head.resize(first_page as usize, 0);
+    write_at(out, &head, 0)?;
+    out.set_len(lay.file_size).map_err(|source| WriteError::Write { offset: lay.file_size, source })?;
+    Ok(lay.file_size)
+}
