@@ -40,7 +40,9 @@ pub const OWNER_CORE: &[u8] = b"CORE";
 /// Owner of `NT_X86_XSTATE` (and other arch regsets) in kernel core files.
 pub const OWNER_LINUX: &[u8] = b"LINUX";
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct Ehdr {
     pub e_ident: [u8; 16],
@@ -60,7 +62,9 @@ pub struct Ehdr {
 }
 const _: () = assert!(core::mem::size_of::<Ehdr>() == 64);
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct Phdr {
     pub p_type: u32,
@@ -76,7 +80,9 @@ const _: () = assert!(core::mem::size_of::<Phdr>() == 56);
 
 /// Section header; a core file has at most one (index 0), and only to carry
 /// the program header count when it exceeds `PN_XNUM - 1`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct Shdr {
     pub sh_name: u32,
@@ -92,7 +98,9 @@ pub struct Shdr {
 }
 const _: () = assert!(core::mem::size_of::<Shdr>() == 64);
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct Nhdr {
     pub n_namesz: u32,
@@ -102,7 +110,9 @@ pub struct Nhdr {
 const _: () = assert!(core::mem::size_of::<Nhdr>() == 12);
 
 /// `struct user_regs_struct` (x86_64), the `NT_PRSTATUS` register set.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct UserRegs {
     pub r15: u64,
@@ -135,7 +145,9 @@ pub struct UserRegs {
 }
 const _: () = assert!(core::mem::size_of::<UserRegs>() == 216);
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct Timeval {
     pub sec: i64,
@@ -143,7 +155,9 @@ pub struct Timeval {
 }
 
 /// `struct elf_prstatus` (x86_64).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct Prstatus {
     pub si_signo: i32,

@@ -12,22 +12,19 @@
 //!   page-aligned in the file so the loader can read it straight into place.
 //!
 //! The reader ([`read`]) parses a byte slice without allocating and checks
-//! every length and bound before trusting it. The writer ([`write`], feature
-//! `std`) lays an image out from a plain-data [`model::TaskState`].
+//! every length and bound before trusting it. The writer is the
+//! `image-writer` crate: this one stays `no_std` with no features, because
+//! the static loader depends on it and cargo unifies features.
+//!
+//! Checksums are XXH3-64 ([`checksum`]): fast on baseline x86_64 without
+//! run-time CPU detection, which a `no_std` crate cannot do.
 
-#![cfg_attr(not(feature = "std"), no_std)]
+#![no_std]
 #![forbid(unsafe_code)]
 
-#[cfg(feature = "alloc")]
-extern crate alloc;
-
 pub mod elf;
-#[cfg(feature = "alloc")]
-pub mod model;
 pub mod read;
 pub mod records;
-#[cfg(feature = "std")]
-pub mod write;
 
 pub use read::{Image, ImageError};
 
@@ -76,14 +73,10 @@ pub const fn is_page_aligned(x: u64) -> bool {
     x.is_multiple_of(PAGE_SIZE)
 }
 
-/// The binfmt_misc magic string for [`IDENT`], escaped as the `register` file
-/// expects (`\xHH` for every byte, so no byte is taken as a separator).
-#[cfg(feature = "alloc")]
-pub fn binfmt_magic() -> alloc::string::String {
-    use core::fmt::Write;
-    let mut s = alloc::string::String::new();
-    for b in IDENT {
-        let _ = write!(s, "\\x{b:02x}");
-    }
-    s
+/// The checksum of crimg images: XXH3, 64 bits, seed 0.
+pub fn checksum(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
 }
+
+/// An incremental [`checksum`].
+pub use xxhash_rust::xxh3::Xxh3 as Checksummer;

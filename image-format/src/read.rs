@@ -13,7 +13,7 @@ use zerocopy::{FromBytes, FromZeros};
 use crate::elf::{self, Ehdr, Nhdr, Phdr, Prstatus, Shdr, UserRegs};
 use crate::records::{
     self, note, ChecksumRecord, CredsRecord, FdRecord, GadgetsRecord, MmRecord, ProcessRecord,
-    Record, RecordHeader, SegmentCrcRecord, StrRef, ThreadRecord, VmaRecord,
+    Record, RecordHeader, SegmentChecksumRecord, StrRef, ThreadRecord, VmaRecord,
 };
 use crate::{is_page_aligned, FORMAT_VERSION, IDENT, PAGE_SIZE};
 
@@ -21,7 +21,12 @@ use crate::{is_page_aligned, FORMAT_VERSION, IDENT, PAGE_SIZE};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ImageError {
     /// The file is shorter than a structure it must contain.
-    Truncated { what: &'static str, offset: u64, needed: u64, file_size: u64 },
+    Truncated {
+        what: &'static str,
+        offset: u64,
+        needed: u64,
+        file_size: u64,
+    },
     /// Not an ELF64 little-endian x86_64 core file.
     NotElfCore { what: &'static str },
     /// An ELF core file, but not a crimg image (no crimg magic).
@@ -41,9 +46,18 @@ pub enum ImageError {
     /// A string reference points outside the string table.
     BadString { offset: u32, len: u32 },
     /// The checksum of the headers or notes does not match.
-    ChecksumMismatch { what: &'static str, expected: u32, found: u32 },
+    ChecksumMismatch {
+        what: &'static str,
+        expected: u64,
+        found: u64,
+    },
     /// The checksum of a segment's contents does not match.
-    SegmentChecksumMismatch { index: u32, vaddr: u64, expected: u32, found: u32 },
+    SegmentChecksumMismatch {
+        index: u32,
+        vaddr: u64,
+        expected: u64,
+        found: u64,
+    },
     /// The recorded file size differs from the actual one.
     SizeMismatch { recorded: u64, actual: u64 },
     /// Two memory areas or segments overlap, or a segment is outside every area.
@@ -71,11 +85,11 @@ impl fmt::Display for ImageError {
                 write!(f, "string reference {offset}+{len} is outside the string table")
             }
             Self::ChecksumMismatch { what, expected, found } => {
-                write!(f, "checksum mismatch in {what}: recorded {expected:#010x}, computed {found:#010x}")
+                write!(f, "checksum mismatch in {what}: recorded {expected:#018x}, computed {found:#018x}")
             }
             Self::SegmentChecksumMismatch { index, vaddr, expected, found } => write!(
                 f,
-                "checksum mismatch in segment {index} (memory at {vaddr:#x}): recorded {expected:#010x}, computed {found:#010x}"
+                "checksum mismatch in segment {index} (memory at {vaddr:#x}): recorded {expected:#018x}, computed {found:#018x}"
             ),
             Self::SizeMismatch { recorded, actual } => {
                 write!(f, "image size is {actual} bytes but {recorded} were written (truncated or extended)")
@@ -85,8 +99,7 @@ impl fmt::Display for ImageError {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for ImageError {}
+impl core::error::Error for ImageError {}
 
 /// Limits that keep a hostile image from making a reader spin or overflow.
 pub mod limits {
@@ -173,9 +186,19 @@ pub struct Image<'a> {
     nsegments: u32,
 }
 
-fn get<'a>(bytes: &'a [u8], what: &'static str, offset: u64, len: u64) -> Result<&'a [u8], ImageError> {
+fn get<'a>(
+    bytes: &'a [u8],
+    what: &'static str,
+    offset: u64,
+    len: u64,
+) -> Result<&'a [u8], ImageError> {
     let file_size = bytes.len() as u64;
-    let truncated = ImageError::Truncated { what, offset, needed: len, file_size };
+    let truncated = ImageError::Truncated {
+        what,
+        offset,
+        needed: len,
+        file_size,
+    };
     let end = offset.checked_add(len).ok_or(truncated)?;
     if end > file_size {
         return Err(truncated);
@@ -183,7 +206,11 @@ fn get<'a>(bytes: &'a [u8], what: &'static str, offset: u64, len: u64) -> Result
     Ok(&bytes[offset as usize..end as usize])
 }
 
-fn read_struct<T: FromBytes>(bytes: &[u8], what: &'static str, offset: u64) -> Result<T, ImageError> {
+fn read_struct<T: FromBytes>(
+    bytes: &[u8],
+    what: &'static str,
+    offset: u64,
+) -> Result<T, ImageError> {
     let len = core::mem::size_of::<T>() as u64;
     let raw = get(bytes, what, offset, len)?;
     T::read_from_bytes(raw).map_err(|_| ImageError::Truncated {
@@ -209,13 +236,23 @@ pub struct Records<'a, T> {
 
 impl<'a, T: Record> Records<'a, T> {
     fn empty() -> Self {
-        Records { data: &[], record_size: 1, remaining: 0, _marker: core::marker::PhantomData }
+        Records {
+            data: &[],
+            record_size: 1,
+            remaining: 0,
+            _marker: core::marker::PhantomData,
+        }
     }
 
     /// Checks a record note's header against its size.
     fn from_desc(desc: &'a [u8]) -> Result<Self, ImageError> {
-        let bad = |what| ImageError::BadRecords { note_type: T::NOTE_TYPE, what };
-        let header = RecordHeader::read_from_prefix(desc).map_err(|_| bad("shorter than its header"))?.0;
+        let bad = |what| ImageError::BadRecords {
+            note_type: T::NOTE_TYPE,
+            what,
+        };
+        let header = RecordHeader::read_from_prefix(desc)
+            .map_err(|_| bad("shorter than its header"))?
+            .0;
         if header.record_size == 0 {
             return Err(bad("record size is zero"));
         }
@@ -265,7 +302,6 @@ impl<T: Record> Iterator for Records<'_, T> {
     }
 }
 
-
 /// Iterator over the notes of the `PT_NOTE` segment.
 #[derive(Clone, Debug)]
 pub struct Notes<'a> {
@@ -309,9 +345,19 @@ impl<'a> Notes<'a> {
             Some((0, rest)) => rest,
             _ => name,
         };
-        let desc = get(self.bytes, "note descriptor", desc_off, u64::from(nhdr.n_descsz))?;
+        let desc = get(
+            self.bytes,
+            "note descriptor",
+            desc_off,
+            u64::from(nhdr.n_descsz),
+        )?;
         self.pos = next;
-        Ok(Note { offset, owner, note_type: nhdr.n_type, desc })
+        Ok(Note {
+            offset,
+            owner,
+            note_type: nhdr.n_type,
+            desc,
+        })
     }
 }
 
@@ -322,13 +368,19 @@ impl<'a> Image<'a> {
         let ehdr: Ehdr = read_struct(bytes, "ELF header", 0)?;
         let id = &ehdr.e_ident;
         if id[..4] != elf::ELFMAG {
-            return Err(ImageError::NotElfCore { what: "no ELF magic" });
+            return Err(ImageError::NotElfCore {
+                what: "no ELF magic",
+            });
         }
         if id[4] != elf::ELFCLASS64 || id[5] != elf::ELFDATA2LSB {
-            return Err(ImageError::NotElfCore { what: "not 64-bit little-endian" });
+            return Err(ImageError::NotElfCore {
+                what: "not 64-bit little-endian",
+            });
         }
         if ehdr.e_type != elf::ET_CORE {
-            return Err(ImageError::NotElfCore { what: "not a core file" });
+            return Err(ImageError::NotElfCore {
+                what: "not a core file",
+            });
         }
         if ehdr.e_machine != elf::EM_X86_64 {
             return Err(ImageError::NotElfCore { what: "not x86_64" });
@@ -337,14 +389,23 @@ impl<'a> Image<'a> {
             return Err(ImageError::NotCrimg);
         }
         if id[14] != FORMAT_VERSION {
-            return Err(ImageError::UnsupportedVersion { found: id[14], supported: FORMAT_VERSION });
+            return Err(ImageError::UnsupportedVersion {
+                found: id[14],
+                supported: FORMAT_VERSION,
+            });
         }
         if usize::from(ehdr.e_phentsize) != core::mem::size_of::<Phdr>() {
-            return Err(ImageError::BadHeader { what: "e_phentsize", value: ehdr.e_phentsize.into() });
+            return Err(ImageError::BadHeader {
+                what: "e_phentsize",
+                value: ehdr.e_phentsize.into(),
+            });
         }
         let phnum = if ehdr.e_phnum == elf::PN_XNUM {
             if ehdr.e_shnum == 0 || usize::from(ehdr.e_shentsize) != core::mem::size_of::<Shdr>() {
-                return Err(ImageError::BadHeader { what: "PN_XNUM without section header 0", value: 0 });
+                return Err(ImageError::BadHeader {
+                    what: "PN_XNUM without section header 0",
+                    value: 0,
+                });
             }
             let sh0: Shdr = read_struct(bytes, "section header 0", ehdr.e_shoff)?;
             u64::from(sh0.sh_info)
@@ -352,18 +413,32 @@ impl<'a> Image<'a> {
             u64::from(ehdr.e_phnum)
         };
         if phnum == 0 || phnum > limits::MAX_SEGMENTS {
-            return Err(ImageError::BadHeader { what: "program header count", value: phnum });
+            return Err(ImageError::BadHeader {
+                what: "program header count",
+                value: phnum,
+            });
         }
         let phoff = ehdr.e_phoff;
-        get(bytes, "program header table", phoff, phnum * core::mem::size_of::<Phdr>() as u64)?;
+        get(
+            bytes,
+            "program header table",
+            phoff,
+            phnum * core::mem::size_of::<Phdr>() as u64,
+        )?;
 
         // The first program header is the PT_NOTE; every other is a PT_LOAD.
         let pnote: Phdr = read_struct(bytes, "program header", phoff)?;
         if pnote.p_type != elf::PT_NOTE {
-            return Err(ImageError::BadSegment { index: 0, what: "first program header is not PT_NOTE" });
+            return Err(ImageError::BadSegment {
+                index: 0,
+                what: "first program header is not PT_NOTE",
+            });
         }
         if pnote.p_filesz > limits::MAX_NOTES_SIZE {
-            return Err(ImageError::BadSegment { index: 0, what: "note segment too large" });
+            return Err(ImageError::BadSegment {
+                index: 0,
+                what: "note segment too large",
+            });
         }
         get(bytes, "note segment", pnote.p_offset, pnote.p_filesz)?;
 
@@ -392,36 +467,58 @@ impl<'a> Image<'a> {
         for n in self.notes() {
             last = Some(n?);
         }
-        let last = last.ok_or(ImageError::MissingNote { note_type: note::CHECKSUM })?;
+        let last = last.ok_or(ImageError::MissingNote {
+            note_type: note::CHECKSUM,
+        })?;
         if last.owner != records::OWNER_CRIMG || last.note_type != note::CHECKSUM {
-            return Err(ImageError::MissingNote { note_type: note::CHECKSUM });
+            return Err(ImageError::MissingNote {
+                note_type: note::CHECKSUM,
+            });
         }
         let sum: ChecksumRecord = Records::<ChecksumRecord>::from_desc(last.desc)?
             .next()
-            .ok_or(ImageError::BadRecords { note_type: note::CHECKSUM, what: "no record" })?;
+            .ok_or(ImageError::BadRecords {
+                note_type: note::CHECKSUM,
+                what: "no record",
+            })?;
         if sum.file_size != file_size {
-            return Err(ImageError::SizeMismatch { recorded: sum.file_size, actual: file_size });
+            return Err(ImageError::SizeMismatch {
+                recorded: sum.file_size,
+                actual: file_size,
+            });
         }
-        let found = self.headers_crc();
-        if found != sum.headers_crc32 {
-            return Err(ImageError::ChecksumMismatch { what: "ELF and program headers", expected: sum.headers_crc32, found });
+        let found = self.headers_checksum();
+        if found != sum.headers {
+            return Err(ImageError::ChecksumMismatch {
+                what: "ELF and program headers",
+                expected: sum.headers,
+                found,
+            });
         }
-        let covered = get(self.bytes, "notes", self.notes_offset, last.offset - self.notes_offset)?;
-        let found = crc32fast::hash(covered);
-        if found != sum.notes_crc32 {
-            return Err(ImageError::ChecksumMismatch { what: "notes", expected: sum.notes_crc32, found });
+        let covered = get(
+            self.bytes,
+            "notes",
+            self.notes_offset,
+            last.offset - self.notes_offset,
+        )?;
+        let found = crate::checksum(covered);
+        if found != sum.notes {
+            return Err(ImageError::ChecksumMismatch {
+                what: "notes",
+                expected: sum.notes,
+                found,
+            });
         }
         Ok(())
     }
 
-    /// CRC-32 of the ELF header and the program header table (and section
-    /// header 0 when present).
-    fn headers_crc(&self) -> u32 {
-        let mut h = crc32fast::Hasher::new();
+    /// Checksum of the ELF header and the program header table.
+    fn headers_checksum(&self) -> u64 {
+        let mut h = crate::Checksummer::new();
         h.update(&self.bytes[..64]);
         let ph = self.phoff as usize;
         h.update(&self.bytes[ph..ph + self.phnum as usize * 56]);
-        h.finalize()
+        h.digest()
     }
 
     fn check_notes(&mut self) -> Result<(), ImageError> {
@@ -432,7 +529,10 @@ impl<'a> Image<'a> {
             let n = n?;
             if n.owner == elf::OWNER_CORE && n.note_type == elf::NT_PRSTATUS {
                 if n.desc.len() < core::mem::size_of::<Prstatus>() {
-                    return Err(ImageError::BadNote { offset: n.offset, what: "NT_PRSTATUS too short" });
+                    return Err(ImageError::BadNote {
+                        offset: n.offset,
+                        what: "NT_PRSTATUS too short",
+                    });
                 }
                 prstatus += 1;
             }
@@ -446,14 +546,24 @@ impl<'a> Image<'a> {
                 _ => {}
             }
         }
-        self.process = process.ok_or(ImageError::MissingNote { note_type: note::PROCESS })?;
-        self.mm = mm.ok_or(ImageError::MissingNote { note_type: note::MM })?;
+        self.process = process.ok_or(ImageError::MissingNote {
+            note_type: note::PROCESS,
+        })?;
+        self.mm = mm.ok_or(ImageError::MissingNote {
+            note_type: note::MM,
+        })?;
         let threads = self.records::<ThreadRecord>()?;
         if threads.is_empty() || threads.len() > limits::MAX_THREADS {
-            return Err(ImageError::BadRecords { note_type: note::THREADS, what: "thread count" });
+            return Err(ImageError::BadRecords {
+                note_type: note::THREADS,
+                what: "thread count",
+            });
         }
         if threads.len() != prstatus {
-            return Err(ImageError::BadRecords { note_type: note::THREADS, what: "thread records and NT_PRSTATUS notes differ in number" });
+            return Err(ImageError::BadRecords {
+                note_type: note::THREADS,
+                what: "thread records and NT_PRSTATUS notes differ in number",
+            });
         }
         self.nthreads = prstatus;
         // Every thread must have its xsave area; thread views are built from notes.
@@ -474,9 +584,12 @@ impl<'a> Image<'a> {
         for w in self.records::<records::WarningRecord>()? {
             self.string(w.message)?;
         }
-        let crcs = self.records::<SegmentCrcRecord>()?;
-        if crcs.len() != self.nsegments {
-            return Err(ImageError::BadRecords { note_type: note::SEGMENT_CRCS, what: "one CRC per PT_LOAD expected" });
+        let sums = self.records::<SegmentChecksumRecord>()?;
+        if sums.len() != self.nsegments {
+            return Err(ImageError::BadRecords {
+                note_type: note::SEGMENT_CHECKSUMS,
+                what: "one checksum per PT_LOAD expected",
+            });
         }
         Ok(())
     }
@@ -487,17 +600,26 @@ impl<'a> Image<'a> {
         let mut vma_prev_end = 0u64;
         for v in self.vmas()? {
             if v.start >= v.end || !is_page_aligned(v.start) || !is_page_aligned(v.end) {
-                return Err(ImageError::BadLayout { what: "memory area empty or not page-aligned", addr: v.start });
+                return Err(ImageError::BadLayout {
+                    what: "memory area empty or not page-aligned",
+                    addr: v.start,
+                });
             }
             if v.start < vma_prev_end {
-                return Err(ImageError::BadLayout { what: "memory areas overlap or are unsorted", addr: v.start });
+                return Err(ImageError::BadLayout {
+                    what: "memory areas overlap or are unsorted",
+                    addr: v.start,
+                });
             }
             vma_prev_end = v.end;
         }
         for i in 0..self.nsegments {
             let s = self.segment(i)?;
             if s.vaddr < prev_end {
-                return Err(ImageError::BadLayout { what: "segments overlap or are unsorted", addr: s.vaddr });
+                return Err(ImageError::BadLayout {
+                    what: "segments overlap or are unsorted",
+                    addr: s.vaddr,
+                });
             }
             prev_end = s.end();
             // Each segment lies inside one memory area.
@@ -507,7 +629,12 @@ impl<'a> Image<'a> {
                         vmas.next();
                     }
                     Some(v) if v.start <= s.vaddr && s.end() <= v.end => break,
-                    _ => return Err(ImageError::BadLayout { what: "segment outside every memory area", addr: s.vaddr }),
+                    _ => {
+                        return Err(ImageError::BadLayout {
+                            what: "segment outside every memory area",
+                            addr: s.vaddr,
+                        })
+                    }
                 }
             }
         }
@@ -517,7 +644,11 @@ impl<'a> Image<'a> {
     /// The `i`-th `PT_LOAD` segment (0-based, in program header order).
     pub fn segment(&self, i: u32) -> Result<Segment, ImageError> {
         let index = i + 1;
-        let ph: Phdr = read_struct(self.bytes, "program header", self.phoff + u64::from(index) * 56)?;
+        let ph: Phdr = read_struct(
+            self.bytes,
+            "program header",
+            self.phoff + u64::from(index) * 56,
+        )?;
         let bad = |what| ImageError::BadSegment { index, what };
         if ph.p_type != elf::PT_LOAD {
             return Err(bad("not PT_LOAD"));
@@ -525,14 +656,27 @@ impl<'a> Image<'a> {
         if ph.p_filesz != ph.p_memsz || ph.p_filesz == 0 {
             return Err(bad("file size differs from memory size, or is zero"));
         }
-        if !is_page_aligned(ph.p_offset) || !is_page_aligned(ph.p_vaddr) || !is_page_aligned(ph.p_filesz) {
+        if !is_page_aligned(ph.p_offset)
+            || !is_page_aligned(ph.p_vaddr)
+            || !is_page_aligned(ph.p_filesz)
+        {
             return Err(bad("not page-aligned"));
         }
-        if ph.p_vaddr.checked_add(ph.p_filesz).is_none_or(|e| e > (1 << 47)) {
+        if ph
+            .p_vaddr
+            .checked_add(ph.p_filesz)
+            .is_none_or(|e| e > (1 << 47))
+        {
             return Err(bad("outside the user address space"));
         }
         get(self.bytes, "segment contents", ph.p_offset, ph.p_filesz)?;
-        Ok(Segment { index: i, vaddr: ph.p_vaddr, offset: ph.p_offset, len: ph.p_filesz, flags: ph.p_flags })
+        Ok(Segment {
+            index: i,
+            vaddr: ph.p_vaddr,
+            offset: ph.p_offset,
+            len: ph.p_filesz,
+            flags: ph.p_flags,
+        })
     }
 
     /// All `PT_LOAD` segments.
@@ -550,31 +694,47 @@ impl<'a> Image<'a> {
         &self.bytes[s.offset as usize..(s.offset + s.len) as usize]
     }
 
-    /// Checks the CRC of one segment's contents.
+    /// Checks the checksum of one segment's contents.
     pub fn verify_segment(&self, s: &Segment) -> Result<(), ImageError> {
         let expected = self
-            .records::<SegmentCrcRecord>()?
+            .records::<SegmentChecksumRecord>()?
             .nth(s.index as usize)
-            .map(|r| r.crc32)
-            .ok_or(ImageError::BadRecords { note_type: note::SEGMENT_CRCS, what: "missing CRC" })?;
-        let found = crc32fast::hash(self.segment_bytes(s));
+            .map(|r| r.checksum)
+            .ok_or(ImageError::BadRecords {
+                note_type: note::SEGMENT_CHECKSUMS,
+                what: "missing checksum",
+            })?;
+        let found = crate::checksum(self.segment_bytes(s));
         if found != expected {
-            return Err(ImageError::SegmentChecksumMismatch { index: s.index, vaddr: s.vaddr, expected, found });
+            return Err(ImageError::SegmentChecksumMismatch {
+                index: s.index,
+                vaddr: s.vaddr,
+                expected,
+                found,
+            });
         }
         Ok(())
     }
 
-    /// Checks the CRC of every segment's contents (reads every stored page).
+    /// Checks the checksum of every segment's contents (reads every stored page).
     pub fn verify_segments(&self) -> Result<(), ImageError> {
-        let mut crcs = self.records::<SegmentCrcRecord>()?;
+        let mut sums = self.records::<SegmentChecksumRecord>()?;
         for s in self.segments() {
-            let expected = crcs
+            let expected = sums
                 .next()
-                .ok_or(ImageError::BadRecords { note_type: note::SEGMENT_CRCS, what: "missing CRC" })?
-                .crc32;
-            let found = crc32fast::hash(self.segment_bytes(&s));
+                .ok_or(ImageError::BadRecords {
+                    note_type: note::SEGMENT_CHECKSUMS,
+                    what: "missing checksum",
+                })?
+                .checksum;
+            let found = crate::checksum(self.segment_bytes(&s));
             if found != expected {
-                return Err(ImageError::SegmentChecksumMismatch { index: s.index, vaddr: s.vaddr, expected, found });
+                return Err(ImageError::SegmentChecksumMismatch {
+                    index: s.index,
+                    vaddr: s.vaddr,
+                    expected,
+                    found,
+                });
             }
         }
         Ok(())
@@ -591,12 +751,18 @@ impl<'a> Image<'a> {
 
     /// All notes, in file order.
     pub fn notes(&self) -> Notes<'a> {
-        Notes { bytes: self.bytes, pos: self.notes_offset, end: self.notes_offset + self.notes_len }
+        Notes {
+            bytes: self.bytes,
+            pos: self.notes_offset,
+            end: self.notes_offset + self.notes_len,
+        }
     }
 
     /// The first note with this owner and type.
     pub fn find_note(&self, owner: &[u8], note_type: u32) -> Option<Note<'a>> {
-        self.notes().filter_map(Result::ok).find(|n| n.owner == owner && n.note_type == note_type)
+        self.notes()
+            .filter_map(Result::ok)
+            .find(|n| n.owner == owner && n.note_type == note_type)
     }
 
     /// Records of type `T`; an absent note yields no records.
@@ -609,7 +775,10 @@ impl<'a> Image<'a> {
 
     /// A string from the string table.
     pub fn string(&self, s: StrRef) -> Result<&'a [u8], ImageError> {
-        let bad = ImageError::BadString { offset: s.offset, len: s.len };
+        let bad = ImageError::BadString {
+            offset: s.offset,
+            len: s.len,
+        };
         let end = (s.offset as usize).checked_add(s.len as usize).ok_or(bad)?;
         self.strtab.get(s.offset as usize..end).ok_or(bad)
     }
@@ -628,7 +797,10 @@ impl<'a> Image<'a> {
 
     /// Gadgets found by the dumper (zero addresses when none).
     pub fn gadgets(&self) -> GadgetsRecord {
-        self.records::<GadgetsRecord>().ok().and_then(|mut r| r.next()).unwrap_or_default()
+        self.records::<GadgetsRecord>()
+            .ok()
+            .and_then(|mut r| r.next())
+            .unwrap_or_default()
     }
 
     pub fn vmas(&self) -> Result<Records<'a, VmaRecord>, ImageError> {
@@ -645,7 +817,9 @@ impl<'a> Image<'a> {
 
     /// The auxiliary vector (`NT_AUXV`), as raw (type, value) u64 pairs.
     pub fn auxv(&self) -> &'a [u8] {
-        self.find_note(elf::OWNER_CORE, elf::NT_AUXV).map(|n| n.desc).unwrap_or(&[])
+        self.find_note(elf::OWNER_CORE, elf::NT_AUXV)
+            .map(|n| n.desc)
+            .unwrap_or(&[])
     }
 
     /// Threads, leader first: each `NT_PRSTATUS` with the `NT_X86_XSTATE`
@@ -657,17 +831,32 @@ impl<'a> Image<'a> {
             // Advance to this thread's NT_PRSTATUS.
             let pr = loop {
                 match notes.next() {
-                    Some(Ok(n)) if n.owner == elf::OWNER_CORE && n.note_type == elf::NT_PRSTATUS => break n,
+                    Some(Ok(n))
+                        if n.owner == elf::OWNER_CORE && n.note_type == elf::NT_PRSTATUS =>
+                    {
+                        break n
+                    }
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => return Err(e),
-                    None => return Err(ImageError::BadRecords { note_type: note::THREADS, what: "more thread records than NT_PRSTATUS notes" }),
+                    None => {
+                        return Err(ImageError::BadRecords {
+                            note_type: note::THREADS,
+                            what: "more thread records than NT_PRSTATUS notes",
+                        })
+                    }
                 }
             };
             let prstatus = Prstatus::read_from_prefix(pr.desc)
-                .map_err(|_| ImageError::BadNote { offset: pr.offset, what: "NT_PRSTATUS too short" })?
+                .map_err(|_| ImageError::BadNote {
+                    offset: pr.offset,
+                    what: "NT_PRSTATUS too short",
+                })?
                 .0;
             if prstatus.pr_pid != record.tid {
-                return Err(ImageError::BadNote { offset: pr.offset, what: "NT_PRSTATUS pid differs from the thread record" });
+                return Err(ImageError::BadNote {
+                    offset: pr.offset,
+                    what: "NT_PRSTATUS pid differs from the thread record",
+                });
             }
             // Its XSTATE comes before the next thread's NT_PRSTATUS.
             let mut xsave = None;
@@ -680,11 +869,21 @@ impl<'a> Image<'a> {
                 }
                 notes.next();
             }
-            let xsave = xsave.ok_or(ImageError::BadNote { offset: pr.offset, what: "thread has no NT_X86_XSTATE" })?;
+            let xsave = xsave.ok_or(ImageError::BadNote {
+                offset: pr.offset,
+                what: "thread has no NT_X86_XSTATE",
+            })?;
             if xsave.len() < elf::XSAVE_HEADER_OFFSET + 64 {
-                return Err(ImageError::BadNote { offset: pr.offset, what: "NT_X86_XSTATE shorter than the XSAVE header" });
+                return Err(ImageError::BadNote {
+                    offset: pr.offset,
+                    what: "NT_X86_XSTATE shorter than the XSAVE header",
+                });
             }
-            Ok(ThreadView { record, prstatus, xsave })
+            Ok(ThreadView {
+                record,
+                prstatus,
+                xsave,
+            })
         })
     }
 

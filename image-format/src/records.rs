@@ -41,14 +41,16 @@ pub mod note {
     pub const GADGETS: u32 = 0x4352_000c;
     /// [`super::WarningRecord`]s: state the dump could not keep.
     pub const WARNINGS: u32 = 0x4352_000d;
-    /// [`super::SegmentCrcRecord`]s, one per `PT_LOAD`, in program header order.
-    pub const SEGMENT_CRCS: u32 = 0x4352_000e;
+    /// [`super::SegmentChecksumRecord`]s, one per `PT_LOAD`, in program header order.
+    pub const SEGMENT_CHECKSUMS: u32 = 0x4352_000e;
     /// One [`super::ChecksumRecord`]; always the last note of the image.
     pub const CHECKSUM: u32 = 0x4352_000f;
 }
 
 /// Start of every crimg note descriptor except [`note::STRTAB`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct RecordHeader {
     pub version: u16,
@@ -66,7 +68,9 @@ pub trait Record: FromBytes + IntoBytes + Immutable + KnownLayout + Copy {
 }
 
 /// A string in the [`note::STRTAB`] note (bytes, not NUL-terminated).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct StrRef {
     pub offset: u32,
@@ -74,7 +78,9 @@ pub struct StrRef {
 }
 
 /// What identifies a file's contents well enough to notice it changed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct FileId {
     pub dev: u64,
@@ -145,7 +151,9 @@ impl Record for CredsRecord {
 
 /// The mm fields that `prctl(PR_SET_MM, PR_SET_MM_MAP)` takes (the auxv is the
 /// `NT_AUXV` note).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct MmRecord {
     pub start_code: u64,
@@ -166,7 +174,9 @@ impl Record for MmRecord {
     const NOTE_TYPE: u32 = note::MM;
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct RlimitRecord {
     pub resource: u32,
@@ -180,7 +190,9 @@ impl Record for RlimitRecord {
 
 /// A signal's disposition, as the kernel's `struct sigaction` for
 /// `rt_sigaction` (handler 0 = SIG_DFL, 1 = SIG_IGN).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct SigactionRecord {
     pub signo: u32,
@@ -195,7 +207,9 @@ impl Record for SigactionRecord {
 }
 
 /// One interval timer (`which`: 0 real, 1 virtual, 2 prof).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct ItimerRecord {
     pub which: u32,
@@ -218,7 +232,9 @@ pub mod restart {
 }
 
 /// Per-thread state not carried by the standard register notes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct ThreadRecord {
     pub tid: i32,
@@ -284,7 +300,9 @@ pub mod prot {
     pub const EXEC: u32 = 4;
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct VmaRecord {
     pub start: u64,
@@ -329,7 +347,9 @@ pub mod fd_flags {
     pub const DELETED: u32 = 2;
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct FdRecord {
     pub fd: i32,
@@ -367,7 +387,9 @@ impl Record for PendingSignalRecord {
 
 /// Instruction sequences found in the task's own executable memory, which the
 /// loader borrows to leave no trace (see LOADER.md, stage 4). 0: none found.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct GadgetsRecord {
     /// Address of `syscall; ret` (`0f 05 c3`).
@@ -380,7 +402,9 @@ impl Record for GadgetsRecord {
 }
 
 /// State the dump could not keep, said in the image rather than lost silently.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct WarningRecord {
     pub message: StrRef,
@@ -389,24 +413,28 @@ impl Record for WarningRecord {
     const NOTE_TYPE: u32 = note::WARNINGS;
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
-pub struct SegmentCrcRecord {
-    /// CRC-32 (IEEE) of the segment's file bytes.
-    pub crc32: u32,
+pub struct SegmentChecksumRecord {
+    /// [`crate::checksum`] of the segment's file bytes.
+    pub checksum: u64,
 }
-impl Record for SegmentCrcRecord {
-    const NOTE_TYPE: u32 = note::SEGMENT_CRCS;
+impl Record for SegmentChecksumRecord {
+    const NOTE_TYPE: u32 = note::SEGMENT_CHECKSUMS;
 }
 
 /// The image's own integrity record, in the last note.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct ChecksumRecord {
-    /// CRC-32 of the ELF header and program header table.
-    pub headers_crc32: u32,
-    /// CRC-32 of every note byte before this note.
-    pub notes_crc32: u32,
+    /// [`crate::checksum`] of the ELF header and program header table.
+    pub headers: u64,
+    /// [`crate::checksum`] of every note byte before this note.
+    pub notes: u64,
     /// Total image size in bytes; catches truncation before anything else.
     pub file_size: u64,
 }

@@ -6,13 +6,13 @@ use std::io;
 use std::os::unix::fs::FileExt;
 
 use image_format::elf::UserRegs;
-use image_format::model::{FdState, PageRun, TaskState, ThreadState, VmaState};
 use image_format::records::{
     fd_kind, prot, vma_kind, CredsRecord, FdRecord, GadgetsRecord, MmRecord, ProcessRecord,
     RlimitRecord, SigactionRecord, ThreadRecord, VmaRecord,
 };
-use image_format::write::{write_image, PageSource};
 use image_format::{Image, ImageError, PAGE_SIZE};
+use image_writer::model::{FdState, PageRun, TaskState, ThreadState, VmaState};
+use image_writer::write::{write_image, PageSource};
 use zerocopy::FromZeros;
 
 /// Memory whose every byte is a function of its address.
@@ -33,7 +33,13 @@ impl PageSource for PatternMemory {
 
 fn vma(start: u64, end: u64, kind: u32, path: &str) -> VmaState {
     VmaState {
-        record: VmaRecord { start, end, prot: prot::READ | prot::WRITE, kind, ..VmaRecord::default() },
+        record: VmaRecord {
+            start,
+            end,
+            prot: prot::READ | prot::WRITE,
+            kind,
+            ..VmaRecord::default()
+        },
         path: path.into(),
     }
 }
@@ -44,8 +50,19 @@ fn thread(tid: i32, rip: u64) -> ThreadState {
     xsave[472..480].copy_from_slice(&0x207u64.to_le_bytes());
     xsave[512..520].copy_from_slice(&0x7u64.to_le_bytes());
     ThreadState {
-        record: ThreadRecord { tid, sigmask: 0x1000, comm: *b"worker\0\0\0\0\0\0\0\0\0\0", ..ThreadRecord::default() },
-        regs: UserRegs { rip, rsp: 0x7fff_0000_1000, cs: 0x33, ss: 0x2b, ..UserRegs::default() },
+        record: ThreadRecord {
+            tid,
+            sigmask: 0x1000,
+            comm: *b"worker\0\0\0\0\0\0\0\0\0\0",
+            ..ThreadRecord::default()
+        },
+        regs: UserRegs {
+            rip,
+            rsp: 0x7fff_0000_1000,
+            cs: 0x33,
+            ss: 0x2b,
+            ..UserRegs::default()
+        },
         xsave,
     }
 }
@@ -67,23 +84,51 @@ fn sample_state(nthreads: usize, pages: Vec<PageRun>) -> TaskState {
         root: "/".into(),
         cmdline: b"sample\0--flag\0".to_vec(),
         creds,
-        mm: MmRecord { start_brk: 0x60_0000, brk: 0x62_1000, ..MmRecord::default() },
+        mm: MmRecord {
+            start_brk: 0x60_0000,
+            brk: 0x62_1000,
+            ..MmRecord::default()
+        },
         auxv: vec![6, 4096, 0, 0],
-        rlimits: vec![RlimitRecord { resource: 7, cur: 1024, max: 4096, ..RlimitRecord::default() }],
-        sigactions: vec![SigactionRecord { signo: 10, handler: 0x40_1000, ..SigactionRecord::default() }],
+        rlimits: vec![RlimitRecord {
+            resource: 7,
+            cur: 1024,
+            max: 4096,
+            ..RlimitRecord::default()
+        }],
+        sigactions: vec![SigactionRecord {
+            signo: 10,
+            handler: 0x40_1000,
+            ..SigactionRecord::default()
+        }],
         itimers: vec![],
-        threads: (0..nthreads).map(|i| thread(4242 + i as i32, 0x40_1000 + i as u64)).collect(),
+        threads: (0..nthreads)
+            .map(|i| thread(4242 + i as i32, 0x40_1000 + i as u64))
+            .collect(),
         vmas: vec![
             vma(0x40_0000, 0x40_2000, vma_kind::FILE, "/usr/bin/sample"),
             vma(0x60_0000, 0x62_1000, vma_kind::HEAP, "[heap]"),
-            vma(0x7fff_0000_0000, 0x7fff_0002_1000, vma_kind::STACK, "[stack]"),
+            vma(
+                0x7fff_0000_0000,
+                0x7fff_0002_1000,
+                vma_kind::STACK,
+                "[stack]",
+            ),
         ],
         fds: vec![FdState {
-            record: FdRecord { fd: 3, kind: fd_kind::REGULAR, pos: 17, ..FdRecord::default() },
+            record: FdRecord {
+                fd: 3,
+                kind: fd_kind::REGULAR,
+                pos: 17,
+                ..FdRecord::default()
+            },
             path: "/tmp/log".into(),
         }],
         pending: vec![],
-        gadgets: GadgetsRecord { syscall_ret: 0x40_1234, rt_sigreturn: 0x40_1240 },
+        gadgets: GadgetsRecord {
+            syscall_ret: 0x40_1234,
+            rt_sigreturn: 0x40_1240,
+        },
         warnings: vec!["posix timer 0 was not kept".into()],
         pages,
     }
@@ -91,9 +136,18 @@ fn sample_state(nthreads: usize, pages: Vec<PageRun>) -> TaskState {
 
 fn default_pages() -> Vec<PageRun> {
     vec![
-        PageRun { start: 0x60_0000, len: 3 * PAGE_SIZE },
-        PageRun { start: 0x61_0000, len: PAGE_SIZE },
-        PageRun { start: 0x7fff_0002_0000, len: PAGE_SIZE },
+        PageRun {
+            start: 0x60_0000,
+            len: 3 * PAGE_SIZE,
+        },
+        PageRun {
+            start: 0x61_0000,
+            len: PAGE_SIZE,
+        },
+        PageRun {
+            start: 0x7fff_0002_0000,
+            len: PAGE_SIZE,
+        },
     ]
 }
 
@@ -120,7 +174,10 @@ fn round_trip_keeps_every_field() {
     assert_eq!(img.mm().brk, 0x62_1000);
     assert_eq!(img.creds().unwrap().uid, [1000; 4]);
     assert_eq!(img.gadgets().syscall_ret, 0x40_1234);
-    assert_eq!(img.warnings().collect::<Vec<_>>(), vec![&b"posix timer 0 was not kept"[..]]);
+    assert_eq!(
+        img.warnings().collect::<Vec<_>>(),
+        vec![&b"posix timer 0 was not kept"[..]]
+    );
 
     let threads: Vec<_> = img.threads().collect::<Result<_, _>>().unwrap();
     assert_eq!(threads.len(), 3);
@@ -143,9 +200,16 @@ fn round_trip_keeps_every_field() {
     assert_eq!(segs.len(), 3);
     for (s, run) in segs.iter().zip(&state.pages) {
         assert_eq!((s.vaddr, s.len), (run.start, run.len));
-        assert_eq!(s.offset % PAGE_SIZE, 0, "segment contents must be page-aligned in the file");
+        assert_eq!(
+            s.offset % PAGE_SIZE,
+            0,
+            "segment contents must be page-aligned in the file"
+        );
         let data = img.segment_bytes(s);
-        assert!(data.iter().enumerate().all(|(i, &b)| b == pattern(s.vaddr + i as u64)));
+        assert!(data
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == pattern(s.vaddr + i as u64)));
     }
     assert_eq!(img.stored_bytes(), 5 * PAGE_SIZE);
     assert_eq!(img.auxv().len(), 32);
@@ -156,16 +220,29 @@ fn image_size_follows_stored_pages() {
     let bytes = write_to_vec(&sample_state(1, default_pages()));
     let data = 5 * PAGE_SIZE;
     // Headers and notes fit in a couple of pages for a small task.
-    assert!(bytes.len() as u64 <= data + 3 * PAGE_SIZE, "image is {} bytes", bytes.len());
+    assert!(
+        bytes.len() as u64 <= data + 3 * PAGE_SIZE,
+        "image is {} bytes",
+        bytes.len()
+    );
 }
 
 #[test]
 fn many_segments_use_pn_xnum() {
     // More page runs than e_phnum can count: every other page of a big area.
-    let runs: Vec<PageRun> =
-        (0..70_000u64).map(|i| PageRun { start: 0x1000_0000 + 2 * i * PAGE_SIZE, len: PAGE_SIZE }).collect();
+    let runs: Vec<PageRun> = (0..70_000u64)
+        .map(|i| PageRun {
+            start: 0x1000_0000 + 2 * i * PAGE_SIZE,
+            len: PAGE_SIZE,
+        })
+        .collect();
     let mut state = sample_state(1, runs);
-    state.vmas = vec![vma(0x1000_0000, 0x1000_0000 + 140_000 * PAGE_SIZE, vma_kind::ANON, "")];
+    state.vmas = vec![vma(
+        0x1000_0000,
+        0x1000_0000 + 140_000 * PAGE_SIZE,
+        vma_kind::ANON,
+        "",
+    )];
     let bytes = write_to_vec(&state);
     let img = Image::parse(&bytes).unwrap();
     assert_eq!(img.header().e_phnum, 0xffff);
@@ -177,10 +254,19 @@ fn many_segments_use_pn_xnum() {
 fn rejects_plain_elf_and_other_versions() {
     let mut bytes = write_to_vec(&sample_state(1, default_pages()));
     bytes[14] = 9;
-    assert_eq!(Image::parse(&bytes).unwrap_err(), ImageError::UnsupportedVersion { found: 9, supported: 1 });
+    assert_eq!(
+        Image::parse(&bytes).unwrap_err(),
+        ImageError::UnsupportedVersion {
+            found: 9,
+            supported: 1
+        }
+    );
     bytes[9] = b'X';
     assert_eq!(Image::parse(&bytes).unwrap_err(), ImageError::NotCrimg);
-    assert!(matches!(Image::parse(b"\x7fELF"), Err(ImageError::Truncated { .. })));
+    assert!(matches!(
+        Image::parse(b"\x7fELF"),
+        Err(ImageError::Truncated { .. })
+    ));
     assert!(Image::parse(b"#!/bin/sh\n").is_err());
 }
 
@@ -188,7 +274,10 @@ fn rejects_plain_elf_and_other_versions() {
 fn every_truncation_is_refused() {
     let bytes = write_to_vec(&sample_state(2, default_pages()));
     for len in (0..bytes.len()).step_by(7).chain([bytes.len() - 1]) {
-        assert!(Image::parse(&bytes[..len]).is_err(), "a truncation to {len} bytes was accepted");
+        assert!(
+            Image::parse(&bytes[..len]).is_err(),
+            "a truncation to {len} bytes was accepted"
+        );
     }
 }
 
@@ -211,7 +300,10 @@ fn flipped_header_and_note_bytes_are_refused() {
     // padding (2 bytes) and record version (2 bytes, which readers ignore by
     // design) are the only bytes nothing depends on.
     let covered = first_segment - padding_bytes(&bytes, first_segment) - 4;
-    assert!(refused >= covered, "{refused} of {covered} meaningful bytes caught");
+    assert!(
+        refused >= covered,
+        "{refused} of {covered} meaningful bytes caught"
+    );
 }
 
 /// Bytes between the end of the notes and the first segment: no reader uses them.
@@ -255,7 +347,11 @@ fn random_damage_never_panics() {
             let at = (next() % bytes.len() as u64) as usize;
             bad[at] = next() as u8;
         }
-        let cut = if next() % 4 == 0 { (next() % bad.len() as u64) as usize } else { bad.len() };
+        let cut = if next() % 4 == 0 {
+            (next() % bad.len() as u64) as usize
+        } else {
+            bad.len()
+        };
         if let Ok(img) = Image::parse(&bad[..cut]) {
             // Whatever parses must be safe to walk completely.
             let _ = img.verify_segments();
@@ -271,9 +367,15 @@ fn random_damage_never_panics() {
 #[test]
 fn invalid_states_are_refused_by_the_writer() {
     let file = tempfile::tempfile().unwrap();
-    let outside = vec![PageRun { start: 0x9000_0000, len: PAGE_SIZE }];
+    let outside = vec![PageRun {
+        start: 0x9000_0000,
+        len: PAGE_SIZE,
+    }];
     assert!(write_image(&sample_state(1, outside), &file, &mut PatternMemory).is_err());
-    let unaligned = vec![PageRun { start: 0x60_0010, len: PAGE_SIZE }];
+    let unaligned = vec![PageRun {
+        start: 0x60_0010,
+        len: PAGE_SIZE,
+    }];
     assert!(write_image(&sample_state(1, unaligned), &file, &mut PatternMemory).is_err());
     let mut no_threads = sample_state(1, default_pages());
     no_threads.threads.clear();

@@ -3,11 +3,8 @@
 //! payloads (paths, xsave areas, auxv) sit beside them as owned values, and
 //! the writer interns the strings into the string table.
 
-use alloc::string::String;
-use alloc::vec::Vec;
-
-use crate::elf::UserRegs;
-use crate::records::{
+use image_format::elf::UserRegs;
+use image_format::records::{
     CredsRecord, FdRecord, GadgetsRecord, ItimerRecord, MmRecord, PendingSignalRecord,
     ProcessRecord, RlimitRecord, SigactionRecord, ThreadRecord, VmaRecord,
 };

@@ -3,25 +3,24 @@
 //! Two phases, like `object`'s writer: first every note is built and every
 //! offset reserved (so the size is known before a page is copied), then page
 //! contents are streamed from a [`PageSource`] straight to their place in the
-//! file in large chunks, their CRCs computed on the way; the headers, the
+//! file in large chunks, their checksums computed on the way; the headers, the
 //! notes and the checksum record go in last. Writing with `pwrite` (not
 //! through a mapping) makes a full disk an ordinary `ENOSPC` error.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::vec::Vec;
 
 use zerocopy::IntoBytes;
 
-use crate::elf::{self, Ehdr, Nhdr, Phdr, Prpsinfo, Prstatus, Shdr};
 use crate::model::{PageRun, TaskState};
-use crate::records::{
+use image_format::elf::{self, Ehdr, Nhdr, Phdr, Prpsinfo, Prstatus, Shdr};
+use image_format::records::{
     self, vma_kind, ChecksumRecord, GadgetsRecord, ItimerRecord, MmRecord, PendingSignalRecord,
-    ProcessRecord, Record, RecordHeader, RlimitRecord, SegmentCrcRecord, SigactionRecord, StrRef,
-    ThreadRecord, VmaRecord, WarningRecord,
+    ProcessRecord, Record, RecordHeader, RlimitRecord, SegmentChecksumRecord, SigactionRecord,
+    StrRef, ThreadRecord, VmaRecord, WarningRecord,
 };
-use crate::{is_page_aligned, page_align_up, IDENT, PAGE_SIZE};
+use image_format::{checksum, is_page_aligned, page_align_up, Checksummer, IDENT, PAGE_SIZE};
 
 /// Where page contents come from: the dumper reads the stopped task's memory.
 pub trait PageSource {
@@ -38,7 +37,11 @@ pub enum WriteError {
     /// The state does not describe a valid image.
     InvalidState { what: &'static str, addr: u64 },
     /// Reading the task's memory failed.
-    ReadMemory { addr: u64, len: u64, source: io::Error },
+    ReadMemory {
+        addr: u64,
+        len: u64,
+        source: io::Error,
+    },
     /// Writing the image file failed (a full disk is `ENOSPC` here).
     Write { offset: u64, source: io::Error },
 }
@@ -46,11 +49,18 @@ pub enum WriteError {
 impl std::fmt::Display for WriteError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::InvalidState { what, addr } => write!(f, "cannot lay out the image: {what} (at {addr:#x})"),
-            Self::ReadMemory { addr, len, source } => {
-                write!(f, "cannot read {len} bytes of task memory at {addr:#x}: {source}")
+            Self::InvalidState { what, addr } => {
+                write!(f, "cannot lay out the image: {what} (at {addr:#x})")
             }
-            Self::Write { offset, source } => write!(f, "cannot write the image at offset {offset}: {source}"),
+            Self::ReadMemory { addr, len, source } => {
+                write!(
+                    f,
+                    "cannot read {len} bytes of task memory at {addr:#x}: {source}"
+                )
+            }
+            Self::Write { offset, source } => {
+                write!(f, "cannot write the image at offset {offset}: {source}")
+            }
         }
     }
 }
@@ -78,7 +88,10 @@ impl StringTable {
     fn add(&mut self, s: &[u8]) -> StrRef {
         let offset = self.bytes.len() as u32;
         self.bytes.extend_from_slice(s);
-        StrRef { offset, len: s.len() as u32 }
+        StrRef {
+            offset,
+            len: s.len() as u32,
+        }
     }
 }
 
@@ -90,7 +103,11 @@ struct NoteWriter {
 
 impl NoteWriter {
     fn add(&mut self, owner: &[u8], note_type: u32, desc: &[u8]) {
-        let nhdr = Nhdr { n_namesz: owner.len() as u32 + 1, n_descsz: desc.len() as u32, n_type: note_type };
+        let nhdr = Nhdr {
+            n_namesz: owner.len() as u32 + 1,
+            n_descsz: desc.len() as u32,
+            n_type: note_type,
+        };
         self.bytes.extend_from_slice(nhdr.as_bytes());
         self.bytes.extend_from_slice(owner);
         self.bytes.push(0);
@@ -153,16 +170,30 @@ fn check_state(state: &TaskState) -> Result<(), WriteError> {
     let mut prev = 0;
     for v in &state.vmas {
         let r = &v.record;
-        if r.start >= r.end || !is_page_aligned(r.start) || !is_page_aligned(r.end) || r.start < prev {
-            return invalid("memory areas empty, unaligned, unsorted or overlapping", r.start);
+        if r.start >= r.end
+            || !is_page_aligned(r.start)
+            || !is_page_aligned(r.end)
+            || r.start < prev
+        {
+            return invalid(
+                "memory areas empty, unaligned, unsorted or overlapping",
+                r.start,
+            );
         }
         prev = r.end;
     }
     let mut prev = 0;
     let mut vmas = state.vmas.iter().peekable();
     for run in &state.pages {
-        if run.len == 0 || !is_page_aligned(run.start) || !is_page_aligned(run.len) || run.start < prev {
-            return invalid("page runs empty, unaligned, unsorted or overlapping", run.start);
+        if run.len == 0
+            || !is_page_aligned(run.start)
+            || !is_page_aligned(run.len)
+            || run.start < prev
+        {
+            return invalid(
+                "page runs empty, unaligned, unsorted or overlapping",
+                run.start,
+            );
         }
         prev = run.end();
         while vmas.peek().is_some_and(|v| v.record.end <= run.start) {
@@ -183,7 +214,11 @@ fn check_state(state: &TaskState) -> Result<(), WriteError> {
 
 /// The `NT_FILE` note: every file-backed mapping, for debuggers.
 fn nt_file(state: &TaskState) -> Vec<u8> {
-    let files: Vec<_> = state.vmas.iter().filter(|v| v.record.kind == vma_kind::FILE).collect();
+    let files: Vec<_> = state
+        .vmas
+        .iter()
+        .filter(|v| v.record.kind == vma_kind::FILE)
+        .collect();
     let mut d = Vec::new();
     d.extend_from_slice(&(files.len() as u64).to_le_bytes());
     d.extend_from_slice(&PAGE_SIZE.to_le_bytes());
@@ -238,16 +273,24 @@ fn standard_notes(state: &TaskState, notes: &mut NoteWriter) {
         };
         notes.add(elf::OWNER_CORE, elf::NT_PRSTATUS, status.as_bytes());
         if i == 0 {
-            notes.add(elf::OWNER_CORE, elf::NT_PRPSINFO, prpsinfo(state).as_bytes());
+            notes.add(
+                elf::OWNER_CORE,
+                elf::NT_PRPSINFO,
+                prpsinfo(state).as_bytes(),
+            );
             notes.add(elf::OWNER_CORE, elf::NT_AUXV, state.auxv.as_bytes());
             notes.add(elf::OWNER_CORE, elf::NT_FILE, &nt_file(state));
         }
-        notes.add(elf::OWNER_CORE, elf::NT_PRFPREG, &t.xsave[..elf::FXSAVE_SIZE]);
+        notes.add(
+            elf::OWNER_CORE,
+            elf::NT_PRFPREG,
+            &t.xsave[..elf::FXSAVE_SIZE],
+        );
         notes.add(elf::OWNER_LINUX, elf::NT_X86_XSTATE, &t.xsave);
     }
 }
 
-/// crimg's own notes, except the segment CRCs and the checksum.
+/// crimg's own notes, except the segment checksums and the checksum.
 fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
     let mut strings = StringTable::default();
     let process = ProcessRecord {
@@ -261,15 +304,26 @@ fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
     let vmas: Vec<VmaRecord> = state
         .vmas
         .iter()
-        .map(|v| VmaRecord { path: strings.add(v.path.as_bytes()), ..v.record })
+        .map(|v| VmaRecord {
+            path: strings.add(v.path.as_bytes()),
+            ..v.record
+        })
         .collect();
     let fds: Vec<_> = state
         .fds
         .iter()
-        .map(|f| records::FdRecord { path: strings.add(f.path.as_bytes()), ..f.record })
+        .map(|f| records::FdRecord {
+            path: strings.add(f.path.as_bytes()),
+            ..f.record
+        })
         .collect();
-    let warnings: Vec<WarningRecord> =
-        state.warnings.iter().map(|w| WarningRecord { message: strings.add(w.as_bytes()) }).collect();
+    let warnings: Vec<WarningRecord> = state
+        .warnings
+        .iter()
+        .map(|w| WarningRecord {
+            message: strings.add(w.as_bytes()),
+        })
+        .collect();
     let threads: Vec<ThreadRecord> = state.threads.iter().map(|t| t.record).collect();
 
     notes.add(records::OWNER_CRIMG, records::note::STRTAB, &strings.bytes);
@@ -312,8 +366,13 @@ fn layout(pages: &[PageRun], notes_len_without_tail: usize) -> Layout {
         None
     };
     let notes_offset = end.next_multiple_of(4);
-    let tail = note_size(records::OWNER_CRIMG, 8 + 4 * pages.len())
-        + note_size(records::OWNER_CRIMG, 8 + core::mem::size_of::<ChecksumRecord>());
+    let tail = note_size(
+        records::OWNER_CRIMG,
+        8 + core::mem::size_of::<SegmentChecksumRecord>() * pages.len(),
+    ) + note_size(
+        records::OWNER_CRIMG,
+        8 + core::mem::size_of::<ChecksumRecord>(),
+    );
     let notes_len = (notes_len_without_tail + tail) as u64;
     let mut offset = page_align_up(notes_offset + notes_len);
     let mut run_offsets = Vec::with_capacity(pages.len());
@@ -321,29 +380,42 @@ fn layout(pages: &[PageRun], notes_len_without_tail: usize) -> Layout {
         run_offsets.push(offset);
         offset += run.len;
     }
-    Layout { phnum, phoff, shoff, notes_offset, notes_len, run_offsets, file_size: offset }
+    Layout {
+        phnum,
+        phoff,
+        shoff,
+        notes_offset,
+        notes_len,
+        run_offsets,
+        file_size: offset,
+    }
 }
 
 fn write_at(out: &File, bytes: &[u8], offset: u64) -> Result<(), WriteError> {
-    out.write_all_at(bytes, offset).map_err(|source| WriteError::Write { offset, source })
+    out.write_all_at(bytes, offset)
+        .map_err(|source| WriteError::Write { offset, source })
 }
 
 /// Writes the image of `state` to `out` (which should be empty), reading page
 /// contents from `source`. Returns the image size in bytes.
-pub fn write_image(state: &TaskState, out: &File, source: &mut dyn PageSource) -> Result<u64, WriteError> {
+pub fn write_image(
+    state: &TaskState,
+    out: &File,
+    source: &mut dyn PageSource,
+) -> Result<u64, WriteError> {
     check_state(state)?;
     let mut notes = NoteWriter::default();
     standard_notes(state, &mut notes);
     crimg_notes(state, &mut notes);
     let lay = layout(&state.pages, notes.bytes.len());
 
-    // Pages first: their CRCs go into the notes.
+    // Pages first: their checksums go into the notes.
     let total: u64 = state.pages.iter().map(|r| r.len).sum();
     let mut done = 0u64;
     let mut buf = vec![0u8; CHUNK.min(total as usize)];
-    let mut crcs = Vec::with_capacity(state.pages.len());
+    let mut sums = Vec::with_capacity(state.pages.len());
     for (run, &file_off) in state.pages.iter().zip(&lay.run_offsets) {
-        let mut hasher = crc32fast::Hasher::new();
+        let mut hasher = Checksummer::new();
         let mut at = 0u64;
         while at < run.len {
             let n = (run.len - at).min(CHUNK as u64) as usize;
@@ -351,16 +423,22 @@ pub fn write_image(state: &TaskState, out: &File, source: &mut dyn PageSource) -
             let addr = run.start + at;
             source
                 .read_pages(addr, chunk)
-                .map_err(|source| WriteError::ReadMemory { addr, len: n as u64, source })?;
+                .map_err(|source| WriteError::ReadMemory {
+                    addr,
+                    len: n as u64,
+                    source,
+                })?;
             hasher.update(chunk);
             write_at(out, chunk, file_off + at)?;
             at += n as u64;
             done += n as u64;
             source.progress(done, total);
         }
-        crcs.push(SegmentCrcRecord { crc32: hasher.finalize() });
+        sums.push(SegmentChecksumRecord {
+            checksum: hasher.digest(),
+        });
     }
-    notes.add_records(&crcs);
+    notes.add_records(&sums);
 
     // Headers.
     let mut head = Vec::with_capacity(lay.notes_offset as usize);
@@ -373,8 +451,16 @@ pub fn write_image(state: &TaskState, out: &File, source: &mut dyn PageSource) -
         e_shoff: lay.shoff.unwrap_or(0),
         e_ehsize: core::mem::size_of::<Ehdr>() as u16,
         e_phentsize: core::mem::size_of::<Phdr>() as u16,
-        e_phnum: if lay.shoff.is_some() { elf::PN_XNUM } else { lay.phnum as u16 },
-        e_shentsize: if lay.shoff.is_some() { core::mem::size_of::<Shdr>() as u16 } else { 0 },
+        e_phnum: if lay.shoff.is_some() {
+            elf::PN_XNUM
+        } else {
+            lay.phnum as u16
+        },
+        e_shentsize: if lay.shoff.is_some() {
+            core::mem::size_of::<Shdr>() as u16
+        } else {
+            0
+        },
         e_shnum: u16::from(lay.shoff.is_some()),
         ..Ehdr::default()
     };
@@ -405,28 +491,38 @@ pub fn write_image(state: &TaskState, out: &File, source: &mut dyn PageSource) -
         };
         head.extend_from_slice(ph.as_bytes());
     }
-    let headers_crc32 = crc32fast::hash(&head);
+    let headers = checksum(&head);
     if lay.shoff.is_some() {
-        let sh0 = Shdr { sh_info: lay.phnum as u32, ..Shdr::default() };
+        let sh0 = Shdr {
+            sh_info: lay.phnum as u32,
+            ..Shdr::default()
+        };
         head.extend_from_slice(sh0.as_bytes());
     }
     head.resize(lay.notes_offset as usize, 0);
 
     // The checksum note covers every note byte before it.
     let sum = ChecksumRecord {
-        headers_crc32,
-        notes_crc32: crc32fast::hash(&notes.bytes),
+        headers,
+        notes: checksum(&notes.bytes),
         file_size: lay.file_size,
     };
     notes.add_records(&[sum]);
     if notes.bytes.len() as u64 != lay.notes_len {
-        return Err(WriteError::InvalidState { what: "note size differs from its reservation", addr: 0 });
+        return Err(WriteError::InvalidState {
+            what: "note size differs from its reservation",
+            addr: 0,
+        });
     }
     head.extend_from_slice(&notes.bytes);
     // Zero the gap up to the first page so the file has no hole there.
     let first_page = page_align_up(lay.notes_offset + lay.notes_len);
     head.resize(first_page as usize, 0);
     write_at(out, &head, 0)?;
-    out.set_len(lay.file_size).map_err(|source| WriteError::Write { offset: lay.file_size, source })?;
+    out.set_len(lay.file_size)
+        .map_err(|source| WriteError::Write {
+            offset: lay.file_size,
+            source,
+        })?;
     Ok(lay.file_size)
 }

@@ -1,0 +1,237 @@
+//! x86_64 machine code: the CPU feature queries and the trampoline that runs
+//! a [`crate::plan`] from inside the bootstrap window.
+//!
+//! # Safety
+//! The trampoline is position-independent (only relative jumps, no data
+//! references), so its bytes can be copied into the window and run there.
+//! [`enter_window`] hands control to that copy for good.
+
+use core::arch::{asm, global_asm};
+
+/// Byte offsets the trampoline reads; `plan.rs` lays its structures out to
+/// match (checked by const assertions there).
+pub mod layout {
+    /// `WindowHeader`: ops address, op count, stack top, fallback label
+    /// address and length.
+    pub const HDR_OPS: usize = 0;
+    pub const HDR_COUNT: usize = 8;
+    pub const HDR_STACK: usize = 16;
+    pub const HDR_LABEL: usize = 24;
+    pub const HDR_LABEL_LEN: usize = 32;
+    /// `Op` fields.
+    pub const OP_KIND: usize = 0;
+    pub const OP_RULE: usize = 4;
+    pub const OP_NR: usize = 8;
+    pub const OP_ARGS: usize = 16;
+    pub const OP_EXPECT: usize = 64;
+    pub const OP_LABEL: usize = 72;
+    pub const OP_LABEL_LEN: usize = 80;
+    pub const OP_SIZE: usize = 88;
+}
+
+// The plan interpreter. Entered with %rdi = the window header. Registers:
+// r15 header, r12 current op, r13 ops left. Op kinds: 0 syscall (then the
+// result rule), 1 pread until complete, 2 memcpy, 3 rt_sigreturn with %rsp
+// = args[0], 4 leave through the target's gadgets (munmap the window via
+// `syscall; ret`, whose `ret` lands on `mov $15,%eax; syscall`). Rules (low
+// byte): 0 not an error, 1 equals `expect`, 2 anything, 3 not an error or
+// errno == `expect`; bit 8: skip the next op on success. On failure: write
+// the op's label, the errno in decimal and a newline to fd 2, exit_group(9).
+global_asm!(
+    r#"
+    .pushsection .text.crimg_trampoline,"ax",@progbits
+    .globl crimg_trampoline_start
+    .globl crimg_trampoline_end
+    .p2align 4
+crimg_trampoline_start:
+    mov %rdi, %r15
+    mov 16(%r15), %rsp
+    mov 0(%r15), %r12
+    mov 8(%r15), %r13
+.Lcrimg_loop:
+    test %r13, %r13
+    jz .Lcrimg_ran_out
+    mov 0(%r12), %eax
+    cmp $0, %eax
+    je .Lcrimg_syscall
+    cmp $1, %eax
+    je .Lcrimg_pread
+    cmp $2, %eax
+    je .Lcrimg_memcpy
+    cmp $3, %eax
+    je .Lcrimg_sigreturn
+    cmp $4, %eax
+    je .Lcrimg_gadget_exit
+    mov $-22, %rax
+    jmp .Lcrimg_fail
+.Lcrimg_syscall:
+    mov 8(%r12), %rax
+    mov 16(%r12), %rdi
+    mov 24(%r12), %rsi
+    mov 32(%r12), %rdx
+    mov 40(%r12), %r10
+    mov 48(%r12), %r8
+    mov 56(%r12), %r9
+    syscall
+    mov 4(%r12), %ecx
+    movzbl %cl, %edx
+    cmp $-4095, %rax
+    jae .Lcrimg_is_err
+    cmp $1, %edx
+    jne .Lcrimg_ok
+    cmp 64(%r12), %rax
+    jne .Lcrimg_fail_value
+.Lcrimg_ok:
+    test $0x100, %ecx
+    jz .Lcrimg_next
+    add $88, %r12
+    dec %r13
+    jz .Lcrimg_ran_out
+.Lcrimg_next:
+    add $88, %r12
+    dec %r13
+    jmp .Lcrimg_loop
+.Lcrimg_is_err:
+    cmp $2, %edx
+    je .Lcrimg_next
+    cmp $3, %edx
+    jne .Lcrimg_fail
+    mov %rax, %rsi
+    neg %rsi
+    cmp 64(%r12), %rsi
+    je .Lcrimg_next
+    jmp .Lcrimg_fail
+.Lcrimg_fail_value:
+    xor %eax, %eax
+    jmp .Lcrimg_fail
+.Lcrimg_pread:
+    mov 24(%r12), %rbx
+    mov 32(%r12), %rbp
+    mov 40(%r12), %r14
+.Lcrimg_pread_more:
+    test %rbp, %rbp
+    jz .Lcrimg_next
+    mov $17, %eax
+    mov 16(%r12), %rdi
+    mov %rbx, %rsi
+    mov %rbp, %rdx
+    mov %r14, %r10
+    syscall
+    cmp $-4095, %rax
+    jae .Lcrimg_fail
+    test %rax, %rax
+    jz .Lcrimg_short
+    add %rax, %rbx
+    sub %rax, %rbp
+    add %rax, %r14
+    jmp .Lcrimg_pread_more
+.Lcrimg_short:
+    mov $-5, %rax
+    jmp .Lcrimg_fail
+.Lcrimg_memcpy:
+    mov 16(%r12), %rdi
+    mov 24(%r12), %rsi
+    mov 32(%r12), %rcx
+    cld
+    rep movsb
+    jmp .Lcrimg_next
+.Lcrimg_sigreturn:
+    mov 16(%r12), %rsp
+    mov $15, %eax
+    syscall
+    mov 16(%r15), %rsp
+    jmp .Lcrimg_fail
+.Lcrimg_gadget_exit:
+    mov $11, %eax
+    mov 32(%r12), %rdi
+    mov 40(%r12), %rsi
+    mov 24(%r12), %rcx
+    mov 16(%r12), %rsp
+    jmp *%rcx
+.Lcrimg_ran_out:
+    lea -48(%r15), %r12
+    mov $-22, %rax
+.Lcrimg_fail:
+    mov %rax, %rbx
+    neg %rbx
+    mov $1, %eax
+    mov $2, %edi
+    mov 72(%r12), %rsi
+    mov 80(%r12), %rdx
+    syscall
+    sub $32, %rsp
+    lea 31(%rsp), %rdi
+    movb $10, (%rdi)
+    mov %rbx, %rax
+    mov $10, %ecx
+.Lcrimg_digit:
+    xor %edx, %edx
+    div %rcx
+    add $48, %dl
+    dec %rdi
+    mov %dl, (%rdi)
+    test %rax, %rax
+    jnz .Lcrimg_digit
+    lea 32(%rsp), %rdx
+    sub %rdi, %rdx
+    mov %rdi, %rsi
+    mov $2, %edi
+    mov $1, %eax
+    syscall
+    mov $231, %eax
+    mov $9, %edi
+    syscall
+    ud2
+crimg_trampoline_end:
+    .popsection
+"#,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    static crimg_trampoline_start: u8;
+    static crimg_trampoline_end: u8;
+}
+
+/// The trampoline's machine code, to be copied into the window.
+pub fn trampoline_code() -> &'static [u8] {
+    let start = &raw const crimg_trampoline_start;
+    let end = &raw const crimg_trampoline_end;
+    // SAFETY: both labels delimit the code emitted by the `global_asm!` above,
+    // in one section, `end` after `start`; text is never unmapped while Rust
+    // code runs.
+    unsafe { core::slice::from_raw_parts(start, end as usize - start as usize) }
+}
+
+/// Run the plan copied into the window: jump to the trampoline copy at
+/// `entry` with the window header at `header`. Never returns: the plan ends
+/// in the restored task or in `exit_group(9)`.
+///
+/// Callers must pass a window built by `plan::build_plan` and copied in
+/// place, with `entry` the address of the trampoline copy inside it.
+pub fn enter_window(entry: u64, header: u64) -> ! {
+    // SAFETY: from here the plan owns the process; the loader's Rust state is
+    // abandoned on purpose (its memory is unmapped by the plan).
+    unsafe { asm!("jmp {entry}", entry = in(reg) entry, in("rdi") header, options(noreturn)) }
+}
+
+/// `xgetbv(0)`: XCR0, the state components the OS enabled for XSAVE.
+/// `None` when the CPU or OS has no XSAVE (CPUID.1:ECX.OSXSAVE clear).
+pub fn xcr0() -> Option<u64> {
+    let ecx = core::arch::x86_64::__cpuid(1).ecx;
+    if ecx & (1 << 27) == 0 {
+        return None;
+    }
+    let (lo, hi): (u32, u32);
+    // SAFETY: OSXSAVE is set, so xgetbv is enabled; it reads a register only.
+    unsafe {
+        asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack))
+    };
+    Some(u64::from(hi) << 32 | u64::from(lo))
+}
+
+/// CPUID.(EAX=0Dh,ECX=0):EBX — the XSAVE area size (standard format) for the
+/// features currently enabled in XCR0.
+pub fn xsave_size() -> u32 {
+    core::arch::x86_64::__cpuid_count(0xd, 0).ebx
+}

@@ -1,0 +1,747 @@
+//! Stage 1: read and check everything, change nothing.
+//!
+//! Opens and maps the image, parses and verifies it (including every
+//! segment's CRC), checks that the files the task mapped or had open are the
+//! same files, that this CPU has the task's register-state features and
+//! that the loader can restore what the image holds; opens everything the
+//! plan will need (so the plan only uses fds); reads the loader's own
+//! layout. Every failure is a [`CheckError`] with the [`ExitCode`] of its
+//! class; nothing irreversible has happened when one is returned.
+
+use core::fmt;
+
+use image_format::elf::UserRegs;
+use image_format::records::{
+    fd_flags, fd_kind, vma_flags, vma_kind, CredsRecord, FdRecord, FileId, ItimerRecord,
+    PendingSignalRecord, RlimitRecord, SigactionRecord, ThreadRecord,
+};
+use image_format::{Image, ImageError};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::maps::{self, MapKind, MapsEntry};
+use crate::message;
+use crate::plan::{FdMove, PageLoad, PlanInput, Range, TargetVma, ThreadInput, VdsoBlock};
+use crate::sys::{self, startup::Startup, CPath, Errno};
+use crate::{arch, frame, ExitCode};
+
+/// Why stage 1 refused the image.
+#[derive(Clone, Copy, Debug)]
+pub enum CheckError {
+    Usage,
+    OpenImage {
+        errno: Errno,
+    },
+    MapImage {
+        errno: Errno,
+    },
+    Corrupt {
+        error: ImageError,
+    },
+    Threads {
+        count: u32,
+    },
+    NoThread,
+    /// A file a VMA maps (or the cwd, an fd's file) cannot be opened.
+    FileMissing {
+        what: &'static str,
+        path: &'static [u8],
+        errno: Errno,
+    },
+    /// It opened, but is not the file the task had.
+    FileChanged {
+        what: &'static str,
+        path: &'static [u8],
+    },
+    FileDeleted {
+        what: &'static str,
+        path: &'static [u8],
+    },
+    NoXsave,
+    CpuLacks {
+        missing: u64,
+    },
+    CompactedXsave,
+    UnsupportedFd {
+        fd: i32,
+        kind: u32,
+        path: &'static [u8],
+    },
+    VdsoLayout,
+    Scratch {
+        errno: Errno,
+    },
+    ProcMaps {
+        errno: Errno,
+    },
+    ProcMapsParse {
+        error: maps::MapsError,
+    },
+    FdRelocate {
+        errno: Errno,
+    },
+}
+
+impl CheckError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CheckError::Usage => ExitCode::Usage,
+            CheckError::OpenImage { .. } | CheckError::MapImage { .. } => ExitCode::ImageUnreadable,
+            CheckError::Corrupt { .. } | CheckError::NoThread => ExitCode::ImageCorrupt,
+            CheckError::FileMissing { .. } | CheckError::FileChanged { .. } => {
+                ExitCode::FileChanged
+            }
+            CheckError::NoXsave | CheckError::CpuLacks { .. } => ExitCode::CpuFeatures,
+            CheckError::Threads { .. }
+            | CheckError::FileDeleted { .. }
+            | CheckError::CompactedXsave
+            | CheckError::UnsupportedFd { .. }
+            | CheckError::VdsoLayout => ExitCode::Unsupported,
+            CheckError::Scratch { .. }
+            | CheckError::ProcMaps { .. }
+            | CheckError::ProcMapsParse { .. }
+            | CheckError::FdRelocate { .. } => ExitCode::Environment,
+        }
+    }
+}
+
+struct Lossy(&'static [u8]);
+
+impl fmt::Display for Lossy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for chunk in self.0.utf8_chunks() {
+            f.write_str(chunk.valid())?;
+            if !chunk.invalid().is_empty() {
+                f.write_str("\u{fffd}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for CheckError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            CheckError::Usage => write!(f, "usage: crimg-loader IMAGE (or run the image through binfmt_misc)"),
+            CheckError::OpenImage { errno } => write!(f, "cannot open the image: {errno}"),
+            CheckError::MapImage { errno } => write!(f, "cannot read the image: {errno}"),
+            CheckError::Corrupt { error } => write!(f, "corrupt image: {error}"),
+            CheckError::Threads { count } => {
+                write!(f, "multi-threaded images ({count} threads) are not supported yet")
+            }
+            CheckError::NoThread => write!(f, "corrupt image: no thread"),
+            CheckError::FileMissing { what, path, errno } => {
+                write!(f, "{what} {} cannot be opened: {errno}", Lossy(path))
+            }
+            CheckError::FileChanged { what, path } => {
+                write!(f, "{what} {} changed since the dump (device, inode, size or mtime differ)", Lossy(path))
+            }
+            CheckError::FileDeleted { what, path } => {
+                write!(f, "{what} {} was deleted before the dump; restoring deleted files is not supported yet", Lossy(path))
+            }
+            CheckError::NoXsave => write!(f, "this CPU or kernel has no XSAVE; the image needs it"),
+            CheckError::CpuLacks { missing } => {
+                write!(f, "this CPU lacks register-state features {missing:#x} the task used (XCR0)")
+            }
+            CheckError::CompactedXsave => write!(f, "the saved XSAVE area is in compacted format, not supported"),
+            CheckError::UnsupportedFd { fd, kind, path } => write!(
+                f,
+                "fd {fd} ({}, kind {kind}) cannot be restored by the loader yet; restore it with crrestore-tree",
+                Lossy(path)
+            ),
+            CheckError::VdsoLayout => {
+                write!(f, "the image's [vvar]/[vdso] layout differs from this kernel's (dumped on another kernel); not supported yet")
+            }
+            CheckError::Scratch { errno } => write!(f, "cannot allocate scratch memory: {errno}"),
+            CheckError::ProcMaps { errno } => write!(f, "cannot read /proc/self/maps: {errno}"),
+            CheckError::ProcMapsParse { error } => write!(f, "{error}"),
+            CheckError::FdRelocate { errno } => write!(f, "cannot move the loader's fds out of the way: {errno}"),
+        }
+    }
+}
+
+/// A bump allocator over zeroed scratch memory (no heap in the loader).
+struct Scratch {
+    rest: &'static mut [u8],
+}
+
+impl Scratch {
+    fn take<T: FromBytes + IntoBytes + KnownLayout + Immutable>(
+        &mut self,
+        n: usize,
+    ) -> &'static mut [T] {
+        let rest = core::mem::take(&mut self.rest);
+        let pad = (rest.as_ptr() as usize).wrapping_neg() & (core::mem::align_of::<T>() - 1);
+        let (_, rest) = rest.split_at_mut(pad.min(rest.len()));
+        match <[T]>::mut_from_prefix_with_elems(rest, n) {
+            Ok((items, rest)) => {
+                self.rest = rest;
+                items
+            }
+            // Sized by `scratch_bytes`, so this cannot happen; an empty slice
+            // makes the caller's loop stop short instead of panicking.
+            Err(_) => <[T]>::mut_from_prefix_with_elems(&mut [], 0)
+                .map(|(s, _)| s)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Everything stage 1 prepared; `input()` makes the planner's view of it.
+pub struct Checked {
+    pub name: &'static [u8],
+    pub image: Image<'static>,
+    pub image_fd: i32,
+    vmas: &'static [TargetVma],
+    loads: &'static [PageLoad],
+    loader_maps: &'static [Range],
+    loader_vdso: VdsoBlock,
+    target_vdso: VdsoBlock,
+    exe_fd: Option<i32>,
+    sigactions: &'static [SigactionRecord],
+    rlimits: &'static [RlimitRecord],
+    cwd_fd: Option<i32>,
+    fd_moves: &'static [FdMove],
+    keep_fds: &'static [i32],
+    thread: ThreadRecord,
+    regs: UserRegs,
+    xsave: &'static [u8],
+    xfeatures: u64,
+    pid: i32,
+    pending: &'static [PendingSignalRecord],
+    itimers: &'static [ItimerRecord],
+    creds: Option<CredsRecord>,
+    pub mmap_min_addr: u64,
+    /// Scratch for the window search (`vmas + maps + 3` ranges).
+    pub range_scratch: &'static mut [Range],
+}
+
+impl Checked {
+    pub fn input(&self) -> PlanInput<'_> {
+        let g = self.image.gadgets();
+        PlanInput {
+            image_fd: self.image_fd,
+            vmas: self.vmas,
+            loads: self.loads,
+            loader_maps: self.loader_maps,
+            loader_vdso: self.loader_vdso,
+            target_vdso: self.target_vdso,
+            mm: self.image.mm(),
+            auxv: self.image.auxv(),
+            exe_fd: self.exe_fd,
+            sigactions: self.sigactions,
+            rlimits: self.rlimits,
+            personality: self.image.process().personality,
+            umask: self.image.process().umask,
+            cwd_fd: self.cwd_fd,
+            fd_moves: self.fd_moves,
+            keep_fds: self.keep_fds,
+            thread: ThreadInput {
+                record: self.thread,
+                regs: self.regs,
+                xsave: self.xsave,
+            },
+            xfeatures: self.xfeatures,
+            pid: self.pid,
+            pending: self.pending,
+            itimers: self.itimers,
+            creds: self.creds,
+            gadgets: (g.syscall_ret != 0 && g.rt_sigreturn != 0).then_some(g),
+            mmap_min_addr: self.mmap_min_addr,
+            trampoline: arch::trampoline_code(),
+        }
+    }
+}
+
+/// Open a file and move its fd to `>= base`, clear of every fd number the
+/// task uses, so the plan's `dup3`s never clobber an fd it still needs.
+fn open_high(path: &[u8], flags: u32, base: i32) -> Result<i32, Errno> {
+    let cpath = CPath::new(path).ok_or(Errno::ENOENT)?;
+    let fd = sys::openat(sys::AT_FDCWD, &cpath, flags | sys::O_CLOEXEC)?;
+    if fd >= base {
+        return Ok(fd);
+    }
+    let high = sys::dup_above(fd, base);
+    let _ = sys::close(fd);
+    high
+}
+
+fn same_file(st: &sys::Stat, id: &FileId) -> bool {
+    st.dev == id.dev
+        && st.ino == id.ino
+        && st.size == id.size
+        && st.mtime_sec == id.mtime_sec
+        && st.mtime_nsec == id.mtime_nsec
+}
+
+/// The image to run: its display name and an open fd.
+fn open_image(startup: &Startup) -> Result<(&'static [u8], i32), CheckError> {
+    if let Some(fd) = startup.aux(sys::startup::AT_EXECFD) {
+        // binfmt_misc `O` flag: the kernel opened it; argv[1] is its path.
+        let name = startup.arg(1).unwrap_or(b"(AT_EXECFD)");
+        return Ok((name, fd as i32));
+    }
+    let name = startup.arg(1).ok_or(CheckError::Usage)?;
+    let path = CPath::new(name).ok_or(CheckError::OpenImage {
+        errno: Errno::ENOENT,
+    })?;
+    let fd = sys::openat(sys::AT_FDCWD, &path, sys::O_RDONLY | sys::O_CLOEXEC)
+        .map_err(|errno| CheckError::OpenImage { errno })?;
+    Ok((name, fd))
+}
+
+/// The image's name for messages, known before anything else can fail.
+pub fn image_name(startup: &Startup) -> &'static [u8] {
+    startup.arg(1).unwrap_or(b"crimg-loader")
+}
+
+fn read_small_file(path: &[u8], buf: &mut [u8]) -> Result<usize, Errno> {
+    let p = CPath::new(path).ok_or(Errno::ENOENT)?;
+    let fd = sys::openat(sys::AT_FDCWD, &p, sys::O_RDONLY | sys::O_CLOEXEC)?;
+    let mut n = 0;
+    let r = loop {
+        match sys::read(fd, &mut buf[n..]) {
+            Ok(0) => break Ok(n),
+            Ok(k) => {
+                n += k;
+                if n == buf.len() {
+                    break Ok(n);
+                }
+            }
+            Err(Errno::EINTR) => {}
+            Err(e) => break Err(e),
+        }
+    };
+    let _ = sys::close(fd);
+    r
+}
+
+fn warn(name: &[u8], what: fmt::Arguments<'_>) {
+    message::report(name, format_args!("warning: {what}"));
+}
+
+/// Run every check; on success everything the plan needs is open and known.
+pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
+    let (name, raw_fd) = open_image(startup)?;
+    let st = sys::fstat(raw_fd).map_err(|errno| CheckError::MapImage { errno })?;
+    let bytes = sys::map_file_readonly(raw_fd, st.size as usize)
+        .map_err(|errno| CheckError::MapImage { errno })?;
+    let image = Image::parse(bytes).map_err(|error| CheckError::Corrupt { error })?;
+    image
+        .verify_segments()
+        .map_err(|error| CheckError::Corrupt { error })?;
+    let corrupt = |error| CheckError::Corrupt { error };
+
+    // Threads: one, for now.
+    if image.thread_count() != 1 {
+        return Err(CheckError::Threads {
+            count: image.thread_count(),
+        });
+    }
+    let tv = image
+        .threads()
+        .next()
+        .ok_or(CheckError::NoThread)?
+        .map_err(corrupt)?;
+
+    // CPU: every feature the saved state holds must be enabled here.
+    let xcr0 = arch::xcr0().ok_or(CheckError::NoXsave)?;
+    let bv = frame::xstate_bv(tv.xsave).unwrap_or(0);
+    if bv & !xcr0 != 0 {
+        return Err(CheckError::CpuLacks {
+            missing: bv & !xcr0,
+        });
+    }
+    if frame::xcomp_bv(tv.xsave).unwrap_or(0) & (1 << 63) != 0 {
+        return Err(CheckError::CompactedXsave);
+    }
+    // Components beyond this CPU's area are absent from XSTATE_BV (checked
+    // above), so the prefix this kernel accepts carries everything.
+    let xlen = tv
+        .xsave
+        .len()
+        .min(arch::xsave_size() as usize)
+        .max(frame::XSAVE_MIN.min(tv.xsave.len()));
+    let xsave = &tv.xsave[..xlen];
+
+    // Scratch memory for the planner's tables.
+    let nvmas = image.vmas().map_err(corrupt)?.len() as usize;
+    let nfds = image.fds().map_err(corrupt)?.len() as usize;
+    let nsegs = image.segment_count() as usize;
+    let npending = image
+        .records::<PendingSignalRecord>()
+        .map_err(corrupt)?
+        .len() as usize;
+    const MAX_MAPS: usize = 512;
+    let bytes_needed = nvmas * (40 + 16)
+        + nsegs * 24
+        + MAX_MAPS * (24 + 16)
+        + nfds * (12 + 4)
+        + npending * 136
+        + 64 * 40
+        + 16 * 24
+        + 3 * 40
+        + 64 * 8
+        + 4096;
+    let scratch_mem =
+        sys::map_scratch(bytes_needed).map_err(|errno| CheckError::Scratch { errno })?;
+    let mut scratch = Scratch { rest: scratch_mem };
+
+    // Fd numbers the task uses; everything the loader opens goes above.
+    let max_fd = image
+        .fds()
+        .map_err(corrupt)?
+        .map(|f| f.fd)
+        .max()
+        .unwrap_or(2)
+        .max(2);
+    let base = max_fd + 1;
+    let image_fd = if raw_fd >= base {
+        raw_fd
+    } else {
+        let fd = sys::dup_above(raw_fd, base).map_err(|errno| CheckError::FdRelocate { errno })?;
+        let _ = sys::close(raw_fd);
+        fd
+    };
+
+    // VMAs and the files they map.
+    let vmas = scratch.take::<TargetVma>(nvmas);
+    let mut target_vdso = VdsoBlock::default();
+    let mut opened: [(u64, u64, bool, i32); 256] = [(0, 0, false, -1); 256];
+    let mut nopened = 0;
+    for (slot, v) in vmas.iter_mut().zip(image.vmas().map_err(corrupt)?) {
+        let mut fd = -1;
+        let has_file = v.kind == vma_kind::FILE;
+        if has_file {
+            let path = image.string(v.path).map_err(corrupt)?;
+            if v.flags & vma_flags::FILE_DELETED != 0 {
+                return Err(CheckError::FileDeleted {
+                    what: "mapped file",
+                    path,
+                });
+            }
+            // A writable shared mapping needs a writable fd.
+            let rw = v.flags & vma_flags::SHARED != 0
+                && v.prot & image_format::records::prot::WRITE != 0;
+            let known = opened[..nopened]
+                .iter()
+                .find(|o| o.0 == v.file.dev && o.1 == v.file.ino && o.2 == rw);
+            fd = match known {
+                Some(o) => o.3,
+                None => {
+                    let flags = if rw { 2 } else { sys::O_RDONLY };
+                    let f =
+                        open_high(path, flags, base).map_err(|errno| CheckError::FileMissing {
+                            what: "mapped file",
+                            path,
+                            errno,
+                        })?;
+                    let st = sys::fstat(f).map_err(|errno| CheckError::FileMissing {
+                        what: "mapped file",
+                        path,
+                        errno,
+                    })?;
+                    if !same_file(&st, &v.file) {
+                        return Err(CheckError::FileChanged {
+                            what: "mapped file",
+                            path,
+                        });
+                    }
+                    if nopened < opened.len() {
+                        opened[nopened] = (v.file.dev, v.file.ino, rw, f);
+                        nopened += 1;
+                    }
+                    f
+                }
+            };
+        }
+        if matches!(
+            v.kind,
+            vma_kind::VVAR | vma_kind::VVAR_VCLOCK | vma_kind::VDSO
+        ) {
+            target_vdso.push(Range {
+                start: v.start,
+                end: v.end,
+            });
+        }
+        *slot = TargetVma {
+            start: v.start,
+            end: v.end,
+            pgoff: v.pgoff,
+            prot: v.prot,
+            flags: v.flags,
+            kind: v.kind,
+            fd,
+        };
+    }
+
+    let loads = scratch.take::<PageLoad>(nsegs);
+    for (slot, s) in loads.iter_mut().zip(image.segments()) {
+        *slot = PageLoad {
+            vaddr: s.vaddr,
+            offset: s.offset,
+            len: s.len,
+        };
+    }
+
+    let process = image.process();
+    let (uids, gids) = sys::get_ids();
+    let privileged = uids[1] == 0;
+
+    // The exe link: only a privileged loader can set it.
+    let exe_fd = if privileged {
+        let path = image.string(process.exe).map_err(corrupt)?;
+        match open_high(path, sys::O_RDONLY, base) {
+            Ok(fd) if sys::fstat(fd).is_ok_and(|st| same_file(&st, &process.exe_id)) => Some(fd),
+            _ => {
+                warn(
+                    name,
+                    format_args!(
+                        "executable {} missing or changed; /proc/PID/exe not restored",
+                        Lossy(path)
+                    ),
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let cwd = image.string(process.cwd).map_err(corrupt)?;
+    let cwd_fd = if cwd.is_empty() {
+        None
+    } else {
+        Some(
+            open_high(cwd, sys::O_PATH | sys::O_DIRECTORY, base).map_err(|errno| {
+                CheckError::FileMissing {
+                    what: "working directory",
+                    path: cwd,
+                    errno,
+                }
+            })?,
+        )
+    };
+    let root = image.string(process.root).map_err(corrupt)?;
+    if !root.is_empty() && root != b"/" {
+        warn(
+            name,
+            format_args!("root directory {} not restored (chroot)", Lossy(root)),
+        );
+    }
+
+    // Fds: regular files, directories and plain character devices are
+    // reopened; stdio that was a terminal, pipe or socket is inherited.
+    let fd_moves = scratch.take::<FdMove>(nfds);
+    let keep_fds = scratch.take::<i32>(nfds);
+    let (mut nmoves, mut nkeep) = (0, 0);
+    for f in image.fds().map_err(corrupt)? {
+        let path = image.string(f.path).map_err(corrupt)?;
+        let inherit = (0..=2).contains(&f.fd)
+            && matches!(
+                f.kind,
+                fd_kind::TTY | fd_kind::PIPE | fd_kind::SOCKET | fd_kind::FIFO
+            );
+        if inherit {
+            keep_fds[nkeep] = f.fd;
+            nkeep += 1;
+            continue;
+        }
+        let from = reopen_fd(&f, path, base)?;
+        fd_moves[nmoves] = FdMove {
+            from,
+            to: f.fd,
+            cloexec: u32::from(f.flags & fd_flags::CLOEXEC != 0),
+        };
+        nmoves += 1;
+    }
+
+    // Signal state, limits, timers.
+    let sigactions = copy_records::<SigactionRecord>(&image, &mut scratch, 64)?;
+    let rlimits = copy_records::<RlimitRecord>(&image, &mut scratch, 16)?;
+    let mut lowered = 0;
+    for r in rlimits.iter_mut() {
+        if let Ok((_, max_now)) = sys::get_rlimit(r.resource) {
+            // Hard limits cannot be raised without CAP_SYS_RESOURCE.
+            if r.max > max_now {
+                r.max = max_now;
+                lowered += 1;
+            }
+            r.cur = r.cur.min(r.max);
+        }
+    }
+    if lowered > 0 {
+        warn(
+            name,
+            format_args!(
+                "{lowered} hard resource limit(s) are higher than this process may set; lowered"
+            ),
+        );
+    }
+    let itimers = copy_records::<ItimerRecord>(&image, &mut scratch, 3)?;
+    let pending = copy_records::<PendingSignalRecord>(&image, &mut scratch, npending)?;
+
+    let creds = match image.creds() {
+        Some(c) if c.uid[..3] != uids[..] || c.gid[..3] != gids[..] => {
+            if privileged {
+                Some(c)
+            } else {
+                warn(
+                    name,
+                    format_args!(
+                        "credentials not changed: running as uid {}, the task had uid {}",
+                        uids[0], c.uid[0]
+                    ),
+                );
+                None
+            }
+        }
+        _ => None,
+    };
+
+    let g = image.gadgets();
+    if g.syscall_ret == 0 || g.rt_sigreturn == 0 {
+        warn(name, format_args!("the image records no gadgets: the loader's bootstrap window stays mapped in the task"));
+    }
+
+    let mut mmap_min_addr = 65536;
+    let mut buf = [0u8; 32];
+    if let Ok(n) = read_small_file(b"/proc/sys/vm/mmap_min_addr", &mut buf) {
+        let v = buf[..n]
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .fold(0u64, |a, c| a * 10 + u64::from(c - b'0'));
+        if v > 0 {
+            mmap_min_addr = v;
+        }
+    }
+
+    // Last, so every mapping made above is in the list.
+    let mut text = [0u8; 32 * 1024];
+    let n = read_small_file(b"/proc/self/maps", &mut text)
+        .map_err(|errno| CheckError::ProcMaps { errno })?;
+    let mut parsed = [MapsEntry::default(); MAX_MAPS];
+    let count = maps::parse_maps(&text[..n], &mut parsed)
+        .map_err(|error| CheckError::ProcMapsParse { error })?;
+    let loader_maps = scratch.take::<Range>(count);
+    let mut loader_vdso = VdsoBlock::default();
+    let mut nmaps = 0;
+    for e in &parsed[..count] {
+        match e.kind {
+            MapKind::Vsyscall => continue,
+            MapKind::Vvar | MapKind::VvarVclock | MapKind::Vdso => {
+                loader_vdso.push(Range {
+                    start: e.start,
+                    end: e.end,
+                });
+            }
+            _ => {}
+        }
+        loader_maps[nmaps] = Range {
+            start: e.start,
+            end: e.end,
+        };
+        nmaps += 1;
+    }
+    if !target_vdso.parts().is_empty() && !loader_vdso.same_shape(&target_vdso) {
+        return Err(CheckError::VdsoLayout);
+    }
+    let range_scratch = scratch.take::<Range>(nvmas + nmaps + 3);
+
+    Ok(Checked {
+        name,
+        image,
+        image_fd,
+        vmas,
+        loads,
+        loader_maps: &loader_maps[..nmaps],
+        loader_vdso,
+        target_vdso,
+        exe_fd,
+        sigactions,
+        rlimits,
+        cwd_fd,
+        fd_moves: &fd_moves[..nmoves],
+        keep_fds: &keep_fds[..nkeep],
+        thread: tv.record,
+        regs: tv.regs(),
+        xsave,
+        xfeatures: xcr0,
+        pid: sys::getpid(),
+        pending,
+        itimers,
+        creds,
+        mmap_min_addr,
+        range_scratch,
+    })
+}
+
+fn copy_records<T: image_format::records::Record>(
+    image: &Image<'static>,
+    scratch: &mut Scratch,
+    max: usize,
+) -> Result<&'static mut [T], CheckError> {
+    let recs = image
+        .records::<T>()
+        .map_err(|error| CheckError::Corrupt { error })?;
+    let n = (recs.len() as usize).min(max);
+    let out = scratch.take::<T>(n);
+    for (slot, r) in out.iter_mut().zip(recs) {
+        *slot = r;
+    }
+    Ok(out)
+}
+
+/// Open an fd's file again as the task had it, at its offset.
+fn reopen_fd(f: &FdRecord, path: &'static [u8], base: i32) -> Result<i32, CheckError> {
+    let unsupported = CheckError::UnsupportedFd {
+        fd: f.fd,
+        kind: f.kind,
+        path,
+    };
+    if !matches!(
+        f.kind,
+        fd_kind::REGULAR | fd_kind::DIRECTORY | fd_kind::CHAR
+    ) {
+        return Err(unsupported);
+    }
+    if f.flags & fd_flags::DELETED != 0 {
+        return Err(CheckError::FileDeleted {
+            what: "open file",
+            path,
+        });
+    }
+    let flags = f.open_flags & !(sys::O_CREAT | sys::O_EXCL | sys::O_TRUNC | sys::O_CLOEXEC)
+        | sys::O_NOCTTY;
+    let fd = open_high(path, flags, base).map_err(|errno| CheckError::FileMissing {
+        what: "open file",
+        path,
+        errno,
+    })?;
+    let st = sys::fstat(fd).map_err(|errno| CheckError::FileMissing {
+        what: "open file",
+        path,
+        errno,
+    })?;
+    let kind_ok = match f.kind {
+        fd_kind::REGULAR => st.mode & sys::S_IFMT == sys::S_IFREG,
+        fd_kind::DIRECTORY => st.mode & sys::S_IFMT == sys::S_IFDIR,
+        _ => st.mode & sys::S_IFMT == sys::S_IFCHR,
+    };
+    // Open files may have grown since (a log); device and inode must match.
+    let same =
+        kind_ok && (f.kind == fd_kind::CHAR || (st.dev == f.file.dev && st.ino == f.file.ino));
+    if !same {
+        return Err(CheckError::FileChanged {
+            what: "open file",
+            path,
+        });
+    }
+    if f.kind == fd_kind::REGULAR {
+        sys::seek_to(fd, f.pos).map_err(|errno| CheckError::FileMissing {
+            what: "open file",
+            path,
+            errno,
+        })?;
+    }
+    Ok(fd)
+}

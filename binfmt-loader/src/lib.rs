@@ -1,0 +1,55 @@
+//! crimg's binfmt_misc interpreter, as a library the binary (`src/main.rs`)
+//! runs and the host tests exercise.
+//!
+//! * [`check`] — stage 1: open and map the image, parse and verify it, check
+//!   the files it maps, the CPU, the fds; collect the plan's input.
+//! * [`plan`] — stage 2: choose the bootstrap window and build the flat
+//!   [`plan::Op`] list in it (pure, tested on the host).
+//! * [`arch`] — stage 3/4: the trampoline that runs the plan from the window
+//!   and ends in `rt_sigreturn` ([`frame`] builds the signal frame).
+//! * [`run`] — the sequence, and one-line errors with an exit code per class
+//!   ([`ExitCode`]).
+
+#![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)]
+pub mod arch;
+pub mod check;
+pub mod frame;
+pub mod maps;
+pub mod message;
+pub mod plan;
+pub mod run;
+#[allow(unsafe_code)]
+pub mod sys;
+
+/// The loader's exit codes, one per class of failure. Everything up to
+/// [`ExitCode::NoWindow`] happens before anything is changed: the caller's
+/// process is intact and can report the error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+pub enum ExitCode {
+    /// Bad command line (no image given).
+    Usage = 2,
+    /// The image cannot be opened, read or mapped.
+    ImageUnreadable = 3,
+    /// The image is corrupt (header, notes, checksums, layout).
+    ImageCorrupt = 4,
+    /// A file the task mapped or had open is missing or changed
+    /// (also the exe and the working directory).
+    FileChanged = 5,
+    /// This CPU lacks a register-state feature the task used.
+    CpuFeatures = 6,
+    /// The image holds state this loader cannot restore yet (threads,
+    /// fd kinds, a different vDSO layout, …).
+    Unsupported = 7,
+    /// No address range is free for the bootstrap window.
+    NoWindow = 8,
+    /// A plan op failed after the point of no return (printed by the
+    /// trampoline: `restore failed at op N (...): errno E`).
+    RestoreFailed = 9,
+    /// The loader's own environment failed it before any change
+    /// (`/proc/self/maps` unreadable, out of memory for scratch space).
+    Environment = 10,
+}

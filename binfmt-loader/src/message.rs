@@ -1,0 +1,65 @@
+//! One-line diagnostics on stderr without allocation: formatted into a
+//! fixed buffer and written with a single `write(2)` so lines from parallel
+//! loaders do not interleave.
+
+use core::fmt::{self, Write};
+
+use crate::sys;
+
+/// A line under construction; longer text is cut.
+pub struct Line {
+    buf: [u8; 1024],
+    len: usize,
+}
+
+impl Default for Line {
+    fn default() -> Self {
+        Line {
+            buf: [0; 1024],
+            len: 0,
+        }
+    }
+}
+
+impl Write for Line {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        // Keep one byte for the newline.
+        let room = self.buf.len() - 1 - self.len;
+        let n = s.len().min(room);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+impl Line {
+    /// Bytes that may not be UTF-8 (paths), written lossily.
+    pub fn bytes(&mut self, b: &[u8]) {
+        for chunk in b.utf8_chunks() {
+            let _ = self.write_str(chunk.valid());
+            if !chunk.invalid().is_empty() {
+                let _ = self.write_str("\u{fffd}");
+            }
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Append the newline and write the line to stderr.
+    pub fn emit(mut self) {
+        self.buf[self.len] = b'\n';
+        sys::write_all(2, &self.buf[..self.len + 1]);
+    }
+}
+
+/// `crimg-loader: <image>: <what>` on stderr.
+pub fn report(image: &[u8], what: fmt::Arguments<'_>) {
+    let mut l = Line::default();
+    let _ = l.write_str("crimg-loader: ");
+    l.bytes(image);
+    let _ = l.write_str(": ");
+    let _ = l.write_fmt(what);
+    l.emit();
+}

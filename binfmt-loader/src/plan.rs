@@ -1,0 +1,1698 @@
+//! Stage 2: turn a checked image into a [`RestorePlan`] — pure code over
+//! plain data, no system calls, so it runs and is tested on the host.
+//!
+//! The plan lives in the **bootstrap window**, one anonymous mapping free in
+//! both the loader's current layout and the target's: a header, a copy of
+//! the trampoline (`arch`), the flat array of [`Op`]s, their data (frames,
+//! auxv, sigactions, failure messages), a small stack and room to park the
+//! kernel's vDSO block. After the switch only the trampoline runs, reading
+//! ops from here; nothing it touches lies outside the window except what the
+//! ops name.
+
+use core::fmt::{self, Write as _};
+
+use image_format::elf::UserRegs;
+use image_format::records::{
+    prot, vma_flags, vma_kind, CredsRecord, GadgetsRecord, ItimerRecord, MmRecord,
+    PendingSignalRecord, RlimitRecord, SigactionRecord, ThreadRecord,
+};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::arch::layout;
+use crate::frame::{self, FramePlace};
+use crate::sys::{self, nr};
+
+pub const PAGE: u64 = 4096;
+/// Top of the 47-bit user address space (`TASK_SIZE`): the plan unmaps
+/// everything of the loader up to here.
+pub const TASK_SIZE: u64 = 0x7fff_ffff_f000;
+/// Free pages kept between the window and its neighbours, so it never merges
+/// with them and never sits in a stack's guard gap.
+pub const WINDOW_GAP: u64 = PAGE;
+/// Growsdown stacks keep this much free below them (`stack_guard_gap`).
+pub const STACK_GUARD_GAP: u64 = 256 * PAGE;
+/// The trampoline's own stack.
+pub const WINDOW_STACK: u64 = 4 * PAGE;
+/// Bytes reserved per op for its failure message.
+const LABEL_BYTES: usize = 112;
+
+const fn page_up(x: u64) -> u64 {
+    (x + PAGE - 1) & !(PAGE - 1)
+}
+
+/// `Op::kind`: what the trampoline does.
+pub mod op_kind {
+    /// `syscall(nr, args[0..6])`, then check the result rule.
+    pub const SYSCALL: u32 = 0;
+    /// `pread64(args[0], args[1], args[2], args[3])` until all bytes are in.
+    pub const PREAD_ALL: u32 = 1;
+    /// Copy `args[2]` bytes from `args[1]` to `args[0]`.
+    pub const MEMCPY: u32 = 2;
+    /// `rt_sigreturn` with `%rsp = args[0]` (the ucontext).
+    pub const SIGRETURN: u32 = 3;
+    /// Leave through the target's gadgets: `%rsp = args[0]`, `munmap(args[2],
+    /// args[3])` via the `syscall; ret` at `args[1]`, whose `ret` pops the
+    /// `rt_sigreturn` gadget from `args[0]`.
+    pub const GADGET_EXIT: u32 = 4;
+}
+
+/// `Op::rule`: how the trampoline judges a syscall's result.
+pub mod rule {
+    /// Not an error.
+    pub const OK: u32 = 0;
+    /// Equal to `expect`.
+    pub const EQ: u32 = 1;
+    /// Anything.
+    pub const ANY: u32 = 2;
+    /// Not an error, or exactly errno `expect`.
+    pub const OK_OR_ERRNO: u32 = 3;
+    /// Flag: on success, skip the next op (its fallback).
+    pub const SKIP_NEXT_IF_OK: u32 = 0x100;
+}
+
+/// One operation of the plan, as the trampoline reads it.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct Op {
+    pub kind: u32,
+    pub rule: u32,
+    pub nr: u64,
+    pub args: [u64; 6],
+    pub expect: u64,
+    /// Address and length of the failure message prefix in the window.
+    pub label: u64,
+    pub label_len: u64,
+}
+const _: () = assert!(core::mem::size_of::<Op>() == layout::OP_SIZE);
+const _: () = assert!(core::mem::offset_of!(Op, rule) == layout::OP_RULE);
+const _: () = assert!(core::mem::offset_of!(Op, kind) == layout::OP_KIND);
+const _: () = assert!(core::mem::offset_of!(Op, nr) == layout::OP_NR);
+const _: () = assert!(core::mem::offset_of!(Op, args) == layout::OP_ARGS);
+const _: () = assert!(core::mem::offset_of!(Op, expect) == layout::OP_EXPECT);
+const _: () = assert!(core::mem::offset_of!(Op, label) == layout::OP_LABEL);
+const _: () = assert!(core::mem::offset_of!(Op, label_len) == layout::OP_LABEL_LEN);
+
+/// The first bytes of the window.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct WindowHeader {
+    pub ops: u64,
+    pub op_count: u64,
+    pub stack_top: u64,
+    /// Message used if the ops run out without a jump.
+    pub label: u64,
+    pub label_len: u64,
+    /// The window's own address (not read by the trampoline; lets a reader
+    /// of the bytes turn addresses back into offsets).
+    pub base: u64,
+}
+const _: () = assert!(core::mem::offset_of!(WindowHeader, ops) == layout::HDR_OPS);
+const _: () = assert!(core::mem::offset_of!(WindowHeader, op_count) == layout::HDR_COUNT);
+const _: () = assert!(core::mem::offset_of!(WindowHeader, stack_top) == layout::HDR_STACK);
+const _: () = assert!(core::mem::offset_of!(WindowHeader, label) == layout::HDR_LABEL);
+const _: () = assert!(core::mem::offset_of!(WindowHeader, label_len) == layout::HDR_LABEL_LEN);
+const HEADER_BYTES: u64 = 64;
+
+/// A half-open address range.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+)]
+#[repr(C)]
+pub struct Range {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Range {
+    pub fn overlaps(&self, o: &Range) -> bool {
+        self.start < o.end && o.start < self.end
+    }
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+}
+
+/// One target memory area and the fd stage 1 opened for its file (-1: none).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct TargetVma {
+    pub start: u64,
+    pub end: u64,
+    pub pgoff: u64,
+    pub prot: u32,
+    pub flags: u32,
+    pub kind: u32,
+    pub fd: i32,
+}
+
+impl TargetVma {
+    pub fn range(&self) -> Range {
+        Range {
+            start: self.start,
+            end: self.end,
+        }
+    }
+    /// The kernel's special mappings: recreated by moving the new vDSO block,
+    /// or not at all (`[vsyscall]`).
+    pub fn is_special(&self) -> bool {
+        matches!(
+            self.kind,
+            vma_kind::VDSO | vma_kind::VVAR | vma_kind::VVAR_VCLOCK | vma_kind::VSYSCALL
+        )
+    }
+    fn is_shared_file(&self) -> bool {
+        self.fd >= 0 && self.flags & vma_flags::SHARED != 0
+    }
+}
+
+/// Stored pages: `len` bytes at image offset `offset` belong at `vaddr`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct PageLoad {
+    pub vaddr: u64,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// The kernel's vDSO block (`[vvar]`, `[vvar_vclock]`, `[vdso]`), in order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VdsoBlock {
+    pub parts: [Range; 3],
+    pub count: usize,
+}
+
+impl VdsoBlock {
+    pub fn push(&mut self, r: Range) -> bool {
+        if self.count == 3 {
+            return false;
+        }
+        self.parts[self.count] = r;
+        self.count += 1;
+        true
+    }
+    pub fn parts(&self) -> &[Range] {
+        &self.parts[..self.count]
+    }
+    pub fn span(&self) -> Option<Range> {
+        let p = self.parts();
+        Some(Range {
+            start: p.first()?.start,
+            end: p.last()?.end,
+        })
+    }
+    /// Same number of parts, same sizes and same spacing.
+    pub fn same_shape(&self, o: &VdsoBlock) -> bool {
+        let (a, b) = (self.parts(), o.parts());
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(x, y)| x.len() == y.len() && x.start - a[0].start == y.start - b[0].start)
+    }
+}
+
+/// An fd stage 1 opened, to be placed at `to`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct FdMove {
+    pub from: i32,
+    pub to: i32,
+    /// 1: set `FD_CLOEXEC` on `to`.
+    pub cloexec: u32,
+}
+
+/// The one thread the plan resumes.
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadInput<'a> {
+    pub record: ThreadRecord,
+    pub regs: UserRegs,
+    /// Standard-format XSAVE area, trimmed to this CPU's size.
+    pub xsave: &'a [u8],
+}
+
+/// Everything the planner needs, collected and checked by stage 1.
+#[derive(Clone, Copy, Debug)]
+pub struct PlanInput<'a> {
+    pub image_fd: i32,
+    /// Sorted by address, not overlapping (special mappings included).
+    pub vmas: &'a [TargetVma],
+    pub loads: &'a [PageLoad],
+    /// Every mapping the loader has now (except `[vsyscall]`).
+    pub loader_maps: &'a [Range],
+    pub loader_vdso: VdsoBlock,
+    pub target_vdso: VdsoBlock,
+    pub mm: MmRecord,
+    pub auxv: &'a [u8],
+    pub exe_fd: Option<i32>,
+    pub sigactions: &'a [SigactionRecord],
+    /// Already clamped to what this process may set.
+    pub rlimits: &'a [RlimitRecord],
+    pub personality: u32,
+    pub umask: u32,
+    pub cwd_fd: Option<i32>,
+    pub fd_moves: &'a [FdMove],
+    /// Fds left as they are (inherited stdio).
+    pub keep_fds: &'a [i32],
+    pub thread: ThreadInput<'a>,
+    /// Restore mask for XRSTOR (this CPU's XCR0).
+    pub xfeatures: u64,
+    pub pid: i32,
+    pub pending: &'a [PendingSignalRecord],
+    pub itimers: &'a [ItimerRecord],
+    /// Credentials to switch to, when they differ and we may.
+    pub creds: Option<CredsRecord>,
+    pub gadgets: Option<GadgetsRecord>,
+    pub mmap_min_addr: u64,
+    pub trampoline: &'a [u8],
+}
+
+/// Why no plan could be made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanError {
+    /// No free range of `size` bytes in both layouts.
+    NoWindow { size: u64 },
+    /// The buffer given for the window is smaller than its layout.
+    WindowTooSmall { need: u64, have: u64 },
+    /// Ran out of op or data space (a bug in the size estimate).
+    PlanFull { ops: usize },
+    /// Stored pages at `vaddr` that no restorable VMA covers.
+    LoadOutsideVmas { vaddr: u64 },
+    /// Stored pages at `vaddr` inside a shared file mapping (would write the file).
+    LoadInSharedFile { vaddr: u64 },
+    /// Target VMA at `start` overlaps the previous one or is not page-aligned.
+    BadVma { start: u64 },
+    /// The target's vDSO block differs from this kernel's.
+    VdsoMismatch,
+    /// The thread's stack pointer leaves no room for a signal frame.
+    NoRoomForFrame { rsp: u64 },
+    /// The XSAVE area is shorter than legacy + header.
+    XsaveTooSmall { len: usize },
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            PlanError::NoWindow { size } => write!(
+                f,
+                "no free range of {size:#x} bytes for the bootstrap window"
+            ),
+            PlanError::WindowTooSmall { need, have } => {
+                write!(f, "window buffer has {have:#x} bytes, needs {need:#x}")
+            }
+            PlanError::PlanFull { ops } => write!(f, "plan full after {ops} ops"),
+            PlanError::LoadOutsideVmas { vaddr } => {
+                write!(f, "stored pages at {vaddr:#x} lie outside every VMA")
+            }
+            PlanError::LoadInSharedFile { vaddr } => {
+                write!(f, "stored pages at {vaddr:#x} lie in a shared file mapping")
+            }
+            PlanError::BadVma { start } => write!(
+                f,
+                "VMA at {start:#x} is unaligned or overlaps its predecessor"
+            ),
+            PlanError::VdsoMismatch => {
+                write!(f, "the image's vdso/vvar layout differs from this kernel's")
+            }
+            PlanError::NoRoomForFrame { rsp } => {
+                write!(f, "no room for a signal frame below rsp {rsp:#x}")
+            }
+            PlanError::XsaveTooSmall { len } => write!(f, "xsave area of {len} bytes is too small"),
+        }
+    }
+}
+
+/// Offsets of the window's parts, from its start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowLayout {
+    pub size: u64,
+    pub code_off: u64,
+    pub ops_off: u64,
+    pub ops_cap: usize,
+    pub data_off: u64,
+    pub data_len: u64,
+    pub stack_top_off: u64,
+    pub park_off: u64,
+}
+
+impl WindowLayout {
+    pub fn for_input(input: &PlanInput<'_>) -> WindowLayout {
+        let ops_cap = 64
+            + input.vmas.len() * 12
+            + input.loads.len()
+            + input.sigactions.len()
+            + input.rlimits.len()
+            + input.fd_moves.len() * 2
+            + input.keep_fds.len()
+            + input.pending.len()
+            + input.itimers.len();
+        let code_off = HEADER_BYTES;
+        let ops_off = (code_off + input.trampoline.len() as u64 + 63) & !63;
+        let data_off = ops_off + (ops_cap * layout::OP_SIZE) as u64;
+        let data_len = (ops_cap * LABEL_BYTES) as u64
+            + 2 * (frame::FRAME_SIZE + input.thread.xsave.len() as u64 + 256)
+            + input.auxv.len() as u64
+            + 32 * input.sigactions.len() as u64
+            + 16 * input.rlimits.len() as u64
+            + 32 * input.itimers.len() as u64
+            + 128 * input.pending.len() as u64
+            + 4 * image_format::records::MAX_GROUPS as u64
+            + 1024;
+        let stack_top_off = page_up(data_off + data_len) + WINDOW_STACK;
+        let park_len = input.loader_vdso.span().map_or(0, |s| s.len());
+        WindowLayout {
+            size: stack_top_off + park_len,
+            code_off,
+            ops_off,
+            ops_cap,
+            data_off,
+            data_len,
+            stack_top_off,
+            park_off: stack_top_off,
+        }
+    }
+}
+
+/// Lowest address `>= lo` where `size` bytes fit with [`WINDOW_GAP`] free on
+/// both sides, below `hi`, given `occupied` (sorted in place by start).
+pub fn find_free(occupied: &mut [Range], size: u64, lo: u64, hi: u64) -> Option<u64> {
+    occupied.sort_unstable();
+    let mut cursor = page_up(lo.max(WINDOW_GAP));
+    for r in occupied.iter() {
+        if r.end.saturating_add(WINDOW_GAP) <= cursor {
+            continue;
+        }
+        if r.start >= cursor.checked_add(size)?.checked_add(WINDOW_GAP)? {
+            return Some(cursor);
+        }
+        cursor = cursor.max(page_up(r.end).checked_add(WINDOW_GAP)?);
+    }
+    (cursor.checked_add(size)? <= hi).then_some(cursor)
+}
+
+/// Fill `scratch` with everything the window must avoid; returns the count.
+/// `scratch` needs `vmas + loader_maps + 3` entries.
+pub fn occupied_ranges(input: &PlanInput<'_>, scratch: &mut [Range]) -> usize {
+    let mut n = 0;
+    let mut add = |r: Range| {
+        if n < scratch.len() {
+            scratch[n] = r;
+            n += 1;
+        }
+    };
+    for v in input.vmas {
+        let mut r = v.range();
+        if v.flags & vma_flags::GROWSDOWN != 0 || v.kind == vma_kind::STACK {
+            r.start = r.start.saturating_sub(STACK_GUARD_GAP);
+        }
+        add(r);
+    }
+    for r in input.loader_maps {
+        add(*r);
+    }
+    for r in input.loader_vdso.parts() {
+        add(*r);
+    }
+    n
+}
+
+/// Choose the window: free in both layouts.
+pub fn choose_window(input: &PlanInput<'_>, scratch: &mut [Range]) -> Result<Range, PlanError> {
+    let size = WindowLayout::for_input(input).size;
+    let n = occupied_ranges(input, scratch);
+    let lo = input.mmap_min_addr.max(0x10000);
+    let start =
+        find_free(&mut scratch[..n], size, lo, TASK_SIZE).ok_or(PlanError::NoWindow { size })?;
+    Ok(Range {
+        start,
+        end: start + size,
+    })
+}
+
+/// What the plan does at the end, for the stage-1 warnings and `crimg plan`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanSummary {
+    pub ops: usize,
+    pub window: Range,
+    /// The window stays mapped in the restored task (no gadgets, or the
+    /// frame could not go on the thread's stack).
+    pub window_left: bool,
+    /// Trampoline entry point (absolute address).
+    pub entry: u64,
+}
+
+struct Builder<'w> {
+    ops: &'w mut [Op],
+    n: usize,
+    data: &'w mut [u8],
+    data_addr: u64,
+    used: usize,
+}
+
+struct Cursor<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl fmt::Write for Cursor<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = self.buf.len() - self.len;
+        let n = s.len().min(room);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+impl Builder<'_> {
+    fn alloc(&mut self, len: usize, align: usize) -> Result<(u64, &mut [u8]), PlanError> {
+        let addr = self.data_addr + self.used as u64;
+        let pad = ((addr as usize).wrapping_neg()) & (align - 1);
+        let start = self.used + pad;
+        let end = start
+            .checked_add(len)
+            .ok_or(PlanError::PlanFull { ops: self.n })?;
+        if end > self.data.len() {
+            return Err(PlanError::PlanFull { ops: self.n });
+        }
+        self.used = end;
+        Ok((self.data_addr + start as u64, &mut self.data[start..end]))
+    }
+
+    fn put(&mut self, bytes: &[u8], align: usize) -> Result<u64, PlanError> {
+        let (addr, buf) = self.alloc(bytes.len(), align)?;
+        buf.copy_from_slice(bytes);
+        Ok(addr)
+    }
+
+    fn label(&mut self, index: usize, what: fmt::Arguments<'_>) -> Result<(u64, u64), PlanError> {
+        let (addr, buf) = self.alloc(LABEL_BYTES, 1)?;
+        let mut c = Cursor { buf, len: 0 };
+        let _ = write!(
+            c,
+            "crimg-loader: restore failed at op {index} ({what}): errno "
+        );
+        let len = c.len;
+        // Give back the unused tail of the label.
+        self.used -= LABEL_BYTES - len;
+        Ok((addr, len as u64))
+    }
+
+    fn op(
+        &mut self,
+        kind: u32,
+        rule: u32,
+        nr: u64,
+        args: [u64; 6],
+        expect: u64,
+        what: fmt::Arguments<'_>,
+    ) -> Result<(), PlanError> {
+        if self.n >= self.ops.len() {
+            return Err(PlanError::PlanFull { ops: self.n });
+        }
+        let (label, label_len) = self.label(self.n, what)?;
+        self.ops[self.n] = Op {
+            kind,
+            rule,
+            nr,
+            args,
+            expect,
+            label,
+            label_len,
+        };
+        self.n += 1;
+        Ok(())
+    }
+
+    fn sys(
+        &mut self,
+        rule: u32,
+        nr: u64,
+        args: [u64; 6],
+        what: fmt::Arguments<'_>,
+    ) -> Result<(), PlanError> {
+        self.op(op_kind::SYSCALL, rule, nr, args, 0, what)
+    }
+}
+
+/// `PR_SET_MM`, `PR_SET_MM_MAP`, `PR_SET_NAME`.
+const PR_SET_MM: u64 = 35;
+const PR_SET_MM_MAP: u64 = 14;
+const PR_SET_NAME: u64 = 15;
+const ARCH_SET_GS: u64 = 0x1001;
+const ARCH_SET_FS: u64 = 0x1002;
+const O_CLOEXEC: u64 = 0o2_000_000;
+const EPERM: u64 = 1;
+
+/// `struct prctl_mm_map`.
+#[derive(Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+struct PrctlMmMap {
+    start_code: u64,
+    end_code: u64,
+    start_data: u64,
+    end_data: u64,
+    start_brk: u64,
+    brk: u64,
+    start_stack: u64,
+    arg_start: u64,
+    arg_end: u64,
+    env_start: u64,
+    env_end: u64,
+    auxv: u64,
+    auxv_size: u32,
+    exe_fd: u32,
+}
+const _: () = assert!(core::mem::size_of::<PrctlMmMap>() == 104);
+
+fn madvise_for(flags: u32) -> impl Iterator<Item = (u64, &'static str)> {
+    const TABLE: [(u32, u64, &str); 7] = [
+        (vma_flags::DONTDUMP, 16, "MADV_DONTDUMP"),
+        (vma_flags::DONTFORK, 10, "MADV_DONTFORK"),
+        (vma_flags::HUGEPAGE, 14, "MADV_HUGEPAGE"),
+        (vma_flags::NOHUGEPAGE, 15, "MADV_NOHUGEPAGE"),
+        (vma_flags::WIPEONFORK, 18, "MADV_WIPEONFORK"),
+        (vma_flags::RANDOM, 1, "MADV_RANDOM"),
+        (vma_flags::SEQUENTIAL, 2, "MADV_SEQUENTIAL"),
+    ];
+    TABLE
+        .into_iter()
+        .filter(move |(bit, _, _)| flags & bit != 0)
+        .map(|(_, advice, name)| (advice, name))
+}
+
+/// Check the loads against the VMAs: each lies in restorable, non-shared-file
+/// VMAs that cover it without holes. Returns for each VMA whether it gets pages.
+fn check_loads(input: &PlanInput<'_>) -> Result<(), PlanError> {
+    let mut prev_end = 0;
+    for v in input.vmas {
+        if v.start % PAGE != 0 || v.end % PAGE != 0 || v.end <= v.start || v.start < prev_end {
+            return Err(PlanError::BadVma { start: v.start });
+        }
+        prev_end = v.end;
+    }
+    for l in input.loads {
+        let mut at = l.vaddr;
+        let end = l.vaddr + l.len;
+        while at < end {
+            let i = input.vmas.partition_point(|v| v.end <= at);
+            let v = input
+                .vmas
+                .get(i)
+                .filter(|v| v.start <= at && !v.is_special());
+            let v = v.ok_or(PlanError::LoadOutsideVmas { vaddr: at })?;
+            if v.is_shared_file() {
+                return Err(PlanError::LoadInSharedFile { vaddr: at });
+            }
+            at = v.end;
+        }
+    }
+    Ok(())
+}
+
+fn vma_gets_pages(input: &PlanInput<'_>, v: &TargetVma) -> bool {
+    input.loads.iter().any(|l| {
+        (Range {
+            start: l.vaddr,
+            end: l.vaddr + l.len,
+        })
+        .overlaps(&v.range())
+    })
+}
+
+/// Build the plan for `input` into `buf`, the window's bytes, which will run
+/// at address `window.start`. `buf` must be zeroed and at least the layout's
+/// size long.
+pub fn build_plan(
+    input: &PlanInput<'_>,
+    window: Range,
+    buf: &mut [u8],
+) -> Result<PlanSummary, PlanError> {
+    let lay = WindowLayout::for_input(input);
+    if (buf.len() as u64) < lay.size {
+        return Err(PlanError::WindowTooSmall {
+            need: lay.size,
+            have: buf.len() as u64,
+        });
+    }
+    check_loads(input)?;
+    if !input.target_vdso.parts().is_empty() && !input.loader_vdso.same_shape(&input.target_vdso) {
+        return Err(PlanError::VdsoMismatch);
+    }
+    let xsave = input.thread.xsave;
+    if xsave.len() < frame::XSAVE_MIN {
+        return Err(PlanError::XsaveTooSmall { len: xsave.len() });
+    }
+    let base = window.start;
+    buf[lay.code_off as usize..lay.code_off as usize + input.trampoline.len()]
+        .copy_from_slice(input.trampoline);
+    let (head, rest) = buf.split_at_mut(lay.data_off as usize);
+    let ops_bytes = &mut head[lay.ops_off as usize..];
+    let ops = <[Op]>::mut_from_bytes(&mut ops_bytes[..lay.ops_cap * layout::OP_SIZE])
+        .map_err(|_| PlanError::PlanFull { ops: 0 })?;
+    let data = &mut rest[..lay.data_len as usize];
+    let mut b = Builder {
+        ops,
+        n: 0,
+        data,
+        data_addr: base + lay.data_off,
+        used: 0,
+    };
+
+    // 0. Nothing may interrupt the plan: block every signal (the frame's
+    //    uc_sigmask puts the task's own mask back).
+    let all = b.put(&u64::MAX.to_le_bytes(), 8)?;
+    b.sys(
+        rule::OK,
+        nr::RT_SIGPROCMASK,
+        [2, all, 0, 8, 0, 0],
+        format_args!("rt_sigprocmask block all"),
+    )?;
+
+    // 1. Park this kernel's vDSO block in the window, keeping its spacing.
+    let park = base + lay.park_off;
+    if let Some(span) = input.loader_vdso.span() {
+        for p in input.loader_vdso.parts() {
+            let to = park + (p.start - span.start);
+            b.sys(
+                rule::EQ,
+                nr::MREMAP,
+                [
+                    p.start,
+                    p.len(),
+                    p.len(),
+                    sys::MREMAP_MAYMOVE | sys::MREMAP_FIXED,
+                    to,
+                    0,
+                ],
+                format_args!("mremap vdso part {:#x} to {to:#x}", p.start),
+            )?;
+            b.ops[b.n - 1].expect = to;
+        }
+    }
+
+    // 2. Unmap everything of the loader below and above the window.
+    b.sys(
+        rule::OK,
+        nr::MUNMAP,
+        [0, base, 0, 0, 0, 0],
+        format_args!("munmap below window"),
+    )?;
+    b.sys(
+        rule::OK,
+        nr::MUNMAP,
+        [window.end, TASK_SIZE - window.end, 0, 0, 0, 0],
+        format_args!("munmap above window"),
+    )?;
+
+    // 3. Build every target VMA at its address; stored pages need write
+    //    access until they are in.
+    for v in input.vmas.iter().filter(|v| !v.is_special()) {
+        let fill = vma_gets_pages(input, v);
+        let p = u64::from(v.prot) | if fill { sys::PROT_WRITE } else { 0 };
+        let shared = v.flags & vma_flags::SHARED != 0;
+        let (flags, fd, off) = if v.fd >= 0 {
+            (
+                if shared {
+                    sys::MAP_SHARED
+                } else {
+                    sys::MAP_PRIVATE
+                } | sys::MAP_FIXED,
+                v.fd as u64,
+                v.pgoff,
+            )
+        } else {
+            let mut f = sys::MAP_ANONYMOUS | sys::MAP_FIXED;
+            f |= if shared || v.kind == vma_kind::SHARED_ANON {
+                sys::MAP_SHARED
+            } else {
+                sys::MAP_PRIVATE
+            };
+            if v.flags & vma_flags::GROWSDOWN != 0 {
+                f |= sys::MAP_GROWSDOWN;
+            }
+            (f, u64::MAX, 0)
+        };
+        b.sys(
+            rule::EQ,
+            nr::MMAP,
+            [v.start, v.end - v.start, p, flags, fd, off],
+            format_args!("mmap {:#x}-{:#x}", v.start, v.end),
+        )?;
+        b.ops[b.n - 1].expect = v.start;
+    }
+    for l in input.loads {
+        b.op(
+            op_kind::PREAD_ALL,
+            rule::OK,
+            nr::PREAD64,
+            [input.image_fd as u64, l.vaddr, l.len, l.offset, 0, 0],
+            0,
+            format_args!("pread pages {:#x}+{:#x}", l.vaddr, l.len),
+        )?;
+    }
+    for v in input.vmas.iter().filter(|v| !v.is_special()) {
+        if vma_gets_pages(input, v) && v.prot & prot::WRITE == 0 {
+            b.sys(
+                rule::OK,
+                nr::MPROTECT,
+                [v.start, v.end - v.start, u64::from(v.prot), 0, 0, 0],
+                format_args!("mprotect {:#x}", v.start),
+            )?;
+        }
+        for (advice, name) in madvise_for(v.flags) {
+            // Advice is a hint; a kernel without THP refuses MADV_HUGEPAGE.
+            b.sys(
+                rule::ANY,
+                nr::MADVISE,
+                [v.start, v.end - v.start, advice, 0, 0, 0],
+                format_args!("madvise {:#x} {name}", v.start),
+            )?;
+        }
+    }
+
+    // 4. The vDSO block onto the target's old addresses (or away).
+    if let Some(span) = input.loader_vdso.span() {
+        let target = input.target_vdso.parts();
+        for (i, p) in input.loader_vdso.parts().iter().enumerate() {
+            let from = park + (p.start - span.start);
+            if let Some(t) = target.get(i) {
+                b.sys(
+                    rule::EQ,
+                    nr::MREMAP,
+                    [
+                        from,
+                        p.len(),
+                        p.len(),
+                        sys::MREMAP_MAYMOVE | sys::MREMAP_FIXED,
+                        t.start,
+                        0,
+                    ],
+                    format_args!("mremap vdso part to {:#x}", t.start),
+                )?;
+                b.ops[b.n - 1].expect = t.start;
+            } else {
+                b.sys(
+                    rule::OK,
+                    nr::MUNMAP,
+                    [from, p.len(), 0, 0, 0, 0],
+                    format_args!("munmap unused vdso part"),
+                )?;
+            }
+        }
+    }
+
+    // 5. mm fields. With the exe fd first (privileged); on EPERM again without.
+    let auxv = if input.auxv.is_empty() {
+        0
+    } else {
+        b.put(input.auxv, 8)?
+    };
+    let m = input.mm;
+    let mut map = PrctlMmMap {
+        start_code: m.start_code,
+        end_code: m.end_code,
+        start_data: m.start_data,
+        end_data: m.end_data,
+        start_brk: m.start_brk,
+        brk: m.brk,
+        start_stack: m.start_stack,
+        arg_start: m.arg_start,
+        arg_end: m.arg_end,
+        env_start: m.env_start,
+        env_end: m.env_end,
+        auxv,
+        auxv_size: input.auxv.len() as u32,
+        exe_fd: u32::MAX,
+    };
+    if let Some(fd) = input.exe_fd {
+        let mut with_exe = map;
+        with_exe.exe_fd = fd as u32;
+        let a = b.put(with_exe.as_bytes(), 8)?;
+        b.op(
+            op_kind::SYSCALL,
+            rule::OK_OR_ERRNO | rule::SKIP_NEXT_IF_OK,
+            nr::PRCTL,
+            [PR_SET_MM, PR_SET_MM_MAP, a, 104, 0, 0],
+            EPERM,
+            format_args!("prctl PR_SET_MM_MAP with exe"),
+        )?;
+    }
+    map.exe_fd = u32::MAX;
+    let a = b.put(map.as_bytes(), 8)?;
+    b.sys(
+        rule::OK,
+        nr::PRCTL,
+        [PR_SET_MM, PR_SET_MM_MAP, a, 104, 0, 0],
+        format_args!("prctl PR_SET_MM_MAP"),
+    )?;
+
+    // 6. Process-wide state.
+    for s in input
+        .sigactions
+        .iter()
+        .filter(|s| (1..=64).contains(&s.signo) && s.signo != 9 && s.signo != 19)
+    {
+        let act = [s.handler, s.flags, s.restorer, s.mask];
+        let a = b.put(act.as_bytes(), 8)?;
+        b.sys(
+            rule::OK,
+            nr::RT_SIGACTION,
+            [u64::from(s.signo), a, 0, 8, 0, 0],
+            format_args!("rt_sigaction {}", s.signo),
+        )?;
+    }
+    b.sys(
+        rule::ANY,
+        nr::PERSONALITY,
+        [u64::from(input.personality), 0, 0, 0, 0, 0],
+        format_args!("personality"),
+    )?;
+    b.sys(
+        rule::ANY,
+        nr::UMASK,
+        [u64::from(input.umask), 0, 0, 0, 0, 0],
+        format_args!("umask"),
+    )?;
+    if let Some(fd) = input.cwd_fd {
+        b.sys(
+            rule::OK,
+            nr::FCHDIR,
+            [fd as u64, 0, 0, 0, 0, 0],
+            format_args!("fchdir cwd"),
+        )?;
+    }
+
+    // 7. Files: every opened fd into place, then close everything else
+    //    (the image, the mapped files, anything the caller leaked).
+    for m in input.fd_moves {
+        b.op(
+            op_kind::SYSCALL,
+            rule::EQ,
+            nr::DUP3,
+            [
+                m.from as u64,
+                m.to as u64,
+                if m.cloexec != 0 { O_CLOEXEC } else { 0 },
+                0,
+                0,
+                0,
+            ],
+            m.to as u64,
+            format_args!("dup3 {} to {}", m.from, m.to),
+        )?;
+    }
+    let mut next = 0u64;
+    loop {
+        // The smallest kept fd at or above `next`.
+        let kept = input
+            .fd_moves
+            .iter()
+            .map(|m| m.to)
+            .chain(input.keep_fds.iter().copied())
+            .filter(|&fd| fd >= 0 && fd as u64 >= next)
+            .map(|fd| fd as u64)
+            .min();
+        match kept {
+            Some(k) => {
+                if k > next {
+                    b.sys(
+                        rule::OK,
+                        nr::CLOSE_RANGE,
+                        [next, k - 1, 0, 0, 0, 0],
+                        format_args!("close_range {next}-{}", k - 1),
+                    )?;
+                }
+                next = k + 1;
+            }
+            None => {
+                b.sys(
+                    rule::OK,
+                    nr::CLOSE_RANGE,
+                    [next, u64::from(u32::MAX), 0, 0, 0, 0],
+                    format_args!("close_range {next}-"),
+                )?;
+                break;
+            }
+        }
+    }
+    for r in input.rlimits {
+        let a = b.put([r.cur, r.max].as_bytes(), 8)?;
+        b.op(
+            op_kind::SYSCALL,
+            rule::OK_OR_ERRNO,
+            nr::PRLIMIT64,
+            [0, u64::from(r.resource), a, 0, 0, 0],
+            EPERM,
+            format_args!("prlimit64 {}", r.resource),
+        )?;
+    }
+
+    // 8. Per-thread state.
+    let t = &input.thread;
+    b.sys(
+        rule::OK,
+        nr::ARCH_PRCTL,
+        [ARCH_SET_FS, t.regs.fs_base, 0, 0, 0, 0],
+        format_args!("arch_prctl ARCH_SET_FS"),
+    )?;
+    b.sys(
+        rule::OK,
+        nr::ARCH_PRCTL,
+        [ARCH_SET_GS, t.regs.gs_base, 0, 0, 0, 0],
+        format_args!("arch_prctl ARCH_SET_GS"),
+    )?;
+    if t.record.rseq_len != 0 {
+        b.sys(
+            rule::OK,
+            nr::RSEQ,
+            [
+                t.record.rseq_addr,
+                u64::from(t.record.rseq_len),
+                0,
+                u64::from(t.record.rseq_sig),
+                0,
+                0,
+            ],
+            format_args!("rseq {:#x}", t.record.rseq_addr),
+        )?;
+    }
+    if t.record.robust_list_head != 0 {
+        b.sys(
+            rule::OK,
+            nr::SET_ROBUST_LIST,
+            [
+                t.record.robust_list_head,
+                t.record.robust_list_len,
+                0,
+                0,
+                0,
+                0,
+            ],
+            format_args!("set_robust_list"),
+        )?;
+    }
+    b.sys(
+        rule::ANY,
+        nr::SET_TID_ADDRESS,
+        [t.record.clear_child_tid, 0, 0, 0, 0, 0],
+        format_args!("set_tid_address"),
+    )?;
+    let comm = b.put(&t.record.comm, 8)?;
+    b.sys(
+        rule::OK,
+        nr::PRCTL,
+        [PR_SET_NAME, comm, 0, 0, 0, 0],
+        format_args!("prctl PR_SET_NAME"),
+    )?;
+
+    // 9. Pending signals (all blocked until the frame's mask applies).
+    for p in input.pending {
+        let signo = u64::from(u32::from_le_bytes([
+            p.siginfo[0],
+            p.siginfo[1],
+            p.siginfo[2],
+            p.siginfo[3],
+        ]));
+        let info = b.put(&p.siginfo, 8)?;
+        let pid = input.pid as u64;
+        if p.tid == 0 {
+            b.sys(
+                rule::OK,
+                nr::RT_SIGQUEUEINFO,
+                [pid, signo, info, 0, 0, 0],
+                format_args!("rt_sigqueueinfo {signo}"),
+            )?;
+        } else {
+            b.sys(
+                rule::OK,
+                nr::RT_TGSIGQUEUEINFO,
+                [pid, pid, signo, info, 0, 0],
+                format_args!("rt_tgsigqueueinfo {signo}"),
+            )?;
+        }
+    }
+
+    // 10. Timers, armed last.
+    for it in input
+        .itimers
+        .iter()
+        .filter(|it| it.value.sec != 0 || it.value.usec != 0)
+    {
+        let val = [
+            it.interval.sec,
+            it.interval.usec,
+            it.value.sec,
+            it.value.usec,
+        ];
+        let a = b.put(val.as_bytes(), 8)?;
+        b.sys(
+            rule::OK,
+            nr::SETITIMER,
+            [u64::from(it.which), a, 0, 0, 0, 0],
+            format_args!("setitimer {}", it.which),
+        )?;
+    }
+
+    // 11. Credentials, last: after them the plan may no longer be allowed
+    //     to do the rest.
+    if let Some(c) = input.creds {
+        let n = (c.ngroups as usize).min(c.groups.len());
+        let g = b.put(c.groups[..n].as_bytes(), 8)?;
+        b.sys(
+            rule::OK,
+            nr::SETGROUPS,
+            [n as u64, g, 0, 0, 0, 0],
+            format_args!("setgroups"),
+        )?;
+        let gid = c.gid.map(u64::from);
+        b.sys(
+            rule::OK,
+            nr::SETRESGID,
+            [gid[0], gid[1], gid[2], 0, 0, 0],
+            format_args!("setresgid"),
+        )?;
+        let uid = c.uid.map(u64::from);
+        b.sys(
+            rule::OK,
+            nr::SETRESUID,
+            [uid[0], uid[1], uid[2], 0, 0, 0],
+            format_args!("setresuid"),
+        )?;
+    }
+
+    // 12. The jump. The frame goes on the thread's own stack below its red
+    //     zone when that lies in one writable VMA, so the window can go.
+    let regs = &t.regs;
+    let on_stack = FramePlace::below(regs.rsp, xsave.len()).filter(|p| {
+        let i = input.vmas.partition_point(|v| v.end <= p.frame);
+        input.vmas.get(i).is_some_and(|v| {
+            v.start <= p.frame && regs.rsp <= v.end && v.prot & prot::WRITE != 0 && !v.is_special()
+        })
+    });
+    let gadgets = input
+        .gadgets
+        .filter(|g| g.syscall_ret != 0 && g.rt_sigreturn != 0);
+    let window_left;
+    match on_stack {
+        Some(place) => {
+            let pretcode = gadgets.map_or(0, |g| g.rt_sigreturn);
+            let (src, blob) = b.alloc(place.len() as usize, 64)?;
+            frame::write_frame(
+                blob,
+                place,
+                regs,
+                &t.record,
+                xsave,
+                input.xfeatures,
+                pretcode,
+            );
+            b.op(
+                op_kind::MEMCPY,
+                rule::ANY,
+                0,
+                [place.frame, src, place.len(), 0, 0, 0],
+                0,
+                format_args!("copy frame"),
+            )?;
+            if let Some(g) = gadgets {
+                window_left = false;
+                b.op(
+                    op_kind::GADGET_EXIT,
+                    rule::ANY,
+                    nr::MUNMAP,
+                    [place.frame, g.syscall_ret, window.start, window.len(), 0, 0],
+                    0,
+                    format_args!("leave via gadgets"),
+                )?;
+            } else {
+                window_left = true;
+                b.op(
+                    op_kind::SIGRETURN,
+                    rule::ANY,
+                    nr::RT_SIGRETURN,
+                    [place.ucontext(), 0, 0, 0, 0, 0],
+                    0,
+                    format_args!("rt_sigreturn"),
+                )?;
+            }
+        }
+        None => {
+            // A frame in the window: the task resumes, the window stays.
+            window_left = true;
+            let len = frame::FRAME_SIZE + 64 + xsave.len() as u64 + 4 + 64;
+            let (addr, _) = b.alloc(len as usize, 64)?;
+            let place = FramePlace::below(addr + len + frame::RED_ZONE, xsave.len())
+                .filter(|p| p.frame >= addr)
+                .ok_or(PlanError::NoRoomForFrame { rsp: regs.rsp })?;
+            let off = (place.frame - b.data_addr) as usize;
+            let blob = &mut b.data[off..off + place.len() as usize];
+            frame::write_frame(blob, place, regs, &t.record, xsave, input.xfeatures, 0);
+            b.op(
+                op_kind::SIGRETURN,
+                rule::ANY,
+                nr::RT_SIGRETURN,
+                [place.ucontext(), 0, 0, 0, 0, 0],
+                0,
+                format_args!("rt_sigreturn"),
+            )?;
+        }
+    }
+
+    let n_ops = b.n;
+    let (label, label_len) = b.label(n_ops, format_args!("end of plan"))?;
+    let header = WindowHeader {
+        ops: base + lay.ops_off,
+        op_count: n_ops as u64,
+        stack_top: base + lay.stack_top_off,
+        label,
+        label_len,
+        base,
+    };
+    buf[..core::mem::size_of::<WindowHeader>()].copy_from_slice(header.as_bytes());
+    Ok(PlanSummary {
+        ops: n_ops,
+        window,
+        window_left,
+        entry: base + lay.code_off,
+    })
+}
+
+/// The ops of a built window (for tests and the dry-run printer).
+pub fn window_ops(buf: &[u8]) -> &[Op] {
+    let Ok((h, _)) = WindowHeader::read_from_prefix(buf) else {
+        return &[];
+    };
+    let off = h.ops.wrapping_sub(h.base) as usize;
+    let len = (h.op_count as usize).saturating_mul(layout::OP_SIZE);
+    buf.get(off..off.saturating_add(len))
+        .and_then(|b| <[Op]>::ref_from_bytes(b).ok())
+        .unwrap_or(&[])
+}
+
+/// The "what" part of an op's failure message.
+pub fn op_label<'b>(buf: &'b [u8], op: &Op) -> &'b [u8] {
+    let Ok((h, _)) = WindowHeader::read_from_prefix(buf) else {
+        return b"";
+    };
+    let off = op.label.wrapping_sub(h.base) as usize;
+    let text = buf
+        .get(off..off.saturating_add(op.label_len as usize))
+        .unwrap_or(b"");
+    let start = text.iter().position(|&c| c == b'(').map_or(0, |i| i + 1);
+    let end = text
+        .windows(3)
+        .rposition(|w| w == b"): ")
+        .unwrap_or(text.len());
+    text.get(start..end.max(start)).unwrap_or(b"")
+}
+
+/// Print the plan in `buf` (a built window), one op per line: the dry run.
+pub fn write_plan(buf: &[u8], out: &mut impl fmt::Write) -> fmt::Result {
+    for (i, op) in window_ops(buf).iter().enumerate() {
+        let what = core::str::from_utf8(op_label(buf, op)).unwrap_or("?");
+        let kind = match op.kind {
+            op_kind::SYSCALL => syscall_name(op.nr),
+            op_kind::PREAD_ALL => "pread-all",
+            op_kind::MEMCPY => "memcpy",
+            op_kind::SIGRETURN => "rt_sigreturn",
+            op_kind::GADGET_EXIT => "gadget-exit",
+            _ => "?",
+        };
+        let a = op.args;
+        writeln!(
+            out,
+            "{i:5} {kind:<17} {:#x} {:#x} {:#x} {:#x} {:#x} {:#x}  rule {:#x}  # {what}",
+            a[0], a[1], a[2], a[3], a[4], a[5], op.rule
+        )?;
+    }
+    Ok(())
+}
+
+/// Name of a syscall the plan uses, for the dry-run printer.
+pub fn syscall_name(n: u64) -> &'static str {
+    match n {
+        nr::MMAP => "mmap",
+        nr::MUNMAP => "munmap",
+        nr::MPROTECT => "mprotect",
+        nr::MREMAP => "mremap",
+        nr::MADVISE => "madvise",
+        nr::PREAD64 => "pread64",
+        nr::RT_SIGPROCMASK => "rt_sigprocmask",
+        nr::RT_SIGACTION => "rt_sigaction",
+        nr::PRCTL => "prctl",
+        nr::PERSONALITY => "personality",
+        nr::UMASK => "umask",
+        nr::FCHDIR => "fchdir",
+        nr::DUP3 => "dup3",
+        nr::CLOSE_RANGE => "close_range",
+        nr::PRLIMIT64 => "prlimit64",
+        nr::ARCH_PRCTL => "arch_prctl",
+        nr::RSEQ => "rseq",
+        nr::SET_ROBUST_LIST => "set_robust_list",
+        nr::SET_TID_ADDRESS => "set_tid_address",
+        nr::RT_SIGQUEUEINFO => "rt_sigqueueinfo",
+        nr::RT_TGSIGQUEUEINFO => "rt_tgsigqueueinfo",
+        nr::SETITIMER => "setitimer",
+        nr::SETGROUPS => "setgroups",
+        nr::SETRESGID => "setresgid",
+        nr::SETRESUID => "setresuid",
+        nr::RT_SIGRETURN => "rt_sigreturn",
+        _ => "syscall",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::vec::Vec;
+
+    /// xorshift64*: deterministic random layouts without a dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+    }
+
+    fn random_ranges(rng: &mut Rng, n: usize, lo: u64, hi: u64) -> Vec<Range> {
+        let mut out: Vec<Range> = Vec::new();
+        for _ in 0..n {
+            let start = (lo + rng.below((hi - lo) / PAGE) * PAGE) & !(PAGE - 1);
+            let len = (1 + rng.below(64)) * PAGE;
+            let r = Range {
+                start,
+                end: (start + len).min(hi),
+            };
+            if !r.is_empty() && out.iter().all(|o| !o.overlaps(&r)) {
+                out.push(r);
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn find_free_is_the_lowest_fit() {
+        let mut rng = Rng(0x1234_5678);
+        for _ in 0..2000 {
+            let (lo, hi) = (0x10000, 0x10000 + 4096 * PAGE);
+            let n = rng.below(40) as usize;
+            let mut occ = random_ranges(&mut rng, n, 0, hi + 64 * PAGE);
+            let size = (1 + rng.below(200)) * PAGE;
+            let valid = |a: u64, occ: &[Range]| {
+                a >= lo
+                    && a.is_multiple_of(PAGE)
+                    && a + size <= hi
+                    && occ.iter().all(|r| {
+                        !r.overlaps(&Range {
+                            start: a - WINDOW_GAP,
+                            end: a + size + WINDOW_GAP,
+                        })
+                    })
+            };
+            let got = find_free(&mut occ, size, lo, hi);
+            // The only candidates are `lo` and just past each range's gap.
+            let mut cands: Vec<u64> = occ.iter().map(|r| r.end + WINDOW_GAP).collect();
+            cands.push(lo);
+            let best = cands.into_iter().filter(|&a| valid(a, &occ)).min();
+            assert_eq!(got, best, "size {size:#x} occupied {occ:x?}");
+        }
+    }
+
+    /// A simple model of an address space: page → protection.
+    #[derive(Default)]
+    struct Model {
+        pages: BTreeMap<u64, u64>,
+        written: BTreeMap<u64, u32>,
+    }
+
+    impl Model {
+        fn map(&mut self, start: u64, len: u64, prot: u64) {
+            for p in (start..start + len).step_by(PAGE as usize) {
+                self.pages.insert(p, prot);
+            }
+        }
+        fn unmap(&mut self, start: u64, len: u64) {
+            let end = start.saturating_add(len);
+            let gone: Vec<u64> = self.pages.range(start..end).map(|(k, _)| *k).collect();
+            for p in gone {
+                self.pages.remove(&p);
+            }
+        }
+        fn apply(&mut self, op: &Op) {
+            let a = op.args;
+            match (op.kind, op.nr) {
+                (op_kind::SYSCALL, nr::MMAP) => {
+                    assert!(a[3] & sys::MAP_FIXED != 0);
+                    self.map(a[0], a[1], a[2]);
+                }
+                (op_kind::SYSCALL, nr::MUNMAP) => self.unmap(a[0], a[1]),
+                (op_kind::SYSCALL, nr::MPROTECT) => {
+                    for p in (a[0]..a[0] + a[1]).step_by(PAGE as usize) {
+                        assert!(self.pages.contains_key(&p), "mprotect of unmapped {p:#x}");
+                        self.pages.insert(p, a[2]);
+                    }
+                }
+                (op_kind::SYSCALL, nr::MREMAP) => {
+                    let moved: Vec<(u64, u64)> = self
+                        .pages
+                        .range(a[0]..a[0] + a[1])
+                        .map(|(k, v)| (*k, *v))
+                        .collect();
+                    assert_eq!(
+                        moved.len() as u64,
+                        a[1] / PAGE,
+                        "mremap of a hole at {:#x}",
+                        a[0]
+                    );
+                    self.unmap(a[0], a[1]);
+                    self.unmap(a[4], a[2]);
+                    for (k, v) in moved {
+                        self.pages.insert(k - a[0] + a[4], v);
+                    }
+                }
+                (op_kind::PREAD_ALL, _) => {
+                    for p in (a[1]..a[1] + a[2]).step_by(PAGE as usize) {
+                        let prot = self.pages.get(&p).copied();
+                        assert!(
+                            prot.is_some_and(|x| x & sys::PROT_WRITE != 0),
+                            "pread into {p:#x} ({prot:?})"
+                        );
+                        *self.written.entry(p).or_default() += 1;
+                    }
+                }
+                (op_kind::MEMCPY, _) => {
+                    let first = a[0] & !(PAGE - 1);
+                    for p in (first..a[0] + a[2]).step_by(PAGE as usize) {
+                        assert!(
+                            self.pages.get(&p).is_some_and(|x| x & sys::PROT_WRITE != 0),
+                            "memcpy to {p:#x}"
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    struct Fixture {
+        vmas: Vec<TargetVma>,
+        loads: Vec<PageLoad>,
+        loader_maps: Vec<Range>,
+        loader_vdso: VdsoBlock,
+        target_vdso: VdsoBlock,
+        xsave: Vec<u8>,
+        regs: UserRegs,
+    }
+
+    fn vdso_at(base: u64) -> VdsoBlock {
+        let mut b = VdsoBlock::default();
+        b.push(Range {
+            start: base,
+            end: base + 4 * PAGE,
+        });
+        b.push(Range {
+            start: base + 4 * PAGE,
+            end: base + 6 * PAGE,
+        });
+        b.push(Range {
+            start: base + 6 * PAGE,
+            end: base + 8 * PAGE,
+        });
+        b
+    }
+
+    fn fixture(rng: &mut Rng) -> Fixture {
+        let hi = 0x7fff_0000_0000;
+        let target_vdso = vdso_at(0x7ffd_0000_0000);
+        let mut vmas: Vec<TargetVma> = random_ranges(rng, 30, 0x40_0000, 0x7ffc_0000_0000)
+            .into_iter()
+            .map(|r| TargetVma {
+                start: r.start,
+                end: r.end,
+                prot: (rng.below(8)) as u32,
+                flags: if rng.below(4) == 0 {
+                    vma_flags::DONTDUMP
+                } else {
+                    0
+                },
+                fd: if rng.below(3) == 0 { 7 } else { -1 },
+                kind: vma_kind::ANON,
+                pgoff: 0,
+            })
+            .collect();
+        // The stack, with its frame room.
+        let stack = TargetVma {
+            start: 0x7ffe_0000_0000,
+            end: 0x7ffe_0002_0000,
+            prot: 3,
+            flags: vma_flags::GROWSDOWN,
+            kind: vma_kind::STACK,
+            fd: -1,
+            pgoff: 0,
+        };
+        vmas.push(stack);
+        for (i, p) in target_vdso.parts().iter().enumerate() {
+            let kind = [vma_kind::VVAR, vma_kind::VVAR_VCLOCK, vma_kind::VDSO][i];
+            vmas.push(TargetVma {
+                start: p.start,
+                end: p.end,
+                prot: 1,
+                kind,
+                fd: -1,
+                ..Default::default()
+            });
+        }
+        vmas.sort_by_key(|v| v.start);
+        let mut loads = Vec::new();
+        let mut off = 0x10000;
+        for v in vmas.iter().filter(|v| !v.is_special()) {
+            let pages = (v.end - v.start) / PAGE;
+            let mut p = 0;
+            while p < pages {
+                let skip = rng.below(4);
+                let len = 1 + rng.below(4);
+                if p + skip + len > pages {
+                    break;
+                }
+                loads.push(PageLoad {
+                    vaddr: v.start + (p + skip) * PAGE,
+                    offset: off,
+                    len: len * PAGE,
+                });
+                off += len * PAGE;
+                p += skip + len;
+            }
+        }
+        let loader_maps = random_ranges(rng, 8, 0x40_0000, hi);
+        let loader_vdso = vdso_at(0x7fff_1000_0000);
+        let regs = UserRegs {
+            rsp: stack.end - 0x100,
+            rip: 0x40_1000,
+            ..Default::default()
+        };
+        Fixture {
+            vmas,
+            loads,
+            loader_maps,
+            loader_vdso,
+            target_vdso,
+            xsave: std::vec![0u8; 832],
+            regs,
+        }
+    }
+
+    fn input<'a>(f: &'a Fixture, gadgets: bool) -> PlanInput<'a> {
+        PlanInput {
+            image_fd: 9,
+            vmas: &f.vmas,
+            loads: &f.loads,
+            loader_maps: &f.loader_maps,
+            loader_vdso: f.loader_vdso,
+            target_vdso: f.target_vdso,
+            mm: MmRecord::default(),
+            auxv: &[6, 0, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            exe_fd: Some(11),
+            sigactions: &[],
+            rlimits: &[],
+            personality: 0,
+            umask: 0o22,
+            cwd_fd: Some(12),
+            fd_moves: &[
+                FdMove {
+                    from: 13,
+                    to: 0,
+                    cloexec: 0,
+                },
+                FdMove {
+                    from: 14,
+                    to: 5,
+                    cloexec: 1,
+                },
+            ],
+            keep_fds: &[1, 2],
+            thread: ThreadInput {
+                record: ThreadRecord::default(),
+                regs: f.regs,
+                xsave: &f.xsave,
+            },
+            xfeatures: 3,
+            pid: 100,
+            pending: &[],
+            itimers: &[],
+            creds: None,
+            gadgets: gadgets.then_some(GadgetsRecord {
+                syscall_ret: 0x40_2000,
+                rt_sigreturn: 0x40_2010,
+            }),
+            mmap_min_addr: 0x10000,
+            trampoline: crate::arch::trampoline_code(),
+        }
+    }
+
+    #[test]
+    fn plans_rebuild_the_target_layout_exactly() {
+        let mut rng = Rng(0xfeed_beef);
+        for round in 0..200 {
+            let f = fixture(&mut rng);
+            let inp = input(&f, round % 2 == 0);
+            let mut scratch = std::vec![Range::default(); f.vmas.len() + f.loader_maps.len() + 3];
+            let window = choose_window(&inp, &mut scratch).unwrap();
+            for r in f
+                .vmas
+                .iter()
+                .map(|v| v.range())
+                .chain(f.loader_maps.iter().copied())
+                .chain(f.loader_vdso.parts().iter().copied())
+            {
+                assert!(!r.overlaps(&window), "window {window:x?} overlaps {r:x?}");
+            }
+            let mut buf = std::vec![0u8; window.len() as usize];
+            let summary = build_plan(&inp, window, &mut buf).unwrap();
+            assert_eq!(summary.window_left, round % 2 != 0);
+
+            // Run the ops on the model.
+            let mut m = Model::default();
+            for r in &f.loader_maps {
+                m.map(r.start, r.len(), 5);
+            }
+            for r in f.loader_vdso.parts() {
+                m.map(r.start, r.len(), 1);
+            }
+            m.map(window.start, window.len(), 7);
+            let ops = window_ops(&buf);
+            assert_eq!(ops.len(), summary.ops);
+            for op in ops {
+                m.apply(op);
+            }
+            // Every target page mapped with its final protection.
+            for v in f.vmas.iter().filter(|v| !v.is_special()) {
+                for p in (v.start..v.end).step_by(PAGE as usize) {
+                    assert_eq!(
+                        m.pages.get(&p),
+                        Some(&u64::from(v.prot)),
+                        "page {p:#x} of {v:x?}"
+                    );
+                }
+            }
+            // The vDSO block sits where the target had it.
+            for p in f.target_vdso.parts() {
+                assert!(m.pages.contains_key(&p.start));
+            }
+            // Every stored page written exactly once, nothing else written.
+            let mut expected = BTreeMap::new();
+            for l in &f.loads {
+                for p in (l.vaddr..l.vaddr + l.len).step_by(PAGE as usize) {
+                    expected.insert(p, 1u32);
+                }
+            }
+            assert_eq!(m.written, expected);
+            // Nothing else is left but the window (the gadgets unmap it).
+            for &p in m.pages.keys() {
+                let in_target = f.vmas.iter().any(|v| v.start <= p && p < v.end);
+                let in_window = window.start <= p && p < window.end;
+                assert!(in_target || in_window, "stray page {p:#x}");
+            }
+            // The last op leaves; failure labels name their op.
+            let last = ops.last().unwrap();
+            assert!(matches!(
+                last.kind,
+                op_kind::GADGET_EXIT | op_kind::SIGRETURN
+            ));
+            assert_eq!(op_label(&buf, &ops[0]), b"rt_sigprocmask block all");
+        }
+    }
+
+    #[test]
+    fn refuses_pages_outside_vmas_and_mismatched_vdso() {
+        let mut rng = Rng(7);
+        let mut f = fixture(&mut rng);
+        f.loads.push(PageLoad {
+            vaddr: 0x1000_0000_0000 - PAGE,
+            offset: 0,
+            len: PAGE,
+        });
+        let inp = input(&f, true);
+        let mut buf = std::vec![0u8; WindowLayout::for_input(&inp).size as usize];
+        let w = Range {
+            start: 0x10000,
+            end: 0x10000 + buf.len() as u64,
+        };
+        assert!(matches!(
+            build_plan(&inp, w, &mut buf),
+            Err(PlanError::LoadOutsideVmas { .. })
+        ));
+        f.loads.pop();
+        f.target_vdso.parts[2].end += PAGE;
+        let inp = input(&f, true);
+        assert_eq!(build_plan(&inp, w, &mut buf), Err(PlanError::VdsoMismatch));
+    }
+
+    #[test]
+    fn dry_run_prints_every_op() {
+        let mut rng = Rng(99);
+        let f = fixture(&mut rng);
+        let inp = input(&f, true);
+        let mut scratch = std::vec![Range::default(); 64];
+        let window = choose_window(&inp, &mut scratch).unwrap();
+        let mut buf = std::vec![0u8; window.len() as usize];
+        let s = build_plan(&inp, window, &mut buf).unwrap();
+        let mut text = std::string::String::new();
+        write_plan(&buf, &mut text).unwrap();
+        assert_eq!(text.lines().count(), s.ops);
+        assert!(
+            text.contains("prctl") && text.contains("pread-all") && text.contains("gadget-exit"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,465 @@
+//! Raw Linux system calls for x86_64, without libc.
+//!
+//! # Safety
+//! This module and `arch` are the only places of the crate with `unsafe`.
+//! Every wrapper exported here is safe to call: it takes Rust slices for
+//! the memory the kernel reads or writes, so the kernel sees valid addresses
+//! and lengths; the few that hand out `'static` memory (`mmap`) own the
+//! mapping they return.
+//!
+//! # References
+//! `syscall(2)`, `arch/x86/entry/syscalls/syscall_64.tbl`.
+
+use core::arch::asm;
+
+pub mod startup;
+
+/// System call numbers (x86_64).
+pub mod nr {
+    pub const READ: u64 = 0;
+    pub const WRITE: u64 = 1;
+    pub const CLOSE: u64 = 3;
+    pub const FSTAT: u64 = 5;
+    pub const LSEEK: u64 = 8;
+    pub const MMAP: u64 = 9;
+    pub const MPROTECT: u64 = 10;
+    pub const MUNMAP: u64 = 11;
+    pub const RT_SIGACTION: u64 = 13;
+    pub const RT_SIGPROCMASK: u64 = 14;
+    pub const RT_SIGRETURN: u64 = 15;
+    pub const PREAD64: u64 = 17;
+    pub const MREMAP: u64 = 25;
+    pub const MADVISE: u64 = 28;
+    pub const SETITIMER: u64 = 38;
+    pub const GETPID: u64 = 39;
+    pub const EXIT: u64 = 60;
+    pub const FCNTL: u64 = 72;
+    pub const FCHDIR: u64 = 81;
+    pub const UMASK: u64 = 95;
+    pub const GETUID: u64 = 102;
+    pub const GETGID: u64 = 104;
+    pub const SETRESUID: u64 = 117;
+    pub const GETRESUID: u64 = 118;
+    pub const SETRESGID: u64 = 119;
+    pub const GETRESGID: u64 = 120;
+    pub const SETGROUPS: u64 = 116;
+    pub const PERSONALITY: u64 = 135;
+    pub const PRCTL: u64 = 157;
+    pub const ARCH_PRCTL: u64 = 158;
+    pub const GETTID: u64 = 186;
+    pub const SET_TID_ADDRESS: u64 = 218;
+    pub const EXIT_GROUP: u64 = 231;
+    pub const RT_TGSIGQUEUEINFO: u64 = 297;
+    pub const RT_SIGQUEUEINFO: u64 = 129;
+    pub const SET_ROBUST_LIST: u64 = 273;
+    pub const DUP3: u64 = 292;
+    pub const PRLIMIT64: u64 = 302;
+    pub const OPENAT: u64 = 257;
+    pub const RSEQ: u64 = 334;
+    pub const CLOSE_RANGE: u64 = 436;
+}
+
+pub const AT_FDCWD: i32 = -100;
+pub const O_RDONLY: u32 = 0;
+pub const O_CLOEXEC: u32 = 0o2_000_000;
+pub const O_DIRECTORY: u32 = 0o200_000;
+pub const O_PATH: u32 = 0o10_000_000;
+pub const O_NOCTTY: u32 = 0o400;
+pub const O_CREAT: u32 = 0o100;
+pub const O_EXCL: u32 = 0o200;
+pub const O_TRUNC: u32 = 0o1000;
+
+pub const PROT_READ: u64 = 1;
+pub const PROT_WRITE: u64 = 2;
+pub const PROT_EXEC: u64 = 4;
+pub const MAP_SHARED: u64 = 0x01;
+pub const MAP_PRIVATE: u64 = 0x02;
+pub const MAP_FIXED: u64 = 0x10;
+pub const MAP_ANONYMOUS: u64 = 0x20;
+pub const MAP_GROWSDOWN: u64 = 0x100;
+pub const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
+pub const MREMAP_MAYMOVE: u64 = 1;
+pub const MREMAP_FIXED: u64 = 2;
+pub const F_DUPFD_CLOEXEC: u64 = 1030;
+
+/// An error number returned by the kernel (positive, `1..=4095`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno(pub u16);
+
+impl Errno {
+    pub const EPERM: Errno = Errno(1);
+    pub const ENOENT: Errno = Errno(2);
+    pub const EINTR: Errno = Errno(4);
+    pub const EIO: Errno = Errno(5);
+    pub const EINVAL: Errno = Errno(22);
+}
+
+impl core::fmt::Display for Errno {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "errno {}", self.0)
+    }
+}
+
+/// The raw return value of a system call, split into success or [`Errno`].
+fn result(ret: i64) -> Result<u64, Errno> {
+    if (-4095..0).contains(&ret) {
+        // `ret` is in -4095..=-1, so the negation fits in u16.
+        Err(Errno(ret.unsigned_abs() as u16))
+    } else {
+        Ok(ret as u64)
+    }
+}
+
+/// `syscall(nr, a0..a5)`: the raw instruction.
+///
+/// # Safety
+/// The arguments must satisfy the contract of system call `nr` (valid,
+/// writable memory where the kernel writes, nothing the caller still uses
+/// unmapped or closed behind its back).
+#[inline(always)]
+pub unsafe fn syscall6(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> i64 {
+    let ret: i64;
+    // SAFETY: the caller upholds the contract of the call; the kernel clobbers
+    // only rax, rcx and r11, which are declared.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") nr as i64 => ret,
+            in("rdi") a0,
+            in("rsi") a1,
+            in("rdx") a2,
+            in("r10") a3,
+            in("r8") a4,
+            in("r9") a5,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// `write(fd, buf, len)`: write bytes; returns how many were written.
+pub fn write(fd: i32, buf: &[u8]) -> Result<usize, Errno> {
+    // SAFETY: the kernel reads `buf.len()` bytes from a live slice.
+    let r = unsafe {
+        syscall6(
+            nr::WRITE,
+            fd as u64,
+            buf.as_ptr() as u64,
+            buf.len() as u64,
+            0,
+            0,
+            0,
+        )
+    };
+    result(r).map(|n| n as usize)
+}
+
+/// Write all of `buf` to `fd`, retrying short writes; errors are dropped
+/// (used for diagnostics, which have nowhere else to go).
+pub fn write_all(fd: i32, mut buf: &[u8]) {
+    while !buf.is_empty() {
+        match write(fd, buf) {
+            Ok(0) => return,
+            Ok(n) => buf = &buf[n.min(buf.len())..],
+            Err(Errno::EINTR) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// `read(fd, buf, len)`.
+pub fn read(fd: i32, buf: &mut [u8]) -> Result<usize, Errno> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into a live,
+    // exclusively borrowed slice.
+    let r = unsafe {
+        syscall6(
+            nr::READ,
+            fd as u64,
+            buf.as_mut_ptr() as u64,
+            buf.len() as u64,
+            0,
+            0,
+            0,
+        )
+    };
+    result(r).map(|n| n as usize)
+}
+
+/// `pread64(fd, buf, len, off)`.
+pub fn pread(fd: i32, buf: &mut [u8], off: u64) -> Result<usize, Errno> {
+    // SAFETY: as for `read`.
+    let r = unsafe {
+        syscall6(
+            nr::PREAD64,
+            fd as u64,
+            buf.as_mut_ptr() as u64,
+            buf.len() as u64,
+            off,
+            0,
+            0,
+        )
+    };
+    result(r).map(|n| n as usize)
+}
+
+/// A NUL-terminated path in a fixed buffer (no allocation).
+pub struct CPath {
+    buf: [u8; 4096],
+}
+
+impl CPath {
+    /// `None` when `path` is too long or contains a NUL byte.
+    pub fn new(path: &[u8]) -> Option<CPath> {
+        if path.len() >= 4096 || path.contains(&0) {
+            return None;
+        }
+        let mut buf = [0u8; 4096];
+        buf[..path.len()].copy_from_slice(path);
+        Some(CPath { buf })
+    }
+}
+
+/// `openat(dirfd, path, flags, 0)`: open without creating.
+pub fn openat(dirfd: i32, path: &CPath, flags: u32) -> Result<i32, Errno> {
+    // SAFETY: `path` is NUL-terminated inside its buffer; no O_CREAT, so the
+    // mode argument is unused.
+    let r = unsafe {
+        syscall6(
+            nr::OPENAT,
+            dirfd as i64 as u64,
+            path.buf.as_ptr() as u64,
+            u64::from(flags & !O_CREAT),
+            0,
+            0,
+            0,
+        )
+    };
+    result(r).map(|fd| fd as i32)
+}
+
+/// `close(fd)`.
+pub fn close(fd: i32) -> Result<(), Errno> {
+    // SAFETY: closing an fd touches no memory of ours.
+    let r = unsafe { syscall6(nr::CLOSE, fd as u64, 0, 0, 0, 0, 0) };
+    result(r).map(|_| ())
+}
+
+/// `fcntl(fd, F_DUPFD_CLOEXEC, min)`: a close-on-exec copy numbered ≥ `min`.
+pub fn dup_above(fd: i32, min: i32) -> Result<i32, Errno> {
+    // SAFETY: duplicating an fd touches no memory of ours.
+    let r = unsafe { syscall6(nr::FCNTL, fd as u64, F_DUPFD_CLOEXEC, min as u64, 0, 0, 0) };
+    result(r).map(|fd| fd as i32)
+}
+
+/// `lseek(fd, off, SEEK_SET)`.
+pub fn seek_to(fd: i32, off: u64) -> Result<u64, Errno> {
+    // SAFETY: seeking touches no memory of ours.
+    let r = unsafe { syscall6(nr::LSEEK, fd as u64, off, 0, 0, 0, 0) };
+    result(r)
+}
+
+/// The fields of `struct stat` the loader compares.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stat {
+    pub dev: u64,
+    pub ino: u64,
+    pub mode: u32,
+    pub size: u64,
+    pub mtime_sec: i64,
+    pub mtime_nsec: i64,
+}
+
+pub const S_IFMT: u32 = 0o170_000;
+pub const S_IFREG: u32 = 0o100_000;
+pub const S_IFDIR: u32 = 0o040_000;
+pub const S_IFCHR: u32 = 0o020_000;
+
+/// `fstat(fd, &st)`.
+pub fn fstat(fd: i32) -> Result<Stat, Errno> {
+    // x86_64 `struct stat` is 144 bytes of 8-byte words.
+    let mut st = [0u64; 18];
+    // SAFETY: the kernel writes 144 bytes into a live 144-byte array.
+    let r = unsafe { syscall6(nr::FSTAT, fd as u64, st.as_mut_ptr() as u64, 0, 0, 0, 0) };
+    result(r)?;
+    Ok(Stat {
+        dev: st[0],
+        ino: st[1],
+        mode: st[3] as u32,
+        size: st[6],
+        mtime_sec: st[11] as i64,
+        mtime_nsec: st[12] as i64,
+    })
+}
+
+/// `mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0)`: a read-only view of a
+/// file, kept for the life of the process (the trampoline unmaps it).
+pub fn map_file_readonly(fd: i32, len: usize) -> Result<&'static [u8], Errno> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    // SAFETY: a fresh mapping chosen by the kernel overlaps nothing of ours.
+    let r = unsafe {
+        syscall6(
+            nr::MMAP,
+            0,
+            len as u64,
+            PROT_READ,
+            MAP_PRIVATE,
+            fd as u64,
+            0,
+        )
+    };
+    let addr = result(r)?;
+    // SAFETY: the kernel mapped `len` readable bytes at `addr`; the mapping is
+    // never unmapped while the process runs this code (a file shrinking under
+    // it would raise SIGBUS, which ends the loader before any change).
+    Ok(unsafe { core::slice::from_raw_parts(addr as *const u8, len) })
+}
+
+/// `mmap(NULL, len, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS)`:
+/// zeroed scratch memory for the life of the process.
+pub fn map_scratch(len: usize) -> Result<&'static mut [u8], Errno> {
+    if len == 0 {
+        return Ok(&mut []);
+    }
+    // SAFETY: a fresh anonymous mapping overlaps nothing of ours.
+    let r = unsafe {
+        syscall6(
+            nr::MMAP,
+            0,
+            len as u64,
+            PROT_READ | PROT_WRITE,
+            MAP_PRIVATE | MAP_ANONYMOUS,
+            u64::MAX,
+            0,
+        )
+    };
+    let addr = result(r)?;
+    // SAFETY: `len` fresh zeroed bytes, owned by nobody else.
+    Ok(unsafe { core::slice::from_raw_parts_mut(addr as *mut u8, len) })
+}
+
+/// `mmap(addr, len, RWX, MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED_NOREPLACE)`:
+/// the bootstrap window, exactly at `addr` or an error (never over an
+/// existing mapping).
+pub fn map_window(addr: u64, len: usize) -> Result<&'static mut [u8], Errno> {
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces a mapping; a kernel that
+    // ignores the flag (< 4.17) may return another address, checked below.
+    let r = unsafe {
+        syscall6(
+            nr::MMAP,
+            addr,
+            len as u64,
+            PROT_READ | PROT_WRITE | PROT_EXEC,
+            MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+            u64::MAX,
+            0,
+        )
+    };
+    let got = result(r)?;
+    if got != addr {
+        // SAFETY: `got` is the mapping the kernel just created for us.
+        unsafe { syscall6(nr::MUNMAP, got, len as u64, 0, 0, 0, 0) };
+        return Err(Errno(17)); // EEXIST
+    }
+    // SAFETY: `len` fresh zeroed bytes at `addr`, owned by nobody else.
+    Ok(unsafe { core::slice::from_raw_parts_mut(addr as *mut u8, len) })
+}
+
+/// `munmap(addr, len)` of a window made by [`map_window`] that will not be
+/// used (a check failed after it was made).
+pub fn unmap_window(window: &'static mut [u8]) {
+    // SAFETY: the slice is consumed, so no reference to it remains.
+    unsafe {
+        syscall6(
+            nr::MUNMAP,
+            window.as_ptr() as u64,
+            window.len() as u64,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+}
+
+/// `prlimit64(0, resource, NULL, &old)`: the current limits (cur, max).
+pub fn get_rlimit(resource: u32) -> Result<(u64, u64), Errno> {
+    let mut old = [0u64; 2];
+    // SAFETY: the kernel writes 16 bytes into a live 16-byte array.
+    let r = unsafe {
+        syscall6(
+            nr::PRLIMIT64,
+            0,
+            u64::from(resource),
+            0,
+            old.as_mut_ptr() as u64,
+            0,
+            0,
+        )
+    };
+    result(r)?;
+    Ok((old[0], old[1]))
+}
+
+/// `getresuid`/`getresgid`: (real, effective, saved).
+pub fn get_ids() -> ([u32; 3], [u32; 3]) {
+    let mut u = [0u32; 3];
+    let mut g = [0u32; 3];
+    // SAFETY: each call writes three u32 into live arrays.
+    unsafe {
+        syscall6(
+            nr::GETRESUID,
+            u.as_mut_ptr() as u64,
+            u.as_mut_ptr().add(1) as u64,
+            u.as_mut_ptr().add(2) as u64,
+            0,
+            0,
+            0,
+        );
+        syscall6(
+            nr::GETRESGID,
+            g.as_mut_ptr() as u64,
+            g.as_mut_ptr().add(1) as u64,
+            g.as_mut_ptr().add(2) as u64,
+            0,
+            0,
+            0,
+        );
+    }
+    (u, g)
+}
+
+/// `getpid()`.
+pub fn getpid() -> i32 {
+    // SAFETY: no memory involved.
+    unsafe { syscall6(nr::GETPID, 0, 0, 0, 0, 0, 0) as i32 }
+}
+
+/// `rt_sigprocmask(SIG_SETMASK, &mask, &old, 8)`: returns the old mask.
+pub fn set_sigmask(mask: u64) -> u64 {
+    let mut old = 0u64;
+    // SAFETY: the kernel reads and writes one 8-byte sigset each.
+    unsafe {
+        syscall6(
+            nr::RT_SIGPROCMASK,
+            2,
+            &raw const mask as u64,
+            &raw mut old as u64,
+            8,
+            0,
+            0,
+        )
+    };
+    old
+}
+
+/// `exit_group(code)`.
+pub fn exit_group(code: i32) -> ! {
+    loop {
+        // SAFETY: ends the process; touches no memory.
+        unsafe { syscall6(nr::EXIT_GROUP, code as u64, 0, 0, 0, 0, 0) };
+    }
+}

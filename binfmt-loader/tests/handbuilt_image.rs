@@ -1,0 +1,487 @@
+//! End to end: a hand-built image of a tiny program, run by the real
+//! `crimg-loader` binary. The program (machine code below) writes 16 bytes
+//! from a stored data page, copies `/proc/self/maps` to stdout and exits
+//! with the code it finds in `r14` — so its output shows the pages, the
+//! registers, the layout (no trace of the loader, the vDSO moved to the
+//! recorded address) and that the loader left through the gadgets.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use image_format::elf::UserRegs;
+use image_format::records::{
+    fd_kind, prot, vma_flags, vma_kind, CredsRecord, FileId, GadgetsRecord, MmRecord,
+    ProcessRecord, RlimitRecord, SigactionRecord, StrRef, ThreadRecord, VmaRecord,
+};
+use image_writer::model::{FdState, PageRun, TaskState, ThreadState, VmaState};
+use image_writer::write::{write_image, PageSource};
+use zerocopy::FromZeros;
+
+mod support;
+
+/// `as --64` of:
+/// ```text
+/// _start: write(1, %rbp, 16)
+///         fd = openat(AT_FDCWD, "/proc/self/maps", O_RDONLY)
+///     1:  n = read(fd, %rbx + 4096, 4096); if n <= 0 goto 2; write(1, %rbx + 4096, n); goto 1
+///     2:  exit_group(%r14)
+/// path:   .asciz "/proc/self/maps"
+/// 0x80:   syscall; ret                 (gadget)
+/// 0x90:   mov $15, %eax; syscall       (gadget)
+/// ```
+const CODE: [u8; 151] = [
+    0xb8, 0x01, 0x00, 0x00, 0x00, 0xbf, 0x01, 0x00, 0x00, 0x00, 0x48, 0x89, 0xee, 0xba, 0x10, 0x00,
+    0x00, 0x00, 0x0f, 0x05, 0xb8, 0x01, 0x01, 0x00, 0x00, 0x48, 0xc7, 0xc7, 0x9c, 0xff, 0xff, 0xff,
+    0x48, 0x8d, 0x35, 0x45, 0x00, 0x00, 0x00, 0x31, 0xd2, 0x45, 0x31, 0xd2, 0x0f, 0x05, 0x49, 0x89,
+    0xc5, 0x31, 0xc0, 0x4c, 0x89, 0xef, 0x48, 0x8d, 0xb3, 0x00, 0x10, 0x00, 0x00, 0xba, 0x00, 0x10,
+    0x00, 0x00, 0x0f, 0x05, 0x48, 0x85, 0xc0, 0x7e, 0x18, 0x48, 0x89, 0xc2, 0xb8, 0x01, 0x00, 0x00,
+    0x00, 0xbf, 0x01, 0x00, 0x00, 0x00, 0x48, 0x8d, 0xb3, 0x00, 0x10, 0x00, 0x00, 0x0f, 0x05, 0xeb,
+    0xd0, 0xb8, 0xe7, 0x00, 0x00, 0x00, 0x4c, 0x89, 0xf7, 0x0f, 0x05, 0xf4, 0x2f, 0x70, 0x72, 0x6f,
+    0x63, 0x2f, 0x73, 0x65, 0x6c, 0x66, 0x2f, 0x6d, 0x61, 0x70, 0x73, 0x00, 0x0f, 0x1f, 0x40, 0x00,
+    0x0f, 0x05, 0xc3, 0x66, 0x66, 0x2e, 0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00, 0x66, 0x90,
+    0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05,
+];
+const GADGET_SYSCALL_RET: u64 = 0x80;
+const GADGET_SIGRETURN: u64 = 0x90;
+
+const CODE_AT: u64 = 0x5000_0000;
+const DATA_AT: u64 = 0x5010_0000;
+const STACK_AT: u64 = 0x5020_0000;
+const STACK_LEN: u64 = 16 * 4096;
+const FILE_AT: u64 = 0x5030_0000;
+const VDSO_AT: u64 = 0x6000_0000;
+const STORED: &[u8; 16] = b"STORED-PAGE-OK!\n";
+
+struct Pages(HashMap<u64, Vec<u8>>);
+
+impl PageSource for Pages {
+    fn read_pages(&mut self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+        for (i, chunk) in buf.chunks_mut(4096).enumerate() {
+            let page = self
+                .0
+                .get(&(addr + i as u64 * 4096))
+                .ok_or(io::ErrorKind::NotFound)?;
+            chunk.copy_from_slice(&page[..chunk.len()]);
+        }
+        Ok(())
+    }
+}
+
+fn file_id(path: &Path) -> FileId {
+    let m = std::fs::metadata(path).unwrap();
+    FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.size(),
+        mtime_sec: m.mtime(),
+        mtime_nsec: m.mtime_nsec(),
+    }
+}
+
+fn vma(start: u64, end: u64, p: u32, kind: u32, flags: u32) -> VmaState {
+    VmaState {
+        record: VmaRecord {
+            start,
+            end,
+            prot: p,
+            kind,
+            flags,
+            ..Default::default()
+        },
+        path: String::new(),
+    }
+}
+
+/// This kernel's `[vvar]`, `[vvar_vclock]`, `[vdso]` (kind, start, end).
+fn own_vdso_block() -> Vec<(u32, u64, u64)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let mut out = Vec::new();
+    for line in maps.lines() {
+        let kind = if line.ends_with("[vvar]") {
+            vma_kind::VVAR
+        } else if line.ends_with("[vvar_vclock]") {
+            vma_kind::VVAR_VCLOCK
+        } else if line.ends_with("[vdso]") {
+            vma_kind::VDSO
+        } else {
+            continue;
+        };
+        let range = line.split(' ').next().unwrap();
+        let (a, b) = range.split_once('-').unwrap();
+        out.push((
+            kind,
+            u64::from_str_radix(a, 16).unwrap(),
+            u64::from_str_radix(b, 16).unwrap(),
+        ));
+    }
+    out
+}
+
+fn xsave_area() -> Vec<u8> {
+    let size = std::arch::x86_64::__cpuid_count(0xd, 0).ebx as usize;
+    let mut x = vec![0u8; size.max(576)];
+    x[0..2].copy_from_slice(&0x37fu16.to_le_bytes()); // FCW
+    x[24..28].copy_from_slice(&0x1f80u32.to_le_bytes()); // MXCSR
+    x[512..520].copy_from_slice(&3u64.to_le_bytes()); // XSTATE_BV: x87 | SSE
+    x
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Builds the image; returns (its path, the mapped file's path).
+fn build_image(dir: &Path, with_gadgets: bool) -> PathBuf {
+    let mapped = dir.join("mapped-file");
+    std::fs::write(&mapped, vec![b'F'; 4096]).unwrap();
+
+    let mut pages = HashMap::new();
+    let mut code_page = vec![0u8; 4096];
+    code_page[..CODE.len()].copy_from_slice(&CODE);
+    pages.insert(CODE_AT, code_page);
+    let mut data_page = vec![0u8; 4096];
+    data_page[..16].copy_from_slice(STORED);
+    data_page[16..32].copy_from_slice(b"handbuilt\0arg\0\0\0");
+    pages.insert(DATA_AT, data_page);
+
+    let mut vmas = vec![
+        vma(
+            CODE_AT,
+            CODE_AT + 4096,
+            prot::READ | prot::EXEC,
+            vma_kind::ANON,
+            0,
+        ),
+        vma(
+            DATA_AT,
+            DATA_AT + 3 * 4096,
+            prot::READ | prot::WRITE,
+            vma_kind::ANON,
+            0,
+        ),
+        vma(
+            STACK_AT,
+            STACK_AT + STACK_LEN,
+            prot::READ | prot::WRITE,
+            vma_kind::STACK,
+            vma_flags::GROWSDOWN,
+        ),
+        VmaState {
+            record: VmaRecord {
+                start: FILE_AT,
+                end: FILE_AT + 4096,
+                prot: prot::READ,
+                kind: vma_kind::FILE,
+                file: file_id(&mapped),
+                ..Default::default()
+            },
+            path: mapped.to_str().unwrap().to_owned(),
+        },
+    ];
+    let block = own_vdso_block();
+    let base = block[0].1;
+    for (kind, start, end) in &block {
+        vmas.push(vma(
+            VDSO_AT + (start - base),
+            VDSO_AT + (end - base),
+            prot::READ,
+            *kind,
+            0,
+        ));
+    }
+    vmas.sort_by_key(|v| v.record.start);
+
+    let rsp = STACK_AT + STACK_LEN - 512;
+    let regs = UserRegs {
+        rip: CODE_AT,
+        rsp,
+        rbx: DATA_AT,
+        rbp: DATA_AT,
+        r14: 42,
+        eflags: 0x202,
+        cs: 0x33,
+        ss: 0x2b,
+        ..Default::default()
+    };
+    let mut comm = [0u8; 16];
+    comm[..9].copy_from_slice(b"handbuilt");
+    let thread = ThreadState {
+        record: ThreadRecord {
+            tid: 4242,
+            comm,
+            syscall_nr: -1,
+            ..Default::default()
+        },
+        regs,
+        xsave: xsave_area(),
+    };
+    let mut process = ProcessRecord::new_zeroed();
+    process.pid = 4242;
+    process.nthreads = 1;
+    process.umask = 0o027;
+    process.page_size = 4096;
+    process.comm = comm;
+    process.exe_id = file_id(Path::new("/bin/true"));
+    let exe = std::fs::canonicalize("/bin/true").unwrap();
+    process.exe_id = file_id(&exe);
+    let _ = StrRef::default();
+
+    let (hard_cur, hard_max) = {
+        let l = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let line = l
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap()
+            .to_owned();
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f[3].parse::<u64>().unwrap(), f[4].parse::<u64>().unwrap())
+    };
+    let _ = hard_cur;
+
+    let state = TaskState {
+        process,
+        exe: exe.to_str().unwrap().to_owned(),
+        cwd: "/".into(),
+        root: "/".into(),
+        cmdline: b"handbuilt\0arg\0".to_vec(),
+        creds: CredsRecord::new_zeroed(),
+        mm: MmRecord {
+            start_code: CODE_AT,
+            end_code: CODE_AT + 4096,
+            start_data: DATA_AT,
+            end_data: DATA_AT + 4096,
+            start_brk: DATA_AT + 3 * 4096,
+            brk: DATA_AT + 3 * 4096,
+            start_stack: rsp,
+            arg_start: DATA_AT + 16,
+            arg_end: DATA_AT + 30,
+            env_start: DATA_AT + 30,
+            env_end: DATA_AT + 30,
+        },
+        auxv: vec![6, 4096, 0, 0],
+        rlimits: vec![RlimitRecord {
+            resource: 7,
+            cur: 321,
+            max: hard_max,
+            ..Default::default()
+        }],
+        sigactions: vec![SigactionRecord {
+            signo: 10,
+            handler: 1,
+            ..Default::default()
+        }],
+        itimers: vec![],
+        threads: vec![thread],
+        vmas,
+        fds: vec![
+            FdState {
+                record: image_format::records::FdRecord {
+                    fd: 0,
+                    kind: fd_kind::CHAR,
+                    file: file_id(Path::new("/dev/null")),
+                    ..Default::default()
+                },
+                path: "/dev/null".into(),
+            },
+            FdState {
+                record: image_format::records::FdRecord {
+                    fd: 1,
+                    kind: fd_kind::PIPE,
+                    ..Default::default()
+                },
+                path: "pipe:[1]".into(),
+            },
+            FdState {
+                record: image_format::records::FdRecord {
+                    fd: 2,
+                    kind: fd_kind::PIPE,
+                    ..Default::default()
+                },
+                path: "pipe:[2]".into(),
+            },
+        ],
+        pending: vec![],
+        gadgets: if with_gadgets {
+            GadgetsRecord {
+                syscall_ret: CODE_AT + GADGET_SYSCALL_RET,
+                rt_sigreturn: CODE_AT + GADGET_SIGRETURN,
+            }
+        } else {
+            GadgetsRecord::default()
+        },
+        warnings: vec![],
+        pages: vec![
+            PageRun {
+                start: CODE_AT,
+                len: 4096,
+            },
+            PageRun {
+                start: DATA_AT,
+                len: 4096,
+            },
+        ],
+    };
+    let path = dir.join("task-4242.crimg");
+    let out = File::create(&path).unwrap();
+    write_image(&state, &out, &mut Pages(pages)).unwrap();
+    path
+}
+
+fn run_loader(image: &Path) -> (i32, String, String) {
+    let out = Command::new(support::loader_path())
+        .arg(image)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn temp_dir(tag: &str) -> TempDir {
+    let dir = std::env::temp_dir().join(format!("crimg-e2e-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    TempDir(dir)
+}
+
+#[test]
+fn restores_a_handbuilt_image_and_leaves_no_trace() {
+    let dir = temp_dir("e2e");
+    let image = build_image(&dir.0, true);
+    let (code, stdout, stderr) = run_loader(&image);
+    assert_eq!(code, 42, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.starts_with("STORED-PAGE-OK!\n"), "{stdout}");
+    let maps: Vec<&str> = stdout[16..].lines().collect();
+    let starts: Vec<u64> = maps
+        .iter()
+        .map(|l| u64::from_str_radix(l.split('-').next().unwrap(), 16).unwrap())
+        .collect();
+    // Exactly the target's mappings: code, data, stack, file, the vDSO
+    // block at its recorded place, [vsyscall]; nothing of the loader.
+    assert!(maps[0].starts_with("50000000-50001000 r-xp"), "{stdout}");
+    assert!(
+        maps.iter().any(|l| l.starts_with("50100000-50103000 rw-p")),
+        "{stdout}"
+    );
+    assert!(
+        maps.iter()
+            .any(|l| l.starts_with("50200000-50210000 rw-p") && l.ends_with("[stack]")),
+        "{stdout}"
+    );
+    assert!(
+        maps.iter()
+            .any(|l| l.starts_with("50300000-50301000 r--p") && l.contains("mapped-file")),
+        "{stdout}"
+    );
+    let vdso = maps
+        .iter()
+        .position(|l| l.ends_with("[vdso]"))
+        .expect("a [vdso] line");
+    assert!(
+        starts[vdso] >= VDSO_AT && starts[vdso] < VDSO_AT + 0x10_0000,
+        "vdso not moved:\n{stdout}"
+    );
+    assert!(!stdout.contains("crimg-loader"), "{stdout}");
+    let block = own_vdso_block().len();
+    assert_eq!(
+        maps.len(),
+        4 + block + 1,
+        "unexpected mappings (the window?):\n{stdout}"
+    );
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
+#[test]
+fn without_gadgets_the_window_stays_and_a_warning_says_so() {
+    let dir = temp_dir("nogadgets");
+    let image = build_image(&dir.0, false);
+    let (code, stdout, stderr) = run_loader(&image);
+    assert_eq!(code, 42, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains("window"),
+        "{stderr}"
+    );
+    let block = own_vdso_block().len();
+    assert_eq!(stdout[16..].lines().count(), 4 + block + 2, "{stdout}");
+}
+
+#[test]
+fn a_changed_mapped_file_is_refused_before_anything_changes() {
+    let dir = temp_dir("changed");
+    let image = build_image(&dir.0, true);
+    std::fs::write(dir.0.join("mapped-file"), vec![b'G'; 4097]).unwrap();
+    let (code, stdout, stderr) = run_loader(&image);
+    assert_eq!(code, 5, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.starts_with("crimg-loader: ") && stderr.contains("changed since the dump"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1);
+}
+
+#[test]
+fn a_corrupt_segment_is_refused() {
+    let dir = temp_dir("corrupt");
+    let image = build_image(&dir.0, true);
+    let mut bytes = std::fs::read(&image).unwrap();
+    // Flip a byte of the last stored page (segments are at the end).
+    let n = bytes.len();
+    bytes[n - 4096 + 5] ^= 0xff;
+    std::fs::write(&image, bytes).unwrap();
+    let (code, _, stderr) = run_loader(&image);
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.contains("checksum"), "{stderr}");
+}
+
+/// Removes a binfmt_misc entry when dropped.
+struct BinfmtEntry(PathBuf);
+
+impl Drop for BinfmtEntry {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, "-1");
+    }
+}
+
+/// Through the kernel: registers a private binfmt_misc entry (flag `O`,
+/// image fd in `AT_EXECFD`) and executes the image itself. Needs root and a
+/// mounted binfmt_misc, and changes system state while it runs: run it on
+/// request (`cargo test -p binfmt-loader -- --ignored`).
+#[test]
+#[ignore]
+fn runs_through_binfmt_misc_with_the_o_flag() {
+    use std::os::unix::fs::PermissionsExt;
+    let name = format!("crimg-loader-test-{}", std::process::id());
+    let magic: String = image_format::IDENT
+        .iter()
+        .map(|b| format!("\\x{b:02x}"))
+        .collect();
+    let rule = format!(":{name}:M::{magic}::{}:O", support::loader_path().display());
+    std::fs::write("/proc/sys/fs/binfmt_misc/register", rule)
+        .expect("register a binfmt_misc entry");
+    let _entry = BinfmtEntry(PathBuf::from(format!("/proc/sys/fs/binfmt_misc/{name}")));
+    let dir = temp_dir("binfmt");
+    let image = build_image(&dir.0, true);
+    std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = Command::new(&image).stdin(Stdio::null()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(42),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.starts_with("STORED-PAGE-OK!\n"), "{stdout}");
+    assert!(!stdout.contains("crimg-loader"), "{stdout}");
+}

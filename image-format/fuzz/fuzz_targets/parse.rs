@@ -1,0 +1,31 @@
+//! Any byte string: parsing never panics, and whatever parses can be walked
+//! completely (every note, thread, record, string and segment) without panic.
+#![no_main]
+
+use image_format::Image;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(img) = Image::parse(data) else { return };
+    let _ = img.verify_segments();
+    for t in img.threads() {
+        if let Ok(t) = t {
+            let _ = (t.regs(), t.xstate_bv(), t.xfeatures());
+        }
+    }
+    if let Ok(vmas) = img.vmas() {
+        for v in vmas {
+            let _ = img.string(v.path);
+            let _ = img.stored_in(v.start, v.end);
+        }
+    }
+    if let Ok(fds) = img.fds() {
+        for f in fds {
+            let _ = img.string(f.path);
+        }
+    }
+    let _ = (img.warnings().count(), img.auxv(), img.gadgets(), img.creds());
+    for n in img.notes() {
+        let _ = n;
+    }
+});
