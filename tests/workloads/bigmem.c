@@ -1,0 +1,227 @@
+/*
+ * bigmem: a large, partly written anonymous mapping, for image-size and
+ * throughput tests of crimg.
+ *
+ * It maps --mb MiB, writes a pattern into --write-pct percent of its pages
+ * (rounded down to whole pages), and reports the exact number of bytes
+ * written and their checksum. The pages not written are never touched, so a
+ * dumper that stores only pages carrying data writes an image of about
+ * `written` bytes, not `size`.
+ *
+ * Options:
+ *   --mb N              size of the mapping in MiB (default 256)
+ *   --write-pct P       percentage of pages written, 0..100 (default 50)
+ *   --layout L          contiguous (default): the first pages are written;
+ *                       interleaved: pages are written evenly spread out
+ *                       (every k-th page), so the data is in many runs
+ *
+ * Output:
+ *   READY pid=<pid> addr=0x.. size=<bytes> written=<bytes> pages_written=<n>
+ *         layout=<l> sum=0x<checksum of the written pages, in address order>
+ *   on check (SIGUSR2 or the stdin line "check"):
+ *   PASS bigmem pid=<pid> written=<bytes> sum=0x..   or   FAIL bigmem <reason>
+ * Stdin "quit" prints BYE and exits 0. The process otherwise blocks in read()
+ * on stdin (or in pause() once stdin is closed).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "workload.h"
+
+#define PAGE 4096UL
+#define SEED 0x0b16e3e3b16e3e31ULL
+
+static struct {
+	long mb;
+	long write_pct;
+	int interleaved;
+} opt = { 256, 50, 0 };
+
+static uint8_t *region;
+static size_t size, pages, pages_written;
+static volatile sig_atomic_t check_requested;
+
+/* Page number `i` of the region is written when this is true. Interleaved
+ * spreads the written pages evenly: page i is written when the running share
+ * i * pct / 100 steps up. */
+static int page_is_written(size_t i)
+{
+	if (!opt.interleaved)
+		return i < pages_written;
+	return (i + 1) * (size_t)opt.write_pct / 100 !=
+	       i * (size_t)opt.write_pct / 100;
+}
+
+/* Checksum of the written pages, in address order. */
+static uint64_t written_sum(void)
+{
+	uint64_t h = 0xcbf29ce484222325ULL;
+
+	for (size_t i = 0; i < pages; i++)
+		if (page_is_written(i))
+			h = (h ^ checksum(region + i * PAGE, PAGE)) *
+			    0x100000001b3ULL;
+	return h;
+}
+
+static void do_check(void)
+{
+	check_requested = 0;
+	for (size_t i = 0; i < pages; i++) {
+		uint8_t *page = region + i * PAGE;
+		uint64_t want, got;
+
+		if (page_is_written(i)) {
+			long off = pattern_find_mismatch(page, PAGE, SEED,
+							 i * PAGE / 8, &want,
+							 &got);
+
+			if (off >= 0) {
+				say("FAIL bigmem written page %zu (address %p) word at offset 0x%lx: expected 0x%lx found 0x%lx",
+				    i, (void *)page, off, want, got);
+				return;
+			}
+		} else {
+			long off = find_nonzero(page, PAGE);
+
+			if (off >= 0) {
+				say("FAIL bigmem untouched page %zu (address %p) has a non-zero byte at offset 0x%lx",
+				    i, (void *)page, off);
+				return;
+			}
+		}
+	}
+	say("PASS bigmem pid=%d written=%zu sum=0x%lx", getpid(),
+	    pages_written * PAGE, written_sum());
+}
+
+static void on_usr2(int sig, siginfo_t *info, void *ucontext)
+{
+	(void)sig;
+	(void)info;
+	check_requested = 1;
+	redirect_if_in_window(ucontext, crimg_read_window_start,
+			      crimg_read_window_end, crimg_read_eintr);
+}
+
+static long parse_long(const char *name, const char *value)
+{
+	char *end;
+	long v;
+
+	if (!value) {
+		say("ERROR %s needs a value", name);
+		exit(2);
+	}
+	v = strtol(value, &end, 10);
+	if (*end || v < 0) {
+		say("ERROR %s: '%s' is not a non-negative number", name, value);
+		exit(2);
+	}
+	return v;
+}
+
+int main(int argc, char **argv)
+{
+	struct sigaction sa;
+	char line[256];
+	size_t len = 0;
+
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+
+		if (!strcmp(a, "--mb"))
+			opt.mb = parse_long(a, v), i++;
+		else if (!strcmp(a, "--write-pct"))
+			opt.write_pct = parse_long(a, v), i++;
+		else if (!strcmp(a, "--layout") && v) {
+			i++;
+			if (!strcmp(v, "interleaved"))
+				opt.interleaved = 1;
+			else if (strcmp(v, "contiguous")) {
+				say("ERROR --layout: unknown layout '%s'", v);
+				exit(2);
+			}
+		} else {
+			say("ERROR unknown argument '%s'", a);
+			exit(2);
+		}
+	}
+	if (opt.write_pct > 100) {
+		say("ERROR --write-pct: at most 100");
+		exit(2);
+	}
+
+	/* No SA_RESTART: the blocking read() returns EINTR and the check runs. */
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = on_usr2;
+	sa.sa_flags = SA_SIGINFO;
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGUSR2, &sa, NULL))
+		die("sigaction SIGUSR2");
+
+	size = (size_t)opt.mb * 1024 * 1024;
+	pages = size / PAGE;
+	region = mmap(NULL, size ? size : PAGE, PROT_READ | PROT_WRITE,
+		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (region == MAP_FAILED)
+		die("mmap region");
+	/* Transparent huge pages would make untouched pages next to written
+	 * ones present (zero-filled): keep the written size exact. */
+	madvise(region, size ? size : PAGE, MADV_NOHUGEPAGE);
+	if (opt.interleaved) {
+		pages_written = 0;
+		for (size_t i = 0; i < pages; i++)
+			pages_written += (size_t)page_is_written(i);
+	} else {
+		pages_written = pages * (size_t)opt.write_pct / 100;
+	}
+	for (size_t i = 0; i < pages; i++)
+		if (page_is_written(i))
+			pattern_fill(region + i * PAGE, PAGE, SEED, i * PAGE / 8);
+
+	say("READY pid=%d addr=%p size=%zu written=%zu pages_written=%zu layout=%s sum=0x%lx",
+	    getpid(), (void *)region, size, pages_written * PAGE, pages_written,
+	    opt.interleaved ? "interleaved" : "contiguous", written_sum());
+
+	for (;;) {
+		ssize_t n = crimg_checked_read(0, line + len,
+					       sizeof(line) - 1 - len,
+					       &check_requested);
+		char *nl;
+
+		if (n == 0) {
+			/* stdin closed: wait for signals only */
+			for (;;) {
+				wait_for_check(&check_requested);
+				if (check_requested)
+					do_check();
+			}
+		}
+		if (n > 0) {
+			len += (size_t)n;
+			line[len] = 0;
+			while ((nl = strchr(line, '\n'))) {
+				*nl = 0;
+				if (!strcmp(line, "check"))
+					do_check();
+				else if (!strcmp(line, "quit")) {
+					say("BYE");
+					return 0;
+				}
+				len -= (size_t)(nl + 1 - line);
+				memmove(line, nl + 1, len + 1);
+			}
+			if (len == sizeof(line) - 1)
+				len = 0;
+		} else if (n != -EINTR) {
+			errno = (int)-n;
+			die("read stdin");
+		}
+		if (check_requested)
+			do_check();
+	}
+}

@@ -1,0 +1,193 @@
+/*
+ * Shared pieces of the crimg test workloads (zdtm-style victims).
+ *
+ * Every workload speaks the same line protocol on stdout, one fact line at a
+ * time, flushed at once so a test reading a pipe sees it immediately:
+ *
+ *   READY pid=<pid> key=value ...   setup done, state is in place
+ *   PASS <workload> key=value ...   a check found every piece of state intact
+ *   FAIL <workload> <reason>        a check found something wrong (the reason
+ *                                   names the piece of state and the values)
+ *
+ * A check is triggered by SIGUSR2 or by the line "check" on stdin.
+ */
+#ifndef CRIMG_WORKLOAD_H
+#define CRIMG_WORKLOAD_H
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <signal.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+/* Print one protocol line and flush it: the test reads a pipe, which would
+ * otherwise be fully buffered. */
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	putchar('\n');
+	fflush(stdout);
+}
+
+/* A failure during setup is not a test result: say why and stop. */
+static void die(const char *what) __attribute__((noreturn));
+static void die(const char *what)
+{
+	say("ERROR %s: %m", what);
+	exit(2);
+}
+
+/* xorshift64: a cheap pattern that differs on every 8-byte word, so a page
+ * restored at the wrong address or from the wrong offset is caught. */
+static inline uint64_t pattern_next(uint64_t *state)
+{
+	uint64_t x = *state;
+
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	*state = x;
+	return x;
+}
+
+/* The pattern word number `index` of stream `seed` depends only on both, so
+ * any word can be checked on its own. Seeds must be non-zero. */
+static inline uint64_t pattern_word(uint64_t seed, uint64_t index)
+{
+	uint64_t s = seed ^ (index * 0x9e3779b97f4a7c15ULL);
+
+	if (s == 0)
+		s = 1;
+	return pattern_next(&s);
+}
+
+/* Fill `len` bytes (a multiple of 8) of `buf` with the pattern of `seed`,
+ * where the first word has index `first`. */
+static void pattern_fill(void *buf, size_t len, uint64_t seed, uint64_t first)
+{
+	uint64_t *w = buf;
+
+	for (size_t i = 0; i < len / 8; i++)
+		w[i] = pattern_word(seed, first + i);
+}
+
+/* Find the first word of `buf` that differs from the pattern; returns its
+ * byte offset or -1 when all match. */
+static long pattern_find_mismatch(const void *buf, size_t len, uint64_t seed,
+				  uint64_t first, uint64_t *expected,
+				  uint64_t *found)
+{
+	const uint64_t *w = buf;
+
+	for (size_t i = 0; i < len / 8; i++) {
+		uint64_t want = pattern_word(seed, first + i);
+
+		if (w[i] != want) {
+			*expected = want;
+			*found = w[i];
+			return (long)(i * 8);
+		}
+	}
+	return -1;
+}
+
+/* FNV-1a style 64-bit checksum over words: reported at READY and at PASS so
+ * the test can also compare the values across a dump and restore. */
+static uint64_t checksum(const void *buf, size_t len)
+{
+	const uint64_t *w = buf;
+	uint64_t h = 0xcbf29ce484222325ULL;
+
+	for (size_t i = 0; i < len / 8; i++)
+		h = (h ^ w[i]) * 0x100000001b3ULL;
+	return h;
+}
+
+/* First offset of a non-zero byte, or -1. */
+static long find_nonzero(const void *buf, size_t len)
+{
+	const unsigned char *b = buf;
+
+	for (size_t i = 0; i < len; i++)
+		if (b[i])
+			return (long)i;
+	return -1;
+}
+
+/*
+ * Waking up for a check without a race.
+ *
+ * A check is requested by SIGUSR2, whose handler sets a flag. A workload
+ * that tests the flag and then blocks in a syscall would miss a signal that
+ * arrives between the two. So the blocking syscalls are made by small
+ * assembly sequences that test the flag right before the `syscall`
+ * instruction, and the handler, when it interrupts such a sequence before
+ * the syscall started, moves the saved instruction pointer to code that
+ * returns -EINTR (what glibc does for thread cancellation). A signal during
+ * the syscall interrupts it as usual (no SA_RESTART).
+ *
+ * long crimg_checked_read(int fd, void *buf, size_t len,
+ *                         volatile sig_atomic_t *flag);
+ *   read(fd, buf, len), or -EINTR if *flag is set; returns the raw result.
+ */
+__asm__(
+	".text\n"
+	".globl crimg_checked_read\n"
+	".type crimg_checked_read, @function\n"
+	"crimg_checked_read:\n"
+	"	.cfi_startproc\n"
+	".globl crimg_read_window_start\n"
+	"crimg_read_window_start:\n"
+	"	cmpl $0, (%rcx)\n"
+	"	jne crimg_read_eintr\n"
+	"	xor %eax, %eax\n" /* SYS_read */
+	"	syscall\n"
+	".globl crimg_read_window_end\n"
+	"crimg_read_window_end:\n"
+	"	ret\n"
+	".globl crimg_read_eintr\n"
+	"crimg_read_eintr:\n"
+	"	mov $-4, %rax\n"
+	"	ret\n"
+	"	.cfi_endproc\n"
+	".size crimg_checked_read, .-crimg_checked_read\n");
+
+long crimg_checked_read(int fd, void *buf, size_t len,
+			volatile sig_atomic_t *flag);
+extern const char crimg_read_window_start[], crimg_read_window_end[],
+	crimg_read_eintr[];
+
+/* From a SA_SIGINFO handler: if the interrupted code is inside
+ * [start, end), which ends just after a `syscall` instruction, and that
+ * syscall has not run yet, continue at `eintr` instead. */
+static void redirect_if_in_window(void *ucontext, const char *start,
+				  const char *end, const char *eintr)
+{
+	ucontext_t *uc = ucontext;
+	greg_t *rip = &uc->uc_mcontext.gregs[REG_RIP];
+
+	if (*rip >= (greg_t)start && *rip < (greg_t)end)
+		*rip = (greg_t)eintr;
+}
+
+/* Block until a check is requested (used once stdin is closed): a read from
+ * a pipe nobody writes, through the race-free checked read. */
+static void wait_for_check(volatile sig_atomic_t *flag)
+{
+	static int idle_pipe[2] = { -1, -1 };
+	char byte;
+
+	if (idle_pipe[0] < 0 && pipe(idle_pipe))
+		die("pipe");
+	crimg_checked_read(idle_pipe[0], &byte, 1, flag);
+}
+
+#endif

@@ -1,0 +1,234 @@
+//! `crimg`: inspect, verify and run task images; manage the binfmt entry.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use crimg_tools::binfmt::{self, Binfmt, InstallOutcome};
+use crimg_tools::image_file::ImageFile;
+use crimg_tools::{loader_path, summary};
+
+#[derive(Parser)]
+#[command(
+    name = "crimg",
+    version,
+    about = "Inspect, verify and run crimg task images"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show what an image holds: process, threads and registers, memory areas, files.
+    Info {
+        image: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check an image's structure and every checksum, including all stored pages.
+    Verify {
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+    /// Resume the process in an image, in this terminal (runs the loader).
+    Run {
+        image: PathBuf,
+        /// The loader binary (default: found beside crimg or installed).
+        #[arg(long)]
+        loader: Option<PathBuf>,
+    },
+    /// Manage the binfmt_misc entry that makes images directly runnable.
+    Binfmt {
+        #[command(subcommand)]
+        action: BinfmtAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum BinfmtAction {
+    /// Register the loader for crimg images (idempotent) and persist it in /etc/binfmt.d.
+    Install {
+        /// The loader binary (default: found beside crimg or installed).
+        #[arg(long)]
+        loader: Option<PathBuf>,
+        /// Entry name under /proc/sys/fs/binfmt_misc.
+        #[arg(long, default_value = binfmt::DEFAULT_NAME)]
+        name: String,
+        /// Do not write /etc/binfmt.d/NAME.conf.
+        #[arg(long)]
+        no_persist: bool,
+    },
+    /// Remove the entry and its /etc/binfmt.d file.
+    Uninstall {
+        #[arg(long, default_value = binfmt::DEFAULT_NAME)]
+        name: String,
+    },
+    /// Say whether the entry is registered, and which loader it runs.
+    Status {
+        #[arg(long, default_value = binfmt::DEFAULT_NAME)]
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn loader(explicit: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return p
+            .canonicalize()
+            .with_context(|| format!("loader {}", p.display()));
+    }
+    loader_path::find().with_context(|| {
+        let tried: Vec<String> = loader_path::candidates()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        format!(
+            "cannot find {}; tried {}",
+            loader_path::LOADER_NAME,
+            tried.join(", ")
+        )
+    })
+}
+
+fn info(path: &Path, json: bool) -> Result<()> {
+    let file = ImageFile::open(path)?;
+    let img = file.parse()?;
+    let s = summary::summarize(&img).with_context(|| format!("{}", path.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print!("{}", summary::render_text(&s));
+    }
+    Ok(())
+}
+
+fn verify(paths: &[PathBuf]) -> Result<()> {
+    let mut failed = 0;
+    for path in paths {
+        let result = ImageFile::open(path).and_then(|f| {
+            let img = f.verify()?;
+            Ok((img.segment_count(), img.stored_bytes(), img.thread_count()))
+        });
+        match result {
+            Ok((segments, stored, threads)) => println!(
+                "{}: ok ({threads} threads, {segments} segments, {stored} bytes of pages; all checksums match)",
+                path.display()
+            ),
+            Err(e) => {
+                eprintln!("crimg: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} images failed verification", paths.len());
+    }
+    Ok(())
+}
+
+fn run(image: &Path, loader_bin: Option<PathBuf>) -> Result<()> {
+    let loader = loader(loader_bin)?;
+    // Fail early with a clear message rather than through the loader.
+    if !image.exists() {
+        bail!("{}: no such image", image.display());
+    }
+    let err = std::process::Command::new(&loader).arg(image).exec();
+    Err(err).with_context(|| format!("cannot execute the loader {}", loader.display()))
+}
+
+fn binfmt_action(action: BinfmtAction) -> Result<()> {
+    match action {
+        BinfmtAction::Install {
+            loader: l,
+            name,
+            no_persist,
+        } => {
+            let loader = loader(l)?;
+            let entry = Binfmt::new(&name)?;
+            let outcome = entry.install(&loader)?;
+            let what = match outcome {
+                InstallOutcome::Registered => "registered",
+                InstallOutcome::AlreadyRegistered => "already registered",
+                InstallOutcome::Replaced => "re-registered (it pointed elsewhere)",
+            };
+            println!(
+                "binfmt entry {name}: {what}, interpreter {}",
+                loader.display()
+            );
+            if !no_persist {
+                let path = binfmt::persist(&name, &loader)?;
+                println!("persisted in {}", path.display());
+            }
+        }
+        BinfmtAction::Uninstall { name } => {
+            let entry = Binfmt::new(&name)?;
+            let removed = entry.uninstall()?;
+            let unpersisted = binfmt::unpersist(&name)?;
+            match (removed, unpersisted) {
+                (false, false) => println!("binfmt entry {name}: was not installed"),
+                _ => println!("binfmt entry {name}: removed"),
+            }
+        }
+        BinfmtAction::Status { name, json } => {
+            let entry = Binfmt::new(&name)?;
+            let st = if entry.dir.join("register").exists() {
+                entry.status()?
+            } else {
+                None
+            };
+            let persisted = binfmt::persist_path(&name).exists();
+            if json {
+                let v = serde_json::json!({ "registered": st.is_some(), "entry": st, "persisted": persisted });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                match &st {
+                    Some(s) => println!(
+                        "binfmt entry {name}: {}, interpreter {}, flags {}",
+                        if s.enabled {
+                            "registered and enabled"
+                        } else {
+                            "registered but disabled"
+                        },
+                        s.interpreter.display(),
+                        s.flags
+                    ),
+                    None => println!("binfmt entry {name}: not registered"),
+                }
+                println!(
+                    "{}: {}",
+                    binfmt::persist_path(&name).display(),
+                    if persisted { "present" } else { "absent" }
+                );
+            }
+            if st.is_none() {
+                // Like `systemctl status`: the answer is in the exit code too.
+                std::process::exit(3);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info { image, json } => info(&image, json),
+        Command::Verify { images } => verify(&images),
+        Command::Run { image, loader } => run(&image, loader),
+        Command::Binfmt { action } => binfmt_action(action),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("crimg: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! What `crimg info` shows about an image, as plain data: printed as text
+//! for people and as JSON for scripts and tests.
+
+use std::fmt::Write as _;
+
+use image_format::elf::UserRegs;
+use image_format::records::{fd_kind, restart, vma_flags, vma_kind, FdRecord, VmaRecord};
+use image_format::{Image, ImageError, PAGE_SIZE};
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub format_version: u8,
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub comm: String,
+    pub exe: String,
+    pub cwd: String,
+    pub cmdline: Vec<String>,
+    pub uid: u32,
+    pub gid: u32,
+    pub threads: Vec<ThreadSummary>,
+    pub vmas: Vec<VmaSummary>,
+    pub fds: Vec<FdSummary>,
+    pub stored_bytes: u64,
+    pub image_bytes: u64,
+    pub brk: u64,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ThreadSummary {
+    pub tid: i32,
+    pub comm: String,
+    /// What the dumper did about the syscall the thread was in.
+    pub restart: &'static str,
+    /// The syscall the thread was stopped in (`orig_rax`), or -1.
+    pub syscall: i64,
+    /// `rax` when stopped, before the restart fix-up.
+    pub syscall_ret: i64,
+    pub sigmask: String,
+    pub xfeatures: String,
+    pub registers: Registers,
+}
+
+/// General registers, as hex strings (JSON numbers lose 64-bit precision).
+#[derive(Debug, Serialize)]
+pub struct Registers {
+    pub rip: String,
+    pub rsp: String,
+    pub rbp: String,
+    pub rax: String,
+    pub orig_rax: String,
+    pub rbx: String,
+    pub rcx: String,
+    pub rdx: String,
+    pub rsi: String,
+    pub rdi: String,
+    pub r8: String,
+    pub r9: String,
+    pub r10: String,
+    pub r11: String,
+    pub r12: String,
+    pub r13: String,
+    pub r14: String,
+    pub r15: String,
+    pub eflags: String,
+    pub fs_base: String,
+    pub gs_base: String,
+}
+
+impl From<&UserRegs> for Registers {
+    fn from(r: &UserRegs) -> Self {
+        let h = |v: u64| format!("{v:#x}");
+        Registers {
+            rip: h(r.rip),
+            rsp: h(r.rsp),
+            rbp: h(r.rbp),
+            rax: h(r.rax),
+            orig_rax: h(r.orig_rax),
+            rbx: h(r.rbx),
+            rcx: h(r.rcx),
+            rdx: h(r.rdx),
+            rsi: h(r.rsi),
+            rdi: h(r.rdi),
+            r8: h(r.r8),
+            r9: h(r.r9),
+            r10: h(r.r10),
+            r11: h(r.r11),
+            r12: h(r.r12),
+            r13: h(r.r13),
+            r14: h(r.r14),
+            r15: h(r.r15),
+            eflags: h(r.eflags),
+            fs_base: h(r.fs_base),
+            gs_base: h(r.gs_base),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct VmaSummary {
+    pub start: String,
+    pub end: String,
+    pub perms: String,
+    pub kind: &'static str,
+    pub size: u64,
+    pub stored: u64,
+    pub offset: u64,
+    pub path: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FdSummary {
+    pub fd: i32,
+    pub kind: &'static str,
+    pub path: String,
+    pub pos: u64,
+    pub open_flags: String,
+    pub cloexec: bool,
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn c_str(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    text(&bytes[..end])
+}
+
+pub fn restart_name(r: u32) -> &'static str {
+    match r {
+        restart::NONE => "none",
+        restart::RESTART => "restart",
+        restart::EINTR => "eintr",
+        _ => "unknown",
+    }
+}
+
+pub fn vma_kind_name(k: u32) -> &'static str {
+    match k {
+        vma_kind::ANON => "anon",
+        vma_kind::FILE => "file",
+        vma_kind::HEAP => "heap",
+        vma_kind::STACK => "stack",
+        vma_kind::VDSO => "vdso",
+        vma_kind::VVAR => "vvar",
+        vma_kind::VVAR_VCLOCK => "vvar_vclock",
+        vma_kind::VSYSCALL => "vsyscall",
+        vma_kind::SHARED_ANON => "shared-anon",
+        _ => "unknown",
+    }
+}
+
+pub fn fd_kind_name(k: u32) -> &'static str {
+    match k {
+        fd_kind::REGULAR => "file",
+        fd_kind::DIRECTORY => "directory",
+        fd_kind::PIPE => "pipe",
+        fd_kind::FIFO => "fifo",
+        fd_kind::SOCKET => "socket",
+        fd_kind::CHAR => "char-device",
+        fd_kind::BLOCK => "block-device",
+        fd_kind::ANON_INODE => "anon-inode",
+        fd_kind::TTY => "tty",
+        fd_kind::MEMFD => "memfd",
+        _ => "unknown",
+    }
+}
+
+fn perms(v: &VmaRecord) -> String {
+    use image_format::records::prot;
+    let mut s = String::with_capacity(4);
+    s.push(if v.prot & prot::READ != 0 { 'r' } else { '-' });
+    s.push(if v.prot & prot::WRITE != 0 { 'w' } else { '-' });
+    s.push(if v.prot & prot::EXEC != 0 { 'x' } else { '-' });
+    s.push(if v.flags & vma_flags::SHARED != 0 {
+        's'
+    } else {
+        'p'
+    });
+    s
+}
+
+fn fd_summary(img: &Image, f: &FdRecord) -> Result<FdSummary, ImageError> {
+    Ok(FdSummary {
+        fd: f.fd,
+        kind: fd_kind_name(f.kind),
+        path: text(img.string(f.path)?),
+        pos: f.pos,
+        open_flags: format!("{:#o}", f.open_flags),
+        cloexec: f.flags & image_format::records::fd_flags::CLOEXEC != 0,
+    })
+}
+
+/// Everything `crimg info` shows about a parsed image.
+pub fn summarize(img: &Image) -> Result<Summary, ImageError> {
+    let p = img.process();
+    let mut threads = Vec::new();
+    for t in img.threads() {
+        let t = t?;
+        threads.push(ThreadSummary {
+            tid: t.record.tid,
+            comm: c_str(&t.record.comm),
+            restart: restart_name(t.record.restart),
+            syscall: t.record.syscall_nr,
+            syscall_ret: t.record.syscall_ret,
+            sigmask: format!("{:#018x}", t.record.sigmask),
+            xfeatures: format!("{:#x}", t.xstate_bv()),
+            registers: Registers::from(&t.regs()),
+        });
+    }
+    let mut vmas = Vec::new();
+    for v in img.vmas()? {
+        vmas.push(VmaSummary {
+            start: format!("{:#x}", v.start),
+            end: format!("{:#x}", v.end),
+            perms: perms(&v),
+            kind: vma_kind_name(v.kind),
+            size: v.end - v.start,
+            stored: img.stored_in(v.start, v.end) * PAGE_SIZE,
+            offset: v.pgoff,
+            path: text(img.string(v.path)?),
+        });
+    }
+    let fds = img
+        .fds()?
+        .map(|f| fd_summary(img, &f))
+        .collect::<Result<_, _>>()?;
+    let creds = img.creds();
+    Ok(Summary {
+        format_version: img.header().e_ident[14],
+        pid: p.pid,
+        ppid: p.ppid,
+        pgid: p.pgid,
+        sid: p.sid,
+        comm: c_str(&p.comm),
+        exe: text(img.string(p.exe)?),
+        cwd: text(img.string(p.cwd)?),
+        cmdline: img
+            .string(p.cmdline)?
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(text)
+            .collect(),
+        uid: creds.map_or(0, |c| c.uid[0]),
+        gid: creds.map_or(0, |c| c.gid[0]),
+        threads,
+        vmas,
+        fds,
+        stored_bytes: img.stored_bytes(),
+        image_bytes: img.bytes().len() as u64,
+        brk: img.mm().brk,
+        warnings: img.warnings().map(text).collect(),
+    })
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// The summary as text for people.
+pub fn render_text(s: &Summary) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "pid {}  ppid {}  pgid {}  sid {}  uid {}  gid {}",
+        s.pid, s.ppid, s.pgid, s.sid, s.uid, s.gid
+    );
+    let _ = writeln!(o, "comm     {}", s.comm);
+    let _ = writeln!(o, "exe      {}", s.exe);
+    let _ = writeln!(o, "cwd      {}", s.cwd);
+    let _ = writeln!(o, "cmdline  {}", s.cmdline.join(" "));
+    let _ = writeln!(
+        o,
+        "memory   {} stored in {} areas; image {} (format {})",
+        human(s.stored_bytes),
+        s.vmas.len(),
+        human(s.image_bytes),
+        s.format_version
+    );
+    let _ = writeln!(o, "\nthreads ({}):", s.threads.len());
+    for t in &s.threads {
+        let r = &t.registers;
+        let _ = writeln!(
+            o,
+            "  tid {:<7} {:<16} rip {}  rsp {}  syscall {} ({})",
+            t.tid, t.comm, r.rip, r.rsp, t.syscall, t.restart
+        );
+    }
+    let _ = writeln!(o, "\nmemory areas:");
+    for v in &s.vmas {
+        let _ = writeln!(
+            o,
+            "  {:>14}-{:<14} {} {:<11} {:>10} {:>10} stored  {}",
+            v.start,
+            v.end,
+            v.perms,
+            v.kind,
+            human(v.size),
+            human(v.stored),
+            v.path
+        );
+    }
+    let _ = writeln!(o, "\nfile descriptors:");
+    for f in &s.fds {
+        let _ = writeln!(
+            o,
+            "  {:>4} {:<11} pos {:<10} flags {}{}  {}",
+            f.fd,
+            f.kind,
+            f.pos,
+            f.open_flags,
+            if f.cloexec { " cloexec" } else { "" },
+            f.path
+        );
+    }
+    if let Some(t) = s.threads.first() {
+        let r = &t.registers;
+        let _ = writeln!(o, "\nregisters of thread {}:", t.tid);
+        let pairs = [
+            ("rip", &r.rip),
+            ("rsp", &r.rsp),
+            ("rbp", &r.rbp),
+            ("rax", &r.rax),
+            ("orig_rax", &r.orig_rax),
+            ("rbx", &r.rbx),
+            ("rcx", &r.rcx),
+            ("rdx", &r.rdx),
+            ("rsi", &r.rsi),
+            ("rdi", &r.rdi),
+            ("r8", &r.r8),
+            ("r9", &r.r9),
+            ("r10", &r.r10),
+            ("r11", &r.r11),
+            ("r12", &r.r12),
+            ("r13", &r.r13),
+            ("r14", &r.r14),
+            ("r15", &r.r15),
+            ("eflags", &r.eflags),
+            ("fs_base", &r.fs_base),
+        ];
+        for chunk in pairs.chunks(4) {
+            let line: Vec<String> = chunk
+                .iter()
+                .map(|(n, v)| format!("{n:>8} {v:<18}"))
+                .collect();
+            let _ = writeln!(o, " {}", line.join(" "));
+        }
+    }
+    if !s.warnings.is_empty() {
+        let _ = writeln!(o, "\nnot kept by the dump:");
+        for w in &s.warnings {
+            let _ = writeln!(o, "  - {w}");
+        }
+    }
+    o
+}

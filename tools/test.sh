@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Run crimg's checks and tests: what CI runs (.ci/run) and what a developer
+# runs. Installs the programs the tests drive (gcc, binutils, gdb, python3)
+# when they are missing and we are root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+need=()
+for cmd in cc:gcc readelf:binutils gdb:gdb python3:python3 setpriv:util-linux; do
+    command -v "${cmd%%:*}" >/dev/null || need+=("${cmd##*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+    else
+        echo "test.sh: missing ${need[*]}; tests that need them will fail (run as root to install)" >&2
+    fi
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# The integration tests drive the binaries (crdump, crimg, crimg-loader): build them first.
+cargo build --workspace --locked
+cargo test --workspace --locked
