@@ -1,0 +1,223 @@
+//! Freezing a thread group with `PTRACE_SEIZE` + `PTRACE_INTERRUPT`, and the
+//! [`Frozen`] guard that lets it go again: detached (running on exactly as
+//! before) or killed. Dropping the guard detaches, so an error or a panic
+//! anywhere in the dump leaves the task running.
+
+use std::collections::BTreeSet;
+use std::io;
+
+use crate::sys::{process, ptrace};
+use ptrace::Stop;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FreezeError {
+    #[error("pid {pid}: cannot list threads: {source}")]
+    ListThreads {
+        pid: i32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("pid {pid} tid {tid}: PTRACE_SEIZE failed (already traced by a debugger?): {source}")]
+    Seize {
+        pid: i32,
+        tid: i32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("pid {pid} tid {tid}: {what}: {source}")]
+    Ptrace {
+        pid: i32,
+        tid: i32,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("pid {pid}: the process exited while being frozen")]
+    Exited { pid: i32 },
+    #[error("pid {pid} tid {tid}: unexpected stop {stop:?} while freezing")]
+    UnexpectedStop { pid: i32, tid: i32, stop: Stop },
+    #[error("pid {pid}: cannot kill: {source}")]
+    Kill {
+        pid: i32,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A thread group whose threads are all seized and parked in a ptrace stop.
+/// Dropping it detaches every thread.
+#[derive(Debug)]
+pub struct Frozen {
+    pid: i32,
+    /// Seized threads, the leader first.
+    tids: Vec<i32>,
+}
+
+/// The thread ids in `/proc/P/task`.
+fn list_threads(pid: i32) -> io::Result<BTreeSet<i32>> {
+    let mut out = BTreeSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        if let Some(tid) = entry?.file_name().to_str().and_then(|s| s.parse().ok()) {
+            out.insert(tid);
+        }
+    }
+    Ok(out)
+}
+
+impl Frozen {
+    /// Seize and interrupt every thread of `pid`, re-reading `/proc/P/task`
+    /// until a pass finds no thread that is not already stopped (a running
+    /// thread may create new ones until it is stopped itself).
+    pub fn freeze(pid: i32) -> Result<Self, FreezeError> {
+        let mut frozen = Frozen {
+            pid,
+            tids: Vec::new(),
+        };
+        loop {
+            let tids =
+                list_threads(pid).map_err(|source| FreezeError::ListThreads { pid, source })?;
+            if !tids.contains(&pid) {
+                return Err(FreezeError::Exited { pid });
+            }
+            // Leader first, the rest in the order found.
+            let mut new: Vec<i32> = tids
+                .iter()
+                .copied()
+                .filter(|t| !frozen.tids.contains(t))
+                .collect();
+            new.sort_by_key(|&t| t != pid);
+            if new.is_empty() {
+                break;
+            }
+            for tid in new {
+                match ptrace::seize(tid, ptrace::PTRACE_O_TRACESYSGOOD) {
+                    Ok(()) => {}
+                    // The thread exited between the listing and the seize.
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) && tid != pid => continue,
+                    Err(source) => return Err(FreezeError::Seize { pid, tid, source }),
+                }
+                frozen.tids.push(tid);
+                if !frozen.interrupt_and_wait(tid)? {
+                    frozen.tids.retain(|&t| t != tid);
+                    if tid == pid {
+                        return Err(FreezeError::Exited { pid });
+                    }
+                }
+            }
+        }
+        Ok(frozen)
+    }
+
+    /// Stop one seized thread. Returns false when it exited instead.
+    fn interrupt_and_wait(&self, tid: i32) -> Result<bool, FreezeError> {
+        let pid = self.pid;
+        let ptrace_err = |what| {
+            move |source| FreezeError::Ptrace {
+                pid,
+                tid,
+                what,
+                source,
+            }
+        };
+        ptrace::interrupt(tid).map_err(ptrace_err("PTRACE_INTERRUPT"))?;
+        loop {
+            let status = ptrace::wait(tid).map_err(ptrace_err("waitpid"))?;
+            match ptrace::decode_status(status) {
+                Stop::Event {
+                    event: ptrace::PTRACE_EVENT_STOP,
+                    ..
+                } => return Ok(true),
+                // A signal arrived before the interrupt: let the thread take
+                // it as it would have; the interrupt stays pending and stops
+                // it right after.
+                Stop::Signal(sig) => {
+                    ptrace::resume_with_signal(tid, sig).map_err(ptrace_err("PTRACE_CONT"))?
+                }
+                Stop::Exited(_) | Stop::Killed(_) => return Ok(false),
+                stop => return Err(FreezeError::UnexpectedStop { pid, tid, stop }),
+            }
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The frozen threads, the leader first.
+    pub fn tids(&self) -> &[i32] {
+        &self.tids
+    }
+
+    /// Let every thread run on exactly as before.
+    pub fn detach(mut self) -> Result<(), FreezeError> {
+        let tids = std::mem::take(&mut self.tids);
+        let mut first_error = None;
+        for tid in tids {
+            if let Err(e) = detach_thread(self.pid, tid) {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Kill the process while it is still frozen, so it never runs past the
+    /// snapshot, and collect the threads' exit notifications.
+    pub fn kill(mut self) -> Result<(), FreezeError> {
+        let pid = self.pid;
+        process::kill(pid, libc::SIGKILL).map_err(|source| FreezeError::Kill { pid, source })?;
+        let tids = std::mem::take(&mut self.tids);
+        // Non-leaders first: a leader's exit is reported only after its
+        // threads are gone.
+        for &tid in tids
+            .iter()
+            .filter(|&&t| t != pid)
+            .chain(tids.iter().filter(|&&t| t == pid))
+        {
+            loop {
+                match ptrace::wait(tid).map(ptrace::decode_status) {
+                    Ok(Stop::Exited(_) | Stop::Killed(_)) | Err(_) => break,
+                    // An exit stop or a late event: let it go on dying.
+                    Ok(_) => {
+                        let _ = ptrace::resume(tid);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Detach one thread. A thread that is not in a ptrace stop (it was resumed
+/// for an injected syscall and the wait was cut short) is stopped first.
+fn detach_thread(pid: i32, tid: i32) -> Result<(), FreezeError> {
+    match ptrace::detach(tid) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+            // Either gone, or not stopped: try to stop it, then detach.
+            if ptrace::interrupt(tid).is_err() {
+                return Ok(()); // no longer traced or no longer alive
+            }
+            let _ = ptrace::wait(tid);
+            ptrace::detach(tid).map_err(|source| FreezeError::Ptrace {
+                pid,
+                tid,
+                what: "PTRACE_DETACH",
+                source,
+            })
+        }
+        Err(source) => Err(FreezeError::Ptrace {
+            pid,
+            tid,
+            what: "PTRACE_DETACH",
+            source,
+        }),
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for tid in std::mem::take(&mut self.tids) {
+            let _ = detach_thread(self.pid, tid);
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! Instruction sequences the loader borrows from the task's own executable
+//! memory so that nothing of its own stays mapped (LOADER.md, stage 4).
+
+/// `syscall; ret`.
+pub const SYSCALL_RET: &[u8] = &[0x0f, 0x05, 0xc3];
+/// `mov $15, %eax; syscall` (`rt_sigreturn`), as hand-written code has it.
+pub const RT_SIGRETURN: &[u8] = &[0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
+/// `mov $15, %rax; syscall`: glibc's `__restore_rt`, the `sa_restorer` of
+/// every handler it installs.
+pub const RT_SIGRETURN_REX: &[u8] = &[0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
+
+/// The first `rt_sigreturn` sequence in `bytes` (read from `base`), in
+/// either encoding.
+pub fn find_rt_sigreturn(bytes: &[u8], base: u64) -> Option<u64> {
+    find(bytes, base, RT_SIGRETURN).or_else(|| find(bytes, base, RT_SIGRETURN_REX))
+}
+/// `syscall`.
+pub const SYSCALL: &[u8] = &[0x0f, 0x05];
+
+/// Address of the first occurrence of `pattern` in `bytes`, which were read
+/// from address `base`.
+pub fn find(bytes: &[u8], base: u64, pattern: &[u8]) -> Option<u64> {
+    if pattern.is_empty() {
+        return None;
+    }
+    bytes
+        .windows(pattern.len())
+        .position(|w| w == pattern)
+        .map(|i| base + i as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_first_occurrence_with_base() {
+        let code = [
+            0x90, 0x0f, 0x05, 0x90, 0x0f, 0x05, 0xc3, 0xb8, 0x0f, 0, 0, 0, 0x0f, 0x05,
+        ];
+        assert_eq!(find(&code, 0x1000, SYSCALL), Some(0x1001));
+        assert_eq!(find(&code, 0x1000, SYSCALL_RET), Some(0x1004));
+        assert_eq!(find(&code, 0x1000, RT_SIGRETURN), Some(0x1007));
+        assert_eq!(find(&code[..13], 0x1000, RT_SIGRETURN), None);
+        assert_eq!(find(&[], 0, SYSCALL), None);
+        let glibc = [0x90, 0x48, 0xc7, 0xc0, 0x0f, 0, 0, 0, 0x0f, 0x05, 0x90];
+        assert_eq!(find_rt_sigreturn(&glibc, 0x2000), Some(0x2001));
+        assert_eq!(find_rt_sigreturn(&code, 0x1000), Some(0x1007));
+    }
+}

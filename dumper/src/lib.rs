@@ -1,0 +1,354 @@
+//! The dumper: freeze a process, collect its state, write its crimg image
+//! (`task-<pid>.crimg`) and the manifest, then kill it or let it run on.
+//!
+//! ```text
+//! freeze (ptrace seize + interrupt every thread)
+//!   → collect (/proc, ptrace, injected syscalls)  → TaskState
+//!   → write (image_writer, pages read with process_vm_readv)
+//!   → release (SIGKILL while frozen, or detach)
+//! ```
+//!
+//! On any error every thread is detached and runs on exactly as before, and
+//! no partial image is left. A binary that catches SIGINT/SIGTERM calls
+//! [`request_cancel`] from its handler; the dump then stops at the next
+//! check and detaches.
+
+#![deny(unsafe_code)]
+
+pub mod collect;
+pub mod fds;
+pub mod freeze;
+pub mod gadgets;
+pub mod inject;
+pub mod manifest;
+pub mod memory;
+pub mod pages;
+pub mod procfs;
+pub mod regs;
+#[allow(unsafe_code)]
+pub mod sys;
+pub mod vmas;
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use collect::CollectError;
+use freeze::{FreezeError, Frozen};
+
+/// What to do besides the default (kill after a complete dump).
+#[derive(Clone, Debug, Default)]
+pub struct DumpOptions {
+    /// Detach and let the process run on instead of killing it.
+    pub leave_running: bool,
+    /// Dump even when some state cannot be kept; what is lost is listed in
+    /// the image's warnings and the report.
+    pub force: bool,
+}
+
+/// Told how far the page copy has got, e.g. to draw a progress bar.
+pub trait Progress {
+    /// `done` of `total` page bytes are written.
+    fn bytes(&mut self, done: u64, total: u64);
+}
+
+/// A [`Progress`] that ignores everything.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn bytes(&mut self, _done: u64, _total: u64) {}
+}
+
+/// One memory area and how much of it went into the image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmaStat {
+    pub start: u64,
+    pub end: u64,
+    /// One of `image_format::records::vma_kind`.
+    pub kind: u32,
+    /// `PROT_*` bits.
+    pub prot: u32,
+    pub path: String,
+    pub stored_pages: u64,
+}
+
+/// Where the time of a dump went.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Phases {
+    pub freeze: Duration,
+    pub collect: Duration,
+    pub write: Duration,
+}
+
+/// What a successful dump did.
+#[derive(Clone, Debug)]
+pub struct DumpReport {
+    pub pid: i32,
+    pub threads: Vec<i32>,
+    pub image: PathBuf,
+    pub manifest: PathBuf,
+    /// Size of the image file.
+    pub bytes_written: u64,
+    /// Pages whose contents are in the image.
+    pub pages_stored: u64,
+    /// From the start of the freeze to the release.
+    pub duration: Duration,
+    /// How long the process was stopped before the image was complete.
+    pub frozen_for: Duration,
+    /// Time spent freezing, collecting state, and writing the image.
+    pub phases: Phases,
+    pub vmas: Vec<VmaStat>,
+    /// State that could not be kept (only with `force`, plus notes).
+    pub warnings: Vec<String>,
+    /// The process was left running (else it was killed).
+    pub left_running: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error("pid {pid}: {why}")]
+    Refused { pid: i32, why: String },
+    #[error("pid {pid}: {path}: {source}")]
+    Io {
+        pid: i32,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Freeze(#[from] FreezeError),
+    #[error(transparent)]
+    Collect(#[from] CollectError),
+    #[error("pid {pid}: writing {path}: {source}")]
+    Write {
+        pid: i32,
+        path: PathBuf,
+        #[source]
+        source: image_writer::WriteError,
+    },
+    #[error("pid {pid}: dump cancelled; the process was left running")]
+    Cancelled { pid: i32 },
+}
+
+static CANCEL: AtomicBool = AtomicBool::new(false);
+
+/// Ask a running dump to stop and detach. Async-signal-safe (one atomic
+/// store): call it from a SIGINT/SIGTERM handler.
+pub fn request_cancel() {
+    CANCEL.store(true, Ordering::SeqCst);
+}
+
+/// Whether [`request_cancel`] was called.
+pub fn cancel_requested() -> bool {
+    CANCEL.load(Ordering::SeqCst)
+}
+
+/// The image file name of process `pid`.
+pub fn image_name(pid: i32) -> String {
+    format!("task-{pid}.crimg")
+}
+
+/// Read `/proc/P/stat` and refuse what cannot be dumped at all.
+fn check_target(pid: i32, opts: &DumpOptions) -> Result<procfs::stat::Stat, DumpError> {
+    let refuse = |why: String| Err(DumpError::Refused { pid, why });
+    let me = std::process::id() as i32;
+    if pid <= 0 {
+        return refuse("not a valid pid".into());
+    }
+    if pid == me {
+        return refuse("cannot dump the dumper itself".into());
+    }
+    if pid == std::os::unix::process::parent_id() as i32 {
+        return refuse("cannot dump the dumper's parent (it waits for the dumper)".into());
+    }
+    if pid == 1 && !opts.leave_running {
+        return refuse("refusing to kill pid 1; use leave-running".into());
+    }
+    let path = PathBuf::from(format!("/proc/{pid}/stat"));
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return refuse("no such process".into()),
+        Err(source) => return Err(DumpError::Io { pid, path, source }),
+    };
+    let stat = procfs::stat::parse(&text).map_err(|e| DumpError::Refused {
+        pid,
+        why: e.to_string(),
+    })?;
+    if stat.flags & procfs::stat::PF_KTHREAD != 0 {
+        return refuse("is a kernel thread".into());
+    }
+    match stat.state {
+        b'Z' | b'X' => return refuse("is a zombie (it has exited)".into()),
+        b'T' => return refuse("is stopped by job control; continue it (SIGCONT) first".into()),
+        b't' => return refuse("is being traced by another process".into()),
+        _ => {}
+    }
+    let status_path = PathBuf::from(format!("/proc/{pid}/status"));
+    let status = fs::read_to_string(&status_path).map_err(|source| DumpError::Io {
+        pid,
+        path: status_path,
+        source,
+    })?;
+    if let Ok(s) = procfs::status::parse(&status) {
+        if s.tgid != pid {
+            return refuse(format!(
+                "is a thread of process {}; give the process id",
+                s.tgid
+            ));
+        }
+        if s.tgid == me {
+            return refuse("is the dumper itself".into());
+        }
+    }
+    Ok(stat)
+}
+
+/// Create `dir` mode 0700 if it does not exist.
+fn prepare_out_dir(pid: i32, dir: &Path) -> Result<(), DumpError> {
+    let io_err = |source| DumpError::Io {
+        pid,
+        path: dir.to_owned(),
+        source,
+    };
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => Ok(()),
+        Err(e) => Err(io_err(e)),
+    }
+}
+
+/// A temporary file in the output directory, removed on drop unless kept.
+struct TempFile {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Dump process `pid` (all its threads) into `out_dir/task-<pid>.crimg` and
+/// `out_dir/manifest.json`, then kill it or, with `opts.leave_running`, let
+/// it run on. On error the process is left running as it was.
+pub fn dump(
+    pid: i32,
+    out_dir: &Path,
+    opts: &DumpOptions,
+    progress: &mut dyn Progress,
+) -> Result<DumpReport, DumpError> {
+    let started = Instant::now();
+    check_target(pid, opts)?;
+    prepare_out_dir(pid, out_dir)?;
+    let zero_pfn = sys::process::zero_page_pfn().ok().flatten();
+
+    let mut phases = Phases::default();
+    let t = Instant::now();
+    let frozen = Frozen::freeze(pid)?;
+    phases.freeze = t.elapsed();
+    let t = Instant::now();
+    let mem_path = PathBuf::from(format!("/proc/{pid}/mem"));
+    let mem = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&mem_path)
+        .map_err(|source| DumpError::Io {
+            pid,
+            path: mem_path,
+            source,
+        })?;
+    let collected = collect::collect(&frozen, &mem, opts, zero_pfn)?;
+    let state = &collected.state;
+    phases.collect = t.elapsed();
+    let t = Instant::now();
+
+    // The image, written to a temporary name and renamed when complete.
+    let image = out_dir.join(image_name(pid));
+    let mut tmp = TempFile {
+        path: out_dir.join(format!(".task-{pid}.crimg.tmp-{}", std::process::id())),
+        keep: false,
+    };
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| DumpError::Io { pid, path, source }
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp.path)
+        .map_err(io_err(&tmp.path))?;
+    let mut source = memory::TaskMemory {
+        pid,
+        mem: &mem,
+        progress,
+    };
+    let bytes_written = match image_writer::write_image(state, &file, &mut source) {
+        Ok(n) => n,
+        Err(_) if cancel_requested() => return Err(DumpError::Cancelled { pid }),
+        Err(source) => {
+            return Err(DumpError::Write {
+                pid,
+                path: tmp.path.clone(),
+                source,
+            })
+        }
+    };
+    file.sync_all().map_err(io_err(&tmp.path))?;
+    // Images are runnable by their owner (binfmt_misc) and private to them.
+    fs::set_permissions(&tmp.path, fs::Permissions::from_mode(0o700)).map_err(io_err(&tmp.path))?;
+    if cancel_requested() {
+        return Err(DumpError::Cancelled { pid });
+    }
+    fs::rename(&tmp.path, &image).map_err(io_err(&image))?;
+    tmp.keep = true;
+    File::open(out_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(out_dir))?;
+    let manifest = manifest::Manifest::new(vec![manifest::ManifestProcess {
+        pid,
+        ppid: state.process.ppid,
+        pgid: state.process.pgid,
+        sid: state.process.sid,
+        image: image_name(pid),
+        threads: frozen.tids().to_vec(),
+    }]);
+    manifest::write(out_dir, &manifest).map_err(io_err(&out_dir.join(manifest::FILE_NAME)))?;
+    phases.write = t.elapsed();
+    let frozen_for = started.elapsed();
+
+    let threads = frozen.tids().to_vec();
+    if opts.leave_running {
+        frozen.detach()?;
+    } else {
+        frozen.kill()?;
+    }
+    Ok(DumpReport {
+        pid,
+        threads,
+        image,
+        manifest: out_dir.join(manifest::FILE_NAME),
+        bytes_written,
+        pages_stored: state
+            .pages
+            .iter()
+            .map(|r| r.len / image_format::PAGE_SIZE)
+            .sum(),
+        duration: started.elapsed(),
+        frozen_for,
+        phases,
+        vmas: collected.vma_stats,
+        warnings: state.warnings.clone(),
+        left_running: opts.leave_running,
+    })
+}

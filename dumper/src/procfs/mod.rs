@@ -1,0 +1,43 @@
+//! Parsers for the text files of `/proc/P/`: pure functions over strings, so
+//! they are unit-tested on fixtures. Reading the files is the caller's job.
+
+pub mod fdinfo;
+pub mod limits;
+pub mod smaps;
+pub mod stat;
+pub mod status;
+
+/// A `/proc` file did not look as expected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{file}: line {line}: {what}")]
+pub struct ParseError {
+    /// Which file (e.g. `smaps`).
+    pub file: &'static str,
+    /// 1-based line number (0: the whole file).
+    pub line: usize,
+    pub what: String,
+}
+
+impl ParseError {
+    fn new(file: &'static str, line: usize, what: impl Into<String>) -> Self {
+        Self {
+            file,
+            line,
+            what: what.into(),
+        }
+    }
+}
+
+fn parse_hex(file: &'static str, line: usize, s: &str) -> Result<u64, ParseError> {
+    u64::from_str_radix(s, 16)
+        .map_err(|_| ParseError::new(file, line, format!("bad hex number {s:?}")))
+}
+
+fn parse_dec<T: std::str::FromStr>(
+    file: &'static str,
+    line: usize,
+    s: &str,
+) -> Result<T, ParseError> {
+    s.parse()
+        .map_err(|_| ParseError::new(file, line, format!("bad number {s:?}")))
+}

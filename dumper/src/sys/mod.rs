@@ -1,0 +1,7 @@
+//! The raw system calls the dumper makes: thin, documented wrappers around
+//! `libc`, each returning `std::io::Result` with the kernel's errno. This is
+//! the only place with `unsafe` code; everything above it is safe Rust over
+//! plain data.
+
+pub mod process;
+pub mod ptrace;

@@ -1,0 +1,149 @@
+//! Process-level system calls: reading another process's memory, its robust
+//! futex list and resource limits, sending signals, and probing the zero page.
+//!
+//! # Safety
+//!
+//! Every call passes pointers to buffers owned by the caller, with the
+//! lengths of those buffers.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+/// `process_vm_readv(pid, [buf], 1, [remote, buf.len()], 1, 0)`: copy bytes
+/// from another process's memory into `buf`. Returns how many bytes were
+/// read; a short count means the remote range stopped being readable.
+///
+/// # References
+/// `process_vm_readv(2)`.
+pub fn process_vm_read(pid: i32, remote: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: remote as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: `local` describes `buf`, writable for buf.len() bytes; the
+    // remote iovec is only interpreted in the other process's address space.
+    let n = unsafe { libc::process_vm_readv(pid, &raw const local, 1, &raw const remote, 1, 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n.unsigned_abs())
+    }
+}
+
+/// `get_robust_list(tid, &head, &len)`: the thread's robust futex list head.
+///
+/// # References
+/// `get_robust_list(2)`.
+pub fn get_robust_list(tid: i32) -> io::Result<(u64, u64)> {
+    let mut head: u64 = 0;
+    let mut len: libc::size_t = 0;
+    // SAFETY: both out-pointers are valid for the 8 bytes the kernel writes.
+    let r = unsafe { libc::syscall(libc::SYS_get_robust_list, tid, &raw mut head, &raw mut len) };
+    if r == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok((head, len as u64))
+    }
+}
+
+/// `kill(pid, sig)`.
+///
+/// # References
+/// `kill(2)`.
+pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: kill takes no pointers.
+    if unsafe { libc::kill(pid, sig) } == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// `geteuid()`.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid cannot fail and takes no arguments.
+    unsafe { libc::geteuid() }
+}
+
+/// The page frame number of the kernel's shared zero page, as
+/// `/proc/self/pagemap` shows it: map a fresh anonymous page, read it (a read
+/// fault maps the zero page), look up its PFN. `Ok(None)` when PFNs are
+/// hidden (no `CAP_SYS_ADMIN`).
+pub fn zero_page_pfn() -> io::Result<Option<u64>> {
+    const PAGE: usize = 4096;
+    // SAFETY: an anonymous private mapping of one page at an address the
+    // kernel chooses; it is unmapped below and never escapes this function.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            PAGE,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `addr` is a readable mapping of PAGE bytes made above; the
+    // volatile read makes sure the fault really happens.
+    let _ = unsafe { std::ptr::read_volatile(addr.cast::<u8>()) };
+    let result = (|| {
+        let pagemap = File::open("/proc/self/pagemap")?;
+        let mut entry = [0u8; 8];
+        pagemap.read_exact_at(&mut entry, (addr as u64 / PAGE as u64) * 8)?;
+        let entry = u64::from_le_bytes(entry);
+        let present = entry & (1 << 63) != 0;
+        let pfn = entry & ((1 << 55) - 1);
+        Ok(if present && pfn != 0 { Some(pfn) } else { None })
+    })();
+    // SAFETY: unmapping exactly the page mapped above.
+    unsafe { libc::munmap(addr, PAGE) };
+    result
+}
+
+/// The data extents of a file (`lseek` with `SEEK_DATA`/`SEEK_HOLE`), as
+/// `(start, end)` byte offsets, up to `limit`.
+///
+/// # References
+/// `lseek(2)`.
+pub fn data_extents(file: &File, limit: u64) -> io::Result<Vec<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let seek = |off: u64, whence: i32| -> io::Result<Option<u64>> {
+        let off = i64::try_from(off).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+        // SAFETY: lseek on a descriptor owned by `file`; no pointers.
+        let r = unsafe { libc::lseek(fd, off, whence) };
+        if r >= 0 {
+            Ok(Some(r.unsigned_abs()))
+        } else {
+            let e = io::Error::last_os_error();
+            // ENXIO: no more data after `off`.
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        }
+    };
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < limit {
+        let Some(start) = seek(at, libc::SEEK_DATA)? else {
+            break;
+        };
+        if start >= limit {
+            break;
+        }
+        let end = seek(start, libc::SEEK_HOLE)?.unwrap_or(limit).min(limit);
+        out.push((start, end));
+        at = end;
+    }
+    Ok(out)
+}
