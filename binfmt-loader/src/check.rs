@@ -60,6 +60,10 @@ pub enum CheckError {
     CpuLacks {
         missing: u64,
     },
+    /// The kernel will not let this process use saved features.
+    NotPermitted {
+        missing: u64,
+    },
     CompactedXsave,
     UnsupportedFd {
         fd: i32,
@@ -90,7 +94,9 @@ impl CheckError {
             CheckError::FileMissing { .. } | CheckError::FileChanged { .. } => {
                 ExitCode::FileChanged
             }
-            CheckError::NoXsave | CheckError::CpuLacks { .. } => ExitCode::CpuFeatures,
+            CheckError::NoXsave | CheckError::CpuLacks { .. } | CheckError::NotPermitted { .. } => {
+                ExitCode::CpuFeatures
+            }
             CheckError::Threads { .. }
             | CheckError::FileDeleted { .. }
             | CheckError::CompactedXsave
@@ -139,6 +145,10 @@ impl fmt::Display for CheckError {
                 write!(f, "{what} {} was deleted before the dump; restoring deleted files is not supported yet", Lossy(path))
             }
             CheckError::NoXsave => write!(f, "this CPU or kernel has no XSAVE; the image needs it"),
+            CheckError::NotPermitted { missing } => write!(
+                f,
+                "the kernel does not permit this process the register-state features {missing:#x} the task used"
+            ),
             CheckError::CpuLacks { missing } => {
                 write!(f, "this CPU lacks register-state features {missing:#x} the task used (XCR0)")
             }
@@ -354,12 +364,38 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
     if frame::xcomp_bv(tv.xsave).unwrap_or(0) & (1 << 63) != 0 {
         return Err(CheckError::CompactedXsave);
     }
-    // Components beyond this CPU's area are absent from XSTATE_BV (checked
-    // above), so the prefix this kernel accepts carries everything.
+    // ... and permitted to this process. Dynamic features (AMX tile data)
+    // must be asked for, as the task once did; a kernel without the
+    // permission API has no dynamic features, so XCR0 is the answer there.
+    let mut permitted = sys::xcomp_perm().unwrap_or(xcr0);
+    let wanted = bv & !permitted;
+    if wanted != 0 {
+        let highest = 63 - wanted.leading_zeros();
+        if sys::request_xcomp_perm(highest).is_ok() {
+            permitted = sys::xcomp_perm().unwrap_or(permitted);
+        }
+        if bv & !permitted != 0 {
+            return Err(CheckError::NotPermitted {
+                missing: bv & !permitted,
+            });
+        }
+    }
+    let features = xcr0 & permitted;
+    // rt_sigreturn restores the whole XSAVE frame only when the frame is no
+    // larger than the area of the features this process may use; a larger
+    // one (e.g. sized for AMX it was not granted) gets only the legacy SSE
+    // state back. The standard format puts components at fixed offsets, so
+    // the permitted prefix of the saved area holds all of them.
+    let user_size = (2..63)
+        .filter(|i| features & (1 << i) != 0)
+        .map(arch::xsave_component_end)
+        .max()
+        .unwrap_or(0)
+        .max(frame::XSAVE_MIN as u32) as usize;
     let xlen = tv
         .xsave
         .len()
-        .min(arch::xsave_size() as usize)
+        .min(user_size)
         .max(frame::XSAVE_MIN.min(tv.xsave.len()));
     let xsave = &tv.xsave[..xlen];
 
@@ -504,6 +540,12 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
             }
         }
     } else {
+        warn(
+            name,
+            format_args!(
+                "not privileged: /proc/PID/exe not restored (setting it needs CAP_CHECKPOINT_RESTORE); it names the loader"
+            ),
+        );
         None
     };
 
@@ -665,7 +707,7 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
         thread: tv.record,
         regs: tv.regs(),
         xsave,
-        xfeatures: xcr0,
+        xfeatures: features,
         pid: sys::getpid(),
         pending,
         itimers,

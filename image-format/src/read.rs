@@ -475,6 +475,20 @@ impl<'a> Image<'a> {
                 note_type: note::CHECKSUM,
             });
         }
+        // Unlike other records, the checksum record is not read by prefix: a
+        // reader must know exactly how it was computed before trusting it.
+        let bad_sum = |what| ImageError::BadRecords {
+            note_type: note::CHECKSUM,
+            what,
+        };
+        let header = RecordHeader::read_from_prefix(last.desc)
+            .map_err(|_| bad_sum("shorter than its header"))?
+            .0;
+        if header.version != ChecksumRecord::VERSION
+            || usize::from(header.record_size) != core::mem::size_of::<ChecksumRecord>()
+        {
+            return Err(bad_sum("unknown checksum record version or size"));
+        }
         let sum: ChecksumRecord = Records::<ChecksumRecord>::from_desc(last.desc)?
             .next()
             .ok_or(ImageError::BadRecords {

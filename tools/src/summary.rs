@@ -27,7 +27,15 @@ pub struct Summary {
     pub stored_bytes: u64,
     pub image_bytes: u64,
     pub brk: u64,
+    /// Code the loader borrows to leave no trace (`syscall; ret`, `rt_sigreturn`).
+    pub gadgets: Gadgets,
     pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Gadgets {
+    pub syscall_ret: String,
+    pub rt_sigreturn: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -254,6 +262,10 @@ pub fn summarize(img: &Image) -> Result<Summary, ImageError> {
         stored_bytes: img.stored_bytes(),
         image_bytes: img.bytes().len() as u64,
         brk: img.mm().brk,
+        gadgets: Gadgets {
+            syscall_ret: format!("{:#x}", img.gadgets().syscall_ret),
+            rt_sigreturn: format!("{:#x}", img.gadgets().rt_sigreturn),
+        },
         warnings: img.warnings().map(text).collect(),
     })
 }
@@ -362,6 +374,11 @@ pub fn render_text(s: &Summary) -> String {
             let _ = writeln!(o, " {}", line.join(" "));
         }
     }
+    let _ = writeln!(
+        o,
+        "\nloader exit gadgets: syscall;ret {}  rt_sigreturn {}",
+        s.gadgets.syscall_ret, s.gadgets.rt_sigreturn
+    );
     if !s.warnings.is_empty() {
         let _ = writeln!(o, "\nnot kept by the dump:");
         for w in &s.warnings {

@@ -230,6 +230,13 @@ pub fn xcr0() -> Option<u64> {
     Some(u64::from(hi) << 32 | u64::from(lo))
 }
 
+/// CPUID.(EAX=0Dh,ECX=i): where XSAVE component `i` (2..=62) ends in the
+/// standard-format area (offset EBX + size EAX); 0 for an unknown one.
+pub fn xsave_component_end(i: u32) -> u32 {
+    let r = core::arch::x86_64::__cpuid_count(0xd, i);
+    r.ebx.saturating_add(r.eax)
+}
+
 /// CPUID.(EAX=0Dh,ECX=0):EBX — the XSAVE area size (standard format) for the
 /// features currently enabled in XCR0.
 pub fn xsave_size() -> u32 {

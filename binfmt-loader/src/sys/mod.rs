@@ -432,6 +432,46 @@ pub fn get_ids() -> ([u32; 3], [u32; 3]) {
     (u, g)
 }
 
+/// `arch_prctl(ARCH_GET_XCOMP_PERM, &mask)`: the XSAVE features this process
+/// may use. Dynamic features (AMX tile data) are off until requested.
+pub fn xcomp_perm() -> Result<u64, Errno> {
+    const ARCH_GET_XCOMP_PERM: u64 = 0x1022;
+    let mut mask = 0u64;
+    // SAFETY: the kernel writes one u64 into a live u64.
+    let r = unsafe {
+        syscall6(
+            nr::ARCH_PRCTL,
+            ARCH_GET_XCOMP_PERM,
+            &raw mut mask as u64,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+    result(r)?;
+    Ok(mask)
+}
+
+/// `arch_prctl(ARCH_REQ_XCOMP_PERM, feature)`: ask to use a dynamic XSAVE
+/// feature (and the ones it depends on).
+pub fn request_xcomp_perm(feature: u32) -> Result<(), Errno> {
+    const ARCH_REQ_XCOMP_PERM: u64 = 0x1023;
+    // SAFETY: no memory involved.
+    let r = unsafe {
+        syscall6(
+            nr::ARCH_PRCTL,
+            ARCH_REQ_XCOMP_PERM,
+            u64::from(feature),
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+    result(r).map(|_| ())
+}
+
 /// `getpid()`.
 pub fn getpid() -> i32 {
     // SAFETY: no memory involved.
