@@ -300,6 +300,7 @@ impl Workload {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        crate::sys::close_fds_above_stdio(&mut command);
         let mut child = command.spawn().map_err(|source| ProcessError::Spawn {
             program: format!("{name} ({command:?})"),
             source,

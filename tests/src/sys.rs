@@ -88,3 +88,26 @@ pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Makes `command`'s child close every descriptor above 2 before it execs:
+/// `close_range(3, ~0U, 0)`. A workload must start with just its stdio, not
+/// with whatever the test runner happened to inherit (a stray pipe would be
+/// dumped, or refused, as the workload's own).
+///
+/// # References
+/// close_range(2)
+pub fn close_fds_above_stdio(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // makes one raw syscall, which is async-signal-safe and allocates
+    // nothing; std's own pipes for the child's stdio are dup2'd onto 0-2
+    // before pre_exec closures run.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

@@ -55,10 +55,13 @@ check() {
 trap 'check_requested=1' USR2
 echo "READY pid=$$ interval_ms=$interval_ms"
 stdin_open=1
+partial=
 while :; do
 	# read -t doubles as the tick sleep; a signal interrupts it and runs the trap.
 	if ((stdin_open)); then
 		if read -r -t "$timeout" line; then
+			line=$partial$line
+			partial=
 			case $line in
 			check) check ;;
 			quit)
@@ -66,7 +69,12 @@ while :; do
 				exit 0
 				;;
 			esac
-		elif (($? <= 128)); then
+		elif (($? > 128)); then
+			# Timed out. read's deadline is wall-clock time, so after a
+			# freeze (a dump) it can expire in the middle of a line that
+			# is already there: bash then leaves what it read in $line.
+			partial+=$line
+		else
 			stdin_open=0 # EOF
 		fi
 	else
