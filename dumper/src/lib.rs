@@ -80,7 +80,11 @@ pub struct VmaStat {
 pub struct Phases {
     pub freeze: Duration,
     pub collect: Duration,
+    /// Copying pages and writing the image (into the page cache).
     pub write: Duration,
+    /// Making the image and manifest durable (fsync) and renaming them into
+    /// place: the process is killed only after this.
+    pub sync: Duration,
 }
 
 /// What a successful dump did.
@@ -304,6 +308,8 @@ pub fn dump(
             })
         }
     };
+    phases.write = t.elapsed();
+    let t = Instant::now();
     file.sync_all().map_err(io_err(&tmp.path))?;
     // Images are runnable by their owner (binfmt_misc) and private to them.
     fs::set_permissions(&tmp.path, fs::Permissions::from_mode(0o700)).map_err(io_err(&tmp.path))?;
@@ -324,7 +330,7 @@ pub fn dump(
         threads: frozen.tids().to_vec(),
     }]);
     manifest::write(out_dir, &manifest).map_err(io_err(&out_dir.join(manifest::FILE_NAME)))?;
-    phases.write = t.elapsed();
+    phases.sync = t.elapsed();
     let frozen_for = started.elapsed();
 
     let threads = frozen.tids().to_vec();

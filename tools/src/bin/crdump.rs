@@ -34,6 +34,9 @@ struct Cli {
     /// Print nothing but errors.
     #[arg(short, long)]
     quiet: bool,
+    /// Also print where the time went and every memory area stored.
+    #[arg(short, long)]
+    verbose: bool,
 }
 
 /// A progress bar on stderr, shown only on a terminal and only once the
@@ -68,6 +71,28 @@ fn human(bytes: u64) -> String {
         format!("{:.2} GiB", mib / 1024.0)
     } else {
         format!("{mib:.1} MiB")
+    }
+}
+
+fn print_details(r: &DumpReport) {
+    let p = &r.phases;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "crdump: freeze {:.1} ms, collect {:.1} ms, write {:.1} ms, sync {:.1} ms; process stopped for {:.1} ms",
+        ms(p.freeze),
+        ms(p.collect),
+        ms(p.write),
+        ms(p.sync),
+        ms(r.frozen_for)
+    );
+    for v in &r.vmas {
+        println!(
+            "crdump:   {:#014x}-{:#014x} {:>10} stored  {}",
+            v.start,
+            v.end,
+            human(v.stored_pages * image_format::PAGE_SIZE),
+            v.path
+        );
     }
 }
 
@@ -112,6 +137,9 @@ fn main() -> ExitCode {
         Ok(report) => {
             if !cli.quiet {
                 print_report(&report);
+                if cli.verbose {
+                    print_details(&report);
+                }
             }
             ExitCode::SUCCESS
         }
