@@ -118,8 +118,9 @@ fn verify(paths: &[PathBuf]) -> Result<()> {
         });
         match result {
             Ok((segments, stored, threads)) => println!(
-                "{}: ok ({threads} threads, {segments} segments, {stored} bytes of pages; all checksums match)",
-                path.display()
+                "{}: ok ({threads} thread{}, {segments} segments, {stored} bytes of pages; all checksums match)",
+                path.display(),
+                if threads == 1 { "" } else { "s" }
             ),
             Err(e) => {
                 eprintln!("crimg: {e}");
