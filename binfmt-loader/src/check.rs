@@ -3,17 +3,17 @@
 //! Opens and maps the image, parses and verifies it (including every
 //! segment's CRC), checks that the files the task mapped or had open are the
 //! same files, that this CPU has the task's register-state features and
-//! that the loader can restore what the image holds; opens everything the
+//! that the loader can restore what the image holds (and that, when it may
+//! give the threads their tids back, no task holds them); opens everything the
 //! plan will need (so the plan only uses fds); reads the loader's own
 //! layout. Every failure is a [`CheckError`] with the [`ExitCode`] of its
 //! class; nothing irreversible has happened when one is returned.
 
 use core::fmt;
 
-use image_format::elf::UserRegs;
 use image_format::records::{
     fd_flags, fd_kind, vma_flags, vma_kind, CredsRecord, FdRecord, FileId, ItimerRecord,
-    PendingSignalRecord, RlimitRecord, SigactionRecord, ThreadRecord,
+    PendingSignalRecord, RlimitRecord, SigactionRecord,
 };
 use image_format::{Image, ImageError};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -41,6 +41,10 @@ pub enum CheckError {
         count: u32,
     },
     NoThread,
+    /// A thread id the image needs (set_tid) belongs to a live task.
+    TidTaken {
+        tid: i32,
+    },
     /// A file a VMA maps (or the cwd, an fd's file) cannot be opened.
     FileMissing {
         what: &'static str,
@@ -103,6 +107,7 @@ impl CheckError {
             | CheckError::UnsupportedFd { .. }
             | CheckError::VdsoLayout => ExitCode::Unsupported,
             CheckError::Scratch { .. }
+            | CheckError::TidTaken { .. }
             | CheckError::ProcMaps { .. }
             | CheckError::ProcMapsParse { .. }
             | CheckError::FdRelocate { .. } => ExitCode::Environment,
@@ -132,9 +137,13 @@ impl fmt::Display for CheckError {
             CheckError::MapImage { errno } => write!(f, "cannot read the image: {errno}"),
             CheckError::Corrupt { error } => write!(f, "corrupt image: {error}"),
             CheckError::Threads { count } => {
-                write!(f, "multi-threaded images ({count} threads) are not supported yet")
+                write!(f, "images of more than {MAX_THREADS} threads ({count}) are not supported")
             }
             CheckError::NoThread => write!(f, "corrupt image: no thread"),
+            CheckError::TidTaken { tid } => write!(
+                f,
+                "thread id {tid} of the image is in use by another task; the thread cannot get it back"
+            ),
             CheckError::FileMissing { what, path, errno } => {
                 write!(f, "{what} {} cannot be opened: {errno}", Lossy(path))
             }
@@ -212,9 +221,10 @@ pub struct Checked {
     cwd_fd: Option<i32>,
     fd_moves: &'static [FdMove],
     keep_fds: &'static [i32],
-    thread: ThreadRecord,
-    regs: UserRegs,
-    xsave: &'static [u8],
+    /// Leader first; `nthreads` of them are valid.
+    threads: [ThreadInput<'static>; MAX_THREADS],
+    nthreads: usize,
+    set_tids: bool,
     xfeatures: u64,
     pid: i32,
     pending: &'static [PendingSignalRecord],
@@ -245,11 +255,8 @@ impl Checked {
             cwd_fd: self.cwd_fd,
             fd_moves: self.fd_moves,
             keep_fds: self.keep_fds,
-            thread: ThreadInput {
-                record: self.thread,
-                regs: self.regs,
-                xsave: self.xsave,
-            },
+            threads: &self.threads[..self.nthreads],
+            set_tids: self.set_tids,
             xfeatures: self.xfeatures,
             pid: self.pid,
             pending: self.pending,
@@ -341,28 +348,41 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
         .map_err(|error| CheckError::Corrupt { error })?;
     let corrupt = |error| CheckError::Corrupt { error };
 
-    // Threads: one, for now.
-    if image.thread_count() != 1 {
-        return Err(CheckError::Threads {
-            count: image.thread_count(),
-        });
+    // Threads, leader first.
+    let count = image.thread_count();
+    if count as usize > MAX_THREADS {
+        return Err(CheckError::Threads { count });
     }
-    let tv = image
-        .threads()
-        .next()
-        .ok_or(CheckError::NoThread)?
-        .map_err(corrupt)?;
+    let mut threads: [ThreadInput<'static>; MAX_THREADS] =
+        core::array::from_fn(|_| ThreadInput::default());
+    let mut nthreads = 0;
+    for (slot, tv) in threads.iter_mut().zip(image.threads()) {
+        let tv = tv.map_err(corrupt)?;
+        *slot = ThreadInput {
+            record: tv.record,
+            regs: tv.regs(),
+            xsave: tv.xsave,
+        };
+        nthreads += 1;
+    }
+    if nthreads == 0 {
+        return Err(CheckError::NoThread);
+    }
+    let threads_found = &mut threads[..nthreads];
 
     // CPU: every feature the saved state holds must be enabled here.
     let xcr0 = arch::xcr0().ok_or(CheckError::NoXsave)?;
-    let bv = frame::xstate_bv(tv.xsave).unwrap_or(0);
+    let mut bv = 0;
+    for t in threads_found.iter() {
+        bv |= frame::xstate_bv(t.xsave).unwrap_or(0);
+        if frame::xcomp_bv(t.xsave).unwrap_or(0) & (1 << 63) != 0 {
+            return Err(CheckError::CompactedXsave);
+        }
+    }
     if bv & !xcr0 != 0 {
         return Err(CheckError::CpuLacks {
             missing: bv & !xcr0,
         });
-    }
-    if frame::xcomp_bv(tv.xsave).unwrap_or(0) & (1 << 63) != 0 {
-        return Err(CheckError::CompactedXsave);
     }
     // ... and permitted to this process. Dynamic features (AMX tile data)
     // must be asked for, as the task once did; a kernel without the
@@ -381,23 +401,10 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
         }
     }
     let features = xcr0 & permitted;
-    // rt_sigreturn restores the whole XSAVE frame only when the frame is no
-    // larger than the area of the features this process may use; a larger
-    // one (e.g. sized for AMX it was not granted) gets only the legacy SSE
-    // state back. The standard format puts components at fixed offsets, so
-    // the permitted prefix of the saved area holds all of them.
-    let user_size = (2..63)
-        .filter(|i| features & (1 << i) != 0)
-        .map(arch::xsave_component_end)
-        .max()
-        .unwrap_or(0)
-        .max(frame::XSAVE_MIN as u32) as usize;
-    let xlen = tv
-        .xsave
-        .len()
-        .min(user_size)
-        .max(frame::XSAVE_MIN.min(tv.xsave.len()));
-    let xsave = &tv.xsave[..xlen];
+    let user_size = permitted_xsave_size(features);
+    for t in threads_found.iter_mut() {
+        t.xsave = cut_xsave(t.xsave, user_size);
+    }
 
     // Scratch memory for the planner's tables.
     let nvmas = image.vmas().map_err(corrupt)?.len() as usize;
@@ -523,6 +530,24 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
     let (uids, gids) = sys::get_ids();
     let privileged = uids[1] == 0;
 
+    // The other threads get their tids back only with set_tid (privileged).
+    let set_tids = privileged && nthreads > 1;
+    if set_tids {
+        for t in &threads[1..nthreads] {
+            if tid_in_use(t.record.tid) {
+                return Err(CheckError::TidTaken { tid: t.record.tid });
+            }
+        }
+    } else if nthreads > 1 {
+        warn(
+            name,
+            format_args!(
+                "not privileged: the {} other thread(s) get new thread ids (restoring them needs CAP_CHECKPOINT_RESTORE)",
+                nthreads - 1
+            ),
+        );
+    }
+
     // The exe link: only a privileged loader can set it.
     let exe_fd = if privileged {
         let path = image.string(process.exe).map_err(corrupt)?;
@@ -641,6 +666,8 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
     };
 
     let g = image.gadgets();
+    // Multi-threaded tasks leave the window through the gadgets too (the
+    // plan counts the threads out with FUTEX_WAKE_OP made from outside it).
     if g.syscall_ret == 0 || g.rt_sigreturn == 0 {
         warn(name, format_args!("the image records no gadgets: the loader's bootstrap window stays mapped in the task"));
     }
@@ -704,9 +731,9 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
         cwd_fd,
         fd_moves: &fd_moves[..nmoves],
         keep_fds: &keep_fds[..nkeep],
-        thread: tv.record,
-        regs: tv.regs(),
-        xsave,
+        threads,
+        nthreads,
+        set_tids,
         xfeatures: features,
         pid: sys::getpid(),
         pending,
@@ -715,6 +742,66 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
         mmap_min_addr,
         range_scratch,
     })
+}
+
+/// The most threads an image may have (the loader keeps them in a table
+/// on its stack; there is no heap).
+pub const MAX_THREADS: usize = 256;
+
+/// The size of the XSAVE frame `rt_sigreturn` restores in full for
+/// `features` (XCR0 ∩ what this process is permitted). A larger frame (e.g.
+/// sized for AMX it was not granted) gets only the legacy SSE state back.
+pub fn permitted_xsave_size(features: u64) -> usize {
+    (2..63)
+        .filter(|i| features & (1 << i) != 0)
+        .map(arch::xsave_component_end)
+        .max()
+        .unwrap_or(0)
+        .max(frame::XSAVE_MIN as u32) as usize
+}
+
+/// A thread's saved XSAVE area cut to `user_size`: the standard format puts
+/// components at fixed offsets, so the permitted prefix holds all of them.
+pub fn cut_xsave(xsave: &[u8], user_size: usize) -> &[u8] {
+    let len = xsave
+        .len()
+        .min(user_size)
+        .max(frame::XSAVE_MIN.min(xsave.len()));
+    &xsave[..len]
+}
+
+/// Whether `/proc/<tid>` exists: some task has that id now (a tid clone3's
+/// set_tid would fail with EEXIST on).
+fn tid_in_use(tid: i32) -> bool {
+    let mut path = [0u8; 32];
+    let prefix = b"/proc/";
+    path[..prefix.len()].copy_from_slice(prefix);
+    let mut digits = [0u8; 12];
+    let mut n = 0;
+    let mut v = tid.unsigned_abs();
+    loop {
+        digits[n] = b'0' + (v % 10) as u8;
+        n += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let mut len = prefix.len();
+    for d in digits[..n].iter().rev() {
+        path[len] = *d;
+        len += 1;
+    }
+    let Some(p) = CPath::new(&path[..len]) else {
+        return false;
+    };
+    match sys::openat(sys::AT_FDCWD, &p, sys::O_PATH | sys::O_CLOEXEC) {
+        Ok(fd) => {
+            let _ = sys::close(fd);
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 fn copy_records<T: image_format::records::Record>(

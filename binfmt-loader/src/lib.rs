@@ -41,8 +41,8 @@ pub enum ExitCode {
     FileChanged = 5,
     /// This CPU lacks a register-state feature the task used.
     CpuFeatures = 6,
-    /// The image holds state this loader cannot restore yet (threads,
-    /// fd kinds, a different vDSO layout, …).
+    /// The image holds state this loader cannot restore yet (more than
+    /// `check::MAX_THREADS` threads, fd kinds, a different vDSO layout, …).
     Unsupported = 7,
     /// No address range is free for the bootstrap window.
     NoWindow = 8,
@@ -50,6 +50,7 @@ pub enum ExitCode {
     /// trampoline: `restore failed at op N (...): errno E`).
     RestoreFailed = 9,
     /// The loader's own environment failed it before any change
-    /// (`/proc/self/maps` unreadable, out of memory for scratch space).
+    /// (`/proc/self/maps` unreadable, out of memory for scratch space, a
+    /// thread id the image needs is taken).
     Environment = 10,
 }

@@ -4,10 +4,25 @@
 //! The plan lives in the **bootstrap window**, one anonymous mapping free in
 //! both the loader's current layout and the target's: a header, a copy of
 //! the trampoline (`arch`), the flat array of [`Op`]s, their data (frames,
-//! auxv, sigactions, failure messages), a small stack and room to park the
-//! kernel's vDSO block. After the switch only the trampoline runs, reading
-//! ops from here; nothing it touches lies outside the window except what the
-//! ops name.
+//! auxv, sigactions, failure messages), a small stack for the leader and one
+//! per other thread, and room to park the kernel's vDSO block. After the
+//! switch only the trampoline runs, reading ops from here; nothing it
+//! touches lies outside the window except what the ops name.
+//!
+//! Threads: the leader's op list comes first; it clone3s each other thread
+//! (with its recorded tid when privileged) onto its window stack, where the
+//! thread runs its own op list: its fs/gs base, rseq, robust list,
+//! clear_child_tid and name, then a futex wait for `go`. The leader sets
+//! `go` once everything process-wide is done (pending signals, timers, its
+//! credentials); each thread then sets its own credentials and leaves. When
+//! the window is to be unmapped, a thread leaves through the target's
+//! gadgets with its frame on its own stack, and its last act is a
+//! FUTEX_WAKE_OP that decrements the count of threads in the window — made
+//! by the `syscall; ret` gadget, from outside the window, so a count of zero
+//! proves that no thread will execute window code again. The leader waits
+//! for zero, then unmaps the window through the same gadgets. (A thread
+//! that forks in the instant between its leaving and the leader's munmap
+//! gives its child a copy of the window; nothing runs in it.)
 
 use core::fmt::{self, Write as _};
 
@@ -33,6 +48,21 @@ pub const WINDOW_GAP: u64 = PAGE;
 pub const STACK_GUARD_GAP: u64 = 256 * PAGE;
 /// The trampoline's own stack.
 pub const WINDOW_STACK: u64 = 4 * PAGE;
+/// Each other thread's stack in the window: it runs only the trampoline,
+/// with every signal blocked, so it needs a few words.
+pub const THREAD_STACK: u64 = PAGE;
+/// `clone3` flags of a restored thread.
+pub const CLONE_THREAD_FLAGS: u64 = 0x100 /* VM */
+    | 0x200 /* FS */
+    | 0x400 /* FILES */
+    | 0x800 /* SIGHAND */
+    | 0x1_0000 /* THREAD */
+    | 0x4_0000 /* SYSVSEM */
+    | 0x10_0000 /* PARENT_SETTID */;
+/// `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2).
+const CLONE_ARGS_SIZE: u64 = 88;
+/// `FUTEX_OP(FUTEX_OP_ADD, -1, FUTEX_OP_CMP_EQ, 0)`: decrement.
+pub const FUTEX_OP_DECREMENT: u64 = (1 << 28) | (0xfff << 12);
 /// Bytes reserved per op for its failure message.
 const LABEL_BYTES: usize = 112;
 
@@ -54,6 +84,18 @@ pub mod op_kind {
     /// args[3])` via the `syscall; ret` at `args[1]`, whose `ret` pops the
     /// `rt_sigreturn` gadget from `args[0]`.
     pub const GADGET_EXIT: u32 = 4;
+    /// `clone3(args[0], args[1])`; the new thread runs the `args[3]` ops at
+    /// `args[2]` on the stack the clone args give it.
+    pub const CLONE: u32 = 5;
+    /// Wait (futex) until the u32 at `args[0]` equals `args[1]`.
+    pub const WAIT_EQ: u32 = 6;
+    /// Store `args[1]` into the u32 at `args[0]` and wake all its waiters.
+    pub const STORE_WAKE: u32 = 7;
+    /// Leave like [`GADGET_EXIT`], but the gadget's syscall is
+    /// `futex(args[2], FUTEX_WAKE_OP, 1, 0, args[2], args[3])`: it
+    /// decrements the count of threads still in the window and wakes the
+    /// leader, from outside the window.
+    pub const GADGET_WAKE_EXIT: u32 = 8;
 }
 
 /// `Op::rule`: how the trampoline judges a syscall's result.
@@ -68,6 +110,9 @@ pub mod rule {
     pub const OK_OR_ERRNO: u32 = 3;
     /// Flag: on success, skip the next op (its fallback).
     pub const SKIP_NEXT_IF_OK: u32 = 0x100;
+    /// Flag: `args[1]` is the address of a u32 to pass in its place (a
+    /// thread id that clone3 wrote there).
+    pub const LOAD_ARG1: u32 = 0x200;
 }
 
 /// One operation of the plan, as the trampoline reads it.
@@ -109,6 +154,9 @@ pub struct WindowHeader {
     /// The window's own address (not read by the trampoline; lets a reader
     /// of the bytes turn addresses back into offsets).
     pub base: u64,
+    /// Ops of every thread: the leader's `op_count`, then each other
+    /// thread's list (not read by the trampoline; for readers of the plan).
+    pub all_ops: u64,
 }
 const _: () = assert!(core::mem::offset_of!(WindowHeader, ops) == layout::HDR_OPS);
 const _: () = assert!(core::mem::offset_of!(WindowHeader, op_count) == layout::HDR_COUNT);
@@ -116,6 +164,7 @@ const _: () = assert!(core::mem::offset_of!(WindowHeader, stack_top) == layout::
 const _: () = assert!(core::mem::offset_of!(WindowHeader, label) == layout::HDR_LABEL);
 const _: () = assert!(core::mem::offset_of!(WindowHeader, label_len) == layout::HDR_LABEL_LEN);
 const HEADER_BYTES: u64 = 64;
+const _: () = assert!(core::mem::size_of::<WindowHeader>() as u64 <= HEADER_BYTES);
 
 /// A half-open address range.
 #[derive(
@@ -244,8 +293,8 @@ pub struct FdMove {
     pub cloexec: u32,
 }
 
-/// The one thread the plan resumes.
-#[derive(Clone, Copy, Debug)]
+/// One thread the plan resumes.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct ThreadInput<'a> {
     pub record: ThreadRecord,
     pub regs: UserRegs,
@@ -276,7 +325,11 @@ pub struct PlanInput<'a> {
     pub fd_moves: &'a [FdMove],
     /// Fds left as they are (inherited stdio).
     pub keep_fds: &'a [i32],
-    pub thread: ThreadInput<'a>,
+    /// Leader first; the others are cloned by the plan.
+    pub threads: &'a [ThreadInput<'a>],
+    /// Clone the other threads with their recorded tids (`set_tid`, needs
+    /// privilege); otherwise they get new ones.
+    pub set_tids: bool,
     /// Restore mask for XRSTOR (this CPU's XCR0).
     pub xfeatures: u64,
     pub pid: i32,
@@ -310,6 +363,8 @@ pub enum PlanError {
     NoRoomForFrame { rsp: u64 },
     /// The XSAVE area is shorter than legacy + header.
     XsaveTooSmall { len: usize },
+    /// The input holds no thread at all.
+    NoThread,
 }
 
 impl fmt::Display for PlanError {
@@ -340,6 +395,7 @@ impl fmt::Display for PlanError {
                 write!(f, "no room for a signal frame below rsp {rsp:#x}")
             }
             PlanError::XsaveTooSmall { len } => write!(f, "xsave area of {len} bytes is too small"),
+            PlanError::NoThread => write!(f, "the image holds no thread"),
         }
     }
 }
@@ -354,12 +410,16 @@ pub struct WindowLayout {
     pub data_off: u64,
     pub data_len: u64,
     pub stack_top_off: u64,
+    /// The other threads' stacks, [`THREAD_STACK`] each, in thread order.
+    pub thread_stacks_off: u64,
     pub park_off: u64,
 }
 
 impl WindowLayout {
     pub fn for_input(input: &PlanInput<'_>) -> WindowLayout {
+        let others = input.threads.len().saturating_sub(1);
         let ops_cap = 64
+            + others * 20
             + input.vmas.len() * 12
             + input.loads.len()
             + input.sigactions.len()
@@ -372,7 +432,12 @@ impl WindowLayout {
         let ops_off = (code_off + input.trampoline.len() as u64 + 63) & !63;
         let data_off = ops_off + (ops_cap * layout::OP_SIZE) as u64;
         let data_len = (ops_cap * LABEL_BYTES) as u64
-            + 2 * (frame::FRAME_SIZE + input.thread.xsave.len() as u64 + 256)
+            + input
+                .threads
+                .iter()
+                .map(|t| 2 * (frame::FRAME_SIZE + t.xsave.len() as u64 + 256))
+                .sum::<u64>()
+            + others as u64 * (512 + 4 * image_format::records::MAX_GROUPS as u64)
             + input.auxv.len() as u64
             + 32 * input.sigactions.len() as u64
             + 16 * input.rlimits.len() as u64
@@ -381,16 +446,19 @@ impl WindowLayout {
             + 4 * image_format::records::MAX_GROUPS as u64
             + 1024;
         let stack_top_off = page_up(data_off + data_len) + WINDOW_STACK;
+        let thread_stacks_off = stack_top_off;
+        let park_off = thread_stacks_off + others as u64 * THREAD_STACK;
         let park_len = input.loader_vdso.span().map_or(0, |s| s.len());
         WindowLayout {
-            size: stack_top_off + park_len,
+            size: park_off + park_len,
             code_off,
             ops_off,
             ops_cap,
             data_off,
             data_len,
             stack_top_off,
-            park_off: stack_top_off,
+            thread_stacks_off,
+            park_off,
         }
     }
 }
@@ -661,9 +729,15 @@ pub fn build_plan(
     if !input.target_vdso.parts().is_empty() && !input.loader_vdso.same_shape(&input.target_vdso) {
         return Err(PlanError::VdsoMismatch);
     }
-    let xsave = input.thread.xsave;
-    if xsave.len() < frame::XSAVE_MIN {
-        return Err(PlanError::XsaveTooSmall { len: xsave.len() });
+    if input.threads.is_empty() {
+        return Err(PlanError::NoThread);
+    }
+    if let Some(t) = input
+        .threads
+        .iter()
+        .find(|t| t.xsave.len() < frame::XSAVE_MIN)
+    {
+        return Err(PlanError::XsaveTooSmall { len: t.xsave.len() });
     }
     let base = window.start;
     buf[lay.code_off as usize..lay.code_off as usize + input.trampoline.len()]
@@ -970,65 +1044,73 @@ pub fn build_plan(
         )?;
     }
 
-    // 8. Per-thread state.
-    let t = &input.thread;
-    b.sys(
-        rule::OK,
-        nr::ARCH_PRCTL,
-        [ARCH_SET_FS, t.regs.fs_base, 0, 0, 0, 0],
-        format_args!("arch_prctl ARCH_SET_FS"),
-    )?;
-    b.sys(
-        rule::OK,
-        nr::ARCH_PRCTL,
-        [ARCH_SET_GS, t.regs.gs_base, 0, 0, 0, 0],
-        format_args!("arch_prctl ARCH_SET_GS"),
-    )?;
-    if t.record.rseq_len != 0 {
-        b.sys(
+    // 8. The leader's own thread state.
+    let threads = input.threads;
+    let leader = &threads[0];
+    b.thread_state(leader, Who(None))?;
+
+    // How the threads leave. Through the gadgets only when every frame can
+    // go on its thread's own stack: then nothing needs the window after
+    // the leader's munmap. The other threads leave first, each with a
+    // FUTEX_WAKE_OP made from the `syscall; ret` gadget that counts it out:
+    // when the count reaches zero every one of them is past its last
+    // instruction in the window (see `op_kind::GADGET_WAKE_EXIT`).
+    let gadgets = input
+        .gadgets
+        .filter(|g| g.syscall_ret != 0 && g.rt_sigreturn != 0);
+    let all_on_stack = threads
+        .iter()
+        .all(|t| frame_on_stack(input, t.regs.rsp, t.xsave.len()).is_some());
+    let leave_by_gadgets = gadgets.filter(|_| all_on_stack);
+    let others = threads.len() - 1;
+
+    // 8b. The other threads: cloned onto their window stacks; each sets its
+    //     own state and waits for `go`. `tids[k]` receives the new tid
+    //     (CLONE_PARENT_SETTID) for the per-thread signals below.
+    let (go, left, tids) = if others > 0 {
+        let (sync, words) = b.alloc(8, 64)?;
+        words[4..8].copy_from_slice(&(others as u32).to_le_bytes());
+        let (tids, _) = b.alloc(4 * others, 8)?;
+        (sync, sync + 4, tids)
+    } else {
+        (0, 0, 0)
+    };
+    for (k, t) in threads[1..].iter().enumerate() {
+        let set_tid = if input.set_tids {
+            b.put(&t.record.tid.to_le_bytes(), 8)?
+        } else {
+            0
+        };
+        let stack = window.start + lay.thread_stacks_off + k as u64 * THREAD_STACK;
+        let args: [u64; 11] = [
+            CLONE_THREAD_FLAGS,
+            0,
+            0,
+            tids + 4 * k as u64,
+            0,
+            stack,
+            THREAD_STACK,
+            0,
+            set_tid,
+            u64::from(input.set_tids),
+            0,
+        ];
+        let a = b.put(args.as_bytes(), 8)?;
+        // The child's op list is patched in once it is built (below).
+        b.op(
+            op_kind::CLONE,
             rule::OK,
-            nr::RSEQ,
-            [
-                t.record.rseq_addr,
-                u64::from(t.record.rseq_len),
-                0,
-                u64::from(t.record.rseq_sig),
-                0,
-                0,
-            ],
-            format_args!("rseq {:#x}", t.record.rseq_addr),
+            nr::CLONE3,
+            [a, CLONE_ARGS_SIZE, 0, 0, 0, 0],
+            0,
+            format_args!("clone3 of thread {}", t.record.tid),
         )?;
     }
-    if t.record.robust_list_head != 0 {
-        b.sys(
-            rule::OK,
-            nr::SET_ROBUST_LIST,
-            [
-                t.record.robust_list_head,
-                t.record.robust_list_len,
-                0,
-                0,
-                0,
-                0,
-            ],
-            format_args!("set_robust_list"),
-        )?;
-    }
-    b.sys(
-        rule::ANY,
-        nr::SET_TID_ADDRESS,
-        [t.record.clear_child_tid, 0, 0, 0, 0, 0],
-        format_args!("set_tid_address"),
-    )?;
-    let comm = b.put(&t.record.comm, 8)?;
-    b.sys(
-        rule::OK,
-        nr::PRCTL,
-        [PR_SET_NAME, comm, 0, 0, 0, 0],
-        format_args!("prctl PR_SET_NAME"),
-    )?;
 
     // 9. Pending signals (all blocked until the frame's mask applies).
+    //    Queued by the leader: only a thread group's leader may queue
+    //    signals with a kernel or SI_USER code (rt_tgsigqueueinfo checks
+    //    the caller's tid against the group id).
     for p in input.pending {
         let signo = u64::from(u32::from_le_bytes([
             p.siginfo[0],
@@ -1038,12 +1120,20 @@ pub fn build_plan(
         ]));
         let info = b.put(&p.siginfo, 8)?;
         let pid = input.pid as u64;
+        let other = threads[1..].iter().position(|t| t.record.tid == p.tid);
         if p.tid == 0 {
             b.sys(
                 rule::OK,
                 nr::RT_SIGQUEUEINFO,
                 [pid, signo, info, 0, 0, 0],
                 format_args!("rt_sigqueueinfo {signo}"),
+            )?;
+        } else if let Some(k) = other {
+            b.sys(
+                rule::OK | rule::LOAD_ARG1,
+                nr::RT_TGSIGQUEUEINFO,
+                [pid, tids + 4 * k as u64, signo, info, 0, 0],
+                format_args!("rt_tgsigqueueinfo {signo} to thread {}", p.tid),
             )?;
         } else {
             b.sys(
@@ -1077,127 +1167,299 @@ pub fn build_plan(
     }
 
     // 11. Credentials, last: after them the plan may no longer be allowed
-    //     to do the rest.
+    //     to do the rest. Credentials are per thread: every thread sets its
+    //     own (the others after `go`).
     if let Some(c) = input.creds {
-        let n = (c.ngroups as usize).min(c.groups.len());
-        let g = b.put(c.groups[..n].as_bytes(), 8)?;
-        b.sys(
-            rule::OK,
-            nr::SETGROUPS,
-            [n as u64, g, 0, 0, 0, 0],
-            format_args!("setgroups"),
-        )?;
-        let gid = c.gid.map(u64::from);
-        b.sys(
-            rule::OK,
-            nr::SETRESGID,
-            [gid[0], gid[1], gid[2], 0, 0, 0],
-            format_args!("setresgid"),
-        )?;
-        let uid = c.uid.map(u64::from);
-        b.sys(
-            rule::OK,
-            nr::SETRESUID,
-            [uid[0], uid[1], uid[2], 0, 0, 0],
-            format_args!("setresuid"),
-        )?;
+        b.creds(&c, Who(None))?;
     }
 
-    // 12. The jump. The frame goes on the thread's own stack below its red
-    //     zone when that lies in one writable VMA, so the window can go.
-    let regs = &t.regs;
-    let on_stack = FramePlace::below(regs.rsp, xsave.len()).filter(|p| {
-        let i = input.vmas.partition_point(|v| v.end <= p.frame);
-        input.vmas.get(i).is_some_and(|v| {
-            v.start <= p.frame && regs.rsp <= v.end && v.prot & prot::WRITE != 0 && !v.is_special()
-        })
-    });
-    let gadgets = input
-        .gadgets
-        .filter(|g| g.syscall_ret != 0 && g.rt_sigreturn != 0);
-    let window_left;
-    match on_stack {
-        Some(place) => {
-            let pretcode = gadgets.map_or(0, |g| g.rt_sigreturn);
-            let (src, blob) = b.alloc(place.len() as usize, 64)?;
-            frame::write_frame(
-                blob,
-                place,
-                regs,
-                &t.record,
-                xsave,
-                input.xfeatures,
-                pretcode,
-            );
+    // 12. Let the other threads go, and wait until they have left the
+    //     window if it is to be unmapped.
+    if others > 0 {
+        b.op(
+            op_kind::STORE_WAKE,
+            rule::OK,
+            nr::FUTEX,
+            [go, 1, 0, 0, 0, 0],
+            0,
+            format_args!("futex wake the other threads"),
+        )?;
+        if leave_by_gadgets.is_some() {
             b.op(
-                op_kind::MEMCPY,
-                rule::ANY,
+                op_kind::WAIT_EQ,
+                rule::OK,
+                nr::FUTEX,
+                [left, 0, 0, 0, 0, 0],
                 0,
-                [place.frame, src, place.len(), 0, 0, 0],
-                0,
-                format_args!("copy frame"),
-            )?;
-            if let Some(g) = gadgets {
-                window_left = false;
-                b.op(
-                    op_kind::GADGET_EXIT,
-                    rule::ANY,
-                    nr::MUNMAP,
-                    [place.frame, g.syscall_ret, window.start, window.len(), 0, 0],
-                    0,
-                    format_args!("leave via gadgets"),
-                )?;
-            } else {
-                window_left = true;
-                b.op(
-                    op_kind::SIGRETURN,
-                    rule::ANY,
-                    nr::RT_SIGRETURN,
-                    [place.ucontext(), 0, 0, 0, 0, 0],
-                    0,
-                    format_args!("rt_sigreturn"),
-                )?;
-            }
-        }
-        None => {
-            // A frame in the window: the task resumes, the window stays.
-            window_left = true;
-            let len = frame::FRAME_SIZE + 64 + xsave.len() as u64 + 4 + 64;
-            let (addr, _) = b.alloc(len as usize, 64)?;
-            let place = FramePlace::below(addr + len + frame::RED_ZONE, xsave.len())
-                .filter(|p| p.frame >= addr)
-                .ok_or(PlanError::NoRoomForFrame { rsp: regs.rsp })?;
-            let off = (place.frame - b.data_addr) as usize;
-            let blob = &mut b.data[off..off + place.len() as usize];
-            frame::write_frame(blob, place, regs, &t.record, xsave, input.xfeatures, 0);
-            b.op(
-                op_kind::SIGRETURN,
-                rule::ANY,
-                nr::RT_SIGRETURN,
-                [place.ucontext(), 0, 0, 0, 0, 0],
-                0,
-                format_args!("rt_sigreturn"),
+                format_args!("futex wait for the other threads to leave"),
             )?;
         }
+    }
+
+    // 13. The jump.
+    let leave = match leave_by_gadgets {
+        Some(g) => Leave::Unmap(g),
+        None => Leave::Stay(gadgets),
+    };
+    b.leave(input, leader, window, leave, Who(None))?;
+    let n_leader = b.n;
+
+    // The other threads' op lists, after the leader's.
+    for (k, t) in threads[1..].iter().enumerate() {
+        let first = b.n;
+        let who = Who(Some(t.record.tid));
+        b.thread_state(t, who)?;
+        b.op(
+            op_kind::WAIT_EQ,
+            rule::OK,
+            nr::FUTEX,
+            [go, 1, 0, 0, 0, 0],
+            0,
+            format_args!("futex wait for go{who}"),
+        )?;
+        if let Some(c) = input.creds {
+            b.creds(&c, who)?;
+        }
+        let leave = match leave_by_gadgets {
+            Some(g) => Leave::CountOut(g, left),
+            None => Leave::Stay(gadgets),
+        };
+        b.leave(input, t, window, leave, who)?;
+        let list = base + lay.ops_off + (first * layout::OP_SIZE) as u64;
+        let count = (b.n - first) as u64;
+        let clone = b.ops[..n_leader]
+            .iter_mut()
+            .filter(|op| op.kind == op_kind::CLONE)
+            .nth(k)
+            .ok_or(PlanError::PlanFull { ops: b.n })?;
+        clone.args[2] = list;
+        clone.args[3] = count;
     }
 
     let n_ops = b.n;
     let (label, label_len) = b.label(n_ops, format_args!("end of plan"))?;
     let header = WindowHeader {
         ops: base + lay.ops_off,
-        op_count: n_ops as u64,
+        op_count: n_leader as u64,
         stack_top: base + lay.stack_top_off,
         label,
         label_len,
         base,
+        all_ops: n_ops as u64,
     };
     buf[..core::mem::size_of::<WindowHeader>()].copy_from_slice(header.as_bytes());
     Ok(PlanSummary {
         ops: n_ops,
         window,
-        window_left,
+        window_left: leave_by_gadgets.is_none(),
         entry: base + lay.code_off,
     })
+}
+
+/// Labels name the thread for every op but the leader's.
+#[derive(Clone, Copy)]
+struct Who(Option<i32>);
+
+impl fmt::Display for Who {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(tid) => write!(f, " of thread {tid}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// How a thread's op list ends.
+#[derive(Clone, Copy)]
+enum Leave {
+    /// The last thread out: munmap the window through the gadgets.
+    Unmap(GadgetsRecord),
+    /// Count out of the window (the u32 at the address) through the gadgets.
+    CountOut(GadgetsRecord, u64),
+    /// `rt_sigreturn` from the window, which stays; the gadget is only the
+    /// frame's return address.
+    Stay(Option<GadgetsRecord>),
+}
+
+/// The kernel's own place for a signal frame below `rsp`, if it lies in one
+/// writable VMA of the target (then the window is not needed to leave).
+fn frame_on_stack(input: &PlanInput<'_>, rsp: u64, xsave_len: usize) -> Option<FramePlace> {
+    FramePlace::below(rsp, xsave_len).filter(|p| {
+        let i = input.vmas.partition_point(|v| v.end <= p.frame);
+        input.vmas.get(i).is_some_and(|v| {
+            v.start <= p.frame && rsp <= v.end && v.prot & prot::WRITE != 0 && !v.is_special()
+        })
+    })
+}
+
+impl Builder<'_> {
+    /// A thread's own kernel state: fs/gs base, rseq, robust list,
+    /// clear_child_tid, name.
+    fn thread_state(&mut self, t: &ThreadInput<'_>, who: Who) -> Result<(), PlanError> {
+        self.sys(
+            rule::OK,
+            nr::ARCH_PRCTL,
+            [ARCH_SET_FS, t.regs.fs_base, 0, 0, 0, 0],
+            format_args!("arch_prctl ARCH_SET_FS{who}"),
+        )?;
+        self.sys(
+            rule::OK,
+            nr::ARCH_PRCTL,
+            [ARCH_SET_GS, t.regs.gs_base, 0, 0, 0, 0],
+            format_args!("arch_prctl ARCH_SET_GS{who}"),
+        )?;
+        if t.record.rseq_len != 0 {
+            self.sys(
+                rule::OK,
+                nr::RSEQ,
+                [
+                    t.record.rseq_addr,
+                    u64::from(t.record.rseq_len),
+                    0,
+                    u64::from(t.record.rseq_sig),
+                    0,
+                    0,
+                ],
+                format_args!("rseq {:#x}{who}", t.record.rseq_addr),
+            )?;
+        }
+        if t.record.robust_list_head != 0 {
+            self.sys(
+                rule::OK,
+                nr::SET_ROBUST_LIST,
+                [
+                    t.record.robust_list_head,
+                    t.record.robust_list_len,
+                    0,
+                    0,
+                    0,
+                    0,
+                ],
+                format_args!("set_robust_list{who}"),
+            )?;
+        }
+        self.sys(
+            rule::ANY,
+            nr::SET_TID_ADDRESS,
+            [t.record.clear_child_tid, 0, 0, 0, 0, 0],
+            format_args!("set_tid_address{who}"),
+        )?;
+        let comm = self.put(&t.record.comm, 8)?;
+        self.sys(
+            rule::OK,
+            nr::PRCTL,
+            [PR_SET_NAME, comm, 0, 0, 0, 0],
+            format_args!("prctl PR_SET_NAME{who}"),
+        )
+    }
+
+    /// The calling thread's credentials.
+    fn creds(&mut self, c: &CredsRecord, who: Who) -> Result<(), PlanError> {
+        let n = (c.ngroups as usize).min(c.groups.len());
+        let g = self.put(c.groups[..n].as_bytes(), 8)?;
+        self.sys(
+            rule::OK,
+            nr::SETGROUPS,
+            [n as u64, g, 0, 0, 0, 0],
+            format_args!("setgroups{who}"),
+        )?;
+        let gid = c.gid.map(u64::from);
+        self.sys(
+            rule::OK,
+            nr::SETRESGID,
+            [gid[0], gid[1], gid[2], 0, 0, 0],
+            format_args!("setresgid{who}"),
+        )?;
+        let uid = c.uid.map(u64::from);
+        self.sys(
+            rule::OK,
+            nr::SETRESUID,
+            [uid[0], uid[1], uid[2], 0, 0, 0],
+            format_args!("setresuid{who}"),
+        )
+    }
+
+    /// The thread's last ops: its frame, then the jump into it. The frame
+    /// goes on the thread's own stack below its red zone when that lies in
+    /// one writable VMA, else in the window (which then stays).
+    fn leave(
+        &mut self,
+        input: &PlanInput<'_>,
+        t: &ThreadInput<'_>,
+        window: Range,
+        leave: Leave,
+        who: Who,
+    ) -> Result<(), PlanError> {
+        let regs = &t.regs;
+        let xsave = t.xsave;
+        let Some(place) = frame_on_stack(input, regs.rsp, xsave.len()) else {
+            // A frame in the window: the task resumes, the window stays.
+            let len = frame::FRAME_SIZE + 64 + xsave.len() as u64 + 4 + 64;
+            let (addr, _) = self.alloc(len as usize, 64)?;
+            let place = FramePlace::below(addr + len + frame::RED_ZONE, xsave.len())
+                .filter(|p| p.frame >= addr)
+                .ok_or(PlanError::NoRoomForFrame { rsp: regs.rsp })?;
+            let off = (place.frame - self.data_addr) as usize;
+            let blob = &mut self.data[off..off + place.len() as usize];
+            frame::write_frame(blob, place, regs, &t.record, xsave, input.xfeatures, 0);
+            return self.op(
+                op_kind::SIGRETURN,
+                rule::ANY,
+                nr::RT_SIGRETURN,
+                [place.ucontext(), 0, 0, 0, 0, 0],
+                0,
+                format_args!("rt_sigreturn{who}"),
+            );
+        };
+        let pretcode = match leave {
+            Leave::Unmap(g) | Leave::CountOut(g, _) => g.rt_sigreturn,
+            Leave::Stay(g) => g.map_or(0, |g| g.rt_sigreturn),
+        };
+        let (src, blob) = self.alloc(place.len() as usize, 64)?;
+        frame::write_frame(
+            blob,
+            place,
+            regs,
+            &t.record,
+            xsave,
+            input.xfeatures,
+            pretcode,
+        );
+        self.op(
+            op_kind::MEMCPY,
+            rule::ANY,
+            0,
+            [place.frame, src, place.len(), 0, 0, 0],
+            0,
+            format_args!("copy frame{who}"),
+        )?;
+        match leave {
+            Leave::Unmap(g) => self.op(
+                op_kind::GADGET_EXIT,
+                rule::ANY,
+                nr::MUNMAP,
+                [place.frame, g.syscall_ret, window.start, window.len(), 0, 0],
+                0,
+                format_args!("leave via gadgets"),
+            ),
+            Leave::CountOut(g, left) => self.op(
+                op_kind::GADGET_WAKE_EXIT,
+                rule::ANY,
+                nr::FUTEX,
+                [place.frame, g.syscall_ret, left, FUTEX_OP_DECREMENT, 0, 0],
+                0,
+                format_args!("leave via gadgets{who}"),
+            ),
+            Leave::Stay(_) => self.op(
+                op_kind::SIGRETURN,
+                rule::ANY,
+                nr::RT_SIGRETURN,
+                [place.ucontext(), 0, 0, 0, 0, 0],
+                0,
+                format_args!("rt_sigreturn{who}"),
+            ),
+        }
+    }
 }
 
 /// The ops of a built window (for tests and the dry-run printer).
@@ -1206,7 +1468,7 @@ pub fn window_ops(buf: &[u8]) -> &[Op] {
         return &[];
     };
     let off = h.ops.wrapping_sub(h.base) as usize;
-    let len = (h.op_count as usize).saturating_mul(layout::OP_SIZE);
+    let len = (h.all_ops.max(h.op_count) as usize).saturating_mul(layout::OP_SIZE);
     buf.get(off..off.saturating_add(len))
         .and_then(|b| <[Op]>::ref_from_bytes(b).ok())
         .unwrap_or(&[])
@@ -1239,6 +1501,10 @@ pub fn write_plan(buf: &[u8], out: &mut impl fmt::Write) -> fmt::Result {
             op_kind::MEMCPY => "memcpy",
             op_kind::SIGRETURN => "rt_sigreturn",
             op_kind::GADGET_EXIT => "gadget-exit",
+            op_kind::CLONE => "clone3",
+            op_kind::WAIT_EQ => "futex-wait-eq",
+            op_kind::STORE_WAKE => "store-wake",
+            op_kind::GADGET_WAKE_EXIT => "gadget-wake-exit",
             _ => "?",
         };
         let a = op.args;
@@ -1280,6 +1546,8 @@ pub fn syscall_name(n: u64) -> &'static str {
         nr::SETRESGID => "setresgid",
         nr::SETRESUID => "setresuid",
         nr::RT_SIGRETURN => "rt_sigreturn",
+        nr::CLONE3 => "clone3",
+        nr::FUTEX => "futex",
         _ => "syscall",
     }
 }
@@ -1431,9 +1699,11 @@ mod tests {
         loader_maps: Vec<Range>,
         loader_vdso: VdsoBlock,
         target_vdso: VdsoBlock,
-        xsave: Vec<u8>,
-        regs: UserRegs,
+        threads: Vec<ThreadInput<'static>>,
     }
+
+    /// Every thread's (zeroed) XSAVE area in the fixtures.
+    static XSAVE: [u8; 832] = [0; 832];
 
     fn vdso_at(base: u64) -> VdsoBlock {
         let mut b = VdsoBlock::default();
@@ -1521,14 +1791,57 @@ mod tests {
             rip: 0x40_1000,
             ..Default::default()
         };
+        let mut threads = std::vec![ThreadInput {
+            record: ThreadRecord {
+                tid: 100,
+                ..Default::default()
+            },
+            regs,
+            xsave: &XSAVE,
+        }];
+        // Other threads, each on its own (glibc-style) stack mapping; now
+        // and then one whose rsp leaves no room for a frame on its stack.
+        let others = rng.below(4);
+        let odd_one = (rng.below(3) == 0).then(|| rng.below(others.max(1)));
+        for k in 0..others {
+            let start = 0x7ffc_8000_0000 + k * 0x10_0000;
+            let v = TargetVma {
+                start,
+                end: start + 0x8_0000,
+                prot: 3,
+                kind: vma_kind::ANON,
+                fd: -1,
+                ..Default::default()
+            };
+            vmas.push(v);
+            let rsp = if odd_one == Some(k) {
+                // Right at the bottom: the frame would fall below the VMA.
+                v.start + 0x200
+            } else {
+                v.end - 0x40 - 8 * rng.below(64)
+            };
+            threads.push(ThreadInput {
+                record: ThreadRecord {
+                    tid: 101 + k as i32,
+                    ..Default::default()
+                },
+                regs: UserRegs {
+                    rsp,
+                    rip: 0x40_1100,
+                    fs_base: 0x1000 * (k + 1),
+                    ..Default::default()
+                },
+                xsave: &XSAVE,
+            });
+        }
+        vmas.sort_by_key(|v| v.start);
         Fixture {
             vmas,
             loads,
             loader_maps,
             loader_vdso,
             target_vdso,
-            xsave: std::vec![0u8; 832],
-            regs,
+            threads,
         }
     }
 
@@ -1561,11 +1874,8 @@ mod tests {
                 },
             ],
             keep_fds: &[1, 2],
-            thread: ThreadInput {
-                record: ThreadRecord::default(),
-                regs: f.regs,
-                xsave: &f.xsave,
-            },
+            threads: &f.threads,
+            set_tids: true,
             xfeatures: 3,
             pid: 100,
             pending: &[],
@@ -1599,7 +1909,12 @@ mod tests {
             }
             let mut buf = std::vec![0u8; window.len() as usize];
             let summary = build_plan(&inp, window, &mut buf).unwrap();
-            assert_eq!(summary.window_left, round % 2 != 0);
+            let all_on_stack = f
+                .threads
+                .iter()
+                .all(|t| frame_on_stack(&inp, t.regs.rsp, t.xsave.len()).is_some());
+            assert_eq!(summary.window_left, round % 2 != 0 || !all_on_stack);
+            check_threads(&f, &inp, window, &buf, summary.window_left);
 
             // Run the ops on the model.
             let mut m = Model::default();
@@ -1647,10 +1962,225 @@ mod tests {
             let last = ops.last().unwrap();
             assert!(matches!(
                 last.kind,
-                op_kind::GADGET_EXIT | op_kind::SIGRETURN
+                op_kind::GADGET_EXIT | op_kind::GADGET_WAKE_EXIT | op_kind::SIGRETURN
             ));
             assert_eq!(op_label(&buf, &ops[0]), b"rt_sigprocmask block all");
         }
+    }
+
+    /// The other threads: each cloned once, in order, onto its own stack in
+    /// the window; every frame in its own place; the lists end right.
+    fn check_threads(f: &Fixture, inp: &PlanInput<'_>, window: Range, buf: &[u8], left: bool) {
+        let lay = WindowLayout::for_input(inp);
+        let (h, _) = WindowHeader::read_from_prefix(buf).unwrap();
+        let ops = window_ops(buf);
+        let leader = &ops[..h.op_count as usize];
+        let at = |addr: u64| (addr - window.start) as usize;
+        let word = |addr: u64| u64::from_le_bytes(buf[at(addr)..at(addr) + 8].try_into().unwrap());
+        let clones: Vec<&Op> = leader.iter().filter(|o| o.kind == op_kind::CLONE).collect();
+        assert_eq!(clones.len(), f.threads.len() - 1);
+        // Parts of the window no thread stack may touch.
+        let mut taken = std::vec![
+            Range {
+                start: window.start,
+                end: window.start + lay.data_off + lay.data_len
+            },
+            Range {
+                start: window.start + lay.stack_top_off - WINDOW_STACK,
+                end: window.start + lay.stack_top_off,
+            },
+            Range {
+                start: window.start + lay.park_off,
+                end: window.end
+            },
+        ];
+        let mut lists = std::vec![(h.ops, h.op_count)];
+        for (k, c) in clones.iter().enumerate() {
+            let t = &f.threads[k + 1];
+            assert_eq!(c.args[1], CLONE_ARGS_SIZE);
+            assert_eq!(word(c.args[0]), CLONE_THREAD_FLAGS);
+            let (stack, size) = (word(c.args[0] + 40), word(c.args[0] + 48));
+            let r = Range {
+                start: stack,
+                end: stack + size,
+            };
+            assert!(
+                r.start >= window.start && r.end <= window.end,
+                "stack {r:x?} outside {window:x?}"
+            );
+            assert!(size >= THREAD_STACK && stack % 16 == 0);
+            for o in &taken {
+                assert!(
+                    !o.overlaps(&r),
+                    "thread {} stack {r:x?} overlaps {o:x?}",
+                    t.record.tid
+                );
+            }
+            taken.push(r);
+            // set_tid: the recorded tid, one level.
+            let set_tid = word(c.args[0] + 64);
+            assert_eq!(word(c.args[0] + 72), 1);
+            assert_eq!(
+                buf[at(set_tid)..at(set_tid) + 4],
+                t.record.tid.to_le_bytes()
+            );
+            lists.push((c.args[2], c.args[3]));
+        }
+        // Each list lies in the op array, disjoint from the others, and
+        // ends in a jump into the thread's frame.
+        let mut covered = 0;
+        let mut frames: Vec<Range> = Vec::new();
+        for (k, &(addr, count)) in lists.iter().enumerate() {
+            let first = ((addr - h.ops) / layout::OP_SIZE as u64) as usize;
+            assert_eq!(first, covered, "list {k} does not follow the previous one");
+            covered += count as usize;
+            let list = &ops[first..first + count as usize];
+            let last = list.last().unwrap();
+            let t = &f.threads[k];
+            let expected = match (k, left) {
+                (_, true) => op_kind::SIGRETURN,
+                (0, false) => op_kind::GADGET_EXIT,
+                (_, false) => op_kind::GADGET_WAKE_EXIT,
+            };
+            assert_eq!(last.kind, expected, "end of list {k}");
+            if k > 0 {
+                assert!(
+                    list.iter().any(|o| o.kind == op_kind::WAIT_EQ),
+                    "list {k} never waits for go"
+                );
+                let fs = list
+                    .iter()
+                    .find(|o| o.nr == nr::ARCH_PRCTL && o.args[0] == ARCH_SET_FS)
+                    .unwrap();
+                assert_eq!(fs.args[1], t.regs.fs_base);
+            }
+            // Its frame: on its own stack below the red zone, or in the
+            // window's data.
+            let frame = match list.iter().find(|o| o.kind == op_kind::MEMCPY) {
+                Some(copy) => {
+                    let r = Range {
+                        start: copy.args[0],
+                        end: copy.args[0] + copy.args[2],
+                    };
+                    assert!(
+                        r.end <= t.regs.rsp - frame::RED_ZONE,
+                        "frame {r:x?} in the red zone"
+                    );
+                    let v = f
+                        .vmas
+                        .iter()
+                        .find(|v| v.start <= r.start && r.start < v.end)
+                        .unwrap();
+                    assert!(
+                        r.end <= v.end && t.regs.rsp <= v.end,
+                        "frame {r:x?} leaves {v:x?}"
+                    );
+                    r
+                }
+                None => {
+                    let uc = last.args[0];
+                    let r = Range {
+                        start: uc - 8,
+                        end: uc - 8 + frame::FRAME_SIZE,
+                    };
+                    let data = Range {
+                        start: window.start + lay.data_off,
+                        end: window.start + lay.data_off + lay.data_len,
+                    };
+                    assert!(
+                        data.start <= r.start && r.end <= data.end,
+                        "frame {r:x?} outside the data"
+                    );
+                    r
+                }
+            };
+            for o in &frames {
+                assert!(!o.overlaps(&frame), "frames {o:x?} and {frame:x?} overlap");
+            }
+            frames.push(frame);
+        }
+        assert_eq!(covered, ops.len());
+        if f.threads.len() > 1 {
+            // The leader lets them go, and waits for all to count out before
+            // it unmaps the window.
+            let wake = leader
+                .iter()
+                .position(|o| o.kind == op_kind::STORE_WAKE)
+                .unwrap();
+            let go = leader[wake].args[0];
+            assert!(ops[h.op_count as usize..]
+                .iter()
+                .filter(|o| o.kind == op_kind::WAIT_EQ)
+                .all(|o| o.args[0] == go));
+            if !left {
+                let wait = &leader[leader.len() - 3];
+                assert_eq!(wait.kind, op_kind::WAIT_EQ);
+                assert_eq!(wait.args[1], 0);
+                let count = &buf[at(wait.args[0])..at(wait.args[0]) + 4];
+                assert_eq!(count, (f.threads.len() as u32 - 1).to_le_bytes());
+                for o in ops.iter().filter(|o| o.kind == op_kind::GADGET_WAKE_EXIT) {
+                    assert_eq!(o.args[2], wait.args[0]);
+                    assert_eq!(o.args[3], FUTEX_OP_DECREMENT);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn per_thread_signals_go_to_the_new_tids() {
+        let mut rng = Rng(5);
+        let mut f = fixture(&mut rng);
+        while f.threads.len() < 3 {
+            f = fixture(&mut rng);
+        }
+        let mut info = [0u8; 128];
+        info[0] = 10;
+        let pending = [
+            PendingSignalRecord {
+                tid: 0,
+                _pad: 0,
+                siginfo: info,
+            },
+            PendingSignalRecord {
+                tid: f.threads[2].record.tid,
+                _pad: 0,
+                siginfo: info,
+            },
+            PendingSignalRecord {
+                tid: f.threads[0].record.tid,
+                _pad: 0,
+                siginfo: info,
+            },
+        ];
+        let mut inp = input(&f, true);
+        inp.pending = &pending;
+        let mut scratch = std::vec![Range::default(); 64];
+        let window = choose_window(&inp, &mut scratch).unwrap();
+        let mut buf = std::vec![0u8; window.len() as usize];
+        build_plan(&inp, window, &mut buf).unwrap();
+        let ops = window_ops(&buf);
+        let clone_args: Vec<u64> = ops
+            .iter()
+            .filter(|o| o.kind == op_kind::CLONE)
+            .map(|o| o.args[0])
+            .collect();
+        let at = |addr: u64| (addr - window.start) as usize;
+        let parent_tid = |k: usize| {
+            let a = at(clone_args[k] + 24);
+            u64::from_le_bytes(buf[a..a + 8].try_into().unwrap())
+        };
+        let queued: Vec<&Op> = ops
+            .iter()
+            .filter(|o| matches!(o.nr, nr::RT_SIGQUEUEINFO | nr::RT_TGSIGQUEUEINFO))
+            .collect();
+        assert_eq!(queued.len(), 3);
+        assert_eq!(queued[0].nr, nr::RT_SIGQUEUEINFO);
+        // Thread 2's new tid is read from where clone3 wrote it.
+        assert_eq!(queued[1].rule, rule::OK | rule::LOAD_ARG1);
+        assert_eq!(queued[1].args[1], parent_tid(1));
+        // The leader's own: to the loader's pid.
+        assert_eq!(queued[2].rule, rule::OK);
+        assert_eq!(queued[2].args[..2], [100, 100]);
     }
 
     #[test]
@@ -1690,8 +2220,20 @@ mod tests {
         let mut text = std::string::String::new();
         write_plan(&buf, &mut text).unwrap();
         assert_eq!(text.lines().count(), s.ops);
+        let leaves = if s.window_left {
+            "rt_sigreturn"
+        } else {
+            "gadget-exit"
+        };
         assert!(
-            text.contains("prctl") && text.contains("pread-all") && text.contains("gadget-exit"),
+            text.contains("prctl") && text.contains("pread-all") && text.contains(leaves),
+            "{text}"
+        );
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.split_whitespace().nth(1) == Some("clone3"))
+                .count(),
+            f.threads.len() - 1,
             "{text}"
         );
     }

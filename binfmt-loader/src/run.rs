@@ -14,7 +14,8 @@ fn plan_exit_code(e: &PlanError) -> ExitCode {
         PlanError::LoadOutsideVmas { .. }
         | PlanError::LoadInSharedFile { .. }
         | PlanError::BadVma { .. }
-        | PlanError::XsaveTooSmall { .. } => ExitCode::ImageCorrupt,
+        | PlanError::XsaveTooSmall { .. }
+        | PlanError::NoThread => ExitCode::ImageCorrupt,
         PlanError::WindowTooSmall { .. } | PlanError::PlanFull { .. } => ExitCode::Environment,
     }
 }

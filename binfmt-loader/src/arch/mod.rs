@@ -33,10 +33,18 @@ pub mod layout {
 // r15 header, r12 current op, r13 ops left. Op kinds: 0 syscall (then the
 // result rule), 1 pread until complete, 2 memcpy, 3 rt_sigreturn with %rsp
 // = args[0], 4 leave through the target's gadgets (munmap the window via
-// `syscall; ret`, whose `ret` lands on `mov $15,%eax; syscall`). Rules (low
-// byte): 0 not an error, 1 equals `expect`, 2 anything, 3 not an error or
-// errno == `expect`; bit 8: skip the next op on success. On failure: write
-// the op's label, the errno in decimal and a newline to fd 2, exit_group(9).
+// `syscall; ret`, whose `ret` lands on `mov $15,%eax; syscall`), 5 clone3
+// (args[0..2]) a thread, which goes on with its own op list (args[2], count
+// args[3]) on the stack clone3 gave it, keeping r15, 6 wait on a futex until
+// the u32 at args[0] equals args[1], 7 store args[1] into the u32 at args[0]
+// and wake every waiter, 8 leave through the gadgets like 4 but with
+// FUTEX_WAKE_OP(args[2], op args[3]) instead of munmap: the thread's
+// "I am gone" is a syscall made from outside the window. Rules (low byte):
+// 0 not an error, 1 equals `expect`, 2 anything, 3 not an error or errno ==
+// `expect`; bit 8: skip the next op on success; bit 9: args[1] is the
+// address of a u32 to pass instead (a tid known only at run time). On
+// failure: write the op's label, the errno in decimal and a newline to fd 2,
+// exit_group(9).
 global_asm!(
     r#"
     .pushsection .text.crimg_trampoline,"ax",@progbits
@@ -62,12 +70,24 @@ crimg_trampoline_start:
     je .Lcrimg_sigreturn
     cmp $4, %eax
     je .Lcrimg_gadget_exit
+    cmp $5, %eax
+    je .Lcrimg_clone
+    cmp $6, %eax
+    je .Lcrimg_wait
+    cmp $7, %eax
+    je .Lcrimg_wake
+    cmp $8, %eax
+    je .Lcrimg_gadget_wake_exit
     mov $-22, %rax
     jmp .Lcrimg_fail
 .Lcrimg_syscall:
+    mov 24(%r12), %rsi
+    testl $0x200, 4(%r12)
+    jz .Lcrimg_sys_args
+    mov (%rsi), %esi
+.Lcrimg_sys_args:
     mov 8(%r12), %rax
     mov 16(%r12), %rdi
-    mov 24(%r12), %rsi
     mov 32(%r12), %rdx
     mov 40(%r12), %r10
     mov 48(%r12), %r8
@@ -145,6 +165,58 @@ crimg_trampoline_start:
     mov $11, %eax
     mov 32(%r12), %rdi
     mov 40(%r12), %rsi
+    mov 24(%r12), %rcx
+    mov 16(%r12), %rsp
+    jmp *%rcx
+.Lcrimg_clone:
+    mov $435, %eax
+    mov 16(%r12), %rdi
+    mov 24(%r12), %rsi
+    syscall
+    test %rax, %rax
+    jz .Lcrimg_child
+    cmp $-4095, %rax
+    jae .Lcrimg_fail
+    jmp .Lcrimg_next
+.Lcrimg_child:
+    mov 40(%r12), %r13
+    mov 32(%r12), %r12
+    jmp .Lcrimg_loop
+.Lcrimg_wait:
+    mov 16(%r12), %rdi
+    mov (%rdi), %edx
+    cmp 24(%r12), %edx
+    je .Lcrimg_next
+    mov $202, %eax
+    mov $128, %esi
+    xor %r10d, %r10d
+    syscall
+    cmp $-4095, %rax
+    jb .Lcrimg_wait
+    cmp $-11, %rax
+    je .Lcrimg_wait
+    cmp $-4, %rax
+    je .Lcrimg_wait
+    jmp .Lcrimg_fail
+.Lcrimg_wake:
+    mov 16(%r12), %rdi
+    mov 24(%r12), %eax
+    xchg %eax, (%rdi)
+    mov $202, %eax
+    mov $129, %esi
+    mov $0x7fffffff, %edx
+    syscall
+    cmp $-4095, %rax
+    jae .Lcrimg_fail
+    jmp .Lcrimg_next
+.Lcrimg_gadget_wake_exit:
+    mov $202, %eax
+    mov 32(%r12), %rdi
+    mov $133, %esi
+    mov $1, %edx
+    xor %r10d, %r10d
+    mov %rdi, %r8
+    mov 40(%r12), %r9
     mov 24(%r12), %rcx
     mov 16(%r12), %rsp
     jmp *%rcx

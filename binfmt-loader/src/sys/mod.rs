@@ -57,6 +57,8 @@ pub mod nr {
     pub const OPENAT: u64 = 257;
     pub const RSEQ: u64 = 334;
     pub const CLOSE_RANGE: u64 = 436;
+    pub const CLONE3: u64 = 435;
+    pub const FUTEX: u64 = 202;
 }
 
 pub const AT_FDCWD: i32 = -100;

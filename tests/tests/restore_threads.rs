@@ -1,0 +1,341 @@
+//! End-to-end restore of multi-threaded tasks: a workload with worker
+//! threads is dumped with `crdump` (which kills it) and restored with the
+//! loader. Every thread must come back: the workers keep counting with
+//! their own TLS values and registers (the counter's check verifies them),
+//! the main thread's tick stream continues with no gap and no repeat, and
+//! `/proc/PID/task` lists as many tasks as before. As root the loader
+//! clones the threads with their original tids (`clone3` `set_tid`).
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crimg_tests::cli;
+use crimg_tests::process::{CheckTrigger, LINE_TIMEOUT, READY_TIMEOUT};
+use crimg_tests::{binaries, scratch_dir, workload_path, Binaries, TickStream, Workload};
+
+/// The tids in `/proc/PID/task`.
+fn tasks_of(pid: i32) -> BTreeSet<i32> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|err| panic!("cannot read /proc/{pid}/task: {err}"))
+        .map(|entry| {
+            let name = entry.unwrap().file_name();
+            name.to_string_lossy()
+                .parse()
+                .unwrap_or_else(|_| panic!("odd entry {name:?} in /proc/{pid}/task"))
+        })
+        .collect()
+}
+
+/// `/proc/PID/maps`, one entry per line, fields separated by one space
+/// (the kernel pads the path column; the padding is not state).
+fn maps_of(pid: i32) -> Vec<String> {
+    fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_else(|err| panic!("cannot read /proc/{pid}/maps: {err}"))
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+/// A workload after its dump: its output and its tasks before the dump.
+struct Dumped {
+    image: std::path::PathBuf,
+    maps: Vec<String>,
+    before: Vec<String>,
+    /// The tids other than the main thread's.
+    other_tids: BTreeSet<i32>,
+}
+
+/// Dump `workload` into `out` (crdump kills it) and collect its last lines.
+fn dump_and_kill(bins: &Binaries, mut workload: Workload, out: &Path) -> Dumped {
+    let pid = workload.pid();
+    let mut other_tids = tasks_of(pid);
+    other_tids.remove(&pid);
+    let maps = maps_of(pid);
+    let dump = bins
+        .dump(pid, out, false)
+        .unwrap_or_else(|err| panic!("crdump of {} (pid {pid}): {err}", workload.name()));
+    // Reaping it here also frees its tids for the restore's set_tid.
+    let status = workload
+        .wait_exit(LINE_TIMEOUT)
+        .unwrap_or_else(|err| panic!("{} was not killed by crdump: {err}", workload.name()));
+    assert!(
+        !status.success(),
+        "{} exited by itself ({status}) instead of being killed by crdump",
+        workload.name()
+    );
+    Dumped {
+        image: dump.image,
+        maps,
+        before: workload.stdout_lines().to_vec(),
+        other_tids,
+    }
+}
+
+/// The restored process's ticks continue the original's exactly.
+fn assert_ticks_resume(dumped: &Dumped, restored: &mut Workload) {
+    let before = TickStream::from_lines(&dumped.before).unwrap_or_else(|err| panic!("{err}"));
+    let after = TickStream::from_lines(restored.stdout_lines()).unwrap();
+    before
+        .check_resumed_by(&after)
+        .unwrap_or_else(|err| panic!("{err}\n{}", restored.stderr_report()));
+}
+
+#[test]
+fn threaded_counter_resumes_with_every_thread() {
+    crimg_tests::skip_unless_root!();
+    resumes_with_every_thread(4, &[]);
+}
+
+/// Many threads spinning with their registers loaded: the dump catches them
+/// anywhere in their loops, and the restore's threads leave the window
+/// while others still run in it.
+#[test]
+fn busy_threads_resume_with_their_registers() {
+    crimg_tests::skip_unless_root!();
+    resumes_with_every_thread(12, &["--sleep-in", "busy"]);
+}
+
+/// Start the counter with `workers` worker threads and `extra` arguments,
+/// dump it, restore it with the loader, and check every thread came back.
+fn resumes_with_every_thread(workers: usize, extra: &[&str]) {
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let mut args = threaded_counter_args(scratch.path(), workers);
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+    let mut counter = Workload::start("counter", args);
+    counter.expect_line("TICK 3");
+    let dumped = dump_and_kill(&bins, counter, &scratch.path().join("out"));
+    assert_eq!(dumped.other_tids.len(), workers, "tasks before the dump");
+
+    let mut restored = bins
+        .restore("restored threaded counter", &dumped.image)
+        .unwrap();
+    restored.expect_line("TICK ");
+    let pid = restored.pid();
+    // Read before the check runs anything that could change the layout.
+    // Nothing of the loader stays: not its window, not the threads' stacks.
+    let maps = maps_of(pid);
+    assert_eq!(
+        maps,
+        dumped.maps,
+        "/proc/PID/maps after the restore differs from before the dump\n{}",
+        restored.stderr_report()
+    );
+    let tasks = tasks_of(pid);
+    assert_eq!(
+        tasks.len(),
+        workers + 1,
+        "/proc/{pid}/task after the restore: {tasks:?}\n{}",
+        restored.stderr_report()
+    );
+    if crimg_tests::is_root() {
+        let mut others = tasks.clone();
+        others.remove(&pid);
+        assert_eq!(
+            others, dumped.other_tids,
+            "as root the threads get their original tids back"
+        );
+    }
+
+    // A second restore of the image while the first runs cannot give the
+    // threads their tids: refused before anything changes.
+    let second = cli::run(bins.loader_command(&dumped.image), LINE_TIMEOUT).unwrap();
+    assert_eq!(
+        second.status.code(),
+        Some(10),
+        "second restore while the first runs: {second:?}"
+    );
+    assert!(
+        second.stderr.contains("is in use by another task"),
+        "{second:?}"
+    );
+
+    let pass = restored.expect_pass(CheckTrigger::Stdin);
+    assert_eq!(pass.pid().unwrap(), pid, "{}", pass.line());
+    let worker_ticks = pass.get("thread_ticks").unwrap_or("-");
+    assert_eq!(worker_ticks.split(',').count(), workers, "{}", pass.line());
+    restored.expect_line("TICK ");
+    assert_ticks_resume(&dumped, &mut restored);
+    // The loader's messages (warnings) came before the restore; nothing
+    // may have failed after it.
+    assert!(
+        !restored
+            .stderr_lines()
+            .iter()
+            .any(|line| line.contains("restore failed")),
+        "{}",
+        restored.stderr_report()
+    );
+}
+
+/// `setpriv` running the rest of the command as nobody:nogroup.
+fn as_nobody() -> Command {
+    let mut command = Command::new("setpriv");
+    command.args([
+        "--reuid",
+        "nobody",
+        "--regid",
+        "nogroup",
+        "--clear-groups",
+        "--",
+    ]);
+    command
+}
+
+/// The counter's arguments: small memory, `threads` workers.
+fn threaded_counter_args(tmpdir: &Path, threads: usize) -> Vec<String> {
+    [
+        "--tmpdir",
+        &tmpdir.display().to_string(),
+        "--heap-mb",
+        "8",
+        "--anon-mb",
+        "4",
+        "--threads",
+        &threads.to_string(),
+    ]
+    .iter()
+    .map(|arg| (*arg).to_owned())
+    .collect()
+}
+
+#[test]
+fn threaded_counter_resumes_unprivileged_with_new_tids() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody")
+        .ok()
+        .flatten()
+        .expect("user nobody exists");
+    let nogroup = nix::unistd::Group::from_name("nogroup")
+        .ok()
+        .flatten()
+        .expect("group nogroup exists");
+
+    let mut command = as_nobody();
+    command
+        .arg(workload_path("counter"))
+        .args(threaded_counter_args(scratch.path(), 2));
+    let mut counter = Workload::spawn_command("counter as nobody", command).unwrap();
+    if let Err(err) = counter.wait_ready(READY_TIMEOUT) {
+        panic!("{err}\n{}", counter.stderr_report());
+    }
+    counter.expect_line("TICK 3");
+    let dumped = dump_and_kill(&bins, counter, &scratch.path().join("out"));
+    let dir = dumped.image.parent().unwrap().to_owned();
+    for path in [&dir, &dumped.image] {
+        chown(path, Some(nobody.uid.as_raw()), Some(nogroup.gid.as_raw())).unwrap();
+    }
+
+    let mut command = as_nobody();
+    command.arg(&bins.loader).arg(&dumped.image);
+    let mut restored = Workload::spawn_command("loader as nobody", command).unwrap();
+    restored.expect_line("TICK ");
+    let pid = restored.pid();
+    assert_eq!(
+        tasks_of(pid).len(),
+        3,
+        "/proc/{pid}/task after the restore\n{}",
+        restored.stderr_report()
+    );
+    let pass = restored.expect_pass(CheckTrigger::Stdin);
+    assert_eq!(pass.pid().unwrap(), pid, "{}", pass.line());
+    restored.expect_line("TICK ");
+    assert_ticks_resume(&dumped, &mut restored);
+
+    // Without privilege there is no set_tid: the loader says the threads
+    // got new tids (its warnings are printed before the restore).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let warned = loop {
+        let warned = restored
+            .stderr_lines()
+            .iter()
+            .any(|line| line.contains("warning") && line.contains("new thread ids"));
+        if warned || Instant::now() >= deadline {
+            break warned;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        warned,
+        "no warning that the threads get new tids; {}",
+        restored.stderr_report()
+    );
+}
+
+/// A Python program whose worker threads count (each its own counter,
+/// taking the GIL in turn) while the main thread prints ticks and answers
+/// "check" on stdin: PASS when every worker still counts.
+const THREADED_PYTHON: &str = r#"
+import os, select, sys, threading, time
+N = 3
+counts = [0] * N
+def work(i):
+    while True:
+        counts[i] += 1
+        time.sleep(0.002)
+for i in range(N):
+    threading.Thread(target=work, args=(i,), daemon=True).start()
+print(f"READY pid={os.getpid()} threads={N}", flush=True)
+tick = 0
+while True:
+    ready, _, _ = select.select([sys.stdin], [], [], 0.01)
+    if not ready:
+        tick += 1
+        print(f"TICK {tick}", flush=True)
+        continue
+    line = sys.stdin.readline().strip()
+    if line == "check":
+        before = list(counts)
+        deadline = time.time() + 2
+        moved = lambda: all(c > b for c, b in zip(counts, before))
+        while time.time() < deadline and not moved():
+            time.sleep(0.01)
+        alive = len(threading.enumerate())
+        if moved() and alive == N + 1:
+            print(f"PASS threads.py pid={os.getpid()} tick={tick}", flush=True)
+        else:
+            print(f"FAIL threads.py counts {before} -> {counts}, {alive} threads", flush=True)
+    elif line == "quit":
+        print("BYE", flush=True)
+        sys.exit(0)
+"#;
+
+#[test]
+fn threaded_python_resumes() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let mut command = Command::new("python3");
+    command.args(["-c", THREADED_PYTHON]);
+    let mut python = Workload::spawn_command("threaded python", command).unwrap();
+    if let Err(err) = python.wait_ready(READY_TIMEOUT) {
+        panic!("{err}\n{}", python.stderr_report());
+    }
+    python.expect_line("TICK 3");
+    let dumped = dump_and_kill(&bins, python, &scratch.path().join("out"));
+    assert_eq!(dumped.other_tids.len(), 3, "tasks before the dump");
+
+    let mut restored = bins
+        .restore("restored threaded python", &dumped.image)
+        .unwrap();
+    restored.expect_line("TICK ");
+    let pid = restored.pid();
+    let mut others = tasks_of(pid);
+    others.remove(&pid);
+    assert_eq!(others, dumped.other_tids, "threads after the restore");
+    let pass = restored.expect_pass(CheckTrigger::Stdin);
+    assert_eq!(pass.pid().unwrap(), pid, "{}", pass.line());
+    restored.expect_line("TICK ");
+    assert_ticks_resume(&dumped, &mut restored);
+    restored.send_line("quit").unwrap();
+    restored.expect_line("BYE");
+    let status = restored.wait_exit(LINE_TIMEOUT).unwrap();
+    assert!(status.success(), "restored python quit with {status}");
+}
