@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 need=()
-for cmd in cc:gcc readelf:binutils gdb:gdb python3:python3 setpriv:util-linux javac:default-jdk-headless; do
+for cmd in cc:gcc readelf:binutils gdb:gdb python3:python3 setpriv:util-linux javac:default-jdk-headless tmux:tmux; do
     command -v "${cmd%%:*}" >/dev/null || need+=("${cmd##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

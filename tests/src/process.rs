@@ -93,6 +93,14 @@ fn pid_of(child: &Child) -> i32 {
     i32::try_from(child.id()).unwrap_or(i32::MAX)
 }
 
+/// Makes `command` start with only its stdio: every other descriptor this
+/// test process holds (cargo's jobserver pipe, other tests' pipes) is closed
+/// in the child before it execs, so a workload or a server started for a
+/// test does not carry fds that crdump would have to refuse.
+pub fn only_stdio(command: &mut Command) {
+    sys::close_fds_above_stdio(command);
+}
+
 /// A child process that is SIGKILLed and reaped when dropped, even when the
 /// test panics.
 #[derive(Debug)]
@@ -300,7 +308,7 @@ impl Workload {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        crate::sys::close_fds_above_stdio(&mut command);
+        only_stdio(&mut command);
         let mut child = command.spawn().map_err(|source| ProcessError::Spawn {
             program: format!("{name} ({command:?})"),
             source,
