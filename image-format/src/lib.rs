@@ -25,8 +25,10 @@
 pub mod elf;
 pub mod read;
 pub mod records;
+pub mod seal;
 
 pub use read::{Image, ImageError};
+pub use seal::reseal;
 
 /// Page size of every image (x86_64).
 pub const PAGE_SIZE: u64 = 4096;

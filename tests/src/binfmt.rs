@@ -190,6 +190,17 @@ impl Drop for TestBinfmt {
 mod tests {
     use super::*;
 
+    /// The harness spells the magic out on its own, as an independent check
+    /// of the format; a new format version must update both.
+    #[test]
+    fn magic_is_the_format_ident() {
+        assert_eq!(
+            CRIMG_MAGIC,
+            image_format::IDENT,
+            "image_format::IDENT changed (a new format version?): update CRIMG_MAGIC"
+        );
+    }
+
     #[test]
     fn register_line_escapes_the_magic() {
         let line = register_line("crimg-test-1-0", Path::new("/opt/crimg-loader")).unwrap();

@@ -336,6 +336,11 @@ fn interrupted_syscalls_are_fixed_up() {
             break t;
         }
     };
+    let rip = hex(&t["registers"]["rip"]);
+    assert!(
+        (spin..spin + 4096).contains(&rip),
+        "never caught the spin loop in {attempts} dumps (rip {rip:#x}): {t:#}"
+    );
     assert_eq!(t["restart"], "none", "{t:#}");
     assert_eq!(t["syscall"].as_i64(), Some(-1), "{t:#}");
     w.expect_pass(CheckTrigger::Stdin);

@@ -10,7 +10,6 @@
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::mem::{offset_of, size_of};
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -22,8 +21,7 @@ use crimg_tests::facts::Facts;
 use crimg_tests::process::{CheckTrigger, LINE_TIMEOUT, READY_TIMEOUT};
 use crimg_tests::{binaries, scratch_dir, workload_path, Binaries, TestBinfmt};
 use crimg_tests::{TickStream, Workload};
-use image_format::elf::{self, Ehdr, Nhdr, Phdr};
-use image_format::records::{note, ChecksumRecord, RecordHeader};
+use image_format::elf;
 use image_format::Image;
 use nix::sys::signal::Signal;
 
@@ -561,52 +559,6 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
 }
 
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap())
-}
-
-fn align4(x: usize) -> usize {
-    (x + 3) & !3
-}
-
-/// Recompute the notes checksum of an image whose notes were edited in
-/// place, so that only the edit, not a checksum mismatch, is what the
-/// loader sees. (The edit must not change the headers or any size.)
-fn reseal(bytes: &mut [u8]) {
-    // The first program header is the PT_NOTE segment.
-    let phoff = usize::try_from(u64_at(bytes, offset_of!(Ehdr, e_phoff))).unwrap();
-    assert_eq!(
-        u32_at(bytes, phoff + offset_of!(Phdr, p_type)),
-        elf::PT_NOTE
-    );
-    let notes_start = usize::try_from(u64_at(bytes, phoff + offset_of!(Phdr, p_offset))).unwrap();
-    let notes_end =
-        notes_start + usize::try_from(u64_at(bytes, phoff + offset_of!(Phdr, p_filesz))).unwrap();
-    // The checksum note is the last one.
-    let mut pos = notes_start;
-    let mut last = None;
-    while pos + size_of::<Nhdr>() <= notes_end {
-        let namesz = u32_at(bytes, pos + offset_of!(Nhdr, n_namesz)) as usize;
-        let descsz = u32_at(bytes, pos + offset_of!(Nhdr, n_descsz)) as usize;
-        let note_type = u32_at(bytes, pos + offset_of!(Nhdr, n_type));
-        let desc = pos + size_of::<Nhdr>() + align4(namesz);
-        last = Some((pos, desc, note_type));
-        pos = desc + align4(descsz);
-    }
-    let (checksum_note, desc, note_type) = last.expect("the image has notes");
-    assert_eq!(
-        note_type,
-        note::CHECKSUM,
-        "the last note is not the checksum"
-    );
-    let sum = image_format::checksum(&bytes[notes_start..checksum_note]);
-    let at = desc + size_of::<RecordHeader>() + offset_of!(ChecksumRecord, notes);
-    bytes[at..at + 8].copy_from_slice(&sum.to_le_bytes());
-    if let Err(err) = Image::parse(bytes) {
-        panic!("the resealed image does not parse: {err}");
-    }
-}
-
 /// Reading XCR0, the XSAVE features the OS enabled on this CPU.
 #[allow(unsafe_code)]
 mod arch {
@@ -664,7 +616,8 @@ fn image_claiming_xsave_feature(dumped: &Dumped, bit: u32) -> PathBuf {
             bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
         }
     }
-    reseal(&mut bytes);
+    image_format::reseal(&mut bytes)
+        .unwrap_or_else(|err| panic!("cannot reseal the edited image: {err}"));
     write_variant(dumped, &format!("xsave-bit-{bit}.crimg"), &bytes)
 }
 
@@ -712,16 +665,4 @@ fn image_with_amx_state_restores_every_register() {
     first_tick(&mut restored);
     let pass = restored.expect_pass(CheckTrigger::Stdin);
     assert_same_sums(&dumped.ready, &pass);
-}
-
-#[test]
-fn reseal_leaves_an_unchanged_image_valid() {
-    // The helper itself: resealing an untouched image changes nothing.
-    crimg_tests::skip_unless_root!();
-    let scratch = scratch_dir();
-    let (_bins, dumped) = dumped_small_counter(scratch.path());
-    let original = fs::read(&dumped.dump.image).unwrap();
-    let mut resealed = original.clone();
-    reseal(&mut resealed);
-    assert!(original == resealed, "reseal changed a valid image");
 }

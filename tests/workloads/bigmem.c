@@ -107,23 +107,6 @@ static void on_usr2(int sig, siginfo_t *info, void *ucontext)
 			      crimg_read_window_end, crimg_read_eintr);
 }
 
-static long parse_long(const char *name, const char *value)
-{
-	char *end;
-	long v;
-
-	if (!value) {
-		say("ERROR %s needs a value", name);
-		exit(2);
-	}
-	v = strtol(value, &end, 10);
-	if (*end || v < 0) {
-		say("ERROR %s: '%s' is not a non-negative number", name, value);
-		exit(2);
-	}
-	return v;
-}
-
 int main(int argc, char **argv)
 {
 	struct sigaction sa;

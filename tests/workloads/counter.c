@@ -834,23 +834,6 @@ static void read_stdin(int blocking)
 
 /* ---- main --------------------------------------------------------------- */
 
-static long parse_long(const char *name, const char *value)
-{
-	char *end;
-	long v;
-
-	if (!value) {
-		say("ERROR %s needs a value", name);
-		exit(2);
-	}
-	v = strtol(value, &end, 10);
-	if (*end || v < 0) {
-		say("ERROR %s: '%s' is not a non-negative number", name, value);
-		exit(2);
-	}
-	return v;
-}
-
 static void parse_args(int argc, char **argv)
 {
 	opt.tmpdir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";

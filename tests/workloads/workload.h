@@ -190,4 +190,22 @@ static void wait_for_check(volatile sig_atomic_t *flag)
 	crimg_checked_read(idle_pipe[0], &byte, 1, flag);
 }
 
+/* A non-negative decimal option value; exits with status 2 on anything else. */
+static long parse_long(const char *name, const char *value)
+{
+	char *end;
+	long v;
+
+	if (!value) {
+		say("ERROR %s needs a value", name);
+		exit(2);
+	}
+	v = strtol(value, &end, 10);
+	if (*end || v < 0) {
+		say("ERROR %s: '%s' is not a non-negative number", name, value);
+		exit(2);
+	}
+	return v;
+}
+
 #endif

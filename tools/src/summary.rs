@@ -270,7 +270,8 @@ pub fn summarize(img: &Image) -> Result<Summary, ImageError> {
     })
 }
 
-fn human(bytes: u64) -> String {
+/// A byte count for people: `512 B`, `4.0 KiB`, `1.5 GiB`.
+pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
     let mut u = 0;

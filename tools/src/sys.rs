@@ -8,16 +8,20 @@ use std::fs::File;
 /// `mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0)` of a whole file.
 ///
 /// # Safety (of the caller's use)
-/// The mapping is private and read-only. Another process truncating the file
-/// while it is read would raise SIGBUS: images are written once (temporary
-/// name, then rename) and never modified in place, which every reader of
-/// crimg images relies on.
+/// The mapping is private and read-only, so nothing the program does can
+/// change what it reads. What it cannot rule out is another process
+/// truncating the file while it is mapped: reading past the new end then
+/// raises SIGBUS. crimg writes images under a temporary name and renames
+/// them into place, never truncating one, so that takes someone else
+/// rewriting the image during `crimg info` or `verify`; the tool then dies
+/// of the signal instead of reporting an error, which is accepted.
 ///
 /// # References
 /// mmap(2)
 pub fn map_readonly(file: &File) -> std::io::Result<memmap2::Mmap> {
-    // SAFETY: read-only private mapping of a file that is replaced by rename,
-    // never truncated in place (see above).
+    // SAFETY: a read-only private mapping of a file we opened; the only
+    // hazard, a concurrent truncation raising SIGBUS, is described above
+    // and cannot corrupt memory.
     unsafe { memmap2::Mmap::map(file) }
 }
 

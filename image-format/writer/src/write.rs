@@ -15,6 +15,7 @@ use zerocopy::IntoBytes;
 
 use crate::model::{PageRun, TaskState};
 use image_format::elf::{self, Ehdr, Nhdr, Phdr, Prpsinfo, Prstatus, Shdr};
+use image_format::read::limits;
 use image_format::records::{
     self, vma_kind, ChecksumRecord, GadgetsRecord, ItimerRecord, MmRecord, PendingSignalRecord,
     ProcessRecord, Record, RecordHeader, RlimitRecord, SegmentChecksumRecord, SigactionRecord,
@@ -166,6 +167,12 @@ fn check_state(state: &TaskState) -> Result<(), WriteError> {
     let invalid = |what, addr| Err(WriteError::InvalidState { what, addr });
     if state.threads.is_empty() {
         return invalid("no threads", 0);
+    }
+    if state.threads.len() > limits::MAX_THREADS as usize {
+        return invalid(
+            "more threads than a reader accepts",
+            state.threads.len() as u64,
+        );
     }
     let mut prev = 0;
     for v in &state.vmas {
@@ -408,6 +415,19 @@ pub fn write_image(
     standard_notes(state, &mut notes);
     crimg_notes(state, &mut notes);
     let lay = layout(&state.pages, notes.bytes.len());
+    // Never write what the reader (and so the loader) would refuse.
+    if lay.notes_len > limits::MAX_NOTES_SIZE {
+        return Err(WriteError::InvalidState {
+            what: "more notes than a reader accepts (too many threads, areas or files)",
+            addr: lay.notes_len,
+        });
+    }
+    if lay.phnum as u64 > limits::MAX_SEGMENTS {
+        return Err(WriteError::InvalidState {
+            what: "more page runs than a reader accepts",
+            addr: lay.phnum as u64,
+        });
+    }
 
     // Pages first: their checksums go into the notes.
     let total: u64 = state.pages.iter().map(|r| r.len).sum();

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use crimg_tools::summary::human;
 use dumper::{DumpOptions, DumpReport, Progress};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -62,15 +63,6 @@ impl Progress for Bar {
             b
         });
         bar.set_position(done);
-    }
-}
-
-fn human(bytes: u64) -> String {
-    let mib = bytes as f64 / (1024.0 * 1024.0);
-    if mib >= 1024.0 {
-        format!("{:.2} GiB", mib / 1024.0)
-    } else {
-        format!("{mib:.1} MiB")
     }
 }
 
