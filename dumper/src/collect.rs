@@ -21,6 +21,7 @@ use crate::freeze::Frozen;
 use crate::inject::{self, Borrowed, InjectError};
 use crate::pages::{self, PagePolicy};
 use crate::procfs::{self, smaps::SmapsEntry, ParseError};
+use crate::sys::ptrace::PtraceError;
 use crate::sys::{process, ptrace};
 use crate::{fds, gadgets, regs, vmas, DumpOptions, VmaStat};
 
@@ -39,14 +40,8 @@ pub enum CollectError {
         #[source]
         source: ParseError,
     },
-    #[error("pid {pid} tid {tid}: {what}: {source}")]
-    Ptrace {
-        pid: i32,
-        tid: i32,
-        what: &'static str,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Ptrace(#[from] PtraceError),
     #[error(transparent)]
     Inject(#[from] InjectError),
     #[error("pid {pid} tid {tid}: injected {what} failed with errno {errno}")]
@@ -64,6 +59,11 @@ pub enum CollectError {
         "pid {pid}: cannot be saved faithfully: {what} (use --force to dump anyway, losing it)"
     )]
     Unsupported { pid: i32, what: String },
+    #[error(
+        "pid {pid} tid {tid}: seccomp mode {mode} is active: seccomp filters are not saved, \
+         and injecting syscalls into a filtered task could trip its filter (refused even with --force)"
+    )]
+    Seccomp { pid: i32, tid: i32, mode: u32 },
     #[error("pid {pid}: dump cancelled")]
     Cancelled { pid: i32 },
 }
@@ -201,6 +201,19 @@ pub fn collect(
     let status = c.parse(procfs::status::parse(&c.read_text("status")?))?;
     let smaps = c.parse(procfs::smaps::parse(&c.read_text("smaps")?))?;
 
+    // Everything that can refuse the dump comes before the first injected
+    // syscall: a task that is not going to be dumped is not touched (a
+    // seccomp filter, for one, could kill it for a syscall it never makes).
+    process_checks(&mut c, &status, frozen)?;
+    let fd_states = collect_fds(&mut c)?;
+    if status.groups.len() > MAX_GROUPS {
+        c.unsupported(format!(
+            "{} supplementary groups (at most {MAX_GROUPS} are kept)",
+            status.groups.len()
+        ))?;
+    }
+    c.check_cancel()?;
+
     // VMAs.
     let mut vma_states = Vec::with_capacity(smaps.len());
     let mut classes = Vec::with_capacity(smaps.len());
@@ -270,14 +283,7 @@ pub fn collect(
     // Threads: registers first, before anything is borrowed.
     let mut threads = Vec::with_capacity(frozen.tids().len());
     for &tid in frozen.tids() {
-        let perr = |what| {
-            move |source| CollectError::Ptrace {
-                pid,
-                tid,
-                what,
-                source,
-            }
-        };
+        let perr = |what| PtraceError::at(pid, tid, what);
         let found_regs = ptrace::get_regs(tid).map_err(perr("PTRACE_GETREGSET NT_PRSTATUS"))?;
         let xsave = ptrace::get_xstate(tid).map_err(perr("PTRACE_GETREGSET NT_X86_XSTATE"))?;
         let sigmask = ptrace::get_sigmask(tid).map_err(perr("PTRACE_GETSIGMASK"))?;
@@ -314,8 +320,20 @@ pub fn collect(
 
     // Injected syscalls: per thread, and the process-wide ones in the first
     // thread that can be borrowed.
+    // Scratch memory for every thread is found first, so that no thread is
+    // borrowed when another one cannot be.
+    let scratches = threads
+        .iter()
+        .map(|(thread, found)| {
+            scratch_for(&smaps, found.rsp).ok_or(CollectError::NoScratch {
+                pid,
+                tid: thread.record.tid,
+                rsp: found.rsp,
+            })
+        })
+        .collect::<Result<Vec<u64>, _>>()?;
     let mut process_wide = None;
-    for (thread, found) in &mut threads {
+    for ((thread, found), scratch) in threads.iter_mut().zip(scratches) {
         let tid = thread.record.tid;
         let read_u64 = |addr| {
             let b = read_mem(mem, addr, 8).ok()?;
@@ -323,11 +341,6 @@ pub fn collect(
         };
         let temporary_mask = inject::uses_temporary_sigmask(found, read_u64);
         c.check_cancel()?;
-        let scratch = scratch_for(&smaps, found.rsp).ok_or(CollectError::NoScratch {
-            pid,
-            tid,
-            rsp: found.rsp,
-        })?;
         let mut b = Borrowed::begin(pid, tid, mem, syscall_ip, scratch, temporary_mask)?;
         // Under a temporary mask, ptrace showed the temporary one.
         thread.record.sigmask = b.original_mask();
@@ -362,9 +375,15 @@ pub fn collect(
 
     // Process identity and mm.
     let exe = c.read_link("exe")?;
-    let exe_id = fs::metadata(c.proc_path("exe"))
-        .map(|m| file_id(&m))
-        .unwrap_or_default();
+    let exe_id = match fs::metadata(c.proc_path("exe")) {
+        Ok(m) => file_id(&m),
+        Err(e) => {
+            c.warnings.push(format!(
+                "cannot stat the executable {exe} ({e}): the restore cannot check that it is unchanged"
+            ));
+            FileId::default()
+        }
+    };
     let personality_text = c.read_text("personality")?;
     let personality =
         u32::from_str_radix(personality_text.trim(), 16).map_err(|_| CollectError::Parse {
@@ -375,13 +394,18 @@ pub fn collect(
                 what: format!("bad value {personality_text:?}"),
             },
         })?;
+    let umask = status.umask.unwrap_or_else(|| {
+        c.warnings
+            .push("the kernel shows no umask in /proc/P/status: 022 is assumed".into());
+        0o022
+    });
     let process = ProcessRecord {
         pid,
         ppid: stat.ppid,
         pgid: stat.pgrp,
         sid: stat.session,
         nthreads: threads.len() as u32,
-        umask: status.umask.unwrap_or(0o022),
+        umask,
         personality,
         flags: if process::effective_uid() == 0 {
             PROCESS_DUMPED_AS_ROOT
@@ -422,12 +446,6 @@ pub fn collect(
     }
 
     // Credentials.
-    if status.groups.len() > MAX_GROUPS {
-        c.unsupported(format!(
-            "{} supplementary groups (at most {MAX_GROUPS} are kept)",
-            status.groups.len()
-        ))?;
-    }
     let mut groups = [0u32; MAX_GROUPS];
     for (slot, g) in groups.iter_mut().zip(&status.groups) {
         *slot = *g;
@@ -469,8 +487,6 @@ pub fn collect(
         })
         .collect();
 
-    let fd_states = collect_fds(&mut c)?;
-    process_checks(&mut c, &status, frozen)?;
     c.check_cancel()?;
 
     // Pages.
@@ -669,14 +685,11 @@ fn peek_pending(
     let mut buf = [[0u8; 128]; 32];
     let mut offset = 0u64;
     loop {
-        let n = ptrace::peek_siginfo(tid, offset, shared, &mut buf).map_err(|source| {
-            CollectError::Ptrace {
-                pid,
-                tid,
-                what: "PTRACE_PEEKSIGINFO",
-                source,
-            }
-        })?;
+        let n = ptrace::peek_siginfo(tid, offset, shared, &mut buf).map_err(PtraceError::at(
+            pid,
+            tid,
+            "PTRACE_PEEKSIGINFO",
+        ))?;
         if n == 0 {
             return Ok(());
         }
@@ -710,9 +723,12 @@ fn collect_fds(c: &mut Collector<'_>) -> Result<Vec<FdState>, CollectError> {
     for fd in numbers {
         let link = match c.read_link(&format!("fd/{fd}")) {
             Ok(l) => l,
-            // Closed since the listing (impossible while frozen, unless
-            // shared with another process).
-            Err(_) => continue,
+            // Closed since the listing (impossible while frozen, unless the
+            // fd table is shared with another process): its state is gone.
+            Err(e) => {
+                c.unsupported(format!("fd {fd} vanished during the dump ({e})"))?;
+                continue;
+            }
         };
         let fd_path = c.proc_path(&format!("fd/{fd}"));
         let meta = fs::metadata(&fd_path).map_err(|source| CollectError::Read {
@@ -759,13 +775,14 @@ fn process_checks(
     status: &procfs::status::Status,
     frozen: &Frozen,
 ) -> Result<(), CollectError> {
-    if status.seccomp != 0 {
-        c.unsupported(format!(
-            "seccomp mode {} is active (filters are not saved)",
-            status.seccomp
-        ))?;
-    }
-    let timers = c.read_text("timers").unwrap_or_default();
+    refuse_seccomp(c, status, frozen)?;
+    // /proc/P/timers exists only with CONFIG_CHECKPOINT_RESTORE.
+    let timers = c.read_text("timers").unwrap_or_else(|e| {
+        c.warnings.push(format!(
+            "cannot check for POSIX timers (timer_create), which are not saved: {e}"
+        ));
+        String::new()
+    });
     if !timers.trim().is_empty() {
         let n = timers.lines().filter(|l| l.starts_with("ID:")).count();
         c.unsupported(format!("{n} POSIX timer(s) (timer_create) are not saved"))?;
@@ -791,6 +808,38 @@ fn process_checks(
                     "the process runs in its own {ns} namespace, which is not recreated"
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+/// Refuse a task with a seccomp filter or strict mode in any thread, even
+/// with `force`: the filter is not saved, and the syscalls injected into
+/// the threads could trip it (killing the task, or worse, a trap that runs
+/// its handler). Seccomp is per thread; `status` is the leader's.
+fn refuse_seccomp(
+    c: &Collector<'_>,
+    status: &procfs::status::Status,
+    frozen: &Frozen,
+) -> Result<(), CollectError> {
+    let pid = c.pid;
+    if status.seccomp != 0 {
+        return Err(CollectError::Seccomp {
+            pid,
+            tid: pid,
+            mode: status.seccomp,
+        });
+    }
+    for &tid in frozen.tids().iter().filter(|&&t| t != pid) {
+        let s = c.parse(procfs::status::parse(
+            &c.read_text(&format!("task/{tid}/status"))?,
+        ))?;
+        if s.seccomp != 0 {
+            return Err(CollectError::Seccomp {
+                pid,
+                tid,
+                mode: s.seccomp,
+            });
         }
     }
     Ok(())

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::io;
 
 use crate::sys::{process, ptrace};
-use ptrace::Stop;
+use ptrace::{PtraceError, Stop};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FreezeError {
@@ -24,14 +24,8 @@ pub enum FreezeError {
         #[source]
         source: io::Error,
     },
-    #[error("pid {pid} tid {tid}: {what}: {source}")]
-    Ptrace {
-        pid: i32,
-        tid: i32,
-        what: &'static str,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Ptrace(#[from] PtraceError),
     #[error("pid {pid}: the process exited while being frozen")]
     Exited { pid: i32 },
     #[error("pid {pid} tid {tid}: unexpected stop {stop:?} while freezing")]
@@ -111,17 +105,9 @@ impl Frozen {
     /// Stop one seized thread. Returns false when it exited instead.
     fn interrupt_and_wait(&self, tid: i32) -> Result<bool, FreezeError> {
         let pid = self.pid;
-        let ptrace_err = |what| {
-            move |source| FreezeError::Ptrace {
-                pid,
-                tid,
-                what,
-                source,
-            }
-        };
-        ptrace::interrupt(tid).map_err(ptrace_err("PTRACE_INTERRUPT"))?;
+        ptrace::interrupt(tid).map_err(PtraceError::at(pid, tid, "PTRACE_INTERRUPT"))?;
         loop {
-            let status = ptrace::wait(tid).map_err(ptrace_err("waitpid"))?;
+            let status = ptrace::wait(tid).map_err(PtraceError::at(pid, tid, "waitpid"))?;
             match ptrace::decode_status(status) {
                 Stop::Event {
                     event: ptrace::PTRACE_EVENT_STOP,
@@ -130,9 +116,8 @@ impl Frozen {
                 // A signal arrived before the interrupt: let the thread take
                 // it as it would have; the interrupt stays pending and stops
                 // it right after.
-                Stop::Signal(sig) => {
-                    ptrace::resume_with_signal(tid, sig).map_err(ptrace_err("PTRACE_CONT"))?
-                }
+                Stop::Signal(sig) => ptrace::resume_with_signal(tid, sig)
+                    .map_err(PtraceError::at(pid, tid, "PTRACE_CONT"))?,
                 Stop::Exited(_) | Stop::Killed(_) => return Ok(false),
                 stop => return Err(FreezeError::UnexpectedStop { pid, tid, stop }),
             }
@@ -198,19 +183,11 @@ fn detach_thread(pid: i32, tid: i32) -> Result<(), FreezeError> {
                 return Ok(()); // no longer traced or no longer alive
             }
             let _ = ptrace::wait(tid);
-            ptrace::detach(tid).map_err(|source| FreezeError::Ptrace {
-                pid,
-                tid,
-                what: "PTRACE_DETACH",
-                source,
-            })
+            ptrace::detach(tid)
+                .map_err(PtraceError::at(pid, tid, "PTRACE_DETACH"))
+                .map_err(FreezeError::from)
         }
-        Err(source) => Err(FreezeError::Ptrace {
-            pid,
-            tid,
-            what: "PTRACE_DETACH",
-            source,
-        }),
+        Err(source) => Err(PtraceError::at(pid, tid, "PTRACE_DETACH")(source).into()),
     }
 }
 

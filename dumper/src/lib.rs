@@ -9,7 +9,8 @@
 //! ```
 //!
 //! On any error every thread is detached and runs on exactly as before, and
-//! no partial image is left. A binary that catches SIGINT/SIGTERM calls
+//! no new file is left in the output directory (nor the directory itself,
+//! if the dump created it). A binary that catches SIGINT/SIGTERM calls
 //! [`request_cancel`] from its handler; the dump then stops at the next
 //! check and detaches.
 
@@ -133,6 +134,18 @@ pub enum DumpError {
         #[source]
         source: image_writer::WriteError,
     },
+    #[error("pid {pid}: {source}")]
+    Parse {
+        pid: i32,
+        #[source]
+        source: procfs::ParseError,
+    },
+    #[error("pid {pid}: {path}: the writer produced an image the reader refuses: {error}")]
+    ImageRefused {
+        pid: i32,
+        path: PathBuf,
+        error: image_format::ImageError,
+    },
     #[error("pid {pid}: dump cancelled; the process was left running")]
     Cancelled { pid: i32 },
 }
@@ -196,35 +209,89 @@ fn check_target(pid: i32, opts: &DumpOptions) -> Result<procfs::stat::Stat, Dump
         path: status_path,
         source,
     })?;
-    if let Ok(s) = procfs::status::parse(&status) {
-        if s.tgid != pid {
-            return refuse(format!(
-                "is a thread of process {}; give the process id",
-                s.tgid
-            ));
-        }
-        if s.tgid == me {
-            return refuse("is the dumper itself".into());
-        }
+    let s = procfs::status::parse(&status).map_err(|source| DumpError::Parse { pid, source })?;
+    if s.tgid != pid {
+        return refuse(format!(
+            "is a thread of process {}; give the process id",
+            s.tgid
+        ));
+    }
+    if s.tgid == me {
+        return refuse("is the dumper itself".into());
     }
     Ok(stat)
 }
 
-/// Create `dir` mode 0700 if it does not exist.
-fn prepare_out_dir(pid: i32, dir: &Path) -> Result<(), DumpError> {
-    let io_err = |source| DumpError::Io {
-        pid,
-        path: dir.to_owned(),
-        source,
+/// The directories a dump created for its output, outermost first. Unless
+/// kept, dropping it removes them again, innermost first, as long as they
+/// are empty: a failed dump leaves no new directory behind.
+struct CreatedDirs {
+    dirs: Vec<PathBuf>,
+    keep: bool,
+}
+
+impl Drop for CreatedDirs {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        for dir in self.dirs.iter().rev() {
+            // Not empty (someone else put something there) or gone: stop.
+            if fs::remove_dir(dir).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// `dir` and those of its ancestors that do not exist, outermost first.
+fn missing_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut missing = Vec::new();
+    let mut p = Some(dir);
+    while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
+        match fs::symlink_metadata(d) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(d.to_owned()),
+            _ => break,
+        }
+        p = d.parent();
+    }
+    missing.reverse();
+    missing
+}
+
+/// Create `dir` mode 0700 if it does not exist; the returned guard removes
+/// what was created unless the dump succeeds.
+fn prepare_out_dir(pid: i32, dir: &Path) -> Result<CreatedDirs, DumpError> {
+    let created = CreatedDirs {
+        dirs: missing_dirs(dir),
+        keep: false,
     };
-    match fs::DirBuilder::new()
+    fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-    {
-        Ok(()) => Ok(()),
-        Err(e) => Err(io_err(e)),
-    }
+        .map_err(|source| DumpError::Io {
+            pid,
+            path: dir.to_owned(),
+            source,
+        })?;
+    Ok(created)
+}
+
+/// Refuse an image that the reader (the loader's parser) would refuse.
+/// Only headers and notes are read, not page contents.
+fn self_check(pid: i32, path: &Path, file: &File) -> Result<(), DumpError> {
+    let map = sys::process::map_read_only(file).map_err(|source| DumpError::Io {
+        pid,
+        path: path.to_owned(),
+        source,
+    })?;
+    image_format::Image::parse(&map).map_err(|error| DumpError::ImageRefused {
+        pid,
+        path: path.to_owned(),
+        error,
+    })?;
+    Ok(())
 }
 
 /// A temporary file in the output directory, removed on drop unless kept.
@@ -252,7 +319,7 @@ pub fn dump(
 ) -> Result<DumpReport, DumpError> {
     let started = Instant::now();
     check_target(pid, opts)?;
-    prepare_out_dir(pid, out_dir)?;
+    let mut created_dirs = prepare_out_dir(pid, out_dir)?;
     let zero_pfn = sys::process::zero_page_pfn().ok().flatten();
 
     let mut phases = Phases::default();
@@ -308,19 +375,12 @@ pub fn dump(
             })
         }
     };
+    self_check(pid, &tmp.path, &file)?;
     phases.write = t.elapsed();
     let t = Instant::now();
     file.sync_all().map_err(io_err(&tmp.path))?;
     // Images are runnable by their owner (binfmt_misc) and private to them.
     fs::set_permissions(&tmp.path, fs::Permissions::from_mode(0o700)).map_err(io_err(&tmp.path))?;
-    if cancel_requested() {
-        return Err(DumpError::Cancelled { pid });
-    }
-    fs::rename(&tmp.path, &image).map_err(io_err(&image))?;
-    tmp.keep = true;
-    File::open(out_dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(out_dir))?;
     let manifest = manifest::Manifest::new(vec![manifest::ManifestProcess {
         pid,
         ppid: state.process.ppid,
@@ -329,21 +389,46 @@ pub fn dump(
         image: image_name(pid),
         threads: frozen.tids().to_vec(),
     }]);
-    manifest::write(out_dir, &manifest).map_err(io_err(&out_dir.join(manifest::FILE_NAME)))?;
+    let manifest_path = out_dir.join(manifest::FILE_NAME);
+    let pending_manifest =
+        manifest::write_temp(out_dir, &manifest).map_err(io_err(&manifest_path))?;
+    if cancel_requested() {
+        return Err(DumpError::Cancelled { pid });
+    }
+    // Both files are complete and durable under temporary names; now they
+    // are renamed into place. From here on, a failure removes what was
+    // renamed (the guards now name the final paths), so that a failed dump
+    // leaves no new file. An older image or manifest of the same name is
+    // replaced by the rename and is not brought back.
+    fs::rename(&tmp.path, &image).map_err(io_err(&image))?;
+    tmp.path.clone_from(&image);
+    pending_manifest.commit().map_err(io_err(&manifest_path))?;
+    let mut published_manifest = TempFile {
+        path: manifest_path.clone(),
+        keep: false,
+    };
+    File::open(out_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(out_dir))?;
     phases.sync = t.elapsed();
     let frozen_for = started.elapsed();
 
+    // The files are kept only once the process is released as asked: a
+    // failed kill leaves it running (the Frozen guard detaches it).
     let threads = frozen.tids().to_vec();
     if opts.leave_running {
         frozen.detach()?;
     } else {
         frozen.kill()?;
     }
+    tmp.keep = true;
+    published_manifest.keep = true;
+    created_dirs.keep = true;
     Ok(DumpReport {
         pid,
         threads,
         image,
-        manifest: out_dir.join(manifest::FILE_NAME),
+        manifest: manifest_path,
         bytes_written,
         pages_stored: state
             .pages
@@ -357,4 +442,61 @@ pub fn dump(
         warnings: state.warnings.clone(),
         left_running: opts.leave_running,
     })
+}
+
+#[cfg(test)]
+mod created_dirs_tests {
+    use super::*;
+
+    fn scratch_dir(name: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("crimg-created-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir(&p).unwrap();
+        p
+    }
+
+    #[test]
+    fn failed_dump_removes_only_the_directories_it_created() {
+        let base = scratch_dir("fail");
+        let out = base.join("a/b/c");
+        let created = prepare_out_dir(1, &out).unwrap();
+        assert_eq!(
+            created.dirs,
+            [base.join("a"), base.join("a/b"), base.join("a/b/c")]
+        );
+        assert!(out.is_dir());
+        drop(created);
+        assert!(base.is_dir());
+        assert!(!base.join("a").exists());
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn kept_or_existing_directories_stay() {
+        let base = scratch_dir("keep");
+        // Existing: nothing to remove.
+        let created = prepare_out_dir(1, &base).unwrap();
+        assert!(created.dirs.is_empty());
+        drop(created);
+        assert!(base.is_dir());
+        // Kept after success.
+        let mut created = prepare_out_dir(1, &base.join("x")).unwrap();
+        created.keep = true;
+        drop(created);
+        assert!(base.join("x").is_dir());
+        // A directory someone else filled meanwhile stays, and so do its
+        // ancestors.
+        let created = prepare_out_dir(1, &base.join("y/z")).unwrap();
+        fs::write(base.join("y/other"), b"").unwrap();
+        drop(created);
+        assert!(base.join("y/other").exists());
+        assert!(!base.join("y/z").exists());
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn relative_paths_stop_at_the_current_directory() {
+        let name = format!("crimg-surely-missing-{}", std::process::id());
+        assert_eq!(missing_dirs(Path::new(&name)), [PathBuf::from(&name)]);
+    }
 }

@@ -4,7 +4,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -44,28 +44,57 @@ impl Manifest {
     }
 }
 
-/// Write `manifest` as `dir/manifest.json`: to a temporary file, fsynced,
-/// then renamed over the old one.
-pub fn write(dir: &Path, manifest: &Manifest) -> io::Result<()> {
+/// A manifest written and fsynced under a temporary name in its directory,
+/// not yet in place: [`Self::commit`] renames it to `manifest.json`.
+/// Dropped uncommitted, the temporary file is removed.
+pub struct PendingManifest {
+    tmp: PathBuf,
+    dest: PathBuf,
+    committed: bool,
+}
+
+/// Write `manifest` to a temporary file in `dir` and fsync it; nothing is
+/// visible under `manifest.json` until [`PendingManifest::commit`].
+pub fn write_temp(dir: &Path, manifest: &Manifest) -> io::Result<PendingManifest> {
     let json = serde_json::to_vec_pretty(manifest).map_err(io::Error::other)?;
-    let tmp = dir.join(format!(".{FILE_NAME}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f: File = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&json)?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        fs::rename(&tmp, dir.join(FILE_NAME))?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    let pending = PendingManifest {
+        tmp: dir.join(format!(".{FILE_NAME}.tmp-{}", std::process::id())),
+        dest: dir.join(FILE_NAME),
+        committed: false,
+    };
+    let mut f: File = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&pending.tmp)?;
+    f.write_all(&json)?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    Ok(pending)
+}
+
+impl PendingManifest {
+    /// Where the manifest goes (`dir/manifest.json`).
+    pub fn path(&self) -> &Path {
+        &self.dest
     }
-    result
+
+    /// Rename the manifest into place, replacing an older one. The caller
+    /// fsyncs the directory (once, after renaming the images too).
+    pub fn commit(mut self) -> io::Result<()> {
+        fs::rename(&self.tmp, &self.dest)?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for PendingManifest {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -87,5 +116,31 @@ mod tests {
         assert_eq!(v["version"], 1);
         assert_eq!(v["processes"][0]["image"], "task-5.crimg");
         assert_eq!(v["processes"][0]["threads"][1], 6);
+    }
+
+    #[test]
+    fn nothing_is_visible_until_commit() {
+        let dir = std::env::temp_dir().join(format!("crimg-manifest-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).unwrap();
+        let m = Manifest::new(Vec::new());
+        let pending = write_temp(&dir, &m).unwrap();
+        assert!(!dir.join(FILE_NAME).exists());
+        drop(pending);
+        assert_eq!(
+            fs::read_dir(&dir).unwrap().count(),
+            0,
+            "temporary file left"
+        );
+        write_temp(&dir, &m).unwrap().commit().unwrap();
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [FILE_NAME]);
+        let back: Manifest =
+            serde_json::from_slice(&fs::read(dir.join(FILE_NAME)).unwrap()).unwrap();
+        assert_eq!(back, m);
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

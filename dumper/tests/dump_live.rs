@@ -4,6 +4,9 @@
 //! with CAP_SYS_PTRACE; map_files and PFNs need CAP_SYS_ADMIN): skips
 //! otherwise, saying why.
 
+mod common;
+use common::is_root;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -12,15 +15,6 @@ use std::time::Instant;
 use dumper::{DumpOptions, NoProgress};
 use image_format::records::{restart, vma_kind};
 use image_format::Image;
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 
 macro_rules! require_root {
     () => {

@@ -1,5 +1,6 @@
 //! Process-level system calls: reading another process's memory, its robust
-//! futex list and resource limits, sending signals, and probing the zero page.
+//! futex list and resource limits, sending signals, probing the zero page,
+//! and mapping a written image to check it.
 //!
 //! # Safety
 //!
@@ -62,6 +63,29 @@ pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// `tgkill(pid, tid, sig)`: send `sig` to thread `tid` of process `pid`.
+///
+/// # References
+/// `tgkill(2)`.
+pub fn tgkill(pid: i32, tid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: tgkill takes no pointers.
+    if unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig) } == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Map `file` read-only and shared, to read it without copying it (a page
+/// of the mapping is only read from the page cache when touched).
+pub fn map_read_only(file: &File) -> io::Result<memmap2::Mmap> {
+    // SAFETY: the mapping is read-only and the file is a private temporary
+    // file of this process (mode 0600, created with O_EXCL): nothing else
+    // truncates or writes it while the mapping lives, so the slice it
+    // derefs to stays valid and unchanged.
+    unsafe { memmap2::Mmap::map(file) }
 }
 
 /// `geteuid()`.

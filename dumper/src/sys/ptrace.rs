@@ -49,6 +49,30 @@ const NT_X86_XSTATE: libc::c_ulong = 0x202;
 /// Upper bound for the xsave area (AMX machines need ~11 KiB).
 const XSTATE_MAX: usize = 64 * 1024;
 
+/// A failed ptrace (or `waitpid`) request on thread `tid` of process `pid`.
+#[derive(Debug, thiserror::Error)]
+#[error("pid {pid} tid {tid}: {what}: {source}")]
+pub struct PtraceError {
+    pub pid: i32,
+    pub tid: i32,
+    /// The request, e.g. `PTRACE_GETREGSET`.
+    pub what: &'static str,
+    #[source]
+    pub source: io::Error,
+}
+
+impl PtraceError {
+    /// A `map_err` adapter: `ptrace::get_regs(tid).map_err(PtraceError::at(pid, tid, "PTRACE_GETREGSET"))`.
+    pub fn at(pid: i32, tid: i32, what: &'static str) -> impl FnOnce(io::Error) -> Self {
+        move |source| PtraceError {
+            pid,
+            tid,
+            what,
+            source,
+        }
+    }
+}
+
 /// One `ptrace(request, tid, addr, data)` call that returns 0 or -1.
 ///
 /// # Safety
