@@ -27,6 +27,7 @@ pub mod lines;
 pub mod paths;
 pub mod privilege;
 pub mod process;
+pub mod roundtrip;
 mod sys;
 pub mod ticks;
 

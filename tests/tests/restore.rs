@@ -16,18 +16,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crimg_tests::cli::{self, Dump, RunOutput};
+use crimg_tests::cli::{self, RunOutput};
 use crimg_tests::facts::Facts;
 use crimg_tests::process::{CheckTrigger, LINE_TIMEOUT, READY_TIMEOUT};
+use crimg_tests::roundtrip::{
+    as_nobody, assert_same_maps, assert_ticks_resume, dump_and_kill, view_of, Dumped, NOBODY,
+    NOGROUP,
+};
+use crimg_tests::Workload;
 use crimg_tests::{binaries, scratch_dir, workload_path, Binaries, TestBinfmt};
-use crimg_tests::{TickStream, Workload};
 use image_format::elf;
 use image_format::Image;
 use nix::sys::signal::Signal;
-
-/// The unprivileged user and group of the `crimg run` test.
-const NOBODY: &str = "nobody";
-const NOGROUP: &str = "nogroup";
 
 /// `--tmpdir DIR` plus `extra`: the counter with its default sizes (64 MiB
 /// heap, 16 MiB anonymous mapping, 16 file pages).
@@ -43,112 +43,6 @@ fn small_counter_args(tmpdir: &Path, extra: &[&str]) -> Vec<String> {
     let mut args = counter_args(tmpdir, &["--heap-mb", "8", "--anon-mb", "4"]);
     args.extend(extra.iter().map(|arg| (*arg).to_owned()));
     args
-}
-
-/// What the kernel shows of a process that must survive a restore.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct ProcessView {
-    /// `/proc/PID/maps`, one entry per line, fields separated by one space
-    /// (the kernel pads the path column; the padding is not state).
-    maps: Vec<String>,
-    exe: PathBuf,
-    cmdline: Vec<u8>,
-}
-
-fn view_of(pid: i32) -> ProcessView {
-    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    let maps = fs::read_to_string(proc_dir.join("maps"))
-        .unwrap_or_else(|err| panic!("cannot read /proc/{pid}/maps: {err}"));
-    ProcessView {
-        maps: maps
-            .lines()
-            .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
-            .collect(),
-        exe: fs::read_link(proc_dir.join("exe"))
-            .unwrap_or_else(|err| panic!("cannot read /proc/{pid}/exe: {err}")),
-        cmdline: fs::read(proc_dir.join("cmdline"))
-            .unwrap_or_else(|err| panic!("cannot read /proc/{pid}/cmdline: {err}")),
-    }
-}
-
-/// Panics with the lines that differ unless the maps are the same, in order.
-fn assert_same_maps(before: &[String], after: &[String]) {
-    if before == after {
-        return;
-    }
-    let only_before: Vec<&str> = before
-        .iter()
-        .filter(|line| !after.contains(line))
-        .map(String::as_str)
-        .collect();
-    let only_after: Vec<&str> = after
-        .iter()
-        .filter(|line| !before.contains(line))
-        .map(String::as_str)
-        .collect();
-    panic!(
-        "/proc/PID/maps after the restore differs from before the dump\n\
-         only before the dump:\n  {}\nonly after the restore:\n  {}\n\
-         (same lines in another order if both are empty)\nfull maps after the restore:\n  {}",
-        only_before.join("\n  "),
-        only_after.join("\n  "),
-        after.join("\n  ")
-    );
-}
-
-/// A workload after its dump: crdump killed it; its output before the dump
-/// and what the kernel showed of it are kept.
-struct Dumped {
-    dump: Dump,
-    ready: Facts,
-    /// Every stdout line the original printed.
-    before: Vec<String>,
-    /// `/proc/PID` of the original, read right before the dump.
-    view: ProcessView,
-}
-
-impl Dumped {
-    fn ticks_before(&self) -> TickStream {
-        TickStream::from_lines(&self.before).unwrap_or_else(|err| panic!("{err}"))
-    }
-}
-
-/// Dump `workload` into `out` (crdump kills it) and collect its last lines.
-fn dump_and_kill(bins: &Binaries, mut workload: Workload, out: &Path) -> Dumped {
-    let pid = workload.pid();
-    let ready = workload
-        .ready()
-        .cloned()
-        .expect("the workload printed READY before the dump");
-    let view = view_of(pid);
-    let dump = bins
-        .dump(pid, out, false)
-        .unwrap_or_else(|err| panic!("crdump of {} (pid {pid}): {err}", workload.name()));
-    // crdump kills the process once the image is written: its pipes close.
-    let status = workload
-        .wait_exit(LINE_TIMEOUT)
-        .unwrap_or_else(|err| panic!("{} was not killed by crdump: {err}", workload.name()));
-    assert!(
-        !status.success(),
-        "{} exited by itself ({status}) instead of being killed by crdump",
-        workload.name()
-    );
-    let before = workload.stdout_lines().to_vec();
-    Dumped {
-        dump,
-        ready,
-        before,
-        view,
-    }
-}
-
-/// The restored process's ticks continue the original's exactly.
-fn assert_ticks_resume(dumped: &Dumped, restored: &mut Workload) -> (u64, u64) {
-    let after = TickStream::from_lines(restored.stdout_lines()).unwrap();
-    dumped
-        .ticks_before()
-        .check_resumed_by(&after)
-        .unwrap_or_else(|err| panic!("{err}\n{}", restored.stderr_report()))
 }
 
 /// The first `TICK n` the restored process prints, as n.
@@ -223,20 +117,6 @@ fn counter_resumes_when_its_image_is_executed() {
         String::from_utf8_lossy(&dumped.view.cmdline),
         "/proc/PID/cmdline"
     );
-}
-
-/// `setpriv` arguments that run the rest of the command as nobody:nogroup.
-fn as_nobody() -> Command {
-    let mut command = Command::new("setpriv");
-    command.args([
-        "--reuid",
-        NOBODY,
-        "--regid",
-        NOGROUP,
-        "--clear-groups",
-        "--",
-    ]);
-    command
 }
 
 fn nobody_ids() -> (u32, u32) {

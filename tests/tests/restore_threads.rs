@@ -6,7 +6,6 @@
 //! `/proc/PID/task` lists as many tasks as before. As root the loader
 //! clones the threads with their original tids (`clone3` `set_tid`).
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::Path;
@@ -15,74 +14,8 @@ use std::time::{Duration, Instant};
 
 use crimg_tests::cli;
 use crimg_tests::process::{CheckTrigger, LINE_TIMEOUT, READY_TIMEOUT};
-use crimg_tests::{binaries, scratch_dir, workload_path, Binaries, TickStream, Workload};
-
-/// The tids in `/proc/PID/task`.
-fn tasks_of(pid: i32) -> BTreeSet<i32> {
-    fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap_or_else(|err| panic!("cannot read /proc/{pid}/task: {err}"))
-        .map(|entry| {
-            let name = entry.unwrap().file_name();
-            name.to_string_lossy()
-                .parse()
-                .unwrap_or_else(|_| panic!("odd entry {name:?} in /proc/{pid}/task"))
-        })
-        .collect()
-}
-
-/// `/proc/PID/maps`, one entry per line, fields separated by one space
-/// (the kernel pads the path column; the padding is not state).
-fn maps_of(pid: i32) -> Vec<String> {
-    fs::read_to_string(format!("/proc/{pid}/maps"))
-        .unwrap_or_else(|err| panic!("cannot read /proc/{pid}/maps: {err}"))
-        .lines()
-        .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
-        .collect()
-}
-
-/// A workload after its dump: its output and its tasks before the dump.
-struct Dumped {
-    image: std::path::PathBuf,
-    maps: Vec<String>,
-    before: Vec<String>,
-    /// The tids other than the main thread's.
-    other_tids: BTreeSet<i32>,
-}
-
-/// Dump `workload` into `out` (crdump kills it) and collect its last lines.
-fn dump_and_kill(bins: &Binaries, mut workload: Workload, out: &Path) -> Dumped {
-    let pid = workload.pid();
-    let mut other_tids = tasks_of(pid);
-    other_tids.remove(&pid);
-    let maps = maps_of(pid);
-    let dump = bins
-        .dump(pid, out, false)
-        .unwrap_or_else(|err| panic!("crdump of {} (pid {pid}): {err}", workload.name()));
-    // Reaping it here also frees its tids for the restore's set_tid.
-    let status = workload
-        .wait_exit(LINE_TIMEOUT)
-        .unwrap_or_else(|err| panic!("{} was not killed by crdump: {err}", workload.name()));
-    assert!(
-        !status.success(),
-        "{} exited by itself ({status}) instead of being killed by crdump",
-        workload.name()
-    );
-    Dumped {
-        image: dump.image,
-        maps,
-        before: workload.stdout_lines().to_vec(),
-        other_tids,
-    }
-}
-
-/// The restored process's ticks continue the original's exactly.
-fn assert_ticks_resume(dumped: &Dumped, restored: &mut Workload) {
-    let before = TickStream::from_lines(&dumped.before).unwrap_or_else(|err| panic!("{err}"));
-    let after = TickStream::from_lines(restored.stdout_lines()).unwrap();
-    before
-        .check_resumed_by(&after)
-        .unwrap_or_else(|err| panic!("{err}\n{}", restored.stderr_report()));
-}
+use crimg_tests::roundtrip::{as_nobody, assert_ticks_resume, dump_and_kill, maps_of, tasks_of};
+use crimg_tests::{binaries, scratch_dir, workload_path, Workload};
 
 #[test]
 fn threaded_counter_resumes_with_every_thread() {
@@ -109,10 +42,10 @@ fn resumes_with_every_thread(workers: usize, extra: &[&str]) {
     let mut counter = Workload::start("counter", args);
     counter.expect_line("TICK 3");
     let dumped = dump_and_kill(&bins, counter, &scratch.path().join("out"));
-    assert_eq!(dumped.other_tids.len(), workers, "tasks before the dump");
+    assert_eq!(dumped.other_tids().len(), workers, "tasks before the dump");
 
     let mut restored = bins
-        .restore("restored threaded counter", &dumped.image)
+        .restore("restored threaded counter", &dumped.dump.image)
         .unwrap();
     restored.expect_line("TICK ");
     let pid = restored.pid();
@@ -121,7 +54,7 @@ fn resumes_with_every_thread(workers: usize, extra: &[&str]) {
     let maps = maps_of(pid);
     assert_eq!(
         maps,
-        dumped.maps,
+        dumped.view.maps,
         "/proc/PID/maps after the restore differs from before the dump\n{}",
         restored.stderr_report()
     );
@@ -136,14 +69,15 @@ fn resumes_with_every_thread(workers: usize, extra: &[&str]) {
         let mut others = tasks.clone();
         others.remove(&pid);
         assert_eq!(
-            others, dumped.other_tids,
+            others,
+            dumped.other_tids(),
             "as root the threads get their original tids back"
         );
     }
 
     // A second restore of the image while the first runs cannot give the
     // threads their tids: refused before anything changes.
-    let second = cli::run(bins.loader_command(&dumped.image), LINE_TIMEOUT).unwrap();
+    let second = cli::run(bins.loader_command(&dumped.dump.image), LINE_TIMEOUT).unwrap();
     assert_eq!(
         second.status.code(),
         Some(10),
@@ -170,20 +104,6 @@ fn resumes_with_every_thread(workers: usize, extra: &[&str]) {
         "{}",
         restored.stderr_report()
     );
-}
-
-/// `setpriv` running the rest of the command as nobody:nogroup.
-fn as_nobody() -> Command {
-    let mut command = Command::new("setpriv");
-    command.args([
-        "--reuid",
-        "nobody",
-        "--regid",
-        "nogroup",
-        "--clear-groups",
-        "--",
-    ]);
-    command
 }
 
 /// The counter's arguments: small memory, `threads` workers.
@@ -228,13 +148,13 @@ fn threaded_counter_resumes_unprivileged_with_new_tids() {
     }
     counter.expect_line("TICK 3");
     let dumped = dump_and_kill(&bins, counter, &scratch.path().join("out"));
-    let dir = dumped.image.parent().unwrap().to_owned();
-    for path in [&dir, &dumped.image] {
+    let dir = dumped.dump.image.parent().unwrap().to_owned();
+    for path in [&dir, &dumped.dump.image] {
         chown(path, Some(nobody.uid.as_raw()), Some(nogroup.gid.as_raw())).unwrap();
     }
 
     let mut command = as_nobody();
-    command.arg(&bins.loader).arg(&dumped.image);
+    command.arg(&bins.loader).arg(&dumped.dump.image);
     let mut restored = Workload::spawn_command("loader as nobody", command).unwrap();
     restored.expect_line("TICK ");
     let pid = restored.pid();
@@ -320,16 +240,16 @@ fn threaded_python_resumes() {
     }
     python.expect_line("TICK 3");
     let dumped = dump_and_kill(&bins, python, &scratch.path().join("out"));
-    assert_eq!(dumped.other_tids.len(), 3, "tasks before the dump");
+    assert_eq!(dumped.other_tids().len(), 3, "tasks before the dump");
 
     let mut restored = bins
-        .restore("restored threaded python", &dumped.image)
+        .restore("restored threaded python", &dumped.dump.image)
         .unwrap();
     restored.expect_line("TICK ");
     let pid = restored.pid();
     let mut others = tasks_of(pid);
     others.remove(&pid);
-    assert_eq!(others, dumped.other_tids, "threads after the restore");
+    assert_eq!(others, dumped.other_tids(), "threads after the restore");
     let pass = restored.expect_pass(CheckTrigger::Stdin);
     assert_eq!(pass.pid().unwrap(), pid, "{}", pass.line());
     restored.expect_line("TICK ");
