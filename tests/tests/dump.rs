@@ -552,3 +552,54 @@ fn damaged_images_are_reported_not_trusted() {
         );
     }
 }
+
+#[test]
+fn an_interrupted_dump_leaves_the_target_running_and_nothing_behind() {
+    skip_unless_root!();
+    let dir = scratch_dir();
+    let mut w = Workload::start("bigmem", ["--mb", "1024", "--write-pct", "100"]);
+    let out = dir.path().join("out");
+    let mut command = binaries().crdump_command(w.pid(), &out, false);
+    command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut crdump = crimg_tests::ChildGuard::new("crdump", command.spawn().unwrap());
+    // Interrupt it while it copies pages: once its temporary image exists.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let copying = fs::read_dir(&out)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with(".task-"))
+            })
+            .unwrap_or(false);
+        if copying {
+            break;
+        }
+        assert!(
+            crdump.try_status().is_none(),
+            "crdump ended before it was interrupted"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "crdump never started writing"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    crdump.signal(nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = crdump.wait_exit(Duration::from_secs(30)).unwrap();
+    assert_eq!(status.code(), Some(1), "crdump after SIGINT: {status:?}");
+    // Nothing is left: no image, no manifest, no temporary file, no directory.
+    assert!(
+        !out.exists(),
+        "left behind: {:?}",
+        fs::read_dir(&out).map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+    );
+    // The target runs on, untraced, with its memory intact.
+    let status = fs::read_to_string(format!("/proc/{}/status", w.pid())).unwrap();
+    assert!(
+        status.lines().any(|l| l == "TracerPid:\t0"),
+        "still traced:\n{status}"
+    );
+    w.expect_pass(CheckTrigger::Stdin);
+}
