@@ -4,12 +4,14 @@
 //! - [`image_file`]: opening and mapping an image read-only.
 //! - [`summary`]: what `crimg info` shows, as plain serialisable data.
 //! - [`binfmt`]: registering the loader with binfmt_misc.
+//! - [`check`]: what this machine's kernel allows, found by trying.
 //! - [`loader_path`]: finding the loader binary.
 //! - [`signals`]: turning Ctrl-C into a clean cancel of a dump.
 
 #![deny(unsafe_code)]
 
 pub mod binfmt;
+pub mod check;
 pub mod image_file;
 pub mod loader_path;
 pub mod summary;

@@ -50,3 +50,74 @@ pub fn cancel_dump_on_interrupt() {
         }
     }
 }
+
+/// XCR0 through `xgetbv(0)`: the register-state features the OS enabled;
+/// `None` when it has not enabled XSAVE.
+///
+/// # References
+/// Intel SDM, XGETBV
+pub fn xcr0() -> Option<u64> {
+    if !std::arch::is_x86_feature_detected!("xsave") {
+        return None;
+    }
+    let (lo, hi): (u32, u32);
+    // SAFETY: std detected OSXSAVE, so xgetbv is enabled; it reads XCR0
+    // into eax:edx and touches no memory.
+    unsafe {
+        std::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi,
+            options(nomem, nostack, preserves_flags));
+    }
+    Some(u64::from(hi) << 32 | u64::from(lo))
+}
+
+/// `clone3({.set_tid = &pid, .set_tid_size = 1, .exit_signal = SIGCHLD})`
+/// with a child that exits at once, then reaps it: whether this process may
+/// create a task with a chosen pid (what restoring original pids needs).
+///
+/// # References
+/// clone3(2)
+pub fn try_clone3_set_tid(pid: i32) -> std::io::Result<()> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    let tid = pid;
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: &raw const tid as u64,
+        set_tid_size: 1,
+        ..CloneArgs::default()
+    };
+    // SAFETY: like fork(): the child shares nothing with us but a copy of
+    // the address space and only makes the exit_group syscall, which is
+    // async-signal-safe; `args` and `tid` outlive the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &raw const args,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if r == 0 {
+        // SAFETY: the child leaves at once without running any of our code.
+        unsafe { libc::syscall(libc::SYS_exit_group, 0) };
+    }
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child; `status` is a live out-pointer.
+    unsafe { libc::waitpid(r as i32, &mut status, 0) };
+    Ok(())
+}

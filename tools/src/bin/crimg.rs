@@ -42,6 +42,13 @@ enum Command {
         #[arg(long)]
         loader: Option<PathBuf>,
     },
+    /// Check what this machine allows: ptrace, pagemap, vDSO layout, XSAVE,
+    /// capabilities, set_tid, the binfmt entry (each by trying it).
+    Check {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage the binfmt_misc entry that makes images directly runnable.
     Binfmt {
         #[command(subcommand)]
@@ -144,6 +151,28 @@ fn run(image: &Path, loader_bin: Option<PathBuf>) -> Result<()> {
     Err(err).with_context(|| format!("cannot execute the loader {}", loader.display()))
 }
 
+fn check_machine(json: bool) -> Result<()> {
+    use crimg_tools::check::{self, Verdict};
+    let checks = check::run_all();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        for c in &checks {
+            let mark = match c.verdict {
+                Verdict::Ok => "ok  ",
+                Verdict::Warn => "warn",
+                Verdict::Fail => "FAIL",
+            };
+            println!("{mark}  {:<30} {}", c.name, c.detail);
+        }
+    }
+    let failed = checks.iter().filter(|c| c.verdict == Verdict::Fail).count();
+    if failed > 0 {
+        bail!("{failed} check(s) failed: crimg cannot work fully here");
+    }
+    Ok(())
+}
+
 fn binfmt_action(action: BinfmtAction) -> Result<()> {
     match action {
         BinfmtAction::Install {
@@ -223,6 +252,7 @@ fn main() -> ExitCode {
         Command::Info { image, json } => info(&image, json),
         Command::Verify { images } => verify(&images),
         Command::Run { image, loader } => run(&image, loader),
+        Command::Check { json } => check_machine(json),
         Command::Binfmt { action } => binfmt_action(action),
     };
     match result {

@@ -1,0 +1,290 @@
+//! `crimg check`: what this machine's kernel allows crimg to do, found by
+//! trying it (like `criu check`), not by reading version numbers.
+//!
+//! Each check says ok, a warning (crimg works with less: e.g. unprivileged
+//! restores keep new thread ids) or a failure (dumping or restoring cannot
+//! work here).
+
+use std::fs;
+use std::process::{Command, Stdio};
+
+use serde::Serialize;
+
+/// How a check came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub verdict: Verdict,
+    pub detail: String,
+}
+
+fn check(name: &'static str, verdict: Verdict, detail: impl Into<String>) -> Check {
+    Check {
+        name,
+        verdict,
+        detail: detail.into(),
+    }
+}
+
+/// Effective capabilities of this process (`CapEff` in `/proc/self/status`).
+fn effective_caps() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+const CAP_SYS_PTRACE: u32 = 19;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYS_RESOURCE: u32 = 24;
+const CAP_CHECKPOINT_RESTORE: u32 = 40;
+
+fn capabilities() -> Vec<Check> {
+    let caps = effective_caps();
+    let has = |c: u32| caps & (1 << c) != 0;
+    let mut out = vec![check(
+        "ptrace capability",
+        if has(CAP_SYS_PTRACE) {
+            Verdict::Ok
+        } else {
+            Verdict::Warn
+        },
+        if has(CAP_SYS_PTRACE) {
+            "CAP_SYS_PTRACE: any process can be dumped".to_owned()
+        } else {
+            "no CAP_SYS_PTRACE: only this user's processes can be dumped".to_owned()
+        },
+    )];
+    let restore = has(CAP_CHECKPOINT_RESTORE) || has(CAP_SYS_ADMIN);
+    out.push(check(
+        "checkpoint/restore capability",
+        if restore { Verdict::Ok } else { Verdict::Warn },
+        if restore {
+            "original thread ids and /proc/PID/exe can be restored"
+        } else {
+            "no CAP_CHECKPOINT_RESTORE: restored threads get new ids, /proc/PID/exe names the loader"
+        },
+    ));
+    out.push(check(
+        "CAP_SYS_RESOURCE",
+        if has(CAP_SYS_RESOURCE) {
+            Verdict::Ok
+        } else {
+            Verdict::Warn
+        },
+        if has(CAP_SYS_RESOURCE) {
+            "hard resource limits can be raised back"
+        } else {
+            "not held: hard limits higher than the restorer's are lowered (with a warning)"
+        },
+    ));
+    out
+}
+
+/// Freezes a throwaway child the way crdump freezes its target.
+fn ptrace_seize() -> Check {
+    let name = "ptrace seize and interrupt";
+    let mut child = match Command::new("sleep").arg("30").stdin(Stdio::null()).spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return check(
+                name,
+                Verdict::Warn,
+                format!("cannot start a test process (sleep): {e}"),
+            )
+        }
+    };
+    let result = dumper::freeze::Frozen::freeze(child.id() as i32).and_then(|f| f.detach());
+    let _ = child.kill();
+    let _ = child.wait();
+    match result {
+        Ok(()) => check(name, Verdict::Ok, "a process can be frozen and released"),
+        Err(e) => check(
+            name,
+            Verdict::Fail,
+            format!("{e} (Yama ptrace_scope or a seccomp policy?)"),
+        ),
+    }
+}
+
+fn pagemap() -> Check {
+    let name = "pagemap page frame numbers";
+    match dumper::sys::process::zero_page_pfn() {
+        Ok(Some(pfn)) => check(
+            name,
+            Verdict::Ok,
+            format!("visible (zero page at PFN {pfn:#x}): zero pages are left out of images"),
+        ),
+        Ok(None) => check(
+            name,
+            Verdict::Warn,
+            "hidden (no CAP_SYS_ADMIN): zero pages are stored like others",
+        ),
+        Err(e) => check(name, Verdict::Fail, format!("/proc/self/pagemap: {e}")),
+    }
+}
+
+/// `[vvar]`, `[vvar_vclock]` and `[vdso]` in this process, in order and
+/// adjacent: the layout the loader moves as one block.
+fn vdso_layout() -> Check {
+    let name = "vDSO layout";
+    let Ok(maps) = fs::read_to_string("/proc/self/maps") else {
+        return check(name, Verdict::Fail, "cannot read /proc/self/maps");
+    };
+    let mut parts = Vec::new();
+    for line in maps.lines() {
+        let path = line.split_whitespace().nth(5).unwrap_or("");
+        if matches!(path, "[vvar]" | "[vvar_vclock]" | "[vdso]") {
+            let range = line.split_whitespace().next().unwrap_or("");
+            let (a, b) = range.split_once('-').unwrap_or(("0", "0"));
+            let a = u64::from_str_radix(a, 16).unwrap_or(0);
+            let b = u64::from_str_radix(b, 16).unwrap_or(0);
+            parts.push((path.to_owned(), a, b));
+        }
+    }
+    let adjacent = parts.windows(2).all(|w| w[0].2 == w[1].1);
+    let desc: Vec<String> = parts
+        .iter()
+        .map(|(p, a, b)| format!("{p} {} KiB", (b - a) / 1024))
+        .collect();
+    if parts.last().is_some_and(|p| p.0 == "[vdso]") && adjacent {
+        check(
+            name,
+            Verdict::Ok,
+            format!("{} (adjacent: moved as one block)", desc.join(", ")),
+        )
+    } else {
+        check(
+            name,
+            Verdict::Fail,
+            format!("unexpected: {}", desc.join(", ")),
+        )
+    }
+}
+
+fn xsave() -> Check {
+    let name = "XSAVE features (XCR0)";
+    match crate::sys::xcr0() {
+        Some(x) => check(
+            name,
+            Verdict::Ok,
+            format!("{x:#x}: images that use more than this are refused (loader exit 6)"),
+        ),
+        None => check(name, Verdict::Fail, "the OS has not enabled XSAVE"),
+    }
+}
+
+fn set_tid() -> Check {
+    let name = "clone3 with set_tid";
+    let pid_max: i32 = fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(32768);
+    // A pid nobody uses, near the top of the range.
+    let Some(free) = (pid_max / 2..pid_max)
+        .rev()
+        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+    else {
+        return check(name, Verdict::Warn, "no free pid to try");
+    };
+    match crate::sys::try_clone3_set_tid(free) {
+        Ok(()) => check(
+            name,
+            Verdict::Ok,
+            format!("a task was created with pid {free}: threads keep their ids"),
+        ),
+        Err(e) => check(
+            name,
+            Verdict::Warn,
+            format!("{e}: restored threads get new ids"),
+        ),
+    }
+}
+
+fn binfmt() -> Check {
+    let name = "binfmt_misc entry";
+    let entry = match crate::binfmt::Binfmt::new(crate::binfmt::DEFAULT_NAME) {
+        Ok(e) => e,
+        Err(e) => return check(name, Verdict::Fail, e.to_string()),
+    };
+    if !entry.dir.join("register").exists() {
+        return check(
+            name,
+            Verdict::Warn,
+            "binfmt_misc is not mounted: run images with `crimg run` (or `crimg binfmt install`)",
+        );
+    }
+    match entry.status() {
+        Ok(Some(s)) if s.enabled => check(
+            name,
+            Verdict::Ok,
+            format!("registered: images run with {}", s.interpreter.display()),
+        ),
+        Ok(Some(_)) => check(name, Verdict::Warn, "registered but disabled"),
+        Ok(None) => check(
+            name,
+            Verdict::Warn,
+            "not registered: run images with `crimg run`, or `crimg binfmt install`",
+        ),
+        Err(e) => check(name, Verdict::Fail, e.to_string()),
+    }
+}
+
+fn limits() -> Check {
+    let read = |p: &str| {
+        fs::read_to_string(p)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "?".into())
+    };
+    check(
+        "kernel limits",
+        Verdict::Ok,
+        format!(
+            "pid_max {}, max_map_count {}, pipe-max-size {}",
+            read("/proc/sys/kernel/pid_max"),
+            read("/proc/sys/vm/max_map_count"),
+            read("/proc/sys/fs/pipe-max-size")
+        ),
+    )
+}
+
+fn kernel() -> Check {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let arch = std::env::consts::ARCH;
+    let verdict = if arch == "x86_64" {
+        Verdict::Ok
+    } else {
+        Verdict::Fail
+    };
+    check(
+        "kernel",
+        verdict,
+        format!("Linux {} on {arch}", release.trim()),
+    )
+}
+
+/// Every check, in the order they are shown.
+pub fn run_all() -> Vec<Check> {
+    let mut out = vec![kernel()];
+    out.extend(capabilities());
+    out.push(ptrace_seize());
+    out.push(pagemap());
+    out.push(vdso_layout());
+    out.push(xsave());
+    out.push(set_tid());
+    out.push(binfmt());
+    out.push(limits());
+    out
+}
