@@ -29,7 +29,7 @@ const COMPILED: &[(&str, &str)] = &[
 ];
 
 /// The script workloads, by file name, in `workloads/`.
-const SCRIPTS: &[&str] = &["loop.py", "loop.sh"];
+const SCRIPTS: &[&str] = &["loop.py", "loop.sh", "files.py"];
 
 /// The program for workload `name`: `counter`, `bigmem` (compiled C) or
 /// `loop.py`, `loop.sh` (scripts run through their `#!` line).

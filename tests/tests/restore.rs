@@ -546,3 +546,32 @@ fn image_with_amx_state_restores_every_register() {
     let pass = restored.expect_pass(CheckTrigger::Stdin);
     assert_same_sums(&dumped.ready, &pass);
 }
+
+/// Regular files reopened at the same fds, offsets and flags, and a shared
+/// file mapping written through after the restore: the log the workload
+/// appends to continues with no gap or overlap, its reader continues at
+/// the next line, and the file behind the shared mapping sees its stores.
+#[test]
+fn open_files_and_shared_mappings_resume_where_they_were() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let mut files = Workload::start("files.py", [scratch.path().to_str().unwrap()]);
+    let ready = files.ready().cloned().unwrap();
+    files.expect_line("TICK 5");
+    files.expect_pass(CheckTrigger::Stdin);
+    let dumped = dump_and_kill(&bins, files, &scratch.path().join("out"));
+
+    let mut restored = bins
+        .restore("restored files.py", &dumped.dump.image)
+        .unwrap_or_else(|err| panic!("{err}"));
+    restored.expect_line("TICK ");
+    for (key, file) in [("log_fd", "log.txt"), ("read_fd", "read.txt")] {
+        let fd = ready.number(key).unwrap();
+        let link = fs::read_link(format!("/proc/{}/fd/{fd}", restored.pid()))
+            .unwrap_or_else(|err| panic!("fd {fd} after the restore: {err}"));
+        assert_eq!(link, scratch.path().join(file), "fd {fd}");
+    }
+    restored.expect_pass(CheckTrigger::Stdin);
+    assert_ticks_resume(&dumped, &mut restored);
+}
