@@ -578,15 +578,23 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
     let cwd_fd = if cwd.is_empty() {
         None
     } else {
-        Some(
-            open_high(cwd, sys::O_PATH | sys::O_DIRECTORY, base).map_err(|errno| {
-                CheckError::FileMissing {
-                    what: "working directory",
-                    path: cwd,
-                    errno,
-                }
-            })?,
-        )
+        let fd = open_high(cwd, sys::O_PATH | sys::O_DIRECTORY, base).map_err(|errno| {
+            CheckError::FileMissing {
+                what: "working directory",
+                path: cwd,
+                errno,
+            }
+        })?;
+        // The same directory, not another one at the same path (a
+        // directory's size and mtime change with its entries: not compared).
+        let id = process.cwd_id;
+        if id.ino != 0 && sys::fstat(fd).is_ok_and(|st| st.dev != id.dev || st.ino != id.ino) {
+            return Err(CheckError::FileChanged {
+                what: "working directory",
+                path: cwd,
+            });
+        }
+        Some(fd)
     };
     let root = image.string(process.root).map_err(corrupt)?;
     if !root.is_empty() && root != b"/" {

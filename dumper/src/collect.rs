@@ -384,6 +384,15 @@ pub fn collect(
             FileId::default()
         }
     };
+    let cwd_id = match fs::metadata(c.proc_path("cwd")) {
+        Ok(m) => file_id(&m),
+        Err(e) => {
+            c.warnings.push(format!(
+                "cannot stat the working directory ({e}): the restore cannot check that it is the same"
+            ));
+            FileId::default()
+        }
+    };
     let personality_text = c.read_text("personality")?;
     let personality =
         u32::from_str_radix(personality_text.trim(), 16).map_err(|_| CollectError::Parse {
@@ -422,6 +431,7 @@ pub fn collect(
         root: Default::default(),
         cmdline: Default::default(),
         comm: comm16(&stat.comm),
+        cwd_id,
     };
     let mm = MmRecord {
         start_code: stat.start_code,

@@ -119,8 +119,12 @@ pub struct ProcessRecord {
     /// The command line as NUL-separated bytes (what `/proc/P/cmdline` showed).
     pub cmdline: StrRef,
     pub comm: [u8; 16],
+    /// The working directory's identity; only `dev` and `ino` are meaningful
+    /// (a directory's size and mtime change with its entries). Zero when
+    /// unknown, or in images written before this field existed.
+    pub cwd_id: FileId,
 }
-const _: () = assert!(core::mem::size_of::<ProcessRecord>() == 144);
+const _: () = assert!(core::mem::size_of::<ProcessRecord>() == 184);
 impl Record for ProcessRecord {
     const NOTE_TYPE: u32 = note::PROCESS;
 }

@@ -575,3 +575,40 @@ fn open_files_and_shared_mappings_resume_where_they_were() {
     restored.expect_pass(CheckTrigger::Stdin);
     assert_ticks_resume(&dumped, &mut restored);
 }
+
+/// The working directory is restored only if it is the same directory:
+/// another directory now at the same path is refused (exit 5) before
+/// anything changes.
+#[test]
+fn a_replaced_working_directory_is_refused() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let cwd = scratch.path().join("cwd");
+    fs::create_dir(&cwd).unwrap();
+    let mut command = Command::new(workload_path("counter"));
+    command
+        .args(small_counter_args(scratch.path(), &[]))
+        .current_dir(&cwd);
+    let mut counter =
+        Workload::spawn_command("counter", command).unwrap_or_else(|err| panic!("{err}"));
+    counter
+        .wait_ready(READY_TIMEOUT)
+        .unwrap_or_else(|err| panic!("{err}"));
+    let dumped = dump_and_kill(&bins, counter, &scratch.path().join("out"));
+    fs::rename(&cwd, scratch.path().join("cwd-before")).unwrap();
+    fs::create_dir(&cwd).unwrap();
+    let message = expect_refusal(&bins, &dumped.dump.image, &[5]);
+    assert!(message.contains("working directory"), "{message}");
+    // Put back, the same image restores.
+    fs::remove_dir(&cwd).unwrap();
+    fs::rename(scratch.path().join("cwd-before"), &cwd).unwrap();
+    let mut restored = bins
+        .restore("restored counter", &dumped.dump.image)
+        .unwrap_or_else(|err| panic!("{err}"));
+    restored.expect_pass(CheckTrigger::Stdin);
+    assert_eq!(
+        fs::read_link(format!("/proc/{}/cwd", restored.pid())).unwrap(),
+        cwd
+    );
+}
