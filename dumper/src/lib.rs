@@ -393,14 +393,18 @@ pub fn dump(
     file.sync_all().map_err(io_err(&tmp.path))?;
     // Images are runnable by their owner (binfmt_misc) and private to them.
     fs::set_permissions(&tmp.path, fs::Permissions::from_mode(0o700)).map_err(io_err(&tmp.path))?;
-    let manifest = manifest::Manifest::new(vec![manifest::ManifestProcess {
-        pid,
-        ppid: state.process.ppid,
-        pgid: state.process.pgid,
-        sid: state.process.sid,
-        image: image_name(pid),
-        threads: frozen.tids().to_vec(),
-    }]);
+    // Other processes dumped into this directory before stay listed.
+    let manifest = manifest::Manifest::with_process(
+        out_dir,
+        manifest::ManifestProcess {
+            pid,
+            ppid: state.process.ppid,
+            pgid: state.process.pgid,
+            sid: state.process.sid,
+            image: image_name(pid),
+            threads: frozen.tids().to_vec(),
+        },
+    );
     let manifest_path = out_dir.join(manifest::FILE_NAME);
     let pending_manifest =
         manifest::write_temp(out_dir, &manifest).map_err(io_err(&manifest_path))?;

@@ -42,6 +42,26 @@ impl Manifest {
             processes,
         }
     }
+
+    /// The manifest `dir` will have with `process` dumped into it: the
+    /// processes an earlier dump listed there (whose images still exist)
+    /// and `process`, which replaces an entry for the same pid. A missing,
+    /// unreadable or foreign `manifest.json` lists nothing to keep.
+    pub fn with_process(dir: &Path, process: ManifestProcess) -> Self {
+        let earlier = fs::read(dir.join(FILE_NAME))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Manifest>(&bytes).ok())
+            .filter(|m| m.format == FORMAT && m.version == VERSION)
+            .map(|m| m.processes)
+            .unwrap_or_default();
+        let mut processes: Vec<ManifestProcess> = earlier
+            .into_iter()
+            .filter(|p| p.pid != process.pid && dir.join(&p.image).is_file())
+            .collect();
+        processes.push(process);
+        processes.sort_by_key(|p| p.pid);
+        Manifest::new(processes)
+    }
 }
 
 /// A manifest written and fsynced under a temporary name in its directory,
@@ -141,6 +161,50 @@ mod tests {
         let back: Manifest =
             serde_json::from_slice(&fs::read(dir.join(FILE_NAME)).unwrap()).unwrap();
         assert_eq!(back, m);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod with_process_tests {
+    use super::*;
+
+    fn entry(pid: i32) -> ManifestProcess {
+        ManifestProcess {
+            pid,
+            ppid: 1,
+            pgid: pid,
+            sid: pid,
+            image: format!("task-{pid}.crimg"),
+            threads: vec![pid],
+        }
+    }
+
+    #[test]
+    fn keeps_earlier_dumps_whose_images_exist() {
+        let dir = std::env::temp_dir().join(format!("crimg-manifest-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).unwrap();
+        // Nothing there yet: just the new process.
+        assert_eq!(
+            Manifest::with_process(&dir, entry(20)).processes,
+            vec![entry(20)]
+        );
+        let earlier = Manifest::new(vec![entry(10), entry(20), entry(30)]);
+        fs::write(dir.join(FILE_NAME), serde_json::to_vec(&earlier).unwrap()).unwrap();
+        fs::write(dir.join("task-10.crimg"), b"").unwrap();
+        fs::write(dir.join("task-20.crimg"), b"").unwrap();
+        // 30's image is gone; 20 is replaced by the new dump of 20.
+        let mut again = entry(20);
+        again.threads = vec![20, 21];
+        let m = Manifest::with_process(&dir, again.clone());
+        assert_eq!(m.processes, vec![entry(10), again]);
+        // A foreign file is not trusted.
+        fs::write(dir.join(FILE_NAME), b"{\"something\": 1}").unwrap();
+        assert_eq!(
+            Manifest::with_process(&dir, entry(5)).processes,
+            vec![entry(5)]
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }

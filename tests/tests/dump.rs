@@ -603,3 +603,38 @@ fn an_interrupted_dump_leaves_the_target_running_and_nothing_behind() {
     );
     w.expect_pass(CheckTrigger::Stdin);
 }
+
+#[test]
+fn two_dumps_into_one_directory_are_both_in_the_manifest() {
+    skip_unless_root!();
+    let dir = scratch_dir();
+    let mut a = Workload::start("loop.py", ["--interval-ms", "20"]);
+    let mut b = Workload::start("loop.py", ["--interval-ms", "20"]);
+    for w in [&a, &b] {
+        binaries()
+            .dump(w.pid(), dir.path(), true)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["format"], "crimg-manifest");
+    let listed: Vec<(i64, String)> = manifest["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["pid"].as_i64().unwrap(),
+                p["image"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let mut expected: Vec<(i64, String)> = [a.pid(), b.pid()]
+        .iter()
+        .map(|&p| (i64::from(p), format!("task-{p}.crimg")))
+        .collect();
+    expected.sort();
+    assert_eq!(listed, expected, "{manifest:#}");
+    a.expect_pass(CheckTrigger::Stdin);
+    b.expect_pass(CheckTrigger::Stdin);
+}
