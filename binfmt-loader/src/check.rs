@@ -69,6 +69,21 @@ pub enum CheckError {
         missing: u64,
     },
     CompactedXsave,
+    /// A thread's saved XSAVE area would make `rt_sigreturn` fault (the
+    /// kernel kills the task with SIGSEGV and no word).
+    BadXsave {
+        tid: i32,
+        fault: XsaveFault,
+    },
+    /// An fd number below zero: no task has one.
+    NegativeFd {
+        fd: i32,
+    },
+    /// An fd number this process may not have (`RLIMIT_NOFILE` hard limit).
+    FdAboveLimit {
+        fd: i32,
+        limit: u64,
+    },
     UnsupportedFd {
         fd: i32,
         kind: u32,
@@ -94,7 +109,10 @@ impl CheckError {
         match self {
             CheckError::Usage => ExitCode::Usage,
             CheckError::OpenImage { .. } | CheckError::MapImage { .. } => ExitCode::ImageUnreadable,
-            CheckError::Corrupt { .. } | CheckError::NoThread => ExitCode::ImageCorrupt,
+            CheckError::Corrupt { .. }
+            | CheckError::NoThread
+            | CheckError::BadXsave { .. }
+            | CheckError::NegativeFd { .. } => ExitCode::ImageCorrupt,
             CheckError::FileMissing { .. } | CheckError::FileChanged { .. } => {
                 ExitCode::FileChanged
             }
@@ -105,6 +123,7 @@ impl CheckError {
             | CheckError::FileDeleted { .. }
             | CheckError::CompactedXsave
             | CheckError::UnsupportedFd { .. }
+            | CheckError::FdAboveLimit { .. }
             | CheckError::VdsoLayout => ExitCode::Unsupported,
             CheckError::Scratch { .. }
             | CheckError::TidTaken { .. }
@@ -162,6 +181,14 @@ impl fmt::Display for CheckError {
                 write!(f, "this CPU lacks register-state features {missing:#x} the task used (XCR0)")
             }
             CheckError::CompactedXsave => write!(f, "the saved XSAVE area is in compacted format, not supported"),
+            CheckError::BadXsave { tid, fault } => {
+                write!(f, "corrupt image: thread {tid}'s saved XSAVE area: {fault}")
+            }
+            CheckError::NegativeFd { fd } => write!(f, "corrupt image: fd number {fd}"),
+            CheckError::FdAboveLimit { fd, limit } => write!(
+                f,
+                "fd {fd} is not below this process's RLIMIT_NOFILE hard limit {limit}; it cannot be restored"
+            ),
             CheckError::UnsupportedFd { fd, kind, path } => write!(
                 f,
                 "fd {fd} ({}, kind {kind}) cannot be restored by the loader yet; restore it with crrestore-tree",
@@ -221,6 +248,7 @@ pub struct Checked {
     cwd_fd: Option<i32>,
     fd_moves: &'static [FdMove],
     keep_fds: &'static [i32],
+    err_fd: Option<i32>,
     /// Leader first; `nthreads` of them are valid.
     threads: [ThreadInput<'static>; MAX_THREADS],
     nthreads: usize,
@@ -230,6 +258,8 @@ pub struct Checked {
     pending: &'static [PendingSignalRecord],
     itimers: &'static [ItimerRecord],
     creds: Option<CredsRecord>,
+    /// The recorded gadgets are where they say, with the right bytes.
+    gadgets_ok: bool,
     pub mmap_min_addr: u64,
     /// Scratch for the window search (`vmas + maps + 3` ranges).
     pub range_scratch: &'static mut [Range],
@@ -255,6 +285,7 @@ impl Checked {
             cwd_fd: self.cwd_fd,
             fd_moves: self.fd_moves,
             keep_fds: self.keep_fds,
+            err_fd: self.err_fd,
             threads: &self.threads[..self.nthreads],
             set_tids: self.set_tids,
             xfeatures: self.xfeatures,
@@ -262,7 +293,7 @@ impl Checked {
             pending: self.pending,
             itimers: self.itimers,
             creds: self.creds,
-            gadgets: (g.syscall_ret != 0 && g.rt_sigreturn != 0).then_some(g),
+            gadgets: self.gadgets_ok.then_some(g),
             mmap_min_addr: self.mmap_min_addr,
             trampoline: arch::trampoline_code(),
         }
@@ -402,8 +433,15 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
     }
     let features = xcr0 & permitted;
     let user_size = permitted_xsave_size(features);
+    let mxcsr_mask = arch::mxcsr_mask();
     for t in threads_found.iter_mut() {
         t.xsave = cut_xsave(t.xsave, user_size);
+        validate_xsave(t.xsave, features, mxcsr_mask, arch::xsave_component_end).map_err(
+            |fault| CheckError::BadXsave {
+                tid: t.record.tid,
+                fault,
+            },
+        )?;
     }
 
     // Scratch memory for the planner's tables.
@@ -430,14 +468,27 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
     let mut scratch = Scratch { rest: scratch_mem };
 
     // Fd numbers the task uses; everything the loader opens goes above.
-    let max_fd = image
-        .fds()
-        .map_err(corrupt)?
-        .map(|f| f.fd)
-        .max()
-        .unwrap_or(2)
-        .max(2);
-    let base = max_fd + 1;
+    // Each must be one this process may have, or its dup3 would fail after
+    // the point of no return.
+    let (_, nofile_max) =
+        sys::get_rlimit(RLIMIT_NOFILE).map_err(|errno| CheckError::FdRelocate { errno })?;
+    let mut max_fd = 2;
+    for f in image.fds().map_err(corrupt)? {
+        if f.fd < 0 {
+            return Err(CheckError::NegativeFd { fd: f.fd });
+        }
+        if f.fd as u64 >= nofile_max {
+            return Err(CheckError::FdAboveLimit {
+                fd: f.fd,
+                limit: nofile_max,
+            });
+        }
+        max_fd = max_fd.max(f.fd);
+    }
+    let base = max_fd.checked_add(1).ok_or(CheckError::FdAboveLimit {
+        fd: max_fd,
+        limit: nofile_max,
+    })?;
     let image_fd = if raw_fd >= base {
         raw_fd
     } else {
@@ -445,6 +496,11 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
         let _ = sys::close(raw_fd);
         fd
     };
+
+    // The caller's stderr, apart from every fd the task will have: the
+    // plan's failure messages must reach the caller, not what the task has
+    // at fd 2. No stderr: messages go to fd 2 as it is then.
+    let err_fd = sys::dup_above(2, base).ok();
 
     // VMAs and the files they map.
     let vmas = scratch.take::<TargetVma>(nvmas);
@@ -471,7 +527,7 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
             fd = match known {
                 Some(o) => o.3,
                 None => {
-                    let flags = if rw { 2 } else { sys::O_RDONLY };
+                    let flags = if rw { sys::O_RDWR } else { sys::O_RDONLY };
                     let f =
                         open_high(path, flags, base).map_err(|errno| CheckError::FileMissing {
                             what: "mapped file",
@@ -528,7 +584,13 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
 
     let process = image.process();
     let (uids, gids) = sys::get_ids();
-    let privileged = uids[1] == 0;
+    // What the kernel will check, not euid 0: root in a container may lack
+    // these, and would then fail clone3 or PR_SET_MM_MAP after the point of
+    // no return.
+    let caps = sys::effective_caps();
+    let has = |cap: u32| caps & (1 << cap) != 0;
+    let privileged = has(CAP_CHECKPOINT_RESTORE) || has(CAP_SYS_ADMIN);
+    let may_set_ids = has(CAP_SETUID) && has(CAP_SETGID);
 
     // The other threads get their tids back only with set_tid (privileged).
     let set_tids = privileged && nthreads > 1;
@@ -542,7 +604,7 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
         warn(
             name,
             format_args!(
-                "not privileged: the {} other thread(s) get new thread ids (restoring them needs CAP_CHECKPOINT_RESTORE)",
+                "not privileged: the {} other thread(s) get new thread ids (restoring them needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN)",
                 nthreads - 1
             ),
         );
@@ -568,7 +630,7 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
         warn(
             name,
             format_args!(
-                "not privileged: /proc/PID/exe not restored (setting it needs CAP_CHECKPOINT_RESTORE); it names the loader"
+                "not privileged: /proc/PID/exe not restored (setting it needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN); it names the loader"
             ),
         );
         None
@@ -657,13 +719,13 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
 
     let creds = match image.creds() {
         Some(c) if c.uid[..3] != uids[..] || c.gid[..3] != gids[..] => {
-            if privileged {
+            if may_set_ids {
                 Some(c)
             } else {
                 warn(
                     name,
                     format_args!(
-                        "credentials not changed: running as uid {}, the task had uid {}",
+                        "credentials not changed (that needs CAP_SETUID and CAP_SETGID): running as uid {}, the task had uid {}",
                         uids[0], c.uid[0]
                     ),
                 );
@@ -674,9 +736,44 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
     };
 
     let g = image.gadgets();
+    // The threads jump to the gadgets with the window gone: they must be
+    // executable code with the recorded bytes once the VMAs are rebuilt,
+    // or the task dies there with nothing left to say why.
+    let mut gadgets_ok = g.syscall_ret != 0 && g.rt_sigreturn != 0;
+    if gadgets_ok {
+        let stored = || image.segments().map(|s| (s.vaddr, image.segment_bytes(&s)));
+        let read_file = |fd: i32, off: u64, buf: &mut [u8]| {
+            let mut n = 0;
+            while n < buf.len() {
+                match sys::pread(fd, &mut buf[n..], off + n as u64) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(Errno::EINTR) => {}
+                    Err(_) => break,
+                }
+            }
+        };
+        for (what, addr, patterns) in [
+            ("syscall; ret", g.syscall_ret, &SYSCALL_RET[..]),
+            ("rt_sigreturn", g.rt_sigreturn, &RT_SIGRETURN[..]),
+        ] {
+            let mut code = [0u8; 16];
+            let fits = target_code(addr, vmas, stored(), read_file, &mut code)
+                .is_some_and(|n| patterns.iter().any(|p| code[..n].starts_with(p)));
+            if !fits {
+                warn(
+                    name,
+                    format_args!(
+                        "the recorded {what} gadget at {addr:#x} is not that code in executable memory; not used"
+                    ),
+                );
+                gadgets_ok = false;
+            }
+        }
+    }
     // Multi-threaded tasks leave the window through the gadgets too (the
     // plan counts the threads out with FUTEX_WAKE_OP made from outside it).
-    if g.syscall_ret == 0 || g.rt_sigreturn == 0 {
+    if !gadgets_ok {
         warn(name, format_args!("the image records no gadgets: the loader's bootstrap window stays mapped in the task"));
     }
 
@@ -739,6 +836,7 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
         cwd_fd,
         fd_moves: &fd_moves[..nmoves],
         keep_fds: &keep_fds[..nkeep],
+        err_fd,
         threads,
         nthreads,
         set_tids,
@@ -747,10 +845,20 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
         pending,
         itimers,
         creds,
+        gadgets_ok,
         mmap_min_addr,
         range_scratch,
     })
 }
+
+/// Capability numbers (`linux/capability.h`).
+const CAP_SETGID: u32 = 6;
+const CAP_SETUID: u32 = 7;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_CHECKPOINT_RESTORE: u32 = 40;
+
+/// `RLIMIT_NOFILE`.
+const RLIMIT_NOFILE: u32 = 7;
 
 /// The most threads an image may have (the loader keeps them in a table
 /// on its stack; there is no heap).
@@ -776,6 +884,153 @@ pub fn cut_xsave(xsave: &[u8], user_size: usize) -> &[u8] {
         .min(user_size)
         .max(frame::XSAVE_MIN.min(xsave.len()));
     &xsave[..len]
+}
+
+/// What is wrong with a saved XSAVE area (see [`validate_xsave`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XsaveFault {
+    /// Shorter than the legacy region and the XSAVE header.
+    TooShort { len: usize },
+    /// `XCOMP_BV` is not zero (standard format has none).
+    XcompBv { value: u64 },
+    /// The header's reserved bytes 16..64 are not zero.
+    HeaderReserved,
+    /// MXCSR sets bits this CPU's MXCSR_MASK does not allow.
+    Mxcsr { mxcsr: u32, mask: u32 },
+    /// `XSTATE_BV` names a component not enabled and permitted here.
+    Feature { bit: u32 },
+    /// A component in `XSTATE_BV` ends past the saved area.
+    Truncated { bit: u32, end: u32, len: usize },
+}
+
+impl fmt::Display for XsaveFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            XsaveFault::TooShort { len } => {
+                write!(f, "{len} bytes, shorter than legacy area + header")
+            }
+            XsaveFault::XcompBv { value } => write!(f, "XCOMP_BV is {value:#x}, not 0"),
+            XsaveFault::HeaderReserved => write!(f, "reserved header bytes are not zero"),
+            XsaveFault::Mxcsr { mxcsr, mask } => {
+                write!(
+                    f,
+                    "MXCSR {mxcsr:#x} sets bits outside this CPU's MXCSR_MASK {mask:#x}"
+                )
+            }
+            XsaveFault::Feature { bit } => {
+                write!(
+                    f,
+                    "XSTATE_BV holds component {bit}, not enabled and permitted here"
+                )
+            }
+            XsaveFault::Truncated { bit, end, len } => write!(
+                f,
+                "component {bit} ends at byte {end}, past the {len} bytes saved"
+            ),
+        }
+    }
+}
+
+/// Check a standard-format XSAVE area the way XRSTOR will (a #GP in
+/// `rt_sigreturn` kills the task silently): `XCOMP_BV` zero, the header's
+/// reserved bytes zero, MXCSR within `mxcsr_mask`, and every component in
+/// `XSTATE_BV` among `features` and inside the area (`component_end(i)`:
+/// where component `i` ends, CPUID leaf 0xD).
+pub fn validate_xsave(
+    xsave: &[u8],
+    features: u64,
+    mxcsr_mask: u32,
+    component_end: impl Fn(u32) -> u32,
+) -> Result<(), XsaveFault> {
+    use image_format::elf::XSAVE_HEADER_OFFSET as HDR;
+    let too_short = XsaveFault::TooShort { len: xsave.len() };
+    let header = xsave.get(HDR..HDR + 64).ok_or(too_short)?;
+    let u64_at = |b: &[u8], off: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[off..off + 8]);
+        u64::from_le_bytes(w)
+    };
+    let xstate_bv = u64_at(header, 0);
+    let xcomp_bv = u64_at(header, 8);
+    if xcomp_bv != 0 {
+        return Err(XsaveFault::XcompBv { value: xcomp_bv });
+    }
+    if header[16..].iter().any(|&b| b != 0) {
+        return Err(XsaveFault::HeaderReserved);
+    }
+    let mxcsr = u32::from_le_bytes([xsave[24], xsave[25], xsave[26], xsave[27]]);
+    if mxcsr & !mxcsr_mask != 0 {
+        return Err(XsaveFault::Mxcsr {
+            mxcsr,
+            mask: mxcsr_mask,
+        });
+    }
+    for bit in 0..64 {
+        if xstate_bv & (1 << bit) == 0 {
+            continue;
+        }
+        if features & (1 << bit) == 0 {
+            return Err(XsaveFault::Feature { bit });
+        }
+        // x87 and SSE live in the legacy region, present by the length check.
+        if bit >= 2 {
+            let end = component_end(bit);
+            if end as usize > xsave.len() {
+                return Err(XsaveFault::Truncated {
+                    bit,
+                    end,
+                    len: xsave.len(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `syscall; ret`.
+pub const SYSCALL_RET: [&[u8]; 1] = [&[0x0f, 0x05, 0xc3]];
+/// `mov $15, %eax; syscall`, and glibc's `__restore_rt` form `mov $15,
+/// %rax; syscall`.
+pub const RT_SIGRETURN: [&[u8]; 2] = [
+    &[0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05],
+    &[0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05],
+];
+
+/// The bytes the restored task will have at `addr` (up to `out.len()`, not
+/// past its VMA): the stored pages (`stored`: address and bytes) where they
+/// cover it, else the mapped file's (`read_file(fd, offset, buf)`), else
+/// zero. `None` unless `addr` lies in an executable VMA the plan builds.
+pub fn target_code<'a>(
+    addr: u64,
+    vmas: &[TargetVma],
+    stored: impl Iterator<Item = (u64, &'a [u8])>,
+    mut read_file: impl FnMut(i32, u64, &mut [u8]),
+    out: &mut [u8],
+) -> Option<usize> {
+    let v = vmas.iter().find(|v| v.start <= addr && addr < v.end)?;
+    let special = matches!(
+        v.kind,
+        vma_kind::VDSO | vma_kind::VVAR | vma_kind::VVAR_VCLOCK | vma_kind::VSYSCALL
+    );
+    if special || v.prot & image_format::records::prot::EXEC == 0 {
+        return None;
+    }
+    let n = (out.len() as u64).min(v.end - addr) as usize;
+    let out = &mut out[..n];
+    out.fill(0);
+    if v.fd >= 0 {
+        read_file(v.fd, v.pgoff.checked_add(addr - v.start)?, out);
+    }
+    let end = addr + n as u64;
+    for (vaddr, bytes) in stored {
+        let from = vaddr.max(addr);
+        let to = vaddr.saturating_add(bytes.len() as u64).min(end);
+        if from < to {
+            out[(from - addr) as usize..(to - addr) as usize]
+                .copy_from_slice(&bytes[(from - vaddr) as usize..(to - vaddr) as usize]);
+        }
+    }
+    Some(n)
 }
 
 /// Whether `/proc/<tid>` exists: some task has that id now (a tid clone3's
@@ -881,4 +1136,132 @@ fn reopen_fd(f: &FdRecord, path: &'static [u8], base: i32) -> Result<i32, CheckE
         })?;
     }
     Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// AVX's place in the standard format (CPUID 0xD, 2): 256 bytes at 576.
+    fn end(i: u32) -> u32 {
+        match i {
+            2 => 576 + 256,
+            9 => 2688 + 8,
+            _ => 0,
+        }
+    }
+
+    fn area(len: usize, xstate_bv: u64) -> Vec<u8> {
+        let mut a = std::vec![0u8; len];
+        a[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        a[512..520].copy_from_slice(&xstate_bv.to_le_bytes());
+        a
+    }
+
+    #[test]
+    fn a_sound_area_passes() {
+        assert_eq!(validate_xsave(&area(832, 0x7), 0x7, 0xffff, end), Ok(()));
+        assert_eq!(validate_xsave(&area(576, 0x3), 0x207, 0xffbf, end), Ok(()));
+    }
+
+    #[test]
+    fn what_xrstor_would_fault_on_is_named() {
+        assert_eq!(
+            validate_xsave(&area(576, 0x3)[..500], 0x7, 0xffff, end),
+            Err(XsaveFault::TooShort { len: 500 })
+        );
+        let mut a = area(832, 0x7);
+        a[520..528].copy_from_slice(&0x8000_0000_0000_0007u64.to_le_bytes());
+        assert_eq!(
+            validate_xsave(&a, 0x7, 0xffff, end),
+            Err(XsaveFault::XcompBv {
+                value: 0x8000_0000_0000_0007
+            })
+        );
+        let mut a = area(832, 0x7);
+        a[512 + 63] = 1;
+        assert_eq!(
+            validate_xsave(&a, 0x7, 0xffff, end),
+            Err(XsaveFault::HeaderReserved)
+        );
+        let mut a = area(832, 0x7);
+        a[24..28].copy_from_slice(&0x1_1f80u32.to_le_bytes());
+        assert_eq!(
+            validate_xsave(&a, 0x7, 0xffff, end),
+            Err(XsaveFault::Mxcsr {
+                mxcsr: 0x1_1f80,
+                mask: 0xffff
+            })
+        );
+        // DAZ (bit 6) is outside the default mask of CPUs without it.
+        let mut a = area(832, 0x7);
+        a[24..28].copy_from_slice(&0x1fc0u32.to_le_bytes());
+        assert!(matches!(
+            validate_xsave(&a, 0x7, 0xffbf, end),
+            Err(XsaveFault::Mxcsr { .. })
+        ));
+        assert_eq!(
+            validate_xsave(&area(832, 0x207), 0x7, 0xffff, end),
+            Err(XsaveFault::Feature { bit: 9 })
+        );
+        assert_eq!(
+            validate_xsave(&area(700, 0x7), 0x7, 0xffff, end),
+            Err(XsaveFault::Truncated {
+                bit: 2,
+                end: 832,
+                len: 700
+            })
+        );
+    }
+
+    fn code_vma(start: u64, prot: u32, fd: i32) -> TargetVma {
+        TargetVma {
+            start,
+            end: start + 0x2000,
+            pgoff: 0x1000,
+            prot,
+            kind: if fd >= 0 {
+                vma_kind::FILE
+            } else {
+                vma_kind::ANON
+            },
+            fd,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn gadget_bytes_come_from_stored_pages_then_the_file() {
+        use image_format::records::prot;
+        let file: Vec<u8> = (0..0x3000u32).map(|i| i as u8).collect();
+        let read_file = |fd: i32, off: u64, buf: &mut [u8]| {
+            assert_eq!(fd, 7);
+            let off = off as usize;
+            buf.copy_from_slice(&file[off..off + buf.len()]);
+        };
+        let vmas = [
+            code_vma(0x10000, prot::READ | prot::EXEC, 7),
+            code_vma(0x20000, prot::READ, 7),
+            code_vma(0x30000, prot::READ | prot::EXEC, -1),
+        ];
+        let glibc: &[u8] = RT_SIGRETURN[1];
+        let stored = [(0x30ffcu64, &[0x0f, 0x05, 0xc3][..]), (0x31000, glibc)];
+        let mut out = [0u8; 16];
+
+        // From the file at pgoff + (addr - start).
+        let n = target_code(0x10010, &vmas, stored.into_iter(), read_file, &mut out).unwrap();
+        assert_eq!(n, 16);
+        assert_eq!(out[0], 0x10);
+        // Not executable, or outside every VMA.
+        assert!(target_code(0x20010, &vmas, stored.into_iter(), read_file, &mut out).is_none());
+        assert!(target_code(0x40000, &vmas, stored.into_iter(), read_file, &mut out).is_none());
+        // Stored pages, across two segments; unstored anonymous bytes are 0.
+        let n = target_code(0x30ffc, &vmas, stored.into_iter(), read_file, &mut out).unwrap();
+        assert!(out[..n].starts_with(&[0x0f, 0x05, 0xc3, 0, 0x48, 0xc7, 0xc0]));
+        let n = target_code(0x31000, &vmas, stored.into_iter(), read_file, &mut out).unwrap();
+        assert!(RT_SIGRETURN.iter().any(|p| out[..n].starts_with(p)));
+        // Clipped at the VMA's end: a pattern cannot run past it.
+        let n = target_code(0x31ffd, &vmas, stored.into_iter(), read_file, &mut out).unwrap();
+        assert_eq!(n, 3);
+    }
 }

@@ -47,7 +47,8 @@ pub enum ExitCode {
     /// No address range is free for the bootstrap window.
     NoWindow = 8,
     /// A plan op failed after the point of no return (printed by the
-    /// trampoline: `restore failed at op N (...): errno E`).
+    /// trampoline: `restore failed at op N (...): errno E`, or `result 0xV` for an
+    /// unexpected value).
     RestoreFailed = 9,
     /// The loader's own environment failed it before any change
     /// (`/proc/self/maps` unreadable, out of memory for scratch space, a

@@ -61,6 +61,8 @@ pub const CLONE_THREAD_FLAGS: u64 = 0x100 /* VM */
     | 0x10_0000 /* PARENT_SETTID */;
 /// `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2).
 const CLONE_ARGS_SIZE: u64 = 88;
+/// `FUTEX_WAKE_OP | FUTEX_PRIVATE_FLAG`.
+const FUTEX_WAKE_OP_PRIVATE: u64 = 5 | 128;
 /// `FUTEX_OP(FUTEX_OP_ADD, -1, FUTEX_OP_CMP_EQ, 0)`: decrement.
 pub const FUTEX_OP_DECREMENT: u64 = (1 << 28) | (0xfff << 12);
 /// Bytes reserved per op for its failure message.
@@ -157,12 +159,16 @@ pub struct WindowHeader {
     /// Ops of every thread: the leader's `op_count`, then each other
     /// thread's list (not read by the trampoline; for readers of the plan).
     pub all_ops: u64,
+    /// Where failure messages go: the caller's stderr, duplicated apart
+    /// from the task's fds (its fd 2 may be the task's log file by then).
+    pub err_fd: u64,
 }
 const _: () = assert!(core::mem::offset_of!(WindowHeader, ops) == layout::HDR_OPS);
 const _: () = assert!(core::mem::offset_of!(WindowHeader, op_count) == layout::HDR_COUNT);
 const _: () = assert!(core::mem::offset_of!(WindowHeader, stack_top) == layout::HDR_STACK);
 const _: () = assert!(core::mem::offset_of!(WindowHeader, label) == layout::HDR_LABEL);
 const _: () = assert!(core::mem::offset_of!(WindowHeader, label_len) == layout::HDR_LABEL_LEN);
+const _: () = assert!(core::mem::offset_of!(WindowHeader, err_fd) == layout::HDR_ERR_FD);
 const HEADER_BYTES: u64 = 64;
 const _: () = assert!(core::mem::size_of::<WindowHeader>() as u64 <= HEADER_BYTES);
 
@@ -325,6 +331,10 @@ pub struct PlanInput<'a> {
     pub fd_moves: &'a [FdMove],
     /// Fds left as they are (inherited stdio).
     pub keep_fds: &'a [i32],
+    /// The caller's stderr, duplicated above every fd of the task, for
+    /// failure messages; kept through the fd step and closed once no
+    /// thread can fail any more. `None`: messages go to fd 2.
+    pub err_fd: Option<i32>,
     /// Leader first; the others are cloned by the plan.
     pub threads: &'a [ThreadInput<'a>],
     /// Clone the other threads with their recorded tids (`set_tid`, needs
@@ -578,10 +588,7 @@ impl Builder<'_> {
     fn label(&mut self, index: usize, what: fmt::Arguments<'_>) -> Result<(u64, u64), PlanError> {
         let (addr, buf) = self.alloc(LABEL_BYTES, 1)?;
         let mut c = Cursor { buf, len: 0 };
-        let _ = write!(
-            c,
-            "crimg-loader: restore failed at op {index} ({what}): errno "
-        );
+        let _ = write!(c, "crimg-loader: restore failed at op {index} ({what}): ");
         let len = c.len;
         // Give back the unused tail of the label.
         self.used -= LABEL_BYTES - len;
@@ -1006,6 +1013,7 @@ pub fn build_plan(
             .iter()
             .map(|m| m.to)
             .chain(input.keep_fds.iter().copied())
+            .chain(input.err_fd)
             .filter(|&fd| fd >= 0 && fd as u64 >= next)
             .map(|fd| fd as u64)
             .min();
@@ -1066,7 +1074,7 @@ pub fn build_plan(
 
     // 8b. The other threads: cloned onto their window stacks; each sets its
     //     own state and waits for `go`. `tids[k]` receives the new tid
-    //     (CLONE_PARENT_SETTID) for the per-thread signals below.
+    //     (CLONE_PARENT_SETTID) for the signals the thread queues to itself.
     let (go, left, tids) = if others > 0 {
         let (sync, words) = b.alloc(8, 64)?;
         words[4..8].copy_from_slice(&(others as u32).to_le_bytes());
@@ -1108,40 +1116,14 @@ pub fn build_plan(
     }
 
     // 9. Pending signals (all blocked until the frame's mask applies).
-    //    Queued by the leader: only a thread group's leader may queue
-    //    signals with a kernel or SI_USER code (rt_tgsigqueueinfo checks
-    //    the caller's tid against the group id).
+    //    The process-wide ones and the leader's own are queued here; each
+    //    other thread queues its own from its op list: rt_tgsigqueueinfo
+    //    refuses (EPERM) a kernel or SI_USER/SI_TKILL code unless the
+    //    caller's tid is the target tid.
     for p in input.pending {
-        let signo = u64::from(u32::from_le_bytes([
-            p.siginfo[0],
-            p.siginfo[1],
-            p.siginfo[2],
-            p.siginfo[3],
-        ]));
-        let info = b.put(&p.siginfo, 8)?;
-        let pid = input.pid as u64;
-        let other = threads[1..].iter().position(|t| t.record.tid == p.tid);
-        if p.tid == 0 {
-            b.sys(
-                rule::OK,
-                nr::RT_SIGQUEUEINFO,
-                [pid, signo, info, 0, 0, 0],
-                format_args!("rt_sigqueueinfo {signo}"),
-            )?;
-        } else if let Some(k) = other {
-            b.sys(
-                rule::OK | rule::LOAD_ARG1,
-                nr::RT_TGSIGQUEUEINFO,
-                [pid, tids + 4 * k as u64, signo, info, 0, 0],
-                format_args!("rt_tgsigqueueinfo {signo} to thread {}", p.tid),
-            )?;
-        } else {
-            b.sys(
-                rule::OK,
-                nr::RT_TGSIGQUEUEINFO,
-                [pid, pid, signo, info, 0, 0],
-                format_args!("rt_tgsigqueueinfo {signo}"),
-            )?;
+        let other = threads[1..].iter().any(|t| t.record.tid == p.tid);
+        if !other {
+            b.queue_signal(input.pid, p, None)?;
         }
     }
 
@@ -1184,16 +1166,27 @@ pub fn build_plan(
             0,
             format_args!("futex wake the other threads"),
         )?;
-        if leave_by_gadgets.is_some() {
-            b.op(
-                op_kind::WAIT_EQ,
-                rule::OK,
-                nr::FUTEX,
-                [left, 0, 0, 0, 0, 0],
-                0,
-                format_args!("futex wait for the other threads to leave"),
-            )?;
-        }
+        // Also when the window stays: the error fd may close only once
+        // no other thread can fail.
+        b.op(
+            op_kind::WAIT_EQ,
+            rule::OK,
+            nr::FUTEX,
+            [left, 0, 0, 0, 0, 0],
+            0,
+            format_args!("futex wait for the other threads to leave"),
+        )?;
+    }
+    // No op after this one reports a failure (the leave ops cannot fail
+    // and return), so the caller's stderr can go: nothing of the loader
+    // stays open in the task.
+    if let Some(fd) = input.err_fd {
+        b.sys(
+            rule::OK,
+            nr::CLOSE,
+            [fd as u64, 0, 0, 0, 0, 0],
+            format_args!("close the loader's stderr"),
+        )?;
     }
 
     // 13. The jump.
@@ -1209,6 +1202,16 @@ pub fn build_plan(
         let first = b.n;
         let who = Who(Some(t.record.tid));
         b.thread_state(t, who)?;
+        // Its own pending signals, to its own tid: the recorded one with
+        // set_tid, else the one clone3 wrote to `tids[k]` (read at run time).
+        let own = if input.set_tids {
+            OwnTid::Known(t.record.tid)
+        } else {
+            OwnTid::At(tids + 4 * k as u64)
+        };
+        for p in input.pending.iter().filter(|p| p.tid == t.record.tid) {
+            b.queue_signal(input.pid, p, Some((own, who)))?;
+        }
         b.op(
             op_kind::WAIT_EQ,
             rule::OK,
@@ -1222,7 +1225,17 @@ pub fn build_plan(
         }
         let leave = match leave_by_gadgets {
             Some(g) => Leave::CountOut(g, left),
-            None => Leave::Stay(gadgets),
+            None => {
+                // Count out now: what remains (the frame, rt_sigreturn)
+                // reports no failure.
+                b.sys(
+                    rule::OK,
+                    nr::FUTEX,
+                    [left, FUTEX_WAKE_OP_PRIVATE, 1, 0, left, FUTEX_OP_DECREMENT],
+                    format_args!("futex count out{who}"),
+                )?;
+                Leave::Stay(gadgets)
+            }
         };
         b.leave(input, t, window, leave, who)?;
         let list = base + lay.ops_off + (first * layout::OP_SIZE) as u64;
@@ -1246,6 +1259,7 @@ pub fn build_plan(
         label_len,
         base,
         all_ops: n_ops as u64,
+        err_fd: input.err_fd.map_or(2, |fd| fd as u64),
     };
     buf[..core::mem::size_of::<WindowHeader>()].copy_from_slice(header.as_bytes());
     Ok(PlanSummary {
@@ -1267,6 +1281,15 @@ impl fmt::Display for Who {
             None => Ok(()),
         }
     }
+}
+
+/// A thread's own tid, for the signals it queues to itself.
+#[derive(Clone, Copy)]
+enum OwnTid {
+    /// Given back with set_tid.
+    Known(i32),
+    /// New: the u32 at this address, where clone3 wrote it.
+    At(u64),
 }
 
 /// How a thread's op list ends.
@@ -1351,6 +1374,51 @@ impl Builder<'_> {
             [PR_SET_NAME, comm, 0, 0, 0, 0],
             format_args!("prctl PR_SET_NAME{who}"),
         )
+    }
+
+    /// Queue one pending signal. `thread` None: the leader queues a
+    /// process-wide signal (tid 0) or its own; `Some`: the calling (other)
+    /// thread queues one to itself.
+    fn queue_signal(
+        &mut self,
+        pid: i32,
+        p: &PendingSignalRecord,
+        thread: Option<(OwnTid, Who)>,
+    ) -> Result<(), PlanError> {
+        let signo = u64::from(u32::from_le_bytes([
+            p.siginfo[0],
+            p.siginfo[1],
+            p.siginfo[2],
+            p.siginfo[3],
+        ]));
+        let info = self.put(&p.siginfo, 8)?;
+        let pid = pid as u64;
+        match thread {
+            None if p.tid == 0 => self.sys(
+                rule::OK,
+                nr::RT_SIGQUEUEINFO,
+                [pid, signo, info, 0, 0, 0],
+                format_args!("rt_sigqueueinfo {signo}"),
+            ),
+            None => self.sys(
+                rule::OK,
+                nr::RT_TGSIGQUEUEINFO,
+                [pid, pid, signo, info, 0, 0],
+                format_args!("rt_tgsigqueueinfo {signo}"),
+            ),
+            Some((OwnTid::Known(tid), who)) => self.sys(
+                rule::OK,
+                nr::RT_TGSIGQUEUEINFO,
+                [pid, tid as u64, signo, info, 0, 0],
+                format_args!("rt_tgsigqueueinfo {signo} to itself{who}"),
+            ),
+            Some((OwnTid::At(addr), who)) => self.sys(
+                rule::OK | rule::LOAD_ARG1,
+                nr::RT_TGSIGQUEUEINFO,
+                [pid, addr, signo, info, 0, 0],
+                format_args!("rt_tgsigqueueinfo {signo} to itself{who}"),
+            ),
+        }
     }
 
     /// The calling thread's credentials.
@@ -1874,6 +1942,7 @@ mod tests {
                 },
             ],
             keep_fds: &[1, 2],
+            err_fd: Some(20),
             threads: &f.threads,
             set_tids: true,
             xfeatures: 3,
@@ -2112,17 +2181,46 @@ mod tests {
                 .iter()
                 .filter(|o| o.kind == op_kind::WAIT_EQ)
                 .all(|o| o.args[0] == go));
+            // The leader waits for every other thread to count out (the
+            // window may go, and the error fd may close), then closes the
+            // error fd; only its leave ops follow.
+            let wait = &leader[leader.len() - 4];
+            assert_eq!(wait.kind, op_kind::WAIT_EQ);
+            assert_eq!(wait.args[1], 0);
+            let count = &buf[at(wait.args[0])..at(wait.args[0]) + 4];
+            assert_eq!(count, (f.threads.len() as u32 - 1).to_le_bytes());
             if !left {
-                let wait = &leader[leader.len() - 3];
-                assert_eq!(wait.kind, op_kind::WAIT_EQ);
-                assert_eq!(wait.args[1], 0);
-                let count = &buf[at(wait.args[0])..at(wait.args[0]) + 4];
-                assert_eq!(count, (f.threads.len() as u32 - 1).to_le_bytes());
                 for o in ops.iter().filter(|o| o.kind == op_kind::GADGET_WAKE_EXIT) {
                     assert_eq!(o.args[2], wait.args[0]);
                     assert_eq!(o.args[3], FUTEX_OP_DECREMENT);
                 }
+            } else {
+                let count_outs = ops
+                    .iter()
+                    .filter(|o| o.nr == nr::FUTEX && o.kind == op_kind::SYSCALL)
+                    .inspect(|o| {
+                        assert_eq!(
+                            o.args,
+                            [
+                                wait.args[0],
+                                FUTEX_WAKE_OP_PRIVATE,
+                                1,
+                                0,
+                                wait.args[0],
+                                FUTEX_OP_DECREMENT
+                            ]
+                        )
+                    })
+                    .count();
+                assert_eq!(count_outs, f.threads.len() - 1);
             }
+        }
+        // The loader's stderr (fd 20 here) survives the fd step and is
+        // closed by the leader right before it leaves.
+        let close = &leader[leader.len() - 3];
+        assert_eq!((close.nr, close.args[0]), (nr::CLOSE, 20));
+        for o in ops.iter().filter(|o| o.nr == nr::CLOSE_RANGE) {
+            assert!(!(o.args[0]..=o.args[1]).contains(&20), "{o:?}");
         }
     }
 
@@ -2152,35 +2250,54 @@ mod tests {
                 siginfo: info,
             },
         ];
-        let mut inp = input(&f, true);
-        inp.pending = &pending;
-        let mut scratch = std::vec![Range::default(); 64];
-        let window = choose_window(&inp, &mut scratch).unwrap();
-        let mut buf = std::vec![0u8; window.len() as usize];
-        build_plan(&inp, window, &mut buf).unwrap();
-        let ops = window_ops(&buf);
-        let clone_args: Vec<u64> = ops
-            .iter()
-            .filter(|o| o.kind == op_kind::CLONE)
-            .map(|o| o.args[0])
-            .collect();
-        let at = |addr: u64| (addr - window.start) as usize;
-        let parent_tid = |k: usize| {
-            let a = at(clone_args[k] + 24);
-            u64::from_le_bytes(buf[a..a + 8].try_into().unwrap())
-        };
-        let queued: Vec<&Op> = ops
-            .iter()
-            .filter(|o| matches!(o.nr, nr::RT_SIGQUEUEINFO | nr::RT_TGSIGQUEUEINFO))
-            .collect();
-        assert_eq!(queued.len(), 3);
-        assert_eq!(queued[0].nr, nr::RT_SIGQUEUEINFO);
-        // Thread 2's new tid is read from where clone3 wrote it.
-        assert_eq!(queued[1].rule, rule::OK | rule::LOAD_ARG1);
-        assert_eq!(queued[1].args[1], parent_tid(1));
-        // The leader's own: to the loader's pid.
-        assert_eq!(queued[2].rule, rule::OK);
-        assert_eq!(queued[2].args[..2], [100, 100]);
+        for set_tids in [true, false] {
+            let mut inp = input(&f, true);
+            inp.pending = &pending;
+            inp.set_tids = set_tids;
+            let mut scratch = std::vec![Range::default(); 64];
+            let window = choose_window(&inp, &mut scratch).unwrap();
+            let mut buf = std::vec![0u8; window.len() as usize];
+            build_plan(&inp, window, &mut buf).unwrap();
+            let ops = window_ops(&buf);
+            let header = WindowHeader::read_from_prefix(&buf).unwrap().0;
+            let leader = &ops[..header.op_count as usize];
+            let is_queue = |o: &&Op| matches!(o.nr, nr::RT_SIGQUEUEINFO | nr::RT_TGSIGQUEUEINFO);
+            let clones: Vec<&Op> = leader.iter().filter(|o| o.kind == op_kind::CLONE).collect();
+            let at = |addr: u64| (addr - window.start) as usize;
+            let parent_tid = |k: usize| {
+                let a = at(clones[k].args[0] + 24);
+                u64::from_le_bytes(buf[a..a + 8].try_into().unwrap())
+            };
+            let list = |k: usize| {
+                let first = (clones[k].args[2] - header.ops) as usize / layout::OP_SIZE;
+                &ops[first..first + clones[k].args[3] as usize]
+            };
+
+            // The leader queues the process-wide signal and its own.
+            let queued: Vec<&Op> = leader.iter().filter(is_queue).collect();
+            assert_eq!(queued.len(), 2);
+            assert_eq!(queued[0].nr, nr::RT_SIGQUEUEINFO);
+            assert_eq!(queued[1].rule, rule::OK);
+            assert_eq!(queued[1].args[..2], [100, 100]);
+            assert!(!list(0).iter().any(|o| is_queue(&o)));
+
+            // Thread 2 queues its own, to its own tid, before it waits for go.
+            let own = list(1);
+            let q = own.iter().position(|o| is_queue(&o)).unwrap();
+            let wait = own.iter().position(|o| o.kind == op_kind::WAIT_EQ).unwrap();
+            assert!(q < wait);
+            assert_eq!(own.iter().filter(is_queue).count(), 1);
+            assert_eq!(own[q].nr, nr::RT_TGSIGQUEUEINFO);
+            assert_eq!(own[q].args[0], 100);
+            if set_tids {
+                assert_eq!(own[q].rule, rule::OK);
+                assert_eq!(own[q].args[1], f.threads[2].record.tid as u64);
+            } else {
+                // The new tid is read from where clone3 wrote it.
+                assert_eq!(own[q].rule, rule::OK | rule::LOAD_ARG1);
+                assert_eq!(own[q].args[1], parent_tid(1));
+            }
+        }
     }
 
     #[test]

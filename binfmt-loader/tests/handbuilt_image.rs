@@ -15,7 +15,8 @@ use std::process::{Command, Stdio};
 use image_format::elf::UserRegs;
 use image_format::records::{
     fd_kind, prot, vma_flags, vma_kind, CredsRecord, FileId, GadgetsRecord, MmRecord,
-    ProcessRecord, RlimitRecord, SigactionRecord, StrRef, ThreadRecord, VmaRecord,
+    PendingSignalRecord, ProcessRecord, RlimitRecord, SigactionRecord, StrRef, ThreadRecord,
+    VmaRecord,
 };
 use image_writer::model::{FdState, PageRun, TaskState, ThreadState, VmaState};
 use image_writer::write::{write_image, PageSource};
@@ -140,6 +141,15 @@ impl Drop for TempDir {
 
 /// Builds the image; returns (its path, the mapped file's path).
 fn build_image(dir: &Path, with_gadgets: bool) -> PathBuf {
+    build_edited_image(dir, with_gadgets, |_| {})
+}
+
+/// [`build_image`] with `edit` applied to the state before it is written.
+fn build_edited_image(
+    dir: &Path,
+    with_gadgets: bool,
+    edit: impl FnOnce(&mut TaskState),
+) -> PathBuf {
     let mapped = dir.join("mapped-file");
     std::fs::write(&mapped, vec![b'F'; 4096]).unwrap();
 
@@ -329,6 +339,8 @@ fn build_image(dir: &Path, with_gadgets: bool) -> PathBuf {
             },
         ],
     };
+    let mut state = state;
+    edit(&mut state);
     let path = dir.join("task-4242.crimg");
     let out = File::create(&path).unwrap();
     write_image(&state, &out, &mut Pages(pages)).unwrap();
@@ -417,6 +429,27 @@ fn without_gadgets_the_window_stays_and_a_warning_says_so() {
     assert_eq!(stdout[16..].lines().count(), 4 + block + 2, "{stdout}");
 }
 
+/// A recorded gadget address whose bytes are not the gadget: not jumped
+/// to; the task resumes with the window left and a warning.
+#[test]
+fn gadgets_with_the_wrong_bytes_are_not_used() {
+    let dir = temp_dir("badgadget");
+    for wrong in [
+        |g: &mut GadgetsRecord| g.syscall_ret = CODE_AT,
+        |g: &mut GadgetsRecord| g.rt_sigreturn = DATA_AT,
+    ] {
+        let image = build_edited_image(&dir.0, true, |state| wrong(&mut state.gadgets));
+        let (code, stdout, stderr) = run_loader(&image);
+        assert_eq!(code, 42, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(
+            stderr.contains("gadget at") && stderr.contains("window stays"),
+            "{stderr}"
+        );
+        let block = own_vdso_block().len();
+        assert_eq!(stdout[16..].lines().count(), 4 + block + 2, "{stdout}");
+    }
+}
+
 #[test]
 fn a_changed_mapped_file_is_refused_before_anything_changes() {
     let dir = temp_dir("changed");
@@ -443,6 +476,65 @@ fn a_corrupt_segment_is_refused() {
     let (code, _, stderr) = run_loader(&image);
     assert_eq!(code, 4, "{stderr}");
     assert!(stderr.contains("checksum"), "{stderr}");
+}
+
+#[test]
+fn an_xsave_area_xrstor_would_fault_on_is_refused() {
+    let dir = temp_dir("badxsave");
+    let image = build_edited_image(&dir.0, true, |state| {
+        // MXCSR bit 16 and up are reserved on every CPU.
+        state.threads[0].xsave[24..28].copy_from_slice(&0xffff_1f80u32.to_le_bytes());
+    });
+    let (code, _, stderr) = run_loader(&image);
+    assert_eq!(code, 4, "{stderr}");
+    assert!(
+        stderr.contains("thread 4242") && stderr.contains("MXCSR"),
+        "{stderr}"
+    );
+    let image = build_edited_image(&dir.0, true, |state| {
+        state.threads[0].xsave[512 + 40] = 1;
+    });
+    let (code, _, stderr) = run_loader(&image);
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.contains("reserved header bytes"), "{stderr}");
+}
+
+#[test]
+fn fd_numbers_no_process_can_have_are_refused() {
+    let dir = temp_dir("badfd");
+    for (fd, code, what) in [(-5, 4, "fd number -5"), (i32::MAX, 7, "RLIMIT_NOFILE")] {
+        let image = build_edited_image(&dir.0, true, |state| {
+            state.fds[0].record.fd = fd;
+        });
+        let (got, _, stderr) = run_loader(&image);
+        assert_eq!(got, code, "fd {fd}: {stderr}");
+        assert!(stderr.contains(what), "fd {fd}: {stderr}");
+    }
+}
+
+/// A plan op that fails after the point of no return names itself and the
+/// errno (here: a pending signal with a number the kernel refuses), on the
+/// caller's stderr although the task's fd 2 is `/dev/null` by then.
+#[test]
+fn a_failing_op_reports_its_errno() {
+    let dir = temp_dir("failop");
+    let image = build_edited_image(&dir.0, true, |state| {
+        state.fds[2] = state.fds[0].clone();
+        state.fds[2].record.fd = 2;
+        let mut siginfo = [0u8; 128];
+        siginfo[0] = 99;
+        state.pending.push(PendingSignalRecord {
+            tid: 0,
+            _pad: 0,
+            siginfo,
+        });
+    });
+    let (code, _, stderr) = run_loader(&image);
+    assert_eq!(code, 9, "{stderr}");
+    assert!(
+        stderr.contains("(rt_sigqueueinfo 99): errno 22\n"),
+        "{stderr}"
+    );
 }
 
 /// Removes a binfmt_misc entry when dropped.

@@ -18,6 +18,8 @@ pub mod layout {
     pub const HDR_STACK: usize = 16;
     pub const HDR_LABEL: usize = 24;
     pub const HDR_LABEL_LEN: usize = 32;
+    /// The fd failure messages go to (the caller's stderr, kept apart).
+    pub const HDR_ERR_FD: usize = 56;
     /// `Op` fields.
     pub const OP_KIND: usize = 0;
     pub const OP_RULE: usize = 4;
@@ -43,8 +45,9 @@ pub mod layout {
 // 0 not an error, 1 equals `expect`, 2 anything, 3 not an error or errno ==
 // `expect`; bit 8: skip the next op on success; bit 9: args[1] is the
 // address of a u32 to pass instead (a tid known only at run time). On
-// failure: write the op's label, the errno in decimal and a newline to fd 2,
-// exit_group(9).
+// failure: write the op's label, then "errno N" (decimal) or, for a result
+// that is not the expected value (rule 1), "result 0xV", and a newline to
+// the header's error fd (the caller's stderr); exit_group(9).
 global_asm!(
     r#"
     .pushsection .text.crimg_trampoline,"ax",@progbits
@@ -122,8 +125,9 @@ crimg_trampoline_start:
     je .Lcrimg_next
     jmp .Lcrimg_fail
 .Lcrimg_fail_value:
-    xor %eax, %eax
-    jmp .Lcrimg_fail
+    mov %rax, %rbx
+    mov $1, %r14d
+    jmp .Lcrimg_report
 .Lcrimg_pread:
     mov 24(%r12), %rbx
     mov 32(%r12), %rbp
@@ -226,8 +230,10 @@ crimg_trampoline_start:
 .Lcrimg_fail:
     mov %rax, %rbx
     neg %rbx
+    xor %r14d, %r14d
+.Lcrimg_report:
     mov $1, %eax
-    mov $2, %edi
+    mov 56(%r15), %rdi
     mov 72(%r12), %rsi
     mov 80(%r12), %rdx
     syscall
@@ -236,18 +242,37 @@ crimg_trampoline_start:
     movb $10, (%rdi)
     mov %rbx, %rax
     mov $10, %ecx
+    test %r14d, %r14d
+    jz .Lcrimg_digit
+    mov $16, %ecx
 .Lcrimg_digit:
     xor %edx, %edx
     div %rcx
     add $48, %dl
+    cmp $57, %dl
+    jbe .Lcrimg_digit_put
+    add $39, %dl
+.Lcrimg_digit_put:
     dec %rdi
     mov %dl, (%rdi)
     test %rax, %rax
     jnz .Lcrimg_digit
+    test %r14d, %r14d
+    jz .Lcrimg_errno_word
+    sub $9, %rdi
+    movl $0x75736572, (%rdi)
+    movl $0x3020746c, 4(%rdi)
+    movb $0x78, 8(%rdi)
+    jmp .Lcrimg_write_number
+.Lcrimg_errno_word:
+    sub $6, %rdi
+    movl $0x6e727265, (%rdi)
+    movw $0x206f, 4(%rdi)
+.Lcrimg_write_number:
     lea 32(%rsp), %rdx
     sub %rdi, %rdx
     mov %rdi, %rsi
-    mov $2, %edi
+    mov 56(%r15), %rdi
     mov $1, %eax
     syscall
     mov $231, %eax
@@ -313,4 +338,22 @@ pub fn xsave_component_end(i: u32) -> u32 {
 /// features currently enabled in XCR0.
 pub fn xsave_size() -> u32 {
     core::arch::x86_64::__cpuid_count(0xd, 0).ebx
+}
+
+/// MXCSR_MASK: the MXCSR bits this CPU accepts (FXSAVE's bytes 28..32; 0
+/// there means the architectural default 0xFFBF). FXRSTOR/XRSTOR fault on
+/// anything else.
+pub fn mxcsr_mask() -> u32 {
+    #[repr(C, align(16))]
+    struct FxsaveArea([u8; 512]);
+    let mut area = FxsaveArea([0; 512]);
+    // SAFETY: FXSAVE writes exactly 512 bytes to a 16-byte-aligned address;
+    // `area` is that, and it is only the CPU's state being read out.
+    unsafe { asm!("fxsave64 [{}]", in(reg) area.0.as_mut_ptr(), options(nostack)) };
+    let mask = u32::from_le_bytes([area.0[28], area.0[29], area.0[30], area.0[31]]);
+    if mask == 0 {
+        0xffbf
+    } else {
+        mask
+    }
 }

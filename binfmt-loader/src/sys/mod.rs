@@ -17,6 +17,7 @@ pub mod startup;
 /// System call numbers (x86_64).
 pub mod nr {
     pub const READ: u64 = 0;
+    pub const CAPGET: u64 = 125;
     pub const WRITE: u64 = 1;
     pub const CLOSE: u64 = 3;
     pub const FSTAT: u64 = 5;
@@ -63,6 +64,7 @@ pub mod nr {
 
 pub const AT_FDCWD: i32 = -100;
 pub const O_RDONLY: u32 = 0;
+pub const O_RDWR: u32 = 2;
 pub const O_CLOEXEC: u32 = 0o2_000_000;
 pub const O_DIRECTORY: u32 = 0o200_000;
 pub const O_PATH: u32 = 0o10_000_000;
@@ -410,6 +412,34 @@ pub fn get_rlimit(resource: u32) -> Result<(u64, u64), Errno> {
     };
     result(r)?;
     Ok((old[0], old[1]))
+}
+
+/// `capget` on this thread: its effective capability set (bit n:
+/// capability n), 0 if the call fails.
+pub fn effective_caps() -> u64 {
+    /// `_LINUX_CAPABILITY_VERSION_3`: two data structs (64 bits).
+    const VERSION_3: u32 = 0x2008_0522;
+    // `cap_user_header_t { version, pid }`.
+    let mut header = [VERSION_3, 0u32];
+    // Two `cap_user_data_t { effective, permitted, inheritable }`.
+    let mut data = [0u32; 6];
+    // SAFETY: the kernel reads the 8-byte header and writes at most the two
+    // 12-byte data structs the version names, all in live arrays.
+    let r = unsafe {
+        syscall6(
+            nr::CAPGET,
+            header.as_mut_ptr() as u64,
+            data.as_mut_ptr() as u64,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+    if result(r).is_err() {
+        return 0;
+    }
+    u64::from(data[0]) | u64::from(data[3]) << 32
 }
 
 /// `getresuid`/`getresgid`: (real, effective, saved).
