@@ -182,7 +182,7 @@ mod with_process_tests {
 
     #[test]
     fn keeps_earlier_dumps_whose_images_exist() {
-        let dir = std::env::temp_dir().join(format!("crimg-manifest-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("crimg-manifest-merge-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir(&dir).unwrap();
         // Nothing there yet: just the new process.

@@ -277,7 +277,16 @@ fn interrupted_syscalls_are_fixed_up() {
         "counter",
         ["--heap-mb", "1", "--interval-ms", "5000", "--tmpdir", tmp],
     );
-    let t = first_thread_after_dump(&w, &dir.path().join("sleep"));
+    // Right after READY it may still be writing its output: dump until the
+    // dump lands in the sleep (it sleeps 5 s at a time), then check it did.
+    let mut attempts = 0;
+    let t = loop {
+        let t = first_thread_after_dump(&w, &dir.path().join(format!("sleep{attempts}")));
+        attempts += 1;
+        if matches!(t["syscall"].as_i64(), Some(35 | 230)) || attempts == 5 {
+            break t;
+        }
+    };
     assert_eq!(t["restart"], "eintr", "{t:#}");
     assert!(matches!(t["syscall"].as_i64(), Some(35 | 230)), "{t:#}");
     assert_eq!(t["syscall_ret"].as_i64(), Some(-516), "{t:#}");
@@ -290,7 +299,14 @@ fn interrupted_syscalls_are_fixed_up() {
         "counter",
         ["--heap-mb", "1", "--sleep-in", "read", "--tmpdir", tmp],
     );
-    let t = first_thread_after_dump(&w, &dir.path().join("read"));
+    let mut attempts = 0;
+    let t = loop {
+        let t = first_thread_after_dump(&w, &dir.path().join(format!("read{attempts}")));
+        attempts += 1;
+        if t["syscall"].as_i64() == Some(0) || attempts == 5 {
+            break t;
+        }
+    };
     assert_eq!(t["restart"], "restart", "{t:#}");
     assert_eq!(t["syscall"].as_i64(), Some(0), "{t:#}");
     assert_eq!(t["syscall_ret"].as_i64(), Some(-512), "{t:#}");
