@@ -59,7 +59,11 @@ pub struct EntryStatus {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InstallOutcome {
     Registered,
-    AlreadyRegistered,
+    /// The same entry was there; it was registered again so that the loader
+    /// file flag `F` pins is the one at the path now (an upgrade replaces
+    /// the file, and the old entry would keep running the old one).
+    Refreshed,
+    /// An entry of the same name with another interpreter or magic.
     Replaced,
 }
 
@@ -180,22 +184,26 @@ impl Binfmt {
         self.write_control(&self.entry_path(), "-1")
     }
 
-    /// Registers `loader` under this entry's name; idempotent. An entry of
-    /// the same name with another interpreter or magic is replaced.
+    /// Registers `loader` under this entry's name; idempotent. An existing
+    /// entry of the same name is registered anew: with another interpreter
+    /// or magic it is replaced, and even when it is the same, flag `F` holds
+    /// the loader file opened at its registration, which an upgrade of the
+    /// loader has since replaced.
     pub fn install(&self, loader: &Path) -> Result<InstallOutcome, BinfmtError> {
         check_loader(loader)?;
         self.ensure_mounted()?;
         let mut outcome = InstallOutcome::Registered;
         if let Some(st) = self.status()? {
-            if st.enabled
+            let same = st.enabled
                 && st.interpreter == loader
                 && st.flags == FLAGS
-                && st.magic == magic_hex()
-            {
-                return Ok(InstallOutcome::AlreadyRegistered);
-            }
+                && st.magic == magic_hex();
             self.remove_entry()?;
-            outcome = InstallOutcome::Replaced;
+            outcome = if same {
+                InstallOutcome::Refreshed
+            } else {
+                InstallOutcome::Replaced
+            };
         }
         self.write_control(
             &self.dir.join("register"),

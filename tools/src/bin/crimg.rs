@@ -185,7 +185,9 @@ fn binfmt_action(action: BinfmtAction) -> Result<()> {
             let outcome = entry.install(&loader)?;
             let what = match outcome {
                 InstallOutcome::Registered => "registered",
-                InstallOutcome::AlreadyRegistered => "already registered",
+                InstallOutcome::Refreshed => {
+                    "already registered; registered again so it runs the loader now at that path"
+                }
                 InstallOutcome::Replaced => "re-registered (it pointed elsewhere)",
             };
             println!(
