@@ -18,10 +18,12 @@ use image_format::records::{
 use image_format::{Image, ImageError};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+use crate::creds;
 use crate::maps::{self, MapKind, MapsEntry};
 use crate::message;
 use crate::plan::{FdMove, PageLoad, PlanInput, Range, TargetVma, ThreadInput, VdsoBlock};
 use crate::sys::{self, startup::Startup, CPath, Errno};
+use crate::validate::{validate_values, ValueError};
 use crate::{arch, frame, ExitCode};
 
 /// Why stage 1 refused the image.
@@ -59,6 +61,12 @@ pub enum CheckError {
     FileDeleted {
         what: &'static str,
         path: &'static [u8],
+    },
+    /// The path names another type of file now (`now`: `S_IF*`).
+    FileType {
+        what: &'static str,
+        path: &'static [u8],
+        now: u32,
     },
     NoXsave,
     CpuLacks {
@@ -99,8 +107,16 @@ pub enum CheckError {
     ProcMapsParse {
         error: maps::MapsError,
     },
+    /// `/proc/self/maps` filled the whole buffer: the list may be cut.
+    ProcMapsTooLong {
+        limit: usize,
+    },
     FdRelocate {
         errno: Errno,
+    },
+    /// A value the kernel would refuse after the point of no return.
+    Value {
+        error: ValueError,
     },
 }
 
@@ -112,10 +128,11 @@ impl CheckError {
             CheckError::Corrupt { .. }
             | CheckError::NoThread
             | CheckError::BadXsave { .. }
-            | CheckError::NegativeFd { .. } => ExitCode::ImageCorrupt,
-            CheckError::FileMissing { .. } | CheckError::FileChanged { .. } => {
-                ExitCode::FileChanged
-            }
+            | CheckError::NegativeFd { .. }
+            | CheckError::Value { .. } => ExitCode::ImageCorrupt,
+            CheckError::FileMissing { .. }
+            | CheckError::FileChanged { .. }
+            | CheckError::FileType { .. } => ExitCode::FileChanged,
             CheckError::NoXsave | CheckError::CpuLacks { .. } | CheckError::NotPermitted { .. } => {
                 ExitCode::CpuFeatures
             }
@@ -129,6 +146,7 @@ impl CheckError {
             | CheckError::TidTaken { .. }
             | CheckError::ProcMaps { .. }
             | CheckError::ProcMapsParse { .. }
+            | CheckError::ProcMapsTooLong { .. }
             | CheckError::FdRelocate { .. } => ExitCode::Environment,
         }
     }
@@ -169,6 +187,12 @@ impl fmt::Display for CheckError {
             CheckError::FileChanged { what, path } => {
                 write!(f, "{what} {} changed since the dump (device, inode, size or mtime differ)", Lossy(path))
             }
+            CheckError::FileType { what, path, now } => write!(
+                f,
+                "{what} {} changed since the dump: now {}",
+                Lossy(path),
+                file_type_name(now)
+            ),
             CheckError::FileDeleted { what, path } => {
                 write!(f, "{what} {} was deleted before the dump; restoring deleted files is not supported yet", Lossy(path))
             }
@@ -200,7 +224,9 @@ impl fmt::Display for CheckError {
             CheckError::Scratch { errno } => write!(f, "cannot allocate scratch memory: {errno}"),
             CheckError::ProcMaps { errno } => write!(f, "cannot read /proc/self/maps: {errno}"),
             CheckError::ProcMapsParse { error } => write!(f, "{error}"),
+            CheckError::ProcMapsTooLong { limit } => write!(f, "/proc/self/maps is longer than the loader's {limit}-byte buffer"),
             CheckError::FdRelocate { errno } => write!(f, "cannot move the loader's fds out of the way: {errno}"),
+            CheckError::Value { error } => write!(f, "corrupt image: {error}"),
         }
     }
 }
@@ -232,6 +258,17 @@ impl Scratch {
     }
 }
 
+/// A file stage 1 opened for VMAs: its identity, whether the fd is
+/// read-write, and the fd.
+#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+struct OpenedFile {
+    dev: u64,
+    ino: u64,
+    rw: u32,
+    fd: i32,
+}
+
 /// Everything stage 1 prepared; `input()` makes the planner's view of it.
 pub struct Checked {
     pub name: &'static [u8],
@@ -240,6 +277,7 @@ pub struct Checked {
     vmas: &'static [TargetVma],
     loads: &'static [PageLoad],
     loader_maps: &'static [Range],
+    loader_stack: Option<Range>,
     loader_vdso: VdsoBlock,
     target_vdso: VdsoBlock,
     exe_fd: Option<i32>,
@@ -258,10 +296,11 @@ pub struct Checked {
     pending: &'static [PendingSignalRecord],
     itimers: &'static [ItimerRecord],
     creds: Option<CredsRecord>,
+    no_new_privs: bool,
     /// The recorded gadgets are where they say, with the right bytes.
     gadgets_ok: bool,
     pub mmap_min_addr: u64,
-    /// Scratch for the window search (`vmas + maps + 3` ranges).
+    /// Scratch for the window search (`vmas + maps + 4` ranges).
     pub range_scratch: &'static mut [Range],
 }
 
@@ -273,6 +312,7 @@ impl Checked {
             vmas: self.vmas,
             loads: self.loads,
             loader_maps: self.loader_maps,
+            loader_stack: self.loader_stack,
             loader_vdso: self.loader_vdso,
             target_vdso: self.target_vdso,
             mm: self.image.mm(),
@@ -293,6 +333,7 @@ impl Checked {
             pending: self.pending,
             itimers: self.itimers,
             creds: self.creds,
+            no_new_privs: self.no_new_privs,
             gadgets: self.gadgets_ok.then_some(g),
             mmap_min_addr: self.mmap_min_addr,
             trampoline: arch::trampoline_code(),
@@ -453,7 +494,7 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
         .map_err(corrupt)?
         .len() as usize;
     const MAX_MAPS: usize = 512;
-    let bytes_needed = nvmas * (40 + 16)
+    let bytes_needed = nvmas * (40 + 16 + core::mem::size_of::<OpenedFile>())
         + nsegs * 24
         + MAX_MAPS * (24 + 16)
         + nfds * (12 + 4)
@@ -467,11 +508,39 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
         sys::map_scratch(bytes_needed).map_err(|errno| CheckError::Scratch { errno })?;
     let mut scratch = Scratch { rest: scratch_mem };
 
+    // Every value the plan hands the kernel as it is, checked before
+    // anything is opened: the kernel would refuse it after the point of no
+    // return.
+    let mmap_min_addr = read_mmap_min_addr();
+    let sigactions = copy_records::<SigactionRecord>(&image, &mut scratch, 64)?;
+    let rlimits = copy_records::<RlimitRecord>(&image, &mut scratch, 16)?;
+    let itimers = copy_records::<ItimerRecord>(&image, &mut scratch, 3)?;
+    let pending = copy_records::<PendingSignalRecord>(&image, &mut scratch, npending)?;
+    validate_values(
+        image.vmas().map_err(corrupt)?,
+        &image.mm(),
+        image.auxv().len(),
+        rlimits,
+        itimers,
+        pending,
+        threads[..nthreads].iter().map(|t| &t.record),
+        mmap_min_addr,
+    )
+    .map_err(|error| CheckError::Value { error })?;
+
     // Fd numbers the task uses; everything the loader opens goes above.
     // Each must be one this process may have, or its dup3 would fail after
     // the point of no return.
-    let (_, nofile_max) =
+    let (nofile_cur, nofile_max) =
         sys::get_rlimit(RLIMIT_NOFILE).map_err(|errno| CheckError::FdRelocate { errno })?;
+    // Stage 1 opens one fd per mapped file and open file above the task's
+    // highest fd: the soft limit must not stop it. The plan's rlimit ops
+    // set the image's limit back later (an image without an RLIMIT_NOFILE
+    // record keeps the raised one).
+    if nofile_cur < nofile_max {
+        sys::set_rlimit(RLIMIT_NOFILE, nofile_max, nofile_max)
+            .map_err(|errno| CheckError::FdRelocate { errno })?;
+    }
     let mut max_fd = 2;
     for f in image.fds().map_err(corrupt)? {
         if f.fd < 0 {
@@ -505,7 +574,8 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
     // VMAs and the files they map.
     let vmas = scratch.take::<TargetVma>(nvmas);
     let mut target_vdso = VdsoBlock::default();
-    let mut opened: [(u64, u64, bool, i32); 256] = [(0, 0, false, -1); 256];
+    // One entry per file opened, so VMAs of one file share one fd.
+    let opened = scratch.take::<OpenedFile>(nvmas);
     let mut nopened = 0;
     for (slot, v) in vmas.iter_mut().zip(image.vmas().map_err(corrupt)?) {
         let mut fd = -1;
@@ -523,30 +593,25 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
                 && v.prot & image_format::records::prot::WRITE != 0;
             let known = opened[..nopened]
                 .iter()
-                .find(|o| o.0 == v.file.dev && o.1 == v.file.ino && o.2 == rw);
+                .find(|o| o.dev == v.file.dev && o.ino == v.file.ino && o.rw == u32::from(rw));
             fd = match known {
-                Some(o) => o.3,
+                Some(o) => o.fd,
                 None => {
                     let flags = if rw { sys::O_RDWR } else { sys::O_RDONLY };
-                    let f =
-                        open_high(path, flags, base).map_err(|errno| CheckError::FileMissing {
-                            what: "mapped file",
-                            path,
-                            errno,
-                        })?;
-                    let st = sys::fstat(f).map_err(|errno| CheckError::FileMissing {
-                        what: "mapped file",
-                        path,
-                        errno,
-                    })?;
+                    let (f, st) = open_typed("mapped file", path, flags, sys::S_IFREG, base)?;
                     if !same_file(&st, &v.file) {
                         return Err(CheckError::FileChanged {
                             what: "mapped file",
                             path,
                         });
                     }
-                    if nopened < opened.len() {
-                        opened[nopened] = (v.file.dev, v.file.ino, rw, f);
+                    if let Some(slot) = opened.get_mut(nopened) {
+                        *slot = OpenedFile {
+                            dev: v.file.dev,
+                            ino: v.file.ino,
+                            rw: u32::from(rw),
+                            fd: f,
+                        };
                         nopened += 1;
                     }
                     f
@@ -582,6 +647,38 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
         };
     }
 
+    // What the plan cannot give back as it was, said once each.
+    let locked = vmas
+        .iter()
+        .filter(|v| v.flags & vma_flags::LOCKED != 0)
+        .count();
+    if locked > 0 {
+        warn(
+            name,
+            format_args!("{locked} memory area(s) were locked (mlock); restored unlocked"),
+        );
+    }
+    let shared_read_only_private = vmas
+        .iter()
+        .filter(|v| {
+            let gets_pages = loads
+                .iter()
+                .any(|l| l.vaddr < v.end && v.start < l.vaddr.saturating_add(l.len));
+            v.fd >= 0
+                && v.flags & vma_flags::MAYSHARE != 0
+                && v.flags & vma_flags::SHARED == 0
+                && !crate::plan::maps_read_only_shared(v, gets_pages)
+        })
+        .count();
+    if shared_read_only_private > 0 {
+        warn(
+            name,
+            format_args!(
+                "{shared_read_only_private} read-only shared file mapping(s) hold stored pages; mapped private (later changes to the file are not seen)"
+            ),
+        );
+    }
+
     let process = image.process();
     let (uids, gids) = sys::get_ids();
     // What the kernel will check, not euid 0: root in a container may lack
@@ -613,8 +710,8 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
     // The exe link: only a privileged loader can set it.
     let exe_fd = if privileged {
         let path = image.string(process.exe).map_err(corrupt)?;
-        match open_high(path, sys::O_RDONLY, base) {
-            Ok(fd) if sys::fstat(fd).is_ok_and(|st| same_file(&st, &process.exe_id)) => Some(fd),
+        match open_typed("executable", path, sys::O_RDONLY, sys::S_IFREG, base) {
+            Ok((fd, st)) if same_file(&st, &process.exe_id) => Some(fd),
             _ => {
                 warn(
                     name,
@@ -691,10 +788,32 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
         };
         nmoves += 1;
     }
+    // Two fds of one regular file may have shared one open file
+    // description (dup, fork): each is reopened on its own, so they no
+    // longer share an offset. The image cannot tell dups from two opens.
+    let regular = || {
+        image
+            .fds()
+            .into_iter()
+            .flatten()
+            .filter(|f| f.kind == fd_kind::REGULAR)
+    };
+    let same_file_pair = regular().enumerate().find_map(|(i, a)| {
+        regular()
+            .skip(i + 1)
+            .find(|b| b.file.dev == a.file.dev && b.file.ino == a.file.ino)
+            .map(|b| (a.fd, b.fd))
+    });
+    if let Some((a, b)) = same_file_pair {
+        warn(
+            name,
+            format_args!(
+                "fds {a} and {b} open the same file; if they shared one open file description (dup), they now have separate offsets"
+            ),
+        );
+    }
 
     // Signal state, limits, timers.
-    let sigactions = copy_records::<SigactionRecord>(&image, &mut scratch, 64)?;
-    let rlimits = copy_records::<RlimitRecord>(&image, &mut scratch, 16)?;
     let mut lowered = 0;
     for r in rlimits.iter_mut() {
         if let Ok((_, max_now)) = sys::get_rlimit(r.resource) {
@@ -714,11 +833,20 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
             ),
         );
     }
-    let itimers = copy_records::<ItimerRecord>(&image, &mut scratch, 3)?;
-    let pending = copy_records::<PendingSignalRecord>(&image, &mut scratch, npending)?;
 
-    let creds = match image.creds() {
-        Some(c) if c.uid[..3] != uids[..] || c.gid[..3] != gids[..] => {
+    // This process's capabilities and groups: what the task will have,
+    // but for what the plan's setgroups/setresuid change.
+    let mut status = [0u8; 4096];
+    let now_creds = read_small_file(b"/proc/self/status", &mut status)
+        .ok()
+        .and_then(|n| creds::parse_status(&status[..n], sys::securebits()));
+    let image_creds = image.creds();
+    let creds = match image_creds {
+        Some(c)
+            if c.uid[..3] != uids[..]
+                || c.gid[..3] != gids[..]
+                || now_creds.is_some_and(|now| creds::groups_differ(&c, &now)) =>
+        {
             if may_set_ids {
                 Some(c)
             } else {
@@ -734,6 +862,23 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
         }
         _ => None,
     };
+    if let (Some(c), Some(now)) = (image_creds, now_creds) {
+        let gap = creds::creds_gap(&c, &now, uids, creds.is_some());
+        if !gap.is_empty() {
+            warn(
+                name,
+                format_args!(
+                    "the task's {gap} differ from what the loader can give it; not restored"
+                ),
+            );
+        }
+    }
+    // Set last in every thread, after the credentials (it needs no
+    // privilege, and would stop nothing the plan does before it).
+    let no_new_privs = image_creds.is_some_and(|c| c.no_new_privs != 0);
+    // The image does not record whether the task was dumpable; a
+    // setresuid that changes the ids resets it to fs.suid_dumpable, and
+    // the loader leaves it so.
 
     let g = image.gadgets();
     // The threads jump to the gadgets with the window gone: they must be
@@ -777,31 +922,32 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
         warn(name, format_args!("the image records no gadgets: the loader's bootstrap window stays mapped in the task"));
     }
 
-    let mut mmap_min_addr = 65536;
-    let mut buf = [0u8; 32];
-    if let Ok(n) = read_small_file(b"/proc/sys/vm/mmap_min_addr", &mut buf) {
-        let v = buf[..n]
-            .iter()
-            .take_while(|c| c.is_ascii_digit())
-            .fold(0u64, |a, c| a * 10 + u64::from(c - b'0'));
-        if v > 0 {
-            mmap_min_addr = v;
-        }
-    }
-
     // Last, so every mapping made above is in the list.
     let mut text = [0u8; 32 * 1024];
     let n = read_small_file(b"/proc/self/maps", &mut text)
         .map_err(|errno| CheckError::ProcMaps { errno })?;
+    // A full buffer may have cut the list: a mapping the window search
+    // does not know of would be unmapped or overlapped after the point of
+    // no return.
+    if n == text.len() {
+        return Err(CheckError::ProcMapsTooLong { limit: text.len() });
+    }
     let mut parsed = [MapsEntry::default(); MAX_MAPS];
     let count = maps::parse_maps(&text[..n], &mut parsed)
         .map_err(|error| CheckError::ProcMapsParse { error })?;
     let loader_maps = scratch.take::<Range>(count);
     let mut loader_vdso = VdsoBlock::default();
+    let mut loader_stack = None;
     let mut nmaps = 0;
     for e in &parsed[..count] {
         match e.kind {
             MapKind::Vsyscall => continue,
+            MapKind::Stack => {
+                loader_stack = Some(Range {
+                    start: e.start,
+                    end: e.end,
+                });
+            }
             MapKind::Vvar | MapKind::VvarVclock | MapKind::Vdso => {
                 loader_vdso.push(Range {
                     start: e.start,
@@ -819,7 +965,7 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
     if !target_vdso.parts().is_empty() && !loader_vdso.same_shape(&target_vdso) {
         return Err(CheckError::VdsoLayout);
     }
-    let range_scratch = scratch.take::<Range>(nvmas + nmaps + 3);
+    let range_scratch = scratch.take::<Range>(nvmas + nmaps + 4);
 
     Ok(Checked {
         name,
@@ -828,6 +974,7 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
         vmas,
         loads,
         loader_maps: &loader_maps[..nmaps],
+        loader_stack,
         loader_vdso,
         target_vdso,
         exe_fd,
@@ -845,6 +992,7 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
         pending,
         itimers,
         creds,
+        no_new_privs,
         gadgets_ok,
         mmap_min_addr,
         range_scratch,
@@ -1033,6 +1181,22 @@ pub fn target_code<'a>(
     Some(n)
 }
 
+/// `vm.mmap_min_addr`: the lowest address `mmap` and `PR_SET_MM_MAP`
+/// accept (65536 when unreadable, the usual value).
+fn read_mmap_min_addr() -> u64 {
+    let mut buf = [0u8; 32];
+    if let Ok(n) = read_small_file(b"/proc/sys/vm/mmap_min_addr", &mut buf) {
+        let v = buf[..n]
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .fold(0u64, |a, c| a * 10 + u64::from(c - b'0'));
+        if v > 0 {
+            return v;
+        }
+    }
+    65536
+}
+
 /// Whether `/proc/<tid>` exists: some task has that id now (a tid clone3's
 /// set_tid would fail with EEXIST on).
 fn tid_in_use(tid: i32) -> bool {
@@ -1083,6 +1247,70 @@ fn copy_records<T: image_format::records::Record>(
     Ok(out)
 }
 
+/// The name of a file type (`st_mode & S_IFMT`) for messages.
+fn file_type_name(t: u32) -> &'static str {
+    match t {
+        sys::S_IFREG => "a regular file",
+        sys::S_IFDIR => "a directory",
+        sys::S_IFCHR => "a character device",
+        sys::S_IFBLK => "a block device",
+        sys::S_IFIFO => "a FIFO",
+        sys::S_IFLNK => "a symbolic link",
+        sys::S_IFSOCK => "a socket",
+        _ => "an unknown file type",
+    }
+}
+
+/// The type of what `path` names now (through an `O_PATH` fd, which opens
+/// nothing: no FIFO rendezvous, no device open).
+fn file_type_at(path: &[u8]) -> Option<u32> {
+    let cpath = CPath::new(path)?;
+    let fd = sys::openat(sys::AT_FDCWD, &cpath, sys::O_PATH | sys::O_CLOEXEC).ok()?;
+    let st = sys::fstat(fd);
+    let _ = sys::close(fd);
+    st.ok().map(|st| st.mode & sys::S_IFMT)
+}
+
+/// Open a file the image names, expecting file type `want` (`S_IF*`), with
+/// `O_NONBLOCK | O_NOCTTY` so that stage 1 can neither block (a path that
+/// is now a FIFO waits forever for a writer) nor take a controlling
+/// terminal; then the status flags go back to `flags` (the recorded ones).
+fn open_typed(
+    what: &'static str,
+    path: &'static [u8],
+    flags: u32,
+    want: u32,
+    base: i32,
+) -> Result<(i32, sys::Stat), CheckError> {
+    let missing = |errno| CheckError::FileMissing { what, path, errno };
+    let fd = match open_high(path, flags | sys::O_NONBLOCK | sys::O_NOCTTY, base) {
+        Ok(fd) => fd,
+        Err(errno) => {
+            // A FIFO without a reader refuses a non-blocking writer (ENXIO),
+            // a socket refuses any open: say what the path is now.
+            return Err(match file_type_at(path) {
+                Some(now) if now != want => CheckError::FileType { what, path, now },
+                _ => missing(errno),
+            });
+        }
+    };
+    let checked = sys::fstat(fd).map_err(missing).and_then(|st| {
+        let now = st.mode & sys::S_IFMT;
+        if now != want {
+            return Err(CheckError::FileType { what, path, now });
+        }
+        sys::set_status_flags(fd, flags).map_err(missing)?;
+        Ok(st)
+    });
+    match checked {
+        Ok(st) => Ok((fd, st)),
+        Err(e) => {
+            let _ = sys::close(fd);
+            Err(e)
+        }
+    }
+}
+
 /// Open an fd's file again as the task had it, at its offset.
 fn reopen_fd(f: &FdRecord, path: &'static [u8], base: i32) -> Result<i32, CheckError> {
     let unsupported = CheckError::UnsupportedFd {
@@ -1104,16 +1332,12 @@ fn reopen_fd(f: &FdRecord, path: &'static [u8], base: i32) -> Result<i32, CheckE
     }
     let flags = f.open_flags & !(sys::O_CREAT | sys::O_EXCL | sys::O_TRUNC | sys::O_CLOEXEC)
         | sys::O_NOCTTY;
-    let fd = open_high(path, flags, base).map_err(|errno| CheckError::FileMissing {
-        what: "open file",
-        path,
-        errno,
-    })?;
-    let st = sys::fstat(fd).map_err(|errno| CheckError::FileMissing {
-        what: "open file",
-        path,
-        errno,
-    })?;
+    let want = match f.kind {
+        fd_kind::REGULAR => sys::S_IFREG,
+        fd_kind::DIRECTORY => sys::S_IFDIR,
+        _ => sys::S_IFCHR,
+    };
+    let (fd, st) = open_typed("open file", path, flags, want, base)?;
     let kind_ok = match f.kind {
         fd_kind::REGULAR => st.mode & sys::S_IFMT == sys::S_IFREG,
         fd_kind::DIRECTORY => st.mode & sys::S_IFMT == sys::S_IFDIR,

@@ -7,6 +7,8 @@
 //!   [`plan::Op`] list in it (pure, tested on the host).
 //! * [`arch`] — stage 3/4: the trampoline that runs the plan from the window
 //!   and ends in `rt_sigreturn` ([`frame`] builds the signal frame).
+//! * [`validate`] — stage 1's check of every value the plan passes to the
+//!   kernel as it is (addresses, limits, signal numbers, lengths).
 //! * [`run`] — the sequence, and one-line errors with an exit code per class
 //!   ([`ExitCode`]).
 
@@ -16,6 +18,7 @@
 #[allow(unsafe_code)]
 pub mod arch;
 pub mod check;
+pub mod creds;
 pub mod frame;
 pub mod maps;
 pub mod message;
@@ -23,6 +26,7 @@ pub mod plan;
 pub mod run;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod validate;
 
 /// The loader's exit codes, one per class of failure. Everything up to
 /// [`ExitCode::NoWindow`] happens before anything is changed: the caller's

@@ -317,6 +317,11 @@ pub struct PlanInput<'a> {
     pub loads: &'a [PageLoad],
     /// Every mapping the loader has now (except `[vsyscall]`).
     pub loader_maps: &'a [Range],
+    /// The loader's own `[stack]` (also in `loader_maps`): the window keeps
+    /// [`STACK_GUARD_GAP`] free below it too, or the kernel's stack guard
+    /// would refuse to grow the stack into it (or the window would sit in
+    /// the gap `mmap` keeps).
+    pub loader_stack: Option<Range>,
     pub loader_vdso: VdsoBlock,
     pub target_vdso: VdsoBlock,
     pub mm: MmRecord,
@@ -347,6 +352,8 @@ pub struct PlanInput<'a> {
     pub itimers: &'a [ItimerRecord],
     /// Credentials to switch to, when they differ and we may.
     pub creds: Option<CredsRecord>,
+    /// Set `PR_SET_NO_NEW_PRIVS` in every thread, after its credentials.
+    pub no_new_privs: bool,
     pub gadgets: Option<GadgetsRecord>,
     pub mmap_min_addr: u64,
     pub trampoline: &'a [u8],
@@ -491,7 +498,7 @@ pub fn find_free(occupied: &mut [Range], size: u64, lo: u64, hi: u64) -> Option<
 }
 
 /// Fill `scratch` with everything the window must avoid; returns the count.
-/// `scratch` needs `vmas + loader_maps + 3` entries.
+/// `scratch` needs `vmas + loader_maps + 4` entries.
 pub fn occupied_ranges(input: &PlanInput<'_>, scratch: &mut [Range]) -> usize {
     let mut n = 0;
     let mut add = |r: Range| {
@@ -509,6 +516,10 @@ pub fn occupied_ranges(input: &PlanInput<'_>, scratch: &mut [Range]) -> usize {
     }
     for r in input.loader_maps {
         add(*r);
+    }
+    if let Some(mut r) = input.loader_stack {
+        r.start = r.start.saturating_sub(STACK_GUARD_GAP);
+        add(r);
     }
     for r in input.loader_vdso.parts() {
         add(*r);
@@ -636,6 +647,8 @@ impl Builder<'_> {
 const PR_SET_MM: u64 = 35;
 const PR_SET_MM_MAP: u64 = 14;
 const PR_SET_NAME: u64 = 15;
+/// `PR_SET_NO_NEW_PRIVS`.
+const PR_SET_NO_NEW_PRIVS: u64 = 38;
 const ARCH_SET_GS: u64 = 0x1001;
 const ARCH_SET_FS: u64 = 0x1002;
 const O_CLOEXEC: u64 = 0o2_000_000;
@@ -705,6 +718,20 @@ fn check_loads(input: &PlanInput<'_>) -> Result<(), PlanError> {
         }
     }
     Ok(())
+}
+
+/// A read-only shared file mapping (`MAP_SHARED` of a read-only fd: the
+/// kernel keeps `VM_MAYSHARE` but not `VM_SHARED`) is mapped shared again,
+/// so the task keeps seeing the file's changes; its fd is read-only like the
+/// task's was. Not when stored pages must be written into it (they would
+/// need write access the fd does not give): then it stays private, with a
+/// stage-1 warning.
+pub fn maps_read_only_shared(v: &TargetVma, gets_pages: bool) -> bool {
+    v.fd >= 0
+        && v.flags & vma_flags::MAYSHARE != 0
+        && v.flags & vma_flags::SHARED == 0
+        && v.prot & prot::WRITE == 0
+        && !gets_pages
 }
 
 fn vma_gets_pages(input: &PlanInput<'_>, v: &TargetVma) -> bool {
@@ -813,7 +840,7 @@ pub fn build_plan(
     for v in input.vmas.iter().filter(|v| !v.is_special()) {
         let fill = vma_gets_pages(input, v);
         let p = u64::from(v.prot) | if fill { sys::PROT_WRITE } else { 0 };
-        let shared = v.flags & vma_flags::SHARED != 0;
+        let shared = v.flags & vma_flags::SHARED != 0 || maps_read_only_shared(v, fill);
         let (flags, fd, off) = if v.fd >= 0 {
             (
                 if shared {
@@ -1154,6 +1181,9 @@ pub fn build_plan(
     if let Some(c) = input.creds {
         b.creds(&c, Who(None))?;
     }
+    if input.no_new_privs {
+        b.no_new_privs(Who(None))?;
+    }
 
     // 12. Let the other threads go, and wait until they have left the
     //     window if it is to be unmapped.
@@ -1222,6 +1252,9 @@ pub fn build_plan(
         )?;
         if let Some(c) = input.creds {
             b.creds(&c, who)?;
+        }
+        if input.no_new_privs {
+            b.no_new_privs(who)?;
         }
         let leave = match leave_by_gadgets {
             Some(g) => Leave::CountOut(g, left),
@@ -1419,6 +1452,18 @@ impl Builder<'_> {
                 format_args!("rt_tgsigqueueinfo {signo} to itself{who}"),
             ),
         }
+    }
+
+    /// `prctl(PR_SET_NO_NEW_PRIVS, 1)` for the calling thread (a per-thread
+    /// flag; it needs no privilege and cannot be undone, so it comes after
+    /// the credentials).
+    fn no_new_privs(&mut self, who: Who) -> Result<(), PlanError> {
+        self.sys(
+            rule::OK,
+            nr::PRCTL,
+            [PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0],
+            format_args!("prctl PR_SET_NO_NEW_PRIVS{who}"),
+        )
     }
 
     /// The calling thread's credentials.
@@ -1919,6 +1964,7 @@ mod tests {
             vmas: &f.vmas,
             loads: &f.loads,
             loader_maps: &f.loader_maps,
+            loader_stack: None,
             loader_vdso: f.loader_vdso,
             target_vdso: f.target_vdso,
             mm: MmRecord::default(),
@@ -1950,6 +1996,7 @@ mod tests {
             pending: &[],
             itimers: &[],
             creds: None,
+            no_new_privs: false,
             gadgets: gadgets.then_some(GadgetsRecord {
                 syscall_ret: 0x40_2000,
                 rt_sigreturn: 0x40_2010,
@@ -1959,13 +2006,40 @@ mod tests {
         }
     }
 
+    /// The loader's own stack keeps its guard gap free, like the target's:
+    /// a window placed right below it would be refused by the kernel's
+    /// stack guard or break the loader's stack growth.
+    #[test]
+    fn the_window_keeps_clear_of_the_loaders_stack_guard_gap() {
+        let mut rng = Rng(0x5eed_0001);
+        for _ in 0..50 {
+            let f = fixture(&mut rng);
+            let mut inp = input(&f, true);
+            let n = f.vmas.len() + f.loader_maps.len() + 4;
+            let free = choose_window(&inp, &mut std::vec![Range::default(); n]).unwrap();
+            // A stack just above where the window would go.
+            let stack = Range {
+                start: free.end + 2 * PAGE,
+                end: free.end + 2 * PAGE + 32 * PAGE,
+            };
+            inp.loader_stack = Some(stack);
+            let w = choose_window(&inp, &mut std::vec![Range::default(); n]).unwrap();
+            let guarded = Range {
+                start: stack.start.saturating_sub(STACK_GUARD_GAP),
+                end: stack.end,
+            };
+            assert!(!w.overlaps(&guarded), "window {w:x?} stack {stack:x?}");
+            assert_ne!(w, free);
+        }
+    }
+
     #[test]
     fn plans_rebuild_the_target_layout_exactly() {
         let mut rng = Rng(0xfeed_beef);
         for round in 0..200 {
             let f = fixture(&mut rng);
             let inp = input(&f, round % 2 == 0);
-            let mut scratch = std::vec![Range::default(); f.vmas.len() + f.loader_maps.len() + 3];
+            let mut scratch = std::vec![Range::default(); f.vmas.len() + f.loader_maps.len() + 4];
             let window = choose_window(&inp, &mut scratch).unwrap();
             for r in f
                 .vmas
@@ -2353,5 +2427,69 @@ mod tests {
             f.threads.len() - 1,
             "{text}"
         );
+    }
+
+    /// no_new_privs is set in every thread, after its credentials, and only
+    /// when the image had it.
+    #[test]
+    fn no_new_privs_comes_after_each_threads_credentials() {
+        let mut rng = Rng(7);
+        let f = fixture(&mut rng);
+        for nnp in [false, true] {
+            let mut inp = input(&f, true);
+            inp.no_new_privs = nnp;
+            let mut creds = <CredsRecord as zerocopy::FromZeros>::new_zeroed();
+            creds.uid = [1000; 4];
+            creds.gid = [1000; 4];
+            inp.creds = Some(creds);
+            let mut scratch = std::vec![Range::default(); 64];
+            let window = choose_window(&inp, &mut scratch).unwrap();
+            let mut buf = std::vec![0u8; window.len() as usize];
+            build_plan(&inp, window, &mut buf).unwrap();
+            let ops = window_ops(&buf);
+            let labels: Vec<std::string::String> = ops
+                .iter()
+                .map(|op| std::string::String::from_utf8_lossy(op_label(&buf, op)).into_owned())
+                .collect();
+            let nnp_at: Vec<usize> = (0..labels.len())
+                .filter(|&i| labels[i].starts_with("prctl PR_SET_NO_NEW_PRIVS"))
+                .collect();
+            let uid_at: Vec<usize> = (0..labels.len())
+                .filter(|&i| labels[i].starts_with("setresuid"))
+                .collect();
+            assert_eq!(uid_at.len(), f.threads.len());
+            if !nnp {
+                assert!(nnp_at.is_empty());
+                continue;
+            }
+            assert_eq!(nnp_at.len(), f.threads.len(), "{labels:?}");
+            for (n, u) in nnp_at.iter().zip(&uid_at) {
+                assert_eq!(*n, u + 1, "{labels:?}");
+                assert_eq!(ops[*n].args[0], PR_SET_NO_NEW_PRIVS);
+            }
+        }
+    }
+
+    #[test]
+    fn read_only_shared_file_mappings_stay_shared_unless_filled() {
+        let v = TargetVma {
+            start: 0x10000,
+            end: 0x20000,
+            prot: prot::READ,
+            flags: vma_flags::MAYSHARE,
+            kind: vma_kind::FILE,
+            fd: 5,
+            ..Default::default()
+        };
+        assert!(maps_read_only_shared(&v, false));
+        assert!(!maps_read_only_shared(&v, true));
+        assert!(!maps_read_only_shared(&TargetVma { fd: -1, ..v }, false));
+        assert!(!maps_read_only_shared(
+            &TargetVma {
+                flags: vma_flags::MAYSHARE | vma_flags::SHARED,
+                ..v
+            },
+            false
+        ));
     }
 }

@@ -12,9 +12,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use image_format::elf::UserRegs;
+use image_format::elf::{Timeval, UserRegs};
 use image_format::records::{
-    fd_kind, prot, vma_flags, vma_kind, CredsRecord, FileId, GadgetsRecord, MmRecord,
+    fd_kind, prot, vma_flags, vma_kind, CredsRecord, FileId, GadgetsRecord, ItimerRecord, MmRecord,
     PendingSignalRecord, ProcessRecord, RlimitRecord, SigactionRecord, StrRef, ThreadRecord,
     VmaRecord,
 };
@@ -513,28 +513,76 @@ fn fd_numbers_no_process_can_have_are_refused() {
 }
 
 /// A plan op that fails after the point of no return names itself and the
-/// errno (here: a pending signal with a number the kernel refuses), on the
-/// caller's stderr although the task's fd 2 is `/dev/null` by then.
+/// errno (here: an interval timer whose microseconds the kernel refuses),
+/// on the caller's stderr although the task's fd 2 is `/dev/null` by then.
 #[test]
 fn a_failing_op_reports_its_errno() {
     let dir = temp_dir("failop");
     let image = build_edited_image(&dir.0, true, |state| {
         state.fds[2] = state.fds[0].clone();
         state.fds[2].record.fd = 2;
-        let mut siginfo = [0u8; 128];
-        siginfo[0] = 99;
-        state.pending.push(PendingSignalRecord {
-            tid: 0,
+        state.itimers.push(ItimerRecord {
+            which: 0,
             _pad: 0,
-            siginfo,
+            interval: Timeval { sec: 0, usec: 0 },
+            value: Timeval {
+                sec: 0,
+                usec: 2_000_000,
+            },
         });
     });
     let (code, _, stderr) = run_loader(&image);
     assert_eq!(code, 9, "{stderr}");
-    assert!(
-        stderr.contains("(rt_sigqueueinfo 99): errno 22\n"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("(setitimer 0): errno 22\n"), "{stderr}");
+}
+
+/// A value the kernel would refuse after the point of no return (a signal
+/// number it does not have, a pending signal for a thread the image lacks,
+/// an address past TASK_SIZE) is refused in stage 1 as corrupt, naming it.
+#[test]
+fn values_the_kernel_would_refuse_are_corrupt() {
+    let dir = temp_dir("badvalue");
+    let signal = |tid: i32, signo: u8| {
+        let mut siginfo = [0u8; 128];
+        siginfo[0] = signo;
+        PendingSignalRecord {
+            tid,
+            _pad: 0,
+            siginfo,
+        }
+    };
+    type Edit = Box<dyn Fn(&mut TaskState)>;
+    let cases: Vec<(Edit, &str)> = vec![
+        (
+            Box::new(move |s| s.pending.push(signal(0, 99))),
+            "pending signal number 99",
+        ),
+        (
+            Box::new(move |s| s.pending.push(signal(777_777, 10))),
+            "thread 777777, which the image does not have",
+        ),
+        (
+            Box::new(|s| s.mm.brk = s.mm.start_brk.wrapping_sub(0x1000)),
+            "mm field",
+        ),
+        (
+            Box::new(|s| {
+                s.rlimits.push(RlimitRecord {
+                    resource: 16,
+                    _pad: 0,
+                    cur: 0,
+                    max: 0,
+                })
+            }),
+            "rlimit resource 16",
+        ),
+    ];
+    for (edit, what) in cases {
+        let image = build_edited_image(&dir.0, true, |s| edit(s));
+        let (code, _, stderr) = run_loader(&image);
+        assert_eq!(code, 4, "{what}: {stderr}");
+        assert!(stderr.contains(what), "{what}: {stderr}");
+    }
 }
 
 /// Removes a binfmt_misc entry when dropped.

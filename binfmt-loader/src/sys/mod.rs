@@ -69,6 +69,7 @@ pub const O_CLOEXEC: u32 = 0o2_000_000;
 pub const O_DIRECTORY: u32 = 0o200_000;
 pub const O_PATH: u32 = 0o10_000_000;
 pub const O_NOCTTY: u32 = 0o400;
+pub const O_NONBLOCK: u32 = 0o4000;
 pub const O_CREAT: u32 = 0o100;
 pub const O_EXCL: u32 = 0o200;
 pub const O_TRUNC: u32 = 0o1000;
@@ -85,6 +86,7 @@ pub const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
 pub const MREMAP_MAYMOVE: u64 = 1;
 pub const MREMAP_FIXED: u64 = 2;
 pub const F_DUPFD_CLOEXEC: u64 = 1030;
+pub const F_SETFL: u64 = 4;
 
 /// An error number returned by the kernel (positive, `1..=4095`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -250,6 +252,14 @@ pub fn close(fd: i32) -> Result<(), Errno> {
     result(r).map(|_| ())
 }
 
+/// `fcntl(fd, F_SETFL, flags)`: the file status flags the kernel lets
+/// change (`O_APPEND`, `O_NONBLOCK`, `O_ASYNC`, `O_DIRECT`, `O_NOATIME`).
+pub fn set_status_flags(fd: i32, flags: u32) -> Result<(), Errno> {
+    // SAFETY: changing an fd's status flags touches no memory of ours.
+    let r = unsafe { syscall6(nr::FCNTL, fd as u64, F_SETFL, u64::from(flags), 0, 0, 0) };
+    result(r).map(|_| ())
+}
+
 /// `fcntl(fd, F_DUPFD_CLOEXEC, min)`: a close-on-exec copy numbered ≥ `min`.
 pub fn dup_above(fd: i32, min: i32) -> Result<i32, Errno> {
     // SAFETY: duplicating an fd touches no memory of ours.
@@ -279,6 +289,10 @@ pub const S_IFMT: u32 = 0o170_000;
 pub const S_IFREG: u32 = 0o100_000;
 pub const S_IFDIR: u32 = 0o040_000;
 pub const S_IFCHR: u32 = 0o020_000;
+pub const S_IFBLK: u32 = 0o060_000;
+pub const S_IFIFO: u32 = 0o010_000;
+pub const S_IFLNK: u32 = 0o120_000;
+pub const S_IFSOCK: u32 = 0o140_000;
 
 /// `fstat(fd, &st)`.
 pub fn fstat(fd: i32) -> Result<Stat, Errno> {
@@ -395,6 +409,24 @@ pub fn unmap_window(window: &'static mut [u8]) {
     };
 }
 
+/// `prlimit64(0, resource, &new, NULL)`: set this process's limits.
+pub fn set_rlimit(resource: u32, cur: u64, max: u64) -> Result<(), Errno> {
+    let new = [cur, max];
+    // SAFETY: the kernel reads 16 bytes from a live 16-byte array.
+    let r = unsafe {
+        syscall6(
+            nr::PRLIMIT64,
+            0,
+            u64::from(resource),
+            new.as_ptr() as u64,
+            0,
+            0,
+            0,
+        )
+    };
+    result(r).map(|_| ())
+}
+
 /// `prlimit64(0, resource, NULL, &old)`: the current limits (cur, max).
 pub fn get_rlimit(resource: u32) -> Result<(u64, u64), Errno> {
     let mut old = [0u64; 2];
@@ -508,6 +540,14 @@ pub fn request_xcomp_perm(feature: u32) -> Result<(), Errno> {
         )
     };
     result(r).map(|_| ())
+}
+
+/// `prctl(PR_GET_SECUREBITS)`: this thread's securebits (0 if it fails).
+pub fn securebits() -> u32 {
+    const PR_GET_SECUREBITS: u64 = 27;
+    // SAFETY: no memory involved.
+    let r = unsafe { syscall6(nr::PRCTL, PR_GET_SECUREBITS, 0, 0, 0, 0, 0) };
+    result(r).map_or(0, |bits| bits as u32)
 }
 
 /// `getpid()`.

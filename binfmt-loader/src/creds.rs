@@ -1,0 +1,301 @@
+//! What of the image's credentials the restored task will lack.
+//!
+//! The plan sets the uid/gid triples and the supplementary groups (with
+//! `CAP_SETUID`/`CAP_SETGID`); it cannot give capabilities or securebits
+//! back. Stage 1 predicts what the task will have (this process's, after
+//! the plan's `setresuid`) and names what differs from the image, in one
+//! warning line. Pure, tested on the host.
+
+use image_format::records::CredsRecord;
+
+/// This process's credentials, from `/proc/self/status` (and
+/// `PR_GET_SECUREBITS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CurrentCreds {
+    pub cap_inheritable: u64,
+    pub cap_permitted: u64,
+    pub cap_effective: u64,
+    pub cap_bounding: u64,
+    pub cap_ambient: u64,
+    pub securebits: u32,
+    pub groups: [u32; image_format::records::MAX_GROUPS],
+    pub ngroups: usize,
+    /// More groups than `groups` holds: the comparison is then unsure.
+    pub groups_cut: bool,
+}
+
+/// `SECBIT_KEEP_CAPS`: permitted capabilities survive a switch away from uid 0.
+const SECBIT_KEEP_CAPS: u32 = 1 << 4;
+/// `SECBIT_NO_SETUID_FIXUP`: no capability change on uid switches at all.
+const SECBIT_NO_SETUID_FIXUP: u32 = 1 << 2;
+
+/// Parse the `Cap*:` (hex) and `Groups:` lines of `/proc/self/status`;
+/// `None` when a capability line is missing or malformed.
+pub fn parse_status(text: &[u8], securebits: u32) -> Option<CurrentCreds> {
+    let mut c = CurrentCreds {
+        cap_inheritable: 0,
+        cap_permitted: 0,
+        cap_effective: 0,
+        cap_bounding: 0,
+        cap_ambient: 0,
+        securebits,
+        groups: [0; image_format::records::MAX_GROUPS],
+        ngroups: 0,
+        groups_cut: false,
+    };
+    let mut seen = 0u32;
+    for line in text.split(|&b| b == b'\n') {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (key, value) = (&line[..colon], trim(&line[colon + 1..]));
+        let slot = match key {
+            b"CapInh" => &mut c.cap_inheritable,
+            b"CapPrm" => &mut c.cap_permitted,
+            b"CapEff" => &mut c.cap_effective,
+            b"CapBnd" => &mut c.cap_bounding,
+            b"CapAmb" => &mut c.cap_ambient,
+            b"Groups" => {
+                for word in value.split(|b| b.is_ascii_whitespace()) {
+                    if word.is_empty() {
+                        continue;
+                    }
+                    let g = parse_radix(word, 10)?;
+                    match c.groups.get_mut(c.ngroups) {
+                        Some(slot) => {
+                            *slot = u32::try_from(g).ok()?;
+                            c.ngroups += 1;
+                        }
+                        None => c.groups_cut = true,
+                    }
+                }
+                continue;
+            }
+            _ => continue,
+        };
+        *slot = parse_radix(value, 16)?;
+        seen += 1;
+    }
+    (seen == 5).then_some(c)
+}
+
+fn trim(mut s: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = s {
+        if !first.is_ascii_whitespace() {
+            break;
+        }
+        s = rest;
+    }
+    while let [rest @ .., last] = s {
+        if !last.is_ascii_whitespace() {
+            break;
+        }
+        s = rest;
+    }
+    s
+}
+
+fn parse_radix(s: &[u8], radix: u32) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    s.iter().try_fold(0u64, |acc, &b| {
+        let d = char::from(b).to_digit(radix)?;
+        acc.checked_mul(u64::from(radix))?.checked_add(u64::from(d))
+    })
+}
+
+/// Which parts of the image's credentials the restored task will not have.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CredsGap {
+    pub groups: bool,
+    pub inheritable: bool,
+    pub permitted: bool,
+    pub effective: bool,
+    pub bounding: bool,
+    pub ambient: bool,
+    pub securebits: bool,
+}
+
+impl CredsGap {
+    pub fn is_empty(&self) -> bool {
+        *self == CredsGap::default()
+    }
+    /// The names of what differs, for the warning line.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> {
+        [
+            (self.groups, "supplementary groups"),
+            (self.inheritable, "inheritable capabilities"),
+            (self.permitted, "permitted capabilities"),
+            (self.effective, "effective capabilities"),
+            (self.bounding, "bounding set"),
+            (self.ambient, "ambient capabilities"),
+            (self.securebits, "securebits"),
+        ]
+        .into_iter()
+        .filter(|(differs, _)| *differs)
+        .map(|(_, name)| name)
+    }
+}
+
+/// The names of what differs, comma-separated.
+impl core::fmt::Display for CredsGap {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for (i, name) in self.names().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(name)?;
+        }
+        Ok(())
+    }
+}
+
+/// Compare the image's credentials with what the task will have: `now`,
+/// changed by the plan's `setgroups`/`setresuid` from `now_uids` (real,
+/// effective, saved) when `applied`, with the kernel's uid fix-up
+/// (`cap_emulate_setxuid`): leaving uid 0 in all three ids clears
+/// permitted (unless `SECBIT_KEEP_CAPS`), effective and ambient; an
+/// effective uid leaving 0 clears effective.
+pub fn creds_gap(
+    image: &CredsRecord,
+    now: &CurrentCreds,
+    now_uids: [u32; 3],
+    applied: bool,
+) -> CredsGap {
+    let mut will = *now;
+    if applied && now.securebits & SECBIT_NO_SETUID_FIXUP == 0 {
+        let was_root = now_uids.contains(&0);
+        if was_root && image.uid[..3].iter().all(|&u| u != 0) {
+            if now.securebits & SECBIT_KEEP_CAPS == 0 {
+                will.cap_permitted = 0;
+            }
+            will.cap_effective = 0;
+            will.cap_ambient = 0;
+        }
+        if now_uids[1] == 0 && image.uid[1] != 0 {
+            will.cap_effective = 0;
+        }
+    }
+    let n = (image.ngroups as usize).min(image.groups.len());
+    let image_groups = &image.groups[..n];
+    let now_groups = &now.groups[..now.ngroups];
+    let same_groups = !now.groups_cut
+        && image_groups.iter().all(|g| now_groups.contains(g))
+        && now_groups.iter().all(|g| image_groups.contains(g));
+    // A record whose sets are all empty, bounding set included, did not
+    // record capabilities (no task has an empty bounding set unless it
+    // dropped every capability, which the other sets then show too).
+    let caps_recorded = image.cap_bounding != 0
+        || image.cap_permitted != 0
+        || image.cap_effective != 0
+        || image.cap_inheritable != 0
+        || image.cap_ambient != 0;
+    CredsGap {
+        groups: !applied && !same_groups,
+        inheritable: caps_recorded && image.cap_inheritable != will.cap_inheritable,
+        permitted: caps_recorded && image.cap_permitted != will.cap_permitted,
+        effective: caps_recorded && image.cap_effective != will.cap_effective,
+        bounding: caps_recorded && image.cap_bounding != will.cap_bounding,
+        ambient: caps_recorded && image.cap_ambient != will.cap_ambient,
+        securebits: image.securebits != will.securebits,
+    }
+}
+
+/// Whether the supplementary groups differ (then the plan sets them, when it
+/// may).
+pub fn groups_differ(image: &CredsRecord, now: &CurrentCreds) -> bool {
+    let n = (image.ngroups as usize).min(image.groups.len());
+    let image_groups = &image.groups[..n];
+    let now_groups = &now.groups[..now.ngroups];
+    now.groups_cut
+        || !image_groups.iter().all(|g| now_groups.contains(g))
+        || !now_groups.iter().all(|g| image_groups.contains(g))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATUS: &[u8] = b"Name:\tcat\nUid:\t0\t0\t0\t0\nGroups:\t0 10 27 \nNoNewPrivs:\t0\n\
+CapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\nCapEff:\t000001ffffffffff\n\
+CapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\n";
+
+    fn image(uid: u32) -> CredsRecord {
+        let mut c = CredsRecord {
+            uid: [uid; 4],
+            gid: [uid; 4],
+            ngroups: 3,
+            securebits: 0,
+            groups: [0; image_format::records::MAX_GROUPS],
+            cap_inheritable: 0,
+            cap_permitted: 0x1ff_ffff_ffff,
+            cap_effective: 0x1ff_ffff_ffff,
+            cap_bounding: 0x1ff_ffff_ffff,
+            cap_ambient: 0,
+            no_new_privs: 0,
+            _pad: 0,
+        };
+        c.groups[..3].copy_from_slice(&[27, 0, 10]);
+        c
+    }
+
+    #[test]
+    fn status_lines_are_parsed() {
+        let c = parse_status(STATUS, 0).unwrap();
+        assert_eq!(c.cap_permitted, 0x1ff_ffff_ffff);
+        assert_eq!(c.cap_inheritable, 0);
+        assert_eq!(&c.groups[..c.ngroups], &[0, 10, 27]);
+        assert!(parse_status(b"CapInh:\tzz\n", 0).is_none());
+        assert!(parse_status(b"Name:\tx\n", 0).is_none());
+    }
+
+    #[test]
+    fn same_credentials_have_no_gap() {
+        let now = parse_status(STATUS, 0).unwrap();
+        assert!(creds_gap(&image(0), &now, [0; 3], false).is_empty());
+        assert!(!groups_differ(&image(0), &now));
+    }
+
+    #[test]
+    fn a_root_loader_switching_to_a_user_predicts_the_cleared_sets() {
+        let now = parse_status(STATUS, 0).unwrap();
+        let mut user = image(1000);
+        user.cap_permitted = 0;
+        user.cap_effective = 0;
+        user.ngroups = 1;
+        user.groups[0] = 1000;
+        // The plan sets groups and ids; the kernel clears the sets.
+        assert!(groups_differ(&user, &now));
+        assert!(creds_gap(&user, &now, [0; 3], true).is_empty());
+        // Not applied: everything stays as the loader has it.
+        let gap = creds_gap(&user, &now, [0; 3], false);
+        assert!(gap.groups && gap.permitted && gap.effective);
+        assert!(!gap.bounding && !gap.ambient && !gap.securebits);
+    }
+
+    #[test]
+    fn a_record_without_capabilities_compares_none() {
+        let now = parse_status(STATUS, 0).unwrap();
+        let mut c = image(0);
+        c.cap_permitted = 0;
+        c.cap_effective = 0;
+        c.cap_bounding = 0;
+        assert!(creds_gap(&c, &now, [0; 3], false).is_empty());
+    }
+
+    #[test]
+    fn capabilities_and_securebits_the_loader_cannot_set_are_named() {
+        let now = parse_status(STATUS, 0).unwrap();
+        let mut c = image(0);
+        c.cap_bounding = 0xff;
+        c.cap_ambient = 1;
+        c.securebits = SECBIT_KEEP_CAPS;
+        let gap = creds_gap(&c, &now, [0; 3], false);
+        let names: Vec<_> = gap.names().collect();
+        assert_eq!(
+            names,
+            ["bounding set", "ambient capabilities", "securebits"]
+        );
+    }
+}
