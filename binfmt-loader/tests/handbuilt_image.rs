@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -73,14 +72,7 @@ impl PageSource for Pages {
 }
 
 fn file_id(path: &Path) -> FileId {
-    let m = std::fs::metadata(path).unwrap();
-    FileId {
-        dev: m.dev(),
-        ino: m.ino(),
-        size: m.size(),
-        mtime_sec: m.mtime(),
-        mtime_nsec: m.mtime_nsec(),
-    }
+    image_writer::model::file_id(&std::fs::metadata(path).unwrap())
 }
 
 fn vma(start: u64, end: u64, p: u32, kind: u32, flags: u32) -> VmaState {

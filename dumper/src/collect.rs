@@ -15,7 +15,7 @@ use image_format::records::{
     MAX_GROUPS, PROCESS_DUMPED_AS_ROOT,
 };
 use image_format::PAGE_SIZE;
-use image_writer::model::{FdState, PageRun, TaskState, ThreadState, VmaState};
+use image_writer::model::{file_id, FdState, PageRun, TaskState, ThreadState, VmaState};
 
 use crate::freeze::Frozen;
 use crate::inject::{self, Borrowed, InjectError};
@@ -148,16 +148,6 @@ impl Collector<'_> {
         } else {
             Ok(())
         }
-    }
-}
-
-fn file_id(m: &fs::Metadata) -> FileId {
-    FileId {
-        dev: m.dev(),
-        ino: m.ino(),
-        size: m.size(),
-        mtime_sec: m.mtime(),
-        mtime_nsec: m.mtime_nsec(),
     }
 }
 

@@ -1,6 +1,6 @@
 //! `/proc/P/fdinfo/N`: position, status flags and mount of an open file.
 
-use super::{parse_dec, ParseError};
+use super::{fields, parse_dec, parse_oct, ParseError};
 
 const FILE: &str = "fdinfo";
 
@@ -16,18 +16,10 @@ pub struct FdInfo {
 /// (eventfd counts, epoll targets, …) are ignored here.
 pub fn parse(text: &str) -> Result<FdInfo, ParseError> {
     let mut info = FdInfo::default();
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
-        let Some((key, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
+    for (n, key, value) in fields(text) {
         match key {
             "pos" => info.pos = parse_dec(FILE, n, value)?,
-            "flags" => {
-                info.flags = u32::from_str_radix(value, 8)
-                    .map_err(|_| ParseError::new(FILE, n, format!("bad flags {value:?}")))?
-            }
+            "flags" => info.flags = parse_oct(FILE, n, "flags", value)?,
             "mnt_id" => info.mnt_id = parse_dec(FILE, n, value)?,
             _ => {}
         }

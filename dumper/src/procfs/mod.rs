@@ -41,3 +41,15 @@ fn parse_dec<T: std::str::FromStr>(
     s.parse()
         .map_err(|_| ParseError::new(file, line, format!("bad number {s:?}")))
 }
+
+/// The `key: value` lines of a `/proc` file (status, fdinfo), with their
+/// 1-based line numbers and the values trimmed; other lines are skipped.
+fn fields(text: &str) -> impl Iterator<Item = (usize, &str, &str)> {
+    text.lines()
+        .enumerate()
+        .filter_map(|(i, line)| line.split_once(':').map(|(k, v)| (i + 1, k, v.trim())))
+}
+
+fn parse_oct(file: &'static str, line: usize, what: &str, s: &str) -> Result<u32, ParseError> {
+    u32::from_str_radix(s, 8).map_err(|_| ParseError::new(file, line, format!("bad {what} {s:?}")))
+}

@@ -1,6 +1,6 @@
 //! `/proc/P/status`: credentials, capabilities, umask, seccomp mode.
 
-use super::{parse_dec, parse_hex, ParseError};
+use super::{fields, parse_dec, parse_hex, parse_oct, ParseError};
 
 const FILE: &str = "status";
 
@@ -26,12 +26,7 @@ pub struct Status {
 /// Parse `/proc/P/status`.
 pub fn parse(text: &str) -> Result<Status, ParseError> {
     let mut s = Status::default();
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
-        let Some((key, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
+    for (n, key, value) in fields(text) {
         match key {
             "Tgid" => s.tgid = parse_dec(FILE, n, value)?,
             "Uid" => s.uid = four(n, value)?,
@@ -42,12 +37,7 @@ pub fn parse(text: &str) -> Result<Status, ParseError> {
                     .map(|g| parse_dec(FILE, n, g))
                     .collect::<Result<_, _>>()?
             }
-            "Umask" => {
-                s.umask = Some(
-                    u32::from_str_radix(value, 8)
-                        .map_err(|_| ParseError::new(FILE, n, format!("bad umask {value:?}")))?,
-                )
-            }
+            "Umask" => s.umask = Some(parse_oct(FILE, n, "umask", value)?),
             "CapInh" => s.cap_inheritable = parse_hex(FILE, n, value)?,
             "CapPrm" => s.cap_permitted = parse_hex(FILE, n, value)?,
             "CapEff" => s.cap_effective = parse_hex(FILE, n, value)?,

@@ -79,3 +79,15 @@ pub struct TaskState {
     /// Pages whose contents go into the image.
     pub pages: Vec<PageRun>,
 }
+
+/// A file's identity as the image records it, from its metadata.
+pub fn file_id(m: &std::fs::Metadata) -> image_format::records::FileId {
+    use std::os::unix::fs::MetadataExt;
+    image_format::records::FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.size(),
+        mtime_sec: m.mtime(),
+        mtime_nsec: m.mtime_nsec(),
+    }
+}
