@@ -294,6 +294,54 @@ fn self_check(pid: i32, path: &Path, file: &File) -> Result<(), DumpError> {
     Ok(())
 }
 
+/// Opens the file the image is written into: an anonymous file in `dir`
+/// (`O_TMPFILE`) where the file system has them, so that a dumper killed
+/// mid-dump (SIGKILL, no chance to clean up) leaves nothing behind; it is
+/// linked to `tmp` only once complete. Elsewhere, `tmp` itself. Returns the
+/// file and whether it is anonymous.
+///
+/// O_DIRECT too where the file system has it: the writer's writes are all
+/// page-aligned, so pages go from its buffer to the disk without the
+/// kernel allocating page cache for the whole image (the slow part of a
+/// dump on memory the machine has not touched yet), and the fsync after
+/// has little left to do. tmpfs refuses O_DIRECT with EINVAL.
+fn open_image_file(dir: &Path, tmp: &Path) -> io::Result<(File, bool)> {
+    let anonymous = |direct: bool| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE | if direct { libc::O_DIRECT } else { 0 })
+            .open(dir)
+    };
+    let named = |direct: bool| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(if direct { libc::O_DIRECT } else { 0 })
+            .open(tmp)
+    };
+    let retry_without_direct = |open: &dyn Fn(bool) -> io::Result<File>| match open(true) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => open(false),
+        other => other,
+    };
+    match retry_without_direct(&anonymous) {
+        Ok(file) => Ok((file, true)),
+        // No O_TMPFILE on this file system (or kernel).
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+            ) =>
+        {
+            Ok((retry_without_direct(&named)?, false))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// A temporary file in the output directory, removed on drop unless kept.
 struct TempFile {
     path: PathBuf,
@@ -352,25 +400,7 @@ pub fn dump(
         let path = path.to_owned();
         move |source| DumpError::Io { pid, path, source }
     };
-    // O_DIRECT where the file system has it: the writer's writes are all
-    // page-aligned, so pages go from its buffer to the disk without the
-    // kernel allocating page cache for the whole image (the slow part of a
-    // dump on memory the machine has not touched yet), and the fsync after
-    // has little left to do. tmpfs refuses O_DIRECT with EINVAL.
-    let open = |direct: bool| {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(if direct { libc::O_DIRECT } else { 0 })
-            .open(&tmp.path)
-    };
-    let file = match open(true) {
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => open(false),
-        other => other,
-    }
-    .map_err(io_err(&tmp.path))?;
+    let (file, anonymous) = open_image_file(out_dir, &tmp.path).map_err(io_err(&tmp.path))?;
     let mut source = memory::TaskMemory {
         pid,
         mem: &mem,
@@ -392,7 +422,12 @@ pub fn dump(
     let t = Instant::now();
     file.sync_all().map_err(io_err(&tmp.path))?;
     // Images are runnable by their owner (binfmt_misc) and private to them.
-    fs::set_permissions(&tmp.path, fs::Permissions::from_mode(0o700)).map_err(io_err(&tmp.path))?;
+    file.set_permissions(fs::Permissions::from_mode(0o700))
+        .map_err(io_err(&tmp.path))?;
+    if anonymous {
+        // Complete and durable: only now does the image get a name.
+        sys::process::link_anonymous(&file, &tmp.path).map_err(io_err(&tmp.path))?;
+    }
     // Other processes dumped into this directory before stay listed.
     let manifest = manifest::Manifest::with_process(
         out_dir,

@@ -654,3 +654,62 @@ fn two_dumps_into_one_directory_are_both_in_the_manifest() {
     a.expect_pass(CheckTrigger::Stdin);
     b.expect_pass(CheckTrigger::Stdin);
 }
+
+#[test]
+fn a_dumper_killed_mid_dump_leaves_the_target_running_and_no_file() {
+    skip_unless_root!();
+    let dir = scratch_dir();
+    let mut w = Workload::start("bigmem", ["--mb", "1024", "--write-pct", "100"]);
+    let out = dir.path().join("out");
+    let mut command = binaries().crdump_command(w.pid(), &out, false);
+    command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut crdump = crimg_tests::ChildGuard::new("crdump", command.spawn().unwrap());
+    // Kill it while it copies pages: once it holds a file in the output
+    // directory open (an anonymous O_TMPFILE there, or a temporary name).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let writing = fs::read_dir(format!("/proc/{}/fd", crdump.pid()))
+            .map(|fds| {
+                fds.flatten()
+                    .filter_map(|fd| fs::read_link(fd.path()).ok())
+                    .any(|target| target.starts_with(&out))
+            })
+            .unwrap_or(false);
+        if writing {
+            break;
+        }
+        assert!(
+            crdump.try_status().is_none(),
+            "crdump ended before it was killed"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "crdump never started writing"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    crdump.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+    crdump.wait_exit(Duration::from_secs(30)).unwrap();
+    // No file: the image had no name yet. (The directory crdump created
+    // stays: nothing runs to remove it.)
+    let left: Vec<PathBuf> = fs::read_dir(&out)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    // The kernel detached the dead tracer's target: it runs on, intact.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !fs::read_to_string(format!("/proc/{}/status", w.pid()))
+        .unwrap()
+        .lines()
+        .any(|l| l == "TracerPid:\t0")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still traced after its tracer died"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    w.expect_pass(CheckTrigger::Stdin);
+}

@@ -171,3 +171,33 @@ pub fn data_extents(file: &File, limit: u64) -> io::Result<Vec<(u64, u64)>> {
     }
     Ok(out)
 }
+
+/// `linkat(AT_FDCWD, "/proc/self/fd/N", AT_FDCWD, path, AT_SYMLINK_FOLLOW)`:
+/// gives the anonymous file `file` (opened with `O_TMPFILE`) the name
+/// `path`. Following the fd's magic link is what links the file itself;
+/// unlike `AT_EMPTY_PATH`, it needs no capability.
+///
+/// # References
+/// linkat(2), open(2) (`O_TMPFILE`)
+pub fn link_anonymous(file: &std::fs::File, path: &std::path::Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(io::Error::other)?;
+    let to = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: both paths are NUL-terminated strings that outlive the call;
+    // the kernel only reads them.
+    let r = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
