@@ -580,28 +580,8 @@ fn an_interrupted_dump_leaves_the_target_running_and_nothing_behind() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let mut crdump = crimg_tests::ChildGuard::new("crdump", command.spawn().unwrap());
-    // Interrupt it while it copies pages: once its temporary image exists.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let copying = fs::read_dir(&out)
-            .map(|d| {
-                d.flatten()
-                    .any(|e| e.file_name().to_string_lossy().starts_with(".task-"))
-            })
-            .unwrap_or(false);
-        if copying {
-            break;
-        }
-        assert!(
-            crdump.try_status().is_none(),
-            "crdump ended before it was interrupted"
-        );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "crdump never started writing"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    // Interrupt it while it copies pages.
+    wait_until_writing(&mut crdump, &out);
     crdump.signal(nix::sys::signal::Signal::SIGINT).unwrap();
     let status = crdump.wait_exit(Duration::from_secs(30)).unwrap();
     assert_eq!(status.code(), Some(1), "crdump after SIGINT: {status:?}");
@@ -666,30 +646,8 @@ fn a_dumper_killed_mid_dump_leaves_the_target_running_and_no_file() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut crdump = crimg_tests::ChildGuard::new("crdump", command.spawn().unwrap());
-    // Kill it while it copies pages: once it holds a file in the output
-    // directory open (an anonymous O_TMPFILE there, or a temporary name).
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let writing = fs::read_dir(format!("/proc/{}/fd", crdump.pid()))
-            .map(|fds| {
-                fds.flatten()
-                    .filter_map(|fd| fs::read_link(fd.path()).ok())
-                    .any(|target| target.starts_with(&out))
-            })
-            .unwrap_or(false);
-        if writing {
-            break;
-        }
-        assert!(
-            crdump.try_status().is_none(),
-            "crdump ended before it was killed"
-        );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "crdump never started writing"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    // Kill it while it copies pages.
+    wait_until_writing(&mut crdump, &out);
     crdump.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
     crdump.wait_exit(Duration::from_secs(30)).unwrap();
     // No file: the image had no name yet. (The directory crdump created
@@ -712,4 +670,31 @@ fn a_dumper_killed_mid_dump_leaves_the_target_running_and_no_file() {
         std::thread::sleep(Duration::from_millis(10));
     }
     w.expect_pass(CheckTrigger::Stdin);
+}
+
+/// Waits until crdump holds a file in `out` open: the image it is copying
+/// pages into (an anonymous O_TMPFILE there, or a temporary name).
+fn wait_until_writing(crdump: &mut crimg_tests::ChildGuard, out: &Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let writing = fs::read_dir(format!("/proc/{}/fd", crdump.pid()))
+            .map(|fds| {
+                fds.flatten()
+                    .filter_map(|fd| fs::read_link(fd.path()).ok())
+                    .any(|target| target.starts_with(out))
+            })
+            .unwrap_or(false);
+        if writing {
+            return;
+        }
+        assert!(
+            crdump.try_status().is_none(),
+            "crdump ended before it was stopped"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "crdump never started writing"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
