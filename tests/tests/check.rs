@@ -2,8 +2,6 @@
 //! everything crimg needs works here; as nobody the privileged parts are
 //! warnings, not failures.
 
-use std::time::Duration;
-
 use crimg_tests::cli::{run, CLI_TIMEOUT};
 use crimg_tests::roundtrip::as_nobody;
 use crimg_tests::{binaries, skip_unless_root};
@@ -29,10 +27,10 @@ fn verdict<'a>(all: &'a [(String, String)], name: &str) -> &'a str {
         .1
 }
 
-#[test]
-fn check_reports_what_this_machine_allows() {
-    skip_unless_root!();
-    let out = run(binaries().crimg_command(["check", "--json"]), CLI_TIMEOUT).unwrap();
+/// Runs `crimg check --json` (as `command`), which must succeed; its
+/// verdicts by check name, and its output for messages.
+fn run_check(command: std::process::Command) -> (Vec<(String, String)>, String) {
+    let out = run(command, CLI_TIMEOUT).unwrap();
     assert!(
         out.status.success(),
         "{:?}\n{}\n{}",
@@ -40,7 +38,13 @@ fn check_reports_what_this_machine_allows() {
         out.stdout,
         out.stderr
     );
-    let all = verdicts(&out.stdout);
+    (verdicts(&out.stdout), out.stdout)
+}
+
+#[test]
+fn check_reports_what_this_machine_allows() {
+    skip_unless_root!();
+    let (all, out) = run_check(binaries().crimg_command(["check", "--json"]));
     for name in [
         "kernel",
         "ptrace seize and interrupt",
@@ -48,9 +52,9 @@ fn check_reports_what_this_machine_allows() {
         "XSAVE features (XCR0)",
         "clone3 with set_tid",
     ] {
-        assert_eq!(verdict(&all, name), "ok", "{name}: {}", out.stdout);
+        assert_eq!(verdict(&all, name), "ok", "{name}: {}", out);
     }
-    assert!(all.iter().all(|(_, v)| v != "fail"), "{}", out.stdout);
+    assert!(all.iter().all(|(_, v)| v != "fail"), "{}", out);
 }
 
 #[test]
@@ -58,31 +62,13 @@ fn unprivileged_check_warns_instead_of_failing() {
     skip_unless_root!();
     let mut command = as_nobody();
     command.arg(&binaries().crimg).args(["check", "--json"]);
-    let out = run(command, Duration::from_secs(60)).unwrap();
-    assert!(
-        out.status.success(),
-        "{:?}\n{}\n{}",
-        out.status,
-        out.stdout,
-        out.stderr
-    );
-    let all = verdicts(&out.stdout);
+    let (all, out) = run_check(command);
     assert_eq!(
         verdict(&all, "checkpoint/restore capability"),
         "warn",
         "{}",
-        out.stdout
+        out
     );
-    assert_eq!(
-        verdict(&all, "clone3 with set_tid"),
-        "warn",
-        "{}",
-        out.stdout
-    );
-    assert_eq!(
-        verdict(&all, "ptrace seize and interrupt"),
-        "ok",
-        "{}",
-        out.stdout
-    );
+    assert_eq!(verdict(&all, "clone3 with set_tid"), "warn", "{}", out);
+    assert_eq!(verdict(&all, "ptrace seize and interrupt"), "ok", "{}", out);
 }

@@ -569,21 +569,48 @@ fn damaged_images_are_reported_not_trusted() {
     }
 }
 
+/// A 1 GiB workload, and the exit status of its dump into `out` stopped
+/// by `signal` while crdump copies the pages.
+fn dump_stopped_mid_copy(
+    out: &Path,
+    signal: nix::sys::signal::Signal,
+) -> (Workload, std::process::ExitStatus) {
+    let w = Workload::start("bigmem", ["--mb", "1024", "--write-pct", "100"]);
+    let mut command = binaries().crdump_command(w.pid(), out, false);
+    command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut crdump = crimg_tests::ChildGuard::new("crdump", command.spawn().unwrap());
+    wait_until_writing(&mut crdump, out);
+    crdump.signal(signal).unwrap();
+    let status = crdump.wait_exit(Duration::from_secs(30)).unwrap();
+    (w, status)
+}
+
+/// The target of a stopped dump runs on, untraced (at once after a clean
+/// detach, soon after its tracer died), with its memory intact.
+fn assert_runs_on_untraced(w: &mut Workload) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = fs::read_to_string(format!("/proc/{}/status", w.pid())).unwrap();
+        if status.lines().any(|l| l == "TracerPid:\t0") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still traced:\n{status}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    w.expect_pass(CheckTrigger::Stdin);
+}
+
 #[test]
 fn an_interrupted_dump_leaves_the_target_running_and_nothing_behind() {
     skip_unless_root!();
     let dir = scratch_dir();
-    let mut w = Workload::start("bigmem", ["--mb", "1024", "--write-pct", "100"]);
     let out = dir.path().join("out");
-    let mut command = binaries().crdump_command(w.pid(), &out, false);
-    command
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let mut crdump = crimg_tests::ChildGuard::new("crdump", command.spawn().unwrap());
-    // Interrupt it while it copies pages.
-    wait_until_writing(&mut crdump, &out);
-    crdump.signal(nix::sys::signal::Signal::SIGINT).unwrap();
-    let status = crdump.wait_exit(Duration::from_secs(30)).unwrap();
+    let (mut w, status) = dump_stopped_mid_copy(&out, nix::sys::signal::Signal::SIGINT);
     assert_eq!(status.code(), Some(1), "crdump after SIGINT: {status:?}");
     // Nothing is left: no image, no manifest, no temporary file, no directory.
     assert!(
@@ -591,13 +618,7 @@ fn an_interrupted_dump_leaves_the_target_running_and_nothing_behind() {
         "left behind: {:?}",
         fs::read_dir(&out).map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
     );
-    // The target runs on, untraced, with its memory intact.
-    let status = fs::read_to_string(format!("/proc/{}/status", w.pid())).unwrap();
-    assert!(
-        status.lines().any(|l| l == "TracerPid:\t0"),
-        "still traced:\n{status}"
-    );
-    w.expect_pass(CheckTrigger::Stdin);
+    assert_runs_on_untraced(&mut w);
 }
 
 #[test]
@@ -639,37 +660,16 @@ fn two_dumps_into_one_directory_are_both_in_the_manifest() {
 fn a_dumper_killed_mid_dump_leaves_the_target_running_and_no_file() {
     skip_unless_root!();
     let dir = scratch_dir();
-    let mut w = Workload::start("bigmem", ["--mb", "1024", "--write-pct", "100"]);
     let out = dir.path().join("out");
-    let mut command = binaries().crdump_command(w.pid(), &out, false);
-    command
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let mut crdump = crimg_tests::ChildGuard::new("crdump", command.spawn().unwrap());
-    // Kill it while it copies pages.
-    wait_until_writing(&mut crdump, &out);
-    crdump.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
-    crdump.wait_exit(Duration::from_secs(30)).unwrap();
+    let (mut w, _) = dump_stopped_mid_copy(&out, nix::sys::signal::Signal::SIGKILL);
     // No file: the image had no name yet. (The directory crdump created
     // stays: nothing runs to remove it.)
     let left: Vec<PathBuf> = fs::read_dir(&out)
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "left behind: {left:?}");
-    // The kernel detached the dead tracer's target: it runs on, intact.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !fs::read_to_string(format!("/proc/{}/status", w.pid()))
-        .unwrap()
-        .lines()
-        .any(|l| l == "TracerPid:\t0")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still traced after its tracer died"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    w.expect_pass(CheckTrigger::Stdin);
+    // The kernel detaches the dead tracer's target.
+    assert_runs_on_untraced(&mut w);
 }
 
 /// Waits until crdump holds a file in `out` open: the image it is copying
