@@ -20,7 +20,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::creds;
 use crate::maps::{self, MapKind, MapsEntry};
-use crate::message;
+use crate::message::{self, Lossy};
 use crate::plan::{FdMove, PageLoad, PlanInput, Range, TargetVma, ThreadInput, VdsoBlock};
 use crate::sys::{self, startup::Startup, CPath, Errno};
 use crate::validate::{validate_values, ValueError};
@@ -149,20 +149,6 @@ impl CheckError {
             | CheckError::ProcMapsTooLong { .. }
             | CheckError::FdRelocate { .. } => ExitCode::Environment,
         }
-    }
-}
-
-struct Lossy(&'static [u8]);
-
-impl fmt::Display for Lossy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for chunk in self.0.utf8_chunks() {
-            f.write_str(chunk.valid())?;
-            if !chunk.invalid().is_empty() {
-                f.write_str("\u{fffd}")?;
-            }
-        }
-        Ok(())
     }
 }
 

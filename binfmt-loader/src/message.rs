@@ -35,12 +35,7 @@ impl Write for Line {
 impl Line {
     /// Bytes that may not be UTF-8 (paths), written lossily.
     pub fn bytes(&mut self, b: &[u8]) {
-        for chunk in b.utf8_chunks() {
-            let _ = self.write_str(chunk.valid());
-            if !chunk.invalid().is_empty() {
-                let _ = self.write_str("\u{fffd}");
-            }
-        }
+        let _ = write!(self, "{}", Lossy(b));
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -62,4 +57,20 @@ pub fn report(image: &[u8], what: fmt::Arguments<'_>) {
     let _ = l.write_str(": ");
     let _ = l.write_fmt(what);
     l.emit();
+}
+
+/// Bytes that may not be UTF-8 (paths) displayed lossily: invalid
+/// sequences become U+FFFD.
+pub struct Lossy<'a>(pub &'a [u8]);
+
+impl fmt::Display for Lossy<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for chunk in self.0.utf8_chunks() {
+            f.write_str(chunk.valid())?;
+            if !chunk.invalid().is_empty() {
+                f.write_str("\u{fffd}")?;
+            }
+        }
+        Ok(())
+    }
 }

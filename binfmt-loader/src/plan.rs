@@ -651,7 +651,6 @@ const PR_SET_NAME: u64 = 15;
 const PR_SET_NO_NEW_PRIVS: u64 = 38;
 const ARCH_SET_GS: u64 = 0x1001;
 const ARCH_SET_FS: u64 = 0x1002;
-const O_CLOEXEC: u64 = 0o2_000_000;
 const EPERM: u64 = 1;
 
 /// `struct prctl_mm_map`.
@@ -1023,7 +1022,11 @@ pub fn build_plan(
             [
                 m.from as u64,
                 m.to as u64,
-                if m.cloexec != 0 { O_CLOEXEC } else { 0 },
+                if m.cloexec != 0 {
+                    u64::from(sys::O_CLOEXEC)
+                } else {
+                    0
+                },
                 0,
                 0,
                 0,

@@ -556,24 +556,6 @@ pub fn getpid() -> i32 {
     unsafe { syscall6(nr::GETPID, 0, 0, 0, 0, 0, 0) as i32 }
 }
 
-/// `rt_sigprocmask(SIG_SETMASK, &mask, &old, 8)`: returns the old mask.
-pub fn set_sigmask(mask: u64) -> u64 {
-    let mut old = 0u64;
-    // SAFETY: the kernel reads and writes one 8-byte sigset each.
-    unsafe {
-        syscall6(
-            nr::RT_SIGPROCMASK,
-            2,
-            &raw const mask as u64,
-            &raw mut old as u64,
-            8,
-            0,
-            0,
-        )
-    };
-    old
-}
-
 /// `exit_group(code)`.
 pub fn exit_group(code: i32) -> ! {
     loop {
