@@ -33,9 +33,9 @@ impl Write for Line {
 }
 
 impl Line {
-    /// Bytes that may not be UTF-8 (paths), written lossily.
+    /// Bytes from the image or the command line (paths), escaped.
     pub fn bytes(&mut self, b: &[u8]) {
-        let _ = write!(self, "{}", Lossy(b));
+        let _ = write!(self, "{}", Escaped(b));
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -59,18 +59,8 @@ pub fn report(image: &[u8], what: fmt::Arguments<'_>) {
     l.emit();
 }
 
-/// Bytes that may not be UTF-8 (paths) displayed lossily: invalid
-/// sequences become U+FFFD.
-pub struct Lossy<'a>(pub &'a [u8]);
-
-impl fmt::Display for Lossy<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for chunk in self.0.utf8_chunks() {
-            f.write_str(chunk.valid())?;
-            if !chunk.invalid().is_empty() {
-                f.write_str("\u{fffd}")?;
-            }
-        }
-        Ok(())
-    }
-}
+/// Bytes from the image (paths, names) shown with control bytes escaped,
+/// so a message stays one line and cannot drive the terminal.
+pub use image_format::text::Escaped;
+/// The former name of [`Escaped`].
+pub use image_format::text::Escaped as Lossy;

@@ -26,6 +26,7 @@ pub mod elf;
 pub mod read;
 pub mod records;
 pub mod seal;
+pub mod text;
 
 pub use read::{Image, ImageError};
 pub use seal::reseal;

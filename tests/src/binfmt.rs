@@ -101,6 +101,16 @@ pub fn entry_names() -> Result<Vec<String>, BinfmtError> {
 /// The line that registers entry `name` for crimg images with
 /// `interpreter`: `:name:M:0:\x7f\x45...::/path/to/crimg-loader:F`.
 pub fn register_line(name: &str, interpreter: &Path) -> Result<String, BinfmtError> {
+    register_line_with(name, interpreter, &CRIMG_MAGIC, "F")
+}
+
+/// [`register_line`] with another magic and other flags.
+pub fn register_line_with(
+    name: &str,
+    interpreter: &Path,
+    magic: &[u8],
+    flags: &str,
+) -> Result<String, BinfmtError> {
     let path = interpreter
         .to_str()
         .ok_or_else(|| BinfmtError::BadInterpreter {
@@ -119,11 +129,8 @@ pub fn register_line(name: &str, interpreter: &Path) -> Result<String, BinfmtErr
             why: "not an absolute path",
         });
     }
-    let magic: String = CRIMG_MAGIC
-        .iter()
-        .map(|byte| format!("\\x{byte:02x}"))
-        .collect();
-    Ok(format!(":{name}:M:0:{magic}::{path}:F"))
+    let magic: String = magic.iter().map(|byte| format!("\\x{byte:02x}")).collect();
+    Ok(format!(":{name}:M:0:{magic}::{path}:{flags}"))
 }
 
 /// A binfmt_misc entry registered by this test, removed when dropped.
@@ -138,10 +145,20 @@ impl TestBinfmt {
     /// crimg images with `interpreter` (the loader under test), mounting
     /// binfmt_misc first if needed. Needs root.
     pub fn register(interpreter: &Path) -> Result<TestBinfmt, BinfmtError> {
+        Self::register_with(interpreter, &CRIMG_MAGIC, "F")
+    }
+
+    /// [`TestBinfmt::register`] with another magic and other flags (a
+    /// magic no image has keeps the entry from running other tests' images).
+    pub fn register_with(
+        interpreter: &Path,
+        magic: &[u8],
+        flags: &str,
+    ) -> Result<TestBinfmt, BinfmtError> {
         ensure_mounted()?;
         let serial = ENTRIES_MADE.fetch_add(1, Ordering::Relaxed);
         let name = format!("crimg-test-{}-{serial}", std::process::id());
-        let line = register_line(&name, interpreter)?;
+        let line = register_line_with(&name, interpreter, magic, flags)?;
         let register = Path::new(BINFMT_MISC_DIR).join("register");
         fs::OpenOptions::new()
             .write(true)

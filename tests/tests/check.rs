@@ -72,3 +72,56 @@ fn unprivileged_check_warns_instead_of_failing() {
     assert_eq!(verdict(&all, "clone3 with set_tid"), "warn", "{}", out);
     assert_eq!(verdict(&all, "ptrace seize and interrupt"), "ok", "{}", out);
 }
+
+/// `crimg check --json --binfmt-name NAME`: exit status, verdict and detail
+/// of the binfmt check.
+fn binfmt_verdict(entry: &str) -> (bool, String, String) {
+    let out = run(
+        binaries().crimg_command(["check", "--json", "--binfmt-name", entry]),
+        CLI_TIMEOUT,
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    let c = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "binfmt_misc entry")
+        .expect("a binfmt check")
+        .clone();
+    (
+        out.status.success(),
+        c["verdict"].as_str().unwrap().to_owned(),
+        c["detail"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn check_says_what_the_binfmt_flags_mean() {
+    skip_unless_root!();
+    let bins = binaries();
+    let entry = crimg_tests::TestBinfmt::register(&bins.loader).unwrap();
+    let (ok, verdict, detail) = binfmt_verdict(entry.name());
+    assert!(ok, "{detail}");
+    assert_eq!(verdict, "ok", "{detail}");
+    assert!(
+        detail.contains("credentials of whoever runs them") && detail.contains("F:"),
+        "{detail}"
+    );
+}
+
+#[test]
+fn check_fails_on_an_entry_that_would_run_images_with_their_owners_credentials() {
+    skip_unless_root!();
+    let bins = binaries();
+    // Another format version's magic: no image of any test matches it, so
+    // this dangerous entry never runs anything while it exists.
+    let mut magic = image_format::IDENT;
+    magic[14] = 0xfe;
+    let entry = crimg_tests::TestBinfmt::register_with(&bins.loader, &magic, "FC").unwrap();
+    let (ok, verdict, detail) = binfmt_verdict(entry.name());
+    assert!(!ok, "crimg check must exit non-zero: {detail}");
+    assert_eq!(verdict, "fail", "{detail}");
+    assert!(detail.contains("flag C"), "{detail}");
+    assert!(detail.contains("image format"), "{detail}");
+}

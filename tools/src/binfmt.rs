@@ -77,7 +77,8 @@ pub fn register_line(name: &str, interpreter: &Path) -> String {
 }
 
 /// The magic as binfmt_misc prints it in an entry's status (hex, no escapes).
-fn magic_hex() -> String {
+/// The magic crimg's entries match, as binfmt_misc prints it.
+pub fn magic_hex() -> String {
     image_format::IDENT
         .iter()
         .map(|b| format!("{b:02x}"))

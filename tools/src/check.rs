@@ -213,9 +213,65 @@ fn set_tid() -> Check {
     }
 }
 
-fn binfmt() -> Check {
+/// What the flags of a binfmt entry mean for the people who run images.
+fn flags_meaning(flags: &str) -> String {
+    let mut out = vec![
+        "images run with the credentials of whoever runs them (the loader gains nothing from the image file)".to_owned(),
+    ];
+    if flags.contains('F') {
+        out.push("F: the loader was opened when registered (works in other mount namespaces and chroots)".to_owned());
+    }
+    if flags.contains('O') {
+        out.push("O: the image is passed as an open fd, so execute-only images run".to_owned());
+    }
+    if flags.contains('P') {
+        out.push("P: the original argv[0] is kept".to_owned());
+    }
+    out.join("; ")
+}
+
+/// Judges a registered entry: what is wrong with it (each a failure), and
+/// what is merely worth saying.
+fn judge_entry(s: &crate::binfmt::EntryStatus) -> (Vec<String>, Vec<String>) {
+    let mut wrong = Vec::new();
+    let mut notes = Vec::new();
+    if s.flags.contains('C') {
+        wrong.push(format!(
+            "flag C: the kernel would run images with the credentials of the image file's owner, like a setuid program (re-register it with `crimg binfmt install --name {}`)",
+            s.name
+        ));
+    }
+    if s.magic != crate::binfmt::magic_hex() {
+        wrong.push(format!(
+            "it matches magic {}, not this crimg's image format {}: images of this crimg do not run through it",
+            s.magic,
+            image_format::FORMAT_VERSION
+        ));
+    }
+    let usable = std::fs::metadata(&s.interpreter)
+        .map(|m| {
+            m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+        })
+        .unwrap_or(false);
+    if !usable {
+        let what = format!(
+            "the loader {} is missing or not executable",
+            s.interpreter.display()
+        );
+        if s.flags.contains('F') {
+            notes.push(format!(
+                "{what}; the entry still runs the file opened when it was registered (flag F)"
+            ));
+        } else {
+            wrong.push(what);
+        }
+    }
+    (wrong, notes)
+}
+
+fn binfmt(entry_name: &str) -> Check {
     let name = "binfmt_misc entry";
-    let entry = match crate::binfmt::Binfmt::new(crate::binfmt::DEFAULT_NAME) {
+    let entry = match crate::binfmt::Binfmt::new(entry_name) {
         Ok(e) => e,
         Err(e) => return check(name, Verdict::Fail, e.to_string()),
     };
@@ -227,18 +283,60 @@ fn binfmt() -> Check {
         );
     }
     match entry.status() {
-        Ok(Some(s)) if s.enabled => check(
-            name,
-            Verdict::Ok,
-            format!("registered: images run with {}", s.interpreter.display()),
-        ),
-        Ok(Some(_)) => check(name, Verdict::Warn, "registered but disabled"),
+        Ok(Some(s)) => {
+            let (wrong, notes) = judge_entry(&s);
+            if !wrong.is_empty() {
+                return check(name, Verdict::Fail, format!("{entry_name}: {}", wrong.join("; ")));
+            }
+            if !s.enabled {
+                return check(
+                    name,
+                    Verdict::Warn,
+                    format!("{entry_name} is registered but disabled: images do not run directly"),
+                );
+            }
+            let mut detail = format!(
+                "{entry_name} registered, flags {}: images run with {}; {}",
+                if s.flags.is_empty() { "none" } else { &s.flags },
+                s.interpreter.display(),
+                flags_meaning(&s.flags)
+            );
+            for n in &notes {
+                detail.push_str("; ");
+                detail.push_str(n);
+            }
+            check(name, if notes.is_empty() { Verdict::Ok } else { Verdict::Warn }, detail)
+        }
         Ok(None) => check(
             name,
             Verdict::Warn,
-            "not registered: run images with `crimg run`, or `crimg binfmt install`",
+            format!("{entry_name} not registered: run images with `crimg run`, or `crimg binfmt install`"),
         ),
         Err(e) => check(name, Verdict::Fail, e.to_string()),
+    }
+}
+
+/// Whether the loader that `crimg run` and `crimg binfmt install` use is
+/// there.
+fn loader() -> Check {
+    let name = "loader";
+    match crate::loader_path::find() {
+        Some(p) => check(name, Verdict::Ok, format!("{}", p.display())),
+        None => {
+            let tried: Vec<String> = crate::loader_path::candidates()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            check(
+                name,
+                Verdict::Fail,
+                format!(
+                    "{} not found (tried {}): images cannot be restored",
+                    crate::loader_path::LOADER_NAME,
+                    tried.join(", ")
+                ),
+            )
+        }
     }
 }
 
@@ -275,8 +373,9 @@ fn kernel() -> Check {
     )
 }
 
-/// Every check, in the order they are shown.
-pub fn run_all() -> Vec<Check> {
+/// Every check, in the order they are shown; `binfmt_name` is the binfmt
+/// entry to look at.
+pub fn run_all(binfmt_name: &str) -> Vec<Check> {
     let mut out = vec![kernel()];
     out.extend(capabilities());
     out.push(ptrace_seize());
@@ -284,7 +383,8 @@ pub fn run_all() -> Vec<Check> {
     out.push(vdso_layout());
     out.push(xsave());
     out.push(set_tid());
-    out.push(binfmt());
+    out.push(loader());
+    out.push(binfmt(binfmt_name));
     out.push(limits());
     out
 }

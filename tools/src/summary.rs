@@ -286,6 +286,12 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
+/// A string from the image as it may be shown on a terminal: control
+/// bytes escaped, so one field stays on its line (JSON escapes its own).
+fn shown(s: &str) -> String {
+    image_format::text::Escaped(s.as_bytes()).to_string()
+}
+
 /// The summary as text for people.
 pub fn render_text(s: &Summary) -> String {
     let mut o = String::new();
@@ -294,10 +300,10 @@ pub fn render_text(s: &Summary) -> String {
         "pid {}  ppid {}  pgid {}  sid {}  uid {}  gid {}",
         s.pid, s.ppid, s.pgid, s.sid, s.uid, s.gid
     );
-    let _ = writeln!(o, "comm     {}", s.comm);
-    let _ = writeln!(o, "exe      {}", s.exe);
-    let _ = writeln!(o, "cwd      {}", s.cwd);
-    let _ = writeln!(o, "cmdline  {}", s.cmdline.join(" "));
+    let _ = writeln!(o, "comm     {}", shown(&s.comm));
+    let _ = writeln!(o, "exe      {}", shown(&s.exe));
+    let _ = writeln!(o, "cwd      {}", shown(&s.cwd));
+    let _ = writeln!(o, "cmdline  {}", shown(&s.cmdline.join(" ")));
     let _ = writeln!(
         o,
         "memory   {} stored in {} areas; image {} (format {})",
@@ -312,7 +318,12 @@ pub fn render_text(s: &Summary) -> String {
         let _ = writeln!(
             o,
             "  tid {:<7} {:<16} rip {}  rsp {}  syscall {} ({})",
-            t.tid, t.comm, r.rip, r.rsp, t.syscall, t.restart
+            t.tid,
+            shown(&t.comm),
+            r.rip,
+            r.rsp,
+            t.syscall,
+            t.restart
         );
     }
     let _ = writeln!(o, "\nmemory areas:");
@@ -326,7 +337,7 @@ pub fn render_text(s: &Summary) -> String {
             v.kind,
             human(v.size),
             human(v.stored),
-            v.path
+            shown(&v.path)
         );
     }
     let _ = writeln!(o, "\nfile descriptors:");
@@ -339,7 +350,7 @@ pub fn render_text(s: &Summary) -> String {
             f.pos,
             f.open_flags,
             if f.cloexec { " cloexec" } else { "" },
-            f.path
+            shown(&f.path)
         );
     }
     if let Some(t) = s.threads.first() {
@@ -383,7 +394,7 @@ pub fn render_text(s: &Summary) -> String {
     if !s.warnings.is_empty() {
         let _ = writeln!(o, "\nnot kept by the dump:");
         for w in &s.warnings {
-            let _ = writeln!(o, "  - {w}");
+            let _ = writeln!(o, "  - {}", shown(w));
         }
     }
     o

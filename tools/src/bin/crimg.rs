@@ -43,11 +43,15 @@ enum Command {
         loader: Option<PathBuf>,
     },
     /// Check what this machine allows: ptrace, pagemap, vDSO layout, XSAVE,
-    /// capabilities, set_tid, the binfmt entry (each by trying it).
+    /// capabilities, set_tid, the loader and the binfmt entry (each by
+    /// trying it). Exits 1 when a check fails.
     Check {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// The binfmt_misc entry to check.
+        #[arg(long, default_value = binfmt::DEFAULT_NAME)]
+        binfmt_name: String,
     },
     /// Manage the binfmt_misc entry that makes images directly runnable.
     Binfmt {
@@ -130,7 +134,7 @@ fn verify(paths: &[PathBuf]) -> Result<()> {
                 if threads == 1 { "" } else { "s" }
             ),
             Err(e) => {
-                eprintln!("crimg: {e}");
+                eprintln!("crimg: {}", crimg_tools::error_line(crimg_tools::error_chain(&e)));
                 failed += 1;
             }
         }
@@ -151,9 +155,9 @@ fn run(image: &Path, loader_bin: Option<PathBuf>) -> Result<()> {
     Err(err).with_context(|| format!("cannot execute the loader {}", loader.display()))
 }
 
-fn check_machine(json: bool) -> Result<()> {
+fn check_machine(json: bool, binfmt_name: &str) -> Result<()> {
     use crimg_tools::check::{self, Verdict};
-    let checks = check::run_all();
+    let checks = check::run_all(binfmt_name);
     if json {
         println!("{}", serde_json::to_string_pretty(&checks)?);
     } else {
@@ -254,13 +258,14 @@ fn main() -> ExitCode {
         Command::Info { image, json } => info(&image, json),
         Command::Verify { images } => verify(&images),
         Command::Run { image, loader } => run(&image, loader),
-        Command::Check { json } => check_machine(json),
+        Command::Check { json, binfmt_name } => check_machine(json, &binfmt_name),
         Command::Binfmt { action } => binfmt_action(action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("crimg: {e:#}");
+            let line = crimg_tools::error_line(e.chain().map(|c| c.to_string()));
+            eprintln!("crimg: {line}");
             ExitCode::FAILURE
         }
     }
