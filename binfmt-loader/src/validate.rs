@@ -351,9 +351,16 @@ fn check_vma(start: u64, end: u64, kind: u32, min: u64) -> Result<(), ValueError
     Ok(())
 }
 
+/// The kernel's `mmap_min_addr` is at least `CONFIG_LSM_MMAP_MIN_ADDR`
+/// (65536 in the usual configurations) where security modules are built
+/// in, whatever `vm.mmap_min_addr` (the DAC bound, which is what the
+/// sysctl shows) says; `PR_SET_MM_MAP` checks against the larger.
+pub const LSM_MMAP_MIN_ADDR: u64 = 65536;
+
 /// `validate_prctl_map_addr`: every field in `[mmap_min_addr, TASK_SIZE)`
 /// (`start_stack` too), `start_code < end_code`, the other pairs ordered.
 fn check_mm(mm: &MmRecord, min: u64) -> Result<(), ValueError> {
+    let min = min.max(LSM_MMAP_MIN_ADDR);
     let value = mm.start_stack;
     if value < min || value >= TASK_SIZE {
         return Err(ValueError::MmField {
