@@ -746,3 +746,53 @@ fn runs_through_binfmt_misc_with_the_o_flag() {
     assert!(stdout.starts_with("STORED-PAGE-OK!\n"), "{stdout}");
     assert!(!stdout.contains("crimg-loader"), "{stdout}");
 }
+
+/// The dumper's self-check and the loader's stage 1 run one function,
+/// `binfmt_loader::rules::check_image`: on each image it refuses, the
+/// loader exits with that error's code and prints that error's message;
+/// a sound image passes it.
+#[test]
+fn the_rules_the_dumper_runs_are_the_loaders() {
+    use binfmt_loader::rules::check_image;
+    use image_format::Image;
+    let dir = temp_dir("rules");
+    let sound = std::fs::read(build_image(&dir.0, true)).unwrap();
+    assert_eq!(check_image(&Image::parse(&sound).unwrap(), 4096), Ok(()));
+
+    type Edit = Box<dyn Fn(&mut TaskState)>;
+    let cases: Vec<Edit> = vec![
+        Box::new(|s| s.vmas[3].record.flags |= vma_flags::FILE_DELETED),
+        Box::new(|s| {
+            let mut socket = s.fds[1].clone();
+            socket.record.fd = 5;
+            socket.record.kind = fd_kind::SOCKET;
+            socket.path = "socket:[77]".into();
+            s.fds.push(socket);
+        }),
+        Box::new(|s| s.fds[0].record.fd = -3),
+        Box::new(|s| {
+            s.itimers.push(ItimerRecord {
+                which: 1,
+                _pad: 0,
+                interval: Timeval {
+                    sec: 0,
+                    usec: 1_000_000,
+                },
+                value: Timeval { sec: 1, usec: 0 },
+            })
+        }),
+        Box::new(|s| s.threads[0].regs.fs_base = u64::MAX),
+    ];
+    for edit in cases {
+        let image = build_edited_image(&dir.0, true, |s| edit(s));
+        let bytes = std::fs::read(&image).unwrap();
+        let parsed = Image::parse(&bytes).unwrap();
+        let error = check_image(&parsed, 4096).expect_err("the rules refuse the edited image");
+        let (code, _, stderr) = run_loader(&image);
+        assert_eq!(code, error.exit_code() as i32, "{error}: {stderr}");
+        assert!(
+            stderr.ends_with(&format!(": {error}\n")),
+            "{error}: {stderr}"
+        );
+    }
+}
