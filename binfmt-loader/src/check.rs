@@ -870,14 +870,22 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
         if may_set_ids && creds::switch_keeps_caps(&c, uids, securebits) {
             return Err(CheckError::CapsKept { securebits });
         }
-        let (said_uid, said_gid) = recorded.map_or((uids[0], gids[0]), |r| (r.uid[0], r.gid[0]));
-        warn(
-            name,
-            format_args!(
-                "the image file belongs to uid {} gid {}: credentials lowered to theirs (the image says uid {said_uid} gid {said_gid}), no capabilities",
-                image_owner.0, image_owner.1
+        let (owner_uid, owner_gid) = image_owner;
+        match recorded {
+            Some(r) => warn(
+                name,
+                format_args!(
+                    "the image file belongs to uid {owner_uid} gid {owner_gid}: credentials lowered to theirs (the image says uid {} gid {}), no capabilities",
+                    r.uid[0], r.gid[0]
+                ),
             ),
-        );
+            None => warn(
+                name,
+                format_args!(
+                    "the image file belongs to uid {owner_uid} gid {owner_gid} and records no credentials: credentials lowered to theirs, no capabilities"
+                ),
+            ),
+        }
     }
     let creds = match image_creds {
         Some(c)
