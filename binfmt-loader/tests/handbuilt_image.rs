@@ -796,3 +796,29 @@ fn the_rules_the_dumper_runs_are_the_loaders() {
         );
     }
 }
+
+/// `PR_SET_MM_MAP` refuses brk and data sizes above the caller's
+/// RLIMIT_DATA (`check_data_rlimit`): checked in stage 1, with the limit
+/// the plan will meet (exit 10, before any change).
+#[test]
+fn a_brk_area_beyond_rlimit_data_is_refused_first() {
+    let dir = temp_dir("datalimit");
+    let image = build_edited_image(&dir.0, true, |s| {
+        s.mm.brk = s.mm.start_brk + (1 << 30);
+    });
+    let out = Command::new("prlimit")
+        .arg("--data=536870912")
+        .arg("--")
+        .arg(support::loader_path())
+        .arg(&image)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(10), "{stderr}");
+    assert!(
+        stderr.contains("exceed this process's RLIMIT_DATA"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
