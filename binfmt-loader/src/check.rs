@@ -128,8 +128,9 @@ pub enum CheckError {
         errno: Errno,
     },
     /// The image's credentials must be lowered to its file's owner, but
-    /// this process's securebits would keep its capabilities across the
-    /// switch (`SECBIT_KEEP_CAPS`/`SECBIT_NO_SETUID_FIXUP`).
+    /// the task would keep this process's capabilities (it is not root, or
+    /// its securebits `SECBIT_KEEP_CAPS`/`SECBIT_NO_SETUID_FIXUP` keep them
+    /// across the switch) or its uid 0 (no `CAP_SETUID` to leave it).
     CapsKept {
         securebits: u32,
     },
@@ -242,7 +243,7 @@ impl fmt::Display for CheckError {
             CheckError::DataLimit { error } => write!(f, "{error}"),
             CheckError::CapsKept { securebits } => write!(
                 f,
-                "the image's credentials must be lowered to its file's owner, but this process's securebits {securebits:#x} would keep its capabilities across the switch"
+                "the image's credentials must be lowered to its file's owner, but the task would keep this process's capabilities or uid 0 (securebits {securebits:#x}); run it as its owner"
             ),
         }
     }
@@ -862,14 +863,27 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
     // Never more than the image file's owner has, as with a setuid file:
     // the image is untrusted input, and its owner wrote (or could write)
     // every byte of it.
+    // A loader that cannot set ids leaves the task its caller's own
+    // credentials (said below); those it must not hand over when they
+    // exceed the owner's (uid 0, capabilities).
     let recorded = image.creds();
     let bounded = creds::limit_to_owner(recorded, image_owner.0, image_owner.1, (uids, gids));
-    let image_creds = bounded.creds;
-    if let (true, Some(c)) = (bounded.lowered, image_creds) {
+    let image_creds = if bounded.lowered && !may_set_ids {
+        recorded
+    } else {
+        bounded.creds
+    };
+    if let (true, Some(c)) = (bounded.lowered, bounded.creds) {
+        // The owner has no capabilities: the task must not keep this
+        // process's, nor its uid 0 when the switch is not possible.
         let securebits = sys::securebits();
-        if may_set_ids && creds::switch_keeps_caps(&c, uids, securebits) {
+        let permitted = now_creds.map_or(caps, |now| now.cap_permitted);
+        let stays_root = !may_set_ids && uids.contains(&0);
+        if stays_root || creds::switch_keeps_caps(&c, uids, permitted, securebits) {
             return Err(CheckError::CapsKept { securebits });
         }
+    }
+    if bounded.lowered && may_set_ids {
         let (owner_uid, owner_gid) = image_owner;
         match recorded {
             Some(r) => warn(

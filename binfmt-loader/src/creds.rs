@@ -286,13 +286,23 @@ fn groups_of(c: &CredsRecord) -> &[u32] {
     &c.groups[..(c.ngroups as usize).min(c.groups.len())]
 }
 
-/// Whether switching this process (ids `now_uids`, `securebits`) to the
-/// non-root uids of `c` keeps capabilities it has: `SECBIT_KEEP_CAPS`
-/// keeps the permitted set, `SECBIT_NO_SETUID_FIXUP` every set.
-pub fn switch_keeps_caps(c: &CredsRecord, now_uids: [u32; 3], securebits: u32) -> bool {
-    now_uids.contains(&0)
+/// Whether the task would keep capabilities of this process (ids
+/// `now_uids`, permitted set `now_permitted`, `securebits`) after the plan
+/// switches it to the non-root uids of `c`. The kernel clears them only
+/// when the switch leaves uid 0 (`cap_emulate_setxuid`), and not the
+/// permitted set under `SECBIT_KEEP_CAPS`, nothing under
+/// `SECBIT_NO_SETUID_FIXUP`: a non-root process with capabilities (file or
+/// ambient ones) keeps them all.
+pub fn switch_keeps_caps(
+    c: &CredsRecord,
+    now_uids: [u32; 3],
+    now_permitted: u64,
+    securebits: u32,
+) -> bool {
+    let cleared = now_uids.contains(&0)
         && c.uid[..3].iter().all(|&u| u != 0)
-        && securebits & (SECBIT_KEEP_CAPS | SECBIT_NO_SETUID_FIXUP) != 0
+        && securebits & (SECBIT_KEEP_CAPS | SECBIT_NO_SETUID_FIXUP) == 0;
+    now_permitted != 0 && !cleared
 }
 
 #[cfg(test)]
@@ -450,9 +460,17 @@ CapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\n";
     #[test]
     fn securebits_that_keep_capabilities_are_seen() {
         let user = image(1000);
-        assert!(!switch_keeps_caps(&user, [0; 3], 0));
-        assert!(switch_keeps_caps(&user, [0; 3], SECBIT_KEEP_CAPS));
-        assert!(switch_keeps_caps(&user, [0; 3], SECBIT_NO_SETUID_FIXUP));
-        assert!(!switch_keeps_caps(&user, [1000; 3], SECBIT_KEEP_CAPS));
+        let all = 0x1ff_ffff_ffff;
+        assert!(!switch_keeps_caps(&user, [0; 3], all, 0));
+        assert!(switch_keeps_caps(&user, [0; 3], all, SECBIT_KEEP_CAPS));
+        assert!(switch_keeps_caps(
+            &user,
+            [0; 3],
+            all,
+            SECBIT_NO_SETUID_FIXUP
+        ));
+        // A non-root process with capabilities keeps them across any switch.
+        assert!(switch_keeps_caps(&user, [1000; 3], 1 << 7, 0));
+        assert!(!switch_keeps_caps(&user, [1000; 3], 0, SECBIT_KEEP_CAPS));
     }
 }

@@ -194,3 +194,63 @@ fn a_uid_0_image_owned_by_nobody_runs_as_nobody() {
         restored.stderr_report()
     );
 }
+
+/// A loader that is not root but holds CAP_SETUID and CAP_SETGID (ambient
+/// capabilities) would once have given a forged uid-0 image uid 0; and
+/// whatever ids it gives, a non-root switch keeps its capabilities, which
+/// the image's owner does not have. Refused before any change.
+#[test]
+fn a_capable_non_root_loader_does_not_hand_its_capabilities_to_an_image() {
+    crimg_tests::skip_unless_root!();
+    let scratch = scratch_dir();
+    let (bins, dumped) = dumped_root_counter(scratch.path());
+    let (nobody, nogroup) = (
+        nix::unistd::User::from_name(NOBODY)
+            .ok()
+            .flatten()
+            .expect("user nobody exists")
+            .uid
+            .as_raw(),
+        nix::unistd::Group::from_name(NOGROUP)
+            .ok()
+            .flatten()
+            .expect("group nogroup exists")
+            .gid
+            .as_raw(),
+    );
+    // Everything the loader opens must be readable by nobody, so that the
+    // credentials are what it stops at.
+    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mapped = dumped.ready.require("file").unwrap().to_owned();
+    fs::set_permissions(&mapped, fs::Permissions::from_mode(0o644)).unwrap();
+    let forged = scratch.path().join("forged.crimg");
+    fs::copy(&dumped.dump.image, &forged).unwrap();
+    chown(&forged, Some(nobody), Some(nogroup)).unwrap();
+    fs::set_permissions(&forged, fs::Permissions::from_mode(0o700)).unwrap();
+
+    let mut command = Command::new("setpriv");
+    command.args([
+        "--reuid",
+        NOBODY,
+        "--regid",
+        NOGROUP,
+        "--clear-groups",
+        "--inh-caps=+setuid,+setgid",
+        "--ambient-caps=+setuid,+setgid",
+        "--",
+    ]);
+    command.arg(&bins.loader).arg(&forged);
+    let output = cli::run(command, LINE_TIMEOUT).unwrap();
+    assert_eq!(output.status.code(), Some(10), "{output:?}");
+    let errors: Vec<&str> = output
+        .stderr
+        .lines()
+        .filter(|line| !line.contains(": warning: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", output.stderr);
+    assert!(
+        errors[0].contains("would keep this process's capabilities"),
+        "{}",
+        errors[0]
+    );
+}
