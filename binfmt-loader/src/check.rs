@@ -22,8 +22,9 @@ use crate::creds;
 use crate::maps::{self, MapKind, MapsEntry};
 use crate::message::{self, Lossy};
 use crate::plan::{FdMove, PageLoad, PlanInput, Range, TargetVma, ThreadInput, VdsoBlock};
+use crate::rules::{self, RuleError};
 use crate::sys::{self, startup::Startup, CPath, Errno};
-use crate::validate::{validate_values, ValueError};
+use crate::validate::{self, ValueError};
 use crate::{arch, frame, ExitCode};
 
 /// Why stage 1 refused the image.
@@ -36,11 +37,18 @@ pub enum CheckError {
     MapImage {
         errno: Errno,
     },
+    /// The image path names something other than a regular file (`now`:
+    /// `S_IF*`); opening a FIFO or a device could block or act.
+    ImageNotRegular {
+        now: u32,
+    },
     Corrupt {
         error: ImageError,
     },
-    Threads {
-        count: u32,
+    /// A rule the image alone decides ([`rules::check_image`], which the
+    /// dumper runs too).
+    Rule {
+        error: RuleError<'static>,
     },
     NoThread,
     /// A thread id the image needs (set_tid) belongs to a live task.
@@ -76,16 +84,11 @@ pub enum CheckError {
     NotPermitted {
         missing: u64,
     },
-    CompactedXsave,
     /// A thread's saved XSAVE area would make `rt_sigreturn` fault (the
     /// kernel kills the task with SIGSEGV and no word).
     BadXsave {
         tid: i32,
         fault: XsaveFault,
-    },
-    /// An fd number below zero: no task has one.
-    NegativeFd {
-        fd: i32,
     },
     /// An fd number this process may not have (`RLIMIT_NOFILE` hard limit).
     FdAboveLimit {
@@ -118,27 +121,45 @@ pub enum CheckError {
     Value {
         error: ValueError,
     },
+    /// The working directory opens (`O_PATH` needs no permission) but this
+    /// process cannot `fchdir` into it, as the plan would.
+    CwdDenied {
+        path: &'static [u8],
+        errno: Errno,
+    },
+    /// The image's credentials must be lowered to its file's owner, but
+    /// the task would keep this process's capabilities (it is not root, or
+    /// its securebits `SECBIT_KEEP_CAPS`/`SECBIT_NO_SETUID_FIXUP` keep them
+    /// across the switch) or its uid 0 (no `CAP_SETUID` to leave it).
+    CapsKept {
+        securebits: u32,
+    },
+    /// The image's brk and data sizes exceed this process's RLIMIT_DATA.
+    DataLimit {
+        error: ValueError,
+    },
 }
 
 impl CheckError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             CheckError::Usage => ExitCode::Usage,
-            CheckError::OpenImage { .. } | CheckError::MapImage { .. } => ExitCode::ImageUnreadable,
+            CheckError::OpenImage { .. }
+            | CheckError::MapImage { .. }
+            | CheckError::ImageNotRegular { .. } => ExitCode::ImageUnreadable,
+            CheckError::Rule { error } => error.exit_code(),
             CheckError::Corrupt { .. }
             | CheckError::NoThread
             | CheckError::BadXsave { .. }
-            | CheckError::NegativeFd { .. }
             | CheckError::Value { .. } => ExitCode::ImageCorrupt,
             CheckError::FileMissing { .. }
             | CheckError::FileChanged { .. }
-            | CheckError::FileType { .. } => ExitCode::FileChanged,
+            | CheckError::FileType { .. }
+            | CheckError::CwdDenied { .. } => ExitCode::FileChanged,
             CheckError::NoXsave | CheckError::CpuLacks { .. } | CheckError::NotPermitted { .. } => {
                 ExitCode::CpuFeatures
             }
-            CheckError::Threads { .. }
-            | CheckError::FileDeleted { .. }
-            | CheckError::CompactedXsave
+            CheckError::FileDeleted { .. }
             | CheckError::UnsupportedFd { .. }
             | CheckError::FdAboveLimit { .. }
             | CheckError::VdsoLayout => ExitCode::Unsupported,
@@ -147,7 +168,9 @@ impl CheckError {
             | CheckError::ProcMaps { .. }
             | CheckError::ProcMapsParse { .. }
             | CheckError::ProcMapsTooLong { .. }
-            | CheckError::FdRelocate { .. } => ExitCode::Environment,
+            | CheckError::FdRelocate { .. }
+            | CheckError::CapsKept { .. }
+            | CheckError::DataLimit { .. } => ExitCode::Environment,
         }
     }
 }
@@ -158,10 +181,11 @@ impl fmt::Display for CheckError {
             CheckError::Usage => write!(f, "usage: crimg-loader IMAGE (or run the image through binfmt_misc)"),
             CheckError::OpenImage { errno } => write!(f, "cannot open the image: {errno}"),
             CheckError::MapImage { errno } => write!(f, "cannot read the image: {errno}"),
-            CheckError::Corrupt { error } => write!(f, "corrupt image: {error}"),
-            CheckError::Threads { count } => {
-                write!(f, "images of more than {MAX_THREADS} threads ({count}) are not supported")
+            CheckError::ImageNotRegular { now } => {
+                write!(f, "the image is not a regular file: it is {}", file_type_name(now))
             }
+            CheckError::Corrupt { error } => write!(f, "corrupt image: {error}"),
+            CheckError::Rule { error } => write!(f, "{error}"),
             CheckError::NoThread => write!(f, "corrupt image: no thread"),
             CheckError::TidTaken { tid } => write!(
                 f,
@@ -190,11 +214,9 @@ impl fmt::Display for CheckError {
             CheckError::CpuLacks { missing } => {
                 write!(f, "this CPU lacks register-state features {missing:#x} the task used (XCR0)")
             }
-            CheckError::CompactedXsave => write!(f, "the saved XSAVE area is in compacted format, not supported"),
             CheckError::BadXsave { tid, fault } => {
                 write!(f, "corrupt image: thread {tid}'s saved XSAVE area: {fault}")
             }
-            CheckError::NegativeFd { fd } => write!(f, "corrupt image: fd number {fd}"),
             CheckError::FdAboveLimit { fd, limit } => write!(
                 f,
                 "fd {fd} is not below this process's RLIMIT_NOFILE hard limit {limit}; it cannot be restored"
@@ -213,6 +235,16 @@ impl fmt::Display for CheckError {
             CheckError::ProcMapsTooLong { limit } => write!(f, "/proc/self/maps is longer than the loader's {limit}-byte buffer"),
             CheckError::FdRelocate { errno } => write!(f, "cannot move the loader's fds out of the way: {errno}"),
             CheckError::Value { error } => write!(f, "corrupt image: {error}"),
+            CheckError::CwdDenied { path, errno } => write!(
+                f,
+                "working directory {} cannot be entered by this process: {errno}",
+                Lossy(path)
+            ),
+            CheckError::DataLimit { error } => write!(f, "{error}"),
+            CheckError::CapsKept { securebits } => write!(
+                f,
+                "the image's credentials must be lowered to its file's owner, but the task would keep this process's capabilities or uid 0 (securebits {securebits:#x}); run it as its owner"
+            ),
         }
     }
 }
@@ -274,7 +306,7 @@ pub struct Checked {
     keep_fds: &'static [i32],
     err_fd: Option<i32>,
     /// Leader first; `nthreads` of them are valid.
-    threads: [ThreadInput<'static>; MAX_THREADS],
+    threads: &'static mut [ThreadInput<'static>],
     nthreads: usize,
     set_tids: bool,
     xfeatures: u64,
@@ -356,12 +388,31 @@ fn open_image(startup: &Startup) -> Result<(&'static [u8], i32), CheckError> {
         return Ok((name, fd as i32));
     }
     let name = startup.arg(1).ok_or(CheckError::Usage)?;
-    let path = CPath::new(name).ok_or(CheckError::OpenImage {
-        errno: Errno::ENOENT,
-    })?;
-    let fd = sys::openat(sys::AT_FDCWD, &path, sys::O_RDONLY | sys::O_CLOEXEC)
-        .map_err(|errno| CheckError::OpenImage { errno })?;
+    let fd = open_regular(name)?;
     Ok((name, fd))
+}
+
+/// Open `path` for reading only if it is a regular file: first `O_PATH`
+/// (which opens nothing: a FIFO would wait for a writer, a device could
+/// act), then, the type known, the same inode again through
+/// `/proc/self/fd` (no window for another file to take the path).
+fn open_regular(path: &[u8]) -> Result<i32, CheckError> {
+    let open_error = |errno| CheckError::OpenImage { errno };
+    let cpath = CPath::new(path).ok_or(open_error(Errno::ENOENT))?;
+    let at =
+        sys::openat(sys::AT_FDCWD, &cpath, sys::O_PATH | sys::O_CLOEXEC).map_err(open_error)?;
+    let opened = sys::fstat(at).map_err(open_error).and_then(|st| {
+        let now = st.mode & sys::S_IFMT;
+        if now != sys::S_IFREG {
+            return Err(CheckError::ImageNotRegular { now });
+        }
+        let mut again = message::Line::default();
+        let _ = fmt::Write::write_fmt(&mut again, format_args!("/proc/self/fd/{at}"));
+        let again = CPath::new(again.as_bytes()).ok_or(open_error(Errno::ENOENT))?;
+        sys::openat(sys::AT_FDCWD, &again, sys::O_RDONLY | sys::O_CLOEXEC).map_err(open_error)
+    });
+    let _ = sys::close(at);
+    opened
 }
 
 /// The image's name for messages, known before anything else can fail.
@@ -398,6 +449,7 @@ fn warn(name: &[u8], what: fmt::Arguments<'_>) {
 pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
     let (name, raw_fd) = open_image(startup)?;
     let st = sys::fstat(raw_fd).map_err(|errno| CheckError::MapImage { errno })?;
+    let image_owner = (st.uid, st.gid);
     let bytes = sys::map_file_readonly(raw_fd, st.size as usize)
         .map_err(|errno| CheckError::MapImage { errno })?;
     let image = Image::parse(bytes).map_err(|error| CheckError::Corrupt { error })?;
@@ -405,14 +457,14 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
         .verify_segments()
         .map_err(|error| CheckError::Corrupt { error })?;
     let corrupt = |error| CheckError::Corrupt { error };
+    // What the image alone decides, first: the dumper ran the same rules
+    // before it killed the process.
+    let mmap_min_addr = read_mmap_min_addr();
+    rules::check_image(&image, mmap_min_addr).map_err(|error| CheckError::Rule { error })?;
 
-    // Threads, leader first.
-    let count = image.thread_count();
-    if count as usize > MAX_THREADS {
-        return Err(CheckError::Threads { count });
-    }
-    let mut threads: [ThreadInput<'static>; MAX_THREADS] =
-        core::array::from_fn(|_| ThreadInput::default());
+    // Threads, leader first (as many as the rules allow).
+    let threads = sys::map_table::<ThreadInput<'static>>(image.thread_count() as usize)
+        .map_err(|errno| CheckError::Scratch { errno })?;
     let mut nthreads = 0;
     for (slot, tv) in threads.iter_mut().zip(image.threads()) {
         let tv = tv.map_err(corrupt)?;
@@ -433,9 +485,6 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
     let mut bv = 0;
     for t in threads_found.iter() {
         bv |= frame::xstate_bv(t.xsave).unwrap_or(0);
-        if frame::xcomp_bv(t.xsave).unwrap_or(0) & (1 << 63) != 0 {
-            return Err(CheckError::CompactedXsave);
-        }
     }
     if bv & !xcr0 != 0 {
         return Err(CheckError::CpuLacks {
@@ -494,25 +543,15 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
         sys::map_scratch(bytes_needed).map_err(|errno| CheckError::Scratch { errno })?;
     let mut scratch = Scratch { rest: scratch_mem };
 
-    // Every value the plan hands the kernel as it is, checked before
-    // anything is opened: the kernel would refuse it after the point of no
-    // return.
-    let mmap_min_addr = read_mmap_min_addr();
     let sigactions = copy_records::<SigactionRecord>(&image, &mut scratch, 64)?;
     let rlimits = copy_records::<RlimitRecord>(&image, &mut scratch, 16)?;
     let itimers = copy_records::<ItimerRecord>(&image, &mut scratch, 3)?;
     let pending = copy_records::<PendingSignalRecord>(&image, &mut scratch, npending)?;
-    validate_values(
-        image.vmas().map_err(corrupt)?,
-        &image.mm(),
-        image.auxv().len(),
-        rlimits,
-        itimers,
-        pending,
-        threads[..nthreads].iter().map(|t| &t.record),
-        mmap_min_addr,
-    )
-    .map_err(|error| CheckError::Value { error })?;
+    // PR_SET_MM_MAP checks the brk and data sizes against RLIMIT_DATA
+    // before the plan sets the image's own limits: this process's.
+    let (data_limit, _) = sys::get_rlimit(RLIMIT_DATA).unwrap_or((u64::MAX, u64::MAX));
+    validate::check_mm_data_limit(&image.mm(), data_limit)
+        .map_err(|error| CheckError::DataLimit { error })?;
 
     // Fd numbers the task uses; everything the loader opens goes above.
     // Each must be one this process may have, or its dup3 would fail after
@@ -528,10 +567,8 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
             .map_err(|errno| CheckError::FdRelocate { errno })?;
     }
     let mut max_fd = 2;
+    // (Negative fd numbers are refused by the rules.)
     for f in image.fds().map_err(corrupt)? {
-        if f.fd < 0 {
-            return Err(CheckError::NegativeFd { fd: f.fd });
-        }
         if f.fd as u64 >= nofile_max {
             return Err(CheckError::FdAboveLimit {
                 fd: f.fd,
@@ -739,6 +776,8 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
                 path: cwd,
             });
         }
+        // `O_PATH` needs no search permission; the plan's fchdir does.
+        enter_and_return(fd).map_err(|errno| CheckError::CwdDenied { path: cwd, errno })?;
         Some(fd)
     };
     let root = image.string(process.root).map_err(corrupt)?;
@@ -756,12 +795,7 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
     let (mut nmoves, mut nkeep) = (0, 0);
     for f in image.fds().map_err(corrupt)? {
         let path = image.string(f.path).map_err(corrupt)?;
-        let inherit = (0..=2).contains(&f.fd)
-            && matches!(
-                f.kind,
-                fd_kind::TTY | fd_kind::PIPE | fd_kind::SOCKET | fd_kind::FIFO
-            );
-        if inherit {
+        if rules::fd_is_inherited(f.fd, f.kind) {
             keep_fds[nkeep] = f.fd;
             nkeep += 1;
             continue;
@@ -826,7 +860,47 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
     let now_creds = read_small_file(b"/proc/self/status", &mut status)
         .ok()
         .and_then(|n| creds::parse_status(&status[..n], sys::securebits()));
-    let image_creds = image.creds();
+    // Never more than the image file's owner has, as with a setuid file:
+    // the image is untrusted input, and its owner wrote (or could write)
+    // every byte of it.
+    // A loader that cannot set ids leaves the task its caller's own
+    // credentials (said below); those it must not hand over when they
+    // exceed the owner's (uid 0, capabilities).
+    let recorded = image.creds();
+    let bounded = creds::limit_to_owner(recorded, image_owner.0, image_owner.1, (uids, gids));
+    let image_creds = if bounded.lowered && !may_set_ids {
+        recorded
+    } else {
+        bounded.creds
+    };
+    if let (true, Some(c)) = (bounded.lowered, bounded.creds) {
+        // The owner has no capabilities: the task must not keep this
+        // process's, nor its uid 0 when the switch is not possible.
+        let securebits = sys::securebits();
+        let permitted = now_creds.map_or(caps, |now| now.cap_permitted);
+        let stays_root = !may_set_ids && uids.contains(&0);
+        if stays_root || creds::switch_keeps_caps(&c, uids, permitted, securebits) {
+            return Err(CheckError::CapsKept { securebits });
+        }
+    }
+    if bounded.lowered && may_set_ids {
+        let (owner_uid, owner_gid) = image_owner;
+        match recorded {
+            Some(r) => warn(
+                name,
+                format_args!(
+                    "the image file belongs to uid {owner_uid} gid {owner_gid}: credentials lowered to theirs (the image says uid {} gid {}), no capabilities",
+                    r.uid[0], r.gid[0]
+                ),
+            ),
+            None => warn(
+                name,
+                format_args!(
+                    "the image file belongs to uid {owner_uid} gid {owner_gid} and records no credentials: credentials lowered to theirs, no capabilities"
+                ),
+            ),
+        }
+    }
     let creds = match image_creds {
         Some(c)
             if c.uid[..3] != uids[..]
@@ -993,10 +1067,13 @@ const CAP_CHECKPOINT_RESTORE: u32 = 40;
 
 /// `RLIMIT_NOFILE`.
 const RLIMIT_NOFILE: u32 = 7;
+/// `RLIMIT_DATA`.
+const RLIMIT_DATA: u32 = 2;
 
-/// The most threads an image may have (the loader keeps them in a table
-/// on its stack; there is no heap).
-pub const MAX_THREADS: usize = 256;
+/// The most threads an image may have: the reader's and the writer's
+/// limit (the loader's table of them is sized from the image, and the
+/// window from the table).
+pub const MAX_THREADS: usize = image_format::read::limits::MAX_THREADS as usize;
 
 /// The size of the XSAVE frame `rt_sigreturn` restores in full for
 /// `features` (XCR0 ∩ what this process is permitted). A larger frame (e.g.
@@ -1297,6 +1374,27 @@ fn open_typed(
     }
 }
 
+/// Whether this process can `fchdir` into `dir`, as the plan will (with
+/// the same credentials: they change last): tried, then the old working
+/// directory is entered again (nothing of this process's sees it, the
+/// image and every file were opened by absolute path or fd).
+fn enter_and_return(dir: i32) -> Result<(), Errno> {
+    let here = CPath::new(b".").ok_or(Errno::ENOENT)?;
+    let old = sys::openat(
+        sys::AT_FDCWD,
+        &here,
+        sys::O_PATH | sys::O_DIRECTORY | sys::O_CLOEXEC,
+    );
+    let entered = sys::fchdir(dir);
+    if let Ok(old) = old {
+        if entered.is_ok() {
+            let _ = sys::fchdir(old);
+        }
+        let _ = sys::close(old);
+    }
+    entered
+}
+
 /// Open an fd's file again as the task had it, at its offset.
 fn reopen_fd(f: &FdRecord, path: &'static [u8], base: i32) -> Result<i32, CheckError> {
     let unsupported = CheckError::UnsupportedFd {
@@ -1304,10 +1402,7 @@ fn reopen_fd(f: &FdRecord, path: &'static [u8], base: i32) -> Result<i32, CheckE
         kind: f.kind,
         path,
     };
-    if !matches!(
-        f.kind,
-        fd_kind::REGULAR | fd_kind::DIRECTORY | fd_kind::CHAR
-    ) {
+    if !rules::fd_kind_reopenable(f.kind) {
         return Err(unsupported);
     }
     if f.flags & fd_flags::DELETED != 0 {

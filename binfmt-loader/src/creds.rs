@@ -213,6 +213,98 @@ pub fn groups_differ(image: &CredsRecord, now: &CurrentCreds) -> bool {
         || !now_groups.iter().all(|g| image_groups.contains(g))
 }
 
+/// The credentials a restore may give, bounded by the image file's owner
+/// the way a setuid file bounds its program: an image owned by root may
+/// restore any credentials; one owned by uid `U` (group `G`) restores
+/// uid `U` in every id, gids that are `G` (others become `G`), only `G`
+/// among the supplementary groups, and no capabilities. An image without
+/// a credentials record gets the owner's. `lowered` says whether anything
+/// of the image's record (or, without one, of this process's ids `now_ids`)
+/// had to change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounded {
+    pub creds: Option<CredsRecord>,
+    pub lowered: bool,
+}
+
+/// See [`Bounded`].
+pub fn limit_to_owner(
+    image: Option<CredsRecord>,
+    owner_uid: u32,
+    owner_gid: u32,
+    now_ids: ([u32; 3], [u32; 3]),
+) -> Bounded {
+    if owner_uid == 0 {
+        return Bounded {
+            creds: image,
+            lowered: false,
+        };
+    }
+    let Some(mut c) = image else {
+        let (uids, gids) = now_ids;
+        let mut c = <CredsRecord as zerocopy::FromZeros>::new_zeroed();
+        c.uid = [owner_uid; 4];
+        c.gid = [owner_gid; 4];
+        return Bounded {
+            creds: Some(c),
+            lowered: uids != [owner_uid; 3] || gids != [owner_gid; 3],
+        };
+    };
+    let before = c;
+    c.uid = [owner_uid; 4];
+    for g in c.gid.iter_mut() {
+        if *g != owner_gid {
+            *g = owner_gid;
+        }
+    }
+    let n = (c.ngroups as usize).min(c.groups.len());
+    let keep_owner_group = c.groups[..n].contains(&owner_gid);
+    c.groups = [0; image_format::records::MAX_GROUPS];
+    c.ngroups = 0;
+    if keep_owner_group {
+        c.groups[0] = owner_gid;
+        c.ngroups = 1;
+    }
+    c.cap_inheritable = 0;
+    c.cap_permitted = 0;
+    c.cap_effective = 0;
+    c.cap_ambient = 0;
+    let lowered = c.uid != before.uid
+        || c.gid != before.gid
+        || groups_of(&c) != groups_of(&before)
+        || before.cap_inheritable != 0
+        || before.cap_permitted != 0
+        || before.cap_effective != 0
+        || before.cap_ambient != 0;
+    Bounded {
+        creds: Some(c),
+        lowered,
+    }
+}
+
+fn groups_of(c: &CredsRecord) -> &[u32] {
+    &c.groups[..(c.ngroups as usize).min(c.groups.len())]
+}
+
+/// Whether the task would keep capabilities of this process (ids
+/// `now_uids`, permitted set `now_permitted`, `securebits`) after the plan
+/// switches it to the non-root uids of `c`. The kernel clears them only
+/// when the switch leaves uid 0 (`cap_emulate_setxuid`), and not the
+/// permitted set under `SECBIT_KEEP_CAPS`, nothing under
+/// `SECBIT_NO_SETUID_FIXUP`: a non-root process with capabilities (file or
+/// ambient ones) keeps them all.
+pub fn switch_keeps_caps(
+    c: &CredsRecord,
+    now_uids: [u32; 3],
+    now_permitted: u64,
+    securebits: u32,
+) -> bool {
+    let cleared = now_uids.contains(&0)
+        && c.uid[..3].iter().all(|&u| u != 0)
+        && securebits & (SECBIT_KEEP_CAPS | SECBIT_NO_SETUID_FIXUP) == 0;
+    now_permitted != 0 && !cleared
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,5 +389,88 @@ CapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\n";
             names,
             ["bounding set", "ambient capabilities", "securebits"]
         );
+    }
+
+    #[test]
+    fn a_root_owned_image_restores_what_it_says() {
+        let b = limit_to_owner(Some(image(0)), 0, 0, ([0; 3], [0; 3]));
+        assert_eq!(b.creds, Some(image(0)));
+        assert!(!b.lowered);
+        assert_eq!(
+            limit_to_owner(None, 0, 5, ([0; 3], [0; 3])),
+            Bounded {
+                creds: None,
+                lowered: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_user_owned_image_never_restores_more_than_its_owner() {
+        // A forged record: uid 0, every capability, groups 27, 0, 10.
+        let b = limit_to_owner(Some(image(0)), 65534, 65534, ([0; 3], [0; 3]));
+        let c = b.creds.unwrap();
+        assert!(b.lowered);
+        assert_eq!(c.uid, [65534; 4]);
+        assert_eq!(c.gid, [65534; 4]);
+        assert_eq!(groups_of(&c), &[] as &[u32]);
+        assert_eq!(
+            (
+                c.cap_permitted,
+                c.cap_effective,
+                c.cap_inheritable,
+                c.cap_ambient
+            ),
+            (0, 0, 0, 0)
+        );
+        // The file's group is kept where the image has it.
+        let mut mine = image(1000);
+        mine.cap_permitted = 0;
+        mine.cap_effective = 0;
+        mine.gid = [100, 1000, 100, 100];
+        mine.ngroups = 2;
+        mine.groups[..2].copy_from_slice(&[100, 27]);
+        let b = limit_to_owner(Some(mine), 1000, 100, ([0; 3], [0; 3]));
+        let c = b.creds.unwrap();
+        assert!(b.lowered);
+        assert_eq!(c.gid, [100; 4]);
+        assert_eq!(groups_of(&c), &[100]);
+        // Exactly the owner's: nothing lowered.
+        let mut own = image(1000);
+        own.gid = [100; 4];
+        own.ngroups = 1;
+        own.groups[0] = 100;
+        own.cap_permitted = 0;
+        own.cap_effective = 0;
+        let b = limit_to_owner(Some(own), 1000, 100, ([1000; 3], [100; 3]));
+        assert!(!b.lowered);
+        assert_eq!(b.creds.unwrap().uid, [1000; 4]);
+    }
+
+    #[test]
+    fn an_image_without_credentials_gets_its_owners() {
+        let b = limit_to_owner(None, 1000, 100, ([0; 3], [0; 3]));
+        assert!(b.lowered);
+        let c = b.creds.unwrap();
+        assert_eq!((c.uid, c.gid, c.ngroups), ([1000; 4], [100; 4], 0));
+        let b = limit_to_owner(None, 1000, 100, ([1000; 3], [100; 3]));
+        assert!(!b.lowered);
+    }
+
+    #[test]
+    fn securebits_that_keep_capabilities_are_seen() {
+        let user = image(1000);
+        let all = 0x1ff_ffff_ffff;
+        assert!(!switch_keeps_caps(&user, [0; 3], all, 0));
+        assert!(switch_keeps_caps(&user, [0; 3], all, SECBIT_KEEP_CAPS));
+        assert!(switch_keeps_caps(
+            &user,
+            [0; 3],
+            all,
+            SECBIT_NO_SETUID_FIXUP
+        ));
+        // A non-root process with capabilities keeps them across any switch.
+        assert!(switch_keeps_caps(&user, [1000; 3], 1 << 7, 0));
+        assert!(!switch_keeps_caps(&user, [1000; 3], 0, SECBIT_KEEP_CAPS));
     }
 }

@@ -9,6 +9,8 @@
 //!   and ends in `rt_sigreturn` ([`frame`] builds the signal frame).
 //! * [`validate`] — stage 1's check of every value the plan passes to the
 //!   kernel as it is (addresses, limits, signal numbers, lengths).
+//! * [`rules`] — the stage-1 rules the image alone decides, in one pure
+//!   function the dumper runs too before it kills the process.
 //! * [`run`] — the sequence, and one-line errors with an exit code per class
 //!   ([`ExitCode`]).
 
@@ -23,6 +25,7 @@ pub mod frame;
 pub mod maps;
 pub mod message;
 pub mod plan;
+pub mod rules;
 pub mod run;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -8,8 +8,10 @@
 
 use core::fmt;
 
+use image_format::elf::Timeval;
 use image_format::records::{
-    vma_kind, ItimerRecord, MmRecord, PendingSignalRecord, RlimitRecord, ThreadRecord, VmaRecord,
+    prot, vma_kind, ItimerRecord, MmRecord, PendingSignalRecord, RlimitRecord, ThreadRecord,
+    VmaRecord,
 };
 
 use crate::plan::TASK_SIZE;
@@ -40,6 +42,13 @@ pub const ROBUST_LIST_LEN: u64 = 24;
 /// `ORIG_RSEQ_SIZE`: the smallest `struct rseq` the kernel registers; its
 /// address must be aligned to this much.
 pub const RSEQ_MIN_LEN: u32 = 32;
+
+/// `USEC_PER_SEC`: a `timeval`'s microseconds are below this (`timeval_valid`).
+pub const USEC_PER_SEC: i64 = 1_000_000;
+/// The protection bits a VMA may carry (`PROT_READ | PROT_WRITE |
+/// PROT_EXEC`); `mmap` and `mprotect` refuse others or change their meaning
+/// (`PROT_SEM`, `PROT_GROWSDOWN`, pkeys are not recorded).
+pub const VMA_PROT_BITS: u32 = prot::READ | prot::WRITE | prot::EXEC;
 
 /// A value of the image the kernel would refuse after the point of no return.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +101,38 @@ pub enum ValueError {
         addr: u64,
         len: u32,
     },
+    /// An rseq area that no writable VMA holds whole (or past `TASK_SIZE`):
+    /// the kernel writes it on the thread's first return to user space and
+    /// kills the task with SIGSEGV.
+    RseqUnmapped {
+        tid: i32,
+        addr: u64,
+        len: u32,
+    },
+    /// An interval timer value `setitimer` refuses (`timeval_valid`: seconds
+    /// not negative, microseconds in `0..1_000_000`).
+    ItimerValue {
+        which: u32,
+        sec: i64,
+        usec: i64,
+    },
+    /// Protection bits other than read, write and execute.
+    VmaProt {
+        start: u64,
+        prot: u32,
+    },
+    /// An `fs_base`/`gs_base` `arch_prctl` refuses (not below `TASK_SIZE`).
+    SegmentBase {
+        tid: i32,
+        which: &'static str,
+        value: u64,
+    },
+    /// The brk and data sizes exceed `RLIMIT_DATA`, which `PR_SET_MM_MAP`
+    /// checks (`check_data_rlimit`).
+    MmDataLimit {
+        size: u64,
+        limit: u64,
+    },
 }
 
 impl fmt::Display for ValueError {
@@ -111,7 +152,7 @@ impl fmt::Display for ValueError {
                 end,
             } => write!(
                 f,
-                "mm field {start_field} {start:#x} is above its end {end:#x}"
+                "mm field {start_field} {start:#x} is not before its end {end:#x} (as PR_SET_MM_MAP requires)"
             ),
             ValueError::AuxvLength { len } => write!(
                 f,
@@ -140,38 +181,79 @@ impl fmt::Display for ValueError {
                 f,
                 "thread {tid}'s rseq area {addr:#x} (length {len}) is not {RSEQ_MIN_LEN}-byte aligned and at least {RSEQ_MIN_LEN} bytes"
             ),
+            ValueError::RseqUnmapped { tid, addr, len } => write!(
+                f,
+                "thread {tid}'s rseq area {addr:#x} (length {len}) is not inside one writable memory area of the task"
+            ),
+            ValueError::ItimerValue { which, sec, usec } => write!(
+                f,
+                "interval timer {which} holds {sec} s {usec} us, not a valid timeval (seconds >= 0, microseconds in 0..{USEC_PER_SEC})"
+            ),
+            ValueError::VmaProt { start, prot } => write!(
+                f,
+                "VMA at {start:#x} has protection {prot:#x}, with bits other than read, write and execute ({VMA_PROT_BITS:#x})"
+            ),
+            ValueError::SegmentBase { tid, which, value } => write!(
+                f,
+                "thread {tid}'s {which} {value:#x} is not a user address (below {TASK_SIZE:#x})"
+            ),
+            ValueError::MmDataLimit { size, limit } => write!(
+                f,
+                "brk and data segment sizes ({size} bytes) exceed this process's RLIMIT_DATA ({limit} bytes), which PR_SET_MM_MAP enforces"
+            ),
         }
     }
 }
 
 /// Every value the image hands the kernel, checked the way the kernel will.
 /// `threads` gives the thread records (for rseq, robust lists and the tids
-/// pending signals may name).
+/// pending signals may name); `vmas` is walked again for each rseq area.
+/// Pure: the loader's stage 1 and the dumper's self-check both call it
+/// (through [`crate::rules::check_image`]).
 #[allow(clippy::too_many_arguments)]
-pub fn validate_values<'a>(
-    vmas: impl Iterator<Item = VmaRecord>,
+pub fn validate_values(
+    vmas: impl Iterator<Item = VmaRecord> + Clone,
     mm: &MmRecord,
     auxv_len: usize,
-    rlimits: &[RlimitRecord],
-    itimers: &[ItimerRecord],
-    pending: &[PendingSignalRecord],
-    threads: impl Iterator<Item = &'a ThreadRecord> + Clone,
+    rlimits: impl Iterator<Item = RlimitRecord>,
+    itimers: impl Iterator<Item = ItimerRecord>,
+    pending: impl Iterator<Item = PendingSignalRecord>,
+    threads: impl Iterator<Item = ThreadRecord> + Clone,
     mmap_min_addr: u64,
 ) -> Result<(), ValueError> {
-    for v in vmas {
+    for v in vmas.clone() {
         check_vma(v.start, v.end, v.kind, mmap_min_addr)?;
+        if v.prot & !VMA_PROT_BITS != 0 {
+            return Err(ValueError::VmaProt {
+                start: v.start,
+                prot: v.prot,
+            });
+        }
     }
     check_mm(mm, mmap_min_addr)?;
     if !auxv_len.is_multiple_of(16) || auxv_len > MAX_AUXV_BYTES {
         return Err(ValueError::AuxvLength { len: auxv_len });
     }
-    if let Some(r) = rlimits.iter().find(|r| r.resource >= RLIMIT_COUNT) {
-        return Err(ValueError::RlimitResource {
-            resource: r.resource,
-        });
+    for r in rlimits {
+        if r.resource >= RLIMIT_COUNT {
+            return Err(ValueError::RlimitResource {
+                resource: r.resource,
+            });
+        }
     }
-    if let Some(t) = itimers.iter().find(|t| t.which > ITIMER_MAX) {
-        return Err(ValueError::ItimerWhich { which: t.which });
+    for t in itimers {
+        if t.which > ITIMER_MAX {
+            return Err(ValueError::ItimerWhich { which: t.which });
+        }
+        for tv in [t.interval, t.value] {
+            if !timeval_valid(&tv) {
+                return Err(ValueError::ItimerValue {
+                    which: t.which,
+                    sec: tv.sec,
+                    usec: tv.usec,
+                });
+            }
+        }
     }
     for p in pending {
         let signo = u32::from_le_bytes([p.siginfo[0], p.siginfo[1], p.siginfo[2], p.siginfo[3]]);
@@ -202,6 +284,58 @@ pub fn validate_values<'a>(
                 len: t.rseq_len,
             });
         }
+        if t.rseq_len != 0 && !in_writable_vma(vmas.clone(), t.rseq_addr, t.rseq_len) {
+            return Err(ValueError::RseqUnmapped {
+                tid: t.tid,
+                addr: t.rseq_addr,
+                len: t.rseq_len,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `timeval_valid`: what `setitimer` accepts.
+fn timeval_valid(tv: &Timeval) -> bool {
+    tv.sec >= 0 && (0..USEC_PER_SEC).contains(&tv.usec)
+}
+
+/// Whether `[addr, addr + len)` lies in one writable VMA below `TASK_SIZE`.
+fn in_writable_vma(mut vmas: impl Iterator<Item = VmaRecord>, addr: u64, len: u32) -> bool {
+    let Some(end) = addr.checked_add(u64::from(len)) else {
+        return false;
+    };
+    end <= TASK_SIZE && vmas.any(|v| v.start <= addr && end <= v.end && v.prot & prot::WRITE != 0)
+}
+
+/// A thread's `fs_base` and `gs_base`, which the plan sets with
+/// `arch_prctl`: it refuses (EPERM) anything not below `TASK_SIZE_MAX`
+/// (the plan's [`TASK_SIZE`] on 4-level paging).
+pub fn check_segment_bases(tid: i32, fs_base: u64, gs_base: u64) -> Result<(), ValueError> {
+    for (which, value) in [("fs_base", fs_base), ("gs_base", gs_base)] {
+        if value >= TASK_SIZE {
+            return Err(ValueError::SegmentBase { tid, which, value });
+        }
+    }
+    Ok(())
+}
+
+/// `check_data_rlimit` of `PR_SET_MM_MAP`: the brk area and the data
+/// segment together within `RLIMIT_DATA` (soft limit; infinity: no limit).
+/// The plan sets the mm fields before the image's own limits, so the limit
+/// is the loader's.
+pub fn check_mm_data_limit(mm: &MmRecord, rlimit_data: u64) -> Result<(), ValueError> {
+    const RLIM_INFINITY: u64 = u64::MAX;
+    if rlimit_data == RLIM_INFINITY {
+        return Ok(());
+    }
+    let size =
+        (mm.brk.wrapping_sub(mm.start_brk)).saturating_add(mm.end_data.wrapping_sub(mm.start_data));
+    if size > rlimit_data {
+        return Err(ValueError::MmDataLimit {
+            size,
+            limit: rlimit_data,
+        });
     }
     Ok(())
 }
@@ -217,7 +351,24 @@ fn check_vma(start: u64, end: u64, kind: u32, min: u64) -> Result<(), ValueError
     Ok(())
 }
 
+/// The kernel's `mmap_min_addr` is at least `CONFIG_LSM_MMAP_MIN_ADDR`
+/// (65536 in the usual configurations) where security modules are built
+/// in, whatever `vm.mmap_min_addr` (the DAC bound, which is what the
+/// sysctl shows) says; `PR_SET_MM_MAP` checks against the larger.
+pub const LSM_MMAP_MIN_ADDR: u64 = 65536;
+
+/// `validate_prctl_map_addr`: every field in `[mmap_min_addr, TASK_SIZE)`
+/// (`start_stack` too), `start_code < end_code`, the other pairs ordered.
 fn check_mm(mm: &MmRecord, min: u64) -> Result<(), ValueError> {
+    let min = min.max(LSM_MMAP_MIN_ADDR);
+    let value = mm.start_stack;
+    if value < min || value >= TASK_SIZE {
+        return Err(ValueError::MmField {
+            field: "start_stack",
+            value,
+            min,
+        });
+    }
     let pairs = [
         ("start_code", mm.start_code, "end_code", mm.end_code),
         ("start_data", mm.start_data, "end_data", mm.end_data),
@@ -231,7 +382,8 @@ fn check_mm(mm: &MmRecord, min: u64) -> Result<(), ValueError> {
                 return Err(ValueError::MmField { field, value, min });
             }
         }
-        if start > end {
+        // The code range may not be empty; the others may.
+        if start > end || (start_field == "start_code" && start == end) {
             return Err(ValueError::MmOrder {
                 start_field,
                 start,
@@ -309,6 +461,10 @@ mod tests {
         Case {
             vmas: vec![
                 vma(0x40_0000, 0x40_1000, vma_kind::FILE),
+                VmaRecord {
+                    prot: prot::READ | prot::WRITE,
+                    ..vma(0x7f00_0000_0000, 0x7f00_0000_1000, vma_kind::ANON)
+                },
                 vma(VSYSCALL_START, VSYSCALL_END, vma_kind::VSYSCALL),
             ],
             mm: mm(),
@@ -331,10 +487,10 @@ mod tests {
             c.vmas.iter().copied(),
             &c.mm,
             c.auxv,
-            &c.rlimits,
-            &c.itimers,
-            &c.pending,
-            c.threads.iter(),
+            c.rlimits.iter().copied(),
+            c.itimers.iter().copied(),
+            c.pending.iter().copied(),
+            c.threads.iter().copied(),
             MIN,
         )
     }
@@ -499,5 +655,137 @@ mod tests {
         c.threads[0].robust_list_head = 0;
         c.threads[0].robust_list_len = 0;
         assert_eq!(run(&c), Ok(()));
+    }
+
+    #[test]
+    fn start_stack_and_an_empty_code_range_are_refused() {
+        let mut c = sound();
+        c.mm.start_stack = 0x1000;
+        assert!(matches!(
+            run(&c),
+            Err(ValueError::MmField {
+                field: "start_stack",
+                ..
+            })
+        ));
+        let mut c = sound();
+        c.mm.end_code = c.mm.start_code;
+        assert!(matches!(
+            run(&c),
+            Err(ValueError::MmOrder {
+                start_field: "start_code",
+                ..
+            })
+        ));
+        // An empty data or brk range is what PR_SET_MM_MAP accepts.
+        let mut c = sound();
+        c.mm.end_data = c.mm.start_data;
+        c.mm.brk = c.mm.start_brk;
+        assert_eq!(run(&c), Ok(()));
+    }
+
+    #[test]
+    fn itimer_values_must_be_valid_timevals() {
+        for (sec, usec) in [(0, 1_000_000), (0, -1), (-1, 0), (1, i64::MAX)] {
+            let mut c = sound();
+            c.itimers[0].value = Timeval { sec, usec };
+            assert_eq!(
+                run(&c),
+                Err(ValueError::ItimerValue {
+                    which: 2,
+                    sec,
+                    usec
+                })
+            );
+            let mut c = sound();
+            c.itimers[0].interval = Timeval { sec, usec };
+            assert!(matches!(run(&c), Err(ValueError::ItimerValue { .. })));
+        }
+        let mut c = sound();
+        c.itimers[0].value = Timeval {
+            sec: 5,
+            usec: 999_999,
+        };
+        assert_eq!(run(&c), Ok(()));
+    }
+
+    #[test]
+    fn rseq_areas_must_lie_in_writable_memory() {
+        for addr in [
+            0x7f00_0000_1000,
+            0x40_0000,
+            0x7f00_0000_0fe0 + 0x40,
+            TASK_SIZE,
+        ] {
+            let mut c = sound();
+            c.threads[0].rseq_addr = addr;
+            assert_eq!(
+                run(&c),
+                Err(ValueError::RseqUnmapped {
+                    tid: 100,
+                    addr,
+                    len: 32
+                }),
+                "{addr:#x}"
+            );
+        }
+        // Straddling the end of its VMA.
+        let mut c = sound();
+        c.threads[0].rseq_addr = 0x7f00_0000_0fe0;
+        c.threads[0].rseq_len = 64;
+        assert!(matches!(run(&c), Err(ValueError::RseqUnmapped { .. })));
+        let mut c = sound();
+        c.threads[0].rseq_addr = 0x7f00_0000_0fe0;
+        assert_eq!(run(&c), Ok(()));
+    }
+
+    #[test]
+    fn vma_protections_are_read_write_exec_only() {
+        for bad in [0x8, 0x0100_0000, 0x0200_0000, 0x10] {
+            let mut c = sound();
+            c.vmas[0].prot = prot::READ | bad;
+            assert_eq!(
+                run(&c),
+                Err(ValueError::VmaProt {
+                    start: 0x40_0000,
+                    prot: prot::READ | bad
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn segment_bases_must_be_user_addresses() {
+        assert_eq!(check_segment_bases(7, 0x7f00_0000_0000, 0), Ok(()));
+        assert_eq!(
+            check_segment_bases(7, 0x8000_0000_0000, 0),
+            Err(ValueError::SegmentBase {
+                tid: 7,
+                which: "fs_base",
+                value: 0x8000_0000_0000
+            })
+        );
+        assert!(matches!(
+            check_segment_bases(7, 0, 0xffff_8000_0000_0000),
+            Err(ValueError::SegmentBase {
+                which: "gs_base",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn brk_and_data_must_fit_rlimit_data() {
+        let m = mm();
+        // brk 0x2000 + data 0x1000.
+        assert_eq!(check_mm_data_limit(&m, u64::MAX), Ok(()));
+        assert_eq!(check_mm_data_limit(&m, 0x3000), Ok(()));
+        assert_eq!(
+            check_mm_data_limit(&m, 0x2fff),
+            Err(ValueError::MmDataLimit {
+                size: 0x3000,
+                limit: 0x2fff
+            })
+        );
     }
 }

@@ -505,27 +505,41 @@ fn fd_numbers_no_process_can_have_are_refused() {
 }
 
 /// A plan op that fails after the point of no return names itself and the
-/// errno (here: an interval timer whose microseconds the kernel refuses),
-/// on the caller's stderr although the task's fd 2 is `/dev/null` by then.
+/// errno, on the caller's stderr although the task's fd 2 is `/dev/null`
+/// by then. Here the caller's RLIMIT_SIGPENDING (a per-user count stage 1
+/// cannot know the rest of) lets one queued signal in, not two.
 #[test]
 fn a_failing_op_reports_its_errno() {
     let dir = temp_dir("failop");
     let image = build_edited_image(&dir.0, true, |state| {
         state.fds[2] = state.fds[0].clone();
         state.fds[2].record.fd = 2;
-        state.itimers.push(ItimerRecord {
-            which: 0,
-            _pad: 0,
-            interval: Timeval { sec: 0, usec: 0 },
-            value: Timeval {
-                sec: 0,
-                usec: 2_000_000,
-            },
-        });
+        for signo in [40u32, 41] {
+            let mut siginfo = [0u8; 128];
+            siginfo[..4].copy_from_slice(&signo.to_le_bytes());
+            // si_code SI_QUEUE (-1): counted against RLIMIT_SIGPENDING.
+            siginfo[8..12].copy_from_slice(&(-1i32).to_le_bytes());
+            state.pending.push(PendingSignalRecord {
+                tid: 0,
+                _pad: 0,
+                siginfo,
+            });
+        }
     });
-    let (code, _, stderr) = run_loader(&image);
-    assert_eq!(code, 9, "{stderr}");
-    assert!(stderr.contains("(setitimer 0): errno 22\n"), "{stderr}");
+    let out = Command::new("prlimit")
+        .arg("--sigpending=1:1")
+        .arg("--")
+        .arg(support::loader_path())
+        .arg(&image)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(9), "{stderr}");
+    assert!(
+        stderr.contains("(rt_sigqueueinfo") && stderr.contains("errno 11\n"),
+        "{stderr}"
+    );
 }
 
 /// A value the kernel would refuse after the point of no return (a signal
@@ -574,6 +588,99 @@ fn values_the_kernel_would_refuse_are_corrupt() {
         let (code, _, stderr) = run_loader(&image);
         assert_eq!(code, 4, "{what}: {stderr}");
         assert!(stderr.contains(what), "{what}: {stderr}");
+    }
+}
+
+/// What the kernel would refuse after the point of no return (and which
+/// once ended in exit 9 with the loader's own layout torn down): each is
+/// now refused in stage 1 (exit 4) with one line naming it, and the
+/// loader's process is intact to say so.
+#[test]
+fn values_once_refused_after_the_point_of_no_return_are_refused_first() {
+    let dir = temp_dir("ponr");
+    let timer = |interval: Timeval, value: Timeval| ItimerRecord {
+        which: 0,
+        _pad: 0,
+        interval,
+        value,
+    };
+    type Edit = Box<dyn Fn(&mut TaskState)>;
+    let cases: Vec<(Edit, &str)> = vec![
+        (
+            Box::new(move |s| {
+                s.itimers.push(timer(
+                    Timeval { sec: 0, usec: 0 },
+                    Timeval {
+                        sec: 0,
+                        usec: 2_000_000,
+                    },
+                ))
+            }),
+            "interval timer 0 holds 0 s 2000000 us",
+        ),
+        (
+            Box::new(move |s| {
+                s.itimers.push(timer(
+                    Timeval { sec: 0, usec: -1 },
+                    Timeval { sec: 1, usec: 0 },
+                ))
+            }),
+            "interval timer 0 holds 0 s -1 us",
+        ),
+        (
+            Box::new(|s| {
+                s.threads[0].record.rseq_addr = 0x7000_0000_0000;
+                s.threads[0].record.rseq_len = 32;
+                s.threads[0].record.rseq_sig = 0x5305_3053;
+            }),
+            "rseq area 0x700000000000 (length 32) is not inside one writable memory area",
+        ),
+        (
+            Box::new(|s| {
+                s.threads[0].record.rseq_addr = 0xffff_8000_0000_0000;
+                s.threads[0].record.rseq_len = 32;
+            }),
+            "rseq area 0xffff800000000000",
+        ),
+        (
+            // In the code VMA: mapped, but not writable.
+            Box::new(|s| {
+                s.threads[0].record.rseq_addr = CODE_AT + 0x100;
+                s.threads[0].record.rseq_len = 32;
+            }),
+            "is not inside one writable memory area",
+        ),
+        (
+            Box::new(|s| s.mm.start_code = 0x1000),
+            "mm field start_code 0x1000",
+        ),
+        (
+            Box::new(|s| s.mm.start_stack = 0x2000),
+            "mm field start_stack 0x2000",
+        ),
+        (
+            Box::new(|s| s.mm.end_code = s.mm.start_code),
+            "mm field start_code 0x50000000 is not before its end",
+        ),
+        (
+            Box::new(|s| s.vmas[0].record.prot |= 0x0100_0000),
+            "has protection 0x1000005",
+        ),
+        (
+            Box::new(|s| s.threads[0].regs.fs_base = 0xffff_8000_0000_1000),
+            "fs_base 0xffff800000001000 is not a user address",
+        ),
+        (
+            Box::new(|s| s.threads[0].regs.gs_base = 0x8000_0000_0000),
+            "gs_base 0x800000000000 is not a user address",
+        ),
+    ];
+    for (edit, what) in cases {
+        let image = build_edited_image(&dir.0, true, |s| edit(s));
+        let (code, _, stderr) = run_loader(&image);
+        assert_eq!(code, 4, "{what}: {stderr}");
+        assert!(stderr.contains(what), "{what}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{what}: {stderr}");
     }
 }
 
@@ -638,4 +745,80 @@ fn runs_through_binfmt_misc_with_the_o_flag() {
     );
     assert!(stdout.starts_with("STORED-PAGE-OK!\n"), "{stdout}");
     assert!(!stdout.contains("crimg-loader"), "{stdout}");
+}
+
+/// The dumper's self-check and the loader's stage 1 run one function,
+/// `binfmt_loader::rules::check_image`: on each image it refuses, the
+/// loader exits with that error's code and prints that error's message;
+/// a sound image passes it.
+#[test]
+fn the_rules_the_dumper_runs_are_the_loaders() {
+    use binfmt_loader::rules::check_image;
+    use image_format::Image;
+    let dir = temp_dir("rules");
+    let sound = std::fs::read(build_image(&dir.0, true)).unwrap();
+    assert_eq!(check_image(&Image::parse(&sound).unwrap(), 4096), Ok(()));
+
+    type Edit = Box<dyn Fn(&mut TaskState)>;
+    let cases: Vec<Edit> = vec![
+        Box::new(|s| s.vmas[3].record.flags |= vma_flags::FILE_DELETED),
+        Box::new(|s| {
+            let mut socket = s.fds[1].clone();
+            socket.record.fd = 5;
+            socket.record.kind = fd_kind::SOCKET;
+            socket.path = "socket:[77]".into();
+            s.fds.push(socket);
+        }),
+        Box::new(|s| s.fds[0].record.fd = -3),
+        Box::new(|s| {
+            s.itimers.push(ItimerRecord {
+                which: 1,
+                _pad: 0,
+                interval: Timeval {
+                    sec: 0,
+                    usec: 1_000_000,
+                },
+                value: Timeval { sec: 1, usec: 0 },
+            })
+        }),
+        Box::new(|s| s.threads[0].regs.fs_base = u64::MAX),
+    ];
+    for edit in cases {
+        let image = build_edited_image(&dir.0, true, |s| edit(s));
+        let bytes = std::fs::read(&image).unwrap();
+        let parsed = Image::parse(&bytes).unwrap();
+        let error = check_image(&parsed, 4096).expect_err("the rules refuse the edited image");
+        let (code, _, stderr) = run_loader(&image);
+        assert_eq!(code, error.exit_code() as i32, "{error}: {stderr}");
+        assert!(
+            stderr.ends_with(&format!(": {error}\n")),
+            "{error}: {stderr}"
+        );
+    }
+}
+
+/// `PR_SET_MM_MAP` refuses brk and data sizes above the caller's
+/// RLIMIT_DATA (`check_data_rlimit`): checked in stage 1, with the limit
+/// the plan will meet (exit 10, before any change).
+#[test]
+fn a_brk_area_beyond_rlimit_data_is_refused_first() {
+    let dir = temp_dir("datalimit");
+    let image = build_edited_image(&dir.0, true, |s| {
+        s.mm.brk = s.mm.start_brk + (1 << 30);
+    });
+    let out = Command::new("prlimit")
+        .arg("--data=536870912")
+        .arg("--")
+        .arg(support::loader_path())
+        .arg(&image)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(10), "{stderr}");
+    assert!(
+        stderr.contains("exceed this process's RLIMIT_DATA"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }

@@ -278,20 +278,48 @@ fn prepare_out_dir(pid: i32, dir: &Path) -> Result<CreatedDirs, DumpError> {
     Ok(created)
 }
 
-/// Refuse an image that the reader (the loader's parser) would refuse.
-/// Only headers and notes are read, not page contents.
-fn self_check(pid: i32, path: &Path, file: &File) -> Result<(), DumpError> {
+/// Refuse an image that the reader (the loader's parser) would refuse, or
+/// that the loader's own stage-1 rules would (`binfmt_loader::rules`, the
+/// very function the loader runs): the process is then left running. Only
+/// headers and notes are read, not page contents. With `force` and
+/// `leave_running` (nothing is killed) the loader's refusal is a warning
+/// instead, returned.
+fn self_check(
+    pid: i32,
+    path: &Path,
+    file: &File,
+    opts: &DumpOptions,
+) -> Result<Option<String>, DumpError> {
     let map = sys::process::map_read_only(file).map_err(|source| DumpError::Io {
         pid,
         path: path.to_owned(),
         source,
     })?;
-    image_format::Image::parse(&map).map_err(|error| DumpError::ImageRefused {
+    let image = image_format::Image::parse(&map).map_err(|error| DumpError::ImageRefused {
         pid,
         path: path.to_owned(),
         error,
     })?;
-    Ok(())
+    let Err(error) = binfmt_loader::rules::check_image(&image, mmap_min_addr()) else {
+        return Ok(None);
+    };
+    let why = format!("the loader would refuse this image: {error}");
+    if opts.force && opts.leave_running {
+        return Ok(Some(why));
+    }
+    Err(DumpError::Refused {
+        pid,
+        why: format!("{why} (the process was left running)"),
+    })
+}
+
+/// `vm.mmap_min_addr` (65536, the usual value, when unreadable), which the
+/// loader's rules check the image's addresses against.
+fn mmap_min_addr() -> u64 {
+    fs::read_to_string("/proc/sys/vm/mmap_min_addr")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(65536)
 }
 
 /// Opens the file the image is written into: an anonymous file in `dir`
@@ -417,7 +445,7 @@ pub fn dump(
             })
         }
     };
-    self_check(pid, &tmp.path, &file)?;
+    let loader_warning = self_check(pid, &tmp.path, &file, opts)?;
     phases.write = t.elapsed();
     let t = Instant::now();
     file.sync_all().map_err(io_err(&tmp.path))?;
@@ -490,7 +518,12 @@ pub fn dump(
         frozen_for,
         phases,
         vmas: collected.vma_stats,
-        warnings: state.warnings.clone(),
+        warnings: state
+            .warnings
+            .iter()
+            .cloned()
+            .chain(loader_warning)
+            .collect(),
         left_running: opts.leave_running,
     })
 }

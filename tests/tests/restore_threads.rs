@@ -259,3 +259,63 @@ fn threaded_python_resumes() {
     let status = restored.wait_exit(LINE_TIMEOUT).unwrap();
     assert!(status.success(), "restored python quit with {status}");
 }
+
+/// More threads than the loader once took (256): the loader's limit is the
+/// image format's (`image_format::read::limits::MAX_THREADS`, which the
+/// writer and the dumper's self-check apply too), and its tables and the
+/// bootstrap window grow with the thread count.
+#[test]
+fn three_hundred_threads_resume() {
+    crimg_tests::skip_unless_root!();
+    many_threads_resume(300);
+}
+
+/// A thousand threads, each with its own stack, TLS and registers.
+#[test]
+fn a_thousand_threads_resume() {
+    crimg_tests::skip_unless_root!();
+    many_threads_resume(1000);
+}
+
+/// `workers` threads sleeping in the register-holding loop, dumped and
+/// restored: every one of them is back (with its tid, as root) and counts
+/// on with its registers and TLS intact (the counter's check fails on any
+/// worker that stopped or lost state).
+fn many_threads_resume(workers: usize) {
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let mut args = threaded_counter_args(scratch.path(), workers);
+    // Slow ticks: a thousand threads waking every 10 ms would keep both
+    // cores busy.
+    args.extend(["--interval-ms".to_owned(), "100".to_owned()]);
+    let mut counter = Workload::start("counter", args);
+    counter.expect_line("TICK 2");
+    let dumped = dump_and_kill(&bins, counter, &scratch.path().join("out"));
+    assert_eq!(dumped.other_tids().len(), workers, "tasks before the dump");
+
+    let mut restored = bins
+        .restore("restored counter with many threads", &dumped.dump.image)
+        .unwrap();
+    restored.expect_line("TICK ");
+    let pid = restored.pid();
+    let mut others = tasks_of(pid);
+    others.remove(&pid);
+    assert_eq!(
+        others,
+        dumped.other_tids(),
+        "as root every thread gets its tid back\n{}",
+        restored.stderr_report()
+    );
+    let pass = restored.expect_pass(CheckTrigger::Stdin);
+    assert_eq!(pass.pid().unwrap(), pid, "{}", pass.line());
+    restored.expect_line("TICK ");
+    assert_ticks_resume(&dumped, &mut restored);
+    assert!(
+        !restored
+            .stderr_lines()
+            .iter()
+            .any(|line| line.contains("restore failed")),
+        "{}",
+        restored.stderr_report()
+    );
+}

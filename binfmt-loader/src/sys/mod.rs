@@ -274,12 +274,22 @@ pub fn seek_to(fd: i32, off: u64) -> Result<u64, Errno> {
     result(r)
 }
 
+/// `fchdir(fd)`.
+pub fn fchdir(fd: i32) -> Result<(), Errno> {
+    // SAFETY: changing the working directory touches no memory of ours.
+    let r = unsafe { syscall6(nr::FCHDIR, fd as u64, 0, 0, 0, 0, 0) };
+    result(r).map(|_| ())
+}
+
 /// The fields of `struct stat` the loader compares.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stat {
     pub dev: u64,
     pub ino: u64,
     pub mode: u32,
+    /// The owner (`st_uid`, `st_gid`).
+    pub uid: u32,
+    pub gid: u32,
     pub size: u64,
     pub mtime_sec: i64,
     pub mtime_nsec: i64,
@@ -305,6 +315,8 @@ pub fn fstat(fd: i32) -> Result<Stat, Errno> {
         dev: st[0],
         ino: st[1],
         mode: st[3] as u32,
+        uid: (st[3] >> 32) as u32,
+        gid: st[4] as u32,
         size: st[6],
         mtime_sec: st[11] as i64,
         mtime_nsec: st[12] as i64,
@@ -363,6 +375,33 @@ pub fn map_scratch(len: usize) -> Result<&'static mut [u8], Errno> {
     let addr = result(r)?;
     // SAFETY: `len` fresh zeroed bytes, owned by nobody else.
     Ok(unsafe { core::slice::from_raw_parts_mut(addr as *mut u8, len) })
+}
+
+/// A table of `n` values of `T`, each `T::default()`, in fresh anonymous
+/// memory kept for the life of the process (the loader has no heap; tables
+/// sized by the image, such as its threads, live here).
+pub fn map_table<T: Copy + Default>(n: usize) -> Result<&'static mut [T], Errno> {
+    const PAGE: usize = 4096;
+    const { assert!(core::mem::align_of::<T>() <= PAGE) };
+    let len = n
+        .checked_mul(core::mem::size_of::<T>())
+        .ok_or(Errno::EINVAL)?;
+    let bytes = map_scratch(len)?;
+    if n == 0 || bytes.is_empty() {
+        return Ok(&mut []);
+    }
+    let first = bytes.as_mut_ptr().cast::<T>();
+    for i in 0..n {
+        // SAFETY: `bytes` is a fresh page-aligned mapping (alignment of `T`
+        // is at most a page) of `n * size_of::<T>()` bytes owned by nobody
+        // else, so element `i` is in bounds and aligned; writing a `Copy`
+        // value drops nothing.
+        unsafe { first.add(i).write(T::default()) };
+    }
+    // SAFETY: all `n` elements were initialised above, in memory that lives
+    // (is never unmapped) for the rest of the process and is only reachable
+    // through the returned slice.
+    Ok(unsafe { core::slice::from_raw_parts_mut(first, n) })
 }
 
 /// `mmap(addr, len, RWX, MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED_NOREPLACE)`:

@@ -1,0 +1,193 @@
+//! The loader's stage-1 rules that depend on the image alone: one pure
+//! function, [`check_image`], that the loader's stage 1 runs first and the
+//! dumper runs on the image it wrote before it kills the process or names
+//! the image. A limit or an "unsupported" decision lives here once, so the
+//! two can never disagree: a dump that succeeds is an image the loader
+//! accepts (as far as the image decides; files, the CPU and the caller's
+//! privileges are checked again where the image runs).
+//!
+//! No system calls, no allocation: the machine's facts it needs
+//! (`vm.mmap_min_addr`) are arguments.
+
+use core::fmt;
+
+use image_format::read::limits::MAX_THREADS;
+use image_format::records::{
+    fd_flags, fd_kind, vma_flags, vma_kind, ItimerRecord, PendingSignalRecord, RlimitRecord,
+    ThreadRecord,
+};
+use image_format::{Image, ImageError};
+
+use crate::validate::{check_segment_bases, validate_values, ValueError};
+use crate::{frame, ExitCode};
+
+/// Why the image is refused, whatever machine it runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleError<'a> {
+    /// The notes or records do not hold together.
+    Corrupt {
+        error: ImageError,
+    },
+    /// More threads than a reader accepts ([`MAX_THREADS`], shared with the
+    /// image writer and reader).
+    Threads {
+        count: u32,
+    },
+    NoThread,
+    /// A thread's XSAVE area is in compacted format (XSAVES), which
+    /// `rt_sigreturn` does not take.
+    CompactedXsave {
+        tid: i32,
+    },
+    /// A value the kernel would refuse after the point of no return.
+    Value {
+        error: ValueError,
+    },
+    /// An fd number below zero.
+    NegativeFd {
+        fd: i32,
+    },
+    /// An fd of a kind the loader cannot open again.
+    UnsupportedFd {
+        fd: i32,
+        kind: u32,
+        path: &'a [u8],
+    },
+    /// A mapped or open file that was deleted before the dump.
+    FileDeleted {
+        what: &'static str,
+        path: &'a [u8],
+    },
+}
+
+impl RuleError<'_> {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            RuleError::Corrupt { .. }
+            | RuleError::NoThread
+            | RuleError::Value { .. }
+            | RuleError::NegativeFd { .. } => ExitCode::ImageCorrupt,
+            RuleError::Threads { .. }
+            | RuleError::CompactedXsave { .. }
+            | RuleError::UnsupportedFd { .. }
+            | RuleError::FileDeleted { .. } => ExitCode::Unsupported,
+        }
+    }
+}
+
+impl fmt::Display for RuleError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::message::Lossy;
+        match *self {
+            RuleError::Corrupt { error } => write!(f, "corrupt image: {error}"),
+            RuleError::Threads { count } => write!(
+                f,
+                "images of more than {MAX_THREADS} threads ({count}) are not supported"
+            ),
+            RuleError::NoThread => write!(f, "corrupt image: no thread"),
+            RuleError::CompactedXsave { tid } => write!(
+                f,
+                "thread {tid}'s saved XSAVE area is in compacted format, not supported"
+            ),
+            RuleError::Value { error } => write!(f, "corrupt image: {error}"),
+            RuleError::NegativeFd { fd } => write!(f, "corrupt image: fd number {fd}"),
+            RuleError::UnsupportedFd { fd, kind, path } => write!(
+                f,
+                "fd {fd} ({}, kind {kind}) cannot be restored by the loader yet; restore it with crrestore-tree",
+                Lossy(path)
+            ),
+            RuleError::FileDeleted { what, path } => write!(
+                f,
+                "{what} {} was deleted before the dump; restoring deleted files is not supported yet",
+                Lossy(path)
+            ),
+        }
+    }
+}
+
+/// Whether the loader keeps fd `fd` of `kind` as the caller has it (stdio
+/// that was a terminal, pipe or socket) instead of opening it again.
+pub fn fd_is_inherited(fd: i32, kind: u32) -> bool {
+    (0..=2).contains(&fd)
+        && matches!(
+            kind,
+            fd_kind::TTY | fd_kind::PIPE | fd_kind::SOCKET | fd_kind::FIFO
+        )
+}
+
+/// Whether the loader can open an fd of `kind` again.
+pub fn fd_kind_reopenable(kind: u32) -> bool {
+    matches!(kind, fd_kind::REGULAR | fd_kind::DIRECTORY | fd_kind::CHAR)
+}
+
+/// Every rule of the loader that the image alone decides. `mmap_min_addr`
+/// is `vm.mmap_min_addr` of the machine that asks.
+pub fn check_image<'a>(image: &Image<'a>, mmap_min_addr: u64) -> Result<(), RuleError<'a>> {
+    let corrupt = |error| RuleError::Corrupt { error };
+    let count = image.thread_count();
+    if count > MAX_THREADS {
+        return Err(RuleError::Threads { count });
+    }
+    if count == 0 {
+        return Err(RuleError::NoThread);
+    }
+    for t in image.threads() {
+        let t = t.map_err(corrupt)?;
+        if frame::xcomp_bv(t.xsave).unwrap_or(0) & (1 << 63) != 0 {
+            return Err(RuleError::CompactedXsave { tid: t.record.tid });
+        }
+        let regs = t.regs();
+        check_segment_bases(t.record.tid, regs.fs_base, regs.gs_base)
+            .map_err(|error| RuleError::Value { error })?;
+    }
+
+    let vmas = image.vmas().map_err(corrupt)?;
+    validate_values(
+        vmas.clone(),
+        &image.mm(),
+        image.auxv().len(),
+        image.records::<RlimitRecord>().map_err(corrupt)?,
+        image.records::<ItimerRecord>().map_err(corrupt)?,
+        image.records::<PendingSignalRecord>().map_err(corrupt)?,
+        image.records::<ThreadRecord>().map_err(corrupt)?,
+        mmap_min_addr,
+    )
+    .map_err(|error| RuleError::Value { error })?;
+
+    for v in vmas {
+        if v.kind != vma_kind::FILE {
+            continue;
+        }
+        let path = image.string(v.path).map_err(corrupt)?;
+        if v.flags & vma_flags::FILE_DELETED != 0 {
+            return Err(RuleError::FileDeleted {
+                what: "mapped file",
+                path,
+            });
+        }
+    }
+
+    for f in image.fds().map_err(corrupt)? {
+        let path = image.string(f.path).map_err(corrupt)?;
+        if f.fd < 0 {
+            return Err(RuleError::NegativeFd { fd: f.fd });
+        }
+        if fd_is_inherited(f.fd, f.kind) {
+            continue;
+        }
+        if !fd_kind_reopenable(f.kind) {
+            return Err(RuleError::UnsupportedFd {
+                fd: f.fd,
+                kind: f.kind,
+                path,
+            });
+        }
+        if f.flags & fd_flags::DELETED != 0 {
+            return Err(RuleError::FileDeleted {
+                what: "open file",
+                path,
+            });
+        }
+    }
+    Ok(())
+}
