@@ -300,10 +300,9 @@ fn self_check(
         path: path.to_owned(),
         error,
     })?;
-    let Err(error) = binfmt_loader::rules::check_image(&image, mmap_min_addr()) else {
+    let Some(why) = loader_refusal(&image) else {
         return Ok(None);
     };
-    let why = format!("the loader would refuse this image: {error}");
     if opts.force && opts.leave_running {
         return Ok(Some(why));
     }
@@ -311,6 +310,16 @@ fn self_check(
         pid,
         why: format!("{why} (the process was left running)"),
     })
+}
+
+/// Why the loader would refuse `image` on this machine by its image-only
+/// rules (`binfmt_loader::rules`, the very function the loader runs), as
+/// `the loader would refuse this image: …`; `None` when it accepts it.
+/// `crdump` runs it before killing anything, `crimg verify` too.
+pub fn loader_refusal(image: &image_format::Image<'_>) -> Option<String> {
+    binfmt_loader::rules::check_image(image, mmap_min_addr())
+        .err()
+        .map(|error| format!("the loader would refuse this image: {error}"))
 }
 
 /// `vm.mmap_min_addr` (65536, the usual value, when unreadable), which the

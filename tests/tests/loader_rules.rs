@@ -71,6 +71,45 @@ fn crdump_does_not_kill_a_process_whose_image_the_loader_refuses() {
     python.expect_line("alive");
 }
 
+/// `crdump --force --leave-running` keeps an image the loader refuses (the
+/// process runs on, nothing is lost); `crimg verify` runs the same rules as
+/// the loader and reports it as failing, with the loader's reason.
+#[test]
+fn crimg_verify_refuses_what_the_loader_refuses() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let mut command = Command::new("python3");
+    command
+        .args(["-c", DELETED_MAPPING])
+        .arg(scratch.path().join("mapped"));
+    let mut python = Workload::spawn_command("python with a deleted mapping", command).unwrap();
+    if let Err(err) = python.wait_ready(READY_TIMEOUT) {
+        panic!("{err}\n{}", python.stderr_report());
+    }
+    let pid = python.pid();
+    let out = scratch.path().join("out");
+    let mut crdump = bins.crdump_command(pid, &out, true);
+    crdump.arg("--force");
+    cli::run_ok(crdump, LINE_TIMEOUT).unwrap();
+    let image = out.join(format!("task-{pid}.crimg"));
+    let mut verify = bins.crimg_command(["verify"]);
+    verify.arg(&image);
+    let output = cli::run(verify, LINE_TIMEOUT).unwrap();
+    assert!(
+        !output.status.success(),
+        "crimg verify accepted it: {output:?}"
+    );
+    assert!(
+        output.stderr.contains("the loader would refuse this image")
+            && output.stderr.contains("was deleted before the dump"),
+        "{}",
+        output.stderr
+    );
+    python.send_line("x").unwrap();
+    python.expect_line("alive");
+}
+
 /// The `Uid:`, `Gid:`, `Groups:` and `CapEff:` lines of `/proc/PID/status`.
 fn ids_of(pid: i32) -> [String; 4] {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -30,7 +30,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Check an image's structure and every checksum, including all stored pages.
+    /// Check an image's structure, every checksum (all stored pages included)
+    /// and the loader's image rules.
     Verify {
         #[arg(required = true)]
         images: Vec<PathBuf>,
@@ -125,11 +126,20 @@ fn verify(paths: &[PathBuf]) -> Result<()> {
     for path in paths {
         let result = ImageFile::open(path).and_then(|f| {
             let img = f.verify()?;
-            Ok((img.segment_count(), img.stored_bytes(), img.thread_count()))
+            Ok((
+                img.segment_count(),
+                img.stored_bytes(),
+                img.thread_count(),
+                dumper::loader_refusal(&img),
+            ))
         });
         match result {
-            Ok((segments, stored, threads)) => println!(
-                "{}: ok ({threads} thread{}, {segments} segments, {stored} bytes of pages; all checksums match)",
+            Ok((_, _, _, Some(why))) => {
+                eprintln!("crimg: {}: {why}", path.display());
+                failed += 1;
+            }
+            Ok((segments, stored, threads, None)) => println!(
+                "{}: ok ({threads} thread{}, {segments} segments, {stored} bytes of pages; all checksums match; the loader's rules accept it)",
                 path.display(),
                 if threads == 1 { "" } else { "s" }
             ),
