@@ -789,7 +789,8 @@ pub fn build_plan(
     };
 
     // 0. Nothing may interrupt the plan: block every signal (the frame's
-    //    uc_sigmask puts the task's own mask back).
+    //    uc_sigmask puts the task's own mask back). The loader's `_start`
+    //    blocked them already; the plan does not rely on its runner.
     let all = b.put(&u64::MAX.to_le_bytes(), 8)?;
     b.sys(
         rule::OK,

@@ -1,6 +1,5 @@
 //! `crimg`: inspect, verify and run task images; manage the binfmt entry.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -147,7 +146,12 @@ fn run(image: &Path, loader_bin: Option<PathBuf>) -> Result<()> {
     if !image.exists() {
         bail!("{}: no such image", image.display());
     }
-    let err = std::process::Command::new(&loader).arg(image).exec();
+    // Blocked across the exec: the loader blocks everything from its first
+    // instruction, this closes the gap before it. The restored task's own
+    // mask comes from its image.
+    let mut command = std::process::Command::new(&loader);
+    command.arg(image);
+    let err = crimg_tools::signals::exec_with_signals_blocked(&mut command);
     Err(err).with_context(|| format!("cannot execute the loader {}", loader.display()))
 }
 
