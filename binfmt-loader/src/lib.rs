@@ -9,6 +9,9 @@
 //!   and ends in `rt_sigreturn` ([`frame`] builds the signal frame).
 //! * [`validate`] — stage 1's check of every value the plan passes to the
 //!   kernel as it is (addresses, limits, signal numbers, lengths).
+//! * [`threads`] — the other threads, created before the point of no
+//!   return so that their tids are held (a taken one is found then).
+//! * [`args`] — the arguments after the image (`--same-ids`).
 //! * [`run`] — the sequence, and one-line errors with an exit code per class
 //!   ([`ExitCode`]).
 
@@ -17,6 +20,7 @@
 
 #[allow(unsafe_code)]
 pub mod arch;
+pub mod args;
 pub mod check;
 pub mod creds;
 pub mod frame;
@@ -26,6 +30,7 @@ pub mod plan;
 pub mod run;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod threads;
 pub mod validate;
 
 /// The loader's exit codes, one per class of failure. Everything up to

@@ -9,9 +9,13 @@
 //! switch only the trampoline runs, reading ops from here; nothing it
 //! touches lies outside the window except what the ops name.
 //!
-//! Threads: the leader's op list comes first; it clone3s each other thread
-//! (with its recorded tid when privileged) onto its window stack, where the
-//! thread runs its own op list: its fs/gs base, rseq, robust list,
+//! Threads: the leader's op list comes first. Each other thread is created
+//! before the point of no return, by stage 1's code ([`crate::threads`]):
+//! `clone3` (with its recorded tid when privileged and free) onto its
+//! window stack, from the [`ThreadClone`] table the plan leaves in the
+//! window, so that its tid is held by the restore from then on. It runs its
+//! own op list there: a futex wait for `built` (the leader's word once the
+//! memory is back), its personality, fs/gs base, rseq, robust list,
 //! clear_child_tid and name, then a futex wait for `go`. The leader sets
 //! `go` once everything process-wide is done (pending signals, timers, its
 //! credentials); each thread then sets its own credentials and leaves. When
@@ -60,7 +64,9 @@ pub const CLONE_THREAD_FLAGS: u64 = 0x100 /* VM */
     | 0x4_0000 /* SYSVSEM */
     | 0x10_0000 /* PARENT_SETTID */;
 /// `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2).
-const CLONE_ARGS_SIZE: u64 = 88;
+pub const CLONE_ARGS_SIZE: u64 = 88;
+/// Offset of `set_tid` in `struct clone_args` (`set_tid_size` follows).
+pub const CLONE_ARGS_SET_TID: usize = 64;
 /// `FUTEX_WAKE_OP | FUTEX_PRIVATE_FLAG`.
 const FUTEX_WAKE_OP_PRIVATE: u64 = 5 | 128;
 /// `FUTEX_OP(FUTEX_OP_ADD, -1, FUTEX_OP_CMP_EQ, 0)`: decrement.
@@ -86,9 +92,8 @@ pub mod op_kind {
     /// args[3])` via the `syscall; ret` at `args[1]`, whose `ret` pops the
     /// `rt_sigreturn` gadget from `args[0]`.
     pub const GADGET_EXIT: u32 = 4;
-    /// `clone3(args[0], args[1])`; the new thread runs the `args[3]` ops at
-    /// `args[2]` on the stack the clone args give it.
-    pub const CLONE: u32 = 5;
+    // 5 was `clone3` from the plan: the threads are now created before
+    // the point of no return (`crate::threads`).
     /// Wait (futex) until the u32 at `args[0]` equals `args[1]`.
     pub const WAIT_EQ: u32 = 6;
     /// Store `args[1]` into the u32 at `args[0]` and wake all its waiters.
@@ -299,6 +304,25 @@ pub struct FdMove {
     pub cloexec: u32,
 }
 
+/// One other thread, for [`crate::threads::create_threads`] to create
+/// before the point of no return: its `struct clone_args` in the window
+/// (with `set_tid` pointing at `tid` when the plan asks for it; cleared to
+/// fall back to a new tid) and the op list it runs.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct ThreadClone {
+    /// Address of its [`CLONE_ARGS_SIZE`]-byte `struct clone_args`.
+    pub args: u64,
+    /// Its op list and op count.
+    pub ops: u64,
+    pub count: u64,
+    /// The tid it had.
+    pub tid: i32,
+    pub _pad: u32,
+}
+
 /// One thread the plan resumes.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ThreadInput<'a> {
@@ -454,7 +478,7 @@ impl WindowLayout {
                 .iter()
                 .map(|t| 2 * (frame::FRAME_SIZE + t.xsave.len() as u64 + 256))
                 .sum::<u64>()
-            + others as u64 * (512 + 4 * image_format::records::MAX_GROUPS as u64)
+            + others as u64 * (512 + 32 + 4 * image_format::records::MAX_GROUPS as u64)
             + input.auxv.len() as u64
             + 32 * input.sigactions.len() as u64
             + 16 * input.rlimits.len() as u64
@@ -550,6 +574,10 @@ pub struct PlanSummary {
     pub window_left: bool,
     /// Trampoline entry point (absolute address).
     pub entry: u64,
+    /// The other threads to create: `nclones` [`ThreadClone`]s at this
+    /// address in the window.
+    pub clones: u64,
+    pub nclones: usize,
 }
 
 struct Builder<'w> {
@@ -1103,17 +1131,21 @@ pub fn build_plan(
     let leave_by_gadgets = gadgets.filter(|_| all_on_stack);
     let others = threads.len() - 1;
 
-    // 8b. The other threads: cloned onto their window stacks; each sets its
-    //     own state and waits for `go`. `tids[k]` receives the new tid
-    //     (CLONE_PARENT_SETTID) for the signals the thread queues to itself.
-    let (go, left, tids) = if others > 0 {
-        let (sync, words) = b.alloc(8, 64)?;
+    // 8b. The other threads, created before the point of no return and
+    //     parked on `built` in the window (`crate::threads`), set their own
+    //     state now that the memory is back, then wait for `go`. `tids[k]`
+    //     receives the tid each got (CLONE_PARENT_SETTID: the recorded one
+    //     or, if that was taken, a new one) for the signals the thread
+    //     queues to itself.
+    let (go, left, built, tids) = if others > 0 {
+        let (sync, words) = b.alloc(12, 64)?;
         words[4..8].copy_from_slice(&(others as u32).to_le_bytes());
         let (tids, _) = b.alloc(4 * others, 8)?;
-        (sync, sync + 4, tids)
+        (sync, sync + 4, sync + 8, tids)
     } else {
-        (0, 0, 0)
+        (0, 0, 0, 0)
     };
+    let (clones, _) = b.alloc(core::mem::size_of::<ThreadClone>() * others, 8)?;
     for (k, t) in threads[1..].iter().enumerate() {
         let set_tid = if input.set_tids {
             b.put(&t.record.tid.to_le_bytes(), 8)?
@@ -1135,14 +1167,25 @@ pub fn build_plan(
             0,
         ];
         let a = b.put(args.as_bytes(), 8)?;
-        // The child's op list is patched in once it is built (below).
+        // Its op list is filled in once it is built (below).
+        b.set_clone(
+            clones,
+            k,
+            ThreadClone {
+                args: a,
+                tid: t.record.tid,
+                ..Default::default()
+            },
+        )?;
+    }
+    if others > 0 {
         b.op(
-            op_kind::CLONE,
+            op_kind::STORE_WAKE,
             rule::OK,
-            nr::CLONE3,
-            [a, CLONE_ARGS_SIZE, 0, 0, 0, 0],
+            nr::FUTEX,
+            [built, 1, 0, 0, 0, 0],
             0,
-            format_args!("clone3 of thread {}", t.record.tid),
+            format_args!("futex wake the other threads to set their state"),
         )?;
     }
 
@@ -1235,14 +1278,28 @@ pub fn build_plan(
     for (k, t) in threads[1..].iter().enumerate() {
         let first = b.n;
         let who = Who(Some(t.record.tid));
+        // Parked from its creation (before the point of no return) until
+        // the memory it sets its state in is back.
+        b.op(
+            op_kind::WAIT_EQ,
+            rule::OK,
+            nr::FUTEX,
+            [built, 1, 0, 0, 0, 0],
+            0,
+            format_args!("futex wait for the memory{who}"),
+        )?;
+        // Per task, and this thread was created before the leader set it.
+        b.sys(
+            rule::ANY,
+            nr::PERSONALITY,
+            [u64::from(input.personality), 0, 0, 0, 0, 0],
+            format_args!("personality{who}"),
+        )?;
         b.thread_state(t, who)?;
-        // Its own pending signals, to its own tid: the recorded one with
-        // set_tid, else the one clone3 wrote to `tids[k]` (read at run time).
-        let own = if input.set_tids {
-            OwnTid::Known(t.record.tid)
-        } else {
-            OwnTid::At(tids + 4 * k as u64)
-        };
+        // Its own pending signals, to its own tid: the one clone3 wrote to
+        // `tids[k]` (read at run time: the recorded one, or a new one if
+        // that was taken).
+        let own = tids + 4 * k as u64;
         for p in input.pending.iter().filter(|p| p.tid == t.record.tid) {
             b.queue_signal(input.pid, p, Some((own, who)))?;
         }
@@ -1277,13 +1334,10 @@ pub fn build_plan(
         b.leave(input, t, window, leave, who)?;
         let list = base + lay.ops_off + (first * layout::OP_SIZE) as u64;
         let count = (b.n - first) as u64;
-        let clone = b.ops[..n_leader]
-            .iter_mut()
-            .filter(|op| op.kind == op_kind::CLONE)
-            .nth(k)
-            .ok_or(PlanError::PlanFull { ops: b.n })?;
-        clone.args[2] = list;
-        clone.args[3] = count;
+        let mut c = b.clone_at(clones, k)?;
+        c.ops = list;
+        c.count = count;
+        b.set_clone(clones, k, c)?;
     }
 
     let n_ops = b.n;
@@ -1304,6 +1358,8 @@ pub fn build_plan(
         window,
         window_left: leave_by_gadgets.is_none(),
         entry: base + lay.code_off,
+        clones,
+        nclones: others,
     })
 }
 
@@ -1318,15 +1374,6 @@ impl fmt::Display for Who {
             None => Ok(()),
         }
     }
-}
-
-/// A thread's own tid, for the signals it queues to itself.
-#[derive(Clone, Copy)]
-enum OwnTid {
-    /// Given back with set_tid.
-    Known(i32),
-    /// New: the u32 at this address, where clone3 wrote it.
-    At(u64),
 }
 
 /// How a thread's op list ends.
@@ -1353,6 +1400,26 @@ fn frame_on_stack(input: &PlanInput<'_>, rsp: u64, xsave_len: usize) -> Option<F
 }
 
 impl Builder<'_> {
+    /// Entry `k` of the [`ThreadClone`] table at `table` (window address).
+    fn clone_at(&self, table: u64, k: usize) -> Result<ThreadClone, PlanError> {
+        let off = (table - self.data_addr) as usize + k * core::mem::size_of::<ThreadClone>();
+        self.data
+            .get(off..)
+            .and_then(|b| ThreadClone::read_from_prefix(b).ok())
+            .map(|(c, _)| c)
+            .ok_or(PlanError::PlanFull { ops: self.n })
+    }
+
+    fn set_clone(&mut self, table: u64, k: usize, c: ThreadClone) -> Result<(), PlanError> {
+        let off = (table - self.data_addr) as usize + k * core::mem::size_of::<ThreadClone>();
+        let n = self.n;
+        self.data
+            .get_mut(off..off + core::mem::size_of::<ThreadClone>())
+            .ok_or(PlanError::PlanFull { ops: n })?
+            .copy_from_slice(c.as_bytes());
+        Ok(())
+    }
+
     /// A thread's own kernel state: fs/gs base, rseq, robust list,
     /// clear_child_tid, name.
     fn thread_state(&mut self, t: &ThreadInput<'_>, who: Who) -> Result<(), PlanError> {
@@ -1415,12 +1482,13 @@ impl Builder<'_> {
 
     /// Queue one pending signal. `thread` None: the leader queues a
     /// process-wide signal (tid 0) or its own; `Some`: the calling (other)
-    /// thread queues one to itself.
+    /// thread queues one to itself, its tid read from the u32 at the
+    /// address (where clone3 wrote it).
     fn queue_signal(
         &mut self,
         pid: i32,
         p: &PendingSignalRecord,
-        thread: Option<(OwnTid, Who)>,
+        thread: Option<(u64, Who)>,
     ) -> Result<(), PlanError> {
         let signo = u64::from(u32::from_le_bytes([
             p.siginfo[0],
@@ -1443,13 +1511,7 @@ impl Builder<'_> {
                 [pid, pid, signo, info, 0, 0],
                 format_args!("rt_tgsigqueueinfo {signo}"),
             ),
-            Some((OwnTid::Known(tid), who)) => self.sys(
-                rule::OK,
-                nr::RT_TGSIGQUEUEINFO,
-                [pid, tid as u64, signo, info, 0, 0],
-                format_args!("rt_tgsigqueueinfo {signo} to itself{who}"),
-            ),
-            Some((OwnTid::At(addr), who)) => self.sys(
+            Some((addr, who)) => self.sys(
                 rule::OK | rule::LOAD_ARG1,
                 nr::RT_TGSIGQUEUEINFO,
                 [pid, addr, signo, info, 0, 0],
@@ -1618,7 +1680,6 @@ pub fn write_plan(buf: &[u8], out: &mut impl fmt::Write) -> fmt::Result {
             op_kind::MEMCPY => "memcpy",
             op_kind::SIGRETURN => "rt_sigreturn",
             op_kind::GADGET_EXIT => "gadget-exit",
-            op_kind::CLONE => "clone3",
             op_kind::WAIT_EQ => "futex-wait-eq",
             op_kind::STORE_WAKE => "store-wake",
             op_kind::GADGET_WAKE_EXIT => "gadget-wake-exit",
@@ -2061,7 +2122,7 @@ mod tests {
                 .iter()
                 .all(|t| frame_on_stack(&inp, t.regs.rsp, t.xsave.len()).is_some());
             assert_eq!(summary.window_left, round % 2 != 0 || !all_on_stack);
-            check_threads(&f, &inp, window, &buf, summary.window_left);
+            check_threads(&f, &inp, window, &buf, &summary);
 
             // Run the ops on the model.
             let mut m = Model::default();
@@ -2117,15 +2178,43 @@ mod tests {
 
     /// The other threads: each cloned once, in order, onto its own stack in
     /// the window; every frame in its own place; the lists end right.
-    fn check_threads(f: &Fixture, inp: &PlanInput<'_>, window: Range, buf: &[u8], left: bool) {
+    /// The plan's table of threads to create before the point of no return.
+    fn clones_of(buf: &[u8], window: Range, s: &PlanSummary) -> Vec<ThreadClone> {
+        (0..s.nclones)
+            .map(|k| {
+                let off = (s.clones - window.start) as usize + k * 32;
+                ThreadClone::read_from_prefix(&buf[off..]).unwrap().0
+            })
+            .collect()
+    }
+
+    fn check_threads(
+        f: &Fixture,
+        inp: &PlanInput<'_>,
+        window: Range,
+        buf: &[u8],
+        summary: &PlanSummary,
+    ) {
+        let left = summary.window_left;
         let lay = WindowLayout::for_input(inp);
         let (h, _) = WindowHeader::read_from_prefix(buf).unwrap();
         let ops = window_ops(buf);
         let leader = &ops[..h.op_count as usize];
         let at = |addr: u64| (addr - window.start) as usize;
         let word = |addr: u64| u64::from_le_bytes(buf[at(addr)..at(addr) + 8].try_into().unwrap());
-        let clones: Vec<&Op> = leader.iter().filter(|o| o.kind == op_kind::CLONE).collect();
+        let clones = clones_of(buf, window, summary);
         assert_eq!(clones.len(), f.threads.len() - 1);
+        // No thread is cloned by the plan: they exist before it runs and
+        // wait for the leader's word that the memory is back.
+        let built = leader
+            .iter()
+            .filter(|o| o.kind == op_kind::STORE_WAKE)
+            .collect::<Vec<_>>();
+        if clones.is_empty() {
+            assert!(built.is_empty());
+        } else {
+            assert_eq!(built.len(), 2, "built, then go");
+        }
         // Parts of the window no thread stack may touch.
         let mut taken = std::vec![
             Range {
@@ -2144,9 +2233,9 @@ mod tests {
         let mut lists = std::vec![(h.ops, h.op_count)];
         for (k, c) in clones.iter().enumerate() {
             let t = &f.threads[k + 1];
-            assert_eq!(c.args[1], CLONE_ARGS_SIZE);
-            assert_eq!(word(c.args[0]), CLONE_THREAD_FLAGS);
-            let (stack, size) = (word(c.args[0] + 40), word(c.args[0] + 48));
+            assert_eq!(c.tid, t.record.tid);
+            assert_eq!(word(c.args), CLONE_THREAD_FLAGS);
+            let (stack, size) = (word(c.args + 40), word(c.args + 48));
             let r = Range {
                 start: stack,
                 end: stack + size,
@@ -2165,13 +2254,13 @@ mod tests {
             }
             taken.push(r);
             // set_tid: the recorded tid, one level.
-            let set_tid = word(c.args[0] + 64);
-            assert_eq!(word(c.args[0] + 72), 1);
+            let set_tid = word(c.args + 64);
+            assert_eq!(word(c.args + 72), 1);
             assert_eq!(
                 buf[at(set_tid)..at(set_tid) + 4],
                 t.record.tid.to_le_bytes()
             );
-            lists.push((c.args[2], c.args[3]));
+            lists.push((c.ops, c.count));
         }
         // Each list lies in the op array, disjoint from the others, and
         // ends in a jump into the thread's frame.
@@ -2191,9 +2280,18 @@ mod tests {
             };
             assert_eq!(last.kind, expected, "end of list {k}");
             if k > 0 {
+                // First of all: wait until the leader has built the memory.
+                assert_eq!(list[0].kind, op_kind::WAIT_EQ);
+                assert_eq!(list[0].args[..2], built[0].args[..2]);
                 assert!(
-                    list.iter().any(|o| o.kind == op_kind::WAIT_EQ),
+                    list.iter()
+                        .any(|o| o.kind == op_kind::WAIT_EQ && o.args[..2] == built[1].args[..2]),
                     "list {k} never waits for go"
+                );
+                assert!(
+                    list.iter().any(|o| o.nr == nr::PERSONALITY
+                        && o.args[0] == u64::from(inp.personality)),
+                    "list {k} does not set its personality"
                 );
                 let fs = list
                     .iter()
@@ -2252,13 +2350,14 @@ mod tests {
             // it unmaps the window.
             let wake = leader
                 .iter()
-                .position(|o| o.kind == op_kind::STORE_WAKE)
+                .rposition(|o| o.kind == op_kind::STORE_WAKE)
                 .unwrap();
             let go = leader[wake].args[0];
+            // They wait for `built` (first) and for `go`, nothing else.
             assert!(ops[h.op_count as usize..]
                 .iter()
                 .filter(|o| o.kind == op_kind::WAIT_EQ)
-                .all(|o| o.args[0] == go));
+                .all(|o| o.args[0] == go || o.args[0] == built[0].args[0]));
             // The leader waits for every other thread to count out (the
             // window may go, and the error fd may close), then closes the
             // error fd; only its leave ops follow.
@@ -2329,26 +2428,27 @@ mod tests {
             },
         ];
         for set_tids in [true, false] {
+            // Either way the plan reads the tid clone3 wrote.
             let mut inp = input(&f, true);
             inp.pending = &pending;
             inp.set_tids = set_tids;
             let mut scratch = std::vec![Range::default(); 64];
             let window = choose_window(&inp, &mut scratch).unwrap();
             let mut buf = std::vec![0u8; window.len() as usize];
-            build_plan(&inp, window, &mut buf).unwrap();
+            let summary = build_plan(&inp, window, &mut buf).unwrap();
             let ops = window_ops(&buf);
             let header = WindowHeader::read_from_prefix(&buf).unwrap().0;
             let leader = &ops[..header.op_count as usize];
             let is_queue = |o: &&Op| matches!(o.nr, nr::RT_SIGQUEUEINFO | nr::RT_TGSIGQUEUEINFO);
-            let clones: Vec<&Op> = leader.iter().filter(|o| o.kind == op_kind::CLONE).collect();
+            let clones = clones_of(&buf, window, &summary);
             let at = |addr: u64| (addr - window.start) as usize;
             let parent_tid = |k: usize| {
-                let a = at(clones[k].args[0] + 24);
+                let a = at(clones[k].args + 24);
                 u64::from_le_bytes(buf[a..a + 8].try_into().unwrap())
             };
             let list = |k: usize| {
-                let first = (clones[k].args[2] - header.ops) as usize / layout::OP_SIZE;
-                &ops[first..first + clones[k].args[3] as usize]
+                let first = (clones[k].ops - header.ops) as usize / layout::OP_SIZE;
+                &ops[first..first + clones[k].count as usize]
             };
 
             // The leader queues the process-wide signal and its own.
@@ -2362,19 +2462,18 @@ mod tests {
             // Thread 2 queues its own, to its own tid, before it waits for go.
             let own = list(1);
             let q = own.iter().position(|o| is_queue(&o)).unwrap();
-            let wait = own.iter().position(|o| o.kind == op_kind::WAIT_EQ).unwrap();
+            let wait = own
+                .iter()
+                .rposition(|o| o.kind == op_kind::WAIT_EQ)
+                .unwrap();
             assert!(q < wait);
             assert_eq!(own.iter().filter(is_queue).count(), 1);
             assert_eq!(own[q].nr, nr::RT_TGSIGQUEUEINFO);
             assert_eq!(own[q].args[0], 100);
-            if set_tids {
-                assert_eq!(own[q].rule, rule::OK);
-                assert_eq!(own[q].args[1], f.threads[2].record.tid as u64);
-            } else {
-                // The new tid is read from where clone3 wrote it.
-                assert_eq!(own[q].rule, rule::OK | rule::LOAD_ARG1);
-                assert_eq!(own[q].args[1], parent_tid(1));
-            }
+            // Its tid is read from where clone3 wrote it: the recorded one
+            // with set_tid, or a new one if that was taken (or without).
+            assert_eq!(own[q].rule, rule::OK | rule::LOAD_ARG1);
+            assert_eq!(own[q].args[1], parent_tid(1));
         }
     }
 
@@ -2424,11 +2523,14 @@ mod tests {
             text.contains("prctl") && text.contains("pread-all") && text.contains(leaves),
             "{text}"
         );
+        // The other threads are created before the plan runs; each has
+        // its own op list, printed after the leader's.
+        assert_eq!(s.nclones, f.threads.len() - 1);
         assert_eq!(
             text.lines()
-                .filter(|l| l.split_whitespace().nth(1) == Some("clone3"))
+                .filter(|l| l.split_whitespace().nth(1) == Some("personality"))
                 .count(),
-            f.threads.len() - 1,
+            f.threads.len(),
             "{text}"
         );
     }

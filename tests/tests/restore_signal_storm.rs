@@ -221,7 +221,10 @@ fn signals_sent_during_the_restore_reach_the_restored_handlers() {
         "every signal was sent during the restore: {sent:?}"
     );
     let pass = restored.expect_pass(CheckTrigger::Stdin);
-    eprintln!("{total} signals sent until the restored task ticked ({sent:?}); {}", pass.line());
+    eprintln!(
+        "{total} signals sent until the restored task ticked ({sent:?}); {}",
+        pass.line()
+    );
     for ((_, name), &n) in STORM.iter().zip(&sent) {
         let got: u64 = pass.get(name).unwrap_or("0").parse().unwrap();
         assert!(

@@ -75,18 +75,26 @@ fn resumes_with_every_thread(workers: usize, extra: &[&str]) {
         );
     }
 
-    // A second restore of the image while the first runs cannot give the
-    // threads their tids: refused before anything changes.
-    let second = cli::run(bins.loader_command(&dumped.dump.image), LINE_TIMEOUT).unwrap();
-    assert_eq!(
-        second.status.code(),
-        Some(10),
-        "second restore while the first runs: {second:?}"
-    );
-    assert!(
-        second.stderr.contains("is in use by another task"),
-        "{second:?}"
-    );
+    // A second restore of the image with --same-ids while the first runs
+    // cannot give the threads their tids: refused before anything
+    // changes, with one line, by the loader and by `crimg run`.
+    let mut same_ids = bins.loader_command(&dumped.dump.image);
+    same_ids.arg("--same-ids");
+    let mut crimg_run = bins.run_image_command(&dumped.dump.image);
+    crimg_run.arg("--same-ids");
+    for command in [same_ids, crimg_run] {
+        let second = cli::run(command, LINE_TIMEOUT).unwrap();
+        assert_eq!(
+            second.status.code(),
+            Some(10),
+            "second restore with --same-ids while the first runs: {second:?}"
+        );
+        assert!(
+            second.stderr.contains("is in use by another task")
+                && second.stderr.lines().count() == 1,
+            "{second:?}"
+        );
+    }
 
     let pass = restored.expect_pass(CheckTrigger::Stdin);
     assert_eq!(pass.pid().unwrap(), pid, "{}", pass.line());
@@ -104,6 +112,86 @@ fn resumes_with_every_thread(workers: usize, extra: &[&str]) {
         "{}",
         restored.stderr_report()
     );
+}
+
+/// Three restores of one 4-thread image started at once: each creates its
+/// threads before it changes anything, taking a recorded tid or, where
+/// another copy holds it, a new one (one warning). All three run and pass
+/// their checks; between them they hold every original tid once.
+#[test]
+fn three_copies_of_one_threaded_image_run_at_once() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let mut counter = Workload::start("counter", threaded_counter_args(scratch.path(), 4));
+    counter.expect_line("TICK 3");
+    let dumped = dump_and_kill(&bins, counter, &scratch.path().join("out"));
+    let original = dumped.other_tids();
+    assert_eq!(original.len(), 4, "tasks before the dump");
+
+    let mut copies: Vec<Workload> = (0..3)
+        .map(|i| {
+            bins.restore(&format!("restored copy {i}"), &dumped.dump.image)
+                .unwrap()
+        })
+        .collect();
+    let mut held = Vec::new();
+    for copy in &mut copies {
+        copy.expect_line("TICK ");
+        let pid = copy.pid();
+        let mut others = tasks_of(pid);
+        others.remove(&pid);
+        assert_eq!(
+            others.len(),
+            4,
+            "/proc/{pid}/task: {others:?}\n{}",
+            copy.stderr_report()
+        );
+        let got: Vec<i32> = others.intersection(&original).copied().collect();
+        // A copy without all of them says so, once.
+        let warned = copy
+            .stderr_lines()
+            .iter()
+            .filter(|line| line.contains("get new thread ids"))
+            .count();
+        if got.len() < original.len() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut warned = warned;
+            while warned == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+                warned = copy
+                    .stderr_lines()
+                    .iter()
+                    .filter(|line| line.contains("get new thread ids"))
+                    .count();
+            }
+            assert_eq!(warned, 1, "{}", copy.stderr_report());
+        } else {
+            assert_eq!(warned, 0, "{}", copy.stderr_report());
+        }
+        held.extend(got);
+    }
+    held.sort_unstable();
+    assert_eq!(
+        held,
+        original.iter().copied().collect::<Vec<_>>(),
+        "every original tid is held by exactly one copy"
+    );
+    for copy in &mut copies {
+        let pid = copy.pid();
+        let pass = copy.expect_pass(CheckTrigger::Stdin);
+        assert_eq!(pass.pid().unwrap(), pid, "{}", pass.line());
+        copy.expect_line("TICK ");
+        assert_ticks_resume(&dumped, copy);
+        assert!(
+            !copy
+                .stderr_lines()
+                .iter()
+                .any(|line| line.contains("restore failed")),
+            "{}",
+            copy.stderr_report()
+        );
+    }
 }
 
 /// The counter's arguments: small memory, `threads` workers.

@@ -97,6 +97,7 @@ impl Errno {
     pub const ENOENT: Errno = Errno(2);
     pub const EINTR: Errno = Errno(4);
     pub const EIO: Errno = Errno(5);
+    pub const EEXIST: Errno = Errno(17);
     pub const EINVAL: Errno = Errno(22);
 }
 
