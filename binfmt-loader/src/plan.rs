@@ -71,6 +71,20 @@ pub const CLONE_ARGS_SET_TID: usize = 64;
 const FUTEX_WAKE_OP_PRIVATE: u64 = 5 | 128;
 /// `FUTEX_OP(FUTEX_OP_ADD, -1, FUTEX_OP_CMP_EQ, 0)`: decrement.
 pub const FUTEX_OP_DECREMENT: u64 = (1 << 28) | (0xfff << 12);
+/// `XFEATURE_MASK_USER_DYNAMIC`: the register-state components Linux gives
+/// a thread room for only at its first use of them (AMX tile data, XSAVE
+/// component 18, armed in XFD until then). `rt_sigreturn` checks a frame
+/// against the calling thread's current buffer (`magic2` at its user size,
+/// the restore mask cut to its features): on a thread that never used
+/// them, a frame sized for them falls back to FP/SSE only, losing AVX,
+/// AVX-512 and the tile configuration (the task's next tile instruction
+/// then dies of SIGILL). So every thread first uses them itself — an
+/// `XRSTOR` of their init state, which takes the XFD fault the kernel
+/// answers by growing the buffer — and only then loads its frame.
+pub const XFEATURE_MASK_USER_DYNAMIC: u64 = 1 << 18;
+/// Smallest XSAVE area the first-use `XRSTOR` reads (legacy + header).
+const FIRST_USE_AREA: usize = 576;
+
 /// Bytes reserved per op for its failure message.
 const LABEL_BYTES: usize = 112;
 
@@ -103,6 +117,9 @@ pub mod op_kind {
     /// decrements the count of threads still in the window and wakes the
     /// leader, from outside the window.
     pub const GADGET_WAKE_EXIT: u32 = 8;
+    /// `xrstor64 (args[0])` with RFBM `args[1]`: the thread's first use of
+    /// the dynamic (XFD) features, see [`super::XFEATURE_MASK_USER_DYNAMIC`].
+    pub const XRSTOR_FIRST_USE: u32 = 9;
 }
 
 /// `Op::rule`: how the trampoline judges a syscall's result.
@@ -476,7 +493,7 @@ impl WindowLayout {
             + input
                 .threads
                 .iter()
-                .map(|t| 2 * (frame::FRAME_SIZE + t.xsave.len() as u64 + 256))
+                .map(|t| 2 * (frame::FRAME_SIZE + t.xsave.len() as u64 + 256) + 640)
                 .sum::<u64>()
             + others as u64 * (512 + 32 + 4 * image_format::records::MAX_GROUPS as u64)
             + input.auxv.len() as u64
@@ -1558,6 +1575,34 @@ impl Builder<'_> {
         )
     }
 
+    /// When the restore mask holds dynamic features (AMX, permitted by
+    /// stage 1 because a thread had live tile state): the calling thread's
+    /// first use of them, so its kernel buffer has room for them before its
+    /// `rt_sigreturn` (see [`XFEATURE_MASK_USER_DYNAMIC`]). On CPUs without
+    /// them (XCR0 lacks bit 18) nothing is emitted.
+    fn first_use_of_dynamic_features(
+        &mut self,
+        input: &PlanInput<'_>,
+        who: Who,
+    ) -> Result<(), PlanError> {
+        let dynamic = input.xfeatures & XFEATURE_MASK_USER_DYNAMIC;
+        if dynamic == 0 {
+            return Ok(());
+        }
+        // Zeroed: XSTATE_BV 0 loads the init state, XCOMP_BV 0 is the
+        // standard format, and the legacy region is not read (RFBM lacks
+        // x87 and SSE).
+        let (area, _) = self.alloc(FIRST_USE_AREA, 64)?;
+        self.op(
+            op_kind::XRSTOR_FIRST_USE,
+            rule::ANY,
+            0,
+            [area, dynamic, 0, 0, 0, 0],
+            0,
+            format_args!("xrstor first use of {dynamic:#x}{who}"),
+        )
+    }
+
     /// The thread's last ops: its frame, then the jump into it. The frame
     /// goes on the thread's own stack below its red zone when that lies in
     /// one writable VMA, else in the window (which then stays).
@@ -1571,6 +1616,7 @@ impl Builder<'_> {
     ) -> Result<(), PlanError> {
         let regs = &t.regs;
         let xsave = t.xsave;
+        self.first_use_of_dynamic_features(input, who)?;
         let Some(place) = frame_on_stack(input, regs.rsp, xsave.len()) else {
             // A frame in the window: the task resumes, the window stays.
             let len = frame::FRAME_SIZE + 64 + xsave.len() as u64 + 4 + 64;
@@ -1683,6 +1729,7 @@ pub fn write_plan(buf: &[u8], out: &mut impl fmt::Write) -> fmt::Result {
             op_kind::WAIT_EQ => "futex-wait-eq",
             op_kind::STORE_WAKE => "store-wake",
             op_kind::GADGET_WAKE_EXIT => "gadget-wake-exit",
+            op_kind::XRSTOR_FIRST_USE => "xrstor-first-use",
             _ => "?",
         };
         let a = op.args;
@@ -2572,6 +2619,54 @@ mod tests {
             for (n, u) in nnp_at.iter().zip(&uid_at) {
                 assert_eq!(*n, u + 1, "{labels:?}");
                 assert_eq!(ops[*n].args[0], PR_SET_NO_NEW_PRIVS);
+            }
+        }
+    }
+
+    /// With AMX tile data in the restore mask every thread first uses it
+    /// (an XRSTOR of its init state from a zeroed, aligned area) right
+    /// before it loads its frame; without it, no thread does.
+    #[test]
+    fn every_thread_first_uses_dynamic_features_before_its_frame() {
+        let mut rng = Rng(11);
+        let f = fixture(&mut rng);
+        for xfeatures in [0x207u64, 0x6_0207] {
+            let mut inp = input(&f, true);
+            inp.xfeatures = xfeatures;
+            let mut scratch = std::vec![Range::default(); 64];
+            let window = choose_window(&inp, &mut scratch).unwrap();
+            let mut buf = std::vec![0u8; window.len() as usize];
+            let summary = build_plan(&inp, window, &mut buf).unwrap();
+            let ops = window_ops(&buf);
+            let header = WindowHeader::read_from_prefix(&buf).unwrap().0;
+            let mut lists = std::vec![&ops[..header.op_count as usize]];
+            for c in clones_of(&buf, window, &summary) {
+                let first = (c.ops - header.ops) as usize / layout::OP_SIZE;
+                lists.push(&ops[first..first + c.count as usize]);
+            }
+            assert_eq!(lists.len(), f.threads.len());
+            for list in lists {
+                let uses: Vec<usize> = (0..list.len())
+                    .filter(|&i| list[i].kind == op_kind::XRSTOR_FIRST_USE)
+                    .collect();
+                if xfeatures & XFEATURE_MASK_USER_DYNAMIC == 0 {
+                    assert!(uses.is_empty());
+                    continue;
+                }
+                assert_eq!(uses.len(), 1);
+                let op = &list[uses[0]];
+                assert_eq!(op.args[1], XFEATURE_MASK_USER_DYNAMIC);
+                assert_eq!(op.args[0] % 64, 0);
+                let at = (op.args[0] - window.start) as usize;
+                assert!(buf[at..at + FIRST_USE_AREA].iter().all(|&b| b == 0));
+                // After it only the frame copy and the jump.
+                assert!(list[uses[0] + 1..].iter().all(|o| matches!(
+                    o.kind,
+                    op_kind::MEMCPY
+                        | op_kind::SIGRETURN
+                        | op_kind::GADGET_EXIT
+                        | op_kind::GADGET_WAKE_EXIT
+                )));
             }
         }
     }

@@ -44,7 +44,9 @@ pub mod layout {
 // the u32 at args[0] equals args[1], 7 store args[1] into the u32 at args[0]
 // and wake every waiter, 8 leave through the gadgets like 4 but with
 // FUTEX_WAKE_OP(args[2], op args[3]) instead of munmap: the thread's
-// "I am gone" is a syscall made from outside the window. Rules (low byte):
+// "I am gone" is a syscall made from outside the window, 9 xrstor64 from
+// args[0] with RFBM args[1] (a thread's first use of the XFD-armed
+// features, which the kernel answers by growing its buffer). Rules (low byte):
 // 0 not an error, 1 equals `expect`, 2 anything, 3 not an error or errno ==
 // `expect`; bit 8: skip the next op on success; bit 9: args[1] is the
 // address of a u32 to pass instead (a tid known only at run time). On
@@ -83,6 +85,8 @@ crimg_trampoline_start:
     je .Lcrimg_wake
     cmp $8, %eax
     je .Lcrimg_gadget_wake_exit
+    cmp $9, %eax
+    je .Lcrimg_xrstor
     mov $-22, %rax
     jmp .Lcrimg_fail
 .Lcrimg_syscall:
@@ -212,6 +216,12 @@ crimg_trampoline_start:
     mov 24(%r12), %rcx
     mov 16(%r12), %rsp
     jmp *%rcx
+.Lcrimg_xrstor:
+    mov 16(%r12), %rdi
+    mov 24(%r12), %eax
+    mov 28(%r12), %edx
+    xrstor64 (%rdi)
+    jmp .Lcrimg_next
 .Lcrimg_ran_out:
     lea -48(%r15), %r12
     mov $-22, %rax
