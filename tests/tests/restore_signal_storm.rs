@@ -29,6 +29,7 @@ use nix::unistd::Pid;
 /// the count of each caught signal, or FAIL.
 const PROGRAM: &str = r#"
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
@@ -44,8 +45,13 @@ static volatile sig_atomic_t counts[65];
 
 static void on_signal(int sig) { counts[sig]++; }
 
-int main(void) {
+int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    /* "twice": one file open at two fds, which the loader warns about. */
+    if (argc > 1 && !strcmp(argv[1], "twice")) {
+        open(argv[0], O_RDONLY);
+        open(argv[0], O_RDONLY);
+    }
     /* Memory that makes the restore last: checksums, then page reads. */
     uint64_t *mem = malloc(MEM);
     for (size_t i = 0; i < MEM / 8; i++)
@@ -163,19 +169,27 @@ fn has_open(pid: i32, image: &Path) -> bool {
         .any(|e| std::fs::read_link(e.path()).is_ok_and(|target| target == image))
 }
 
+/// Start [`PROGRAM`] with `args`, dump it (crdump kills it); the image.
+fn dumped_storm(scratch: &Path, args: &[&str]) -> PathBuf {
+    let bins = binaries();
+    let program = compile(scratch);
+    let mut command = Command::new(&program);
+    command.args(args);
+    let mut original = Workload::spawn_command("storm", command).unwrap();
+    if let Err(err) = original.wait_ready(READY_TIMEOUT) {
+        panic!("{err}\n{}", original.stderr_report());
+    }
+    original.expect_line("TICK 2");
+    let dumped = dump_and_kill(&bins, original, &scratch.join("out"));
+    dumped.dump.image.canonicalize().unwrap()
+}
+
 #[test]
 fn signals_sent_during_the_restore_reach_the_restored_handlers() {
     crimg_tests::skip_unless_root!();
     let bins = binaries();
     let scratch = scratch_dir();
-    let program = compile(scratch.path());
-    let mut original = Workload::spawn_command("storm", Command::new(&program)).unwrap();
-    if let Err(err) = original.wait_ready(READY_TIMEOUT) {
-        panic!("{err}\n{}", original.stderr_report());
-    }
-    original.expect_line("TICK 2");
-    let dumped = dump_and_kill(&bins, original, &scratch.path().join("out"));
-    let image = dumped.dump.image.canonicalize().unwrap();
+    let image = dumped_storm(scratch.path(), &[]);
 
     let mut restored = bins.restore("restored storm", &image).unwrap();
     let pid = restored.pid();
@@ -233,5 +247,37 @@ fn signals_sent_during_the_restore_reach_the_restored_handlers() {
             pass.line()
         );
     }
+    restored.expect_line("TICK ");
+}
+
+/// The loader's own SIGPIPE is not the task's: a warning written to a
+/// stderr pipe without readers raises SIGPIPE in the loader, which blocks
+/// every signal; it must not stay pending for the restored task (whose
+/// SIGPIPE disposition kills it), which never wrote there.
+#[test]
+fn the_loaders_own_sigpipe_does_not_reach_the_task() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    // Two fds of one file: the loader warns (on stderr) before the restore.
+    let image = dumped_storm(scratch.path(), &["twice"]);
+    // The loader with a stderr pipe whose read end is closed.
+    let mut command = Command::new("python3");
+    command.args([
+        "-c",
+        "import os, sys\n\
+         r, w = os.pipe()\n\
+         os.close(r)\n\
+         os.dup2(w, 2)\n\
+         os.close(w)\n\
+         os.execv(sys.argv[1], sys.argv[1:])",
+    ]);
+    command.arg(&bins.loader).arg(&image);
+    let mut restored = Workload::spawn_command("restored storm", command).unwrap();
+    if let Err(err) = restored.wait_line("TICK ", Duration::from_secs(20)) {
+        let status = restored.wait_exit(Duration::from_secs(5));
+        panic!("the restored task did not run: {err}; {status:?}");
+    }
+    restored.expect_pass(CheckTrigger::Stdin);
     restored.expect_line("TICK ");
 }
