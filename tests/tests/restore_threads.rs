@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crimg_tests::cli;
 use crimg_tests::process::{CheckTrigger, LINE_TIMEOUT, READY_TIMEOUT};
 use crimg_tests::roundtrip::{as_nobody, assert_ticks_resume, dump_and_kill, maps_of, tasks_of};
-use crimg_tests::{binaries, scratch_dir, workload_path, Workload};
+use crimg_tests::{binaries, scratch_dir, workload_path, TestBinfmt, Workload};
 
 #[test]
 fn threaded_counter_resumes_with_every_thread() {
@@ -82,7 +82,11 @@ fn resumes_with_every_thread(workers: usize, extra: &[&str]) {
     same_ids.arg("--same-ids");
     let mut crimg_run = bins.run_image_command(&dumped.dump.image);
     crimg_run.arg("--same-ids");
-    for command in [same_ids, crimg_run] {
+    // Run as a program (binfmt_misc): the argument follows the image.
+    let _binfmt = TestBinfmt::register(&bins.loader).unwrap_or_else(|err| panic!("{err}"));
+    let mut direct = Command::new(&dumped.dump.image);
+    direct.arg("--same-ids");
+    for command in [same_ids, crimg_run, direct] {
         let second = cli::run(command, LINE_TIMEOUT).unwrap();
         assert_eq!(
             second.status.code(),
