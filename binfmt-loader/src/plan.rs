@@ -1210,7 +1210,13 @@ pub fn build_plan(
     //    The process-wide ones and the leader's own are queued here; each
     //    other thread queues its own from its op list: rt_tgsigqueueinfo
     //    refuses (EPERM) a kernel or SI_USER/SI_TKILL code unless the
-    //    caller's tid is the target tid.
+    //    caller's tid is the target tid. Signals sent to the process during
+    //    the restore are pending already (blocked since `_start`) and so
+    //    queue before these: a real-time one is delivered before a recorded
+    //    one of the same number, and a classic one merges with a recorded
+    //    one of the same number keeping the later siginfo (after the dump
+    //    the recorded one would have won). The kernel cannot queue at the
+    //    front, nor say which queue (thread or process) a signal took.
     for p in input.pending {
         let other = threads[1..].iter().any(|t| t.record.tid == p.tid);
         if !other {
