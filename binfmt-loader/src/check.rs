@@ -668,17 +668,9 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
 
     // The other threads get their tids back only with set_tid (privileged).
     // Whether a tid is free is found by creating the thread, before the
-    // point of no return (`crate::threads`): a look now would race.
+    // point of no return (`crate::threads`, which also says when they get
+    // new ones): a look now would race.
     let set_tids = privileged && nthreads > 1;
-    if !set_tids && nthreads > 1 {
-        warn(
-            name,
-            format_args!(
-                "not privileged: the {} other thread(s) get new thread ids (restoring them needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN)",
-                nthreads - 1
-            ),
-        );
-    }
 
     // The exe link: only a privileged loader can set it.
     let exe_fd = if privileged {

@@ -82,11 +82,14 @@ pub fn run(startup: &Startup) -> ExitCode {
         }
     };
     let others = input.threads.len().saturating_sub(1);
-    if args.same_ids && others > 0 && !input.set_tids {
-        sys::unmap_window(buf);
-        let e = ThreadError::SameIdsUnprivileged { threads: others };
-        message::report(name, format_args!("{e}"));
-        return e.exit_code();
+    if others > 0 && !input.set_tids {
+        if args.same_ids {
+            sys::unmap_window(buf);
+            let e = ThreadError::SameIdsUnprivileged { threads: others };
+            message::report(name, format_args!("{e}"));
+            return e.exit_code();
+        }
+        threads::report_unprivileged(name, others);
     }
     // The other threads, created now so that their tids are held from here
     // on (a taken one is found here, not after the teardown). On failure

@@ -161,6 +161,17 @@ pub fn create_threads(
     Ok(done)
 }
 
+/// Say that the `others` other threads get new ids: without the privilege
+/// `set_tid` needs, the plan asks for none.
+pub fn report_unprivileged(name: &[u8], others: usize) {
+    message::report(
+        name,
+        format_args!(
+            "warning: not privileged: the {others} other thread(s) get new thread ids (restoring them needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN)"
+        ),
+    );
+}
+
 /// Say once that threads got new ids because theirs were taken.
 pub fn report(name: &[u8], created: &Created) {
     if created.new_ids > 0 {

@@ -245,6 +245,29 @@ fn threaded_counter_resumes_unprivileged_with_new_tids() {
         chown(path, Some(nobody.uid.as_raw()), Some(nogroup.gid.as_raw())).unwrap();
     }
 
+    // --same-ids cannot be honoured without the privilege set_tid needs:
+    // refused before anything changes (after the warnings of stage 1,
+    // the last line says why).
+    let mut command = as_nobody();
+    command
+        .arg(&bins.loader)
+        .arg(&dumped.dump.image)
+        .arg("--same-ids");
+    let refused = cli::run(command, LINE_TIMEOUT).unwrap();
+    assert_eq!(refused.status.code(), Some(10), "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .lines()
+            .last()
+            .is_some_and(|line| line.contains("--same-ids") && line.contains("CAP_")),
+        "{refused:?}"
+    );
+    assert!(
+        !refused.stderr.contains("get new thread ids"),
+        "{refused:?}"
+    );
+
     let mut command = as_nobody();
     command.arg(&bins.loader).arg(&dumped.dump.image);
     let mut restored = Workload::spawn_command("loader as nobody", command).unwrap();
