@@ -7,7 +7,7 @@
 //! and SIGALRM (all but one of them terminate by default) and counts them;
 //! it keeps a real-time signal blocked with a queued value pending, and
 //! holds enough memory that the restore takes a while. The test sends
-//! those signals in a loop from the moment the loader runs until the
+//! those signals (and SIGSTOP, SIGCONT) in a loop from the moment the loader runs until the
 //! restored workload prints its first tick, then asks it to check itself:
 //! it must be alive, have counted every kind of signal sent, and still have
 //! its mask and its own pending signal exactly as before the dump.
@@ -215,6 +215,10 @@ fn signals_sent_during_the_restore_reach_the_restored_handlers() {
                         before_resume += 1;
                     }
                 }
+                // Stopped and continued mid-restore (SIGSTOP cannot be
+                // blocked): the plan's syscalls restart, nothing fails.
+                let _ = kill(Pid::from_raw(pid), Signal::SIGSTOP);
+                let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
                 thread::sleep(Duration::from_micros(50));
             }
             Some((sent, before_resume))
