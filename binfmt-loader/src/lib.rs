@@ -61,6 +61,7 @@ pub enum ExitCode {
     RestoreFailed = 9,
     /// The loader's own environment failed it before any change
     /// (`/proc/self/maps` unreadable, out of memory for scratch space, a
-    /// thread id the image needs is taken).
+    /// thread that cannot be created, or, with `--same-ids`, a thread id
+    /// the image needs that is taken or cannot be asked for).
     Environment = 10,
 }
