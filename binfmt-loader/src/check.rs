@@ -3,8 +3,8 @@
 //! Opens and maps the image, parses and verifies it (including every
 //! segment's CRC), checks that the files the task mapped or had open are the
 //! same files, that this CPU has the task's register-state features and
-//! that the loader can restore what the image holds (and that, when it may
-//! give the threads their tids back, no task holds them); opens everything the
+//! that the loader can restore what the image holds (whether the threads'
+//! tids are free is found by creating the threads: `crate::threads`); opens everything the
 //! plan will need (so the plan only uses fds); reads the loader's own
 //! layout. Every failure is a [`CheckError`] with the [`ExitCode`] of its
 //! class; nothing irreversible has happened when one is returned.
@@ -51,10 +51,6 @@ pub enum CheckError {
         error: RuleError<'static>,
     },
     NoThread,
-    /// A thread id the image needs (set_tid) belongs to a live task.
-    TidTaken {
-        tid: i32,
-    },
     /// A file a VMA maps (or the cwd, an fd's file) cannot be opened.
     FileMissing {
         what: &'static str,
@@ -164,7 +160,6 @@ impl CheckError {
             | CheckError::FdAboveLimit { .. }
             | CheckError::VdsoLayout => ExitCode::Unsupported,
             CheckError::Scratch { .. }
-            | CheckError::TidTaken { .. }
             | CheckError::ProcMaps { .. }
             | CheckError::ProcMapsParse { .. }
             | CheckError::ProcMapsTooLong { .. }
@@ -178,7 +173,7 @@ impl CheckError {
 impl fmt::Display for CheckError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            CheckError::Usage => write!(f, "usage: crimg-loader IMAGE (or run the image through binfmt_misc)"),
+            CheckError::Usage => write!(f, "usage: crimg-loader IMAGE [--same-ids] (or run the image through binfmt_misc)"),
             CheckError::OpenImage { errno } => write!(f, "cannot open the image: {errno}"),
             CheckError::MapImage { errno } => write!(f, "cannot read the image: {errno}"),
             CheckError::ImageNotRegular { now } => {
@@ -187,10 +182,6 @@ impl fmt::Display for CheckError {
             CheckError::Corrupt { error } => write!(f, "corrupt image: {error}"),
             CheckError::Rule { error } => write!(f, "{error}"),
             CheckError::NoThread => write!(f, "corrupt image: no thread"),
-            CheckError::TidTaken { tid } => write!(
-                f,
-                "thread id {tid} of the image is in use by another task; the thread cannot get it back"
-            ),
             CheckError::FileMissing { what, path, errno } => {
                 write!(f, "{what} {} cannot be opened: {errno}", Lossy(path))
             }
@@ -713,22 +704,10 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
     let may_set_ids = has(CAP_SETUID) && has(CAP_SETGID);
 
     // The other threads get their tids back only with set_tid (privileged).
+    // Whether a tid is free is found by creating the thread, before the
+    // point of no return (`crate::threads`, which also says when they get
+    // new ones): a look now would race.
     let set_tids = privileged && nthreads > 1;
-    if set_tids {
-        for t in &threads[1..nthreads] {
-            if tid_in_use(t.record.tid) {
-                return Err(CheckError::TidTaken { tid: t.record.tid });
-            }
-        }
-    } else if nthreads > 1 {
-        warn(
-            name,
-            format_args!(
-                "not privileged: the {} other thread(s) get new thread ids (restoring them needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN)",
-                nthreads - 1
-            ),
-        );
-    }
 
     // The exe link: only a privileged loader can set it.
     let exe_fd = if privileged {
@@ -1258,40 +1237,6 @@ fn read_mmap_min_addr() -> u64 {
         }
     }
     65536
-}
-
-/// Whether `/proc/<tid>` exists: some task has that id now (a tid clone3's
-/// set_tid would fail with EEXIST on).
-fn tid_in_use(tid: i32) -> bool {
-    let mut path = [0u8; 32];
-    let prefix = b"/proc/";
-    path[..prefix.len()].copy_from_slice(prefix);
-    let mut digits = [0u8; 12];
-    let mut n = 0;
-    let mut v = tid.unsigned_abs();
-    loop {
-        digits[n] = b'0' + (v % 10) as u8;
-        n += 1;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    let mut len = prefix.len();
-    for d in digits[..n].iter().rev() {
-        path[len] = *d;
-        len += 1;
-    }
-    let Some(p) = CPath::new(&path[..len]) else {
-        return false;
-    };
-    match sys::openat(sys::AT_FDCWD, &p, sys::O_PATH | sys::O_CLOEXEC) {
-        Ok(fd) => {
-            let _ = sys::close(fd);
-            true
-        }
-        Err(_) => false,
-    }
 }
 
 fn copy_records<T: image_format::records::Record>(

@@ -11,6 +11,9 @@
 //!   kernel as it is (addresses, limits, signal numbers, lengths).
 //! * [`rules`] — the stage-1 rules the image alone decides, in one pure
 //!   function the dumper runs too before it kills the process.
+//! * [`threads`] — the other threads, created before the point of no
+//!   return so that their tids are held (a taken one is found then).
+//! * [`args`] — the arguments after the image (`--same-ids`).
 //! * [`run`] — the sequence, and one-line errors with an exit code per class
 //!   ([`ExitCode`]).
 
@@ -19,6 +22,7 @@
 
 #[allow(unsafe_code)]
 pub mod arch;
+pub mod args;
 pub mod check;
 pub mod creds;
 pub mod frame;
@@ -29,6 +33,7 @@ pub mod rules;
 pub mod run;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod threads;
 pub mod validate;
 
 /// The loader's exit codes, one per class of failure. Everything up to
@@ -59,6 +64,7 @@ pub enum ExitCode {
     RestoreFailed = 9,
     /// The loader's own environment failed it before any change
     /// (`/proc/self/maps` unreadable, out of memory for scratch space, a
-    /// thread id the image needs is taken).
+    /// thread that cannot be created, or, with `--same-ids`, a thread id
+    /// the image needs that is taken or cannot be asked for).
     Environment = 10,
 }

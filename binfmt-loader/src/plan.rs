@@ -9,9 +9,13 @@
 //! switch only the trampoline runs, reading ops from here; nothing it
 //! touches lies outside the window except what the ops name.
 //!
-//! Threads: the leader's op list comes first; it clone3s each other thread
-//! (with its recorded tid when privileged) onto its window stack, where the
-//! thread runs its own op list: its fs/gs base, rseq, robust list,
+//! Threads: the leader's op list comes first. Each other thread is created
+//! before the point of no return, by stage 1's code ([`crate::threads`]):
+//! `clone3` (with its recorded tid when privileged and free) onto its
+//! window stack, from the [`ThreadClone`] table the plan leaves in the
+//! window, so that its tid is held by the restore from then on. It runs its
+//! own op list there: a futex wait for `built` (the leader's word once the
+//! memory is back), its personality, fs/gs base, rseq, robust list,
 //! clear_child_tid and name, then a futex wait for `go`. The leader sets
 //! `go` once everything process-wide is done (pending signals, timers, its
 //! credentials); each thread then sets its own credentials and leaves. When
@@ -60,11 +64,27 @@ pub const CLONE_THREAD_FLAGS: u64 = 0x100 /* VM */
     | 0x4_0000 /* SYSVSEM */
     | 0x10_0000 /* PARENT_SETTID */;
 /// `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2).
-const CLONE_ARGS_SIZE: u64 = 88;
+pub const CLONE_ARGS_SIZE: u64 = 88;
+/// Offset of `set_tid` in `struct clone_args` (`set_tid_size` follows).
+pub const CLONE_ARGS_SET_TID: usize = 64;
 /// `FUTEX_WAKE_OP | FUTEX_PRIVATE_FLAG`.
 const FUTEX_WAKE_OP_PRIVATE: u64 = 5 | 128;
 /// `FUTEX_OP(FUTEX_OP_ADD, -1, FUTEX_OP_CMP_EQ, 0)`: decrement.
 pub const FUTEX_OP_DECREMENT: u64 = (1 << 28) | (0xfff << 12);
+/// `XFEATURE_MASK_USER_DYNAMIC`: the register-state components Linux gives
+/// a thread room for only at its first use of them (AMX tile data, XSAVE
+/// component 18, armed in XFD until then). `rt_sigreturn` checks a frame
+/// against the calling thread's current buffer (`magic2` at its user size,
+/// the restore mask cut to its features): on a thread that never used
+/// them, a frame sized for them falls back to FP/SSE only, losing AVX,
+/// AVX-512 and the tile configuration (the task's next tile instruction
+/// then dies of SIGILL). So every thread first uses them itself — an
+/// `XRSTOR` of their init state, which takes the XFD fault the kernel
+/// answers by growing the buffer — and only then loads its frame.
+pub const XFEATURE_MASK_USER_DYNAMIC: u64 = 1 << 18;
+/// Smallest XSAVE area the first-use `XRSTOR` reads (legacy + header).
+const FIRST_USE_AREA: usize = 576;
+
 /// Bytes reserved per op for its failure message.
 const LABEL_BYTES: usize = 112;
 
@@ -86,9 +106,8 @@ pub mod op_kind {
     /// args[3])` via the `syscall; ret` at `args[1]`, whose `ret` pops the
     /// `rt_sigreturn` gadget from `args[0]`.
     pub const GADGET_EXIT: u32 = 4;
-    /// `clone3(args[0], args[1])`; the new thread runs the `args[3]` ops at
-    /// `args[2]` on the stack the clone args give it.
-    pub const CLONE: u32 = 5;
+    // 5 was `clone3` from the plan: the threads are now created before
+    // the point of no return (`crate::threads`).
     /// Wait (futex) until the u32 at `args[0]` equals `args[1]`.
     pub const WAIT_EQ: u32 = 6;
     /// Store `args[1]` into the u32 at `args[0]` and wake all its waiters.
@@ -98,6 +117,9 @@ pub mod op_kind {
     /// decrements the count of threads still in the window and wakes the
     /// leader, from outside the window.
     pub const GADGET_WAKE_EXIT: u32 = 8;
+    /// `xrstor64 (args[0])` with RFBM `args[1]`: the thread's first use of
+    /// the dynamic (XFD) features, see [`super::XFEATURE_MASK_USER_DYNAMIC`].
+    pub const XRSTOR_FIRST_USE: u32 = 9;
 }
 
 /// `Op::rule`: how the trampoline judges a syscall's result.
@@ -299,6 +321,25 @@ pub struct FdMove {
     pub cloexec: u32,
 }
 
+/// One other thread, for [`crate::threads::create_threads`] to create
+/// before the point of no return: its `struct clone_args` in the window
+/// (with `set_tid` pointing at `tid` when the plan asks for it; cleared to
+/// fall back to a new tid) and the op list it runs.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct ThreadClone {
+    /// Address of its [`CLONE_ARGS_SIZE`]-byte `struct clone_args`.
+    pub args: u64,
+    /// Its op list and op count.
+    pub ops: u64,
+    pub count: u64,
+    /// The tid it had.
+    pub tid: i32,
+    pub _pad: u32,
+}
+
 /// One thread the plan resumes.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ThreadInput<'a> {
@@ -452,9 +493,9 @@ impl WindowLayout {
             + input
                 .threads
                 .iter()
-                .map(|t| 2 * (frame::FRAME_SIZE + t.xsave.len() as u64 + 256))
+                .map(|t| 2 * (frame::FRAME_SIZE + t.xsave.len() as u64 + 256) + 640)
                 .sum::<u64>()
-            + others as u64 * (512 + 4 * image_format::records::MAX_GROUPS as u64)
+            + others as u64 * (512 + 32 + 4 * image_format::records::MAX_GROUPS as u64)
             + input.auxv.len() as u64
             + 32 * input.sigactions.len() as u64
             + 16 * input.rlimits.len() as u64
@@ -550,6 +591,10 @@ pub struct PlanSummary {
     pub window_left: bool,
     /// Trampoline entry point (absolute address).
     pub entry: u64,
+    /// The other threads to create: `nclones` [`ThreadClone`]s at this
+    /// address in the window.
+    pub clones: u64,
+    pub nclones: usize,
 }
 
 struct Builder<'w> {
@@ -789,7 +834,8 @@ pub fn build_plan(
     };
 
     // 0. Nothing may interrupt the plan: block every signal (the frame's
-    //    uc_sigmask puts the task's own mask back).
+    //    uc_sigmask puts the task's own mask back). The loader's `_start`
+    //    blocked them already; the plan does not rely on its runner.
     let all = b.put(&u64::MAX.to_le_bytes(), 8)?;
     b.sys(
         rule::OK,
@@ -1102,17 +1148,21 @@ pub fn build_plan(
     let leave_by_gadgets = gadgets.filter(|_| all_on_stack);
     let others = threads.len() - 1;
 
-    // 8b. The other threads: cloned onto their window stacks; each sets its
-    //     own state and waits for `go`. `tids[k]` receives the new tid
-    //     (CLONE_PARENT_SETTID) for the signals the thread queues to itself.
-    let (go, left, tids) = if others > 0 {
-        let (sync, words) = b.alloc(8, 64)?;
+    // 8b. The other threads, created before the point of no return and
+    //     parked on `built` in the window (`crate::threads`), set their own
+    //     state now that the memory is back, then wait for `go`. `tids[k]`
+    //     receives the tid each got (CLONE_PARENT_SETTID: the recorded one
+    //     or, if that was taken, a new one) for the signals the thread
+    //     queues to itself.
+    let (go, left, built, tids) = if others > 0 {
+        let (sync, words) = b.alloc(12, 64)?;
         words[4..8].copy_from_slice(&(others as u32).to_le_bytes());
         let (tids, _) = b.alloc(4 * others, 8)?;
-        (sync, sync + 4, tids)
+        (sync, sync + 4, sync + 8, tids)
     } else {
-        (0, 0, 0)
+        (0, 0, 0, 0)
     };
+    let (clones, _) = b.alloc(core::mem::size_of::<ThreadClone>() * others, 8)?;
     for (k, t) in threads[1..].iter().enumerate() {
         let set_tid = if input.set_tids {
             b.put(&t.record.tid.to_le_bytes(), 8)?
@@ -1134,14 +1184,25 @@ pub fn build_plan(
             0,
         ];
         let a = b.put(args.as_bytes(), 8)?;
-        // The child's op list is patched in once it is built (below).
+        // Its op list is filled in once it is built (below).
+        b.set_clone(
+            clones,
+            k,
+            ThreadClone {
+                args: a,
+                tid: t.record.tid,
+                ..Default::default()
+            },
+        )?;
+    }
+    if others > 0 {
         b.op(
-            op_kind::CLONE,
+            op_kind::STORE_WAKE,
             rule::OK,
-            nr::CLONE3,
-            [a, CLONE_ARGS_SIZE, 0, 0, 0, 0],
+            nr::FUTEX,
+            [built, 1, 0, 0, 0, 0],
             0,
-            format_args!("clone3 of thread {}", t.record.tid),
+            format_args!("futex wake the other threads to set their state"),
         )?;
     }
 
@@ -1149,7 +1210,13 @@ pub fn build_plan(
     //    The process-wide ones and the leader's own are queued here; each
     //    other thread queues its own from its op list: rt_tgsigqueueinfo
     //    refuses (EPERM) a kernel or SI_USER/SI_TKILL code unless the
-    //    caller's tid is the target tid.
+    //    caller's tid is the target tid. Signals sent to the process during
+    //    the restore are pending already (blocked since `_start`) and so
+    //    queue before these: a real-time one is delivered before a recorded
+    //    one of the same number, and a classic one merges with a recorded
+    //    one of the same number keeping the later siginfo (after the dump
+    //    the recorded one would have won). The kernel cannot queue at the
+    //    front, nor say which queue (thread or process) a signal took.
     for p in input.pending {
         let other = threads[1..].iter().any(|t| t.record.tid == p.tid);
         if !other {
@@ -1234,14 +1301,28 @@ pub fn build_plan(
     for (k, t) in threads[1..].iter().enumerate() {
         let first = b.n;
         let who = Who(Some(t.record.tid));
+        // Parked from its creation (before the point of no return) until
+        // the memory it sets its state in is back.
+        b.op(
+            op_kind::WAIT_EQ,
+            rule::OK,
+            nr::FUTEX,
+            [built, 1, 0, 0, 0, 0],
+            0,
+            format_args!("futex wait for the memory{who}"),
+        )?;
+        // Per task, and this thread was created before the leader set it.
+        b.sys(
+            rule::ANY,
+            nr::PERSONALITY,
+            [u64::from(input.personality), 0, 0, 0, 0, 0],
+            format_args!("personality{who}"),
+        )?;
         b.thread_state(t, who)?;
-        // Its own pending signals, to its own tid: the recorded one with
-        // set_tid, else the one clone3 wrote to `tids[k]` (read at run time).
-        let own = if input.set_tids {
-            OwnTid::Known(t.record.tid)
-        } else {
-            OwnTid::At(tids + 4 * k as u64)
-        };
+        // Its own pending signals, to its own tid: the one clone3 wrote to
+        // `tids[k]` (read at run time: the recorded one, or a new one if
+        // that was taken).
+        let own = tids + 4 * k as u64;
         for p in input.pending.iter().filter(|p| p.tid == t.record.tid) {
             b.queue_signal(input.pid, p, Some((own, who)))?;
         }
@@ -1276,13 +1357,10 @@ pub fn build_plan(
         b.leave(input, t, window, leave, who)?;
         let list = base + lay.ops_off + (first * layout::OP_SIZE) as u64;
         let count = (b.n - first) as u64;
-        let clone = b.ops[..n_leader]
-            .iter_mut()
-            .filter(|op| op.kind == op_kind::CLONE)
-            .nth(k)
-            .ok_or(PlanError::PlanFull { ops: b.n })?;
-        clone.args[2] = list;
-        clone.args[3] = count;
+        let mut c = b.clone_at(clones, k)?;
+        c.ops = list;
+        c.count = count;
+        b.set_clone(clones, k, c)?;
     }
 
     let n_ops = b.n;
@@ -1303,6 +1381,8 @@ pub fn build_plan(
         window,
         window_left: leave_by_gadgets.is_none(),
         entry: base + lay.code_off,
+        clones,
+        nclones: others,
     })
 }
 
@@ -1317,15 +1397,6 @@ impl fmt::Display for Who {
             None => Ok(()),
         }
     }
-}
-
-/// A thread's own tid, for the signals it queues to itself.
-#[derive(Clone, Copy)]
-enum OwnTid {
-    /// Given back with set_tid.
-    Known(i32),
-    /// New: the u32 at this address, where clone3 wrote it.
-    At(u64),
 }
 
 /// How a thread's op list ends.
@@ -1352,6 +1423,26 @@ fn frame_on_stack(input: &PlanInput<'_>, rsp: u64, xsave_len: usize) -> Option<F
 }
 
 impl Builder<'_> {
+    /// Entry `k` of the [`ThreadClone`] table at `table` (window address).
+    fn clone_at(&self, table: u64, k: usize) -> Result<ThreadClone, PlanError> {
+        let off = (table - self.data_addr) as usize + k * core::mem::size_of::<ThreadClone>();
+        self.data
+            .get(off..)
+            .and_then(|b| ThreadClone::read_from_prefix(b).ok())
+            .map(|(c, _)| c)
+            .ok_or(PlanError::PlanFull { ops: self.n })
+    }
+
+    fn set_clone(&mut self, table: u64, k: usize, c: ThreadClone) -> Result<(), PlanError> {
+        let off = (table - self.data_addr) as usize + k * core::mem::size_of::<ThreadClone>();
+        let n = self.n;
+        self.data
+            .get_mut(off..off + core::mem::size_of::<ThreadClone>())
+            .ok_or(PlanError::PlanFull { ops: n })?
+            .copy_from_slice(c.as_bytes());
+        Ok(())
+    }
+
     /// A thread's own kernel state: fs/gs base, rseq, robust list,
     /// clear_child_tid, name.
     fn thread_state(&mut self, t: &ThreadInput<'_>, who: Who) -> Result<(), PlanError> {
@@ -1414,12 +1505,13 @@ impl Builder<'_> {
 
     /// Queue one pending signal. `thread` None: the leader queues a
     /// process-wide signal (tid 0) or its own; `Some`: the calling (other)
-    /// thread queues one to itself.
+    /// thread queues one to itself, its tid read from the u32 at the
+    /// address (where clone3 wrote it).
     fn queue_signal(
         &mut self,
         pid: i32,
         p: &PendingSignalRecord,
-        thread: Option<(OwnTid, Who)>,
+        thread: Option<(u64, Who)>,
     ) -> Result<(), PlanError> {
         let signo = u64::from(u32::from_le_bytes([
             p.siginfo[0],
@@ -1442,13 +1534,7 @@ impl Builder<'_> {
                 [pid, pid, signo, info, 0, 0],
                 format_args!("rt_tgsigqueueinfo {signo}"),
             ),
-            Some((OwnTid::Known(tid), who)) => self.sys(
-                rule::OK,
-                nr::RT_TGSIGQUEUEINFO,
-                [pid, tid as u64, signo, info, 0, 0],
-                format_args!("rt_tgsigqueueinfo {signo} to itself{who}"),
-            ),
-            Some((OwnTid::At(addr), who)) => self.sys(
+            Some((addr, who)) => self.sys(
                 rule::OK | rule::LOAD_ARG1,
                 nr::RT_TGSIGQUEUEINFO,
                 [pid, addr, signo, info, 0, 0],
@@ -1495,6 +1581,34 @@ impl Builder<'_> {
         )
     }
 
+    /// When the restore mask holds dynamic features (AMX, permitted by
+    /// stage 1 because a thread had live tile state): the calling thread's
+    /// first use of them, so its kernel buffer has room for them before its
+    /// `rt_sigreturn` (see [`XFEATURE_MASK_USER_DYNAMIC`]). On CPUs without
+    /// them (XCR0 lacks bit 18) nothing is emitted.
+    fn first_use_of_dynamic_features(
+        &mut self,
+        input: &PlanInput<'_>,
+        who: Who,
+    ) -> Result<(), PlanError> {
+        let dynamic = input.xfeatures & XFEATURE_MASK_USER_DYNAMIC;
+        if dynamic == 0 {
+            return Ok(());
+        }
+        // Zeroed: XSTATE_BV 0 loads the init state, XCOMP_BV 0 is the
+        // standard format, and the legacy region is not read (RFBM lacks
+        // x87 and SSE).
+        let (area, _) = self.alloc(FIRST_USE_AREA, 64)?;
+        self.op(
+            op_kind::XRSTOR_FIRST_USE,
+            rule::ANY,
+            0,
+            [area, dynamic, 0, 0, 0, 0],
+            0,
+            format_args!("xrstor first use of {dynamic:#x}{who}"),
+        )
+    }
+
     /// The thread's last ops: its frame, then the jump into it. The frame
     /// goes on the thread's own stack below its red zone when that lies in
     /// one writable VMA, else in the window (which then stays).
@@ -1508,6 +1622,7 @@ impl Builder<'_> {
     ) -> Result<(), PlanError> {
         let regs = &t.regs;
         let xsave = t.xsave;
+        self.first_use_of_dynamic_features(input, who)?;
         let Some(place) = frame_on_stack(input, regs.rsp, xsave.len()) else {
             // A frame in the window: the task resumes, the window stays.
             let len = frame::FRAME_SIZE + 64 + xsave.len() as u64 + 4 + 64;
@@ -1617,10 +1732,10 @@ pub fn write_plan(buf: &[u8], out: &mut impl fmt::Write) -> fmt::Result {
             op_kind::MEMCPY => "memcpy",
             op_kind::SIGRETURN => "rt_sigreturn",
             op_kind::GADGET_EXIT => "gadget-exit",
-            op_kind::CLONE => "clone3",
             op_kind::WAIT_EQ => "futex-wait-eq",
             op_kind::STORE_WAKE => "store-wake",
             op_kind::GADGET_WAKE_EXIT => "gadget-wake-exit",
+            op_kind::XRSTOR_FIRST_USE => "xrstor-first-use",
             _ => "?",
         };
         let a = op.args;
@@ -2060,7 +2175,7 @@ mod tests {
                 .iter()
                 .all(|t| frame_on_stack(&inp, t.regs.rsp, t.xsave.len()).is_some());
             assert_eq!(summary.window_left, round % 2 != 0 || !all_on_stack);
-            check_threads(&f, &inp, window, &buf, summary.window_left);
+            check_threads(&f, &inp, window, &buf, &summary);
 
             // Run the ops on the model.
             let mut m = Model::default();
@@ -2116,15 +2231,43 @@ mod tests {
 
     /// The other threads: each cloned once, in order, onto its own stack in
     /// the window; every frame in its own place; the lists end right.
-    fn check_threads(f: &Fixture, inp: &PlanInput<'_>, window: Range, buf: &[u8], left: bool) {
+    /// The plan's table of threads to create before the point of no return.
+    fn clones_of(buf: &[u8], window: Range, s: &PlanSummary) -> Vec<ThreadClone> {
+        (0..s.nclones)
+            .map(|k| {
+                let off = (s.clones - window.start) as usize + k * 32;
+                ThreadClone::read_from_prefix(&buf[off..]).unwrap().0
+            })
+            .collect()
+    }
+
+    fn check_threads(
+        f: &Fixture,
+        inp: &PlanInput<'_>,
+        window: Range,
+        buf: &[u8],
+        summary: &PlanSummary,
+    ) {
+        let left = summary.window_left;
         let lay = WindowLayout::for_input(inp);
         let (h, _) = WindowHeader::read_from_prefix(buf).unwrap();
         let ops = window_ops(buf);
         let leader = &ops[..h.op_count as usize];
         let at = |addr: u64| (addr - window.start) as usize;
         let word = |addr: u64| u64::from_le_bytes(buf[at(addr)..at(addr) + 8].try_into().unwrap());
-        let clones: Vec<&Op> = leader.iter().filter(|o| o.kind == op_kind::CLONE).collect();
+        let clones = clones_of(buf, window, summary);
         assert_eq!(clones.len(), f.threads.len() - 1);
+        // No thread is cloned by the plan: they exist before it runs and
+        // wait for the leader's word that the memory is back.
+        let built = leader
+            .iter()
+            .filter(|o| o.kind == op_kind::STORE_WAKE)
+            .collect::<Vec<_>>();
+        if clones.is_empty() {
+            assert!(built.is_empty());
+        } else {
+            assert_eq!(built.len(), 2, "built, then go");
+        }
         // Parts of the window no thread stack may touch.
         let mut taken = std::vec![
             Range {
@@ -2143,9 +2286,9 @@ mod tests {
         let mut lists = std::vec![(h.ops, h.op_count)];
         for (k, c) in clones.iter().enumerate() {
             let t = &f.threads[k + 1];
-            assert_eq!(c.args[1], CLONE_ARGS_SIZE);
-            assert_eq!(word(c.args[0]), CLONE_THREAD_FLAGS);
-            let (stack, size) = (word(c.args[0] + 40), word(c.args[0] + 48));
+            assert_eq!(c.tid, t.record.tid);
+            assert_eq!(word(c.args), CLONE_THREAD_FLAGS);
+            let (stack, size) = (word(c.args + 40), word(c.args + 48));
             let r = Range {
                 start: stack,
                 end: stack + size,
@@ -2164,13 +2307,13 @@ mod tests {
             }
             taken.push(r);
             // set_tid: the recorded tid, one level.
-            let set_tid = word(c.args[0] + 64);
-            assert_eq!(word(c.args[0] + 72), 1);
+            let set_tid = word(c.args + 64);
+            assert_eq!(word(c.args + 72), 1);
             assert_eq!(
                 buf[at(set_tid)..at(set_tid) + 4],
                 t.record.tid.to_le_bytes()
             );
-            lists.push((c.args[2], c.args[3]));
+            lists.push((c.ops, c.count));
         }
         // Each list lies in the op array, disjoint from the others, and
         // ends in a jump into the thread's frame.
@@ -2190,9 +2333,18 @@ mod tests {
             };
             assert_eq!(last.kind, expected, "end of list {k}");
             if k > 0 {
+                // First of all: wait until the leader has built the memory.
+                assert_eq!(list[0].kind, op_kind::WAIT_EQ);
+                assert_eq!(list[0].args[..2], built[0].args[..2]);
                 assert!(
-                    list.iter().any(|o| o.kind == op_kind::WAIT_EQ),
+                    list.iter()
+                        .any(|o| o.kind == op_kind::WAIT_EQ && o.args[..2] == built[1].args[..2]),
                     "list {k} never waits for go"
+                );
+                assert!(
+                    list.iter().any(|o| o.nr == nr::PERSONALITY
+                        && o.args[0] == u64::from(inp.personality)),
+                    "list {k} does not set its personality"
                 );
                 let fs = list
                     .iter()
@@ -2251,13 +2403,14 @@ mod tests {
             // it unmaps the window.
             let wake = leader
                 .iter()
-                .position(|o| o.kind == op_kind::STORE_WAKE)
+                .rposition(|o| o.kind == op_kind::STORE_WAKE)
                 .unwrap();
             let go = leader[wake].args[0];
+            // They wait for `built` (first) and for `go`, nothing else.
             assert!(ops[h.op_count as usize..]
                 .iter()
                 .filter(|o| o.kind == op_kind::WAIT_EQ)
-                .all(|o| o.args[0] == go));
+                .all(|o| o.args[0] == go || o.args[0] == built[0].args[0]));
             // The leader waits for every other thread to count out (the
             // window may go, and the error fd may close), then closes the
             // error fd; only its leave ops follow.
@@ -2328,26 +2481,27 @@ mod tests {
             },
         ];
         for set_tids in [true, false] {
+            // Either way the plan reads the tid clone3 wrote.
             let mut inp = input(&f, true);
             inp.pending = &pending;
             inp.set_tids = set_tids;
             let mut scratch = std::vec![Range::default(); 64];
             let window = choose_window(&inp, &mut scratch).unwrap();
             let mut buf = std::vec![0u8; window.len() as usize];
-            build_plan(&inp, window, &mut buf).unwrap();
+            let summary = build_plan(&inp, window, &mut buf).unwrap();
             let ops = window_ops(&buf);
             let header = WindowHeader::read_from_prefix(&buf).unwrap().0;
             let leader = &ops[..header.op_count as usize];
             let is_queue = |o: &&Op| matches!(o.nr, nr::RT_SIGQUEUEINFO | nr::RT_TGSIGQUEUEINFO);
-            let clones: Vec<&Op> = leader.iter().filter(|o| o.kind == op_kind::CLONE).collect();
+            let clones = clones_of(&buf, window, &summary);
             let at = |addr: u64| (addr - window.start) as usize;
             let parent_tid = |k: usize| {
-                let a = at(clones[k].args[0] + 24);
+                let a = at(clones[k].args + 24);
                 u64::from_le_bytes(buf[a..a + 8].try_into().unwrap())
             };
             let list = |k: usize| {
-                let first = (clones[k].args[2] - header.ops) as usize / layout::OP_SIZE;
-                &ops[first..first + clones[k].args[3] as usize]
+                let first = (clones[k].ops - header.ops) as usize / layout::OP_SIZE;
+                &ops[first..first + clones[k].count as usize]
             };
 
             // The leader queues the process-wide signal and its own.
@@ -2361,19 +2515,18 @@ mod tests {
             // Thread 2 queues its own, to its own tid, before it waits for go.
             let own = list(1);
             let q = own.iter().position(|o| is_queue(&o)).unwrap();
-            let wait = own.iter().position(|o| o.kind == op_kind::WAIT_EQ).unwrap();
+            let wait = own
+                .iter()
+                .rposition(|o| o.kind == op_kind::WAIT_EQ)
+                .unwrap();
             assert!(q < wait);
             assert_eq!(own.iter().filter(is_queue).count(), 1);
             assert_eq!(own[q].nr, nr::RT_TGSIGQUEUEINFO);
             assert_eq!(own[q].args[0], 100);
-            if set_tids {
-                assert_eq!(own[q].rule, rule::OK);
-                assert_eq!(own[q].args[1], f.threads[2].record.tid as u64);
-            } else {
-                // The new tid is read from where clone3 wrote it.
-                assert_eq!(own[q].rule, rule::OK | rule::LOAD_ARG1);
-                assert_eq!(own[q].args[1], parent_tid(1));
-            }
+            // Its tid is read from where clone3 wrote it: the recorded one
+            // with set_tid, or a new one if that was taken (or without).
+            assert_eq!(own[q].rule, rule::OK | rule::LOAD_ARG1);
+            assert_eq!(own[q].args[1], parent_tid(1));
         }
     }
 
@@ -2423,11 +2576,14 @@ mod tests {
             text.contains("prctl") && text.contains("pread-all") && text.contains(leaves),
             "{text}"
         );
+        // The other threads are created before the plan runs; each has
+        // its own op list, printed after the leader's.
+        assert_eq!(s.nclones, f.threads.len() - 1);
         assert_eq!(
             text.lines()
-                .filter(|l| l.split_whitespace().nth(1) == Some("clone3"))
+                .filter(|l| l.split_whitespace().nth(1) == Some("personality"))
                 .count(),
-            f.threads.len() - 1,
+            f.threads.len(),
             "{text}"
         );
     }
@@ -2469,6 +2625,54 @@ mod tests {
             for (n, u) in nnp_at.iter().zip(&uid_at) {
                 assert_eq!(*n, u + 1, "{labels:?}");
                 assert_eq!(ops[*n].args[0], PR_SET_NO_NEW_PRIVS);
+            }
+        }
+    }
+
+    /// With AMX tile data in the restore mask every thread first uses it
+    /// (an XRSTOR of its init state from a zeroed, aligned area) right
+    /// before it loads its frame; without it, no thread does.
+    #[test]
+    fn every_thread_first_uses_dynamic_features_before_its_frame() {
+        let mut rng = Rng(11);
+        let f = fixture(&mut rng);
+        for xfeatures in [0x207u64, 0x6_0207] {
+            let mut inp = input(&f, true);
+            inp.xfeatures = xfeatures;
+            let mut scratch = std::vec![Range::default(); 64];
+            let window = choose_window(&inp, &mut scratch).unwrap();
+            let mut buf = std::vec![0u8; window.len() as usize];
+            let summary = build_plan(&inp, window, &mut buf).unwrap();
+            let ops = window_ops(&buf);
+            let header = WindowHeader::read_from_prefix(&buf).unwrap().0;
+            let mut lists = std::vec![&ops[..header.op_count as usize]];
+            for c in clones_of(&buf, window, &summary) {
+                let first = (c.ops - header.ops) as usize / layout::OP_SIZE;
+                lists.push(&ops[first..first + c.count as usize]);
+            }
+            assert_eq!(lists.len(), f.threads.len());
+            for list in lists {
+                let uses: Vec<usize> = (0..list.len())
+                    .filter(|&i| list[i].kind == op_kind::XRSTOR_FIRST_USE)
+                    .collect();
+                if xfeatures & XFEATURE_MASK_USER_DYNAMIC == 0 {
+                    assert!(uses.is_empty());
+                    continue;
+                }
+                assert_eq!(uses.len(), 1);
+                let op = &list[uses[0]];
+                assert_eq!(op.args[1], XFEATURE_MASK_USER_DYNAMIC);
+                assert_eq!(op.args[0] % 64, 0);
+                let at = (op.args[0] - window.start) as usize;
+                assert!(buf[at..at + FIRST_USE_AREA].iter().all(|&b| b == 0));
+                // After it only the frame copy and the jump.
+                assert!(list[uses[0] + 1..].iter().all(|o| matches!(
+                    o.kind,
+                    op_kind::MEMCPY
+                        | op_kind::SIGRETURN
+                        | op_kind::GADGET_EXIT
+                        | op_kind::GADGET_WAKE_EXIT
+                )));
             }
         }
     }

@@ -1,10 +1,12 @@
 //! The loader's sequence: check (stage 1), plan into the window (stage 2),
 //! enter the window (stages 3 and 4, run by the trampoline).
 
+use crate::args::loader_args;
 use crate::check::{self, CheckError};
 use crate::message;
 use crate::plan::{self, PlanError};
 use crate::sys::{self, startup::Startup};
+use crate::threads::{self, ThreadError, WindowCloner};
 use crate::{arch, ExitCode};
 
 fn plan_exit_code(e: &PlanError) -> ExitCode {
@@ -25,6 +27,13 @@ fn plan_exit_code(e: &PlanError) -> ExitCode {
 /// has been printed).
 pub fn run(startup: &Startup) -> ExitCode {
     let name = check::image_name(startup);
+    let args = match loader_args(startup) {
+        Ok(a) => a,
+        Err(e) => {
+            message::report(name, format_args!("{e}"));
+            return ExitCode::Usage;
+        }
+    };
     let mut checked = match check::check(startup) {
         Ok(c) => c,
         Err(CheckError::Usage) => {
@@ -72,6 +81,30 @@ pub fn run(startup: &Startup) -> ExitCode {
             return plan_exit_code(&e);
         }
     };
+    let others = input.threads.len().saturating_sub(1);
+    if others > 0 && !input.set_tids {
+        if args.same_ids {
+            sys::unmap_window(buf);
+            let e = ThreadError::SameIdsUnprivileged { threads: others };
+            message::report(name, format_args!("{e}"));
+            return e.exit_code();
+        }
+        threads::report_unprivileged(name, others);
+    }
+    // The other threads, created now so that their tids are held from here
+    // on (a taken one is found here, not after the teardown). On failure
+    // the window stays: threads may be parked in it until exit_group.
+    let mut cloner = WindowCloner {
+        entry: summary.entry + arch::trampoline_clone_offset(),
+        header: window.start,
+    };
+    match threads::create_threads(buf, window, &summary, args.same_ids, &mut cloner) {
+        Ok(created) => threads::report(name, &created),
+        Err(e) => {
+            message::report(name, format_args!("{e}"));
+            return e.exit_code();
+        }
+    }
     if summary.window_left && input.gadgets.is_some() {
         message::report(
             name,

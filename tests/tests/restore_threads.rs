@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crimg_tests::cli;
 use crimg_tests::process::{CheckTrigger, LINE_TIMEOUT, READY_TIMEOUT};
 use crimg_tests::roundtrip::{as_nobody, assert_ticks_resume, dump_and_kill, maps_of, tasks_of};
-use crimg_tests::{binaries, scratch_dir, workload_path, Workload};
+use crimg_tests::{binaries, scratch_dir, workload_path, TestBinfmt, Workload};
 
 #[test]
 fn threaded_counter_resumes_with_every_thread() {
@@ -75,18 +75,30 @@ fn resumes_with_every_thread(workers: usize, extra: &[&str]) {
         );
     }
 
-    // A second restore of the image while the first runs cannot give the
-    // threads their tids: refused before anything changes.
-    let second = cli::run(bins.loader_command(&dumped.dump.image), LINE_TIMEOUT).unwrap();
-    assert_eq!(
-        second.status.code(),
-        Some(10),
-        "second restore while the first runs: {second:?}"
-    );
-    assert!(
-        second.stderr.contains("is in use by another task"),
-        "{second:?}"
-    );
+    // A second restore of the image with --same-ids while the first runs
+    // cannot give the threads their tids: refused before anything
+    // changes, with one line, by the loader and by `crimg run`.
+    let mut same_ids = bins.loader_command(&dumped.dump.image);
+    same_ids.arg("--same-ids");
+    let mut crimg_run = bins.run_image_command(&dumped.dump.image);
+    crimg_run.arg("--same-ids");
+    // Run as a program (binfmt_misc): the argument follows the image.
+    let _binfmt = TestBinfmt::register(&bins.loader).unwrap_or_else(|err| panic!("{err}"));
+    let mut direct = Command::new(&dumped.dump.image);
+    direct.arg("--same-ids");
+    for command in [same_ids, crimg_run, direct] {
+        let second = cli::run(command, LINE_TIMEOUT).unwrap();
+        assert_eq!(
+            second.status.code(),
+            Some(10),
+            "second restore with --same-ids while the first runs: {second:?}"
+        );
+        assert!(
+            second.stderr.contains("is in use by another task")
+                && second.stderr.lines().count() == 1,
+            "{second:?}"
+        );
+    }
 
     let pass = restored.expect_pass(CheckTrigger::Stdin);
     assert_eq!(pass.pid().unwrap(), pid, "{}", pass.line());
@@ -104,6 +116,86 @@ fn resumes_with_every_thread(workers: usize, extra: &[&str]) {
         "{}",
         restored.stderr_report()
     );
+}
+
+/// Three restores of one 4-thread image started at once: each creates its
+/// threads before it changes anything, taking a recorded tid or, where
+/// another copy holds it, a new one (one warning). All three run and pass
+/// their checks; between them they hold every original tid once.
+#[test]
+fn three_copies_of_one_threaded_image_run_at_once() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let mut counter = Workload::start("counter", threaded_counter_args(scratch.path(), 4));
+    counter.expect_line("TICK 3");
+    let dumped = dump_and_kill(&bins, counter, &scratch.path().join("out"));
+    let original = dumped.other_tids();
+    assert_eq!(original.len(), 4, "tasks before the dump");
+
+    let mut copies: Vec<Workload> = (0..3)
+        .map(|i| {
+            bins.restore(&format!("restored copy {i}"), &dumped.dump.image)
+                .unwrap()
+        })
+        .collect();
+    let mut held = Vec::new();
+    for copy in &mut copies {
+        copy.expect_line("TICK ");
+        let pid = copy.pid();
+        let mut others = tasks_of(pid);
+        others.remove(&pid);
+        assert_eq!(
+            others.len(),
+            4,
+            "/proc/{pid}/task: {others:?}\n{}",
+            copy.stderr_report()
+        );
+        let got: Vec<i32> = others.intersection(&original).copied().collect();
+        // A copy without all of them says so, once.
+        let warned = copy
+            .stderr_lines()
+            .iter()
+            .filter(|line| line.contains("get new thread ids"))
+            .count();
+        if got.len() < original.len() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut warned = warned;
+            while warned == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+                warned = copy
+                    .stderr_lines()
+                    .iter()
+                    .filter(|line| line.contains("get new thread ids"))
+                    .count();
+            }
+            assert_eq!(warned, 1, "{}", copy.stderr_report());
+        } else {
+            assert_eq!(warned, 0, "{}", copy.stderr_report());
+        }
+        held.extend(got);
+    }
+    held.sort_unstable();
+    assert_eq!(
+        held,
+        original.iter().copied().collect::<Vec<_>>(),
+        "every original tid is held by exactly one copy"
+    );
+    for copy in &mut copies {
+        let pid = copy.pid();
+        let pass = copy.expect_pass(CheckTrigger::Stdin);
+        assert_eq!(pass.pid().unwrap(), pid, "{}", pass.line());
+        copy.expect_line("TICK ");
+        assert_ticks_resume(&dumped, copy);
+        assert!(
+            !copy
+                .stderr_lines()
+                .iter()
+                .any(|line| line.contains("restore failed")),
+            "{}",
+            copy.stderr_report()
+        );
+    }
 }
 
 /// The counter's arguments: small memory, `threads` workers.
@@ -152,6 +244,29 @@ fn threaded_counter_resumes_unprivileged_with_new_tids() {
     for path in [&dir, &dumped.dump.image] {
         chown(path, Some(nobody.uid.as_raw()), Some(nogroup.gid.as_raw())).unwrap();
     }
+
+    // --same-ids cannot be honoured without the privilege set_tid needs:
+    // refused before anything changes (after the warnings of stage 1,
+    // the last line says why).
+    let mut command = as_nobody();
+    command
+        .arg(&bins.loader)
+        .arg(&dumped.dump.image)
+        .arg("--same-ids");
+    let refused = cli::run(command, LINE_TIMEOUT).unwrap();
+    assert_eq!(refused.status.code(), Some(10), "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .lines()
+            .last()
+            .is_some_and(|line| line.contains("--same-ids") && line.contains("CAP_")),
+        "{refused:?}"
+    );
+    assert!(
+        !refused.stderr.contains("get new thread ids"),
+        "{refused:?}"
+    );
 
     let mut command = as_nobody();
     command.arg(&bins.loader).arg(&dumped.dump.image);

@@ -43,7 +43,7 @@ pub fn error_chain<'a>(
 
 /// Signal handling for the binaries.
 pub mod signals {
-    pub use crate::sys::cancel_dump_on_interrupt;
+    pub use crate::sys::{cancel_dump_on_interrupt, exec_with_signals_blocked};
 }
 #[allow(unsafe_code)]
 mod sys;

@@ -121,3 +121,30 @@ pub fn try_clone3_set_tid(pid: i32) -> std::io::Result<()> {
     unsafe { libc::waitpid(r as i32, &mut status, 0) };
     Ok(())
 }
+
+/// `execve` `command` in place of this process with every signal blocked
+/// (`sigprocmask(SIG_SETMASK, all)` just before the exec; std's `exec`
+/// empties the mask first, the `pre_exec` hook runs after that). The mask
+/// survives `execve`: `crimg run` execs the loader so, and a signal sent
+/// in the gap between the exec and the loader's first instruction (which
+/// blocks everything too) stays pending instead of killing the
+/// half-started restore. Returns only on failure.
+///
+/// # References
+/// sigprocmask(2), execve(2) ("the signal mask is preserved")
+pub fn exec_with_signals_blocked(command: &mut std::process::Command) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook makes two async-signal-safe libc calls on a sigset_t
+    // of its own stack and allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            if libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut()) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.exec()
+}

@@ -35,13 +35,18 @@ pub mod layout {
 // r15 header, r12 current op, r13 ops left. Op kinds: 0 syscall (then the
 // result rule), 1 pread until complete, 2 memcpy, 3 rt_sigreturn with %rsp
 // = args[0], 4 leave through the target's gadgets (munmap the window via
-// `syscall; ret`, whose `ret` lands on `mov $15,%eax; syscall`), 5 clone3
-// (args[0..2]) a thread, which goes on with its own op list (args[2], count
-// args[3]) on the stack clone3 gave it, keeping r15, 6 wait on a futex until
+// `syscall; ret`, whose `ret` lands on `mov $15,%eax; syscall`), (5 unused:
+// the other threads are created before the plan runs, by a call to
+// `crimg_trampoline_clone` in the copy: clone3(%rdi, %rsi), the parent
+// returns with the result in %rax, the child runs its op list (r12, count
+// r13, header r15) without executing one instruction outside the window;
+// see `clone_into_window`), 6 wait on a futex until
 // the u32 at args[0] equals args[1], 7 store args[1] into the u32 at args[0]
 // and wake every waiter, 8 leave through the gadgets like 4 but with
 // FUTEX_WAKE_OP(args[2], op args[3]) instead of munmap: the thread's
-// "I am gone" is a syscall made from outside the window. Rules (low byte):
+// "I am gone" is a syscall made from outside the window, 9 xrstor64 from
+// args[0] with RFBM args[1] (a thread's first use of the XFD-armed
+// features, which the kernel answers by growing its buffer). Rules (low byte):
 // 0 not an error, 1 equals `expect`, 2 anything, 3 not an error or errno ==
 // `expect`; bit 8: skip the next op on success; bit 9: args[1] is the
 // address of a u32 to pass instead (a tid known only at run time). On
@@ -53,6 +58,7 @@ global_asm!(
     .pushsection .text.crimg_trampoline,"ax",@progbits
     .globl crimg_trampoline_start
     .globl crimg_trampoline_end
+    .globl crimg_trampoline_clone
     .p2align 4
 crimg_trampoline_start:
     mov %rdi, %r15
@@ -73,14 +79,14 @@ crimg_trampoline_start:
     je .Lcrimg_sigreturn
     cmp $4, %eax
     je .Lcrimg_gadget_exit
-    cmp $5, %eax
-    je .Lcrimg_clone
     cmp $6, %eax
     je .Lcrimg_wait
     cmp $7, %eax
     je .Lcrimg_wake
     cmp $8, %eax
     je .Lcrimg_gadget_wake_exit
+    cmp $9, %eax
+    je .Lcrimg_xrstor
     mov $-22, %rax
     jmp .Lcrimg_fail
 .Lcrimg_syscall:
@@ -172,20 +178,6 @@ crimg_trampoline_start:
     mov 24(%r12), %rcx
     mov 16(%r12), %rsp
     jmp *%rcx
-.Lcrimg_clone:
-    mov $435, %eax
-    mov 16(%r12), %rdi
-    mov 24(%r12), %rsi
-    syscall
-    test %rax, %rax
-    jz .Lcrimg_child
-    cmp $-4095, %rax
-    jae .Lcrimg_fail
-    jmp .Lcrimg_next
-.Lcrimg_child:
-    mov 40(%r12), %r13
-    mov 32(%r12), %r12
-    jmp .Lcrimg_loop
 .Lcrimg_wait:
     mov 16(%r12), %rdi
     mov (%rdi), %edx
@@ -224,6 +216,12 @@ crimg_trampoline_start:
     mov 24(%r12), %rcx
     mov 16(%r12), %rsp
     jmp *%rcx
+.Lcrimg_xrstor:
+    mov 16(%r12), %rdi
+    mov 24(%r12), %eax
+    mov 28(%r12), %edx
+    xrstor64 (%rdi)
+    jmp .Lcrimg_next
 .Lcrimg_ran_out:
     lea -48(%r15), %r12
     mov $-22, %rax
@@ -279,6 +277,12 @@ crimg_trampoline_start:
     mov $9, %edi
     syscall
     ud2
+crimg_trampoline_clone:
+    mov $435, %eax
+    syscall
+    test %rax, %rax
+    jz .Lcrimg_loop
+    ret
 crimg_trampoline_end:
     .popsection
 "#,
@@ -288,6 +292,59 @@ crimg_trampoline_end:
 unsafe extern "C" {
     static crimg_trampoline_start: u8;
     static crimg_trampoline_end: u8;
+    static crimg_trampoline_clone: u8;
+}
+
+/// Where `crimg_trampoline_clone` lies in the trampoline, from its start.
+pub fn trampoline_clone_offset() -> u64 {
+    let start = &raw const crimg_trampoline_start;
+    let clone = &raw const crimg_trampoline_clone;
+    clone as u64 - start as u64
+}
+
+/// `clone3(args, size)` of a thread that runs `count` plan ops at `ops`
+/// with the window header at `header`, on the stack the clone args give
+/// it: a call to the trampoline copy's clone stub at `entry`, so that the
+/// syscall instruction, and everything the child executes after it, lies
+/// in the window (the loader's own code is unmapped by the plan, perhaps
+/// before the child is first scheduled). Returns clone3's result: the new
+/// tid, or `-errno`.
+///
+/// The caller must pass `args` that point at a `struct clone_args` of
+/// `size` bytes with `CLONE_VM | CLONE_THREAD` and a stack inside the
+/// window, and `entry`, `header`, `ops` of a window built by
+/// `plan::build_plan` and still mapped: the new thread runs only there.
+pub fn clone_into_window(
+    args: u64,
+    size: u64,
+    entry: u64,
+    header: u64,
+    ops: u64,
+    count: u64,
+) -> i64 {
+    let ret: i64;
+    // SAFETY: per the contract above, the stub makes the syscall and
+    // returns in the parent with only rax, rcx and r11 changed (and the
+    // return address it pushed below the red zone popped again); the child
+    // starts on its own stack in the window and stays in the trampoline
+    // copy, touching nothing of the loader's. clone3 reads only `args`.
+    unsafe {
+        asm!(
+            "sub rsp, 128",
+            "call {entry}",
+            "add rsp, 128",
+            entry = in(reg) entry,
+            inlateout("rax") 0i64 => ret,
+            in("rdi") args,
+            in("rsi") size,
+            in("r15") header,
+            in("r12") ops,
+            in("r13") count,
+            lateout("rcx") _,
+            lateout("r11") _,
+        )
+    };
+    ret
 }
 
 /// The trampoline's machine code, to be copied into the window.

@@ -28,6 +28,7 @@ pub mod nr {
     pub const RT_SIGACTION: u64 = 13;
     pub const RT_SIGPROCMASK: u64 = 14;
     pub const RT_SIGRETURN: u64 = 15;
+    pub const RT_SIGTIMEDWAIT: u64 = 128;
     pub const PREAD64: u64 = 17;
     pub const MREMAP: u64 = 25;
     pub const MADVISE: u64 = 28;
@@ -97,7 +98,9 @@ impl Errno {
     pub const ENOENT: Errno = Errno(2);
     pub const EINTR: Errno = Errno(4);
     pub const EIO: Errno = Errno(5);
+    pub const EEXIST: Errno = Errno(17);
     pub const EINVAL: Errno = Errno(22);
+    pub const EPIPE: Errno = Errno(32);
 }
 
 impl core::fmt::Display for Errno {
@@ -170,10 +173,44 @@ pub fn write_all(fd: i32, mut buf: &[u8]) {
             Ok(0) => return,
             Ok(n) => buf = &buf[n.min(buf.len())..],
             Err(Errno::EINTR) => {}
+            Err(Errno::EPIPE) => {
+                discard_own_sigpipe();
+                return;
+            }
             Err(_) => return,
         }
     }
 }
+
+/// `rt_sigtimedwait({SIGPIPE}, NULL, {0, 0}, 8)`: take back the SIGPIPE a
+/// write to a pipe without readers just sent this thread. Every signal is
+/// blocked in the loader (`_start`), so it would stay pending and reach the
+/// restored task, which never wrote there. (Should another SIGPIPE have
+/// been pending already, the two were one signal: one is taken.)
+///
+/// # References
+/// sigtimedwait(2), pipe(7) ("EPIPE ... the calling process is also sent a
+/// SIGPIPE signal")
+pub fn discard_own_sigpipe() {
+    let set: u64 = 1 << (SIGPIPE - 1);
+    let zero = [0u64; 2];
+    // SAFETY: the kernel reads an 8-byte set and a timespec from live
+    // locals and writes no siginfo (NULL).
+    unsafe {
+        syscall6(
+            nr::RT_SIGTIMEDWAIT,
+            (&raw const set) as u64,
+            0,
+            (&raw const zero) as u64,
+            8,
+            0,
+            0,
+        )
+    };
+}
+
+/// `SIGPIPE`.
+const SIGPIPE: u32 = 13;
 
 /// `read(fd, buf, len)`.
 pub fn read(fd: i32, buf: &mut [u8]) -> Result<usize, Errno> {

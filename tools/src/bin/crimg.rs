@@ -1,6 +1,5 @@
 //! `crimg`: inspect, verify and run task images; manage the binfmt entry.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -42,6 +41,11 @@ enum Command {
         /// The loader binary (default: found beside crimg or installed).
         #[arg(long)]
         loader: Option<PathBuf>,
+        /// Give every thread its recorded thread id or fail (exit 10)
+        /// before anything changes; by default a thread whose id is taken
+        /// (another copy of the image runs) gets a new one, with a warning.
+        #[arg(long)]
+        same_ids: bool,
     },
     /// Check what this machine allows: ptrace, pagemap, vDSO layout, XSAVE,
     /// capabilities, set_tid, the loader and the binfmt entry (each by
@@ -155,13 +159,21 @@ fn verify(paths: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-fn run(image: &Path, loader_bin: Option<PathBuf>) -> Result<()> {
+fn run(image: &Path, loader_bin: Option<PathBuf>, same_ids: bool) -> Result<()> {
     let loader = loader(loader_bin)?;
     // Fail early with a clear message rather than through the loader.
     if !image.exists() {
         bail!("{}: no such image", image.display());
     }
-    let err = std::process::Command::new(&loader).arg(image).exec();
+    // Blocked across the exec: the loader blocks everything from its first
+    // instruction, this closes the gap before it. The restored task's own
+    // mask comes from its image.
+    let mut command = std::process::Command::new(&loader);
+    command.arg(image);
+    if same_ids {
+        command.arg("--same-ids");
+    }
+    let err = crimg_tools::signals::exec_with_signals_blocked(&mut command);
     Err(err).with_context(|| format!("cannot execute the loader {}", loader.display()))
 }
 
@@ -267,7 +279,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info { image, json } => info(&image, json),
         Command::Verify { images } => verify(&images),
-        Command::Run { image, loader } => run(&image, loader),
+        Command::Run {
+            image,
+            loader,
+            same_ids,
+        } => run(&image, loader, same_ids),
         Command::Check { json, binfmt_name } => check_machine(json, &binfmt_name),
         Command::Binfmt { action } => binfmt_action(action),
     };
