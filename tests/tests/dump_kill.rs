@@ -25,12 +25,12 @@ const LAST_DELAY_US: u64 = 30_000;
 enum Phase {
     /// The target was not traced yet.
     BeforeFreeze,
-    /// The target was traced, no output file open: freezing or collecting
-    /// (the injected syscalls happen here).
-    Collecting,
-    /// crdump had a file in the output directory open: copying pages,
-    /// syncing, publishing.
-    Writing,
+    /// The target was traced: frozen, its state collected (the injected
+    /// syscalls happen here) or its pages written.
+    Frozen,
+    /// The output directory had appeared: publishing, or releasing the
+    /// target.
+    Publishing,
     /// crdump had already exited.
     Finished,
 }
@@ -40,16 +40,6 @@ fn traced(pid: i32) -> bool {
         .map(|s| {
             s.lines()
                 .any(|l| l.starts_with("TracerPid:") && l != "TracerPid:\t0")
-        })
-        .unwrap_or(false)
-}
-
-fn holds_file_in(pid: i32, parent: &Path) -> bool {
-    fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|fds| {
-            fds.flatten()
-                .filter_map(|fd| fs::read_link(fd.path()).ok())
-                .any(|target| target.starts_with(parent))
         })
         .unwrap_or(false)
 }
@@ -110,10 +100,10 @@ fn one_run(k: usize, base: &Path, leave_running: bool) -> Result<Outcome, String
     }
     let phase = if crdump.try_status().is_some() {
         Phase::Finished
-    } else if holds_file_in(crdump.pid(), base) {
-        Phase::Writing
+    } else if out.exists() {
+        Phase::Publishing
     } else if traced(w.pid()) {
-        Phase::Collecting
+        Phase::Frozen
     } else {
         Phase::BeforeFreeze
     };
