@@ -284,7 +284,17 @@ pub fn dump(
             path: mem_path,
             source,
         })?;
-    let collected = collect::collect(&frozen, &mem, opts, zero_pfn)?;
+    let collected = collect::collect(&frozen, &mem, opts, zero_pfn).map_err(|e| {
+        // Whatever failed first, the cause was that the target died.
+        if inject::process_exited(pid) {
+            DumpError::Refused {
+                pid,
+                why: "the process exited during the dump".into(),
+            }
+        } else {
+            e.into()
+        }
+    })?;
     let state = &collected.state;
     phases.collect = t.elapsed();
     let t = Instant::now();
