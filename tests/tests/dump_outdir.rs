@@ -27,48 +27,68 @@ fn crdump_args(command: &mut Command, pid: i32, out: &Path, extra: &[&str]) {
         .args(extra);
 }
 
-#[test]
-fn planted_symlinks_are_never_followed() {
-    skip_unless_root!();
+/// Dump `w` into a fresh 0700 `out` in which symlinks to a victim file
+/// outside were planted at the final names and at the temporary names in
+/// `temporaries` (`{pid}`: the target's pid; `$$`: crdump's own, which is
+/// the planting shell's after `exec`); the victim must stay unchanged and
+/// the dump must succeed, its files replacing the links.
+fn dump_among_planted_links(w: &mut Workload, temporaries: &[&str]) {
     let dir = scratch_dir();
     let victim = dir.path().join("victim");
     fs::write(&victim, b"precious").unwrap();
     let out = dir.path().join("out");
     fs::create_dir(&out).unwrap();
     fs::set_permissions(&out, fs::Permissions::from_mode(0o700)).unwrap();
-    let mut w = loop_workload();
     let pid = w.pid();
-    // The names crdump used or uses: final ones, and the temporary ones of
-    // earlier versions (with crdump's own pid, which is the shell's after
-    // `exec`). The shell plants those, then becomes crdump.
-    for name in ["manifest.json".to_owned(), format!("task-{pid}.crimg")] {
+    let finals = ["manifest.json".to_owned(), format!("task-{pid}.crimg")];
+    for name in &finals {
         symlink(&victim, out.join(name)).unwrap();
     }
-    let mut shifted = Command::new("sh");
-    shifted.arg("-c").arg(
-        r#"v="$1"; o="$2"; p="$3"; shift 3; ln -s "$v" "$o/.manifest.json.tmp-$$" && ln -s "$v" "$o/.task-$p.crimg.tmp-$$" && exec "$@""#,
-    );
-    shifted
+    let mut plant = String::from(r#"v="$1"; o="$2"; shift 2; "#);
+    for t in temporaries {
+        plant.push_str(&format!(
+            r#"ln -s "$v" "$o/{}" || exit 99; "#,
+            t.replace("{pid}", &pid.to_string())
+        ));
+    }
+    plant.push_str(r#"exec "$@""#);
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(plant)
         .arg("sh")
         .arg(&victim)
-        .arg(&out)
-        .arg(pid.to_string());
-    crdump_args(&mut shifted, pid, &out, &[]);
-    let r = run(shifted, CLI_TIMEOUT).expect("run crdump");
+        .arg(&out);
+    crdump_args(&mut command, pid, &out, &[]);
+    let r = run(command, CLI_TIMEOUT).expect("run crdump");
     assert_eq!(
-        fs::read(&victim).unwrap(),
-        b"precious",
-        "the victim was overwritten; crdump: {r:?}"
+        String::from_utf8_lossy(&fs::read(&victim).unwrap()),
+        "precious",
+        "links at {temporaries:?}: the victim was overwritten; crdump: {r:?}"
     );
-    assert!(r.status.success(), "{r:?}");
-    for name in ["manifest.json".to_owned(), format!("task-{pid}.crimg")] {
-        let meta = fs::symlink_metadata(out.join(&name)).unwrap();
+    assert!(r.status.success(), "links at {temporaries:?}: {r:?}");
+    for name in &finals {
+        let meta = fs::symlink_metadata(out.join(name)).unwrap();
         assert!(meta.file_type().is_file(), "{name} is not the dump's file");
     }
     let manifest: serde_json::Value =
         serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["processes"][0]["pid"], pid, "{manifest:#}");
     w.expect_pass(CheckTrigger::Stdin);
+}
+
+#[test]
+fn planted_symlinks_are_never_followed() {
+    skip_unless_root!();
+    let mut w = loop_workload();
+    // The final names only; with the manifest's old temporary name; with
+    // the image's old temporary name too.
+    dump_among_planted_links(&mut w, &[]);
+    dump_among_planted_links(&mut w, &[".manifest.json.tmp-$$"]);
+    dump_among_planted_links(
+        &mut w,
+        &[".manifest.json.tmp-$$", ".task-{pid}.crimg.tmp-$$"],
+    );
 }
 
 #[test]
