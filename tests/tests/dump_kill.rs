@@ -25,8 +25,11 @@ const LAST_DELAY_US: u64 = 30_000;
 enum Phase {
     /// The target was not traced yet.
     BeforeFreeze,
-    /// The target was traced: frozen, its state collected (the injected
-    /// syscalls happen here) or its pages written.
+    /// A thread of the target was inside a syscall crdump injects
+    /// (borrowed: its registers point at the task's `syscall; ret`).
+    Injecting,
+    /// The target was traced otherwise: being frozen, its state collected
+    /// or its pages written.
     Frozen,
     /// The output directory had appeared: publishing, or releasing the
     /// target.
@@ -40,6 +43,23 @@ fn traced(pid: i32) -> bool {
         .map(|s| {
             s.lines()
                 .any(|l| l.starts_with("TracerPid:") && l != "TracerPid:\t0")
+        })
+        .unwrap_or(false)
+}
+
+/// Whether a thread of `pid` is in one of the syscalls crdump injects
+/// (`/proc/PID/task/TID/syscall` starts with the syscall number). The
+/// workload itself makes none of them while it sleeps or spins.
+fn injecting(pid: i32) -> bool {
+    // brk, rt_sigaction, rt_sigprocmask, getitimer, getpid, sigaltstack, prctl
+    const INJECTED: [&str; 7] = ["12", "13", "14", "36", "39", "131", "157"];
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks.flatten().any(|t| {
+                fs::read_to_string(t.path().join("syscall"))
+                    .map(|s| INJECTED.contains(&s.split_whitespace().next().unwrap_or("")))
+                    .unwrap_or(false)
+            })
         })
         .unwrap_or(false)
 }
@@ -102,6 +122,8 @@ fn one_run(k: usize, base: &Path, leave_running: bool) -> Result<Outcome, String
         Phase::Finished
     } else if out.exists() {
         Phase::Publishing
+    } else if injecting(w.pid()) {
+        Phase::Injecting
     } else if traced(w.pid()) {
         Phase::Frozen
     } else {

@@ -6,3 +6,4 @@
 pub mod dirs;
 pub mod process;
 pub mod ptrace;
+pub mod search;
