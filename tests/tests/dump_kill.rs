@@ -222,3 +222,65 @@ fn killing_crdump_at_any_instant_leaves_the_target_running() {
         leftovers[..leftovers.len().min(5)].join("\n")
     );
 }
+
+/// A static program without libc whose code has no `syscall; ret`: every
+/// `syscall` is followed by a `nop`.
+const NO_GADGET_PROGRAM: &str = r#"
+static long sys3(long n, long a, long b, long c)
+{
+	long r;
+	__asm__ volatile("syscall\n\tnop" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c)
+			 : "rcx", "r11", "memory");
+	return r;
+}
+void _start(void)
+{
+	static const long ts[2] = { 0, 5000000 };
+	sys3(1, 1, (long)"READY\n", 6);
+	for (;;)
+		sys3(35, (long)ts, 0, 0);
+}
+"#;
+
+#[test]
+fn a_task_without_gadgets_is_refused_before_it_is_touched() {
+    skip_unless_root!();
+    let dir = scratch_dir();
+    let source = dir.path().join("nogadget.c");
+    let program = dir.path().join("nogadget");
+    fs::write(&source, NO_GADGET_PROGRAM).unwrap();
+    let cc = std::process::Command::new("cc")
+        .args([
+            "-static",
+            "-nostdlib",
+            "-O0",
+            "-fno-stack-protector",
+            "-no-pie",
+            "-o",
+        ])
+        .arg(&program)
+        .arg(&source)
+        .output()
+        .expect("run cc");
+    assert!(cc.status.success(), "{cc:?}");
+    let mut w = Workload::spawn_command("nogadget", std::process::Command::new(&program)).unwrap();
+    w.wait_ready(Duration::from_secs(10)).unwrap();
+    let out = dir.path().join("out");
+    let mut command = binaries().crdump_command(w.pid(), &out, false);
+    command.arg("--force");
+    let r = crimg_tests::cli::run(command, crimg_tests::cli::CLI_TIMEOUT).unwrap();
+    assert_eq!(r.status.code(), Some(1), "{r:?}");
+    assert!(
+        r.stderr.contains(&format!("pid {}", w.pid())) && r.stderr.contains("`syscall; ret`"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(!out.exists(), "output left behind");
+    // Detached and running on (sleeping in its nanosleep loop).
+    assert!(wait_untraced(&w), "still traced");
+    assert!(w.child().try_status().is_none(), "the target died");
+    let stat = fs::read_to_string(format!("/proc/{}/stat", w.pid())).unwrap();
+    let state = stat.rsplit_once(") ").unwrap().1.chars().next().unwrap();
+    assert!(matches!(state, 'S' | 'R'), "state {state}: {stat}");
+}
