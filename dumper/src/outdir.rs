@@ -9,9 +9,9 @@
 //! opening an existing name for writing: a symlink planted at any name
 //! crdump uses is replaced or makes the dump fail, it is never followed.
 //!
-//! An output directory that someone else can write into (or that belongs to
-//! another user) is refused unless forced: they could plant names there or
-//! swap the directory while the dump runs.
+//! An existing output directory that someone else can write into (or that
+//! belongs to another user) is refused unless forced: they could plant
+//! names there, read what lands there, or swap files after the dump.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
@@ -45,9 +45,6 @@ pub enum OutDirError {
     #[error("{path}: created by someone else while the dump ran")]
     Appeared { path: PathBuf },
 }
-
-/// `S_ISVTX`.
-const STICKY: u32 = 0o1000;
 
 /// Where a dump goes: the nearest existing directory, held open, and the
 /// directories still to create below it.
@@ -112,8 +109,8 @@ impl OutDir {
             .open(&base_path)
             .map_err(io_err)?;
         let meta = base.metadata().map_err(io_err)?;
-        if !force {
-            if let Some(why) = unsafe_reason(&meta, missing.is_empty(), process::effective_uid()) {
+        if !force && missing.is_empty() {
+            if let Some(why) = unsafe_reason(&meta, process::effective_uid()) {
                 return Err(OutDirError::Unsafe {
                     path: base_path,
                     why,
@@ -250,28 +247,22 @@ fn link_temporary(file: &File, dir: &File, name: &OsStr) -> io::Result<OsString>
     Err(io::Error::from_raw_os_error(libc::EEXIST))
 }
 
-/// Why a directory is not a safe place for a dump made by user `euid`, if
-/// it is not: `exists` says it is the output directory itself, else the
-/// ancestor the output directory will be created in.
-fn unsafe_reason(meta: &fs::Metadata, exists: bool, euid: u32) -> Option<String> {
+/// Why an existing output directory is not a safe place for a dump made
+/// by user `euid`, if it is not. A missing one is created by crdump, mode
+/// 0700, inside its parent held open: whoever can write into that parent
+/// (a shared /tmp, say) cannot redirect what crdump writes, so the parent
+/// is not judged.
+fn unsafe_reason(meta: &fs::Metadata, euid: u32) -> Option<String> {
     let mode = meta.mode() & 0o7777;
-    let others_write = mode & 0o022 != 0;
-    if exists {
-        if meta.uid() != euid {
-            return Some(format!(
-                "the output directory belongs to uid {}, not to uid {euid} who dumps",
-                meta.uid()
-            ));
-        }
-        if others_write {
-            return Some(format!(
-                "the output directory is writable by other users (mode {mode:04o})"
-            ));
-        }
-    } else if others_write && mode & STICKY == 0 {
+    if meta.uid() != euid {
         return Some(format!(
-            "the directory the output directory would be created in is writable by other users \
-             without the sticky bit (mode {mode:04o})"
+            "the output directory belongs to uid {}, not to uid {euid} who dumps",
+            meta.uid()
+        ));
+    }
+    if mode & 0o022 != 0 {
+        return Some(format!(
+            "the output directory is writable by other users (mode {mode:04o})"
         ));
     }
     None
@@ -375,10 +366,7 @@ mod tests {
         assert!(matches!(err, OutDirError::Unsafe { .. }), "{err}");
         assert!(err.to_string().contains("--force"), "{err}");
         OutDir::prepare(&shared, true).unwrap();
-        // Created inside a world-writable directory without the sticky bit:
-        // refused; with it (like /tmp): fine.
-        assert!(OutDir::prepare(&shared.join("new"), false).is_err());
-        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+        // A directory crdump creates there is its own: fine.
         OutDir::prepare(&shared.join("new"), false).unwrap();
         fs::remove_dir_all(&base).unwrap();
     }
