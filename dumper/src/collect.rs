@@ -51,8 +51,6 @@ pub enum CollectError {
         what: &'static str,
         errno: i64,
     },
-    #[error("pid {pid}: no `syscall` instruction found in the task's executable memory")]
-    NoSyscallInstruction { pid: i32 },
     #[error("pid {pid} tid {tid}: no writable scratch memory near rsp {rsp:#x}")]
     NoScratch { pid: i32, tid: i32, rsp: u64 },
     #[error(
@@ -253,21 +251,9 @@ pub fn collect(
         classes.push(class);
     }
 
-    // Gadgets, and a `syscall` instruction for injection.
+    // Gadgets, also those injection runs through.
     let found_gadgets = find_gadgets(&smaps, &classes, mem);
-    let syscall_ip = if found_gadgets.syscall_ret != 0 {
-        found_gadgets.syscall_ret
-    } else {
-        smaps
-            .iter()
-            .filter(|e| e.path == "[vdso]")
-            .find_map(|e| {
-                read_mem(mem, e.start, e.end - e.start)
-                    .ok()
-                    .and_then(|b| gadgets::find(&b, e.start, gadgets::SYSCALL))
-            })
-            .ok_or(CollectError::NoSyscallInstruction { pid })?
-    };
+    let injection = inject::Gadgets::for_task(pid, &found_gadgets)?;
     c.check_cancel()?;
 
     // Threads: registers first, before anything is borrowed.
@@ -331,7 +317,7 @@ pub fn collect(
         };
         let temporary_mask = inject::uses_temporary_sigmask(found, read_u64);
         c.check_cancel()?;
-        let mut b = Borrowed::begin(pid, tid, mem, syscall_ip, scratch, temporary_mask)?;
+        let mut b = Borrowed::begin(pid, tid, mem, injection, scratch, temporary_mask)?;
         // Under a temporary mask, ptrace showed the temporary one.
         thread.record.sigmask = b.original_mask();
         let answers = ask_thread(&mut b, pid, tid, process_wide.is_none());

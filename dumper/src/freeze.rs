@@ -17,10 +17,23 @@ pub enum FreezeError {
         #[source]
         source: io::Error,
     },
-    #[error("pid {pid} tid {tid}: PTRACE_SEIZE failed (already traced by a debugger?): {source}")]
+    #[error("pid {pid} tid {tid}: PTRACE_SEIZE failed: {source}")]
     Seize {
         pid: i32,
         tid: i32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("pid {pid}: already traced by pid {tracer} (a debugger?)")]
+    Traced { pid: i32, tracer: i32 },
+    #[error(
+        "pid {pid}: permission denied: it belongs to uid {owner} and crdump runs as uid {me} \
+         (run crdump as that user or as root)"
+    )]
+    OtherUser { pid: i32, owner: u32, me: u32 },
+    #[error("pid {pid}: permission denied to trace it ({source})")]
+    NotPermitted {
+        pid: i32,
         #[source]
         source: io::Error,
     },
@@ -88,7 +101,7 @@ impl Frozen {
                     Ok(()) => {}
                     // The thread exited between the listing and the seize.
                     Err(e) if e.raw_os_error() == Some(libc::ESRCH) && tid != pid => continue,
-                    Err(source) => return Err(FreezeError::Seize { pid, tid, source }),
+                    Err(source) => return Err(seize_error(pid, tid, source)),
                 }
                 frozen.tids.push(tid);
                 if !frozen.interrupt_and_wait(tid)? {
@@ -169,6 +182,38 @@ impl Frozen {
             }
         }
         Ok(())
+    }
+}
+
+/// Why `PTRACE_SEIZE` of `tid` failed, in words: `EPERM` means another
+/// tracer, another owner, or a policy (dumpable flag, LSM); the process is
+/// gone for `ESRCH`.
+fn seize_error(pid: i32, tid: i32, source: io::Error) -> FreezeError {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u32>().ok())
+    };
+    match source.raw_os_error() {
+        Some(libc::ESRCH) => FreezeError::Exited { pid },
+        Some(libc::EPERM) => {
+            let me = process::effective_uid();
+            match (field("TracerPid:"), field("Uid:")) {
+                (Some(tracer), _) if tracer != 0 => FreezeError::Traced {
+                    pid,
+                    tracer: tracer as i32,
+                },
+                // Uid: real, effective, saved, fs; the real one owns it.
+                (_, Some(owner)) if owner != me && me != 0 => {
+                    FreezeError::OtherUser { pid, owner, me }
+                }
+                _ => FreezeError::NotPermitted { pid, source },
+            }
+        }
+        _ => FreezeError::Seize { pid, tid, source },
     }
 }
 

@@ -20,13 +20,7 @@ pub const SYSCALL: &[u8] = &[0x0f, 0x05];
 /// Address of the first occurrence of `pattern` in `bytes`, which were read
 /// from address `base`.
 pub fn find(bytes: &[u8], base: u64, pattern: &[u8]) -> Option<u64> {
-    if pattern.is_empty() {
-        return None;
-    }
-    bytes
-        .windows(pattern.len())
-        .position(|w| w == pattern)
-        .map(|i| base + i as u64)
+    crate::sys::search::find_bytes(bytes, pattern).map(|i| base + i as u64)
 }
 
 #[cfg(test)]

@@ -2,31 +2,62 @@
 //! can answer (its signal handlers, sigaltstack, timers, tid address, exact
 //! brk) is asked by making the thread run that one syscall.
 //!
-//! A [`Borrowed`] thread has its registers, signal mask and a few bytes of its
-//! stack (below the red zone) saved; each [`Borrowed::syscall`] points `rip`
-//! at an existing `syscall` instruction, runs to the syscall-exit stop with
-//! `PTRACE_SYSCALL` and reads `rax`. [`Borrowed::finish`] (or drop) writes
-//! everything back and parks the thread in an interrupt stop again, so that
-//! an interrupted syscall of its own restarts exactly as it would have. The
-//! borrowed window is short and contains nothing but ptrace calls and
-//! `/proc/P/mem` accesses.
+//! A [`Borrowed`] thread has its registers, signal mask and a region of its
+//! stack (below the red zone) saved. Before anything else changes, a
+//! hand-built `rt_sigreturn` frame is written into that region: its
+//! ucontext holds the thread's own registers (with the fix-up the kernel
+//! applies to an interrupted syscall, STATE.md), its own signal mask and its
+//! xsave area. Each [`Borrowed::syscall`] then runs through the task's own
+//! `syscall; ret` gadget with `rsp` at the frame, whose return address is
+//! the task's `rt_sigreturn` gadget. crdump normally stops the thread at the
+//! syscall exit and never lets it reach the `ret`; [`Borrowed::finish`] (or
+//! drop) writes everything back by ptrace and parks the thread in an
+//! interrupt stop again, so that an interrupted syscall of its own restarts
+//! exactly as it would have. But if crdump vanishes at any instant (SIGKILL,
+//! out of memory), the kernel lets the thread go on from where it is: it
+//! finishes the harmless injected syscall, returns into `rt_sigreturn`, and
+//! the frame puts back its registers, vector state and mask. Either way the
+//! task ends up the same.
+//!
+//! The undoing keeps that property at every step: first the thread is
+//! brought back to an interrupt stop (still armed with the frame), then its
+//! mask is put back (the frame has the same one), then its registers (from
+//! here on the frame is no longer needed), and only then the stack bytes.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-use image_format::elf::UserRegs;
+use binfmt_loader::frame::{self, FramePlace};
+use image_format::elf::{UserRegs, FP_XSTATE_MAGIC1, FX_SW_BYTES_OFFSET};
+use image_format::records::{GadgetsRecord, ThreadRecord};
 
+use crate::regs;
 use crate::sys::process;
 use crate::sys::ptrace::{self, PtraceError, Stop};
 
-/// Bytes of scratch memory for out-structs (the largest is `struct
-/// sigaction`, 32 bytes).
-pub const SCRATCH_LEN: usize = 64;
+/// Bytes of the thread's memory borrowed below its red zone: out-structs
+/// for the injected syscalls at the bottom ([`OUT_LEN`] bytes, the largest is
+/// `struct sigaction`), the `rt_sigreturn` frame and xsave area at the top
+/// (room for 15 KiB of xsave state: AMX needs 11 KiB).
+pub const SCRATCH_LEN: usize = 16 * 1024;
+/// The out-struct part of the borrowed region, at its start.
+const OUT_LEN: u64 = 64;
 /// The System V x86_64 red zone below `rsp` that leaf code may use.
 const RED_ZONE: u64 = 128;
-/// `getpid`: the harmless syscall run to leave a temporary-mask stop.
+/// `getpid`: the harmless syscall the thread is armed with.
 const GETPID: u64 = 39;
+/// `rt_sigprocmask`.
+const RT_SIGPROCMASK: u64 = 14;
+/// `SIG_BLOCK`.
+const SIG_BLOCK: u64 = 0;
+/// Offset of `uc_sigmask` in the frame (after `pretcode`).
+const FRAME_SIGMASK: u64 = 8 + 296;
+/// Offset of `uc_stack` in the frame.
+const FRAME_STACK: usize = 8 + 16;
+/// Offset of the frame's `siginfo`, which `rt_sigreturn` does not read:
+/// it holds the all-ones set the first injected `rt_sigprocmask` blocks.
+const FRAME_SIGINFO: u64 = 8 + frame::UCONTEXT_SIZE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InjectError {
@@ -59,6 +90,69 @@ pub enum InjectError {
         #[source]
         source: io::Error,
     },
+    #[error("pid {pid} tid {tid}: injected {what} returned {ret}")]
+    Failed {
+        pid: i32,
+        tid: i32,
+        what: &'static str,
+        ret: i64,
+    },
+    #[error("pid {pid}: the process exited during the dump")]
+    Exited { pid: i32 },
+    #[error(
+        "pid {pid}: no {what} found in the task's executable file mappings: syscalls cannot be \
+         injected so that the task survives a dumper that dies (refused even with --force)"
+    )]
+    NoGadget { pid: i32, what: &'static str },
+    #[error(
+        "pid {pid} tid {tid}: its xsave area ({len} bytes) does not fit the {SCRATCH_LEN} bytes \
+         borrowed for the return frame"
+    )]
+    FrameTooLarge { pid: i32, tid: i32, len: usize },
+}
+
+/// Whether process `pid` is gone or a zombie (its threads exited).
+pub fn process_exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.bytes().next())
+            .is_some_and(|state| matches!(state, b'Z' | b'X')),
+    }
+}
+
+/// The task's own code an injected syscall runs through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gadgets {
+    /// `syscall; ret`.
+    pub syscall_ret: u64,
+    /// `mov $15, %eax; syscall`: where the `ret` goes.
+    pub rt_sigreturn: u64,
+}
+
+impl Gadgets {
+    /// The gadgets found in the task (see `collect::find_gadgets`). Without
+    /// both, no thread can be borrowed so that it survives a vanished
+    /// dumper: refused before anything is touched. A task that exited
+    /// meanwhile (nothing could be read) is reported as such.
+    pub fn for_task(pid: i32, found: &GadgetsRecord) -> Result<Self, InjectError> {
+        let missing = if found.syscall_ret == 0 {
+            Some("`syscall; ret` instruction sequence")
+        } else if found.rt_sigreturn == 0 {
+            Some("`rt_sigreturn` instruction sequence (mov $15, %eax; syscall)")
+        } else {
+            None
+        };
+        match missing {
+            None => Ok(Gadgets {
+                syscall_ret: found.syscall_ret,
+                rt_sigreturn: found.rt_sigreturn,
+            }),
+            Some(_) if process_exited(pid) => Err(InjectError::Exited { pid }),
+            Some(what) => Err(InjectError::NoGadget { pid, what }),
+        }
+    }
 }
 
 /// Signals the thread was about to take while it ran our syscalls. They
@@ -103,7 +197,7 @@ pub struct Borrowed<'a> {
     pid: i32,
     tid: i32,
     mem: &'a File,
-    syscall_ip: u64,
+    gadgets: Gadgets,
     saved_regs: UserRegs,
     /// The thread's own mask, as far as known (see [`Self::original_mask`]).
     saved_mask: u64,
@@ -113,43 +207,98 @@ pub struct Borrowed<'a> {
     /// read: writing back the temporary mask that ptrace showed would make
     /// it permanent.
     restore_mask: Option<u64>,
+    /// Start of the borrowed region ([`SCRATCH_LEN`] bytes); the out-structs
+    /// are at its start.
     scratch: u64,
-    saved_scratch: [u8; SCRATCH_LEN],
+    saved_scratch: Vec<u8>,
+    /// Where the `rt_sigreturn` frame is, inside the borrowed region.
+    place: FramePlace,
+    /// The region holds our bytes (the frame): they must be put back.
+    written: bool,
+    /// The registers point at the gadget and the frame.
+    armed: bool,
     held: HeldSignals,
-    /// The thread is in a syscall-exit stop of ours (not its original stop).
+    /// The thread was resumed by us: it is in a syscall stop of ours (or
+    /// somewhere on the way), not in its original stop.
     moved: bool,
     done: bool,
 }
 
-/// The scratch address for a thread whose stack pointer is `rsp`: below the
-/// red zone, 16-byte aligned.
+/// The start of the borrowed region for a thread whose stack pointer is
+/// `rsp`: [`SCRATCH_LEN`] bytes below the red zone, 16-byte aligned.
 pub fn scratch_below(rsp: u64) -> u64 {
     rsp.wrapping_sub(RED_ZONE + SCRATCH_LEN as u64) & !15
 }
 
+/// The registers the thread gets back from the frame if crdump vanishes:
+/// its own, as the kernel would have resumed it. An interrupted syscall is
+/// restarted or fails with `EINTR` (STATE.md; `rt_sigreturn` disables the
+/// kernel's own restart logic and its restart block), and a thread stopped
+/// inside an rseq critical section continues at the section's abort
+/// handler, as after any preemption.
+fn resume_regs(tid: i32, mem: &File, found: &UserRegs) -> UserRegs {
+    let mut regs = regs::fix_up_interrupted_syscall(found).regs;
+    let read_u64 = |addr: u64| {
+        let mut b = [0u8; 8];
+        mem.read_exact_at(&mut b, addr).ok()?;
+        Some(u64::from_le_bytes(b))
+    };
+    let conf = ptrace::get_rseq_configuration(tid).ok();
+    let cs = conf
+        .filter(|c| c.rseq_abi_pointer != 0)
+        .and_then(|c| read_u64(c.rseq_abi_pointer + 8))
+        .filter(|&cs| cs != 0);
+    if let Some(cs) = cs {
+        // struct rseq_cs { u32 version, flags; u64 start_ip, post_commit_offset, abort_ip }
+        let fields = (read_u64(cs + 8), read_u64(cs + 16), read_u64(cs + 24));
+        if let (Some(start), Some(len), Some(abort)) = fields {
+            if regs.rip >= start && regs.rip - start < len {
+                regs.rip = abort;
+            }
+        }
+    }
+    regs
+}
+
+/// The `xfeatures` mask to restore from an xsave area read by ptrace: the
+/// kernel fills its software-reserved bytes as for a signal frame; else
+/// what the header says is present, plus x87 and SSE.
+fn xfeatures_of(xsave: &[u8]) -> u64 {
+    let at = |off: usize, n: usize| xsave.get(off..off + n);
+    let magic = at(FX_SW_BYTES_OFFSET, 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
+    let sw = at(FX_SW_BYTES_OFFSET + 8, 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+    match (magic, sw) {
+        (Some(FP_XSTATE_MAGIC1), Some(mask)) if mask != 0 => mask,
+        _ => frame::xstate_bv(xsave).unwrap_or(0) | 3,
+    }
+}
+
 impl<'a> Borrowed<'a> {
     /// Borrow thread `tid` (in an interrupt stop). `mem` is `/proc/P/mem`
-    /// opened read-write, `syscall_ip` the address of a `syscall`
-    /// instruction in the task, `scratch` a writable address for
-    /// [`SCRATCH_LEN`] bytes (see [`scratch_below`]).
+    /// opened read-write, `gadgets` the task's `syscall; ret` and
+    /// `rt_sigreturn` sequences, `scratch` the start of [`SCRATCH_LEN`]
+    /// writable bytes (see [`scratch_below`]). Nothing of the thread is
+    /// changed until every piece is read; then the frame is written, and
+    /// only then are its registers pointed at it.
     ///
     /// `temporary_mask`: the thread is in a syscall running under a
     /// temporary signal mask ([`uses_temporary_sigmask`]). Its real mask is
     /// then the kernel's `saved_sigmask`, which no ptrace request shows and
     /// `PTRACE_SETSIGMASK` would discard (it clears `TIF_RESTORE_SIGMASK`).
-    /// So instead of setting the mask by ptrace right away, a harmless
-    /// syscall (`getpid`) is injected first: leaving the stop runs
-    /// `restore_saved_sigmask()`, so at its syscall stop `PTRACE_GETSIGMASK`
-    /// shows the real mask; only then is every signal blocked. That real
-    /// mask is what [`Self::original_mask`] reports and what is put back at
-    /// the end; the interrupted syscall, restarted on release, installs its
-    /// temporary mask again itself. A signal the thread would take before
-    /// that first syscall is held back and sent again (see [`HeldSignals`]).
+    /// So instead of setting the mask by ptrace, the first injected syscall
+    /// is `rt_sigprocmask(SIG_BLOCK, all, &frame.uc_sigmask)`: leaving the
+    /// stop runs `restore_saved_sigmask()`, so the thread itself blocks
+    /// everything and stores its real mask straight into the frame (which
+    /// thus undoes the blocking even if crdump vanishes). That real mask is
+    /// what [`Self::original_mask`] reports and what is put back at the end;
+    /// the interrupted syscall, restarted on release, installs its temporary
+    /// mask again itself. A signal the thread would take before that first
+    /// syscall is held back and sent again (see [`HeldSignals`]).
     pub fn begin(
         pid: i32,
         tid: i32,
         mem: &'a File,
-        syscall_ip: u64,
+        gadgets: Gadgets,
         scratch: u64,
         temporary_mask: bool,
     ) -> Result<Self, InjectError> {
@@ -157,7 +306,22 @@ impl<'a> Borrowed<'a> {
             ptrace::get_regs(tid).map_err(PtraceError::at(pid, tid, "PTRACE_GETREGSET"))?;
         let saved_mask =
             ptrace::get_sigmask(tid).map_err(PtraceError::at(pid, tid, "PTRACE_GETSIGMASK"))?;
-        let mut saved_scratch = [0u8; SCRATCH_LEN];
+        let xsave = ptrace::get_xstate(tid).map_err(PtraceError::at(
+            pid,
+            tid,
+            "PTRACE_GETREGSET NT_X86_XSTATE",
+        ))?;
+        let too_large = InjectError::FrameTooLarge {
+            pid,
+            tid,
+            len: xsave.len(),
+        };
+        let top = scratch + SCRATCH_LEN as u64;
+        let place = match FramePlace::below(top + frame::RED_ZONE, xsave.len()) {
+            Some(p) if p.frame >= scratch + OUT_LEN && xsave.len() >= frame::XSAVE_MIN => p,
+            _ => return Err(too_large),
+        };
+        let mut saved_scratch = vec![0u8; SCRATCH_LEN];
         mem.read_exact_at(&mut saved_scratch, scratch)
             .map_err(|source| InjectError::Scratch {
                 pid,
@@ -165,24 +329,60 @@ impl<'a> Borrowed<'a> {
                 addr: scratch,
                 source,
             })?;
+        let record = ThreadRecord {
+            tid,
+            // Under a temporary mask, the first syscall overwrites it.
+            sigmask: saved_mask,
+            ..ThreadRecord::default()
+        };
+        let mut blob = vec![0u8; place.len() as usize];
+        let resume = resume_regs(tid, mem, &saved_regs);
+        frame::write_frame(
+            &mut blob,
+            place,
+            &resume,
+            &record,
+            &xsave,
+            xfeatures_of(&xsave),
+            gadgets.rt_sigreturn,
+        );
+        // uc_stack all zero: rt_sigreturn then leaves the sigaltstack as it
+        // is (a zero size is refused, ENOMEM, and ignored), which is the
+        // thread's own; it is not known yet.
+        blob[FRAME_STACK..FRAME_STACK + 24].fill(0);
+        let all = FRAME_SIGINFO as usize;
+        blob[all..all + 8].copy_from_slice(&u64::MAX.to_le_bytes());
         let mut b = Borrowed {
             pid,
             tid,
             mem,
-            syscall_ip,
+            gadgets,
             saved_regs,
             saved_mask,
             restore_mask: (!temporary_mask).then_some(saved_mask),
             scratch,
             saved_scratch,
+            place,
+            written: true,
+            armed: false,
             held: HeldSignals::default(),
             moved: false,
             done: false,
         };
+        mem.write_all_at(&blob, place.frame)
+            .map_err(|source| InjectError::Scratch {
+                pid,
+                tid,
+                addr: place.frame,
+                source,
+            })?;
         if temporary_mask {
             b.block_all_keeping_saved_mask()?;
         } else {
-            // Block every signal, so none is delivered between our syscalls.
+            // Armed first, so that from now on the thread resumes through
+            // the frame whatever happens; then every signal is blocked, so
+            // none is delivered between our syscalls.
+            b.arm(GETPID, [0; 6])?;
             ptrace::set_sigmask(tid, !0).map_err(PtraceError::at(pid, tid, "PTRACE_SETSIGMASK"))?;
         }
         Ok(b)
@@ -190,16 +390,33 @@ impl<'a> Borrowed<'a> {
 
     /// See `temporary_mask` in [`Self::begin`]. On an error, `restore_mask`
     /// is the real mask if it was read, else `None`: before the first
-    /// syscall the thread's mask is untouched, and after it (or after a
-    /// failed attempt that moved the thread) it is the real one again.
+    /// syscall the thread's mask is untouched, and after a failed attempt
+    /// that moved the thread it is the real one again.
     fn block_all_keeping_saved_mask(&mut self) -> Result<(), InjectError> {
         let (pid, tid) = (self.pid, self.tid);
-        self.syscall(GETPID, [0; 6])?;
-        let real =
-            ptrace::get_sigmask(tid).map_err(PtraceError::at(pid, tid, "PTRACE_GETSIGMASK"))?;
+        let all = self.place.frame + FRAME_SIGINFO;
+        let old = self.place.frame + FRAME_SIGMASK;
+        let r = self.syscall(RT_SIGPROCMASK, [SIG_BLOCK, all, old, 8, 0, 0])?;
+        if r != 0 {
+            return Err(InjectError::Failed {
+                pid,
+                tid,
+                what: "rt_sigprocmask(SIG_BLOCK)",
+                ret: r,
+            });
+        }
+        let mut real = [0u8; 8];
+        self.mem
+            .read_exact_at(&mut real, old)
+            .map_err(|source| InjectError::Scratch {
+                pid,
+                tid,
+                addr: old,
+                source,
+            })?;
+        let real = u64::from_le_bytes(real);
         self.saved_mask = real;
         self.restore_mask = Some(real);
-        ptrace::set_sigmask(tid, !0).map_err(PtraceError::at(pid, tid, "PTRACE_SETSIGMASK"))?;
         Ok(())
     }
 
@@ -209,7 +426,7 @@ impl<'a> Borrowed<'a> {
         self.saved_mask
     }
 
-    /// Address of the scratch area.
+    /// Address of the scratch area for out-structs.
     pub fn scratch(&self) -> u64 {
         self.scratch
     }
@@ -227,8 +444,10 @@ impl<'a> Borrowed<'a> {
             })
     }
 
-    /// Run syscall `nr` with `args` in the thread; returns its `rax`.
-    pub fn syscall(&mut self, nr: u64, args: [u64; 6]) -> Result<i64, InjectError> {
+    /// Point the thread at `syscall; ret` with syscall `nr` and `args`,
+    /// `rsp` at the frame: resumed by anyone (or by nobody, once crdump is
+    /// gone), it runs that syscall and returns through the frame.
+    fn arm(&mut self, nr: u64, args: [u64; 6]) -> Result<(), InjectError> {
         let (pid, tid) = (self.pid, self.tid);
         let regs = UserRegs {
             rax: nr,
@@ -238,13 +457,24 @@ impl<'a> Borrowed<'a> {
             r10: args[3],
             r8: args[4],
             r9: args[5],
-            rip: self.syscall_ip,
+            rip: self.gadgets.syscall_ret,
+            // `ret` pops `pretcode` (the rt_sigreturn gadget); the kernel
+            // then finds the ucontext at rsp.
+            rsp: self.place.frame,
             // Not in a syscall: the kernel must not apply its restart logic
             // to these registers on the way out of the current stop.
             orig_rax: u64::MAX,
             ..self.saved_regs
         };
         ptrace::set_regs(tid, &regs).map_err(PtraceError::at(pid, tid, "PTRACE_SETREGSET"))?;
+        self.armed = true;
+        Ok(())
+    }
+
+    /// Run syscall `nr` with `args` in the thread; returns its `rax`.
+    pub fn syscall(&mut self, nr: u64, args: [u64; 6]) -> Result<i64, InjectError> {
+        let (pid, tid) = (self.pid, self.tid);
+        self.arm(nr, args)?;
         self.moved = true;
         // Entry and exit stop. A signal-delivery-stop in between (a signal
         // the thread's mask lets through, e.g. before the first syscall of
@@ -257,6 +487,7 @@ impl<'a> Borrowed<'a> {
             match ptrace::decode_status(status) {
                 Stop::Syscall => syscall_stops += 1,
                 Stop::Signal(sig) => self.held.hold(sig),
+                Stop::Exited(_) | Stop::Killed(_) => return Err(InjectError::Exited { pid }),
                 stop => return Err(InjectError::UnexpectedStop { pid, tid, nr, stop }),
             }
         }
@@ -300,23 +531,21 @@ impl<'a> Borrowed<'a> {
         restored.and(redelivered)
     }
 
+    /// Each step leaves a thread that, resumed without us, ends up in its
+    /// own state: through the frame until the registers are back, then by
+    /// itself.
     fn restore_state(&mut self) -> Result<(), InjectError> {
-        let (pid, tid, addr) = (self.pid, self.tid, self.scratch);
-        let scratch = self.mem.write_all_at(&self.saved_scratch, addr);
-        ptrace::set_regs(tid, &self.saved_regs).map_err(PtraceError::at(
-            pid,
-            tid,
-            "PTRACE_SETREGSET",
-        ))?;
+        let (pid, tid) = (self.pid, self.tid);
         if self.moved {
-            // We are in a syscall-exit stop. Leave it towards an interrupt
-            // stop: the pending interrupt makes the thread stop in
-            // get_signal() before it returns to user mode, which is where it
-            // was frozen, so on release the kernel's restart logic sees the
-            // original registers. Normally every signal is still blocked,
-            // so none is dequeued on the way (only SIGKILL, which ends the
-            // thread); if one is (the mask could not be set), it is held
-            // back like during a syscall.
+            // We are in a syscall stop of ours, registers still at the
+            // gadget. Leave it towards an interrupt stop: the pending
+            // interrupt makes the thread stop in get_signal() before it
+            // returns to user mode, which is where it was frozen, so on
+            // release the kernel's restart logic sees the original
+            // registers. Normally every signal is still blocked, so none is
+            // dequeued on the way (only SIGKILL, which ends the thread); if
+            // one is (the mask could not be set), it is held back like
+            // during a syscall.
             ptrace::interrupt(tid).map_err(PtraceError::at(pid, tid, "PTRACE_INTERRUPT"))?;
             loop {
                 ptrace::resume(tid).map_err(PtraceError::at(pid, tid, "PTRACE_CONT"))?;
@@ -338,13 +567,10 @@ impl<'a> Borrowed<'a> {
                 }
             }
             self.moved = false;
-            ptrace::set_regs(tid, &self.saved_regs).map_err(PtraceError::at(
-                pid,
-                tid,
-                "PTRACE_SETREGSET",
-            ))?;
         }
-        // The mask last: with it, pending signals become deliverable again.
+        // The mask before the registers: while they still point at the
+        // gadget, the frame would set the same mask. With it, pending
+        // signals become deliverable again (on the next resume).
         if let Some(mask) = self.restore_mask {
             ptrace::set_sigmask(tid, mask).map_err(PtraceError::at(
                 pid,
@@ -352,12 +578,28 @@ impl<'a> Borrowed<'a> {
                 "PTRACE_SETSIGMASK",
             ))?;
         }
-        scratch.map_err(|source| InjectError::Scratch {
-            pid,
-            tid,
-            addr,
-            source,
-        })?;
+        if self.armed {
+            ptrace::set_regs(tid, &self.saved_regs).map_err(PtraceError::at(
+                pid,
+                tid,
+                "PTRACE_SETREGSET",
+            ))?;
+            self.armed = false;
+        }
+        // The stack bytes last: until the registers were back, the frame
+        // was what a vanished dumper would have left the thread with.
+        if self.written {
+            let addr = self.scratch;
+            self.mem
+                .write_all_at(&self.saved_scratch, addr)
+                .map_err(|source| InjectError::Scratch {
+                    pid,
+                    tid,
+                    addr,
+                    source,
+                })?;
+            self.written = false;
+        }
         Ok(())
     }
 }

@@ -23,6 +23,7 @@ pub mod gadgets;
 pub mod inject;
 pub mod manifest;
 pub mod memory;
+pub mod outdir;
 pub mod pages;
 pub mod procfs;
 pub mod regs;
@@ -32,7 +33,7 @@ pub mod vmas;
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -146,6 +147,12 @@ pub enum DumpError {
         path: PathBuf,
         error: image_format::ImageError,
     },
+    #[error("pid {pid}: {source}")]
+    OutDir {
+        pid: i32,
+        #[source]
+        source: outdir::OutDirError,
+    },
     #[error("pid {pid}: dump cancelled; the process was left running")]
     Cancelled { pid: i32 },
 }
@@ -222,62 +229,6 @@ fn check_target(pid: i32, opts: &DumpOptions) -> Result<procfs::stat::Stat, Dump
     Ok(stat)
 }
 
-/// The directories a dump created for its output, outermost first. Unless
-/// kept, dropping it removes them again, innermost first, as long as they
-/// are empty: a failed dump leaves no new directory behind.
-struct CreatedDirs {
-    dirs: Vec<PathBuf>,
-    keep: bool,
-}
-
-impl Drop for CreatedDirs {
-    fn drop(&mut self) {
-        if self.keep {
-            return;
-        }
-        for dir in self.dirs.iter().rev() {
-            // Not empty (someone else put something there) or gone: stop.
-            if fs::remove_dir(dir).is_err() {
-                break;
-            }
-        }
-    }
-}
-
-/// `dir` and those of its ancestors that do not exist, outermost first.
-fn missing_dirs(dir: &Path) -> Vec<PathBuf> {
-    let mut missing = Vec::new();
-    let mut p = Some(dir);
-    while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
-        match fs::symlink_metadata(d) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(d.to_owned()),
-            _ => break,
-        }
-        p = d.parent();
-    }
-    missing.reverse();
-    missing
-}
-
-/// Create `dir` mode 0700 if it does not exist; the returned guard removes
-/// what was created unless the dump succeeds.
-fn prepare_out_dir(pid: i32, dir: &Path) -> Result<CreatedDirs, DumpError> {
-    let created = CreatedDirs {
-        dirs: missing_dirs(dir),
-        keep: false,
-    };
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| DumpError::Io {
-            pid,
-            path: dir.to_owned(),
-            source,
-        })?;
-    Ok(created)
-}
-
 /// Refuse an image that the reader (the loader's parser) would refuse, or
 /// that the loader's own stage-1 rules would (`binfmt_loader::rules`, the
 /// very function the loader runs): the process is then left running. Only
@@ -331,68 +282,6 @@ fn mmap_min_addr() -> u64 {
         .unwrap_or(65536)
 }
 
-/// Opens the file the image is written into: an anonymous file in `dir`
-/// (`O_TMPFILE`) where the file system has them, so that a dumper killed
-/// mid-dump (SIGKILL, no chance to clean up) leaves nothing behind; it is
-/// linked to `tmp` only once complete. Elsewhere, `tmp` itself. Returns the
-/// file and whether it is anonymous.
-///
-/// O_DIRECT too where the file system has it: the writer's writes are all
-/// page-aligned, so pages go from its buffer to the disk without the
-/// kernel allocating page cache for the whole image (the slow part of a
-/// dump on memory the machine has not touched yet), and the fsync after
-/// has little left to do. tmpfs refuses O_DIRECT with EINVAL.
-fn open_image_file(dir: &Path, tmp: &Path) -> io::Result<(File, bool)> {
-    let anonymous = |direct: bool| {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_TMPFILE | if direct { libc::O_DIRECT } else { 0 })
-            .open(dir)
-    };
-    let named = |direct: bool| {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(if direct { libc::O_DIRECT } else { 0 })
-            .open(tmp)
-    };
-    let retry_without_direct = |open: &dyn Fn(bool) -> io::Result<File>| match open(true) {
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => open(false),
-        other => other,
-    };
-    match retry_without_direct(&anonymous) {
-        Ok(file) => Ok((file, true)),
-        // No O_TMPFILE on this file system (or kernel).
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
-            ) =>
-        {
-            Ok((retry_without_direct(&named)?, false))
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// A temporary file in the output directory, removed on drop unless kept.
-struct TempFile {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
 /// Dump process `pid` (all its threads) into `out_dir/task-<pid>.crimg` and
 /// `out_dir/manifest.json`, then kill it or, with `opts.leave_running`, let
 /// it run on. On error the process is left running as it was.
@@ -404,7 +293,17 @@ pub fn dump(
 ) -> Result<DumpReport, DumpError> {
     let started = Instant::now();
     check_target(pid, opts)?;
-    let mut created_dirs = prepare_out_dir(pid, out_dir)?;
+    let out_err = |source| DumpError::OutDir { pid, source };
+    // Before anything is frozen: the output directory is safe and writable,
+    // and the image has its (anonymous) file. Nothing gets a name, and no
+    // directory is created, until the dump is complete and durable.
+    let out = outdir::OutDir::prepare(out_dir, opts.force).map_err(out_err)?;
+    // O_DIRECT: the writer's writes are all page-aligned, so pages go from
+    // its buffer to the disk without the kernel allocating page cache for
+    // the whole image (the slow part of a dump on memory the machine has
+    // not touched yet), and the fsync after has little left to do.
+    let file = out.anonymous_file(true).map_err(out_err)?;
+    let manifest_file = out.anonymous_file(false).map_err(out_err)?;
     let zero_pfn = sys::process::zero_page_pfn().ok().flatten();
 
     let mut phases = Phases::default();
@@ -422,22 +321,26 @@ pub fn dump(
             path: mem_path,
             source,
         })?;
-    let collected = collect::collect(&frozen, &mem, opts, zero_pfn)?;
+    let collected = collect::collect(&frozen, &mem, opts, zero_pfn).map_err(|e| {
+        // Whatever failed first, the cause was that the target died.
+        if inject::process_exited(pid) {
+            DumpError::Refused {
+                pid,
+                why: "the process exited during the dump".into(),
+            }
+        } else {
+            e.into()
+        }
+    })?;
     let state = &collected.state;
     phases.collect = t.elapsed();
     let t = Instant::now();
 
-    // The image, written to a temporary name and renamed when complete.
     let image = out_dir.join(image_name(pid));
-    let mut tmp = TempFile {
-        path: out_dir.join(format!(".task-{pid}.crimg.tmp-{}", std::process::id())),
-        keep: false,
-    };
     let io_err = |path: &Path| {
         let path = path.to_owned();
         move |source| DumpError::Io { pid, path, source }
     };
-    let (file, anonymous) = open_image_file(out_dir, &tmp.path).map_err(io_err(&tmp.path))?;
     let mut source = memory::TaskMemory {
         pid,
         mem: &mem,
@@ -449,22 +352,18 @@ pub fn dump(
         Err(source) => {
             return Err(DumpError::Write {
                 pid,
-                path: tmp.path.clone(),
+                path: image.clone(),
                 source,
             })
         }
     };
-    let loader_warning = self_check(pid, &tmp.path, &file, opts)?;
+    let loader_warning = self_check(pid, &image, &file, opts)?;
     phases.write = t.elapsed();
     let t = Instant::now();
-    file.sync_all().map_err(io_err(&tmp.path))?;
+    file.sync_all().map_err(io_err(&image))?;
     // Images are runnable by their owner (binfmt_misc) and private to them.
     file.set_permissions(fs::Permissions::from_mode(0o700))
-        .map_err(io_err(&tmp.path))?;
-    if anonymous {
-        // Complete and durable: only now does the image get a name.
-        sys::process::link_anonymous(&file, &tmp.path).map_err(io_err(&tmp.path))?;
-    }
+        .map_err(io_err(&image))?;
     // Other processes dumped into this directory before stay listed.
     let manifest = manifest::Manifest::with_process(
         out_dir,
@@ -478,26 +377,19 @@ pub fn dump(
         },
     );
     let manifest_path = out_dir.join(manifest::FILE_NAME);
-    let pending_manifest =
-        manifest::write_temp(out_dir, &manifest).map_err(io_err(&manifest_path))?;
+    manifest::write_to(&manifest_file, &manifest).map_err(io_err(&manifest_path))?;
     if cancel_requested() {
         return Err(DumpError::Cancelled { pid });
     }
-    // Both files are complete and durable under temporary names; now they
-    // are renamed into place. From here on, a failure removes what was
-    // renamed (the guards now name the final paths), so that a failed dump
-    // leaves no new file. An older image or manifest of the same name is
-    // replaced by the rename and is not brought back.
-    fs::rename(&tmp.path, &image).map_err(io_err(&image))?;
-    tmp.path.clone_from(&image);
-    pending_manifest.commit().map_err(io_err(&manifest_path))?;
-    let mut published_manifest = TempFile {
-        path: manifest_path.clone(),
-        keep: false,
-    };
-    File::open(out_dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(out_dir))?;
+    // Both files are complete and durable; now they get their names (and
+    // the directory is created if it was missing). Until the release
+    // succeeds, the guard removes them again, so that a failed dump leaves
+    // no new file. An older image or manifest of the same name is replaced
+    // and is not brought back.
+    let image_name = image_name(pid);
+    let published = out
+        .publish(&[(&file, &image_name), (&manifest_file, manifest::FILE_NAME)])
+        .map_err(out_err)?;
     phases.sync = t.elapsed();
     let frozen_for = started.elapsed();
 
@@ -509,9 +401,7 @@ pub fn dump(
     } else {
         frozen.kill()?;
     }
-    tmp.keep = true;
-    published_manifest.keep = true;
-    created_dirs.keep = true;
+    published.keep();
     Ok(DumpReport {
         pid,
         threads,
@@ -535,61 +425,4 @@ pub fn dump(
             .collect(),
         left_running: opts.leave_running,
     })
-}
-
-#[cfg(test)]
-mod created_dirs_tests {
-    use super::*;
-
-    fn scratch_dir(name: &str) -> PathBuf {
-        let p = std::env::temp_dir().join(format!("crimg-created-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir(&p).unwrap();
-        p
-    }
-
-    #[test]
-    fn failed_dump_removes_only_the_directories_it_created() {
-        let base = scratch_dir("fail");
-        let out = base.join("a/b/c");
-        let created = prepare_out_dir(1, &out).unwrap();
-        assert_eq!(
-            created.dirs,
-            [base.join("a"), base.join("a/b"), base.join("a/b/c")]
-        );
-        assert!(out.is_dir());
-        drop(created);
-        assert!(base.is_dir());
-        assert!(!base.join("a").exists());
-        fs::remove_dir_all(&base).unwrap();
-    }
-
-    #[test]
-    fn kept_or_existing_directories_stay() {
-        let base = scratch_dir("keep");
-        // Existing: nothing to remove.
-        let created = prepare_out_dir(1, &base).unwrap();
-        assert!(created.dirs.is_empty());
-        drop(created);
-        assert!(base.is_dir());
-        // Kept after success.
-        let mut created = prepare_out_dir(1, &base.join("x")).unwrap();
-        created.keep = true;
-        drop(created);
-        assert!(base.join("x").is_dir());
-        // A directory someone else filled meanwhile stays, and so do its
-        // ancestors.
-        let created = prepare_out_dir(1, &base.join("y/z")).unwrap();
-        fs::write(base.join("y/other"), b"").unwrap();
-        drop(created);
-        assert!(base.join("y/other").exists());
-        assert!(!base.join("y/z").exists());
-        fs::remove_dir_all(&base).unwrap();
-    }
-
-    #[test]
-    fn relative_paths_stop_at_the_current_directory() {
-        let name = format!("crimg-surely-missing-{}", std::process::id());
-        assert_eq!(missing_dirs(Path::new(&name)), [PathBuf::from(&name)]);
-    }
 }

@@ -1,10 +1,10 @@
 //! `manifest.json`: which image belongs to which process, and how the
 //! processes relate. Versioned, written atomically.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -48,8 +48,7 @@ impl Manifest {
     /// and `process`, which replaces an entry for the same pid. A missing,
     /// unreadable or foreign `manifest.json` lists nothing to keep.
     pub fn with_process(dir: &Path, process: ManifestProcess) -> Self {
-        let earlier = fs::read(dir.join(FILE_NAME))
-            .ok()
+        let earlier = read_earlier(&dir.join(FILE_NAME))
             .and_then(|bytes| serde_json::from_slice::<Manifest>(&bytes).ok())
             .filter(|m| m.format == FORMAT && m.version == VERSION)
             .map(|m| m.processes)
@@ -64,62 +63,38 @@ impl Manifest {
     }
 }
 
-/// A manifest written and fsynced under a temporary name in its directory,
-/// not yet in place: [`Self::commit`] renames it to `manifest.json`.
-/// Dropped uncommitted, the temporary file is removed.
-pub struct PendingManifest {
-    tmp: PathBuf,
-    dest: PathBuf,
-    committed: bool,
-}
-
-/// Write `manifest` to a temporary file in `dir` and fsync it; nothing is
-/// visible under `manifest.json` until [`PendingManifest::commit`].
-pub fn write_temp(dir: &Path, manifest: &Manifest) -> io::Result<PendingManifest> {
-    let json = serde_json::to_vec_pretty(manifest).map_err(io::Error::other)?;
-    let pending = PendingManifest {
-        tmp: dir.join(format!(".{FILE_NAME}.tmp-{}", std::process::id())),
-        dest: dir.join(FILE_NAME),
-        committed: false,
-    };
-    let mut f: File = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&pending.tmp)?;
+/// Write `manifest` into `file` (an anonymous file of the output
+/// directory, see `outdir`) and make it durable; it gets its name only when
+/// the dump is published, so no name is ever opened for writing.
+pub fn write_to(file: &File, manifest: &Manifest) -> io::Result<()> {
+    let mut json = serde_json::to_vec_pretty(manifest).map_err(io::Error::other)?;
+    json.push(b'\n');
+    let mut f = file;
     f.write_all(&json)?;
-    f.write_all(b"\n")?;
-    f.sync_all()?;
-    Ok(pending)
+    f.sync_all()
 }
 
-impl PendingManifest {
-    /// Where the manifest goes (`dir/manifest.json`).
-    pub fn path(&self) -> &Path {
-        &self.dest
+/// The bytes of an earlier `manifest.json`, if it is a regular file: a
+/// symlink in its place is not followed (`O_NOFOLLOW`), nor is a FIFO
+/// waited on.
+fn read_earlier(path: &Path) -> Option<Vec<u8>> {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
     }
-
-    /// Rename the manifest into place, replacing an older one. The caller
-    /// fsyncs the directory (once, after renaming the images too).
-    pub fn commit(mut self) -> io::Result<()> {
-        fs::rename(&self.tmp, &self.dest)?;
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for PendingManifest {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = fs::remove_file(&self.tmp);
-        }
-    }
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut f, &mut bytes).ok()?;
+    Some(bytes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn json_shape() {
@@ -139,28 +114,22 @@ mod tests {
     }
 
     #[test]
-    fn nothing_is_visible_until_commit() {
-        let dir = std::env::temp_dir().join(format!("crimg-manifest-{}", std::process::id()));
+    fn an_earlier_manifest_behind_a_symlink_is_not_read() {
+        let dir = std::env::temp_dir().join(format!("crimg-manifest-link-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir(&dir).unwrap();
-        let m = Manifest::new(Vec::new());
-        let pending = write_temp(&dir, &m).unwrap();
-        assert!(!dir.join(FILE_NAME).exists());
-        drop(pending);
-        assert_eq!(
-            fs::read_dir(&dir).unwrap().count(),
-            0,
-            "temporary file left"
-        );
-        write_temp(&dir, &m).unwrap().commit().unwrap();
-        let names: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, [FILE_NAME]);
-        let back: Manifest =
-            serde_json::from_slice(&fs::read(dir.join(FILE_NAME)).unwrap()).unwrap();
-        assert_eq!(back, m);
+        let elsewhere = dir.join("elsewhere.json");
+        let earlier = Manifest::new(vec![ManifestProcess {
+            pid: 9,
+            ppid: 1,
+            pgid: 9,
+            sid: 9,
+            image: "elsewhere.json".into(),
+            threads: vec![9],
+        }]);
+        fs::write(&elsewhere, serde_json::to_vec(&earlier).unwrap()).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.join(FILE_NAME)).unwrap();
+        assert!(read_earlier(&dir.join(FILE_NAME)).is_none());
         fs::remove_dir_all(&dir).unwrap();
     }
 }
@@ -168,6 +137,7 @@ mod tests {
 #[cfg(test)]
 mod with_process_tests {
     use super::*;
+    use std::fs;
 
     fn entry(pid: i32) -> ManifestProcess {
         ManifestProcess {

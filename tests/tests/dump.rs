@@ -581,7 +581,7 @@ fn dump_stopped_mid_copy(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut crdump = crimg_tests::ChildGuard::new("crdump", command.spawn().unwrap());
-    wait_until_writing(&mut crdump, out);
+    wait_until_writing(&mut crdump, w.pid());
     crdump.signal(signal).unwrap();
     let status = crdump.wait_exit(Duration::from_secs(30)).unwrap();
     (w, status)
@@ -662,26 +662,32 @@ fn a_dumper_killed_mid_dump_leaves_the_target_running_and_no_file() {
     let dir = scratch_dir();
     let out = dir.path().join("out");
     let (mut w, _) = dump_stopped_mid_copy(&out, nix::sys::signal::Signal::SIGKILL);
-    // No file: the image had no name yet. (The directory crdump created
-    // stays: nothing runs to remove it.)
+    // No file and no directory: the image had no name yet, and the output
+    // directory is created only when the dump is complete.
     let left: Vec<PathBuf> = fs::read_dir(&out)
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(
+        !out.exists(),
+        "left behind: {} holding {left:?}",
+        out.display()
+    );
     // The kernel detaches the dead tracer's target.
     assert_runs_on_untraced(&mut w);
 }
 
-/// Waits until crdump holds a file in `out` open: the image it is copying
-/// pages into (an anonymous O_TMPFILE there, or a temporary name).
-fn wait_until_writing(crdump: &mut crimg_tests::ChildGuard, out: &Path) {
+/// Waits until crdump holds the memory of `target` open: it has frozen it
+/// and reads its state and pages (its output files are anonymous, opened
+/// before the freeze, so they say nothing about progress).
+fn wait_until_writing(crdump: &mut crimg_tests::ChildGuard, target: i32) {
+    let mem = PathBuf::from(format!("/proc/{target}/mem"));
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let writing = fs::read_dir(format!("/proc/{}/fd", crdump.pid()))
             .map(|fds| {
                 fds.flatten()
                     .filter_map(|fd| fs::read_link(fd.path()).ok())
-                    .any(|target| target.starts_with(out))
+                    .any(|link| link == mem)
             })
             .unwrap_or(false);
         if writing {

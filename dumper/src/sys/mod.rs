@@ -3,5 +3,7 @@
 //! the only place with `unsafe` code; everything above it is safe Rust over
 //! plain data.
 
+pub mod dirs;
 pub mod process;
 pub mod ptrace;
+pub mod search;

@@ -16,20 +16,22 @@ use indicatif::{ProgressBar, ProgressStyle};
     version,
     about = "Checkpoint a running process into DIR/task-PID.crimg (a runnable ELF core file)",
     after_help = "The process is frozen (every thread), written out, then killed unless \
-                  --leave-running is given. On any error it is left running as it was and \
-                  nothing is left in DIR. Resume it with ./DIR/task-PID.crimg or crimg run."
+                  --leave-running is given. On any error, or if crdump itself is killed, it is \
+                  left running as it was and nothing is left in DIR. Resume it with ./DIR/task-PID.crimg or crimg run."
 )]
 struct Cli {
     /// The process to checkpoint.
     #[arg(short, long)]
     pid: i32,
-    /// Output directory (created mode 0700 if missing).
+    /// Output directory. Created (mode 0700) only once the dump is complete;
+    /// refused if another user owns it or can write into it (see --force).
     #[arg(short, long, value_name = "DIR")]
     output: PathBuf,
     /// Let the process run on after the dump instead of killing it.
     #[arg(long)]
     leave_running: bool,
-    /// Dump even when some state cannot be kept; the image lists what was lost.
+    /// Dump even when some state cannot be kept (the image lists what was
+    /// lost), or into an output directory other users can write into.
     #[arg(long)]
     force: bool,
     /// Print nothing but errors.
