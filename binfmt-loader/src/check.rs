@@ -20,7 +20,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::creds;
 use crate::maps::{self, MapKind, MapsEntry};
+use crate::memlimits::{self, LimitError};
 use crate::message::{self, Lossy};
+use crate::mm_state::{self, MmStateError};
 use crate::plan::{FdMove, PageLoad, PlanInput, Range, TargetVma, ThreadInput, VdsoBlock};
 use crate::sys::{self, startup::Startup, CPath, Errno};
 use crate::validate::{validate_values, ValueError};
@@ -118,6 +120,14 @@ pub enum CheckError {
     Value {
         error: ValueError,
     },
+    /// The task's memory does not fit this process's or machine's limits.
+    MemoryLimit {
+        error: LimitError,
+    },
+    /// This kernel refuses a kind of area or mm setting the task had.
+    MmState {
+        error: MmStateError,
+    },
 }
 
 impl CheckError {
@@ -141,13 +151,15 @@ impl CheckError {
             | CheckError::CompactedXsave
             | CheckError::UnsupportedFd { .. }
             | CheckError::FdAboveLimit { .. }
-            | CheckError::VdsoLayout => ExitCode::Unsupported,
+            | CheckError::VdsoLayout
+            | CheckError::MmState { .. } => ExitCode::Unsupported,
             CheckError::Scratch { .. }
             | CheckError::TidTaken { .. }
             | CheckError::ProcMaps { .. }
             | CheckError::ProcMapsParse { .. }
             | CheckError::ProcMapsTooLong { .. }
-            | CheckError::FdRelocate { .. } => ExitCode::Environment,
+            | CheckError::FdRelocate { .. }
+            | CheckError::MemoryLimit { .. } => ExitCode::Environment,
         }
     }
 }
@@ -213,6 +225,8 @@ impl fmt::Display for CheckError {
             CheckError::ProcMapsTooLong { limit } => write!(f, "/proc/self/maps is longer than the loader's {limit}-byte buffer"),
             CheckError::FdRelocate { errno } => write!(f, "cannot move the loader's fds out of the way: {errno}"),
             CheckError::Value { error } => write!(f, "corrupt image: {error}"),
+            CheckError::MemoryLimit { error } => write!(f, "{error}"),
+            CheckError::MmState { error } => write!(f, "{error}"),
         }
     }
 }
@@ -369,7 +383,7 @@ pub fn image_name(startup: &Startup) -> &'static [u8] {
     startup.arg(1).unwrap_or(b"crimg-loader")
 }
 
-fn read_small_file(path: &[u8], buf: &mut [u8]) -> Result<usize, Errno> {
+pub(crate) fn read_small_file(path: &[u8], buf: &mut [u8]) -> Result<usize, Errno> {
     let p = CPath::new(path).ok_or(Errno::ENOENT)?;
     let fd = sys::openat(sys::AT_FDCWD, &p, sys::O_RDONLY | sys::O_CLOEXEC)?;
     let mut n = 0;
@@ -574,9 +588,7 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
                     path,
                 });
             }
-            // A writable shared mapping needs a writable fd.
-            let rw = v.flags & vma_flags::SHARED != 0
-                && v.prot & image_format::records::prot::WRITE != 0;
+            let (rw, must_rw) = shared_file_access(v.flags, v.prot);
             let known = opened[..nopened]
                 .iter()
                 .find(|o| o.dev == v.file.dev && o.ino == v.file.ino && o.rw == u32::from(rw));
@@ -584,7 +596,26 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
                 Some(o) => o.fd,
                 None => {
                     let flags = if rw { sys::O_RDWR } else { sys::O_RDONLY };
-                    let (f, st) = open_typed("mapped file", path, flags, sys::S_IFREG, base)?;
+                    let mut opened_rw = rw;
+                    let (f, st) = match open_typed("mapped file", path, flags, sys::S_IFREG, base) {
+                        // Read-write only for VM_MAYWRITE: what this caller
+                        // may not open so is mapped as it may, and said.
+                        Err(CheckError::FileMissing { errno, .. })
+                            if rw && !must_rw && matches!(errno.0, 1 | 13 | 30) =>
+                        {
+                            warn(
+                                name,
+                                format_args!(
+                                    "{} cannot be opened read-write here ({errno}); its shared mapping at {:#x} is restored without VM_MAYWRITE (mprotect(PROT_WRITE) on it will fail)",
+                                    Lossy(path),
+                                    v.start
+                                ),
+                            );
+                            opened_rw = false;
+                            open_typed("mapped file", path, sys::O_RDONLY, sys::S_IFREG, base)?
+                        }
+                        r => r?,
+                    };
                     if !same_file(&st, &v.file) {
                         return Err(CheckError::FileChanged {
                             what: "mapped file",
@@ -595,7 +626,7 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
                         *slot = OpenedFile {
                             dev: v.file.dev,
                             ino: v.file.ino,
-                            rw: u32::from(rw),
+                            rw: u32::from(opened_rw),
                             fd: f,
                         };
                         nopened += 1;
@@ -634,16 +665,6 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
     }
 
     // What the plan cannot give back as it was, said once each.
-    let locked = vmas
-        .iter()
-        .filter(|v| v.flags & vma_flags::LOCKED != 0)
-        .count();
-    if locked > 0 {
-        warn(
-            name,
-            format_args!("{locked} memory area(s) were locked (mlock); restored unlocked"),
-        );
-    }
     let shared_read_only_private = vmas
         .iter()
         .filter(|v| {
@@ -953,7 +974,7 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
     }
     let range_scratch = scratch.take::<Range>(nvmas + nmaps + 4);
 
-    Ok(Checked {
+    let checked = Checked {
         name,
         image,
         image_fd,
@@ -982,7 +1003,32 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
         gadgets_ok,
         mmap_min_addr,
         range_scratch,
-    })
+    };
+    check_memory(&checked, caps)?;
+    Ok(checked)
+}
+
+/// The kernel's limits on the areas the plan will map (with the window it
+/// will run from), then the kernel's support for the area kinds they need;
+/// last, once nothing else can refuse the image, the mm-wide settings.
+fn check_memory(checked: &Checked, caps: u64) -> Result<(), CheckError> {
+    let window = crate::plan::WindowLayout::for_input(&checked.input()).size;
+    let facts = memlimits::read_facts(caps);
+    memlimits::check(checked.vmas, checked.loads, window, &facts)
+        .map_err(|error| CheckError::MemoryLimit { error })?;
+    mm_state::probe_kernel(checked.vmas).map_err(|error| CheckError::MmState { error })?;
+    mm_state::apply_mm(checked.image.process().flags).map_err(|error| CheckError::MmState { error })
+}
+
+/// How a mapped file is opened for area `flags`/`prot`: `(read-write,
+/// read-write required)`. A shared mapping that is writable needs a
+/// writable fd; one that is not, but had `VM_MAYWRITE` (the task's fd was
+/// writable, so it could `mprotect(PROT_WRITE)`), gets one too when this
+/// caller may open the file so.
+pub fn shared_file_access(flags: u32, prot: u32) -> (bool, bool) {
+    let shared = flags & vma_flags::SHARED != 0;
+    let must = shared && prot & image_format::records::prot::WRITE != 0;
+    (must || (shared && flags & vma_flags::MAYWRITE != 0), must)
 }
 
 /// Capability numbers (`linux/capability.h`).

@@ -9,6 +9,11 @@
 //!   and ends in `rt_sigreturn` ([`frame`] builds the signal frame).
 //! * [`validate`] — stage 1's check of every value the plan passes to the
 //!   kernel as it is (addresses, limits, signal numbers, lengths).
+//! * [`memlimits`] — stage 1's check of the kernel's memory limits
+//!   (overcommit, `RLIMIT_AS`/`DATA`/`MEMLOCK`) against the task's areas.
+//! * [`mm_state`] — VMA flags beyond mapping and protections (no-reserve,
+//!   droppable, mergeable, locked, commit charge) and the mm-wide THP/KSM
+//!   settings.
 //! * [`run`] — the sequence, and one-line errors with an exit code per class
 //!   ([`ExitCode`]).
 
@@ -21,7 +26,9 @@ pub mod check;
 pub mod creds;
 pub mod frame;
 pub mod maps;
+pub mod memlimits;
 pub mod message;
+pub mod mm_state;
 pub mod plan;
 pub mod run;
 #[allow(unsafe_code)]

@@ -35,6 +35,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::arch::layout;
 use crate::frame::{self, FramePlace};
+use crate::mm_state;
 use crate::sys::{self, nr};
 
 pub const PAGE: u64 = 4096;
@@ -838,7 +839,8 @@ pub fn build_plan(
     //    access until they are in.
     for v in input.vmas.iter().filter(|v| !v.is_special()) {
         let fill = vma_gets_pages(input, v);
-        let p = u64::from(v.prot) | if fill { sys::PROT_WRITE } else { 0 };
+        let writable_first = fill || mm_state::write_first(v);
+        let p = u64::from(v.prot) | if writable_first { sys::PROT_WRITE } else { 0 };
         let shared = v.flags & vma_flags::SHARED != 0 || maps_read_only_shared(v, fill);
         let (flags, fd, off) = if v.fd >= 0 {
             (
@@ -862,6 +864,7 @@ pub fn build_plan(
             }
             (f, u64::MAX, 0)
         };
+        let flags = mm_state::mmap_flags(v, flags);
         b.sys(
             rule::EQ,
             nr::MMAP,
@@ -881,7 +884,8 @@ pub fn build_plan(
         )?;
     }
     for v in input.vmas.iter().filter(|v| !v.is_special()) {
-        if vma_gets_pages(input, v) && v.prot & prot::WRITE == 0 {
+        let writable_first = vma_gets_pages(input, v) || mm_state::write_first(v);
+        if writable_first && v.prot & prot::WRITE == 0 {
             b.sys(
                 rule::OK,
                 nr::MPROTECT,
@@ -896,6 +900,14 @@ pub fn build_plan(
                 nr::MADVISE,
                 [v.start, v.end - v.start, advice, 0, 0, 0],
                 format_args!("madvise {:#x} {name}", v.start),
+            )?;
+        }
+        for (nr, args, name) in mm_state::after_fill_ops(v) {
+            b.sys(
+                rule::OK,
+                nr,
+                args,
+                format_args!("{name} {:#x}-{:#x}", v.start, v.end),
             )?;
         }
     }

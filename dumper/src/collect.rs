@@ -84,6 +84,8 @@ mod nr {
 }
 const PR_GET_SECUREBITS: u64 = 27;
 const PR_GET_TID_ADDRESS: u64 = 40;
+const PR_GET_THP_DISABLE: u64 = 42;
+const PR_GET_MEMORY_MERGE: u64 = 68;
 /// `RLIM_NLIMITS`.
 const RLIMIT_COUNT: u32 = 16;
 
@@ -410,7 +412,7 @@ pub fn collect(
             PROCESS_DUMPED_AS_ROOT
         } else {
             0
-        },
+        } | process_wide.mm_flags,
         tty_nr: stat.tty_nr,
         page_size: PAGE_SIZE as u32,
         start_time: stat.start_time,
@@ -559,6 +561,8 @@ fn scratch_for(smaps: &[SmapsEntry], rsp: u64) -> Option<u64> {
 
 struct ProcessWide {
     brk: u64,
+    /// `ProcessRecord::flags` bits of the mm (THP, KSM).
+    mm_flags: u32,
     securebits: u32,
     sigactions: Vec<SigactionRecord>,
     itimers: Vec<ItimerRecord>,
@@ -615,6 +619,12 @@ fn ask_thread(
     let clear_child_tid = u64_at(&buf, 0);
     let process = if process_wide {
         let brk = b.syscall(nr::BRK, [0; 6])? as u64;
+        // An error (EINVAL: a kernel without THP or KSM) means the feature
+        // is not there to be turned on.
+        let mm_flags = vmas::mm_flags(
+            b.syscall(nr::PRCTL, [PR_GET_THP_DISABLE, 0, 0, 0, 0, 0])?,
+            b.syscall(nr::PRCTL, [PR_GET_MEMORY_MERGE, 0, 0, 0, 0, 0])?,
+        );
         let securebits = check(
             "prctl(PR_GET_SECUREBITS)",
             b.syscall(nr::PRCTL, [PR_GET_SECUREBITS, 0, 0, 0, 0, 0])?,
@@ -658,6 +668,7 @@ fn ask_thread(
         }
         Some(ProcessWide {
             brk,
+            mm_flags,
             securebits: securebits as u32,
             sigactions,
             itimers,

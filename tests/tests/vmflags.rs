@@ -1,0 +1,228 @@
+//! Memory areas and mm state come back with the flags the kernel showed
+//! before the dump: the `VmFlags` of every area in `/proc/PID/smaps` and the
+//! relevant `/proc/PID/status` lines are compared before the dump and after
+//! the restore (zdtm-style victims in `workloads/vmflags.c`, plus a real
+//! interpreter). What this machine cannot give the restored task (commit
+//! limits, locked memory) is refused by the loader before it changes
+//! anything: one line, exit 10.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::Command;
+
+use crimg_tests::cli::{self, RunOutput};
+use crimg_tests::process::{CheckTrigger, LINE_TIMEOUT};
+use crimg_tests::roundtrip::{dump_and_kill, Dumped};
+use crimg_tests::smaps::{area_at, assert_same_vm_flags, status_lines, vm_flags_of, AreaFlags};
+use crimg_tests::{binaries, scratch_dir, Binaries, Facts, Workload};
+
+/// Status lines that describe the mm and must survive a restore.
+const STATUS_KEYS: &[&str] = &["THP_enabled", "VmLck", "VmSize"];
+
+/// A dumped victim and what the kernel showed of it before the dump.
+struct Before {
+    dumped: Dumped,
+    flags: Vec<AreaFlags>,
+    status: Vec<(String, Option<String>)>,
+}
+
+fn dump_victim(bins: &Binaries, out: &Path, victim: Workload) -> Before {
+    let pid = victim.pid();
+    let flags = vm_flags_of(pid);
+    let status = status_lines(pid, STATUS_KEYS);
+    let dumped = dump_and_kill(bins, victim, out);
+    Before {
+        dumped,
+        flags,
+        status,
+    }
+}
+
+/// Restore, let the victim check itself (which also proves the restore is
+/// complete), then compare VmFlags and status with what they were.
+fn restore_and_compare(bins: &Binaries, before: &Before) -> (Workload, Facts) {
+    let mut restored = bins
+        .restore("restored victim", &before.dumped.dump.image)
+        .unwrap_or_else(|err| panic!("{err}"));
+    let pass = restored.expect_pass(CheckTrigger::Stdin);
+    let pid = restored.pid();
+    assert_same_vm_flags(&before.flags, &vm_flags_of(pid));
+    assert_eq!(
+        status_lines(pid, STATUS_KEYS),
+        before.status,
+        "/proc/PID/status after the restore"
+    );
+    (restored, pass)
+}
+
+fn round_trip(args: &[&str]) -> (Before, Workload, Facts) {
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let victim = Workload::start("vmflags", args);
+    let before = dump_victim(&bins, &scratch.path().join("out"), victim);
+    let (restored, pass) = restore_and_compare(&bins, &before);
+    (before, restored, pass)
+}
+
+fn has(area: &AreaFlags, flag: &str) -> bool {
+    area.flags.iter().any(|f| f == flag)
+}
+
+/// A 64 GiB MAP_NORESERVE reservation (more than this machine can commit)
+/// with a few written pages comes back as a reservation, contents intact.
+#[test]
+fn noreserve_reservation_of_64_gib_round_trips() {
+    crimg_tests::skip_unless_root!();
+    let (before, _restored, pass) = round_trip(&["--noreserve-gb", "64"]);
+    let addr = before.dumped.ready.require("noreserve").unwrap().to_owned();
+    assert!(
+        has(area_at(&before.flags, &addr), "nr"),
+        "the victim's reservation has no `nr`: {:?}",
+        area_at(&before.flags, &addr)
+    );
+    assert_eq!(pass.get("areas"), Some("1"), "{}", pass.line());
+}
+
+/// `PR_SET_THP_DISABLE` is an mm flag: `THP_enabled: 0` stays 0.
+#[test]
+fn thp_disable_is_kept() {
+    crimg_tests::skip_unless_root!();
+    let (before, _restored, _pass) = round_trip(&["--thp-disable"]);
+    assert_eq!(
+        before.status[0],
+        ("THP_enabled".to_owned(), Some("0".to_owned())),
+        "the victim did not disable THP"
+    );
+}
+
+/// A file opened read-write and mapped `MAP_SHARED` with `PROT_READ` keeps
+/// `VM_SHARED|VM_MAYWRITE`: after the restore the victim's
+/// `mprotect(PROT_WRITE)` works and its store reaches the file.
+#[test]
+fn read_only_shared_mapping_of_a_writable_file_can_be_made_writable() {
+    crimg_tests::skip_unless_root!();
+    let scratch = scratch_dir();
+    let file = scratch.path().join("shared");
+    let (before, _restored, pass) = round_trip(&["--shared-ro", file.to_str().unwrap()]);
+    let addr = before.dumped.ready.require("shared_ro").unwrap().to_owned();
+    let area = area_at(&before.flags, &addr);
+    assert!(has(area, "sh") && has(area, "mw"), "{area:?}");
+    assert_eq!(pass.get("shared_write"), Some("ok"), "{}", pass.line());
+}
+
+/// One area of each kind: locked, locked on fault, mergeable (KSM),
+/// droppable, don't-fork and wipe-on-fork.
+#[test]
+fn locked_mergeable_droppable_and_fork_flags_are_kept() {
+    crimg_tests::skip_unless_root!();
+    let (before, _restored, pass) = round_trip(&[
+        "--locked",
+        "--lock-on-fault",
+        "--mergeable",
+        "--droppable",
+        "--dontfork",
+        "--wipeonfork",
+    ]);
+    let ready = &before.dumped.ready;
+    for (area, flag) in [
+        ("locked", "lo"),
+        ("lock_on_fault", "lf"),
+        ("mergeable", "mg"),
+        ("droppable", "dp"),
+        ("dontfork", "dc"),
+        ("wipeonfork", "wf"),
+    ] {
+        let found = area_at(&before.flags, ready.require(area).unwrap());
+        assert!(has(found, flag), "{area} has no `{flag}`: {found:?}");
+    }
+    assert_eq!(pass.get("areas"), Some("6"), "{}", pass.line());
+}
+
+/// A real interpreter: every area of python3 keeps its flags.
+#[test]
+fn python_keeps_every_vm_flag() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let mut victim = Workload::start("loop.py", Vec::<String>::new());
+    victim.expect_line("TICK 2");
+    let before = dump_victim(&bins, &scratch.path().join("out"), victim);
+    let mut restored = bins
+        .restore("restored loop.py", &before.dumped.dump.image)
+        .unwrap_or_else(|err| panic!("{err}"));
+    restored.expect_line("TICK ");
+    assert_same_vm_flags(&before.flags, &vm_flags_of(restored.pid()));
+}
+
+/// Run `command` (a loader invocation); it must exit with `code` and one
+/// line on stderr after its warnings, which is returned.
+fn expect_refusal(command: Command, code: i32) -> String {
+    let output: RunOutput = cli::run(command, LINE_TIMEOUT).unwrap_or_else(|err| panic!("{err}"));
+    let status = output.status;
+    assert!(
+        status.signal().is_none() && status.code() == Some(code),
+        "the loader exited with {status}, expected {code}; stderr:\n{}",
+        output.stderr
+    );
+    let lines: Vec<&str> = output.stderr.lines().collect();
+    let (last, warnings) = lines.split_last().expect("a message on stderr");
+    assert!(
+        warnings.iter().all(|line| line.contains(": warning: ")) && !last.contains(": warning: "),
+        "stderr:\n{}",
+        output.stderr
+    );
+    (*last).to_owned()
+}
+
+fn dumped_victim(bins: &Binaries, scratch: &Path, args: &[&str]) -> Dumped {
+    let victim = Workload::start("vmflags", args);
+    dump_and_kill(bins, victim, &scratch.join("out"))
+}
+
+/// An address-space limit the restored areas do not fit in is refused
+/// before anything changes, and the same image restores without it.
+#[test]
+fn address_space_limit_too_small_is_refused() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let dumped = dumped_victim(&bins, scratch.path(), &["--noreserve-gb", "4"]);
+    let mut command = Command::new("prlimit");
+    command
+        .arg(format!("--as={}", 2u64 << 30))
+        .arg("--")
+        .arg(&bins.loader)
+        .arg(&dumped.dump.image);
+    let message = expect_refusal(command, 10);
+    assert!(message.contains("RLIMIT_AS"), "{message}");
+    let mut restored = bins
+        .restore("restored victim", &dumped.dump.image)
+        .unwrap_or_else(|err| panic!("{err}"));
+    restored.expect_pass(CheckTrigger::Stdin);
+}
+
+/// Locked memory beyond `RLIMIT_MEMLOCK`, without `CAP_IPC_LOCK`, is
+/// refused before anything changes.
+#[test]
+fn locked_memory_beyond_the_memlock_limit_is_refused() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let dumped = dumped_victim(&bins, scratch.path(), &["--locked"]);
+    let mut command = Command::new("setpriv");
+    command
+        .args([
+            "--bounding-set=-ipc_lock",
+            "--",
+            "prlimit",
+            "--memlock=4096",
+            "--",
+        ])
+        .arg(&bins.loader)
+        .arg(&dumped.dump.image);
+    let message = expect_refusal(command, 10);
+    assert!(
+        message.contains("RLIMIT_MEMLOCK") && message.contains("CAP_IPC_LOCK"),
+        "{message}"
+    );
+}
