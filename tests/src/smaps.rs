@@ -78,6 +78,35 @@ pub fn assert_same_vm_flags(before: &[AreaFlags], after: &[AreaFlags]) {
     );
 }
 
+/// For a process that keeps running and changing its layout (a JVM): the
+/// areas found unchanged (same header line) after the restore must have
+/// the same flags, and at least `min_percent` of the areas must be found.
+pub fn assert_same_vm_flags_of_unchanged_areas(
+    before: &[AreaFlags],
+    after: &[AreaFlags],
+    min_percent: usize,
+) {
+    let common: Vec<(&AreaFlags, &AreaFlags)> = before
+        .iter()
+        .filter_map(|b| after.iter().find(|a| a.header == b.header).map(|a| (b, a)))
+        .collect();
+    assert!(
+        common.len() * 100 >= before.len() * min_percent,
+        "only {} of {} areas are unchanged after the restore",
+        common.len(),
+        before.len()
+    );
+    let differ: Vec<(AreaFlags, AreaFlags)> = common
+        .into_iter()
+        .filter(|(b, a)| b.flags != a.flags)
+        .map(|(b, a)| (b.clone(), a.clone()))
+        .collect();
+    if !differ.is_empty() {
+        let (b, a): (Vec<AreaFlags>, Vec<AreaFlags>) = differ.into_iter().unzip();
+        assert_same_vm_flags(&b, &a);
+    }
+}
+
 /// The values of the `keys` lines of `/proc/PID/status`, in `keys` order
 /// (`None` for a line the kernel does not show).
 pub fn status_lines(pid: i32, keys: &[&str]) -> Vec<(String, Option<String>)> {

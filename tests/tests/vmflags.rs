@@ -11,9 +11,12 @@ use std::path::Path;
 use std::process::Command;
 
 use crimg_tests::cli::{self, RunOutput};
-use crimg_tests::process::{CheckTrigger, LINE_TIMEOUT};
+use crimg_tests::process::{CheckTrigger, LINE_TIMEOUT, READY_TIMEOUT};
 use crimg_tests::roundtrip::{dump_and_kill, Dumped};
-use crimg_tests::smaps::{area_at, assert_same_vm_flags, status_lines, vm_flags_of, AreaFlags};
+use crimg_tests::smaps::{
+    area_at, assert_same_vm_flags, assert_same_vm_flags_of_unchanged_areas, status_lines,
+    vm_flags_of, AreaFlags,
+};
 use crimg_tests::{binaries, scratch_dir, Binaries, Facts, Workload};
 
 /// Status lines that describe the mm and must survive a restore.
@@ -152,6 +155,62 @@ fn python_keeps_every_vm_flag() {
         .unwrap_or_else(|err| panic!("{err}"));
     restored.expect_line("TICK ");
     assert_same_vm_flags(&before.flags, &vm_flags_of(restored.pid()));
+}
+
+/// A JVM (a large reserved heap, many threads, code cache): the areas
+/// still there after the restore keep their flags. It runs on after the
+/// restore and changes some areas; most stay as they were.
+#[test]
+fn jvm_keeps_the_vm_flags_of_its_areas() {
+    crimg_tests::skip_unless_root!();
+    let (Some(java), Some(javac)) = (on_path("java"), on_path("javac")) else {
+        crimg_tests::privilege::report_skip("no java and javac on PATH");
+        return;
+    };
+    let classes = scratch_dir();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/Loop.java");
+    let status = Command::new(javac)
+        .arg("-d")
+        .arg(classes.path())
+        .arg(&source)
+        .status()
+        .unwrap();
+    assert!(status.success(), "javac {} failed", source.display());
+    let mut command = Command::new(java);
+    command
+        .arg("-Xmx256m")
+        .arg("-cp")
+        .arg(classes.path())
+        .arg("Loop")
+        .args(["--interval-ms", "20"]);
+    let mut jvm = Workload::spawn_command("loop.java", command).unwrap_or_else(|e| panic!("{e}"));
+    jvm.wait_ready(READY_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    jvm.expect_line("TICK 5");
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let before = vm_flags_of(jvm.pid());
+    assert!(
+        before.iter().any(|a| a.flags.iter().any(|f| f == "nr")),
+        "the JVM reserved nothing with MAP_NORESERVE"
+    );
+    let dump = bins
+        .dump(jvm.pid(), scratch.path(), false)
+        .unwrap_or_else(|e| panic!("{e}"));
+    jvm.wait_exit(LINE_TIMEOUT).expect("crdump killed the JVM");
+    let mut restored = bins
+        .restore("restored loop.java", &dump.image)
+        .unwrap_or_else(|e| panic!("{e}"));
+    restored.expect_line("TICK ");
+    assert_same_vm_flags_of_unchanged_areas(&before, &vm_flags_of(restored.pid()), 80);
+}
+
+fn on_path(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| p.is_file())
 }
 
 /// Run `command` (a loader invocation); it must exit with `code` and one
