@@ -1009,14 +1009,20 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
 }
 
 /// The kernel's limits on the areas the plan will map (with the window it
-/// will run from), then the kernel's support for the area kinds they need;
-/// last, once nothing else can refuse the image, the mm-wide settings.
+/// will run from), then the kernel's support for the area kinds they need.
 fn check_memory(checked: &Checked, caps: u64) -> Result<(), CheckError> {
     let window = crate::plan::WindowLayout::for_input(&checked.input()).size;
     let facts = memlimits::read_facts(caps);
     memlimits::check(checked.vmas, checked.loads, window, &facts)
         .map_err(|error| CheckError::MemoryLimit { error })?;
-    mm_state::probe_kernel(checked.vmas).map_err(|error| CheckError::MmState { error })?;
+    mm_state::probe_kernel(checked.vmas).map_err(|error| CheckError::MmState { error })
+}
+
+/// Set the task's mm-wide memory settings (THP disabled, KSM merging) on
+/// this process, whose mm the task takes over: the loader calls it once
+/// [`check`] passed, before planning. Not part of [`check`], which changes
+/// nothing and may run in another program.
+pub fn apply_mm_settings(checked: &Checked) -> Result<(), CheckError> {
     mm_state::apply_mm(checked.image.process().flags).map_err(|error| CheckError::MmState { error })
 }
 
@@ -1397,6 +1403,28 @@ fn reopen_fd(f: &FdRecord, path: &'static [u8], base: i32) -> Result<i32, CheckE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_file_fd_mode() {
+        use image_format::records::prot;
+        let shared = vma_flags::SHARED | vma_flags::MAYSHARE;
+        // Writable shared: read-write, required.
+        assert_eq!(
+            shared_file_access(shared, prot::READ | prot::WRITE),
+            (true, true)
+        );
+        // Read-only shared of a writable fd: read-write when allowed.
+        assert_eq!(
+            shared_file_access(shared | vma_flags::MAYWRITE, prot::READ),
+            (true, false)
+        );
+        // Read-only fd, or a private mapping: read-only.
+        assert_eq!(shared_file_access(shared, prot::READ), (false, false));
+        assert_eq!(
+            shared_file_access(vma_flags::MAYWRITE, prot::READ | prot::WRITE),
+            (false, false)
+        );
+    }
 
     /// AVX's place in the standard format (CPUID 0xD, 2): 256 bytes at 576.
     fn end(i: u32) -> u32 {

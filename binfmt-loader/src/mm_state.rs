@@ -4,9 +4,9 @@
 //! areas must be mapped writable first so their commit charge
 //! (`VM_ACCOUNT`) is what it was, and the process's THP and KSM settings.
 //!
-//! The mm-wide settings are applied at the end of stage 1 ([`apply_mm`]),
-//! after every check: the mm outlives the plan's teardown, and a kernel
-//! that refuses one is then reported before the point of no return.
+//! The mm-wide settings are applied right after stage 1 ([`apply_mm`]),
+//! once every check passed: the mm outlives the plan's teardown, and a
+//! kernel that refuses one is then reported before the point of no return.
 
 use core::fmt;
 
