@@ -64,12 +64,20 @@ pub fn assert_same_vm_flags(before: &[AreaFlags], after: &[AreaFlags]) {
                 a.flags.join(" ")
             )),
             Some(_) => {}
-            None => report.push(format!("{}\n    gone after the restore", b.header)),
+            None => report.push(format!(
+                "{}\n    gone after the restore (flags {})",
+                b.header,
+                b.flags.join(" ")
+            )),
         }
     }
     for a in after {
         if !before.iter().any(|b| b.header == a.header) {
-            report.push(format!("{}\n    new after the restore", a.header));
+            report.push(format!(
+                "{}\n    new after the restore (flags {})",
+                a.header,
+                a.flags.join(" ")
+            ));
         }
     }
     panic!(
