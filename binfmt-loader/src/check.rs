@@ -336,6 +336,7 @@ impl Checked {
             no_new_privs: self.no_new_privs,
             gadgets: self.gadgets_ok.then_some(g),
             mmap_min_addr: self.mmap_min_addr,
+            mdwe: mm_state::mdwe_bits(self.image.process().flags),
             trampoline: arch::trampoline_code(),
         }
     }
@@ -1015,7 +1016,8 @@ fn check_memory(checked: &Checked, caps: u64) -> Result<(), CheckError> {
     let facts = memlimits::read_facts(caps);
     memlimits::check(checked.vmas, checked.loads, window, &facts)
         .map_err(|error| CheckError::MemoryLimit { error })?;
-    mm_state::probe_kernel(checked.vmas).map_err(|error| CheckError::MmState { error })
+    mm_state::probe_kernel(checked.vmas, checked.image.process().flags)
+        .map_err(|error| CheckError::MmState { error })
 }
 
 /// Set the task's mm-wide memory settings (THP disabled, KSM merging) on

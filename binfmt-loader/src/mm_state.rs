@@ -11,8 +11,8 @@
 use core::fmt;
 
 use image_format::records::{
-    prot, vma_flags, vma_kind, PROCESS_KSM_MERGE_ANY, PROCESS_THP_DISABLED,
-    PROCESS_THP_EXCEPT_ADVISED,
+    prot, vma_flags, vma_kind, PROCESS_KSM_MERGE_ANY, PROCESS_MDWE_NO_INHERIT,
+    PROCESS_MDWE_REFUSE_EXEC_GAIN, PROCESS_THP_DISABLED, PROCESS_THP_EXCEPT_ADVISED,
 };
 
 use crate::plan::TargetVma;
@@ -31,6 +31,27 @@ pub const MLOCK_ONFAULT: u64 = 1;
 const PR_SET_THP_DISABLE: u64 = 41;
 const PR_THP_DISABLE_EXCEPT_ADVISED: u64 = 2;
 const PR_SET_MEMORY_MERGE: u64 = 67;
+/// `PR_SET_MDWE`, `PR_GET_MDWE` and their bits.
+pub const PR_SET_MDWE: u64 = 65;
+const PR_GET_MDWE: u64 = 66;
+const PR_MDWE_REFUSE_EXEC_GAIN: u64 = 1;
+const PR_MDWE_NO_INHERIT: u64 = 2;
+
+/// The `prctl(PR_SET_MDWE)` argument for `ProcessRecord::flags`, 0 for
+/// none. Memory-deny-write-execute forbids making an area executable that
+/// was not, which the plan does while it builds the areas: it is set after
+/// the areas are final (in the plan, not here).
+pub fn mdwe_bits(process_flags: u32) -> u64 {
+    if process_flags & PROCESS_MDWE_REFUSE_EXEC_GAIN == 0 {
+        return 0;
+    }
+    PR_MDWE_REFUSE_EXEC_GAIN
+        | if process_flags & PROCESS_MDWE_NO_INHERIT != 0 {
+            PR_MDWE_NO_INHERIT
+        } else {
+            0
+        }
+}
 
 /// `mmap` flags for `v`, from the plan's choice of `MAP_SHARED`/`MAP_PRIVATE`
 /// and placement flags: `MAP_NORESERVE` when the area had `nr`, and a
@@ -99,8 +120,15 @@ impl fmt::Display for MmStateError {
 
 /// Try on a scratch page each area kind the image needs that an older
 /// kernel (or one built without it) would refuse after the point of no
-/// return.
-pub fn probe_kernel(vmas: &[TargetVma]) -> Result<(), MmStateError> {
+/// return; and that the kernel knows memory-deny-write-execute, if the
+/// task had it.
+pub fn probe_kernel(vmas: &[TargetVma], process_flags: u32) -> Result<(), MmStateError> {
+    if mdwe_bits(process_flags) != 0 {
+        sys::mm::prctl_numbers(PR_GET_MDWE, 0, 0).map_err(|errno| MmStateError {
+            what: "prctl(PR_SET_MDWE)",
+            errno,
+        })?;
+    }
     let any = |bit: u32| vmas.iter().any(|v| v.flags & bit != 0);
     if any(vma_flags::DROPPABLE) {
         sys::mm::probe_anon_page(MAP_DROPPABLE, None).map_err(|errno| MmStateError {

@@ -85,6 +85,7 @@ mod nr {
 const PR_GET_SECUREBITS: u64 = 27;
 const PR_GET_TID_ADDRESS: u64 = 40;
 const PR_GET_THP_DISABLE: u64 = 42;
+const PR_GET_MDWE: u64 = 66;
 const PR_GET_MEMORY_MERGE: u64 = 68;
 /// `RLIM_NLIMITS`.
 const RLIMIT_COUNT: u32 = 16;
@@ -619,11 +620,12 @@ fn ask_thread(
     let clear_child_tid = u64_at(&buf, 0);
     let process = if process_wide {
         let brk = b.syscall(nr::BRK, [0; 6])? as u64;
-        // An error (EINVAL: a kernel without THP or KSM) means the feature
-        // is not there to be turned on.
+        // An error (EINVAL: a kernel without THP, KSM or MDWE) means the
+        // feature is not there to be turned on.
         let mm_flags = vmas::mm_flags(
             b.syscall(nr::PRCTL, [PR_GET_THP_DISABLE, 0, 0, 0, 0, 0])?,
             b.syscall(nr::PRCTL, [PR_GET_MEMORY_MERGE, 0, 0, 0, 0, 0])?,
+            b.syscall(nr::PRCTL, [PR_GET_MDWE, 0, 0, 0, 0, 0])?,
         );
         let securebits = check(
             "prctl(PR_GET_SECUREBITS)",

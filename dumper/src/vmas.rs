@@ -2,8 +2,8 @@
 //! protections, and which of their pages are stored. Pure, unit-tested.
 
 use image_format::records::{
-    prot, vma_flags, vma_kind, PROCESS_KSM_MERGE_ANY, PROCESS_THP_DISABLED,
-    PROCESS_THP_EXCEPT_ADVISED,
+    prot, vma_flags, vma_kind, PROCESS_KSM_MERGE_ANY, PROCESS_MDWE_NO_INHERIT,
+    PROCESS_MDWE_REFUSE_EXEC_GAIN, PROCESS_THP_DISABLED, PROCESS_THP_EXCEPT_ADVISED,
 };
 
 use crate::pages::PagePolicy;
@@ -194,9 +194,10 @@ pub fn flags_of(e: &SmapsEntry) -> u32 {
 
 /// `ProcessRecord::flags` bits of the mm from what the task's
 /// `prctl(PR_GET_THP_DISABLE)` (0, 1, or 3 with
-/// `PR_THP_DISABLE_EXCEPT_ADVISED`) and `prctl(PR_GET_MEMORY_MERGE)`
-/// returned; an error return (a kernel without the feature) sets nothing.
-pub fn mm_flags(thp_disable: i64, merge_any: i64) -> u32 {
+/// `PR_THP_DISABLE_EXCEPT_ADVISED`), `prctl(PR_GET_MEMORY_MERGE)` and
+/// `prctl(PR_GET_MDWE)` (`PR_MDWE_REFUSE_EXEC_GAIN` 1, `PR_MDWE_NO_INHERIT`
+/// 2) returned; an error return (a kernel without the feature) sets nothing.
+pub fn mm_flags(thp_disable: i64, merge_any: i64, mdwe: i64) -> u32 {
     let mut flags = 0;
     if thp_disable > 0 {
         flags |= PROCESS_THP_DISABLED;
@@ -206,6 +207,12 @@ pub fn mm_flags(thp_disable: i64, merge_any: i64) -> u32 {
     }
     if merge_any > 0 {
         flags |= PROCESS_KSM_MERGE_ANY;
+    }
+    if mdwe > 0 && mdwe & 1 != 0 {
+        flags |= PROCESS_MDWE_REFUSE_EXEC_GAIN;
+        if mdwe & 2 != 0 {
+            flags |= PROCESS_MDWE_NO_INHERIT;
+        }
     }
     flags
 }
@@ -265,12 +272,17 @@ mod tests {
 
     #[test]
     fn mm_flags_from_prctl_answers() {
-        assert_eq!(mm_flags(0, 0), 0);
-        assert_eq!(mm_flags(-22, -22), 0);
-        assert_eq!(mm_flags(1, 0), PROCESS_THP_DISABLED);
+        assert_eq!(mm_flags(0, 0, 0), 0);
+        assert_eq!(mm_flags(-22, -22, -22), 0);
+        assert_eq!(mm_flags(1, 0, 0), PROCESS_THP_DISABLED);
         assert_eq!(
-            mm_flags(3, 1),
+            mm_flags(3, 1, 0),
             PROCESS_THP_DISABLED | PROCESS_THP_EXCEPT_ADVISED | PROCESS_KSM_MERGE_ANY
+        );
+        assert_eq!(mm_flags(0, 0, 1), PROCESS_MDWE_REFUSE_EXEC_GAIN);
+        assert_eq!(
+            mm_flags(0, 0, 3),
+            PROCESS_MDWE_REFUSE_EXEC_GAIN | PROCESS_MDWE_NO_INHERIT
         );
     }
 

@@ -103,6 +103,12 @@ pub const PROCESS_THP_EXCEPT_ADVISED: u32 = 1 << 2;
 /// `ProcessRecord::flags`: KSM merges every eligible area of the process
 /// (`prctl(PR_SET_MEMORY_MERGE, 1)`, `ksm_merge_any: yes`).
 pub const PROCESS_KSM_MERGE_ANY: u32 = 1 << 3;
+/// `ProcessRecord::flags`: memory-deny-write-execute was on
+/// (`prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN)`).
+pub const PROCESS_MDWE_REFUSE_EXEC_GAIN: u32 = 1 << 4;
+/// `ProcessRecord::flags`, with [`PROCESS_MDWE_REFUSE_EXEC_GAIN`]: not
+/// inherited by children (`PR_MDWE_NO_INHERIT`).
+pub const PROCESS_MDWE_NO_INHERIT: u32 = 1 << 5;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]

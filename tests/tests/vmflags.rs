@@ -98,6 +98,16 @@ fn thp_disable_is_kept() {
     );
 }
 
+/// Memory-deny-write-execute (`PR_SET_MDWE`) is an mm flag no status line
+/// shows: the victim reads it back and finds a writable page still cannot
+/// be made executable.
+#[test]
+fn memory_deny_write_execute_is_kept() {
+    crimg_tests::skip_unless_root!();
+    let (_before, _restored, pass) = round_trip(&["--mdwe", "--noreserve-gb", "1"]);
+    assert_eq!(pass.get("mdwe"), Some("1"), "{}", pass.line());
+}
+
 /// A file opened read-write and mapped `MAP_SHARED` with `PROT_READ` keeps
 /// `VM_SHARED|VM_MAYWRITE`: after the restore the victim's
 /// `mprotect(PROT_WRITE)` works and its store reaches the file.

@@ -19,11 +19,15 @@
  *   --droppable         a MAP_DROPPABLE area (Linux 6.11+)
  *   --dontfork          an area with MADV_DONTFORK
  *   --wipeonfork        an area with MADV_WIPEONFORK
+ *   --mdwe              prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN); the
+ *                       check reads it back and tries to make a writable
+ *                       page executable, which must fail
  *
  * Output:
  *   READY pid=<pid> sum=0x<checksum of the written pages> <area>=0x<address> ...
  *   on check (SIGUSR2 or the stdin line "check"):
- *   PASS vmflags pid=<pid> areas=<n> [shared_write=ok]   or   FAIL vmflags <reason>
+ *   PASS vmflags pid=<pid> areas=<n> [shared_write=ok] [mdwe=<PR_GET_MDWE>]
+ *   or   FAIL vmflags <reason>
  * The droppable area's pages may be dropped by the kernel at any time: the
  * check accepts zero pages there (but nothing else).
  */
@@ -48,6 +52,11 @@
 #ifndef MLOCK_ONFAULT
 #define MLOCK_ONFAULT 1
 #endif
+#ifndef PR_SET_MDWE
+#define PR_SET_MDWE 65
+#define PR_GET_MDWE 66
+#define PR_MDWE_REFUSE_EXEC_GAIN 1
+#endif
 
 struct area {
 	const char *name;
@@ -63,6 +72,7 @@ static struct area areas[16];
 static size_t nareas;
 static int shared_fd = -1;
 static uint8_t *shared_map;
+static int mdwe;
 static volatile sig_atomic_t check_requested;
 
 static uint64_t seed_of(size_t i)
@@ -148,6 +158,31 @@ static void do_check(void)
 			return;
 		}
 	}
+	if (mdwe) {
+		int now = prctl(PR_GET_MDWE, 0, 0, 0, 0);
+		uint8_t *page = mmap(NULL, PAGE, PROT_READ | PROT_WRITE,
+				     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+		if (page == MAP_FAILED) {
+			say("FAIL vmflags mmap: %m");
+			return;
+		}
+		if (now != PR_MDWE_REFUSE_EXEC_GAIN) {
+			say("FAIL vmflags PR_GET_MDWE is %d, was %d", now,
+			    PR_MDWE_REFUSE_EXEC_GAIN);
+			munmap(page, PAGE);
+			return;
+		}
+		if (!mprotect(page, PAGE, PROT_READ | PROT_EXEC)) {
+			say("FAIL vmflags a writable page was made executable under MDWE");
+			munmap(page, PAGE);
+			return;
+		}
+		munmap(page, PAGE);
+		say("PASS vmflags pid=%d areas=%zu%s mdwe=%d", getpid(), nareas,
+		    shared_map ? " shared_write=ok" : "", now);
+		return;
+	}
 	say("PASS vmflags pid=%d areas=%zu%s", getpid(), nareas,
 	    shared_map ? " shared_write=ok" : "");
 }
@@ -199,6 +234,10 @@ int main(int argc, char **argv)
 			i++;
 			add_area("noreserve", (size_t)gb * GIB,
 				 MAP_PRIVATE | MAP_NORESERVE);
+		} else if (!strcmp(a, "--mdwe")) {
+			if (prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0))
+				die("PR_SET_MDWE");
+			mdwe = 1;
 		} else if (!strcmp(a, "--thp-disable")) {
 			if (prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0))
 				die("PR_SET_THP_DISABLE");
