@@ -198,6 +198,7 @@ pub fn collect(
     // syscall: a task that is not going to be dumped is not touched (a
     // seccomp filter, for one, could kill it for a syscall it never makes).
     process_checks(&mut c, &status, frozen)?;
+    refuse_numa_policies(&mut c)?;
     let fd_states = collect_fds(&mut c)?;
     if status.groups.len() > MAX_GROUPS {
         c.unsupported(format!(
@@ -822,6 +823,21 @@ fn process_checks(
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// Memory policies of single areas (`mbind`) are not restored: refused by
+/// name. `/proc/P/numa_maps` exists only with NUMA support, and without
+/// it there are no policies.
+fn refuse_numa_policies(c: &mut Collector<'_>) -> Result<(), CollectError> {
+    let Ok(text) = c.read_text("numa_maps") else {
+        return Ok(());
+    };
+    for (start, policy) in vmas::numa_policies(&text) {
+        c.unsupported(format!(
+            "the NUMA memory policy `{policy}` (mbind) of the area at {start:#x} is not restored"
+        ))?;
     }
     Ok(())
 }

@@ -145,9 +145,9 @@ pub fn unkept_flag(e: &SmapsEntry) -> Option<String> {
         _ => "",
     };
     Some(if what.is_empty() {
-        format!("a memory area with VmFlags `{flag}`, which crimg does not know")
+        format!("a memory area with VmFlags `{flag}`, unknown to crimg,")
     } else {
-        format!("{what} (VmFlags `{flag}`), which crimg does not restore,")
+        format!("{what} (VmFlags `{flag}`, not restored)")
     })
 }
 
@@ -190,6 +190,21 @@ pub fn flags_of(e: &SmapsEntry) -> u32 {
         flags |= vma_flags::FILE_DELETED;
     }
     flags
+}
+
+/// The areas of `/proc/P/numa_maps` (`start policy details...`) with a
+/// memory policy of their own (`mbind`), which the restore does not set:
+/// `(start, policy)`. Areas under the default policy are not listed.
+pub fn numa_policies(numa_maps: &str) -> Vec<(u64, String)> {
+    numa_maps
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let start = u64::from_str_radix(words.next()?, 16).ok()?;
+            let policy = words.next()?;
+            (policy != "default").then(|| (start, policy.to_owned()))
+        })
+        .collect()
 }
 
 /// `ProcessRecord::flags` bits of the mm from what the task's
@@ -268,6 +283,21 @@ mod tests {
         let mut io = entry("/dev/mem", true, false);
         io.vm_flags = vec!["io".into()];
         assert!(classify(&io).is_err());
+    }
+
+    #[test]
+    fn numa_policies_other_than_default() {
+        let text = "556f164ec000 default file=/usr/bin/cat mapped=2 N0=2 kernelpagesize_kB=4\n\
+                    7f0000000000 bind:0 anon=1 dirty=1 N0=1 kernelpagesize_kB=4\n\
+                    7f0000010000 interleave=static:0-1 anon=2\n";
+        assert_eq!(
+            numa_policies(text),
+            vec![
+                (0x7f00_0000_0000, "bind:0".to_owned()),
+                (0x7f00_0001_0000, "interleave=static:0-1".to_owned())
+            ]
+        );
+        assert!(numa_policies("").is_empty());
     }
 
     #[test]

@@ -225,6 +225,26 @@ fn on_path(program: &str) -> Option<std::path::PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// An area with a NUMA memory policy of its own (`mbind`) is refused by
+/// name at dump time, and the victim runs on as before.
+#[test]
+fn an_area_with_a_numa_policy_is_refused_at_dump_time() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let mut victim = Workload::start("vmflags", ["--mbind"]);
+    let out = scratch.path().join("out");
+    let output = cli::run(bins.crdump_command(victim.pid(), &out, false), LINE_TIMEOUT)
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert!(!output.status.success(), "crdump dumped an mbind area");
+    assert!(
+        output.stderr.contains("mbind") && output.stderr.contains("bind:0"),
+        "{}",
+        output.stderr
+    );
+    victim.expect_pass(CheckTrigger::Stdin);
+}
+
 /// Run `command` (a loader invocation); it must exit with `code` and one
 /// line on stderr after its warnings, which is returned.
 fn expect_refusal(command: Command, code: i32) -> String {

@@ -19,6 +19,7 @@
  *   --droppable         a MAP_DROPPABLE area (Linux 6.11+)
  *   --dontfork          an area with MADV_DONTFORK
  *   --wipeonfork        an area with MADV_WIPEONFORK
+ *   --mbind             an area bound to NUMA node 0 (mbind MPOL_BIND)
  *   --mdwe              prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN); the
  *                       check reads it back and tries to make a writable
  *                       page executable, which must fail
@@ -234,6 +235,15 @@ int main(int argc, char **argv)
 			i++;
 			add_area("noreserve", (size_t)gb * GIB,
 				 MAP_PRIVATE | MAP_NORESERVE);
+		} else if (!strcmp(a, "--mbind")) {
+			struct area *ar = add_area("mbind", AREA_PAGES * PAGE,
+						   MAP_PRIVATE);
+			unsigned long node0 = 1;
+
+			/* MPOL_BIND = 2 */
+			if (syscall(SYS_mbind, ar->addr, ar->len, 2, &node0,
+				    sizeof(node0) * 8, 0))
+				die("mbind");
 		} else if (!strcmp(a, "--mdwe")) {
 			if (prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0))
 				die("PR_SET_MDWE");
