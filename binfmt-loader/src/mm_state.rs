@@ -11,7 +11,8 @@
 use core::fmt;
 
 use image_format::records::{
-    prot, vma_flags, vma_kind, PROCESS_KSM_MERGE_ANY, PROCESS_MDWE_NO_INHERIT,
+    prot, vma_flags, vma_kind, PROCESS_COREDUMP_FILTER_KNOWN, PROCESS_COREDUMP_FILTER_MASK,
+    PROCESS_COREDUMP_FILTER_SHIFT, PROCESS_KSM_MERGE_ANY, PROCESS_MDWE_NO_INHERIT,
     PROCESS_MDWE_REFUSE_EXEC_GAIN, PROCESS_THP_DISABLED, PROCESS_THP_EXCEPT_ADVISED,
 };
 
@@ -147,11 +148,36 @@ pub fn probe_kernel(vmas: &[TargetVma], process_flags: u32) -> Result<(), MmStat
     Ok(())
 }
 
+/// `0x…` text of the coredump filter in `process_flags`, for
+/// `/proc/self/coredump_filter`, into `buf`; `None` when the image does not
+/// know it.
+pub fn coredump_filter_text(process_flags: u32, buf: &mut [u8; 8]) -> Option<&[u8]> {
+    if process_flags & PROCESS_COREDUMP_FILTER_KNOWN == 0 {
+        return None;
+    }
+    let filter = (process_flags & PROCESS_COREDUMP_FILTER_MASK) >> PROCESS_COREDUMP_FILTER_SHIFT;
+    buf[..2].copy_from_slice(b"0x");
+    for (i, slot) in buf[2..5].iter_mut().enumerate() {
+        let nibble = (filter >> (8 - 4 * i)) & 0xf;
+        *slot = b"0123456789abcdef"[nibble as usize];
+    }
+    Some(&buf[..5])
+}
+
 /// The mm-wide settings of `ProcessRecord::flags`, set on this process
-/// (whose mm the task inherits): THP disabled, KSM merging everything.
-/// Settings the task did not have are left as the kernel made them for a
-/// new program.
+/// (whose mm the task inherits): THP disabled, KSM merging everything, the
+/// coredump filter (inherited from the caller otherwise). Settings the task
+/// did not have are left as the kernel made them for a new program.
 pub fn apply_mm(process_flags: u32) -> Result<(), MmStateError> {
+    let mut text = [0u8; 8];
+    if let Some(text) = coredump_filter_text(process_flags, &mut text) {
+        sys::mm::write_own_proc_file(b"/proc/self/coredump_filter", text).map_err(|errno| {
+            MmStateError {
+                what: "writing /proc/self/coredump_filter",
+                errno,
+            }
+        })?;
+    }
     if process_flags & PROCESS_THP_DISABLED != 0 {
         let except = if process_flags & PROCESS_THP_EXCEPT_ADVISED != 0 {
             PR_THP_DISABLE_EXCEPT_ADVISED
@@ -190,6 +216,16 @@ mod tests {
             fd,
             ..TargetVma::default()
         }
+    }
+
+    #[test]
+    fn coredump_filter_as_text() {
+        let mut buf = [0u8; 8];
+        assert_eq!(coredump_filter_text(0, &mut buf), None);
+        let flags = PROCESS_COREDUMP_FILTER_KNOWN | 0x1f3 << PROCESS_COREDUMP_FILTER_SHIFT;
+        assert_eq!(coredump_filter_text(flags, &mut buf), Some(&b"0x1f3"[..]));
+        let flags = PROCESS_COREDUMP_FILTER_KNOWN;
+        assert_eq!(coredump_filter_text(flags, &mut buf), Some(&b"0x000"[..]));
     }
 
     #[test]

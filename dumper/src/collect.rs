@@ -414,7 +414,9 @@ pub fn collect(
             PROCESS_DUMPED_AS_ROOT
         } else {
             0
-        } | process_wide.mm_flags,
+        } | process_wide.mm_flags
+            | c.read_text("coredump_filter")
+                .map_or(0, |t| vmas::coredump_filter_flags(&t)),
         tty_nr: stat.tty_nr,
         page_size: PAGE_SIZE as u32,
         start_time: stat.start_time,

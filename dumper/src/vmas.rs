@@ -2,7 +2,8 @@
 //! protections, and which of their pages are stored. Pure, unit-tested.
 
 use image_format::records::{
-    prot, vma_flags, vma_kind, PROCESS_KSM_MERGE_ANY, PROCESS_MDWE_NO_INHERIT,
+    prot, vma_flags, vma_kind, PROCESS_COREDUMP_FILTER_KNOWN, PROCESS_COREDUMP_FILTER_MASK,
+    PROCESS_COREDUMP_FILTER_SHIFT, PROCESS_KSM_MERGE_ANY, PROCESS_MDWE_NO_INHERIT,
     PROCESS_MDWE_REFUSE_EXEC_GAIN, PROCESS_THP_DISABLED, PROCESS_THP_EXCEPT_ADVISED,
 };
 
@@ -207,6 +208,17 @@ pub fn numa_policies(numa_maps: &str) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// `ProcessRecord::flags` bits for the mm's coredump filter, from the text
+/// of `/proc/P/coredump_filter` (hex); nothing when it cannot be parsed.
+pub fn coredump_filter_flags(text: &str) -> u32 {
+    match u32::from_str_radix(text.trim(), 16) {
+        Ok(filter) if filter <= PROCESS_COREDUMP_FILTER_MASK >> PROCESS_COREDUMP_FILTER_SHIFT => {
+            PROCESS_COREDUMP_FILTER_KNOWN | filter << PROCESS_COREDUMP_FILTER_SHIFT
+        }
+        _ => 0,
+    }
+}
+
 /// `ProcessRecord::flags` bits of the mm from what the task's
 /// `prctl(PR_GET_THP_DISABLE)` (0, 1, or 3 with
 /// `PR_THP_DISABLE_EXCEPT_ADVISED`), `prctl(PR_GET_MEMORY_MERGE)` and
@@ -298,6 +310,20 @@ mod tests {
             ]
         );
         assert!(numa_policies("").is_empty());
+    }
+
+    #[test]
+    fn coredump_filter_into_flags() {
+        assert_eq!(
+            coredump_filter_flags("00000033\n"),
+            PROCESS_COREDUMP_FILTER_KNOWN | 0x33 << 16
+        );
+        assert_eq!(
+            coredump_filter_flags("1ff"),
+            PROCESS_COREDUMP_FILTER_KNOWN | 0x1ff << 16
+        );
+        assert_eq!(coredump_filter_flags("200"), 0);
+        assert_eq!(coredump_filter_flags("x"), 0);
     }
 
     #[test]

@@ -109,6 +109,12 @@ pub const PROCESS_MDWE_REFUSE_EXEC_GAIN: u32 = 1 << 4;
 /// `ProcessRecord::flags`, with [`PROCESS_MDWE_REFUSE_EXEC_GAIN`]: not
 /// inherited by children (`PR_MDWE_NO_INHERIT`).
 pub const PROCESS_MDWE_NO_INHERIT: u32 = 1 << 5;
+/// `ProcessRecord::flags`: bits [`PROCESS_COREDUMP_FILTER_SHIFT`].. hold
+/// the mm's `/proc/P/coredump_filter` (9 bits). Without this bit (images
+/// written before it existed) the filter is unknown and left as it is.
+pub const PROCESS_COREDUMP_FILTER_KNOWN: u32 = 1 << 6;
+pub const PROCESS_COREDUMP_FILTER_SHIFT: u32 = 16;
+pub const PROCESS_COREDUMP_FILTER_MASK: u32 = 0x1ff << PROCESS_COREDUMP_FILTER_SHIFT;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]

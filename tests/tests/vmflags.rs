@@ -27,17 +27,25 @@ struct Before {
     dumped: Dumped,
     flags: Vec<AreaFlags>,
     status: Vec<(String, Option<String>)>,
+    coredump_filter: String,
+}
+
+fn coredump_filter_of(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/coredump_filter"))
+        .unwrap_or_else(|err| panic!("/proc/{pid}/coredump_filter: {err}"))
 }
 
 fn dump_victim(bins: &Binaries, out: &Path, victim: Workload) -> Before {
     let pid = victim.pid();
     let flags = vm_flags_of(pid);
     let status = status_lines(pid, STATUS_KEYS);
+    let coredump_filter = coredump_filter_of(pid);
     let dumped = dump_and_kill(bins, victim, out);
     Before {
         dumped,
         flags,
         status,
+        coredump_filter,
     }
 }
 
@@ -54,6 +62,11 @@ fn restore_and_compare(bins: &Binaries, before: &Before) -> (Workload, Facts) {
         status_lines(pid, STATUS_KEYS),
         before.status,
         "/proc/PID/status after the restore"
+    );
+    assert_eq!(
+        coredump_filter_of(pid),
+        before.coredump_filter,
+        "/proc/PID/coredump_filter after the restore"
     );
     (restored, pass)
 }
@@ -96,6 +109,14 @@ fn thp_disable_is_kept() {
         ("THP_enabled".to_owned(), Some("0".to_owned())),
         "the victim did not disable THP"
     );
+}
+
+/// The mm's coredump filter is the task's, not the caller's.
+#[test]
+fn coredump_filter_is_kept() {
+    crimg_tests::skip_unless_root!();
+    let (before, _restored, _pass) = round_trip(&["--coredump-filter", "7f"]);
+    assert_eq!(before.coredump_filter.trim(), "0000007f");
 }
 
 /// Memory-deny-write-execute (`PR_SET_MDWE`) is an mm flag no status line

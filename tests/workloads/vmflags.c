@@ -19,6 +19,7 @@
  *   --droppable         a MAP_DROPPABLE area (Linux 6.11+)
  *   --dontfork          an area with MADV_DONTFORK
  *   --wipeonfork        an area with MADV_WIPEONFORK
+ *   --coredump-filter H write H (hex) to /proc/self/coredump_filter
  *   --mbind             an area bound to NUMA node 0 (mbind MPOL_BIND)
  *   --mdwe              prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN); the
  *                       check reads it back and tries to make a writable
@@ -235,6 +236,12 @@ int main(int argc, char **argv)
 			i++;
 			add_area("noreserve", (size_t)gb * GIB,
 				 MAP_PRIVATE | MAP_NORESERVE);
+		} else if (!strcmp(a, "--coredump-filter") && v) {
+			FILE *f = fopen("/proc/self/coredump_filter", "w");
+
+			i++;
+			if (!f || fprintf(f, "0x%s\n", v) < 0 || fclose(f))
+				die("write /proc/self/coredump_filter");
 		} else if (!strcmp(a, "--mbind")) {
 			struct area *ar = add_area("mbind", AREA_PAGES * PAGE,
 						   MAP_PRIVATE);

@@ -9,7 +9,24 @@
 //! `prctl(2)` (`PR_SET_THP_DISABLE`, `PR_SET_MEMORY_MERGE`), `mmap(2)`,
 //! `madvise(2)`.
 
-use super::{nr, result, syscall6, Errno, MAP_ANONYMOUS, PROT_READ, PROT_WRITE};
+use super::{nr, result, syscall6, CPath, Errno, MAP_ANONYMOUS, PROT_READ, PROT_WRITE};
+
+/// `O_WRONLY`.
+const O_WRONLY: u32 = 1;
+
+/// Write `text` to a file of this process's own `/proc/self` (a setting of
+/// its mm), in one `write`.
+pub fn write_own_proc_file(path: &[u8], text: &[u8]) -> Result<(), Errno> {
+    let path = CPath::new(path).ok_or(Errno::ENOENT)?;
+    let fd = super::openat(super::AT_FDCWD, &path, O_WRONLY | super::O_CLOEXEC)?;
+    let written = super::write(fd, text);
+    let _ = super::close(fd);
+    match written {
+        Ok(n) if n == text.len() => Ok(()),
+        Ok(_) => Err(Errno::EIO),
+        Err(e) => Err(e),
+    }
+}
 
 /// `prctl(option, a2, a3, 0, 0)` for options that take plain numbers.
 pub fn prctl_numbers(option: u64, a2: u64, a3: u64) -> Result<u64, Errno> {
