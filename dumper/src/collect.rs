@@ -199,6 +199,11 @@ pub fn collect(
     // seccomp filter, for one, could kill it for a syscall it never makes).
     process_checks(&mut c, &status, frozen)?;
     refuse_numa_policies(&mut c)?;
+    if let Some(mask) = status.untag_mask.filter(|&m| m != u64::MAX) {
+        c.unsupported(format!(
+            "tagged addresses (x86 LAM, untag_mask {mask:#x}) are not restored"
+        ))?;
+    }
     let fd_states = collect_fds(&mut c)?;
     if status.groups.len() > MAX_GROUPS {
         c.unsupported(format!(
