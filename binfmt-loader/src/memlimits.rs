@@ -130,14 +130,26 @@ struct Mapped {
     stack: bool,
 }
 
-fn mapped(v: &TargetVma, loads: &[PageLoad]) -> Mapped {
-    let gets_pages = loads.iter().any(|l| {
+/// Some stored pages lie in `v`. `sorted`: the loads are in address order
+/// without overlaps (as the writer makes them), so a binary search does.
+fn gets_pages(v: &TargetVma, loads: &[PageLoad], sorted: bool) -> bool {
+    let overlaps = |l: &PageLoad| {
         (Range {
             start: l.vaddr,
             end: l.vaddr.saturating_add(l.len),
         })
         .overlaps(&v.range())
-    });
+    };
+    if sorted {
+        let i = loads.partition_point(|l| l.vaddr.saturating_add(l.len) <= v.start);
+        loads.get(i).is_some_and(overlaps)
+    } else {
+        loads.iter().any(overlaps)
+    }
+}
+
+fn mapped(v: &TargetVma, loads: &[PageLoad], sorted: bool) -> Mapped {
+    let gets_pages = gets_pages(v, loads, sorted);
     Mapped {
         len: v.end - v.start,
         writable: v.prot & prot::WRITE != 0 || gets_pages || mm_state::write_first(v),
@@ -158,6 +170,9 @@ pub fn check(
     facts: &MemoryFacts,
 ) -> Result<(), LimitError> {
     let mode = facts.overcommit;
+    let sorted = loads
+        .windows(2)
+        .all(|w| w[0].vaddr.saturating_add(w[0].len) <= w[1].vaddr);
     let window = Mapped {
         len: window_bytes,
         writable: true,
@@ -176,7 +191,7 @@ pub fn check(
     let areas = vmas
         .iter()
         .filter(|v| !v.is_special())
-        .map(|v| (v.start, v.flags, mapped(v, loads)))
+        .map(|v| (v.start, v.flags, mapped(v, loads, sorted)))
         .chain([(0, 0, window)]);
     for (start, flags, m) in areas {
         total = total.saturating_add(m.len);
@@ -404,6 +419,26 @@ mod tests {
         let mut shmem = anon(0x1000_0000, 4 * GIB, prot::READ, vma_flags::SHARED);
         shmem.kind = vma_kind::SHARED_ANON;
         assert!(check(&[shmem], &[], 0, &strict).is_err());
+    }
+
+    #[test]
+    fn stored_pages_found_sorted_or_not() {
+        let v = anon(0x10000, 0x10000, prot::READ, 0);
+        let load = |vaddr| PageLoad {
+            vaddr,
+            offset: 0,
+            len: PAGE,
+        };
+        for sorted in [true, false] {
+            assert!(gets_pages(
+                &v,
+                &[load(0x1000), load(0x1f000), load(0x40000)],
+                sorted
+            ));
+            assert!(!gets_pages(&v, &[load(0x1000), load(0x20000)], sorted));
+            assert!(!gets_pages(&v, &[], sorted));
+        }
+        assert!(gets_pages(&v, &[load(0x40000), load(0x10000)], false));
     }
 
     #[test]
