@@ -1016,6 +1016,14 @@ fn check_memory(checked: &Checked, caps: u64) -> Result<(), CheckError> {
     let facts = memlimits::read_facts(caps);
     memlimits::check(checked.vmas, checked.loads, window, &facts)
         .map_err(|error| CheckError::MemoryLimit { error })?;
+    if let Some(errno) = mm_state::thp_advice_refused(checked.vmas) {
+        warn(
+            checked.name,
+            format_args!(
+                "this kernel refuses MADV_HUGEPAGE ({errno}): the task's huge-page advice (VmFlags hg/nh) is not restored"
+            ),
+        );
+    }
     mm_state::probe_kernel(checked.vmas, checked.image.process().flags)
         .map_err(|error| CheckError::MmState { error })
 }

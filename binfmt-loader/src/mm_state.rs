@@ -148,6 +148,23 @@ pub fn probe_kernel(vmas: &[TargetVma], process_flags: u32) -> Result<(), MmStat
     Ok(())
 }
 
+/// `MADV_HUGEPAGE`.
+const MADV_HUGEPAGE: u64 = 14;
+
+/// The plan's THP advice (`MADV_HUGEPAGE`/`MADV_NOHUGEPAGE`) is a hint it
+/// does not check: on a kernel without transparent huge pages it is lost.
+/// Returns the kernel's answer when the image has such advice and this
+/// kernel refuses it, for a warning.
+pub fn thp_advice_refused(vmas: &[TargetVma]) -> Option<Errno> {
+    let advised = vmas
+        .iter()
+        .any(|v| v.flags & (vma_flags::HUGEPAGE | vma_flags::NOHUGEPAGE) != 0);
+    if !advised {
+        return None;
+    }
+    sys::mm::probe_anon_page(sys::MAP_PRIVATE, Some(MADV_HUGEPAGE)).err()
+}
+
 /// `0x…` text of the coredump filter in `process_flags`, for
 /// `/proc/self/coredump_filter`, into `buf`; `None` when the image does not
 /// know it.

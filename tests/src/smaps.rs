@@ -89,10 +89,14 @@ pub fn assert_same_vm_flags(before: &[AreaFlags], after: &[AreaFlags]) {
 /// For a process that keeps running and changing its layout (a JVM): the
 /// areas found unchanged (same header line) after the restore must have
 /// the same flags, and at least `min_percent` of the areas must be found.
+/// `tolerated` areas may differ: a process that runs between the snapshot
+/// and its dump can re-create an area at the same place in the meantime
+/// (a JVM does, for thread guard pages).
 pub fn assert_same_vm_flags_of_unchanged_areas(
     before: &[AreaFlags],
     after: &[AreaFlags],
     min_percent: usize,
+    tolerated: usize,
 ) {
     let common: Vec<(&AreaFlags, &AreaFlags)> = before
         .iter()
@@ -109,7 +113,7 @@ pub fn assert_same_vm_flags_of_unchanged_areas(
         .filter(|(b, a)| b.flags != a.flags)
         .map(|(b, a)| (b.clone(), a.clone()))
         .collect();
-    if !differ.is_empty() {
+    if differ.len() > tolerated {
         let (b, a): (Vec<AreaFlags>, Vec<AreaFlags>) = differ.into_iter().unzip();
         assert_same_vm_flags(&b, &a);
     }

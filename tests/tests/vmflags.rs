@@ -187,7 +187,7 @@ fn python_keeps_every_vm_flag() {
         .restore("restored loop.py", &before.dumped.dump.image)
         .unwrap_or_else(|err| panic!("{err}"));
     restored.expect_line("TICK ");
-    assert_same_vm_flags_of_unchanged_areas(&before.flags, &vm_flags_of(restored.pid()), 80);
+    assert_same_vm_flags_of_unchanged_areas(&before.flags, &vm_flags_of(restored.pid()), 80, 0);
 }
 
 /// A JVM (a large reserved heap, many threads, code cache): the areas
@@ -235,7 +235,10 @@ fn jvm_keeps_the_vm_flags_of_its_areas() {
         .restore("restored loop.java", &dump.image)
         .unwrap_or_else(|e| panic!("{e}"));
     restored.expect_line("TICK ");
-    assert_same_vm_flags_of_unchanged_areas(&before, &vm_flags_of(restored.pid()), 80);
+    // The JVM runs between the snapshot and the dump and re-creates a
+    // guard page now and then; losing a flag (before: `nr` of every glibc
+    // arena) shows in tens of areas.
+    assert_same_vm_flags_of_unchanged_areas(&before, &vm_flags_of(restored.pid()), 80, 3);
 }
 
 fn on_path(program: &str) -> Option<std::path::PathBuf> {
