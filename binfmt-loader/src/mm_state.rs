@@ -79,6 +79,25 @@ pub fn write_first(v: &TargetVma) -> bool {
         && v.prot & prot::WRITE == 0
 }
 
+/// `MADV_POPULATE_WRITE` (Linux 5.14+).
+pub const MADV_POPULATE_WRITE: u64 = 23;
+
+/// For a [`write_first`] anonymous area that receives no stored pages: the
+/// `madvise(MADV_POPULATE_WRITE)` of its first page, made before its
+/// `mprotect`. The kernel drops `VM_ACCOUNT` when an anonymous area that
+/// never faulted (no anon_vma) loses `PROT_WRITE`; one written (zero) page
+/// gives it the anon_vma the task's area had, since its charge survived.
+pub fn charge_op(v: &TargetVma, gets_pages: bool) -> Option<[u64; 6]> {
+    (write_first(v) && !gets_pages && v.fd < 0 && v.end > v.start).then_some([
+        v.start,
+        4096,
+        MADV_POPULATE_WRITE,
+        0,
+        0,
+        0,
+    ])
+}
+
 /// A syscall the plan makes for an area once its pages are in and its
 /// protections final: `(nr, args, name)`; a failure is an error (the stage-1
 /// probes and limit checks make it one the kernel does not return).
@@ -135,6 +154,15 @@ pub fn probe_kernel(vmas: &[TargetVma], process_flags: u32) -> Result<(), MmStat
         sys::mm::probe_anon_page(MAP_DROPPABLE, None).map_err(|errno| MmStateError {
             what: "MAP_DROPPABLE areas",
             errno,
+        })?;
+    }
+    let charged = vmas.iter().any(|v| charge_op(v, false).is_some());
+    if charged {
+        sys::mm::probe_anon_page(sys::MAP_PRIVATE, Some(MADV_POPULATE_WRITE)).map_err(|errno| {
+            MmStateError {
+                what: "MADV_POPULATE_WRITE, needed to keep a read-only area's commit charge",
+                errno,
+            }
         })?;
     }
     if any(vma_flags::MERGEABLE) {
@@ -279,6 +307,18 @@ mod tests {
             prot::READ,
             7
         )));
+    }
+
+    #[test]
+    fn accounted_anonymous_areas_without_pages_get_a_written_page() {
+        let v = vma(vma_flags::ACCOUNT, 0, -1);
+        assert_eq!(
+            charge_op(&v, false).map(|a| (a[0], a[1], a[2])),
+            Some((0x10000, 4096, MADV_POPULATE_WRITE))
+        );
+        assert_eq!(charge_op(&v, true), None);
+        assert_eq!(charge_op(&vma(vma_flags::ACCOUNT, 0, 7), false), None);
+        assert_eq!(charge_op(&vma(0, 0, -1), false), None);
     }
 
     #[test]

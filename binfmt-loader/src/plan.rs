@@ -886,7 +886,16 @@ pub fn build_plan(
         )?;
     }
     for v in input.vmas.iter().filter(|v| !v.is_special()) {
-        let writable_first = vma_gets_pages(input, v) || mm_state::write_first(v);
+        let fill = vma_gets_pages(input, v);
+        if let Some(args) = mm_state::charge_op(v, fill) {
+            b.sys(
+                rule::OK,
+                nr::MADVISE,
+                args,
+                format_args!("madvise {:#x} MADV_POPULATE_WRITE", v.start),
+            )?;
+        }
+        let writable_first = fill || mm_state::write_first(v);
         if writable_first && v.prot & prot::WRITE == 0 {
             b.sys(
                 rule::OK,

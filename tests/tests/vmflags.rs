@@ -145,7 +145,8 @@ fn read_only_shared_mapping_of_a_writable_file_can_be_made_writable() {
 }
 
 /// One area of each kind: locked, locked on fault, mergeable (KSM),
-/// droppable, don't-fork and wipe-on-fork.
+/// droppable, don't-fork and wipe-on-fork, and a PROT_NONE area still
+/// charged to the commit count because it was writable once.
 #[test]
 fn locked_mergeable_droppable_and_fork_flags_are_kept() {
     crimg_tests::skip_unless_root!();
@@ -156,6 +157,7 @@ fn locked_mergeable_droppable_and_fork_flags_are_kept() {
         "--droppable",
         "--dontfork",
         "--wipeonfork",
+        "--was-writable",
     ]);
     let ready = &before.dumped.ready;
     for (area, flag) in [
@@ -165,6 +167,7 @@ fn locked_mergeable_droppable_and_fork_flags_are_kept() {
         ("droppable", "dp"),
         ("dontfork", "dc"),
         ("wipeonfork", "wf"),
+        ("was_writable", "ac"),
     ] {
         let found = area_at(&before.flags, ready.require(area).unwrap());
         assert!(has(found, flag), "{area} has no `{flag}`: {found:?}");

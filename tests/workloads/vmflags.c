@@ -20,6 +20,9 @@
  *   --dontfork          an area with MADV_DONTFORK
  *   --wipeonfork        an area with MADV_WIPEONFORK
  *   --coredump-filter H write H (hex) to /proc/self/coredump_filter
+ *   --was-writable      an area mapped writable, written, emptied
+ *                       (MADV_DONTNEED), then made PROT_NONE: it holds no
+ *                       page but stays charged to the commit count (`ac`)
  *   --mbind             an area bound to NUMA node 0 (mbind MPOL_BIND)
  *   --mdwe              prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN); the
  *                       check reads it back and tries to make a writable
@@ -75,6 +78,7 @@ static size_t nareas;
 static int shared_fd = -1;
 static uint8_t *shared_map;
 static int mdwe;
+static uint8_t *was_writable;
 static volatile sig_atomic_t check_requested;
 
 static uint64_t seed_of(size_t i)
@@ -242,6 +246,18 @@ int main(int argc, char **argv)
 			i++;
 			if (!f || fprintf(f, "0x%s\n", v) < 0 || fclose(f))
 				die("write /proc/self/coredump_filter");
+		} else if (!strcmp(a, "--was-writable")) {
+			was_writable = mmap(NULL, AREA_PAGES * PAGE,
+					    PROT_READ | PROT_WRITE,
+					    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			if (was_writable == MAP_FAILED)
+				die("--was-writable mmap");
+			/* Faulted once, so the kernel keeps its charge (an
+			 * area that never faulted loses it with PROT_WRITE). */
+			was_writable[0] = 1;
+			if (madvise(was_writable, AREA_PAGES * PAGE, MADV_DONTNEED) ||
+			    mprotect(was_writable, AREA_PAGES * PAGE, PROT_NONE))
+				die("--was-writable");
 		} else if (!strcmp(a, "--mbind")) {
 			struct area *ar = add_area("mbind", AREA_PAGES * PAGE,
 						   MAP_PRIVATE);
@@ -310,8 +326,11 @@ int main(int argc, char **argv)
 		n += snprintf(line + n, sizeof(line) - (size_t)n, " %s=%p",
 			      areas[i].name, (void *)areas[i].addr);
 	if (shared_map && n < (int)sizeof(line))
-		snprintf(line + n, sizeof(line) - (size_t)n, " shared_ro=%p",
-			 (void *)shared_map);
+		n += snprintf(line + n, sizeof(line) - (size_t)n, " shared_ro=%p",
+			      (void *)shared_map);
+	if (was_writable && n < (int)sizeof(line))
+		snprintf(line + n, sizeof(line) - (size_t)n, " was_writable=%p",
+			 (void *)was_writable);
 	say("%s", line);
 
 	for (;;) {
