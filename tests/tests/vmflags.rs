@@ -238,10 +238,10 @@ fn jvm_keeps_the_vm_flags_of_its_areas() {
         .restore("restored loop.java", &dump.image)
         .unwrap_or_else(|e| panic!("{e}"));
     restored.expect_line("TICK ");
-    // The JVM runs between the snapshot and the dump and re-creates a
-    // guard page now and then; losing a flag (before: `nr` of every glibc
-    // arena) shows in tens of areas.
-    assert_same_vm_flags_of_unchanged_areas(&before, &vm_flags_of(restored.pid()), 80, 3);
+    // Areas the JVM re-creates (same place, new flags) between the snapshot
+    // and the dump would show here; none were seen in its steady loop (a
+    // guard page that lost `ac` was a real loss, now fixed).
+    assert_same_vm_flags_of_unchanged_areas(&before, &vm_flags_of(restored.pid()), 80, 0);
 }
 
 fn on_path(program: &str) -> Option<std::path::PathBuf> {
