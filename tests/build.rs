@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The workloads written in C; each `workloads/<name>.c` becomes a program.
-const C_WORKLOADS: &[&str] = &["counter", "bigmem"];
+const C_WORKLOADS: &[&str] = &["counter", "bigmem", "vmflags"];
 
 fn main() {
     let manifest_dir =

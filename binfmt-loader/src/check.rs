@@ -20,7 +20,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::creds;
 use crate::maps::{self, MapKind, MapsEntry};
+use crate::memlimits::{self, LimitError};
 use crate::message::{self, Lossy};
+use crate::mm_state::{self, MmStateError};
 use crate::plan::{FdMove, PageLoad, PlanInput, Range, TargetVma, ThreadInput, VdsoBlock};
 use crate::rules::{self, RuleError};
 use crate::sys::{self, startup::Startup, CPath, Errno};
@@ -134,6 +136,14 @@ pub enum CheckError {
     DataLimit {
         error: ValueError,
     },
+    /// The task's memory does not fit this process's or machine's limits.
+    MemoryLimit {
+        error: LimitError,
+    },
+    /// This kernel refuses a kind of area or mm setting the task had.
+    MmState {
+        error: MmStateError,
+    },
 }
 
 impl CheckError {
@@ -158,14 +168,16 @@ impl CheckError {
             CheckError::FileDeleted { .. }
             | CheckError::UnsupportedFd { .. }
             | CheckError::FdAboveLimit { .. }
-            | CheckError::VdsoLayout => ExitCode::Unsupported,
+            | CheckError::VdsoLayout
+            | CheckError::MmState { .. } => ExitCode::Unsupported,
             CheckError::Scratch { .. }
             | CheckError::ProcMaps { .. }
             | CheckError::ProcMapsParse { .. }
             | CheckError::ProcMapsTooLong { .. }
             | CheckError::FdRelocate { .. }
             | CheckError::CapsKept { .. }
-            | CheckError::DataLimit { .. } => ExitCode::Environment,
+            | CheckError::DataLimit { .. }
+            | CheckError::MemoryLimit { .. } => ExitCode::Environment,
         }
     }
 }
@@ -236,6 +248,8 @@ impl fmt::Display for CheckError {
                 f,
                 "the image's credentials must be lowered to its file's owner, but the task would keep this process's capabilities or uid 0 (securebits {securebits:#x}); run it as its owner"
             ),
+            CheckError::MemoryLimit { error } => write!(f, "{error}"),
+            CheckError::MmState { error } => write!(f, "{error}"),
         }
     }
 }
@@ -345,6 +359,7 @@ impl Checked {
             no_new_privs: self.no_new_privs,
             gadgets: self.gadgets_ok.then_some(g),
             mmap_min_addr: self.mmap_min_addr,
+            mdwe: mm_state::mdwe_bits(self.image.process().flags),
             trampoline: arch::trampoline_code(),
         }
     }
@@ -411,7 +426,7 @@ pub fn image_name(startup: &Startup) -> &'static [u8] {
     startup.arg(1).unwrap_or(b"crimg-loader")
 }
 
-fn read_small_file(path: &[u8], buf: &mut [u8]) -> Result<usize, Errno> {
+pub(crate) fn read_small_file(path: &[u8], buf: &mut [u8]) -> Result<usize, Errno> {
     let p = CPath::new(path).ok_or(Errno::ENOENT)?;
     let fd = sys::openat(sys::AT_FDCWD, &p, sys::O_RDONLY | sys::O_CLOEXEC)?;
     let mut n = 0;
@@ -602,9 +617,7 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
                     path,
                 });
             }
-            // A writable shared mapping needs a writable fd.
-            let rw = v.flags & vma_flags::SHARED != 0
-                && v.prot & image_format::records::prot::WRITE != 0;
+            let (rw, must_rw) = shared_file_access(v.flags, v.prot);
             let known = opened[..nopened]
                 .iter()
                 .find(|o| o.dev == v.file.dev && o.ino == v.file.ino && o.rw == u32::from(rw));
@@ -612,7 +625,26 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
                 Some(o) => o.fd,
                 None => {
                     let flags = if rw { sys::O_RDWR } else { sys::O_RDONLY };
-                    let (f, st) = open_typed("mapped file", path, flags, sys::S_IFREG, base)?;
+                    let mut opened_rw = rw;
+                    let (f, st) = match open_typed("mapped file", path, flags, sys::S_IFREG, base) {
+                        // Read-write only for VM_MAYWRITE: what this caller
+                        // may not open so is mapped as it may, and said.
+                        Err(CheckError::FileMissing { errno, .. })
+                            if rw && !must_rw && matches!(errno.0, 1 | 13 | 30) =>
+                        {
+                            warn(
+                                name,
+                                format_args!(
+                                    "{} cannot be opened read-write here ({errno}); its shared mapping at {:#x} is restored without VM_MAYWRITE (mprotect(PROT_WRITE) on it will fail)",
+                                    Lossy(path),
+                                    v.start
+                                ),
+                            );
+                            opened_rw = false;
+                            open_typed("mapped file", path, sys::O_RDONLY, sys::S_IFREG, base)?
+                        }
+                        r => r?,
+                    };
                     if !same_file(&st, &v.file) {
                         return Err(CheckError::FileChanged {
                             what: "mapped file",
@@ -623,7 +655,7 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
                         *slot = OpenedFile {
                             dev: v.file.dev,
                             ino: v.file.ino,
-                            rw: u32::from(rw),
+                            rw: u32::from(opened_rw),
                             fd: f,
                         };
                         nopened += 1;
@@ -662,16 +694,6 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
     }
 
     // What the plan cannot give back as it was, said once each.
-    let locked = vmas
-        .iter()
-        .filter(|v| v.flags & vma_flags::LOCKED != 0)
-        .count();
-    if locked > 0 {
-        warn(
-            name,
-            format_args!("{locked} memory area(s) were locked (mlock); restored unlocked"),
-        );
-    }
     let shared_read_only_private = vmas
         .iter()
         .filter(|v| {
@@ -1006,7 +1028,7 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
     }
     let range_scratch = scratch.take::<Range>(nvmas + nmaps + 4);
 
-    Ok(Checked {
+    let checked = Checked {
         name,
         image,
         image_fd,
@@ -1035,7 +1057,47 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
         gadgets_ok,
         mmap_min_addr,
         range_scratch,
-    })
+    };
+    check_memory(&checked, caps)?;
+    Ok(checked)
+}
+
+/// The kernel's limits on the areas the plan will map (with the window it
+/// will run from), then the kernel's support for the area kinds they need.
+fn check_memory(checked: &Checked, caps: u64) -> Result<(), CheckError> {
+    let window = crate::plan::WindowLayout::for_input(&checked.input()).size;
+    let facts = memlimits::read_facts(caps);
+    memlimits::check(checked.vmas, checked.loads, window, &facts)
+        .map_err(|error| CheckError::MemoryLimit { error })?;
+    if let Some(errno) = mm_state::thp_advice_refused(checked.vmas) {
+        warn(
+            checked.name,
+            format_args!(
+                "this kernel refuses MADV_HUGEPAGE ({errno}): the task's huge-page advice (VmFlags hg/nh) is not restored"
+            ),
+        );
+    }
+    mm_state::probe_kernel(checked.vmas, checked.image.process().flags)
+        .map_err(|error| CheckError::MmState { error })
+}
+
+/// Set the task's mm-wide memory settings (THP disabled, KSM merging) on
+/// this process, whose mm the task takes over: the loader calls it once
+/// [`check`] passed, before planning. Not part of [`check`], which changes
+/// nothing and may run in another program.
+pub fn apply_mm_settings(checked: &Checked) -> Result<(), CheckError> {
+    mm_state::apply_mm(checked.image.process().flags).map_err(|error| CheckError::MmState { error })
+}
+
+/// How a mapped file is opened for area `flags`/`prot`: `(read-write,
+/// read-write required)`. A shared mapping that is writable needs a
+/// writable fd; one that is not, but had `VM_MAYWRITE` (the task's fd was
+/// writable, so it could `mprotect(PROT_WRITE)`), gets one too when this
+/// caller may open the file so.
+pub fn shared_file_access(flags: u32, prot: u32) -> (bool, bool) {
+    let shared = flags & vma_flags::SHARED != 0;
+    let must = shared && prot & image_format::records::prot::WRITE != 0;
+    (must || (shared && flags & vma_flags::MAYWRITE != 0), must)
 }
 
 /// Capability numbers (`linux/capability.h`).
@@ -1391,6 +1453,28 @@ fn reopen_fd(f: &FdRecord, path: &'static [u8], base: i32) -> Result<i32, CheckE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_file_fd_mode() {
+        use image_format::records::prot;
+        let shared = vma_flags::SHARED | vma_flags::MAYSHARE;
+        // Writable shared: read-write, required.
+        assert_eq!(
+            shared_file_access(shared, prot::READ | prot::WRITE),
+            (true, true)
+        );
+        // Read-only shared of a writable fd: read-write when allowed.
+        assert_eq!(
+            shared_file_access(shared | vma_flags::MAYWRITE, prot::READ),
+            (true, false)
+        );
+        // Read-only fd, or a private mapping: read-only.
+        assert_eq!(shared_file_access(shared, prot::READ), (false, false));
+        assert_eq!(
+            shared_file_access(vma_flags::MAYWRITE, prot::READ | prot::WRITE),
+            (false, false)
+        );
+    }
 
     /// AVX's place in the standard format (CPUID 0xD, 2): 256 bytes at 576.
     fn end(i: u32) -> u32 {

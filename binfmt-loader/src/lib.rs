@@ -14,6 +14,11 @@
 //! * [`threads`] — the other threads, created before the point of no
 //!   return so that their tids are held (a taken one is found then).
 //! * [`args`] — the arguments after the image (`--same-ids`).
+//! * [`memlimits`] — stage 1's check of the kernel's memory limits
+//!   (overcommit, `RLIMIT_AS`/`DATA`/`MEMLOCK`) against the task's areas.
+//! * [`mm_state`] — VMA flags beyond mapping and protections (no-reserve,
+//!   droppable, mergeable, locked, commit charge) and the mm-wide THP/KSM
+//!   settings.
 //! * [`run`] — the sequence, and one-line errors with an exit code per class
 //!   ([`ExitCode`]).
 
@@ -27,7 +32,9 @@ pub mod check;
 pub mod creds;
 pub mod frame;
 pub mod maps;
+pub mod memlimits;
 pub mod message;
+pub mod mm_state;
 pub mod plan;
 pub mod rules;
 pub mod run;

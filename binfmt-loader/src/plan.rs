@@ -39,6 +39,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::arch::layout;
 use crate::frame::{self, FramePlace};
+use crate::mm_state;
 use crate::sys::{self, nr};
 
 pub const PAGE: u64 = 4096;
@@ -397,6 +398,8 @@ pub struct PlanInput<'a> {
     pub no_new_privs: bool,
     pub gadgets: Option<GadgetsRecord>,
     pub mmap_min_addr: u64,
+    /// `prctl(PR_SET_MDWE)` bits to set once the areas are final (0: none).
+    pub mdwe: u64,
     pub trampoline: &'a [u8],
 }
 
@@ -884,7 +887,8 @@ pub fn build_plan(
     //    access until they are in.
     for v in input.vmas.iter().filter(|v| !v.is_special()) {
         let fill = vma_gets_pages(input, v);
-        let p = u64::from(v.prot) | if fill { sys::PROT_WRITE } else { 0 };
+        let writable_first = fill || mm_state::write_first(v);
+        let p = u64::from(v.prot) | if writable_first { sys::PROT_WRITE } else { 0 };
         let shared = v.flags & vma_flags::SHARED != 0 || maps_read_only_shared(v, fill);
         let (flags, fd, off) = if v.fd >= 0 {
             (
@@ -908,6 +912,7 @@ pub fn build_plan(
             }
             (f, u64::MAX, 0)
         };
+        let flags = mm_state::mmap_flags(v, flags);
         b.sys(
             rule::EQ,
             nr::MMAP,
@@ -927,7 +932,17 @@ pub fn build_plan(
         )?;
     }
     for v in input.vmas.iter().filter(|v| !v.is_special()) {
-        if vma_gets_pages(input, v) && v.prot & prot::WRITE == 0 {
+        let fill = vma_gets_pages(input, v);
+        if let Some(args) = mm_state::charge_op(v, fill) {
+            b.sys(
+                rule::OK,
+                nr::MADVISE,
+                args,
+                format_args!("madvise {:#x} MADV_POPULATE_WRITE", v.start),
+            )?;
+        }
+        let writable_first = fill || mm_state::write_first(v);
+        if writable_first && v.prot & prot::WRITE == 0 {
             b.sys(
                 rule::OK,
                 nr::MPROTECT,
@@ -942,6 +957,14 @@ pub fn build_plan(
                 nr::MADVISE,
                 [v.start, v.end - v.start, advice, 0, 0, 0],
                 format_args!("madvise {:#x} {name}", v.start),
+            )?;
+        }
+        for (nr, args, name) in mm_state::after_fill_ops(v) {
+            b.sys(
+                rule::OK,
+                nr,
+                args,
+                format_args!("{name} {:#x}-{:#x}", v.start, v.end),
             )?;
         }
     }
@@ -1125,6 +1148,15 @@ pub fn build_plan(
             [0, u64::from(r.resource), a, 0, 0, 0],
             EPERM,
             format_args!("prlimit64 {}", r.resource),
+        )?;
+    }
+    // Memory-deny-write-execute, once no area will be made executable.
+    if input.mdwe != 0 {
+        b.sys(
+            rule::OK,
+            nr::PRCTL,
+            [mm_state::PR_SET_MDWE, input.mdwe, 0, 0, 0, 0],
+            format_args!("prctl PR_SET_MDWE"),
         )?;
     }
 
@@ -2120,6 +2152,7 @@ mod tests {
                 rt_sigreturn: 0x40_2010,
             }),
             mmap_min_addr: 0x10000,
+            mdwe: 0,
             trampoline: crate::arch::trampoline_code(),
         }
     }
@@ -2675,6 +2708,55 @@ mod tests {
                 )));
             }
         }
+    }
+
+    #[test]
+    fn area_flags_and_mdwe_reach_the_plan() {
+        let mut rng = Rng(11);
+        let mut f = fixture(&mut rng);
+        let ordinary = |v: &TargetVma| !v.is_special() && v.fd < 0 && v.kind == vma_kind::ANON;
+        let mut picked = f.vmas.iter_mut().filter(|v| ordinary(v));
+        let reserved = picked.next().expect("an anonymous area");
+        reserved.flags |= vma_flags::NORESERVE | vma_flags::LOCKED;
+        let reserved = reserved.start;
+        let accounted = picked.next().expect("a second anonymous area");
+        accounted.flags |= vma_flags::ACCOUNT;
+        accounted.prot = prot::READ;
+        let accounted = accounted.start;
+        let mut inp = input(&f, true);
+        inp.mdwe = 1;
+        let mut scratch = std::vec![Range::default(); 64];
+        let window = choose_window(&inp, &mut scratch).unwrap();
+        let mut buf = std::vec![0u8; window.len() as usize];
+        build_plan(&inp, window, &mut buf).unwrap();
+        let ops = window_ops(&buf);
+        let mmap_of = |start| {
+            ops.iter()
+                .find(|op| op.nr == nr::MMAP && op.args[0] == start)
+                .expect("an mmap of the area")
+        };
+        assert_ne!(mmap_of(reserved).args[3] & mm_state::MAP_NORESERVE, 0);
+        assert!(ops
+            .iter()
+            .any(|op| op.nr == mm_state::NR_MLOCK && op.args[0] == reserved));
+        // Accounted once, so mapped writable first and then made read-only.
+        assert_ne!(mmap_of(accounted).args[2] & sys::PROT_WRITE, 0);
+        assert!(ops.iter().any(|op| op.nr == nr::MPROTECT
+            && op.args[0] == accounted
+            && op.args[2] == u64::from(prot::READ)));
+        let mdwe = ops
+            .iter()
+            .position(|op| op.nr == nr::PRCTL && op.args[0] == mm_state::PR_SET_MDWE)
+            .expect("a PR_SET_MDWE op");
+        assert_eq!(ops[mdwe].args[1], 1);
+        let last_area_op = ops
+            .iter()
+            .rposition(|op| matches!(op.nr, nr::MMAP | nr::MPROTECT))
+            .unwrap();
+        assert!(
+            mdwe > last_area_op,
+            "PR_SET_MDWE at op {mdwe}, area op at {last_area_op}"
+        );
     }
 
     #[test]

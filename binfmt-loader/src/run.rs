@@ -51,6 +51,10 @@ pub fn run(startup: &Startup) -> ExitCode {
         }
     };
     let name = checked.name;
+    if let Err(e) = check::apply_mm_settings(&checked) {
+        message::report(name, format_args!("{e}"));
+        return e.exit_code();
+    }
     let range_scratch = core::mem::take(&mut checked.range_scratch);
     let input = checked.input();
     let window = match plan::choose_window(&input, range_scratch) {

@@ -82,6 +82,9 @@ mod nr {
 }
 const PR_GET_SECUREBITS: u64 = 27;
 const PR_GET_TID_ADDRESS: u64 = 40;
+const PR_GET_THP_DISABLE: u64 = 42;
+const PR_GET_MDWE: u64 = 66;
+const PR_GET_MEMORY_MERGE: u64 = 68;
 /// `RLIM_NLIMITS`.
 const RLIMIT_COUNT: u32 = 16;
 
@@ -193,6 +196,12 @@ pub fn collect(
     // syscall: a task that is not going to be dumped is not touched (a
     // seccomp filter, for one, could kill it for a syscall it never makes).
     process_checks(&mut c, &status, frozen)?;
+    refuse_numa_policies(&mut c)?;
+    if let Some(mask) = status.untag_mask.filter(|&m| m != u64::MAX) {
+        c.unsupported(format!(
+            "tagged addresses (x86 LAM, untag_mask {mask:#x}) are not restored"
+        ))?;
+    }
     let fd_states = collect_fds(&mut c)?;
     if status.groups.len() > MAX_GROUPS {
         c.unsupported(format!(
@@ -396,7 +405,9 @@ pub fn collect(
             PROCESS_DUMPED_AS_ROOT
         } else {
             0
-        },
+        } | process_wide.mm_flags
+            | c.read_text("coredump_filter")
+                .map_or(0, |t| vmas::coredump_filter_flags(&t)),
         tty_nr: stat.tty_nr,
         page_size: PAGE_SIZE as u32,
         start_time: stat.start_time,
@@ -545,6 +556,8 @@ fn scratch_for(smaps: &[SmapsEntry], rsp: u64) -> Option<u64> {
 
 struct ProcessWide {
     brk: u64,
+    /// `ProcessRecord::flags` bits of the mm (THP, KSM).
+    mm_flags: u32,
     securebits: u32,
     sigactions: Vec<SigactionRecord>,
     itimers: Vec<ItimerRecord>,
@@ -601,6 +614,13 @@ fn ask_thread(
     let clear_child_tid = u64_at(&buf, 0);
     let process = if process_wide {
         let brk = b.syscall(nr::BRK, [0; 6])? as u64;
+        // An error (EINVAL: a kernel without THP, KSM or MDWE) means the
+        // feature is not there to be turned on.
+        let mm_flags = vmas::mm_flags(
+            b.syscall(nr::PRCTL, [PR_GET_THP_DISABLE, 0, 0, 0, 0, 0])?,
+            b.syscall(nr::PRCTL, [PR_GET_MEMORY_MERGE, 0, 0, 0, 0, 0])?,
+            b.syscall(nr::PRCTL, [PR_GET_MDWE, 0, 0, 0, 0, 0])?,
+        );
         let securebits = check(
             "prctl(PR_GET_SECUREBITS)",
             b.syscall(nr::PRCTL, [PR_GET_SECUREBITS, 0, 0, 0, 0, 0])?,
@@ -644,6 +664,7 @@ fn ask_thread(
         }
         Some(ProcessWide {
             brk,
+            mm_flags,
             securebits: securebits as u32,
             sigactions,
             itimers,
@@ -795,6 +816,21 @@ fn process_checks(
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// Memory policies of single areas (`mbind`) are not restored: refused by
+/// name. `/proc/P/numa_maps` exists only with NUMA support, and without
+/// it there are no policies.
+fn refuse_numa_policies(c: &mut Collector<'_>) -> Result<(), CollectError> {
+    let Ok(text) = c.read_text("numa_maps") else {
+        return Ok(());
+    };
+    for (start, policy) in vmas::numa_policies(&text) {
+        c.unsupported(format!(
+            "the NUMA memory policy `{policy}` (mbind) of the area at {start:#x} is not restored"
+        ))?;
     }
     Ok(())
 }

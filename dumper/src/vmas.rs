@@ -1,7 +1,11 @@
 //! Turning smaps entries into the image's VMA records: kind, flags,
 //! protections, and which of their pages are stored. Pure, unit-tested.
 
-use image_format::records::{prot, vma_flags, vma_kind};
+use image_format::records::{
+    prot, vma_flags, vma_kind, PROCESS_COREDUMP_FILTER_KNOWN, PROCESS_COREDUMP_FILTER_MASK,
+    PROCESS_COREDUMP_FILTER_SHIFT, PROCESS_KSM_MERGE_ANY, PROCESS_MDWE_NO_INHERIT,
+    PROCESS_MDWE_REFUSE_EXEC_GAIN, PROCESS_THP_DISABLED, PROCESS_THP_EXCEPT_ADVISED,
+};
 
 use crate::pages::PagePolicy;
 use crate::procfs::smaps::SmapsEntry;
@@ -35,6 +39,11 @@ pub fn classify(e: &SmapsEntry) -> Result<VmaClass, String> {
         }
     };
     let p = e.path.as_str();
+    if !matches!(p, "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]") {
+        if let Some(what) = unkept_flag(e) {
+            return Err(format!("{what} at {:#x}-{:#x} {}", e.start, e.end, e.path));
+        }
+    }
     match p {
         "[heap]" => return class(vma_kind::HEAP, PagePolicy::Anonymous),
         "[stack]" => return class(vma_kind::STACK, PagePolicy::Anonymous),
@@ -105,6 +114,44 @@ pub fn classify(e: &SmapsEntry) -> Result<VmaClass, String> {
     ))
 }
 
+/// `VmFlags` mnemonics the restore gives back: the protections and
+/// may-flags follow from how the area is mapped (`mw` of a shared file from
+/// the fd's mode, `me` from the file's mount), the rest are in
+/// [`flags_of`]'s table.
+const KEPT: &[&str] = &[
+    "rd", "wr", "ex", "sh", "mr", "mw", "me", "ms", "gd", "lo", "sr", "rr", "dc", "lf", "ac", "nr",
+    "wf", "dd", "hg", "nh", "mg", "dp",
+];
+
+/// Mnemonics that are not the task's state: `sd` (soft-dirty) marks every
+/// new area and is only a change-tracking aid.
+const NOT_STATE: &[&str] = &["sd"];
+
+/// The first `VmFlags` bit of `e` that the restore would not give back,
+/// by name, or `None`.
+pub fn unkept_flag(e: &SmapsEntry) -> Option<String> {
+    let flag = e
+        .vm_flags
+        .iter()
+        .find(|f| !KEPT.contains(&f.as_str()) && !NOT_STATE.contains(&f.as_str()))?;
+    let what = match flag.as_str() {
+        "pf" | "io" | "mm" | "ar" => "device memory (VM_IO/VM_PFNMAP/VM_MIXEDMAP)",
+        "de" => "a kernel object's or driver's mapping (VM_DONTEXPAND)",
+        "ht" => "hugetlb memory (VM_HUGETLB)",
+        "sf" => "a MAP_SYNC mapping of a DAX file (VM_SYNC)",
+        "um" | "uw" | "ui" => "an area registered with userfaultfd",
+        "ss" => "a shadow stack (VM_SHADOW_STACK)",
+        "sl" => "sealed memory (mseal, VM_SEALED)",
+        "bt" | "mt" => "arm64 BTI/MTE memory",
+        _ => "",
+    };
+    Some(if what.is_empty() {
+        format!("a memory area with VmFlags `{flag}`, unknown to crimg,")
+    } else {
+        format!("{what} (VmFlags `{flag}`, not restored)")
+    })
+}
+
 /// `VmaRecord::prot` from the permission letters.
 pub fn prot_of(e: &SmapsEntry) -> u32 {
     (if e.read { prot::READ } else { 0 })
@@ -126,6 +173,12 @@ pub fn flags_of(e: &SmapsEntry) -> u32 {
         ("rr", vma_flags::RANDOM),
         ("sr", vma_flags::SEQUENTIAL),
         ("ms", vma_flags::MAYSHARE),
+        ("nr", vma_flags::NORESERVE),
+        ("ac", vma_flags::ACCOUNT),
+        ("lf", vma_flags::LOCKONFAULT),
+        ("mg", vma_flags::MERGEABLE),
+        ("dp", vma_flags::DROPPABLE),
+        ("mw", vma_flags::MAYWRITE),
     ];
     let mut flags = table
         .iter()
@@ -136,6 +189,57 @@ pub fn flags_of(e: &SmapsEntry) -> u32 {
     }
     if e.deleted {
         flags |= vma_flags::FILE_DELETED;
+    }
+    flags
+}
+
+/// The areas of `/proc/P/numa_maps` (`start policy details...`) with a
+/// memory policy of their own (`mbind`), which the restore does not set:
+/// `(start, policy)`. Areas under the default policy are not listed.
+pub fn numa_policies(numa_maps: &str) -> Vec<(u64, String)> {
+    numa_maps
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let start = u64::from_str_radix(words.next()?, 16).ok()?;
+            let policy = words.next()?;
+            (policy != "default").then(|| (start, policy.to_owned()))
+        })
+        .collect()
+}
+
+/// `ProcessRecord::flags` bits for the mm's coredump filter, from the text
+/// of `/proc/P/coredump_filter` (hex); nothing when it cannot be parsed.
+pub fn coredump_filter_flags(text: &str) -> u32 {
+    match u32::from_str_radix(text.trim(), 16) {
+        Ok(filter) if filter <= PROCESS_COREDUMP_FILTER_MASK >> PROCESS_COREDUMP_FILTER_SHIFT => {
+            PROCESS_COREDUMP_FILTER_KNOWN | filter << PROCESS_COREDUMP_FILTER_SHIFT
+        }
+        _ => 0,
+    }
+}
+
+/// `ProcessRecord::flags` bits of the mm from what the task's
+/// `prctl(PR_GET_THP_DISABLE)` (0, 1, or 3 with
+/// `PR_THP_DISABLE_EXCEPT_ADVISED`), `prctl(PR_GET_MEMORY_MERGE)` and
+/// `prctl(PR_GET_MDWE)` (`PR_MDWE_REFUSE_EXEC_GAIN` 1, `PR_MDWE_NO_INHERIT`
+/// 2) returned; an error return (a kernel without the feature) sets nothing.
+pub fn mm_flags(thp_disable: i64, merge_any: i64, mdwe: i64) -> u32 {
+    let mut flags = 0;
+    if thp_disable > 0 {
+        flags |= PROCESS_THP_DISABLED;
+        if thp_disable & 2 != 0 {
+            flags |= PROCESS_THP_EXCEPT_ADVISED;
+        }
+    }
+    if merge_any > 0 {
+        flags |= PROCESS_KSM_MERGE_ANY;
+    }
+    if mdwe > 0 && mdwe & 1 != 0 {
+        flags |= PROCESS_MDWE_REFUSE_EXEC_GAIN;
+        if mdwe & 2 != 0 {
+            flags |= PROCESS_MDWE_NO_INHERIT;
+        }
     }
     flags
 }
@@ -194,6 +298,71 @@ mod tests {
     }
 
     #[test]
+    fn numa_policies_other_than_default() {
+        let text = "556f164ec000 default file=/usr/bin/cat mapped=2 N0=2 kernelpagesize_kB=4\n\
+                    7f0000000000 bind:0 anon=1 dirty=1 N0=1 kernelpagesize_kB=4\n\
+                    7f0000010000 interleave=static:0-1 anon=2\n";
+        assert_eq!(
+            numa_policies(text),
+            vec![
+                (0x7f00_0000_0000, "bind:0".to_owned()),
+                (0x7f00_0001_0000, "interleave=static:0-1".to_owned())
+            ]
+        );
+        assert!(numa_policies("").is_empty());
+    }
+
+    #[test]
+    fn coredump_filter_into_flags() {
+        assert_eq!(
+            coredump_filter_flags("00000033\n"),
+            PROCESS_COREDUMP_FILTER_KNOWN | 0x33 << 16
+        );
+        assert_eq!(
+            coredump_filter_flags("1ff"),
+            PROCESS_COREDUMP_FILTER_KNOWN | 0x1ff << 16
+        );
+        assert_eq!(coredump_filter_flags("200"), 0);
+        assert_eq!(coredump_filter_flags("x"), 0);
+    }
+
+    #[test]
+    fn mm_flags_from_prctl_answers() {
+        assert_eq!(mm_flags(0, 0, 0), 0);
+        assert_eq!(mm_flags(-22, -22, -22), 0);
+        assert_eq!(mm_flags(1, 0, 0), PROCESS_THP_DISABLED);
+        assert_eq!(
+            mm_flags(3, 1, 0),
+            PROCESS_THP_DISABLED | PROCESS_THP_EXCEPT_ADVISED | PROCESS_KSM_MERGE_ANY
+        );
+        assert_eq!(mm_flags(0, 0, 1), PROCESS_MDWE_REFUSE_EXEC_GAIN);
+        assert_eq!(
+            mm_flags(0, 0, 3),
+            PROCESS_MDWE_REFUSE_EXEC_GAIN | PROCESS_MDWE_NO_INHERIT
+        );
+    }
+
+    #[test]
+    fn flags_not_restored_are_refused_by_name() {
+        let with = |path: &str, flags: &[&str]| {
+            let mut e = entry(path, false, false);
+            e.vm_flags = flags.iter().map(|f| (*f).to_owned()).collect();
+            classify(&e)
+        };
+        let ok = [
+            "rd", "wr", "mr", "mw", "me", "ac", "nr", "lo", "lf", "mg", "dp", "sd",
+        ];
+        assert!(with("", &ok).is_ok());
+        let err = with("", &["rd", "uw"]).unwrap_err();
+        assert!(err.contains("userfaultfd") && err.contains("`uw`"), "{err}");
+        assert!(with("[heap]", &["rd", "sl"]).unwrap_err().contains("mseal"));
+        assert!(with("/x", &["rd", "ht"]).unwrap_err().contains("hugetlb"));
+        assert!(with("", &["rd", "zz"]).unwrap_err().contains("`zz`"));
+        // The kernel's own areas carry flags of their own.
+        assert!(with("[vvar]", &["rd", "pf", "io", "de"]).is_ok());
+    }
+
+    #[test]
     fn flags_and_prot() {
         let mut e = entry("", true, false);
         e.read = true;
@@ -203,6 +372,21 @@ mod tests {
         assert_eq!(
             flags_of(&e),
             vma_flags::SHARED | vma_flags::GROWSDOWN | vma_flags::DONTDUMP
+        );
+        e.vm_flags = ["rd", "mw", "nr", "ac", "lo", "lf", "mg", "dp"]
+            .iter()
+            .map(|f| (*f).to_owned())
+            .collect();
+        assert_eq!(
+            flags_of(&e),
+            vma_flags::SHARED
+                | vma_flags::MAYWRITE
+                | vma_flags::NORESERVE
+                | vma_flags::ACCOUNT
+                | vma_flags::LOCKED
+                | vma_flags::LOCKONFAULT
+                | vma_flags::MERGEABLE
+                | vma_flags::DROPPABLE
         );
     }
 }

@@ -93,6 +93,28 @@ const _: () = assert!(core::mem::size_of::<FileId>() == 40);
 
 /// `ProcessRecord::flags`: the dump ran with privileges the restorer may lack.
 pub const PROCESS_DUMPED_AS_ROOT: u32 = 1;
+/// `ProcessRecord::flags`: transparent huge pages were disabled for the
+/// process (`prctl(PR_SET_THP_DISABLE, 1)`, status `THP_enabled: 0`).
+/// Images written before this bit existed never set it.
+pub const PROCESS_THP_DISABLED: u32 = 1 << 1;
+/// `ProcessRecord::flags`, with [`PROCESS_THP_DISABLED`]: disabled except
+/// in areas advised `MADV_HUGEPAGE` (`PR_THP_DISABLE_EXCEPT_ADVISED`).
+pub const PROCESS_THP_EXCEPT_ADVISED: u32 = 1 << 2;
+/// `ProcessRecord::flags`: KSM merges every eligible area of the process
+/// (`prctl(PR_SET_MEMORY_MERGE, 1)`, `ksm_merge_any: yes`).
+pub const PROCESS_KSM_MERGE_ANY: u32 = 1 << 3;
+/// `ProcessRecord::flags`: memory-deny-write-execute was on
+/// (`prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN)`).
+pub const PROCESS_MDWE_REFUSE_EXEC_GAIN: u32 = 1 << 4;
+/// `ProcessRecord::flags`, with [`PROCESS_MDWE_REFUSE_EXEC_GAIN`]: not
+/// inherited by children (`PR_MDWE_NO_INHERIT`).
+pub const PROCESS_MDWE_NO_INHERIT: u32 = 1 << 5;
+/// `ProcessRecord::flags`: bits [`PROCESS_COREDUMP_FILTER_SHIFT`].. hold
+/// the mm's `/proc/P/coredump_filter` (9 bits). Without this bit (images
+/// written before it existed) the filter is unknown and left as it is.
+pub const PROCESS_COREDUMP_FILTER_KNOWN: u32 = 1 << 6;
+pub const PROCESS_COREDUMP_FILTER_SHIFT: u32 = 16;
+pub const PROCESS_COREDUMP_FILTER_MASK: u32 = 0x1ff << PROCESS_COREDUMP_FILTER_SHIFT;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
@@ -295,6 +317,22 @@ pub mod vma_flags {
     /// `/proc/P/maps` showed the mapped file as `(deleted)`.
     pub const FILE_DELETED: u32 = 1 << 10;
     pub const MAYSHARE: u32 = 1 << 11;
+    // The bits below were added after the first images were written; an
+    // older image simply lacks them (and restores as older loaders did).
+    /// `nr` (`VM_NORESERVE`, `MAP_NORESERVE`): no commit charge.
+    pub const NORESERVE: u32 = 1 << 12;
+    /// `ac` (`VM_ACCOUNT`): the area is charged to the commit count (it was
+    /// writable once, even if it is not now).
+    pub const ACCOUNT: u32 = 1 << 13;
+    /// `lf` (`VM_LOCKONFAULT`, `mlock2(MLOCK_ONFAULT)`); with [`LOCKED`].
+    pub const LOCKONFAULT: u32 = 1 << 14;
+    /// `mg` (`VM_MERGEABLE`, `MADV_MERGEABLE`).
+    pub const MERGEABLE: u32 = 1 << 15;
+    /// `dp` (`VM_DROPPABLE`, `MAP_DROPPABLE`, Linux 6.11+).
+    pub const DROPPABLE: u32 = 1 << 16;
+    /// `mw` (`VM_MAYWRITE`): with [`SHARED`] on a file, the task's fd was
+    /// writable, so `mprotect(PROT_WRITE)` works on the area.
+    pub const MAYWRITE: u32 = 1 << 17;
 }
 
 /// `VmaRecord::prot` uses the `PROT_*` values: read 1, write 2, exec 4.

@@ -13,7 +13,9 @@
 //! - [`binfmt`]: [`TestBinfmt`], a binfmt_misc entry for crimg images that
 //!   exists only for the life of a test;
 //! - [`cli`]: running `crdump`, `crimg` and the loader;
-//! - [`privilege`]: [`is_root`] and [`skip_unless_root!`].
+//! - [`privilege`]: [`is_root`] and [`skip_unless_root!`];
+//! - [`smaps`]: the `VmFlags` of every area and `/proc/PID/status` lines,
+//!   compared across a dump and restore.
 //!
 //! The test command builds the whole workspace first, so the binaries exist:
 //! `cargo build --workspace && cargo test --workspace`.
@@ -28,6 +30,7 @@ pub mod paths;
 pub mod privilege;
 pub mod process;
 pub mod roundtrip;
+pub mod smaps;
 mod sys;
 pub mod ticks;
 

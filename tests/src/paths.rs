@@ -26,6 +26,7 @@ pub enum PathsError {
 const COMPILED: &[(&str, &str)] = &[
     ("counter", env!("WORKLOAD_COUNTER")),
     ("bigmem", env!("WORKLOAD_BIGMEM")),
+    ("vmflags", env!("WORKLOAD_VMFLAGS")),
 ];
 
 /// The script workloads, by file name, in `workloads/`.

@@ -12,6 +12,7 @@
 
 use core::arch::asm;
 
+pub mod mm;
 pub mod startup;
 
 /// System call numbers (x86_64).

@@ -1,4 +1,5 @@
-//! `/proc/P/status`: credentials, capabilities, umask, seccomp mode.
+//! `/proc/P/status`: credentials, capabilities, umask, seccomp mode, and
+//! the mm's address-tagging mask.
 
 use super::{fields, parse_dec, parse_hex, parse_oct, ParseError};
 
@@ -21,6 +22,9 @@ pub struct Status {
     pub no_new_privs: u32,
     /// 0 disabled, 1 strict, 2 filter.
     pub seccomp: u32,
+    /// `untag_mask` (x86 LAM): all ones unless the task enabled tagged
+    /// addresses; `None` on kernels that do not show it.
+    pub untag_mask: Option<u64>,
 }
 
 /// Parse `/proc/P/status`.
@@ -45,6 +49,10 @@ pub fn parse(text: &str) -> Result<Status, ParseError> {
             "CapAmb" => s.cap_ambient = parse_hex(FILE, n, value)?,
             "NoNewPrivs" => s.no_new_privs = parse_dec(FILE, n, value)?,
             "Seccomp" => s.seccomp = parse_dec(FILE, n, value)?,
+            "untag_mask" => {
+                let hex = value.strip_prefix("0x").unwrap_or(value);
+                s.untag_mask = Some(parse_hex(FILE, n, hex)?);
+            }
             _ => {}
         }
     }
@@ -79,6 +87,11 @@ mod tests {
         assert_eq!(s.cap_permitted, 0x1ffffffffff);
         assert_eq!(s.cap_effective, 0x1fffeffffff);
         assert_eq!((s.no_new_privs, s.seccomp), (1, 2));
+        assert_eq!(s.untag_mask, None);
+        let lam = parse("untag_mask:\t0xffffffffffffffff\n").unwrap();
+        assert_eq!(lam.untag_mask, Some(u64::MAX));
+        let lam = parse("untag_mask:\t0x807fffffffffffff\n").unwrap();
+        assert_eq!(lam.untag_mask, Some(0x807f_ffff_ffff_ffff));
     }
 
     #[test]

@@ -1,0 +1,347 @@
+//! What a restored area carries beyond its mapping and protections, and the
+//! mm-wide memory settings: how the image's VMA flags become `mmap` flags
+//! and the ops that follow the page fill (`MADV_MERGEABLE`, `mlock`), which
+//! areas must be mapped writable first so their commit charge
+//! (`VM_ACCOUNT`) is what it was, and the process's THP and KSM settings.
+//!
+//! The mm-wide settings are applied right after stage 1 ([`apply_mm`]),
+//! once every check passed: the mm outlives the plan's teardown, and a
+//! kernel that refuses one is then reported before the point of no return.
+
+use core::fmt;
+
+use image_format::records::{
+    prot, vma_flags, vma_kind, PROCESS_COREDUMP_FILTER_KNOWN, PROCESS_COREDUMP_FILTER_MASK,
+    PROCESS_COREDUMP_FILTER_SHIFT, PROCESS_KSM_MERGE_ANY, PROCESS_MDWE_NO_INHERIT,
+    PROCESS_MDWE_REFUSE_EXEC_GAIN, PROCESS_THP_DISABLED, PROCESS_THP_EXCEPT_ADVISED,
+};
+
+use crate::plan::TargetVma;
+use crate::sys::{self, nr, Errno};
+
+/// `MAP_TYPE`, and the `MAP_DROPPABLE` type (Linux 6.11+).
+const MAP_TYPE: u64 = 0x0f;
+pub const MAP_DROPPABLE: u64 = 0x08;
+pub const MAP_NORESERVE: u64 = 0x4000;
+/// `MADV_MERGEABLE`.
+pub const MADV_MERGEABLE: u64 = 12;
+/// `mlock`, `mlock2` and `MLOCK_ONFAULT`.
+pub const NR_MLOCK: u64 = 149;
+pub const NR_MLOCK2: u64 = 325;
+pub const MLOCK_ONFAULT: u64 = 1;
+const PR_SET_THP_DISABLE: u64 = 41;
+const PR_THP_DISABLE_EXCEPT_ADVISED: u64 = 2;
+const PR_SET_MEMORY_MERGE: u64 = 67;
+/// `PR_SET_MDWE`, `PR_GET_MDWE` and their bits.
+pub const PR_SET_MDWE: u64 = 65;
+const PR_GET_MDWE: u64 = 66;
+const PR_MDWE_REFUSE_EXEC_GAIN: u64 = 1;
+const PR_MDWE_NO_INHERIT: u64 = 2;
+
+/// The `prctl(PR_SET_MDWE)` argument for `ProcessRecord::flags`, 0 for
+/// none. Memory-deny-write-execute forbids making an area executable that
+/// was not, which the plan does while it builds the areas: it is set after
+/// the areas are final (in the plan, not here).
+pub fn mdwe_bits(process_flags: u32) -> u64 {
+    if process_flags & PROCESS_MDWE_REFUSE_EXEC_GAIN == 0 {
+        return 0;
+    }
+    PR_MDWE_REFUSE_EXEC_GAIN
+        | if process_flags & PROCESS_MDWE_NO_INHERIT != 0 {
+            PR_MDWE_NO_INHERIT
+        } else {
+            0
+        }
+}
+
+/// `mmap` flags for `v`, from the plan's choice of `MAP_SHARED`/`MAP_PRIVATE`
+/// and placement flags: `MAP_NORESERVE` when the area had `nr`, and a
+/// private anonymous droppable area mapped `MAP_DROPPABLE`.
+pub fn mmap_flags(v: &TargetVma, flags: u64) -> u64 {
+    let mut f = flags;
+    if v.flags & vma_flags::DROPPABLE != 0 && v.fd < 0 && f & MAP_TYPE == sys::MAP_PRIVATE {
+        f = (f & !MAP_TYPE) | MAP_DROPPABLE;
+    }
+    if v.flags & vma_flags::NORESERVE != 0 {
+        f |= MAP_NORESERVE;
+    }
+    f
+}
+
+/// A private area that was charged to the commit count (`ac`) but is not
+/// writable now: mapped writable first and `mprotect`ed to its protections
+/// afterwards, as the task once did, so it is charged again (the kernel
+/// keeps `VM_ACCOUNT` when an area loses `PROT_WRITE`).
+pub fn write_first(v: &TargetVma) -> bool {
+    v.flags & vma_flags::ACCOUNT != 0
+        && v.flags & vma_flags::SHARED == 0
+        && v.kind != vma_kind::SHARED_ANON
+        && v.prot & prot::WRITE == 0
+}
+
+/// `MADV_POPULATE_WRITE` (Linux 5.14+).
+pub const MADV_POPULATE_WRITE: u64 = 23;
+
+/// For a [`write_first`] anonymous area that receives no stored pages: the
+/// `madvise(MADV_POPULATE_WRITE)` of its first page, made before its
+/// `mprotect`. The kernel drops `VM_ACCOUNT` when an anonymous area that
+/// never faulted (no anon_vma) loses `PROT_WRITE`; one written (zero) page
+/// gives it the anon_vma the task's area had, since its charge survived.
+pub fn charge_op(v: &TargetVma, gets_pages: bool) -> Option<[u64; 6]> {
+    (write_first(v) && !gets_pages && v.fd < 0 && v.end > v.start).then_some([
+        v.start,
+        4096,
+        MADV_POPULATE_WRITE,
+        0,
+        0,
+        0,
+    ])
+}
+
+/// A syscall the plan makes for an area once its pages are in and its
+/// protections final: `(nr, args, name)`; a failure is an error (the stage-1
+/// probes and limit checks make it one the kernel does not return).
+pub fn after_fill_ops(v: &TargetVma) -> impl Iterator<Item = (u64, [u64; 6], &'static str)> {
+    let len = v.end - v.start;
+    let merge = (v.flags & vma_flags::MERGEABLE != 0).then_some((
+        nr::MADVISE,
+        [v.start, len, MADV_MERGEABLE, 0, 0, 0],
+        "madvise MADV_MERGEABLE",
+    ));
+    let lock = if v.flags & vma_flags::LOCKONFAULT != 0 {
+        (
+            NR_MLOCK2,
+            [v.start, len, MLOCK_ONFAULT, 0, 0, 0],
+            "mlock2 MLOCK_ONFAULT",
+        )
+    } else {
+        (NR_MLOCK, [v.start, len, 0, 0, 0, 0], "mlock")
+    };
+    let lock = (v.flags & vma_flags::LOCKED != 0).then_some(lock);
+    merge.into_iter().chain(lock)
+}
+
+/// What this kernel refused of the image's memory state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmStateError {
+    pub what: &'static str,
+    pub errno: Errno,
+}
+
+impl fmt::Display for MmStateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "this kernel refuses {} ({}), which the task had; it cannot be restored here",
+            self.what, self.errno
+        )
+    }
+}
+
+/// Try on a scratch page each area kind the image needs that an older
+/// kernel (or one built without it) would refuse after the point of no
+/// return; and that the kernel knows memory-deny-write-execute, if the
+/// task had it.
+pub fn probe_kernel(vmas: &[TargetVma], process_flags: u32) -> Result<(), MmStateError> {
+    if mdwe_bits(process_flags) != 0 {
+        sys::mm::prctl_numbers(PR_GET_MDWE, 0, 0).map_err(|errno| MmStateError {
+            what: "prctl(PR_SET_MDWE)",
+            errno,
+        })?;
+    }
+    let any = |bit: u32| vmas.iter().any(|v| v.flags & bit != 0);
+    if any(vma_flags::DROPPABLE) {
+        sys::mm::probe_anon_page(MAP_DROPPABLE, None).map_err(|errno| MmStateError {
+            what: "MAP_DROPPABLE areas",
+            errno,
+        })?;
+    }
+    let charged = vmas.iter().any(|v| charge_op(v, false).is_some());
+    if charged {
+        sys::mm::probe_anon_page(sys::MAP_PRIVATE, Some(MADV_POPULATE_WRITE)).map_err(|errno| {
+            MmStateError {
+                what: "MADV_POPULATE_WRITE, needed to keep a read-only area's commit charge",
+                errno,
+            }
+        })?;
+    }
+    if any(vma_flags::MERGEABLE) {
+        sys::mm::probe_anon_page(sys::MAP_PRIVATE, Some(MADV_MERGEABLE)).map_err(|errno| {
+            MmStateError {
+                what: "MADV_MERGEABLE (KSM)",
+                errno,
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// `MADV_HUGEPAGE`.
+const MADV_HUGEPAGE: u64 = 14;
+
+/// The plan's THP advice (`MADV_HUGEPAGE`/`MADV_NOHUGEPAGE`) is a hint it
+/// does not check: on a kernel without transparent huge pages it is lost.
+/// Returns the kernel's answer when the image has such advice and this
+/// kernel refuses it, for a warning.
+pub fn thp_advice_refused(vmas: &[TargetVma]) -> Option<Errno> {
+    let advised = vmas
+        .iter()
+        .any(|v| v.flags & (vma_flags::HUGEPAGE | vma_flags::NOHUGEPAGE) != 0);
+    if !advised {
+        return None;
+    }
+    sys::mm::probe_anon_page(sys::MAP_PRIVATE, Some(MADV_HUGEPAGE)).err()
+}
+
+/// `0x…` text of the coredump filter in `process_flags`, for
+/// `/proc/self/coredump_filter`, into `buf`; `None` when the image does not
+/// know it.
+pub fn coredump_filter_text(process_flags: u32, buf: &mut [u8; 8]) -> Option<&[u8]> {
+    if process_flags & PROCESS_COREDUMP_FILTER_KNOWN == 0 {
+        return None;
+    }
+    let filter = (process_flags & PROCESS_COREDUMP_FILTER_MASK) >> PROCESS_COREDUMP_FILTER_SHIFT;
+    buf[..2].copy_from_slice(b"0x");
+    for (i, slot) in buf[2..5].iter_mut().enumerate() {
+        let nibble = (filter >> (8 - 4 * i)) & 0xf;
+        *slot = b"0123456789abcdef"[nibble as usize];
+    }
+    Some(&buf[..5])
+}
+
+/// The mm-wide settings of `ProcessRecord::flags`, set on this process
+/// (whose mm the task inherits): THP disabled, KSM merging everything, the
+/// coredump filter (inherited from the caller otherwise). Settings the task
+/// did not have are left as the kernel made them for a new program.
+pub fn apply_mm(process_flags: u32) -> Result<(), MmStateError> {
+    let mut text = [0u8; 8];
+    if let Some(text) = coredump_filter_text(process_flags, &mut text) {
+        sys::mm::write_own_proc_file(b"/proc/self/coredump_filter", text).map_err(|errno| {
+            MmStateError {
+                what: "writing /proc/self/coredump_filter",
+                errno,
+            }
+        })?;
+    }
+    if process_flags & PROCESS_THP_DISABLED != 0 {
+        let except = if process_flags & PROCESS_THP_EXCEPT_ADVISED != 0 {
+            PR_THP_DISABLE_EXCEPT_ADVISED
+        } else {
+            0
+        };
+        sys::mm::prctl_numbers(PR_SET_THP_DISABLE, 1, except).map_err(|errno| MmStateError {
+            what: "prctl(PR_SET_THP_DISABLE)",
+            errno,
+        })?;
+    }
+    if process_flags & PROCESS_KSM_MERGE_ANY != 0 {
+        sys::mm::prctl_numbers(PR_SET_MEMORY_MERGE, 1, 0).map_err(|errno| MmStateError {
+            what: "prctl(PR_SET_MEMORY_MERGE)",
+            errno,
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vma(flags: u32, prot: u32, fd: i32) -> TargetVma {
+        TargetVma {
+            start: 0x10000,
+            end: 0x30000,
+            prot,
+            flags,
+            kind: if fd >= 0 {
+                vma_kind::FILE
+            } else {
+                vma_kind::ANON
+            },
+            fd,
+            ..TargetVma::default()
+        }
+    }
+
+    #[test]
+    fn coredump_filter_as_text() {
+        let mut buf = [0u8; 8];
+        assert_eq!(coredump_filter_text(0, &mut buf), None);
+        let flags = PROCESS_COREDUMP_FILTER_KNOWN | 0x1f3 << PROCESS_COREDUMP_FILTER_SHIFT;
+        assert_eq!(coredump_filter_text(flags, &mut buf), Some(&b"0x1f3"[..]));
+        let flags = PROCESS_COREDUMP_FILTER_KNOWN;
+        assert_eq!(coredump_filter_text(flags, &mut buf), Some(&b"0x000"[..]));
+    }
+
+    #[test]
+    fn mmap_flags_keep_noreserve_and_droppable() {
+        let base = sys::MAP_PRIVATE | sys::MAP_ANONYMOUS | sys::MAP_FIXED;
+        assert_eq!(mmap_flags(&vma(0, 3, -1), base), base);
+        assert_eq!(
+            mmap_flags(&vma(vma_flags::NORESERVE, 3, -1), base),
+            base | MAP_NORESERVE
+        );
+        let dropped = mmap_flags(
+            &vma(vma_flags::DROPPABLE | vma_flags::NORESERVE, 3, -1),
+            base,
+        );
+        assert_eq!(dropped & MAP_TYPE, MAP_DROPPABLE);
+        assert_eq!(dropped & !MAP_TYPE, (base & !MAP_TYPE) | MAP_NORESERVE);
+        // Only private anonymous memory can be droppable.
+        let shared = sys::MAP_SHARED | sys::MAP_FIXED;
+        assert_eq!(mmap_flags(&vma(vma_flags::DROPPABLE, 1, 5), shared), shared);
+    }
+
+    #[test]
+    fn accounted_read_only_areas_are_mapped_writable_first() {
+        assert!(write_first(&vma(vma_flags::ACCOUNT, prot::READ, -1)));
+        assert!(write_first(&vma(vma_flags::ACCOUNT, 0, 7)));
+        assert!(!write_first(&vma(
+            vma_flags::ACCOUNT,
+            prot::READ | prot::WRITE,
+            -1
+        )));
+        assert!(!write_first(&vma(0, prot::READ, -1)));
+        assert!(!write_first(&vma(
+            vma_flags::ACCOUNT | vma_flags::SHARED,
+            prot::READ,
+            7
+        )));
+    }
+
+    #[test]
+    fn accounted_anonymous_areas_without_pages_get_a_written_page() {
+        let v = vma(vma_flags::ACCOUNT, 0, -1);
+        assert_eq!(
+            charge_op(&v, false).map(|a| (a[0], a[1], a[2])),
+            Some((0x10000, 4096, MADV_POPULATE_WRITE))
+        );
+        assert_eq!(charge_op(&v, true), None);
+        assert_eq!(charge_op(&vma(vma_flags::ACCOUNT, 0, 7), false), None);
+        assert_eq!(charge_op(&vma(0, 0, -1), false), None);
+    }
+
+    #[test]
+    fn mergeable_and_locked_areas_get_their_ops() {
+        let names = |flags| {
+            let mut out = [""; 2];
+            for (slot, (_, _, name)) in out.iter_mut().zip(after_fill_ops(&vma(flags, 3, -1))) {
+                *slot = name;
+            }
+            out
+        };
+        assert_eq!(names(0), ["", ""]);
+        assert_eq!(names(vma_flags::LOCKED), ["mlock", ""]);
+        assert_eq!(
+            names(vma_flags::LOCKED | vma_flags::LOCKONFAULT | vma_flags::MERGEABLE),
+            ["madvise MADV_MERGEABLE", "mlock2 MLOCK_ONFAULT"]
+        );
+        let (nr, args, _) = after_fill_ops(&vma(vma_flags::LOCKED | vma_flags::LOCKONFAULT, 3, -1))
+            .next()
+            .unwrap();
+        assert_eq!(
+            (nr, args[0], args[1], args[2]),
+            (NR_MLOCK2, 0x10000, 0x20000, 1)
+        );
+    }
+}

@@ -1,0 +1,368 @@
+/*
+ * vmflags: memory areas and mm state with the flags a restore must keep
+ * (the kernel's VmFlags in /proc/PID/smaps, THP_enabled in status). Each
+ * option adds one kind of area or mm setting; every area holds a pattern in
+ * a few written pages, checked on request.
+ *
+ * Options:
+ *   --noreserve-gb N    a private anonymous MAP_NORESERVE area of N GiB
+ *                       (more than this machine could commit), with pages
+ *                       written at its start, middle and end
+ *   --thp-disable       prctl(PR_SET_THP_DISABLE, 1)
+ *   --shared-ro FILE    FILE (created, one page) opened read-write and
+ *                       mapped MAP_SHARED with PROT_READ only; the check
+ *                       mprotects it writable, stores through the mapping
+ *                       and reads the store back from the file
+ *   --locked            an mlock()ed area
+ *   --lock-on-fault     an area locked with mlock2(MLOCK_ONFAULT)
+ *   --mergeable         an area with MADV_MERGEABLE
+ *   --droppable         a MAP_DROPPABLE area (Linux 6.11+)
+ *   --dontfork          an area with MADV_DONTFORK
+ *   --wipeonfork        an area with MADV_WIPEONFORK
+ *   --coredump-filter H write H (hex) to /proc/self/coredump_filter
+ *   --was-writable      an area mapped writable, written, emptied
+ *                       (MADV_DONTNEED), then made PROT_NONE: it holds no
+ *                       page but stays charged to the commit count (`ac`)
+ *   --mbind             an area bound to NUMA node 0 (mbind MPOL_BIND)
+ *   --mdwe              prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN); the
+ *                       check reads it back and tries to make a writable
+ *                       page executable, which must fail
+ *
+ * Output:
+ *   READY pid=<pid> sum=0x<checksum of the written pages> <area>=0x<address> ...
+ *   on check (SIGUSR2 or the stdin line "check"):
+ *   PASS vmflags pid=<pid> areas=<n> [shared_write=ok] [mdwe=<PR_GET_MDWE>]
+ *   or   FAIL vmflags <reason>
+ * The droppable area's pages may be dropped by the kernel at any time: the
+ * check accepts zero pages there (but nothing else).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "workload.h"
+
+#define PAGE 4096UL
+#define AREA_PAGES 16UL
+#define GIB (1024UL * 1024 * 1024)
+
+#ifndef MAP_DROPPABLE
+#define MAP_DROPPABLE 0x08
+#endif
+#ifndef MLOCK_ONFAULT
+#define MLOCK_ONFAULT 1
+#endif
+#ifndef PR_SET_MDWE
+#define PR_SET_MDWE 65
+#define PR_GET_MDWE 66
+#define PR_MDWE_REFUSE_EXEC_GAIN 1
+#endif
+
+struct area {
+	const char *name;
+	uint8_t *addr;
+	size_t len;
+	/* Offsets of the written pages, in pages. */
+	size_t written[3];
+	size_t nwritten;
+	int droppable;
+};
+
+static struct area areas[16];
+static size_t nareas;
+static int shared_fd = -1;
+static uint8_t *shared_map;
+static int mdwe;
+static uint8_t *was_writable;
+static volatile sig_atomic_t check_requested;
+
+static uint64_t seed_of(size_t i)
+{
+	return 0x5eed0000ULL + i * 0x1001ULL;
+}
+
+/* Map an area, write its pages, and remember it. */
+static struct area *add_area(const char *name, size_t len, int flags)
+{
+	struct area *a = &areas[nareas];
+	uint8_t *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+			  flags | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		die(name);
+	a->name = name;
+	a->addr = p;
+	a->len = len;
+	a->written[0] = 0;
+	a->written[1] = len / PAGE / 2;
+	a->written[2] = len / PAGE - 1;
+	a->nwritten = 3;
+	for (size_t i = 0; i < a->nwritten; i++)
+		pattern_fill(p + a->written[i] * PAGE, PAGE, seed_of(nareas),
+			     a->written[i] * PAGE / 8);
+	nareas++;
+	return a;
+}
+
+/* Checksum of every written page, area after area. */
+static uint64_t written_sum(void)
+{
+	uint64_t h = 0;
+
+	for (size_t n = 0; n < nareas; n++)
+		for (size_t i = 0; i < areas[n].nwritten; i++)
+			h ^= checksum(areas[n].addr + areas[n].written[i] * PAGE,
+				      PAGE) + n;
+	return h;
+}
+
+static void do_check(void)
+{
+	check_requested = 0;
+	for (size_t n = 0; n < nareas; n++) {
+		struct area *a = &areas[n];
+
+		for (size_t i = 0; i < a->nwritten; i++) {
+			uint8_t *page = a->addr + a->written[i] * PAGE;
+			uint64_t want, got;
+			long off = pattern_find_mismatch(page, PAGE, seed_of(n),
+							 a->written[i] * PAGE / 8,
+							 &want, &got);
+
+			if (off >= 0 && !(a->droppable && find_nonzero(page, PAGE) < 0)) {
+				say("FAIL vmflags area %s page %zu word at 0x%lx: expected 0x%lx found 0x%lx",
+				    a->name, a->written[i], off, want, got);
+				return;
+			}
+		}
+	}
+	if (shared_map) {
+		uint64_t word = 0x5a5a0000ULL + (uint64_t)getpid(), back = 0;
+
+		if (mprotect(shared_map, PAGE, PROT_READ | PROT_WRITE)) {
+			say("FAIL vmflags mprotect(PROT_WRITE) of the read-only shared file mapping: %m");
+			return;
+		}
+		memcpy(shared_map + 8, &word, 8);
+		if (msync(shared_map, PAGE, MS_SYNC)) {
+			say("FAIL vmflags msync of the shared file mapping: %m");
+			return;
+		}
+		if (pread(shared_fd, &back, 8, 8) != 8 || back != word) {
+			say("FAIL vmflags the store through the shared mapping did not reach the file (read 0x%lx, wrote 0x%lx)",
+			    back, word);
+			return;
+		}
+		/* Back as it was: read-only. */
+		if (mprotect(shared_map, PAGE, PROT_READ)) {
+			say("FAIL vmflags mprotect(PROT_READ): %m");
+			return;
+		}
+	}
+	if (mdwe) {
+		int now = prctl(PR_GET_MDWE, 0, 0, 0, 0);
+		uint8_t *page = mmap(NULL, PAGE, PROT_READ | PROT_WRITE,
+				     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+		if (page == MAP_FAILED) {
+			say("FAIL vmflags mmap: %m");
+			return;
+		}
+		if (now != PR_MDWE_REFUSE_EXEC_GAIN) {
+			say("FAIL vmflags PR_GET_MDWE is %d, was %d", now,
+			    PR_MDWE_REFUSE_EXEC_GAIN);
+			munmap(page, PAGE);
+			return;
+		}
+		if (!mprotect(page, PAGE, PROT_READ | PROT_EXEC)) {
+			say("FAIL vmflags a writable page was made executable under MDWE");
+			munmap(page, PAGE);
+			return;
+		}
+		munmap(page, PAGE);
+		say("PASS vmflags pid=%d areas=%zu%s mdwe=%d", getpid(), nareas,
+		    shared_map ? " shared_write=ok" : "", now);
+		return;
+	}
+	say("PASS vmflags pid=%d areas=%zu%s", getpid(), nareas,
+	    shared_map ? " shared_write=ok" : "");
+}
+
+static void on_usr2(int sig, siginfo_t *info, void *ucontext)
+{
+	(void)sig;
+	(void)info;
+	check_requested = 1;
+	redirect_if_in_window(ucontext, crimg_read_window_start,
+			      crimg_read_window_end, crimg_read_eintr);
+}
+
+static void map_shared_read_only(const char *path)
+{
+	uint8_t page[PAGE];
+
+	shared_fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (shared_fd < 0)
+		die("open --shared-ro file");
+	pattern_fill(page, PAGE, 0xf11e, 0);
+	if (pwrite(shared_fd, page, PAGE, 0) != (ssize_t)PAGE)
+		die("write --shared-ro file");
+	shared_map = mmap(NULL, PAGE, PROT_READ, MAP_SHARED, shared_fd, 0);
+	if (shared_map == MAP_FAILED)
+		die("mmap --shared-ro file");
+}
+
+int main(int argc, char **argv)
+{
+	struct sigaction sa;
+	char line[4096];
+	size_t len = 0;
+	int n = 0;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = on_usr2;
+	sa.sa_flags = SA_SIGINFO;
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGUSR2, &sa, NULL))
+		die("sigaction SIGUSR2");
+
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+
+		if (!strcmp(a, "--noreserve-gb")) {
+			long gb = parse_long(a, v);
+
+			i++;
+			add_area("noreserve", (size_t)gb * GIB,
+				 MAP_PRIVATE | MAP_NORESERVE);
+		} else if (!strcmp(a, "--coredump-filter") && v) {
+			FILE *f = fopen("/proc/self/coredump_filter", "w");
+
+			i++;
+			if (!f || fprintf(f, "0x%s\n", v) < 0 || fclose(f))
+				die("write /proc/self/coredump_filter");
+		} else if (!strcmp(a, "--was-writable")) {
+			was_writable = mmap(NULL, AREA_PAGES * PAGE,
+					    PROT_READ | PROT_WRITE,
+					    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			if (was_writable == MAP_FAILED)
+				die("--was-writable mmap");
+			/* Faulted once, so the kernel keeps its charge (an
+			 * area that never faulted loses it with PROT_WRITE). */
+			was_writable[0] = 1;
+			if (madvise(was_writable, AREA_PAGES * PAGE, MADV_DONTNEED) ||
+			    mprotect(was_writable, AREA_PAGES * PAGE, PROT_NONE))
+				die("--was-writable");
+		} else if (!strcmp(a, "--mbind")) {
+			struct area *ar = add_area("mbind", AREA_PAGES * PAGE,
+						   MAP_PRIVATE);
+			unsigned long node0 = 1;
+
+			/* MPOL_BIND = 2 */
+			if (syscall(SYS_mbind, ar->addr, ar->len, 2, &node0,
+				    sizeof(node0) * 8, 0))
+				die("mbind");
+		} else if (!strcmp(a, "--mdwe")) {
+			if (prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0))
+				die("PR_SET_MDWE");
+			mdwe = 1;
+		} else if (!strcmp(a, "--thp-disable")) {
+			if (prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0))
+				die("PR_SET_THP_DISABLE");
+		} else if (!strcmp(a, "--shared-ro") && v) {
+			i++;
+			map_shared_read_only(v);
+		} else if (!strcmp(a, "--locked")) {
+			struct area *ar = add_area("locked", AREA_PAGES * PAGE,
+						   MAP_PRIVATE);
+
+			if (mlock(ar->addr, ar->len))
+				die("mlock");
+		} else if (!strcmp(a, "--lock-on-fault")) {
+			struct area *ar = add_area("lock_on_fault",
+						   AREA_PAGES * PAGE, MAP_PRIVATE);
+
+			if (syscall(SYS_mlock2, ar->addr, ar->len, MLOCK_ONFAULT))
+				die("mlock2 MLOCK_ONFAULT");
+		} else if (!strcmp(a, "--mergeable")) {
+			struct area *ar = add_area("mergeable", AREA_PAGES * PAGE,
+						   MAP_PRIVATE);
+
+			if (madvise(ar->addr, ar->len, MADV_MERGEABLE))
+				die("madvise MADV_MERGEABLE");
+		} else if (!strcmp(a, "--droppable")) {
+			add_area("droppable", AREA_PAGES * PAGE, MAP_DROPPABLE)
+				->droppable = 1;
+		} else if (!strcmp(a, "--dontfork")) {
+			struct area *ar = add_area("dontfork", AREA_PAGES * PAGE,
+						   MAP_PRIVATE);
+
+			if (madvise(ar->addr, ar->len, MADV_DONTFORK))
+				die("madvise MADV_DONTFORK");
+		} else if (!strcmp(a, "--wipeonfork")) {
+			struct area *ar = add_area("wipeonfork", AREA_PAGES * PAGE,
+						   MAP_PRIVATE);
+
+			if (madvise(ar->addr, ar->len, MADV_WIPEONFORK))
+				die("madvise MADV_WIPEONFORK");
+		} else {
+			say("ERROR unknown argument '%s'", a);
+			exit(2);
+		}
+		if (nareas >= sizeof(areas) / sizeof(areas[0]) - 1) {
+			say("ERROR too many areas");
+			exit(2);
+		}
+	}
+
+	n = snprintf(line, sizeof(line), "READY pid=%d sum=0x%lx", getpid(),
+		     written_sum());
+	for (size_t i = 0; i < nareas && n < (int)sizeof(line); i++)
+		n += snprintf(line + n, sizeof(line) - (size_t)n, " %s=%p",
+			      areas[i].name, (void *)areas[i].addr);
+	if (shared_map && n < (int)sizeof(line))
+		n += snprintf(line + n, sizeof(line) - (size_t)n, " shared_ro=%p",
+			      (void *)shared_map);
+	if (was_writable && n < (int)sizeof(line))
+		snprintf(line + n, sizeof(line) - (size_t)n, " was_writable=%p",
+			 (void *)was_writable);
+	say("%s", line);
+
+	for (;;) {
+		ssize_t r = crimg_checked_read(0, line + len,
+					       sizeof(line) - 1 - len,
+					       &check_requested);
+		char *nl;
+
+		if (r == 0) {
+			for (;;) {
+				wait_for_check(&check_requested);
+				if (check_requested)
+					do_check();
+			}
+		}
+		if (r > 0) {
+			len += (size_t)r;
+			line[len] = 0;
+			while ((nl = strchr(line, '\n'))) {
+				*nl = 0;
+				if (!strcmp(line, "check"))
+					do_check();
+				len -= (size_t)(nl + 1 - line);
+				memmove(line, nl + 1, len + 1);
+			}
+			if (len == sizeof(line) - 1)
+				len = 0;
+		} else if (r != -EINTR) {
+			errno = (int)-r;
+			die("read stdin");
+		}
+		if (check_requested)
+			do_check();
+	}
+}
