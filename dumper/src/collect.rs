@@ -23,7 +23,10 @@ use crate::pages::{self, PagePolicy};
 use crate::procfs::{self, smaps::SmapsEntry, ParseError};
 use crate::sys::ptrace::PtraceError;
 use crate::sys::{process, ptrace};
-use crate::{fds, gadgets, regs, vmas, DumpOptions, VmaStat};
+use crate::cancel::cancel_requested;
+use crate::options::DumpOptions;
+use crate::report::VmaStat;
+use crate::{fds, gadgets, regs, vmas};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CollectError {
@@ -144,7 +147,7 @@ impl Collector<'_> {
     }
 
     fn check_cancel(&self) -> Result<(), CollectError> {
-        if crate::cancel_requested() {
+        if cancel_requested() {
             Err(CollectError::Cancelled { pid: self.pid })
         } else {
             Ok(())

@@ -16,102 +16,39 @@
 
 #![deny(unsafe_code)]
 
+pub mod cancel;
 pub mod collect;
 pub mod fds;
 pub mod freeze;
 pub mod gadgets;
 pub mod inject;
-pub mod manifest;
 pub mod memory;
+pub mod options;
 pub mod outdir;
 pub mod pages;
 pub mod procfs;
+pub mod progress;
+pub mod publish;
 pub mod regs;
+pub mod report;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod vmas;
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+pub use cancel::{cancel_requested, request_cancel};
 use collect::CollectError;
 use freeze::{FreezeError, Frozen};
-
-/// What to do besides the default (kill after a complete dump).
-#[derive(Clone, Debug, Default)]
-pub struct DumpOptions {
-    /// Detach and let the process run on instead of killing it.
-    pub leave_running: bool,
-    /// Dump even when some state cannot be kept; what is lost is listed in
-    /// the image's warnings and the report.
-    pub force: bool,
-}
-
-/// Told how far the page copy has got, e.g. to draw a progress bar.
-pub trait Progress {
-    /// `done` of `total` page bytes are written.
-    fn bytes(&mut self, done: u64, total: u64);
-}
-
-/// A [`Progress`] that ignores everything.
-pub struct NoProgress;
-
-impl Progress for NoProgress {
-    fn bytes(&mut self, _done: u64, _total: u64) {}
-}
-
-/// One memory area and how much of it went into the image.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VmaStat {
-    pub start: u64,
-    pub end: u64,
-    /// One of `image_format::records::vma_kind`.
-    pub kind: u32,
-    /// `PROT_*` bits.
-    pub prot: u32,
-    pub path: String,
-    pub stored_pages: u64,
-}
-
-/// Where the time of a dump went.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Phases {
-    pub freeze: Duration,
-    pub collect: Duration,
-    /// Copying pages and writing the image (into the page cache).
-    pub write: Duration,
-    /// Making the image and manifest durable (fsync) and renaming them into
-    /// place: the process is killed only after this.
-    pub sync: Duration,
-}
-
-/// What a successful dump did.
-#[derive(Clone, Debug)]
-pub struct DumpReport {
-    pub pid: i32,
-    pub threads: Vec<i32>,
-    pub image: PathBuf,
-    pub manifest: PathBuf,
-    /// Size of the image file.
-    pub bytes_written: u64,
-    /// Pages whose contents are in the image.
-    pub pages_stored: u64,
-    /// From the start of the freeze to the release.
-    pub duration: Duration,
-    /// How long the process was stopped before the image was complete.
-    pub frozen_for: Duration,
-    /// Time spent freezing, collecting state, and writing the image.
-    pub phases: Phases,
-    pub vmas: Vec<VmaStat>,
-    /// State that could not be kept (only with `force`, plus notes).
-    pub warnings: Vec<String>,
-    /// The process was left running (else it was killed).
-    pub left_running: bool,
-}
+/// `manifest.json`, a format of its own beside the image format.
+pub use image_manifest as manifest;
+pub use options::DumpOptions;
+pub use progress::{NoProgress, Progress};
+use publish::PublishError;
+pub use report::{DumpReport, Phases, VmaStat};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
@@ -153,21 +90,10 @@ pub enum DumpError {
         #[source]
         source: outdir::OutDirError,
     },
+    #[error(transparent)]
+    Publish(PublishError),
     #[error("pid {pid}: dump cancelled; the process was left running")]
     Cancelled { pid: i32 },
-}
-
-static CANCEL: AtomicBool = AtomicBool::new(false);
-
-/// Ask a running dump to stop and detach. Async-signal-safe (one atomic
-/// store): call it from a SIGINT/SIGTERM handler.
-pub fn request_cancel() {
-    CANCEL.store(true, Ordering::SeqCst);
-}
-
-/// Whether [`request_cancel`] was called.
-pub fn cancel_requested() -> bool {
-    CANCEL.load(Ordering::SeqCst)
 }
 
 /// The image file name of process `pid`.
@@ -337,10 +263,6 @@ pub fn dump(
     let t = Instant::now();
 
     let image = out_dir.join(image_name(pid));
-    let io_err = |path: &Path| {
-        let path = path.to_owned();
-        move |source| DumpError::Io { pid, path, source }
-    };
     let mut source = memory::TaskMemory {
         pid,
         mem: &mem,
@@ -360,13 +282,10 @@ pub fn dump(
     let loader_warning = self_check(pid, &image, &file, opts)?;
     phases.write = t.elapsed();
     let t = Instant::now();
-    file.sync_all().map_err(io_err(&image))?;
-    // Images are runnable by their owner (binfmt_misc) and private to them.
-    file.set_permissions(fs::Permissions::from_mode(0o700))
-        .map_err(io_err(&image))?;
-    // Other processes dumped into this directory before stay listed.
-    let manifest = manifest::Manifest::with_process(
-        out_dir,
+    let published = publish::publish(
+        &out,
+        &file,
+        &manifest_file,
         manifest::ManifestProcess {
             pid,
             ppid: state.process.ppid,
@@ -375,21 +294,11 @@ pub fn dump(
             image: image_name(pid),
             threads: frozen.tids().to_vec(),
         },
-    );
-    let manifest_path = out_dir.join(manifest::FILE_NAME);
-    manifest::write_to(&manifest_file, &manifest).map_err(io_err(&manifest_path))?;
-    if cancel_requested() {
-        return Err(DumpError::Cancelled { pid });
-    }
-    // Both files are complete and durable; now they get their names (and
-    // the directory is created if it was missing). Until the release
-    // succeeds, the guard removes them again, so that a failed dump leaves
-    // no new file. An older image or manifest of the same name is replaced
-    // and is not brought back.
-    let image_name = image_name(pid);
-    let published = out
-        .publish(&[(&file, &image_name), (&manifest_file, manifest::FILE_NAME)])
-        .map_err(out_err)?;
+    )
+    .map_err(|e| match e {
+        PublishError::Cancelled { pid } => DumpError::Cancelled { pid },
+        e => DumpError::Publish(e),
+    })?;
     phases.sync = t.elapsed();
     let frozen_for = started.elapsed();
 
@@ -406,7 +315,7 @@ pub fn dump(
         pid,
         threads,
         image,
-        manifest: manifest_path,
+        manifest: out_dir.join(manifest::FILE_NAME),
         bytes_written,
         pages_stored: state
             .pages

@@ -9,7 +9,8 @@ use std::os::unix::fs::FileExt;
 use image_writer::PageSource;
 
 use crate::sys::process;
-use crate::Progress;
+use crate::cancel::cancel_requested;
+use crate::progress::Progress;
 
 /// The page source of one frozen task.
 pub struct TaskMemory<'a> {
@@ -21,7 +22,7 @@ pub struct TaskMemory<'a> {
 
 impl PageSource for TaskMemory<'_> {
     fn read_pages(&mut self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
-        if crate::cancel_requested() {
+        if cancel_requested() {
             return Err(io::Error::new(io::ErrorKind::Interrupted, "dump cancelled"));
         }
         let mut done = 0;

@@ -1,5 +1,15 @@
 //! `manifest.json`: which image belongs to which process, and how the
-//! processes relate. Versioned, written atomically.
+//! processes relate. A format of its own beside the image format (the
+//! dumper writes it, the tree restorer reads it): it names itself
+//! (`format`) and carries its own `version`, which [`Manifest::parse`]
+//! checks before anything else is trusted. The dumper makes it durable and
+//! gives it its name atomically (`dumper::publish`).
+
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -14,6 +24,25 @@ pub const FORMAT: &str = "crimg-manifest";
 pub const VERSION: u32 = 1;
 /// File name of the manifest in the output directory.
 pub const FILE_NAME: &str = "manifest.json";
+
+/// A manifest that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("not a crimg manifest: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("not a crimg manifest (format {found:?}, expected {FORMAT:?})")]
+    Format { found: String },
+    #[error("manifest version {found} is not supported (this reader knows version {VERSION})")]
+    Version { found: u32 },
+}
+
+/// Only the fields that say what a file is, read before the rest: a newer
+/// version may change everything else.
+#[derive(Deserialize)]
+struct Header {
+    format: String,
+    version: u32,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -43,14 +72,38 @@ impl Manifest {
         }
     }
 
+    /// Parse a manifest, refusing another format and another version
+    /// before the processes are decoded.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ManifestError> {
+        let header: Header = serde_json::from_slice(bytes).map_err(ManifestError::Json)?;
+        if header.format != FORMAT {
+            return Err(ManifestError::Format {
+                found: header.format,
+            });
+        }
+        if header.version != VERSION {
+            return Err(ManifestError::Version {
+                found: header.version,
+            });
+        }
+        serde_json::from_slice(bytes).map_err(ManifestError::Json)
+    }
+
+    /// The manifest as written: pretty JSON and a final newline.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serialising plain strings and integers cannot fail.
+        let mut json = serde_json::to_vec_pretty(self).unwrap_or_default();
+        json.push(b'\n');
+        json
+    }
+
     /// The manifest `dir` will have with `process` dumped into it: the
     /// processes an earlier dump listed there (whose images still exist)
     /// and `process`, which replaces an entry for the same pid. A missing,
     /// unreadable or foreign `manifest.json` lists nothing to keep.
     pub fn with_process(dir: &Path, process: ManifestProcess) -> Self {
         let earlier = read_earlier(&dir.join(FILE_NAME))
-            .and_then(|bytes| serde_json::from_slice::<Manifest>(&bytes).ok())
-            .filter(|m| m.format == FORMAT && m.version == VERSION)
+            .and_then(|bytes| Manifest::parse(&bytes).ok())
             .map(|m| m.processes)
             .unwrap_or_default();
         let mut processes: Vec<ManifestProcess> = earlier
@@ -64,13 +117,11 @@ impl Manifest {
 }
 
 /// Write `manifest` into `file` (an anonymous file of the output
-/// directory, see `outdir`) and make it durable; it gets its name only when
+/// directory, see `dumper::outdir`) and make it durable; it gets its name only when
 /// the dump is published, so no name is ever opened for writing.
 pub fn write_to(file: &File, manifest: &Manifest) -> io::Result<()> {
-    let mut json = serde_json::to_vec_pretty(manifest).map_err(io::Error::other)?;
-    json.push(b'\n');
     let mut f = file;
-    f.write_all(&json)?;
+    f.write_all(&manifest.to_bytes())?;
     f.sync_all()
 }
 
@@ -111,6 +162,32 @@ mod tests {
         assert_eq!(v["version"], 1);
         assert_eq!(v["processes"][0]["image"], "task-5.crimg");
         assert_eq!(v["processes"][0]["threads"][1], 6);
+    }
+
+    #[test]
+    fn the_reader_checks_format_and_version() {
+        let m = Manifest::new(vec![]);
+        assert_eq!(Manifest::parse(&m.to_bytes()).unwrap(), m);
+        let mut newer = serde_json::to_value(&m).unwrap();
+        newer["version"] = (VERSION + 1).into();
+        // A newer version may change the processes' shape: not decoded.
+        newer["processes"] = "something else".into();
+        let bytes = serde_json::to_vec(&newer).unwrap();
+        assert!(matches!(
+            Manifest::parse(&bytes),
+            Err(ManifestError::Version { found }) if found == VERSION + 1
+        ));
+        let mut foreign = serde_json::to_value(&m).unwrap();
+        foreign["format"] = "something".into();
+        let bytes = serde_json::to_vec(&foreign).unwrap();
+        assert!(matches!(
+            Manifest::parse(&bytes),
+            Err(ManifestError::Format { .. })
+        ));
+        assert!(matches!(
+            Manifest::parse(b"[1, 2]"),
+            Err(ManifestError::Json(_))
+        ));
     }
 
     #[test]
