@@ -1,0 +1,182 @@
+//! The memory areas: one record per smaps entry (kind, protections, flags,
+//! the file behind it), the loader's gadgets found in the executable file
+//! mappings, scratch memory for injected syscalls, and the pages kept.
+
+use std::path::Path;
+
+use image_format::records::{vma_kind, GadgetsRecord};
+use image_format::PAGE_SIZE;
+use image_writer::model::{PageRun, VmaState};
+
+use super::task::Task;
+use super::{CollectError, Collector};
+use crate::pages::{self, PagePolicy};
+use crate::procfs::smaps::SmapsEntry;
+use crate::report::VmaStat;
+use crate::{gadgets, inject, vmas};
+
+/// The record of every area, and how each is kept (for the pages).
+pub(super) fn memory_areas<T: Task>(
+    c: &mut Collector<'_, T>,
+    smaps: &[SmapsEntry],
+) -> Result<(Vec<VmaState>, Vec<vmas::VmaClass>), CollectError> {
+    let mut vma_states = Vec::with_capacity(smaps.len());
+    let mut classes = Vec::with_capacity(smaps.len());
+    for e in smaps {
+        let class = match vmas::classify(e) {
+            Ok(class) => class,
+            Err(what) => {
+                c.unsupported(what)?;
+                // Forced: keep the area's layout, without contents.
+                vmas::VmaClass {
+                    kind: vma_kind::ANON,
+                    policy: PagePolicy::Nothing,
+                    warning: None,
+                }
+            }
+        };
+        if let Some(w) = &class.warning {
+            c.warnings.push(w.clone());
+        }
+        let mut record = image_format::records::VmaRecord {
+            start: e.start,
+            end: e.end,
+            pgoff: e.offset,
+            prot: vmas::prot_of(e),
+            flags: vmas::flags_of(e),
+            kind: class.kind,
+            ..Default::default()
+        };
+        if class.kind == vma_kind::FILE {
+            // The file as mapped (also when replaced or deleted since), else
+            // by its path.
+            let link = c.proc_path(&format!("map_files/{:x}-{:x}", e.start, e.end));
+            let meta = c
+                .task
+                .metadata(Path::new(&link))
+                .or_else(|_| c.task.metadata(Path::new(&e.path)));
+            match meta {
+                Ok(m) => record.file = m.id,
+                Err(source) => {
+                    return Err(CollectError::Read {
+                        pid: c.pid,
+                        path: e.path.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        vma_states.push(VmaState {
+            record,
+            path: e.path.clone(),
+        });
+        classes.push(class);
+    }
+    Ok((vma_states, classes))
+}
+
+/// Scan the executable file mappings for the loader's gadgets.
+pub(super) fn find_gadgets<T: Task>(
+    c: &Collector<'_, T>,
+    smaps: &[SmapsEntry],
+    classes: &[vmas::VmaClass],
+) -> GadgetsRecord {
+    let mut g = GadgetsRecord::default();
+    for (e, class) in smaps.iter().zip(classes) {
+        if !e.exec || class.kind != vma_kind::FILE {
+            continue;
+        }
+        let Ok(bytes) = c.task.read_mem(e.start, e.end - e.start) else {
+            continue;
+        };
+        if g.syscall_ret == 0 {
+            g.syscall_ret = gadgets::find(&bytes, e.start, gadgets::SYSCALL_RET).unwrap_or(0);
+        }
+        if g.rt_sigreturn == 0 {
+            g.rt_sigreturn = gadgets::find_rt_sigreturn(&bytes, e.start).unwrap_or(0);
+        }
+        if g.syscall_ret != 0 && g.rt_sigreturn != 0 {
+            break;
+        }
+    }
+    g
+}
+
+/// Scratch memory for injected syscalls: below the red zone of the thread's
+/// stack if that is writable private memory, else the start of the first
+/// writable private anonymous area (all threads are stopped, and the bytes
+/// are put back).
+pub(super) fn scratch_for(smaps: &[SmapsEntry], rsp: u64) -> Option<u64> {
+    let usable = |e: &SmapsEntry| {
+        e.write && e.read && !e.shared && (e.path.is_empty() || e.path.starts_with('['))
+    };
+    let below = inject::scratch_below(rsp);
+    let len = inject::SCRATCH_LEN as u64;
+    let fits = |e: &SmapsEntry, a: u64| e.start <= a && a + len <= e.end;
+    if smaps.iter().any(|e| usable(e) && fits(e, below)) {
+        return Some(below);
+    }
+    smaps
+        .iter()
+        .find(|e| usable(e) && e.path != "[vvar]" && e.path != "[vvar_vclock]" && fits(e, e.start))
+        .map(|e| e.start)
+}
+
+/// Choose the stored pages of every VMA from pagemap.
+pub(super) fn select_pages<T: Task>(
+    c: &Collector<'_, T>,
+    smaps: &[SmapsEntry],
+    classes: &[vmas::VmaClass],
+    zero_pfn: Option<u64>,
+) -> Result<(Vec<PageRun>, Vec<VmaStat>), CollectError> {
+    /// Pagemap entries read per call (64 MiB of address space = 128 KiB).
+    const CHUNK_PAGES: usize = 16384;
+    let pagemap_path = c.proc_path("pagemap");
+    let mut runs = Vec::new();
+    let mut stats = Vec::with_capacity(smaps.len());
+    let mut raw = vec![0u8; CHUNK_PAGES * 8];
+    let mut entries = Vec::with_capacity(CHUNK_PAGES);
+    for (e, class) in smaps.iter().zip(classes) {
+        let mut stored = 0;
+        if class.kind == vma_kind::SHARED_ANON {
+            stored = shared_extents(c, e, &mut runs);
+        } else if class.policy != PagePolicy::Nothing && (e.rss_kb > 0 || e.swap_kb > 0) {
+            let mut addr = e.start;
+            while addr < e.end {
+                // At most CHUNK_PAGES, so the count fits.
+                let n = usize::try_from((e.end - addr) / PAGE_SIZE)
+                    .unwrap_or(CHUNK_PAGES)
+                    .min(CHUNK_PAGES);
+                let bytes = &mut raw[..n * 8];
+                c.task
+                    .read_pagemap(addr, bytes)
+                    .map_err(c.read_error(pagemap_path.clone()))?;
+                entries.clear();
+                entries.extend(bytes.chunks_exact(8).map(|b| super::live::u64_at(b, 0)));
+                stored += pages::select(&mut runs, e.start, addr, &entries, class.policy, zero_pfn);
+                addr += entries.len() as u64 * PAGE_SIZE;
+            }
+        }
+        stats.push(VmaStat {
+            start: e.start,
+            end: e.end,
+            kind: class.kind,
+            prot: vmas::prot_of(e),
+            path: e.path.clone(),
+            stored_pages: stored,
+        });
+    }
+    Ok((runs, stats))
+}
+
+/// Shared anonymous memory: the data extents of the shared object (pages
+/// other processes wrote count too, even if not mapped here); the whole area
+/// when the object cannot be opened.
+fn shared_extents<T: Task>(c: &Collector<'_, T>, e: &SmapsEntry, runs: &mut Vec<PageRun>) -> u64 {
+    let link = c.proc_path(&format!("map_files/{:x}-{:x}", e.start, e.end));
+    let limit = e.offset.saturating_add(e.end - e.start);
+    match c.task.data_extents(Path::new(&link), limit) {
+        Ok(extents) => pages::select_extents(runs, e.start, e.end, e.offset, &extents),
+        Err(_) => pages::select_extents(runs, e.start, e.end, e.offset, &[(e.offset, limit)]),
+    }
+}

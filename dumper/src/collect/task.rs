@@ -1,0 +1,120 @@
+//! What collection asks of the OS, behind one narrow trait (youki's
+//! `Syscall` trait is the model): the files of `/proc`, the frozen
+//! threads' registers through ptrace, the syscalls injected into them, and
+//! the task's memory. [`super::live::LiveTask`] answers for a frozen
+//! process; the unit tests answer with a fake, so that the decisions made
+//! on the answers (what is refused, what a thread's registers and masks
+//! become, which areas and pages are kept) are tested without root.
+//!
+//! The trait answers with raw data only; every decision is in the
+//! `collect` steps that call it.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use image_format::elf::UserRegs;
+use image_format::records::{FileId, GadgetsRecord, ItimerRecord, SigactionRecord};
+
+use super::CollectError;
+use crate::sys::ptrace::RseqConfiguration;
+
+/// What `stat(2)` says about a file, as far as collection uses it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileMeta {
+    pub id: FileId,
+    /// `st_mode`.
+    pub mode: u32,
+    /// `st_rdev`.
+    pub rdev: u64,
+}
+
+/// What ptrace says about one frozen thread.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FoundThread {
+    pub regs: UserRegs,
+    /// The `NT_X86_XSTATE` regset.
+    pub xsave: Vec<u8>,
+    /// The blocked mask ptrace shows (a temporary one while the thread
+    /// waits in `ppoll`, `pselect`, `sigsuspend`, …).
+    pub sigmask: u64,
+    pub rseq: RseqConfiguration,
+    /// `get_robust_list`: head and length.
+    pub robust_list: (u64, u64),
+}
+
+/// The process-wide answers, asked in one borrowed thread.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessWide {
+    pub brk: u64,
+    /// `ProcessRecord::flags` bits of the mm (THP, KSM, MDWE).
+    pub mm_flags: u32,
+    pub securebits: u32,
+    pub sigactions: Vec<SigactionRecord>,
+    pub itimers: Vec<ItimerRecord>,
+}
+
+/// What one borrowed thread answered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ThreadAnswers {
+    /// The thread's real blocked mask: under a temporary mask, ptrace shows
+    /// the temporary one.
+    pub original_mask: u64,
+    pub altstack_sp: u64,
+    pub altstack_flags: i32,
+    pub altstack_size: u64,
+    pub clear_child_tid: u64,
+    /// Asked only when requested.
+    pub process: Option<ProcessWide>,
+}
+
+/// The OS as collection sees it: one frozen thread group and the files
+/// that describe it.
+pub trait Task {
+    fn pid(&self) -> i32;
+    /// The frozen threads, the leader first.
+    fn tids(&self) -> &[i32];
+    /// The contents of a file (`/proc/P/...` mostly).
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    fn read_link(&self, path: &Path) -> io::Result<PathBuf>;
+    /// `stat(2)` (following links: the file behind `/proc/P/fd/N`).
+    fn metadata(&self, path: &Path) -> io::Result<FileMeta>;
+    /// The names in a directory.
+    fn dir_names(&self, path: &Path) -> io::Result<Vec<String>>;
+    /// The dumper's effective uid.
+    fn effective_uid(&self) -> u32;
+    /// Whether the dump was asked to stop.
+    fn cancelled(&self) -> bool;
+    /// `len` bytes of the task's memory at `addr`.
+    fn read_mem(&self, addr: u64, len: u64) -> io::Result<Vec<u8>>;
+    /// The raw pagemap entries (8 bytes each) of the pages from `addr`,
+    /// one per 8 bytes of `buf`.
+    fn read_pagemap(&self, addr: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// The data extents (`SEEK_DATA`/`SEEK_HOLE`, file offsets below
+    /// `limit`) of the file behind `path`.
+    fn data_extents(&self, path: &Path, limit: u64) -> io::Result<Vec<(u64, u64)>>;
+    /// Registers and ptrace-visible state of one frozen thread.
+    fn thread(&self, tid: i32) -> Result<FoundThread, CollectError>;
+    /// Get ready to inject syscalls through the task's own `gadgets`;
+    /// refuses when they are not enough.
+    fn prepare_injection(&mut self, gadgets: &GadgetsRecord) -> Result<(), CollectError>;
+    /// Borrow thread `tid` (whose registers are `regs`, with scratch memory
+    /// at `scratch`) for the injected questions, the process-wide ones too
+    /// with `process_wide`, and give it back as it was.
+    fn ask(
+        &mut self,
+        tid: i32,
+        regs: &UserRegs,
+        scratch: u64,
+        process_wide: bool,
+    ) -> Result<ThreadAnswers, CollectError>;
+    /// Copy queued siginfos of `tid` (its own queue, or with `shared` the
+    /// process-wide one) from `offset` into `buf` without dequeuing them;
+    /// returns how many.
+    fn peek_siginfo(
+        &self,
+        tid: i32,
+        offset: u64,
+        shared: bool,
+        buf: &mut [[u8; 128]],
+    ) -> Result<usize, CollectError>;
+}
