@@ -1,0 +1,293 @@
+//! The collection steps on a fake task: each test changes one fixture and
+//! checks the decision that follows from it, so that changing a decision
+//! (which refusal fires, what the restart fix-up and masks record, which
+//! areas and pages are kept) fails here, without root.
+
+use image_format::records::{fd_flags, fd_kind, restart, vma_kind, MAX_GROUPS};
+use image_format::PAGE_SIZE;
+use image_writer::model::PageRun;
+
+use super::fake::{self, FakeTask};
+use super::{collect_from, CollectError, Collected};
+use crate::options::DumpOptions;
+
+const PID: i32 = 4242;
+
+fn run(task: &mut FakeTask, force: bool) -> Result<Collected, CollectError> {
+    let opts = DumpOptions {
+        force,
+        leave_running: false,
+    };
+    collect_from(task, &opts, Some(fake::ZERO_PFN))
+}
+
+fn unsupported(r: Result<Collected, CollectError>) -> String {
+    match r {
+        Err(CollectError::Unsupported { what, .. }) => what,
+        Err(e) => panic!("expected a refusal, got {e}"),
+        Ok(_) => panic!("expected a refusal, got a dump"),
+    }
+}
+
+#[test]
+fn a_sleeping_task_is_collected_whole() {
+    let mut task = FakeTask::sleeping(PID);
+    let c = run(&mut task, false).unwrap();
+    let s = &c.state;
+    assert_eq!(s.process.pid, PID);
+    assert_eq!((s.process.ppid, s.process.pgid, s.process.sid), (1, PID, PID));
+    assert_eq!(s.process.nthreads, 1);
+    assert_eq!(s.process.umask, 0o027);
+    assert_eq!(&s.process.comm[..5], b"fake\0");
+    assert_eq!(s.exe, "/usr/bin/fake");
+    assert_eq!(s.process.exe_id.ino, 1234);
+    assert_eq!(s.process.cwd_id.ino, 99);
+    assert_eq!(s.cwd, "/home/fake");
+    assert_eq!(s.mm.brk, fake::HEAP + 0x3000);
+    assert_eq!(s.mm.start_brk, fake::HEAP);
+    // Cut after AT_NULL.
+    assert_eq!(s.auxv, vec![6, 4096, 0, 0]);
+    assert_eq!(s.creds.uid, [1000; 4]);
+    assert_eq!(s.creds.ngroups, 2);
+    assert_eq!(&s.creds.groups[..3], &[100, 27, 0]);
+    // Every limit, in RLIMIT_* order, `unlimited` as RLIM_INFINITY.
+    assert_eq!(s.rlimits.len(), 16);
+    assert_eq!(
+        (s.rlimits[3].resource, s.rlimits[3].cur, s.rlimits[3].max),
+        (3, 8 << 20, u64::MAX)
+    );
+    assert_eq!((s.rlimits[7].cur, s.rlimits[7].max), (1024, 524_288));
+    assert_eq!(s.sigactions.len(), 1);
+    assert_eq!(s.gadgets.syscall_ret, fake::SYSCALL_RET_AT);
+    assert_eq!(s.gadgets.rt_sigreturn, fake::RT_SIGRETURN_AT);
+    // Injection got the gadgets found, and the one thread was asked the
+    // process-wide questions too.
+    assert_eq!(task.prepared, Some(s.gadgets));
+    assert_eq!(task.asked.len(), 1);
+    assert!(task.asked[0].2);
+    assert_eq!(s.threads[0].record.altstack_size, PID as u64);
+    assert_eq!(s.threads[0].record.altstack_flags, 2);
+    assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    assert_eq!(s.fds.len(), 3);
+    assert_eq!(s.fds[1].record.kind, fd_kind::CHAR);
+}
+
+#[test]
+fn seccomp_in_any_thread_refuses_even_forced_and_nothing_is_injected() {
+    let mut task = FakeTask::sleeping(PID);
+    task.add_thread(PID + 1, fake::nanosleep_regs());
+    task.file(
+        &format!("task/{}/status", PID + 1),
+        fake::status_text(PID, &[], 2),
+    );
+    match run(&mut task, true) {
+        Err(CollectError::Seccomp { tid, mode, .. }) => assert_eq!((tid, mode), (PID + 1, 2)),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a filtered task was dumped"),
+    }
+    assert!(task.asked.is_empty());
+    assert!(task.prepared.is_none());
+}
+
+#[test]
+fn posix_timers_are_refused_unless_forced() {
+    let mut task = FakeTask::sleeping(PID);
+    task.file("timers", "ID: 0\nsignal: 14/0000000000000000\nnotify: signal/pid.4242\nClockID: 1\n");
+    assert!(unsupported(run(&mut task, false)).contains("1 POSIX timer"));
+    assert!(task.asked.is_empty(), "a refused task was borrowed");
+    let c = run(&mut task, true).unwrap();
+    assert!(c.state.warnings.iter().any(|w| w.contains("POSIX timer")));
+}
+
+#[test]
+fn a_missing_timers_file_is_a_warning() {
+    let mut task = FakeTask::sleeping(PID);
+    task.files.remove(&task.path("timers"));
+    let c = run(&mut task, false).unwrap();
+    assert!(c.state.warnings.iter().any(|w| w.contains("cannot check for POSIX timers")));
+}
+
+#[test]
+fn children_and_namespaces_are_warnings() {
+    let mut task = FakeTask::sleeping(PID);
+    task.file(&format!("task/{PID}/children"), "777 778 ");
+    task.link("ns/net", "net:[1]");
+    let c = run(&mut task, false).unwrap();
+    let w = &c.state.warnings;
+    assert!(w.iter().any(|w| w.contains("not part of this image: 777 778")), "{w:?}");
+    assert!(w.iter().any(|w| w.contains("own net namespace")), "{w:?}");
+    assert!(!w.iter().any(|w| w.contains("own pid namespace")), "{w:?}");
+}
+
+#[test]
+fn numa_policies_and_tagged_addresses_are_refused() {
+    let mut task = FakeTask::sleeping(PID);
+    task.file("numa_maps", "00600000 bind:0 anon=1 dirty=1\n00400000 default file=/usr/bin/fake\n");
+    assert!(unsupported(run(&mut task, false)).contains("`bind:0`"));
+    let mut task = FakeTask::sleeping(PID);
+    let status = fake::status_text(PID, &[], 0).replace("0xffffffffffffffff", "0x807fffffffffffff");
+    task.file("status", status);
+    assert!(unsupported(run(&mut task, false)).contains("untag_mask 0x807fffffffffffff"));
+}
+
+#[test]
+fn too_many_groups_are_refused_and_forced_are_cut() {
+    let mut task = FakeTask::sleeping(PID);
+    let groups: Vec<u32> = (1..=70).collect();
+    task.file("status", fake::status_text(PID, &groups, 0));
+    assert!(unsupported(run(&mut task, false)).contains("70 supplementary groups"));
+    let c = run(&mut task, true).unwrap();
+    assert_eq!(c.state.creds.ngroups as usize, MAX_GROUPS);
+    assert_eq!(c.state.creds.groups[MAX_GROUPS - 1], MAX_GROUPS as u32);
+}
+
+#[test]
+fn an_interrupted_syscall_is_stored_to_restart_and_injection_sees_the_real_registers() {
+    let mut task = FakeTask::sleeping(PID);
+    // Frozen in poll(7), which returned -ERESTARTNOHAND.
+    let found = image_format::elf::UserRegs {
+        orig_rax: 7,
+        rax: (-514i64) as u64,
+        ..fake::nanosleep_regs()
+    };
+    task.add_thread(PID, found);
+    // ptrace shows the temporary mask; the borrowed thread tells the real one.
+    task.threads.get_mut(&PID).unwrap().sigmask = !0x100;
+    task.answers.get_mut(&PID).unwrap().original_mask = 0x4000;
+    let c = run(&mut task, false).unwrap();
+    let t = &c.state.threads[0];
+    assert_eq!(t.record.restart, restart::RESTART);
+    assert_eq!(t.regs.rip, found.rip - 2);
+    assert_eq!(t.regs.rax, 7);
+    assert_eq!((t.record.syscall_nr, t.record.syscall_ret), (7, -514));
+    assert_eq!(t.record.sigmask, 0x4000);
+    // The live thread is borrowed as it is, not as it will be restored.
+    assert_eq!(task.asked[0].1, found);
+
+    // -ERESTART_RESTARTBLOCK: the restart state is the kernel's, EINTR.
+    let mut task = FakeTask::sleeping(PID);
+    task.add_thread(
+        PID,
+        image_format::elf::UserRegs {
+            orig_rax: 35,
+            rax: (-516i64) as u64,
+            ..fake::nanosleep_regs()
+        },
+    );
+    let t = &run(&mut task, false).unwrap().state.threads[0];
+    assert_eq!(t.record.restart, restart::EINTR);
+    assert_eq!(t.regs.rax, (-4i64) as u64);
+    assert_eq!(t.regs.rip, fake::nanosleep_regs().rip);
+
+    // A completed syscall is left alone.
+    let mut task = FakeTask::sleeping(PID);
+    let t = &run(&mut task, false).unwrap().state.threads[0];
+    assert_eq!(t.record.restart, restart::NONE);
+    assert_eq!(t.regs, fake::nanosleep_regs());
+}
+
+#[test]
+fn the_process_wide_questions_are_asked_in_one_thread_only() {
+    let mut task = FakeTask::sleeping(PID);
+    task.add_thread(PID + 1, fake::nanosleep_regs());
+    task.add_thread(PID + 2, fake::nanosleep_regs());
+    let c = run(&mut task, false).unwrap();
+    let asked: Vec<(i32, bool)> = task.asked.iter().map(|a| (a.0, a.2)).collect();
+    assert_eq!(asked, vec![(PID, true), (PID + 1, false), (PID + 2, false)]);
+    assert_eq!(c.state.process.nthreads, 3);
+    let sizes: Vec<u64> = c.state.threads.iter().map(|t| t.record.altstack_size).collect();
+    assert_eq!(sizes, vec![PID as u64, PID as u64 + 1, PID as u64 + 2]);
+}
+
+#[test]
+fn a_cancelled_dump_stops_before_any_thread_is_borrowed() {
+    let mut task = FakeTask::sleeping(PID);
+    task.cancelled = true;
+    assert!(matches!(
+        run(&mut task, false),
+        Err(CollectError::Cancelled { pid: PID })
+    ));
+    assert!(task.asked.is_empty());
+}
+
+#[test]
+fn areas_and_pages_kept() {
+    let mut task = FakeTask::sleeping(PID);
+    let c = run(&mut task, false).unwrap();
+    let kinds: Vec<u32> = c.state.vmas.iter().map(|v| v.record.kind).collect();
+    assert_eq!(kinds, vec![vma_kind::FILE, vma_kind::HEAP, vma_kind::STACK]);
+    assert_eq!(c.state.vmas[0].record.file.ino, 1234);
+    assert_eq!(c.state.vmas[0].path, "/usr/bin/fake");
+    // Heap: the written page and the swapped one, not the zero page; the
+    // executable's unmodified page comes from the file.
+    assert_eq!(
+        c.state.pages,
+        vec![
+            PageRun {
+                start: fake::HEAP,
+                len: PAGE_SIZE
+            },
+            PageRun {
+                start: fake::HEAP + 2 * PAGE_SIZE,
+                len: PAGE_SIZE
+            },
+            PageRun {
+                start: fake::STACK_END - PAGE_SIZE,
+                len: PAGE_SIZE
+            },
+        ]
+    );
+    let stored: Vec<u64> = c.vma_stats.iter().map(|s| s.stored_pages).collect();
+    assert_eq!(stored, vec![0, 2, 1]);
+}
+
+#[test]
+fn an_area_that_cannot_be_kept_is_refused_and_forced_kept_without_contents() {
+    let mut task = FakeTask::sleeping(PID);
+    let smaps = String::from_utf8(task.files[&task.path("smaps")].clone()).unwrap()
+        + "7f0000000000-7f0000001000 rw-s 00000000 00:05 77                         /dev/fb0\n\
+           Rss:                   4 kB\nSwap:                  0 kB\nVmFlags: rd wr sh mr mw me ms io pf\n";
+    task.file("smaps", smaps);
+    task.pagemap.insert(0x7f00_0000_0000, crate::pages::PM_PRESENT | 1);
+    assert!(unsupported(run(&mut task, false)).contains("/dev/fb0"));
+    let c = run(&mut task, true).unwrap();
+    let fb = c.state.vmas.last().unwrap();
+    assert_eq!(fb.record.kind, vma_kind::ANON);
+    assert_eq!(c.vma_stats.last().unwrap().stored_pages, 0);
+    assert!(c.state.warnings.iter().any(|w| w.contains("/dev/fb0")));
+}
+
+#[test]
+fn fd_flags_and_refusals() {
+    let mut task = FakeTask::sleeping(PID);
+    // O_RDWR | O_APPEND | O_CLOEXEC, at offset 42.
+    task.fd(3, "/tmp/data", 0o100_644, 0, "pos:\t42\nflags:\t02002002\nmnt_id:\t31\n");
+    let c = run(&mut task, false).unwrap();
+    let fd = &c.state.fds[3].record;
+    assert_eq!(fd.kind, fd_kind::REGULAR);
+    assert_eq!(fd.flags, fd_flags::CLOEXEC);
+    assert_eq!(fd.open_flags, 0o2002);
+    assert_eq!((fd.pos, fd.mnt_id), (42, 31));
+    assert_eq!(fd.file.ino, 13);
+
+    task.fd(4, "/tmp/gone (deleted)", 0o100_644, 0, "pos:\t0\nflags:\t00\nmnt_id:\t31\n");
+    assert!(unsupported(run(&mut task, false)).contains("deleted file"));
+    let c = run(&mut task, true).unwrap();
+    let gone = &c.state.fds[4];
+    assert_eq!(gone.path, "/tmp/gone");
+    assert_eq!(gone.record.flags, fd_flags::DELETED);
+
+    let mut task = FakeTask::sleeping(PID);
+    task.fd(5, "socket:[123]", 0o140_777, 0, "pos:\t0\nflags:\t02\nmnt_id:\t9\n");
+    assert!(unsupported(run(&mut task, false)).contains("fd 5 is a socket"));
+}
+
+#[test]
+fn the_dumper_as_root_is_recorded() {
+    let mut task = FakeTask::sleeping(PID);
+    let flags = run(&mut task, false).unwrap().state.process.flags;
+    assert_eq!(flags & image_format::records::PROCESS_DUMPED_AS_ROOT, 0);
+    task.euid = 0;
+    let flags = run(&mut task, false).unwrap().state.process.flags;
+    assert_ne!(flags & image_format::records::PROCESS_DUMPED_AS_ROOT, 0);
+}
