@@ -65,8 +65,12 @@ fn stat_line(pid: i32, comm: &str) -> String {
 pub fn status_text(tgid: i32, groups: &[u32], seccomp: u32) -> String {
     let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
     format!(
-        "Name:\tfake\nUmask:\t0027\nState:\tS (sleeping)\nTgid:\t{tgid}\n\
-         Uid:\t1000\t1000\t1000\t1000\nGid:\t100\t100\t100\t100\nGroups:\t{}\n\
+        "Name:\tfake\nUmask:\t0027\nState:\tS (sleeping)\nTgid:\t{tgid}\nNgid:\t0\n\
+         Pid:\t{tgid}\nPPid:\t1\nTracerPid:\t0\n\
+         Uid:\t1000\t1000\t1000\t1000\nGid:\t100\t100\t100\t100\nFDSize:\t64\n\
+         Groups:\t{}\nThreads:\t1\nSigQ:\t0/63204\nSigPnd:\t0000000000000000\n\
+         ShdPnd:\t0000000000000000\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n\
+         SigCgt:\t0000000000000000\n\
          CapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\n\
          CapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t0\n\
          Seccomp:\t{seccomp}\nuntag_mask:\t0xffffffffffffffff\n",

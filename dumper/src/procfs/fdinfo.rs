@@ -1,4 +1,5 @@
 //! `/proc/P/fdinfo/N`: position, status flags and mount of an open file.
+//! Parsed by hand: `procfs-core` has no fdinfo parser.
 
 use super::{fields, parse_dec, parse_oct, ParseError};
 

@@ -2,40 +2,53 @@
 //! (unlike `prlimit64` on another user's process, which needs
 //! CAP_SYS_RESOURCE: withheld on these machines even from root).
 //!
-//! The kernel prints one line per resource in `RLIMIT_*` order, the name
-//! padded to 26 columns, then the soft and hard limits (`unlimited` is
-//! `RLIM_INFINITY`) and a unit.
+//! Parsed by `procfs-core` (by resource name, `unlimited` as its own
+//! value); this module puts the limits in `RLIMIT_*` order and guards the
+//! one input that crate does not: a line of fewer than three columns,
+//! which it would index below zero (a panic, and the dumper aborts).
 
-use super::{parse_dec, ParseError};
+use procfs_core::process::{Limit, LimitValue, Limits};
+use procfs_core::FromRead;
+
+use super::ParseError;
 
 const FILE: &str = "limits";
-/// Width of the name column (`"%-25s "` in `fs/proc/base.c`).
-const NAME_WIDTH: usize = 26;
 
 /// `(cur, max)` for each resource, indexed by `RLIMIT_*`.
 pub fn parse(text: &str) -> Result<Vec<(u64, u64)>, ParseError> {
-    let mut limits = Vec::new();
     for (i, line) in text.lines().enumerate().skip(1) {
-        let lineno = i + 1;
-        let values = line
-            .get(NAME_WIDTH..)
-            .ok_or_else(|| ParseError::new(FILE, lineno, "line shorter than the name column"))?;
-        let mut fields = values.split_whitespace();
-        let mut next = |what: &str| -> Result<u64, ParseError> {
-            match fields.next() {
-                Some("unlimited") => Ok(u64::MAX),
-                Some(v) => parse_dec(FILE, lineno, v),
-                None => Err(ParseError::new(FILE, lineno, format!("no {what} limit"))),
-            }
-        };
-        let soft = next("soft")?;
-        let hard = next("hard")?;
-        limits.push((soft, hard));
+        if line.split_whitespace().count() < 3 {
+            return Err(ParseError::new(FILE, i + 1, "fewer than three columns"));
+        }
     }
-    if limits.is_empty() {
-        return Err(ParseError::new(FILE, 0, "no limits listed"));
-    }
-    Ok(limits)
+    let l = Limits::from_read(text.as_bytes())
+        .map_err(|e| ParseError::new(FILE, 0, e.to_string()))?;
+    let value = |v: LimitValue| match v {
+        LimitValue::Unlimited => u64::MAX,
+        LimitValue::Value(v) => v,
+    };
+    let pair = |l: Limit| (value(l.soft_limit), value(l.hard_limit));
+    Ok([
+        l.max_cpu_time,
+        l.max_file_size,
+        l.max_data_size,
+        l.max_stack_size,
+        l.max_core_file_size,
+        l.max_resident_set,
+        l.max_processes,
+        l.max_open_files,
+        l.max_locked_memory,
+        l.max_address_space,
+        l.max_file_locks,
+        l.max_pending_signals,
+        l.max_msgqueue_size,
+        l.max_nice_priority,
+        l.max_realtime_priority,
+        l.max_realtime_timeout,
+    ]
+    .into_iter()
+    .map(pair)
+    .collect())
 }
 
 #[cfg(test)]
@@ -75,6 +88,10 @@ Max realtime timeout      unlimited            unlimited            us
     #[test]
     fn rejects_garbage() {
         assert!(parse("Limit\n").is_err());
+        assert!(parse("Limit\nMax cpu time\n").is_err());
+        // One resource missing.
+        let short: String = SAMPLE.lines().take(16).map(|l| format!("{l}\n")).collect();
+        assert!(parse(&short).is_err());
         assert!(
             parse("Limit  x\nMax cpu time              lots                 unlimited\n").is_err()
         );

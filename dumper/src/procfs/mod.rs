@@ -1,5 +1,18 @@
 //! Parsers for the text files of `/proc/P/`: pure functions over strings, so
 //! they are unit-tested on fixtures. Reading the files is the caller's job.
+//!
+//! The `procfs-core` crate (the parsing half of `procfs`, no I/O, no
+//! default features) parses what it covers: [`limits`] and [`status`]
+//! (all but `untag_mask`, which it lacks). The rest is parsed here, for
+//! reasons the crate cannot meet:
+//! - [`smaps`]: its `MemoryMaps` keeps `VmFlags` as a 32-bit set that has
+//!   no `lf`, `dp`, `sl`, `ss`, `ui`, `bt`, `mt`, … and drops what it does
+//!   not know, while crimg must refuse an area by the flag it cannot
+//!   restore, by name; it also builds a map of every field of every area
+//!   (a JVM has thousands), on the path that runs while the task is frozen.
+//! - [`stat`]: the command name must be kept byte for byte (the crate
+//!   decodes it lossily into a `String`).
+//! - [`fdinfo`]: the crate has no parser for it.
 
 pub mod fdinfo;
 pub mod limits;

@@ -1,4 +1,9 @@
 //! `/proc/P/smaps`: one entry per VMA with its `VmFlags`.
+//!
+//! Parsed by hand, not with `procfs-core`: every `VmFlags` mnemonic is kept
+//! by name (the crate's 32-bit flag set lacks several and drops what it
+//! does not know, yet an unknown flag must refuse the area), and only the
+//! fields crimg uses are kept, while the task is frozen.
 
 use super::{parse_dec, parse_hex, ParseError};
 

@@ -1,4 +1,7 @@
 //! `/proc/P/stat`: identity, state and the mm fields.
+//!
+//! Parsed by hand, not with `procfs-core`: the command name is kept byte
+//! for byte, which the crate's lossy `String` would not do.
 
 use super::{parse_dec, ParseError};
 
