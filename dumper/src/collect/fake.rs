@@ -3,6 +3,14 @@
 //! answers as values. It records what it was asked, so that tests can see
 //! that a refused task was never borrowed.
 
+// Fixtures: small constants, and negative errnos written as the register
+// bits the kernel leaves (`-514i64 as u64`), on purpose.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};

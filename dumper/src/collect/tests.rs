@@ -3,6 +3,14 @@
 //! (which refusal fires, what the restart fix-up and masks record, which
 //! areas and pages are kept) fails here, without root.
 
+// Fixtures: small constants, and negative errnos written as the register
+// bits the kernel leaves (`-514i64 as u64`), on purpose.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use image_format::records::{fd_flags, fd_kind, restart, vma_kind, MAX_GROUPS};
 use image_format::PAGE_SIZE;
 use image_writer::model::PageRun;
