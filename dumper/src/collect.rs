@@ -11,12 +11,6 @@
 //! ([`identity`]). Everything they learn comes through the [`Task`] trait:
 //! [`LiveTask`] for a frozen process, a fake in the unit tests.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 mod areas;
 #[cfg(test)]
 mod fake;

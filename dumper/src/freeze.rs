@@ -204,7 +204,8 @@ fn seize_error(pid: i32, tid: i32, source: io::Error) -> FreezeError {
             match (field("TracerPid:"), field("Uid:")) {
                 (Some(tracer), _) if tracer != 0 => FreezeError::Traced {
                     pid,
-                    tracer: tracer as i32,
+                    // A pid: below pid_max (at most 2^22).
+                    tracer: i32::try_from(tracer).unwrap_or(i32::MAX),
                 },
                 // Uid: real, effective, saved, fs; the real one owns it.
                 (_, Some(owner)) if owner != me && me != 0 => {

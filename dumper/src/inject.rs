@@ -335,6 +335,8 @@ impl<'a> Borrowed<'a> {
             sigmask: saved_mask,
             ..ThreadRecord::default()
         };
+        // A signal frame: a few KiB.
+        #[allow(clippy::cast_possible_truncation)]
         let mut blob = vec![0u8; place.len() as usize];
         let resume = resume_regs(tid, mem, &saved_regs);
         frame::write_frame(
@@ -350,6 +352,8 @@ impl<'a> Borrowed<'a> {
         // is (a zero size is refused, ENOMEM, and ignored), which is the
         // thread's own; it is not known yet.
         blob[FRAME_STACK..FRAME_STACK + 24].fill(0);
+        // An offset into the frame.
+        #[allow(clippy::cast_possible_truncation)]
         let all = FRAME_SIGINFO as usize;
         blob[all..all + 8].copy_from_slice(&u64::MAX.to_le_bytes());
         let mut b = Borrowed {
@@ -492,7 +496,7 @@ impl<'a> Borrowed<'a> {
             }
         }
         let after = ptrace::get_regs(tid).map_err(PtraceError::at(pid, tid, "PTRACE_GETREGSET"))?;
-        Ok(after.rax as i64)
+        Ok(crate::regs::signed(after.rax))
     }
 
     /// Put everything back and park the thread in an interrupt stop again.
@@ -616,7 +620,7 @@ impl<'a> Borrowed<'a> {
 /// NULL). `read_u64` reads a word of the task's memory, for the two whose
 /// argument is a pointer to a `{sigmask, size}` pair.
 pub fn uses_temporary_sigmask(regs: &UserRegs, read_u64: impl Fn(u64) -> Option<u64>) -> bool {
-    match regs.orig_rax as i64 {
+    match crate::regs::signed(regs.orig_rax) {
         130 => true,
         // ppoll(fds, nfds, tmo, sigmask, sigsetsize)
         271 => regs.r10 != 0,
@@ -682,6 +686,13 @@ mod held_signal_tests {
 }
 
 #[cfg(test)]
+// Fixtures: register bits written as the signed values they hold, and
+// small counts, on purpose.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
 mod temporary_sigmask_tests {
     use super::*;
 

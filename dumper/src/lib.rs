@@ -15,6 +15,13 @@
 //! check and detaches.
 
 #![deny(unsafe_code)]
+// A cast that can change a value is allowed only where a comment says why
+// the value fits (or why its bits are what is meant).
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
 
 pub mod cancel;
 pub mod collect;
@@ -104,14 +111,15 @@ pub fn image_name(pid: i32) -> String {
 /// Read `/proc/P/stat` and refuse what cannot be dumped at all.
 fn check_target(pid: i32, opts: &DumpOptions) -> Result<procfs::stat::Stat, DumpError> {
     let refuse = |why: String| Err(DumpError::Refused { pid, why });
-    let me = std::process::id() as i32;
+    // Pids are below pid_max (at most 2^22).
+    let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
     if pid <= 0 {
         return refuse("not a valid pid".into());
     }
     if pid == me {
         return refuse("cannot dump the dumper itself".into());
     }
-    if pid == std::os::unix::process::parent_id() as i32 {
+    if Ok(pid) == i32::try_from(std::os::unix::process::parent_id()) {
         return refuse("cannot dump the dumper's parent (it waits for the dumper)".into());
     }
     if pid == 1 && !opts.leave_running {

@@ -127,6 +127,13 @@ pub fn select_extents(
 }
 
 #[cfg(test)]
+// Fixtures: register bits written as the signed values they hold, and
+// small counts, on purpose.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
 mod tests {
     use super::*;
 

@@ -20,6 +20,17 @@ const EINTR: i64 = -4;
 /// Length of the `syscall` instruction.
 const SYSCALL_INSN_LEN: u64 = 2;
 
+/// A register as the signed value the kernel put there (a syscall's
+/// return, or `orig_rax`, -1 outside a syscall): the same 64 bits.
+pub fn signed(reg: u64) -> i64 {
+    i64::from_ne_bytes(reg.to_ne_bytes())
+}
+
+/// A signed value as the register bits that hold it.
+fn unsigned(value: i64) -> u64 {
+    u64::from_ne_bytes(value.to_ne_bytes())
+}
+
 /// Registers to store, and what was done to them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FixedRegs {
@@ -34,8 +45,8 @@ pub struct FixedRegs {
 
 /// Apply the fix-up to a copy of a frozen thread's registers.
 pub fn fix_up_interrupted_syscall(found: &UserRegs) -> FixedRegs {
-    let nr = found.orig_rax as i64;
-    let ret = found.rax as i64;
+    let nr = signed(found.orig_rax);
+    let ret = signed(found.rax);
     let mut regs = *found;
     let mut kind = restart::NONE;
     if nr >= 0 {
@@ -46,7 +57,7 @@ pub fn fix_up_interrupted_syscall(found: &UserRegs) -> FixedRegs {
                 kind = restart::RESTART;
             }
             ERESTART_RESTARTBLOCK => {
-                regs.rax = EINTR as u64;
+                regs.rax = unsigned(EINTR);
                 kind = restart::EINTR;
             }
             _ => {}
@@ -61,6 +72,13 @@ pub fn fix_up_interrupted_syscall(found: &UserRegs) -> FixedRegs {
 }
 
 #[cfg(test)]
+// Fixtures: register bits written as the signed values they hold, and
+// small counts, on purpose.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
 mod tests {
     use super::*;
 

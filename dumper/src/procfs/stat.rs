@@ -73,8 +73,9 @@ pub fn parse(text: &str) -> Result<Stat, ParseError> {
         ppid: int(4)?,
         pgrp: int(5)?,
         session: int(6)?,
-        // tty_nr is printed as a signed int; the device number fits in u32.
-        tty_nr: int(7)? as u32,
+        // tty_nr is printed as a signed int; the device number fits in u32
+        // (its bits are kept).
+        tty_nr: u32::from_ne_bytes(int(7)?.to_ne_bytes()),
         flags: num(9)?,
         start_time: num(22)?,
         start_code: num(26)?,
@@ -91,6 +92,13 @@ pub fn parse(text: &str) -> Result<Stat, ParseError> {
 }
 
 #[cfg(test)]
+// Fixtures: register bits written as the signed values they hold, and
+// small counts, on purpose.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
 mod tests {
     use super::*;
 

@@ -6,6 +6,12 @@
 //! Every request passes pointers to buffers owned by the caller and sized by
 //! the types of the wrappers' arguments; the kernel writes at most `iov_len`
 //! (or the documented struct size) bytes into them.
+//!
+//! The request's arguments are machine words: option bits, note types and
+//! signal numbers (all small and non-negative) go into `usize` as they are
+//! on x86_64, the only target.
+
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
 use std::io;
 
