@@ -3,5 +3,6 @@
 //! the only place with `unsafe` code; everything above it is safe Rust over
 //! plain data.
 
+pub mod pagemap_scan;
 pub mod process;
 pub mod ptrace;
