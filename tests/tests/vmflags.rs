@@ -6,13 +6,15 @@
 //! limits, locked memory) is refused by the loader before it changes
 //! anything: one line, exit 10.
 
+use std::fs;
+use std::os::unix::fs::{chown, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
 
 use crimg_tests::cli::{self, RunOutput};
 use crimg_tests::process::{CheckTrigger, LINE_TIMEOUT, READY_TIMEOUT};
-use crimg_tests::roundtrip::{dump_and_kill, Dumped};
+use crimg_tests::roundtrip::{as_nobody, dump_and_kill, Dumped, NOBODY, NOGROUP};
 use crimg_tests::smaps::{
     area_at, assert_same_vm_flags, assert_same_vm_flags_of_unchanged_areas, status_lines,
     vm_flags_of, AreaFlags,
@@ -202,6 +204,66 @@ fn read_only_shared_mapping_of_a_writable_file_can_be_made_writable() {
     let area = area_at(&before.flags, &addr);
     assert!(has(area, "sh") && has(area, "mw"), "{area:?}");
     assert_eq!(pass.get("shared_write"), Some("ok"), "{}", pass.line());
+}
+
+/// Never more than the caller may do: run by a user who may only read the
+/// file, the loader maps it shared read-only without `VM_MAYWRITE` and
+/// says so, instead of failing or opening it for writing anyway.
+#[test]
+fn shared_mapping_of_a_file_the_caller_cannot_write_is_restored_read_only() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let file = scratch.path().join("shared");
+    let victim = Workload::start(
+        "vmflags",
+        ["--shared-ro", file.to_str().unwrap(), "--close-shared-fd"],
+    );
+    let addr = victim
+        .ready()
+        .unwrap()
+        .require("shared_ro")
+        .unwrap()
+        .to_owned();
+    let before = dump_victim(&bins, &scratch.path().join("out"), victim);
+    assert!(has(area_at(&before.flags, &addr), "mw"));
+    // Readable by nobody, writable only by root; chmod keeps size and mtime.
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    let user = nix::unistd::User::from_name(NOBODY)
+        .unwrap()
+        .expect("user nobody");
+    let group = nix::unistd::Group::from_name(NOGROUP)
+        .unwrap()
+        .expect("group nogroup");
+    let dump = &before.dumped.dump;
+    for path in [&dump.dir, &dump.image, &dump.manifest] {
+        chown(path, Some(user.uid.as_raw()), Some(group.gid.as_raw())).unwrap();
+    }
+    let mut command = as_nobody();
+    command.arg(&bins.loader).arg(&dump.image);
+    let mut restored = Workload::spawn_command("restored victim as nobody", command)
+        .unwrap_or_else(|e| panic!("{e}"));
+    restored.send_line("ping").unwrap();
+    restored.expect_line("PONG");
+    let area = area_at(&vm_flags_of(restored.pid()), &addr).clone();
+    assert!(
+        has(&area, "ms") && !has(&area, "mw") && !has(&area, "sh"),
+        "{area:?}"
+    );
+    // The loader wrote its warnings before the restore; the poll only
+    // waits for the harness's reader thread.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let warned = loop {
+        let warned = restored.stderr_lines().iter().any(|line| {
+            line.contains("cannot be opened read-write") && line.contains("VM_MAYWRITE")
+        });
+        if warned || std::time::Instant::now() >= deadline {
+            break warned;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(warned, "{}", restored.stderr_report());
 }
 
 /// One area of each kind: locked, locked on fault, mergeable (KSM),
