@@ -25,6 +25,9 @@
  *   --was-writable      an area mapped writable, written, emptied
  *                       (MADV_DONTNEED), then made PROT_NONE: it holds no
  *                       page but stays charged to the commit count (`ac`)
+ *   --apart             two adjacent areas with the same flags that the
+ *                       kernel keeps apart (each has its own anon_vma: the
+ *                       second was made executable while it was written)
  *   --mbind             an area bound to NUMA node 0 (mbind MPOL_BIND)
  *   --mdwe              prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN); the
  *                       check reads it back and tries to make a writable
@@ -257,6 +260,43 @@ int main(int argc, char **argv)
 			i++;
 			if (!f || fprintf(f, "0x%s\n", v) < 0 || fclose(f))
 				die("write /proc/self/coredump_filter");
+		} else if (!strcmp(a, "--apart")) {
+			/* Both halves of one reservation: the low one mapped
+			 * and written, then the high one mapped executable
+			 * (so it does not merge), written, and made like the
+			 * low one. */
+			size_t len = AREA_PAGES * PAGE;
+			uint8_t *base = mmap(NULL, 2 * len, PROT_NONE,
+					     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			int prots[2] = { PROT_READ | PROT_WRITE,
+					 PROT_READ | PROT_WRITE | PROT_EXEC };
+			const char *names[2] = { "apart_low", "apart_high" };
+
+			if (base == MAP_FAILED)
+				die("--apart reservation");
+			for (int k = 0; k < 2; k++) {
+				struct area *ar = &areas[nareas];
+				uint8_t *p = base + (size_t)k * len;
+
+				if (mmap(p, len, prots[k],
+					 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+					 -1, 0) != p)
+					die("--apart mmap");
+				ar->name = names[k];
+				ar->addr = p;
+				ar->len = len;
+				ar->written[0] = 0;
+				ar->written[1] = AREA_PAGES / 2;
+				ar->written[2] = AREA_PAGES - 1;
+				ar->nwritten = 3;
+				for (size_t w = 0; w < ar->nwritten; w++)
+					pattern_fill(p + ar->written[w] * PAGE, PAGE,
+						     seed_of(nareas),
+						     ar->written[w] * PAGE / 8);
+				nareas++;
+			}
+			if (mprotect(base + len, len, PROT_READ | PROT_WRITE))
+				die("--apart mprotect");
 		} else if (!strcmp(a, "--was-writable")) {
 			was_writable = mmap(NULL, AREA_PAGES * PAGE,
 					    PROT_READ | PROT_WRITE,
