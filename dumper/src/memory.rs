@@ -8,9 +8,9 @@ use std::os::unix::fs::FileExt;
 
 use image_writer::PageSource;
 
-use crate::sys::process;
 use crate::cancel::cancel_requested;
 use crate::progress::Progress;
+use crate::sys::process;
 
 /// The page source of one frozen task.
 pub struct TaskMemory<'a> {

@@ -141,20 +141,23 @@ pub(super) fn select_pages<T: Task>(
         if class.kind == vma_kind::SHARED_ANON {
             stored = shared_extents(c, e, &mut runs);
         } else if class.policy != PagePolicy::Nothing && (e.rss_kb > 0 || e.swap_kb > 0) {
-            let mut addr = e.start;
-            while addr < e.end {
-                // At most CHUNK_PAGES, so the count fits.
-                let n = usize::try_from((e.end - addr) / PAGE_SIZE)
-                    .unwrap_or(CHUNK_PAGES)
-                    .min(CHUNK_PAGES);
-                let bytes = &mut raw[..n * 8];
-                c.task
-                    .read_pagemap(addr, bytes)
-                    .map_err(c.read_error(pagemap_path.clone()))?;
-                entries.clear();
-                entries.extend(bytes.chunks_exact(8).map(|b| super::live::u64_at(b, 0)));
-                stored += pages::select(&mut runs, e.start, addr, &entries, class.policy, zero_pfn);
-                addr += entries.len() as u64 * PAGE_SIZE;
+            for (from, to) in populated_ranges(c, e) {
+                let mut addr = from;
+                while addr < to {
+                    // At most CHUNK_PAGES, so the count fits.
+                    let n = usize::try_from((to - addr) / PAGE_SIZE)
+                        .unwrap_or(CHUNK_PAGES)
+                        .min(CHUNK_PAGES);
+                    let bytes = &mut raw[..n * 8];
+                    c.task
+                        .read_pagemap(addr, bytes)
+                        .map_err(c.read_error(pagemap_path.clone()))?;
+                    entries.clear();
+                    entries.extend(bytes.chunks_exact(8).map(|b| super::live::u64_at(b, 0)));
+                    stored +=
+                        pages::select(&mut runs, e.start, addr, &entries, class.policy, zero_pfn);
+                    addr += entries.len() as u64 * PAGE_SIZE;
+                }
             }
         }
         stats.push(VmaStat {
@@ -167,6 +170,22 @@ pub(super) fn select_pages<T: Task>(
         });
     }
     Ok((runs, stats))
+}
+
+/// Where in area `e` pages may be present or swapped: for a large area the
+/// ranges `PAGEMAP_SCAN` finds (a reservation of terabytes is mostly empty
+/// page tables, and reading its pagemap would take minutes), else, or on a
+/// kernel without the ioctl, the whole area.
+fn populated_ranges<T: Task>(c: &Collector<'_, T>, e: &SmapsEntry) -> Vec<(u64, u64)> {
+    /// Below this, reading the pagemap (2 KiB per MiB) is as quick.
+    const SCAN_FROM: u64 = 1 << 30;
+    if e.end - e.start >= SCAN_FROM {
+        let mut ranges = Vec::new();
+        if c.task.scan_populated(e.start, e.end, &mut ranges).is_ok() {
+            return ranges;
+        }
+    }
+    vec![(e.start, e.end)]
 }
 
 /// Shared anonymous memory: the data extents of the shared object (pages

@@ -51,6 +51,10 @@ pub struct FakeTask {
     /// process-wide questions were asked.
     pub asked: Vec<(i32, UserRegs, bool)>,
     pub prepared: Option<GadgetsRecord>,
+    /// What `PAGEMAP_SCAN` answers; `None`: a kernel without it.
+    pub scan: Option<Vec<(u64, u64)>>,
+    /// Pages whose pagemap entries were read.
+    pub pagemap_reads: std::cell::Cell<u64>,
 }
 
 /// 52 fields of `/proc/P/stat`, `fields[n - 1]` being field n of proc(5).
@@ -157,6 +161,8 @@ impl FakeTask {
             },
             asked: Vec::new(),
             prepared: None,
+            scan: None,
+            pagemap_reads: std::cell::Cell::new(0),
         };
         t.file("stat", stat_line(pid, "fake"));
         t.file("status", status_text(pid, &[100, 27], 0));
@@ -196,12 +202,16 @@ impl FakeTask {
                 PathBuf::from(format!("{ns}:[4026531835]")),
             );
         }
-        t.dirs.insert(
-            t.path("fd"),
-            vec!["0".into(), "1".into(), "2".into()],
-        );
+        t.dirs
+            .insert(t.path("fd"), vec!["0".into(), "1".into(), "2".into()]);
         for fd in 0..3 {
-            t.fd(fd, "/dev/null", 0o020_666, 0x103, "pos:\t0\nflags:\t02\nmnt_id:\t25\n");
+            t.fd(
+                fd,
+                "/dev/null",
+                0o020_666,
+                0x103,
+                "pos:\t0\nflags:\t02\nmnt_id:\t25\n",
+            );
         }
         let mut text = vec![0u8; 4096];
         text[0x100..0x103].copy_from_slice(crate::gadgets::SYSCALL_RET);
@@ -210,11 +220,17 @@ impl FakeTask {
         // The executable's page is the file's (not stored); of the heap,
         // a written page, the zero page, a swapped page; of the stack, the
         // top page.
-        t.pagemap.insert(TEXT, crate::pages::PM_PRESENT | crate::pages::PM_FILE_OR_SHARED | 5);
+        t.pagemap.insert(
+            TEXT,
+            crate::pages::PM_PRESENT | crate::pages::PM_FILE_OR_SHARED | 5,
+        );
         t.pagemap.insert(HEAP, crate::pages::PM_PRESENT | 0x1234);
-        t.pagemap.insert(HEAP + PAGE_SIZE, crate::pages::PM_PRESENT | ZERO_PFN);
-        t.pagemap.insert(HEAP + 2 * PAGE_SIZE, crate::pages::PM_SWAPPED | 0x55);
-        t.pagemap.insert(STACK_END - PAGE_SIZE, crate::pages::PM_PRESENT | 0x999);
+        t.pagemap
+            .insert(HEAP + PAGE_SIZE, crate::pages::PM_PRESENT | ZERO_PFN);
+        t.pagemap
+            .insert(HEAP + 2 * PAGE_SIZE, crate::pages::PM_SWAPPED | 0x55);
+        t.pagemap
+            .insert(STACK_END - PAGE_SIZE, crate::pages::PM_PRESENT | 0x999);
         t.add_thread(pid, nanosleep_regs());
         t
     }
@@ -265,7 +281,10 @@ impl FakeTask {
         }
         self.file(&format!("task/{tid}/comm"), "fake\n");
         self.file(&format!("task/{tid}/children"), "");
-        self.file(&format!("task/{tid}/status"), status_text(self.pid, &[100, 27], 0));
+        self.file(
+            &format!("task/{tid}/status"),
+            status_text(self.pid, &[100, 27], 0),
+        );
         self.threads.insert(
             tid,
             FoundThread {
@@ -344,6 +363,8 @@ impl Task for FakeTask {
     }
 
     fn read_pagemap(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.pagemap_reads
+            .set(self.pagemap_reads.get() + buf.len() as u64 / 8);
         for (i, chunk) in buf.chunks_exact_mut(8).enumerate() {
             let page = addr + i as u64 * PAGE_SIZE;
             let entry = self.pagemap.get(&page).copied().unwrap_or(0);
@@ -352,15 +373,27 @@ impl Task for FakeTask {
         Ok(())
     }
 
+    fn scan_populated(&self, start: u64, end: u64, out: &mut Vec<(u64, u64)>) -> io::Result<()> {
+        let ranges = self
+            .scan
+            .as_ref()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOTTY))?;
+        out.extend(ranges.iter().filter(|r| start <= r.0 && r.1 <= end));
+        Ok(())
+    }
+
     fn data_extents(&self, path: &Path, _limit: u64) -> io::Result<Vec<(u64, u64)>> {
         Err(not_found(path))
     }
 
     fn thread(&self, tid: i32) -> Result<FoundThread, CollectError> {
-        self.threads.get(&tid).cloned().ok_or(CollectError::Unsupported {
-            pid: self.pid,
-            what: format!("fake: no thread {tid}"),
-        })
+        self.threads
+            .get(&tid)
+            .cloned()
+            .ok_or(CollectError::Unsupported {
+                pid: self.pid,
+                what: format!("fake: no thread {tid}"),
+            })
     }
 
     fn prepare_injection(&mut self, gadgets: &GadgetsRecord) -> Result<(), CollectError> {

@@ -117,6 +117,10 @@ impl Task for LiveTask<'_> {
             .read_exact_at(buf, addr / image_format::PAGE_SIZE * 8)
     }
 
+    fn scan_populated(&self, start: u64, end: u64, out: &mut Vec<(u64, u64)>) -> io::Result<()> {
+        crate::sys::pagemap_scan::present_or_swapped(self.pagemap()?, start, end, out)
+    }
+
     fn data_extents(&self, path: &Path, limit: u64) -> io::Result<Vec<(u64, u64)>> {
         File::open(path).and_then(|f| process::data_extents(&f, limit))
     }
@@ -170,11 +174,13 @@ impl Task for LiveTask<'_> {
         shared: bool,
         buf: &mut [[u8; 128]],
     ) -> Result<usize, CollectError> {
-        Ok(ptrace::peek_siginfo(tid, offset, shared, buf).map_err(PtraceError::at(
-            self.pid(),
-            tid,
-            "PTRACE_PEEKSIGINFO",
-        ))?)
+        Ok(
+            ptrace::peek_siginfo(tid, offset, shared, buf).map_err(PtraceError::at(
+                self.pid(),
+                tid,
+                "PTRACE_PEEKSIGINFO",
+            ))?,
+        )
     }
 }
 

@@ -42,7 +42,9 @@ pub(super) fn process_checks<T: Task>(
         ));
     }
     for ns in ["mnt", "pid", "net", "ipc", "uts", "user", "cgroup", "time"] {
-        let theirs = c.task.read_link(Path::new(&c.proc_path(&format!("ns/{ns}"))));
+        let theirs = c
+            .task
+            .read_link(Path::new(&c.proc_path(&format!("ns/{ns}"))));
         let ours = c.task.read_link(&Path::new("/proc/self/ns").join(ns));
         if let (Ok(a), Ok(b)) = (theirs, ours) {
             if a != b {

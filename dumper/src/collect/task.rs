@@ -89,6 +89,9 @@ pub trait Task {
     /// The raw pagemap entries (8 bytes each) of the pages from `addr`,
     /// one per 8 bytes of `buf`.
     fn read_pagemap(&self, addr: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// The ranges of `[start, end)` whose pages are present or swapped, as
+    /// the page tables say (`PAGEMAP_SCAN`, Linux 6.7+), appended to `out`.
+    fn scan_populated(&self, start: u64, end: u64, out: &mut Vec<(u64, u64)>) -> io::Result<()>;
     /// The data extents (`SEEK_DATA`/`SEEK_HOLE`, file offsets below
     /// `limit`) of the file behind `path`.
     fn data_extents(&self, path: &Path, limit: u64) -> io::Result<Vec<(u64, u64)>>;

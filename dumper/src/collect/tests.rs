@@ -43,7 +43,10 @@ fn a_sleeping_task_is_collected_whole() {
     let c = run(&mut task, false).unwrap();
     let s = &c.state;
     assert_eq!(s.process.pid, PID);
-    assert_eq!((s.process.ppid, s.process.pgid, s.process.sid), (1, PID, PID));
+    assert_eq!(
+        (s.process.ppid, s.process.pgid, s.process.sid),
+        (1, PID, PID)
+    );
     assert_eq!(s.process.nthreads, 1);
     assert_eq!(s.process.umask, 0o027);
     assert_eq!(&s.process.comm[..5], b"fake\0");
@@ -100,7 +103,10 @@ fn seccomp_in_any_thread_refuses_even_forced_and_nothing_is_injected() {
 #[test]
 fn posix_timers_are_refused_unless_forced() {
     let mut task = FakeTask::sleeping(PID);
-    task.file("timers", "ID: 0\nsignal: 14/0000000000000000\nnotify: signal/pid.4242\nClockID: 1\n");
+    task.file(
+        "timers",
+        "ID: 0\nsignal: 14/0000000000000000\nnotify: signal/pid.4242\nClockID: 1\n",
+    );
     assert!(unsupported(run(&mut task, false)).contains("1 POSIX timer"));
     assert!(task.asked.is_empty(), "a refused task was borrowed");
     let c = run(&mut task, true).unwrap();
@@ -112,7 +118,11 @@ fn a_missing_timers_file_is_a_warning() {
     let mut task = FakeTask::sleeping(PID);
     task.files.remove(&task.path("timers"));
     let c = run(&mut task, false).unwrap();
-    assert!(c.state.warnings.iter().any(|w| w.contains("cannot check for POSIX timers")));
+    assert!(c
+        .state
+        .warnings
+        .iter()
+        .any(|w| w.contains("cannot check for POSIX timers")));
 }
 
 #[test]
@@ -122,7 +132,11 @@ fn children_and_namespaces_are_warnings() {
     task.link("ns/net", "net:[1]");
     let c = run(&mut task, false).unwrap();
     let w = &c.state.warnings;
-    assert!(w.iter().any(|w| w.contains("not part of this image: 777 778")), "{w:?}");
+    assert!(
+        w.iter()
+            .any(|w| w.contains("not part of this image: 777 778")),
+        "{w:?}"
+    );
     assert!(w.iter().any(|w| w.contains("own net namespace")), "{w:?}");
     assert!(!w.iter().any(|w| w.contains("own pid namespace")), "{w:?}");
 }
@@ -130,7 +144,10 @@ fn children_and_namespaces_are_warnings() {
 #[test]
 fn numa_policies_and_tagged_addresses_are_refused() {
     let mut task = FakeTask::sleeping(PID);
-    task.file("numa_maps", "00600000 bind:0 anon=1 dirty=1\n00400000 default file=/usr/bin/fake\n");
+    task.file(
+        "numa_maps",
+        "00600000 bind:0 anon=1 dirty=1\n00400000 default file=/usr/bin/fake\n",
+    );
     assert!(unsupported(run(&mut task, false)).contains("`bind:0`"));
     let mut task = FakeTask::sleeping(PID);
     let status = fake::status_text(PID, &[], 0).replace("0xffffffffffffffff", "0x807fffffffffffff");
@@ -203,7 +220,12 @@ fn the_process_wide_questions_are_asked_in_one_thread_only() {
     let asked: Vec<(i32, bool)> = task.asked.iter().map(|a| (a.0, a.2)).collect();
     assert_eq!(asked, vec![(PID, true), (PID + 1, false), (PID + 2, false)]);
     assert_eq!(c.state.process.nthreads, 3);
-    let sizes: Vec<u64> = c.state.threads.iter().map(|t| t.record.altstack_size).collect();
+    let sizes: Vec<u64> = c
+        .state
+        .threads
+        .iter()
+        .map(|t| t.record.altstack_size)
+        .collect();
     assert_eq!(sizes, vec![PID as u64, PID as u64 + 1, PID as u64 + 2]);
 }
 
@@ -256,7 +278,8 @@ fn an_area_that_cannot_be_kept_is_refused_and_forced_kept_without_contents() {
         + "7f0000000000-7f0000001000 rw-s 00000000 00:05 77                         /dev/fb0\n\
            Rss:                   4 kB\nSwap:                  0 kB\nVmFlags: rd wr sh mr mw me ms io pf\n";
     task.file("smaps", smaps);
-    task.pagemap.insert(0x7f00_0000_0000, crate::pages::PM_PRESENT | 1);
+    task.pagemap
+        .insert(0x7f00_0000_0000, crate::pages::PM_PRESENT | 1);
     assert!(unsupported(run(&mut task, false)).contains("/dev/fb0"));
     let c = run(&mut task, true).unwrap();
     let fb = c.state.vmas.last().unwrap();
@@ -269,7 +292,13 @@ fn an_area_that_cannot_be_kept_is_refused_and_forced_kept_without_contents() {
 fn fd_flags_and_refusals() {
     let mut task = FakeTask::sleeping(PID);
     // O_RDWR | O_APPEND | O_CLOEXEC, at offset 42.
-    task.fd(3, "/tmp/data", 0o100_644, 0, "pos:\t42\nflags:\t02002002\nmnt_id:\t31\n");
+    task.fd(
+        3,
+        "/tmp/data",
+        0o100_644,
+        0,
+        "pos:\t42\nflags:\t02002002\nmnt_id:\t31\n",
+    );
     let c = run(&mut task, false).unwrap();
     let fd = &c.state.fds[3].record;
     assert_eq!(fd.kind, fd_kind::REGULAR);
@@ -278,7 +307,13 @@ fn fd_flags_and_refusals() {
     assert_eq!((fd.pos, fd.mnt_id), (42, 31));
     assert_eq!(fd.file.ino, 13);
 
-    task.fd(4, "/tmp/gone (deleted)", 0o100_644, 0, "pos:\t0\nflags:\t00\nmnt_id:\t31\n");
+    task.fd(
+        4,
+        "/tmp/gone (deleted)",
+        0o100_644,
+        0,
+        "pos:\t0\nflags:\t00\nmnt_id:\t31\n",
+    );
     assert!(unsupported(run(&mut task, false)).contains("deleted file"));
     let c = run(&mut task, true).unwrap();
     let gone = &c.state.fds[4];
@@ -286,7 +321,13 @@ fn fd_flags_and_refusals() {
     assert_eq!(gone.record.flags, fd_flags::DELETED);
 
     let mut task = FakeTask::sleeping(PID);
-    task.fd(5, "socket:[123]", 0o140_777, 0, "pos:\t0\nflags:\t02\nmnt_id:\t9\n");
+    task.fd(
+        5,
+        "socket:[123]",
+        0o140_777,
+        0,
+        "pos:\t0\nflags:\t02\nmnt_id:\t9\n",
+    );
     assert!(unsupported(run(&mut task, false)).contains("fd 5 is a socket"));
 }
 
@@ -298,4 +339,39 @@ fn the_dumper_as_root_is_recorded() {
     task.euid = 0;
     let flags = run(&mut task, false).unwrap().state.process.flags;
     assert_ne!(flags & image_format::records::PROCESS_DUMPED_AS_ROOT, 0);
+}
+
+#[test]
+fn a_large_area_reads_pagemap_only_where_the_scan_found_pages() {
+    const BIG: u64 = 0x7f00_0000_0000;
+    const GIB: u64 = 1 << 30;
+    let with_reservation = |task: &mut FakeTask| {
+        let smaps = String::from_utf8(task.files[&task.path("smaps")].clone()).unwrap()
+            + "7f0000000000-7f0040000000 rw-p 00000000 00:00 0 \n\
+               Rss:                   8 kB\nSwap:                  0 kB\nVmFlags: rd wr mr mw me nr\n";
+        task.file("smaps", smaps);
+        task.pagemap
+            .insert(BIG + 0x10_0000, crate::pages::PM_PRESENT | 3);
+        task.pagemap
+            .insert(BIG + 0x10_1000, crate::pages::PM_PRESENT | 4);
+    };
+    let big_run = PageRun {
+        start: BIG + 0x10_0000,
+        len: 2 * PAGE_SIZE,
+    };
+    // Without PAGEMAP_SCAN, the whole GiB is read.
+    let mut task = FakeTask::sleeping(PID);
+    with_reservation(&mut task);
+    let c = run(&mut task, false).unwrap();
+    assert_eq!(c.state.pages.last(), Some(&big_run));
+    assert!(task.pagemap_reads.get() >= GIB / PAGE_SIZE);
+    // With it, only what it found.
+    let mut plain = FakeTask::sleeping(PID);
+    run(&mut plain, false).unwrap();
+    let mut task = FakeTask::sleeping(PID);
+    with_reservation(&mut task);
+    task.scan = Some(vec![(BIG + 0x10_0000, BIG + 0x10_2000)]);
+    let c = run(&mut task, false).unwrap();
+    assert_eq!(c.state.pages.last(), Some(&big_run));
+    assert_eq!(task.pagemap_reads.get() - plain.pagemap_reads.get(), 2);
 }

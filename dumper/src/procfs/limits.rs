@@ -21,8 +21,8 @@ pub fn parse(text: &str) -> Result<Vec<(u64, u64)>, ParseError> {
             return Err(ParseError::new(FILE, i + 1, "fewer than three columns"));
         }
     }
-    let l = Limits::from_read(text.as_bytes())
-        .map_err(|e| ParseError::new(FILE, 0, e.to_string()))?;
+    let l =
+        Limits::from_read(text.as_bytes()).map_err(|e| ParseError::new(FILE, 0, e.to_string()))?;
     let value = |v: LimitValue| match v {
         LimitValue::Unlimited => u64::MAX,
         LimitValue::Value(v) => v,

@@ -103,7 +103,10 @@ mod tests {
         assert_eq!(parse(&no_groups).unwrap().groups, Vec::<u32>::new());
         let bad_uid = FIXTURE.replace("1000\t1001\t1002\t1003", "1 2 3");
         assert!(parse(&bad_uid).is_err());
-        assert!(parse("Uid:\t1 2 3 4\n").is_err(), "a status without its fields");
+        assert!(
+            parse("Uid:\t1 2 3 4\n").is_err(),
+            "a status without its fields"
+        );
         let bad_lam = format!("{FIXTURE}untag_mask:\t0xzz\n");
         assert!(parse(&bad_lam).is_err());
     }
