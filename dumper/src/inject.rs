@@ -132,7 +132,7 @@ pub struct Gadgets {
 }
 
 impl Gadgets {
-    /// The gadgets found in the task (see `collect::find_gadgets`). Without
+    /// The gadgets found in the task (see `collect::areas::find_gadgets`). Without
     /// both, no thread can be borrowed so that it survives a vanished
     /// dumper: refused before anything is touched. A task that exited
     /// meanwhile (nothing could be read) is reported as such.

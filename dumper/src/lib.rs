@@ -5,8 +5,14 @@
 //! freeze (ptrace seize + interrupt every thread)
 //!   → collect (/proc, ptrace, injected syscalls)  → TaskState
 //!   → write (image_writer, pages read with process_vm_readv)
+//!   → publish (fsync, the manifest, names given with linkat/renameat)
 //!   → release (SIGKILL while frozen, or detach)
 //! ```
+//!
+//! [`collect`] learns everything through its `Task` trait, so its decisions
+//! are unit-tested on a fake; [`publish`] and [`outdir`] own the output
+//! directory; the manifest's format is the `image-manifest` crate, beside
+//! the image format.
 //!
 //! On any error every thread is detached and runs on exactly as before, and
 //! no new file is left in the output directory (nor the directory itself,

@@ -105,26 +105,6 @@ Swap:                  0 kB
 VmFlags: rd wr mr mw me gd ac
 ";
 
-const LIMITS: &str = "\
-Limit                     Soft Limit           Hard Limit           Units     
-Max cpu time              unlimited            unlimited            seconds   
-Max file size             unlimited            unlimited            bytes     
-Max data size             unlimited            unlimited            bytes     
-Max stack size            8388608              unlimited            bytes     
-Max core file size        0                    unlimited            bytes     
-Max resident set          unlimited            unlimited            bytes     
-Max processes             63204                63204                processes 
-Max open files            1024                 524288               files     
-Max locked memory         8388608              8388608              bytes     
-Max address space         unlimited            unlimited            bytes     
-Max file locks            unlimited            unlimited            locks     
-Max pending signals       63204                63204                signals   
-Max msgqueue size         819200               819200               bytes     
-Max nice priority         0                    0                    
-Max realtime priority     0                    0                    
-Max realtime timeout      unlimited            unlimited            us        
-";
-
 /// The page frame of the shared zero page in these fixtures.
 pub const ZERO_PFN: u64 = 0x77;
 
@@ -168,7 +148,7 @@ impl FakeTask {
         t.file("status", status_text(pid, &[100, 27], 0));
         t.file("smaps", SMAPS);
         t.file("timers", "");
-        t.file("limits", LIMITS);
+        t.file("limits", crate::procfs::limits::SAMPLE);
         t.file("personality", "00000000\n");
         t.file("coredump_filter", "00000033\n");
         t.file("cmdline", "fake\0");

@@ -51,11 +51,10 @@ pub fn parse(text: &str) -> Result<Vec<(u64, u64)>, ParseError> {
     .collect())
 }
 
+/// `/proc/P/limits` as Linux 6.8 prints it (also the collect tests'
+/// fixture).
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SAMPLE: &str = "\
+pub(crate) const SAMPLE: &str = "\
 Limit                     Soft Limit           Hard Limit           Units     
 Max cpu time              unlimited            unlimited            seconds   
 Max file size             unlimited            unlimited            bytes     
@@ -74,6 +73,10 @@ Max nice priority         0                    0
 Max realtime priority     0                    0                    
 Max realtime timeout      unlimited            unlimited            us        
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn parses_every_resource_in_order() {
