@@ -113,15 +113,11 @@ fn seccomp<T: Task>(c: &Collector<'_, T>, status: &Status) -> Result<(), Collect
         });
     }
     for &tid in c.task.tids().iter().filter(|&&t| t != pid) {
-        let s = c.parse(procfs::status::parse(
+        let mode = c.parse(procfs::status::seccomp(
             &c.read_text(&format!("task/{tid}/status"))?,
         ))?;
-        if s.seccomp != 0 {
-            return Err(CollectError::Seccomp {
-                pid,
-                tid,
-                mode: s.seccomp,
-            });
+        if mode != 0 {
+            return Err(CollectError::Seccomp { pid, tid, mode });
         }
     }
     Ok(())

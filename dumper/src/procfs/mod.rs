@@ -9,7 +9,8 @@
 //!   no `lf`, `dp`, `sl`, `ss`, `ui`, `bt`, `mt`, … and drops what it does
 //!   not know, while crimg must refuse an area by the flag it cannot
 //!   restore, by name; it also builds a map of every field of every area
-//!   (a JVM has thousands), on the path that runs while the task is frozen.
+//!   (a JVM has thousands), on the path that runs while the task is frozen:
+//!   python3's 115 areas parse in about 0.3 ms here, 0.5 ms with the crate.
 //! - [`stat`]: the command name must be kept byte for byte (the crate
 //!   decodes it lossily into a `String`).
 //! - [`fdinfo`]: the crate has no parser for it.
