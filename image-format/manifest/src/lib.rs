@@ -34,6 +34,12 @@ pub enum ManifestError {
     Format { found: String },
     #[error("manifest version {found} is not supported (this reader knows version {VERSION})")]
     Version { found: u32 },
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Only the fields that say what a file is, read before the rest: a newer
@@ -89,6 +95,18 @@ impl Manifest {
         serde_json::from_slice(bytes).map_err(ManifestError::Json)
     }
 
+    /// Read and parse the `manifest.json` of dump directory `dir`. A
+    /// symlink in its place is refused (`O_NOFOLLOW`), and so is anything
+    /// but a regular file.
+    pub fn read(dir: &Path) -> Result<Self, ManifestError> {
+        let path = dir.join(FILE_NAME);
+        let bytes = read_regular(&path).map_err(|source| ManifestError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Manifest::parse(&bytes)
+    }
+
     /// The manifest as written: pretty JSON and a final newline.
     pub fn to_bytes(&self) -> Vec<u8> {
         // Serialising plain strings and integers cannot fail.
@@ -102,10 +120,7 @@ impl Manifest {
     /// and `process`, which replaces an entry for the same pid. A missing,
     /// unreadable or foreign `manifest.json` lists nothing to keep.
     pub fn with_process(dir: &Path, process: ManifestProcess) -> Self {
-        let earlier = read_earlier(&dir.join(FILE_NAME))
-            .and_then(|bytes| Manifest::parse(&bytes).ok())
-            .map(|m| m.processes)
-            .unwrap_or_default();
+        let earlier = Manifest::read(dir).map(|m| m.processes).unwrap_or_default();
         let mut processes: Vec<ManifestProcess> = earlier
             .into_iter()
             .filter(|p| p.pid != process.pid && dir.join(&p.image).is_file())
@@ -125,21 +140,22 @@ pub fn write_to(file: &File, manifest: &Manifest) -> io::Result<()> {
     f.sync_all()
 }
 
-/// The bytes of an earlier `manifest.json`, if it is a regular file: a
-/// symlink in its place is not followed (`O_NOFOLLOW`), nor is a FIFO
-/// waited on.
-fn read_earlier(path: &Path) -> Option<Vec<u8>> {
+/// The bytes of `path` if it is a regular file: a symlink in its place is
+/// not followed (`O_NOFOLLOW`), nor is a FIFO waited on.
+fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
     let mut f = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    if !f.metadata().ok()?.is_file() {
-        return None;
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
     }
     let mut bytes = Vec::new();
-    io::Read::read_to_end(&mut f, &mut bytes).ok()?;
-    Some(bytes)
+    io::Read::read_to_end(&mut f, &mut bytes)?;
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -206,7 +222,15 @@ mod tests {
         }]);
         fs::write(&elsewhere, serde_json::to_vec(&earlier).unwrap()).unwrap();
         std::os::unix::fs::symlink(&elsewhere, dir.join(FILE_NAME)).unwrap();
-        assert!(read_earlier(&dir.join(FILE_NAME)).is_none());
+        assert!(read_regular(&dir.join(FILE_NAME)).is_err());
+        assert!(matches!(
+            Manifest::read(&dir),
+            Err(ManifestError::Io { .. })
+        ));
+        // The same file in its place is read.
+        fs::remove_file(dir.join(FILE_NAME)).unwrap();
+        fs::copy(&elsewhere, dir.join(FILE_NAME)).unwrap();
+        assert_eq!(Manifest::read(&dir).unwrap(), earlier);
         fs::remove_dir_all(&dir).unwrap();
     }
 }
