@@ -262,6 +262,10 @@ pub fn collect(
         classes.push(class);
     }
 
+    if let Some(w) = vmas::mlockall_warning(&smaps) {
+        c.warnings.push(w);
+    }
+
     // Gadgets, and a `syscall` instruction for injection.
     let found_gadgets = find_gadgets(&smaps, &classes, mem);
     let syscall_ip = if found_gadgets.syscall_ret != 0 {

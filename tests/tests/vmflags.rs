@@ -186,6 +186,24 @@ fn adjacent_areas_the_kernel_kept_apart_stay_apart() {
     assert_eq!(pass.get("areas"), Some("2"), "{}", pass.line());
 }
 
+/// `mlockall`: every area comes back locked; that new areas were to be
+/// locked too (`MCL_FUTURE`) is nowhere to be seen, and the dump says so.
+#[test]
+fn mlockall_areas_come_back_locked_and_the_dump_warns() {
+    crimg_tests::skip_unless_root!();
+    let (before, _restored, _pass) = round_trip(&["--dontfork", "--mlockall"]);
+    assert!(
+        before.flags.iter().filter(|a| has(a, "lo")).count() > 5,
+        "{:?}",
+        before.flags
+    );
+    let said = &before.dumped.dump.output.stdout;
+    assert!(
+        said.contains("mlockall") && said.contains("MCL_FUTURE"),
+        "{said}"
+    );
+}
+
 /// Memory-deny-write-execute (`PR_SET_MDWE`) is an mm flag no status line
 /// shows: the victim reads it back and finds a writable page still cannot
 /// be made executable.
