@@ -72,6 +72,9 @@ pub(super) fn memory_areas<T: Task>(
         });
         classes.push(class);
     }
+    if let Some(w) = vmas::mlockall_warning(smaps) {
+        c.warnings.push(w);
+    }
     Ok((vma_states, classes))
 }
 

@@ -375,3 +375,17 @@ fn a_large_area_reads_pagemap_only_where_the_scan_found_pages() {
     assert_eq!(c.state.pages.last(), Some(&big_run));
     assert_eq!(task.pagemap_reads.get() - plain.pagemap_reads.get(), 2);
 }
+
+#[test]
+fn every_area_locked_warns_of_mlockall() {
+    let mut task = FakeTask::sleeping(PID);
+    let smaps = String::from_utf8(task.files[&task.path("smaps")].clone()).unwrap();
+    task.file("smaps", smaps.replace("VmFlags: rd", "VmFlags: lo rd"));
+    let c = run(&mut task, false).unwrap();
+    assert!(c.state.warnings.iter().any(|w| w.contains("mlockall")));
+    assert!(c
+        .state
+        .vmas
+        .iter()
+        .all(|v| v.record.flags & image_format::records::vma_flags::LOCKED != 0));
+}
