@@ -4,11 +4,11 @@
 //! side).
 //!
 //! [`collect_from`] runs the named steps in order, each in its own module:
-//! the refusals that must come before anything is injected ([`refusals`]),
-//! the fds ([`open_files`]), the memory areas, gadgets and pages
-//! ([`areas`]), the threads' registers, injected answers and pending
-//! signals ([`threads`]), and the process, mm, credentials and limits
-//! ([`identity`]). Everything they learn comes through the [`Task`] trait:
+//! the refusals that must come before anything is injected (`refusals`),
+//! the fds (`open_files`), the memory areas, gadgets and pages
+//! (`areas`), the threads' registers, injected answers and pending
+//! signals (`threads`), and the process, mm, credentials and limits
+//! (`identity`). Everything they learn comes through the [`Task`] trait:
 //! [`LiveTask`] for a frozen process, a fake in the unit tests.
 
 mod areas;
