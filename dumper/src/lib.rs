@@ -222,9 +222,6 @@ fn mmap_min_addr() -> u64 {
         .unwrap_or(65536)
 }
 
-/// Dump process `pid` (all its threads) into `out_dir/task-<pid>.crimg` and
-/// `out_dir/manifest.json`, then kill it or, with `opts.leave_running`, let
-/// it run on. On error the process is left running as it was.
 /// `error`, unless the frozen process has died meanwhile: then that is the
 /// cause, whatever failed first (reading its memory, an injected syscall).
 fn exited_or(pid: i32, error: DumpError) -> DumpError {
@@ -238,6 +235,9 @@ fn exited_or(pid: i32, error: DumpError) -> DumpError {
     }
 }
 
+/// Dump process `pid` (all its threads) into `out_dir/task-<pid>.crimg` and
+/// `out_dir/manifest.json`, then kill it or, with `opts.leave_running`, let
+/// it run on. On error the process is left running as it was.
 pub fn dump(
     pid: i32,
     out_dir: &Path,
