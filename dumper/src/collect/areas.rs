@@ -115,7 +115,10 @@ pub(super) fn scratch_for(smaps: &[SmapsEntry], rsp: u64) -> Option<u64> {
     };
     let below = inject::scratch_below(rsp);
     let len = inject::SCRATCH_LEN as u64;
-    let fits = |e: &SmapsEntry, a: u64| e.start <= a && a + len <= e.end;
+    // A stack pointer near 0 (a thread that uses rsp for something else)
+    // puts `below` near the top of the address space: no overflow, no fit.
+    let fits =
+        |e: &SmapsEntry, a: u64| e.start <= a && a.checked_add(len).is_some_and(|end| end <= e.end);
     if smaps.iter().any(|e| usable(e) && fits(e, below)) {
         return Some(below);
     }

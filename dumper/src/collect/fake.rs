@@ -53,6 +53,8 @@ pub struct FakeTask {
     pub prepared: Option<GadgetsRecord>,
     /// What `PAGEMAP_SCAN` answers; `None`: a kernel without it.
     pub scan: Option<Vec<(u64, u64)>>,
+    /// Queued siginfos by (tid, shared queue).
+    pub pending: HashMap<(i32, bool), Vec<[u8; 128]>>,
     /// Pages whose pagemap entries were read.
     pub pagemap_reads: std::cell::Cell<u64>,
 }
@@ -142,6 +144,7 @@ impl FakeTask {
             asked: Vec::new(),
             prepared: None,
             scan: None,
+            pending: HashMap::new(),
             pagemap_reads: std::cell::Cell::new(0),
         };
         t.file("stat", stat_line(pid, "fake"));
@@ -398,11 +401,18 @@ impl Task for FakeTask {
 
     fn peek_siginfo(
         &self,
-        _tid: i32,
-        _offset: u64,
-        _shared: bool,
-        _buf: &mut [[u8; 128]],
+        tid: i32,
+        offset: u64,
+        shared: bool,
+        buf: &mut [[u8; 128]],
     ) -> Result<usize, CollectError> {
-        Ok(0)
+        let queue = self
+            .pending
+            .get(&(tid, shared))
+            .map_or(&[][..], Vec::as_slice);
+        let rest = queue.get(offset as usize..).unwrap_or(&[]);
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        Ok(n)
     }
 }

@@ -389,3 +389,51 @@ fn every_area_locked_warns_of_mlockall() {
         .iter()
         .all(|v| v.record.flags & image_format::records::vma_flags::LOCKED != 0));
 }
+
+#[test]
+fn pending_signals_the_shared_queue_once_then_each_thread() {
+    let mut task = FakeTask::sleeping(PID);
+    task.add_thread(PID + 1, fake::nanosleep_regs());
+    let siginfo = |signo: u8| {
+        let mut s = [0u8; 128];
+        s[0] = signo;
+        s
+    };
+    // More than one batch of the 32 peeked at a time.
+    task.pending
+        .insert((PID, true), (0..40).map(|_| siginfo(10)).collect());
+    task.pending.insert((PID, false), vec![siginfo(12)]);
+    task.pending.insert((PID + 1, false), vec![siginfo(14)]);
+    // Each thread would show the shared queue; only the first one's is kept.
+    task.pending.insert((PID + 1, true), vec![siginfo(10)]);
+    let c = run(&mut task, false).unwrap();
+    let got: Vec<(i32, u8)> = c
+        .state
+        .pending
+        .iter()
+        .map(|p| (p.tid, p.siginfo[0]))
+        .collect();
+    let mut want = vec![(0, 10); 40];
+    want.extend([(PID, 12), (PID + 1, 14)]);
+    assert_eq!(got, want);
+}
+
+#[test]
+fn no_scratch_memory_refuses_before_any_thread_is_borrowed() {
+    let mut task = FakeTask::sleeping(PID);
+    let smaps = String::from_utf8(task.files[&task.path("smaps")].clone()).unwrap();
+    // Without the stack, the 12 KiB heap is the only writable private area:
+    // too small for the scratch.
+    let cut = smaps.find("7ffd0000-").unwrap();
+    task.file("smaps", &smaps[..cut]);
+    task.threads.get_mut(&PID).unwrap().regs.rsp = 0x1000;
+    assert!(matches!(
+        run(&mut task, false),
+        Err(CollectError::NoScratch {
+            tid: PID,
+            rsp: 0x1000,
+            ..
+        })
+    ));
+    assert!(task.asked.is_empty());
+}
