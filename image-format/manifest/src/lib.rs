@@ -180,6 +180,34 @@ mod tests {
         assert_eq!(v["processes"][0]["threads"][1], 6);
     }
 
+    /// Version 1 exactly as the dumper writes it: this text must keep
+    /// parsing, and keep being what is written, while the version is 1.
+    const GOLDEN_V1: &str = r#"{
+  "format": "crimg-manifest",
+  "version": 1,
+  "processes": [
+    {
+      "pid": 5,
+      "ppid": 1,
+      "pgid": 5,
+      "sid": 5,
+      "image": "task-5.crimg",
+      "threads": [
+        5,
+        6
+      ]
+    }
+  ]
+}
+"#;
+
+    #[test]
+    fn version_1_is_stable() {
+        let m = Manifest::parse(GOLDEN_V1.as_bytes()).unwrap();
+        assert_eq!(m.processes[0].threads, vec![5, 6]);
+        assert_eq!(String::from_utf8(m.to_bytes()).unwrap(), GOLDEN_V1);
+    }
+
     #[test]
     fn the_reader_checks_format_and_version() {
         let m = Manifest::new(vec![]);
