@@ -184,12 +184,15 @@ impl Task for LiveTask<'_> {
     }
 }
 
+/// The little-endian word at `off` in `b` (the task's and the kernel's
+/// answers are x86_64 memory).
 pub(super) fn u64_at(b: &[u8], off: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[off..off + 8]);
     u64::from_le_bytes(a)
 }
 
+/// The signed little-endian word at `off` in `b`.
 fn i64_at(b: &[u8], off: usize) -> i64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[off..off + 8]);
