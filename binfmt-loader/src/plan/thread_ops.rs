@@ -31,8 +31,11 @@ pub const CLONE_THREAD_FLAGS: u64 = 0x100 /* VM */
     | 0x1_0000 /* THREAD */
     | 0x4_0000 /* SYSVSEM */
     | 0x10_0000 /* PARENT_SETTID */;
-/// `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2).
-pub const CLONE_ARGS_SIZE: u64 = 88;
+/// `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2), as clone3's
+/// size argument and as a length.
+pub const CLONE_ARGS_SIZE: u64 = CLONE_ARGS_LEN as u64;
+pub const CLONE_ARGS_LEN: usize = 88;
+const _: () = assert!(core::mem::size_of::<[u64; 11]>() == CLONE_ARGS_LEN);
 /// Offset of `set_tid` in `struct clone_args` (`set_tid_size` follows).
 pub const CLONE_ARGS_SET_TID: usize = 64;
 /// `FUTEX_OP(FUTEX_OP_ADD, -1, FUTEX_OP_CMP_EQ, 0)`: decrement.
