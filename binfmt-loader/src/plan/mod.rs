@@ -266,7 +266,8 @@ pub struct PlanInput<'a> {
     /// failure messages; kept through the fd step and closed once no
     /// thread can fail any more. `None`: messages go to fd 2.
     pub err_fd: Option<i32>,
-    /// Leader first; the others are cloned by the plan.
+    /// Leader first; the others are created before the plan runs
+    /// (`crate::threads`, from the plan's [`ThreadClone`] table).
     pub threads: &'a [ThreadInput<'a>],
     /// Clone the other threads with their recorded tids (`set_tid`, needs
     /// privilege); otherwise they get new ones.

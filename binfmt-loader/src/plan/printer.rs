@@ -1,6 +1,6 @@
 //! Reading a built window back: its ops, their failure labels, and the dry
-//! run that prints them one per line (for tests and the planned
-//! `crimg plan`). Reads only the window's bytes, which may be any bytes:
+//! run that prints them one per line ([`write_plan`]; only the tests print
+//! it so far). Reads only the window's bytes, which may be any bytes:
 //! every offset is checked.
 
 #![deny(
