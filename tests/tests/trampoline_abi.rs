@@ -28,36 +28,29 @@ use crimg_tests::{binaries, scratch_dir, Binaries, Workload};
 /// A cold build of the copy compiles its dependencies too.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(1800);
 
-/// `Op` as the loader declares it; every mutation starts from this text.
-const OP_FIELDS: &str = "pub struct Op {
-    pub kind: u32,
-    pub rule: u32,
-    pub nr: u64,
-    pub args: [u64; 6],
-    pub expect: u64,
-    /// Address and length of the failure message prefix in the window.
-    pub label: u64,
-    pub label_len: u64,
-}";
-
-/// `WindowHeader` as the loader declares it.
-const HEADER_FIELDS: &str = "pub struct WindowHeader {
-    pub ops: u64,
-    pub op_count: u64,
-    pub stack_top: u64,
-    /// Message used if the ops run out without a jump.
-    pub label: u64,
-    pub label_len: u64,
-    /// The window's own address (not read by the trampoline; lets a reader
-    /// of the bytes turn addresses back into offsets).
-    pub base: u64,
-    /// Ops of every thread: the leader's `op_count`, then each other
-    /// thread's list (not read by the trampoline; for readers of the plan).
-    pub all_ops: u64,
-    /// Where failure messages go: the caller's stderr, duplicated apart
-    /// from the task's fds (its fd 2 may be the task's log file by then).
-    pub err_fd: u64,
-}";
+/// `text` with the fields of `pub struct <name>` put in `order` (their
+/// doc comments dropped); every field must be named once.
+fn reorder_fields(text: &str, name: &str, order: &[&str]) -> String {
+    let open = format!("pub struct {name} {{\n");
+    let start = text.find(&open).expect("the struct is declared") + open.len();
+    let end = start + text[start..].find("\n}").expect("the struct ends");
+    let fields: Vec<&str> = text[start..end]
+        .lines()
+        .filter(|line| line.trim_start().starts_with("pub "))
+        .collect();
+    assert_eq!(fields.len(), order.len(), "fields of {name}: {fields:?}");
+    let reordered: Vec<&str> = order
+        .iter()
+        .map(|field| {
+            let prefix = format!("    pub {field}: ");
+            *fields
+                .iter()
+                .find(|line| line.starts_with(&prefix))
+                .unwrap_or_else(|| panic!("{name} has no field {field}: {fields:?}"))
+        })
+        .collect();
+    format!("{}{}{}", &text[..start], reordered.join("\n"), &text[end..])
+}
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -172,32 +165,24 @@ fn trampoline_disassembly(binary: &Path) -> Vec<String> {
 fn reordered_op_fields_reach_the_trampoline_and_it_still_restores() {
     // Every field the trampoline reads moves.
     let dir = mutant("reordered", |text| {
-        text.replacen(
-            OP_FIELDS,
-            "pub struct Op {
-    pub label: u64,
-    pub label_len: u64,
-    pub rule: u32,
-    pub kind: u32,
-    pub expect: u64,
-    pub args: [u64; 6],
-    pub nr: u64,
-}",
-            1,
-        )
-        .replacen(
-            HEADER_FIELDS,
-            "pub struct WindowHeader {
-    pub stack_top: u64,
-    pub label_len: u64,
-    pub err_fd: u64,
-    pub ops: u64,
-    pub op_count: u64,
-    pub label: u64,
-    pub base: u64,
-    pub all_ops: u64,
-}",
-            1,
+        let text = reorder_fields(
+            text,
+            "Op",
+            &["label", "label_len", "rule", "kind", "expect", "args", "nr"],
+        );
+        reorder_fields(
+            &text,
+            "WindowHeader",
+            &[
+                "stack_top",
+                "label_len",
+                "err_fd",
+                "ops",
+                "op_count",
+                "label",
+                "base",
+                "all_ops",
+            ],
         )
     });
     let out = build(&dir);
@@ -280,7 +265,11 @@ fn reordered_op_fields_reach_the_trampoline_and_it_still_restores() {
 #[test]
 fn a_widened_op_field_breaks_the_build() {
     let dir = mutant("widened", |text| {
-        text.replacen(OP_FIELDS, &OP_FIELDS.replace("kind: u32", "kind: u64"), 1)
+        text.replacen(
+            "pub struct Op {\n    pub kind: u32,",
+            "pub struct Op {\n    pub kind: u64,",
+            1,
+        )
     });
     let out = build(&dir);
     assert!(!out.status.success(), "a u64 `kind` built:\n{}", out.stderr);

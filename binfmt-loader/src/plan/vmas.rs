@@ -94,6 +94,29 @@ fn restorable<'a>(input: &PlanInput<'a>) -> impl Iterator<Item = &'a TargetVma> 
     input.vmas.iter().filter(|v| !v.is_special())
 }
 
+/// `mremap` the `len` bytes at `from` to exactly `to`.
+fn move_to(
+    b: &mut Builder<'_>,
+    from: u64,
+    len: u64,
+    to: u64,
+    what: core::fmt::Arguments<'_>,
+) -> Result<(), PlanError> {
+    b.sys_eq(
+        nr::MREMAP,
+        [
+            from,
+            len,
+            len,
+            sys::MREMAP_MAYMOVE | sys::MREMAP_FIXED,
+            to,
+            0,
+        ],
+        to,
+        what,
+    )
+}
+
 /// Step 1: park this kernel's vDSO block at `park` in the window, keeping
 /// its spacing.
 pub(super) fn park_vdso(
@@ -106,16 +129,10 @@ pub(super) fn park_vdso(
     };
     for p in input.loader_vdso.parts() {
         let to = park + (p.start - span.start);
-        b.sys_eq(
-            nr::MREMAP,
-            [
-                p.start,
-                p.len(),
-                p.len(),
-                sys::MREMAP_MAYMOVE | sys::MREMAP_FIXED,
-                to,
-                0,
-            ],
+        move_to(
+            b,
+            p.start,
+            p.len(),
             to,
             format_args!("mremap vdso part {:#x} to {to:#x}", p.start),
         )?;
@@ -253,16 +270,10 @@ pub(super) fn place_vdso(
     for (i, p) in input.loader_vdso.parts().iter().enumerate() {
         let from = park + (p.start - span.start);
         if let Some(t) = target.get(i) {
-            b.sys_eq(
-                nr::MREMAP,
-                [
-                    from,
-                    p.len(),
-                    p.len(),
-                    sys::MREMAP_MAYMOVE | sys::MREMAP_FIXED,
-                    t.start,
-                    0,
-                ],
+            move_to(
+                b,
+                from,
+                p.len(),
                 t.start,
                 format_args!("mremap vdso part to {:#x}", t.start),
             )?;
