@@ -88,10 +88,14 @@ fn vma_gets_pages(input: &PlanInput<'_>, v: &TargetVma) -> bool {
     })
 }
 
-/// The VMAs the plan maps (the kernel's special mappings are moved or left
-/// alone instead).
-fn restorable<'a>(input: &PlanInput<'a>) -> impl Iterator<Item = &'a TargetVma> {
-    input.vmas.iter().filter(|v| !v.is_special())
+/// The VMAs the plan maps, with their index in `input.vmas` (the kernel's
+/// special mappings are moved or left alone instead).
+fn restorable<'a>(input: &PlanInput<'a>) -> impl Iterator<Item = (usize, &'a TargetVma)> {
+    input
+        .vmas
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| !v.is_special())
 }
 
 /// `mremap` the `len` bytes at `from` to exactly `to`.
@@ -160,10 +164,14 @@ pub(super) fn unmap_loader(b: &mut Builder<'_>, window: Range) -> Result<(), Pla
 /// (or must be charged once, see [`mm_state::write_first`]) is writable
 /// until they are in.
 pub(super) fn build_vmas(b: &mut Builder<'_>, input: &PlanInput<'_>) -> Result<(), PlanError> {
-    for v in restorable(input) {
+    for (i, v) in restorable(input) {
         let fill = vma_gets_pages(input, v);
-        let writable_first = fill || mm_state::write_first(v);
-        let p = u64::from(v.prot) | if writable_first { sys::PROT_WRITE } else { 0 };
+        let apart = mm_state::kept_apart(input.vmas, i);
+        let writable_first = fill || mm_state::write_first(v) || apart.is_some();
+        let mut p = u64::from(v.prot) | if writable_first { sys::PROT_WRITE } else { 0 };
+        if apart == Some(true) {
+            p ^= sys::PROT_READ;
+        }
         let shared = v.flags & vma_flags::SHARED != 0 || maps_read_only_shared(v, fill);
         let (flags, fd, off) = if v.fd >= 0 {
             (
@@ -194,6 +202,14 @@ pub(super) fn build_vmas(b: &mut Builder<'_>, input: &PlanInput<'_>) -> Result<(
             v.start,
             format_args!("mmap {:#x}-{:#x}", v.start, v.end),
         )?;
+        if apart == Some(true) {
+            b.sys(
+                rule::OK,
+                nr::MADVISE,
+                [v.start, v.end - v.start, mm_state::apart_advice(v), 0, 0, 0],
+                format_args!("madvise {:#x} apart", v.start),
+            )?;
+        }
     }
     Ok(())
 }
@@ -216,9 +232,15 @@ pub(super) fn fill_pages(b: &mut Builder<'_>, input: &PlanInput<'_>) -> Result<(
 /// Step 3c: once the pages are in, each VMA's commit charge, final
 /// protection, advice and flags (locks, KSM, ...).
 pub(super) fn finish_vmas(b: &mut Builder<'_>, input: &PlanInput<'_>) -> Result<(), PlanError> {
-    for v in restorable(input) {
+    for (i, v) in restorable(input) {
         let fill = vma_gets_pages(input, v);
-        if let Some(args) = mm_state::charge_op(v, fill) {
+        let apart = mm_state::kept_apart(input.vmas, i);
+        let populate = match apart {
+            Some(_) if !fill => Some([v.start, PAGE, mm_state::MADV_POPULATE_WRITE, 0, 0, 0]),
+            Some(_) => None,
+            None => mm_state::charge_op(v, fill),
+        };
+        if let Some(args) = populate {
             b.sys(
                 rule::OK,
                 nr::MADVISE,
@@ -227,12 +249,21 @@ pub(super) fn finish_vmas(b: &mut Builder<'_>, input: &PlanInput<'_>) -> Result<
             )?;
         }
         let writable_first = fill || mm_state::write_first(v);
-        if writable_first && v.prot & prot::WRITE == 0 {
+        if apart.is_some() || (writable_first && v.prot & prot::WRITE == 0) {
             b.sys(
                 rule::OK,
                 nr::MPROTECT,
                 [v.start, v.end - v.start, u64::from(v.prot), 0, 0, 0],
                 format_args!("mprotect {:#x}", v.start),
+            )?;
+        }
+        if apart == Some(true) {
+            // The advice below puts the area's own read-ahead flags back.
+            b.sys(
+                rule::OK,
+                nr::MADVISE,
+                [v.start, v.end - v.start, mm_state::MADV_NORMAL, 0, 0, 0],
+                format_args!("madvise {:#x} MADV_NORMAL", v.start),
             )?;
         }
         for (advice, name) in madvise_for(v.flags) {

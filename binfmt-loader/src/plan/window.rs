@@ -52,7 +52,7 @@ impl WindowLayout {
         let others = input.threads.len().saturating_sub(1);
         let ops_cap = 64
             + others * 20
-            + input.vmas.len() * 14
+            + input.vmas.len() * 16
             + input.loads.len()
             + input.sigactions.len()
             + input.rlimits.len()
