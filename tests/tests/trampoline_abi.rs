@@ -4,8 +4,10 @@
 //! the build. Shown on copies of the loader crate with the structs edited:
 //!
 //! * fields reordered: the copy builds, its trampoline reads the new
-//!   offsets (seen in its disassembly), and it restores a threaded task
-//!   that checks its own state;
+//!   offsets (seen in its disassembly), it restores a threaded task that
+//!   checks its own state, and an op refused after the point of no return
+//!   (a seccomp filter fails `close_range`) is reported with its label,
+//!   word for word as the real loader reports it;
 //! * a field the code reads as 32 bits widened, or the header grown past
 //!   its room: the copy does not build, and the error names the ABI check.
 //!
@@ -222,6 +224,7 @@ fn reordered_op_fields_reach_the_trampoline_and_it_still_restores() {
     // the window-stays ones: syscalls, pread, memcpy, futex waits and
     // wakes, the clone stub, both gadget exits) checks its own state.
     crimg_tests::skip_unless_root!();
+    let original_loader = bins.loader.clone();
     let bins = Binaries {
         loader: mutant_loader,
         ..bins
@@ -258,6 +261,54 @@ fn reordered_op_fields_reach_the_trampoline_and_it_still_restores() {
     assert_eq!(pass.pid().unwrap(), restored.pid(), "{}", pass.line());
     restored.expect_line("TICK ");
     assert_ticks_resume(&dumped, &mut restored);
+
+    // Its failure report reads the op's label and the header's error fd:
+    // an op refused after the point of no return is named the same way by
+    // both loaders (one line, exit 9).
+    let report = |loader: &Path| {
+        let out = fail_close_range(loader, &dumped.dump.image);
+        assert_eq!(out.status.code(), Some(9), "{out:?}");
+        let line = out
+            .stderr
+            .lines()
+            .find(|line| line.contains("restore failed at op"))
+            .unwrap_or_else(|| panic!("no failure line: {out:?}"))
+            .to_owned();
+        assert!(
+            line.contains("(close_range ") && line.ends_with("): errno 1"),
+            "{line}"
+        );
+        line
+    };
+    assert_eq!(report(&bins.loader), report(&original_loader));
+}
+
+/// Run `loader image` under a seccomp filter that fails `close_range`
+/// with EPERM: the loader never calls it itself, so the first op of the
+/// plan that does is refused after the point of no return.
+fn fail_close_range(loader: &Path, image: &Path) -> RunOutput {
+    const FILTER: &str = r#"
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def insn(code, jt, jf, k):
+    return struct.pack("HBBI", code, jt, jf, k)
+# A = nr; if A == close_range: return ERRNO(EPERM); return ALLOW
+prog = (insn(0x20, 0, 0, 0) + insn(0x15, 0, 1, 436)
+        + insn(0x06, 0, 0, 0x00050001) + insn(0x06, 0, 0, 0x7fff0000))
+buf = ctypes.create_string_buffer(prog, len(prog))
+class Fprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+fprog = Fprog(len(prog) // 8, ctypes.addressof(buf))
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
+if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+    sys.exit("no_new_privs: errno %d" % ctypes.get_errno())
+if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+    sys.exit("seccomp: errno %d" % ctypes.get_errno())
+os.execv(sys.argv[1], sys.argv[1:])
+"#;
+    let mut command = Command::new("python3");
+    command.arg("-c").arg(FILTER).arg(loader).arg(image);
+    cli::run(command, cli::CLI_TIMEOUT).unwrap()
 }
 
 /// The trampoline reads `kind` into a 32-bit register: a wider field is
