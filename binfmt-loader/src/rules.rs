@@ -93,7 +93,7 @@ impl fmt::Display for RuleError<'_> {
             RuleError::NegativeFd { fd } => write!(f, "corrupt image: fd number {fd}"),
             RuleError::UnsupportedFd { fd, kind, path } => write!(
                 f,
-                "fd {fd} ({}, kind {kind}) cannot be restored by the loader yet; restore it with crrestore-tree",
+                "fd {fd} ({}, kind {kind}) cannot be restored by the loader yet (it reopens only regular files, directories and character devices)",
                 Lossy(path)
             ),
             RuleError::FileDeleted { what, path } => write!(

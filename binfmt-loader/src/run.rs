@@ -56,7 +56,7 @@ pub fn run(startup: &Startup) -> ExitCode {
         return e.exit_code();
     }
     let range_scratch = core::mem::take(&mut checked.range_scratch);
-    let input = checked.input();
+    let input = checked.input;
     let window = match plan::choose_window(&input, range_scratch) {
         Ok(w) => w,
         Err(e) => {
@@ -114,6 +114,11 @@ pub fn run(startup: &Startup) -> ExitCode {
             name,
             format_args!("warning: no room for the signal frame on the task's stack; the bootstrap window stays mapped"),
         );
+    }
+    // The image must still be what stage 1 checked (`check::stable`).
+    if let Err(e) = checked.still_same(&sys::kernel_os()) {
+        message::report(name, format_args!("{e}"));
+        return e.exit_code();
     }
     // The point of no return.
     arch::enter_window(summary.entry, window.start)

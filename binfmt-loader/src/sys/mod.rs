@@ -13,7 +13,13 @@
 use core::arch::asm;
 
 pub mod mm;
+pub mod os;
 pub mod startup;
+
+/// The real OS for stage 1.
+pub fn kernel_os() -> os::Kernel {
+    os::Kernel
+}
 
 /// System call numbers (x86_64).
 pub mod nr {
@@ -331,6 +337,8 @@ pub struct Stat {
     pub size: u64,
     pub mtime_sec: i64,
     pub mtime_nsec: i64,
+    pub ctime_sec: i64,
+    pub ctime_nsec: i64,
 }
 
 pub const S_IFMT: u32 = 0o170_000;
@@ -342,23 +350,128 @@ pub const S_IFIFO: u32 = 0o010_000;
 pub const S_IFLNK: u32 = 0o120_000;
 pub const S_IFSOCK: u32 = 0o140_000;
 
+/// x86_64 `struct stat` as the kernel writes it (`arch/x86/include/uapi/asm/stat.h`).
+#[derive(
+    Clone,
+    Copy,
+    Default,
+    zerocopy::FromBytes,
+    zerocopy::IntoBytes,
+    zerocopy::Immutable,
+    zerocopy::KnownLayout,
+)]
+#[repr(C)]
+struct KernelStat {
+    dev: u64,
+    ino: u64,
+    nlink: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    _pad0: u32,
+    rdev: u64,
+    size: i64,
+    blksize: i64,
+    blocks: i64,
+    atime_sec: i64,
+    atime_nsec: i64,
+    mtime_sec: i64,
+    mtime_nsec: i64,
+    ctime_sec: i64,
+    ctime_nsec: i64,
+    _unused: [i64; 3],
+}
+const _: () = assert!(core::mem::size_of::<KernelStat>() == 144);
+
 /// `fstat(fd, &st)`.
 pub fn fstat(fd: i32) -> Result<Stat, Errno> {
-    // x86_64 `struct stat` is 144 bytes of 8-byte words.
-    let mut st = [0u64; 18];
-    // SAFETY: the kernel writes 144 bytes into a live 144-byte array.
-    let r = unsafe { syscall6(nr::FSTAT, fd as u64, st.as_mut_ptr() as u64, 0, 0, 0, 0) };
+    let mut st = KernelStat::default();
+    // SAFETY: the kernel writes one `struct stat` (144 bytes, the size
+    // asserted above) into a live value of that layout.
+    let r = unsafe {
+        syscall6(
+            nr::FSTAT,
+            fd_arg(fd),
+            core::ptr::from_mut(&mut st) as u64,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
     result(r)?;
     Ok(Stat {
-        dev: st[0],
-        ino: st[1],
-        mode: st[3] as u32,
-        uid: (st[3] >> 32) as u32,
-        gid: st[4] as u32,
-        size: st[6],
-        mtime_sec: st[11] as i64,
-        mtime_nsec: st[12] as i64,
+        dev: st.dev,
+        ino: st.ino,
+        mode: st.mode,
+        uid: st.uid,
+        gid: st.gid,
+        // A file size is never negative.
+        size: u64::try_from(st.size).unwrap_or(0),
+        mtime_sec: st.mtime_sec,
+        mtime_nsec: st.mtime_nsec,
+        ctime_sec: st.ctime_sec,
+        ctime_nsec: st.ctime_nsec,
     })
+}
+
+/// `fcntl(fd, F_SETLEASE, F_RDLCK)`, then `fcntl(fd, F_SETOWN, 0)`: a read
+/// lease on the open file, so that any `open` for writing (or `truncate`)
+/// by another process blocks until this fd is closed or
+/// `/proc/sys/fs/lease-break-time` passes. Without an owner the kernel sends
+/// no `SIGIO` when a writer waits (`send_sigio` needs a pid): a pending
+/// signal would reach the restored task.
+///
+/// # References
+/// fcntl(2) "Leases", `fs/locks.c`.
+pub fn take_read_lease(fd: i32) -> Result<(), Errno> {
+    const F_SETLEASE: u64 = 1024;
+    const F_SETOWN: u64 = 8;
+    const F_RDLCK: u64 = 0;
+    // SAFETY: fcntl on an fd touches no memory of ours.
+    let r = unsafe { syscall6(nr::FCNTL, fd_arg(fd), F_SETLEASE, F_RDLCK, 0, 0, 0) };
+    result(r)?;
+    // SAFETY: as above.
+    let r = unsafe { syscall6(nr::FCNTL, fd_arg(fd), F_SETOWN, 0, 0, 0, 0) };
+    result(r).map(|_| ())
+}
+
+/// `fcntl(fd, F_GETLEASE)` is `F_RDLCK`: the lease is held and no writer
+/// waits for it (a waiting writer turns it into `F_UNLCK`).
+pub fn lease_intact(fd: i32) -> bool {
+    const F_GETLEASE: u64 = 1025;
+    const F_RDLCK: u64 = 0;
+    // SAFETY: fcntl on an fd touches no memory of ours.
+    let r = unsafe { syscall6(nr::FCNTL, fd_arg(fd), F_GETLEASE, 0, 0, 0, 0) };
+    result(r) == Ok(F_RDLCK)
+}
+
+/// An fd as a system-call argument: the kernel reads the low 32 bits as
+/// an `int`, so the sign extension of a negative fd is what it expects.
+fn fd_arg(fd: i32) -> u64 {
+    u64::from_ne_bytes(i64::from(fd).to_ne_bytes())
+}
+
+/// Read the start of a small file into `buf` (up to its length).
+pub fn read_small_file(path: &[u8], buf: &mut [u8]) -> Result<usize, Errno> {
+    let p = CPath::new(path).ok_or(Errno::ENOENT)?;
+    let fd = openat(AT_FDCWD, &p, O_RDONLY | O_CLOEXEC)?;
+    let mut n = 0;
+    let r = loop {
+        match read(fd, &mut buf[n..]) {
+            Ok(0) => break Ok(n),
+            Ok(k) => {
+                n += k;
+                if n == buf.len() {
+                    break Ok(n);
+                }
+            }
+            Err(Errno::EINTR) => {}
+            Err(e) => break Err(e),
+        }
+    };
+    let _ = close(fd);
+    r
 }
 
 /// `mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0)`: a read-only view of a
