@@ -47,6 +47,11 @@ pub mod os;
 pub mod scratch;
 pub mod stable;
 
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod stage1_tests;
+
 pub use cpu::{cut_xsave, permitted_xsave_size, validate_xsave, XsaveFault};
 pub use files::shared_file_access;
 pub use gadgets::{target_code, RT_SIGRETURN, SYSCALL_RET};
