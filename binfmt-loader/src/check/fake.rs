@@ -25,6 +25,9 @@ pub struct Fake {
     pub caps: u64,
     pub xcr0: u64,
     pub nofile: (u64, u64),
+    /// What `F_SETLEASE` answers, and whether the lease stays intact.
+    pub lease: Result<(), Errno>,
+    pub lease_kept: bool,
     open: RefCell<HashMap<i32, Vec<u8>>>,
     next_fd: RefCell<i32>,
     pub warnings: RefCell<Vec<String>>,
@@ -82,6 +85,8 @@ impl Fake {
             caps: 0,
             xcr0: 0x7,
             nofile: (1024, 4096),
+            lease: Ok(()),
+            lease_kept: true,
             open: RefCell::new(HashMap::new()),
             next_fd: RefCell::new(3),
             warnings: RefCell::new(Vec::new()),
@@ -167,11 +172,12 @@ impl Os for Fake {
         buf[..n].copy_from_slice(&f.contents[off..off + n]);
         Ok(n)
     }
-    fn take_read_lease(&self, _fd: i32) -> Result<(), Errno> {
-        Ok(())
+    fn take_read_lease(&self, fd: i32) -> Result<(), Errno> {
+        self.file(fd)?;
+        self.lease
     }
     fn lease_intact(&self, _fd: i32) -> bool {
-        true
+        self.lease_kept
     }
     fn get_rlimit(&self, resource: u32) -> Result<(u64, u64), Errno> {
         Ok(if resource == 7 {

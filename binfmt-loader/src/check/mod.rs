@@ -180,8 +180,8 @@ pub enum CheckError {
         table: &'static str,
         items: usize,
     },
-    /// Someone has the image open for writing, or opened it so during the
-    /// checks ([`stable`]).
+    /// The image changed, or someone waits to open it for writing, since
+    /// stage 1 began ([`stable`]).
     ImageBeingWritten,
 }
 
@@ -297,7 +297,7 @@ impl fmt::Display for CheckError {
             ),
             CheckError::ImageBeingWritten => write!(
                 f,
-                "the image is being written by another process (open for writing, or changed since it was checked); run it once it is complete"
+                "the image is being written by another process (it changed, or a writer waits for it, since it was checked); run it once it is complete"
             ),
         }
     }

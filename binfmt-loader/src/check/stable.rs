@@ -37,20 +37,21 @@
 //!   `CAP_LEASE`; the kernel sends no signal to a holder without an owner
 //!   (`F_SETOWN 0`), so no stray `SIGIO` reaches the task.
 //!
-//! When no lease can be had, because someone has the image open for
-//! writing, the image is refused (exit 3: it is being written). When this
-//! process may not take one (neither the owner nor `CAP_LEASE`) or the file
-//! system has no leases, the image's size, mtime and ctime are compared
-//! again right before the point of no return instead: a write during the
-//! checks is caught, one during the loads themselves (a second or so for
-//! 1 GiB) is not. That writer is the image's owner or root: someone who
-//! could as well have written the image before it ran (the checksums guard
-//! against corruption, not against the owner; what the task may do is
+//! When no lease can be had (someone holds the image open for writing,
+//! if only a child forked before an fd of it was closed; this process is
+//! neither the owner nor has `CAP_LEASE`; the file system has no leases),
+//! the image's size, mtime and ctime are compared again right before the
+//! point of no return instead, and a change refuses the image (exit 3): a
+//! write during the checks is caught, one during the loads themselves (a
+//! second or so for 1 GiB) is not. That writer has write access to the
+//! image: someone who could as well have written it before it ran (the
+//! checksums guard against corruption, not against them; what the task may
+//! do is
 //! bounded by the owner's credentials, `creds`).
 
 use super::os::Os;
 use super::CheckError;
-use crate::sys::{Errno, Stat};
+use crate::sys::Stat;
 
 /// How the image is held still until the plan has loaded it.
 #[derive(Clone, Copy, Debug)]
@@ -61,14 +62,10 @@ pub enum Hold {
     Unchanged(Stat),
 }
 
-/// `EAGAIN`: someone holds the file open for writing.
-const EAGAIN: Errno = Errno(11);
-
 /// Take the lease on the image open at `fd` (before it is mapped).
 pub fn hold_still(os: &impl Os, fd: i32) -> Result<Hold, CheckError> {
     match os.take_read_lease(fd) {
         Ok(()) => Ok(Hold::Lease),
-        Err(EAGAIN) => Err(CheckError::ImageBeingWritten),
         Err(_) => os
             .fstat(fd)
             .map(Hold::Unchanged)
@@ -92,5 +89,58 @@ pub fn still_same(os: &impl Os, fd: i32, hold: &Hold) -> Result<(), CheckError> 
         Ok(())
     } else {
         Err(CheckError::ImageBeingWritten)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::Fake;
+    use super::*;
+    use crate::sys::{Errno, S_IFREG};
+
+    fn image_on(os: &mut Fake, size: u64) -> i32 {
+        let st = Stat {
+            mode: S_IFREG | 0o600,
+            size,
+            mtime_sec: 10,
+            ctime_sec: 10,
+            ..Default::default()
+        };
+        os.add("/img", st, std::vec![]);
+        os.open(b"/img", 0).unwrap()
+    }
+
+    #[test]
+    fn a_lease_holds_until_a_writer_waits() {
+        let mut os = Fake::new();
+        let fd = image_on(&mut os, 100);
+        let hold = hold_still(&os, fd).unwrap();
+        assert!(matches!(hold, Hold::Lease));
+        assert!(still_same(&os, fd, &hold).is_ok());
+        os.lease_kept = false;
+        assert!(matches!(
+            still_same(&os, fd, &hold),
+            Err(CheckError::ImageBeingWritten)
+        ));
+    }
+
+    #[test]
+    fn without_a_lease_a_changed_image_is_refused() {
+        for refused in [Errno(11), Errno(13), Errno::EINVAL] {
+            let mut os = Fake::new();
+            os.lease = Err(refused);
+            let fd = image_on(&mut os, 100);
+            let hold = hold_still(&os, fd).unwrap();
+            assert!(matches!(hold, Hold::Unchanged(_)));
+            assert!(still_same(&os, fd, &hold).is_ok());
+            // Rewritten in place: same size, new ctime.
+            let mut st = os.fstat(fd).unwrap();
+            st.ctime_nsec = 1;
+            os.files.get_mut(&b"/img"[..]).unwrap().stat = st;
+            assert!(matches!(
+                still_same(&os, fd, &hold),
+                Err(CheckError::ImageBeingWritten)
+            ));
+        }
     }
 }
