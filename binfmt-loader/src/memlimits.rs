@@ -22,6 +22,12 @@
 //! checked. The limits in force are this process's: the image's rlimits are
 //! set only after the areas exist.
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use core::fmt;
 
 use image_format::records::{prot, vma_flags, vma_kind};
@@ -297,7 +303,7 @@ pub fn read_facts(effective_caps: u64) -> MemoryFacts {
     let n = crate::sys::read_small_file(b"/proc/meminfo", &mut meminfo).unwrap_or(0);
     let meminfo = &meminfo[..n];
     let kb = |key: &[u8]| meminfo_kb(meminfo, key);
-    let overcommit = sysctl(b"/proc/sys/vm/overcommit_memory").map(|m| m as u32);
+    let overcommit = sysctl(b"/proc/sys/vm/overcommit_memory").and_then(|m| u32::try_from(m).ok());
     let (commit_limit, committed, total) =
         match (kb(b"CommitLimit"), kb(b"Committed_AS"), kb(b"MemTotal")) {
             (Some(a), Some(b), Some(c)) => (a, b, c),

@@ -2,6 +2,12 @@
 //! enter the window (stages 3 and 4, run by the trampoline); and the dry
 //! run of the first two ([`dry_run`], `crimg plan`).
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use crate::args::loader_args;
 use crate::check::{self, CheckError};
 use crate::message;
@@ -33,6 +39,7 @@ impl Refusal {
 /// this process keeps the fds stage 1 opened and its raised
 /// `RLIMIT_NOFILE`. The window is chosen in this process's layout, so its
 /// address (and every address in the window) differs from a real run's.
+#[allow(clippy::result_large_err)] // No heap: the message is a fixed line, built once.
 pub fn dry_run(
     name: &'static [u8],
     fd: i32,
@@ -130,7 +137,15 @@ pub fn run(startup: &Startup) -> ExitCode {
             return plan_exit_code(&e);
         }
     };
-    let buf = match sys::map_window(window.start, window.len() as usize) {
+    // A window is a few pages plus stacks: it fits a usize on x86_64.
+    let Ok(window_len) = usize::try_from(window.len()) else {
+        message::report(
+            name,
+            format_args!("bootstrap window of {:#x} bytes", window.len()),
+        );
+        return ExitCode::NoWindow;
+    };
+    let buf = match sys::map_window(window.start, window_len) {
         Ok(b) => b,
         Err(errno) => {
             message::report(

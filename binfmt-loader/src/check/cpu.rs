@@ -2,6 +2,12 @@
 //! enabled by this CPU (XCR0) and permitted to this process, and each
 //! thread's XSAVE area must be one `rt_sigreturn` can load.
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use core::fmt;
 
 use image_format::Image;
@@ -79,6 +85,10 @@ pub fn check_threads(
     Ok((threads, features))
 }
 
+/// [`frame::XSAVE_MIN`] (576) as a component end.
+const XSAVE_MIN_U32: u32 = 576;
+const _: () = assert!(XSAVE_MIN_U32 as usize == frame::XSAVE_MIN);
+
 /// The size of the XSAVE frame `rt_sigreturn` restores in full for
 /// `features` (XCR0 ∩ what this process is permitted). A larger frame (e.g.
 /// sized for AMX it was not granted) gets only the legacy SSE state back.
@@ -88,7 +98,7 @@ pub fn permitted_xsave_size(features: u64, component_end: impl Fn(u32) -> u32) -
         .map(component_end)
         .max()
         .unwrap_or(0)
-        .max(frame::XSAVE_MIN as u32) as usize
+        .max(XSAVE_MIN_U32) as usize
 }
 
 /// A thread's saved XSAVE area cut to `user_size`: the standard format puts
@@ -190,7 +200,7 @@ pub fn validate_xsave(
         // x87 and SSE live in the legacy region, present by the length check.
         if bit >= 2 {
             let end = component_end(bit);
-            if end as usize > xsave.len() {
+            if usize::try_from(end).map_or(true, |end| end > xsave.len()) {
                 return Err(XsaveFault::Truncated {
                     bit,
                     end,

@@ -2,6 +2,12 @@
 //! `rt_sigreturn`, found by the dumper): usable only when the rebuilt
 //! memory holds that code at the recorded addresses, in an executable area.
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use image_format::records::{vma_kind, GadgetsRecord};
 use image_format::Image;
 
@@ -26,7 +32,8 @@ pub fn check_gadgets(
         let read_file = |fd: i32, off: u64, buf: &mut [u8]| {
             let mut n = 0;
             while n < buf.len() {
-                match os.pread(fd, &mut buf[n..], off + n as u64) {
+                let at = off.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
+                match os.pread(fd, &mut buf[n..], at) {
                     Ok(0) => break,
                     Ok(k) => n += k,
                     Err(Errno::EINTR) => {}
@@ -88,19 +95,23 @@ pub fn target_code<'a>(
     if special || v.prot & image_format::records::prot::EXEC == 0 {
         return None;
     }
-    let n = (out.len() as u64).min(v.end - addr) as usize;
+    // Offsets below are within `out` (a few bytes), so they fit a usize.
+    let off = |x: u64| usize::try_from(x).ok();
+    let n = out.len().min(off(v.end - addr).unwrap_or(usize::MAX));
     let out = &mut out[..n];
     out.fill(0);
     if v.fd >= 0 {
         read_file(v.fd, v.pgoff.checked_add(addr - v.start)?, out);
     }
-    let end = addr + n as u64;
+    let end = addr.checked_add(u64::try_from(n).ok()?)?;
     for (vaddr, bytes) in stored {
         let from = vaddr.max(addr);
-        let to = vaddr.saturating_add(bytes.len() as u64).min(end);
+        let to = vaddr
+            .saturating_add(u64::try_from(bytes.len()).unwrap_or(u64::MAX))
+            .min(end);
         if from < to {
-            out[(from - addr) as usize..(to - addr) as usize]
-                .copy_from_slice(&bytes[(from - vaddr) as usize..(to - vaddr) as usize]);
+            out[off(from - addr)?..off(to - addr)?]
+                .copy_from_slice(&bytes[off(from - vaddr)?..off(to - vaddr)?]);
         }
     }
     Some(n)

@@ -2,6 +2,12 @@
 //! window must avoid, its stack and the kernel's fresh vDSO block (which
 //! must have the target's shape: the plan moves it onto the old one).
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use super::os::Os;
 use super::scratch::{Scratch, MAX_MAPS};
 use super::CheckError;
@@ -42,6 +48,30 @@ pub fn read_loader_layout(
     Ok(LoaderLayout { maps, stack, vdso })
 }
 
+/// The kernel's vDSO block among `entries` (`[vvar]`, `[vvar_vclock]`,
+/// `[vdso]`, in order): what the plan moves onto the target's (`crimg
+/// check` judges it too).
+pub fn vdso_block(entries: &[MapsEntry]) -> VdsoBlock {
+    let mut vdso = VdsoBlock::default();
+    for e in entries {
+        if matches!(e.kind, MapKind::Vvar | MapKind::VvarVclock | MapKind::Vdso) {
+            vdso.push(Range {
+                start: e.start,
+                end: e.end,
+            });
+        }
+    }
+    vdso
+}
+
+/// Whether a vDSO block can be moved as one: its parts adjacent, in order,
+/// ending with `[vdso]` itself (`kinds`: what each part is).
+pub fn vdso_block_movable(block: &VdsoBlock, last_is_vdso: bool) -> bool {
+    last_is_vdso
+        && !block.parts().is_empty()
+        && block.parts().windows(2).all(|w| w[0].end == w[1].start)
+}
+
 /// Every mapping but `[vsyscall]` (out of reach, it stays), the stack and
 /// the vDSO block among them.
 fn loader_ranges(
@@ -49,7 +79,7 @@ fn loader_ranges(
     scratch: &mut Scratch,
 ) -> Result<(&'static [Range], Option<Range>, VdsoBlock), CheckError> {
     let out = scratch.take::<Range>("loader maps", entries.len())?;
-    let mut vdso = VdsoBlock::default();
+    let vdso = vdso_block(entries);
     let mut stack = None;
     let mut n = 0;
     for e in entries {
@@ -60,9 +90,6 @@ fn loader_ranges(
         match e.kind {
             MapKind::Vsyscall => continue,
             MapKind::Stack => stack = Some(r),
-            MapKind::Vvar | MapKind::VvarVclock | MapKind::Vdso => {
-                vdso.push(r);
-            }
             _ => {}
         }
         // One slot per entry: `n` < `entries.len()`.

@@ -20,6 +20,12 @@
 //! runs against a fake in the unit tests below. [`stable`] says why what
 //! is checked is what is loaded.
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use core::fmt;
 
 use image_format::records::{vma_flags, FdRecord, VmaRecord};
@@ -647,10 +653,10 @@ mod tests {
     #[test]
     fn gadget_bytes_come_from_stored_pages_then_the_file() {
         use image_format::records::prot;
-        let file: Vec<u8> = (0..0x3000u32).map(|i| i as u8).collect();
+        let file: Vec<u8> = (0..0x3000u32).map(|i| i.to_le_bytes()[0]).collect();
         let read_file = |fd: i32, off: u64, buf: &mut [u8]| {
             assert_eq!(fd, 7);
-            let off = off as usize;
+            let off = usize::try_from(off).unwrap();
             buf.copy_from_slice(&file[off..off + buf.len()]);
         };
         let vmas = [

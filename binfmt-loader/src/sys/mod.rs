@@ -10,6 +10,12 @@
 //! # References
 //! `syscall(2)`, `arch/x86/entry/syscalls/syscall_64.tbl`.
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use core::arch::asm;
 
 pub mod mm;
@@ -120,9 +126,10 @@ impl core::fmt::Display for Errno {
 fn result(ret: i64) -> Result<u64, Errno> {
     if (-4095..0).contains(&ret) {
         // `ret` is in -4095..=-1, so the negation fits in u16.
-        Err(Errno(ret.unsigned_abs() as u16))
+        Err(Errno(u16::try_from(ret.unsigned_abs()).unwrap_or(u16::MAX)))
     } else {
-        Ok(ret as u64)
+        // Bit for bit: addresses and counts the kernel returns.
+        Ok(u64::from_ne_bytes(ret.to_ne_bytes()))
     }
 }
 
@@ -140,7 +147,7 @@ pub unsafe fn syscall6(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5:
     unsafe {
         asm!(
             "syscall",
-            inlateout("rax") nr as i64 => ret,
+            inlateout("rax") nr => ret,
             in("rdi") a0,
             in("rsi") a1,
             in("rdx") a2,
@@ -161,7 +168,7 @@ pub fn write(fd: i32, buf: &[u8]) -> Result<usize, Errno> {
     let r = unsafe {
         syscall6(
             nr::WRITE,
-            fd as u64,
+            int_arg(fd),
             buf.as_ptr() as u64,
             buf.len() as u64,
             0,
@@ -169,7 +176,7 @@ pub fn write(fd: i32, buf: &[u8]) -> Result<usize, Errno> {
             0,
         )
     };
-    result(r).map(|n| n as usize)
+    result(r).map(count)
 }
 
 /// Write all of `buf` to `fd`, retrying short writes; errors are dropped
@@ -226,7 +233,7 @@ pub fn read(fd: i32, buf: &mut [u8]) -> Result<usize, Errno> {
     let r = unsafe {
         syscall6(
             nr::READ,
-            fd as u64,
+            int_arg(fd),
             buf.as_mut_ptr() as u64,
             buf.len() as u64,
             0,
@@ -234,7 +241,7 @@ pub fn read(fd: i32, buf: &mut [u8]) -> Result<usize, Errno> {
             0,
         )
     };
-    result(r).map(|n| n as usize)
+    result(r).map(count)
 }
 
 /// `pread64(fd, buf, len, off)`.
@@ -243,7 +250,7 @@ pub fn pread(fd: i32, buf: &mut [u8], off: u64) -> Result<usize, Errno> {
     let r = unsafe {
         syscall6(
             nr::PREAD64,
-            fd as u64,
+            int_arg(fd),
             buf.as_mut_ptr() as u64,
             buf.len() as u64,
             off,
@@ -251,7 +258,7 @@ pub fn pread(fd: i32, buf: &mut [u8], off: u64) -> Result<usize, Errno> {
             0,
         )
     };
-    result(r).map(|n| n as usize)
+    result(r).map(count)
 }
 
 /// A NUL-terminated path in a fixed buffer (no allocation).
@@ -278,7 +285,7 @@ pub fn openat(dirfd: i32, path: &CPath, flags: u32) -> Result<i32, Errno> {
     let r = unsafe {
         syscall6(
             nr::OPENAT,
-            dirfd as i64 as u64,
+            int_arg(dirfd),
             path.buf.as_ptr() as u64,
             u64::from(flags & !O_CREAT),
             0,
@@ -286,13 +293,13 @@ pub fn openat(dirfd: i32, path: &CPath, flags: u32) -> Result<i32, Errno> {
             0,
         )
     };
-    result(r).map(|fd| fd as i32)
+    result(r).and_then(fd_of)
 }
 
 /// `close(fd)`.
 pub fn close(fd: i32) -> Result<(), Errno> {
     // SAFETY: closing an fd touches no memory of ours.
-    let r = unsafe { syscall6(nr::CLOSE, fd as u64, 0, 0, 0, 0, 0) };
+    let r = unsafe { syscall6(nr::CLOSE, int_arg(fd), 0, 0, 0, 0, 0) };
     result(r).map(|_| ())
 }
 
@@ -300,28 +307,38 @@ pub fn close(fd: i32) -> Result<(), Errno> {
 /// change (`O_APPEND`, `O_NONBLOCK`, `O_ASYNC`, `O_DIRECT`, `O_NOATIME`).
 pub fn set_status_flags(fd: i32, flags: u32) -> Result<(), Errno> {
     // SAFETY: changing an fd's status flags touches no memory of ours.
-    let r = unsafe { syscall6(nr::FCNTL, fd as u64, F_SETFL, u64::from(flags), 0, 0, 0) };
+    let r = unsafe { syscall6(nr::FCNTL, int_arg(fd), F_SETFL, u64::from(flags), 0, 0, 0) };
     result(r).map(|_| ())
 }
 
 /// `fcntl(fd, F_DUPFD_CLOEXEC, min)`: a close-on-exec copy numbered ≥ `min`.
 pub fn dup_above(fd: i32, min: i32) -> Result<i32, Errno> {
     // SAFETY: duplicating an fd touches no memory of ours.
-    let r = unsafe { syscall6(nr::FCNTL, fd as u64, F_DUPFD_CLOEXEC, min as u64, 0, 0, 0) };
-    result(r).map(|fd| fd as i32)
+    let r = unsafe {
+        syscall6(
+            nr::FCNTL,
+            int_arg(fd),
+            F_DUPFD_CLOEXEC,
+            int_arg(min),
+            0,
+            0,
+            0,
+        )
+    };
+    result(r).and_then(fd_of)
 }
 
 /// `lseek(fd, off, SEEK_SET)`.
 pub fn seek_to(fd: i32, off: u64) -> Result<u64, Errno> {
     // SAFETY: seeking touches no memory of ours.
-    let r = unsafe { syscall6(nr::LSEEK, fd as u64, off, 0, 0, 0, 0) };
+    let r = unsafe { syscall6(nr::LSEEK, int_arg(fd), off, 0, 0, 0, 0) };
     result(r)
 }
 
 /// `fchdir(fd)`.
 pub fn fchdir(fd: i32) -> Result<(), Errno> {
     // SAFETY: changing the working directory touches no memory of ours.
-    let r = unsafe { syscall6(nr::FCHDIR, fd as u64, 0, 0, 0, 0, 0) };
+    let r = unsafe { syscall6(nr::FCHDIR, int_arg(fd), 0, 0, 0, 0, 0) };
     result(r).map(|_| ())
 }
 
@@ -391,7 +408,7 @@ pub fn fstat(fd: i32) -> Result<Stat, Errno> {
     let r = unsafe {
         syscall6(
             nr::FSTAT,
-            fd_arg(fd),
+            int_arg(fd),
             core::ptr::from_mut(&mut st) as u64,
             0,
             0,
@@ -429,10 +446,10 @@ pub fn take_read_lease(fd: i32) -> Result<(), Errno> {
     const F_SETOWN: u64 = 8;
     const F_RDLCK: u64 = 0;
     // SAFETY: fcntl on an fd touches no memory of ours.
-    let r = unsafe { syscall6(nr::FCNTL, fd_arg(fd), F_SETLEASE, F_RDLCK, 0, 0, 0) };
+    let r = unsafe { syscall6(nr::FCNTL, int_arg(fd), F_SETLEASE, F_RDLCK, 0, 0, 0) };
     result(r)?;
     // SAFETY: as above.
-    let r = unsafe { syscall6(nr::FCNTL, fd_arg(fd), F_SETOWN, 0, 0, 0, 0) };
+    let r = unsafe { syscall6(nr::FCNTL, int_arg(fd), F_SETOWN, 0, 0, 0, 0) };
     result(r).map(|_| ())
 }
 
@@ -442,14 +459,24 @@ pub fn lease_intact(fd: i32) -> bool {
     const F_GETLEASE: u64 = 1025;
     const F_RDLCK: u64 = 0;
     // SAFETY: fcntl on an fd touches no memory of ours.
-    let r = unsafe { syscall6(nr::FCNTL, fd_arg(fd), F_GETLEASE, 0, 0, 0, 0) };
+    let r = unsafe { syscall6(nr::FCNTL, int_arg(fd), F_GETLEASE, 0, 0, 0, 0) };
     result(r) == Ok(F_RDLCK)
 }
 
-/// An fd as a system-call argument: the kernel reads the low 32 bits as
-/// an `int`, so the sign extension of a negative fd is what it expects.
-fn fd_arg(fd: i32) -> u64 {
+/// An `int` (fd, exit code) as a system-call argument: the kernel reads the
+/// low 32 bits, so the sign extension of a negative one is what it expects.
+fn int_arg(fd: i32) -> u64 {
     u64::from_ne_bytes(i64::from(fd).to_ne_bytes())
+}
+
+/// A byte count the kernel returned (at most the buffer's length).
+fn count(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// An fd the kernel returned (an `int`).
+fn fd_of(fd: u64) -> Result<i32, Errno> {
+    i32::try_from(fd).map_err(|_| Errno::EINVAL)
 }
 
 /// Read the start of a small file into `buf` (up to its length).
@@ -488,7 +515,7 @@ pub fn map_file_readonly(fd: i32, len: usize) -> Result<&'static [u8], Errno> {
             len as u64,
             PROT_READ,
             MAP_PRIVATE,
-            fd as u64,
+            int_arg(fd),
             0,
         )
     };
@@ -737,19 +764,20 @@ pub fn securebits() -> u32 {
     const PR_GET_SECUREBITS: u64 = 27;
     // SAFETY: no memory involved.
     let r = unsafe { syscall6(nr::PRCTL, PR_GET_SECUREBITS, 0, 0, 0, 0, 0) };
-    result(r).map_or(0, |bits| bits as u32)
+    result(r).map_or(0, |bits| u32::try_from(bits).unwrap_or(0))
 }
 
 /// `getpid()`.
 pub fn getpid() -> i32 {
     // SAFETY: no memory involved.
-    unsafe { syscall6(nr::GETPID, 0, 0, 0, 0, 0, 0) as i32 }
+    let pid = unsafe { syscall6(nr::GETPID, 0, 0, 0, 0, 0, 0) };
+    i32::try_from(pid).unwrap_or(0)
 }
 
 /// `exit_group(code)`.
 pub fn exit_group(code: i32) -> ! {
     loop {
         // SAFETY: ends the process; touches no memory.
-        unsafe { syscall6(nr::EXIT_GROUP, code as u64, 0, 0, 0, 0, 0) };
+        unsafe { syscall6(nr::EXIT_GROUP, int_arg(code), 0, 0, 0, 0, 0) };
     }
 }

@@ -1,5 +1,11 @@
 //! `crimg`: inspect, verify and run task images; manage the binfmt entry.
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
