@@ -141,8 +141,10 @@ pub fn open_mapped_files(
                 });
             }
             let (rw, must_rw) = shared_file_access(v.flags, v.prot);
+            // Newest first: a file's areas are usually next to each other.
             let known = opened[..nopened]
                 .iter()
+                .rev()
                 .find(|o| o.dev == v.file.dev && o.ino == v.file.ino && o.rw == u32::from(rw));
             fd = match known {
                 Some(o) => o.fd,

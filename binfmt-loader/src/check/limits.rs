@@ -11,7 +11,7 @@
 use image_format::records::{
     ItimerRecord, PendingSignalRecord, Record, RlimitRecord, SigactionRecord,
 };
-use image_format::Image;
+use image_format::{read::Records, Image};
 
 use super::os::Os;
 use super::scratch::{Scratch, MAX_ITIMERS, MAX_RLIMITS, MAX_SIGACTIONS};
@@ -30,27 +30,41 @@ pub struct ProcessRecords {
     pub pending: &'static [PendingSignalRecord],
 }
 
-/// How many records of `T` stage 1 keeps (at most `max`).
-pub fn count<T: Record>(image: &Image<'static>, max: usize) -> Result<usize, CheckError> {
-    let n = image
-        .records::<T>()
-        .map_err(|error| CheckError::Corrupt { error })?
-        .len();
-    Ok(usize::try_from(n).unwrap_or(usize::MAX).min(max))
+/// The process-wide record notes, each found once.
+pub struct RecordNotes {
+    pub sigactions: Records<'static, SigactionRecord>,
+    pub rlimits: Records<'static, RlimitRecord>,
+    pub itimers: Records<'static, ItimerRecord>,
+    pub pending: Records<'static, PendingSignalRecord>,
+}
+
+impl RecordNotes {
+    pub fn find(image: &Image<'static>) -> Result<RecordNotes, CheckError> {
+        let corrupt = |error| CheckError::Corrupt { error };
+        Ok(RecordNotes {
+            sigactions: image.records().map_err(corrupt)?,
+            rlimits: image.records().map_err(corrupt)?,
+            itimers: image.records().map_err(corrupt)?,
+            pending: image.records().map_err(corrupt)?,
+        })
+    }
+}
+
+/// How many of `records` stage 1 keeps (at most `max`).
+pub fn count<T: Record>(records: &Records<'static, T>, max: usize) -> usize {
+    usize::try_from(records.len())
+        .unwrap_or(usize::MAX)
+        .min(max)
 }
 
 fn copy_records<T: Record>(
-    image: &Image<'static>,
+    records: &Records<'static, T>,
     scratch: &mut Scratch,
     table: &'static str,
     max: usize,
 ) -> Result<&'static mut [T], CheckError> {
-    let n = count::<T>(image, max)?;
-    let recs = image
-        .records::<T>()
-        .map_err(|error| CheckError::Corrupt { error })?;
-    let out = scratch.take::<T>(table, n)?;
-    for (slot, r) in out.iter_mut().zip(recs) {
+    let out = scratch.take::<T>(table, count(records, max))?;
+    for (slot, r) in out.iter_mut().zip(records.clone()) {
         *slot = r;
     }
     Ok(out)
@@ -60,13 +74,13 @@ fn copy_records<T: Record>(
 pub fn process_records(
     os: &impl Os,
     image: &Image<'static>,
+    notes: &RecordNotes,
     scratch: &mut Scratch,
 ) -> Result<ProcessRecords, CheckError> {
-    let sigactions = copy_records::<SigactionRecord>(image, scratch, "sigactions", MAX_SIGACTIONS)?;
-    let rlimits = copy_records::<RlimitRecord>(image, scratch, "rlimits", MAX_RLIMITS)?;
-    let itimers = copy_records::<ItimerRecord>(image, scratch, "itimers", MAX_ITIMERS)?;
-    let pending =
-        copy_records::<PendingSignalRecord>(image, scratch, "pending signals", usize::MAX)?;
+    let sigactions = copy_records(&notes.sigactions, scratch, "sigactions", MAX_SIGACTIONS)?;
+    let rlimits = copy_records(&notes.rlimits, scratch, "rlimits", MAX_RLIMITS)?;
+    let itimers = copy_records(&notes.itimers, scratch, "itimers", MAX_ITIMERS)?;
+    let pending = copy_records(&notes.pending, scratch, "pending signals", usize::MAX)?;
     // PR_SET_MM_MAP checks the brk and data sizes against RLIMIT_DATA
     // before the plan sets the image's own limits: this process's.
     let (data_limit, _) = os.get_rlimit(RLIMIT_DATA).unwrap_or((u64::MAX, u64::MAX));

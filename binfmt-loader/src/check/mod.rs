@@ -364,26 +364,18 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
 
     let (threads, xfeatures) = cpu::check_threads(os, &image)?;
 
+    let record_notes = limits::RecordNotes::find(&image)?;
     let tables = Tables {
         vmas: usize::try_from(notes.vmas.len()).unwrap_or(usize::MAX),
         segments: usize::try_from(image.segment_count()).unwrap_or(usize::MAX),
         fds: usize::try_from(notes.fds.len()).unwrap_or(usize::MAX),
-        pending: limits::count::<image_format::records::PendingSignalRecord>(&image, usize::MAX)?,
-        sigactions: limits::count::<image_format::records::SigactionRecord>(
-            &image,
-            scratch::MAX_SIGACTIONS,
-        )?,
-        rlimits: limits::count::<image_format::records::RlimitRecord>(
-            &image,
-            scratch::MAX_RLIMITS,
-        )?,
-        itimers: limits::count::<image_format::records::ItimerRecord>(
-            &image,
-            scratch::MAX_ITIMERS,
-        )?,
+        pending: limits::count(&record_notes.pending, usize::MAX),
+        sigactions: limits::count(&record_notes.sigactions, scratch::MAX_SIGACTIONS),
+        rlimits: limits::count(&record_notes.rlimits, scratch::MAX_RLIMITS),
+        itimers: limits::count(&record_notes.itimers, scratch::MAX_ITIMERS),
     };
     let mut scratch = Scratch::map(&tables)?;
-    let records = limits::process_records(os, &image, &mut scratch)?;
+    let records = limits::process_records(os, &image, &record_notes, &mut scratch)?;
 
     // Fd numbers the task uses; everything the loader opens goes above.
     let loader_fds = fds::place_loader_fds(os, &notes.fds, mapped.fd)?;
