@@ -159,10 +159,11 @@ pub fn open_mapped_files(
                         sys::S_IFREG,
                         base,
                     ) {
-                        // Read-write only for VM_MAYWRITE: what this caller
-                        // may not open so is mapped as it may, and said.
+                        // Read-write only for VM_MAYWRITE: a file this caller
+                        // may not open so (EPERM, EACCES, ETXTBSY, EROFS) is
+                        // mapped as it may, and said.
                         Err(CheckError::FileMissing { errno, .. })
-                            if rw && !must_rw && matches!(errno.0, 1 | 13 | 30) =>
+                            if rw && !must_rw && matches!(errno.0, 1 | 13 | 26 | 30) =>
                         {
                             os.report(
                                     name,
