@@ -153,6 +153,7 @@ pub struct Timeval {
     pub sec: i64,
     pub usec: i64,
 }
+const _: () = assert!(core::mem::size_of::<Timeval>() == 16);
 
 /// `struct elf_prstatus` (x86_64).
 #[derive(
@@ -221,3 +222,38 @@ pub const FX_SW_BYTES_OFFSET: usize = 464;
 pub const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
 /// `FP_XSTATE_MAGIC2`, stored right after an XSAVE area in a signal frame.
 pub const FP_XSTATE_MAGIC2: u32 = 0x4650_5845;
+
+/// The XSAVE header at [`XSAVE_HEADER_OFFSET`] of every XSAVE area.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct XsaveHeader {
+    /// The features whose state the area holds.
+    pub xstate_bv: u64,
+    /// The compacted format's features (0: standard format).
+    pub xcomp_bv: u64,
+    pub reserved: [u64; 6],
+}
+const _: () = assert!(core::mem::size_of::<XsaveHeader>() == 64);
+
+/// `struct _fpx_sw_bytes`, at [`FX_SW_BYTES_OFFSET`] of the FXSAVE region:
+/// what the kernel says about the XSAVE area that follows.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct FpxSwBytes {
+    /// [`FP_XSTATE_MAGIC1`] when an XSAVE area follows.
+    pub magic1: u32,
+    pub extended_size: u32,
+    /// The XCR0 of the machine that saved the area.
+    pub xfeatures: u64,
+    pub xstate_size: u32,
+    pub padding: [u32; 7],
+}
+const _: () = assert!(core::mem::size_of::<FpxSwBytes>() == 48);
+const _: () = assert!(FX_SW_BYTES_OFFSET + core::mem::size_of::<FpxSwBytes>() == FXSAVE_SIZE);
+
+/// Bytes every XSAVE area has: the FXSAVE region and the XSAVE header.
+pub const XSAVE_MIN_SIZE: usize = XSAVE_HEADER_OFFSET + core::mem::size_of::<XsaveHeader>();
