@@ -481,7 +481,7 @@ impl WindowLayout {
         let others = input.threads.len().saturating_sub(1);
         let ops_cap = 64
             + others * 20
-            + input.vmas.len() * 12
+            + input.vmas.len() * 14
             + input.loads.len()
             + input.sigactions.len()
             + input.rlimits.len()

@@ -735,7 +735,19 @@ fn runs_through_binfmt_misc_with_the_o_flag() {
     let dir = temp_dir("binfmt");
     let image = build_image(&dir.0, true);
     std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let out = Command::new(&image).stdin(Stdio::null()).output().unwrap();
+    // ETXTBSY: a child another test thread forked while this one still had
+    // the image open for writing holds that fd until it execs; the kernel
+    // refuses to execute a file open for writing meanwhile. It passes.
+    let mut tries = 0;
+    let out = loop {
+        match Command::new(&image).stdin(Stdio::null()).output() {
+            Err(e) if e.raw_os_error() == Some(26) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => break other.unwrap(),
+        }
+    };
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(

@@ -105,18 +105,33 @@ impl LineReader {
         prefixes: &[&str],
         timeout: Duration,
     ) -> Result<String, LineError> {
+        self.wait_for_line(
+            &prefixes.join("` or `"),
+            |line| prefixes.iter().any(|prefix| line.starts_with(prefix)),
+            timeout,
+        )
+    }
+
+    /// Like [`Self::wait_for`], for the first line that `matches`; `what`
+    /// describes it in errors.
+    pub fn wait_for_line(
+        &mut self,
+        what: &str,
+        matches: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Result<String, LineError> {
         let deadline = Instant::now() + timeout;
         loop {
             while self.consumed < self.history.len() {
                 let line = &self.history[self.consumed];
                 self.consumed += 1;
-                if prefixes.iter().any(|prefix| line.starts_with(prefix)) {
+                if matches(line) {
                     return Ok(line.clone());
                 }
             }
             if self.closed {
                 return Err(LineError::Closed {
-                    prefix: prefixes.join("` or `"),
+                    prefix: what.to_owned(),
                     source_name: self.source_name.clone(),
                     recent: self.recent(),
                 });
@@ -127,7 +142,7 @@ impl LineReader {
                 Err(RecvTimeoutError::Disconnected) => self.closed = true,
                 Err(RecvTimeoutError::Timeout) => {
                     return Err(LineError::Timeout {
-                        prefix: prefixes.join("` or `"),
+                        prefix: what.to_owned(),
                         source_name: self.source_name.clone(),
                         waited: timeout,
                         recent: self.recent(),

@@ -522,6 +522,20 @@ impl Workload {
         self.stderr.history()
     }
 
+    /// Wait for a stderr line containing `text` (stderr is read by its own
+    /// thread: a line the program wrote before a stdout line may arrive
+    /// after it).
+    pub fn wait_stderr_containing(
+        &mut self,
+        text: &str,
+        timeout: Duration,
+    ) -> Result<String, ProcessError> {
+        let (name, pid) = (self.name.clone(), self.pid());
+        self.stderr
+            .wait_for_line(text, |line| line.contains(text), timeout)
+            .map_err(|source| ProcessError::Line { name, pid, source })
+    }
+
     /// The stdout line reader (for marks and waits on several prefixes).
     pub fn stdout(&mut self) -> &mut LineReader {
         &mut self.stdout

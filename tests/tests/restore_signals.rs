@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use crimg_tests::process::CheckTrigger;
+use crimg_tests::process::{CheckTrigger, LINE_TIMEOUT};
 use crimg_tests::roundtrip::{as_nobody, dump_and_kill};
 use crimg_tests::{binaries, scratch_dir, Workload};
 
@@ -198,13 +198,9 @@ fn pending_signals_survive(runner: Runner) {
         restored.stderr_report()
     );
     if runner == Runner::RootWithoutRestoreCaps {
-        assert!(
-            stderr
-                .iter()
-                .any(|line| line.contains("get new thread ids")),
-            "{}",
-            restored.stderr_report()
-        );
+        if let Err(err) = restored.wait_stderr_containing("get new thread ids", LINE_TIMEOUT) {
+            panic!("{err}\n{}", restored.stderr_report());
+        }
     }
 }
 

@@ -175,22 +175,32 @@ fn locked_mergeable_droppable_and_fork_flags_are_kept() {
     assert_eq!(pass.get("areas"), Some("6"), "{}", pass.line());
 }
 
-/// A real interpreter: the areas of python3 keep their flags. It runs on
-/// after the restore (its allocator maps and unmaps arenas), so only the
-/// areas found unchanged are compared, and most must be.
-#[test]
-fn python_keeps_every_vm_flag() {
-    crimg_tests::skip_unless_root!();
+/// A real interpreter (python3, bash): its areas keep their flags. It runs
+/// on after the restore (python's allocator maps and unmaps arenas), so
+/// only the areas found unchanged are compared, and most must be.
+fn interpreter_keeps_its_vm_flags(script: &str) {
     let bins = binaries();
     let scratch = scratch_dir();
-    let mut victim = Workload::start("loop.py", Vec::<String>::new());
+    let mut victim = Workload::start(script, Vec::<String>::new());
     victim.expect_line("TICK 2");
     let before = dump_victim(&bins, &scratch.path().join("out"), victim);
     let mut restored = bins
-        .restore("restored loop.py", &before.dumped.dump.image)
+        .restore(&format!("restored {script}"), &before.dumped.dump.image)
         .unwrap_or_else(|err| panic!("{err}"));
     restored.expect_line("TICK ");
     assert_same_vm_flags_of_unchanged_areas(&before.flags, &vm_flags_of(restored.pid()), 80, 0);
+}
+
+#[test]
+fn python_keeps_every_vm_flag() {
+    crimg_tests::skip_unless_root!();
+    interpreter_keeps_its_vm_flags("loop.py");
+}
+
+#[test]
+fn bash_keeps_every_vm_flag() {
+    crimg_tests::skip_unless_root!();
+    interpreter_keeps_its_vm_flags("loop.sh");
 }
 
 /// A JVM (a large reserved heap, many threads, code cache): the areas
