@@ -4,6 +4,37 @@
 //! All structures are `#[repr(C)]`, little-endian by virtue of the only target
 //! this crate supports, and converted to and from bytes by `zerocopy` (never
 //! by offsets maintained by hand). Their sizes are asserted at compile time.
+//!
+//! # Why not the `object` crate
+//!
+//! `object` has the same kind of raw structs (`object::elf`, `Pod`), a
+//! zero-copy `no_std` reader and a two-phase writer, and would be the choice
+//! for reading arbitrary ELF files. For crimg images the hand-written
+//! structs here are kept, on purpose:
+//!
+//! * What `object` would replace is small: [`Ehdr`], [`Phdr`], [`Shdr`],
+//!   [`Nhdr`] and a dozen constants. The core-file payloads the loader needs
+//!   ([`Prstatus`], [`Prpsinfo`], [`UserRegs`], the XSAVE layout) are not in
+//!   `object` and would stay here anyway.
+//! * The reader's work is the checks `object` does not make and crimg
+//!   needs before the loader trusts a byte: the crimg ident and version,
+//!   one `PT_NOTE` first, page-aligned `PT_LOAD`s inside the user address
+//!   space and inside their memory areas, limits against hostile sizes, the
+//!   checksums. With `object` these checks stay, reached through its
+//!   endian-generic accessors (`U64<LittleEndian>::get`), for a format
+//!   that is little-endian x86_64 only.
+//! * The static loader links this crate: another dependency (with
+//!   `memchr`) in a freestanding binary whose every byte is reviewed, for
+//!   no capability it lacks.
+//! * The writer streams gigabytes of pages with `pwrite` from two threads,
+//!   page-aligned for `O_DIRECT`, after laying out every offset first (its
+//!   own two phases, modelled on `object`'s). `object`'s `elf::Writer`
+//!   writes sequentially into one `WritableBuffer` and is built around
+//!   sections and symbols, which a core file does not have.
+//!
+//! Revisit this if crimg comes to read other ELF files (the task's
+//! executables and libraries, for symbols or build ids): there `object`'s
+//! breadth pays for itself.
 
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 

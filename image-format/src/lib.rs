@@ -53,7 +53,7 @@ pub const FORMAT_VERSION: u8 = 1;
 pub const OLDEST_FORMAT_VERSION: u8 = 1;
 
 /// The full `e_ident` of every crimg image. binfmt_misc matches these 16
-/// bytes at offset 0 (see [`binfmt_magic`]).
+/// bytes at offset 0 (see `image_writer::binfmt_magic`).
 pub const IDENT: [u8; 16] = {
     let mut id = [0u8; 16];
     id[0] = 0x7f;
