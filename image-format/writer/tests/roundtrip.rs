@@ -548,3 +548,43 @@ fn invalid_states_are_refused_by_the_writer() {
     no_threads.threads.clear();
     assert!(write_image(&no_threads, &file, &mut PatternMemory).is_err());
 }
+
+#[test]
+fn the_note_index_finds_what_a_scan_finds() {
+    let bytes = write_to_vec(&sample_state(2, default_pages()));
+    let img = Image::parse(&bytes).unwrap();
+    for note_type in records::note::FIRST..=records::note::LAST {
+        let scanned = img
+            .find_note(records::OWNER_CRIMG, note_type)
+            .map(|n| n.desc);
+        assert!(scanned.is_some(), "note {note_type:#x} missing");
+        assert_eq!(img.crimg_note(note_type), scanned, "{note_type:#x}");
+    }
+    assert_eq!(
+        img.auxv(),
+        img.find_note(image_format::elf::OWNER_CORE, image_format::elf::NT_AUXV)
+            .unwrap()
+            .desc
+    );
+}
+
+#[test]
+fn a_crimg_note_of_a_type_this_reader_does_not_know_is_skipped() {
+    let mut bytes = write_to_vec(&sample_state(1, default_pages()));
+    let headers = record_headers(&bytes);
+    let (_, warnings) = *headers
+        .iter()
+        .find(|&&(t, _)| t == records::note::WARNINGS)
+        .unwrap();
+    // A newer writer's note: outside the indexed range, with a record
+    // version this reader would refuse for a note it knows.
+    let newer = 0x4352_0042u32;
+    let type_at = warnings - 8 - 4;
+    bytes[type_at..type_at + 4].copy_from_slice(&newer.to_le_bytes());
+    bytes[warnings..warnings + 2].copy_from_slice(&9u16.to_le_bytes());
+    image_format::reseal(&mut bytes).unwrap();
+    let img = Image::parse(&bytes).unwrap();
+    assert_eq!(img.warnings().count(), 0);
+    let desc = img.crimg_note(newer).unwrap();
+    assert_eq!(u16::from_le_bytes([desc[0], desc[1]]), 9);
+}
