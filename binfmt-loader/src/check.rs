@@ -627,10 +627,11 @@ pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
                     let flags = if rw { sys::O_RDWR } else { sys::O_RDONLY };
                     let mut opened_rw = rw;
                     let (f, st) = match open_typed("mapped file", path, flags, sys::S_IFREG, base) {
-                        // Read-write only for VM_MAYWRITE: what this caller
-                        // may not open so is mapped as it may, and said.
+                        // Read-write only for VM_MAYWRITE: a file this caller
+                        // may not open so (EPERM, EACCES, ETXTBSY, EROFS) is
+                        // mapped as it may, and said.
                         Err(CheckError::FileMissing { errno, .. })
-                            if rw && !must_rw && matches!(errno.0, 1 | 13 | 30) =>
+                            if rw && !must_rw && matches!(errno.0, 1 | 13 | 26 | 30) =>
                         {
                             warn(
                                 name,

@@ -148,8 +148,8 @@ fn gets_pages(v: &TargetVma, loads: &[PageLoad], sorted: bool) -> bool {
     }
 }
 
-fn mapped(v: &TargetVma, loads: &[PageLoad], sorted: bool) -> Mapped {
-    let gets_pages = gets_pages(v, loads, sorted);
+fn mapped(v: &TargetVma, loads: &[PageLoad], sorted: bool, kept_apart: bool) -> Mapped {
+    let gets_pages = gets_pages(v, loads, sorted) || kept_apart;
     Mapped {
         len: v.end - v.start,
         writable: v.prot & prot::WRITE != 0 || gets_pages || mm_state::write_first(v),
@@ -190,8 +190,12 @@ pub fn check(
         .saturating_mul(1024);
     let areas = vmas
         .iter()
-        .filter(|v| !v.is_special())
-        .map(|v| (v.start, v.flags, mapped(v, loads, sorted)))
+        .enumerate()
+        .filter(|(_, v)| !v.is_special())
+        .map(|(i, v)| {
+            let apart = mm_state::kept_apart(vmas, i).is_some();
+            (v.start, v.flags, mapped(v, loads, sorted, apart))
+        })
         .chain([(0, 0, window)]);
     for (start, flags, m) in areas {
         total = total.saturating_add(m.len);

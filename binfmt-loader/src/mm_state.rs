@@ -98,6 +98,77 @@ pub fn charge_op(v: &TargetVma, gets_pages: bool) -> Option<[u64; 6]> {
     ])
 }
 
+/// Would the kernel merge `v`, mapped fresh, into `prev` before it (and
+/// does the plan keep them apart)? Both private, adjacent, anonymous, with
+/// the same protections and flags: a new area has no anon_vma, so nothing
+/// keeps it apart. The task's kernel kept them apart (each had its
+/// anon_vma, or an `mremap` moved one), so the plan must too.
+///
+/// Only areas that may be mapped writable without changing their commit
+/// charge take part (writable, charged already, or no-reserve): mapping a
+/// never-charged read-only area writable would add `ac`, a worse change
+/// than a merged boundary.
+pub fn merges_into(prev: &TargetVma, v: &TargetVma) -> bool {
+    let private = |x: &TargetVma| {
+        !x.is_special()
+            && x.kind != vma_kind::SHARED_ANON
+            && x.flags & (vma_flags::SHARED | vma_flags::MAYSHARE | vma_flags::GROWSDOWN) == 0
+            && (x.prot & prot::WRITE != 0
+                || x.flags & (vma_flags::ACCOUNT | vma_flags::NORESERVE) != 0)
+    };
+    // Anonymous only: a file mapping's page written to give it an anon_vma
+    // could lie past the end of the file (EFAULT after the point of no
+    // return); files mapped twice at following offsets are rare.
+    prev.end == v.start
+        && private(prev)
+        && private(v)
+        && prev.fd < 0
+        && v.fd < 0
+        && prev.prot == v.prot
+        && prev.flags == v.flags
+}
+
+/// How the plan keeps area `i` of `vmas` apart from its neighbours, if it
+/// must: `None` when no neighbour would merge with it, else whether it is
+/// the one of a pair that differs while the areas are built (every other
+/// area of a run of would-be merged areas): mapped with `PROT_READ`
+/// flipped, so the `mmap` does not merge it, and advised [`apart_advice`]
+/// until its pages are in, so its first fault does not share its
+/// neighbour's anon_vma (the kernel reuses an adjacent area's anon_vma
+/// when only the protections differ). Each such area is mapped writable,
+/// gets one written page (its own anon_vma, which then keeps the kernel
+/// from merging it), and is `mprotect`ed to its protections afterwards.
+pub fn kept_apart(vmas: &[TargetVma], i: usize) -> Option<bool> {
+    let joins_prev = |k: usize| k > 0 && merges_into(&vmas[k - 1], &vmas[k]);
+    let joins_next = vmas
+        .get(i + 1)
+        .is_some_and(|next| merges_into(&vmas[i], next));
+    if !joins_prev(i) && !joins_next {
+        return None;
+    }
+    let mut first = i;
+    while joins_prev(first) {
+        first -= 1;
+    }
+    Some((i - first) % 2 == 1)
+}
+
+/// `MADV_NORMAL`, `MADV_RANDOM`, `MADV_SEQUENTIAL`.
+pub const MADV_NORMAL: u64 = 0;
+const MADV_RANDOM: u64 = 1;
+const MADV_SEQUENTIAL: u64 = 2;
+
+/// The read-ahead advice that makes a [`kept_apart`] area's flags differ
+/// from its neighbours' while its pages are filled (cleared with
+/// `MADV_NORMAL` afterwards; the area's own advice is applied after that).
+pub fn apart_advice(v: &TargetVma) -> u64 {
+    if v.flags & vma_flags::RANDOM != 0 {
+        MADV_SEQUENTIAL
+    } else {
+        MADV_RANDOM
+    }
+}
+
 /// A syscall the plan makes for an area once its pages are in and its
 /// protections final: `(nr, args, name)`; a failure is an error (the stage-1
 /// probes and limit checks make it one the kernel does not return).
@@ -156,7 +227,8 @@ pub fn probe_kernel(vmas: &[TargetVma], process_flags: u32) -> Result<(), MmStat
             errno,
         })?;
     }
-    let charged = vmas.iter().any(|v| charge_op(v, false).is_some());
+    let charged = vmas.iter().any(|v| charge_op(v, false).is_some())
+        || (0..vmas.len()).any(|i| kept_apart(vmas, i).is_some());
     if charged {
         sys::mm::probe_anon_page(sys::MAP_PRIVATE, Some(MADV_POPULATE_WRITE)).map_err(|errno| {
             MmStateError {
@@ -319,6 +391,54 @@ mod tests {
         assert_eq!(charge_op(&v, true), None);
         assert_eq!(charge_op(&vma(vma_flags::ACCOUNT, 0, 7), false), None);
         assert_eq!(charge_op(&vma(0, 0, -1), false), None);
+    }
+
+    #[test]
+    fn runs_of_would_be_merged_areas_alternate() {
+        let area = |start: u64, prot: u32, flags: u32| TargetVma {
+            start,
+            end: start + 0x1000,
+            prot,
+            flags,
+            kind: vma_kind::ANON,
+            fd: -1,
+            ..TargetVma::default()
+        };
+        let vmas = [
+            area(0x10000, 3, 0),
+            area(0x11000, 3, 0),
+            area(0x12000, 3, 0),
+            // Other protections: the kernel keeps it apart by itself.
+            area(0x13000, 1, 0),
+            // Not adjacent.
+            area(0x20000, 3, 0),
+            area(0x21000, 3, vma_flags::DONTFORK),
+        ];
+        let roles: std::vec::Vec<Option<bool>> =
+            (0..vmas.len()).map(|i| kept_apart(&vmas, i)).collect();
+        assert_eq!(
+            roles,
+            [Some(false), Some(true), Some(false), None, None, None]
+        );
+        // Read-only and never charged: mapping it writable would charge it.
+        let ro = [area(0x40000, 1, 0), area(0x41000, 1, 0)];
+        assert_eq!(kept_apart(&ro, 0), None);
+        let ro_charged = [
+            area(0x40000, 1, vma_flags::ACCOUNT),
+            area(0x41000, 1, vma_flags::ACCOUNT),
+        ];
+        assert_eq!(kept_apart(&ro_charged, 1), Some(true));
+        let mut file = area(0x30000, 1, vma_flags::ACCOUNT);
+        file.fd = 5;
+        file.kind = vma_kind::FILE;
+        let next = TargetVma {
+            start: 0x31000,
+            end: 0x32000,
+            pgoff: 0x1000,
+            ..file
+        };
+        // Files are left to the kernel (see `merges_into`).
+        assert!(!merges_into(&file, &next));
     }
 
     #[test]

@@ -481,7 +481,7 @@ impl WindowLayout {
         let others = input.threads.len().saturating_sub(1);
         let ops_cap = 64
             + others * 20
-            + input.vmas.len() * 14
+            + input.vmas.len() * 16
             + input.loads.len()
             + input.sigactions.len()
             + input.rlimits.len()
@@ -885,10 +885,19 @@ pub fn build_plan(
 
     // 3. Build every target VMA at its address; stored pages need write
     //    access until they are in.
-    for v in input.vmas.iter().filter(|v| !v.is_special()) {
+    for (i, v) in input
+        .vmas
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| !v.is_special())
+    {
         let fill = vma_gets_pages(input, v);
-        let writable_first = fill || mm_state::write_first(v);
-        let p = u64::from(v.prot) | if writable_first { sys::PROT_WRITE } else { 0 };
+        let apart = mm_state::kept_apart(input.vmas, i);
+        let writable_first = fill || mm_state::write_first(v) || apart.is_some();
+        let mut p = u64::from(v.prot) | if writable_first { sys::PROT_WRITE } else { 0 };
+        if apart == Some(true) {
+            p ^= sys::PROT_READ;
+        }
         let shared = v.flags & vma_flags::SHARED != 0 || maps_read_only_shared(v, fill);
         let (flags, fd, off) = if v.fd >= 0 {
             (
@@ -920,6 +929,14 @@ pub fn build_plan(
             format_args!("mmap {:#x}-{:#x}", v.start, v.end),
         )?;
         b.ops[b.n - 1].expect = v.start;
+        if apart == Some(true) {
+            b.sys(
+                rule::OK,
+                nr::MADVISE,
+                [v.start, v.end - v.start, mm_state::apart_advice(v), 0, 0, 0],
+                format_args!("madvise {:#x} apart", v.start),
+            )?;
+        }
     }
     for l in input.loads {
         b.op(
@@ -931,9 +948,20 @@ pub fn build_plan(
             format_args!("pread pages {:#x}+{:#x}", l.vaddr, l.len),
         )?;
     }
-    for v in input.vmas.iter().filter(|v| !v.is_special()) {
+    for (i, v) in input
+        .vmas
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| !v.is_special())
+    {
         let fill = vma_gets_pages(input, v);
-        if let Some(args) = mm_state::charge_op(v, fill) {
+        let apart = mm_state::kept_apart(input.vmas, i);
+        let populate = match apart {
+            Some(_) if !fill => Some([v.start, PAGE, mm_state::MADV_POPULATE_WRITE, 0, 0, 0]),
+            Some(_) => None,
+            None => mm_state::charge_op(v, fill),
+        };
+        if let Some(args) = populate {
             b.sys(
                 rule::OK,
                 nr::MADVISE,
@@ -942,12 +970,21 @@ pub fn build_plan(
             )?;
         }
         let writable_first = fill || mm_state::write_first(v);
-        if writable_first && v.prot & prot::WRITE == 0 {
+        if apart.is_some() || (writable_first && v.prot & prot::WRITE == 0) {
             b.sys(
                 rule::OK,
                 nr::MPROTECT,
                 [v.start, v.end - v.start, u64::from(v.prot), 0, 0, 0],
                 format_args!("mprotect {:#x}", v.start),
+            )?;
+        }
+        if apart == Some(true) {
+            // The advice below puts the area's own read-ahead flags back.
+            b.sys(
+                rule::OK,
+                nr::MADVISE,
+                [v.start, v.end - v.start, mm_state::MADV_NORMAL, 0, 0, 0],
+                format_args!("madvise {:#x} MADV_NORMAL", v.start),
             )?;
         }
         for (advice, name) in madvise_for(v.flags) {

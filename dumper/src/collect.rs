@@ -892,21 +892,24 @@ fn select_pages(
         if class.kind == image_format::records::vma_kind::SHARED_ANON {
             stored = shared_extents(c, e, &mut runs);
         } else if class.policy != PagePolicy::Nothing && (e.rss_kb > 0 || e.swap_kb > 0) {
-            let mut addr = e.start;
-            while addr < e.end {
-                let n = ((e.end - addr) / PAGE_SIZE).min(CHUNK_PAGES);
-                let bytes = &mut raw[..(n * 8) as usize];
-                pagemap
-                    .read_exact_at(bytes, addr / PAGE_SIZE * 8)
-                    .map_err(|source| CollectError::Read {
-                        pid,
-                        path: pagemap_path.clone(),
-                        source,
-                    })?;
-                entries.clear();
-                entries.extend(bytes.chunks_exact(8).map(|b| u64_at(b, 0)));
-                stored += pages::select(&mut runs, e.start, addr, &entries, class.policy, zero_pfn);
-                addr += n * PAGE_SIZE;
+            for (from, to) in populated_ranges(&pagemap, e) {
+                let mut addr = from;
+                while addr < to {
+                    let n = ((to - addr) / PAGE_SIZE).min(CHUNK_PAGES);
+                    let bytes = &mut raw[..(n * 8) as usize];
+                    pagemap
+                        .read_exact_at(bytes, addr / PAGE_SIZE * 8)
+                        .map_err(|source| CollectError::Read {
+                            pid,
+                            path: pagemap_path.clone(),
+                            source,
+                        })?;
+                    entries.clear();
+                    entries.extend(bytes.chunks_exact(8).map(|b| u64_at(b, 0)));
+                    stored +=
+                        pages::select(&mut runs, e.start, addr, &entries, class.policy, zero_pfn);
+                    addr += n * PAGE_SIZE;
+                }
             }
         }
         stats.push(VmaStat {
@@ -919,6 +922,24 @@ fn select_pages(
         });
     }
     Ok((runs, stats))
+}
+
+/// Where in area `e` pages may be present or swapped: for a large area the
+/// ranges `PAGEMAP_SCAN` finds (a reservation of terabytes is mostly empty
+/// page tables, and reading its pagemap would take minutes), else, or on a
+/// kernel without the ioctl, the whole area.
+fn populated_ranges(pagemap: &File, e: &SmapsEntry) -> Vec<(u64, u64)> {
+    /// Below this, reading the pagemap (2 KiB per MiB) is as quick.
+    const SCAN_FROM: u64 = 1 << 30;
+    if e.end - e.start >= SCAN_FROM {
+        let mut ranges = Vec::new();
+        if crate::sys::pagemap_scan::present_or_swapped(pagemap, e.start, e.end, &mut ranges)
+            .is_ok()
+        {
+            return ranges;
+        }
+    }
+    vec![(e.start, e.end)]
 }
 
 /// Shared anonymous memory: the data extents of the shared object (pages

@@ -62,11 +62,15 @@ pub fn classify(e: &SmapsEntry) -> Result<VmaClass, String> {
             e.start, e.end, e.path
         ));
     }
-    if p.starts_with("[anon:") {
-        return anon(e.shared);
-    }
-    if p.starts_with("[anon_shmem:") {
-        return anon(true);
+    // Named anonymous memory (PR_SET_VMA_ANON_NAME): the memory is kept,
+    // its name is not set again, and that is said.
+    if p.starts_with("[anon:") || p.starts_with("[anon_shmem:") {
+        let mut class = anon(e.shared || p.starts_with("[anon_shmem:"))?;
+        class.warning = Some(format!(
+            "the name {p} of anonymous memory at {:#x}-{:#x} is not restored",
+            e.start, e.end
+        ));
+        return Ok(class);
     }
     if p.starts_with("/SYSV") && e.shared {
         return Ok(VmaClass {
@@ -277,6 +281,9 @@ mod tests {
             k("[anon:jemalloc]", false),
             Ok((vma_kind::ANON, PagePolicy::Anonymous))
         );
+        let named = classify(&entry("[anon_shmem:ring]", true, false)).unwrap();
+        assert_eq!(named.kind, vma_kind::SHARED_ANON);
+        assert!(named.warning.unwrap().contains("[anon_shmem:ring]"));
         assert_eq!(
             k("/usr/lib/libc.so.6", false),
             Ok((vma_kind::FILE, PagePolicy::PrivateFile))

@@ -6,13 +6,15 @@
 //! limits, locked memory) is refused by the loader before it changes
 //! anything: one line, exit 10.
 
+use std::fs;
+use std::os::unix::fs::{chown, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
 
 use crimg_tests::cli::{self, RunOutput};
 use crimg_tests::process::{CheckTrigger, LINE_TIMEOUT, READY_TIMEOUT};
-use crimg_tests::roundtrip::{dump_and_kill, Dumped};
+use crimg_tests::roundtrip::{as_nobody, dump_and_kill, Dumped, NOBODY, NOGROUP};
 use crimg_tests::smaps::{
     area_at, assert_same_vm_flags, assert_same_vm_flags_of_unchanged_areas, status_lines,
     vm_flags_of, AreaFlags,
@@ -99,6 +101,58 @@ fn noreserve_reservation_of_64_gib_round_trips() {
     assert_eq!(pass.get("areas"), Some("1"), "{}", pass.line());
 }
 
+/// An AddressSanitizer build reserves terabytes of shadow memory with
+/// MAP_NORESERVE: the victim, built with `-fsanitize=address` here, comes
+/// back with every area's flags and its contents.
+#[test]
+fn asan_build_with_terabytes_reserved_round_trips() {
+    crimg_tests::skip_unless_root!();
+    let scratch = scratch_dir();
+    let program = scratch.path().join("vmflags-asan");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/vmflags.c");
+    let built = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".to_owned()))
+        .args(["-O1", "-g", "-fsanitize=address", "-o"])
+        .arg(&program)
+        .arg(&source)
+        .output();
+    match built {
+        Ok(out) if out.status.success() => {}
+        _ => {
+            crimg_tests::privilege::report_skip("no C compiler with -fsanitize=address");
+            return;
+        }
+    }
+    let bins = binaries();
+    let mut command = Command::new(&program);
+    command.args(["--locked", "--dontfork"]);
+    let mut victim =
+        Workload::spawn_command("vmflags (ASan)", command).unwrap_or_else(|e| panic!("{e}"));
+    if let Err(err) = victim.wait_ready(READY_TIMEOUT) {
+        panic!("{err}\n{}", victim.stderr_report());
+    }
+    let reserved: u64 = vm_flags_of(victim.pid())
+        .iter()
+        .filter(|a| a.flags.iter().any(|f| f == "nr"))
+        .map(|a| {
+            let range = a.header.split(' ').next().unwrap();
+            let (start, end) = range.split_once('-').unwrap();
+            u64::from_str_radix(end, 16).unwrap() - u64::from_str_radix(start, 16).unwrap()
+        })
+        .sum();
+    assert!(reserved > 1 << 40, "ASan reserved only {reserved:#x} bytes");
+    let before = dump_victim(&bins, &scratch.path().join("out"), victim);
+    let mut restored = bins
+        .restore("restored vmflags (ASan)", &before.dumped.dump.image)
+        .unwrap_or_else(|err| panic!("{err}"));
+    let pass = restored.expect_pass(CheckTrigger::Stdin);
+    assert_eq!(pass.get("areas"), Some("2"), "{}", pass.line());
+    // Every area, with its boundaries: ASan's allocator leaves adjacent
+    // areas with equal flags that the kernel keeps apart.
+    let after = vm_flags_of(restored.pid());
+    assert_same_vm_flags(&before.flags, &after);
+    assert_eq!(status_lines(restored.pid(), STATUS_KEYS), before.status);
+}
+
 /// `PR_SET_THP_DISABLE` is an mm flag: `THP_enabled: 0` stays 0.
 #[test]
 fn thp_disable_is_kept() {
@@ -117,6 +171,19 @@ fn coredump_filter_is_kept() {
     crimg_tests::skip_unless_root!();
     let (before, _restored, _pass) = round_trip(&["--coredump-filter", "7f"]);
     assert_eq!(before.coredump_filter.trim(), "0000007f");
+}
+
+/// Two adjacent areas with the same flags that the kernel kept apart stay
+/// two areas (a fresh mapping would merge into its neighbour).
+#[test]
+fn adjacent_areas_the_kernel_kept_apart_stay_apart() {
+    crimg_tests::skip_unless_root!();
+    let (before, _restored, pass) = round_trip(&["--apart"]);
+    let ready = &before.dumped.ready;
+    let low = area_at(&before.flags, ready.require("apart_low").unwrap());
+    let high = area_at(&before.flags, ready.require("apart_high").unwrap());
+    assert_eq!(low.flags, high.flags);
+    assert_eq!(pass.get("areas"), Some("2"), "{}", pass.line());
 }
 
 /// Memory-deny-write-execute (`PR_SET_MDWE`) is an mm flag no status line
@@ -142,6 +209,66 @@ fn read_only_shared_mapping_of_a_writable_file_can_be_made_writable() {
     let area = area_at(&before.flags, &addr);
     assert!(has(area, "sh") && has(area, "mw"), "{area:?}");
     assert_eq!(pass.get("shared_write"), Some("ok"), "{}", pass.line());
+}
+
+/// Never more than the caller may do: run by a user who may only read the
+/// file, the loader maps it shared read-only without `VM_MAYWRITE` and
+/// says so, instead of failing or opening it for writing anyway.
+#[test]
+fn shared_mapping_of_a_file_the_caller_cannot_write_is_restored_read_only() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let file = scratch.path().join("shared");
+    let victim = Workload::start(
+        "vmflags",
+        ["--shared-ro", file.to_str().unwrap(), "--close-shared-fd"],
+    );
+    let addr = victim
+        .ready()
+        .unwrap()
+        .require("shared_ro")
+        .unwrap()
+        .to_owned();
+    let before = dump_victim(&bins, &scratch.path().join("out"), victim);
+    assert!(has(area_at(&before.flags, &addr), "mw"));
+    // Readable by nobody, writable only by root; chmod keeps size and mtime.
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    let user = nix::unistd::User::from_name(NOBODY)
+        .unwrap()
+        .expect("user nobody");
+    let group = nix::unistd::Group::from_name(NOGROUP)
+        .unwrap()
+        .expect("group nogroup");
+    let dump = &before.dumped.dump;
+    for path in [&dump.dir, &dump.image, &dump.manifest] {
+        chown(path, Some(user.uid.as_raw()), Some(group.gid.as_raw())).unwrap();
+    }
+    let mut command = as_nobody();
+    command.arg(&bins.loader).arg(&dump.image);
+    let mut restored = Workload::spawn_command("restored victim as nobody", command)
+        .unwrap_or_else(|e| panic!("{e}"));
+    restored.send_line("ping").unwrap();
+    restored.expect_line("PONG");
+    let area = area_at(&vm_flags_of(restored.pid()), &addr).clone();
+    assert!(
+        has(&area, "ms") && !has(&area, "mw") && !has(&area, "sh"),
+        "{area:?}"
+    );
+    // The loader wrote its warnings before the restore; the poll only
+    // waits for the harness's reader thread.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let warned = loop {
+        let warned = restored.stderr_lines().iter().any(|line| {
+            line.contains("cannot be opened read-write") && line.contains("VM_MAYWRITE")
+        });
+        if warned || std::time::Instant::now() >= deadline {
+            break warned;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(warned, "{}", restored.stderr_report());
 }
 
 /// One area of each kind: locked, locked on fault, mergeable (KSM),

@@ -13,6 +13,8 @@
  *                       mapped MAP_SHARED with PROT_READ only; the check
  *                       mprotects it writable, stores through the mapping
  *                       and reads the store back from the file
+ *   --close-shared-fd   close that file's fd once it is mapped (only the
+ *                       mapping holds the file)
  *   --locked            an mlock()ed area
  *   --lock-on-fault     an area locked with mlock2(MLOCK_ONFAULT)
  *   --mergeable         an area with MADV_MERGEABLE
@@ -23,6 +25,9 @@
  *   --was-writable      an area mapped writable, written, emptied
  *                       (MADV_DONTNEED), then made PROT_NONE: it holds no
  *                       page but stays charged to the commit count (`ac`)
+ *   --apart             two adjacent areas with the same flags that the
+ *                       kernel keeps apart (each has its own anon_vma: the
+ *                       second was made executable while it was written)
  *   --mbind             an area bound to NUMA node 0 (mbind MPOL_BIND)
  *   --mdwe              prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN); the
  *                       check reads it back and tries to make a writable
@@ -33,6 +38,8 @@
  *   on check (SIGUSR2 or the stdin line "check"):
  *   PASS vmflags pid=<pid> areas=<n> [shared_write=ok] [mdwe=<PR_GET_MDWE>]
  *   or   FAIL vmflags <reason>
+ * The stdin line "ping" prints "PONG pid=<pid>" (a restored victim answers
+ * only once its restore is complete).
  * The droppable area's pages may be dropped by the kernel at any time: the
  * check accepts zero pages there (but nothing else).
  */
@@ -76,6 +83,7 @@ struct area {
 static struct area areas[16];
 static size_t nareas;
 static int shared_fd = -1;
+static const char *shared_path;
 static uint8_t *shared_map;
 static int mdwe;
 static uint8_t *was_writable;
@@ -153,7 +161,12 @@ static void do_check(void)
 			say("FAIL vmflags msync of the shared file mapping: %m");
 			return;
 		}
-		if (pread(shared_fd, &back, 8, 8) != 8 || back != word) {
+		int fd = shared_fd >= 0 ? shared_fd : open(shared_path, O_RDONLY | O_CLOEXEC);
+		ssize_t got = fd >= 0 ? pread(fd, &back, 8, 8) : -1;
+
+		if (fd >= 0 && fd != shared_fd)
+			close(fd);
+		if (got != 8 || back != word) {
 			say("FAIL vmflags the store through the shared mapping did not reach the file (read 0x%lx, wrote 0x%lx)",
 			    back, word);
 			return;
@@ -206,6 +219,7 @@ static void map_shared_read_only(const char *path)
 {
 	uint8_t page[PAGE];
 
+	shared_path = path;
 	shared_fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (shared_fd < 0)
 		die("open --shared-ro file");
@@ -246,6 +260,43 @@ int main(int argc, char **argv)
 			i++;
 			if (!f || fprintf(f, "0x%s\n", v) < 0 || fclose(f))
 				die("write /proc/self/coredump_filter");
+		} else if (!strcmp(a, "--apart")) {
+			/* Both halves of one reservation: the low one mapped
+			 * and written, then the high one mapped executable
+			 * (so it does not merge), written, and made like the
+			 * low one. */
+			size_t len = AREA_PAGES * PAGE;
+			uint8_t *base = mmap(NULL, 2 * len, PROT_NONE,
+					     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			int prots[2] = { PROT_READ | PROT_WRITE,
+					 PROT_READ | PROT_WRITE | PROT_EXEC };
+			const char *names[2] = { "apart_low", "apart_high" };
+
+			if (base == MAP_FAILED)
+				die("--apart reservation");
+			for (int k = 0; k < 2; k++) {
+				struct area *ar = &areas[nareas];
+				uint8_t *p = base + (size_t)k * len;
+
+				if (mmap(p, len, prots[k],
+					 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+					 -1, 0) != p)
+					die("--apart mmap");
+				ar->name = names[k];
+				ar->addr = p;
+				ar->len = len;
+				ar->written[0] = 0;
+				ar->written[1] = AREA_PAGES / 2;
+				ar->written[2] = AREA_PAGES - 1;
+				ar->nwritten = 3;
+				for (size_t w = 0; w < ar->nwritten; w++)
+					pattern_fill(p + ar->written[w] * PAGE, PAGE,
+						     seed_of(nareas),
+						     ar->written[w] * PAGE / 8);
+				nareas++;
+			}
+			if (mprotect(base + len, len, PROT_READ | PROT_WRITE))
+				die("--apart mprotect");
 		} else if (!strcmp(a, "--was-writable")) {
 			was_writable = mmap(NULL, AREA_PAGES * PAGE,
 					    PROT_READ | PROT_WRITE,
@@ -277,6 +328,10 @@ int main(int argc, char **argv)
 		} else if (!strcmp(a, "--shared-ro") && v) {
 			i++;
 			map_shared_read_only(v);
+		} else if (!strcmp(a, "--close-shared-fd")) {
+			if (shared_fd < 0 || close(shared_fd))
+				die("--close-shared-fd needs --shared-ro first");
+			shared_fd = -1;
 		} else if (!strcmp(a, "--locked")) {
 			struct area *ar = add_area("locked", AREA_PAGES * PAGE,
 						   MAP_PRIVATE);
@@ -353,6 +408,8 @@ int main(int argc, char **argv)
 				*nl = 0;
 				if (!strcmp(line, "check"))
 					do_check();
+				else if (!strcmp(line, "ping"))
+					say("PONG pid=%d", getpid());
 				len -= (size_t)(nl + 1 - line);
 				memmove(line, nl + 1, len + 1);
 			}
