@@ -6,7 +6,25 @@
 //! the plan's `setresuid`) and names what differs from the image, in one
 //! warning line. Pure, tested on the host.
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use image_format::records::CredsRecord;
+
+/// Capability numbers (`linux/capability.h`): the workspace's one copy
+/// (`crimg check` and the memory limits use them too).
+pub mod cap {
+    pub const SETGID: u32 = 6;
+    pub const SETUID: u32 = 7;
+    pub const IPC_LOCK: u32 = 14;
+    pub const SYS_PTRACE: u32 = 19;
+    pub const SYS_ADMIN: u32 = 21;
+    pub const SYS_RESOURCE: u32 = 24;
+    pub const CHECKPOINT_RESTORE: u32 = 40;
+}
 
 /// This process's credentials, from `/proc/self/status` (and
 /// `PR_GET_SECUREBITS`).

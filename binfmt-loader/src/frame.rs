@@ -7,25 +7,126 @@
 //! for a given final address, so it can be prepared in the window and copied
 //! onto the thread's own stack (or used in the window directly).
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
+use core::mem::{offset_of, size_of};
+
 use image_format::elf::{
     UserRegs, FP_XSTATE_MAGIC1, FP_XSTATE_MAGIC2, FX_SW_BYTES_OFFSET, XSAVE_HEADER_OFFSET,
 };
 use image_format::records::ThreadRecord;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// `UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS`.
 pub const UC_FLAGS: u64 = 1 | 2 | 4;
 /// `__USER_CS`, `__USER_DS` on x86_64.
-pub const USER_CS: u64 = 0x33;
-pub const USER_SS: u64 = 0x2b;
+pub const USER_CS: u16 = 0x33;
+pub const USER_SS: u16 = 0x2b;
 /// `pretcode` + `struct ucontext` (304) + `siginfo_t` (128).
-pub const FRAME_SIZE: u64 = 8 + UCONTEXT_SIZE + 128;
-pub const UCONTEXT_SIZE: u64 = 304;
+pub const FRAME_SIZE: u64 = size_of::<RtSigframe>() as u64;
+pub const UCONTEXT_SIZE: u64 = size_of::<Ucontext>() as u64;
 /// The ABI red zone below a thread's `rsp` that a signal frame must skip.
 pub const RED_ZONE: u64 = 128;
 /// Smallest XSAVE area: legacy region + XSAVE header.
 pub const XSAVE_MIN: usize = 576;
 /// `SS_DISABLE`.
 const SS_DISABLE: i32 = 2;
+
+/// `stack_t` (`uc_stack`).
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct StackT {
+    pub ss_sp: u64,
+    pub ss_flags: i32,
+    pub _pad: u32,
+    pub ss_size: u64,
+}
+
+/// `struct sigcontext` (x86_64, `uc_mcontext`).
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct Sigcontext {
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rbp: u64,
+    pub rbx: u64,
+    pub rdx: u64,
+    pub rax: u64,
+    pub rcx: u64,
+    pub rsp: u64,
+    pub rip: u64,
+    pub eflags: u64,
+    pub cs: u16,
+    pub gs: u16,
+    pub fs: u16,
+    pub ss: u16,
+    pub err: u64,
+    pub trapno: u64,
+    pub oldmask: u64,
+    pub cr2: u64,
+    /// Address of the XSAVE area.
+    pub fpstate: u64,
+    pub reserved1: [u64; 8],
+}
+
+/// `struct ucontext` as `rt_sigreturn` reads it (`uc_sigmask` is the
+/// kernel's 8-byte `sigset_t`).
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct Ucontext {
+    pub uc_flags: u64,
+    pub uc_link: u64,
+    pub uc_stack: StackT,
+    pub uc_mcontext: Sigcontext,
+    pub uc_sigmask: u64,
+}
+
+/// `struct rt_sigframe`: the return address `rt_sigreturn` was "called"
+/// from (the restorer), the ucontext, the siginfo.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct RtSigframe {
+    pub pretcode: u64,
+    pub uc: Ucontext,
+    pub info: [u8; 128],
+}
+
+/// `struct _fpx_sw_bytes`, in the XSAVE area's software-reserved bytes
+/// (legacy region offset [`FX_SW_BYTES_OFFSET`]).
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct FpxSwBytes {
+    pub magic1: u32,
+    /// XSAVE area plus the trailing `FP_XSTATE_MAGIC2`.
+    pub extended_size: u32,
+    pub xfeatures: u64,
+    pub xstate_size: u32,
+    pub padding: [u32; 7],
+}
+
+// The kernel's sizes and the offsets `rt_sigreturn` reads
+// (arch/x86/include/uapi/asm/sigcontext.h, asm/sigframe.h).
+const _: () = assert!(size_of::<StackT>() == 24);
+const _: () = assert!(size_of::<Sigcontext>() == 256);
+const _: () = assert!(offset_of!(Sigcontext, fpstate) == 184);
+const _: () = assert!(size_of::<Ucontext>() == 304);
+const _: () = assert!(offset_of!(Ucontext, uc_mcontext) == 40);
+const _: () = assert!(offset_of!(Ucontext, uc_sigmask) == 296);
+const _: () = assert!(size_of::<RtSigframe>() == 8 + 304 + 128);
+const _: () = assert!(size_of::<FpxSwBytes>() == 48);
+const _: () = assert!(FX_SW_BYTES_OFFSET + size_of::<FpxSwBytes>() <= XSAVE_HEADER_OFFSET);
 
 /// Where a frame goes: `frame` is the `pretcode` slot (the ucontext follows
 /// at `frame + 8`), `fpstate` the XSAVE area, `end` one past magic2.
@@ -60,22 +161,18 @@ impl FramePlace {
 
     /// `rsp` at the `rt_sigreturn` syscall: the ucontext.
     pub fn ucontext(&self) -> u64 {
-        self.frame + 8
+        self.frame + offset_of!(RtSigframe, uc) as u64
     }
-}
-
-fn put_u64(buf: &mut [u8], off: usize, v: u64) {
-    buf[off..off + 8].copy_from_slice(&v.to_le_bytes());
-}
-
-fn put_u32(buf: &mut [u8], off: usize, v: u32) {
-    buf[off..off + 4].copy_from_slice(&v.to_le_bytes());
 }
 
 /// Fill `out` (exactly `place.len()` bytes, zeroed by the caller) with the
 /// frame for `regs`, `thread` (mask, altstack) and `xsave` (standard format,
 /// `xsave.len()` becomes the xstate size), with `pretcode` in its slot and
 /// `xfeatures` as the restore mask.
+///
+/// # Panics
+/// If `out` is not `place.len()` bytes or `xsave` is shorter than
+/// [`XSAVE_MIN`] or longer than 4 GiB: the planner checks both first.
 pub fn write_frame(
     out: &mut [u8],
     place: FramePlace,
@@ -85,61 +182,70 @@ pub fn write_frame(
     xfeatures: u64,
     pretcode: u64,
 ) {
-    put_u64(out, 0, pretcode);
-    let uc = 8;
-    put_u64(out, uc, UC_FLAGS);
-    put_u64(out, uc + 8, 0);
     // uc_stack: the thread's sigaltstack (restore_altstack applies it).
-    let (ss_sp, ss_flags, ss_size) = if thread.altstack_size == 0 {
-        (0, SS_DISABLE, 0)
+    let uc_stack = if thread.altstack_size == 0 {
+        StackT {
+            ss_flags: SS_DISABLE,
+            ..StackT::default()
+        }
     } else {
-        (
-            thread.altstack_sp,
-            thread.altstack_flags,
-            thread.altstack_size,
-        )
+        StackT {
+            ss_sp: thread.altstack_sp,
+            ss_flags: thread.altstack_flags,
+            _pad: 0,
+            ss_size: thread.altstack_size,
+        }
     };
-    put_u64(out, uc + 16, ss_sp);
-    put_u32(out, uc + 24, ss_flags as u32);
-    put_u64(out, uc + 32, ss_size);
-    let sc = uc + 40;
-    let words = [
-        regs.r8,
-        regs.r9,
-        regs.r10,
-        regs.r11,
-        regs.r12,
-        regs.r13,
-        regs.r14,
-        regs.r15,
-        regs.rdi,
-        regs.rsi,
-        regs.rbp,
-        regs.rbx,
-        regs.rdx,
-        regs.rax,
-        regs.rcx,
-        regs.rsp,
-        regs.rip,
-        regs.eflags,
-    ];
-    for (i, w) in words.iter().enumerate() {
-        put_u64(out, sc + 8 * i, *w);
-    }
-    // cs, gs, fs, ss as four u16 in one word.
-    put_u64(out, sc + 8 * 18, USER_CS | USER_SS << 48);
-    put_u64(out, sc + 8 * 23, place.fpstate);
-    put_u64(out, uc + 296, thread.sigmask);
+    let frame = RtSigframe {
+        pretcode,
+        uc: Ucontext {
+            uc_flags: UC_FLAGS,
+            uc_link: 0,
+            uc_stack,
+            uc_mcontext: Sigcontext {
+                r8: regs.r8,
+                r9: regs.r9,
+                r10: regs.r10,
+                r11: regs.r11,
+                r12: regs.r12,
+                r13: regs.r13,
+                r14: regs.r14,
+                r15: regs.r15,
+                rdi: regs.rdi,
+                rsi: regs.rsi,
+                rbp: regs.rbp,
+                rbx: regs.rbx,
+                rdx: regs.rdx,
+                rax: regs.rax,
+                rcx: regs.rcx,
+                rsp: regs.rsp,
+                rip: regs.rip,
+                eflags: regs.eflags,
+                cs: USER_CS,
+                ss: USER_SS,
+                fpstate: place.fpstate,
+                ..Sigcontext::default()
+            },
+            uc_sigmask: thread.sigmask,
+        },
+        info: [0; 128],
+    };
+    out[..size_of::<RtSigframe>()].copy_from_slice(frame.as_bytes());
 
-    let fp = (place.fpstate - place.frame) as usize;
+    let fp = usize::try_from(place.fpstate - place.frame).expect("a frame is small");
+    let xstate_size = u32::try_from(xsave.len()).expect("an XSAVE area is small");
     out[fp..fp + xsave.len()].copy_from_slice(xsave);
-    let sw = fp + FX_SW_BYTES_OFFSET;
-    out[sw..sw + 48].fill(0);
-    put_u32(out, sw, FP_XSTATE_MAGIC1);
-    put_u32(out, sw + 4, xsave.len() as u32 + 4);
-    put_u64(out, sw + 8, xfeatures);
-    put_u32(out, sw + 16, xsave.len() as u32);
-    put_u32(out, fp + xsave.len(), FP_XSTATE_MAGIC2);
+    let sw = FpxSwBytes {
+        magic1: FP_XSTATE_MAGIC1,
+        extended_size: xstate_size + 4,
+        xfeatures,
+        xstate_size,
+        padding: [0; 7],
+    };
+    let at = fp + FX_SW_BYTES_OFFSET;
+    out[at..at + size_of::<FpxSwBytes>()].copy_from_slice(sw.as_bytes());
+    let end = fp + xsave.len();
+    out[end..end + 4].copy_from_slice(&FP_XSTATE_MAGIC2.to_le_bytes());
 }
 
 /// `XSTATE_BV` of a standard-format XSAVE area (`None` if too short).
@@ -155,6 +261,13 @@ pub fn xcomp_bv(xsave: &[u8]) -> Option<u64> {
 }
 
 #[cfg(test)]
+// The test reads the frame at the kernel's offsets, written out by hand on
+// purpose (a second source, against the structs); its values are small.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
 mod tests {
     use super::*;
 
@@ -200,5 +313,12 @@ mod tests {
         let fp = (place.fpstate - place.frame) as usize;
         assert_eq!(&out[fp + 464..fp + 468], &FP_XSTATE_MAGIC1.to_le_bytes());
         assert_eq!(&out[fp + 832..fp + 836], &FP_XSTATE_MAGIC2.to_le_bytes());
+        // cs, gs, fs, ss; then _fpx_sw_bytes: extended size, xfeatures,
+        // xstate size.
+        assert_eq!(word(48 + 18 * 8), 0x33 | 0x2b << 48);
+        let sw = |off: usize| u32::from_le_bytes(out[fp + off..fp + off + 4].try_into().unwrap());
+        assert_eq!(sw(468), 836);
+        assert_eq!(word(fp + 472), 7);
+        assert_eq!(sw(480), 832);
     }
 }

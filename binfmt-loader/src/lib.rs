@@ -61,7 +61,7 @@ pub enum ExitCode {
     /// This CPU lacks a register-state feature the task used.
     CpuFeatures = 6,
     /// The image holds state this loader cannot restore yet (more than
-    /// `check::MAX_THREADS` threads, fd kinds, a different vDSO layout, …).
+    /// `image_format::read::limits::MAX_THREADS` threads, fd kinds, a different vDSO layout, …).
     Unsupported = 7,
     /// No address range is free for the bootstrap window.
     NoWindow = 8,

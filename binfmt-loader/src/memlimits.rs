@@ -22,6 +22,12 @@
 //! checked. The limits in force are this process's: the image's rlimits are
 //! set only after the areas exist.
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use core::fmt;
 
 use image_format::records::{prot, vma_flags, vma_kind};
@@ -261,8 +267,7 @@ pub fn check(
 const RLIMIT_DATA: u32 = 2;
 const RLIMIT_MEMLOCK: u32 = 8;
 const RLIMIT_AS: u32 = 9;
-const CAP_IPC_LOCK: u32 = 14;
-const CAP_SYS_ADMIN: u32 = 21;
+use crate::creds::cap::{IPC_LOCK as CAP_IPC_LOCK, SYS_ADMIN as CAP_SYS_ADMIN};
 
 /// A decimal number at the start of `text` (after blanks), or `None`.
 fn leading_number(text: &[u8]) -> Option<u64> {
@@ -291,7 +296,7 @@ fn meminfo_kb(text: &[u8], key: &[u8]) -> Option<u64> {
 
 fn sysctl(path: &[u8]) -> Option<u64> {
     let mut buf = [0u8; 64];
-    let n = crate::check::read_small_file(path, &mut buf).ok()?;
+    let n = crate::sys::read_small_file(path, &mut buf).ok()?;
     leading_number(&buf[..n])
 }
 
@@ -299,10 +304,10 @@ fn sysctl(path: &[u8]) -> Option<u64> {
 /// A `/proc` file that cannot be read leaves its check out.
 pub fn read_facts(effective_caps: u64) -> MemoryFacts {
     let mut meminfo = [0u8; 8192];
-    let n = crate::check::read_small_file(b"/proc/meminfo", &mut meminfo).unwrap_or(0);
+    let n = crate::sys::read_small_file(b"/proc/meminfo", &mut meminfo).unwrap_or(0);
     let meminfo = &meminfo[..n];
     let kb = |key: &[u8]| meminfo_kb(meminfo, key);
-    let overcommit = sysctl(b"/proc/sys/vm/overcommit_memory").map(|m| m as u32);
+    let overcommit = sysctl(b"/proc/sys/vm/overcommit_memory").and_then(|m| u32::try_from(m).ok());
     let (commit_limit, committed, total) =
         match (kb(b"CommitLimit"), kb(b"Committed_AS"), kb(b"MemTotal")) {
             (Some(a), Some(b), Some(c)) => (a, b, c),

@@ -9,6 +9,12 @@
 //! No system calls, no allocation: the machine's facts it needs
 //! (`vm.mmap_min_addr`) are arguments.
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use core::fmt;
 
 use image_format::read::limits::MAX_THREADS;
@@ -93,7 +99,7 @@ impl fmt::Display for RuleError<'_> {
             RuleError::NegativeFd { fd } => write!(f, "corrupt image: fd number {fd}"),
             RuleError::UnsupportedFd { fd, kind, path } => write!(
                 f,
-                "fd {fd} ({}, kind {kind}) cannot be restored by the loader yet; restore it with crrestore-tree",
+                "fd {fd} ({}, kind {kind}) cannot be restored by the loader yet (it reopens only regular files, directories and character devices)",
                 Lossy(path)
             ),
             RuleError::FileDeleted { what, path } => write!(

@@ -13,11 +13,19 @@
 //! [`ExitCode::Environment`]. Either way nothing of the caller's process has
 //! changed yet, and `exit_group` takes the parked threads with it.
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use core::fmt;
 
 use zerocopy::FromBytes;
 
-use crate::plan::{PlanSummary, Range, ThreadClone, CLONE_ARGS_SET_TID, CLONE_ARGS_SIZE};
+use crate::plan::{
+    PlanSummary, Range, ThreadClone, CLONE_ARGS_LEN, CLONE_ARGS_SET_TID, CLONE_ARGS_SIZE,
+};
 use crate::sys::Errno;
 use crate::{arch, message, ExitCode};
 
@@ -96,10 +104,10 @@ impl Cloner for WindowCloner {
             c.ops,
             c.count,
         );
-        if r < 0 {
-            Err(Errno(r.unsigned_abs() as u16))
-        } else {
-            Ok(r as i32)
+        // A tid (a positive i32) or -errno (errno at most 4095).
+        match i32::try_from(r) {
+            Ok(tid) if tid >= 0 => Ok(tid),
+            _ => Err(Errno(u16::try_from(r.unsigned_abs()).unwrap_or(u16::MAX))),
         }
     }
 }
@@ -129,13 +137,18 @@ pub fn create_threads(
     for k in 0..summary.nclones {
         let at = summary.clones + (k * size) as u64;
         let bad = ThreadError::BadTable { at };
-        let off = at.checked_sub(window.start).ok_or(bad)? as usize;
+        let offset = |addr: u64| {
+            addr.checked_sub(window.start)
+                .and_then(|off| usize::try_from(off).ok())
+                .ok_or(bad)
+        };
+        let off = offset(at)?;
         let (c, _) = buf
             .get(off..)
             .and_then(|b| ThreadClone::read_from_prefix(b).ok())
             .ok_or(bad)?;
-        let args_off = c.args.checked_sub(window.start).ok_or(bad)? as usize;
-        let args_range = args_off..args_off + CLONE_ARGS_SIZE as usize;
+        let args_off = offset(c.args)?;
+        let args_range = args_off..args_off + CLONE_ARGS_LEN;
         let args = buf.get_mut(args_range.clone()).ok_or(bad)?;
         let with_tid = set_tid_of(args).1 != 0;
         match cloner.clone3(&c, args) {

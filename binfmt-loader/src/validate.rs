@@ -1,10 +1,16 @@
 //! Stage 1's check of the values the plan hands to the kernel unchanged.
 //!
-//! The image's CRC only says the bytes are the ones the dumper wrote; a
+//! The image's XXH3 checksums only say the bytes are the ones the dumper wrote; a
 //! value the kernel refuses (an address past `TASK_SIZE`, an rlimit
 //! resource it does not have, an auxv larger than `mm->saved_auxv`) would
 //! fail its op after the point of no return and kill the task. Everything
 //! here is pure: one pass over the records, before anything is opened.
+
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
 
 use core::fmt;
 

@@ -260,6 +260,10 @@ pub fn collect(
         classes.push(class);
     }
 
+    if let Some(w) = vmas::mlockall_warning(&smaps) {
+        c.warnings.push(w);
+    }
+
     // Gadgets, also those injection runs through.
     let found_gadgets = find_gadgets(&smaps, &classes, mem);
     let injection = inject::Gadgets::for_task(pid, &found_gadgets)?;

@@ -186,8 +186,10 @@ impl Frozen {
 }
 
 /// Why `PTRACE_SEIZE` of `tid` failed, in words: `EPERM` means another
-/// tracer, another owner, or a policy (dumpable flag, LSM); the process is
-/// gone for `ESRCH`.
+/// tracer, another owner, a policy (dumpable flag, LSM) — or a process
+/// that is exiting (the kernel refuses to attach to a task past its exit
+/// with `EPERM` too: status gone, or state `Z`/`X`); the process is gone
+/// for `ESRCH`.
 fn seize_error(pid: i32, tid: i32, source: io::Error) -> FreezeError {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
@@ -199,6 +201,15 @@ fn seize_error(pid: i32, tid: i32, source: io::Error) -> FreezeError {
     };
     match source.raw_os_error() {
         Some(libc::ESRCH) => FreezeError::Exited { pid },
+        Some(libc::EPERM)
+            if status.is_empty()
+                || status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("State:"))
+                    .is_some_and(|v| matches!(v.trim_start().chars().next(), Some('Z' | 'X'))) =>
+        {
+            FreezeError::Exited { pid }
+        }
         Some(libc::EPERM) => {
             let me = process::effective_uid();
             match (field("TracerPid:"), field("Uid:")) {

@@ -111,15 +111,29 @@ pub enum InjectError {
     FrameTooLarge { pid: i32, tid: i32, len: usize },
 }
 
-/// Whether process `pid` is gone or a zombie (its threads exited).
+/// Whether process `pid` is gone, or dying: a zombie (`Z`, `X`), a SIGKILL
+/// pending for it (it is on its way out; its state may still say running),
+/// or its memory already released (no `VmSize:`: a user process that still
+/// has its mm always shows one).
 pub fn process_exited(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.bytes().next())
-            .is_some_and(|state| matches!(state, b'Z' | b'X')),
-    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    let state_dead = field("State:")
+        .and_then(|v| v.bytes().next())
+        .is_some_and(|state| matches!(state, b'Z' | b'X'));
+    let sigkill_pending = ["ShdPnd:", "SigPnd:"].iter().any(|key| {
+        field(key)
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+            .is_some_and(|mask| mask & (1 << (libc::SIGKILL - 1)) != 0)
+    });
+    state_dead || sigkill_pending || field("VmSize:").is_none()
 }
 
 /// The task's own code an injected syscall runs through.

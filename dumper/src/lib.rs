@@ -285,6 +285,19 @@ fn mmap_min_addr() -> u64 {
 /// Dump process `pid` (all its threads) into `out_dir/task-<pid>.crimg` and
 /// `out_dir/manifest.json`, then kill it or, with `opts.leave_running`, let
 /// it run on. On error the process is left running as it was.
+/// `error`, unless the frozen process has died meanwhile: then that is the
+/// cause, whatever failed first (reading its memory, an injected syscall).
+fn exited_or(pid: i32, error: DumpError) -> DumpError {
+    if inject::process_exited(pid) {
+        DumpError::Refused {
+            pid,
+            why: "the process exited during the dump".into(),
+        }
+    } else {
+        error
+    }
+}
+
 pub fn dump(
     pid: i32,
     out_dir: &Path,
@@ -316,22 +329,18 @@ pub fn dump(
         .read(true)
         .write(true)
         .open(&mem_path)
-        .map_err(|source| DumpError::Io {
-            pid,
-            path: mem_path,
-            source,
-        })?;
-    let collected = collect::collect(&frozen, &mem, opts, zero_pfn).map_err(|e| {
-        // Whatever failed first, the cause was that the target died.
-        if inject::process_exited(pid) {
-            DumpError::Refused {
+        .map_err(|source| {
+            exited_or(
                 pid,
-                why: "the process exited during the dump".into(),
-            }
-        } else {
-            e.into()
-        }
-    })?;
+                DumpError::Io {
+                    pid,
+                    path: mem_path,
+                    source,
+                },
+            )
+        })?;
+    let collected =
+        collect::collect(&frozen, &mem, opts, zero_pfn).map_err(|e| exited_or(pid, e.into()))?;
     let state = &collected.state;
     phases.collect = t.elapsed();
     let t = Instant::now();
@@ -350,11 +359,14 @@ pub fn dump(
         Ok(n) => n,
         Err(_) if cancel_requested() => return Err(DumpError::Cancelled { pid }),
         Err(source) => {
-            return Err(DumpError::Write {
+            return Err(exited_or(
                 pid,
-                path: image.clone(),
-                source,
-            })
+                DumpError::Write {
+                    pid,
+                    path: image.clone(),
+                    source,
+                },
+            ))
         }
     };
     let loader_warning = self_check(pid, &image, &file, opts)?;

@@ -197,6 +197,29 @@ pub fn flags_of(e: &SmapsEntry) -> u32 {
     flags
 }
 
+/// Every area of the task locked (the kernel's own excepted) suggests
+/// `mlockall`: the locks come back, but whether new areas were to be locked
+/// too (`MCL_FUTURE`, the mm's default flags) is shown nowhere, so it cannot
+/// be kept; said as a warning.
+pub fn mlockall_warning(smaps: &[SmapsEntry]) -> Option<String> {
+    let mut areas = smaps.iter().filter(|e| {
+        !matches!(
+            e.path.as_str(),
+            "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"
+        )
+    });
+    let mut any = false;
+    let all = areas.all(|e| {
+        any = true;
+        e.has_flag("lo")
+    });
+    (any && all).then(|| {
+        "every memory area is locked (mlockall?): the locks are restored, but mlockall(MCL_FUTURE) \
+         is not visible in /proc and is not: areas mapped after the restore are not locked"
+            .to_owned()
+    })
+}
+
 /// The areas of `/proc/P/numa_maps` (`start policy details...`) with a
 /// memory policy of their own (`mbind`), which the restore does not set:
 /// `(start, policy)`. Areas under the default policy are not listed.
@@ -302,6 +325,18 @@ mod tests {
         let mut io = entry("/dev/mem", true, false);
         io.vm_flags = vec!["io".into()];
         assert!(classify(&io).is_err());
+    }
+
+    #[test]
+    fn mlockall_is_guessed_when_every_area_is_locked() {
+        let mut a = entry("", false, false);
+        a.vm_flags = vec!["rd".into(), "lo".into()];
+        let mut vdso = entry("[vdso]", false, false);
+        vdso.vm_flags = vec!["rd".into(), "ex".into()];
+        let b = entry("[heap]", false, false);
+        assert!(mlockall_warning(&[a.clone(), vdso.clone()]).is_some());
+        assert!(mlockall_warning(&[a, vdso.clone(), b]).is_none());
+        assert!(mlockall_warning(&[vdso]).is_none());
     }
 
     #[test]

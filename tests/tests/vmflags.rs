@@ -186,6 +186,24 @@ fn adjacent_areas_the_kernel_kept_apart_stay_apart() {
     assert_eq!(pass.get("areas"), Some("2"), "{}", pass.line());
 }
 
+/// `mlockall`: every area comes back locked; that new areas were to be
+/// locked too (`MCL_FUTURE`) is nowhere to be seen, and the dump says so.
+#[test]
+fn mlockall_areas_come_back_locked_and_the_dump_warns() {
+    crimg_tests::skip_unless_root!();
+    let (before, _restored, _pass) = round_trip(&["--dontfork", "--mlockall"]);
+    assert!(
+        before.flags.iter().filter(|a| has(a, "lo")).count() > 5,
+        "{:?}",
+        before.flags
+    );
+    let said = &before.dumped.dump.output.stdout;
+    assert!(
+        said.contains("mlockall") && said.contains("MCL_FUTURE"),
+        "{said}"
+    );
+}
+
 /// Memory-deny-write-execute (`PR_SET_MDWE`) is an mm flag no status line
 /// shows: the victim reads it back and finds a writable page still cannot
 /// be made executable.
@@ -454,6 +472,91 @@ fn address_space_limit_too_small_is_refused() {
         .restore("restored victim", &dumped.dump.image)
         .unwrap_or_else(|err| panic!("{err}"));
     restored.expect_pass(CheckTrigger::Stdin);
+}
+
+/// The value of `key` in `/proc/meminfo`, in bytes.
+fn meminfo_bytes(key: &str) -> u64 {
+    let text = fs::read_to_string("/proc/meminfo").unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/meminfo"))
+        * 1024
+}
+
+/// A copy of the image whose area at `start` claims to have been charged
+/// to the commit count (`ac`) instead of reserved (`nr`), resealed.
+fn image_with_charged_area(dumped: &Dumped, start: u64) -> std::path::PathBuf {
+    use image_format::records::{note, vma_flags, VmaRecord, OWNER_CRIMG};
+    let mut bytes = fs::read(&dumped.dump.image).unwrap();
+    let at = {
+        let image = image_format::Image::parse(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        let base = bytes.as_ptr() as usize;
+        let desc = image
+            .notes()
+            .map(|n| n.unwrap_or_else(|e| panic!("{e}")))
+            .find(|n| n.owner == OWNER_CRIMG && n.note_type == note::VMAS)
+            .expect("a VMA note")
+            .desc;
+        // RecordHeader: version u16, record_size u16, count u32.
+        let size = usize::from(u16::from_le_bytes([desc[2], desc[3]]));
+        let count = u32::from_le_bytes(desc[4..8].try_into().unwrap()) as usize;
+        (0..count)
+            .map(|i| &desc[8 + i * size..8 + (i + 1) * size])
+            .find(|r| u64::from_le_bytes(r[..8].try_into().unwrap()) == start)
+            .map(|r| r.as_ptr() as usize - base + std::mem::offset_of!(VmaRecord, flags))
+            .expect("the reservation's record")
+    };
+    let flags = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    assert_ne!(
+        flags & vma_flags::NORESERVE,
+        0,
+        "the reservation has no NORESERVE bit"
+    );
+    let flags = (flags & !vma_flags::NORESERVE) | vma_flags::ACCOUNT;
+    bytes[at..at + 4].copy_from_slice(&flags.to_le_bytes());
+    image_format::reseal(&mut bytes).unwrap_or_else(|e| panic!("cannot reseal: {e}"));
+    let path = dumped.dump.dir.join("charged.crimg");
+    fs::write(&path, &bytes).unwrap();
+    path
+}
+
+/// An area charged to the commit count that is larger than this machine's
+/// RAM and swap (an image edited so, or one from a bigger machine) is
+/// refused the way the kernel's overcommit rules would refuse its mmap,
+/// before anything changes, instead of failing after the point of no
+/// return.
+#[test]
+fn an_area_larger_than_the_commit_limit_allows_is_refused() {
+    crimg_tests::skip_unless_root!();
+    let mode = fs::read_to_string("/proc/sys/vm/overcommit_memory").unwrap();
+    let mode = mode.trim();
+    if mode == "1" {
+        crimg_tests::privilege::report_skip("vm.overcommit_memory is 1: every mmap is allowed");
+        return;
+    }
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let most = meminfo_bytes("MemTotal") + meminfo_bytes("SwapTotal");
+    let gib = ((2 * most) >> 30) + 1;
+    let dumped = dumped_victim(&bins, scratch.path(), &["--noreserve-gb", &gib.to_string()]);
+    let start = u64::from_str_radix(
+        dumped
+            .ready
+            .require("noreserve")
+            .unwrap()
+            .trim_start_matches("0x"),
+        16,
+    )
+    .unwrap();
+    let charged = image_with_charged_area(&dumped, start);
+    let message = expect_refusal(bins.loader_command(&charged), 10);
+    let expected = if mode == "2" {
+        "vm.overcommit_memory 2"
+    } else {
+        "vm.overcommit_memory 0"
+    };
+    assert!(message.contains(expected), "{message}");
 }
 
 /// Locked memory beyond `RLIMIT_MEMLOCK`, without `CAP_IPC_LOCK`, is

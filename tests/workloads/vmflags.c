@@ -28,6 +28,8 @@
  *   --apart             two adjacent areas with the same flags that the
  *                       kernel keeps apart (each has its own anon_vma: the
  *                       second was made executable while it was written)
+ *   --mlockall          mlockall(MCL_CURRENT | MCL_FUTURE), after the areas
+ *                       of the options before it
  *   --mbind             an area bound to NUMA node 0 (mbind MPOL_BIND)
  *   --mdwe              prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN); the
  *                       check reads it back and tries to make a writable
@@ -309,6 +311,9 @@ int main(int argc, char **argv)
 			if (madvise(was_writable, AREA_PAGES * PAGE, MADV_DONTNEED) ||
 			    mprotect(was_writable, AREA_PAGES * PAGE, PROT_NONE))
 				die("--was-writable");
+		} else if (!strcmp(a, "--mlockall")) {
+			if (mlockall(MCL_CURRENT | MCL_FUTURE))
+				die("mlockall");
 		} else if (!strcmp(a, "--mbind")) {
 			struct area *ar = add_area("mbind", AREA_PAGES * PAGE,
 						   MAP_PRIVATE);

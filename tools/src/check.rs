@@ -5,6 +5,12 @@
 //! restores keep new thread ids) or a failure (dumping or restoring cannot
 //! work here).
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use std::fs;
 use std::process::{Command, Stdio};
 
@@ -34,22 +40,16 @@ fn check(name: &'static str, verdict: Verdict, detail: impl Into<String>) -> Che
     }
 }
 
-/// Effective capabilities of this process (`CapEff` in `/proc/self/status`).
-fn effective_caps() -> u64 {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(0)
-}
+use binfmt_loader::creds::cap::{
+    CHECKPOINT_RESTORE as CAP_CHECKPOINT_RESTORE, SYS_ADMIN as CAP_SYS_ADMIN,
+    SYS_PTRACE as CAP_SYS_PTRACE, SYS_RESOURCE as CAP_SYS_RESOURCE,
+};
 
-const CAP_SYS_PTRACE: u32 = 19;
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_SYS_RESOURCE: u32 = 24;
-const CAP_CHECKPOINT_RESTORE: u32 = 40;
+/// Effective capabilities of this process, as the loader reads them
+/// (`capget`).
+fn effective_caps() -> u64 {
+    binfmt_loader::sys::effective_caps()
+}
 
 fn capabilities() -> Vec<Check> {
     let caps = effective_caps();
@@ -106,7 +106,9 @@ fn ptrace_seize() -> Check {
             )
         }
     };
-    let result = dumper::freeze::Frozen::freeze(child.id() as i32).and_then(|f| f.detach());
+    // Linux pids are positive ints.
+    let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+    let result = dumper::freeze::Frozen::freeze(pid).and_then(|f| f.detach());
     let _ = child.kill();
     let _ = child.wait();
     match result {
@@ -137,29 +139,40 @@ fn pagemap() -> Check {
 }
 
 /// `[vvar]`, `[vvar_vclock]` and `[vdso]` in this process, in order and
-/// adjacent: the layout the loader moves as one block.
+/// adjacent: the layout the loader moves as one block (its own parser and
+/// judgement: `binfmt_loader::maps`, `binfmt_loader::check::layout`).
 fn vdso_layout() -> Check {
+    use binfmt_loader::check::layout::{vdso_block, vdso_block_movable};
+    use binfmt_loader::maps::{parse_maps, MapKind, MapsEntry};
     let name = "vDSO layout";
-    let Ok(maps) = fs::read_to_string("/proc/self/maps") else {
+    let Ok(maps) = fs::read("/proc/self/maps") else {
         return check(name, Verdict::Fail, "cannot read /proc/self/maps");
     };
-    let mut parts = Vec::new();
-    for line in maps.lines() {
-        let path = line.split_whitespace().nth(5).unwrap_or("");
-        if matches!(path, "[vvar]" | "[vvar_vclock]" | "[vdso]") {
-            let range = line.split_whitespace().next().unwrap_or("");
-            let (a, b) = range.split_once('-').unwrap_or(("0", "0"));
-            let a = u64::from_str_radix(a, 16).unwrap_or(0);
-            let b = u64::from_str_radix(b, 16).unwrap_or(0);
-            parts.push((path.to_owned(), a, b));
-        }
-    }
-    let adjacent = parts.windows(2).all(|w| w[0].2 == w[1].1);
-    let desc: Vec<String> = parts
+    let mut entries = vec![MapsEntry::default(); 4096];
+    let n = match parse_maps(&maps, &mut entries) {
+        Ok(n) => n,
+        Err(e) => return check(name, Verdict::Fail, format!("/proc/self/maps: {e}")),
+    };
+    let entries = &entries[..n];
+    let block = vdso_block(entries);
+    let kinds: Vec<MapKind> = entries
         .iter()
-        .map(|(p, a, b)| format!("{p} {} KiB", (b - a) / 1024))
+        .map(|e| e.kind)
+        .filter(|k| matches!(k, MapKind::Vvar | MapKind::VvarVclock | MapKind::Vdso))
         .collect();
-    if parts.last().is_some_and(|p| p.0 == "[vdso]") && adjacent {
+    let desc: Vec<String> = kinds
+        .iter()
+        .zip(block.parts())
+        .map(|(k, r)| {
+            let what = match k {
+                MapKind::Vvar => "[vvar]",
+                MapKind::VvarVclock => "[vvar_vclock]",
+                _ => "[vdso]",
+            };
+            format!("{what} {} KiB", r.len() / 1024)
+        })
+        .collect();
+    if vdso_block_movable(&block, kinds.last() == Some(&MapKind::Vdso)) {
         check(
             name,
             Verdict::Ok,
@@ -176,7 +189,7 @@ fn vdso_layout() -> Check {
 
 fn xsave() -> Check {
     let name = "XSAVE features (XCR0)";
-    match crate::sys::xcr0() {
+    match binfmt_loader::arch::xcr0() {
         Some(x) => check(
             name,
             Verdict::Ok,

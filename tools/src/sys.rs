@@ -51,25 +51,6 @@ pub fn cancel_dump_on_interrupt() {
     }
 }
 
-/// XCR0 through `xgetbv(0)`: the register-state features the OS enabled;
-/// `None` when it has not enabled XSAVE.
-///
-/// # References
-/// Intel SDM, XGETBV
-pub fn xcr0() -> Option<u64> {
-    if !std::arch::is_x86_feature_detected!("xsave") {
-        return None;
-    }
-    let (lo, hi): (u32, u32);
-    // SAFETY: std detected OSXSAVE, so xgetbv is enabled; it reads XCR0
-    // into eax:edx and touches no memory.
-    unsafe {
-        std::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi,
-            options(nomem, nostack, preserves_flags));
-    }
-    Some(u64::from(hi) << 32 | u64::from(lo))
-}
-
 /// `clone3({.set_tid = &pid, .set_tid_size = 1, .exit_signal = SIGCHLD})`
 /// with a child that exits at once, then reaps it: whether this process may
 /// create a task with a chosen pid (what restoring original pids needs).

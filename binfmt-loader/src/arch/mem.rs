@@ -7,6 +7,12 @@
 //! bytes. They are written with string instructions, never with Rust loops
 //! the compiler could turn back into calls to themselves.
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use core::arch::asm;
 
 /// `memcpy(dst, src, n)`.
@@ -47,9 +53,11 @@ pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut
 /// `memset(dst, c, n)`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
+    // C's memset stores `c` converted to unsigned char: its low byte.
+    let byte = c.to_le_bytes()[0];
     // SAFETY: the caller guarantees `n` writable bytes at `dst`.
     unsafe {
-        asm!("rep stosb", inout("rdi") dst => _, inout("rcx") n => _, in("al") c as u8, options(nostack, preserves_flags));
+        asm!("rep stosb", inout("rdi") dst => _, inout("rcx") n => _, in("al") byte, options(nostack, preserves_flags));
     }
     dst
 }

@@ -6,53 +6,29 @@
 //! references), so its bytes can be copied into the window and run there.
 //! [`enter_window`] hands control to that copy for good.
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use core::arch::{asm, global_asm};
 
-/// Byte offsets the trampoline reads; `plan.rs` lays its structures out to
-/// match (checked by const assertions there).
-pub mod layout {
-    /// `WindowHeader`: ops address, op count, stack top, fallback label
-    /// address and length.
-    pub const HDR_OPS: usize = 0;
-    pub const HDR_COUNT: usize = 8;
-    pub const HDR_STACK: usize = 16;
-    pub const HDR_LABEL: usize = 24;
-    pub const HDR_LABEL_LEN: usize = 32;
-    /// The fd failure messages go to (the caller's stderr, kept apart).
-    pub const HDR_ERR_FD: usize = 56;
-    /// `Op` fields.
-    pub const OP_KIND: usize = 0;
-    pub const OP_RULE: usize = 4;
-    pub const OP_NR: usize = 8;
-    pub const OP_ARGS: usize = 16;
-    pub const OP_EXPECT: usize = 64;
-    pub const OP_LABEL: usize = 72;
-    pub const OP_LABEL_LEN: usize = 80;
-    pub const OP_SIZE: usize = 88;
-}
+use crate::plan::abi::{layout, op_kind, rule, tramp};
 
-// The plan interpreter. Entered with %rdi = the window header. Registers:
-// r15 header, r12 current op, r13 ops left. Op kinds: 0 syscall (then the
-// result rule), 1 pread until complete, 2 memcpy, 3 rt_sigreturn with %rsp
-// = args[0], 4 leave through the target's gadgets (munmap the window via
-// `syscall; ret`, whose `ret` lands on `mov $15,%eax; syscall`), (5 unused:
-// the other threads are created before the plan runs, by a call to
-// `crimg_trampoline_clone` in the copy: clone3(%rdi, %rsi), the parent
-// returns with the result in %rax, the child runs its op list (r12, count
-// r13, header r15) without executing one instruction outside the window;
-// see `clone_into_window`), 6 wait on a futex until
-// the u32 at args[0] equals args[1], 7 store args[1] into the u32 at args[0]
-// and wake every waiter, 8 leave through the gadgets like 4 but with
-// FUTEX_WAKE_OP(args[2], op args[3]) instead of munmap: the thread's
-// "I am gone" is a syscall made from outside the window, 9 xrstor64 from
-// args[0] with RFBM args[1] (a thread's first use of the XFD-armed
-// features, which the kernel answers by growing its buffer). Rules (low byte):
-// 0 not an error, 1 equals `expect`, 2 anything, 3 not an error or errno ==
-// `expect`; bit 8: skip the next op on success; bit 9: args[1] is the
-// address of a u32 to pass instead (a tid known only at run time). On
-// failure: write the op's label, then "errno N" (decimal) or, for a result
-// that is not the expected value (rule 1), "result 0xV", and a newline to
-// the header's error fd (the caller's stderr); exit_group(9).
+// The plan interpreter (`crate::plan::abi` defines what it reads: the
+// header, the ops, their kinds and result rules). Entered with %rdi = the
+// window header. Registers: r15 header, r12 current op, r13 ops left. Every
+// field offset, op kind, rule, syscall number and errno below is a `const`
+// operand from that module, so the code follows the structs' layout.
+// Besides the op kinds, `crimg_trampoline_clone` is called in the copy by
+// `clone_into_window`: clone3(%rdi, %rsi); the parent returns with the
+// result in %rax, the child runs its op list (r12, count r13, header r15)
+// without executing one instruction outside the window. On failure: write
+// the op's label (or, when the ops ran out, the header's), then "errno N"
+// (decimal) or, for a result that is not the expected value (rule EQ),
+// "result 0xV", and a newline to the header's error fd (the caller's
+// stderr); exit_group(9).
 global_asm!(
     r#"
     .pushsection .text.crimg_trampoline,"ax",@progbits
@@ -62,92 +38,88 @@ global_asm!(
     .p2align 4
 crimg_trampoline_start:
     mov %rdi, %r15
-    mov 16(%r15), %rsp
-    mov 0(%r15), %r12
-    mov 8(%r15), %r13
+    mov {hdr_stack}(%r15), %rsp
+    mov {hdr_ops}(%r15), %r12
+    mov {hdr_count}(%r15), %r13
 .Lcrimg_loop:
     test %r13, %r13
     jz .Lcrimg_ran_out
-    mov 0(%r12), %eax
-    cmp $0, %eax
+    mov {op_kind}(%r12), %eax
+    cmp ${k_syscall}, %eax
     je .Lcrimg_syscall
-    cmp $1, %eax
+    cmp ${k_pread_all}, %eax
     je .Lcrimg_pread
-    cmp $2, %eax
+    cmp ${k_memcpy}, %eax
     je .Lcrimg_memcpy
-    cmp $3, %eax
+    cmp ${k_sigreturn}, %eax
     je .Lcrimg_sigreturn
-    cmp $4, %eax
+    cmp ${k_gadget_exit}, %eax
     je .Lcrimg_gadget_exit
-    cmp $6, %eax
+    cmp ${k_wait_eq}, %eax
     je .Lcrimg_wait
-    cmp $7, %eax
+    cmp ${k_store_wake}, %eax
     je .Lcrimg_wake
-    cmp $8, %eax
+    cmp ${k_gadget_wake_exit}, %eax
     je .Lcrimg_gadget_wake_exit
-    cmp $9, %eax
+    cmp ${k_xrstor_first_use}, %eax
     je .Lcrimg_xrstor
-    mov $-22, %rax
+    mov $-{einval}, %rax
     jmp .Lcrimg_fail
 .Lcrimg_syscall:
-    mov 24(%r12), %rsi
-    testl $0x200, 4(%r12)
+    mov {arg1}(%r12), %rsi
+    testl ${r_load_arg1}, {op_rule}(%r12)
     jz .Lcrimg_sys_args
     mov (%rsi), %esi
 .Lcrimg_sys_args:
-    mov 8(%r12), %rax
-    mov 16(%r12), %rdi
-    mov 32(%r12), %rdx
-    mov 40(%r12), %r10
-    mov 48(%r12), %r8
-    mov 56(%r12), %r9
+    mov {op_nr}(%r12), %rax
+    mov {arg0}(%r12), %rdi
+    mov {arg2}(%r12), %rdx
+    mov {arg3}(%r12), %r10
+    mov {arg4}(%r12), %r8
+    mov {arg5}(%r12), %r9
     syscall
-    mov 4(%r12), %ecx
+    mov {op_rule}(%r12), %ecx
     movzbl %cl, %edx
-    cmp $-4095, %rax
+    cmp $-{max_errno}, %rax
     jae .Lcrimg_is_err
-    cmp $1, %edx
+    cmp ${r_eq}, %edx
     jne .Lcrimg_ok
-    cmp 64(%r12), %rax
+    cmp {op_expect}(%r12), %rax
     jne .Lcrimg_fail_value
 .Lcrimg_ok:
-    test $0x100, %ecx
+    test ${r_skip_next_if_ok}, %ecx
     jz .Lcrimg_next
-    add $88, %r12
+    add ${op_size}, %r12
     dec %r13
     jz .Lcrimg_ran_out
 .Lcrimg_next:
-    add $88, %r12
+    add ${op_size}, %r12
     dec %r13
     jmp .Lcrimg_loop
 .Lcrimg_is_err:
-    cmp $2, %edx
+    cmp ${r_any}, %edx
     je .Lcrimg_next
-    cmp $3, %edx
+    cmp ${r_ok_or_errno}, %edx
     jne .Lcrimg_fail
     mov %rax, %rsi
     neg %rsi
-    cmp 64(%r12), %rsi
+    cmp {op_expect}(%r12), %rsi
     je .Lcrimg_next
     jmp .Lcrimg_fail
-.Lcrimg_fail_value:
-    mov %rax, %rbx
-    mov $1, %r14d
-    jmp .Lcrimg_report
 .Lcrimg_pread:
-    mov 24(%r12), %rbx
-    mov 32(%r12), %rbp
-    mov 40(%r12), %r14
+    mov {arg1}(%r12), %rbx
+    mov {arg2}(%r12), %rbp
+    mov {arg3}(%r12), %r14
 .Lcrimg_pread_more:
     test %rbp, %rbp
     jz .Lcrimg_next
-    mov $17, %eax
-    mov 16(%r12), %rdi
+    mov ${nr_pread64}, %eax
+    mov {arg0}(%r12), %rdi
     mov %rbx, %rsi
     mov %rbp, %rdx
     mov %r14, %r10
     syscall
-    cmp $-4095, %rax
+    cmp $-{max_errno}, %rax
     jae .Lcrimg_fail
     test %rax, %rax
     jz .Lcrimg_short
@@ -156,84 +128,92 @@ crimg_trampoline_start:
     add %rax, %r14
     jmp .Lcrimg_pread_more
 .Lcrimg_short:
-    mov $-5, %rax
+    mov $-{eio}, %rax
     jmp .Lcrimg_fail
 .Lcrimg_memcpy:
-    mov 16(%r12), %rdi
-    mov 24(%r12), %rsi
-    mov 32(%r12), %rcx
+    mov {arg0}(%r12), %rdi
+    mov {arg1}(%r12), %rsi
+    mov {arg2}(%r12), %rcx
     cld
     rep movsb
     jmp .Lcrimg_next
 .Lcrimg_sigreturn:
-    mov 16(%r12), %rsp
-    mov $15, %eax
+    mov {arg0}(%r12), %rsp
+    mov ${nr_rt_sigreturn}, %eax
     syscall
-    mov 16(%r15), %rsp
+    mov {hdr_stack}(%r15), %rsp
     jmp .Lcrimg_fail
 .Lcrimg_gadget_exit:
-    mov $11, %eax
-    mov 32(%r12), %rdi
-    mov 40(%r12), %rsi
-    mov 24(%r12), %rcx
-    mov 16(%r12), %rsp
+    mov ${nr_munmap}, %eax
+    mov {arg2}(%r12), %rdi
+    mov {arg3}(%r12), %rsi
+    mov {arg1}(%r12), %rcx
+    mov {arg0}(%r12), %rsp
     jmp *%rcx
 .Lcrimg_wait:
-    mov 16(%r12), %rdi
+    mov {arg0}(%r12), %rdi
     mov (%rdi), %edx
-    cmp 24(%r12), %edx
+    cmp {arg1}(%r12), %edx
     je .Lcrimg_next
-    mov $202, %eax
-    mov $128, %esi
+    mov ${nr_futex}, %eax
+    mov ${futex_wait_private}, %esi
     xor %r10d, %r10d
     syscall
-    cmp $-4095, %rax
+    cmp $-{max_errno}, %rax
     jb .Lcrimg_wait
-    cmp $-11, %rax
+    cmp $-{eagain}, %rax
     je .Lcrimg_wait
-    cmp $-4, %rax
+    cmp $-{eintr}, %rax
     je .Lcrimg_wait
     jmp .Lcrimg_fail
 .Lcrimg_wake:
-    mov 16(%r12), %rdi
-    mov 24(%r12), %eax
+    mov {arg0}(%r12), %rdi
+    mov {arg1}(%r12), %eax
     xchg %eax, (%rdi)
-    mov $202, %eax
-    mov $129, %esi
-    mov $0x7fffffff, %edx
+    mov ${nr_futex}, %eax
+    mov ${futex_wake_private}, %esi
+    mov ${futex_wake_all}, %edx
     syscall
-    cmp $-4095, %rax
+    cmp $-{max_errno}, %rax
     jae .Lcrimg_fail
     jmp .Lcrimg_next
 .Lcrimg_gadget_wake_exit:
-    mov $202, %eax
-    mov 32(%r12), %rdi
-    mov $133, %esi
+    mov ${nr_futex}, %eax
+    mov {arg2}(%r12), %rdi
+    mov ${futex_wake_op_private}, %esi
     mov $1, %edx
     xor %r10d, %r10d
     mov %rdi, %r8
-    mov 40(%r12), %r9
-    mov 24(%r12), %rcx
-    mov 16(%r12), %rsp
+    mov {arg3}(%r12), %r9
+    mov {arg1}(%r12), %rcx
+    mov {arg0}(%r12), %rsp
     jmp *%rcx
 .Lcrimg_xrstor:
-    mov 16(%r12), %rdi
-    mov 24(%r12), %eax
-    mov 28(%r12), %edx
+    mov {arg0}(%r12), %rdi
+    mov {arg1}(%r12), %eax
+    mov {arg1_high}(%r12), %edx
     xrstor64 (%rdi)
     jmp .Lcrimg_next
+.Lcrimg_fail_value:
+    mov %rax, %rbx
+    mov $1, %r14d
+    jmp .Lcrimg_report
 .Lcrimg_ran_out:
-    lea -48(%r15), %r12
-    mov $-22, %rax
+    mov {hdr_label}(%r15), %rsi
+    mov {hdr_label_len}(%r15), %rdx
+    mov ${einval}, %ebx
+    xor %r14d, %r14d
+    jmp .Lcrimg_report_label
 .Lcrimg_fail:
     mov %rax, %rbx
     neg %rbx
     xor %r14d, %r14d
 .Lcrimg_report:
-    mov $1, %eax
-    mov 56(%r15), %rdi
-    mov 72(%r12), %rsi
-    mov 80(%r12), %rdx
+    mov {op_label}(%r12), %rsi
+    mov {op_label_len}(%r12), %rdx
+.Lcrimg_report_label:
+    mov ${nr_write}, %eax
+    mov {hdr_err_fd}(%r15), %rdi
     syscall
     sub $32, %rsp
     lea 31(%rsp), %rdi
@@ -257,12 +237,14 @@ crimg_trampoline_start:
     jnz .Lcrimg_digit
     test %r14d, %r14d
     jz .Lcrimg_errno_word
+    /* "result 0x" */
     sub $9, %rdi
     movl $0x75736572, (%rdi)
     movl $0x3020746c, 4(%rdi)
     movb $0x78, 8(%rdi)
     jmp .Lcrimg_write_number
 .Lcrimg_errno_word:
+    /* "errno " */
     sub $6, %rdi
     movl $0x6e727265, (%rdi)
     movw $0x206f, 4(%rdi)
@@ -270,15 +252,15 @@ crimg_trampoline_start:
     lea 32(%rsp), %rdx
     sub %rdi, %rdx
     mov %rdi, %rsi
-    mov 56(%r15), %rdi
-    mov $1, %eax
+    mov {hdr_err_fd}(%r15), %rdi
+    mov ${nr_write}, %eax
     syscall
-    mov $231, %eax
-    mov $9, %edi
+    mov ${nr_exit_group}, %eax
+    mov ${exit_restore_failed}, %edi
     syscall
     ud2
 crimg_trampoline_clone:
-    mov $435, %eax
+    mov ${nr_clone3}, %eax
     syscall
     test %rax, %rax
     jz .Lcrimg_loop
@@ -286,6 +268,57 @@ crimg_trampoline_clone:
 crimg_trampoline_end:
     .popsection
 "#,
+    hdr_ops = const layout::HDR_OPS,
+    hdr_count = const layout::HDR_COUNT,
+    hdr_stack = const layout::HDR_STACK,
+    hdr_label = const layout::HDR_LABEL,
+    hdr_label_len = const layout::HDR_LABEL_LEN,
+    hdr_err_fd = const layout::HDR_ERR_FD,
+    op_kind = const layout::OP_KIND,
+    op_rule = const layout::OP_RULE,
+    op_nr = const layout::OP_NR,
+    arg0 = const layout::op_arg(0),
+    arg1 = const layout::op_arg(1),
+    arg1_high = const layout::op_arg(1) + 4,
+    arg2 = const layout::op_arg(2),
+    arg3 = const layout::op_arg(3),
+    arg4 = const layout::op_arg(4),
+    arg5 = const layout::op_arg(5),
+    op_expect = const layout::OP_EXPECT,
+    op_label = const layout::OP_LABEL,
+    op_label_len = const layout::OP_LABEL_LEN,
+    op_size = const layout::OP_SIZE,
+    k_syscall = const op_kind::SYSCALL,
+    k_pread_all = const op_kind::PREAD_ALL,
+    k_memcpy = const op_kind::MEMCPY,
+    k_sigreturn = const op_kind::SIGRETURN,
+    k_gadget_exit = const op_kind::GADGET_EXIT,
+    k_wait_eq = const op_kind::WAIT_EQ,
+    k_store_wake = const op_kind::STORE_WAKE,
+    k_gadget_wake_exit = const op_kind::GADGET_WAKE_EXIT,
+    k_xrstor_first_use = const op_kind::XRSTOR_FIRST_USE,
+    r_eq = const rule::EQ,
+    r_any = const rule::ANY,
+    r_ok_or_errno = const rule::OK_OR_ERRNO,
+    r_skip_next_if_ok = const rule::SKIP_NEXT_IF_OK,
+    r_load_arg1 = const rule::LOAD_ARG1,
+    nr_write = const tramp::NR_WRITE,
+    nr_munmap = const tramp::NR_MUNMAP,
+    nr_rt_sigreturn = const tramp::NR_RT_SIGRETURN,
+    nr_pread64 = const tramp::NR_PREAD64,
+    nr_futex = const tramp::NR_FUTEX,
+    nr_exit_group = const tramp::NR_EXIT_GROUP,
+    nr_clone3 = const tramp::NR_CLONE3,
+    futex_wait_private = const tramp::FUTEX_WAIT_PRIVATE,
+    futex_wake_private = const tramp::FUTEX_WAKE_PRIVATE,
+    futex_wake_op_private = const tramp::FUTEX_WAKE_OP_PRIVATE,
+    futex_wake_all = const tramp::FUTEX_WAKE_ALL,
+    max_errno = const tramp::MAX_ERRNO,
+    eintr = const tramp::EINTR,
+    eio = const tramp::EIO,
+    eagain = const tramp::EAGAIN,
+    einval = const tramp::EINVAL,
+    exit_restore_failed = const tramp::EXIT_RESTORE_FAILED,
     options(att_syntax)
 );
 
@@ -361,11 +394,16 @@ pub fn trampoline_code() -> &'static [u8] {
 /// `entry` with the window header at `header`. Never returns: the plan ends
 /// in the restored task or in `exit_group(9)`.
 ///
-/// Callers must pass a window built by `plan::build_plan` and copied in
-/// place, with `entry` the address of the trampoline copy inside it.
-pub fn enter_window(entry: u64, header: u64) -> ! {
-    // SAFETY: from here the plan owns the process; the loader's Rust state is
-    // abandoned on purpose (its memory is unmapped by the plan).
+/// # Safety
+/// `header` must be the address of a window built by `plan::build_plan`
+/// and mapped there (read-write, the trampoline copy executable), and
+/// `entry` the address of the trampoline copy inside it. From the jump on
+/// the plan owns the process: it unmaps everything outside the window, the
+/// loader's code and stack included, so no Rust state of the caller may be
+/// used again (nothing returns to it).
+pub unsafe fn enter_window(entry: u64, header: u64) -> ! {
+    // SAFETY: per the contract above; the loader's Rust state is abandoned
+    // on purpose (its memory is unmapped by the plan).
     unsafe { asm!("jmp {entry}", entry = in(reg) entry, in("rdi") header, options(noreturn)) }
 }
 

@@ -10,10 +10,22 @@
 //! # References
 //! `syscall(2)`, `arch/x86/entry/syscalls/syscall_64.tbl`.
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use core::arch::asm;
 
 pub mod mm;
+pub mod os;
 pub mod startup;
+
+/// The real OS for stage 1.
+pub fn kernel_os() -> os::Kernel {
+    os::Kernel
+}
 
 /// System call numbers (x86_64).
 pub mod nr {
@@ -114,9 +126,10 @@ impl core::fmt::Display for Errno {
 fn result(ret: i64) -> Result<u64, Errno> {
     if (-4095..0).contains(&ret) {
         // `ret` is in -4095..=-1, so the negation fits in u16.
-        Err(Errno(ret.unsigned_abs() as u16))
+        Err(Errno(u16::try_from(ret.unsigned_abs()).unwrap_or(u16::MAX)))
     } else {
-        Ok(ret as u64)
+        // Bit for bit: addresses and counts the kernel returns.
+        Ok(u64::from_ne_bytes(ret.to_ne_bytes()))
     }
 }
 
@@ -134,7 +147,7 @@ pub unsafe fn syscall6(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5:
     unsafe {
         asm!(
             "syscall",
-            inlateout("rax") nr as i64 => ret,
+            inlateout("rax") nr => ret,
             in("rdi") a0,
             in("rsi") a1,
             in("rdx") a2,
@@ -155,7 +168,7 @@ pub fn write(fd: i32, buf: &[u8]) -> Result<usize, Errno> {
     let r = unsafe {
         syscall6(
             nr::WRITE,
-            fd as u64,
+            int_arg(fd),
             buf.as_ptr() as u64,
             buf.len() as u64,
             0,
@@ -163,7 +176,7 @@ pub fn write(fd: i32, buf: &[u8]) -> Result<usize, Errno> {
             0,
         )
     };
-    result(r).map(|n| n as usize)
+    result(r).map(count)
 }
 
 /// Write all of `buf` to `fd`, retrying short writes; errors are dropped
@@ -220,7 +233,7 @@ pub fn read(fd: i32, buf: &mut [u8]) -> Result<usize, Errno> {
     let r = unsafe {
         syscall6(
             nr::READ,
-            fd as u64,
+            int_arg(fd),
             buf.as_mut_ptr() as u64,
             buf.len() as u64,
             0,
@@ -228,7 +241,7 @@ pub fn read(fd: i32, buf: &mut [u8]) -> Result<usize, Errno> {
             0,
         )
     };
-    result(r).map(|n| n as usize)
+    result(r).map(count)
 }
 
 /// `pread64(fd, buf, len, off)`.
@@ -237,7 +250,7 @@ pub fn pread(fd: i32, buf: &mut [u8], off: u64) -> Result<usize, Errno> {
     let r = unsafe {
         syscall6(
             nr::PREAD64,
-            fd as u64,
+            int_arg(fd),
             buf.as_mut_ptr() as u64,
             buf.len() as u64,
             off,
@@ -245,7 +258,7 @@ pub fn pread(fd: i32, buf: &mut [u8], off: u64) -> Result<usize, Errno> {
             0,
         )
     };
-    result(r).map(|n| n as usize)
+    result(r).map(count)
 }
 
 /// A NUL-terminated path in a fixed buffer (no allocation).
@@ -272,7 +285,7 @@ pub fn openat(dirfd: i32, path: &CPath, flags: u32) -> Result<i32, Errno> {
     let r = unsafe {
         syscall6(
             nr::OPENAT,
-            dirfd as i64 as u64,
+            int_arg(dirfd),
             path.buf.as_ptr() as u64,
             u64::from(flags & !O_CREAT),
             0,
@@ -280,13 +293,13 @@ pub fn openat(dirfd: i32, path: &CPath, flags: u32) -> Result<i32, Errno> {
             0,
         )
     };
-    result(r).map(|fd| fd as i32)
+    result(r).and_then(fd_of)
 }
 
 /// `close(fd)`.
 pub fn close(fd: i32) -> Result<(), Errno> {
     // SAFETY: closing an fd touches no memory of ours.
-    let r = unsafe { syscall6(nr::CLOSE, fd as u64, 0, 0, 0, 0, 0) };
+    let r = unsafe { syscall6(nr::CLOSE, int_arg(fd), 0, 0, 0, 0, 0) };
     result(r).map(|_| ())
 }
 
@@ -294,28 +307,38 @@ pub fn close(fd: i32) -> Result<(), Errno> {
 /// change (`O_APPEND`, `O_NONBLOCK`, `O_ASYNC`, `O_DIRECT`, `O_NOATIME`).
 pub fn set_status_flags(fd: i32, flags: u32) -> Result<(), Errno> {
     // SAFETY: changing an fd's status flags touches no memory of ours.
-    let r = unsafe { syscall6(nr::FCNTL, fd as u64, F_SETFL, u64::from(flags), 0, 0, 0) };
+    let r = unsafe { syscall6(nr::FCNTL, int_arg(fd), F_SETFL, u64::from(flags), 0, 0, 0) };
     result(r).map(|_| ())
 }
 
 /// `fcntl(fd, F_DUPFD_CLOEXEC, min)`: a close-on-exec copy numbered ≥ `min`.
 pub fn dup_above(fd: i32, min: i32) -> Result<i32, Errno> {
     // SAFETY: duplicating an fd touches no memory of ours.
-    let r = unsafe { syscall6(nr::FCNTL, fd as u64, F_DUPFD_CLOEXEC, min as u64, 0, 0, 0) };
-    result(r).map(|fd| fd as i32)
+    let r = unsafe {
+        syscall6(
+            nr::FCNTL,
+            int_arg(fd),
+            F_DUPFD_CLOEXEC,
+            int_arg(min),
+            0,
+            0,
+            0,
+        )
+    };
+    result(r).and_then(fd_of)
 }
 
 /// `lseek(fd, off, SEEK_SET)`.
 pub fn seek_to(fd: i32, off: u64) -> Result<u64, Errno> {
     // SAFETY: seeking touches no memory of ours.
-    let r = unsafe { syscall6(nr::LSEEK, fd as u64, off, 0, 0, 0, 0) };
+    let r = unsafe { syscall6(nr::LSEEK, int_arg(fd), off, 0, 0, 0, 0) };
     result(r)
 }
 
 /// `fchdir(fd)`.
 pub fn fchdir(fd: i32) -> Result<(), Errno> {
     // SAFETY: changing the working directory touches no memory of ours.
-    let r = unsafe { syscall6(nr::FCHDIR, fd as u64, 0, 0, 0, 0, 0) };
+    let r = unsafe { syscall6(nr::FCHDIR, int_arg(fd), 0, 0, 0, 0, 0) };
     result(r).map(|_| ())
 }
 
@@ -331,6 +354,8 @@ pub struct Stat {
     pub size: u64,
     pub mtime_sec: i64,
     pub mtime_nsec: i64,
+    pub ctime_sec: i64,
+    pub ctime_nsec: i64,
 }
 
 pub const S_IFMT: u32 = 0o170_000;
@@ -342,23 +367,138 @@ pub const S_IFIFO: u32 = 0o010_000;
 pub const S_IFLNK: u32 = 0o120_000;
 pub const S_IFSOCK: u32 = 0o140_000;
 
+/// x86_64 `struct stat` as the kernel writes it (`arch/x86/include/uapi/asm/stat.h`).
+#[derive(
+    Clone,
+    Copy,
+    Default,
+    zerocopy::FromBytes,
+    zerocopy::IntoBytes,
+    zerocopy::Immutable,
+    zerocopy::KnownLayout,
+)]
+#[repr(C)]
+struct KernelStat {
+    dev: u64,
+    ino: u64,
+    nlink: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    _pad0: u32,
+    rdev: u64,
+    size: i64,
+    blksize: i64,
+    blocks: i64,
+    atime_sec: i64,
+    atime_nsec: i64,
+    mtime_sec: i64,
+    mtime_nsec: i64,
+    ctime_sec: i64,
+    ctime_nsec: i64,
+    _unused: [i64; 3],
+}
+const _: () = assert!(core::mem::size_of::<KernelStat>() == 144);
+
 /// `fstat(fd, &st)`.
 pub fn fstat(fd: i32) -> Result<Stat, Errno> {
-    // x86_64 `struct stat` is 144 bytes of 8-byte words.
-    let mut st = [0u64; 18];
-    // SAFETY: the kernel writes 144 bytes into a live 144-byte array.
-    let r = unsafe { syscall6(nr::FSTAT, fd as u64, st.as_mut_ptr() as u64, 0, 0, 0, 0) };
+    let mut st = KernelStat::default();
+    // SAFETY: the kernel writes one `struct stat` (144 bytes, the size
+    // asserted above) into a live value of that layout.
+    let r = unsafe {
+        syscall6(
+            nr::FSTAT,
+            int_arg(fd),
+            core::ptr::from_mut(&mut st) as u64,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
     result(r)?;
     Ok(Stat {
-        dev: st[0],
-        ino: st[1],
-        mode: st[3] as u32,
-        uid: (st[3] >> 32) as u32,
-        gid: st[4] as u32,
-        size: st[6],
-        mtime_sec: st[11] as i64,
-        mtime_nsec: st[12] as i64,
+        dev: st.dev,
+        ino: st.ino,
+        mode: st.mode,
+        uid: st.uid,
+        gid: st.gid,
+        // A file size is never negative.
+        size: u64::try_from(st.size).unwrap_or(0),
+        mtime_sec: st.mtime_sec,
+        mtime_nsec: st.mtime_nsec,
+        ctime_sec: st.ctime_sec,
+        ctime_nsec: st.ctime_nsec,
     })
+}
+
+/// `fcntl(fd, F_SETLEASE, F_RDLCK)`, then `fcntl(fd, F_SETOWN, 0)`: a read
+/// lease on the open file, so that any `open` for writing (or `truncate`)
+/// by another process blocks until this fd is closed or
+/// `/proc/sys/fs/lease-break-time` passes. Without an owner the kernel sends
+/// no `SIGIO` when a writer waits (`send_sigio` needs a pid): a pending
+/// signal would reach the restored task.
+///
+/// # References
+/// fcntl(2) "Leases", `fs/locks.c`.
+pub fn take_read_lease(fd: i32) -> Result<(), Errno> {
+    const F_SETLEASE: u64 = 1024;
+    const F_SETOWN: u64 = 8;
+    const F_RDLCK: u64 = 0;
+    // SAFETY: fcntl on an fd touches no memory of ours.
+    let r = unsafe { syscall6(nr::FCNTL, int_arg(fd), F_SETLEASE, F_RDLCK, 0, 0, 0) };
+    result(r)?;
+    // SAFETY: as above.
+    let r = unsafe { syscall6(nr::FCNTL, int_arg(fd), F_SETOWN, 0, 0, 0, 0) };
+    result(r).map(|_| ())
+}
+
+/// `fcntl(fd, F_GETLEASE)` is `F_RDLCK`: the lease is held and no writer
+/// waits for it (a waiting writer turns it into `F_UNLCK`).
+pub fn lease_intact(fd: i32) -> bool {
+    const F_GETLEASE: u64 = 1025;
+    const F_RDLCK: u64 = 0;
+    // SAFETY: fcntl on an fd touches no memory of ours.
+    let r = unsafe { syscall6(nr::FCNTL, int_arg(fd), F_GETLEASE, 0, 0, 0, 0) };
+    result(r) == Ok(F_RDLCK)
+}
+
+/// An `int` (fd, exit code) as a system-call argument: the kernel reads the
+/// low 32 bits, so the sign extension of a negative one is what it expects.
+fn int_arg(fd: i32) -> u64 {
+    u64::from_ne_bytes(i64::from(fd).to_ne_bytes())
+}
+
+/// A byte count the kernel returned (at most the buffer's length).
+fn count(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// An fd the kernel returned (an `int`).
+fn fd_of(fd: u64) -> Result<i32, Errno> {
+    i32::try_from(fd).map_err(|_| Errno::EINVAL)
+}
+
+/// Read the start of a small file into `buf` (up to its length).
+pub fn read_small_file(path: &[u8], buf: &mut [u8]) -> Result<usize, Errno> {
+    let p = CPath::new(path).ok_or(Errno::ENOENT)?;
+    let fd = openat(AT_FDCWD, &p, O_RDONLY | O_CLOEXEC)?;
+    let mut n = 0;
+    let r = loop {
+        match read(fd, &mut buf[n..]) {
+            Ok(0) => break Ok(n),
+            Ok(k) => {
+                n += k;
+                if n == buf.len() {
+                    break Ok(n);
+                }
+            }
+            Err(Errno::EINTR) => {}
+            Err(e) => break Err(e),
+        }
+    };
+    let _ = close(fd);
+    r
 }
 
 /// `mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0)`: a read-only view of a
@@ -375,7 +515,7 @@ pub fn map_file_readonly(fd: i32, len: usize) -> Result<&'static [u8], Errno> {
             len as u64,
             PROT_READ,
             MAP_PRIVATE,
-            fd as u64,
+            int_arg(fd),
             0,
         )
     };
@@ -624,19 +764,20 @@ pub fn securebits() -> u32 {
     const PR_GET_SECUREBITS: u64 = 27;
     // SAFETY: no memory involved.
     let r = unsafe { syscall6(nr::PRCTL, PR_GET_SECUREBITS, 0, 0, 0, 0, 0) };
-    result(r).map_or(0, |bits| bits as u32)
+    result(r).map_or(0, |bits| u32::try_from(bits).unwrap_or(0))
 }
 
 /// `getpid()`.
 pub fn getpid() -> i32 {
     // SAFETY: no memory involved.
-    unsafe { syscall6(nr::GETPID, 0, 0, 0, 0, 0, 0) as i32 }
+    let pid = unsafe { syscall6(nr::GETPID, 0, 0, 0, 0, 0, 0) };
+    i32::try_from(pid).unwrap_or(0)
 }
 
 /// `exit_group(code)`.
 pub fn exit_group(code: i32) -> ! {
     loop {
         // SAFETY: ends the process; touches no memory.
-        unsafe { syscall6(nr::EXIT_GROUP, code as u64, 0, 0, 0, 0, 0) };
+        unsafe { syscall6(nr::EXIT_GROUP, int_arg(code), 0, 0, 0, 0, 0) };
     }
 }

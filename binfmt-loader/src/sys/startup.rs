@@ -9,6 +9,12 @@
 //! # References
 //! `execve(2)`, `getauxval(3)`, `fs/binfmt_elf.c: create_elf_tables`.
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 /// `AT_EXECFD`: the image fd binfmt_misc passes with the `O` flag.
 pub const AT_EXECFD: u64 = 2;
 /// `AT_SYSINFO_EHDR`: the vDSO's address.
@@ -31,7 +37,8 @@ impl Startup {
         // then environment pointers up to a NULL, then (type, value) pairs
         // ending with AT_NULL; all of it stays mapped.
         unsafe {
-            let argc = *sp as usize;
+            // argc is an `int` the kernel wrote as a word.
+            let argc = usize::try_from(*sp).unwrap_or(0);
             let argv_ptr = sp.add(1) as *const *const u8;
             let argv = core::slice::from_raw_parts(argv_ptr, argc);
             let mut p = argv_ptr.add(argc + 1);

@@ -283,22 +283,89 @@ pub fn peek_siginfo(
     Ok(usize::try_from(n).unwrap_or(0))
 }
 
-/// `waitpid(tid, &status, __WALL)`: wait for a state change of a traced
-/// thread; returns the raw status.
-pub fn wait(tid: i32) -> io::Result<i32> {
+/// `waitpid(tid, &status, __WALL | flags)`, retried on `EINTR`; `Ok(None)`
+/// with `WNOHANG` when nothing changed.
+fn waitpid(tid: i32, flags: i32) -> io::Result<Option<i32>> {
     loop {
         let mut status = 0;
         // SAFETY: status is a valid out-pointer for the call.
-        let r = unsafe { libc::waitpid(tid, &raw mut status, libc::__WALL) };
-        if r == -1 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
+        let r = unsafe { libc::waitpid(tid, &raw mut status, libc::__WALL | flags) };
+        match r {
+            -1 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
             }
-            return Err(e);
+            0 => return Ok(None),
+            _ => return Ok(Some(status)),
         }
+    }
+}
+
+/// Reap the exit of `tid` if it has exited, and nothing else:
+/// `waitid(P_PID, tid, WEXITED | WNOHANG | __WALL)` (stops stay queued).
+fn reap_exited(tid: i32) {
+    // SAFETY: an all-zero siginfo_t is valid; the kernel fills it in.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let id = libc::id_t::try_from(tid).unwrap_or(0);
+    // SAFETY: info is a valid out-pointer for the call.
+    unsafe {
+        libc::waitid(
+            libc::P_PID,
+            id,
+            &raw mut info,
+            libc::WEXITED | libc::WNOHANG | libc::__WALL,
+        )
+    };
+}
+
+/// Wait for a state change of a traced thread; returns the raw status.
+///
+/// A thread-group leader needs care: when the process is killed, the
+/// leader's exit is reported only once every other thread is gone, and a
+/// traced thread is gone only when its tracer has reaped it. A blocking
+/// `waitpid(leader)` while crdump traces other threads of a dying process
+/// would wait forever. So a leader that has nothing to report at once is
+/// polled, and meanwhile the exits of its other threads are reaped (their
+/// stops stay queued for whoever waits for them).
+pub fn wait(tid: i32) -> io::Result<i32> {
+    if let Some(status) = waitpid(tid, libc::WNOHANG)? {
         return Ok(status);
     }
+    if !is_group_leader(tid) {
+        return waitpid(tid, 0).map(|s| s.unwrap_or(0));
+    }
+    let mut pause = std::time::Duration::from_micros(20);
+    loop {
+        if let Some(status) = waitpid(tid, libc::WNOHANG)? {
+            return Ok(status);
+        }
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{tid}/task")) {
+            for t in tasks.flatten() {
+                if let Some(other) = t.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) {
+                    if other != tid {
+                        reap_exited(other);
+                    }
+                }
+            }
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(2));
+    }
+}
+
+/// Whether `tid` is its thread group's leader (`Tgid:` in its status
+/// equals it); false when that cannot be read.
+fn is_group_leader(tid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse::<i32>().ok())
+        })
+        == Some(tid)
 }
 
 /// How a traced thread changed state (decoded `waitpid` status).

@@ -1,5 +1,11 @@
 //! `crimg`: inspect, verify and run task images; manage the binfmt entry.
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -35,6 +41,10 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Print what the loader would do with an image, op by op, or why it
+    /// would refuse it (its message and exit code): its checks and planner
+    /// run in this process, and nothing is changed.
+    Plan { image: PathBuf },
     /// Resume the process in an image, in this terminal (runs the loader).
     Run {
         image: PathBuf,
@@ -177,6 +187,40 @@ fn run(image: &Path, loader_bin: Option<PathBuf>, same_ids: bool) -> Result<()> 
     Err(err).with_context(|| format!("cannot execute the loader {}", loader.display()))
 }
 
+/// `crimg plan`: the loader's own stage 1 and planner, run here
+/// (`binfmt_loader::run::dry_run`); exits with the loader's code when it
+/// would refuse the image.
+fn plan(image: &Path) -> Result<ExitCode> {
+    use binfmt_loader::check::image::open_regular;
+    use std::os::unix::ffi::OsStrExt;
+    // The loader's messages borrow the name for the life of the process.
+    let name: &'static [u8] = Vec::leak(image.as_os_str().as_bytes().to_vec());
+    let refused = |r: binfmt_loader::run::Refusal| {
+        eprintln!(
+            "crimg: {}: the loader would refuse it (exit {}): {}",
+            image.display(),
+            r.code as i32,
+            String::from_utf8_lossy(r.message.as_bytes())
+        );
+        ExitCode::from(u8::try_from(r.code as i32).unwrap_or(1))
+    };
+    let os = binfmt_loader::sys::kernel_os();
+    let fd = match open_regular(&os, name) {
+        Ok(fd) => fd,
+        Err(e) => {
+            return Ok(refused(binfmt_loader::run::Refusal::of(e.exit_code(), e)));
+        }
+    };
+    let mut text = String::new();
+    match binfmt_loader::run::dry_run(name, fd, &mut text) {
+        Ok(()) => {
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(r) => Ok(refused(r)),
+    }
+}
+
 fn check_machine(json: bool, binfmt_name: &str) -> Result<()> {
     use crimg_tools::check::{self, Verdict};
     let checks = check::run_all(binfmt_name);
@@ -279,6 +323,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info { image, json } => info(&image, json),
         Command::Verify { images } => verify(&images),
+        Command::Plan { image } => match plan(&image) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Run {
             image,
             loader,

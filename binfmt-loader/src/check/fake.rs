@@ -1,0 +1,237 @@
+//! A fake [`Os`] for stage 1's unit tests: files by path with a `Stat`
+//! and contents, this process's ids and capabilities, the CPU's XSAVE
+//! features; it records the warnings and every path opened.
+
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::string::String;
+use std::vec::Vec;
+
+use super::os::Os;
+use crate::sys::{self, Errno, Stat};
+
+#[derive(Clone, Debug, Default)]
+pub struct FakeFile {
+    pub stat: Stat,
+    pub contents: Vec<u8>,
+    /// `fchdir` into it fails with this.
+    pub no_entry: Option<Errno>,
+}
+
+pub struct Fake {
+    pub files: HashMap<Vec<u8>, FakeFile>,
+    pub uids: [u32; 3],
+    pub gids: [u32; 3],
+    pub caps: u64,
+    pub xcr0: u64,
+    pub nofile: (u64, u64),
+    /// What `F_SETLEASE` answers, and whether the lease stays intact.
+    pub lease: Result<(), Errno>,
+    pub lease_kept: bool,
+    open: RefCell<HashMap<i32, Vec<u8>>>,
+    next_fd: RefCell<i32>,
+    pub warnings: RefCell<Vec<String>>,
+}
+
+impl Fake {
+    pub fn new() -> Fake {
+        let mut files = HashMap::new();
+        let dir = Stat {
+            mode: sys::S_IFDIR | 0o755,
+            ino: 2,
+            ..Default::default()
+        };
+        files.insert(
+            b".".to_vec(),
+            FakeFile {
+                stat: dir,
+                ..Default::default()
+            },
+        );
+        files.insert(
+            b"/".to_vec(),
+            FakeFile {
+                stat: dir,
+                ..Default::default()
+            },
+        );
+        let proc_file = |text: &str| FakeFile {
+            stat: Stat {
+                mode: sys::S_IFREG | 0o444,
+                ..Default::default()
+            },
+            contents: text.as_bytes().to_vec(),
+            no_entry: None,
+        };
+        files.insert(b"/proc/sys/vm/mmap_min_addr".to_vec(), proc_file("65536\n"));
+        files.insert(
+            b"/proc/self/maps".to_vec(),
+            proc_file(
+                "7f0000000000-7f0000021000 r-xp 00000000 00:00 0 \n\
+                 7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]\n",
+            ),
+        );
+        files.insert(
+            b"/proc/self/status".to_vec(),
+            proc_file(
+                "Name:\tcrimg-loader\nGroups:\t\nCapInh:\t0000000000000000\nCapPrm:\t0000000000000000\n\
+                 CapEff:\t0000000000000000\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\n",
+            ),
+        );
+        Fake {
+            files,
+            uids: [1000; 3],
+            gids: [1000; 3],
+            caps: 0,
+            xcr0: 0x7,
+            nofile: (1024, 4096),
+            lease: Ok(()),
+            lease_kept: true,
+            open: RefCell::new(HashMap::new()),
+            next_fd: RefCell::new(3),
+            warnings: RefCell::new(Vec::new()),
+        }
+    }
+
+    pub fn add(&mut self, path: &str, stat: Stat, contents: Vec<u8>) {
+        self.files.insert(
+            path.as_bytes().to_vec(),
+            FakeFile {
+                stat,
+                contents,
+                no_entry: None,
+            },
+        );
+    }
+
+    fn file(&self, fd: i32) -> Result<FakeFile, Errno> {
+        let path = self.open.borrow().get(&fd).cloned().ok_or(Errno(9))?;
+        self.files.get(&path).cloned().ok_or(Errno::ENOENT)
+    }
+
+    fn new_fd(&self, path: Vec<u8>, min: i32) -> i32 {
+        let mut next = self.next_fd.borrow_mut();
+        let fd = (*next).max(min);
+        *next = fd + 1;
+        self.open.borrow_mut().insert(fd, path);
+        fd
+    }
+
+    /// The path an fd was opened from.
+    pub fn path_of(&self, fd: i32) -> Option<String> {
+        let open = self.open.borrow();
+        open.get(&fd)
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+    }
+
+    pub fn warned(&self, part: &str) -> bool {
+        self.warnings.borrow().iter().any(|w| w.contains(part))
+    }
+}
+
+impl Os for Fake {
+    fn open(&self, path: &[u8], _flags: u32) -> Result<i32, Errno> {
+        let path = match path.strip_prefix(b"/proc/self/fd/") {
+            Some(n) => {
+                let fd: i32 = core::str::from_utf8(n).unwrap().parse().unwrap();
+                self.open.borrow().get(&fd).cloned().ok_or(Errno::ENOENT)?
+            }
+            None => path.to_vec(),
+        };
+        if !self.files.contains_key(&path) {
+            return Err(Errno::ENOENT);
+        }
+        Ok(self.new_fd(path, 0))
+    }
+    fn fstat(&self, fd: i32) -> Result<Stat, Errno> {
+        self.file(fd).map(|f| f.stat)
+    }
+    fn close(&self, fd: i32) {
+        self.open.borrow_mut().remove(&fd);
+    }
+    fn dup_above(&self, fd: i32, min: i32) -> Result<i32, Errno> {
+        let path = self.open.borrow().get(&fd).cloned().ok_or(Errno(9))?;
+        Ok(self.new_fd(path, min))
+    }
+    fn set_status_flags(&self, fd: i32, _flags: u32) -> Result<(), Errno> {
+        self.file(fd).map(|_| ())
+    }
+    fn seek_to(&self, fd: i32, off: u64) -> Result<u64, Errno> {
+        self.file(fd).map(|_| off)
+    }
+    fn fchdir(&self, fd: i32) -> Result<(), Errno> {
+        match self.file(fd)?.no_entry {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+    fn pread(&self, fd: i32, buf: &mut [u8], off: u64) -> Result<usize, Errno> {
+        let f = self.file(fd)?;
+        let off = usize::try_from(off).unwrap().min(f.contents.len());
+        let n = buf.len().min(f.contents.len() - off);
+        buf[..n].copy_from_slice(&f.contents[off..off + n]);
+        Ok(n)
+    }
+    fn take_read_lease(&self, fd: i32) -> Result<(), Errno> {
+        self.file(fd)?;
+        self.lease
+    }
+    fn lease_intact(&self, _fd: i32) -> bool {
+        self.lease_kept
+    }
+    fn get_rlimit(&self, resource: u32) -> Result<(u64, u64), Errno> {
+        Ok(if resource == 7 {
+            self.nofile
+        } else {
+            (u64::MAX, u64::MAX)
+        })
+    }
+    fn set_rlimit(&self, _resource: u32, _cur: u64, _max: u64) -> Result<(), Errno> {
+        Ok(())
+    }
+    fn ids(&self) -> ([u32; 3], [u32; 3]) {
+        (self.uids, self.gids)
+    }
+    fn effective_caps(&self) -> u64 {
+        self.caps
+    }
+    fn securebits(&self) -> u32 {
+        0
+    }
+    fn getpid(&self) -> i32 {
+        777
+    }
+    fn xcr0(&self) -> Option<u64> {
+        Some(self.xcr0)
+    }
+    fn xcomp_perm(&self) -> Result<u64, Errno> {
+        Ok(self.xcr0)
+    }
+    fn request_xcomp_perm(&self, _feature: u32) -> Result<(), Errno> {
+        Err(Errno::EINVAL)
+    }
+    fn mxcsr_mask(&self) -> u32 {
+        0xffff
+    }
+    fn xsave_component_end(&self, i: u32) -> u32 {
+        match i {
+            2 => 576 + 256,
+            _ => 0,
+        }
+    }
+    fn report(&self, _name: &[u8], what: core::fmt::Arguments<'_>) {
+        self.warnings.borrow_mut().push(std::format!("{what}"));
+    }
+    fn read_file(&self, path: &[u8], buf: &mut [u8]) -> Result<usize, Errno> {
+        let f = self.files.get(path).ok_or(Errno::ENOENT)?;
+        let n = buf.len().min(f.contents.len());
+        buf[..n].copy_from_slice(&f.contents[..n]);
+        Ok(n)
+    }
+}

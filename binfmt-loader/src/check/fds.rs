@@ -1,0 +1,214 @@
+//! The task's fds: the numbers it uses (everything stage 1 opens goes
+//! above them), and each fd reopened as it was or inherited from the caller.
+
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
+use image_format::records::{fd_flags, fd_kind, FdRecord};
+use image_format::{read::Records, Image};
+
+use super::files::open_typed;
+use super::os::Os;
+use super::scratch::{FdFile, Scratch};
+use super::CheckError;
+use crate::plan::FdMove;
+use crate::rules;
+use crate::sys;
+
+/// `RLIMIT_NOFILE`.
+const RLIMIT_NOFILE: u32 = 7;
+
+/// The fds the loader holds through the plan, numbered above the task's.
+pub struct LoaderFds {
+    /// The first fd number above every fd of the task.
+    pub base: i32,
+    pub image_fd: i32,
+    /// The caller's stderr, for the plan's failure messages.
+    pub err_fd: Option<i32>,
+}
+
+/// Check the task's fd numbers against `RLIMIT_NOFILE` and move the image
+/// fd and a copy of stderr above them.
+pub fn place_loader_fds(
+    os: &impl Os,
+    fds: &Records<'static, FdRecord>,
+    raw_image_fd: i32,
+) -> Result<LoaderFds, CheckError> {
+    // Each must be one this process may have, or its dup3 would fail after
+    // the point of no return.
+    let (nofile_cur, nofile_max) = os
+        .get_rlimit(RLIMIT_NOFILE)
+        .map_err(|errno| CheckError::FdRelocate { errno })?;
+    // Stage 1 opens one fd per mapped file and open file above the task's
+    // highest fd: the soft limit must not stop it. The plan's rlimit ops
+    // set the image's limit back later (an image without an RLIMIT_NOFILE
+    // record keeps the raised one).
+    if nofile_cur < nofile_max {
+        os.set_rlimit(RLIMIT_NOFILE, nofile_max, nofile_max)
+            .map_err(|errno| CheckError::FdRelocate { errno })?;
+    }
+    let mut max_fd = 2;
+    for f in fds.clone() {
+        // Negative fd numbers are refused by the rules; `try_from` fails
+        // for them all the same.
+        if u64::try_from(f.fd).map_or(true, |fd| fd >= nofile_max) {
+            return Err(CheckError::FdAboveLimit {
+                fd: f.fd,
+                limit: nofile_max,
+            });
+        }
+        max_fd = max_fd.max(f.fd);
+    }
+    let base = max_fd.checked_add(1).ok_or(CheckError::FdAboveLimit {
+        fd: max_fd,
+        limit: nofile_max,
+    })?;
+    let image_fd = if raw_image_fd >= base {
+        raw_image_fd
+    } else {
+        let fd = os
+            .dup_above(raw_image_fd, base)
+            .map_err(|errno| CheckError::FdRelocate { errno })?;
+        os.close(raw_image_fd);
+        fd
+    };
+    // The caller's stderr, apart from every fd the task will have: the
+    // plan's failure messages must reach the caller, not what the task has
+    // at fd 2. No stderr: messages go to fd 2 as it is then.
+    let err_fd = os.dup_above(2, base).ok();
+    Ok(LoaderFds {
+        base,
+        image_fd,
+        err_fd,
+    })
+}
+
+/// Open an fd's file again as the task had it, at its offset.
+fn reopen_fd(
+    os: &impl Os,
+    f: &FdRecord,
+    path: &'static [u8],
+    base: i32,
+) -> Result<i32, CheckError> {
+    let unsupported = CheckError::UnsupportedFd {
+        fd: f.fd,
+        kind: f.kind,
+        path,
+    };
+    if !rules::fd_kind_reopenable(f.kind) {
+        return Err(unsupported);
+    }
+    if f.flags & fd_flags::DELETED != 0 {
+        return Err(CheckError::FileDeleted {
+            what: "open file",
+            path,
+        });
+    }
+    let flags = f.open_flags & !(sys::O_CREAT | sys::O_EXCL | sys::O_TRUNC | sys::O_CLOEXEC)
+        | sys::O_NOCTTY;
+    let want = match f.kind {
+        fd_kind::REGULAR => sys::S_IFREG,
+        fd_kind::DIRECTORY => sys::S_IFDIR,
+        _ => sys::S_IFCHR,
+    };
+    let (fd, st) = open_typed(os, "open file", path, flags, want, base)?;
+    let kind_ok = match f.kind {
+        fd_kind::REGULAR => st.mode & sys::S_IFMT == sys::S_IFREG,
+        fd_kind::DIRECTORY => st.mode & sys::S_IFMT == sys::S_IFDIR,
+        _ => st.mode & sys::S_IFMT == sys::S_IFCHR,
+    };
+    // Open files may have grown since (a log); device and inode must match.
+    let same =
+        kind_ok && (f.kind == fd_kind::CHAR || (st.dev == f.file.dev && st.ino == f.file.ino));
+    if !same {
+        return Err(CheckError::FileChanged {
+            what: "open file",
+            path,
+        });
+    }
+    if f.kind == fd_kind::REGULAR {
+        os.seek_to(fd, f.pos)
+            .map_err(|errno| CheckError::FileMissing {
+                what: "open file",
+                path,
+                errno,
+            })?;
+    }
+    Ok(fd)
+}
+
+/// The task's fds: regular files, directories and plain character devices
+/// are reopened (`FdMove`s); stdio that was a terminal, pipe or socket is
+/// inherited (kept).
+pub fn reopen_fds(
+    os: &impl Os,
+    name: &[u8],
+    image: &Image<'static>,
+    fds: &Records<'static, FdRecord>,
+    base: i32,
+    scratch: &mut Scratch,
+) -> Result<(&'static [FdMove], &'static [i32]), CheckError> {
+    let n = usize::try_from(fds.len()).unwrap_or(usize::MAX);
+    let moves = scratch.take::<FdMove>("fd moves", n)?;
+    let keep = scratch.take::<i32>("kept fds", n)?;
+    let files = scratch.take::<FdFile>("fd files", n)?;
+    let (mut nmoves, mut nkeep, mut nfiles) = (0, 0, 0);
+    for f in fds.clone() {
+        let path = image
+            .string(f.path)
+            .map_err(|error| CheckError::Corrupt { error })?;
+        if rules::fd_is_inherited(f.fd, f.kind) {
+            // One slot per record: `nkeep` < `n`.
+            if let Some(slot) = keep.get_mut(nkeep) {
+                *slot = f.fd;
+                nkeep += 1;
+            }
+            continue;
+        }
+        let from = reopen_fd(os, &f, path, base)?;
+        if let Some(slot) = moves.get_mut(nmoves) {
+            *slot = FdMove {
+                from,
+                to: f.fd,
+                cloexec: u32::from(f.flags & fd_flags::CLOEXEC != 0),
+            };
+            nmoves += 1;
+        }
+        if f.kind == fd_kind::REGULAR {
+            if let Some(slot) = files.get_mut(nfiles) {
+                *slot = FdFile {
+                    dev: f.file.dev,
+                    ino: f.file.ino,
+                    fd: f.fd,
+                    _pad: 0,
+                };
+                nfiles += 1;
+            }
+        }
+    }
+    if let Some((a, b)) = same_file_pair(&mut files[..nfiles]) {
+        os.report(
+            name,
+            format_args!(
+                "warning: fds {a} and {b} open the same file; if they shared one open file description (dup), they now have separate offsets"
+            ),
+        );
+    }
+    Ok((&moves[..nmoves], &keep[..nkeep]))
+}
+
+/// Two fds of one regular file, the lowest such pair (sorted: n log n).
+/// They may have shared one open file description (dup, fork): each is
+/// reopened on its own, so they no longer share an offset. The image cannot
+/// tell dups from two opens.
+fn same_file_pair(files: &mut [FdFile]) -> Option<(i32, i32)> {
+    files.sort_unstable_by_key(|f| (f.dev, f.ino, f.fd));
+    files
+        .windows(2)
+        .filter(|w| w[0].dev == w[1].dev && w[0].ino == w[1].ino)
+        .map(|w| (w[0].fd, w[1].fd))
+        .min()
+}

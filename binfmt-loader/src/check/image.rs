@@ -1,0 +1,99 @@
+//! Open and map the image: by `AT_EXECFD` (binfmt_misc `O` flag) or by
+//! path, only if it is a regular file; then take the lease that keeps its
+//! bytes still ([`super::stable`]), map it and parse it.
+
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
+use core::fmt;
+
+use image_format::Image;
+
+use super::os::Os;
+use super::CheckError;
+use crate::message;
+use crate::sys::{self, startup::Startup, Errno};
+
+/// The image to run: its display name and an open fd.
+pub fn open_image(os: &impl Os, startup: &Startup) -> Result<(&'static [u8], i32), CheckError> {
+    if let Some(fd) = startup.aux(sys::startup::AT_EXECFD) {
+        // binfmt_misc `O` flag: the kernel opened it; argv[1] is its path.
+        let name = startup.arg(1).unwrap_or(b"(AT_EXECFD)");
+        let fd = i32::try_from(fd).map_err(|_| CheckError::OpenImage {
+            errno: Errno::EINVAL,
+        })?;
+        return Ok((name, fd));
+    }
+    let name = startup.arg(1).ok_or(CheckError::Usage)?;
+    let fd = open_regular(os, name)?;
+    Ok((name, fd))
+}
+
+/// Open `path` for reading only if it is a regular file: first `O_PATH`
+/// (which opens nothing: a FIFO would wait for a writer, a device could
+/// act), then, the type known, the same inode again through
+/// `/proc/self/fd` (no window for another file to take the path).
+pub fn open_regular(os: &impl Os, path: &[u8]) -> Result<i32, CheckError> {
+    let open_error = |errno| CheckError::OpenImage { errno };
+    let at = os
+        .open(path, sys::O_PATH | sys::O_CLOEXEC)
+        .map_err(open_error)?;
+    let opened = os.fstat(at).map_err(open_error).and_then(|st| {
+        let now = st.mode & sys::S_IFMT;
+        if now != sys::S_IFREG {
+            return Err(CheckError::ImageNotRegular { now });
+        }
+        let mut again = message::Line::default();
+        let _ = fmt::Write::write_fmt(&mut again, format_args!("/proc/self/fd/{at}"));
+        os.open(again.as_bytes(), sys::O_RDONLY | sys::O_CLOEXEC)
+            .map_err(open_error)
+    });
+    os.close(at);
+    opened
+}
+
+/// The image's name for messages, known before anything else can fail.
+pub fn image_name(startup: &Startup) -> &'static [u8] {
+    startup.arg(1).unwrap_or(b"crimg-loader")
+}
+
+/// An image file opened and mapped, its bytes held still.
+pub struct MappedImage {
+    pub name: &'static [u8],
+    pub fd: i32,
+    /// The file's owner `(uid, gid)`: the most the task may get.
+    pub owner: (u32, u32),
+    pub bytes: &'static [u8],
+    pub hold: super::stable::Hold,
+}
+
+/// Lease, then map the image open at `fd` (the lease first: what is read
+/// through the mapping from then on is what the plan will load).
+pub fn map_image(os: &impl Os, name: &'static [u8], fd: i32) -> Result<MappedImage, CheckError> {
+    let st = os
+        .fstat(fd)
+        .map_err(|errno| CheckError::MapImage { errno })?;
+    let hold = super::stable::hold_still(os, fd)?;
+    let len = usize::try_from(st.size).map_err(|_| CheckError::MapImage {
+        errno: Errno::EINVAL,
+    })?;
+    let bytes = sys::map_file_readonly(fd, len).map_err(|errno| CheckError::MapImage { errno })?;
+    Ok(MappedImage {
+        name,
+        fd,
+        owner: (st.uid, st.gid),
+        bytes,
+        hold,
+    })
+}
+
+/// Parse the image and verify every segment's XXH3 checksum.
+pub fn parse(bytes: &'static [u8]) -> Result<Image<'static>, CheckError> {
+    let corrupt = |error| CheckError::Corrupt { error };
+    let image = Image::parse(bytes).map_err(corrupt)?;
+    image.verify_segments().map_err(corrupt)?;
+    Ok(image)
+}

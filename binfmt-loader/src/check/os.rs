@@ -1,0 +1,67 @@
+//! What stage 1 asks of the operating system, behind one narrow trait, so
+//! that its decisions (which file is the same file, which fd is reopened,
+//! which credentials the task gets, whether the gadgets are usable) are
+//! unit-tested without root against a fake (`check::tests`), and run for
+//! real through [`crate::sys::os::Kernel`] (youki's `Syscall` trait is the
+//! model).
+//!
+//! Only what a decision reads or does goes here: the scratch memory, the
+//! image mapping and the kernel probes of `memlimits`/`mm_state` stay real
+//! (they change nothing a test can observe).
+
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
+use core::fmt;
+
+use crate::sys::{Errno, Stat};
+
+/// The system calls of stage 1's decisions.
+pub trait Os {
+    /// `openat(AT_FDCWD, path, flags)`; `O_CLOEXEC` is the caller's to add.
+    fn open(&self, path: &[u8], flags: u32) -> Result<i32, Errno>;
+    fn fstat(&self, fd: i32) -> Result<Stat, Errno>;
+    fn close(&self, fd: i32);
+    /// `fcntl(fd, F_DUPFD_CLOEXEC, min)`.
+    fn dup_above(&self, fd: i32, min: i32) -> Result<i32, Errno>;
+    /// `fcntl(fd, F_SETFL, flags)`.
+    fn set_status_flags(&self, fd: i32, flags: u32) -> Result<(), Errno>;
+    /// `lseek(fd, off, SEEK_SET)`.
+    fn seek_to(&self, fd: i32, off: u64) -> Result<u64, Errno>;
+    fn fchdir(&self, fd: i32) -> Result<(), Errno>;
+    fn pread(&self, fd: i32, buf: &mut [u8], off: u64) -> Result<usize, Errno>;
+    /// `fcntl(fd, F_SETLEASE, F_RDLCK)` without a lease-break signal: see
+    /// [`super::stable`].
+    fn take_read_lease(&self, fd: i32) -> Result<(), Errno>;
+    /// Whether the lease taken on `fd` is still held with no writer
+    /// waiting (`F_GETLEASE` is `F_RDLCK`).
+    fn lease_intact(&self, fd: i32) -> bool;
+    /// `(cur, max)` of this process's limit `resource`.
+    fn get_rlimit(&self, resource: u32) -> Result<(u64, u64), Errno>;
+    fn set_rlimit(&self, resource: u32, cur: u64, max: u64) -> Result<(), Errno>;
+    /// `getresuid`, `getresgid`.
+    fn ids(&self) -> ([u32; 3], [u32; 3]);
+    /// The effective capability set (bit n: capability n).
+    fn effective_caps(&self) -> u64;
+    fn securebits(&self) -> u32;
+    fn getpid(&self) -> i32;
+    /// XCR0, `None` without XSAVE.
+    fn xcr0(&self) -> Option<u64>;
+    /// `ARCH_GET_XCOMP_PERM`.
+    fn xcomp_perm(&self) -> Result<u64, Errno>;
+    /// `ARCH_REQ_XCOMP_PERM`.
+    fn request_xcomp_perm(&self, feature: u32) -> Result<(), Errno>;
+    fn mxcsr_mask(&self) -> u32;
+    /// Where XSAVE component `i` ends (CPUID leaf 0xD).
+    fn xsave_component_end(&self, i: u32) -> u32;
+    /// A warning or error line about image `name` for the caller.
+    fn report(&self, name: &[u8], what: fmt::Arguments<'_>);
+
+    /// The start of a small file (`/proc/...`) into `buf`: up to
+    /// `buf.len()` bytes, read in order (`/proc` files are not all
+    /// `pread`-able).
+    fn read_file(&self, path: &[u8], buf: &mut [u8]) -> Result<usize, Errno>;
+}

@@ -1,0 +1,221 @@
+//! Stage 1's tables in one zeroed anonymous mapping (the loader has no
+//! heap), sized from the types they hold: [`Tables::bytes`] is the sum of
+//! `n * size_of::<T>()` plus the worst-case alignment padding of each table
+//! [`Scratch::take`] hands out, and a `take` that does not fit is an
+//! error, never a shorter slice (which a `zip` would turn into a plan
+//! without page contents).
+
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
+use core::mem::{align_of, size_of};
+
+use image_format::records::{ItimerRecord, PendingSignalRecord, RlimitRecord, SigactionRecord};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use super::CheckError;
+use crate::plan::{FdMove, PageLoad, Range, TargetVma};
+
+/// The most `/proc/self/maps` lines of the loader's own layout.
+pub const MAX_MAPS: usize = 512;
+/// Records stage 1 keeps at most (the rules refuse more: `validate`).
+pub const MAX_SIGACTIONS: usize = 64;
+pub const MAX_RLIMITS: usize = 16;
+pub const MAX_ITIMERS: usize = 3;
+
+/// A file stage 1 opened for VMAs: its identity, whether the fd is
+/// read-write, and the fd.
+#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct OpenedFile {
+    pub dev: u64,
+    pub ino: u64,
+    pub rw: u32,
+    pub fd: i32,
+}
+
+/// A regular file an fd of the task had open, for finding two fds of one
+/// file (sorted by identity).
+#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct FdFile {
+    pub dev: u64,
+    pub ino: u64,
+    pub fd: i32,
+    pub _pad: u32,
+}
+
+/// How many entries each of stage 1's tables holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tables {
+    pub vmas: usize,
+    pub segments: usize,
+    pub fds: usize,
+    pub pending: usize,
+    pub sigactions: usize,
+    pub rlimits: usize,
+    pub itimers: usize,
+}
+
+/// Bytes for `n` values of `T` wherever the previous table ended.
+fn table_bytes<T>(n: usize) -> Option<usize> {
+    n.checked_mul(size_of::<T>())?
+        .checked_add(align_of::<T>() - 1)
+}
+
+impl Tables {
+    /// The scratch size that holds every table [`super::check`] takes.
+    pub fn bytes(&self) -> Option<usize> {
+        let parts = [
+            table_bytes::<SigactionRecord>(self.sigactions)?,
+            table_bytes::<RlimitRecord>(self.rlimits)?,
+            table_bytes::<ItimerRecord>(self.itimers)?,
+            table_bytes::<PendingSignalRecord>(self.pending)?,
+            table_bytes::<TargetVma>(self.vmas)?,
+            table_bytes::<OpenedFile>(self.vmas)?,
+            table_bytes::<PageLoad>(self.segments)?,
+            table_bytes::<FdMove>(self.fds)?,
+            table_bytes::<i32>(self.fds)?,
+            table_bytes::<FdFile>(self.fds)?,
+            table_bytes::<Range>(MAX_MAPS)?,
+            // The window search's: target VMAs, loader maps, 4 more.
+            table_bytes::<Range>(self.vmas.checked_add(MAX_MAPS + 4)?)?,
+        ];
+        parts.iter().try_fold(0usize, |a, &b| a.checked_add(b))
+    }
+}
+
+/// A bump allocator over zeroed scratch memory.
+pub struct Scratch {
+    rest: &'static mut [u8],
+}
+
+impl Scratch {
+    pub fn new(mem: &'static mut [u8]) -> Scratch {
+        Scratch { rest: mem }
+    }
+
+    /// Map scratch memory for `tables`.
+    pub fn map(tables: &Tables) -> Result<Scratch, CheckError> {
+        let bytes = tables.bytes().ok_or(CheckError::ScratchShort {
+            table: "all",
+            items: usize::MAX,
+        })?;
+        let mem = crate::sys::map_scratch(bytes).map_err(|errno| CheckError::Scratch { errno })?;
+        Ok(Scratch::new(mem))
+    }
+
+    /// `n` zeroed values of `T`, or [`CheckError::ScratchShort`] when the
+    /// rest is too small (a sizing bug: [`Tables::bytes`] missed a table).
+    pub fn take<T: FromBytes + IntoBytes + KnownLayout + Immutable>(
+        &mut self,
+        table: &'static str,
+        n: usize,
+    ) -> Result<&'static mut [T], CheckError> {
+        let pad = (self.rest.as_ptr() as usize).wrapping_neg() & (align_of::<T>() - 1);
+        let short = CheckError::ScratchShort { table, items: n };
+        let fits = n
+            .checked_mul(size_of::<T>())
+            .and_then(|len| len.checked_add(pad))
+            .is_some_and(|end| end <= self.rest.len());
+        if !fits {
+            return Err(short);
+        }
+        let rest = core::mem::take(&mut self.rest);
+        let (_, rest) = rest.split_at_mut(pad);
+        match <[T]>::mut_from_prefix_with_elems(rest, n) {
+            Ok((items, rest)) => {
+                self.rest = rest;
+                Ok(items)
+            }
+            // Aligned and long enough: checked above.
+            Err(_) => Err(short),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leak(len: usize) -> &'static mut [u8] {
+        std::vec![0u8; len].leak()
+    }
+
+    /// What `check` takes, in its order.
+    fn take_all(s: &mut Scratch, t: &Tables) -> Result<(), CheckError> {
+        s.take::<SigactionRecord>("sigactions", t.sigactions)?;
+        s.take::<RlimitRecord>("rlimits", t.rlimits)?;
+        s.take::<ItimerRecord>("itimers", t.itimers)?;
+        s.take::<PendingSignalRecord>("pending", t.pending)?;
+        s.take::<TargetVma>("vmas", t.vmas)?;
+        s.take::<OpenedFile>("opened", t.vmas)?;
+        s.take::<PageLoad>("loads", t.segments)?;
+        s.take::<FdMove>("fd moves", t.fds)?;
+        s.take::<i32>("kept fds", t.fds)?;
+        s.take::<FdFile>("fd files", t.fds)?;
+        s.take::<Range>("loader maps", MAX_MAPS)?;
+        s.take::<Range>("window search", t.vmas + MAX_MAPS + 4)?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_short_scratch_is_an_error_not_an_empty_table() {
+        let mut s = Scratch::new(leak(100));
+        assert!(matches!(
+            s.take::<PageLoad>("loads", 5),
+            Err(CheckError::ScratchShort {
+                table: "loads",
+                items: 5
+            })
+        ));
+        // What did fit is still there for the next table.
+        assert_eq!(
+            s.take::<PageLoad>("loads", 4).map(|t| t.len()).ok(),
+            Some(4)
+        );
+    }
+
+    #[test]
+    fn the_sized_scratch_holds_every_table_at_any_alignment() {
+        // Many records of every table, one of each, none; misaligned starts.
+        for t in [
+            Tables::default(),
+            Tables {
+                vmas: 1000,
+                segments: 3000,
+                fds: 70,
+                pending: 200,
+                sigactions: 64,
+                rlimits: 16,
+                itimers: 3,
+            },
+            Tables {
+                vmas: 1,
+                segments: 1,
+                fds: 1,
+                pending: 1,
+                sigactions: 1,
+                rlimits: 1,
+                itimers: 1,
+            },
+        ] {
+            let bytes = t.bytes().unwrap();
+            for skew in 0..8 {
+                let mem = leak(bytes + skew);
+                let mut s = Scratch::new(&mut mem[skew..]);
+                take_all(&mut s, &t).unwrap();
+            }
+            // One whole table less is refused somewhere, not cut short.
+            // (More than the alignment slack the sum keeps.)
+            if t.segments * size_of::<PageLoad>() > 256 {
+                let mem = leak(bytes - t.segments * size_of::<PageLoad>());
+                let mut s = Scratch::new(mem);
+                assert!(take_all(&mut s, &t).is_err());
+            }
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! Stage 1 as a whole, on an image made by the writer, against the fake
+//! OS: each test changes one fact and expects one decision.
+
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
+use std::collections::HashMap;
+use std::vec;
+use std::vec::Vec;
+
+use image_format::elf::UserRegs;
+use image_format::records::{
+    fd_kind, prot, vma_kind, CredsRecord, FdRecord, FileId, GadgetsRecord, MmRecord, ProcessRecord,
+    ThreadRecord, VmaRecord,
+};
+use image_writer::model::{FdState, PageRun, TaskState, ThreadState, VmaState};
+use image_writer::write::{write_image, PageSource};
+use zerocopy::FromZeros;
+
+use super::fake::Fake;
+use super::image::MappedImage;
+use super::{check_mapped, stable, CheckError, Checked};
+use crate::sys::{self, Errno, Stat};
+use crate::ExitCode;
+
+const CODE_AT: u64 = 0x5000_0000;
+const LIB_AT: u64 = 0x5010_0000;
+const DATA_AT: u64 = 0x5020_0000;
+const LIB: &str = "/lib/fake.so";
+const LOG: &str = "/var/log/fake.log";
+/// `syscall; ret` at +0x80, `mov $15, %eax; syscall` at +0x90.
+const SYSCALL_RET_AT: u64 = 0x80;
+const SIGRETURN_AT: u64 = 0x90;
+
+struct Pages(HashMap<u64, Vec<u8>>);
+
+impl PageSource for Pages {
+    fn read_pages(&mut self, addr: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        buf.copy_from_slice(&self.0[&addr][..buf.len()]);
+        Ok(())
+    }
+}
+
+fn lib_stat() -> Stat {
+    Stat {
+        dev: 8,
+        ino: 100,
+        mode: sys::S_IFREG | 0o755,
+        size: 4096,
+        mtime_sec: 1_700_000_000,
+        ..Default::default()
+    }
+}
+
+fn log_stat() -> Stat {
+    Stat {
+        dev: 8,
+        ino: 200,
+        mode: sys::S_IFREG | 0o644,
+        size: 10,
+        ..Default::default()
+    }
+}
+
+fn id(st: &Stat) -> FileId {
+    FileId {
+        dev: st.dev,
+        ino: st.ino,
+        size: st.size,
+        mtime_sec: st.mtime_sec,
+        mtime_nsec: st.mtime_nsec,
+    }
+}
+
+/// A task of one thread: a stored code page with both gadgets, a library
+/// mapping, stdio on pipes and a log file at fd 3.
+fn task() -> TaskState {
+    let mut xsave = vec![0u8; 832];
+    xsave[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+    xsave[512..520].copy_from_slice(&3u64.to_le_bytes());
+    let mut process = ProcessRecord::new_zeroed();
+    process.pid = 4242;
+    process.nthreads = 1;
+    process.page_size = 4096;
+    let fd = |fd, kind, path: &str, file| FdState {
+        record: FdRecord {
+            fd,
+            kind,
+            file,
+            ..Default::default()
+        },
+        path: path.into(),
+    };
+    TaskState {
+        process,
+        exe: "/bin/fake".into(),
+        cwd: "/".into(),
+        root: "/".into(),
+        cmdline: b"fake\0".to_vec(),
+        creds: CredsRecord::new_zeroed(),
+        mm: MmRecord {
+            start_code: CODE_AT,
+            end_code: CODE_AT + 4096,
+            start_data: DATA_AT,
+            end_data: DATA_AT + 4096,
+            start_brk: DATA_AT + 3 * 4096,
+            brk: DATA_AT + 3 * 4096,
+            start_stack: DATA_AT + 2 * 4096,
+            arg_start: DATA_AT + 16,
+            arg_end: DATA_AT + 21,
+            env_start: DATA_AT + 21,
+            env_end: DATA_AT + 21,
+        },
+        auxv: vec![6, 4096, 0, 0],
+        rlimits: vec![],
+        sigactions: vec![],
+        itimers: vec![],
+        threads: vec![ThreadState {
+            record: ThreadRecord {
+                tid: 4242,
+                syscall_nr: -1,
+                ..Default::default()
+            },
+            regs: UserRegs {
+                rip: CODE_AT,
+                rsp: DATA_AT + 2 * 4096,
+                cs: 0x33,
+                ss: 0x2b,
+                ..Default::default()
+            },
+            xsave,
+        }],
+        vmas: vec![
+            VmaState {
+                record: VmaRecord {
+                    start: CODE_AT,
+                    end: CODE_AT + 4096,
+                    prot: prot::READ | prot::EXEC,
+                    kind: vma_kind::ANON,
+                    ..Default::default()
+                },
+                path: std::string::String::new(),
+            },
+            VmaState {
+                record: VmaRecord {
+                    start: LIB_AT,
+                    end: LIB_AT + 4096,
+                    prot: prot::READ,
+                    kind: vma_kind::FILE,
+                    file: id(&lib_stat()),
+                    ..Default::default()
+                },
+                path: LIB.into(),
+            },
+            VmaState {
+                record: VmaRecord {
+                    start: DATA_AT,
+                    end: DATA_AT + 3 * 4096,
+                    prot: prot::READ | prot::WRITE,
+                    kind: vma_kind::ANON,
+                    ..Default::default()
+                },
+                path: std::string::String::new(),
+            },
+        ],
+        fds: vec![
+            fd(0, fd_kind::PIPE, "pipe:[1]", FileId::default()),
+            fd(1, fd_kind::PIPE, "pipe:[2]", FileId::default()),
+            fd(2, fd_kind::PIPE, "pipe:[3]", FileId::default()),
+            fd(3, fd_kind::REGULAR, LOG, id(&log_stat())),
+        ],
+        pending: vec![],
+        gadgets: GadgetsRecord {
+            syscall_ret: CODE_AT + SYSCALL_RET_AT,
+            rt_sigreturn: CODE_AT + SIGRETURN_AT,
+        },
+        warnings: vec![],
+        pages: vec![PageRun {
+            start: CODE_AT,
+            len: 4096,
+        }],
+    }
+}
+
+fn code_page() -> Vec<u8> {
+    let mut page = vec![0xf4u8; 4096];
+    page[0x80..0x83].copy_from_slice(&[0x0f, 0x05, 0xc3]);
+    page[0x90..0x97].copy_from_slice(&[0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05]);
+    page
+}
+
+/// The image of `state` (code page `code`), as `'static` bytes.
+fn image_bytes(state: &TaskState, code: Vec<u8>) -> &'static [u8] {
+    let file = tempfile_in_tmp();
+    let mut pages = Pages(HashMap::from([(CODE_AT, code)]));
+    write_image(state, &file, &mut pages).unwrap();
+    let bytes = std::fs::read(format!("/proc/self/fd/{}", {
+        use std::os::fd::AsRawFd;
+        file.as_raw_fd()
+    }))
+    .unwrap();
+    bytes.leak()
+}
+
+fn tempfile_in_tmp() -> std::fs::File {
+    let path = std::env::temp_dir().join(format!(
+        "crimg-stage1-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    file
+}
+
+/// The fake machine the task's files exist on, unchanged.
+fn machine() -> Fake {
+    let mut os = Fake::new();
+    os.add(LIB, lib_stat(), vec![0u8; 4096]);
+    os.add(LOG, log_stat(), b"0123456789".to_vec());
+    os.add(
+        "/bin/fake",
+        Stat {
+            mode: sys::S_IFREG | 0o755,
+            ..Default::default()
+        },
+        vec![],
+    );
+    os
+}
+
+/// Stage 1 of `state` (owned by `owner`) on `os`.
+fn run(
+    os: &Fake,
+    state: &TaskState,
+    code: Vec<u8>,
+    owner: (u32, u32),
+) -> Result<Checked, CheckError> {
+    let bytes = image_bytes(state, code);
+    check_mapped(
+        os,
+        MappedImage {
+            name: b"test.crimg",
+            fd: 50,
+            owner,
+            bytes,
+            hold: stable::Hold::Lease,
+        },
+    )
+}
+
+fn exit_of(r: Result<Checked, CheckError>) -> ExitCode {
+    match r {
+        Ok(_) => panic!("stage 1 accepted the image"),
+        Err(e) => e.exit_code(),
+    }
+}
+
+#[test]
+fn a_sound_image_gives_the_planner_its_input() {
+    let os = machine();
+    let c = run(&os, &task(), code_page(), (1000, 1000)).unwrap();
+    let input = &c.input;
+    // Every stored page is loaded; the library is mapped from its own fd.
+    assert_eq!(input.loads.len(), 1);
+    assert_eq!(input.loads[0].vaddr, CODE_AT);
+    assert_eq!(input.vmas.len(), 3);
+    let lib_fd = input.vmas[1].fd;
+    assert_eq!(os.path_of(lib_fd).as_deref(), Some(LIB));
+    assert!(input.vmas[0].fd < 0);
+    // Everything the loader holds is above the task's fds.
+    assert!(lib_fd > 3 && input.image_fd > 3);
+    // Stdio is inherited, the log reopened and moved to 3.
+    assert_eq!(input.keep_fds, &[0, 1, 2]);
+    assert_eq!(input.fd_moves.len(), 1);
+    assert_eq!(input.fd_moves[0].to, 3);
+    assert_eq!(os.path_of(input.fd_moves[0].from).as_deref(), Some(LOG));
+    // The gadgets are the recorded code; unprivileged: no exe, no tids.
+    assert!(input.gadgets.is_some());
+    assert_eq!(input.exe_fd, None);
+    assert!(!input.set_tids);
+    assert!(os.warned("not privileged"));
+    assert_eq!(input.creds, None);
+    assert_eq!(input.pid, 777);
+    assert_eq!(input.xfeatures, 0x7);
+    assert_eq!(input.loader_stack.map(|s| s.start), Some(0x7ffd_0000_0000));
+    assert!(c.range_scratch.len() >= input.vmas.len() + input.loader_maps.len() + 4);
+}
+
+#[test]
+fn a_mapped_file_that_changed_is_refused() {
+    let mut os = machine();
+    let mut st = lib_stat();
+    st.mtime_sec += 1;
+    os.add(LIB, st, vec![0u8; 4096]);
+    match run(&os, &task(), code_page(), (1000, 1000)) {
+        Err(CheckError::FileChanged { what, path }) => {
+            assert_eq!((what, path), ("mapped file", LIB.as_bytes()));
+        }
+        other => panic!("{:?}", other.err()),
+    }
+}
+
+#[test]
+fn a_mapped_file_that_is_now_a_fifo_says_so() {
+    let mut os = machine();
+    let mut st = lib_stat();
+    st.mode = sys::S_IFIFO | 0o644;
+    os.add(LIB, st, vec![]);
+    assert!(matches!(
+        run(&os, &task(), code_page(), (1000, 1000)),
+        Err(CheckError::FileType {
+            now: sys::S_IFIFO,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_missing_log_file_is_refused_and_one_that_grew_is_not() {
+    let mut os = machine();
+    os.files.remove(LOG.as_bytes());
+    assert_eq!(
+        exit_of(run(&os, &task(), code_page(), (1000, 1000))),
+        ExitCode::FileChanged
+    );
+    // Open files may grow: only device and inode are compared.
+    let mut os = machine();
+    let mut st = log_stat();
+    st.size = 99;
+    st.mtime_sec = 5;
+    os.add(LOG, st, vec![]);
+    assert!(run(&os, &task(), code_page(), (1000, 1000)).is_ok());
+}
+
+#[test]
+fn an_fd_the_loader_cannot_reopen_is_refused() {
+    let os = machine();
+    let mut state = task();
+    state.fds[3].record.kind = fd_kind::ANON_INODE;
+    state.fds[3].path = "anon_inode:[eventfd]".into();
+    // Refused by the rules already (exit 7), before any file is opened.
+    assert_eq!(
+        exit_of(run(&os, &state, code_page(), (1000, 1000))),
+        ExitCode::Unsupported
+    );
+}
+
+#[test]
+fn an_fd_number_above_the_hard_limit_is_refused() {
+    let mut os = machine();
+    os.nofile = (3, 3);
+    assert!(matches!(
+        run(&os, &task(), code_page(), (1000, 1000)),
+        Err(CheckError::FdAboveLimit { fd: 3, limit: 3 })
+    ));
+}
+
+#[test]
+fn a_cwd_this_process_cannot_enter_is_refused() {
+    let mut os = machine();
+    os.files.get_mut(&b"/"[..]).unwrap().no_entry = Some(Errno(13));
+    assert!(matches!(
+        run(&os, &task(), code_page(), (1000, 1000)),
+        Err(CheckError::CwdDenied {
+            errno: Errno(13),
+            ..
+        })
+    ));
+}
+
+#[test]
+fn gadgets_that_are_not_that_code_are_not_used() {
+    let os = machine();
+    let mut code = code_page();
+    code[0x81] = 0x90;
+    let c = run(&os, &task(), code, (1000, 1000)).unwrap();
+    assert!(c.input.gadgets.is_none());
+    assert!(os.warned("syscall; ret gadget"));
+    assert!(os.warned("bootstrap window stays mapped"));
+}
+
+#[test]
+fn saved_features_this_cpu_lacks_are_refused() {
+    let mut os = machine();
+    let mut state = task();
+    state.threads[0].xsave[512..520].copy_from_slice(&7u64.to_le_bytes());
+    os.xcr0 = 0x3;
+    assert!(matches!(
+        run(&os, &state, code_page(), (1000, 1000)),
+        Err(CheckError::CpuLacks { missing: 4 })
+    ));
+}
+
+#[test]
+fn root_may_restore_the_exe_and_the_owners_credentials_only() {
+    let mut os = machine();
+    os.uids = [0; 3];
+    os.gids = [0; 3];
+    os.caps = (1 << 41) - 1;
+    let mut state = task();
+    // The image says root; the file belongs to uid 1000.
+    state.creds.uid = [0; 4];
+    state.creds.gid = [0; 4];
+    let c = run(&os, &state, code_page(), (1000, 1000)).unwrap();
+    let creds = c.input.creds.expect("credentials switched");
+    assert_eq!(creds.uid[0], 1000);
+    assert_eq!(creds.gid[0], 1000);
+    assert!(os.warned("belongs to uid 1000"));
+    assert!(c.input.exe_fd.is_some());
+    // Owned by root, the image's own credentials stand.
+    let os2 = {
+        let mut os = machine();
+        os.uids = [0; 3];
+        os.gids = [0; 3];
+        os.caps = (1 << 41) - 1;
+        os
+    };
+    let c = run(&os2, &state, code_page(), (0, 0)).unwrap();
+    assert_eq!(c.input.creds, None, "root to root: nothing to change");
+}
+
+#[test]
+fn a_caller_whose_capabilities_would_stay_is_refused() {
+    let mut os = machine();
+    // Not root, but with capabilities it cannot drop by a uid switch.
+    os.caps = 1 << 21;
+    os.files.get_mut(&b"/proc/self/status"[..]).unwrap().contents =
+        b"Groups:\t\nCapInh:\t0\nCapPrm:\t0000000000200000\nCapEff:\t0000000000200000\nCapBnd:\t0\nCapAmb:\t0\n"
+            .to_vec();
+    let mut state = task();
+    state.creds.uid = [0; 4];
+    assert!(matches!(
+        run(&os, &state, code_page(), (1000, 1000)),
+        Err(CheckError::CapsKept { .. })
+    ));
+}

@@ -1,0 +1,315 @@
+//! The plan's process-wide steps, between the memory and the threads: the
+//! mm fields (`PR_SET_MM_MAP`), signal handlers, personality, umask and
+//! cwd, the fds, rlimits and MDWE, then (after the threads' own state) the
+//! pending signals and the timers.
+
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
+use image_format::records::PendingSignalRecord;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use super::abi::{int_arg, op_kind, rule};
+use super::builder::Builder;
+use super::thread_ops::Who;
+use super::{PlanError, PlanInput};
+use crate::mm_state;
+use crate::sys::{self, nr};
+
+/// `PR_SET_MM`, `PR_SET_MM_MAP`.
+const PR_SET_MM: u64 = 35;
+const PR_SET_MM_MAP: u64 = 14;
+pub(super) const EPERM: u64 = 1;
+
+/// `struct prctl_mm_map`.
+#[derive(Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+struct PrctlMmMap {
+    start_code: u64,
+    end_code: u64,
+    start_data: u64,
+    end_data: u64,
+    start_brk: u64,
+    brk: u64,
+    start_stack: u64,
+    arg_start: u64,
+    arg_end: u64,
+    env_start: u64,
+    env_end: u64,
+    auxv: u64,
+    auxv_size: u32,
+    exe_fd: u32,
+}
+const PRCTL_MM_MAP_SIZE: u64 = 104;
+const _: () = assert!(core::mem::size_of::<PrctlMmMap>() as u64 == PRCTL_MM_MAP_SIZE);
+
+/// Step 5: the mm fields in one `PR_SET_MM_MAP`, once every VMA exists.
+/// With the exe fd first (privileged); on EPERM again without.
+pub(super) fn mm_fields(b: &mut Builder<'_>, input: &PlanInput<'_>) -> Result<(), PlanError> {
+    let auxv = if input.auxv.is_empty() {
+        0
+    } else {
+        b.put(input.auxv, 8)?
+    };
+    let m = input.mm;
+    let mut map = PrctlMmMap {
+        start_code: m.start_code,
+        end_code: m.end_code,
+        start_data: m.start_data,
+        end_data: m.end_data,
+        start_brk: m.start_brk,
+        brk: m.brk,
+        start_stack: m.start_stack,
+        arg_start: m.arg_start,
+        arg_end: m.arg_end,
+        env_start: m.env_start,
+        env_end: m.env_end,
+        auxv,
+        // The kernel refuses more than its `saved_auxv` (EINVAL), so a
+        // length beyond u32 can only be refused too.
+        auxv_size: u32::try_from(input.auxv.len()).unwrap_or(u32::MAX),
+        exe_fd: u32::MAX,
+    };
+    if let Some(fd) = input.exe_fd {
+        let mut with_exe = map;
+        // The field is the C struct's `__u32`; the kernel reads it as an int.
+        with_exe.exe_fd = u32::from_ne_bytes(fd.to_ne_bytes());
+        let a = b.put(with_exe.as_bytes(), 8)?;
+        b.op(
+            op_kind::SYSCALL,
+            rule::OK_OR_ERRNO | rule::SKIP_NEXT_IF_OK,
+            nr::PRCTL,
+            [PR_SET_MM, PR_SET_MM_MAP, a, PRCTL_MM_MAP_SIZE, 0, 0],
+            EPERM,
+            format_args!("prctl PR_SET_MM_MAP with exe"),
+        )?;
+    }
+    map.exe_fd = u32::MAX;
+    let a = b.put(map.as_bytes(), 8)?;
+    b.sys(
+        rule::OK,
+        nr::PRCTL,
+        [PR_SET_MM, PR_SET_MM_MAP, a, PRCTL_MM_MAP_SIZE, 0, 0],
+        format_args!("prctl PR_SET_MM_MAP"),
+    )
+}
+
+/// Step 6: signal handlers (not SIGKILL's and SIGSTOP's), personality,
+/// umask, cwd.
+pub(super) fn process_state(b: &mut Builder<'_>, input: &PlanInput<'_>) -> Result<(), PlanError> {
+    for s in input
+        .sigactions
+        .iter()
+        .filter(|s| (1..=64).contains(&s.signo) && s.signo != 9 && s.signo != 19)
+    {
+        let act = [s.handler, s.flags, s.restorer, s.mask];
+        let a = b.put(act.as_bytes(), 8)?;
+        b.sys(
+            rule::OK,
+            nr::RT_SIGACTION,
+            [u64::from(s.signo), a, 0, 8, 0, 0],
+            format_args!("rt_sigaction {}", s.signo),
+        )?;
+    }
+    b.sys(
+        rule::ANY,
+        nr::PERSONALITY,
+        [u64::from(input.personality), 0, 0, 0, 0, 0],
+        format_args!("personality"),
+    )?;
+    b.sys(
+        rule::ANY,
+        nr::UMASK,
+        [u64::from(input.umask), 0, 0, 0, 0, 0],
+        format_args!("umask"),
+    )?;
+    if let Some(fd) = input.cwd_fd {
+        b.sys(
+            rule::OK,
+            nr::FCHDIR,
+            [int_arg(fd), 0, 0, 0, 0, 0],
+            format_args!("fchdir cwd"),
+        )?;
+    }
+    Ok(())
+}
+
+/// Step 7: every opened fd into place, then close everything else (the
+/// image, the mapped files, anything the caller leaked) but the kept fds
+/// and the error fd.
+pub(super) fn files(b: &mut Builder<'_>, input: &PlanInput<'_>) -> Result<(), PlanError> {
+    for m in input.fd_moves {
+        b.op(
+            op_kind::SYSCALL,
+            rule::EQ,
+            nr::DUP3,
+            [
+                int_arg(m.from),
+                int_arg(m.to),
+                if m.cloexec != 0 {
+                    u64::from(sys::O_CLOEXEC)
+                } else {
+                    0
+                },
+                0,
+                0,
+                0,
+            ],
+            int_arg(m.to),
+            format_args!("dup3 {} to {}", m.from, m.to),
+        )?;
+    }
+    let mut next = 0u64;
+    loop {
+        // The smallest kept fd at or above `next`.
+        let kept = input
+            .fd_moves
+            .iter()
+            .map(|m| m.to)
+            .chain(input.keep_fds.iter().copied())
+            .chain(input.err_fd)
+            .filter_map(|fd| u64::try_from(fd).ok())
+            .filter(|&fd| fd >= next)
+            .min();
+        match kept {
+            Some(k) => {
+                if k > next {
+                    b.sys(
+                        rule::OK,
+                        nr::CLOSE_RANGE,
+                        [next, k - 1, 0, 0, 0, 0],
+                        format_args!("close_range {next}-{}", k - 1),
+                    )?;
+                }
+                next = k + 1;
+            }
+            None => {
+                b.sys(
+                    rule::OK,
+                    nr::CLOSE_RANGE,
+                    [next, u64::from(u32::MAX), 0, 0, 0, 0],
+                    format_args!("close_range {next}-"),
+                )?;
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Step 7b: resource limits (a hard limit this process may not raise is
+/// EPERM, which is let pass), then memory-deny-write-execute, once no area
+/// will be made executable.
+pub(super) fn limits(b: &mut Builder<'_>, input: &PlanInput<'_>) -> Result<(), PlanError> {
+    for r in input.rlimits {
+        let a = b.put([r.cur, r.max].as_bytes(), 8)?;
+        b.op(
+            op_kind::SYSCALL,
+            rule::OK_OR_ERRNO,
+            nr::PRLIMIT64,
+            [0, u64::from(r.resource), a, 0, 0, 0],
+            EPERM,
+            format_args!("prlimit64 {}", r.resource),
+        )?;
+    }
+    if input.mdwe != 0 {
+        b.sys(
+            rule::OK,
+            nr::PRCTL,
+            [mm_state::PR_SET_MDWE, input.mdwe, 0, 0, 0, 0],
+            format_args!("prctl PR_SET_MDWE"),
+        )?;
+    }
+    Ok(())
+}
+
+/// Step 9: pending signals (all blocked until the frame's mask applies).
+/// The process-wide ones and the leader's own are queued here; each other
+/// thread queues its own from its op list: rt_tgsigqueueinfo refuses
+/// (EPERM) a kernel or SI_USER/SI_TKILL code unless the caller's tid is the
+/// target tid. Signals sent to the process during the restore are pending
+/// already (blocked since `_start`) and so queue before these: a real-time
+/// one is delivered before a recorded one of the same number, and a
+/// classic one merges with a recorded one of the same number keeping the
+/// later siginfo (after the dump the recorded one would have won). The
+/// kernel cannot queue at the front, nor say which queue (thread or
+/// process) a signal took.
+pub(super) fn pending_signals(b: &mut Builder<'_>, input: &PlanInput<'_>) -> Result<(), PlanError> {
+    let others = input.threads.get(1..).unwrap_or(&[]);
+    for p in input.pending {
+        let other = others.iter().any(|t| t.record.tid == p.tid);
+        if !other {
+            b.queue_signal(input.pid, p, None)?;
+        }
+    }
+    Ok(())
+}
+
+/// Step 10: interval timers, armed last.
+pub(super) fn timers(b: &mut Builder<'_>, input: &PlanInput<'_>) -> Result<(), PlanError> {
+    for it in input
+        .itimers
+        .iter()
+        .filter(|it| it.value.sec != 0 || it.value.usec != 0)
+    {
+        let val = [
+            it.interval.sec,
+            it.interval.usec,
+            it.value.sec,
+            it.value.usec,
+        ];
+        let a = b.put(val.as_bytes(), 8)?;
+        b.sys(
+            rule::OK,
+            nr::SETITIMER,
+            [u64::from(it.which), a, 0, 0, 0, 0],
+            format_args!("setitimer {}", it.which),
+        )?;
+    }
+    Ok(())
+}
+
+impl Builder<'_> {
+    /// Queue one pending signal. `thread` None: the leader queues a
+    /// process-wide signal (tid 0) or its own; `Some`: the calling (other)
+    /// thread queues one to itself, its tid read from the u32 at the
+    /// address (where clone3 wrote it).
+    pub(super) fn queue_signal(
+        &mut self,
+        pid: i32,
+        p: &PendingSignalRecord,
+        thread: Option<(u64, Who)>,
+    ) -> Result<(), PlanError> {
+        let signo = u64::from(u32::from_le_bytes([
+            p.siginfo[0],
+            p.siginfo[1],
+            p.siginfo[2],
+            p.siginfo[3],
+        ]));
+        let info = self.put(&p.siginfo, 8)?;
+        let pid = int_arg(pid);
+        match thread {
+            None if p.tid == 0 => self.sys(
+                rule::OK,
+                nr::RT_SIGQUEUEINFO,
+                [pid, signo, info, 0, 0, 0],
+                format_args!("rt_sigqueueinfo {signo}"),
+            ),
+            None => self.sys(
+                rule::OK,
+                nr::RT_TGSIGQUEUEINFO,
+                [pid, pid, signo, info, 0, 0],
+                format_args!("rt_tgsigqueueinfo {signo}"),
+            ),
+            Some((addr, who)) => self.sys(
+                rule::OK | rule::LOAD_ARG1,
+                nr::RT_TGSIGQUEUEINFO,
+                [pid, addr, signo, info, 0, 0],
+                format_args!("rt_tgsigqueueinfo {signo} to itself{who}"),
+            ),
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! [`Kernel`]: stage 1's [`Os`] made of this module's raw system calls.
+
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
+use core::fmt;
+
+use super::{CPath, Errno, Stat};
+use crate::check::os::Os;
+
+/// The real operating system.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Kernel;
+
+impl Os for Kernel {
+    fn open(&self, path: &[u8], flags: u32) -> Result<i32, Errno> {
+        let cpath = CPath::new(path).ok_or(Errno::ENOENT)?;
+        super::openat(super::AT_FDCWD, &cpath, flags)
+    }
+    fn fstat(&self, fd: i32) -> Result<Stat, Errno> {
+        super::fstat(fd)
+    }
+    fn close(&self, fd: i32) {
+        let _ = super::close(fd);
+    }
+    fn dup_above(&self, fd: i32, min: i32) -> Result<i32, Errno> {
+        super::dup_above(fd, min)
+    }
+    fn set_status_flags(&self, fd: i32, flags: u32) -> Result<(), Errno> {
+        super::set_status_flags(fd, flags)
+    }
+    fn seek_to(&self, fd: i32, off: u64) -> Result<u64, Errno> {
+        super::seek_to(fd, off)
+    }
+    fn fchdir(&self, fd: i32) -> Result<(), Errno> {
+        super::fchdir(fd)
+    }
+    fn pread(&self, fd: i32, buf: &mut [u8], off: u64) -> Result<usize, Errno> {
+        super::pread(fd, buf, off)
+    }
+    fn take_read_lease(&self, fd: i32) -> Result<(), Errno> {
+        super::take_read_lease(fd)
+    }
+    fn lease_intact(&self, fd: i32) -> bool {
+        super::lease_intact(fd)
+    }
+    fn get_rlimit(&self, resource: u32) -> Result<(u64, u64), Errno> {
+        super::get_rlimit(resource)
+    }
+    fn set_rlimit(&self, resource: u32, cur: u64, max: u64) -> Result<(), Errno> {
+        super::set_rlimit(resource, cur, max)
+    }
+    fn ids(&self) -> ([u32; 3], [u32; 3]) {
+        super::get_ids()
+    }
+    fn effective_caps(&self) -> u64 {
+        super::effective_caps()
+    }
+    fn securebits(&self) -> u32 {
+        super::securebits()
+    }
+    fn getpid(&self) -> i32 {
+        super::getpid()
+    }
+    fn xcr0(&self) -> Option<u64> {
+        crate::arch::xcr0()
+    }
+    fn xcomp_perm(&self) -> Result<u64, Errno> {
+        super::xcomp_perm()
+    }
+    fn request_xcomp_perm(&self, feature: u32) -> Result<(), Errno> {
+        super::request_xcomp_perm(feature)
+    }
+    fn mxcsr_mask(&self) -> u32 {
+        crate::arch::mxcsr_mask()
+    }
+    fn xsave_component_end(&self, i: u32) -> u32 {
+        crate::arch::xsave_component_end(i)
+    }
+    fn report(&self, name: &[u8], what: fmt::Arguments<'_>) {
+        crate::message::report(name, what);
+    }
+    fn read_file(&self, path: &[u8], buf: &mut [u8]) -> Result<usize, Errno> {
+        super::read_small_file(path, buf)
+    }
+}
