@@ -563,6 +563,18 @@ fn the_golden_image_parses_verifies_and_reads_back_its_state() {
     assert_eq!(img.stored_in(0x7f00_0000_0000, 0x7f00_0000_4000), 2);
 }
 
+/// The loader's own image rules (what it and the dumper's self-check run
+/// before anything else) accept the golden image: a version-1 image is
+/// still one the loader would restore, given its files.
+#[test]
+fn the_loader_rules_accept_the_golden_image() {
+    let bytes = read_golden();
+    let img = Image::parse(&bytes).unwrap();
+    if let Err(err) = binfmt_loader::rules::check_image(&img, 65536) {
+        panic!("the loader refuses the golden v1 image: {err}");
+    }
+}
+
 /// The ELF layout of a version-1 image, which readelf, gdb and binfmt_misc
 /// see: the header, one PT_NOTE first, page-aligned PT_LOADs, the notes in
 /// the kernel's order and crimg's after them, the checksum last.
