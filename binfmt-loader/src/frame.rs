@@ -7,12 +7,6 @@
 //! for a given final address, so it can be prepared in the window and copied
 //! onto the thread's own stack (or used in the window directly).
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use core::mem::{offset_of, size_of};
 
 use image_format::elf::{
