@@ -10,7 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The workloads written in C; each `workloads/<name>.c` becomes a program.
-const C_WORKLOADS: &[&str] = &["counter", "bigmem", "vmflags"];
+const C_WORKLOADS: &[&str] = &[
+    "counter",
+    "bigmem",
+    "vmflags",
+    "seccomp_echo",
+    "sigsuspend_mask",
+];
 
 fn main() {
     let manifest_dir =

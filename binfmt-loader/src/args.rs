@@ -3,12 +3,6 @@
 //! with the `O` flag its name, in `argv[1]`; what follows is what the user
 //! typed after the image).
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use core::fmt;
 
 use crate::sys::startup::Startup;

@@ -6,12 +6,6 @@
 //! the plan's `setresuid`) and names what differs from the image, in one
 //! warning line. Pure, tested on the host.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use image_format::records::CredsRecord;
 
 /// Capability numbers (`linux/capability.h`): the workspace's one copy

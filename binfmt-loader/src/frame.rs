@@ -7,16 +7,11 @@
 //! for a given final address, so it can be prepared in the window and copied
 //! onto the thread's own stack (or used in the window directly).
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use core::mem::{offset_of, size_of};
 
 use image_format::elf::{
-    UserRegs, FP_XSTATE_MAGIC1, FP_XSTATE_MAGIC2, FX_SW_BYTES_OFFSET, XSAVE_HEADER_OFFSET,
+    FpxSwBytes, UserRegs, FP_XSTATE_MAGIC1, FP_XSTATE_MAGIC2, FX_SW_BYTES_OFFSET,
+    XSAVE_HEADER_OFFSET,
 };
 use image_format::records::ThreadRecord;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -103,19 +98,6 @@ pub struct RtSigframe {
     pub info: [u8; 128],
 }
 
-/// `struct _fpx_sw_bytes`, in the XSAVE area's software-reserved bytes
-/// (legacy region offset [`FX_SW_BYTES_OFFSET`]).
-#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
-#[repr(C)]
-pub struct FpxSwBytes {
-    pub magic1: u32,
-    /// XSAVE area plus the trailing `FP_XSTATE_MAGIC2`.
-    pub extended_size: u32,
-    pub xfeatures: u64,
-    pub xstate_size: u32,
-    pub padding: [u32; 7],
-}
-
 // The kernel's sizes and the offsets `rt_sigreturn` reads
 // (arch/x86/include/uapi/asm/sigcontext.h, asm/sigframe.h).
 const _: () = assert!(size_of::<StackT>() == 24);
@@ -125,7 +107,6 @@ const _: () = assert!(size_of::<Ucontext>() == 304);
 const _: () = assert!(offset_of!(Ucontext, uc_mcontext) == 40);
 const _: () = assert!(offset_of!(Ucontext, uc_sigmask) == 296);
 const _: () = assert!(size_of::<RtSigframe>() == 8 + 304 + 128);
-const _: () = assert!(size_of::<FpxSwBytes>() == 48);
 const _: () = assert!(FX_SW_BYTES_OFFSET + size_of::<FpxSwBytes>() <= XSAVE_HEADER_OFFSET);
 
 /// Where a frame goes: `frame` is the `pretcode` slot (the ucontext follows

@@ -24,6 +24,13 @@
 
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
+// Casts that could truncate, wrap or lose a sign are bugs waiting for an
+// odd image: convert with `try_from`/`from`, or allow one with a reason.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
 
 #[allow(unsafe_code)]
 pub mod arch;

@@ -4,6 +4,13 @@
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
+// Casts that could truncate, wrap or lose a sign are bugs waiting for an
+// odd image: convert with `try_from`/`from`, or allow one with a reason.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
 
 use binfmt_loader::sys::{self, startup::Startup};
 

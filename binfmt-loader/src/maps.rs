@@ -3,12 +3,6 @@
 //! `[vvar]`, `[vvar_vclock]` and `[vdso]` (moved, as one block, onto the
 //! target's old addresses).
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 /// What a mapping is, as far as the loader cares.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum MapKind {

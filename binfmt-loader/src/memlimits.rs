@@ -22,12 +22,6 @@
 //! checked. The limits in force are this process's: the image's rlimits are
 //! set only after the areas exist.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use core::fmt;
 
 use image_format::records::{prot, vma_flags, vma_kind};

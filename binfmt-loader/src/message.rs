@@ -2,12 +2,6 @@
 //! fixed buffer and written with a single `write(2)` so lines from parallel
 //! loaders do not interleave.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use core::fmt::{self, Write};
 
 use crate::sys;

@@ -8,12 +8,6 @@
 //! once every check passed: the mm outlives the plan's teardown, and a
 //! kernel that refuses one is then reported before the point of no return.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use core::fmt;
 
 use image_format::records::{

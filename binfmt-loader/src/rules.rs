@@ -9,12 +9,6 @@
 //! No system calls, no allocation: the machine's facts it needs
 //! (`vm.mmap_min_addr`) are arguments.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use core::fmt;
 
 use image_format::read::limits::MAX_THREADS;

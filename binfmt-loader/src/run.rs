@@ -2,12 +2,6 @@
 //! enter the window (stages 3 and 4, run by the trampoline); and the dry
 //! run of the first two ([`dry_run`], `crimg plan`).
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use crate::args::loader_args;
 use crate::check::{self, CheckError};
 use crate::message;

@@ -13,12 +13,6 @@
 //! [`ExitCode::Environment`]. Either way nothing of the caller's process has
 //! changed yet, and `exit_group` takes the parked threads with it.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use core::fmt;
 
 use zerocopy::FromBytes;

@@ -6,12 +6,6 @@
 //! fail its op after the point of no return and kill the task. Everything
 //! here is pure: one pass over the records, before anything is opened.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use core::fmt;
 
 use image_format::elf::Timeval;

@@ -29,8 +29,9 @@ use std::io;
 use std::os::unix::fs::FileExt;
 
 use binfmt_loader::frame::{self, FramePlace};
-use image_format::elf::{UserRegs, FP_XSTATE_MAGIC1, FX_SW_BYTES_OFFSET};
+use image_format::elf::{FpxSwBytes, UserRegs, FP_XSTATE_MAGIC1, FX_SW_BYTES_OFFSET};
 use image_format::records::{GadgetsRecord, ThreadRecord};
+use zerocopy::FromBytes;
 
 use crate::regs;
 use crate::sys::process;
@@ -278,11 +279,12 @@ fn resume_regs(tid: i32, mem: &File, found: &UserRegs) -> UserRegs {
 /// kernel fills its software-reserved bytes as for a signal frame; else
 /// what the header says is present, plus x87 and SSE.
 fn xfeatures_of(xsave: &[u8]) -> u64 {
-    let at = |off: usize, n: usize| xsave.get(off..off + n);
-    let magic = at(FX_SW_BYTES_OFFSET, 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
-    let sw = at(FX_SW_BYTES_OFFSET + 8, 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
-    match (magic, sw) {
-        (Some(FP_XSTATE_MAGIC1), Some(mask)) if mask != 0 => mask,
+    let sw = xsave
+        .get(FX_SW_BYTES_OFFSET..)
+        .and_then(|b| FpxSwBytes::read_from_prefix(b).ok())
+        .map(|(sw, _)| sw);
+    match sw {
+        Some(sw) if sw.magic1 == FP_XSTATE_MAGIC1 && sw.xfeatures != 0 => sw.xfeatures,
         _ => frame::xstate_bv(xsave).unwrap_or(0) | 3,
     }
 }

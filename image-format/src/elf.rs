@@ -4,6 +4,37 @@
 //! All structures are `#[repr(C)]`, little-endian by virtue of the only target
 //! this crate supports, and converted to and from bytes by `zerocopy` (never
 //! by offsets maintained by hand). Their sizes are asserted at compile time.
+//!
+//! # Why not the `object` crate
+//!
+//! `object` has the same kind of raw structs (`object::elf`, `Pod`), a
+//! zero-copy `no_std` reader and a two-phase writer, and would be the choice
+//! for reading arbitrary ELF files. For crimg images the hand-written
+//! structs here are kept, on purpose:
+//!
+//! * What `object` would replace is small: [`Ehdr`], [`Phdr`], [`Shdr`],
+//!   [`Nhdr`] and a dozen constants. The core-file payloads the loader needs
+//!   ([`Prstatus`], [`Prpsinfo`], [`UserRegs`], the XSAVE layout) are not in
+//!   `object` and would stay here anyway.
+//! * The reader's work is the checks `object` does not make and crimg
+//!   needs before the loader trusts a byte: the crimg ident and version,
+//!   one `PT_NOTE` first, page-aligned `PT_LOAD`s inside the user address
+//!   space and inside their memory areas, limits against hostile sizes, the
+//!   checksums. With `object` these checks stay, reached through its
+//!   endian-generic accessors (`U64<LittleEndian>::get`), for a format
+//!   that is little-endian x86_64 only.
+//! * The static loader links this crate: another dependency (with
+//!   `memchr`) in a freestanding binary whose every byte is reviewed, for
+//!   no capability it lacks.
+//! * The writer streams gigabytes of pages with `pwrite` from two threads,
+//!   page-aligned for `O_DIRECT`, after laying out every offset first (its
+//!   own two phases, modelled on `object`'s). `object`'s `elf::Writer`
+//!   writes sequentially into one `WritableBuffer` and is built around
+//!   sections and symbols, which a core file does not have.
+//!
+//! Revisit this if crimg comes to read other ELF files (the task's
+//! executables and libraries, for symbols or build ids): there `object`'s
+//! breadth pays for itself.
 
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
@@ -153,6 +184,7 @@ pub struct Timeval {
     pub sec: i64,
     pub usec: i64,
 }
+const _: () = assert!(core::mem::size_of::<Timeval>() == 16);
 
 /// `struct elf_prstatus` (x86_64).
 #[derive(
@@ -221,3 +253,38 @@ pub const FX_SW_BYTES_OFFSET: usize = 464;
 pub const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
 /// `FP_XSTATE_MAGIC2`, stored right after an XSAVE area in a signal frame.
 pub const FP_XSTATE_MAGIC2: u32 = 0x4650_5845;
+
+/// The XSAVE header at [`XSAVE_HEADER_OFFSET`] of every XSAVE area.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct XsaveHeader {
+    /// The features whose state the area holds.
+    pub xstate_bv: u64,
+    /// The compacted format's features (0: standard format).
+    pub xcomp_bv: u64,
+    pub reserved: [u64; 6],
+}
+const _: () = assert!(core::mem::size_of::<XsaveHeader>() == 64);
+
+/// `struct _fpx_sw_bytes`, at [`FX_SW_BYTES_OFFSET`] of the FXSAVE region:
+/// what the kernel says about the XSAVE area that follows.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct FpxSwBytes {
+    /// [`FP_XSTATE_MAGIC1`] when an XSAVE area follows.
+    pub magic1: u32,
+    pub extended_size: u32,
+    /// The XCR0 of the machine that saved the area.
+    pub xfeatures: u64,
+    pub xstate_size: u32,
+    pub padding: [u32; 7],
+}
+const _: () = assert!(core::mem::size_of::<FpxSwBytes>() == 48);
+const _: () = assert!(FX_SW_BYTES_OFFSET + core::mem::size_of::<FpxSwBytes>() == FXSAVE_SIZE);
+
+/// Bytes every XSAVE area has: the FXSAVE region and the XSAVE header.
+pub const XSAVE_MIN_SIZE: usize = XSAVE_HEADER_OFFSET + core::mem::size_of::<XsaveHeader>();

@@ -21,6 +21,14 @@
 
 #![no_std]
 #![forbid(unsafe_code)]
+// Every conversion between widths is checked (`try_from`, `from`) or says
+// why it cannot lose bits: a truncated offset or length in a format reader
+// is a bounds check that passes by accident.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
 
 pub mod elf;
 pub mod read;
@@ -39,9 +47,13 @@ pub const IDENT_MAGIC: [u8; 5] = *b"CRIMG";
 /// Byte 14 of `e_ident`: the image format version. Independent of the crate
 /// version; bumped only for changes an old loader must refuse.
 pub const FORMAT_VERSION: u8 = 1;
+/// The oldest image format version this build still reads (see
+/// [`records`] for how versions work, and `tests/golden/` for the image that
+/// holds the reader to it).
+pub const OLDEST_FORMAT_VERSION: u8 = 1;
 
 /// The full `e_ident` of every crimg image. binfmt_misc matches these 16
-/// bytes at offset 0 (see [`binfmt_magic`]).
+/// bytes at offset 0 (see `image_writer::binfmt_magic`).
 pub const IDENT: [u8; 16] = {
     let mut id = [0u8; 16];
     id[0] = 0x7f;

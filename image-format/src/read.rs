@@ -10,12 +10,13 @@ use core::fmt;
 
 use zerocopy::{FromBytes, FromZeros};
 
-use crate::elf::{self, Ehdr, Nhdr, Phdr, Prstatus, Shdr, UserRegs};
+use crate::elf::{self, Ehdr, FpxSwBytes, Nhdr, Phdr, Prstatus, Shdr, UserRegs, XsaveHeader};
 use crate::records::{
-    self, note, ChecksumRecord, CredsRecord, FdRecord, GadgetsRecord, MmRecord, ProcessRecord,
-    Record, RecordHeader, SegmentChecksumRecord, StrRef, ThreadRecord, VmaRecord,
+    self, note, ChecksumRecord, CredsRecord, FdRecord, GadgetsRecord, MmRecord, NoteVersions,
+    ProcessRecord, Record, RecordHeader, SegmentChecksumRecord, StrRef, ThreadRecord, VmaRecord,
+    KNOWN_NOTES,
 };
-use crate::{is_page_aligned, FORMAT_VERSION, IDENT, PAGE_SIZE};
+use crate::{is_page_aligned, FORMAT_VERSION, IDENT, OLDEST_FORMAT_VERSION, PAGE_SIZE};
 
 /// Why an image was refused. Offsets are byte offsets in the image file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,7 +33,17 @@ pub enum ImageError {
     /// An ELF core file, but not a crimg image (no crimg magic).
     NotCrimg,
     /// A crimg image of a format version this reader does not know.
-    UnsupportedVersion { found: u8, supported: u8 },
+    UnsupportedVersion { found: u8, oldest: u8, newest: u8 },
+    /// A crimg note whose record version this reader does not know (most
+    /// likely written by a newer crimg).
+    UnsupportedRecordVersion {
+        note_type: u32,
+        found: u16,
+        oldest: u16,
+        newest: u16,
+    },
+    /// A crimg note type appears more than once.
+    DuplicateNote { note_type: u32, offset: u64 },
     /// A header field has a value the format forbids.
     BadHeader { what: &'static str, value: u64 },
     /// A program header is malformed.
@@ -73,14 +84,29 @@ impl fmt::Display for ImageError {
             ),
             Self::NotElfCore { what } => write!(f, "not an x86_64 ELF core file ({what})"),
             Self::NotCrimg => write!(f, "an ELF core file but not a crimg image (no crimg magic)"),
-            Self::UnsupportedVersion { found, supported } => {
-                write!(f, "image format version {found} is not supported (this build reads {supported})")
+            Self::UnsupportedVersion { found, oldest, newest } => {
+                write!(f, "image format version {found} is not supported (this build reads versions {oldest} to {newest})")
             }
+            Self::UnsupportedRecordVersion { note_type, found, oldest, newest } => write!(
+                f,
+                "note {} ({note_type:#x}) has record version {found}, which this build does not read (it reads versions {oldest} to {newest}; {})",
+                note::name(note_type),
+                if found > newest { "written by a newer crimg?" } else { "corrupt?" }
+            ),
+            Self::DuplicateNote { note_type, offset } => write!(
+                f,
+                "note {} ({note_type:#x}) appears twice (again at offset {offset:#x})",
+                note::name(note_type)
+            ),
             Self::BadHeader { what, value } => write!(f, "bad ELF header: {what} ({value:#x})"),
             Self::BadSegment { index, what } => write!(f, "bad program header {index}: {what}"),
             Self::BadNote { offset, what } => write!(f, "bad note at offset {offset:#x}: {what}"),
-            Self::MissingNote { note_type } => write!(f, "required note {note_type:#x} is missing"),
-            Self::BadRecords { note_type, what } => write!(f, "bad records in note {note_type:#x}: {what}"),
+            Self::MissingNote { note_type } => {
+                write!(f, "required note {} ({note_type:#x}) is missing", note::name(note_type))
+            }
+            Self::BadRecords { note_type, what } => {
+                write!(f, "bad records in note {} ({note_type:#x}): {what}", note::name(note_type))
+            }
             Self::BadString { offset, len } => {
                 write!(f, "string reference {offset}+{len} is outside the string table")
             }
@@ -155,19 +181,43 @@ impl ThreadView<'_> {
 
     /// `XSTATE_BV` of the saved area: the features whose state it holds.
     pub fn xstate_bv(&self) -> u64 {
-        read_u64(self.xsave, elf::XSAVE_HEADER_OFFSET).unwrap_or(0)
+        read_at::<XsaveHeader>(self.xsave, elf::XSAVE_HEADER_OFFSET).map_or(0, |h| h.xstate_bv)
     }
 
     /// The feature mask the kernel recorded in the software-reserved bytes
     /// (`_fpx_sw_bytes.xfeatures`), i.e. the XCR0 of the dumping machine.
     pub fn xfeatures(&self) -> u64 {
-        read_u64(self.xsave, elf::FX_SW_BYTES_OFFSET + 8).unwrap_or(0)
+        read_at::<FpxSwBytes>(self.xsave, elf::FX_SW_BYTES_OFFSET).map_or(0, |sw| sw.xfeatures)
     }
 }
 
-fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
-    let b = bytes.get(at..at + 8)?;
-    Some(u64::from_le_bytes(b.try_into().ok()?))
+/// The `T` at `bytes[at..]`, if it fits.
+fn read_at<T: FromBytes>(bytes: &[u8], at: usize) -> Option<T> {
+    T::read_from_prefix(bytes.get(at..)?).ok().map(|(t, _)| t)
+}
+
+/// The crimg notes the reader looks up, found in one pass at parse: the
+/// descriptor of each crimg note type [`note::FIRST`]..=[`note::LAST`] (a
+/// fixed array, no allocation), so a lookup is an index, not a scan.
+#[derive(Clone, Copy, Debug, Default)]
+struct NoteIndex<'a> {
+    crimg: [Option<&'a [u8]>; NOTE_SLOTS],
+    /// `NT_AUXV`.
+    auxv: Option<&'a [u8]>,
+}
+
+const NOTE_SLOTS: usize = (note::LAST - note::FIRST + 1) as usize;
+
+/// The slot of crimg note type `note_type` in a [`NoteIndex`].
+fn note_slot(note_type: u32) -> Option<usize> {
+    let slot = usize::try_from(note_type.checked_sub(note::FIRST)?).ok()?;
+    (slot < NOTE_SLOTS).then_some(slot)
+}
+
+impl<'a> NoteIndex<'a> {
+    fn crimg(&self, note_type: u32) -> Option<&'a [u8]> {
+        self.crimg[note_slot(note_type)?]
+    }
 }
 
 /// A parsed, validated image borrowing its bytes.
@@ -179,11 +229,22 @@ pub struct Image<'a> {
     phnum: u64,
     notes_offset: u64,
     notes_len: u64,
+    index: NoteIndex<'a>,
     strtab: &'a [u8],
     process: ProcessRecord,
     mm: MmRecord,
     nthreads: u32,
     nsegments: u32,
+}
+
+/// A byte count as a file offset (`usize` is 64 bits on the only target).
+fn len64(n: usize) -> u64 {
+    n as u64
+}
+
+/// The size of `T` in bytes, as a file length.
+const fn size64<T>() -> u64 {
+    core::mem::size_of::<T>() as u64
 }
 
 fn get<'a>(
@@ -192,7 +253,7 @@ fn get<'a>(
     offset: u64,
     len: u64,
 ) -> Result<&'a [u8], ImageError> {
-    let file_size = bytes.len() as u64;
+    let file_size = len64(bytes.len());
     let truncated = ImageError::Truncated {
         what,
         offset,
@@ -200,10 +261,11 @@ fn get<'a>(
         file_size,
     };
     let end = offset.checked_add(len).ok_or(truncated)?;
-    if end > file_size {
-        return Err(truncated);
-    }
-    Ok(&bytes[offset as usize..end as usize])
+    let range = usize::try_from(offset)
+        .ok()
+        .zip(usize::try_from(end).ok())
+        .ok_or(truncated)?;
+    bytes.get(range.0..range.1).ok_or(truncated)
 }
 
 fn read_struct<T: FromBytes>(
@@ -211,18 +273,26 @@ fn read_struct<T: FromBytes>(
     what: &'static str,
     offset: u64,
 ) -> Result<T, ImageError> {
-    let len = core::mem::size_of::<T>() as u64;
+    let len = size64::<T>();
     let raw = get(bytes, what, offset, len)?;
     T::read_from_bytes(raw).map_err(|_| ImageError::Truncated {
         what,
         offset,
         needed: len,
-        file_size: bytes.len() as u64,
+        file_size: len64(bytes.len()),
     })
 }
 
 fn align4(x: u64) -> u64 {
     (x + 3) & !3
+}
+
+/// What the one pass over the notes found besides the index.
+struct NoteScan<'a> {
+    /// `NT_PRSTATUS` notes: one per thread.
+    prstatus: u32,
+    /// The last note (the checksum, in a valid image).
+    last: Option<Note<'a>>,
 }
 
 /// Records of one type in a crimg note.
@@ -244,25 +314,22 @@ impl<'a, T: Record> Records<'a, T> {
         }
     }
 
-    /// Checks a record note's header against its size.
+    /// Checks a record note's header (its version and size) against the
+    /// note.
     fn from_desc(desc: &'a [u8]) -> Result<Self, ImageError> {
+        let header = check_record_header(desc, NoteVersions::of::<T>())?;
         let bad = |what| ImageError::BadRecords {
             note_type: T::NOTE_TYPE,
             what,
         };
-        let header = RecordHeader::read_from_prefix(desc)
-            .map_err(|_| bad("shorter than its header"))?
-            .0;
-        if header.record_size == 0 {
-            return Err(bad("record size is zero"));
-        }
         let data = &desc[core::mem::size_of::<RecordHeader>()..];
         let needed = u64::from(header.record_size) * u64::from(header.count);
-        if needed > data.len() as u64 {
-            return Err(bad("records extend past the note"));
-        }
+        let data = usize::try_from(needed)
+            .ok()
+            .and_then(|n| data.get(..n))
+            .ok_or(bad("records extend past the note"))?;
         Ok(Records {
-            data: &data[..needed as usize],
+            data,
             record_size: usize::from(header.record_size),
             remaining: header.count,
             _marker: core::marker::PhantomData,
@@ -298,8 +365,31 @@ impl<T: Record> Iterator for Records<'_, T> {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.remaining as usize, Some(self.remaining as usize))
+        let n = usize::try_from(self.remaining).unwrap_or(usize::MAX);
+        (n, Some(n))
     }
+}
+
+/// The [`RecordHeader`] of a crimg note, once its version is one this build
+/// reads and its record size is not zero.
+fn check_record_header(desc: &[u8], versions: NoteVersions) -> Result<RecordHeader, ImageError> {
+    let note_type = versions.note_type;
+    let bad = |what| ImageError::BadRecords { note_type, what };
+    let header = RecordHeader::read_from_prefix(desc)
+        .map_err(|_| bad("shorter than its header"))?
+        .0;
+    if !versions.accepts(header.version) {
+        return Err(ImageError::UnsupportedRecordVersion {
+            note_type,
+            found: header.version,
+            oldest: versions.oldest,
+            newest: versions.newest,
+        });
+    }
+    if header.record_size == 0 {
+        return Err(bad("record size is zero"));
+    }
+    Ok(header)
 }
 
 /// Iterator over the notes of the `PT_NOTE` segment.
@@ -338,11 +428,11 @@ impl<'a> Notes<'a> {
     fn parse_one(&mut self) -> Result<Note<'a>, ImageError> {
         let offset = self.pos;
         let bad = |what| ImageError::BadNote { offset, what };
-        if self.end - offset < 12 {
+        if self.end - offset < size64::<Nhdr>() {
             return Err(bad("note header runs past the note segment"));
         }
         let nhdr: Nhdr = read_struct(self.bytes, "note header", offset)?;
-        let name_off = offset + 12;
+        let name_off = offset + size64::<Nhdr>();
         let desc_off = name_off + align4(u64::from(nhdr.n_namesz));
         let next = desc_off + align4(u64::from(nhdr.n_descsz));
         if desc_off > self.end || next > self.end {
@@ -373,7 +463,7 @@ impl<'a> Notes<'a> {
 impl<'a> Image<'a> {
     /// Parses and validates an image (everything but segment contents).
     pub fn parse(bytes: &'a [u8]) -> Result<Self, ImageError> {
-        let file_size = bytes.len() as u64;
+        let file_size = len64(bytes.len());
         let ehdr: Ehdr = read_struct(bytes, "ELF header", 0)?;
         let id = &ehdr.e_ident;
         if id[..4] != elf::ELFMAG {
@@ -397,10 +487,11 @@ impl<'a> Image<'a> {
         if id[9..14] != IDENT[9..14] {
             return Err(ImageError::NotCrimg);
         }
-        if id[14] != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&id[14]) {
             return Err(ImageError::UnsupportedVersion {
                 found: id[14],
-                supported: FORMAT_VERSION,
+                oldest: OLDEST_FORMAT_VERSION,
+                newest: FORMAT_VERSION,
             });
         }
         if usize::from(ehdr.e_phentsize) != core::mem::size_of::<Phdr>() {
@@ -432,7 +523,7 @@ impl<'a> Image<'a> {
             bytes,
             "program header table",
             phoff,
-            phnum * core::mem::size_of::<Phdr>() as u64,
+            phnum * size64::<Phdr>(),
         )?;
 
         // The first program header is the PT_NOTE; every other is a PT_LOAD.
@@ -458,24 +549,72 @@ impl<'a> Image<'a> {
             phnum,
             notes_offset: pnote.p_offset,
             notes_len: pnote.p_filesz,
+            index: NoteIndex::default(),
             strtab: &[],
             process: ProcessRecord::new_zeroed(),
             mm: MmRecord::default(),
             nthreads: 0,
-            nsegments: (phnum - 1) as u32,
+            // At most MAX_SEGMENTS (checked above), which fits.
+            nsegments: u32::try_from(phnum - 1).unwrap_or(u32::MAX),
         };
-        img.check_checksum_note(file_size)?;
-        img.check_notes()?;
+        let scan = img.index_notes()?;
+        img.check_checksum_note(scan.last, file_size)?;
+        img.check_notes(scan.prstatus)?;
         img.check_segments()?;
         Ok(img)
     }
 
-    /// The checksum note is last; it covers everything before it.
-    fn check_checksum_note(&mut self, file_size: u64) -> Result<(), ImageError> {
+    /// The one pass over the notes: checks every note's bounds, fills the
+    /// note index, counts the threads' `NT_PRSTATUS` notes and finds the
+    /// last note.
+    fn index_notes(&mut self) -> Result<NoteScan<'a>, ImageError> {
+        let mut prstatus = 0u32;
         let mut last = None;
         for n in self.notes() {
-            last = Some(n?);
+            let n = n?;
+            last = Some(n);
+            if n.owner == elf::OWNER_CORE {
+                match n.note_type {
+                    elf::NT_PRSTATUS => {
+                        if n.desc.len() < core::mem::size_of::<Prstatus>() {
+                            return Err(ImageError::BadNote {
+                                offset: n.offset,
+                                what: "NT_PRSTATUS too short",
+                            });
+                        }
+                        prstatus += 1;
+                    }
+                    elf::NT_AUXV => {
+                        self.index.auxv.get_or_insert(n.desc);
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            if n.owner != records::OWNER_CRIMG {
+                continue;
+            }
+            // Note types this build does not know are skipped (a newer
+            // writer's additions).
+            let Some(slot) = note_slot(n.note_type) else {
+                continue;
+            };
+            if self.index.crimg[slot].replace(n.desc).is_some() {
+                return Err(ImageError::DuplicateNote {
+                    note_type: n.note_type,
+                    offset: n.offset,
+                });
+            }
         }
+        Ok(NoteScan { prstatus, last })
+    }
+
+    /// The checksum note is last; it covers everything before it.
+    fn check_checksum_note(
+        &self,
+        last: Option<Note<'a>>,
+        file_size: u64,
+    ) -> Result<(), ImageError> {
         let last = last.ok_or(ImageError::MissingNote {
             note_type: note::CHECKSUM,
         })?;
@@ -490,13 +629,9 @@ impl<'a> Image<'a> {
             note_type: note::CHECKSUM,
             what,
         };
-        let header = RecordHeader::read_from_prefix(last.desc)
-            .map_err(|_| bad_sum("shorter than its header"))?
-            .0;
-        if header.version != ChecksumRecord::VERSION
-            || usize::from(header.record_size) != core::mem::size_of::<ChecksumRecord>()
-        {
-            return Err(bad_sum("unknown checksum record version or size"));
+        let header = check_record_header(last.desc, NoteVersions::of::<ChecksumRecord>())?;
+        if usize::from(header.record_size) != core::mem::size_of::<ChecksumRecord>() {
+            return Err(bad_sum("unknown checksum record size"));
         }
         let sum: ChecksumRecord = Records::<ChecksumRecord>::from_desc(last.desc)?
             .next()
@@ -538,43 +673,39 @@ impl<'a> Image<'a> {
     /// Checksum of the ELF header and the program header table.
     fn headers_checksum(&self) -> u64 {
         let mut h = crate::Checksummer::new();
-        h.update(&self.bytes[..64]);
-        let ph = self.phoff as usize;
-        h.update(&self.bytes[ph..ph + self.phnum as usize * 56]);
+        // Both ranges were checked by `parse`: an empty slice cannot occur.
+        h.update(get(self.bytes, "ELF header", 0, size64::<Ehdr>()).unwrap_or(&[]));
+        let table = get(
+            self.bytes,
+            "program header table",
+            self.phoff,
+            self.phnum * size64::<Phdr>(),
+        );
+        h.update(table.unwrap_or(&[]));
         h.digest()
     }
 
-    fn check_notes(&mut self) -> Result<(), ImageError> {
-        let mut prstatus = 0u32;
-        let mut process = None;
-        let mut mm = None;
-        for n in self.notes() {
-            let n = n?;
-            if n.owner == elf::OWNER_CORE && n.note_type == elf::NT_PRSTATUS {
-                if n.desc.len() < core::mem::size_of::<Prstatus>() {
-                    return Err(ImageError::BadNote {
-                        offset: n.offset,
-                        what: "NT_PRSTATUS too short",
-                    });
-                }
-                prstatus += 1;
-            }
-            if n.owner != records::OWNER_CRIMG {
-                continue;
-            }
-            match n.note_type {
-                note::STRTAB => self.strtab = n.desc,
-                note::PROCESS => process = Records::<ProcessRecord>::from_desc(n.desc)?.next(),
-                note::MM => mm = Records::<MmRecord>::from_desc(n.desc)?.next(),
-                _ => {}
+    fn check_notes(&mut self, prstatus: u32) -> Result<(), ImageError> {
+        // Every known note's record version first: a note from a newer
+        // writer is refused by its name, whichever note it is.
+        for versions in KNOWN_NOTES {
+            if let Some(desc) = self.index.crimg(versions.note_type) {
+                check_record_header(desc, versions)?;
             }
         }
-        self.process = process.ok_or(ImageError::MissingNote {
-            note_type: note::PROCESS,
-        })?;
-        self.mm = mm.ok_or(ImageError::MissingNote {
-            note_type: note::MM,
-        })?;
+        self.strtab = self.index.crimg(note::STRTAB).unwrap_or(&[]);
+        self.process = self
+            .records::<ProcessRecord>()?
+            .next()
+            .ok_or(ImageError::MissingNote {
+                note_type: note::PROCESS,
+            })?;
+        self.mm = self
+            .records::<MmRecord>()?
+            .next()
+            .ok_or(ImageError::MissingNote {
+                note_type: note::MM,
+            })?;
         let threads = self.records::<ThreadRecord>()?;
         if threads.is_empty() || threads.len() > limits::MAX_THREADS {
             return Err(ImageError::BadRecords {
@@ -676,7 +807,7 @@ impl<'a> Image<'a> {
         let ph: Phdr = read_struct(
             self.bytes,
             "program header",
-            self.phoff + u64::from(index) * 56,
+            self.phoff + u64::from(index) * size64::<Phdr>(),
         )?;
         let bad = |what| ImageError::BadSegment { index, what };
         if ph.p_type != elf::PT_LOAD {
@@ -776,10 +907,21 @@ impl<'a> Image<'a> {
             .find(|n| n.owner == owner && n.note_type == note_type)
     }
 
+    /// The descriptor of crimg note `note_type`, from the index built at
+    /// parse (a scan only for a type outside the indexed range).
+    pub fn crimg_note(&self, note_type: u32) -> Option<&'a [u8]> {
+        match note_slot(note_type) {
+            Some(_) => self.index.crimg(note_type),
+            None => self
+                .find_note(records::OWNER_CRIMG, note_type)
+                .map(|n| n.desc),
+        }
+    }
+
     /// Records of type `T`; an absent note yields no records.
     pub fn records<T: Record>(&self) -> Result<Records<'a, T>, ImageError> {
-        match self.find_note(records::OWNER_CRIMG, T::NOTE_TYPE) {
-            Some(n) => Records::from_desc(n.desc),
+        match self.crimg_note(T::NOTE_TYPE) {
+            Some(desc) => Records::from_desc(desc),
             None => Ok(Records::empty()),
         }
     }
@@ -790,8 +932,10 @@ impl<'a> Image<'a> {
             offset: s.offset,
             len: s.len,
         };
-        let end = (s.offset as usize).checked_add(s.len as usize).ok_or(bad)?;
-        self.strtab.get(s.offset as usize..end).ok_or(bad)
+        let start = usize::try_from(s.offset).map_err(|_| bad)?;
+        let len = usize::try_from(s.len).map_err(|_| bad)?;
+        let end = start.checked_add(len).ok_or(bad)?;
+        self.strtab.get(start..end).ok_or(bad)
     }
 
     pub fn process(&self) -> ProcessRecord {
@@ -828,9 +972,7 @@ impl<'a> Image<'a> {
 
     /// The auxiliary vector (`NT_AUXV`), as raw (type, value) u64 pairs.
     pub fn auxv(&self) -> &'a [u8] {
-        self.find_note(elf::OWNER_CORE, elf::NT_AUXV)
-            .map(|n| n.desc)
-            .unwrap_or(&[])
+        self.index.auxv.unwrap_or(&[])
     }
 
     /// Threads, leader first: each `NT_PRSTATUS` with the `NT_X86_XSTATE`
@@ -884,7 +1026,7 @@ impl<'a> Image<'a> {
                 offset: pr.offset,
                 what: "thread has no NT_X86_XSTATE",
             })?;
-            if xsave.len() < elf::XSAVE_HEADER_OFFSET + 64 {
+            if xsave.len() < elf::XSAVE_MIN_SIZE {
                 return Err(ImageError::BadNote {
                     offset: pr.offset,
                     what: "NT_X86_XSTATE shorter than the XSAVE header",

@@ -7,6 +7,24 @@
 //! a record and an older reader still reads the prefix it knows; note types a
 //! reader does not know are skipped. Strings live once in the
 //! [`note::STRTAB`] note and records refer to them with [`StrRef`].
+//!
+//! # Versions
+//!
+//! Two numbers, as in firecracker's snapshots: the image format version in
+//! `e_ident` ([`crate::FORMAT_VERSION`]), for changes of the ELF layout
+//! itself, and one version per record type ([`Record::VERSION`]), in every
+//! [`RecordHeader`]. Appending a field to a record is *not* a new version
+//! (the record size says it, and old readers read the prefix). A change an
+//! old reader would misread (a field moved, resized or given a new meaning)
+//! bumps [`Record::VERSION`]; a reader accepts the versions from
+//! [`Record::OLDEST_VERSION`] to [`Record::VERSION`] and refuses any other
+//! with [`crate::ImageError::UnsupportedRecordVersion`], naming the note.
+//! Every known note's version is checked when an image is parsed
+//! ([`KNOWN_NOTES`]), not only when it is first read.
+//!
+//! The golden image `tests/golden/v1/` (crate `crimg-tests`, test `golden`)
+//! pins all of this: the current reader must parse it, with the same
+//! values, for as long as it claims to read version 1.
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -45,6 +63,34 @@ pub mod note {
     pub const SEGMENT_CHECKSUMS: u32 = 0x4352_000e;
     /// One [`super::ChecksumRecord`]; always the last note of the image.
     pub const CHECKSUM: u32 = 0x4352_000f;
+
+    /// The lowest and highest crimg note type numbers in use (they are
+    /// consecutive); the reader indexes these at parse.
+    pub const FIRST: u32 = PROCESS;
+    pub const LAST: u32 = CHECKSUM;
+
+    /// The name of a crimg note type, for messages (`"unknown"` for a type
+    /// this build does not know).
+    pub const fn name(note_type: u32) -> &'static str {
+        match note_type {
+            PROCESS => "PROCESS",
+            CREDS => "CREDS",
+            MM => "MM",
+            RLIMITS => "RLIMITS",
+            SIGACTIONS => "SIGACTIONS",
+            ITIMERS => "ITIMERS",
+            THREADS => "THREADS",
+            VMAS => "VMAS",
+            FDS => "FDS",
+            PENDING => "PENDING",
+            STRTAB => "STRTAB",
+            GADGETS => "GADGETS",
+            WARNINGS => "WARNINGS",
+            SEGMENT_CHECKSUMS => "SEGMENT_CHECKSUMS",
+            CHECKSUM => "CHECKSUM",
+            _ => "unknown",
+        }
+    }
 }
 
 /// Start of every crimg note descriptor except [`note::STRTAB`].
@@ -63,9 +109,61 @@ const _: () = assert!(core::mem::size_of::<RecordHeader>() == 8);
 pub trait Record: FromBytes + IntoBytes + Immutable + KnownLayout + Copy {
     /// The note type carrying records of this type.
     const NOTE_TYPE: u32;
-    /// Layout version written by this crate.
+    /// Layout version written by this crate, and the newest it reads.
     const VERSION: u16 = 1;
+    /// The oldest layout version this crate still reads.
+    const OLDEST_VERSION: u16 = 1;
+    /// `RecordHeader::record_size` of this record as written.
+    const SIZE: u16 = {
+        assert!(core::mem::size_of::<Self>() <= u16::MAX as usize);
+        #[allow(clippy::cast_possible_truncation)] // asserted just above
+        let size = core::mem::size_of::<Self>() as u16;
+        size
+    };
 }
+
+/// The record versions a reader accepts for one note type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoteVersions {
+    pub note_type: u32,
+    pub oldest: u16,
+    pub newest: u16,
+}
+
+impl NoteVersions {
+    /// The versions of record type `T`'s note.
+    pub const fn of<T: Record>() -> NoteVersions {
+        NoteVersions {
+            note_type: T::NOTE_TYPE,
+            oldest: T::OLDEST_VERSION,
+            newest: T::VERSION,
+        }
+    }
+
+    /// Whether a record header of this version can be read.
+    pub const fn accepts(&self, version: u16) -> bool {
+        self.oldest <= version && version <= self.newest
+    }
+}
+
+/// Every crimg note with a [`RecordHeader`] (all but [`note::STRTAB`]), and
+/// the record versions this build reads.
+pub const KNOWN_NOTES: [NoteVersions; 14] = [
+    NoteVersions::of::<ProcessRecord>(),
+    NoteVersions::of::<CredsRecord>(),
+    NoteVersions::of::<MmRecord>(),
+    NoteVersions::of::<RlimitRecord>(),
+    NoteVersions::of::<SigactionRecord>(),
+    NoteVersions::of::<ItimerRecord>(),
+    NoteVersions::of::<ThreadRecord>(),
+    NoteVersions::of::<VmaRecord>(),
+    NoteVersions::of::<FdRecord>(),
+    NoteVersions::of::<PendingSignalRecord>(),
+    NoteVersions::of::<GadgetsRecord>(),
+    NoteVersions::of::<WarningRecord>(),
+    NoteVersions::of::<SegmentChecksumRecord>(),
+    NoteVersions::of::<ChecksumRecord>(),
+];
 
 /// A string in the [`note::STRTAB`] note (bytes, not NUL-terminated).
 #[derive(
@@ -76,6 +174,7 @@ pub struct StrRef {
     pub offset: u32,
     pub len: u32,
 }
+const _: () = assert!(core::mem::size_of::<StrRef>() == 8);
 
 /// What identifies a file's contents well enough to notice it changed.
 #[derive(
@@ -210,6 +309,7 @@ pub struct RlimitRecord {
     pub cur: u64,
     pub max: u64,
 }
+const _: () = assert!(core::mem::size_of::<RlimitRecord>() == 24);
 impl Record for RlimitRecord {
     const NOTE_TYPE: u32 = note::RLIMITS;
 }
@@ -228,6 +328,7 @@ pub struct SigactionRecord {
     pub restorer: u64,
     pub mask: u64,
 }
+const _: () = assert!(core::mem::size_of::<SigactionRecord>() == 40);
 impl Record for SigactionRecord {
     const NOTE_TYPE: u32 = note::SIGACTIONS;
 }
@@ -243,6 +344,7 @@ pub struct ItimerRecord {
     pub interval: crate::elf::Timeval,
     pub value: crate::elf::Timeval,
 }
+const _: () = assert!(core::mem::size_of::<ItimerRecord>() == 40);
 impl Record for ItimerRecord {
     const NOTE_TYPE: u32 = note::ITIMERS;
 }
@@ -423,6 +525,7 @@ pub struct PendingSignalRecord {
     /// The kernel's `siginfo_t`, as `PTRACE_PEEKSIGINFO` returned it.
     pub siginfo: [u8; 128],
 }
+const _: () = assert!(core::mem::size_of::<PendingSignalRecord>() == 136);
 impl Record for PendingSignalRecord {
     const NOTE_TYPE: u32 = note::PENDING;
 }
@@ -439,6 +542,7 @@ pub struct GadgetsRecord {
     /// Address of `mov $15, %eax; syscall` (`b8 0f 00 00 00 0f 05`).
     pub rt_sigreturn: u64,
 }
+const _: () = assert!(core::mem::size_of::<GadgetsRecord>() == 16);
 impl Record for GadgetsRecord {
     const NOTE_TYPE: u32 = note::GADGETS;
 }
@@ -451,6 +555,7 @@ impl Record for GadgetsRecord {
 pub struct WarningRecord {
     pub message: StrRef,
 }
+const _: () = assert!(core::mem::size_of::<WarningRecord>() == 8);
 impl Record for WarningRecord {
     const NOTE_TYPE: u32 = note::WARNINGS;
 }
@@ -463,6 +568,7 @@ pub struct SegmentChecksumRecord {
     /// [`crate::checksum`] of the segment's file bytes.
     pub checksum: u64,
 }
+const _: () = assert!(core::mem::size_of::<SegmentChecksumRecord>() == 8);
 impl Record for SegmentChecksumRecord {
     const NOTE_TYPE: u32 = note::SEGMENT_CHECKSUMS;
 }
@@ -480,6 +586,7 @@ pub struct ChecksumRecord {
     /// Total image size in bytes; catches truncation before anything else.
     pub file_size: u64,
 }
+const _: () = assert!(core::mem::size_of::<ChecksumRecord>() == 24);
 impl Record for ChecksumRecord {
     const NOTE_TYPE: u32 = note::CHECKSUM;
 }

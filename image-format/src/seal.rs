@@ -60,13 +60,16 @@ pub fn reseal(bytes: &mut [u8]) -> Result<(), ImageError> {
             return Err(bad("the last note is not the checksum"));
         }
         let desc_at = last.desc.as_ptr() as usize - bytes.as_ptr() as usize;
-        (last.offset as usize, desc_at, last.desc.len())
+        let last_offset = usize::try_from(last.offset).map_err(|_| bad("note offset"))?;
+        (last_offset, desc_at, last.desc.len())
     };
+    // Inside `bytes` (checked against its length above), so it fits.
+    let notes_start = usize::try_from(notes_start).map_err(|_| bad("note segment offset"))?;
     let record_at = desc_at + core::mem::size_of::<RecordHeader>();
     if desc_len < core::mem::size_of::<RecordHeader>() + core::mem::size_of::<ChecksumRecord>() {
         return Err(bad("checksum note too short"));
     }
-    let notes_sum = crate::checksum(&bytes[notes_start as usize..last_offset]);
+    let notes_sum = crate::checksum(&bytes[notes_start..last_offset]);
     let mut h = crate::Checksummer::new();
     h.update(&bytes[..core::mem::size_of::<Ehdr>()]);
     h.update(&bytes[phoff..phend]);

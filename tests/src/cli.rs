@@ -7,6 +7,7 @@ use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
@@ -35,6 +36,12 @@ pub enum CliError {
         command: String,
         status: ExitStatus,
         stderr: String,
+    },
+    #[error("{program} exited but its {stream} stayed open for {waited:?} (a process it left behind holds it)")]
+    OutputOpen {
+        program: String,
+        stream: &'static str,
+        waited: Duration,
     },
     #[error("`{command}` succeeded but {path} does not exist")]
     MissingOutput { command: String, path: PathBuf },
@@ -86,26 +93,41 @@ pub fn run(mut command: Command, timeout: Duration) -> Result<RunOutput, CliErro
         program: program.clone(),
         source: Box::new(source),
     })?;
-    let text = |reader: Option<thread::JoinHandle<Vec<u8>>>| {
-        reader
-            .and_then(|handle| handle.join().ok())
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-            .unwrap_or_default()
+    // The pipes reach end of file once the program is gone, unless it left
+    // a process behind that holds them: wait for that only so long.
+    let text = |reader: Option<mpsc::Receiver<Vec<u8>>>, stream| match reader {
+        None => Ok(String::new()),
+        Some(reader) => match reader.recv_timeout(OUTPUT_TIMEOUT) {
+            Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Ok(String::new()),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(CliError::OutputOpen {
+                program: program.clone(),
+                stream,
+                waited: OUTPUT_TIMEOUT,
+            }),
+        },
     };
     Ok(RunOutput {
         status,
-        stdout: text(stdout),
-        stderr: text(stderr),
+        stdout: text(stdout, "stdout")?,
+        stderr: text(stderr, "stderr")?,
     })
 }
 
-fn collect_in_background<R: Read + Send + 'static>(mut pipe: R) -> thread::JoinHandle<Vec<u8>> {
+/// How long the output of a program that exited may stay open.
+const OUTPUT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads `pipe` to its end on a thread; the bytes come through the channel.
+fn collect_in_background<R: Read + Send + 'static>(mut pipe: R) -> mpsc::Receiver<Vec<u8>> {
+    let (sender, receiver) = mpsc::channel();
     thread::spawn(move || {
         let mut bytes = Vec::new();
         // A read error ends the output early; what was read is kept.
         let _ = pipe.read_to_end(&mut bytes);
-        bytes
-    })
+        // The receiver may have given up waiting: nothing to do then.
+        let _ = sender.send(bytes);
+    });
+    receiver
 }
 
 /// [`run`], failing unless the program exits with status 0.

@@ -27,6 +27,8 @@ const COMPILED: &[(&str, &str)] = &[
     ("counter", env!("WORKLOAD_COUNTER")),
     ("bigmem", env!("WORKLOAD_BIGMEM")),
     ("vmflags", env!("WORKLOAD_VMFLAGS")),
+    ("seccomp_echo", env!("WORKLOAD_SECCOMP_ECHO")),
+    ("sigsuspend_mask", env!("WORKLOAD_SIGSUSPEND_MASK")),
 ];
 
 /// The script workloads, by file name, in `workloads/`.

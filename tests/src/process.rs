@@ -80,6 +80,13 @@ pub enum ProcessError {
         #[source]
         source: LineError,
     },
+    #[error("pid {pid} was not in syscall {nr} within {waited:?} (/proc/{pid}/syscall: {last:?})")]
+    NotInSyscall {
+        pid: i32,
+        nr: u64,
+        waited: Duration,
+        last: String,
+    },
     #[error("{name} (pid {pid}) check failed: {reason}")]
     CheckFailed {
         name: String,
@@ -99,6 +106,29 @@ fn pid_of(child: &Child) -> i32 {
 /// test does not carry fds that crdump would have to refuse.
 pub fn only_stdio(command: &mut Command) {
     sys::close_fds_above_stdio(command);
+}
+
+/// Wait, for at most `timeout`, until the thread group leader of `pid`
+/// sits in syscall number `nr` (`/proc/PID/syscall` is the kernel's own
+/// view of where it is, not a guess by time).
+pub fn wait_in_syscall(pid: i32, nr: u64, timeout: Duration) -> Result<(), ProcessError> {
+    let deadline = std::time::Instant::now() + timeout;
+    let prefix = format!("{nr} ");
+    loop {
+        let now = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        if now.starts_with(&prefix) {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ProcessError::NotInSyscall {
+                pid,
+                nr,
+                waited: timeout,
+                last: now.trim_end().to_owned(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// A child process that is SIGKILLed and reaped when dropped, even when the

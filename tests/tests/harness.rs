@@ -284,3 +284,35 @@ fn test_binfmt_entry_runs_matching_files_and_disappears() {
     drop(entry);
     assert!(!binfmt::entry_names().unwrap().contains(&name));
 }
+
+/// A program that exits but leaves a process holding its output does not
+/// hang the run: the wait for its output has a deadline too.
+#[test]
+fn a_run_whose_output_stays_open_fails_instead_of_hanging() {
+    let scratch = scratch_dir();
+    let pidfile = scratch.path().join("sleeper.pid");
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(r#"sleep 60 & echo $! > "$1"; echo started"#)
+        .arg("sh")
+        .arg(&pidfile);
+    let started = std::time::Instant::now();
+    let result = crimg_tests::cli::run(command, Duration::from_secs(20));
+    // The sleeper is not our child: held by a pidfd, killed on drop.
+    let pid: i32 = fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _sleeper = PidGuard::new(pid).unwrap();
+    match result {
+        Err(crimg_tests::cli::CliError::OutputOpen { stream, .. }) => assert_eq!(stream, "stdout"),
+        other => panic!("expected the open output to be reported, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -10,7 +10,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crimg_tests::process::CheckTrigger;
 use crimg_tests::{skip_unless_root, Workload};
@@ -161,15 +161,8 @@ while (1) {
 
 /// Wait until `pid` sits in syscall `nr`.
 fn wait_in_syscall(pid: i32, nr: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
-        if now.split_whitespace().next() == Some(&nr.to_string()) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never in syscall {nr}: {now}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    crimg_tests::process::wait_in_syscall(pid, nr, Duration::from_secs(10))
+        .unwrap_or_else(|err| panic!("{err}"));
 }
 
 #[test]

@@ -439,31 +439,8 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
 }
 
-/// Reading XCR0, the XSAVE features the OS enabled on this CPU.
-#[allow(unsafe_code)]
-mod arch {
-    /// XCR0, or `None` when the OS has not enabled XSAVE.
-    pub fn xcr0() -> Option<u64> {
-        // std's "xsave" detection requires CPUID.1:ECX.OSXSAVE, the bit that
-        // says the OS enabled `xgetbv`.
-        if !std::arch::is_x86_feature_detected!("xsave") {
-            return None;
-        }
-        let (low, high): (u32, u32);
-        // SAFETY: OSXSAVE is set (checked above), so xgetbv is enabled; it
-        // reads XCR0 into eax:edx and touches nothing else.
-        unsafe {
-            std::arch::asm!(
-                "xgetbv",
-                in("ecx") 0u32,
-                out("eax") low,
-                out("edx") high,
-                options(nomem, nostack, preserves_flags)
-            );
-        }
-        Some(u64::from(high) << 32 | u64::from(low))
-    }
-}
+/// XCR0: the loader's own reading of it.
+use binfmt_loader::arch;
 
 /// XSAVE state components a CPU may lack: AMX TILEDATA, APX, MPX BNDREGS,
 /// MPX BNDCSR.
@@ -490,7 +467,7 @@ fn image_claiming_xsave_feature(dumped: &Dumped, bit: u32) -> PathBuf {
     for area in areas {
         for at in [
             area + elf::XSAVE_HEADER_OFFSET,
-            area + elf::FX_SW_BYTES_OFFSET + 8,
+            area + elf::FX_SW_BYTES_OFFSET + core::mem::offset_of!(elf::FpxSwBytes, xfeatures),
         ] {
             let value = u64_at(&bytes, at) | (1 << bit);
             bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());

@@ -60,7 +60,7 @@ impl ImageFile {
         })
     }
 
-    /// Parses the image and checks the CRC of every stored page.
+    /// Parses the image and checks the XXH3 checksum of every stored page.
     pub fn verify(&self) -> Result<Image<'_>, ImageFileError> {
         let img = self.parse()?;
         img.verify_segments()

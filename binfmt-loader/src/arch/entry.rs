@@ -7,12 +7,6 @@
 //! the naked function blocks every signal, passes that pointer on, aligns
 //! the stack for the call and never returns.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 /// The process entry point. Its first act blocks every signal
 /// (`rt_sigprocmask(SIG_SETMASK, ~0, NULL, 8)`, with the mask pushed below
 /// `argc`): `execve` reset the dispositions to their defaults, so a signal

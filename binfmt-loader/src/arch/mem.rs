@@ -7,12 +7,6 @@
 //! bytes. They are written with string instructions, never with Rust loops
 //! the compiler could turn back into calls to themselves.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use core::arch::asm;
 
 /// `memcpy(dst, src, n)`.

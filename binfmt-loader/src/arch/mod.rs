@@ -6,12 +6,6 @@
 //! references), so its bytes can be copied into the window and run there.
 //! [`enter_window`] hands control to that copy for good.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use core::arch::{asm, global_asm};
 
 use crate::plan::abi::{layout, op_kind, rule, tramp};

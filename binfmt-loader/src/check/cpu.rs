@@ -2,12 +2,6 @@
 //! enabled by this CPU (XCR0) and permitted to this process, and each
 //! thread's XSAVE area must be one `rt_sigreturn` can load.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use core::fmt;
 
 use image_format::Image;

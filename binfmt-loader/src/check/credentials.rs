@@ -3,12 +3,6 @@
 //! and whether this loader can give it that. The pure rules are in
 //! [`crate::creds`]; this step reads this process's side and decides.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use image_format::records::CredsRecord;
 use image_format::Image;
 

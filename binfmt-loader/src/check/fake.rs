@@ -2,12 +2,6 @@
 //! and contents, this process's ids and capabilities, the CPU's XSAVE
 //! features; it records the warnings and every path opened.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::string::String;

@@ -1,12 +1,6 @@
 //! The task's fds: the numbers it uses (everything stage 1 opens goes
 //! above them), and each fd reopened as it was or inherited from the caller.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use image_format::records::{fd_flags, fd_kind, FdRecord};
 use image_format::{read::Records, Image};
 

@@ -2,12 +2,6 @@
 //! the cwd are opened now (above the task's fd numbers) and compared with
 //! the image's record of them, so that the plan only uses fds.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use image_format::records::{vma_flags, vma_kind, FileId, VmaRecord};
 use image_format::{read::Records, Image};
 

@@ -2,12 +2,6 @@
 //! `rt_sigreturn`, found by the dumper): usable only when the rebuilt
 //! memory holds that code at the recorded addresses, in an executable area.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use image_format::records::{vma_kind, GadgetsRecord};
 use image_format::Image;
 

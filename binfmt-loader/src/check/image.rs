@@ -2,12 +2,6 @@
 //! path, only if it is a regular file; then take the lease that keeps its
 //! bytes still ([`super::stable`]), map it and parse it.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use core::fmt;
 
 use image_format::Image;

@@ -2,12 +2,6 @@
 //! window must avoid, its stack and the kernel's fresh vDSO block (which
 //! must have the target's shape: the plan moves it onto the old one).
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use super::os::Os;
 use super::scratch::{Scratch, MAX_MAPS};
 use super::CheckError;

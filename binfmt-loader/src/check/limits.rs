@@ -2,12 +2,6 @@
 //! limits, timers, pending signals), copied out of the image, and the
 //! limits of this process they must fit.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use image_format::records::{
     ItimerRecord, PendingSignalRecord, Record, RlimitRecord, SigactionRecord,
 };

@@ -20,12 +20,6 @@
 //! runs against a fake in the unit tests below. [`stable`] says why what
 //! is checked is what is loaded.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use core::fmt;
 
 use image_format::records::{vma_flags, FdRecord, VmaRecord};

@@ -9,12 +9,6 @@
 //! image mapping and the kernel probes of `memlimits`/`mm_state` stay real
 //! (they change nothing a test can observe).
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use core::fmt;
 
 use crate::sys::{Errno, Stat};

@@ -5,12 +5,6 @@
 //! error, never a shorter slice (which a `zip` would turn into a plan
 //! without page contents).
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use core::mem::{align_of, size_of};
 
 use image_format::records::{ItimerRecord, PendingSignalRecord, RlimitRecord, SigactionRecord};

@@ -49,12 +49,6 @@
 //! do is
 //! bounded by the owner's credentials, `creds`).
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use super::os::Os;
 use super::CheckError;
 use crate::sys::Stat;

@@ -1,12 +1,6 @@
 //! Stage 1 as a whole, on an image made by the writer, against the fake
 //! OS: each test changes one fact and expects one decision.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use std::collections::HashMap;
 use std::vec;
 use std::vec::Vec;

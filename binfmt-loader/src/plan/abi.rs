@@ -7,12 +7,6 @@
 //! that changes width, a header that outgrows its room) fails the const
 //! assertions below, at build time, never during a restore.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use core::mem::{offset_of, size_of};
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};

@@ -2,12 +2,6 @@
 //! its failure message, and hands out room in the window's data area for
 //! what the ops point at (frames, auxv, sigactions, clone args).
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use core::fmt::{self, Write as _};
 
 use zerocopy::{FromBytes, IntoBytes};

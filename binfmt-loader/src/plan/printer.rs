@@ -3,12 +3,6 @@
 //! it so far). Reads only the window's bytes, which may be any bytes:
 //! every offset is checked.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use core::fmt;
 
 use zerocopy::FromBytes;

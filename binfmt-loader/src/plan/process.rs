@@ -3,12 +3,6 @@
 //! cwd, the fds, rlimits and MDWE, then (after the threads' own state) the
 //! pending signals and the timers.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use image_format::records::PendingSignalRecord;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 

@@ -4,12 +4,6 @@
 //! return, the futex words that order them against the leader, and how
 //! every thread leaves (its signal frame and the jump into it).
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use core::fmt;
 
 use image_format::records::{prot, CredsRecord, GadgetsRecord};

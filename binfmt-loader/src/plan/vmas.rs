@@ -4,12 +4,6 @@
 //! vDSO block onto the target's old addresses. Also the checks of the
 //! stored pages against the VMAs that come first.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use image_format::records::{prot, vma_flags, vma_kind};
 
 use super::abi::{int_arg, op_kind, rule};

@@ -2,12 +2,6 @@
 //! in the address space it goes ([`choose_window`]: free in the loader's
 //! layout and in the target's).
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use image_format::records::{vma_flags, vma_kind};
 
 use super::abi::{layout, HEADER_BYTES};

@@ -9,12 +9,6 @@
 //! `prctl(2)` (`PR_SET_THP_DISABLE`, `PR_SET_MEMORY_MERGE`), `mmap(2)`,
 //! `madvise(2)`.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use super::{nr, result, syscall6, CPath, Errno, MAP_ANONYMOUS, PROT_READ, PROT_WRITE};
 
 /// `O_WRONLY`.

@@ -10,12 +10,6 @@
 //! # References
 //! `syscall(2)`, `arch/x86/entry/syscalls/syscall_64.tbl`.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use core::arch::asm;
 
 pub mod mm;

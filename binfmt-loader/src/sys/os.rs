@@ -1,11 +1,5 @@
 //! [`Kernel`]: stage 1's [`Os`] made of this module's raw system calls.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use core::fmt;
 
 use super::{CPath, Errno, Stat};

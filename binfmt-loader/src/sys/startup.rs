@@ -9,12 +9,6 @@
 //! # References
 //! `execve(2)`, `getauxval(3)`, `fs/binfmt_elf.c: create_elf_tables`.
 
-#![deny(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 /// `AT_EXECFD`: the image fd binfmt_misc passes with the `O` flag.
 pub const AT_EXECFD: u64 = 2;
 /// `AT_SYSINFO_EHDR`: the vDSO's address.

@@ -9,6 +9,13 @@
 //! crate's features across a workspace build.
 
 #![forbid(unsafe_code)]
+// Conversions between widths are checked or say why they fit: a length
+// truncated on its way into a header is an image the reader misreads.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
 
 pub mod model;
 pub mod write;

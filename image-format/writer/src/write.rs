@@ -76,6 +76,14 @@ impl std::error::Error for WriteError {
     }
 }
 
+/// `e_ehsize`, `e_phentsize`, `e_shentsize`.
+const EHDR_SIZE: u16 = 64;
+const PHDR_SIZE: u16 = 56;
+const SHDR_SIZE: u16 = 64;
+const _: () = assert!(EHDR_SIZE as usize == core::mem::size_of::<Ehdr>());
+const _: () = assert!(PHDR_SIZE as usize == core::mem::size_of::<Phdr>());
+const _: () = assert!(SHDR_SIZE as usize == core::mem::size_of::<Shdr>());
+
 /// Size of one copy chunk: large enough that syscalls are few, small enough
 /// to stay in cache-friendly territory.
 const CHUNK: usize = 8 << 20;
@@ -90,13 +98,31 @@ struct StringTable {
 
 impl StringTable {
     fn add(&mut self, s: &[u8]) -> StrRef {
-        let offset = self.bytes.len() as u32;
+        // A table past 4 GiB saturates here; `write_image` then refuses
+        // it, as more notes than a reader accepts, before writing anything.
+        let offset = saturating_u32(self.bytes.len());
         self.bytes.extend_from_slice(s);
         StrRef {
             offset,
-            len: s.len() as u32,
+            len: saturating_u32(s.len()),
         }
     }
+}
+
+/// `n` as a `u32` note or string field; a larger value (only in notes far
+/// past [`limits::MAX_NOTES_SIZE`], which `write_image` refuses) saturates.
+fn saturating_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// A byte count as a file offset (`usize` is 64 bits on the only target).
+fn len64(n: usize) -> u64 {
+    n as u64
+}
+
+/// A file offset or length known to be inside something in memory.
+fn to_usize(n: u64, what: &'static str) -> Result<usize, WriteError> {
+    usize::try_from(n).map_err(|_| WriteError::InvalidState { what, addr: n })
 }
 
 /// The note segment under construction.
@@ -108,8 +134,8 @@ struct NoteWriter {
 impl NoteWriter {
     fn add(&mut self, owner: &[u8], note_type: u32, desc: &[u8]) {
         let nhdr = Nhdr {
-            n_namesz: owner.len() as u32 + 1,
-            n_descsz: desc.len() as u32,
+            n_namesz: saturating_u32(owner.len() + 1),
+            n_descsz: saturating_u32(desc.len()),
             n_type: note_type,
         };
         self.bytes.extend_from_slice(nhdr.as_bytes());
@@ -135,10 +161,11 @@ impl NoteWriter {
 fn record_desc<T: Record>(recs: &[T]) -> Vec<u8> {
     let header = RecordHeader {
         version: T::VERSION,
-        record_size: core::mem::size_of::<T>() as u16,
-        count: recs.len() as u32,
+        record_size: T::SIZE,
+        count: saturating_u32(recs.len()),
     };
-    let mut desc = Vec::with_capacity(8 + core::mem::size_of_val(recs));
+    let mut desc =
+        Vec::with_capacity(core::mem::size_of::<RecordHeader>() + core::mem::size_of_val(recs));
     desc.extend_from_slice(header.as_bytes());
     for r in recs {
         desc.extend_from_slice(r.as_bytes());
@@ -148,7 +175,9 @@ fn record_desc<T: Record>(recs: &[T]) -> Vec<u8> {
 
 /// Size of a note with this owner and descriptor length.
 fn note_size(owner: &[u8], desc_len: usize) -> usize {
-    12 + (owner.len() + 1).next_multiple_of(4) + desc_len.next_multiple_of(4)
+    core::mem::size_of::<Nhdr>()
+        + (owner.len() + 1).next_multiple_of(4)
+        + desc_len.next_multiple_of(4)
 }
 
 /// The `PF_*` flags for a VMA's `PROT_*` protections.
@@ -174,7 +203,7 @@ fn check_state(state: &TaskState) -> Result<(), WriteError> {
     if state.threads.len() > limits::MAX_THREADS as usize {
         return invalid(
             "more threads than a reader accepts",
-            state.threads.len() as u64,
+            len64(state.threads.len()),
         );
     }
     let mut prev = 0;
@@ -215,8 +244,11 @@ fn check_state(state: &TaskState) -> Result<(), WriteError> {
         }
     }
     for t in &state.threads {
-        if t.xsave.len() < elf::XSAVE_HEADER_OFFSET + 64 {
-            return invalid("xsave area shorter than its header", t.record.tid as u64);
+        if t.xsave.len() < elf::XSAVE_MIN_SIZE {
+            return invalid(
+                "xsave area shorter than its header",
+                u64::from(t.record.tid.unsigned_abs()),
+            );
         }
     }
     Ok(())
@@ -308,7 +340,8 @@ fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
         cwd: strings.add(state.cwd.as_bytes()),
         root: strings.add(state.root.as_bytes()),
         cmdline: strings.add(&state.cmdline),
-        nthreads: state.threads.len() as u32,
+        // At most MAX_THREADS (checked by `check_state`).
+        nthreads: saturating_u32(state.threads.len()),
         ..state.process
     };
     let vmas: Vec<VmaRecord> = state
@@ -366,24 +399,25 @@ struct Layout {
 
 fn layout(pages: &[PageRun], notes_len_without_tail: usize) -> Layout {
     let phnum = 1 + pages.len();
-    let phoff = core::mem::size_of::<Ehdr>() as u64;
-    let mut end = phoff + (phnum * core::mem::size_of::<Phdr>()) as u64;
+    let phoff = len64(core::mem::size_of::<Ehdr>());
+    let mut end = phoff + len64(phnum * core::mem::size_of::<Phdr>());
     let shoff = if phnum >= usize::from(elf::PN_XNUM) {
         let at = end;
-        end += core::mem::size_of::<Shdr>() as u64;
+        end += len64(core::mem::size_of::<Shdr>());
         Some(at)
     } else {
         None
     };
     let notes_offset = end.next_multiple_of(4);
+    let header = core::mem::size_of::<RecordHeader>();
     let tail = note_size(
         records::OWNER_CRIMG,
-        8 + core::mem::size_of::<SegmentChecksumRecord>() * pages.len(),
+        header + core::mem::size_of::<SegmentChecksumRecord>() * pages.len(),
     ) + note_size(
         records::OWNER_CRIMG,
-        8 + core::mem::size_of::<ChecksumRecord>(),
+        header + core::mem::size_of::<ChecksumRecord>(),
     );
-    let notes_len = (notes_len_without_tail + tail) as u64;
+    let notes_len = len64(notes_len_without_tail + tail);
     let mut offset = page_align_up(notes_offset + notes_len);
     let mut run_offsets = Vec::with_capacity(pages.len());
     for run in pages {
@@ -401,10 +435,14 @@ fn layout(pages: &[PageRun], notes_len_without_tail: usize) -> Layout {
     }
 }
 
+/// [`PAGE_SIZE`] as a buffer length.
+const PAGE_BYTES: usize = 4096;
+const _: () = assert!(PAGE_BYTES as u64 == PAGE_SIZE);
+
 /// One page of a buffer, page-aligned in memory.
 #[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C, align(4096))]
-struct AlignedPage([u8; PAGE_SIZE as usize]);
+struct AlignedPage([u8; PAGE_BYTES]);
 
 /// A buffer of whole pages, page-aligned in memory. With it every write the
 /// writer makes is page-aligned in file offset, length and memory, so the
@@ -417,8 +455,8 @@ struct AlignedBuf(Vec<AlignedPage>);
 impl AlignedBuf {
     /// At least `len` bytes, rounded up to whole pages.
     fn new(len: usize) -> Self {
-        let pages = len.div_ceil(PAGE_SIZE as usize);
-        AlignedBuf(vec![AlignedPage([0; PAGE_SIZE as usize]); pages])
+        let pages = len.div_ceil(PAGE_BYTES);
+        AlignedBuf(vec![AlignedPage([0; PAGE_BYTES]); pages])
     }
 
     fn bytes(&self) -> &[u8] {
@@ -449,7 +487,7 @@ fn copy_pages(
     source: &mut dyn PageSource,
 ) -> Result<Vec<SegmentChecksumRecord>, WriteError> {
     let total: u64 = state.pages.iter().map(|r| r.len).sum();
-    let chunk_len = CHUNK.min(total as usize);
+    let chunk_len = usize::try_from(total).map_or(CHUNK, |total| CHUNK.min(total));
     let mut sums = Vec::with_capacity(state.pages.len());
     std::thread::scope(|scope| {
         // Filled chunks go to the writer; emptied buffers come back.
@@ -472,7 +510,8 @@ fn copy_pages(
                 let mut hasher = Checksummer::new();
                 let mut at = 0u64;
                 while at < run.len {
-                    let n = (run.len - at).min(CHUNK as u64) as usize;
+                    // At most CHUNK, which is a usize.
+                    let n = usize::try_from((run.len - at).min(len64(CHUNK))).unwrap_or(CHUNK);
                     let addr = run.start + at;
                     // No buffer back: the writer stopped, with an error.
                     let Ok(mut buf) = emptied.recv() else {
@@ -483,15 +522,15 @@ fn copy_pages(
                         .read_pages(addr, chunk)
                         .map_err(|source| WriteError::ReadMemory {
                             addr,
-                            len: n as u64,
+                            len: len64(n),
                             source,
                         })?;
                     hasher.update(chunk);
                     if to_writer.send((buf, n, file_off + at)).is_err() {
                         return Ok(());
                     }
-                    at += n as u64;
-                    done += n as u64;
+                    at += len64(n);
+                    done += len64(n);
                     source.progress(done, total);
                 }
                 sums.push(SegmentChecksumRecord {
@@ -537,10 +576,10 @@ pub fn write_image(
             addr: lay.notes_len,
         });
     }
-    if lay.phnum as u64 > limits::MAX_SEGMENTS {
+    if len64(lay.phnum) > limits::MAX_SEGMENTS {
         return Err(WriteError::InvalidState {
             what: "more page runs than a reader accepts",
-            addr: lay.phnum as u64,
+            addr: len64(lay.phnum),
         });
     }
 
@@ -549,7 +588,8 @@ pub fn write_image(
     notes.add_records(&sums);
 
     // Headers.
-    let mut head = Vec::with_capacity(lay.notes_offset as usize);
+    let notes_offset = to_usize(lay.notes_offset, "headers larger than memory")?;
+    let mut head = Vec::with_capacity(notes_offset);
     let ehdr = Ehdr {
         e_ident: IDENT,
         e_type: elf::ET_CORE,
@@ -557,18 +597,14 @@ pub fn write_image(
         e_version: u32::from(elf::EV_CURRENT),
         e_phoff: lay.phoff,
         e_shoff: lay.shoff.unwrap_or(0),
-        e_ehsize: core::mem::size_of::<Ehdr>() as u16,
-        e_phentsize: core::mem::size_of::<Phdr>() as u16,
-        e_phnum: if lay.shoff.is_some() {
-            elf::PN_XNUM
-        } else {
-            lay.phnum as u16
+        e_ehsize: EHDR_SIZE,
+        e_phentsize: PHDR_SIZE,
+        // Below PN_XNUM when there is no section header 0 (`layout`).
+        e_phnum: match lay.shoff {
+            Some(_) => elf::PN_XNUM,
+            None => u16::try_from(lay.phnum).unwrap_or(elf::PN_XNUM),
         },
-        e_shentsize: if lay.shoff.is_some() {
-            core::mem::size_of::<Shdr>() as u16
-        } else {
-            0
-        },
+        e_shentsize: if lay.shoff.is_some() { SHDR_SIZE } else { 0 },
         e_shnum: u16::from(lay.shoff.is_some()),
         ..Ehdr::default()
     };
@@ -602,12 +638,13 @@ pub fn write_image(
     let headers = checksum(&head);
     if lay.shoff.is_some() {
         let sh0 = Shdr {
-            sh_info: lay.phnum as u32,
+            // At most MAX_SEGMENTS (checked above).
+            sh_info: saturating_u32(lay.phnum),
             ..Shdr::default()
         };
         head.extend_from_slice(sh0.as_bytes());
     }
-    head.resize(lay.notes_offset as usize, 0);
+    head.resize(notes_offset, 0);
 
     // The checksum note covers every note byte before it.
     let sum = ChecksumRecord {
@@ -616,7 +653,7 @@ pub fn write_image(
         file_size: lay.file_size,
     };
     notes.add_records(&[sum]);
-    if notes.bytes.len() as u64 != lay.notes_len {
+    if len64(notes.bytes.len()) != lay.notes_len {
         return Err(WriteError::InvalidState {
             what: "note size differs from its reservation",
             addr: 0,
@@ -625,7 +662,7 @@ pub fn write_image(
     head.extend_from_slice(&notes.bytes);
     // Zero the gap up to the first page so the file has no hole there.
     let first_page = page_align_up(lay.notes_offset + lay.notes_len);
-    head.resize(first_page as usize, 0);
+    head.resize(to_usize(first_page, "headers larger than memory")?, 0);
     let mut aligned = AlignedBuf::new(head.len());
     aligned.bytes_mut().copy_from_slice(&head);
     write_at(out, aligned.bytes_mut(), 0)?;

@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 
 use image_format::elf::UserRegs;
 use image_format::records::{
-    fd_kind, prot, vma_kind, CredsRecord, FdRecord, GadgetsRecord, MmRecord, ProcessRecord,
+    self, fd_kind, prot, vma_kind, CredsRecord, FdRecord, GadgetsRecord, MmRecord, ProcessRecord,
     RlimitRecord, SigactionRecord, ThreadRecord, VmaRecord,
 };
 use image_format::{Image, ImageError, PAGE_SIZE};
@@ -258,9 +258,15 @@ fn rejects_plain_elf_and_other_versions() {
         Image::parse(&bytes).unwrap_err(),
         ImageError::UnsupportedVersion {
             found: 9,
-            supported: 1
+            oldest: 1,
+            newest: 1
         }
     );
+    bytes[14] = 0;
+    assert!(matches!(
+        Image::parse(&bytes).unwrap_err(),
+        ImageError::UnsupportedVersion { found: 0, .. }
+    ));
     bytes[9] = b'X';
     assert_eq!(Image::parse(&bytes).unwrap_err(), ImageError::NotCrimg);
     assert!(matches!(
@@ -268,6 +274,80 @@ fn rejects_plain_elf_and_other_versions() {
         Err(ImageError::Truncated { .. })
     ));
     assert!(Image::parse(b"#!/bin/sh\n").is_err());
+}
+
+/// Where the record header of each crimg note of `bytes` is.
+fn record_headers(bytes: &[u8]) -> Vec<(u32, usize)> {
+    let img = Image::parse(bytes).unwrap();
+    img.notes()
+        .map(Result::unwrap)
+        .filter(|n| n.owner == records::OWNER_CRIMG && n.note_type != records::note::STRTAB)
+        .map(|n| {
+            (
+                n.note_type,
+                n.desc.as_ptr() as usize - bytes.as_ptr() as usize,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_note_of_an_unknown_record_version_is_refused_by_name() {
+    let bytes = write_to_vec(&sample_state(2, default_pages()));
+    let headers = record_headers(&bytes);
+    // Every known record note is in the sample image, and only those.
+    let mut types: Vec<u32> = headers.iter().map(|&(t, _)| t).collect();
+    let mut known: Vec<u32> = records::KNOWN_NOTES.iter().map(|v| v.note_type).collect();
+    types.sort_unstable();
+    known.sort_unstable();
+    assert_eq!(types, known);
+    for &(note_type, at) in &headers {
+        let versions = records::KNOWN_NOTES
+            .iter()
+            .find(|v| v.note_type == note_type)
+            .unwrap();
+        for version in [versions.newest + 1, versions.oldest - 1, u16::MAX] {
+            let mut damaged = bytes.clone();
+            damaged[at..at + 2].copy_from_slice(&version.to_le_bytes());
+            image_format::reseal(&mut damaged).unwrap();
+            let err = Image::parse(&damaged).unwrap_err();
+            assert_eq!(
+                err,
+                ImageError::UnsupportedRecordVersion {
+                    note_type,
+                    found: version,
+                    oldest: versions.oldest,
+                    newest: versions.newest,
+                }
+            );
+            let name = records::note::name(note_type);
+            assert_ne!(name, "unknown");
+            assert!(err.to_string().contains(name), "{err}");
+        }
+    }
+}
+
+#[test]
+fn a_duplicated_crimg_note_is_refused() {
+    let mut bytes = write_to_vec(&sample_state(1, default_pages()));
+    let headers = record_headers(&bytes);
+    // Retype the GADGETS note as a second MM note (both hold one record).
+    let (_, gadgets) = *headers
+        .iter()
+        .find(|&&(t, _)| t == records::note::GADGETS)
+        .unwrap();
+    // The note type is the last field of the note header, which ends 8
+    // bytes ("CRIMG\0" padded) before the descriptor.
+    let type_at = gadgets - 8 - 4;
+    bytes[type_at..type_at + 4].copy_from_slice(&records::note::MM.to_le_bytes());
+    image_format::reseal(&mut bytes).unwrap();
+    assert!(matches!(
+        Image::parse(&bytes).unwrap_err(),
+        ImageError::DuplicateNote {
+            note_type: records::note::MM,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -467,4 +547,44 @@ fn invalid_states_are_refused_by_the_writer() {
     let mut no_threads = sample_state(1, default_pages());
     no_threads.threads.clear();
     assert!(write_image(&no_threads, &file, &mut PatternMemory).is_err());
+}
+
+#[test]
+fn the_note_index_finds_what_a_scan_finds() {
+    let bytes = write_to_vec(&sample_state(2, default_pages()));
+    let img = Image::parse(&bytes).unwrap();
+    for note_type in records::note::FIRST..=records::note::LAST {
+        let scanned = img
+            .find_note(records::OWNER_CRIMG, note_type)
+            .map(|n| n.desc);
+        assert!(scanned.is_some(), "note {note_type:#x} missing");
+        assert_eq!(img.crimg_note(note_type), scanned, "{note_type:#x}");
+    }
+    assert_eq!(
+        img.auxv(),
+        img.find_note(image_format::elf::OWNER_CORE, image_format::elf::NT_AUXV)
+            .unwrap()
+            .desc
+    );
+}
+
+#[test]
+fn a_crimg_note_of_a_type_this_reader_does_not_know_is_skipped() {
+    let mut bytes = write_to_vec(&sample_state(1, default_pages()));
+    let headers = record_headers(&bytes);
+    let (_, warnings) = *headers
+        .iter()
+        .find(|&&(t, _)| t == records::note::WARNINGS)
+        .unwrap();
+    // A newer writer's note: outside the indexed range, with a record
+    // version this reader would refuse for a note it knows.
+    let newer = 0x4352_0042u32;
+    let type_at = warnings - 8 - 4;
+    bytes[type_at..type_at + 4].copy_from_slice(&newer.to_le_bytes());
+    bytes[warnings..warnings + 2].copy_from_slice(&9u16.to_le_bytes());
+    image_format::reseal(&mut bytes).unwrap();
+    let img = Image::parse(&bytes).unwrap();
+    assert_eq!(img.warnings().count(), 0);
+    let desc = img.crimg_note(newer).unwrap();
+    assert_eq!(u16::from_le_bytes([desc[0], desc[1]]), 9);
 }

@@ -1,118 +1,35 @@
-//! Dump real processes (started here, killed by pid in a Drop guard) and
-//! check that they run on after `leave_running`, die otherwise, and that the
-//! image parses. Needs root (ptrace of non-children works for any tracer
-//! with CAP_SYS_PTRACE; map_files and PFNs need CAP_SYS_ADMIN): skips
-//! otherwise, saying why.
+//! Dump real processes with the dumper library (in this test process: the
+//! dumper is their tracer) and check that they run on after
+//! `leave_running`, die otherwise, and that the image parses. Needs root
+//! (ptrace of non-children works for any tracer with CAP_SYS_PTRACE;
+//! map_files and PFNs need CAP_SYS_ADMIN): skips otherwise, saying why.
 
-mod common;
-use common::is_root;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::Instant;
-
+use crimg_tests::process::{only_stdio, wait_in_syscall};
+use crimg_tests::smaps::status_lines;
+use crimg_tests::{scratch_dir, skip_unless_root, PidGuard, Workload};
 use dumper::{DumpOptions, NoProgress};
 use image_format::records::{restart, vma_kind};
 use image_format::Image;
 
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (ptrace, /proc/P/map_files, pagemap PFNs)");
-            return;
-        }
-    };
+/// How long a workload may take to reach the syscall a test waits for.
+const SYSCALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// `python3 -u -c script` as a workload (only fds 0-2 open); waits for the
+/// line it prints first.
+fn python(script: &str, first: &str) -> Workload {
+    let mut command = Command::new("python3");
+    command.args(["-u", "-c", script]);
+    let mut w = Workload::spawn_command("python3", command).unwrap_or_else(|err| panic!("{err}"));
+    w.expect_line(first);
+    w
 }
 
-/// A started workload; killed by pid on drop.
-struct Workload {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Workload {
-    /// Start `python3 -c script`; wait until it prints its first line.
-    fn python(script: &str) -> (Self, String) {
-        let mut child = Command::new("python3")
-            // Close what the test harness leaks (cargo's jobserver pipe):
-            // the workload's fds are part of what is checked.
-            .args([
-                "-u",
-                "-c",
-                &format!("import os\nos.closerange(3, 65536)\n{script}"),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut w = Workload {
-            child,
-            stdin,
-            stdout,
-        };
-        let first = w.line();
-        (w, first)
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn line(&mut self) -> String {
-        let mut s = String::new();
-        self.stdout.read_line(&mut s).expect("read workload output");
-        s.trim_end().to_owned()
-    }
-
-    fn send(&mut self, s: &str) {
-        let stdin = self.stdin.as_mut().unwrap();
-        stdin.write_all(s.as_bytes()).unwrap();
-        stdin.flush().unwrap();
-    }
-}
-
-impl Drop for Workload {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("crimg-dumper-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        TempDir(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Wait until the thread group leader of `pid` sits in syscall `nr`
-/// (`/proc/P/syscall` is the kernel's own view, not a guess by time).
-fn wait_in_syscall(pid: i32, nr: u32) {
-    let prefix = format!("{nr} ");
-    while !std::fs::read_to_string(format!("/proc/{pid}/syscall"))
-        .unwrap_or_default()
-        .starts_with(&prefix)
-    {
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-}
-
-fn status_field(pid: i32, key: &str) -> String {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_owned()))
-        .unwrap()
+fn tracer_pid(pid: i32) -> Option<String> {
+    status_lines(pid, &["TracerPid"]).remove(0).1
 }
 
 fn check_image(path: &Path, pid: i32, nthreads: usize) -> Vec<u8> {
@@ -141,7 +58,7 @@ fn check_image(path: &Path, pid: i32, nthreads: usize) -> Vec<u8> {
 
 #[test]
 fn python_threads_run_on_after_leave_running() {
-    require_root!();
+    skip_unless_root!();
     let script = r#"
 import sys, threading, time, signal
 signal.signal(signal.SIGUSR1, lambda *a: None)
@@ -155,16 +72,16 @@ print("ready", flush=True)
 for line in sys.stdin:
     print("echo " + line.strip() + " " + str(len(data)), flush=True)
 "#;
-    let (mut w, first) = Workload::python(script);
-    assert_eq!(first, "ready");
+    let mut w = python(script, "ready");
     let pid = w.pid();
-    wait_in_syscall(pid, 0);
-    let dir = TempDir::new("py");
+    wait_in_syscall(pid, 0, SYSCALL_TIMEOUT).unwrap();
+    let scratch = scratch_dir();
+    let dir = scratch.path().join("out");
     let opts = DumpOptions {
         leave_running: true,
         force: false,
     };
-    let report = dumper::dump(pid, &dir.0, &opts, &mut NoProgress).expect("dump");
+    let report = dumper::dump(pid, &dir, &opts, &mut NoProgress).expect("dump");
     assert_eq!(report.threads.len(), 4);
     assert!(
         report.pages_stored >= (8 << 20) / 4096,
@@ -185,14 +102,14 @@ for line in sys.stdin:
         .collect();
     assert!(sa.iter().any(|s| s.signo == 10 && s.handler > 1));
     // The process runs on: not traced, and its blocked read() was restarted.
-    assert_eq!(status_field(pid, "TracerPid:"), "0");
-    w.send("hello\n");
-    assert_eq!(w.line(), format!("echo hello {}", 8 << 20));
+    assert_eq!(tracer_pid(pid).as_deref(), Some("0"));
+    w.send_line("hello").unwrap();
+    assert_eq!(w.expect_line("echo"), format!("echo hello {}", 8 << 20));
     let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.0.join("manifest.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["processes"][0]["pid"], pid);
     // No temporary files left.
-    let names: Vec<_> = std::fs::read_dir(&dir.0)
+    let names: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
@@ -201,19 +118,20 @@ for line in sys.stdin:
 
 #[test]
 fn sleeping_process_is_killed_after_dump() {
-    require_root!();
-    let mut child = Command::new("python3")
-        .args([
-            "-c",
-            "import os; os.closerange(3, 65536); os.execvp('sleep', ['sleep', '1000'])",
-        ])
-        .spawn()
-        .unwrap();
-    let pid = child.id() as i32;
+    skip_unless_root!();
+    let mut command = Command::new("sleep");
+    command.arg("1000");
+    only_stdio(&mut command);
+    let mut child = command.spawn().unwrap();
+    let pid = i32::try_from(child.id()).unwrap();
+    // The dumper (in this process, its tracer) reaps it: a guard on the
+    // pid could kill a later process with that number, a pidfd cannot.
+    let _guard = PidGuard::new(pid).unwrap();
     // Wait until it is really sleeping (not still exec'ing).
-    wait_in_syscall(pid, 230);
-    let dir = TempDir::new("sleep");
-    let report = dumper::dump(pid, &dir.0, &DumpOptions::default(), &mut NoProgress);
+    wait_in_syscall(pid, 230, SYSCALL_TIMEOUT).unwrap();
+    let scratch = scratch_dir();
+    let dir = scratch.path().join("out");
+    let report = dumper::dump(pid, &dir, &DumpOptions::default(), &mut NoProgress);
     let report = report.expect("dump");
     // The dumper, as tracer, collected the exit; being also the parent here,
     // that reaped the child.
@@ -233,27 +151,28 @@ fn sleeping_process_is_killed_after_dump() {
 
 #[test]
 fn refuses_self_and_kernel_threads() {
-    require_root!();
-    let dir = TempDir::new("refuse");
-    let me = std::process::id() as i32;
+    skip_unless_root!();
+    let scratch = scratch_dir();
+    let dir = scratch.path().join("out");
+    let me = i32::try_from(std::process::id()).unwrap();
     let opts = DumpOptions {
         leave_running: true,
         force: false,
     };
     assert!(matches!(
-        dumper::dump(me, &dir.0, &opts, &mut NoProgress),
+        dumper::dump(me, &dir, &opts, &mut NoProgress),
         Err(dumper::DumpError::Refused { .. })
     ));
     // kthreadd is pid 2 on Linux.
     assert!(matches!(
-        dumper::dump(2, &dir.0, &opts, &mut NoProgress),
+        dumper::dump(2, &dir, &opts, &mut NoProgress),
         Err(dumper::DumpError::Refused { .. })
     ));
 }
 
 #[test]
 fn unsupported_fd_refused_then_forced() {
-    require_root!();
+    skip_unless_root!();
     let script = r#"
 import os, socket, sys
 a, b = socket.socketpair()
@@ -261,49 +180,51 @@ print("ready", flush=True)
 for line in sys.stdin:
     print("alive", flush=True)
 "#;
-    let (mut w, _) = Workload::python(script);
+    let mut w = python(script, "ready");
     let pid = w.pid();
-    let dir = TempDir::new("sock");
+    let scratch = scratch_dir();
+    let dir = scratch.path().join("out");
     let opts = DumpOptions {
         leave_running: true,
         force: false,
     };
-    let err = dumper::dump(pid, &dir.0, &opts, &mut NoProgress).unwrap_err();
+    let err = dumper::dump(pid, &dir, &opts, &mut NoProgress).unwrap_err();
     assert!(err.to_string().contains("socket"), "{err}");
-    assert!(!dir.0.join(format!("task-{pid}.crimg")).exists());
-    w.send("x\n");
-    assert_eq!(w.line(), "alive");
+    assert!(!dir.join(format!("task-{pid}.crimg")).exists());
+    w.send_line("x").unwrap();
+    assert_eq!(w.expect_line("alive"), "alive");
     let opts = DumpOptions {
         leave_running: true,
         force: true,
     };
-    let report = dumper::dump(pid, &dir.0, &opts, &mut NoProgress).expect("forced dump");
+    let report = dumper::dump(pid, &dir, &opts, &mut NoProgress).expect("forced dump");
     assert!(report.warnings.iter().any(|m| m.contains("socket")));
-    w.send("x\n");
-    assert_eq!(w.line(), "alive");
+    w.send_line("x").unwrap();
+    assert_eq!(w.expect_line("alive"), "alive");
 }
 
 /// Not a pass/fail check: prints the dump throughput of 1 GiB of touched
-/// memory. `cargo test -p dumper --release -- --ignored --nocapture`.
+/// memory. `cargo test -p crimg-tests --release --test dump_live -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn throughput_one_gib() {
-    require_root!();
+    skip_unless_root!();
     let script = r#"
 import sys
 data = bytes([1]) * (1 << 30)
 print("ready", flush=True)
 sys.stdin.read()
 "#;
-    let (w, _) = Workload::python(script);
+    let w = python(script, "ready");
     let pid = w.pid();
-    let dir = TempDir::new("gib");
+    let scratch = scratch_dir();
+    let dir = scratch.path().join("out");
     let t = Instant::now();
     let opts = DumpOptions {
         leave_running: true,
         force: false,
     };
-    let report = dumper::dump(pid, &dir.0, &opts, &mut NoProgress).expect("dump");
+    let report = dumper::dump(pid, &dir, &opts, &mut NoProgress).expect("dump");
     let secs = t.elapsed().as_secs_f64();
     let gb = report.bytes_written as f64 / 1e9;
     println!(
