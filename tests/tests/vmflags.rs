@@ -204,6 +204,28 @@ fn mlockall_areas_come_back_locked_and_the_dump_warns() {
     );
 }
 
+/// A threaded program that called `mlockall` has a locked `PROT_NONE`
+/// guard page under its thread's stack, and `mlock` of a `PROT_NONE` area
+/// sets the lock but fails with ENOMEM (nothing can be faulted in): both
+/// come back locked, and the restore does not fail on that ENOMEM after
+/// the point of no return.
+#[test]
+fn locked_prot_none_areas_of_a_threaded_mlockall_program_come_back_locked() {
+    crimg_tests::skip_unless_root!();
+    let (before, _restored, _pass) = round_trip(&["--thread", "--locked-none", "--mlockall"]);
+    let none = area_at(
+        &before.flags,
+        before.dumped.ready.require("locked_none").unwrap(),
+    );
+    assert!(has(none, "lo"), "{none:?}");
+    let guards = before
+        .flags
+        .iter()
+        .filter(|a| a.header.contains(" ---p ") && has(a, "lo"))
+        .count();
+    assert!(guards >= 2, "no locked guard page: {:?}", before.flags);
+}
+
 /// Memory-deny-write-execute (`PR_SET_MDWE`) is an mm flag no status line
 /// shows: the victim reads it back and finds a writable page still cannot
 /// be made executable.
