@@ -294,9 +294,36 @@ fn sysctl(path: &[u8]) -> Option<u64> {
     leading_number(&buf[..n])
 }
 
+/// Whether `uid_map` (the text of `/proc/self/uid_map`) is the initial
+/// user namespace's: one line mapping every uid onto itself.
+fn is_initial_uid_map(uid_map: &[u8]) -> bool {
+    let mut fields = uid_map
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|f| !f.is_empty());
+    let mut next = || fields.next().and_then(leading_number);
+    (next(), next(), next(), next()) == (Some(0), Some(0), Some(u64::from(u32::MAX)), None)
+}
+
+/// Whether this process is in the initial user namespace. `CAP_IPC_LOCK`
+/// (mlock) and `CAP_SYS_ADMIN` (the admin reserve) count for `mm` limits
+/// only there (`capable()`, not `ns_capable()`), while the CapEff line of
+/// `/proc/self/status` tells the caps in the current user namespace: root
+/// of `unshare -U -r` has them all but may lock no more than
+/// `RLIMIT_MEMLOCK`. Unknown (no `/proc`) counts as not initial.
+fn in_initial_user_ns() -> bool {
+    let mut map = [0u8; 256];
+    crate::sys::read_small_file(b"/proc/self/uid_map", &mut map)
+        .is_ok_and(|n| is_initial_uid_map(&map[..n]))
+}
+
 /// This process's and this machine's limits, as the kernel will apply them.
 /// A `/proc` file that cannot be read leaves its check out.
 pub fn read_facts(effective_caps: u64) -> MemoryFacts {
+    let effective_caps = if in_initial_user_ns() {
+        effective_caps
+    } else {
+        0
+    };
     let mut meminfo = [0u8; 8192];
     let n = crate::sys::read_small_file(b"/proc/meminfo", &mut meminfo).unwrap_or(0);
     let meminfo = &meminfo[..n];
@@ -371,6 +398,15 @@ mod tests {
         assert_eq!(meminfo_kb(text, b"Commit"), None);
         assert_eq!(leading_number(b"2\n"), Some(2));
         assert_eq!(leading_number(b"x"), None);
+    }
+
+    #[test]
+    fn only_the_identity_uid_map_is_the_initial_user_namespace() {
+        assert!(is_initial_uid_map(b"         0          0 4294967295\n"));
+        assert!(!is_initial_uid_map(b"         0          0 4294967294\n"));
+        assert!(!is_initial_uid_map(b"         0       1000          1\n"));
+        assert!(!is_initial_uid_map(b"0 0 4294967295\n0 0 1\n"));
+        assert!(!is_initial_uid_map(b""));
     }
 
     #[test]

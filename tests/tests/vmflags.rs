@@ -14,7 +14,7 @@ use std::process::Command;
 
 use crimg_tests::cli::{self, RunOutput};
 use crimg_tests::process::{CheckTrigger, LINE_TIMEOUT, READY_TIMEOUT};
-use crimg_tests::roundtrip::{as_nobody, dump_and_kill, Dumped, NOBODY, NOGROUP};
+use crimg_tests::roundtrip::{as_nobody, dump_and_kill, tasks_of, Dumped, NOBODY, NOGROUP};
 use crimg_tests::smaps::{
     area_at, assert_same_vm_flags, assert_same_vm_flags_of_unchanged_areas, status_lines,
     vm_flags_of, AreaFlags,
@@ -604,5 +604,61 @@ fn locked_memory_beyond_the_memlock_limit_is_refused() {
     assert!(
         message.contains("RLIMIT_MEMLOCK") && message.contains("CAP_IPC_LOCK"),
         "{message}"
+    );
+}
+
+/// `unshare -U -r COMMAND…`: root of a new user namespace, with every
+/// capability there and none in the initial one.
+fn in_user_namespace() -> Command {
+    let mut command = Command::new("unshare");
+    command.args(["-U", "-r", "--"]);
+    command
+}
+
+/// Root of a new user namespace has CAP_IPC_LOCK only there, and the
+/// kernel's mlock limit asks the initial one: locked memory beyond
+/// `RLIMIT_MEMLOCK` is refused before anything changes (it failed with
+/// ENOMEM after the point of no return).
+#[test]
+fn locked_memory_beyond_the_memlock_limit_is_refused_in_a_user_namespace() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let dumped = dumped_victim(&bins, scratch.path(), &["--locked"]);
+    let mut command = in_user_namespace();
+    command
+        .args(["prlimit", "--memlock=4096", "--"])
+        .arg(&bins.loader)
+        .arg(&dumped.dump.image);
+    let message = expect_refusal(command, 10);
+    assert!(
+        message.contains("RLIMIT_MEMLOCK") && message.contains("CAP_IPC_LOCK"),
+        "{message}"
+    );
+}
+
+/// In a user namespace that does not own the pid namespace, `clone3`'s
+/// `set_tid` is refused (EPERM) although the caller has every capability
+/// there: the other thread gets a new tid with the "not privileged"
+/// warning, as for an unprivileged caller, and the victim runs on.
+#[test]
+fn threads_get_new_ids_in_a_user_namespace() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let dumped = dumped_victim(&bins, scratch.path(), &["--thread"]);
+    let mut command = in_user_namespace();
+    command.arg(&bins.loader).arg(&dumped.dump.image);
+    let mut restored = Workload::spawn_command("restored vmflags in a user namespace", command)
+        .unwrap_or_else(|e| panic!("{e}"));
+    restored.expect_pass(CheckTrigger::Stdin);
+    assert_eq!(tasks_of(restored.pid()).len(), 2);
+    assert!(
+        restored
+            .stderr_lines()
+            .iter()
+            .any(|line| line.contains("warning: not privileged")),
+        "{}",
+        restored.stderr_report()
     );
 }
