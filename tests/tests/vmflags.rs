@@ -662,3 +662,71 @@ fn threads_get_new_ids_in_a_user_namespace() {
         restored.stderr_report()
     );
 }
+
+/// A tmpfs mounted for one test, detached on drop (even on panic).
+struct Tmpfs {
+    dir: std::path::PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(dir: &Path) -> Tmpfs {
+        fs::create_dir_all(dir).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=64m"),
+        )
+        .unwrap_or_else(|err| panic!("mount tmpfs on {}: {err}", dir.display()));
+        Tmpfs {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Remount it `noexec` (the mount's flags only).
+    fn make_noexec(&self) {
+        use nix::mount::MsFlags;
+        nix::mount::mount(
+            None::<&str>,
+            &self.dir,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .unwrap_or_else(|err| panic!("remount {} noexec: {err}", self.dir.display()));
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// A program whose file now lies on a `noexec` mount cannot have its code
+/// mapped executable: the loader refuses by name before anything changes
+/// (the `mmap` failed with EPERM after the point of no return).
+#[test]
+fn an_executable_file_area_on_a_noexec_mount_is_refused() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let mnt = Tmpfs::mount(&scratch.path().join("mnt"));
+    let program = mnt.dir.join("vmflags");
+    fs::copy(crimg_tests::workload_path("vmflags"), &program).unwrap();
+    let mut victim = Workload::spawn_command("vmflags from a tmpfs", Command::new(&program))
+        .unwrap_or_else(|e| panic!("{e}"));
+    if let Err(err) = victim.wait_ready(READY_TIMEOUT) {
+        panic!("{err}\n{}", victim.stderr_report());
+    }
+    let dumped = dump_and_kill(&bins, victim, &scratch.path().join("out"));
+    mnt.make_noexec();
+    let message = expect_refusal(bins.loader_command(&dumped.dump.image), 5);
+    assert!(
+        message.contains(program.to_str().unwrap())
+            && message.contains("executable")
+            && message.contains("noexec"),
+        "{message}"
+    );
+}

@@ -175,6 +175,12 @@ pub enum CheckError {
     MmState {
         error: MmStateError,
     },
+    /// A file the task mapped executable may not be mapped so here.
+    ExecDenied {
+        path: &'static [u8],
+        start: u64,
+        errno: Errno,
+    },
     /// A table of stage 1 did not fit its scratch memory (a sizing bug).
     ScratchShort {
         table: &'static str,
@@ -210,6 +216,7 @@ impl CheckError {
             | CheckError::FdAboveLimit { .. }
             | CheckError::VdsoLayout
             | CheckError::MmState { .. } => ExitCode::Unsupported,
+            CheckError::ExecDenied { .. } => ExitCode::FileChanged,
             CheckError::Scratch { .. }
             | CheckError::ScratchShort { .. }
             | CheckError::ProcMaps { .. }
@@ -291,6 +298,11 @@ impl fmt::Display for CheckError {
             ),
             CheckError::MemoryLimit { error } => write!(f, "{error}"),
             CheckError::MmState { error } => write!(f, "{error}"),
+            CheckError::ExecDenied { path, start, errno } => write!(
+                f,
+                "mapped file {} cannot be mapped executable here (its area at {start:#x}): {errno}; a noexec mount or a security module forbids it",
+                Lossy(path)
+            ),
             CheckError::ScratchShort { table, items } => write!(
                 f,
                 "internal error: stage 1's scratch memory has no room for {items} entries of its {table} table"
@@ -510,7 +522,8 @@ fn check_memory(os: &impl Os, checked: &Checked, caps: u64) -> Result<(), CheckE
         );
     }
     mm_state::probe_kernel(input.vmas, checked.image.process().flags)
-        .map_err(|error| CheckError::MmState { error })
+        .map_err(|error| CheckError::MmState { error })?;
+    files::check_exec_mappings(&checked.image, input.vmas)
 }
 
 /// Set the task's mm-wide memory settings (THP disabled, KSM merging) on
