@@ -30,6 +30,10 @@ use crate::mm_state;
 use crate::plan::{PageLoad, Range, TargetVma};
 
 const PAGE: u64 = 4096;
+/// Areas of the bootstrap window (one mapping; more if a kernel splits it)
+/// and of the vDSO block, for the `vm.max_map_count` check.
+const WINDOW_AREAS: u64 = 2;
+const VDSO_AREAS: u64 = 3;
 const RLIM_INFINITY: u64 = u64::MAX;
 
 /// What the kernel's limits are for this process and machine.
@@ -50,6 +54,8 @@ pub struct MemoryFacts {
     pub rlimit_memlock: u64,
     pub cap_sys_admin: bool,
     pub cap_ipc_lock: bool,
+    /// `vm.max_map_count`; `None` when it could not be read.
+    pub max_map_count: Option<u64>,
 }
 
 /// The limit the task's memory does not fit in; sizes in bytes.
@@ -78,12 +84,21 @@ pub enum LimitError {
         need: u64,
         limit: u64,
     },
+    /// More areas than `vm.max_map_count`.
+    MapCount {
+        need: u64,
+        limit: u64,
+    },
 }
 
 impl fmt::Display for LimitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const K: u64 = 1024;
         match *self {
+            LimitError::MapCount { need, limit } => write!(
+                f,
+                "the task's memory needs {need} areas while it is restored, more than this machine's vm.max_map_count ({limit})"
+            ),
             LimitError::AddressSpace { need, limit } => write!(
                 f,
                 "the task's memory areas take {} KiB of address space, more than this process's RLIMIT_AS ({} KiB)",
@@ -180,6 +195,9 @@ pub fn check(
         shmem: false,
         stack: false,
     };
+    // The kernel's vDSO block is not added: it is parked in the window
+    // (`window_bytes` has its room) before any area is built, and moved
+    // out of it onto the target's old addresses after.
     let mut total = 0u64;
     let mut data = 0u64;
     let mut charged = 0u64;
@@ -217,6 +235,18 @@ pub fn check(
         }
         if flags & vma_flags::LOCKED != 0 {
             locked = locked.saturating_add(m.len);
+        }
+    }
+    if let Some(limit) = facts.max_map_count {
+        // Every area of the task, the window, and the vDSO block (three
+        // parts, counted once whether the target had them or not), all at
+        // once after the loader's own areas are gone.
+        let areas = vmas.iter().filter(|v| !v.is_special()).count();
+        let need = u64::try_from(areas)
+            .unwrap_or(u64::MAX)
+            .saturating_add(WINDOW_AREAS + VDSO_AREAS);
+        if need > limit {
+            return Err(LimitError::MapCount { need, limit });
         }
     }
     if facts.rlimit_as != RLIM_INFINITY && total > facts.rlimit_as {
@@ -349,6 +379,7 @@ pub fn read_facts(effective_caps: u64) -> MemoryFacts {
         rlimit_memlock: soft(RLIMIT_MEMLOCK),
         cap_sys_admin: effective_caps & (1 << CAP_SYS_ADMIN) != 0,
         cap_ipc_lock: effective_caps & (1 << CAP_IPC_LOCK) != 0,
+        max_map_count: sysctl(b"/proc/sys/vm/max_map_count"),
     }
 }
 
@@ -372,6 +403,7 @@ mod tests {
             rlimit_memlock: 8 << 20,
             cap_sys_admin: false,
             cap_ipc_lock: false,
+            max_map_count: Some(65530),
         }
     }
 
@@ -388,6 +420,26 @@ mod tests {
     }
 
     const RW: u32 = prot::READ | prot::WRITE;
+
+    #[test]
+    fn more_areas_than_max_map_count_are_refused() {
+        let vmas: Vec<TargetVma> = (0..100)
+            .map(|i| anon(0x1000_0000 + i * 0x2000, PAGE, RW, 0))
+            .collect();
+        let limited = |n| MemoryFacts {
+            max_map_count: Some(n),
+            ..facts()
+        };
+        let need = 100 + WINDOW_AREAS + VDSO_AREAS;
+        assert_eq!(check(&vmas, &[], PAGE, &limited(need)), Ok(()));
+        assert_eq!(
+            check(&vmas, &[], PAGE, &limited(need - 1)),
+            Err(LimitError::MapCount {
+                need,
+                limit: need - 1
+            })
+        );
+    }
 
     #[test]
     fn meminfo_values() {

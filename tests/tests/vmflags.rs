@@ -607,6 +607,38 @@ fn locked_memory_beyond_the_memlock_limit_is_refused() {
     );
 }
 
+/// At exactly the address space the loader says the task needs, the
+/// restore works: the need is the real peak (the kernel's vDSO block is
+/// parked inside the window while the areas are built, so it is counted
+/// with the window, not left out).
+#[test]
+fn address_space_limit_equal_to_the_need_restores() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let dumped = dumped_victim(&bins, scratch.path(), &["--noreserve-gb", "4"]);
+    let limited = |limit: u64| {
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--as={limit}"))
+            .arg("--")
+            .arg(&bins.loader)
+            .arg(&dumped.dump.image);
+        command
+    };
+    let message = expect_refusal(limited(2 << 30), 10);
+    let need_kib: u64 = message
+        .split("take ")
+        .nth(1)
+        .and_then(|rest| rest.split(" KiB").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no size in: {message}"));
+    let mut restored =
+        Workload::spawn_command("restored victim at its RLIMIT_AS", limited(need_kib * 1024))
+            .unwrap_or_else(|e| panic!("{e}"));
+    restored.expect_pass(CheckTrigger::Stdin);
+}
+
 /// `unshare -U -r COMMAND…`: root of a new user namespace, with every
 /// capability there and none in the initial one.
 fn in_user_namespace() -> Command {
