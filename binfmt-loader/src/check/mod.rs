@@ -175,6 +175,10 @@ pub enum CheckError {
     MmState {
         error: MmStateError,
     },
+    /// The task's pending signals do not fit in this user's signal queue.
+    SigQueue {
+        error: crate::plan::SigQueueError,
+    },
     /// A file the task mapped executable may not be mapped so here.
     ExecDenied {
         path: &'static [u8],
@@ -217,6 +221,7 @@ impl CheckError {
             | CheckError::VdsoLayout
             | CheckError::MmState { .. } => ExitCode::Unsupported,
             CheckError::ExecDenied { .. } => ExitCode::FileChanged,
+            CheckError::SigQueue { .. } => ExitCode::Environment,
             CheckError::Scratch { .. }
             | CheckError::ScratchShort { .. }
             | CheckError::ProcMaps { .. }
@@ -298,6 +303,7 @@ impl fmt::Display for CheckError {
             ),
             CheckError::MemoryLimit { error } => write!(f, "{error}"),
             CheckError::MmState { error } => write!(f, "{error}"),
+            CheckError::SigQueue { error } => write!(f, "{error}"),
             CheckError::ExecDenied { path, start, errno } => write!(
                 f,
                 "mapped file {} cannot be mapped executable here (its area at {start:#x}): {errno}; a noexec mount or a security module forbids it",
@@ -523,7 +529,13 @@ fn check_memory(os: &impl Os, checked: &Checked, caps: u64) -> Result<(), CheckE
     }
     mm_state::probe_kernel(input.vmas, checked.image.process().flags)
         .map_err(|error| CheckError::MmState { error })?;
-    files::check_exec_mappings(&checked.image, input.vmas)
+    files::check_exec_mappings(&checked.image, input.vmas)?;
+    let mut status = [0u8; 4096];
+    let sigq = crate::sys::read_small_file(b"/proc/self/status", &mut status)
+        .ok()
+        .and_then(|n| crate::plan::parse_sigq(&status[..n]));
+    crate::plan::check_sigqueue(input.pending, input.rlimits, sigq)
+        .map_err(|error| CheckError::SigQueue { error })
 }
 
 /// Set the task's mm-wide memory settings (THP disabled, KSM merging) on
