@@ -226,6 +226,20 @@ fn locked_prot_none_areas_of_a_threaded_mlockall_program_come_back_locked() {
     assert!(guards >= 2, "no locked guard page: {:?}", before.flags);
 }
 
+/// A locked file area that reaches past the end of its file: `mlock`
+/// sets the lock and fails with ENOMEM on the pages it cannot fault in;
+/// it comes back locked, and the restore does not fail on that ENOMEM.
+#[test]
+fn a_locked_file_area_past_the_end_of_its_file_comes_back_locked() {
+    crimg_tests::skip_unless_root!();
+    let scratch = scratch_dir();
+    let file = scratch.path().join("short");
+    let (before, _restored, _pass) = round_trip(&["--locked-past-eof", file.to_str().unwrap()]);
+    let addr = before.dumped.ready.require("locked_past_eof").unwrap();
+    let area = area_at(&before.flags, addr);
+    assert!(has(area, "lo"), "{area:?}");
+}
+
 /// Memory-deny-write-execute (`PR_SET_MDWE`) is an mm flag no status line
 /// shows: the victim reads it back and finds a writable page still cannot
 /// be made executable.

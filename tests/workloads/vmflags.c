@@ -36,6 +36,10 @@
  *                       faulted in)
  *   --locked-none       a PROT_NONE area locked with mlock() (which sets
  *                       the lock and returns ENOMEM: nothing to fault in)
+ *   --locked-past-eof FILE  FILE (created, one page) mapped private and
+ *                       read-only over four pages and mlock()ed: the lock
+ *                       is set, the pages past the end of the file cannot
+ *                       be faulted in (ENOMEM)
  *   --mbind             an area bound to NUMA node 0 (mbind MPOL_BIND)
  *   --mdwe              prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN); the
  *                       check reads it back and tries to make a writable
@@ -98,6 +102,7 @@ static int mdwe;
 static uint8_t *was_writable;
 static volatile sig_atomic_t check_requested;
 static uint8_t *locked_none;
+static uint8_t *locked_past_eof;
 
 /* The --thread thread: blocked in pause() with every signal blocked. */
 static void *idle_thread(void *arg)
@@ -348,6 +353,20 @@ int main(int argc, char **argv)
 			/* The lock is set; faulting in PROT_NONE pages fails. */
 			if (mlock(locked_none, AREA_PAGES * PAGE) && errno != ENOMEM)
 				die("--locked-none mlock");
+		} else if (!strcmp(a, "--locked-past-eof") && v) {
+			uint8_t page[PAGE];
+			int fd = open(v, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+			i++;
+			memset(page, 0x5a, sizeof(page));
+			if (fd < 0 || pwrite(fd, page, PAGE, 0) != (ssize_t)PAGE)
+				die("--locked-past-eof file");
+			locked_past_eof = mmap(NULL, 4 * PAGE, PROT_READ, MAP_PRIVATE, fd, 0);
+			close(fd);
+			if (locked_past_eof == MAP_FAILED)
+				die("--locked-past-eof mmap");
+			if (mlock(locked_past_eof, 4 * PAGE) && errno != ENOMEM)
+				die("--locked-past-eof mlock");
 		} else if (!strcmp(a, "--mbind")) {
 			struct area *ar = add_area("mbind", AREA_PAGES * PAGE,
 						   MAP_PRIVATE);
@@ -426,8 +445,11 @@ int main(int argc, char **argv)
 		n += snprintf(line + n, sizeof(line) - (size_t)n, " was_writable=%p",
 			      (void *)was_writable);
 	if (locked_none && n < (int)sizeof(line))
-		snprintf(line + n, sizeof(line) - (size_t)n, " locked_none=%p",
-			 (void *)locked_none);
+		n += snprintf(line + n, sizeof(line) - (size_t)n, " locked_none=%p",
+			      (void *)locked_none);
+	if (locked_past_eof && n < (int)sizeof(line))
+		snprintf(line + n, sizeof(line) - (size_t)n, " locked_past_eof=%p",
+			 (void *)locked_past_eof);
 	say("%s", line);
 
 	for (;;) {
