@@ -60,9 +60,10 @@ pub(super) fn memory_areas<T: Task>(
                 Err(source) => {
                     return Err(CollectError::Read {
                         pid: c.pid,
-                        path: e.path.clone(),
+                        // The target's file name: shown escaped.
+                        path: image_format::text::Escaped(e.path.as_bytes()).to_string(),
                         source,
-                    })
+                    });
                 }
             }
         }
