@@ -45,7 +45,7 @@ pub const SCRATCH_LEN: usize = 16 * 1024;
 /// The out-struct part of the borrowed region, at its start.
 const OUT_LEN: u64 = 64;
 /// The System V x86_64 red zone below `rsp` that leaf code may use.
-const RED_ZONE: u64 = 128;
+pub const RED_ZONE: u64 = 128;
 /// `getpid`: the harmless syscall the thread is armed with.
 const GETPID: u64 = 39;
 /// `rt_sigprocmask`.
