@@ -119,7 +119,8 @@ fn link_unsafe_reason(link: &fs::Metadata, dir: &fs::Metadata, euid: u32) -> Opt
 }
 
 /// Walk `path` one component at a time from `/` or `.`, each opened
-/// `O_NOFOLLOW` inside the directory held open before it, so that nothing
+/// `O_PATH | O_NOFOLLOW` (search permission suffices, as for a path)
+/// inside the directory held open before it, so that nothing
 /// is resolved through a name twice. A symlink on the way is followed only
 /// if [`link_unsafe_reason`] has nothing against it. Returns the nearest
 /// existing directory (held open), its path as walked, and the components
@@ -155,7 +156,7 @@ fn resolve(path: &Path, euid: u32) -> Result<(File, PathBuf, Vec<OsString>), Out
             path: here.clone(),
             source,
         };
-        match dirs::open_dir_at(&dir, &name) {
+        match dirs::open_walk_at(&dir, &name) {
             Ok(sub) => {
                 dir = sub;
                 shown = here;
@@ -173,6 +174,10 @@ fn resolve(path: &Path, euid: u32) -> Result<(File, PathBuf, Vec<OsString>), Out
                 } else {
                     shown
                 };
+                let dir = dirs::reopen_dir(&dir).map_err(|source| OutDirError::Io {
+                    path: base_path.clone(),
+                    source,
+                })?;
                 return Ok((dir, base_path, todo));
             }
             Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {}
@@ -204,6 +209,10 @@ fn resolve(path: &Path, euid: u32) -> Result<(File, PathBuf, Vec<OsString>), Out
     } else {
         shown
     };
+    let dir = dirs::reopen_dir(&dir).map_err(|source| OutDirError::Io {
+        path: base_path.clone(),
+        source,
+    })?;
     Ok((dir, base_path, Vec::new()))
 }
 

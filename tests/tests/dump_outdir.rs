@@ -149,7 +149,8 @@ fn a_process_of_another_user_is_reported_as_such() {
         (u.uid, u.gid)
     };
     nix::unistd::chown(&mine, Some(uid), Some(gid)).unwrap();
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    // Search permission only: crdump walks the path as the kernel would.
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o711)).unwrap();
     let mut w = loop_workload();
     let mut command = as_nobody();
     crdump_args(&mut command, w.pid(), &mine.join("out"), &[]);

@@ -124,6 +124,32 @@ pub fn unlink_at(dir: &File, name: &OsStr, is_dir: bool) -> io::Result<()> {
     check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
 }
 
+/// `openat(dir, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)`: a
+/// subdirectory to walk through, refusing a symlink in its place. `O_PATH`
+/// needs only search permission, as a walk by path does.
+///
+/// # References
+/// openat(2) (`O_PATH`)
+pub fn open_walk_at(dir: &File, name: &OsStr) -> io::Result<File> {
+    let name = c_name(name)?;
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: `name` is NUL-terminated and lives across the call.
+    let fd = check(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) })?;
+    // SAFETY: `fd` was just returned by openat and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// `openat(dir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)`: the directory
+/// held by `dir` (an `O_PATH` handle) opened for reading, which `fsync`
+/// needs; the same directory, whatever its names have become since.
+pub fn reopen_dir(dir: &File) -> io::Result<File> {
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    // SAFETY: the path is a static NUL-terminated string.
+    let fd = check(unsafe { libc::openat(dir.as_raw_fd(), c".".as_ptr(), flags) })?;
+    // SAFETY: `fd` was just returned by openat and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
 /// `openat(dir, name, O_PATH | O_NOFOLLOW | O_CLOEXEC)`: a handle on the
 /// name itself, a symlink included (not followed), to `fstat` or read it.
 ///
@@ -138,11 +164,11 @@ pub fn open_path_at(dir: &File, name: &OsStr) -> io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
-/// `open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)` for `/` or `.`, where a
+/// `open(path, O_PATH | O_DIRECTORY | O_CLOEXEC)` for `/` or `.`, where a
 /// walk from there starts (neither can be a symlink itself).
 pub fn open_start(absolute: bool) -> io::Result<File> {
     let path = if absolute { c"/" } else { c"." };
-    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
     // SAFETY: the path is a static NUL-terminated string.
     let fd = check(unsafe { libc::openat(libc::AT_FDCWD, path.as_ptr(), flags) })?;
     // SAFETY: `fd` was just returned by openat and is owned by nobody else.
