@@ -28,39 +28,44 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
+
+use image_format::text::Escaped;
 
 use crate::sys::{dirs, process};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutDirError {
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", shown(.path))]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("{path}: not a directory")]
+    #[error("{}: not a directory", shown(.path))]
     NotDirectory { path: PathBuf },
-    #[error("{path}: {why}; refusing to write a dump there (use --force to do it anyway)")]
+    #[error("{}: {why}; refusing to write a dump there (use --force to do it anyway)", shown(.path))]
     Unsafe { path: PathBuf, why: String },
     #[error(
-        "{path}: its file system has no anonymous files (O_TMPFILE), which crdump needs so that \
-         an interrupted dump leaves nothing behind: {source}"
+        "{}: its file system has no anonymous files (O_TMPFILE), which crdump needs so that \
+         an interrupted dump leaves nothing behind: {source}",
+        shown(.path)
     )]
     NoTmpfile {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("{path}: created by someone else while the dump ran")]
+    #[error("{}: created by someone else while the dump ran", shown(.path))]
     Appeared { path: PathBuf },
-    #[error("{path}: {why}; refusing to follow it (give the directory it points to instead)")]
+    #[error("{}: {why}; refusing to follow it (give the directory it points to instead)", shown(.path))]
     Link { path: PathBuf, why: String },
     #[error(
-        "{path}: the directory crdump created is not the one it opened (owner uid {uid}, mode \
-         {mode:04o}, {nlink} links): replaced by someone else"
+        "{}: the directory crdump created is not the one it opened (owner uid {uid}, mode \
+         {mode:04o}, {nlink} links): replaced by someone else",
+        shown(.path)
     )]
     Swapped {
         path: PathBuf,
@@ -68,6 +73,12 @@ pub enum OutDirError {
         mode: u32,
         nlink: u64,
     },
+}
+
+/// A path for a message: escaped, as a link target on the way may hold
+/// anything.
+fn shown(path: &Path) -> Escaped<'_> {
+    Escaped(path.as_os_str().as_bytes())
 }
 
 /// Where a dump goes: the nearest existing directory, held open, and the
@@ -588,6 +599,16 @@ mod tests {
         fs::create_dir(&open).unwrap();
         fs::set_permissions(&open, fs::Permissions::from_mode(0o755)).unwrap();
         assert!(created_dir_mismatch(&fs::metadata(&open).unwrap(), euid));
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn paths_in_messages_are_escaped() {
+        let base = scratch("escaped");
+        fs::write(base.join("x\n\x1b[1my"), b"").unwrap();
+        let err = OutDir::prepare(&base.join("x\n\x1b[1my/out"), false).unwrap_err();
+        let text = err.to_string();
+        assert!(text.ends_with("x\\n\\x1b[1my: not a directory"), "{text:?}");
         fs::remove_dir_all(&base).unwrap();
     }
 
