@@ -29,6 +29,7 @@ const COMPILED: &[(&str, &str)] = &[
     ("vmflags", env!("WORKLOAD_VMFLAGS")),
     ("seccomp_echo", env!("WORKLOAD_SECCOMP_ECHO")),
     ("sigsuspend_mask", env!("WORKLOAD_SIGSUSPEND_MASK")),
+    ("small_stack", env!("WORKLOAD_SMALL_STACK")),
 ];
 
 /// The script workloads, by file name, in `workloads/`.
