@@ -205,25 +205,43 @@ fn set_tid() -> Check {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(32768);
-    // A pid nobody uses, near the top of the range.
-    let Some(free) = (pid_max / 2..pid_max)
+    // A pid nobody uses, near the top of the range. One that looked free
+    // can be taken by the time clone3 runs (processes start all the time):
+    // EEXIST says nothing about set_tid, so the next free one is tried.
+    let mut free = (pid_max / 2..pid_max)
         .rev()
-        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
-    else {
+        .filter(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        .take(16)
+        .peekable();
+    if free.peek().is_none() {
         return check(name, Verdict::Warn, "no free pid to try");
-    };
-    match crate::sys::try_clone3_set_tid(free) {
-        Ok(()) => check(
-            name,
-            Verdict::Ok,
-            format!("a task was created with pid {free}: threads keep their ids"),
-        ),
-        Err(e) => check(
-            name,
-            Verdict::Warn,
-            format!("{e}: restored threads get new ids"),
-        ),
     }
+    let mut last = None;
+    for pid in free {
+        match crate::sys::try_clone3_set_tid(pid) {
+            Ok(()) => {
+                return check(
+                    name,
+                    Verdict::Ok,
+                    format!("a task was created with pid {pid}: threads keep their ids"),
+                )
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => last = Some(e),
+            Err(e) => {
+                return check(
+                    name,
+                    Verdict::Warn,
+                    format!("{e}: restored threads get new ids"),
+                )
+            }
+        }
+    }
+    let e = last.map_or_else(|| "no free pid".to_owned(), |e| e.to_string());
+    check(
+        name,
+        Verdict::Warn,
+        format!("{e} for every pid tried: restored threads may get new ids"),
+    )
 }
 
 /// What the flags of a binfmt entry mean for the people who run images.
