@@ -8,7 +8,8 @@ use image_format::Image;
 
 use super::os::Os;
 use super::CheckError;
-use crate::creds::{self, cap};
+use crate::creds::{self, cap, CurrentCreds};
+use crate::sys::Errno;
 
 /// What this process may do, as the kernel will check it (not euid 0:
 /// root in a container may lack these, and would then fail clone3 or
@@ -117,6 +118,7 @@ pub fn decide_creds(
         }
         _ => None,
     };
+    check_owner_bound(os, image_owner.0, uids, p.caps, now_creds, creds)?;
     if let (Some(c), Some(now)) = (image_creds, now_creds) {
         let gap = creds::creds_gap(&c, &now, uids, creds.is_some());
         if !gap.is_empty() {
@@ -135,4 +137,113 @@ pub fn decide_creds(
     // setresuid that changes the ids resets it to fs.suid_dumpable, and
     // the loader leaves it so.
     Ok((creds, no_new_privs))
+}
+
+/// For every image not owned by root, whatever the record said (also one
+/// with exactly its owner's ids, which nothing lowered): what the task will
+/// end with — this process's ids and capabilities, changed by the plan's
+/// `setresuid` to `creds` when it sets them, with the kernel's fix-up —
+/// must be the owner's uid in every id and no capabilities. Root without
+/// CAP_SETUID would leave the task uid 0; root with
+/// `SECBIT_NO_SETUID_FIXUP` would switch but keep every capability.
+fn check_owner_bound(
+    os: &impl Os,
+    owner_uid: u32,
+    uids: [u32; 3],
+    caps: u64,
+    now_creds: Option<CurrentCreds>,
+    creds: Option<CredsRecord>,
+) -> Result<(), CheckError> {
+    if owner_uid == 0 {
+        return Ok(());
+    }
+    let securebits = os.securebits();
+    // Unknown sets: the effective one (all capget gives) stands for all.
+    let now = now_creds.unwrap_or(CurrentCreds {
+        cap_inheritable: 0,
+        cap_permitted: caps,
+        cap_effective: caps,
+        cap_bounding: 0,
+        cap_ambient: caps,
+        securebits,
+        groups: [0; image_format::records::MAX_GROUPS],
+        ngroups: 0,
+        groups_cut: true,
+    });
+    let (task_uids, will) = match creds {
+        Some(c) => (
+            [c.uid[0], c.uid[1], c.uid[2]],
+            creds::after_switch(&now, uids, c.uid, true),
+        ),
+        None => (uids, now),
+    };
+    match creds::exceeds_owner(owner_uid, task_uids, &will) {
+        Some(e) => Err(CheckError::ExceedsOwner {
+            owner: owner_uid,
+            uids: e.uids,
+            caps: e.caps,
+            securebits,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// How many supplementary groups of this process stage 1 can put back
+/// after opening as the task ([`as_task`]); more is refused.
+const SAVED_GROUPS: usize = 256;
+
+/// This process's own file-access identity, while stage 1 opens files as
+/// the task's ([`as_task`]).
+struct SavedIdentity {
+    fsuid: u32,
+    fsgid: u32,
+    groups: [u32; SAVED_GROUPS],
+    ngroups: usize,
+}
+
+/// Run `open` (stage 1's opens of every path the image names, and its
+/// `fchdir` test) with the file-access identity of the task's final
+/// credentials `creds` (`None`: the task keeps this process's, nothing
+/// changes): its supplementary groups, fsgid and fsuid (the effective
+/// ids, which `setresuid` makes the fs ids). A non-zero fsuid drops the
+/// file-system capabilities (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, ...)
+/// from the effective set, so a root loader opens only what the task
+/// itself could open: the fds and mappings it hands over are the task's
+/// own. This process's identity comes back after, on success or not.
+pub fn as_task<T>(
+    os: &impl Os,
+    creds: Option<&CredsRecord>,
+    open: impl FnOnce() -> Result<T, CheckError>,
+) -> Result<T, CheckError> {
+    let Some(c) = creds else {
+        return open();
+    };
+    let failed = |errno: Errno| CheckError::Identity { errno };
+    let mut saved = SavedIdentity {
+        fsuid: 0,
+        fsgid: 0,
+        groups: [0; SAVED_GROUPS],
+        ngroups: 0,
+    };
+    saved.ngroups = os.groups(&mut saved.groups).map_err(failed)?;
+    let n = (c.ngroups as usize).min(c.groups.len());
+    os.set_groups(&c.groups[..n]).map_err(failed)?;
+    match os.set_fs_ids(c.uid[1], c.gid[1]) {
+        Ok((fsuid, fsgid)) => (saved.fsuid, saved.fsgid) = (fsuid, fsgid),
+        Err(errno) => {
+            let _ = os.set_groups(&saved.groups[..saved.ngroups]);
+            return Err(failed(errno));
+        }
+    }
+    let result = open();
+    // Back to this process's own, fsuid first (CAP_SETUID is not a
+    // file-system capability: a non-zero fsuid kept it).
+    let back = os
+        .set_fs_ids(saved.fsuid, saved.fsgid)
+        .and_then(|_| os.set_groups(&saved.groups[..saved.ngroups]));
+    match (result, back) {
+        (Ok(v), Ok(())) => Ok(v),
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(errno)) => Err(failed(errno)),
+    }
 }
