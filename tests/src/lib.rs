@@ -25,6 +25,7 @@
 pub mod binfmt;
 pub mod cli;
 pub mod facts;
+pub mod java;
 pub mod lines;
 pub mod paths;
 pub mod privilege;

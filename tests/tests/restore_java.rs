@@ -3,20 +3,11 @@
 //! checking its own heap and tick stream afterwards.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use crimg_tests::process::{CheckTrigger, LINE_TIMEOUT, READY_TIMEOUT};
-use crimg_tests::{binaries, scratch_dir, skip_unless_root, TickStream, Workload};
-
-fn on_path(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| Path::new(dir).join(program))
-        .find(|p| p.is_file())
-}
+use crimg_tests::java::{start_java_loop, JavaLoop};
+use crimg_tests::process::{CheckTrigger, LINE_TIMEOUT};
+use crimg_tests::{binaries, scratch_dir, skip_unless_root, TickStream};
 
 fn task_count(pid: i32) -> usize {
     fs::read_dir(format!("/proc/{pid}/task"))
@@ -27,34 +18,14 @@ fn task_count(pid: i32) -> usize {
 #[test]
 fn java_loop_resumes_with_every_thread() {
     skip_unless_root!();
-    let (Some(java), Some(javac)) = (on_path("java"), on_path("javac")) else {
-        // tools/test.sh installs a JDK when it runs as root.
-        crimg_tests::privilege::report_skip("no java and javac on PATH");
+    let Some(JavaLoop {
+        mut jvm,
+        classes: _classes,
+    }) = start_java_loop(20)
+    else {
         return;
     };
-    // Compiled ahead: java's source-file launcher keeps a socket open, which
-    // crdump refuses.
-    let classes = scratch_dir();
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/Loop.java");
-    let status = Command::new(javac)
-        .arg("-d")
-        .arg(classes.path())
-        .arg(&source)
-        .status()
-        .unwrap();
-    assert!(status.success(), "javac {} failed", source.display());
-    let mut command = Command::new(java);
-    command
-        .arg("-Xmx256m")
-        .arg("-cp")
-        .arg(classes.path())
-        .arg("Loop")
-        .args(["--interval-ms", "20"]);
-    let mut jvm = Workload::spawn_command("loop.java", command).unwrap_or_else(|e| panic!("{e}"));
-    let ready = jvm
-        .wait_ready(READY_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .clone();
+    let ready = jvm.ready().expect("READY").clone();
     jvm.expect_line("TICK 5");
     let threads = task_count(jvm.pid());
     assert!(threads > 5, "a JVM has many threads, found {threads}");

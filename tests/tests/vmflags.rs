@@ -354,29 +354,13 @@ fn bash_keeps_every_vm_flag() {
 #[test]
 fn jvm_keeps_the_vm_flags_of_its_areas() {
     crimg_tests::skip_unless_root!();
-    let (Some(java), Some(javac)) = (on_path("java"), on_path("javac")) else {
-        crimg_tests::privilege::report_skip("no java and javac on PATH");
+    let Some(crimg_tests::java::JavaLoop {
+        mut jvm,
+        classes: _classes,
+    }) = crimg_tests::java::start_java_loop(20)
+    else {
         return;
     };
-    let classes = scratch_dir();
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/Loop.java");
-    let status = Command::new(javac)
-        .arg("-d")
-        .arg(classes.path())
-        .arg(&source)
-        .status()
-        .unwrap();
-    assert!(status.success(), "javac {} failed", source.display());
-    let mut command = Command::new(java);
-    command
-        .arg("-Xmx256m")
-        .arg("-cp")
-        .arg(classes.path())
-        .arg("Loop")
-        .args(["--interval-ms", "20"]);
-    let mut jvm = Workload::spawn_command("loop.java", command).unwrap_or_else(|e| panic!("{e}"));
-    jvm.wait_ready(READY_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
     jvm.expect_line("TICK 5");
     let bins = binaries();
     let scratch = scratch_dir();
@@ -397,14 +381,6 @@ fn jvm_keeps_the_vm_flags_of_its_areas() {
     // and the dump would show here; none were seen in its steady loop (a
     // guard page that lost `ac` was a real loss, now fixed).
     assert_same_vm_flags_of_unchanged_areas(&before, &vm_flags_of(restored.pid()), 80, 0);
-}
-
-fn on_path(program: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| Path::new(dir).join(program))
-        .find(|p| p.is_file())
 }
 
 /// An area with a NUMA memory policy of its own (`mbind`) is refused by
