@@ -324,3 +324,87 @@ fn root_that_would_keep_root_or_capabilities_is_refused_for_a_users_image() {
     assert_eq!(line("CapEff:"), "0000000000000000");
     assert_eq!(line("CapPrm:"), "0000000000000000");
 }
+
+/// A tmpfs mounted `nosuid` at a path, unmounted (lazily) on drop.
+struct NosuidMount(PathBuf);
+
+impl NosuidMount {
+    fn at(dir: &Path) -> NosuidMount {
+        use nix::mount::{mount, MsFlags};
+        fs::create_dir(dir).unwrap();
+        mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("size=64m,mode=0755"),
+        )
+        .unwrap_or_else(|err| panic!("mount a nosuid tmpfs at {}: {err}", dir.display()));
+        NosuidMount(dir.to_owned())
+    }
+}
+
+impl Drop for NosuidMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// A root-owned image of a root process on a `nosuid` mount: no one on
+/// this machine vouched for it (a stick, a user's mount), as the kernel
+/// would not honour a setuid bit there. It counts as owned by nobody: root
+/// running it gets a process with nobody's ids and no capabilities, said
+/// in one warning; the same image elsewhere restores root.
+#[test]
+fn a_root_image_on_a_nosuid_mount_runs_as_nobody() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let shared = scratch.path().join("shared");
+    fs::write(&shared, b"pub!").unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o666)).unwrap();
+    let dumped = dumped_holder(&bins, scratch.path(), "fd", &shared);
+    let mount = NosuidMount::at(&scratch.path().join("nosuid"));
+    let image = mount.0.join("root.crimg");
+    fs::copy(&dumped.dump.image, &image).unwrap();
+    let (nobody, _) = nobody_ids();
+
+    let mut restored = bins.restore("restored from nosuid", &image).unwrap();
+    restored.send_line("x").unwrap();
+    restored.expect_line("alive b'pub!'");
+    let status = fs::read_to_string(format!("/proc/{}/status", restored.pid())).unwrap();
+    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap();
+    assert_eq!(
+        (uid.split_whitespace().collect::<Vec<_>>(), cap_eff.trim()),
+        (vec![nobody.to_string().as_str(); 4], "0000000000000000"),
+        "{}",
+        restored.stderr_report()
+    );
+    // Printed before the restore, on another pipe than stdout.
+    let warned = |w: &mut Workload| {
+        w.stderr_lines()
+            .iter()
+            .filter(|l| l.contains("warning") && l.contains("nosuid mount"))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + LINE_TIMEOUT;
+    while warned(&mut restored) == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(warned(&mut restored), 1, "{}", restored.stderr_report());
+    drop(restored);
+
+    let mut restored = bins
+        .restore("restored root image", &dumped.dump.image)
+        .unwrap();
+    restored.send_line("x").unwrap();
+    restored.expect_line("alive b'pub!'");
+    let status = fs::read_to_string(format!("/proc/{}/status", restored.pid())).unwrap();
+    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap();
+    assert_eq!(uid.split_whitespace().collect::<Vec<_>>(), vec!["0"; 4]);
+}

@@ -139,6 +139,50 @@ pub fn decide_creds(
     Ok((creds, no_new_privs))
 }
 
+/// `ST_NOSUID`: the mount ignores set-user-ID and set-group-ID bits.
+const ST_NOSUID: u64 = 2;
+
+/// Whom the image counts as owned by, for the bound: its file's owner
+/// `(uid, gid)`, but nobody (the kernel's overflow ids) when it lies on a
+/// `nosuid` mount, or when that cannot be told: such a mount (a USB stick,
+/// a user's FUSE mount) may hold a root-owned file that no one on this
+/// machine vouched for, and the kernel would not honour a setuid bit there
+/// either.
+pub fn image_owner(os: &impl Os, name: &[u8], image_fd: i32, owner: (u32, u32)) -> (u32, u32) {
+    let flags = os.mount_flags(image_fd);
+    if flags.is_ok_and(|f| f & ST_NOSUID == 0) {
+        return owner;
+    }
+    let overflow = |path: &[u8]| {
+        let mut buf = [0u8; 16];
+        os.read_file(path, &mut buf)
+            .ok()
+            .and_then(|n| core::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok())
+            .unwrap_or(65534)
+    };
+    let nobody = (
+        overflow(b"/proc/sys/kernel/overflowuid"),
+        overflow(b"/proc/sys/kernel/overflowgid"),
+    );
+    match flags {
+        Ok(_) => os.report(
+            name,
+            format_args!(
+                "warning: the image is on a nosuid mount: it counts as owned by uid {} gid {} (nobody), not by its file's owner",
+                nobody.0, nobody.1
+            ),
+        ),
+        Err(errno) => os.report(
+            name,
+            format_args!(
+                "warning: the image's mount flags cannot be read ({errno}): it counts as owned by uid {} gid {} (nobody)",
+                nobody.0, nobody.1
+            ),
+        ),
+    }
+    nobody
+}
+
 /// For every image not owned by root, whatever the record said (also one
 /// with exactly its owner's ids, which nothing lowered): what the task will
 /// end with — this process's ids and capabilities, changed by the plan's

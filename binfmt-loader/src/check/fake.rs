@@ -33,6 +33,8 @@ pub struct Fake {
     pub warnings: RefCell<Vec<String>>,
     /// The file-access ids `set_fs_ids` set (`None`: the process's own).
     pub fs_ids: RefCell<Option<(u32, u32)>>,
+    /// What `fstatfs` says of every file's mount (`ST_*`).
+    pub mount_flags: u64,
 }
 
 impl Fake {
@@ -93,6 +95,7 @@ impl Fake {
             next_fd: RefCell::new(3),
             warnings: RefCell::new(Vec::new()),
             fs_ids: RefCell::new(None),
+            mount_flags: 0,
         }
     }
 
@@ -200,6 +203,9 @@ impl Os for Fake {
     }
     fn securebits(&self) -> u32 {
         0
+    }
+    fn mount_flags(&self, _fd: i32) -> Result<u64, Errno> {
+        Ok(self.mount_flags)
     }
     fn groups(&self, _buf: &mut [u32]) -> Result<usize, Errno> {
         Ok(0)

@@ -399,11 +399,11 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
     let loader_fds = fds::place_loader_fds(os, &notes.fds, mapped.fd)?;
     let base = loader_fds.base;
 
+    let owner = credentials::image_owner(os, name, mapped.fd, mapped.owner);
     // The credentials first: every path the image names is opened as the
     // task will be (`credentials::as_task`), never with this process's.
     let privilege = credentials::Privilege::of(os);
-    let (creds, no_new_privs) =
-        credentials::decide_creds(os, name, &image, mapped.owner, &privilege)?;
+    let (creds, no_new_privs) = credentials::decide_creds(os, name, &image, owner, &privilege)?;
     // The other threads get their tids back only with set_tid (privileged).
     // Whether a tid is free is found by creating the thread, before the
     // point of no return (`crate::threads`, which also says when they get

@@ -41,6 +41,8 @@ pub trait Os {
     /// The effective capability set (bit n: capability n).
     fn effective_caps(&self) -> u64;
     fn securebits(&self) -> u32;
+    /// `fstatfs(fd)`'s `f_flags`: the flags of the mount `fd` is on.
+    fn mount_flags(&self, fd: i32) -> Result<u64, Errno>;
     /// `getgroups`: this thread's supplementary groups into `buf`.
     fn groups(&self, buf: &mut [u32]) -> Result<usize, Errno>;
     /// `setgroups` for this thread.

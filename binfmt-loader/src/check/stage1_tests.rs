@@ -438,3 +438,22 @@ fn a_caller_whose_capabilities_would_stay_is_refused() {
         Err(CheckError::CapsKept { .. })
     ));
 }
+
+#[test]
+fn an_image_on_a_nosuid_mount_counts_as_owned_by_nobody() {
+    let mut os = machine();
+    os.uids = [0; 3];
+    os.gids = [0; 3];
+    os.caps = (1 << 41) - 1;
+    os.mount_flags = 2; // ST_NOSUID
+    let mut state = task();
+    state.creds.uid = [0; 4];
+    state.creds.gid = [0; 4];
+    // Owned by root, but on a nosuid mount: nobody's credentials.
+    let c = run(&os, &state, code_page(), (0, 0)).unwrap();
+    let creds = c.input.creds.expect("credentials switched");
+    assert_eq!((creds.uid[0], creds.gid[0]), (65534, 65534));
+    assert!(os.warned("nosuid mount"));
+    // Stage 1 gave this process its own file-access ids back.
+    assert_eq!(*os.fs_ids.borrow(), Some((0, 0)));
+}

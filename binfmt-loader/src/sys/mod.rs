@@ -55,6 +55,7 @@ pub mod nr {
     pub const GETGROUPS: u64 = 115;
     pub const SETFSUID: u64 = 122;
     pub const SETFSGID: u64 = 123;
+    pub const FSTATFS: u64 = 138;
     pub const PERSONALITY: u64 = 135;
     pub const PRCTL: u64 = 157;
     pub const ARCH_PRCTL: u64 = 158;
@@ -621,6 +622,19 @@ pub fn unmap_window(window: &'static mut [u8]) {
             0,
         )
     };
+}
+
+/// `fstatfs(fd)`: the mount flags (`f_flags`, `ST_*`) of the file
+/// system `fd` is on.
+pub fn fstatfs_flags(fd: i32) -> Result<u64, Errno> {
+    // `struct statfs` (x86-64): eleven 8-byte fields, `f_flags` the
+    // eleventh, then four spare words.
+    let mut st = [0u64; 15];
+    // SAFETY: the kernel writes one 120-byte `struct statfs` into a live
+    // 120-byte array.
+    let r = unsafe { syscall6(nr::FSTATFS, int_arg(fd), st.as_mut_ptr() as u64, 0, 0, 0, 0) };
+    result(r)?;
+    Ok(st[10])
 }
 
 /// `getgroups(buf.len(), buf)`: this thread's supplementary groups.

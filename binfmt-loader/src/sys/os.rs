@@ -56,6 +56,9 @@ impl Os for Kernel {
     fn securebits(&self) -> u32 {
         super::securebits()
     }
+    fn mount_flags(&self, fd: i32) -> Result<u64, Errno> {
+        super::fstatfs_flags(fd)
+    }
     fn groups(&self, buf: &mut [u32]) -> Result<usize, Errno> {
         super::get_groups(buf)
     }
