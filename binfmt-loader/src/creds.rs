@@ -249,6 +249,39 @@ pub fn exceeds_owner(owner_uid: u32, uids: [u32; 3], will: &CurrentCreds) -> Opt
     (owner_uid != 0 && (wrong_uid || caps != 0)).then_some(Excess { uids, caps })
 }
 
+/// The complete lines of a colon-separated database (`/etc/passwd`,
+/// `/etc/group`) read into a buffer, split into fields; a last line without
+/// its newline may be cut by the buffer: left out.
+fn db_lines(text: &[u8]) -> impl Iterator<Item = [&[u8]; 4]> + '_ {
+    let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    text[..complete]
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty() && l[0] != b'#')
+        .map(|l| {
+            let mut f = l.split(|&b| b == b':');
+            [(); 4].map(|()| f.next().unwrap_or(&[]))
+        })
+}
+
+fn parse_id(s: &[u8]) -> Option<u32> {
+    parse_radix(s, 10).and_then(|v| u32::try_from(v).ok())
+}
+
+/// The name and primary gid of `uid` in `/etc/passwd` text; its first entry.
+pub fn passwd_entry(passwd: &[u8], uid: u32) -> Option<(&[u8], u32)> {
+    db_lines(passwd).find_map(|[name, _, u, gid]| {
+        (parse_id(u) == Some(uid)).then(|| parse_id(gid).map(|g| (name, g)))?
+    })
+}
+
+/// Whether user `name` is listed as a member of group `gid` in
+/// `/etc/group` text.
+pub fn group_lists(group: &[u8], gid: u32, name: &[u8]) -> bool {
+    db_lines(group).any(|[_, _, g, members]| {
+        parse_id(g) == Some(gid) && members.split(|&b| b == b',').any(|m| m == name)
+    })
+}
+
 /// Whether the supplementary groups differ (then the plan sets them, when it
 /// may).
 pub fn groups_differ(image: &CredsRecord, now: &CurrentCreds) -> bool {
@@ -534,6 +567,19 @@ CapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\n";
         let none = after_switch(&now, [0; 3], user.uid, true);
         assert!(exceeds_owner(1001, [1000; 3], &none).is_some());
         assert_eq!(exceeds_owner(0, [0; 3], &now), None);
+    }
+
+    #[test]
+    fn the_owners_groups_come_from_the_databases() {
+        let passwd = b"root:x:0:0:root:/root:/bin/sh\nann:x:1000:100:Ann:/home/ann:/bin/sh\nbob:x:1001:1001::/:/bin/sh";
+        assert_eq!(passwd_entry(passwd, 1000), Some((&b"ann"[..], 100)));
+        // Cut by the buffer (no newline): not trusted.
+        assert_eq!(passwd_entry(passwd, 1001), None);
+        assert_eq!(passwd_entry(passwd, 7), None);
+        let group = b"root:x:0:\nwheel:x:10:bob,ann\nusers:x:100:\nannx:x:11:anna\n";
+        assert!(group_lists(group, 10, b"ann"));
+        assert!(!group_lists(group, 11, b"ann"));
+        assert!(!group_lists(group, 0, b"ann"));
     }
 
     #[test]

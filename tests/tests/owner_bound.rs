@@ -408,3 +408,53 @@ fn a_root_image_on_a_nosuid_mount_runs_as_nobody() {
     let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap();
     assert_eq!(uid.split_whitespace().collect::<Vec<_>>(), vec!["0"; 4]);
 }
+
+/// A nobody-owned image whose file has group root (as a file created in a
+/// setgid directory of group root would, whatever its creator's groups):
+/// nobody is no member of root, so the task gets nobody's primary group
+/// (from /etc/passwd), not gid 0, and a warning says so.
+#[test]
+fn an_images_group_counts_only_when_its_owner_is_a_member() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let shared = scratch.path().join("shared");
+    fs::write(&shared, b"pub!").unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o666)).unwrap();
+    let dumped = dumped_holder(&bins, scratch.path(), "fd", &shared);
+    let forged = owned_by_nobody(&dumped.dump.image, "group-root.crimg");
+    chown(&forged, None, Some(0)).unwrap();
+    let (nobody, nogroup) = nobody_ids();
+
+    let mut restored = bins.restore("restored group-root image", &forged).unwrap();
+    restored.send_line("x").unwrap();
+    restored.expect_line("alive b'pub!'");
+    let status = fs::read_to_string(format!("/proc/{}/status", restored.pid())).unwrap();
+    let ids = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids("Uid:"), vec![nobody.to_string(); 4]);
+    assert_eq!(
+        (ids("Gid:"), ids("Groups:")),
+        (vec![nogroup.to_string(); 4], vec![]),
+        "{}",
+        restored.stderr_report()
+    );
+    let warned = |w: &mut Workload| {
+        w.stderr_lines()
+            .iter()
+            .any(|l| l.contains(&format!("group 0 is not one of uid {nobody}'s groups")))
+    };
+    let deadline = std::time::Instant::now() + LINE_TIMEOUT;
+    while !warned(&mut restored) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(warned(&mut restored), "{}", restored.stderr_report());
+}

@@ -183,6 +183,57 @@ pub fn image_owner(os: &impl Os, name: &[u8], image_fd: i32, owner: (u32, u32)) 
     nobody
 }
 
+/// How much of `/etc/passwd` and `/etc/group` is read; an entry past it
+/// counts as unknown.
+const DB_BYTES: usize = 64 * 1024;
+
+/// The group the bound grants with a non-root `owner` `(uid, file's gid)`:
+/// the file's group only when the owner belongs to it — it is the owner's
+/// primary group in `/etc/passwd` or `/etc/group` lists the owner in it (a
+/// file created in a setgid directory gets that directory's group whether
+/// or not its creator is a member; the owner cannot give a file a group it
+/// lacks otherwise). Else the owner's primary group, or, when the owner has
+/// no entry in `/etc/passwd` (a directory service the loader cannot ask),
+/// the kernel's overflow gid (nogroup): never a group the image's record
+/// names, which its owner wrote.
+pub fn owner_group(os: &impl Os, name: &[u8], owner: (u32, u32)) -> (u32, u32) {
+    let (uid, file_gid) = owner;
+    if uid == 0 {
+        return owner;
+    }
+    let mut passwd = [0u8; DB_BYTES];
+    let n = os.read_file(b"/etc/passwd", &mut passwd).unwrap_or(0);
+    let entry = creds::passwd_entry(&passwd[..n], uid);
+    let member = entry.is_some_and(|(user, primary)| {
+        if primary == file_gid {
+            return true;
+        }
+        let mut group = [0u8; DB_BYTES];
+        let n = os.read_file(b"/etc/group", &mut group).unwrap_or(0);
+        creds::group_lists(&group[..n], file_gid, user)
+    });
+    if member {
+        return owner;
+    }
+    let gid = match entry {
+        Some((_, primary)) => primary,
+        None => {
+            let mut buf = [0u8; 16];
+            os.read_file(b"/proc/sys/kernel/overflowgid", &mut buf)
+                .ok()
+                .and_then(|n| core::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok())
+                .unwrap_or(65534)
+        }
+    };
+    os.report(
+        name,
+        format_args!(
+            "warning: the image file's group {file_gid} is not one of uid {uid}'s groups: it counts as group {gid}"
+        ),
+    );
+    (uid, gid)
+}
+
 /// For every image not owned by root, whatever the record said (also one
 /// with exactly its owner's ids, which nothing lowered): what the task will
 /// end with — this process's ids and capabilities, changed by the plan's

@@ -399,7 +399,8 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
     let loader_fds = fds::place_loader_fds(os, &notes.fds, mapped.fd)?;
     let base = loader_fds.base;
 
-    let owner = credentials::image_owner(os, name, mapped.fd, mapped.owner);
+    let owner = credentials::image_owner(os, name, loader_fds.image_fd, mapped.owner);
+    let owner = credentials::owner_group(os, name, owner);
     // The credentials first: every path the image names is opened as the
     // task will be (`credentials::as_task`), never with this process's.
     let privilege = credentials::Privilege::of(os);
