@@ -78,12 +78,23 @@ for line in sys.stdin:
 /// Dump (and kill) a root Python process holding `path` (`mode`: `map`,
 /// `fd`, `dev`), its cwd `cwd`; everything but `path` is open to nobody.
 fn dumped_holder(bins: &Binaries, scratch: &Path, mode: &str, path: &Path) -> Dumped {
+    dumped_holder_in(bins, scratch, scratch, mode, path)
+}
+
+/// [`dumped_holder`] with its working directory `cwd`.
+fn dumped_holder_in(
+    bins: &Binaries,
+    scratch: &Path,
+    cwd: &Path,
+    mode: &str,
+    path: &Path,
+) -> Dumped {
     // The system's Python, which nobody may run.
     let mut command = Command::new(PYTHON);
     command
         .args(["-c", HOLDS_A_FILE, mode])
         .arg(path)
-        .current_dir(scratch);
+        .current_dir(cwd);
     let mut python = Workload::spawn_command("python holding a file", command).unwrap();
     if let Err(err) = python.wait_ready(READY_TIMEOUT) {
         panic!("{err}\n{}", python.stderr_report());
@@ -137,6 +148,37 @@ fn a_nobody_image_cannot_open_a_root_only_file() {
         restored.send_line("x").unwrap();
         restored.expect_line("alive b'ssss'");
     }
+}
+
+/// A nobody-owned image of a root process whose working directory was a
+/// root-only directory: root running it must not enter it for the task
+/// (the plan's fchdir runs before the credentials change). Refused (exit
+/// 5); owned by root, the image restores into that directory.
+#[test]
+fn a_nobody_image_cannot_enter_a_root_only_directory() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let (scratch, secret) = scratch_with_secret();
+    let shared = scratch.path().join("shared");
+    fs::write(&shared, b"pub!").unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o666)).unwrap();
+    let secret_dir = secret.parent().unwrap().to_owned();
+    let dumped = dumped_holder_in(&bins, scratch.path(), &secret_dir, "fd", &shared);
+    let forged = owned_by_nobody(&dumped.dump.image, "forged.crimg");
+    let message = refusal(bins.loader_command(&forged), 5);
+    assert!(
+        message.contains(&format!("working directory {}", secret_dir.display())),
+        "{message}"
+    );
+    let mut restored = bins
+        .restore("restored root image", &dumped.dump.image)
+        .unwrap();
+    restored.send_line("x").unwrap();
+    restored.expect_line("alive b'pub!'");
+    assert_eq!(
+        fs::read_link(format!("/proc/{}/cwd", restored.pid())).unwrap(),
+        secret_dir
+    );
 }
 
 /// Replace the string `from` by `to` (the same length) everywhere in the
