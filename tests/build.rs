@@ -17,6 +17,7 @@ const C_WORKLOADS: &[&str] = &[
     "seccomp_echo",
     "sigsuspend_mask",
     "cred_threads",
+    "small_stack",
 ];
 
 fn main() {

@@ -30,6 +30,10 @@ use crate::mm_state;
 use crate::plan::{PageLoad, Range, TargetVma};
 
 const PAGE: u64 = 4096;
+/// Areas of the bootstrap window (one mapping; more if a kernel splits it)
+/// and of the vDSO block, for the `vm.max_map_count` check.
+const WINDOW_AREAS: u64 = 2;
+const VDSO_AREAS: u64 = 3;
 const RLIM_INFINITY: u64 = u64::MAX;
 
 /// What the kernel's limits are for this process and machine.
@@ -50,6 +54,8 @@ pub struct MemoryFacts {
     pub rlimit_memlock: u64,
     pub cap_sys_admin: bool,
     pub cap_ipc_lock: bool,
+    /// `vm.max_map_count`; `None` when it could not be read.
+    pub max_map_count: Option<u64>,
 }
 
 /// The limit the task's memory does not fit in; sizes in bytes.
@@ -78,12 +84,21 @@ pub enum LimitError {
         need: u64,
         limit: u64,
     },
+    /// More areas than `vm.max_map_count`.
+    MapCount {
+        need: u64,
+        limit: u64,
+    },
 }
 
 impl fmt::Display for LimitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const K: u64 = 1024;
         match *self {
+            LimitError::MapCount { need, limit } => write!(
+                f,
+                "the task's memory needs {need} areas while it is restored, more than this machine's vm.max_map_count ({limit})"
+            ),
             LimitError::AddressSpace { need, limit } => write!(
                 f,
                 "the task's memory areas take {} KiB of address space, more than this process's RLIMIT_AS ({} KiB)",
@@ -180,6 +195,9 @@ pub fn check(
         shmem: false,
         stack: false,
     };
+    // The kernel's vDSO block is not added: it is parked in the window
+    // (`window_bytes` has its room) before any area is built, and moved
+    // out of it onto the target's old addresses after.
     let mut total = 0u64;
     let mut data = 0u64;
     let mut charged = 0u64;
@@ -217,6 +235,18 @@ pub fn check(
         }
         if flags & vma_flags::LOCKED != 0 {
             locked = locked.saturating_add(m.len);
+        }
+    }
+    if let Some(limit) = facts.max_map_count {
+        // Every area of the task, the window, and the vDSO block (three
+        // parts, counted once whether the target had them or not), all at
+        // once after the loader's own areas are gone.
+        let areas = vmas.iter().filter(|v| !v.is_special()).count();
+        let need = u64::try_from(areas)
+            .unwrap_or(u64::MAX)
+            .saturating_add(WINDOW_AREAS + VDSO_AREAS);
+        if need > limit {
+            return Err(LimitError::MapCount { need, limit });
         }
     }
     if facts.rlimit_as != RLIM_INFINITY && total > facts.rlimit_as {
@@ -294,9 +324,36 @@ fn sysctl(path: &[u8]) -> Option<u64> {
     leading_number(&buf[..n])
 }
 
+/// Whether `uid_map` (the text of `/proc/self/uid_map`) is the initial
+/// user namespace's: one line mapping every uid onto itself.
+fn is_initial_uid_map(uid_map: &[u8]) -> bool {
+    let mut fields = uid_map
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|f| !f.is_empty());
+    let mut next = || fields.next().and_then(leading_number);
+    (next(), next(), next(), next()) == (Some(0), Some(0), Some(u64::from(u32::MAX)), None)
+}
+
+/// Whether this process is in the initial user namespace. `CAP_IPC_LOCK`
+/// (mlock) and `CAP_SYS_ADMIN` (the admin reserve) count for `mm` limits
+/// only there (`capable()`, not `ns_capable()`), while the CapEff line of
+/// `/proc/self/status` tells the caps in the current user namespace: root
+/// of `unshare -U -r` has them all but may lock no more than
+/// `RLIMIT_MEMLOCK`. Unknown (no `/proc`) counts as not initial.
+fn in_initial_user_ns() -> bool {
+    let mut map = [0u8; 256];
+    crate::sys::read_small_file(b"/proc/self/uid_map", &mut map)
+        .is_ok_and(|n| is_initial_uid_map(&map[..n]))
+}
+
 /// This process's and this machine's limits, as the kernel will apply them.
 /// A `/proc` file that cannot be read leaves its check out.
 pub fn read_facts(effective_caps: u64) -> MemoryFacts {
+    let effective_caps = if in_initial_user_ns() {
+        effective_caps
+    } else {
+        0
+    };
     let mut meminfo = [0u8; 8192];
     let n = crate::sys::read_small_file(b"/proc/meminfo", &mut meminfo).unwrap_or(0);
     let meminfo = &meminfo[..n];
@@ -322,6 +379,7 @@ pub fn read_facts(effective_caps: u64) -> MemoryFacts {
         rlimit_memlock: soft(RLIMIT_MEMLOCK),
         cap_sys_admin: effective_caps & (1 << CAP_SYS_ADMIN) != 0,
         cap_ipc_lock: effective_caps & (1 << CAP_IPC_LOCK) != 0,
+        max_map_count: sysctl(b"/proc/sys/vm/max_map_count"),
     }
 }
 
@@ -345,6 +403,7 @@ mod tests {
             rlimit_memlock: 8 << 20,
             cap_sys_admin: false,
             cap_ipc_lock: false,
+            max_map_count: Some(65530),
         }
     }
 
@@ -363,6 +422,26 @@ mod tests {
     const RW: u32 = prot::READ | prot::WRITE;
 
     #[test]
+    fn more_areas_than_max_map_count_are_refused() {
+        let vmas: Vec<TargetVma> = (0..100)
+            .map(|i| anon(0x1000_0000 + i * 0x2000, PAGE, RW, 0))
+            .collect();
+        let limited = |n| MemoryFacts {
+            max_map_count: Some(n),
+            ..facts()
+        };
+        let need = 100 + WINDOW_AREAS + VDSO_AREAS;
+        assert_eq!(check(&vmas, &[], PAGE, &limited(need)), Ok(()));
+        assert_eq!(
+            check(&vmas, &[], PAGE, &limited(need - 1)),
+            Err(LimitError::MapCount {
+                need,
+                limit: need - 1
+            })
+        );
+    }
+
+    #[test]
     fn meminfo_values() {
         let text = b"MemTotal:       24683584 kB\nSwapTotal:             0 kB\nCommitLimit:    12341792 kB\nCommitted_AS:      59160 kB\n";
         assert_eq!(meminfo_kb(text, b"MemTotal"), Some(24683584));
@@ -371,6 +450,15 @@ mod tests {
         assert_eq!(meminfo_kb(text, b"Commit"), None);
         assert_eq!(leading_number(b"2\n"), Some(2));
         assert_eq!(leading_number(b"x"), None);
+    }
+
+    #[test]
+    fn only_the_identity_uid_map_is_the_initial_user_namespace() {
+        assert!(is_initial_uid_map(b"         0          0 4294967295\n"));
+        assert!(!is_initial_uid_map(b"         0          0 4294967294\n"));
+        assert!(!is_initial_uid_map(b"         0       1000          1\n"));
+        assert!(!is_initial_uid_map(b"0 0 4294967295\n0 0 1\n"));
+        assert!(!is_initial_uid_map(b""));
     }
 
     #[test]

@@ -192,6 +192,23 @@ pub fn after_fill_ops(v: &TargetVma) -> impl Iterator<Item = (u64, [u64; 6], &'s
     merge.into_iter().chain(lock)
 }
 
+/// `ENOMEM`.
+const ENOMEM: u64 = 12;
+
+/// The errno an after-fill op `nr` of `v` may return although it did its
+/// work, for the plan's `OK_OR_ERRNO` rule. `mlock` sets the lock flag,
+/// then faults the pages in and returns ENOMEM when some cannot be (the
+/// kernel's `__mm_populate` turns EFAULT into ENOMEM): always so for a
+/// `PROT_NONE` area (a locked thread-stack guard page after `mlockall`),
+/// and for a file area whose last pages lie past the end of the file.
+/// `mlockall` ignores those failures; the plan does too, for these areas
+/// only. The ENOMEM that refuses the lock (`RLIMIT_MEMLOCK`) is ruled out
+/// in stage 1 (`crate::memlimits`). `MLOCK_ONFAULT` faults nothing in.
+pub fn lock_fault_errno(v: &TargetVma, nr: u64) -> Option<u64> {
+    (nr == NR_MLOCK && (v.prot & (prot::READ | prot::WRITE | prot::EXEC) == 0 || v.fd >= 0))
+        .then_some(ENOMEM)
+}
+
 /// What this kernel refused of the image's memory state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MmStateError {
@@ -439,6 +456,30 @@ mod tests {
         };
         // Files are left to the kernel (see `merges_into`).
         assert!(!merges_into(&file, &next));
+    }
+
+    #[test]
+    fn only_locks_that_may_fault_short_accept_enomem() {
+        assert_eq!(
+            lock_fault_errno(&vma(vma_flags::LOCKED, 0, -1), NR_MLOCK),
+            Some(12)
+        );
+        assert_eq!(
+            lock_fault_errno(&vma(vma_flags::LOCKED, 1, 4), NR_MLOCK),
+            Some(12)
+        );
+        assert_eq!(
+            lock_fault_errno(&vma(vma_flags::LOCKED, 3, -1), NR_MLOCK),
+            None
+        );
+        assert_eq!(
+            lock_fault_errno(&vma(vma_flags::LOCKED, 0, -1), NR_MLOCK2),
+            None
+        );
+        assert_eq!(
+            lock_fault_errno(&vma(vma_flags::MERGEABLE, 0, -1), nr::MADVISE),
+            None
+        );
     }
 
     #[test]

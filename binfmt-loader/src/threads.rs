@@ -72,6 +72,10 @@ pub struct Created {
     /// one; `first_taken` is the first such tid.
     pub new_ids: usize,
     pub first_taken: i32,
+    /// `set_tid` was refused (EPERM: the caller's capabilities hold in a
+    /// user namespace that does not own the pid namespace, e.g. under
+    /// `unshare -U -r`): every thread from then on gets a new tid.
+    pub unprivileged: bool,
 }
 
 /// How to create one thread: `clone3` over its clone args (window bytes),
@@ -144,9 +148,26 @@ pub fn create_threads(
         let args_off = offset(c.args)?;
         let args_range = args_off..args_off + CLONE_ARGS_LEN;
         let args = buf.get_mut(args_range.clone()).ok_or(bad)?;
+        if done.unprivileged {
+            args[CLONE_ARGS_SET_TID..CLONE_ARGS_SET_TID + 16].fill(0);
+        }
         let with_tid = set_tid_of(args).1 != 0;
         match cloner.clone3(&c, args) {
             Ok(_) => {}
+            Err(Errno::EPERM) if with_tid && same_ids => {
+                return Err(ThreadError::SameIdsUnprivileged {
+                    threads: summary.nclones,
+                })
+            }
+            Err(Errno::EPERM) if with_tid => {
+                // Not privileged where it counts (the pid namespace's
+                // owner): like an unprivileged caller, new tids from now.
+                args[CLONE_ARGS_SET_TID..CLONE_ARGS_SET_TID + 16].fill(0);
+                done.unprivileged = true;
+                cloner
+                    .clone3(&c, &buf[args_range])
+                    .map_err(|errno| ThreadError::Clone { tid: c.tid, errno })?;
+            }
             Err(Errno::EEXIST) if with_tid && same_ids => {
                 return Err(ThreadError::TidTaken { tid: c.tid })
             }
@@ -181,6 +202,9 @@ pub fn report_unprivileged(name: &[u8], others: usize) {
 
 /// Say once that threads got new ids because theirs were taken.
 pub fn report(name: &[u8], created: &Created) {
+    if created.unprivileged {
+        report_unprivileged(name, created.threads);
+    }
     if created.new_ids > 0 {
         message::report(
             name,
@@ -294,6 +318,42 @@ mod tests {
         let done = create_threads(&mut buf, w, &s, false, &mut m).unwrap();
         assert_eq!((done.threads, done.new_ids, done.first_taken), (2, 1, 602));
         assert_eq!(m.calls, vec![(601, true), (602, true), (602, false)]);
+    }
+
+    /// A caller privileged only in its own user namespace: set_tid is
+    /// refused (EPERM), every thread gets a new tid, or --same-ids refuses.
+    struct NoSetTid {
+        calls: Vec<(i32, bool)>,
+    }
+
+    impl Cloner for NoSetTid {
+        fn clone3(&mut self, c: &ThreadClone, args: &[u8]) -> Result<i32, Errno> {
+            let with_tid = set_tid_of(args).1 != 0;
+            self.calls.push((c.tid, with_tid));
+            if with_tid {
+                Err(Errno::EPERM)
+            } else {
+                Ok(3000)
+            }
+        }
+    }
+
+    #[test]
+    fn set_tid_refused_gives_new_tids_unless_same_ids() {
+        let (mut buf, w, s) = window(&[801, 802]);
+        let mut m = NoSetTid { calls: vec![] };
+        let done = create_threads(&mut buf, w, &s, false, &mut m).unwrap();
+        assert_eq!(
+            (done.threads, done.new_ids, done.unprivileged),
+            (2, 0, true)
+        );
+        // Asked once with set_tid; the next thread not at all.
+        assert_eq!(m.calls, vec![(801, true), (801, false), (802, false)]);
+        let (mut buf, w, s) = window(&[801, 802]);
+        assert_eq!(
+            create_threads(&mut buf, w, &s, true, &mut NoSetTid { calls: vec![] }),
+            Err(ThreadError::SameIdsUnprivileged { threads: 2 })
+        );
     }
 
     #[test]

@@ -64,8 +64,18 @@ pub enum CollectError {
         what: &'static str,
         errno: i64,
     },
-    #[error("pid {pid} tid {tid}: no writable scratch memory near rsp {rsp:#x}")]
-    NoScratch { pid: i32, tid: i32, rsp: u64 },
+    #[error(
+        "pid {pid} tid {tid}: its stack has {room} bytes below rsp {rsp:#x} (and its red zone), \
+         fewer than the {} that injected syscalls need there; no other memory of the task is \
+         borrowed, so that a dumper killed meanwhile cannot leave live data overwritten",
+        crate::inject::SCRATCH_LEN
+    )]
+    NoScratch {
+        pid: i32,
+        tid: i32,
+        rsp: u64,
+        room: u64,
+    },
     #[error(
         "pid {pid}: cannot be saved faithfully: {what} (use --force to dump anyway, losing it)"
     )]

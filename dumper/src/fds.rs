@@ -2,6 +2,7 @@
 //! can reopen it. Pure, unit-tested.
 
 use image_format::records::fd_kind;
+use image_format::text::Escaped;
 
 /// `S_IFMT` and the file type bits.
 const S_IFMT: u32 = 0o170000;
@@ -46,8 +47,10 @@ pub fn kind_of(link: &str, mode: u32, rdev_major: u32) -> u32 {
 
 /// Why fd `fd` of this kind cannot be restored faithfully, if it cannot.
 /// Terminals, pipes and sockets on fds 0–2 are the caller's on a direct run
-/// (ARCHITECTURE.md) and the orchestrator's in a tree.
+/// (ARCHITECTURE.md) and the orchestrator's in a tree. The link comes from
+/// the target (a file name is anything it chose) and is shown escaped.
 pub fn unsupported_reason(fd: i32, kind: u32, deleted: bool, link: &str) -> Option<String> {
+    let link = Escaped(link.as_bytes());
     let stdio = (0..=2).contains(&fd);
     match kind {
         fd_kind::PIPE | fd_kind::SOCKET | fd_kind::FIFO if stdio => None,
@@ -105,6 +108,15 @@ mod tests {
         assert_eq!(
             unsupported_reason(0, fd_kind::TTY, false, "/dev/pts/0"),
             None
+        );
+    }
+
+    #[test]
+    fn a_link_from_the_target_is_shown_escaped() {
+        let why = unsupported_reason(3, fd_kind::REGULAR, true, "/tmp/x\n\x1b[31mFAKE").unwrap();
+        assert_eq!(
+            why,
+            "fd 3 refers to a deleted file (/tmp/x\\n\\x1b[31mFAKE)"
         );
     }
 }

@@ -45,7 +45,7 @@ pub const SCRATCH_LEN: usize = 16 * 1024;
 /// The out-struct part of the borrowed region, at its start.
 const OUT_LEN: u64 = 64;
 /// The System V x86_64 red zone below `rsp` that leaf code may use.
-const RED_ZONE: u64 = 128;
+pub const RED_ZONE: u64 = 128;
 /// `getpid`: the harmless syscall the thread is armed with.
 const GETPID: u64 = 39;
 /// `rt_sigprocmask`.
@@ -172,7 +172,13 @@ impl Gadgets {
 
 /// Signals the thread was about to take while it ran our syscalls. They
 /// are held back (a signal-delivery-stop resumed with signal 0) so that the
-/// injected syscall completes, and sent again once the thread is restored.
+/// injected syscall completes, and sent again as soon as the thread blocks
+/// every signal ([`Self::requeue_blocked`]): then they stay pending, and
+/// are delivered when the thread's own mask comes back, by crdump's restore
+/// or by the frame's `rt_sigreturn` if crdump is gone by then. What cannot
+/// be sent that early (SIGSTOP, which no mask blocks: sent again it would
+/// stop the thread at once; a failed send) is sent once the thread is
+/// restored.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct HeldSignals {
     signals: Vec<i32>,
@@ -199,6 +205,16 @@ impl HeldSignals {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// The thread now blocks every signal: send each held signal that a
+    /// mask can block again with `send` at once, so that it stays pending
+    /// instead of living only in crdump's memory. Those sent are no longer
+    /// held; the others (SIGSTOP, failed sends) stay for
+    /// [`Self::redeliver`].
+    pub fn requeue_blocked(&mut self, mut send: impl FnMut(i32) -> io::Result<()>) {
+        self.signals
+            .retain(|&sig| sig == libc::SIGSTOP || sig == libc::SIGKILL || send(sig).is_err());
     }
 
     pub fn is_empty(&self) -> bool {
@@ -233,6 +249,9 @@ pub struct Borrowed<'a> {
     /// The registers point at the gadget and the frame.
     armed: bool,
     held: HeldSignals,
+    /// The thread's mask blocks every signal (set by us, or by the first
+    /// injected syscall): a held signal can be queued again at once.
+    all_blocked: bool,
     /// The thread was resumed by us: it is in a syscall stop of ours (or
     /// somewhere on the way), not in its original stop.
     moved: bool,
@@ -386,6 +405,7 @@ impl<'a> Borrowed<'a> {
             written: true,
             armed: false,
             held: HeldSignals::default(),
+            all_blocked: false,
             moved: false,
             done: false,
         };
@@ -404,6 +424,7 @@ impl<'a> Borrowed<'a> {
             // none is delivered between our syscalls.
             b.arm(GETPID, [0; 6])?;
             ptrace::set_sigmask(tid, !0).map_err(PtraceError::at(pid, tid, "PTRACE_SETSIGMASK"))?;
+            b.all_blocked = true;
         }
         Ok(b)
     }
@@ -437,7 +458,20 @@ impl<'a> Borrowed<'a> {
         let real = u64::from_le_bytes(real);
         self.saved_mask = real;
         self.restore_mask = Some(real);
+        self.all_blocked = true;
+        self.requeue_held();
         Ok(())
+    }
+
+    /// Queue the held signals again now if the thread blocks every signal
+    /// (see [`HeldSignals::requeue_blocked`]): from then on a dumper that
+    /// vanishes cannot lose them.
+    fn requeue_held(&mut self) {
+        if self.all_blocked {
+            let (pid, tid) = (self.pid, self.tid);
+            self.held
+                .requeue_blocked(|sig| process::tgkill(pid, tid, sig));
+        }
     }
 
     /// The thread's own signal mask (for a thread under a temporary mask,
@@ -511,6 +545,7 @@ impl<'a> Borrowed<'a> {
                 stop => return Err(InjectError::UnexpectedStop { pid, tid, nr, stop }),
             }
         }
+        self.requeue_held();
         let after = ptrace::get_regs(tid).map_err(PtraceError::at(pid, tid, "PTRACE_GETREGSET"))?;
         Ok(crate::regs::signed(after.rax))
     }
@@ -587,6 +622,7 @@ impl<'a> Borrowed<'a> {
                 }
             }
             self.moved = false;
+            self.requeue_held();
         }
         // The mask before the registers: while they still point at the
         // gadget, the frame would set the same mask. With it, pending
@@ -597,6 +633,7 @@ impl<'a> Borrowed<'a> {
                 tid,
                 "PTRACE_SETSIGMASK",
             ))?;
+            self.all_blocked = false;
         }
         if self.armed {
             ptrace::set_regs(tid, &self.saved_regs).map_err(PtraceError::at(
@@ -661,6 +698,32 @@ impl Drop for Borrowed<'_> {
 #[cfg(test)]
 mod held_signal_tests {
     use super::*;
+
+    #[test]
+    fn blockable_signals_are_queued_again_at_once_and_sigstop_waits() {
+        let mut held = HeldSignals::default();
+        for sig in [libc::SIGUSR1, libc::SIGSTOP, libc::SIGALRM, libc::SIGUSR2] {
+            held.hold(sig);
+        }
+        let mut sent = Vec::new();
+        held.requeue_blocked(|s| {
+            sent.push(s);
+            if s == libc::SIGALRM {
+                Err(io::Error::from_raw_os_error(libc::EAGAIN))
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(sent, [libc::SIGUSR1, libc::SIGALRM, libc::SIGUSR2]);
+        // SIGSTOP and the failed send are left for the end.
+        let mut later = Vec::new();
+        held.redeliver(|s| {
+            later.push(s);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(later, [libc::SIGSTOP, libc::SIGALRM]);
+    }
 
     #[test]
     fn every_held_signal_is_sent_once_in_order() {

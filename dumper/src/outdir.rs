@@ -9,41 +9,76 @@
 //! opening an existing name for writing: a symlink planted at any name
 //! crdump uses is replaced or makes the dump fail, it is never followed.
 //!
+//! The output path is resolved one component at a time, each opened
+//! `O_NOFOLLOW` in the directory held open before it: a symlink on the way
+//! is followed only when it belongs to the dumping user or root and sits in
+//! a directory nobody else can change names in (or a sticky one), so a link
+//! planted by another user never redirects where root writes; such a link
+//! is refused, even with `--force` (the directory it points to can be given
+//! instead).
+//!
 //! An existing output directory that someone else can write into (or that
 //! belongs to another user) is refused unless forced: they could plant
-//! names there, read what lands there, or swap files after the dump.
+//! names there, read what lands there, or swap files after the dump. So is
+//! a missing one whose parent others can write into, unless that parent is
+//! sticky: they could swap the new directory. The directory crdump creates
+//! is checked after it is opened (its owner, mode and emptiness) before
+//! anything is written into it.
 
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+
+use image_format::text::Escaped;
 
 use crate::sys::{dirs, process};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutDirError {
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", shown(.path))]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("{path}: not a directory")]
+    #[error("{}: not a directory", shown(.path))]
     NotDirectory { path: PathBuf },
-    #[error("{path}: {why}; refusing to write a dump there (use --force to do it anyway)")]
+    #[error("{}: {why}; refusing to write a dump there (use --force to do it anyway)", shown(.path))]
     Unsafe { path: PathBuf, why: String },
     #[error(
-        "{path}: its file system has no anonymous files (O_TMPFILE), which crdump needs so that \
-         an interrupted dump leaves nothing behind: {source}"
+        "{}: its file system has no anonymous files (O_TMPFILE), which crdump needs so that \
+         an interrupted dump leaves nothing behind: {source}",
+        shown(.path)
     )]
     NoTmpfile {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("{path}: created by someone else while the dump ran")]
+    #[error("{}: created by someone else while the dump ran", shown(.path))]
     Appeared { path: PathBuf },
+    #[error("{}: {why}; refusing to follow it (give the directory it points to instead)", shown(.path))]
+    Link { path: PathBuf, why: String },
+    #[error(
+        "{}: the directory crdump created is not the one it opened (owner uid {uid}, mode \
+         {mode:04o}, {nlink} links): replaced by someone else",
+        shown(.path)
+    )]
+    Swapped {
+        path: PathBuf,
+        uid: u32,
+        mode: u32,
+        nlink: u64,
+    },
+}
+
+/// A path for a message: escaped, as a link target on the way may hold
+/// anything.
+fn shown(path: &Path) -> Escaped<'_> {
+    Escaped(path.as_os_str().as_bytes())
 }
 
 /// Where a dump goes: the nearest existing directory, held open, and the
@@ -57,40 +92,139 @@ pub struct OutDir {
     missing: Vec<OsString>,
 }
 
-/// The nearest existing ancestor of `path` (itself if it exists) and the
-/// components below it that do not exist, outermost first.
-fn split_existing(path: &Path) -> Result<(PathBuf, Vec<OsString>), OutDirError> {
-    let mut missing = Vec::new();
-    let mut p = path.to_path_buf();
-    loop {
-        let here = if p.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            p.clone()
-        };
-        match fs::metadata(&here) {
-            Ok(m) if m.is_dir() => {
-                missing.reverse();
-                return Ok((here, missing));
-            }
-            Ok(_) => return Err(OutDirError::NotDirectory { path: here }),
-            // ENOTDIR: a file further up is in the way; it is found there.
-            Err(e)
-                if e.kind() == io::ErrorKind::NotFound
-                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
-            {
-                let (Some(name), Some(parent)) = (p.file_name(), p.parent()) else {
-                    return Err(OutDirError::Io {
-                        path: here,
-                        source: e,
-                    });
-                };
-                missing.push(name.to_owned());
-                p = parent.to_path_buf();
-            }
-            Err(source) => return Err(OutDirError::Io { path: here, source }),
-        }
+/// Symlinks followed at most while resolving the output directory, as the
+/// kernel's own limit (`MAXSYMLINKS`).
+const MAX_LINKS: u32 = 40;
+
+/// Whether someone other than user `euid` (and root) can change the names
+/// in directory `meta`: it is writable by group or others, or owned by
+/// another user who can write it.
+fn others_can_write(meta: &fs::Metadata, euid: u32) -> bool {
+    let mode = meta.mode();
+    mode & 0o022 != 0 || (meta.uid() != euid && meta.uid() != 0 && mode & 0o200 != 0)
+}
+
+/// Why the symlink `link` (its own metadata), found in directory `dir`,
+/// must not be followed by user `euid`, if it must not. crdump's rule,
+/// stricter than the kernel's `fs.protected_symlinks` (which may be off):
+/// the link must belong to `euid` or root, and sit in a directory nobody
+/// else can change names in, unless that directory is sticky (then nobody
+/// else can replace a link they do not own). So a link someone else planted
+/// (or could swap) never redirects where root writes; a link the user made
+/// in their own directory works.
+fn link_unsafe_reason(link: &fs::Metadata, dir: &fs::Metadata, euid: u32) -> Option<String> {
+    if link.uid() != euid && link.uid() != 0 {
+        return Some(format!(
+            "a symlink owned by uid {}, not by uid {euid} who dumps or root",
+            link.uid()
+        ));
     }
+    if others_can_write(dir, euid) && dir.mode() & libc::S_ISVTX == 0 {
+        return Some(format!(
+            "a symlink in a directory others can write into (mode {:04o}, uid {})",
+            dir.mode() & 0o7777,
+            dir.uid()
+        ));
+    }
+    None
+}
+
+/// Walk `path` one component at a time from `/` or `.`, each opened
+/// `O_PATH | O_NOFOLLOW` (search permission suffices, as for a path)
+/// inside the directory held open before it, so that nothing
+/// is resolved through a name twice. A symlink on the way is followed only
+/// if [`link_unsafe_reason`] has nothing against it. Returns the nearest
+/// existing directory (held open), its path as walked, and the components
+/// below it that do not exist, outermost first.
+fn resolve(path: &Path, euid: u32) -> Result<(File, PathBuf, Vec<OsString>), OutDirError> {
+    // Components still to walk, the next one last.
+    let mut todo: Vec<OsString> = Vec::new();
+    let push_path = |todo: &mut Vec<OsString>, p: &Path| {
+        for c in p.components().rev() {
+            match c {
+                Component::Normal(n) => todo.push(n.to_owned()),
+                Component::ParentDir => todo.push("..".into()),
+                Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+            }
+        }
+    };
+    push_path(&mut todo, path);
+    let absolute = path.is_absolute();
+    let mut shown = if absolute {
+        PathBuf::from("/")
+    } else {
+        PathBuf::new()
+    };
+    let start_err = |source| OutDirError::Io {
+        path: PathBuf::from(if absolute { "/" } else { "." }),
+        source,
+    };
+    let mut dir = dirs::open_start(absolute).map_err(start_err)?;
+    let mut links = 0;
+    while let Some(name) = todo.pop() {
+        let here = shown.join(&name);
+        let io_err = |source| OutDirError::Io {
+            path: here.clone(),
+            source,
+        };
+        match dirs::open_walk_at(&dir, &name) {
+            Ok(sub) => {
+                dir = sub;
+                shown = here;
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                todo.push(name);
+                todo.reverse();
+                if todo.iter().any(|n| n == "..") {
+                    // Below a directory that does not exist yet.
+                    return Err(io_err(e));
+                }
+                let base_path = if shown.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    shown
+                };
+                let dir = dirs::reopen_dir(&dir).map_err(|source| OutDirError::Io {
+                    path: base_path.clone(),
+                    source,
+                })?;
+                return Ok((dir, base_path, todo));
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {}
+            Err(e) => return Err(io_err(e)),
+        }
+        // Not a directory: a symlink (refused by O_NOFOLLOW) or a file.
+        let handle = dirs::open_path_at(&dir, &name).map_err(io_err)?;
+        let meta = handle.metadata().map_err(io_err)?;
+        if !meta.file_type().is_symlink() {
+            return Err(OutDirError::NotDirectory { path: here });
+        }
+        let dir_meta = dir.metadata().map_err(io_err)?;
+        if let Some(why) = link_unsafe_reason(&meta, &dir_meta, euid) {
+            return Err(OutDirError::Link { path: here, why });
+        }
+        links += 1;
+        if links > MAX_LINKS {
+            return Err(io_err(io::Error::from_raw_os_error(libc::ELOOP)));
+        }
+        let target = PathBuf::from(dirs::read_link_of(&handle).map_err(io_err)?);
+        if target.is_absolute() {
+            dir = dirs::open_start(true).map_err(io_err)?;
+            shown = PathBuf::from("/");
+        }
+        push_path(&mut todo, &target);
+    }
+    let base_path = if shown.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        shown
+    };
+    let dir = dirs::reopen_dir(&dir).map_err(|source| OutDirError::Io {
+        path: base_path.clone(),
+        source,
+    })?;
+    Ok((dir, base_path, Vec::new()))
 }
 
 impl OutDir {
@@ -98,24 +232,22 @@ impl OutDir {
     /// directory, refuse it if others can write into it (unless `force`),
     /// and prove that an anonymous file can be created there.
     pub fn prepare(path: &Path, force: bool) -> Result<OutDir, OutDirError> {
-        let (base_path, missing) = split_existing(path)?;
-        let io_err = |source| OutDirError::Io {
+        let euid = process::effective_uid();
+        let (base, base_path, missing) = resolve(path, euid)?;
+        let meta = base.metadata().map_err(|source| OutDirError::Io {
             path: base_path.clone(),
             source,
+        })?;
+        let why = if missing.is_empty() {
+            unsafe_reason(&meta, euid)
+        } else {
+            parent_unsafe_reason(&meta, euid)
         };
-        let base = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-            .open(&base_path)
-            .map_err(io_err)?;
-        let meta = base.metadata().map_err(io_err)?;
-        if !force && missing.is_empty() {
-            if let Some(why) = unsafe_reason(&meta, process::effective_uid()) {
-                return Err(OutDirError::Unsafe {
-                    path: base_path,
-                    why,
-                });
-            }
+        if let (Some(why), false) = (why, force) {
+            return Err(OutDirError::Unsafe {
+                path: base_path,
+                why,
+            });
         }
         let out = OutDir {
             path: path.to_path_buf(),
@@ -191,6 +323,19 @@ impl OutDir {
                 Err(e) => return Err(io_err(e)),
             }
             let sub = dirs::open_dir_at(&dir, name).map_err(io_err)?;
+            // Whoever can write into the parent (only allowed with --force,
+            // or the user themselves) could have put another directory
+            // under the name between mkdirat and openat: check what was
+            // opened before anything is written into it.
+            let meta = sub.metadata().map_err(io_err)?;
+            if created_dir_mismatch(&meta, process::effective_uid()) {
+                return Err(OutDirError::Swapped {
+                    path: dir_path,
+                    uid: meta.uid(),
+                    mode: meta.mode() & 0o7777,
+                    nlink: meta.nlink(),
+                });
+            }
             published.created.push((dir, name.clone()));
             dir = sub;
         }
@@ -247,11 +392,34 @@ fn link_temporary(file: &File, dir: &File, name: &OsStr) -> io::Result<OsString>
     Err(io::Error::from_raw_os_error(libc::EEXIST))
 }
 
+/// Why the existing directory in which crdump is to create the output
+/// directory is not safe for user `euid`, if it is not: someone else who
+/// can change names there could replace the new directory between its
+/// creation and its use, or move it afterwards. A sticky directory (a
+/// shared /tmp) is fine: there nobody else can rename or remove what
+/// crdump creates.
+fn parent_unsafe_reason(meta: &fs::Metadata, euid: u32) -> Option<String> {
+    if meta.mode() & libc::S_ISVTX != 0 || !others_can_write(meta, euid) {
+        return None;
+    }
+    Some(format!(
+        "the directory to create the output directory in can be written by other users and is \
+         not sticky (mode {:04o}, uid {})",
+        meta.mode() & 0o7777,
+        meta.uid()
+    ))
+}
+
+/// Why the directory `meta` that crdump just created and opened (by name,
+/// `O_NOFOLLOW`) is not the one it created, if it is not: only user `euid`
+/// can own a new directory of theirs, mode 0700 (or stricter, by the
+/// umask), still empty (2 links).
+fn created_dir_mismatch(meta: &fs::Metadata, euid: u32) -> bool {
+    meta.uid() != euid || meta.mode() & 0o077 != 0 || meta.nlink() != 2
+}
+
 /// Why an existing output directory is not a safe place for a dump made
-/// by user `euid`, if it is not. A missing one is created by crdump, mode
-/// 0700, inside its parent held open: whoever can write into that parent
-/// (a shared /tmp, say) cannot redirect what crdump writes, so the parent
-/// is not judged.
+/// by user `euid`, if it is not.
 fn unsafe_reason(meta: &fs::Metadata, euid: u32) -> Option<String> {
     let mode = meta.mode() & 0o7777;
     if meta.uid() != euid {
@@ -366,8 +534,81 @@ mod tests {
         assert!(matches!(err, OutDirError::Unsafe { .. }), "{err}");
         assert!(err.to_string().contains("--force"), "{err}");
         OutDir::prepare(&shared, true).unwrap();
-        // A directory crdump creates there is its own: fine.
+        // Creating one there: the others could swap it (not sticky).
+        let err = OutDir::prepare(&shared.join("new"), false).unwrap_err();
+        assert!(matches!(err, OutDirError::Unsafe { .. }), "{err}");
+        assert!(err.to_string().contains("not sticky"), "{err}");
+        OutDir::prepare(&shared.join("new"), true).unwrap();
+        // In a sticky one (a shared /tmp) the directory crdump creates is
+        // its own: fine.
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
         OutDir::prepare(&shared.join("new"), false).unwrap();
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn own_symlinks_in_own_directories_are_followed_and_a_file_in_them_is_not_a_directory() {
+        let base = scratch("ownlink");
+        let real = base.join("real");
+        fs::create_dir(&real).unwrap();
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink("real", base.join("rel")).unwrap();
+        std::os::unix::fs::symlink(&real, base.join("abs")).unwrap();
+        std::os::unix::fs::symlink("nowhere/../x", base.join("dangling")).unwrap();
+        for via in ["rel", "abs", "rel/../real", "rel/new/deeper"] {
+            let dir = OutDir::prepare(&base.join(via), false).unwrap();
+            let file = dir.anonymous_file(false).unwrap();
+            dir.publish(&[(&file, "manifest.json")]).unwrap().keep();
+        }
+        assert!(real.join("manifest.json").is_file());
+        assert!(real.join("new/deeper/manifest.json").is_file());
+        // Below a directory that does not exist, `..` cannot be resolved.
+        let err = OutDir::prepare(&base.join("dangling"), false).unwrap_err();
+        assert!(matches!(err, OutDirError::Io { .. }), "{err}");
+        // A link in a directory others can write into (not sticky): refused
+        // even though it is the user's own, and not by --force.
+        let open = base.join("open");
+        fs::create_dir(&open).unwrap();
+        std::os::unix::fs::symlink(&real, open.join("out")).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = OutDir::prepare(&open.join("out"), true).unwrap_err();
+        assert!(matches!(err, OutDirError::Link { .. }), "{err}");
+        assert!(err
+            .to_string()
+            .starts_with(&format!("{}: ", open.join("out").display())));
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
+        OutDir::prepare(&open.join("out"), false).unwrap();
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn only_a_fresh_private_directory_of_ours_passes_as_the_created_one() {
+        let base = scratch("created");
+        let euid = process::effective_uid();
+        let d = base.join("d");
+        fs::create_dir(&d).unwrap();
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(!created_dir_mismatch(&fs::metadata(&d).unwrap(), euid));
+        assert!(created_dir_mismatch(&fs::metadata(&d).unwrap(), euid + 1));
+        fs::create_dir(d.join("sub")).unwrap();
+        assert!(
+            created_dir_mismatch(&fs::metadata(&d).unwrap(), euid),
+            "not empty"
+        );
+        let open = base.join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(created_dir_mismatch(&fs::metadata(&open).unwrap(), euid));
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn paths_in_messages_are_escaped() {
+        let base = scratch("escaped");
+        fs::write(base.join("x\n\x1b[1my"), b"").unwrap();
+        let err = OutDir::prepare(&base.join("x\n\x1b[1my/out"), false).unwrap_err();
+        let text = err.to_string();
+        assert!(text.ends_with("x\\n\\x1b[1my: not a directory"), "{text:?}");
         fs::remove_dir_all(&base).unwrap();
     }
 

@@ -6,6 +6,7 @@ use image_format::records::{
     PROCESS_COREDUMP_FILTER_SHIFT, PROCESS_KSM_MERGE_ANY, PROCESS_MDWE_NO_INHERIT,
     PROCESS_MDWE_REFUSE_EXEC_GAIN, PROCESS_THP_DISABLED, PROCESS_THP_EXCEPT_ADVISED,
 };
+use image_format::text::Escaped;
 
 use crate::pages::PagePolicy;
 use crate::procfs::smaps::SmapsEntry;
@@ -39,9 +40,11 @@ pub fn classify(e: &SmapsEntry) -> Result<VmaClass, String> {
         }
     };
     let p = e.path.as_str();
+    // The path is the target's to choose: shown escaped.
+    let shown = Escaped(p.as_bytes());
     if !matches!(p, "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]") {
         if let Some(what) = unkept_flag(e) {
-            return Err(format!("{what} at {:#x}-{:#x} {}", e.start, e.end, e.path));
+            return Err(format!("{what} at {:#x}-{:#x} {shown}", e.start, e.end));
         }
     }
     match p {
@@ -58,8 +61,8 @@ pub fn classify(e: &SmapsEntry) -> Result<VmaClass, String> {
     // After the kernel's own areas, which are VM_IO/VM_PFNMAP too.
     if e.has_flag("io") || e.has_flag("pf") {
         return Err(format!(
-            "device memory (VM_IO/VM_PFNMAP) at {:#x}-{:#x} {}",
-            e.start, e.end, e.path
+            "device memory (VM_IO/VM_PFNMAP) at {:#x}-{:#x} {shown}",
+            e.start, e.end
         ));
     }
     // Named anonymous memory (PR_SET_VMA_ANON_NAME): the memory is kept,
@@ -67,7 +70,7 @@ pub fn classify(e: &SmapsEntry) -> Result<VmaClass, String> {
     if p.starts_with("[anon:") || p.starts_with("[anon_shmem:") {
         let mut class = anon(e.shared || p.starts_with("[anon_shmem:"))?;
         class.warning = Some(format!(
-            "the name {p} of anonymous memory at {:#x}-{:#x} is not restored",
+            "the name {shown} of anonymous memory at {:#x}-{:#x} is not restored",
             e.start, e.end
         ));
         return Ok(class);
@@ -88,20 +91,20 @@ pub fn classify(e: &SmapsEntry) -> Result<VmaClass, String> {
                 kind: vma_kind::SHARED_ANON,
                 policy: PagePolicy::Nothing,
                 warning: Some(format!(
-                    "memfd mapping {p} at {:#x}-{:#x} is restored as anonymous shared memory, not the memfd",
+                    "memfd mapping {shown} at {:#x}-{:#x} is restored as anonymous shared memory, not the memfd",
                     e.start, e.end
                 )),
             });
         }
         return Err(format!(
-            "private mapping of a memfd ({p}) at {:#x}-{:#x}",
+            "private mapping of a memfd ({shown}) at {:#x}-{:#x}",
             e.start, e.end
         ));
     }
     if p.starts_with('/') {
         if e.deleted {
             return Err(format!(
-                "mapped file {p} was deleted ({:#x}-{:#x})",
+                "mapped file {shown} was deleted ({:#x}-{:#x})",
                 e.start, e.end
             ));
         }
@@ -113,7 +116,7 @@ pub fn classify(e: &SmapsEntry) -> Result<VmaClass, String> {
         return class(vma_kind::FILE, policy);
     }
     Err(format!(
-        "unknown special mapping {p} at {:#x}-{:#x}",
+        "unknown special mapping {shown} at {:#x}-{:#x}",
         e.start, e.end
     ))
 }

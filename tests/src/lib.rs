@@ -41,4 +41,5 @@ pub use facts::Facts;
 pub use paths::{binaries, scratch_dir, workload_path};
 pub use privilege::is_root;
 pub use process::{ChildGuard, PidGuard, Workload};
+pub use sys::sigqueue;
 pub use ticks::TickStream;

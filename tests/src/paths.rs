@@ -30,6 +30,7 @@ const COMPILED: &[(&str, &str)] = &[
     ("seccomp_echo", env!("WORKLOAD_SECCOMP_ECHO")),
     ("sigsuspend_mask", env!("WORKLOAD_SIGSUSPEND_MASK")),
     ("cred_threads", env!("WORKLOAD_CRED_THREADS")),
+    ("small_stack", env!("WORKLOAD_SMALL_STACK")),
 ];
 
 /// The script workloads, by file name, in `workloads/`.

@@ -111,3 +111,17 @@ pub fn close_fds_above_stdio(command: &mut std::process::Command) {
         });
     }
 }
+
+/// `sigqueue(pid, sig, value)`: a signal with `si_code` SI_QUEUE, which
+/// (real-time) needs a queue entry under `RLIMIT_SIGPENDING`.
+pub fn sigqueue(pid: i32, sig: i32, value: usize) -> io::Result<()> {
+    let value = libc::sigval {
+        sival_ptr: value as *mut libc::c_void,
+    };
+    // SAFETY: plain syscall wrapper; `value` is passed by value.
+    let ret = unsafe { libc::sigqueue(pid, sig, value) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -3,7 +3,7 @@
 //! process it may not trace is reported as such.
 
 use std::fs;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
@@ -149,7 +149,8 @@ fn a_process_of_another_user_is_reported_as_such() {
         (u.uid, u.gid)
     };
     nix::unistd::chown(&mine, Some(uid), Some(gid)).unwrap();
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    // Search permission only: crdump walks the path as the kernel would.
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o711)).unwrap();
     let mut w = loop_workload();
     let mut command = as_nobody();
     crdump_args(&mut command, w.pid(), &mine.join("out"), &[]);
@@ -163,5 +164,104 @@ fn a_process_of_another_user_is_reported_as_such() {
             && !line.contains("debugger"),
         "{line}"
     );
+    w.expect_pass(CheckTrigger::Stdin);
+}
+
+/// uid and gid of user nobody.
+fn nobody_ids() -> (u32, u32) {
+    let u = nix::unistd::User::from_name(NOBODY)
+        .ok()
+        .flatten()
+        .expect("user nobody exists");
+    (u.uid.as_raw(), u.gid.as_raw())
+}
+
+fn crdump_into(w: &Workload, out: &Path) -> crimg_tests::cli::RunOutput {
+    let mut command = Command::new(&binaries().crdump);
+    command
+        .arg("--pid")
+        .arg(w.pid().to_string())
+        .arg("-o")
+        .arg(out)
+        .arg("--leave-running");
+    run(command, CLI_TIMEOUT).expect("run crdump")
+}
+
+#[test]
+fn a_symlink_planted_by_another_user_is_refused_and_an_own_one_followed() {
+    skip_unless_root!();
+    let dir = scratch_dir();
+    let (uid, gid) = nobody_ids();
+    // Root's directory, with a manifest of its own.
+    let victim = dir.path().join("victim");
+    fs::create_dir(&victim).unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(victim.join("manifest.json"), b"precious").unwrap();
+    // nobody's directory, with nobody's link to it.
+    let shared = dir.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    let planted = shared.join("out");
+    symlink(&victim, &planted).unwrap();
+    std::os::unix::fs::lchown(&planted, Some(uid), Some(gid)).unwrap();
+    std::os::unix::fs::chown(&shared, Some(uid), Some(gid)).unwrap();
+    let mut w = loop_workload();
+    let r = crdump_into(&w, &planted);
+    assert_eq!(r.status.code(), Some(1), "{r:?}");
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(
+        lines[0].contains(planted.to_str().unwrap()) && lines[0].contains("symlink"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(fs::read(victim.join("manifest.json")).unwrap(), b"precious");
+    assert_eq!(fs::read_dir(&victim).unwrap().count(), 1, "files left");
+    w.expect_pass(CheckTrigger::Stdin);
+
+    // Root's own link in root's own directory: followed.
+    let mine = dir.path().join("mine");
+    fs::create_dir(&mine).unwrap();
+    fs::set_permissions(&mine, fs::Permissions::from_mode(0o700)).unwrap();
+    let real = dir.path().join("real");
+    fs::create_dir(&real).unwrap();
+    fs::set_permissions(&real, fs::Permissions::from_mode(0o700)).unwrap();
+    symlink("../real", mine.join("out")).unwrap();
+    let r = crdump_into(&w, &mine.join("out"));
+    assert!(r.status.success(), "{r:?}");
+    assert!(real.join(format!("task-{}.crimg", w.pid())).is_file());
+    assert!(real.join("manifest.json").is_file());
+    w.expect_pass(CheckTrigger::Stdin);
+}
+
+#[test]
+fn a_missing_directory_is_not_created_where_others_could_swap_it() {
+    skip_unless_root!();
+    let dir = scratch_dir();
+    let (uid, gid) = nobody_ids();
+    let open = dir.path().join("open");
+    fs::create_dir(&open).unwrap();
+    std::os::unix::fs::chown(&open, Some(uid), Some(gid)).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    let out = open.join("new");
+    let mut w = loop_workload();
+    let r = crdump_into(&w, &out);
+    assert_eq!(r.status.code(), Some(1), "{r:?}");
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(
+        lines[0].contains(open.to_str().unwrap())
+            && lines[0].contains("not sticky")
+            && lines[0].contains("--force"),
+        "{}",
+        lines[0]
+    );
+    assert!(!out.exists(), "created anyway");
+    w.expect_pass(CheckTrigger::Stdin);
+    // Sticky, as a shared /tmp: nobody else can rename what crdump makes.
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
+    let r = crdump_into(&w, &out);
+    assert!(r.status.success(), "{r:?}");
+    let meta = fs::metadata(&out).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o700));
     w.expect_pass(CheckTrigger::Stdin);
 }

@@ -185,3 +185,39 @@ fn an_abandoned_thread_under_a_temporary_mask_keeps_its_real_mask() {
         );
     }
 }
+
+/// A signal that arrives while a thread under a temporary mask is borrowed
+/// (it is taken, and held back, before the first injected syscall blocks
+/// everything) is pending again at once: a tracer that vanishes right after
+/// does not lose it. The C workload waits in `sigsuspend` with SIGUSR1
+/// blocked for real but let through by its wait mask, and prints "got" for
+/// each SIGUSR1.
+#[test]
+fn a_signal_held_back_survives_a_tracer_that_vanishes() {
+    skip_unless_root!();
+    let mut w = Workload::start("sigsuspend_mask", [] as [&str; 0]);
+    let pid = w.pid();
+    wait_in_syscall(pid, 130);
+    let frozen = Frozen::freeze(pid).unwrap();
+    // Pending while the thread is stopped; taken on its way to the first
+    // injected syscall.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    let mem = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/{pid}/mem"))
+        .unwrap();
+    let gadgets = find_gadgets(pid, &mem);
+    let regs = ptrace::get_regs(pid).unwrap();
+    let scratch = inject::scratch_below(regs.rsp);
+    let b = Borrowed::begin(pid, pid, &mem, gadgets, scratch, true).unwrap();
+    // The tracer vanishes: nothing is undone, nothing sent again by it.
+    std::mem::forget(b);
+    drop(frozen);
+    w.wait_line("got", Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("SIGUSR1 was lost: {e}\n{}", w.stderr_report()));
+}

@@ -104,3 +104,38 @@ fn a_missing_image_is_one_error_said_once() {
         assert!(first.contains(&missing.display().to_string()), "{first}");
     }
 }
+
+/// crdump's messages show what the target chose (here the name of a deleted
+/// file it holds open) escaped: one refusal stays one line.
+#[test]
+fn a_deleted_file_with_control_bytes_in_its_name_is_one_escaped_line() {
+    crimg_tests::skip_unless_root!();
+    let scratch = scratch_dir();
+    let name = scratch.path().join("x\n\x1b[31mFAKE");
+    fs::write(&name, b"data").unwrap();
+    let mut holder = std::process::Command::new("sh");
+    holder
+        .arg("-c")
+        .arg(r#"exec 3<"$1" && rm -- "$1" && echo READY && exec sleep 600"#)
+        .arg("sh")
+        .arg(&name);
+    let mut w = Workload::spawn_command("deleted-file holder", holder).unwrap();
+    w.wait_line("READY", LINE_TIMEOUT).unwrap();
+    let out = scratch.path().join("out");
+    let mut crdump = std::process::Command::new(&binaries().crdump);
+    crdump
+        .arg("--pid")
+        .arg(w.pid().to_string())
+        .arg("-o")
+        .arg(&out)
+        .arg("--leave-running");
+    let r = cli::run(crdump, CLI_TIMEOUT).expect("run crdump");
+    assert_eq!(r.status.code(), Some(1), "{r:?}");
+    assert_no_control_bytes(&r.stderr, "crdump's refusal");
+    assert_eq!(r.stderr.lines().count(), 1, "{:?}", r.stderr);
+    assert!(
+        r.stderr.contains("deleted file") && r.stderr.contains("x\\n\\x1b[31mFAKE"),
+        "{:?}",
+        r.stderr
+    );
+}

@@ -147,7 +147,9 @@ fn counter_resumes_unprivileged_through_crimg_run() {
     let bins = binaries();
     let (uid, gid) = nobody_ids();
     let scratch = scratch_dir();
-    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    // Sticky, as /tmp: crdump refuses to create its directory in a
+    // shared directory that is not.
+    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o1777)).unwrap();
 
     let mut command = as_nobody();
     command

@@ -101,7 +101,9 @@ fn a_working_directory_the_caller_cannot_enter_is_refused() {
     crimg_tests::skip_unless_root!();
     let bins = binaries();
     let scratch = scratch_dir();
-    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    // Sticky, as /tmp: crdump refuses to create its directory in a
+    // shared directory that is not.
+    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o1777)).unwrap();
     let cwd = scratch.path().join("cwd");
     fs::create_dir(&cwd).unwrap();
     fs::set_permissions(&cwd, fs::Permissions::from_mode(0o755)).unwrap();

@@ -220,7 +220,9 @@ fn threaded_counter_resumes_unprivileged_with_new_tids() {
     crimg_tests::skip_unless_root!();
     let bins = binaries();
     let scratch = scratch_dir();
-    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    // Sticky, as /tmp: crdump refuses to create its directory in a
+    // shared directory that is not.
+    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o1777)).unwrap();
     let nobody = nix::unistd::User::from_name("nobody")
         .ok()
         .flatten()

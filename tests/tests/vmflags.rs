@@ -14,7 +14,7 @@ use std::process::Command;
 
 use crimg_tests::cli::{self, RunOutput};
 use crimg_tests::process::{CheckTrigger, LINE_TIMEOUT, READY_TIMEOUT};
-use crimg_tests::roundtrip::{as_nobody, dump_and_kill, Dumped, NOBODY, NOGROUP};
+use crimg_tests::roundtrip::{as_nobody, dump_and_kill, tasks_of, Dumped, NOBODY, NOGROUP};
 use crimg_tests::smaps::{
     area_at, assert_same_vm_flags, assert_same_vm_flags_of_unchanged_areas, status_lines,
     vm_flags_of, AreaFlags,
@@ -202,6 +202,42 @@ fn mlockall_areas_come_back_locked_and_the_dump_warns() {
         said.contains("mlockall") && said.contains("MCL_FUTURE"),
         "{said}"
     );
+}
+
+/// A threaded program that called `mlockall` has a locked `PROT_NONE`
+/// guard page under its thread's stack, and `mlock` of a `PROT_NONE` area
+/// sets the lock but fails with ENOMEM (nothing can be faulted in): both
+/// come back locked, and the restore does not fail on that ENOMEM after
+/// the point of no return.
+#[test]
+fn locked_prot_none_areas_of_a_threaded_mlockall_program_come_back_locked() {
+    crimg_tests::skip_unless_root!();
+    let (before, _restored, _pass) = round_trip(&["--thread", "--locked-none", "--mlockall"]);
+    let none = area_at(
+        &before.flags,
+        before.dumped.ready.require("locked_none").unwrap(),
+    );
+    assert!(has(none, "lo"), "{none:?}");
+    let guards = before
+        .flags
+        .iter()
+        .filter(|a| a.header.contains(" ---p ") && has(a, "lo"))
+        .count();
+    assert!(guards >= 2, "no locked guard page: {:?}", before.flags);
+}
+
+/// A locked file area that reaches past the end of its file: `mlock`
+/// sets the lock and fails with ENOMEM on the pages it cannot fault in;
+/// it comes back locked, and the restore does not fail on that ENOMEM.
+#[test]
+fn a_locked_file_area_past_the_end_of_its_file_comes_back_locked() {
+    crimg_tests::skip_unless_root!();
+    let scratch = scratch_dir();
+    let file = scratch.path().join("short");
+    let (before, _restored, _pass) = round_trip(&["--locked-past-eof", file.to_str().unwrap()]);
+    let addr = before.dumped.ready.require("locked_past_eof").unwrap();
+    let area = area_at(&before.flags, addr);
+    assert!(has(area, "lo"), "{area:?}");
 }
 
 /// Memory-deny-write-execute (`PR_SET_MDWE`) is an mm flag no status line
@@ -557,6 +593,162 @@ fn locked_memory_beyond_the_memlock_limit_is_refused() {
     let message = expect_refusal(command, 10);
     assert!(
         message.contains("RLIMIT_MEMLOCK") && message.contains("CAP_IPC_LOCK"),
+        "{message}"
+    );
+}
+
+/// At exactly the address space the loader says the task needs, the
+/// restore works: the need is the real peak (the kernel's vDSO block is
+/// parked inside the window while the areas are built, so it is counted
+/// with the window, not left out).
+#[test]
+fn address_space_limit_equal_to_the_need_restores() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let dumped = dumped_victim(&bins, scratch.path(), &["--noreserve-gb", "4"]);
+    let limited = |limit: u64| {
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--as={limit}"))
+            .arg("--")
+            .arg(&bins.loader)
+            .arg(&dumped.dump.image);
+        command
+    };
+    let message = expect_refusal(limited(2 << 30), 10);
+    let need_kib: u64 = message
+        .split("take ")
+        .nth(1)
+        .and_then(|rest| rest.split(" KiB").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no size in: {message}"));
+    let mut restored =
+        Workload::spawn_command("restored victim at its RLIMIT_AS", limited(need_kib * 1024))
+            .unwrap_or_else(|e| panic!("{e}"));
+    restored.expect_pass(CheckTrigger::Stdin);
+}
+
+/// `unshare -U -r COMMAND…`: root of a new user namespace, with every
+/// capability there and none in the initial one.
+fn in_user_namespace() -> Command {
+    let mut command = Command::new("unshare");
+    command.args(["-U", "-r", "--"]);
+    command
+}
+
+/// Root of a new user namespace has CAP_IPC_LOCK only there, and the
+/// kernel's mlock limit asks the initial one: locked memory beyond
+/// `RLIMIT_MEMLOCK` is refused before anything changes (it failed with
+/// ENOMEM after the point of no return).
+#[test]
+fn locked_memory_beyond_the_memlock_limit_is_refused_in_a_user_namespace() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let dumped = dumped_victim(&bins, scratch.path(), &["--locked"]);
+    let mut command = in_user_namespace();
+    command
+        .args(["prlimit", "--memlock=4096", "--"])
+        .arg(&bins.loader)
+        .arg(&dumped.dump.image);
+    let message = expect_refusal(command, 10);
+    assert!(
+        message.contains("RLIMIT_MEMLOCK") && message.contains("CAP_IPC_LOCK"),
+        "{message}"
+    );
+}
+
+/// In a user namespace that does not own the pid namespace, `clone3`'s
+/// `set_tid` is refused (EPERM) although the caller has every capability
+/// there: the other thread gets a new tid with the "not privileged"
+/// warning, as for an unprivileged caller, and the victim runs on.
+#[test]
+fn threads_get_new_ids_in_a_user_namespace() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let dumped = dumped_victim(&bins, scratch.path(), &["--thread"]);
+    let mut command = in_user_namespace();
+    command.arg(&bins.loader).arg(&dumped.dump.image);
+    let mut restored = Workload::spawn_command("restored vmflags in a user namespace", command)
+        .unwrap_or_else(|e| panic!("{e}"));
+    restored.expect_pass(CheckTrigger::Stdin);
+    assert_eq!(tasks_of(restored.pid()).len(), 2);
+    assert!(
+        restored
+            .stderr_lines()
+            .iter()
+            .any(|line| line.contains("warning: not privileged")),
+        "{}",
+        restored.stderr_report()
+    );
+}
+
+/// A tmpfs mounted for one test, detached on drop (even on panic).
+struct Tmpfs {
+    dir: std::path::PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(dir: &Path) -> Tmpfs {
+        fs::create_dir_all(dir).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=64m"),
+        )
+        .unwrap_or_else(|err| panic!("mount tmpfs on {}: {err}", dir.display()));
+        Tmpfs {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Remount it `noexec` (the mount's flags only).
+    fn make_noexec(&self) {
+        use nix::mount::MsFlags;
+        nix::mount::mount(
+            None::<&str>,
+            &self.dir,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .unwrap_or_else(|err| panic!("remount {} noexec: {err}", self.dir.display()));
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// A program whose file now lies on a `noexec` mount cannot have its code
+/// mapped executable: the loader refuses by name before anything changes
+/// (the `mmap` failed with EPERM after the point of no return).
+#[test]
+fn an_executable_file_area_on_a_noexec_mount_is_refused() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let mnt = Tmpfs::mount(&scratch.path().join("mnt"));
+    let program = mnt.dir.join("vmflags");
+    fs::copy(crimg_tests::workload_path("vmflags"), &program).unwrap();
+    let mut victim = Workload::spawn_command("vmflags from a tmpfs", Command::new(&program))
+        .unwrap_or_else(|e| panic!("{e}"));
+    if let Err(err) = victim.wait_ready(READY_TIMEOUT) {
+        panic!("{err}\n{}", victim.stderr_report());
+    }
+    let dumped = dump_and_kill(&bins, victim, &scratch.path().join("out"));
+    mnt.make_noexec();
+    let message = expect_refusal(bins.loader_command(&dumped.dump.image), 5);
+    assert!(
+        message.contains(program.to_str().unwrap())
+            && message.contains("executable")
+            && message.contains("noexec"),
         "{message}"
     );
 }

@@ -30,6 +30,16 @@
  *                       second was made executable while it was written)
  *   --mlockall          mlockall(MCL_CURRENT | MCL_FUTURE), after the areas
  *                       of the options before it
+ *   --thread            a second thread, blocked for good (glibc gives its
+ *                       stack a PROT_NONE guard page: with --mlockall after
+ *                       it, a locked `---p` area whose pages cannot be
+ *                       faulted in)
+ *   --locked-none       a PROT_NONE area locked with mlock() (which sets
+ *                       the lock and returns ENOMEM: nothing to fault in)
+ *   --locked-past-eof FILE  FILE (created, one page) mapped private and
+ *                       read-only over four pages and mlock()ed: the lock
+ *                       is set, the pages past the end of the file cannot
+ *                       be faulted in (ENOMEM)
  *   --mbind             an area bound to NUMA node 0 (mbind MPOL_BIND)
  *   --mdwe              prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN); the
  *                       check reads it back and tries to make a writable
@@ -48,6 +58,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -90,6 +101,21 @@ static uint8_t *shared_map;
 static int mdwe;
 static uint8_t *was_writable;
 static volatile sig_atomic_t check_requested;
+static uint8_t *locked_none;
+static uint8_t *locked_past_eof;
+
+/* The --thread thread: blocked in pause() with every signal blocked. */
+static void *idle_thread(void *arg)
+{
+	sigset_t all;
+
+	(void)arg;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	for (;;)
+		pause();
+	return NULL;
+}
 
 static uint64_t seed_of(size_t i)
 {
@@ -314,6 +340,33 @@ int main(int argc, char **argv)
 		} else if (!strcmp(a, "--mlockall")) {
 			if (mlockall(MCL_CURRENT | MCL_FUTURE))
 				die("mlockall");
+		} else if (!strcmp(a, "--thread")) {
+			pthread_t t;
+
+			if (pthread_create(&t, NULL, idle_thread, NULL))
+				die("pthread_create");
+		} else if (!strcmp(a, "--locked-none")) {
+			locked_none = mmap(NULL, AREA_PAGES * PAGE, PROT_NONE,
+					   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			if (locked_none == MAP_FAILED)
+				die("--locked-none mmap");
+			/* The lock is set; faulting in PROT_NONE pages fails. */
+			if (mlock(locked_none, AREA_PAGES * PAGE) && errno != ENOMEM)
+				die("--locked-none mlock");
+		} else if (!strcmp(a, "--locked-past-eof") && v) {
+			uint8_t page[PAGE];
+			int fd = open(v, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+			i++;
+			memset(page, 0x5a, sizeof(page));
+			if (fd < 0 || pwrite(fd, page, PAGE, 0) != (ssize_t)PAGE)
+				die("--locked-past-eof file");
+			locked_past_eof = mmap(NULL, 4 * PAGE, PROT_READ, MAP_PRIVATE, fd, 0);
+			close(fd);
+			if (locked_past_eof == MAP_FAILED)
+				die("--locked-past-eof mmap");
+			if (mlock(locked_past_eof, 4 * PAGE) && errno != ENOMEM)
+				die("--locked-past-eof mlock");
 		} else if (!strcmp(a, "--mbind")) {
 			struct area *ar = add_area("mbind", AREA_PAGES * PAGE,
 						   MAP_PRIVATE);
@@ -389,8 +442,14 @@ int main(int argc, char **argv)
 		n += snprintf(line + n, sizeof(line) - (size_t)n, " shared_ro=%p",
 			      (void *)shared_map);
 	if (was_writable && n < (int)sizeof(line))
-		snprintf(line + n, sizeof(line) - (size_t)n, " was_writable=%p",
-			 (void *)was_writable);
+		n += snprintf(line + n, sizeof(line) - (size_t)n, " was_writable=%p",
+			      (void *)was_writable);
+	if (locked_none && n < (int)sizeof(line))
+		n += snprintf(line + n, sizeof(line) - (size_t)n, " locked_none=%p",
+			      (void *)locked_none);
+	if (locked_past_eof && n < (int)sizeof(line))
+		snprintf(line + n, sizeof(line) - (size_t)n, " locked_past_eof=%p",
+			 (void *)locked_past_eof);
 	say("%s", line);
 
 	for (;;) {

@@ -316,3 +316,33 @@ pub fn open_cwd(
     }
     Ok(cwd_fd)
 }
+
+/// Each file area the task had executable, tried now: a trial `mmap` of
+/// one page of its opened fd with the area's protections (less
+/// `PROT_WRITE`). A file on a `noexec` mount (EPERM) or one a security
+/// module keeps from being executed (EACCES) would otherwise fail its
+/// `mmap` after the point of no return. `vmas` are the areas of `image`'s
+/// VMA records, in their order.
+pub fn check_exec_mappings(image: &Image<'static>, vmas: &[TargetVma]) -> Result<(), CheckError> {
+    use image_format::records::prot;
+    let corrupt = |error| CheckError::Corrupt { error };
+    let records = image.vmas().map_err(corrupt)?;
+    let mut tried = -1;
+    for (v, r) in vmas.iter().zip(records) {
+        // A file's areas are usually next to each other: tried once.
+        if v.fd < 0 || v.prot & prot::EXEC == 0 || v.fd == tried {
+            continue;
+        }
+        tried = v.fd;
+        let p = u64::from(v.prot & (prot::READ | prot::EXEC));
+        if let Err(errno) = sys::mm::probe_file_page(v.fd, v.pgoff, p) {
+            let path = image.string(r.path).map_err(corrupt)?;
+            return Err(CheckError::ExecDenied {
+                path,
+                start: v.start,
+                errno,
+            });
+        }
+    }
+    Ok(())
+}

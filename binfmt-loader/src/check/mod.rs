@@ -188,6 +188,16 @@ pub enum CheckError {
     MmState {
         error: MmStateError,
     },
+    /// The task's pending signals do not fit in this user's signal queue.
+    SigQueue {
+        error: crate::plan::SigQueueError,
+    },
+    /// A file the task mapped executable may not be mapped so here.
+    ExecDenied {
+        path: &'static [u8],
+        start: u64,
+        errno: Errno,
+    },
     /// A table of stage 1 did not fit its scratch memory (a sizing bug).
     ScratchShort {
         table: &'static str,
@@ -223,6 +233,8 @@ impl CheckError {
             | CheckError::FdAboveLimit { .. }
             | CheckError::VdsoLayout
             | CheckError::MmState { .. } => ExitCode::Unsupported,
+            CheckError::ExecDenied { .. } => ExitCode::FileChanged,
+            CheckError::SigQueue { .. } => ExitCode::Environment,
             CheckError::Scratch { .. }
             | CheckError::ScratchShort { .. }
             | CheckError::ProcMaps { .. }
@@ -315,6 +327,12 @@ impl fmt::Display for CheckError {
             ),
             CheckError::MemoryLimit { error } => write!(f, "{error}"),
             CheckError::MmState { error } => write!(f, "{error}"),
+            CheckError::SigQueue { error } => write!(f, "{error}"),
+            CheckError::ExecDenied { path, start, errno } => write!(
+                f,
+                "mapped file {} cannot be mapped executable here (its area at {start:#x}): {errno}; a noexec mount or a security module forbids it",
+                Lossy(path)
+            ),
             CheckError::ScratchShort { table, items } => write!(
                 f,
                 "internal error: stage 1's scratch memory has no room for {items} entries of its {table} table"
@@ -540,7 +558,14 @@ fn check_memory(os: &impl Os, checked: &Checked, caps: u64) -> Result<(), CheckE
         );
     }
     mm_state::probe_kernel(input.vmas, checked.image.process().flags)
-        .map_err(|error| CheckError::MmState { error })
+        .map_err(|error| CheckError::MmState { error })?;
+    files::check_exec_mappings(&checked.image, input.vmas)?;
+    let mut status = [0u8; 4096];
+    let sigq = crate::sys::read_small_file(b"/proc/self/status", &mut status)
+        .ok()
+        .and_then(|n| crate::plan::parse_sigq(&status[..n]));
+    crate::plan::check_sigqueue(input.pending, input.rlimits, sigq)
+        .map_err(|error| CheckError::SigQueue { error })
 }
 
 /// Set the task's mm-wide memory settings (THP disabled, KSM merging) on

@@ -266,6 +266,97 @@ pub(super) fn timers(b: &mut Builder<'_>, input: &PlanInput<'_>) -> Result<(), P
     Ok(())
 }
 
+/// `RLIMIT_SIGPENDING`.
+const RLIMIT_SIGPENDING: u32 = 11;
+/// `SIGRTMIN` as the kernel counts it.
+const SIGRTMIN: u32 = 32;
+
+/// The recorded pending signals that need a queue entry charged to the
+/// user's `RLIMIT_SIGPENDING` count: every real-time signal, and a classic
+/// one whose `si_code` is negative (sent with `sigqueue` or `tkill`); the
+/// kernel lets the others past the limit (`__send_signal_locked`,
+/// `override_rlimit`). At the limit a real-time one fails with EAGAIN
+/// after the point of no return, the others lose their siginfo silently.
+pub fn charged_signals(pending: &[PendingSignalRecord]) -> u64 {
+    let word =
+        |s: &[u8; 128], at: usize| u32::from_le_bytes([s[at], s[at + 1], s[at + 2], s[at + 3]]);
+    let n = pending
+        .iter()
+        .filter(|p| {
+            let signo = word(&p.siginfo, 0);
+            let code = word(&p.siginfo, 8).cast_signed();
+            signo >= SIGRTMIN || code < 0
+        })
+        .count();
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+/// The recorded pending signals do not fit in the queue this user has left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SigQueueError {
+    pub need: u64,
+    pub queued: u64,
+    pub limit: u64,
+}
+
+impl core::fmt::Display for SigQueueError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "the task had {} queued signal(s) pending; this user has {} queued already and RLIMIT_SIGPENDING is {}",
+            self.need, self.queued, self.limit
+        )
+    }
+}
+
+/// Check that [`charged_signals`] of `pending` fit: `sigq` is the
+/// `SigQ:` value of `/proc/self/status` (`queued/limit`: queued counts
+/// every process of this user, and the signals sent to this one during the
+/// load), and the limit in force when the plan queues them is the task's
+/// (`rlimits`, already lowered to what this process may set), else the
+/// current one. Without `SigQ` (no `/proc`) nothing is checked.
+pub fn check_sigqueue(
+    pending: &[PendingSignalRecord],
+    rlimits: &[image_format::records::RlimitRecord],
+    sigq: Option<(u64, u64)>,
+) -> Result<(), SigQueueError> {
+    let need = charged_signals(pending);
+    let Some((queued, limit_now)) = sigq else {
+        return Ok(());
+    };
+    let limit = rlimits
+        .iter()
+        .find(|r| r.resource == RLIMIT_SIGPENDING)
+        .map_or(limit_now, |r| r.cur);
+    // The kernel counts the entry being queued: `count <= limit` passes.
+    if need > 0 && queued.saturating_add(need) > limit {
+        return Err(SigQueueError {
+            need,
+            queued,
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// The `queued/limit` numbers of the `SigQ:` line in `status` text.
+pub fn parse_sigq(status: &[u8]) -> Option<(u64, u64)> {
+    let line = status
+        .split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(b"SigQ:"))?;
+    let mut parts = line.split(|&b| b == b'/');
+    let mut number = || {
+        let digits = parts.next()?.trim_ascii();
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        Some(digits.iter().fold(0u64, |a, &d| {
+            a.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+        }))
+    };
+    Some((number()?, number()?))
+}
+
 impl Builder<'_> {
     /// Queue one pending signal. `thread` None: the leader queues a
     /// process-wide signal (tid 0) or its own; `Some`: the calling (other)
@@ -305,5 +396,61 @@ impl Builder<'_> {
                 format_args!("rt_tgsigqueueinfo {signo} to itself{who}"),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod sigqueue_tests {
+    use super::*;
+    use image_format::records::RlimitRecord;
+    use zerocopy::FromZeros;
+
+    fn pending(signo: u32, code: i32) -> PendingSignalRecord {
+        let mut p = PendingSignalRecord::new_zeroed();
+        p.siginfo[0..4].copy_from_slice(&signo.to_le_bytes());
+        p.siginfo[8..12].copy_from_slice(&code.to_le_bytes());
+        p
+    }
+
+    #[test]
+    fn sigq_line_parsed() {
+        let status = b"Name:\tx\nSigQ:\t3/63457\nSigPnd:\t0\n";
+        assert_eq!(parse_sigq(status), Some((3, 63457)));
+        assert_eq!(parse_sigq(b"SigQ:\t3\n"), None);
+        assert_eq!(parse_sigq(b"Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn only_signals_that_need_a_queue_entry_count() {
+        // SIGUSR1 from kill (SI_USER 0) and from the kernel (positive) pass
+        // the limit; from sigqueue (SI_QUEUE -1) and any real-time one do not.
+        let list = [
+            pending(10, 0),
+            pending(10, 1),
+            pending(10, -1),
+            pending(34, 0),
+            pending(35, -1),
+        ];
+        assert_eq!(charged_signals(&list), 3);
+        let rl = |cur| RlimitRecord {
+            resource: RLIMIT_SIGPENDING,
+            _pad: 0,
+            cur,
+            max: cur,
+        };
+        assert_eq!(check_sigqueue(&list, &[], Some((5, 8))), Ok(()));
+        assert_eq!(
+            check_sigqueue(&list, &[], Some((6, 8))),
+            Err(SigQueueError {
+                need: 3,
+                queued: 6,
+                limit: 8
+            })
+        );
+        // The task's limit is the one in force when they are queued.
+        assert!(check_sigqueue(&list, &[rl(4)], Some((2, 100))).is_err());
+        assert_eq!(check_sigqueue(&list, &[rl(100)], Some((6, 8))), Ok(()));
+        assert_eq!(check_sigqueue(&list, &[], None), Ok(()));
+        assert_eq!(check_sigqueue(&list[..2], &[], Some((8, 8))), Ok(()));
     }
 }

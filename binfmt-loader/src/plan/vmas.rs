@@ -270,10 +270,16 @@ pub(super) fn finish_vmas(b: &mut Builder<'_>, input: &PlanInput<'_>) -> Result<
             )?;
         }
         for (nr, args, name) in mm_state::after_fill_ops(v) {
-            b.sys(
-                rule::OK,
+            let (rule, errno) = match mm_state::lock_fault_errno(v, nr) {
+                Some(errno) => (rule::OK_OR_ERRNO, errno),
+                None => (rule::OK, 0),
+            };
+            b.op(
+                op_kind::SYSCALL,
+                rule,
                 nr,
                 args,
+                errno,
                 format_args!("{name} {:#x}-{:#x}", v.start, v.end),
             )?;
         }

@@ -60,3 +60,18 @@ pub fn probe_anon_page(map_flags: u64, advice: Option<u64>) -> Result<(), Errno>
     unsafe { syscall6(nr::MUNMAP, addr, LEN, 0, 0, 0, 0) };
     advised.map(|_| ())
 }
+
+/// `mmap(NULL, 4096, prot, MAP_PRIVATE, fd, offset)`, then `munmap`: may
+/// this process map the file open at `fd` with `prot` (`PROT_EXEC`: a
+/// `noexec` mount refuses it with EPERM, a security module with EACCES)?
+/// Nothing is read from the file: the page is never touched.
+pub fn probe_file_page(fd: i32, offset: u64, prot: u64) -> Result<(), Errno> {
+    const LEN: u64 = 4096;
+    let fd = u64::try_from(fd).map_err(|_| Errno(9))?; // EBADF
+                                                       // SAFETY: a fresh mapping (no MAP_FIXED) overlaps nothing; it is never
+                                                       // accessed, so a page past the end of the file cannot fault.
+    let addr = result(unsafe { syscall6(nr::MMAP, 0, LEN, prot, super::MAP_PRIVATE, fd, offset) })?;
+    // SAFETY: `addr` is the page just made, used by nothing else.
+    unsafe { syscall6(nr::MUNMAP, addr, LEN, 0, 0, 0, 0) };
+    Ok(())
+}

@@ -60,9 +60,10 @@ pub(super) fn memory_areas<T: Task>(
                 Err(source) => {
                     return Err(CollectError::Read {
                         pid: c.pid,
-                        path: e.path.clone(),
+                        // The target's file name: shown escaped.
+                        path: image_format::text::Escaped(e.path.as_bytes()).to_string(),
                         source,
-                    })
+                    });
                 }
             }
         }
@@ -105,27 +106,35 @@ pub(super) fn find_gadgets<T: Task>(
     g
 }
 
-/// Scratch memory for injected syscalls: below the red zone of the thread's
-/// stack if that is writable private memory, else the start of the first
-/// writable private anonymous area (all threads are stopped, and the bytes
-/// are put back).
-pub(super) fn scratch_for(smaps: &[SmapsEntry], rsp: u64) -> Option<u64> {
+/// Scratch memory for injected syscalls: [`inject::SCRATCH_LEN`] bytes
+/// below the red zone of the thread's stack, all inside the writable
+/// private area that holds `rsp` (the bytes just below it), or `Err` with
+/// the room that area has below the red zone (0 without one). Nothing else
+/// is borrowed: the bytes are put back, but a dumper killed mid-injection
+/// cannot put them back, and the task then runs on with them; below its
+/// stack pointer they are dead, anywhere else (a neighbouring area, the
+/// heap) they are live data.
+pub(super) fn scratch_for(smaps: &[SmapsEntry], rsp: u64) -> Result<u64, u64> {
     let usable = |e: &SmapsEntry| {
         e.write && e.read && !e.shared && (e.path.is_empty() || e.path.starts_with('['))
     };
     let below = inject::scratch_below(rsp);
-    let len = inject::SCRATCH_LEN as u64;
-    // A stack pointer near 0 (a thread that uses rsp for something else)
-    // puts `below` near the top of the address space: no overflow, no fit.
-    let fits =
-        |e: &SmapsEntry, a: u64| e.start <= a && a.checked_add(len).is_some_and(|end| end <= e.end);
-    if smaps.iter().any(|e| usable(e) && fits(e, below)) {
-        return Some(below);
-    }
-    smaps
+    // The area of the byte just below rsp (a fresh stack's rsp may be its
+    // end). A stack pointer near 0 (a thread that uses rsp for something
+    // else) wraps `below` to the top of the address space: no fit.
+    let Some(stack) = smaps
         .iter()
-        .find(|e| usable(e) && e.path != "[vvar]" && e.path != "[vvar_vclock]" && fits(e, e.start))
-        .map(|e| e.start)
+        .find(|e| usable(e) && e.start < rsp && rsp <= e.end)
+    else {
+        return Err(0);
+    };
+    if below >= stack.start && below < rsp {
+        Ok(below)
+    } else {
+        Err(rsp
+            .saturating_sub(stack.start)
+            .saturating_sub(inject::RED_ZONE))
+    }
 }
 
 /// Choose the stored pages of every VMA from pagemap.

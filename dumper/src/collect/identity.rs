@@ -7,6 +7,7 @@ use std::path::Path;
 use image_format::records::{
     CredsRecord, FileId, MmRecord, ProcessRecord, RlimitRecord, MAX_GROUPS, PROCESS_DUMPED_AS_ROOT,
 };
+use image_format::text::Escaped;
 use image_format::PAGE_SIZE;
 
 use super::task::{ProcessWide, Task};
@@ -59,7 +60,8 @@ pub(super) fn process_and_mm<T: Task>(
         Ok(m) => m.id,
         Err(e) => {
             c.warnings.push(format!(
-                "cannot stat the executable {exe} ({e}): the restore cannot check that it is unchanged"
+                "cannot stat the executable {} ({e}): the restore cannot check that it is unchanged",
+                Escaped(exe.as_bytes())
             ));
             FileId::default()
         }

@@ -437,3 +437,34 @@ fn no_scratch_memory_refuses_before_any_thread_is_borrowed() {
     ));
     assert!(task.asked.is_empty());
 }
+
+#[test]
+fn scratch_lies_below_rsp_inside_its_own_area_or_nowhere() {
+    let smaps = crate::procfs::smaps::parse(
+        "00600000-00640000 rw-p 00000000 00:00 0 [heap]\n\
+         VmFlags: rd wr mr mw me ac\n\
+         7f0000000000-7f0000004000 rw-p 00000000 00:00 0\n\
+         VmFlags: rd wr mr mw me ac\n\
+         7f0000005000-7f0000009000 rw-p 00000000 00:00 0\n\
+         VmFlags: rd wr mr mw me ac\n\
+         7ffd0000-7fff0000 rw-p 00000000 00:00 0 [stack]\n\
+         VmFlags: rd wr mr mw me gd ac\n",
+    )
+    .unwrap();
+    let len = crate::inject::SCRATCH_LEN as u64;
+    // Room enough: right below the red zone, all inside the stack.
+    let rsp = 0x7ffe_f008;
+    let s = super::areas::scratch_for(&smaps, rsp).unwrap();
+    assert!(s >= 0x7ffd_0000 && s + len <= rsp - crate::inject::RED_ZONE);
+    // A fresh stack (rsp at its end) of enough size.
+    assert!(super::areas::scratch_for(&smaps, 0x7fff_0000).is_ok());
+    // A 16 KiB thread stack whose rsp is 3 KiB below its top: neither the
+    // heap nor the area right below it is borrowed; the room is said.
+    let rsp = 0x7f00_0000_8400;
+    assert_eq!(
+        super::areas::scratch_for(&smaps, rsp),
+        Err(0x3400 - crate::inject::RED_ZONE)
+    );
+    // rsp in no writable area.
+    assert_eq!(super::areas::scratch_for(&smaps, 0x1000), Err(0));
+}

@@ -64,10 +64,11 @@ pub(super) fn injected_answers<T: Task>(
     let scratches = threads
         .iter()
         .map(|(thread, found)| {
-            areas::scratch_for(smaps, found.rsp).ok_or(CollectError::NoScratch {
+            areas::scratch_for(smaps, found.rsp).map_err(|room| CollectError::NoScratch {
                 pid,
                 tid: thread.record.tid,
                 rsp: found.rsp,
+                room,
             })
         })
         .collect::<Result<Vec<u64>, _>>()?;

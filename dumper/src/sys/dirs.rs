@@ -123,3 +123,82 @@ pub fn unlink_at(dir: &File, name: &OsStr, is_dir: bool) -> io::Result<()> {
     // SAFETY: `name` is NUL-terminated and lives across the call.
     check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
 }
+
+/// `openat(dir, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)`: a
+/// subdirectory to walk through, refusing a symlink in its place. `O_PATH`
+/// needs only search permission, as a walk by path does.
+///
+/// # References
+/// openat(2) (`O_PATH`)
+pub fn open_walk_at(dir: &File, name: &OsStr) -> io::Result<File> {
+    let name = c_name(name)?;
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: `name` is NUL-terminated and lives across the call.
+    let fd = check(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) })?;
+    // SAFETY: `fd` was just returned by openat and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// `openat(dir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)`: the directory
+/// held by `dir` (an `O_PATH` handle) opened for reading, which `fsync`
+/// needs; the same directory, whatever its names have become since.
+pub fn reopen_dir(dir: &File) -> io::Result<File> {
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    // SAFETY: the path is a static NUL-terminated string.
+    let fd = check(unsafe { libc::openat(dir.as_raw_fd(), c".".as_ptr(), flags) })?;
+    // SAFETY: `fd` was just returned by openat and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// `openat(dir, name, O_PATH | O_NOFOLLOW | O_CLOEXEC)`: a handle on the
+/// name itself, a symlink included (not followed), to `fstat` or read it.
+///
+/// # References
+/// openat(2) (`O_PATH`)
+pub fn open_path_at(dir: &File, name: &OsStr) -> io::Result<File> {
+    let name = c_name(name)?;
+    let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: `name` is NUL-terminated and lives across the call.
+    let fd = check(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) })?;
+    // SAFETY: `fd` was just returned by openat and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// `open(path, O_PATH | O_DIRECTORY | O_CLOEXEC)` for `/` or `.`, where a
+/// walk from there starts (neither can be a symlink itself).
+pub fn open_start(absolute: bool) -> io::Result<File> {
+    let path = if absolute { c"/" } else { c"." };
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    // SAFETY: the path is a static NUL-terminated string.
+    let fd = check(unsafe { libc::openat(libc::AT_FDCWD, path.as_ptr(), flags) })?;
+    // SAFETY: `fd` was just returned by openat and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// `readlinkat(link, "", buf)`: the target of the symlink held by `link`
+/// (from [`open_path_at`]), read from the handle, not through a name that
+/// could have been replaced since.
+///
+/// # References
+/// readlinkat(2) (empty path)
+pub fn read_link_of(link: &File) -> io::Result<std::ffi::OsString> {
+    use std::os::unix::ffi::OsStringExt;
+    // PATH_MAX (4096) bytes and one more, to see a truncation.
+    let mut buf = vec![0u8; 4097];
+    // SAFETY: the path is a static NUL-terminated string; `buf` is writable
+    // for `buf.len()` bytes.
+    let n = unsafe {
+        libc::readlinkat(
+            link.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    if n >= buf.len() {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    buf.truncate(n);
+    Ok(std::ffi::OsString::from_vec(buf))
+}

@@ -85,7 +85,8 @@ fn print_details(r: &DumpReport) {
             v.start,
             v.end,
             human(v.stored_pages * image_format::PAGE_SIZE),
-            v.path
+            // The target's own name for the area: shown escaped.
+            image_format::text::Escaped(v.path.as_bytes())
         );
     }
 }
