@@ -16,6 +16,7 @@ const C_WORKLOADS: &[&str] = &[
     "vmflags",
     "seccomp_echo",
     "sigsuspend_mask",
+    "cred_threads",
     "small_stack",
 ];
 

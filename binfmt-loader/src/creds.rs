@@ -175,20 +175,7 @@ pub fn creds_gap(
     now_uids: [u32; 3],
     applied: bool,
 ) -> CredsGap {
-    let mut will = *now;
-    if applied && now.securebits & SECBIT_NO_SETUID_FIXUP == 0 {
-        let was_root = now_uids.contains(&0);
-        if was_root && image.uid[..3].iter().all(|&u| u != 0) {
-            if now.securebits & SECBIT_KEEP_CAPS == 0 {
-                will.cap_permitted = 0;
-            }
-            will.cap_effective = 0;
-            will.cap_ambient = 0;
-        }
-        if now_uids[1] == 0 && image.uid[1] != 0 {
-            will.cap_effective = 0;
-        }
-    }
+    let will = after_switch(now, now_uids, image.uid, applied);
     let n = (image.ngroups as usize).min(image.groups.len());
     let image_groups = &image.groups[..n];
     let now_groups = &now.groups[..now.ngroups];
@@ -212,6 +199,87 @@ pub fn creds_gap(
         ambient: caps_recorded && image.cap_ambient != will.cap_ambient,
         securebits: image.securebits != will.securebits,
     }
+}
+
+/// What this process's credentials `now` (ids `now_uids`) become when the
+/// plan's `setresuid` to `uid` runs (`applied`), with the kernel's uid
+/// fix-up (`cap_emulate_setxuid`): leaving uid 0 in all three ids clears
+/// permitted (unless `SECBIT_KEEP_CAPS`), effective and ambient; an
+/// effective uid leaving 0 clears effective; `SECBIT_NO_SETUID_FIXUP`
+/// clears nothing.
+pub fn after_switch(
+    now: &CurrentCreds,
+    now_uids: [u32; 3],
+    uid: [u32; 4],
+    applied: bool,
+) -> CurrentCreds {
+    let mut will = *now;
+    if applied && now.securebits & SECBIT_NO_SETUID_FIXUP == 0 {
+        let was_root = now_uids.contains(&0);
+        if was_root && uid[..3].iter().all(|&u| u != 0) {
+            if now.securebits & SECBIT_KEEP_CAPS == 0 {
+                will.cap_permitted = 0;
+            }
+            will.cap_effective = 0;
+            will.cap_ambient = 0;
+        }
+        if now_uids[1] == 0 && uid[1] != 0 {
+            will.cap_effective = 0;
+        }
+    }
+    will
+}
+
+/// Why the task would end with more than a non-root image owner has:
+/// another uid than the owner's (or uid 0) in some id, or capabilities.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Excess {
+    /// The task's (real, effective, saved) uids.
+    pub uids: [u32; 3],
+    /// Its permitted | effective | ambient capabilities.
+    pub caps: u64,
+}
+
+/// The bound every restore of an image owned by `owner_uid` (not root)
+/// must meet, on what the task will end with: its uids `uids` are all the
+/// owner's, and it has no permitted, effective or ambient capabilities.
+pub fn exceeds_owner(owner_uid: u32, uids: [u32; 3], will: &CurrentCreds) -> Option<Excess> {
+    let caps = will.cap_permitted | will.cap_effective | will.cap_ambient;
+    let wrong_uid = uids.iter().any(|&u| u != owner_uid || u == 0);
+    (owner_uid != 0 && (wrong_uid || caps != 0)).then_some(Excess { uids, caps })
+}
+
+/// The complete lines of a colon-separated database (`/etc/passwd`,
+/// `/etc/group`) read into a buffer, split into fields; a last line without
+/// its newline may be cut by the buffer: left out.
+fn db_lines(text: &[u8]) -> impl Iterator<Item = [&[u8]; 4]> + '_ {
+    let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    text[..complete]
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty() && l[0] != b'#')
+        .map(|l| {
+            let mut f = l.split(|&b| b == b':');
+            [(); 4].map(|()| f.next().unwrap_or(&[]))
+        })
+}
+
+fn parse_id(s: &[u8]) -> Option<u32> {
+    parse_radix(s, 10).and_then(|v| u32::try_from(v).ok())
+}
+
+/// The name and primary gid of `uid` in `/etc/passwd` text; its first entry.
+pub fn passwd_entry(passwd: &[u8], uid: u32) -> Option<(&[u8], u32)> {
+    db_lines(passwd).find_map(|[name, _, u, gid]| {
+        (parse_id(u) == Some(uid)).then(|| parse_id(gid).map(|g| (name, g)))?
+    })
+}
+
+/// Whether user `name` is listed as a member of group `gid` in
+/// `/etc/group` text.
+pub fn group_lists(group: &[u8], gid: u32, name: &[u8]) -> bool {
+    db_lines(group).any(|[_, _, g, members]| {
+        parse_id(g) == Some(gid) && members.split(|&b| b == b',').any(|m| m == name)
+    })
 }
 
 /// Whether the supplementary groups differ (then the plan sets them, when it
@@ -467,6 +535,51 @@ CapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\n";
         assert_eq!((c.uid, c.gid, c.ngroups), ([1000; 4], [100; 4], 0));
         let b = limit_to_owner(None, 1000, 100, ([1000; 3], [100; 3]));
         assert!(!b.lowered);
+    }
+
+    #[test]
+    fn a_non_root_owner_bounds_every_restore() {
+        let now = parse_status(STATUS, 0).unwrap();
+        let mut user = image(1000);
+        user.cap_permitted = 0;
+        user.cap_effective = 0;
+        // Root switching to the owner: the kernel clears the sets.
+        let will = after_switch(&now, [0; 3], user.uid, true);
+        assert_eq!(exceeds_owner(1000, [1000; 3], &will), None);
+        // No switch (no CAP_SETUID): uid 0 and every capability stay.
+        let will = after_switch(&now, [0; 3], user.uid, false);
+        assert!(exceeds_owner(1000, [0; 3], &will).is_some());
+        // SECBIT_NO_SETUID_FIXUP: the switch keeps every capability.
+        let fixup = parse_status(STATUS, SECBIT_NO_SETUID_FIXUP).unwrap();
+        let will = after_switch(&fixup, [0; 3], user.uid, true);
+        assert_eq!(
+            exceeds_owner(1000, [1000; 3], &will),
+            Some(Excess {
+                uids: [1000; 3],
+                caps: 0x1ff_ffff_ffff
+            })
+        );
+        // SECBIT_KEEP_CAPS: the permitted set stays.
+        let keep = parse_status(STATUS, SECBIT_KEEP_CAPS).unwrap();
+        let will = after_switch(&keep, [0; 3], user.uid, true);
+        assert!(exceeds_owner(1000, [1000; 3], &will).is_some());
+        // Another user's uid; a root owner bounds nothing.
+        let none = after_switch(&now, [0; 3], user.uid, true);
+        assert!(exceeds_owner(1001, [1000; 3], &none).is_some());
+        assert_eq!(exceeds_owner(0, [0; 3], &now), None);
+    }
+
+    #[test]
+    fn the_owners_groups_come_from_the_databases() {
+        let passwd = b"root:x:0:0:root:/root:/bin/sh\nann:x:1000:100:Ann:/home/ann:/bin/sh\nbob:x:1001:1001::/:/bin/sh";
+        assert_eq!(passwd_entry(passwd, 1000), Some((&b"ann"[..], 100)));
+        // Cut by the buffer (no newline): not trusted.
+        assert_eq!(passwd_entry(passwd, 1001), None);
+        assert_eq!(passwd_entry(passwd, 7), None);
+        let group = b"root:x:0:\nwheel:x:10:bob,ann\nusers:x:100:\nannx:x:11:anna\n";
+        assert!(group_lists(group, 10, b"ann"));
+        assert!(!group_lists(group, 11, b"ann"));
+        assert!(!group_lists(group, 0, b"ann"));
     }
 
     #[test]

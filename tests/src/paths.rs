@@ -29,6 +29,7 @@ const COMPILED: &[(&str, &str)] = &[
     ("vmflags", env!("WORKLOAD_VMFLAGS")),
     ("seccomp_echo", env!("WORKLOAD_SECCOMP_ECHO")),
     ("sigsuspend_mask", env!("WORKLOAD_SIGSUSPEND_MASK")),
+    ("cred_threads", env!("WORKLOAD_CRED_THREADS")),
     ("small_stack", env!("WORKLOAD_SMALL_STACK")),
 ];
 

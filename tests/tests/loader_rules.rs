@@ -163,6 +163,11 @@ fn a_uid_0_image_owned_by_nobody_runs_as_nobody() {
         .expect("group nogroup exists")
         .gid
         .as_raw();
+    // The loader opens every file the image names as the task (nobody):
+    // the counter's mapped file must be nobody's to read.
+    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mapped = dumped.ready.require("file").unwrap().to_owned();
+    fs::set_permissions(&mapped, fs::Permissions::from_mode(0o644)).unwrap();
     let forged = dumped.dump.dir.join("forged.crimg");
     fs::copy(&dumped.dump.image, &forged).unwrap();
     chown(&forged, Some(nobody), Some(nogroup)).unwrap();

@@ -8,7 +8,8 @@ use image_format::Image;
 
 use super::os::Os;
 use super::CheckError;
-use crate::creds::{self, cap};
+use crate::creds::{self, cap, CurrentCreds};
+use crate::sys::Errno;
 
 /// What this process may do, as the kernel will check it (not euid 0:
 /// root in a container may lack these, and would then fail clone3 or
@@ -117,6 +118,7 @@ pub fn decide_creds(
         }
         _ => None,
     };
+    check_owner_bound(os, image_owner.0, uids, p.caps, now_creds, creds)?;
     if let (Some(c), Some(now)) = (image_creds, now_creds) {
         let gap = creds::creds_gap(&c, &now, uids, creds.is_some());
         if !gap.is_empty() {
@@ -135,4 +137,208 @@ pub fn decide_creds(
     // setresuid that changes the ids resets it to fs.suid_dumpable, and
     // the loader leaves it so.
     Ok((creds, no_new_privs))
+}
+
+/// `ST_NOSUID`: the mount ignores set-user-ID and set-group-ID bits.
+const ST_NOSUID: u64 = 2;
+
+/// Whom the image counts as owned by, for the bound: its file's owner
+/// `(uid, gid)`, but nobody (the kernel's overflow ids) when it lies on a
+/// `nosuid` mount, or when that cannot be told: such a mount (a USB stick,
+/// a user's FUSE mount) may hold a root-owned file that no one on this
+/// machine vouched for, and the kernel would not honour a setuid bit there
+/// either.
+pub fn image_owner(os: &impl Os, name: &[u8], image_fd: i32, owner: (u32, u32)) -> (u32, u32) {
+    let flags = os.mount_flags(image_fd);
+    if flags.is_ok_and(|f| f & ST_NOSUID == 0) {
+        return owner;
+    }
+    let overflow = |path: &[u8]| {
+        let mut buf = [0u8; 16];
+        os.read_file(path, &mut buf)
+            .ok()
+            .and_then(|n| core::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok())
+            .unwrap_or(65534)
+    };
+    let nobody = (
+        overflow(b"/proc/sys/kernel/overflowuid"),
+        overflow(b"/proc/sys/kernel/overflowgid"),
+    );
+    match flags {
+        Ok(_) => os.report(
+            name,
+            format_args!(
+                "warning: the image is on a nosuid mount: it counts as owned by uid {} gid {} (nobody), not by its file's owner",
+                nobody.0, nobody.1
+            ),
+        ),
+        Err(errno) => os.report(
+            name,
+            format_args!(
+                "warning: the image's mount flags cannot be read ({errno}): it counts as owned by uid {} gid {} (nobody)",
+                nobody.0, nobody.1
+            ),
+        ),
+    }
+    nobody
+}
+
+/// How much of `/etc/passwd` and `/etc/group` is read; an entry past it
+/// counts as unknown.
+const DB_BYTES: usize = 64 * 1024;
+
+/// The group the bound grants with a non-root `owner` `(uid, file's gid)`:
+/// the file's group only when the owner belongs to it — it is the owner's
+/// primary group in `/etc/passwd` or `/etc/group` lists the owner in it (a
+/// file created in a setgid directory gets that directory's group whether
+/// or not its creator is a member; the owner cannot give a file a group it
+/// lacks otherwise). Else the owner's primary group, or, when the owner has
+/// no entry in `/etc/passwd` (a directory service the loader cannot ask),
+/// the kernel's overflow gid (nogroup): never a group the image's record
+/// names, which its owner wrote.
+pub fn owner_group(os: &impl Os, name: &[u8], owner: (u32, u32)) -> (u32, u32) {
+    let (uid, file_gid) = owner;
+    if uid == 0 {
+        return owner;
+    }
+    let mut passwd = [0u8; DB_BYTES];
+    let n = os.read_file(b"/etc/passwd", &mut passwd).unwrap_or(0);
+    let entry = creds::passwd_entry(&passwd[..n], uid);
+    let member = entry.is_some_and(|(user, primary)| {
+        if primary == file_gid {
+            return true;
+        }
+        let mut group = [0u8; DB_BYTES];
+        let n = os.read_file(b"/etc/group", &mut group).unwrap_or(0);
+        creds::group_lists(&group[..n], file_gid, user)
+    });
+    if member {
+        return owner;
+    }
+    let gid = match entry {
+        Some((_, primary)) => primary,
+        None => {
+            let mut buf = [0u8; 16];
+            os.read_file(b"/proc/sys/kernel/overflowgid", &mut buf)
+                .ok()
+                .and_then(|n| core::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok())
+                .unwrap_or(65534)
+        }
+    };
+    os.report(
+        name,
+        format_args!(
+            "warning: the image file's group {file_gid} is not one of uid {uid}'s groups: it counts as group {gid}"
+        ),
+    );
+    (uid, gid)
+}
+
+/// For every image not owned by root, whatever the record said (also one
+/// with exactly its owner's ids, which nothing lowered): what the task will
+/// end with — this process's ids and capabilities, changed by the plan's
+/// `setresuid` to `creds` when it sets them, with the kernel's fix-up —
+/// must be the owner's uid in every id and no capabilities. Root without
+/// CAP_SETUID would leave the task uid 0; root with
+/// `SECBIT_NO_SETUID_FIXUP` would switch but keep every capability.
+fn check_owner_bound(
+    os: &impl Os,
+    owner_uid: u32,
+    uids: [u32; 3],
+    caps: u64,
+    now_creds: Option<CurrentCreds>,
+    creds: Option<CredsRecord>,
+) -> Result<(), CheckError> {
+    if owner_uid == 0 {
+        return Ok(());
+    }
+    let securebits = os.securebits();
+    // Unknown sets: the effective one (all capget gives) stands for all.
+    let now = now_creds.unwrap_or(CurrentCreds {
+        cap_inheritable: 0,
+        cap_permitted: caps,
+        cap_effective: caps,
+        cap_bounding: 0,
+        cap_ambient: caps,
+        securebits,
+        groups: [0; image_format::records::MAX_GROUPS],
+        ngroups: 0,
+        groups_cut: true,
+    });
+    let (task_uids, will) = match creds {
+        Some(c) => (
+            [c.uid[0], c.uid[1], c.uid[2]],
+            creds::after_switch(&now, uids, c.uid, true),
+        ),
+        None => (uids, now),
+    };
+    match creds::exceeds_owner(owner_uid, task_uids, &will) {
+        Some(e) => Err(CheckError::ExceedsOwner {
+            owner: owner_uid,
+            uids: e.uids,
+            caps: e.caps,
+            securebits,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// How many supplementary groups of this process stage 1 can put back
+/// after opening as the task ([`as_task`]); more is refused.
+const SAVED_GROUPS: usize = 256;
+
+/// This process's own file-access identity, while stage 1 opens files as
+/// the task's ([`as_task`]).
+struct SavedIdentity {
+    fsuid: u32,
+    fsgid: u32,
+    groups: [u32; SAVED_GROUPS],
+    ngroups: usize,
+}
+
+/// Run `open` (stage 1's opens of every path the image names, and its
+/// `fchdir` test) with the file-access identity of the task's final
+/// credentials `creds` (`None`: the task keeps this process's, nothing
+/// changes): its supplementary groups, fsgid and fsuid (the effective
+/// ids, which `setresuid` makes the fs ids). A non-zero fsuid drops the
+/// file-system capabilities (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, ...)
+/// from the effective set, so a root loader opens only what the task
+/// itself could open: the fds and mappings it hands over are the task's
+/// own. This process's identity comes back after, on success or not.
+pub fn as_task<T>(
+    os: &impl Os,
+    creds: Option<&CredsRecord>,
+    open: impl FnOnce() -> Result<T, CheckError>,
+) -> Result<T, CheckError> {
+    let Some(c) = creds else {
+        return open();
+    };
+    let failed = |errno: Errno| CheckError::Identity { errno };
+    let mut saved = SavedIdentity {
+        fsuid: 0,
+        fsgid: 0,
+        groups: [0; SAVED_GROUPS],
+        ngroups: 0,
+    };
+    saved.ngroups = os.groups(&mut saved.groups).map_err(failed)?;
+    let n = (c.ngroups as usize).min(c.groups.len());
+    os.set_groups(&c.groups[..n]).map_err(failed)?;
+    match os.set_fs_ids(c.uid[1], c.gid[1]) {
+        Ok((fsuid, fsgid)) => (saved.fsuid, saved.fsgid) = (fsuid, fsgid),
+        Err(errno) => {
+            let _ = os.set_groups(&saved.groups[..saved.ngroups]);
+            return Err(failed(errno));
+        }
+    }
+    let result = open();
+    // Back to this process's own, fsuid first (CAP_SETUID is not a
+    // file-system capability: a non-zero fsuid kept it).
+    let back = os
+        .set_fs_ids(saved.fsuid, saved.fsgid)
+        .and_then(|_| os.set_groups(&saved.groups[..saved.ngroups]));
+    match (result, back) {
+        (Ok(v), Ok(())) => Ok(v),
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(errno)) => Err(failed(errno)),
+    }
 }

@@ -31,6 +31,10 @@ pub struct Fake {
     open: RefCell<HashMap<i32, Vec<u8>>>,
     next_fd: RefCell<i32>,
     pub warnings: RefCell<Vec<String>>,
+    /// The file-access ids `set_fs_ids` set (`None`: the process's own).
+    pub fs_ids: RefCell<Option<(u32, u32)>>,
+    /// What `fstatfs` says of every file's mount (`ST_*`).
+    pub mount_flags: u64,
 }
 
 impl Fake {
@@ -90,6 +94,8 @@ impl Fake {
             open: RefCell::new(HashMap::new()),
             next_fd: RefCell::new(3),
             warnings: RefCell::new(Vec::new()),
+            fs_ids: RefCell::new(None),
+            mount_flags: 0,
         }
     }
 
@@ -197,6 +203,20 @@ impl Os for Fake {
     }
     fn securebits(&self) -> u32 {
         0
+    }
+    fn mount_flags(&self, _fd: i32) -> Result<u64, Errno> {
+        Ok(self.mount_flags)
+    }
+    fn groups(&self, _buf: &mut [u32]) -> Result<usize, Errno> {
+        Ok(0)
+    }
+    fn set_groups(&self, _groups: &[u32]) -> Result<(), Errno> {
+        Ok(())
+    }
+    fn set_fs_ids(&self, uid: u32, gid: u32) -> Result<(u32, u32), Errno> {
+        let old = self.fs_ids.borrow().unwrap_or((self.uids[1], self.gids[1]));
+        *self.fs_ids.borrow_mut() = Some((uid, gid));
+        Ok(old)
     }
     fn getpid(&self) -> i32 {
         777

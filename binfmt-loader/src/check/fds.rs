@@ -114,9 +114,11 @@ fn reopen_fd(
         fd_kind::DIRECTORY => st.mode & sys::S_IFMT == sys::S_IFDIR,
         _ => st.mode & sys::S_IFMT == sys::S_IFCHR,
     };
-    // Open files may have grown since (a log); device and inode must match.
-    let same =
-        kind_ok && (f.kind == fd_kind::CHAR || (st.dev == f.file.dev && st.ino == f.file.ino));
+    // Open files may have grown since (a log); device and inode must match,
+    // for a character device too: its node's inode, the same node (an
+    // image whose path now names another device, /dev/kmsg for
+    // /dev/zero, is refused; the record holds no st_rdev to compare).
+    let same = kind_ok && st.dev == f.file.dev && st.ino == f.file.ino;
     if !same {
         return Err(CheckError::FileChanged {
             what: "open file",

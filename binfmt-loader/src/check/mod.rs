@@ -163,6 +163,19 @@ pub enum CheckError {
     CapsKept {
         securebits: u32,
     },
+    /// An image not owned by root would leave the task more than its owner
+    /// has: another uid (or uid 0) in `uids`, or capabilities `caps`.
+    ExceedsOwner {
+        owner: u32,
+        uids: [u32; 3],
+        caps: u64,
+        securebits: u32,
+    },
+    /// Taking on the task's file-access identity (to open what the image
+    /// names as the task), or giving it back, failed.
+    Identity {
+        errno: Errno,
+    },
     /// The image's brk and data sizes exceed this process's RLIMIT_DATA.
     DataLimit {
         error: ValueError,
@@ -229,6 +242,8 @@ impl CheckError {
             | CheckError::ProcMapsTooLong { .. }
             | CheckError::FdRelocate { .. }
             | CheckError::CapsKept { .. }
+            | CheckError::ExceedsOwner { .. }
+            | CheckError::Identity { .. }
             | CheckError::DataLimit { .. }
             | CheckError::MemoryLimit { .. } => ExitCode::Environment,
         }
@@ -300,6 +315,15 @@ impl fmt::Display for CheckError {
             CheckError::CapsKept { securebits } => write!(
                 f,
                 "the image's credentials must be lowered to its file's owner, but the task would keep this process's capabilities or uid 0 (securebits {securebits:#x}); run it as its owner"
+            ),
+            CheckError::ExceedsOwner { owner, uids, caps, securebits } => write!(
+                f,
+                "the image file belongs to uid {owner}, but the task would run with uids {} {} {} and capabilities {caps:#x} (securebits {securebits:#x}): more than its owner has; run it as its owner",
+                uids[0], uids[1], uids[2]
+            ),
+            CheckError::Identity { errno } => write!(
+                f,
+                "cannot take on the task's file-access identity to open its files (or give it back): {errno}"
             ),
             CheckError::MemoryLimit { error } => write!(f, "{error}"),
             CheckError::MmState { error } => write!(f, "{error}"),
@@ -393,23 +417,29 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
     let loader_fds = fds::place_loader_fds(os, &notes.fds, mapped.fd)?;
     let base = loader_fds.base;
 
-    let (vmas, target_vdso) =
-        files::open_mapped_files(os, name, &image, notes.vmas.clone(), base, &mut scratch)?;
-    let loads = page_loads(&image, &mut scratch)?;
-    warn_read_only_shared(os, name, vmas, loads);
-
+    let owner = credentials::image_owner(os, name, loader_fds.image_fd, mapped.owner);
+    let owner = credentials::owner_group(os, name, owner);
+    // The credentials first: every path the image names is opened as the
+    // task will be (`credentials::as_task`), never with this process's.
     let privilege = credentials::Privilege::of(os);
+    let (creds, no_new_privs) = credentials::decide_creds(os, name, &image, owner, &privilege)?;
     // The other threads get their tids back only with set_tid (privileged).
     // Whether a tid is free is found by creating the thread, before the
     // point of no return (`crate::threads`, which also says when they get
     // new ones): a look now would race.
     let set_tids = privilege.privileged && threads.len() > 1;
-    let exe_fd = files::open_exe(os, name, &image, privilege.privileged, base)?;
-    let cwd_fd = files::open_cwd(os, name, &image, base)?;
-    let (fd_moves, keep_fds) = fds::reopen_fds(os, name, &image, &notes.fds, base, &mut scratch)?;
+    let ((vmas, target_vdso), exe_fd, cwd_fd, (fd_moves, keep_fds)) =
+        credentials::as_task(os, creds.as_ref(), || {
+            let mapped_files =
+                files::open_mapped_files(os, name, &image, notes.vmas.clone(), base, &mut scratch)?;
+            let exe_fd = files::open_exe(os, name, &image, privilege.privileged, base)?;
+            let cwd_fd = files::open_cwd(os, name, &image, base)?;
+            let fds = fds::reopen_fds(os, name, &image, &notes.fds, base, &mut scratch)?;
+            Ok((mapped_files, exe_fd, cwd_fd, fds))
+        })?;
+    let loads = page_loads(&image, &mut scratch)?;
+    warn_read_only_shared(os, name, vmas, loads);
     limits::lower_rlimits(os, name, records.rlimits);
-    let (creds, no_new_privs) =
-        credentials::decide_creds(os, name, &image, mapped.owner, &privilege)?;
     let gadgets = gadgets::check_gadgets(os, name, &image, vmas);
 
     // Last, so every mapping made above is in the list.

@@ -41,6 +41,15 @@ pub trait Os {
     /// The effective capability set (bit n: capability n).
     fn effective_caps(&self) -> u64;
     fn securebits(&self) -> u32;
+    /// `fstatfs(fd)`'s `f_flags`: the flags of the mount `fd` is on.
+    fn mount_flags(&self, fd: i32) -> Result<u64, Errno>;
+    /// `getgroups`: this thread's supplementary groups into `buf`.
+    fn groups(&self, buf: &mut [u32]) -> Result<usize, Errno>;
+    /// `setgroups` for this thread.
+    fn set_groups(&self, groups: &[u32]) -> Result<(), Errno>;
+    /// `setfsgid(gid)`, then `setfsuid(uid)`, each checked: the old
+    /// `(fsuid, fsgid)`. Only the ids file access is checked with change.
+    fn set_fs_ids(&self, uid: u32, gid: u32) -> Result<(u32, u32), Errno>;
     fn getpid(&self) -> i32;
     /// XCR0, `None` without XSAVE.
     fn xcr0(&self) -> Option<u64>;

@@ -229,6 +229,16 @@ fn machine() -> Fake {
         },
         vec![],
     );
+    os.add(
+        "/etc/passwd",
+        Stat::default(),
+        b"root:x:0:0::/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n".to_vec(),
+    );
+    os.add(
+        "/etc/group",
+        Stat::default(),
+        b"root:x:0:\nwheel:x:27:user\n".to_vec(),
+    );
     os
 }
 
@@ -437,4 +447,44 @@ fn a_caller_whose_capabilities_would_stay_is_refused() {
         run(&os, &state, code_page(), (1000, 1000)),
         Err(CheckError::CapsKept { .. })
     ));
+}
+
+#[test]
+fn an_image_on_a_nosuid_mount_counts_as_owned_by_nobody() {
+    let mut os = machine();
+    os.uids = [0; 3];
+    os.gids = [0; 3];
+    os.caps = (1 << 41) - 1;
+    os.mount_flags = 2; // ST_NOSUID
+    let mut state = task();
+    state.creds.uid = [0; 4];
+    state.creds.gid = [0; 4];
+    // Owned by root, but on a nosuid mount: nobody's credentials.
+    let c = run(&os, &state, code_page(), (0, 0)).unwrap();
+    let creds = c.input.creds.expect("credentials switched");
+    assert_eq!((creds.uid[0], creds.gid[0]), (65534, 65534));
+    assert!(os.warned("nosuid mount"));
+    // Stage 1 gave this process its own file-access ids back.
+    assert_eq!(*os.fs_ids.borrow(), Some((0, 0)));
+}
+
+#[test]
+fn the_files_group_counts_only_when_its_owner_belongs_to_it() {
+    let mut os = machine();
+    os.uids = [0; 3];
+    os.gids = [0; 3];
+    os.caps = (1 << 41) - 1;
+    let mut state = task();
+    state.creds.uid = [0; 4];
+    state.creds.gid = [0; 4];
+    // Group root (a setgid directory's, say): the owner's primary instead.
+    let c = run(&os, &state, code_page(), (1000, 0)).unwrap();
+    assert_eq!(c.input.creds.unwrap().gid, [1000; 4]);
+    assert!(os.warned("group 0 is not one of uid 1000's groups"));
+    // A group /etc/group lists the owner in: granted.
+    let c = run(&os, &state, code_page(), (1000, 27)).unwrap();
+    assert_eq!(c.input.creds.unwrap().gid, [27; 4]);
+    // An owner without an entry: nogroup, not the file's group.
+    let c = run(&os, &state, code_page(), (2000, 27)).unwrap();
+    assert_eq!(c.input.creds.unwrap().gid, [65534; 4]);
 }

@@ -34,6 +34,9 @@ const _: () = assert!(core::mem::size_of::<[u64; 11]>() == CLONE_ARGS_LEN);
 pub const CLONE_ARGS_SET_TID: usize = 64;
 /// `FUTEX_OP(FUTEX_OP_ADD, -1, FUTEX_OP_CMP_EQ, 0)`: decrement.
 pub const FUTEX_OP_DECREMENT: u64 = (1 << 28) | (0xfff << 12);
+/// `FUTEX_OP(FUTEX_OP_ADD, -1, FUTEX_OP_CMP_EQ, 1)`: decrement, and wake
+/// the second address's waiters when it was the last (1 before).
+pub const FUTEX_OP_DECREMENT_LAST: u64 = FUTEX_OP_DECREMENT | 1;
 /// `XFEATURE_MASK_USER_DYNAMIC`: the register-state components Linux gives
 /// a thread room for only at its first use of them (AMX tile data, XSAVE
 /// component 18, armed in XFD until then). `rt_sigreturn` checks a frame
@@ -345,6 +348,10 @@ impl Exit {
 pub(super) struct Others {
     pub(super) count: usize,
     go: u64,
+    /// Count of the other threads that have not yet dropped their
+    /// credentials (0 when the plan changes none): no thread leaves the
+    /// window before it is 0.
+    dropped: u64,
     left: u64,
     built: u64,
     tids: u64,
@@ -372,6 +379,14 @@ pub(super) fn other_threads(
         (sync, sync + 4, sync + 8, tids)
     } else {
         (0, 0, 0, 0)
+    };
+    let dropped = if others > 0 && (input.creds.is_some() || input.no_new_privs) {
+        let count = u32::try_from(others).map_err(|_| PlanError::PlanFull { ops: b.n })?;
+        let (word, bytes) = b.alloc(4, 4)?;
+        bytes[..4].copy_from_slice(&count.to_le_bytes());
+        word
+    } else {
+        0
     };
     let (clones, _) = b.alloc(core::mem::size_of::<ThreadClone>() * others, 8)?;
     for (k, t) in input.threads.iter().skip(1).enumerate() {
@@ -419,6 +434,7 @@ pub(super) fn other_threads(
     Ok(Others {
         count: others,
         go,
+        dropped,
         left,
         built,
         tids,
@@ -549,6 +565,34 @@ pub(super) fn other_thread_lists(
         }
         if input.no_new_privs {
             b.no_new_privs(who)?;
+        }
+        if o.dropped != 0 {
+            // The second barrier: a thread that left now would run task
+            // code (the owner's, when the credentials were lowered) while
+            // a sibling is still uid 0 with every capability, running the
+            // trampoline from the writable window. The leader dropped its
+            // own before `go`; the last of the others to drop wakes them.
+            b.sys(
+                rule::OK,
+                nr::FUTEX,
+                [
+                    o.dropped,
+                    FUTEX_WAKE_OP_PRIVATE,
+                    0,
+                    i32::MAX as u64,
+                    o.dropped,
+                    FUTEX_OP_DECREMENT_LAST,
+                ],
+                format_args!("futex count credentials dropped{who}"),
+            )?;
+            b.op(
+                op_kind::WAIT_EQ,
+                rule::OK,
+                nr::FUTEX,
+                [o.dropped, 0, 0, 0, 0, 0],
+                0,
+                format_args!("futex wait for every thread's credentials{who}"),
+            )?;
         }
         let leave = match exit.leave_by_gadgets {
             Some(g) => Leave::CountOut(g, left),

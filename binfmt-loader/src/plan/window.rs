@@ -45,7 +45,7 @@ impl WindowLayout {
     pub fn for_input(input: &PlanInput<'_>) -> WindowLayout {
         let others = input.threads.len().saturating_sub(1);
         let ops_cap = 64
-            + others * 20
+            + others * 22
             + input.vmas.len() * 16
             + input.loads.len()
             + input.sigactions.len()

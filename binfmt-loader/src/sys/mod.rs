@@ -52,6 +52,10 @@ pub mod nr {
     pub const SETRESGID: u64 = 119;
     pub const GETRESGID: u64 = 120;
     pub const SETGROUPS: u64 = 116;
+    pub const GETGROUPS: u64 = 115;
+    pub const SETFSUID: u64 = 122;
+    pub const SETFSGID: u64 = 123;
+    pub const FSTATFS: u64 = 138;
     pub const PERSONALITY: u64 = 135;
     pub const PRCTL: u64 = 157;
     pub const ARCH_PRCTL: u64 = 158;
@@ -618,6 +622,81 @@ pub fn unmap_window(window: &'static mut [u8]) {
             0,
         )
     };
+}
+
+/// `fstatfs(fd)`: the mount flags (`f_flags`, `ST_*`) of the file
+/// system `fd` is on.
+pub fn fstatfs_flags(fd: i32) -> Result<u64, Errno> {
+    // `struct statfs` (x86-64): eleven 8-byte fields, `f_flags` the
+    // eleventh, then four spare words.
+    let mut st = [0u64; 15];
+    // SAFETY: the kernel writes one 120-byte `struct statfs` into a live
+    // 120-byte array.
+    let r = unsafe { syscall6(nr::FSTATFS, int_arg(fd), st.as_mut_ptr() as u64, 0, 0, 0, 0) };
+    result(r)?;
+    Ok(st[10])
+}
+
+/// `getgroups(buf.len(), buf)`: this thread's supplementary groups.
+pub fn get_groups(buf: &mut [u32]) -> Result<usize, Errno> {
+    // SAFETY: the kernel writes at most `buf.len()` u32 into `buf`.
+    let r = unsafe {
+        syscall6(
+            nr::GETGROUPS,
+            buf.len() as u64,
+            buf.as_mut_ptr() as u64,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+    result(r).map(|n| usize::try_from(n).unwrap_or(0))
+}
+
+/// `setgroups(groups.len(), groups)` for this thread only (the raw call:
+/// the C library's wrapper would set it in every thread).
+pub fn set_groups(groups: &[u32]) -> Result<(), Errno> {
+    // SAFETY: the kernel reads `groups.len()` u32 from a live slice.
+    let r = unsafe {
+        syscall6(
+            nr::SETGROUPS,
+            groups.len() as u64,
+            groups.as_ptr() as u64,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+    result(r).map(|_| ())
+}
+
+/// `setfsuid`/`setfsgid` (`call`) to `id`, checked: they return the old
+/// id whether or not they changed it, so a second call with the invalid
+/// id -1 (which changes nothing) reads the new one. `Ok(old)`, or EPERM
+/// when the id did not change to `id`.
+fn set_fs_id(call: u64, id: u32) -> Result<u32, Errno> {
+    // SAFETY: no memory involved.
+    let old = unsafe { syscall6(call, u64::from(id), 0, 0, 0, 0, 0) };
+    // SAFETY: as above; -1 is refused by the kernel, which returns the id.
+    let now = unsafe { syscall6(call, u64::from(u32::MAX), 0, 0, 0, 0, 0) };
+    if u32::try_from(now).ok() != Some(id) {
+        return Err(Errno(1));
+    }
+    Ok(u32::try_from(old).unwrap_or(u32::MAX))
+}
+
+/// `setfsuid(uid)`, checked: the old fsuid. Leaving fsuid 0 clears the
+/// file-system capabilities (CAP_DAC_OVERRIDE, ...) from the effective
+/// set; coming back to 0 raises them again from the permitted set.
+pub fn set_fsuid(uid: u32) -> Result<u32, Errno> {
+    set_fs_id(nr::SETFSUID, uid)
+}
+
+/// `setfsgid(gid)`, checked: the old fsgid.
+pub fn set_fsgid(gid: u32) -> Result<u32, Errno> {
+    set_fs_id(nr::SETFSGID, gid)
 }
 
 /// `prlimit64(0, resource, &new, NULL)`: set this process's limits.

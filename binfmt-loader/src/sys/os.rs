@@ -56,6 +56,27 @@ impl Os for Kernel {
     fn securebits(&self) -> u32 {
         super::securebits()
     }
+    fn mount_flags(&self, fd: i32) -> Result<u64, Errno> {
+        super::fstatfs_flags(fd)
+    }
+    fn groups(&self, buf: &mut [u32]) -> Result<usize, Errno> {
+        super::get_groups(buf)
+    }
+    fn set_groups(&self, groups: &[u32]) -> Result<(), Errno> {
+        super::set_groups(groups)
+    }
+    fn set_fs_ids(&self, uid: u32, gid: u32) -> Result<(u32, u32), Errno> {
+        // The group first: setfsgid needs CAP_SETGID, which a non-zero
+        // fsuid does not take away, but keep the order of setres*id.
+        let old_gid = super::set_fsgid(gid)?;
+        match super::set_fsuid(uid) {
+            Ok(old_uid) => Ok((old_uid, old_gid)),
+            Err(e) => {
+                let _ = super::set_fsgid(old_gid);
+                Err(e)
+            }
+        }
+    }
     fn getpid(&self) -> i32 {
         super::getpid()
     }
