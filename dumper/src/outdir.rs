@@ -180,16 +180,7 @@ fn resolve(path: &Path, euid: u32) -> Result<(File, PathBuf, Vec<OsString>), Out
                     // Below a directory that does not exist yet.
                     return Err(io_err(e));
                 }
-                let base_path = if shown.as_os_str().is_empty() {
-                    PathBuf::from(".")
-                } else {
-                    shown
-                };
-                let dir = dirs::reopen_dir(&dir).map_err(|source| OutDirError::Io {
-                    path: base_path.clone(),
-                    source,
-                })?;
-                return Ok((dir, base_path, todo));
+                return walked(&dir, shown, todo);
             }
             Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {}
             Err(e) => return Err(io_err(e)),
@@ -215,16 +206,26 @@ fn resolve(path: &Path, euid: u32) -> Result<(File, PathBuf, Vec<OsString>), Out
         }
         push_path(&mut todo, &target);
     }
+    walked(&dir, shown, Vec::new())
+}
+
+/// The end of a walk: the directory reached, reopened for reading, with the
+/// path it was reached by (`.` for none) and the components still missing.
+fn walked(
+    dir: &File,
+    shown: PathBuf,
+    missing: Vec<OsString>,
+) -> Result<(File, PathBuf, Vec<OsString>), OutDirError> {
     let base_path = if shown.as_os_str().is_empty() {
         PathBuf::from(".")
     } else {
         shown
     };
-    let dir = dirs::reopen_dir(&dir).map_err(|source| OutDirError::Io {
+    let dir = dirs::reopen_dir(dir).map_err(|source| OutDirError::Io {
         path: base_path.clone(),
         source,
     })?;
-    Ok((dir, base_path, Vec::new()))
+    Ok((dir, base_path, missing))
 }
 
 impl OutDir {

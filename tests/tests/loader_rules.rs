@@ -33,19 +33,25 @@ for line in sys.stdin:
     print("alive" if m[:1] == b"x" else "FAIL", flush=True)
 "#;
 
+/// [`DELETED_MAPPING`] running (its file in `dir`), past its READY line.
+fn start_deleted_mapping(dir: &Path) -> Workload {
+    let mut command = Command::new("python3");
+    command
+        .args(["-c", DELETED_MAPPING])
+        .arg(dir.join("mapped"));
+    let mut python = Workload::spawn_command("python with a deleted mapping", command).unwrap();
+    if let Err(err) = python.wait_ready(READY_TIMEOUT) {
+        panic!("{err}\n{}", python.stderr_report());
+    }
+    python
+}
+
 #[test]
 fn crdump_does_not_kill_a_process_whose_image_the_loader_refuses() {
     crimg_tests::skip_unless_root!();
     let bins = binaries();
     let scratch = scratch_dir();
-    let mut command = Command::new("python3");
-    command
-        .args(["-c", DELETED_MAPPING])
-        .arg(scratch.path().join("mapped"));
-    let mut python = Workload::spawn_command("python with a deleted mapping", command).unwrap();
-    if let Err(err) = python.wait_ready(READY_TIMEOUT) {
-        panic!("{err}\n{}", python.stderr_report());
-    }
+    let mut python = start_deleted_mapping(scratch.path());
     let pid = python.pid();
     let out = scratch.path().join("out");
     let mut crdump = bins.crdump_command(pid, &out, false);
@@ -79,14 +85,7 @@ fn crimg_verify_refuses_what_the_loader_refuses() {
     crimg_tests::skip_unless_root!();
     let bins = binaries();
     let scratch = scratch_dir();
-    let mut command = Command::new("python3");
-    command
-        .args(["-c", DELETED_MAPPING])
-        .arg(scratch.path().join("mapped"));
-    let mut python = Workload::spawn_command("python with a deleted mapping", command).unwrap();
-    if let Err(err) = python.wait_ready(READY_TIMEOUT) {
-        panic!("{err}\n{}", python.stderr_report());
-    }
+    let mut python = start_deleted_mapping(scratch.path());
     let pid = python.pid();
     let out = scratch.path().join("out");
     let mut crdump = bins.crdump_command(pid, &out, true);
