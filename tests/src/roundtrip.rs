@@ -16,6 +16,19 @@ use crate::ticks::TickStream;
 pub const NOBODY: &str = "nobody";
 pub const NOGROUP: &str = "nogroup";
 
+/// The uid of [`NOBODY`] and the gid of [`NOGROUP`].
+pub fn nobody_ids() -> (u32, u32) {
+    let user = nix::unistd::User::from_name(NOBODY)
+        .ok()
+        .flatten()
+        .expect("user nobody exists");
+    let group = nix::unistd::Group::from_name(NOGROUP)
+        .ok()
+        .flatten()
+        .expect("group nogroup exists");
+    (user.uid.as_raw(), group.gid.as_raw())
+}
+
 /// The tids in `/proc/PID/task`.
 pub fn tasks_of(pid: i32) -> BTreeSet<i32> {
     fs::read_dir(format!("/proc/{pid}/task"))

@@ -12,21 +12,8 @@ use std::process::Command;
 
 use crimg_tests::cli;
 use crimg_tests::process::{LINE_TIMEOUT, READY_TIMEOUT};
-use crimg_tests::roundtrip::{as_nobody, dump_and_kill, Dumped, NOBODY, NOGROUP};
+use crimg_tests::roundtrip::{as_nobody, dump_and_kill, nobody_ids, Dumped};
 use crimg_tests::{binaries, scratch_dir, workload_path, Binaries, Workload};
-
-/// The uid and gid of nobody:nogroup.
-fn nobody_ids() -> (u32, u32) {
-    let nobody = nix::unistd::User::from_name(NOBODY)
-        .ok()
-        .flatten()
-        .expect("user nobody exists");
-    let nogroup = nix::unistd::Group::from_name(NOGROUP)
-        .ok()
-        .flatten()
-        .expect("group nogroup exists");
-    (nobody.uid.as_raw(), nogroup.gid.as_raw())
-}
 
 /// A copy of `image` owned by nobody (who could have written every byte).
 fn owned_by_nobody(image: &Path, name: &str) -> PathBuf {

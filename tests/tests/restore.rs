@@ -20,8 +20,7 @@ use crimg_tests::cli::{self, RunOutput};
 use crimg_tests::facts::Facts;
 use crimg_tests::process::{CheckTrigger, LINE_TIMEOUT, READY_TIMEOUT};
 use crimg_tests::roundtrip::{
-    as_nobody, assert_same_maps, assert_ticks_resume, dump_and_kill, view_of, Dumped, NOBODY,
-    NOGROUP,
+    as_nobody, assert_same_maps, assert_ticks_resume, dump_and_kill, nobody_ids, view_of, Dumped,
 };
 use crimg_tests::Workload;
 use crimg_tests::{binaries, scratch_dir, workload_path, Binaries, TestBinfmt};
@@ -117,18 +116,6 @@ fn counter_resumes_when_its_image_is_executed() {
         String::from_utf8_lossy(&dumped.view.cmdline),
         "/proc/PID/cmdline"
     );
-}
-
-fn nobody_ids() -> (u32, u32) {
-    let user = nix::unistd::User::from_name(NOBODY)
-        .ok()
-        .flatten()
-        .expect("user nobody exists");
-    let group = nix::unistd::Group::from_name(NOGROUP)
-        .ok()
-        .flatten()
-        .expect("group nogroup exists");
-    (user.uid.as_raw(), group.gid.as_raw())
 }
 
 /// The real, effective, saved and filesystem uids from `/proc/PID/status`.

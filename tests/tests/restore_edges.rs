@@ -11,7 +11,7 @@ use std::process::Command;
 
 use crimg_tests::cli::{self, RunOutput};
 use crimg_tests::process::{LINE_TIMEOUT, READY_TIMEOUT};
-use crimg_tests::roundtrip::{as_nobody, dump_and_kill, Dumped, NOBODY, NOGROUP};
+use crimg_tests::roundtrip::{as_nobody, dump_and_kill, nobody_ids, Dumped};
 use crimg_tests::Workload;
 use crimg_tests::{binaries, scratch_dir, workload_path, Binaries};
 
@@ -143,19 +143,6 @@ fn a_working_directory_the_caller_cannot_enter_is_refused() {
         fs::read_link(format!("/proc/{}/cwd", restored.pid())).unwrap(),
         cwd
     );
-}
-
-/// The uid and gid of nobody:nogroup.
-fn nobody_ids() -> (u32, u32) {
-    let nobody = nix::unistd::User::from_name(NOBODY)
-        .ok()
-        .flatten()
-        .expect("user nobody exists");
-    let nogroup = nix::unistd::Group::from_name(NOGROUP)
-        .ok()
-        .flatten()
-        .expect("group nogroup exists");
-    (nobody.uid.as_raw(), nogroup.gid.as_raw())
 }
 
 /// Run `command` (a loader): it must exit (within the line timeout, not by

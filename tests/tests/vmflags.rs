@@ -14,7 +14,7 @@ use std::process::Command;
 
 use crimg_tests::cli::{self, RunOutput};
 use crimg_tests::process::{CheckTrigger, LINE_TIMEOUT, READY_TIMEOUT};
-use crimg_tests::roundtrip::{as_nobody, dump_and_kill, tasks_of, Dumped, NOBODY, NOGROUP};
+use crimg_tests::roundtrip::{as_nobody, dump_and_kill, nobody_ids, tasks_of, Dumped};
 use crimg_tests::smaps::{
     area_at, assert_same_vm_flags, assert_same_vm_flags_of_unchanged_areas, status_lines,
     vm_flags_of, AreaFlags,
@@ -289,15 +289,10 @@ fn shared_mapping_of_a_file_the_caller_cannot_write_is_restored_read_only() {
     assert!(has(area_at(&before.flags, &addr), "mw"));
     // Readable by nobody, writable only by root; chmod keeps size and mtime.
     fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
-    let user = nix::unistd::User::from_name(NOBODY)
-        .unwrap()
-        .expect("user nobody");
-    let group = nix::unistd::Group::from_name(NOGROUP)
-        .unwrap()
-        .expect("group nogroup");
+    let (uid, gid) = nobody_ids();
     let dump = &before.dumped.dump;
     for path in [&dump.dir, &dump.image, &dump.manifest] {
-        chown(path, Some(user.uid.as_raw()), Some(group.gid.as_raw())).unwrap();
+        chown(path, Some(uid), Some(gid)).unwrap();
     }
     let mut command = as_nobody();
     command.arg(&bins.loader).arg(&dump.image);
