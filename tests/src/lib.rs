@@ -15,7 +15,9 @@
 //! - [`cli`]: running `crdump`, `crimg` and the loader;
 //! - [`privilege`]: [`is_root`] and [`skip_unless_root!`];
 //! - [`smaps`]: the `VmFlags` of every area and `/proc/PID/status` lines,
-//!   compared across a dump and restore.
+//!   compared across a dump and restore;
+//! - [`tmux`]: [`Tmux`](tmux::Tmux), a private tmux server whose pane is a
+//!   terminal a test types into and reads.
 //!
 //! The test command builds the whole workspace first, so the binaries exist:
 //! `cargo build --workspace && cargo test --workspace`.
@@ -34,6 +36,7 @@ pub mod roundtrip;
 pub mod smaps;
 mod sys;
 pub mod ticks;
+pub mod tmux;
 
 pub use binfmt::TestBinfmt;
 pub use cli::{Binaries, Dump};
