@@ -32,6 +32,7 @@ pub mod lines;
 pub mod paths;
 pub mod privilege;
 pub mod process;
+pub mod programs;
 pub mod roundtrip;
 pub mod smaps;
 mod sys;
