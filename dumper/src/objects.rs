@@ -1,0 +1,3 @@
+//! One dump routine per kind of kernel object an fd can hold.
+
+pub mod terminal;
