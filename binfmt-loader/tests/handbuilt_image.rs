@@ -310,6 +310,7 @@ fn build_edited_image(
                 path: "pipe:[2]".into(),
             },
         ],
+        terminals: Vec::new(),
         pending: vec![],
         gadgets: if with_gadgets {
             GadgetsRecord {

@@ -66,11 +66,13 @@ pub mod note {
     pub const SEGMENT_CHECKSUMS: u32 = 0x4352_000e;
     /// One [`super::ChecksumRecord`]; always the last note of the image.
     pub const CHECKSUM: u32 = 0x4352_000f;
+    /// [`super::TerminalRecord`]s, one per terminal fd, by fd.
+    pub const TERMINALS: u32 = 0x4352_0019;
 
     /// The lowest and highest crimg note type numbers in use (they are
     /// consecutive); the reader indexes these at parse.
     pub const FIRST: u32 = PROCESS;
-    pub const LAST: u32 = CHECKSUM;
+    pub const LAST: u32 = TERMINALS;
 
     /// The name of a crimg note type, for messages (`"unknown"` for a type
     /// this build does not know).
@@ -91,6 +93,7 @@ pub mod note {
             WARNINGS => "WARNINGS",
             SEGMENT_CHECKSUMS => "SEGMENT_CHECKSUMS",
             CHECKSUM => "CHECKSUM",
+            TERMINALS => "TERMINALS",
             _ => "unknown",
         }
     }
@@ -151,7 +154,7 @@ impl NoteVersions {
 
 /// Every crimg note with a [`RecordHeader`] (all but [`note::STRTAB`]), and
 /// the record versions this build reads.
-pub const KNOWN_NOTES: [NoteVersions; 14] = [
+pub const KNOWN_NOTES: [NoteVersions; 15] = [
     NoteVersions::of::<ProcessRecord>(),
     NoteVersions::of::<CredsRecord>(),
     NoteVersions::of::<MmRecord>(),
@@ -166,6 +169,7 @@ pub const KNOWN_NOTES: [NoteVersions; 14] = [
     NoteVersions::of::<WarningRecord>(),
     NoteVersions::of::<SegmentChecksumRecord>(),
     NoteVersions::of::<ChecksumRecord>(),
+    NoteVersions::of::<TerminalRecord>(),
 ];
 
 /// A string in the [`note::STRTAB`] note (bytes, not NUL-terminated).

@@ -415,6 +415,7 @@ fn golden_state() -> TaskState {
         threads,
         vmas,
         fds,
+        terminals: Vec::new(),
         pending: vec![
             PendingSignalRecord {
                 tid: 0,

@@ -57,6 +57,8 @@ pub struct FakeTask {
     pub pending: HashMap<(i32, bool), Vec<[u8; 128]>>,
     /// Pages whose pagemap entries were read.
     pub pagemap_reads: std::cell::Cell<u64>,
+    /// The terminal modes behind each terminal fd (others: ENOTTY).
+    pub terminals: HashMap<i32, crate::objects::terminal::TerminalModes>,
 }
 
 /// 52 fields of `/proc/P/stat`, `fields[n - 1]` being field n of proc(5).
@@ -146,6 +148,7 @@ impl FakeTask {
             scan: None,
             pending: HashMap::new(),
             pagemap_reads: std::cell::Cell::new(0),
+            terminals: HashMap::new(),
         };
         t.file("stat", stat_line(pid, "fake"));
         t.file("status", status_text(pid, &[100, 27], 0));
@@ -319,6 +322,13 @@ impl Task for FakeTask {
 
     fn read_link(&self, path: &Path) -> io::Result<PathBuf> {
         self.links.get(path).cloned().ok_or_else(|| not_found(path))
+    }
+
+    fn terminal_modes(&self, fd: i32) -> io::Result<crate::objects::terminal::TerminalModes> {
+        self.terminals
+            .get(&fd)
+            .copied()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOTTY))
     }
 
     fn metadata(&self, path: &Path) -> io::Result<FileMeta> {

@@ -83,6 +83,15 @@ impl Task for LiveTask<'_> {
         fs::read_link(path)
     }
 
+    fn terminal_modes(&self, fd: i32) -> io::Result<crate::objects::terminal::TerminalModes> {
+        let file = crate::sys::tty::steal_fd(self.pid(), fd)?;
+        Ok(crate::objects::terminal::TerminalModes {
+            termios: Some(crate::sys::tty::termios(&file)?),
+            // A terminal that was never given a size answers 0x0.
+            winsize: crate::sys::tty::winsize(&file).ok(),
+        })
+    }
+
     fn metadata(&self, path: &Path) -> io::Result<FileMeta> {
         let m = fs::metadata(path)?;
         Ok(FileMeta {

@@ -1,11 +1,12 @@
 //! The open file descriptors: what each is, where it points, its offset
 //! and flags; the kinds crimg cannot restore are refused (forced: lost).
 
-use image_format::records::{fd_flags, FdRecord};
+use image_format::records::{fd_flags, fd_kind, FdRecord, TerminalRecord};
 use image_writer::model::FdState;
 
 use super::task::Task;
 use super::{CollectError, Collector};
+use crate::objects::terminal::{self, TerminalFd};
 use crate::{fds, procfs};
 
 /// `O_CLOEXEC` is a flag of the descriptor, not of the open file: kept
@@ -13,7 +14,12 @@ use crate::{fds, procfs};
 #[allow(clippy::cast_sign_loss)]
 const O_CLOEXEC: u32 = libc::O_CLOEXEC as u32;
 
-pub(super) fn collect_fds<T: Task>(c: &mut Collector<'_, T>) -> Result<Vec<FdState>, CollectError> {
+/// The fds, and a [`TerminalRecord`] for each terminal fd. `tty_nr` is the
+/// controlling terminal (`/proc/PID/stat`), which `/dev/tty` stands for.
+pub(super) fn collect_fds<T: Task>(
+    c: &mut Collector<'_, T>,
+    tty_nr: u32,
+) -> Result<(Vec<FdState>, Vec<TerminalRecord>), CollectError> {
     let dir = c.proc_path("fd");
     let names = c
         .task
@@ -22,6 +28,7 @@ pub(super) fn collect_fds<T: Task>(c: &mut Collector<'_, T>) -> Result<Vec<FdSta
     let mut numbers: Vec<i32> = names.iter().filter_map(|s| s.parse().ok()).collect();
     numbers.sort_unstable();
     let mut out = Vec::with_capacity(numbers.len());
+    let mut terminal_fds = Vec::new();
     for fd in numbers {
         let link = match c.read_link(&format!("fd/{fd}")) {
             Ok(l) => l,
@@ -49,6 +56,13 @@ pub(super) fn collect_fds<T: Task>(c: &mut Collector<'_, T>) -> Result<Vec<FdSta
         if let Some(why) = fds::unsupported_reason(fd, kind, deleted, &link) {
             c.unsupported(why)?;
         }
+        if kind == fd_kind::TTY {
+            terminal_fds.push(TerminalFd {
+                fd,
+                link: link.clone(),
+                rdev: meta.rdev,
+            });
+        }
         let mut flags = 0;
         if info.flags & O_CLOEXEC != 0 {
             flags |= fd_flags::CLOEXEC;
@@ -69,5 +83,29 @@ pub(super) fn collect_fds<T: Task>(c: &mut Collector<'_, T>) -> Result<Vec<FdSta
         };
         out.push(FdState { record, path });
     }
-    Ok(out)
+    let terminals = collect_terminals(c, &terminal_fds, tty_nr)?;
+    Ok((out, terminals))
+}
+
+/// How each terminal fd resumes ([`terminal::plan_terminals`]; the others
+/// are refused) and its terminal's modes, read through the task's file.
+fn collect_terminals<T: Task>(
+    c: &mut Collector<'_, T>,
+    fds: &[TerminalFd],
+    tty_nr: u32,
+) -> Result<Vec<TerminalRecord>, CollectError> {
+    let (mut plan, refusals) = terminal::plan_terminals(fds, u64::from(tty_nr));
+    for why in refusals {
+        c.unsupported(why)?;
+    }
+    let wanted: Vec<i32> = plan.needs_modes().collect();
+    for fd in wanted {
+        match c.task.terminal_modes(fd) {
+            Ok(modes) => plan.set_modes(fd, modes),
+            Err(e) => c.unsupported(format!(
+                "fd {fd} is a terminal whose modes cannot be read ({e})"
+            ))?,
+        }
+    }
+    Ok(plan.records)
 }

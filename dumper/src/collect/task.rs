@@ -110,6 +110,9 @@ pub trait Task {
         scratch: u64,
         process_wide: bool,
     ) -> Result<ThreadAnswers, CollectError>;
+    /// The modes (termios, window size) of the terminal behind the task's
+    /// fd `fd`, read through the task's own open file.
+    fn terminal_modes(&self, fd: i32) -> io::Result<crate::objects::terminal::TerminalModes>;
     /// Copy queued siginfos of `tid` (its own queue, or with `shared` the
     /// process-wide one) from `offset` into `buf` without dequeuing them;
     /// returns how many.

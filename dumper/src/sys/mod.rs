@@ -8,3 +8,4 @@ pub mod pagemap_scan;
 pub mod process;
 pub mod ptrace;
 pub mod search;
+pub mod tty;

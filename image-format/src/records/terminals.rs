@@ -15,6 +15,8 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+use super::{note, Record};
+
 /// [`TerminalRecord::resume`]: how the fd is restored.
 pub mod terminal_resume {
     /// Fd 0, 1 or 2 on a terminal: the caller's fd, inherited.
@@ -88,3 +90,6 @@ pub struct TerminalRecord {
     pub winsize: Winsize,
 }
 const _: () = assert!(core::mem::size_of::<TerminalRecord>() == 72);
+impl Record for TerminalRecord {
+    const NOTE_TYPE: u32 = note::TERMINALS;
+}

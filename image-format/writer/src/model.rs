@@ -72,6 +72,8 @@ pub struct TaskState {
     pub vmas: Vec<VmaState>,
     /// Sorted by fd number.
     pub fds: Vec<FdState>,
+    /// One per terminal fd, sorted by fd number.
+    pub terminals: Vec<image_format::records::TerminalRecord>,
     pub pending: Vec<PendingSignalRecord>,
     pub gadgets: GadgetsRecord,
     /// State the dump could not keep.

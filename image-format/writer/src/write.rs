@@ -382,6 +382,11 @@ fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
     notes.add_records::<PendingSignalRecord>(&state.pending);
     notes.add_records::<GadgetsRecord>(&[state.gadgets]);
     notes.add_records::<WarningRecord>(&warnings);
+    // Only images with a terminal fd carry the note (older images and
+    // those without stay byte for byte as they were).
+    if !state.terminals.is_empty() {
+        notes.add_records::<records::TerminalRecord>(&state.terminals);
+    }
 }
 
 /// The computed placement of everything in the file.

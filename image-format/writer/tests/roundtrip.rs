@@ -124,6 +124,7 @@ fn sample_state(nthreads: usize, pages: Vec<PageRun>) -> TaskState {
             },
             path: "/tmp/log".into(),
         }],
+        terminals: Vec::new(),
         pending: vec![],
         gadgets: GadgetsRecord {
             syscall_ret: 0x40_1234,
