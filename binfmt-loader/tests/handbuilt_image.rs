@@ -310,7 +310,7 @@ fn build_edited_image(
                 path: "pipe:[2]".into(),
             },
         ],
-        terminals: Vec::new(),
+        objects: Default::default(),
         pending: vec![],
         gadgets: if with_gadgets {
             GadgetsRecord {

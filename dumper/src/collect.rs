@@ -199,7 +199,7 @@ pub fn collect_from<T: Task>(
     refusals::process_checks(&mut c, &status)?;
     refusals::numa_policies(&mut c)?;
     refusals::tagged_addresses(&mut c, &status)?;
-    let (fds, terminals) = open_files::collect_fds(&mut c, stat.tty_nr)?;
+    let (fds, objects) = open_files::collect_fds(&mut c)?;
     refusals::too_many_groups(&mut c, &status)?;
     c.check_cancel()?;
 
@@ -241,7 +241,7 @@ pub fn collect_from<T: Task>(
         threads: threads.into_iter().map(|(t, _)| t).collect(),
         vmas,
         fds,
-        terminals,
+        objects,
         pending,
         gadgets,
         warnings: std::mem::take(&mut c.warnings),

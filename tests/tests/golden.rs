@@ -415,7 +415,7 @@ fn golden_state() -> TaskState {
         threads,
         vmas,
         fds,
-        terminals: Vec::new(),
+        objects: Default::default(),
         pending: vec![
             PendingSignalRecord {
                 tid: 0,

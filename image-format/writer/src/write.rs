@@ -368,6 +368,15 @@ fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
         })
         .collect();
     let threads: Vec<ThreadRecord> = state.threads.iter().map(|t| t.record).collect();
+    let pipes: Vec<records::PipeRecord> = state
+        .objects
+        .pipes
+        .iter()
+        .map(|p| records::PipeRecord {
+            data: strings.add(&p.data),
+            ..p.record
+        })
+        .collect();
 
     notes.add(records::OWNER_CRIMG, records::note::STRTAB, &strings.bytes);
     notes.add_records::<ProcessRecord>(&[process]);
@@ -382,10 +391,12 @@ fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
     notes.add_records::<PendingSignalRecord>(&state.pending);
     notes.add_records::<GadgetsRecord>(&[state.gadgets]);
     notes.add_records::<WarningRecord>(&warnings);
-    // Only images with a terminal fd carry the note (older images and
-    // those without stay byte for byte as they were).
-    if !state.terminals.is_empty() {
-        notes.add_records::<records::TerminalRecord>(&state.terminals);
+    notes.add_records(&pipes);
+    notes.add_records(&state.objects.eventfds);
+    // Only images with a terminal fd carry the note (the golden image and
+    // images without one stay byte for byte as they were).
+    if !state.objects.terminals.is_empty() {
+        notes.add_records(&state.objects.terminals);
     }
 }
 

@@ -1,3 +1,0 @@
-//! One dump routine per kind of kernel object an fd can hold.
-
-pub mod terminal;
