@@ -142,7 +142,6 @@ fn top_number(screen: &str) -> Option<u64> {
 }
 
 #[test]
-#[ignore = "needs: terminals at any fd (less's fd 3 on its terminal)"]
 fn less_redraws_and_pages_on_after_restore() {
     skip_unless_root!();
     let Some((bins, _binfmt, scratch)) = setup("less", "less") else {
@@ -179,7 +178,6 @@ fn less_redraws_and_pages_on_after_restore() {
 }
 
 #[test]
-#[ignore = "needs: terminals at any fd (top's fd 3 on its terminal)"]
 fn top_redraws_and_quits_on_a_key_after_restore() {
     skip_unless_root!();
     let Some((bins, _binfmt, scratch)) = setup("top", "procps") else {
@@ -204,7 +202,6 @@ fn top_redraws_and_quits_on_a_key_after_restore() {
 }
 
 #[test]
-#[ignore = "needs: terminals at any fd (bash's fd 255 on its terminal)"]
 fn interactive_bash_keeps_its_variables_and_history() {
     skip_unless_root!();
     let Some((bins, _binfmt, scratch)) = setup("bash", "bash") else {

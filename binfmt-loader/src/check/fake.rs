@@ -39,6 +39,8 @@ pub struct Fake {
     pub written: RefCell<Vec<(i32, Vec<u8>)>>,
     /// Every pipe made: (read end, write end, size set).
     pub pipes: RefCell<Vec<(i32, i32, u32)>>,
+    /// The fds that are terminals, with their window size.
+    pub terminals: HashMap<i32, image_format::records::Winsize>,
 }
 
 impl Fake {
@@ -102,6 +104,7 @@ impl Fake {
             mount_flags: 0,
             written: RefCell::default(),
             pipes: RefCell::default(),
+            terminals: HashMap::new(),
         }
     }
 
@@ -275,5 +278,8 @@ impl Os for Fake {
     }
     fn eventfd(&self, _flags: u32) -> Result<i32, Errno> {
         Ok(self.new_fd(b"anon_inode:[eventfd]".to_vec(), 0))
+    }
+    fn window_size(&self, fd: i32) -> Result<image_format::records::Winsize, Errno> {
+        self.terminals.get(&fd).copied().ok_or(Errno::ENOTTY)
     }
 }

@@ -33,7 +33,7 @@ use crate::plan::{PageLoad, PlanInput, Range, TargetVma};
 use crate::rules::{self, RuleError};
 use crate::sys::{kernel_os, startup::Startup, Errno};
 use crate::validate::ValueError;
-use crate::{arch, ExitCode};
+use crate::{arch, objects, ExitCode};
 
 pub mod cpu;
 pub mod credentials;
@@ -139,6 +139,12 @@ pub enum CheckError {
     /// Fd `fd` names an object its kind's note does not have.
     ObjectMissing {
         fd: i32,
+    },
+    /// Fd `fd` was on the terminal of stdio fd `stdio_fd`, which this
+    /// caller gave as something that is not a terminal.
+    NotOnTerminal {
+        fd: i32,
+        stdio_fd: i32,
     },
     VdsoLayout,
     Scratch {
@@ -254,6 +260,7 @@ impl CheckError {
             | CheckError::ProcMapsTooLong { .. }
             | CheckError::FdRelocate { .. }
             | CheckError::Object { .. }
+            | CheckError::NotOnTerminal { .. }
             | CheckError::CapsKept { .. }
             | CheckError::ExceedsOwner { .. }
             | CheckError::Identity { .. }
@@ -313,6 +320,10 @@ impl fmt::Display for CheckError {
             CheckError::Object { fd, step, errno } => {
                 write!(f, "fd {fd}: cannot {step}: {errno}")
             }
+            CheckError::NotOnTerminal { fd, stdio_fd } => write!(
+                f,
+                "fd {fd} was on the terminal of fd {stdio_fd}, and this caller's fd {stdio_fd} is not a terminal: run the image from a terminal"
+            ),
             CheckError::ObjectMissing { fd } => {
                 write!(f, "corrupt image: fd {fd} names an object the image does not hold")
             }
@@ -456,6 +467,9 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
             let fds = fds::reopen_fds(os, name, &image, &notes.fds, base, &mut scratch)?;
             Ok((mapped_files, exe_fd, cwd_fd, fds))
         })?;
+    // The terminals the task resumes on, and their SIGWINCH.
+    let terminals = objects::terminal::setups(os, &image, &mut scratch, tables.fds)?;
+    let pending = objects::terminal::with_sigwinch(records.pending, terminals, &mut scratch)?;
     let loads = page_loads(&image, &mut scratch)?;
     warn_read_only_shared(os, name, vmas, loads);
     limits::lower_rlimits(os, name, records.rlimits);
@@ -485,12 +499,13 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
         cwd_fd,
         fd_moves,
         keep_fds,
+        terminals,
         err_fd: loader_fds.err_fd,
         threads,
         set_tids,
         xfeatures,
         pid: os.getpid(),
-        pending: records.pending,
+        pending,
         itimers: records.itimers,
         creds,
         no_new_privs,

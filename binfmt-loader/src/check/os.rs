@@ -77,4 +77,7 @@ pub trait Os {
     fn write(&self, fd: i32, buf: &[u8]) -> Result<usize, Errno>;
     /// `eventfd2(0, flags)`.
     fn eventfd(&self, flags: u32) -> Result<i32, Errno>;
+    /// `ioctl(fd, TIOCGWINSZ)`: the window size of the terminal `fd` is
+    /// on (ENOTTY: not a terminal).
+    fn window_size(&self, fd: i32) -> Result<image_format::records::Winsize, Errno>;
 }

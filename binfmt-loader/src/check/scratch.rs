@@ -85,6 +85,9 @@ impl Tables {
             table_bytes::<FdFile>(self.fds)?,
             table_bytes::<DescFrom>(self.fds)?,
             table_bytes::<crate::objects::MadeObject>(self.fds)?,
+            table_bytes::<crate::objects::terminal::TerminalSetup>(self.fds)?,
+            // The pending signals again, with a SIGWINCH for a terminal.
+            table_bytes::<PendingSignalRecord>(self.pending.checked_add(1)?)?,
             table_bytes::<Range>(MAX_MAPS)?,
             // The window search's: target VMAs, loader maps, 4 more.
             table_bytes::<Range>(self.vmas.checked_add(MAX_MAPS + 4)?)?,

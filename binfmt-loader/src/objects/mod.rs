@@ -6,8 +6,9 @@
 
 pub mod eventfd;
 pub mod pipe;
+pub mod terminal;
 
-use image_format::records::{fd_kind, EventfdRecord, FdRecord, PipeRecord};
+use image_format::records::{fd_kind, EventfdRecord, FdRecord, PipeRecord, TerminalRecord};
 use image_format::Image;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -76,7 +77,10 @@ pub fn lift(os: &impl Os, fd: i32, base: i32) -> Result<i32, Errno> {
 /// Whether the loader restores fds of `kind` as objects (from the note
 /// `object` indexes).
 pub fn is_object(kind: u32) -> bool {
-    matches!(kind, fd_kind::PIPE | fd_kind::FIFO | fd_kind::EVENTFD)
+    matches!(
+        kind,
+        fd_kind::PIPE | fd_kind::FIFO | fd_kind::EVENTFD | fd_kind::TTY
+    )
 }
 
 /// How many objects of fd kind `kind` the image holds.
@@ -84,6 +88,7 @@ pub fn count(image: &Image<'_>, kind: u32) -> Result<u32, image_format::ImageErr
     Ok(match kind {
         fd_kind::PIPE | fd_kind::FIFO => image.records::<PipeRecord>()?.len(),
         fd_kind::EVENTFD => image.records::<EventfdRecord>()?.len(),
+        fd_kind::TTY => image.records::<TerminalRecord>()?.len(),
         _ => 0,
     })
 }
@@ -102,6 +107,9 @@ pub fn open(
     let fd = match f.kind {
         fd_kind::PIPE | fd_kind::FIFO => pipe::open(os, image, f, path, base, made)?,
         fd_kind::EVENTFD => eventfd::open(os, image, f, base)?,
+        // Its status flags are set there (a duplicate of the caller's
+        // terminal keeps the caller's).
+        fd_kind::TTY => return terminal::open(os, image, f, base),
         _ => {
             return Err(CheckError::UnsupportedFd {
                 fd: f.fd,

@@ -257,6 +257,9 @@ pub struct PlanInput<'a> {
     pub fd_moves: &'a [FdMove],
     /// Fds left as they are (inherited stdio).
     pub keep_fds: &'a [i32],
+    /// The modes to set on the terminals the task resumes on, once its
+    /// fds are in place.
+    pub terminals: &'a [crate::objects::terminal::TerminalSetup],
     /// The caller's stderr, duplicated above every fd of the task, for
     /// failure messages; kept through the fd step and closed once no
     /// thread can fail any more. `None`: messages go to fd 2.
@@ -453,6 +456,7 @@ pub fn build_plan(
     process::mm_fields(&mut b, input)?;
     process::process_state(&mut b, input)?;
     process::files(&mut b, input)?;
+    process::terminals(&mut b, input)?;
     process::limits(&mut b, input)?;
     // Step 8: the leader's own thread state, then the other threads'.
     b.thread_state(&input.threads[0], Who(None))?;

@@ -53,6 +53,7 @@ impl WindowLayout {
             + input.fd_moves.len() * 2
             + input.keep_fds.len()
             + input.pending.len()
+            + input.terminals.len() * 2
             + input.itimers.len();
         let code_off = HEADER_BYTES;
         let ops_off = (code_off + input.trampoline.len() as u64 + 63) & !63;
@@ -69,6 +70,7 @@ impl WindowLayout {
             + 16 * input.rlimits.len() as u64
             + 32 * input.itimers.len() as u64
             + 128 * input.pending.len() as u64
+            + 48 * input.terminals.len() as u64
             + 4 * image_format::records::MAX_GROUPS as u64
             + 1024;
         let stack_top_off = page_up(data_off + data_len) + WINDOW_STACK;

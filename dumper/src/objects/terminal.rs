@@ -10,9 +10,10 @@
 //! - anything else (another pty, a pty master, a console the stdio is not
 //!   on) is refused by name.
 //!
-//! Pure: the collector hands in each terminal fd's link and device number
-//! and the controlling terminal from `/proc/PID/stat`; the modes are read
-//! by the caller through the task's own file ([`TerminalModes`]).
+//! [`plan_terminals`] is pure: the collector hands in each terminal fd's
+//! link and device number and the controlling terminal from
+//! `/proc/PID/stat`; [`modes_of`] reads the modes through a copy of the
+//! task's own file.
 
 use image_format::records::{
     terminal_flags, terminal_resume, KernelTermios, TerminalRecord, Winsize,
@@ -47,6 +48,16 @@ pub struct TerminalFd {
 pub struct TerminalModes {
     pub termios: Option<KernelTermios>,
     pub winsize: Option<Winsize>,
+}
+
+/// The modes of the terminal behind `file` (a copy of the task's fd).
+pub fn modes_of(file: &std::os::fd::OwnedFd) -> std::io::Result<TerminalModes> {
+    Ok(TerminalModes {
+        termios: Some(crate::sys::tty::termios(file)?),
+        // Without a size (never set: 0x0 is what it answers then) the
+        // modes still count.
+        winsize: crate::sys::tty::winsize(file).ok(),
+    })
 }
 
 /// How the terminal fds come back: one record per fd, in fd order, and for

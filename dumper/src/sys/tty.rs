@@ -1,6 +1,6 @@
-//! Terminal modes of another process's terminal: its open file taken with
-//! `pidfd_getfd` (the same open file, so `/dev/tty` means the task's
-//! controlling terminal, not ours), then `TCGETS` and `TIOCGWINSZ` on it.
+//! Terminal modes of another process's terminal, through a copy of its
+//! open file (`pidfd_getfd`: the same open file, so `/dev/tty` means the
+//! task's controlling terminal, not ours): `TCGETS` and `TIOCGWINSZ`.
 //!
 //! # Safety
 //!
@@ -8,31 +8,9 @@
 //! layout (sizes asserted in `image_format::records`).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use image_format::records::{KernelTermios, Winsize};
-
-/// `pidfd_open(pid, 0)` then `pidfd_getfd(pidfd, fd, 0)`: a duplicate, in
-/// this process, of fd `fd` of process `pid` (close-on-exec).
-///
-/// # References
-/// `pidfd_open(2)`, `pidfd_getfd(2)`: needs ptrace access to `pid`.
-pub fn steal_fd(pid: i32, fd: i32) -> io::Result<OwnedFd> {
-    // SAFETY: no pointer is passed.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if pidfd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this fd to us; it is owned here only.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(i32::try_from(pidfd).map_err(io::Error::other)?) };
-    // SAFETY: no pointer is passed.
-    let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
-    if got < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new fd the kernel installed for us.
-    Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(got).map_err(io::Error::other)?) })
-}
 
 /// `ioctl(fd, TCGETS, &termios)`: the terminal's modes (ENOTTY: not a terminal).
 ///
