@@ -124,6 +124,12 @@ impl Fake {
         self.files.get(&path).cloned().ok_or(Errno::ENOENT)
     }
 
+    /// This process's fd `fd` is a terminal (`/dev/pts/0`) of that size.
+    pub fn give_terminal(&mut self, fd: i32, size: image_format::records::Winsize) {
+        self.open.borrow_mut().insert(fd, b"/dev/pts/0".to_vec());
+        self.terminals.insert(fd, size);
+    }
+
     fn new_fd(&self, path: Vec<u8>, min: i32) -> i32 {
         let mut next = self.next_fd.borrow_mut();
         let fd = (*next).max(min);
