@@ -281,6 +281,7 @@ fn build_edited_image(
             ..Default::default()
         }],
         itimers: vec![],
+        posix_timers: vec![],
         threads: vec![thread],
         vmas,
         fds: vec![

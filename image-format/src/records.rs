@@ -28,6 +28,9 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+mod posix_timers;
+pub use posix_timers::*;
+
 /// Owner name of crimg's notes.
 pub const OWNER_CRIMG: &[u8] = b"CRIMG";
 
@@ -63,11 +66,13 @@ pub mod note {
     pub const SEGMENT_CHECKSUMS: u32 = 0x4352_000e;
     /// One [`super::ChecksumRecord`]; always the last note of the image.
     pub const CHECKSUM: u32 = 0x4352_000f;
+    /// [`super::PosixTimerRecord`]s, one per POSIX timer.
+    pub const POSIX_TIMERS: u32 = 0x4352_0016;
 
-    /// The lowest and highest crimg note type numbers in use (they are
-    /// consecutive); the reader indexes these at parse.
+    /// The lowest and highest crimg note type numbers in use; the reader
+    /// indexes these at parse.
     pub const FIRST: u32 = PROCESS;
-    pub const LAST: u32 = CHECKSUM;
+    pub const LAST: u32 = POSIX_TIMERS;
 
     /// The name of a crimg note type, for messages (`"unknown"` for a type
     /// this build does not know).
@@ -88,6 +93,7 @@ pub mod note {
             WARNINGS => "WARNINGS",
             SEGMENT_CHECKSUMS => "SEGMENT_CHECKSUMS",
             CHECKSUM => "CHECKSUM",
+            POSIX_TIMERS => "POSIX_TIMERS",
             _ => "unknown",
         }
     }
@@ -148,7 +154,7 @@ impl NoteVersions {
 
 /// Every crimg note with a [`RecordHeader`] (all but [`note::STRTAB`]), and
 /// the record versions this build reads.
-pub const KNOWN_NOTES: [NoteVersions; 14] = [
+pub const KNOWN_NOTES: [NoteVersions; 15] = [
     NoteVersions::of::<ProcessRecord>(),
     NoteVersions::of::<CredsRecord>(),
     NoteVersions::of::<MmRecord>(),
@@ -163,6 +169,7 @@ pub const KNOWN_NOTES: [NoteVersions; 14] = [
     NoteVersions::of::<WarningRecord>(),
     NoteVersions::of::<SegmentChecksumRecord>(),
     NoteVersions::of::<ChecksumRecord>(),
+    NoteVersions::of::<PosixTimerRecord>(),
 ];
 
 /// A string in the [`note::STRTAB`] note (bytes, not NUL-terminated).

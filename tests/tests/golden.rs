@@ -412,6 +412,7 @@ fn golden_state() -> TaskState {
         rlimits,
         sigactions,
         itimers,
+        posix_timers: vec![],
         threads,
         vmas,
         fds,

@@ -112,6 +112,7 @@ fn task() -> TaskState {
         rlimits: vec![],
         sigactions: vec![],
         itimers: vec![],
+        posix_timers: vec![],
         threads: vec![ThreadState {
             record: ThreadRecord {
                 tid: 4242,

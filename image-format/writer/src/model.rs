@@ -6,7 +6,7 @@
 use image_format::elf::UserRegs;
 use image_format::records::{
     CredsRecord, FdRecord, GadgetsRecord, ItimerRecord, MmRecord, PendingSignalRecord,
-    ProcessRecord, RlimitRecord, SigactionRecord, ThreadRecord, VmaRecord,
+    PosixTimerRecord, ProcessRecord, RlimitRecord, SigactionRecord, ThreadRecord, VmaRecord,
 };
 
 /// One thread: its registers and per-thread extras.
@@ -66,6 +66,8 @@ pub struct TaskState {
     pub rlimits: Vec<RlimitRecord>,
     pub sigactions: Vec<SigactionRecord>,
     pub itimers: Vec<ItimerRecord>,
+    /// The POSIX timers (`timer_create`), by id.
+    pub posix_timers: Vec<PosixTimerRecord>,
     /// The thread group leader first.
     pub threads: Vec<ThreadState>,
     /// Sorted by address.

@@ -382,6 +382,7 @@ fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
     notes.add_records::<PendingSignalRecord>(&state.pending);
     notes.add_records::<GadgetsRecord>(&[state.gadgets]);
     notes.add_records::<WarningRecord>(&warnings);
+    notes.add_records::<records::PosixTimerRecord>(&state.posix_timers);
 }
 
 /// The computed placement of everything in the file.

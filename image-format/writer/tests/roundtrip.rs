@@ -102,6 +102,7 @@ fn sample_state(nthreads: usize, pages: Vec<PageRun>) -> TaskState {
             ..SigactionRecord::default()
         }],
         itimers: vec![],
+        posix_timers: vec![],
         threads: (0..nthreads)
             .map(|i| thread(4242 + i as i32, 0x40_1000 + i as u64))
             .collect(),
@@ -553,7 +554,10 @@ fn invalid_states_are_refused_by_the_writer() {
 fn the_note_index_finds_what_a_scan_finds() {
     let bytes = write_to_vec(&sample_state(2, default_pages()));
     let img = Image::parse(&bytes).unwrap();
-    for note_type in records::note::FIRST..=records::note::LAST {
+    // The numbers in between that no note has yet are skipped.
+    for note_type in (records::note::FIRST..=records::note::LAST)
+        .filter(|&t| records::note::name(t) != "unknown")
+    {
         let scanned = img
             .find_note(records::OWNER_CRIMG, note_type)
             .map(|n| n.desc);
