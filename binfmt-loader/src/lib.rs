@@ -43,6 +43,7 @@ pub mod memlimits;
 pub mod message;
 pub mod mm_state;
 pub mod plan;
+pub mod posix_timers;
 pub mod rules;
 pub mod run;
 #[allow(unsafe_code)]

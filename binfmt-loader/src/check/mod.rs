@@ -44,6 +44,7 @@ pub mod image;
 pub mod layout;
 pub mod limits;
 pub mod os;
+pub mod posix_timers;
 pub mod scratch;
 pub mod stable;
 
@@ -206,6 +207,10 @@ pub enum CheckError {
     /// The image changed, or someone waits to open it for writing, since
     /// stage 1 began ([`stable`]).
     ImageBeingWritten,
+    /// This kernel or process cannot give the POSIX timers back.
+    PosixTimer {
+        error: crate::posix_timers::PosixTimerError,
+    },
 }
 
 impl CheckError {
@@ -217,6 +222,7 @@ impl CheckError {
             | CheckError::ImageBeingWritten
             | CheckError::ImageNotRegular { .. } => ExitCode::ImageUnreadable,
             CheckError::Rule { error } => error.exit_code(),
+            CheckError::PosixTimer { error } => error.exit_code(),
             CheckError::Corrupt { .. }
             | CheckError::NoThread
             | CheckError::BadXsave { .. }
@@ -337,6 +343,7 @@ impl fmt::Display for CheckError {
                 f,
                 "internal error: stage 1's scratch memory has no room for {items} entries of its {table} table"
             ),
+            CheckError::PosixTimer { error } => write!(f, "{error}"),
             CheckError::ImageBeingWritten => write!(
                 f,
                 "the image is being written by another process (it changed, or a writer waits for it, since it was checked); run it once it is complete"
@@ -412,6 +419,7 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
     };
     let mut scratch = Scratch::map(&tables)?;
     let records = limits::process_records(os, &image, &record_notes, &mut scratch)?;
+    let posix_timers = posix_timers::check_posix_timers(os, &image)?;
 
     // Fd numbers the task uses; everything the loader opens goes above.
     let loader_fds = fds::place_loader_fds(os, &notes.fds, mapped.fd)?;
@@ -473,6 +481,7 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
         pid: os.getpid(),
         pending: records.pending,
         itimers: records.itimers,
+        posix_timers,
         creds,
         no_new_privs,
         gadgets,

@@ -343,6 +343,7 @@ fn input<'a>(f: &'a Fixture, gadgets: bool) -> PlanInput<'a> {
         pid: 100,
         pending: &[],
         itimers: &[],
+        posix_timers: &[],
         creds: None,
         no_new_privs: false,
         gadgets: gadgets.then_some(GadgetsRecord {
