@@ -281,7 +281,6 @@ fn build_edited_image(
             ..Default::default()
         }],
         itimers: vec![],
-        posix_timers: vec![],
         threads: vec![thread],
         vmas,
         fds: vec![
@@ -311,6 +310,7 @@ fn build_edited_image(
                 path: "pipe:[2]".into(),
             },
         ],
+        objects: Default::default(),
         pending: vec![],
         gadgets: if with_gadgets {
             GadgetsRecord {

@@ -201,7 +201,7 @@ pub fn collect_from<T: Task>(
     let timers = posix_timers::list(&mut c)?;
     refusals::numa_policies(&mut c)?;
     refusals::tagged_addresses(&mut c, &status)?;
-    let fds = open_files::collect_fds(&mut c)?;
+    let (fds, mut objects) = open_files::collect_fds(&mut c)?;
     refusals::too_many_groups(&mut c, &status)?;
     c.check_cancel()?;
 
@@ -213,7 +213,7 @@ pub fn collect_from<T: Task>(
 
     let mut threads = threads::registers(&c)?;
     let process_wide = threads::injected_answers(&mut c, &smaps, &mut threads)?;
-    let posix_timers = posix_timers::records(&mut c, &smaps, &threads, &timers)?;
+    objects.posix_timers = posix_timers::records(&mut c, &smaps, &threads, &timers)?;
     c.check_cancel()?;
     let pending = threads::pending_signals(&c, &threads)?;
 
@@ -241,10 +241,10 @@ pub fn collect_from<T: Task>(
         rlimits,
         sigactions: process_wide.sigactions,
         itimers: process_wide.itimers,
-        posix_timers,
         threads: threads.into_iter().map(|(t, _)| t).collect(),
         vmas,
         fds,
+        objects,
         pending,
         gadgets,
         warnings: std::mem::take(&mut c.warnings),

@@ -412,10 +412,10 @@ fn golden_state() -> TaskState {
         rlimits,
         sigactions,
         itimers,
-        posix_timers: vec![],
         threads,
         vmas,
         fds,
+        objects: Default::default(),
         pending: vec![
             PendingSignalRecord {
                 tid: 0,

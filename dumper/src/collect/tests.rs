@@ -124,7 +124,7 @@ fn posix_timers_are_recorded_with_what_the_task_answered() {
     // One borrow, of the leader, for both; the records sorted by id.
     assert_eq!(task.asked_timers, vec![(PID, vec![5, 2])]);
     assert_eq!(
-        c.state.posix_timers,
+        c.state.objects.posix_timers,
         vec![
             PosixTimerRecord {
                 id: 2,
@@ -173,7 +173,7 @@ fn posix_timers_that_cannot_be_restored_are_refused_untouched_unless_forced() {
     // Forced: dropped, said, and not asked about.
     let c = run(&mut task, true).unwrap();
     assert!(c.state.warnings.iter().any(|w| w.contains("POSIX timer 0")));
-    assert!(c.state.posix_timers.is_empty());
+    assert!(c.state.objects.posix_timers.is_empty());
     assert!(task.asked_timers.is_empty());
 }
 
