@@ -77,6 +77,15 @@ pub enum PosixTimerError {
         clock: i32,
         errno: Errno,
     },
+    /// Every timer takes a signal queue entry of this user's
+    /// `RLIMIT_SIGPENDING` when created (Linux 6.13+), after the pending
+    /// signals took theirs: they do not fit.
+    SigQueue {
+        timers: usize,
+        signals: u64,
+        queued: u64,
+        limit: u64,
+    },
 }
 
 impl PosixTimerError {
@@ -85,6 +94,7 @@ impl PosixTimerError {
             PosixTimerError::NoRestoreIds { .. } | PosixTimerError::ClockRefused { .. } => {
                 ExitCode::Unsupported
             }
+            PosixTimerError::SigQueue { .. } => ExitCode::Environment,
             PosixTimerError::TooMany { .. } => ExitCode::Unsupported,
             _ => ExitCode::ImageCorrupt,
         }
@@ -120,6 +130,15 @@ impl fmt::Display for PosixTimerError {
             PosixTimerError::NoRestoreIds { count, errno } => write!(
                 f,
                 "the task had {count} POSIX timer(s), and this kernel cannot create timers with given ids (prctl PR_TIMER_CREATE_RESTORE_IDS: {errno}; Linux 6.14+)"
+            ),
+            PosixTimerError::SigQueue {
+                timers,
+                signals,
+                queued,
+                limit,
+            } => write!(
+                f,
+                "the task had {timers} POSIX timer(s) and {signals} queued signal(s) pending, each taking a signal queue entry; this user has {queued} queued already and RLIMIT_SIGPENDING is {limit}"
             ),
             PosixTimerError::ClockRefused { id, clock, errno } => write!(
                 f,

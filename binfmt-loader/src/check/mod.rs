@@ -593,7 +593,9 @@ fn check_memory(os: &impl Os, checked: &Checked, caps: u64) -> Result<(), CheckE
         .ok()
         .and_then(|n| crate::plan::parse_sigq(&status[..n]));
     crate::plan::check_sigqueue(input.pending, input.rlimits, sigq)
-        .map_err(|error| CheckError::SigQueue { error })
+        .map_err(|error| CheckError::SigQueue { error })?;
+    posix_timers::fit_sigqueue(input.posix_timers.len(), input.pending, input.rlimits, sigq)
+        .map_err(|error| CheckError::PosixTimer { error })
 }
 
 /// Set the task's mm-wide memory settings (THP disabled, KSM merging) on

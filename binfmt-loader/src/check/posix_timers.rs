@@ -9,7 +9,7 @@
 //! creates none that outlives its probe, so only the plan's
 //! `timer_create`s take ids in it.
 
-use image_format::records::PosixTimerRecord;
+use image_format::records::{PendingSignalRecord, PosixTimerRecord, RlimitRecord};
 use image_format::Image;
 
 use super::os::Os;
@@ -63,4 +63,83 @@ pub fn check_posix_timers(
         })?;
     }
     Ok(table)
+}
+
+/// `RLIMIT_SIGPENDING`.
+const RLIMIT_SIGPENDING: u32 = 11;
+
+/// Check that `timers` POSIX timers fit in this user's signal queue after
+/// the recorded pending signals the plan queues first: each takes an entry
+/// when created. `sigq` is `/proc/self/status`'s `SigQ:` (`queued/limit`);
+/// the limit in force then is the task's (`rlimits`, already lowered),
+/// else the current one. Without `SigQ` nothing is checked.
+pub fn fit_sigqueue(
+    timers: usize,
+    pending: &[PendingSignalRecord],
+    rlimits: &[RlimitRecord],
+    sigq: Option<(u64, u64)>,
+) -> Result<(), PosixTimerError> {
+    let Some((queued, limit_now)) = sigq else {
+        return Ok(());
+    };
+    if timers == 0 {
+        return Ok(());
+    }
+    let limit = rlimits
+        .iter()
+        .find(|r| r.resource == RLIMIT_SIGPENDING)
+        .map_or(limit_now, |r| r.cur);
+    let signals = crate::plan::charged_signals(pending);
+    let need = signals.saturating_add(u64::try_from(timers).unwrap_or(u64::MAX));
+    if queued.saturating_add(need) > limit {
+        return Err(PosixTimerError::SigQueue {
+            timers,
+            signals,
+            queued,
+            limit,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timers_take_signal_queue_entries_after_the_pending_signals() {
+        let mut realtime = PendingSignalRecord {
+            tid: 0,
+            _pad: 0,
+            siginfo: [0; 128],
+        };
+        realtime.siginfo[0] = 40;
+        let pending = [realtime];
+        let limit = |cur| RlimitRecord {
+            resource: RLIMIT_SIGPENDING,
+            _pad: 0,
+            cur,
+            max: cur,
+        };
+        // 2 queued + 1 signal + 5 timers = 8: fits 8, not 7.
+        assert_eq!(fit_sigqueue(5, &pending, &[], Some((2, 8))), Ok(()));
+        assert_eq!(
+            fit_sigqueue(5, &pending, &[], Some((2, 7))),
+            Err(PosixTimerError::SigQueue {
+                timers: 5,
+                signals: 1,
+                queued: 2,
+                limit: 7
+            })
+        );
+        // The task's own limit is the one in force when they are created.
+        assert!(fit_sigqueue(5, &pending, &[limit(4)], Some((0, 100))).is_err());
+        assert_eq!(
+            fit_sigqueue(5, &pending, &[limit(100)], Some((2, 7))),
+            Ok(())
+        );
+        // No timers, or no SigQ: nothing to check.
+        assert_eq!(fit_sigqueue(0, &pending, &[], Some((7, 7))), Ok(()));
+        assert_eq!(fit_sigqueue(5, &pending, &[], None), Ok(()));
+    }
 }

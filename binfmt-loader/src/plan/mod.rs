@@ -56,7 +56,7 @@ pub mod window;
 
 pub use abi::{layout, op_kind, rule, Op, WindowHeader};
 pub use printer::{op_label, syscall_name, window_ops, write_plan};
-pub use process::{check_sigqueue, parse_sigq, SigQueueError};
+pub use process::{charged_signals, check_sigqueue, parse_sigq, SigQueueError};
 pub use thread_ops::{
     CLONE_ARGS_LEN, CLONE_ARGS_SET_TID, CLONE_ARGS_SIZE, CLONE_THREAD_FLAGS, FUTEX_OP_DECREMENT,
     XFEATURE_MASK_USER_DYNAMIC,
