@@ -7,6 +7,7 @@
  *   fd 8, 9   DIR/fifo: read end (O_NONBLOCK), write end (FD_CLOEXEC),
  *             3000 bytes buffered
  *   fd 10     dup(0): commands are read from it
+ *   fd 11     the read end of a pipe whose write end is closed, "tail" in it
  *
  * With --share-pipe a child is forked that holds a pipe with the parent
  * (a pipe between processes: a single-process dump must refuse it).
@@ -78,6 +79,11 @@ static int check(void)
 			return 1;
 		}
 	}
+	/* A pipe whose writer is gone: its bytes, then end-of-file. */
+	if (read(11, buf, sizeof(buf)) != 4 || memcmp(buf, "tail", 4) || read(11, buf, 1) != 0) {
+		say("FAIL fd_sharing the writerless pipe at fd 11 lost its bytes or its end-of-file");
+		return 1;
+	}
 	/* The FIFO still works both ways. */
 	if (write(9, "x", 1) != 1 || read(8, fifo, 1) != 1 || fifo[0] != 'x') {
 		say("FAIL fd_sharing FIFO does not pass a byte");
@@ -124,6 +130,15 @@ int main(int argc, char **argv)
 		die("fill fifo");
 	if (dup2(0, 10) != 10)
 		die("dup stdin");
+	{
+		int p[2];
+
+		if (pipe(p) || dup2(p[0], 11) != 11 || write(p[1], "tail", 4) != 4)
+			die("writerless pipe");
+		if (p[0] != 11)
+			close(p[0]);
+		close(p[1]);
+	}
 	if (share_pipe) {
 		int p[2];
 

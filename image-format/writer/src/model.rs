@@ -6,7 +6,8 @@
 use image_format::elf::UserRegs;
 use image_format::records::{
     CredsRecord, EventfdRecord, FdRecord, GadgetsRecord, ItimerRecord, MmRecord,
-    PendingSignalRecord, ProcessRecord, RlimitRecord, SigactionRecord, ThreadRecord, VmaRecord,
+    PendingSignalRecord, PosixTimerRecord, ProcessRecord, RlimitRecord, SigactionRecord,
+    ThreadRecord, VmaRecord,
 };
 
 /// One thread: its registers and per-thread extras.
@@ -51,6 +52,8 @@ pub struct ObjectStates {
     pub eventfds: Vec<EventfdRecord>,
     /// One per terminal fd's description, in fd order.
     pub terminals: Vec<image_format::records::TerminalRecord>,
+    /// The POSIX timers (`timer_create`), by id; not behind an fd.
+    pub posix_timers: Vec<PosixTimerRecord>,
 }
 
 /// A run of pages to store: `[start, start + len)`, page-aligned, inside one

@@ -398,6 +398,7 @@ fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
     if !state.objects.terminals.is_empty() {
         notes.add_records(&state.objects.terminals);
     }
+    notes.add_records::<records::PosixTimerRecord>(&state.objects.posix_timers);
 }
 
 /// The computed placement of everything in the file.
