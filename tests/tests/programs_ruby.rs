@@ -10,7 +10,6 @@ use crimg_tests::programs::{
 use crimg_tests::{binaries, scratch_dir, skip_unless_root, TestBinfmt};
 
 #[test]
-#[ignore = "needs: POSIX timers, eventfd objects"]
 fn ruby_thread_and_timeout_go_on_after_restore() {
     skip_unless_root!();
     let Some(ruby) = require_program("ruby", "ruby") else {

@@ -91,7 +91,6 @@ fn setup(program: &str, package: &str) -> Option<(Binaries, TestBinfmt, tempfile
 }
 
 #[test]
-#[ignore = "needs: POSIX timers (vim's timer_create)"]
 fn vim_keeps_unsaved_edits_redraws_and_writes_them() {
     skip_unless_root!();
     let Some((bins, _binfmt, scratch)) = setup("vim", "vim") else {
