@@ -210,25 +210,83 @@ fn interactive_bash_keeps_its_variables_and_history() {
     let inner = start_in_pane(
         &tmux,
         shell,
-        "PS1='inner> ' bash --norc --noprofile -i",
+        // No history file: what `history` shows after the restore was in
+        // its memory.
+        "HISTFILE= PS1='inner> ' bash --norc --noprofile -i",
         "bash",
     );
     see(&tmux, "the inner prompt", "inner> ");
-    tmux.type_line("kept=value-$((6*7))").unwrap();
+    // Two more fds on its terminal: /dev/tty (opened again at restore)
+    // and the pty by its name (a dup of the caller's stdio at restore).
+    tmux.type_line("exec 5</dev/tty 6>$(tty)").unwrap();
+    // Unique to this run (the scratch directory's name).
+    let nonce = scratch
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let assignment = format!("kept=value-{nonce}-$((6*7))");
+    tmux.type_line(&assignment).unwrap();
     tmux.type_line("echo before-$kept").unwrap();
-    see(&tmux, "the variable before the dump", "before-value-42");
+    see(
+        &tmux,
+        "the variable before the dump",
+        &format!("before-value-{nonce}-42"),
+    );
 
     let out = scratch.path().join("out");
     let inner = dump_and_resume_in_pane(&bins, &tmux, shell, &inner, "bash", &out);
     tmux.type_line("echo after-$kept").unwrap();
-    see(&tmux, "the variable after the restore", "after-value-42");
-    tmux.type_line("history").unwrap();
     see(
         &tmux,
-        "the history after the restore",
-        "kept=value-$((6*7))",
+        "the variable after the restore",
+        &format!("after-value-{nonce}-42"),
+    );
+    tmux.type_line("history").unwrap();
+    see(&tmux, "the history after the restore", &assignment);
+    tmux.type_line("echo through-$((3*3))-six >&6").unwrap();
+    see(&tmux, "a line written to fd 6", "through-9-six");
+    tmux.type_line("read -r -u 5 line; echo \"fd5-got-$line\"")
+        .unwrap();
+    tmux.type_line("typed-for-five").unwrap();
+    see(
+        &tmux,
+        "a line read from /dev/tty at fd 5",
+        "fd5-got-typed-for-five",
     );
     tmux.type_line("exit").unwrap();
     wait_quit(&tmux, shell, "bash");
     drop(inner);
+}
+
+#[test]
+fn a_pty_of_its_own_is_refused_by_name() {
+    skip_unless_root!();
+    let Some(python) = require_program("python3", "python3") else {
+        return;
+    };
+    let bins = binaries();
+    let scratch = scratch_dir();
+    // fd 3 the master, fd 4 the slave of a pty the program opened itself.
+    let mut command = std::process::Command::new(python);
+    command.args([
+        "-c",
+        "import os, time; m, s = os.openpty(); print('READY', m, s, flush=True); time.sleep(600)",
+    ]);
+    let mut owner = crimg_tests::programs::start_ready("a pty owner", command);
+    assert_eq!(owner.ready().unwrap().line(), "READY 3 4");
+    let out = crimg_tests::cli::run(
+        bins.crdump_command(owner.pid(), &scratch.path().join("out"), true),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert!(!out.status.success(), "crdump dumped a pty master");
+    assert!(
+        out.stderr.contains("fd 3 is a pty master (/dev/ptmx)"),
+        "{}",
+        out.stderr
+    );
+    // Refused before anything was written; the program runs on.
+    assert!(owner.child().try_status().is_none());
 }
