@@ -82,6 +82,19 @@ fn wait_quit(tmux: &Tmux, shell: i32, comm: &str) {
     });
 }
 
+/// Press Escape and wait until vim shows it left insert mode (vim waits
+/// for more of an escape sequence first: a key pressed meanwhile, or a
+/// dump, would find it still inserting).
+fn leave_insert_mode(tmux: &Tmux, typed: &str) -> String {
+    tmux.wait_screen("the typed text in insert mode", WAIT, |s| {
+        s.contains(typed) && s.contains("-- INSERT --")
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    tmux.send_keys(&["Escape"]).unwrap();
+    tmux.wait_screen("vim's normal mode", WAIT, |s| !s.contains("-- INSERT --"))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn setup(program: &str, package: &str) -> Option<(Binaries, TestBinfmt, tempfile::TempDir)> {
     require_program(program, package)?;
     require_program("tmux", "tmux")?;
@@ -103,8 +116,7 @@ fn vim_keeps_unsaved_edits_redraws_and_writes_them() {
     see(&tmux, "the file in vim", "first line on disk");
     tmux.send_keys(&["o"]).unwrap();
     tmux.send_text("typed before the dump").unwrap();
-    tmux.send_keys(&["Escape"]).unwrap();
-    see(&tmux, "the unsaved edit", "typed before the dump");
+    leave_insert_mode(&tmux, "typed before the dump");
 
     let out = scratch.path().join("out");
     let vim = dump_and_resume_in_pane(&bins, &tmux, shell, &vim, "vim", &out);
@@ -117,12 +129,7 @@ fn vim_keeps_unsaved_edits_redraws_and_writes_them() {
     assert!(screen.contains("first line on disk"), "{screen}");
     tmux.send_keys(&["o"]).unwrap();
     tmux.send_text("typed after the restore").unwrap();
-    tmux.send_keys(&["Escape"]).unwrap();
-    let screen = see(
-        &tmux,
-        "the edit after the restore",
-        "typed after the restore",
-    );
+    let screen = leave_insert_mode(&tmux, "typed after the restore");
     assert!(!screen.contains("E1285"), "vim reports E1285:\n{screen}");
     tmux.send_text(":wq").unwrap();
     tmux.send_keys(&["Enter"]).unwrap();
