@@ -178,6 +178,9 @@ pub fn reopen_fds(
             }
             f.fd
         } else if let Some(from) = known {
+            if f.kind == fd_kind::TTY {
+                objects::terminal::check_copy_of_stdio(os, &f, from)?;
+            }
             from
         } else if objects::is_object(f.kind) {
             objects::open(os, image, &f, path, base, &mut made)?

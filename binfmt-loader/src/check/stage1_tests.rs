@@ -671,3 +671,25 @@ fn posix_timers_need_restore_ids_and_each_of_their_clocks() {
     );
     assert_eq!(exit_of(r), ExitCode::ImageCorrupt);
 }
+
+#[test]
+fn a_copy_of_a_stdio_terminal_fd_is_refused_when_the_callers_is_no_terminal() {
+    // bash's fd 255: the same open file as its fd 0.
+    let mut state = terminal_task();
+    state.fds[4].record.desc = 1;
+    state.fds[4].record.object = 1;
+    state.objects.terminals.pop();
+    let err = run(&machine(), &state, code_page(), (1000, 1000))
+        .err()
+        .expect("stage 1 accepted fd 4 without a terminal at fd 0");
+    assert!(
+        matches!(err, CheckError::NotOnTerminal { fd: 4, stdio_fd: 0 }),
+        "{err}"
+    );
+    // With a terminal there, fd 4 is a copy of it.
+    let mut os = machine();
+    os.give_terminal(0, image_format::records::Winsize::default());
+    let c = run(&os, &state, code_page(), (1000, 1000)).unwrap();
+    let to4 = c.input.fd_moves.iter().find(|m| m.to == 4).unwrap();
+    assert_eq!(to4.from, 0);
+}

@@ -87,6 +87,19 @@ pub fn open(
     }
 }
 
+/// Fd record `f` shares the open file of the task's stdio fd `from` on a
+/// terminal (bash's fd 255): it becomes a copy of the caller's fd there,
+/// which must then be a terminal too.
+pub fn check_copy_of_stdio(os: &impl Os, f: &FdRecord, from: i32) -> Result<(), CheckError> {
+    if (0..=2).contains(&from) && f.fd > 2 && os.window_size(from).is_err() {
+        return Err(CheckError::NotOnTerminal {
+            fd: f.fd,
+            stdio_fd: from,
+        });
+    }
+    Ok(())
+}
+
 /// The modes to set, one per terminal the task resumes on. A stdio
 /// terminal whose fd the caller gave as something else (a pipe, a file) is
 /// left alone: the task's stdio is whatever the caller gives it.
