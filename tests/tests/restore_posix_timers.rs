@@ -2,12 +2,14 @@
 //! `posix_timers` has four (a periodic process signal with a `sival_int`,
 //! a one-shot on `CLOCK_REALTIME` an hour away with a 64-bit `sival_ptr`,
 //! a periodic signal to its worker thread, a `SIGEV_NONE` one on
-//! `CLOCK_BOOTTIME`), made after other timers were deleted so that their
+//! `CLOCK_BOOTTIME`, and one whose signal is pending, blocked, at the
+//! dump), made after other timers were deleted so that their
 //! ids are not the ones a fresh process gets. After the restore it checks
 //! each itself: the same ids in `/proc/self/timers`, the same intervals,
 //! signals that keep arriving with their values, the worker's still queued
-//! for the worker thread. The test compares the time left it prints with
-//! what the image recorded.
+//! for the worker thread, the held one's pending once, as the timer's own
+//! (a copy queued besides would be taken first, counting no overrun). The
+//! test compares the time left it prints with what the image recorded.
 
 use std::path::Path;
 use std::process::Command;
@@ -76,6 +78,9 @@ fn posix_timers_survive(runner: Runner) {
         (by_id(silent).clock, by_id(silent).notify),
         (7, sigev_notify::NONE)
     );
+    // The held timer's pending signal is its own again: it fires at once.
+    let held = timers.iter().find(|t| t.value == 0x9abc).unwrap();
+    assert_eq!((held.left.sec, held.left.nsec), (0, 1));
 
     let loader = match runner {
         Runner::Root => bins.loader_command(&dumped.dump.image),
@@ -90,6 +95,7 @@ fn posix_timers_survive(runner: Runner) {
     let mut restored = Workload::spawn_command("restored posix_timers", loader).unwrap();
     let pass = restored.expect_pass(CheckTrigger::Stdin);
     assert_eq!(pass.get("ids"), Some(ids.as_str()), "{}", pass.line());
+    assert!(pass.get("held_overrun").is_some(), "{}", pass.line());
     // The time left runs on from what was recorded: less now, by about
     // the time the restored task has run (well under a minute).
     for (id, key) in [(oneshot, "oneshot_left"), (silent, "silent_left")] {
