@@ -11,6 +11,7 @@
 //! (a copy queued besides would be taken first, counting no overrun). The
 //! test compares the time left it prints with what the image recorded.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -18,13 +19,16 @@ use image_format::records::{sigev_notify, PosixTimerRecord};
 use image_format::Image;
 
 use crimg_tests::process::{CheckTrigger, LINE_TIMEOUT, READY_TIMEOUT};
-use crimg_tests::roundtrip::dump_and_kill;
+use crimg_tests::roundtrip::{as_nobody, dump_and_kill};
 use crimg_tests::{binaries, scratch_dir, workload_path, Workload};
 
 /// Who runs the loader.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Runner {
     Root,
+    /// nobody:nogroup runs the workload and the loader: no privilege at
+    /// all (the restore-ids prctl needs none), and a new tid.
+    Nobody,
     /// Root without CAP_SYS_ADMIN and CAP_CHECKPOINT_RESTORE: no set_tid,
     /// so the worker gets a new tid, which its timer must name.
     RootWithoutRestoreCaps,
@@ -46,9 +50,15 @@ fn recorded(image: &Path) -> Vec<PosixTimerRecord> {
 fn posix_timers_survive(runner: Runner) {
     let bins = binaries();
     let scratch = scratch_dir();
-    let mut original =
-        Workload::spawn_command("posix_timers", Command::new(workload_path("posix_timers")))
-            .unwrap();
+    let command = if runner == Runner::Nobody {
+        std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut c = as_nobody();
+        c.arg(workload_path("posix_timers"));
+        c
+    } else {
+        Command::new(workload_path("posix_timers"))
+    };
+    let mut original = Workload::spawn_command("posix_timers", command).unwrap();
     if let Err(err) = original.wait_ready(READY_TIMEOUT) {
         panic!("{err}\n{}", original.stderr_report());
     }
@@ -84,6 +94,16 @@ fn posix_timers_survive(runner: Runner) {
 
     let loader = match runner {
         Runner::Root => bins.loader_command(&dumped.dump.image),
+        Runner::Nobody => {
+            // Let nobody read the image root wrote.
+            let dir = dumped.dump.image.parent().unwrap();
+            for (path, mode) in [(dir, 0o755), (dumped.dump.image.as_path(), 0o644)] {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+            }
+            let mut c = as_nobody();
+            c.arg(&bins.loader).arg(&dumped.dump.image);
+            c
+        }
         Runner::RootWithoutRestoreCaps => {
             let mut c = Command::new("setpriv");
             c.arg("--bounding-set=-sys_admin,-checkpoint_restore")
@@ -113,7 +133,7 @@ fn posix_timers_survive(runner: Runner) {
         "{}",
         restored.stderr_report()
     );
-    if runner == Runner::RootWithoutRestoreCaps {
+    if runner != Runner::Root {
         if let Err(err) = restored.wait_stderr_containing("get new thread ids", LINE_TIMEOUT) {
             panic!("{err}\n{}", restored.stderr_report());
         }
@@ -131,4 +151,11 @@ fn posix_timers_keep_their_ids_signals_and_phase() {
 fn a_thread_timer_follows_its_thread_to_a_new_tid() {
     crimg_tests::skip_unless_root!();
     posix_timers_survive(Runner::RootWithoutRestoreCaps);
+}
+
+/// Nothing about POSIX timers needs privilege: nobody restores them too.
+#[test]
+fn posix_timers_survive_an_unprivileged_restore() {
+    crimg_tests::skip_unless_root!();
+    posix_timers_survive(Runner::Nobody);
 }
