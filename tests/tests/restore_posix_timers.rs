@@ -92,6 +92,18 @@ fn posix_timers_survive(runner: Runner) {
     let held = timers.iter().find(|t| t.value == 0x9abc).unwrap();
     assert_eq!((held.left.sec, held.left.nsec), (0, 1));
 
+    // `crimg info` lists them.
+    let mut info = bins.crimg_command(["info"]);
+    info.arg(&dumped.dump.image);
+    let info = crimg_tests::cli::run_ok(info, crimg_tests::cli::CLI_TIMEOUT).unwrap();
+    assert!(info.stdout.contains("POSIX timers (5):"), "{}", info.stdout);
+    assert!(
+        info.stdout
+            .contains(&format!("thread-id to tid {}", field("worker"))),
+        "{}",
+        info.stdout
+    );
+
     let loader = match runner {
         Runner::Root => bins.loader_command(&dumped.dump.image),
         Runner::Nobody => {
