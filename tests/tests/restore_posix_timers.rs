@@ -171,3 +171,50 @@ fn posix_timers_survive_an_unprivileged_restore() {
     crimg_tests::skip_unless_root!();
     posix_timers_survive(Runner::Nobody);
 }
+
+/// A timer on another thread's CPU clock cannot be named again: refused
+/// by name, the task left running as it was; forced, it is dropped and
+/// said, and the rest is kept.
+#[test]
+fn a_timer_on_another_threads_cpu_clock_is_refused_by_name() {
+    use dumper::{DumpOptions, NoProgress};
+    crimg_tests::skip_unless_root!();
+    let scratch = scratch_dir();
+    let mut target = Workload::start("posix_timers", ["foreign-clock"]);
+    let pid = target.pid();
+    let ids = target.ready().unwrap().get("ids").unwrap().to_owned();
+    let foreign = ids.rsplit(',').next().unwrap().to_owned();
+    let out = scratch.path().join("out");
+    let refuse = DumpOptions {
+        leave_running: true,
+        force: false,
+    };
+    let err = dumper::dump(pid, &out, &refuse, &mut NoProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("POSIX timer {foreign} ")) && err.contains("CPU clock of thread"),
+        "{err}"
+    );
+    assert!(!out.exists(), "output directory left behind");
+    let forced = DumpOptions {
+        leave_running: true,
+        force: true,
+    };
+    dumper::dump(pid, &out, &forced, &mut NoProgress).unwrap();
+    let image = out.join(format!("task-{pid}.crimg"));
+    let kept: Vec<i32> = recorded(&image).iter().map(|t| t.id).collect();
+    assert_eq!(kept.len(), 5, "{kept:?}");
+    assert!(!kept.iter().any(|id| id.to_string() == foreign));
+    let mut info = binaries().crimg_command(["info"]);
+    info.arg(&image);
+    let info = crimg_tests::cli::run_ok(info, crimg_tests::cli::CLI_TIMEOUT).unwrap();
+    assert!(
+        info.stdout.contains(&format!("POSIX timer {foreign} ")),
+        "{}",
+        info.stdout
+    );
+    // Both dumps left it as it was: every timer of its own still there.
+    let pass = target.expect_pass(CheckTrigger::Stdin);
+    assert_eq!(pass.get("ids"), Some(ids.as_str()), "{}", pass.line());
+}

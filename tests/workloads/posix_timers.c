@@ -16,6 +16,10 @@
  *             pending at the dump, and the timer waits for it to be taken
  *             before it re-arms (Linux 6.13+)
  *
+ * With the argument `foreign-clock`, a sixth timer counts the worker
+ * thread's CPU time (pthread_getcpuclockid), which a restore cannot name:
+ * the dump must refuse it by name and leave the task as it was.
+ *
  * READY prints the ids and, once both periodic timers have ticked, the
  * counts. On "check" (stdin) it verifies: /proc/self/timers lists exactly
  * the same ids; timer_gettime shows the same intervals and a time left
@@ -63,7 +67,8 @@ static void die(const char *what)
 #define ONESHOT_VALUE 0xfeedfacecafeULL
 #define HELD_VALUE 0x9abc
 
-static timer_t periodic, oneshot, worker_timer, silent, held;
+static timer_t periodic, oneshot, worker_timer, silent, held, foreign;
+static int has_foreign;
 static volatile sig_atomic_t periodic_count, oneshot_fired, bad_value;
 static volatile int worker_count, worker_bad, worker_pause, worker_paused;
 static volatile pid_t worker_tid;
@@ -215,16 +220,21 @@ static void listed_ids(char *out, size_t len)
 
 static void own_ids(char *out, size_t len)
 {
-	int ids[5] = { id_of(periodic), id_of(oneshot), id_of(worker_timer), id_of(silent),
-		       id_of(held) };
-	for (int i = 0; i < 5; i++)
-		for (int j = i + 1; j < 5; j++)
+	int ids[6] = { id_of(periodic), id_of(oneshot), id_of(worker_timer), id_of(silent),
+		       id_of(held), id_of(foreign) };
+	int n = has_foreign ? 6 : 5;
+	for (int i = 0; i < n; i++)
+		for (int j = i + 1; j < n; j++)
 			if (ids[j] < ids[i]) {
 				int x = ids[i];
 				ids[i] = ids[j];
 				ids[j] = x;
 			}
-	snprintf(out, len, "%d,%d,%d,%d,%d", ids[0], ids[1], ids[2], ids[3], ids[4]);
+	out[0] = 0;
+	for (int i = 0; i < n; i++) {
+		size_t at = strlen(out);
+		snprintf(out + at, len - at, "%s%d", i ? "," : "", ids[i]);
+	}
 }
 
 static int check(void)
@@ -338,7 +348,7 @@ static int check(void)
 	return 0;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
 	struct sigaction sa;
 	memset(&sa, 0, sizeof sa);
@@ -380,6 +390,14 @@ int main(void)
 	arm(worker_timer, 0, 30000000, 0, 30000000);
 	arm(silent, 5000, 0, 7, 0);
 	arm(held, 0, 1000000, 0, 200000000);
+	if (argc > 1 && strcmp(argv[1], "foreign-clock") == 0) {
+		clockid_t cpu;
+		if (pthread_getcpuclockid(t, &cpu))
+			die("pthread_getcpuclockid");
+		foreign = make(cpu, SIGEV_NONE, 0, (union sigval){ .sival_int = 0 }, 0);
+		arm(foreign, 1000, 0, 0, 0);
+		has_foreign = 1;
+	}
 	for (int i = 0; i < 500 && periodic_now() < 3; i++)
 		sleep_ms(10);
 	if (periodic_now() < 3 || wait_count(&worker_count, 3))
