@@ -140,6 +140,16 @@ pub(super) fn records<T: Task>(
     })?;
     let ids: Vec<i32> = listed.iter().map(|t| t.id).collect();
     let answers = c.task.ask_posix_timers(tid, found, scratch, &ids)?;
+    if answers.len() != ids.len() {
+        return Err(CollectError::Unsupported {
+            pid,
+            what: format!(
+                "thread {tid} answered for {} of its {} POSIX timers",
+                answers.len(),
+                ids.len()
+            ),
+        });
+    }
     let nthreads = threads.len();
     let mut out = Vec::with_capacity(listed.len());
     for (t, a) in listed.iter().zip(answers) {
