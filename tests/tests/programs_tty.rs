@@ -47,6 +47,20 @@ fn dump_and_resume_in_pane(
     comm: &str,
     out: &Path,
 ) -> PidGuard {
+    dump_and_resume_resized(bins, tmux, shell, program, comm, out, None)
+}
+
+/// [`dump_and_resume_in_pane`], the window resized to `size` (columns,
+/// rows) while the program is not running.
+fn dump_and_resume_resized(
+    bins: &Binaries,
+    tmux: &Tmux,
+    shell: i32,
+    program: &PidGuard,
+    comm: &str,
+    out: &Path,
+    size: Option<(u16, u16)>,
+) -> PidGuard {
     let dump = dump_or_panic(bins, comm, program.pid(), out);
     program
         .wait_gone(WAIT)
@@ -58,6 +72,10 @@ fn dump_and_resume_in_pane(
             Err(format!("children {:?}", children_of(shell)))
         }
     });
+    if let Some((cols, rows)) = size {
+        tmux.resize(cols, rows).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(tmux.pane_size().unwrap(), (cols, rows));
+    }
     // `clear` first: whatever the restored program shows, it drew itself.
     let run = format!("clear; {}", dump.image.display());
     let restored = start_in_pane(tmux, shell, &run, comm);
@@ -178,6 +196,42 @@ fn less_redraws_and_pages_on_after_restore() {
         top_number(s).unwrap_or(0) > top
     })
     .unwrap_or_else(|e| panic!("{e}"));
+    tmux.send_keys(&["q"]).unwrap();
+    wait_quit(&tmux, shell, "less");
+    drop(less);
+}
+
+/// How many lines of the screen are numbers (the `seq` lines less shows).
+fn number_lines(screen: &str) -> usize {
+    screen
+        .lines()
+        .filter(|l| l.trim().parse::<u64>().is_ok())
+        .count()
+}
+
+#[test]
+fn less_takes_the_size_of_the_terminal_it_resumes_in() {
+    skip_unless_root!();
+    let Some((bins, _binfmt, scratch)) = setup("less", "less") else {
+        return;
+    };
+    let numbers: String = (1..=2000).map(|i| format!("{i}\n")).collect();
+    std::fs::write(scratch.path().join("numbers.txt"), numbers).unwrap();
+    let (tmux, shell) = shell_pane(scratch.path());
+    let less = start_in_pane(&tmux, shell, "less numbers.txt", "less");
+    // 30 rows: 29 lines of text and the prompt line.
+    let before = tmux
+        .wait_screen("less's first page", WAIT, |s| number_lines(s) == 29)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(before.contains("numbers.txt"), "{before}");
+
+    // The terminal it resumes in is taller: less lays its page out for
+    // that size (the image's 100x30 is not forced on it), from the
+    // SIGWINCH it gets.
+    let out = scratch.path().join("out");
+    let less = dump_and_resume_resized(&bins, &tmux, shell, &less, "less", &out, Some((100, 40)));
+    tmux.wait_screen("less's page for 40 rows", WAIT, |s| number_lines(s) == 39)
+        .unwrap_or_else(|e| panic!("{e}"));
     tmux.send_keys(&["q"]).unwrap();
     wait_quit(&tmux, shell, "less");
     drop(less);
