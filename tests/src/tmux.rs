@@ -5,9 +5,9 @@
 //!
 //! The server listens on a socket in a temporary directory of its own
 //! (`tmux -S`), so it never meets the user's tmux or another test's. Dropping
-//! the guard asks the server to quit, then SIGKILLs it by its pid (held by a
-//! pidfd: the kill reaches that server or nothing) and removes the socket
-//! with its directory.
+//! the guard asks the server to quit, then SIGKILLs it and the pane's first
+//! process by their pids (held by pidfds: a kill reaches that process or
+//! nothing) and removes the socket with its directory.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -43,7 +43,7 @@ pub enum TmuxError {
         output: String,
         expected: &'static str,
     },
-    #[error("cannot hold the tmux server (pid {pid})")]
+    #[error("cannot hold tmux process {pid} (its server or its pane)")]
     Server {
         pid: i32,
         #[source]
@@ -72,6 +72,8 @@ pub fn have_tmux() -> bool {
 pub struct Tmux {
     // Declared before `dir` so the server is killed before its socket goes.
     server: PidGuard,
+    /// The process the pane started with (it may ignore the hangup).
+    pane: Option<PidGuard>,
     socket: PathBuf,
     dir: tempfile::TempDir,
 }
@@ -112,11 +114,15 @@ impl Tmux {
         let pid_text = tmux_output(&socket, ["display-message", "-p", "#{pid}"])?;
         let pid = parse_pid(&pid_text, "display-message #{pid}")?;
         let server = PidGuard::new(pid).map_err(|source| TmuxError::Server { pid, source })?;
-        let tmux = Tmux {
+        let mut tmux = Tmux {
             server,
+            pane: None,
             socket,
             dir,
         };
+        let pane = tmux.pane_pid()?;
+        tmux.pane =
+            Some(PidGuard::new(pane).map_err(|source| TmuxError::Server { pid: pane, source })?);
         // Nothing but the program's own output on the screen: no status line.
         tmux.tmux(["set-option", "-g", "status", "off"])?;
         Ok(tmux)
@@ -258,6 +264,10 @@ impl Drop for Tmux {
         let _ = run(c, TMUX_COMMAND_TIMEOUT);
         let _ = self.server.signal(nix::sys::signal::Signal::SIGKILL);
         let _ = self.server.wait_gone(TMUX_COMMAND_TIMEOUT);
+        if let Some(pane) = &self.pane {
+            let _ = pane.signal(nix::sys::signal::Signal::SIGKILL);
+            let _ = pane.wait_gone(TMUX_COMMAND_TIMEOUT);
+        }
         // The socket goes with `dir`, dropped after this.
     }
 }
