@@ -43,6 +43,8 @@ pub enum FreezeError {
     Exited { pid: i32 },
     #[error("pid {pid} tid {tid}: unexpected stop {stop:?} while freezing")]
     UnexpectedStop { pid: i32, tid: i32, stop: Stop },
+    #[error("pid {pid}: dump cancelled while freezing")]
+    Cancelled { pid: i32 },
     #[error("pid {pid}: cannot kill: {source}")]
     Kill {
         pid: i32,
@@ -60,27 +62,46 @@ pub struct Frozen {
     tids: Vec<i32>,
 }
 
-/// The thread ids in `/proc/P/task`.
+/// The thread ids in `/proc/P/task`, without io_uring's kernel threads.
 fn list_threads(pid: i32) -> io::Result<BTreeSet<i32>> {
     let mut out = BTreeSet::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         if let Some(tid) = entry?.file_name().to_str().and_then(|s| s.parse().ok()) {
-            out.insert(tid);
+            if !is_io_worker(pid, tid) {
+                out.insert(tid);
+            }
         }
     }
     Ok(out)
 }
 
+/// Whether thread `tid` of `pid` is one of io_uring's kernel threads
+/// (`PF_IO_WORKER`: `iou-sqp-N`, `iou-wrk-N`). It never stops for ptrace
+/// (it does not return to user space), so waiting for it to stop would
+/// hang the dump: it is not seized, and collection refuses it by name.
+/// The flag is read, not the name: a thread may call itself anything.
+pub fn is_io_worker(pid: i32, tid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+        .ok()
+        .and_then(|text| crate::procfs::stat::parse(&text).ok())
+        .is_some_and(|stat| stat.flags & crate::collect::PF_IO_WORKER != 0)
+}
+
 impl Frozen {
     /// Seize and interrupt every thread of `pid`, re-reading `/proc/P/task`
     /// until a pass finds no thread that is not already stopped (a running
-    /// thread may create new ones until it is stopped itself).
+    /// thread may create new ones until it is stopped itself). io_uring's
+    /// kernel threads are left alone ([`is_io_worker`]). A cancel request
+    /// ([`crate::request_cancel`]) stops it between threads, detached.
     pub fn freeze(pid: i32) -> Result<Self, FreezeError> {
         let mut frozen = Frozen {
             pid,
             tids: Vec::new(),
         };
         loop {
+            if crate::cancel_requested() {
+                return Err(FreezeError::Cancelled { pid });
+            }
             let tids =
                 list_threads(pid).map_err(|source| FreezeError::ListThreads { pid, source })?;
             if !tids.contains(&pid) {
@@ -97,6 +118,9 @@ impl Frozen {
                 break;
             }
             for tid in new {
+                if crate::cancel_requested() {
+                    return Err(FreezeError::Cancelled { pid });
+                }
                 match ptrace::seize(tid, ptrace::PTRACE_O_TRACESYSGOOD) {
                     Ok(()) => {}
                     // The thread exited between the listing and the seize.

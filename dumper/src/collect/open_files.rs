@@ -32,6 +32,9 @@ pub(super) fn collect_fds<T: Task>(c: &mut Collector<'_, T>) -> Result<Vec<FdSta
                 continue;
             }
         };
+        if super::refusals::io_uring_fd(c, fd, &link) {
+            continue;
+        }
         let fd_path = c.proc_path(&format!("fd/{fd}"));
         let meta = c
             .task
@@ -46,10 +49,12 @@ pub(super) fn collect_fds<T: Task>(c: &mut Collector<'_, T>) -> Result<Vec<FdSta
         // is what the tty majors are compared in).
         let rdev_major = u32::try_from((meta.rdev >> 8) & 0xfff).unwrap_or(u32::MAX);
         let kind = fds::kind_of(&link, meta.mode, rdev_major);
+        let mut flags = 0;
         if let Some(why) = fds::unsupported_reason(fd, kind, deleted, &link) {
             c.unsupported(why)?;
+            // Only a forced dump gets this far with it: not saved.
+            flags |= fd_flags::DROPPED;
         }
-        let mut flags = 0;
         if info.flags & O_CLOEXEC != 0 {
             flags |= fd_flags::CLOEXEC;
         }
