@@ -115,6 +115,13 @@ pub fn fd_is_inherited(fd: i32, kind: u32) -> bool {
         )
 }
 
+/// Whether fd record `f` was dropped by a forced dump (its object not
+/// saved): the loader puts `/dev/null` there whatever its kind, so no rule
+/// of its kind applies.
+pub fn fd_is_dropped(f: &image_format::records::FdRecord) -> bool {
+    f.flags & fd_flags::DROPPED != 0
+}
+
 /// Whether the loader can open an fd of `kind` again.
 pub fn fd_kind_reopenable(kind: u32) -> bool {
     matches!(kind, fd_kind::REGULAR | fd_kind::DIRECTORY | fd_kind::CHAR)
@@ -172,7 +179,7 @@ pub fn check_image<'a>(image: &Image<'a>, mmap_min_addr: u64) -> Result<(), Rule
         if f.fd < 0 {
             return Err(RuleError::NegativeFd { fd: f.fd });
         }
-        if fd_is_inherited(f.fd, f.kind) {
+        if fd_is_inherited(f.fd, f.kind) || fd_is_dropped(&f) {
             continue;
         }
         if !fd_kind_reopenable(f.kind) {

@@ -128,6 +128,8 @@ pub struct FdSummary {
     pub pos: u64,
     pub open_flags: String,
     pub cloexec: bool,
+    /// Not saved (`crdump --force`): `/dev/null` at restore.
+    pub dropped: bool,
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -201,6 +203,7 @@ fn fd_summary(img: &Image, f: &FdRecord) -> Result<FdSummary, ImageError> {
         pos: f.pos,
         open_flags: format!("{:#o}", f.open_flags),
         cloexec: f.flags & image_format::records::fd_flags::CLOEXEC != 0,
+        dropped: f.flags & image_format::records::fd_flags::DROPPED != 0,
     })
 }
 
@@ -351,6 +354,19 @@ pub fn render_text(s: &Summary) -> String {
             f.open_flags,
             if f.cloexec { " cloexec" } else { "" },
             shown(&f.path)
+        );
+    }
+    let dropped: Vec<String> = s
+        .fds
+        .iter()
+        .filter(|f| f.dropped)
+        .map(|f| format!("{} ({})", f.fd, shown(&f.path)))
+        .collect();
+    if !dropped.is_empty() {
+        let _ = writeln!(
+            o,
+            "  not saved (crdump --force), /dev/null at restore: {}",
+            dropped.join(", ")
         );
     }
     if let Some(t) = s.threads.first() {
