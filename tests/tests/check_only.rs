@@ -1,0 +1,163 @@
+//! `crdump --check-only` and the refusal that names every blocker: a
+//! workload holding several things crdump cannot save at once (a
+//! socketpair, an established loopback TCP connection and its listener, an
+//! io_uring instance with its SQPOLL kernel thread, a deleted open file) is
+//! refused with all of them listed, promptly, and keeps counting; a plain
+//! counter checks clean (exit 0). Needs root: skips otherwise.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crimg_tests::cli::{self, RunOutput};
+use crimg_tests::untouched::{assert_counts_on, assert_running_untraced, next_tick};
+use crimg_tests::{binaries, scratch_dir, skip_unless_root, Workload};
+
+/// Every blocker must be found within this (the freeze is for the scan only).
+const PROMPT: Duration = Duration::from_secs(10);
+
+fn crdump(args: &[&str]) -> (RunOutput, Duration) {
+    let mut command = Command::new(binaries().crdump);
+    command.args(args);
+    let started = Instant::now();
+    let out = cli::run(command, cli::CLI_TIMEOUT).expect("crdump ran");
+    (out, started.elapsed())
+}
+
+fn everything(tmpdir: &Path) -> Workload {
+    Workload::start(
+        "blockers",
+        [
+            "--socketpair",
+            "--tcp",
+            "--sqpoll",
+            "--deleted",
+            "--tmpdir",
+            &tmpdir.display().to_string(),
+        ],
+    )
+}
+
+/// The blockers `text` must name, one line each.
+fn assert_names_every_blocker(text: &str, pid: i32, sock_a: &str) {
+    let lines: Vec<&str> = text.lines().collect();
+    let count = |needle: &str| lines.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(
+        count(&format!("fd {sock_a} is a socket")),
+        1,
+        "socketpair:\n{text}"
+    );
+    // Two socketpair ends, the listener and both ends of the connection.
+    assert!(count("is a socket (socket:[") >= 5, "tcp:\n{text}");
+    assert_eq!(count("is an io_uring instance"), 1, "io_uring fd:\n{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("(iou-sqp-{pid}) is an io_uring kernel thread"))),
+        "SQPOLL thread:\n{text}"
+    );
+    assert_eq!(count("refers to a deleted file"), 1, "deleted:\n{text}");
+    assert!(
+        lines.iter().all(|l| l.starts_with(&format!("crdump: pid {pid}"))),
+        "a line without the pid:\n{text}"
+    );
+}
+
+#[test]
+fn check_only_lists_every_blocker_and_the_target_counts_on() {
+    skip_unless_root!();
+    let scratch = scratch_dir();
+    let mut target = everything(scratch.path());
+    let pid = target.pid();
+    let sock_a = target.ready().unwrap().require("sock_a").unwrap().to_owned();
+    let before = next_tick(&mut target);
+
+    let (out, took) = crdump(&["--check-only", &pid.to_string()]);
+    assert!(took < PROMPT, "--check-only took {took:?}");
+    assert_eq!(out.status.code(), Some(4), "{}\n{}", out.stdout, out.stderr);
+    assert_names_every_blocker(&out.stdout, pid, &sock_a);
+    assert!(
+        out.stdout.contains("refused even with --force"),
+        "{}",
+        out.stdout
+    );
+    assert_running_untraced(pid);
+    assert_counts_on(&mut target, before);
+}
+
+#[test]
+fn a_refused_dump_names_every_blocker_then_one_summary_line() {
+    skip_unless_root!();
+    let scratch = scratch_dir();
+    let mut target = everything(scratch.path());
+    let pid = target.pid();
+    let sock_a = target.ready().unwrap().require("sock_a").unwrap().to_owned();
+    let before = next_tick(&mut target);
+    let dir = scratch.path().join("out");
+
+    let (out, took) = crdump(&["-p", &pid.to_string(), "-o", &dir.display().to_string()]);
+    assert!(took < PROMPT, "the refusal took {took:?}");
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert_names_every_blocker(&out.stderr, pid, &sock_a);
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("cannot be saved faithfully") && last.contains("blockers above"),
+        "summary: {last}"
+    );
+    assert_eq!(
+        out.stderr
+            .lines()
+            .filter(|l| l.contains("cannot be saved faithfully"))
+            .count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert!(!dir.exists(), "output left behind");
+    assert_running_untraced(pid);
+    assert_counts_on(&mut target, before);
+}
+
+#[test]
+fn check_only_exits_3_when_only_force_would_dump() {
+    skip_unless_root!();
+    let mut target = Workload::start("blockers", ["--socketpair"]);
+    let pid = target.pid();
+    let before = next_tick(&mut target);
+    let (out, _) = crdump(&["--check-only", &pid.to_string()]);
+    assert_eq!(out.status.code(), Some(3), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("--force would dump it"), "{}", out.stdout);
+    // The loader's rules ran on the image --force would write.
+    assert!(
+        out.stdout.contains("the loader's image rules accept the image"),
+        "{}",
+        out.stdout
+    );
+    assert_running_untraced(pid);
+    assert_counts_on(&mut target, before);
+}
+
+#[test]
+fn check_only_on_a_plain_counter_exits_0() {
+    skip_unless_root!();
+    let scratch = scratch_dir();
+    let tmp = scratch.path().display().to_string();
+    let mut target = Workload::start(
+        "counter",
+        ["--tmpdir", &tmp, "--heap-mb", "8", "--anon-mb", "4"],
+    );
+    let pid = target.pid();
+    let before = next_tick(&mut target);
+    let (out, took) = crdump(&["--check-only", "--pid", &pid.to_string()]);
+    assert!(took < PROMPT, "--check-only took {took:?}");
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("a dump would succeed"), "{}", out.stdout);
+    assert!(!out.stdout.contains("blocker"), "{}", out.stdout);
+    assert_running_untraced(pid);
+    assert_counts_on(&mut target, before);
+    // Nothing was written: no image anywhere near.
+    assert!(std::fs::read_dir(scratch.path())
+        .unwrap()
+        .flatten()
+        .all(|e| !e.file_name().to_string_lossy().ends_with(".crimg")));
+}
