@@ -58,7 +58,9 @@ fn assert_names_every_blocker(text: &str, pid: i32, sock_a: &str) {
     );
     assert_eq!(count("refers to a deleted file"), 1, "deleted:\n{text}");
     assert!(
-        lines.iter().all(|l| l.starts_with(&format!("crdump: pid {pid}"))),
+        lines
+            .iter()
+            .all(|l| l.starts_with(&format!("crdump: pid {pid}"))),
         "a line without the pid:\n{text}"
     );
 }
@@ -69,7 +71,12 @@ fn check_only_lists_every_blocker_and_the_target_counts_on() {
     let scratch = scratch_dir();
     let mut target = everything(scratch.path());
     let pid = target.pid();
-    let sock_a = target.ready().unwrap().require("sock_a").unwrap().to_owned();
+    let sock_a = target
+        .ready()
+        .unwrap()
+        .require("sock_a")
+        .unwrap()
+        .to_owned();
     let before = next_tick(&mut target);
 
     let (out, took) = crdump(&["--check-only", &pid.to_string()]);
@@ -91,7 +98,12 @@ fn a_refused_dump_names_every_blocker_then_one_summary_line() {
     let scratch = scratch_dir();
     let mut target = everything(scratch.path());
     let pid = target.pid();
-    let sock_a = target.ready().unwrap().require("sock_a").unwrap().to_owned();
+    let sock_a = target
+        .ready()
+        .unwrap()
+        .require("sock_a")
+        .unwrap()
+        .to_owned();
     let before = next_tick(&mut target);
     let dir = scratch.path().join("out");
 
@@ -126,10 +138,15 @@ fn check_only_exits_3_when_only_force_would_dump() {
     let before = next_tick(&mut target);
     let (out, _) = crdump(&["--check-only", &pid.to_string()]);
     assert_eq!(out.status.code(), Some(3), "{}\n{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("--force would dump it"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("--force would dump it"),
+        "{}",
+        out.stdout
+    );
     // The loader's rules ran on the image --force would write.
     assert!(
-        out.stdout.contains("the loader's image rules accept the image"),
+        out.stdout
+            .contains("the loader's image rules accept the image"),
         "{}",
         out.stdout
     );
@@ -151,7 +168,11 @@ fn check_only_on_a_plain_counter_exits_0() {
     let (out, took) = crdump(&["--check-only", "--pid", &pid.to_string()]);
     assert!(took < PROMPT, "--check-only took {took:?}");
     assert_eq!(out.status.code(), Some(0), "{}\n{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("a dump would succeed"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("a dump would succeed"),
+        "{}",
+        out.stdout
+    );
     assert!(!out.stdout.contains("blocker"), "{}", out.stdout);
     assert_running_untraced(pid);
     assert_counts_on(&mut target, before);
