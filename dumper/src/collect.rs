@@ -282,6 +282,7 @@ fn collect_in<T: Task>(
     refusals::numa_policies(&mut c)?;
     refusals::tagged_addresses(&mut c, &status)?;
     let fds = open_files::collect_fds(&mut c)?;
+    refusals::io_uring_rings(&mut c, &smaps);
     refusals::too_many_groups(&mut c, &status)?;
     c.check_cancel()?;
 

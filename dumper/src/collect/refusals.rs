@@ -10,7 +10,7 @@ use image_format::records::MAX_GROUPS;
 
 use super::task::Task;
 use super::{CollectError, Collector};
-use crate::procfs::{self, status::Status};
+use crate::procfs::{self, smaps::SmapsEntry, status::Status};
 use crate::vmas;
 
 /// `PF_IO_WORKER` in `/proc/P/task/T/stat`'s flags: an io_uring SQPOLL
@@ -199,16 +199,38 @@ fn io_uring_threads<T: Task>(c: &mut Collector<'_, T>) -> Result<(), CollectErro
     Ok(())
 }
 
+/// io_uring rings still mapped after their fd was closed (the ring lives
+/// on in its mappings): refused by name, even with `force`, like the fd.
+/// Said only when no io_uring fd was refused already.
+pub(super) fn io_uring_rings<T: Task>(c: &mut Collector<'_, T>, smaps: &[SmapsEntry]) {
+    if c.blockers
+        .iter()
+        .any(|b| b.what.contains("io_uring instance"))
+    {
+        return;
+    }
+    if let Some(e) = smaps.iter().find(|e| e.path == IO_URING) {
+        c.refuse(format!(
+            "an io_uring instance without an fd is mapped at {:#x}-{:#x} ({IO_URING}): \
+             io_uring is not saved",
+            e.start, e.end
+        ));
+    }
+}
+
+/// What `/proc/P/fd/N` and `/proc/P/maps` show of an io_uring instance.
+const IO_URING: &str = "anon_inode:[io_uring]";
+
 /// Whether fd `fd` (`/proc/P/fd/N` reads `link`) is an io_uring instance:
 /// then it is refused by name, even with `force` (its rings are shared
 /// with the kernel, which may go on completing requests into them; a
 /// program that finds another file there waits forever for completions).
 pub(super) fn io_uring_fd<T: Task>(c: &mut Collector<'_, T>, fd: i32, link: &str) -> bool {
-    if link != "anon_inode:[io_uring]" {
+    if link != IO_URING {
         return false;
     }
     c.refuse(format!(
-        "fd {fd} is an io_uring instance (anon_inode:[io_uring]): io_uring is not saved"
+        "fd {fd} is an io_uring instance ({IO_URING}): io_uring is not saved"
     ));
     true
 }

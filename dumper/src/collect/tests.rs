@@ -574,3 +574,23 @@ fn a_check_collects_as_forced_returns_the_blockers_and_reads_no_pages() {
     let f = c.state.fds.iter().find(|f| f.record.fd == 5).unwrap();
     assert_ne!(f.record.flags & fd_flags::DROPPED, 0);
 }
+
+#[test]
+fn io_uring_rings_mapped_without_their_fd_are_refused_even_forced() {
+    let mut task = FakeTask::sleeping(PID);
+    let smaps = String::from_utf8(task.files[&task.path("smaps")].clone()).unwrap()
+        + "7f0000000000-7f0000004000 rw-s 00000000 00:0f 1077                       anon_inode:[io_uring]\n\
+           Rss:                   4 kB\nSwap:                  0 kB\nVmFlags: rd wr sh mr mw me ms de\n";
+    task.file("smaps", smaps);
+    match run(&mut task, true) {
+        Err(CollectError::Blocked { blockers, .. }) => {
+            assert_eq!(blockers.len(), 1, "{blockers:?}");
+            assert!(blockers[0].what.contains(
+                "an io_uring instance without an fd is mapped at 0x7f0000000000-0x7f0000004000"
+            ));
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("io_uring rings were dumped"),
+    }
+    assert!(task.asked.is_empty());
+}
