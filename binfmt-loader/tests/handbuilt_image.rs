@@ -310,6 +310,7 @@ fn build_edited_image(
                 path: "pipe:[2]".into(),
             },
         ],
+        objects: Default::default(),
         pending: vec![],
         gadgets: if with_gadgets {
             GadgetsRecord {

@@ -281,7 +281,7 @@ fn collect_in<T: Task>(
     refusals::process_checks(&mut c, &status)?;
     refusals::numa_policies(&mut c)?;
     refusals::tagged_addresses(&mut c, &status)?;
-    let fds = open_files::collect_fds(&mut c)?;
+    let (fds, objects) = open_files::collect_fds(&mut c)?;
     refusals::io_uring_rings(&mut c, &smaps);
     refusals::too_many_groups(&mut c, &status)?;
     c.check_cancel()?;
@@ -330,6 +330,7 @@ fn collect_in<T: Task>(
         threads: threads.into_iter().map(|(t, _)| t).collect(),
         vmas,
         fds,
+        objects,
         pending,
         gadgets,
         warnings: std::mem::take(&mut c.warnings),

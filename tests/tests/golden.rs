@@ -415,6 +415,7 @@ fn golden_state() -> TaskState {
         threads,
         vmas,
         fds,
+        objects: Default::default(),
         pending: vec![
             PendingSignalRecord {
                 tid: 0,

@@ -199,6 +199,27 @@ fn io_uring_threads<T: Task>(c: &mut Collector<'_, T>) -> Result<(), CollectErro
     Ok(())
 }
 
+/// Mark every fd that a forced dump cannot keep as dropped
+/// ([`image_format::records::fd_flags::DROPPED`]): the loader puts
+/// `/dev/null` there. The rule is the loader's own
+/// ([`binfmt_loader::rules::fd_must_be_dropped`]): what it could not
+/// restore is exactly what is dropped. Without `force` such an fd is a
+/// blocker and the dump is refused before the mark matters (a check shows
+/// the image a forced dump would write).
+pub(super) fn mark_dropped(records: &mut [image_writer::model::FdState]) {
+    for i in 0..records.len() {
+        let (before, rest) = records.split_at_mut(i);
+        let r = &mut rest[0].record;
+        let earlier = (r.desc != 0)
+            .then(|| before.iter().find(|o| o.record.desc == r.desc))
+            .flatten()
+            .map(|o| &o.record);
+        if binfmt_loader::rules::fd_must_be_dropped(r, earlier) {
+            r.flags |= image_format::records::fd_flags::DROPPED;
+        }
+    }
+}
+
 /// io_uring rings still mapped after their fd was closed (the ring lives
 /// on in its mappings): refused by name, even with `force`, like the fd.
 /// Said only when no io_uring fd was refused already.

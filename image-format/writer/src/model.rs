@@ -5,8 +5,8 @@
 
 use image_format::elf::UserRegs;
 use image_format::records::{
-    CredsRecord, FdRecord, GadgetsRecord, ItimerRecord, MmRecord, PendingSignalRecord,
-    ProcessRecord, RlimitRecord, SigactionRecord, ThreadRecord, VmaRecord,
+    CredsRecord, EventfdRecord, FdRecord, GadgetsRecord, ItimerRecord, MmRecord,
+    PendingSignalRecord, ProcessRecord, RlimitRecord, SigactionRecord, ThreadRecord, VmaRecord,
 };
 
 /// One thread: its registers and per-thread extras.
@@ -33,6 +33,22 @@ pub struct VmaState {
 pub struct FdState {
     pub record: FdRecord,
     pub path: String,
+}
+
+/// A pipe or FIFO: its record (`data` is filled in by the writer) and
+/// the bytes buffered in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PipeState {
+    pub record: image_format::records::PipeRecord,
+    pub data: Vec<u8>,
+}
+
+/// The kernel objects behind the task's fds, one list per kind, in the
+/// order `FdRecord::object` counts them (1-based).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectStates {
+    pub pipes: Vec<PipeState>,
+    pub eventfds: Vec<EventfdRecord>,
 }
 
 /// A run of pages to store: `[start, start + len)`, page-aligned, inside one
@@ -72,6 +88,8 @@ pub struct TaskState {
     pub vmas: Vec<VmaState>,
     /// Sorted by fd number.
     pub fds: Vec<FdState>,
+    /// What the fds refer to beyond a path.
+    pub objects: ObjectStates,
     pub pending: Vec<PendingSignalRecord>,
     pub gadgets: GadgetsRecord,
     /// State the dump could not keep.

@@ -368,6 +368,15 @@ fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
         })
         .collect();
     let threads: Vec<ThreadRecord> = state.threads.iter().map(|t| t.record).collect();
+    let pipes: Vec<records::PipeRecord> = state
+        .objects
+        .pipes
+        .iter()
+        .map(|p| records::PipeRecord {
+            data: strings.add(&p.data),
+            ..p.record
+        })
+        .collect();
 
     notes.add(records::OWNER_CRIMG, records::note::STRTAB, &strings.bytes);
     notes.add_records::<ProcessRecord>(&[process]);
@@ -382,6 +391,8 @@ fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
     notes.add_records::<PendingSignalRecord>(&state.pending);
     notes.add_records::<GadgetsRecord>(&[state.gadgets]);
     notes.add_records::<WarningRecord>(&warnings);
+    notes.add_records(&pipes);
+    notes.add_records(&state.objects.eventfds);
 }
 
 /// The computed placement of everything in the file.
