@@ -107,12 +107,24 @@ fn node_with_io_uring_is_refused_promptly_by_check_only_and_force() {
         "{}",
         out.stdout
     );
-    // And every other blocker: node's epoll and eventfd, at least.
-    assert!(
-        out.stdout.contains("anon_inode:[eventpoll]"),
-        "{}",
-        out.stdout
-    );
+    // Every one of its io_uring fds (libuv makes one per loop), by number.
+    let rings: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:[io_uring]")
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!rings.is_empty(), "node made no io_uring");
+    for fd in rings {
+        assert!(
+            out.stdout
+                .contains(&format!("fd {fd} is an io_uring instance")),
+            "fd {fd}:\n{}",
+            out.stdout
+        );
+    }
     assert_running_untraced(pid);
     assert_counts_on(&mut target, before);
 

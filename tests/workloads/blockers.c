@@ -3,18 +3,20 @@
  * for the refusal, --check-only and --force tests.
  *
  * Options (any combination):
- *   --socketpair   a socketpair at fds A (O_RDWR, FD_CLOEXEC) and B (no
- *                  cloexec): after a forced dump both must be /dev/null
- *   --tcp          a loopback TCP listener and an established connection
- *                  (both ends)
+ *   --socketpair   a socketpair
+ *   --tcp          a loopback TCP listener and an established connection:
+ *                  its client end C (O_RDWR, FD_CLOEXEC) and accepted end A
+ *                  (no cloexec); established TCP is not saved, so after a
+ *                  forced dump both must be /dev/null
  *   --io-uring     an io_uring instance (raw io_uring_setup)
  *   --sqpoll       ... with an SQPOLL kernel thread (iou-sqp-PID)
  *   --deleted      a file in --tmpdir (default /tmp), open and unlinked
  *   --interval-ms N  tick period (default 20)
  *
- * Prints "READY pid=P sock_a=A sock_b=B" (the fds it holds), then
+ * Prints "READY pid=P sock_a=.. sock_b=.. tcp_listen=.. tcp_client=C
+ * tcp_accepted=A uring=.. deleted=.." (the fds it holds, -1 for none), then
  * "TICK n" every interval. On the stdin line "check" it verifies that the
- * socketpair's fds are now /dev/null (a forced dump dropped them): the
+ * connection's fds are now /dev/null (a forced dump dropped them): the
  * character device 1:3, the same access mode and FD_CLOEXEC as before,
  * writes accepted and reads at end of file; it prints "PASS blockers
  * ticks=n" or "FAIL blockers <reason>" (the original, with its sockets,
@@ -57,6 +59,8 @@ static void die(const char *what)
 }
 
 static int sock_a = -1, sock_b = -1;
+static int tcp_listen = -1, tcp_client = -1, tcp_accepted = -1;
+static int uring = -1, deleted = -1;
 
 static int is_dev_null(int fd, int want_cloexec, const char **why)
 {
@@ -98,9 +102,13 @@ static void setup_tcp(void)
 	addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	if (l < 0 || c < 0 || bind(l, (struct sockaddr *)&addr, sizeof addr) ||
 	    listen(l, 4) || getsockname(l, (struct sockaddr *)&addr, &len) ||
-	    connect(c, (struct sockaddr *)&addr, sizeof addr) ||
-	    accept(l, 0, 0) < 0)
+	    connect(c, (struct sockaddr *)&addr, sizeof addr))
 		die("tcp");
+	tcp_listen = l;
+	tcp_client = c;
+	tcp_accepted = accept(l, 0, 0);
+	if (tcp_accepted < 0 || fcntl(c, F_SETFD, FD_CLOEXEC))
+		die("accept");
 }
 
 static void setup_io_uring(int sqpoll)
@@ -112,7 +120,8 @@ static void setup_io_uring(int sqpoll)
 		p.flags = IORING_SETUP_SQPOLL;
 		p.sq_thread_idle = 60000;
 	}
-	if (syscall(__NR_io_uring_setup, 8, &p) < 0)
+	uring = (int)syscall(__NR_io_uring_setup, 8, &p);
+	if (uring < 0)
 		die("io_uring_setup");
 }
 
@@ -123,8 +132,11 @@ static void setup_deleted(const char *tmpdir)
 
 	snprintf(path, sizeof path, "%s/blockers-XXXXXX", tmpdir);
 	fd = mkstemp(path);
-	if (fd < 0 || write(fd, "data", 4) != 4 || unlink(path))
+	/* 1 GiB (sparse): beyond what an image keeps of a deleted file. */
+	if (fd < 0 || write(fd, "data", 4) != 4 || ftruncate(fd, 1L << 30) ||
+	    unlink(path))
 		die("deleted file");
+	deleted = fd;
 }
 
 int main(int argc, char **argv)
@@ -162,8 +174,6 @@ int main(int argc, char **argv)
 			die("socketpair");
 		sock_a = sv[0];
 		sock_b = sv[1];
-		if (fcntl(sock_a, F_SETFD, FD_CLOEXEC))
-			die("cloexec");
 	}
 	if (want_tcp)
 		setup_tcp();
@@ -171,7 +181,10 @@ int main(int argc, char **argv)
 		setup_io_uring(sqpoll);
 	if (want_deleted)
 		setup_deleted(tmpdir);
-	say("READY pid=%d sock_a=%d sock_b=%d", (int)getpid(), sock_a, sock_b);
+	say("READY pid=%d sock_a=%d sock_b=%d tcp_listen=%d tcp_client=%d "
+	    "tcp_accepted=%d uring=%d deleted=%d",
+	    (int)getpid(), sock_a, sock_b, tcp_listen, tcp_client, tcp_accepted,
+	    uring, deleted);
 	for (;;) {
 		struct pollfd in = { .fd = 0, .events = POLLIN };
 		int n = poll(&in, 1, interval);
@@ -187,10 +200,10 @@ int main(int argc, char **argv)
 		if (!strncmp(line, "check", 5)) {
 			const char *why = "";
 
-			if (sock_a >= 0 && !is_dev_null(sock_a, 1, &why))
-				say("FAIL blockers fd %d: %s", sock_a, why);
-			else if (sock_b >= 0 && !is_dev_null(sock_b, 0, &why))
-				say("FAIL blockers fd %d: %s", sock_b, why);
+			if (tcp_client >= 0 && !is_dev_null(tcp_client, 1, &why))
+				say("FAIL blockers fd %d: %s", tcp_client, why);
+			else if (tcp_accepted >= 0 && !is_dev_null(tcp_accepted, 0, &why))
+				say("FAIL blockers fd %d: %s", tcp_accepted, why);
 			else
 				say("PASS blockers ticks=%lu", ticks);
 		}
