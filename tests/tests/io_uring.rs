@@ -4,13 +4,16 @@
 //! for, even with `--force`, and the process runs on; node with
 //! `UV_USE_IO_URING=1` (when node is installed) the same; SIGINT during the
 //! page copy of a 1 GiB process ends the dump at once, the process running
-//! and nothing left behind. Needs root: skips otherwise.
+//! and nothing left behind; a thread that never stops for ptrace (in
+//! `vfork`) is named after a bounded wait, and SIGINT ends that wait at
+//! once. Needs root: skips otherwise.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crimg_tests::cli::{self, RunOutput};
-use crimg_tests::process::{CheckTrigger, ChildGuard};
+use crimg_tests::process::{CheckTrigger, ChildGuard, PidGuard};
+use crimg_tests::smaps::status_lines;
 use crimg_tests::untouched::{assert_counts_on, assert_running_untraced, next_tick, wait_until};
 use crimg_tests::{binaries, scratch_dir, skip_unless_root, Workload};
 use nix::sys::signal::Signal;
@@ -202,4 +205,84 @@ fn sigint_during_the_page_copy_stops_the_dump_and_the_process_runs_on() {
     );
     assert_running_untraced(pid);
     target.expect_pass(CheckTrigger::Stdin);
+}
+
+/// The blockers workload's main thread sitting in `vfork` (waiting for a
+/// child that never execs): a thread that does not stop for ptrace. The
+/// child is killed by its guard.
+fn in_vfork() -> (Workload, PidGuard) {
+    let target = Workload::start("blockers", ["--vfork"]);
+    let pid = target.pid();
+    let mut child = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            child = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .ok()
+                .and_then(|t| t.split_whitespace().next().and_then(|c| c.parse().ok()));
+            child.is_some()
+        }),
+        "no vfork child"
+    );
+    let child = PidGuard::new(child.unwrap()).unwrap();
+    (target, child)
+}
+
+#[test]
+fn sigint_while_a_thread_does_not_stop_ends_the_freeze_at_once() {
+    skip_unless_root!();
+    let scratch = scratch_dir();
+    let (target, _child) = in_vfork();
+    let pid = target.pid();
+    let dir = scratch.path().join("out");
+    let mut command = Command::new(binaries().crdump);
+    command
+        .args(["-p", &pid.to_string(), "-o"])
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("crdump started");
+    let mut stderr = child.stderr.take().unwrap();
+    let mut crdump = ChildGuard::new("crdump", child);
+    let dumper = crdump.pid().to_string();
+    // Seized: the freeze now waits for a stop that does not come.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            status_lines(pid, &["TracerPid"])[0].1.as_deref() == Some(&dumper)
+        }),
+        "crdump did not seize the target"
+    );
+    crdump.signal(Signal::SIGINT).unwrap();
+    let sent = Instant::now();
+    let status = crdump
+        .wait_exit(PROMPT)
+        .expect("crdump exited after SIGINT");
+    assert!(
+        sent.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        sent.elapsed()
+    );
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
+    assert!(!status.success() && text.contains("cancelled"), "{text}");
+    assert!(!dir.exists(), "output left behind");
+    assert_eq!(status_lines(pid, &["TracerPid"])[0].1.as_deref(), Some("0"));
+}
+
+#[test]
+fn a_thread_that_does_not_stop_is_named_instead_of_hanging() {
+    skip_unless_root!();
+    let (target, _child) = in_vfork();
+    let pid = target.pid();
+    let (out, took) = crdump(&["--check-only".into(), pid.to_string()]);
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "tid {pid}: did not stop within 10s of PTRACE_INTERRUPT"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(status_lines(pid, &["TracerPid"])[0].1.as_deref(), Some("0"));
 }

@@ -11,6 +11,9 @@
  *   --io-uring     an io_uring instance (raw io_uring_setup)
  *   --sqpoll       ... with an SQPOLL kernel thread (iou-sqp-PID)
  *   --deleted      a file in --tmpdir (default /tmp), open and unlinked
+ *   --vfork        after READY, vfork a child that waits forever: the main
+ *                  (only) thread then sleeps in vfork's uninterruptible
+ *                  wait and never stops for ptrace (no ticks)
  *   --interval-ms N  tick period (default 20)
  *
  * Prints "READY pid=P sock_a=.. sock_b=.. tcp_listen=.. tcp_client=C
@@ -139,11 +142,21 @@ static void setup_deleted(const char *tmpdir)
 	deleted = fd;
 }
 
+/* The vfork child never returns from here: it may only wait (it shares our
+ * memory and stack); the parent returns once it is gone. */
+static __attribute__((noinline)) void vfork_and_wait(void)
+{
+	if (vfork() == 0)
+		for (;;)
+			pause();
+}
+
 int main(int argc, char **argv)
 {
 	const char *tmpdir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
 	int interval = 20;
 	int want_pair = 0, want_tcp = 0, want_uring = 0, sqpoll = 0, want_deleted = 0;
+	int want_vfork = 0;
 	unsigned long ticks = 0;
 	char line[128];
 
@@ -158,6 +171,8 @@ int main(int argc, char **argv)
 			want_uring = sqpoll = 1;
 		else if (!strcmp(argv[i], "--deleted"))
 			want_deleted = 1;
+		else if (!strcmp(argv[i], "--vfork"))
+			want_vfork = 1;
 		else if (!strcmp(argv[i], "--tmpdir") && i + 1 < argc)
 			tmpdir = argv[++i];
 		else if (!strcmp(argv[i], "--interval-ms") && i + 1 < argc)
@@ -185,6 +200,8 @@ int main(int argc, char **argv)
 	    "tcp_accepted=%d uring=%d deleted=%d",
 	    (int)getpid(), sock_a, sock_b, tcp_listen, tcp_client, tcp_accepted,
 	    uring, deleted);
+	if (want_vfork)
+		vfork_and_wait();
 	for (;;) {
 		struct pollfd in = { .fd = 0, .events = POLLIN };
 		int n = poll(&in, 1, interval);
