@@ -49,7 +49,11 @@ pub fn blocked_message(pid: i32, blockers: &[Blocker], forced: bool) -> String {
     if forced {
         out.push_str(", refused even with --force");
     } else if hard == 0 {
-        out.push_str(" (use --force to dump anyway, losing them)");
+        out.push_str(if n == 1 {
+            " (use --force to dump anyway, losing it)"
+        } else {
+            " (use --force to dump anyway, losing them)"
+        });
     } else if hard < n {
         let _ = write!(out, " ({hard} of them refused even with --force)");
     } else {
