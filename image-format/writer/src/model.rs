@@ -6,7 +6,8 @@
 use image_format::elf::UserRegs;
 use image_format::records::{
     CredsRecord, EventfdRecord, FdRecord, GadgetsRecord, ItimerRecord, MmRecord,
-    PendingSignalRecord, ProcessRecord, RlimitRecord, SigactionRecord, ThreadRecord, VmaRecord,
+    PendingSignalRecord, PosixTimerRecord, ProcessRecord, RlimitRecord, SigactionRecord,
+    ThreadRecord, VmaRecord,
 };
 
 /// One thread: its registers and per-thread extras.
@@ -49,6 +50,8 @@ pub struct PipeState {
 pub struct ObjectStates {
     pub pipes: Vec<PipeState>,
     pub eventfds: Vec<EventfdRecord>,
+    /// The POSIX timers (`timer_create`), by id; not behind an fd.
+    pub posix_timers: Vec<PosixTimerRecord>,
 }
 
 /// A run of pages to store: `[start, start + len)`, page-aligned, inside one
