@@ -285,6 +285,7 @@ fn collect_in<T: Task>(
     refusals::tagged_addresses(&mut c, &status)?;
     let (fds, mut objects) = open_files::collect_fds(&mut c)?;
     refusals::io_uring_rings(&mut c, &smaps);
+    refusals::thread_stacks(&mut c, &smaps)?;
     refusals::too_many_groups(&mut c, &status)?;
     c.check_cancel()?;
 

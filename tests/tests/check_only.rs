@@ -184,3 +184,21 @@ fn check_only_on_a_plain_counter_exits_0() {
         .flatten()
         .all(|e| !e.file_name().to_string_lossy().ends_with(".crimg")));
 }
+
+#[test]
+fn check_only_names_a_thread_without_stack_room_refused_even_forced() {
+    skip_unless_root!();
+    let mut target = Workload::start("small_stack", std::iter::empty::<&str>());
+    let pid = target.pid();
+    let tid = target.ready().unwrap().require("tid").unwrap().to_owned();
+    let (out, _) = crdump(&["--check-only", &pid.to_string()]);
+    assert_eq!(out.status.code(), Some(4), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains(&format!("blocker: tid {tid}: its stack has")),
+        "{}",
+        out.stdout
+    );
+    assert_running_untraced(pid);
+    target.expect_pass(crimg_tests::process::CheckTrigger::Stdin);
+}

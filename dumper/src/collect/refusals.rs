@@ -192,6 +192,35 @@ fn io_uring_threads<T: Task>(c: &mut Collector<'_, T>) -> Result<(), CollectErro
     Ok(())
 }
 
+/// Every thread without room below its stack pointer for the injected
+/// syscalls (`areas::scratch_for`), refused by name even with `force` with
+/// the other blockers, before anything is injected. Reading the registers
+/// borrows nothing.
+pub(super) fn thread_stacks<T: Task>(
+    c: &mut Collector<'_, T>,
+    smaps: &[SmapsEntry],
+) -> Result<(), CollectError> {
+    let pid = c.pid;
+    for tid in c.task.tids().to_vec() {
+        let rsp = c.task.thread(tid)?.regs.rsp;
+        if let Err(room) = super::areas::scratch_for(smaps, rsp) {
+            let e = CollectError::NoScratch {
+                pid,
+                tid,
+                rsp,
+                room,
+            };
+            let text = e.to_string();
+            let what = text
+                .strip_prefix(&format!("pid {pid} "))
+                .unwrap_or(&text)
+                .to_owned();
+            c.refuse(what);
+        }
+    }
+    Ok(())
+}
+
 /// Mark every fd that a forced dump cannot keep as dropped
 /// ([`image_format::records::fd_flags::DROPPED`]): the loader puts
 /// `/dev/null` there. The rule is the loader's own

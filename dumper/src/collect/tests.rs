@@ -503,14 +503,23 @@ fn no_scratch_memory_refuses_before_any_thread_is_borrowed() {
     let cut = smaps.find("7ffd0000-").unwrap();
     task.file("smaps", &smaps[..cut]);
     task.threads.get_mut(&PID).unwrap().regs.rsp = 0x1000;
-    assert!(matches!(
-        run(&mut task, false),
-        Err(CollectError::NoScratch {
-            tid: PID,
-            rsp: 0x1000,
-            ..
-        })
-    ));
+    // Named with every other blocker, even forced.
+    for force in [false, true] {
+        match run(&mut task, force) {
+            Err(CollectError::Blocked { blockers, .. }) => {
+                assert_eq!(blockers.len(), 1, "{blockers:?}");
+                assert!(blockers[0].even_forced);
+                assert!(
+                    blockers[0].what.starts_with(&format!(
+                        "tid {PID}: its stack has 0 bytes below rsp 0x1000"
+                    )),
+                    "{blockers:?}"
+                );
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a task without stack room was dumped"),
+        }
+    }
     assert!(task.asked.is_empty());
 }
 
