@@ -20,6 +20,7 @@ const C_WORKLOADS: &[&str] = &[
     "small_stack",
     "posix_timers",
     "fd_sharing",
+    "blockers",
 ];
 
 fn main() {

@@ -17,7 +17,8 @@
 //! - [`smaps`]: the `VmFlags` of every area and `/proc/PID/status` lines,
 //!   compared across a dump and restore;
 //! - [`tmux`]: [`Tmux`](tmux::Tmux), a private tmux server whose pane is a
-//!   terminal a test types into and reads.
+//!   terminal a test types into and reads;
+//! - [`untouched`]: a target left running, untraced and counting.
 //!
 //! The test command builds the whole workspace first, so the binaries exist:
 //! `cargo build --workspace && cargo test --workspace`.
@@ -38,6 +39,7 @@ pub mod smaps;
 mod sys;
 pub mod ticks;
 pub mod tmux;
+pub mod untouched;
 
 pub use binfmt::TestBinfmt;
 pub use cli::{Binaries, Dump};

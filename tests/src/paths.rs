@@ -33,6 +33,7 @@ const COMPILED: &[(&str, &str)] = &[
     ("small_stack", env!("WORKLOAD_SMALL_STACK")),
     ("posix_timers", env!("WORKLOAD_POSIX_TIMERS")),
     ("fd_sharing", env!("WORKLOAD_FD_SHARING")),
+    ("blockers", env!("WORKLOAD_BLOCKERS")),
 ];
 
 /// The script workloads, by file name, in `workloads/`.

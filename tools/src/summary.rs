@@ -177,6 +177,8 @@ pub struct FdSummary {
     /// For a terminal: how it resumes, and its saved modes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub terminal: Option<String>,
+    /// Not saved (`crdump --force`): `/dev/null` at restore.
+    pub dropped: bool,
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -266,6 +268,7 @@ fn fd_summary(img: &Image, f: &FdRecord) -> Result<FdSummary, ImageError> {
         pos: f.pos,
         open_flags: format!("{:#o}", f.open_flags),
         cloexec: f.flags & image_format::records::fd_flags::CLOEXEC != 0,
+        dropped: f.flags & image_format::records::fd_flags::DROPPED != 0,
     })
 }
 
@@ -452,6 +455,19 @@ pub fn render_text(s: &Summary) -> String {
                 .as_deref()
                 .map(|t| format!("  ({t})"))
                 .unwrap_or_default()
+        );
+    }
+    let dropped: Vec<String> = s
+        .fds
+        .iter()
+        .filter(|f| f.dropped)
+        .map(|f| format!("{} ({})", f.fd, shown(&f.path)))
+        .collect();
+    if !dropped.is_empty() {
+        let _ = writeln!(
+            o,
+            "  not saved (crdump --force), /dev/null at restore: {}",
+            dropped.join(", ")
         );
     }
     if let Some(t) = s.threads.first() {
