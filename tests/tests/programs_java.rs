@@ -43,7 +43,7 @@ fn status_bytes(pid: i32, key: &str) -> u64 {
 }
 
 #[test]
-#[ignore = "needs: memfd objects (fd 4 java_heap) and the perf-data shared file"]
+#[ignore = "needs: memfd (fd 4, java_heap, mapped 3 times) and the perf-data shared file"]
 fn zgc_jvm_counts_on_and_its_image_holds_the_heap_once() {
     skip_unless_root!();
     let Some(JavaLoop {
