@@ -83,4 +83,6 @@ pub trait Os {
     fn write(&self, fd: i32, buf: &[u8]) -> Result<usize, Errno>;
     /// `eventfd2(0, flags)`.
     fn eventfd(&self, flags: u32) -> Result<i32, Errno>;
+    /// `ioctl(FIONREAD)`: the bytes waiting in a pipe.
+    fn bytes_waiting(&self, fd: i32) -> Result<usize, Errno>;
 }

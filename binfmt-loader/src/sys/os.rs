@@ -119,4 +119,7 @@ impl Os for Kernel {
     fn eventfd(&self, flags: u32) -> Result<i32, Errno> {
         super::objects::eventfd(flags)
     }
+    fn bytes_waiting(&self, fd: i32) -> Result<usize, Errno> {
+        super::objects::bytes_waiting(fd)
+    }
 }
