@@ -135,8 +135,22 @@ impl Fake {
 
     /// This process's fd `fd` is a terminal (`/dev/pts/0`) of that size.
     pub fn give_terminal(&mut self, fd: i32, size: image_format::records::Winsize) {
-        self.open.borrow_mut().insert(fd, b"/dev/pts/0".to_vec());
+        self.give(fd, "/dev/pts/0", sys::S_IFCHR | 0o620);
         self.terminals.insert(fd, size);
+    }
+
+    /// This process's fd `fd` is open on `path`, a file of type `mode`.
+    pub fn give(&mut self, fd: i32, path: &str, mode: u32) {
+        self.files
+            .entry(path.as_bytes().to_vec())
+            .or_insert(FakeFile {
+                stat: Stat {
+                    mode,
+                    ..Default::default()
+                },
+                ..Default::default()
+            });
+        self.open.borrow_mut().insert(fd, path.as_bytes().to_vec());
     }
 
     fn new_fd(&self, path: Vec<u8>, min: i32) -> i32 {
@@ -184,7 +198,12 @@ impl Os for Fake {
         Ok(self.new_fd(path, min))
     }
     fn set_status_flags(&self, fd: i32, _flags: u32) -> Result<(), Errno> {
-        self.file(fd).map(|_| ())
+        // Any open fd: files, and the pipes and eventfds made here.
+        self.open
+            .borrow()
+            .contains_key(&fd)
+            .then_some(())
+            .ok_or(Errno(9))
     }
     fn seek_to(&self, fd: i32, off: u64) -> Result<u64, Errno> {
         self.file(fd).map(|_| off)
@@ -300,6 +319,9 @@ impl Os for Fake {
     fn write(&self, fd: i32, buf: &[u8]) -> Result<usize, Errno> {
         self.written.borrow_mut().push((fd, buf.to_vec()));
         Ok(buf.len())
+    }
+    fn bytes_waiting(&self, _fd: i32) -> Result<usize, Errno> {
+        Ok(0)
     }
     fn eventfd(&self, _flags: u32) -> Result<i32, Errno> {
         Ok(self.new_fd(b"anon_inode:[eventfd]".to_vec(), 0))

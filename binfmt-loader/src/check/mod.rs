@@ -147,6 +147,22 @@ pub enum CheckError {
         fd: i32,
         stdio_fd: i32,
     },
+    /// A FIFO has bytes in it already: another process holds it.
+    FifoInUse {
+        path: &'static [u8],
+    },
+    /// A pipe above `pipe-max-size` here.
+    PipeTooBig {
+        fd: i32,
+        size: u32,
+        max: u32,
+    },
+    /// Fd `fd` is a copy of the caller's stdio fd `of`, which the caller
+    /// did not give.
+    StdioMissing {
+        fd: i32,
+        of: i32,
+    },
     VdsoLayout,
     Scratch {
         errno: Errno,
@@ -267,6 +283,9 @@ impl CheckError {
             | CheckError::FdRelocate { .. }
             | CheckError::Object { .. }
             | CheckError::NotOnTerminal { .. }
+            | CheckError::FifoInUse { .. }
+            | CheckError::PipeTooBig { .. }
+            | CheckError::StdioMissing { .. }
             | CheckError::CapsKept { .. }
             | CheckError::ExceedsOwner { .. }
             | CheckError::Identity { .. }
@@ -329,6 +348,19 @@ impl fmt::Display for CheckError {
             CheckError::NotOnTerminal { fd, stdio_fd } => write!(
                 f,
                 "fd {fd} was on the terminal of fd {stdio_fd}, and this caller's fd {stdio_fd} is not a terminal: run the image from a terminal"
+            ),
+            CheckError::FifoInUse { path } => write!(
+                f,
+                "FIFO {} has bytes in it already: another process holds it, so its saved bytes cannot be put back",
+                Lossy(path)
+            ),
+            CheckError::PipeTooBig { fd, size, max } => write!(
+                f,
+                "fd {fd}: its pipe of {size} bytes is larger than this machine's pipe-max-size {max}"
+            ),
+            CheckError::StdioMissing { fd, of } => write!(
+                f,
+                "fd {fd} is a copy of fd {of}, which the caller did not give (it is closed); run the image with fd {of} open"
             ),
             CheckError::ObjectMissing { fd } => {
                 write!(f, "corrupt image: fd {fd} names an object the image does not hold")

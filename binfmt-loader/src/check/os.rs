@@ -86,4 +86,6 @@ pub trait Os {
     /// `ioctl(fd, TIOCGWINSZ)`: the window size of the terminal `fd` is
     /// on (ENOTTY: not a terminal).
     fn window_size(&self, fd: i32) -> Result<image_format::records::Winsize, Errno>;
+    /// `ioctl(FIONREAD)`: the bytes waiting in a pipe.
+    fn bytes_waiting(&self, fd: i32) -> Result<usize, Errno>;
 }

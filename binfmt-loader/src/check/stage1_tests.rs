@@ -711,7 +711,10 @@ fn a_copy_of_a_stdio_terminal_fd_is_refused_when_the_callers_is_no_terminal() {
     state.fds[4].record.desc = 1;
     state.fds[4].record.object = 1;
     state.objects.terminals.pop();
-    let err = run(&machine(), &state, code_page(), (1000, 1000))
+    // The caller's fd 0 is a pipe.
+    let mut os = machine();
+    os.give(0, "pipe:[9]", sys::S_IFIFO | 0o600);
+    let err = run(&os, &state, code_page(), (1000, 1000))
         .err()
         .expect("stage 1 accepted fd 4 without a terminal at fd 0");
     assert!(
@@ -724,4 +727,96 @@ fn a_copy_of_a_stdio_terminal_fd_is_refused_when_the_callers_is_no_terminal() {
     let c = run(&os, &state, code_page(), (1000, 1000)).unwrap();
     let to4 = c.input.fd_moves.iter().find(|m| m.to == 4).unwrap();
     assert_eq!(to4.from, 0);
+}
+
+/// `state` with a pipe (read end fd 4, write end fd 5 and its dup fd 6)
+/// holding `data`, and an eventfd at fd 7 with count 9.
+fn with_pipe_and_eventfd(mut state: TaskState, size: u32, data: &[u8]) -> TaskState {
+    use image_format::records::{EventfdRecord, PipeRecord};
+    use image_writer::model::PipeState;
+    let fd = |fd, kind, open_flags, desc, path: &str| FdState {
+        record: FdRecord {
+            fd,
+            kind,
+            open_flags,
+            desc,
+            object: 1,
+            ..Default::default()
+        },
+        path: path.into(),
+    };
+    state.fds.push(fd(4, fd_kind::PIPE, 0, 10, "pipe:[7]"));
+    state.fds.push(fd(5, fd_kind::PIPE, 0o4001, 11, "pipe:[7]"));
+    state.fds.push(fd(6, fd_kind::PIPE, 0o4001, 11, "pipe:[7]"));
+    state
+        .fds
+        .push(fd(7, fd_kind::EVENTFD, 2, 12, "anon_inode:[eventfd]"));
+    state.objects.pipes.push(PipeState {
+        record: PipeRecord {
+            ino: 7,
+            size,
+            ..Default::default()
+        },
+        data: data.to_vec(),
+    });
+    state.objects.eventfds.push(EventfdRecord {
+        count: 9,
+        ..Default::default()
+    });
+    state
+}
+
+#[test]
+fn a_pipe_is_made_once_filled_and_its_dup_shares_its_end() {
+    let os = machine();
+    let state = with_pipe_and_eventfd(task(), 65536, b"buffered");
+    let c = run(&os, &state, code_page(), (1000, 1000)).unwrap();
+    let pipes = os.pipes.borrow();
+    assert_eq!(pipes.len(), 1, "one pipe for three fds");
+    let (r, w, size) = pipes[0];
+    assert_eq!(size, 65536);
+    let written = os.written.borrow();
+    assert!(written.contains(&(w, b"buffered".to_vec())), "{written:?}");
+    // The eventfd's count is written as one 8-byte add.
+    assert!(
+        written.iter().any(|(_, b)| b == &9u64.to_ne_bytes()),
+        "{written:?}"
+    );
+    let from = |to| c.input.fd_moves.iter().find(|m| m.to == to).map(|m| m.from);
+    assert_eq!(from(4), Some(r));
+    assert_eq!(from(5), Some(w));
+    assert_eq!(from(6), Some(w), "a dup is a copy of the same description");
+}
+
+#[test]
+fn a_pipe_bigger_than_crimg_restores_is_refused_by_the_rules() {
+    let os = machine();
+    let state = with_pipe_and_eventfd(task(), (1 << 20) + 4096, b"");
+    assert_eq!(
+        exit_of(run(&os, &state, code_page(), (1000, 1000))),
+        ExitCode::Unsupported
+    );
+    assert!(
+        os.pipes.borrow().is_empty(),
+        "refused before anything is made"
+    );
+}
+
+#[test]
+fn pipe_bytes_beyond_its_size_and_an_eventfd_of_two_descriptions_are_corrupt() {
+    let os = machine();
+    let state = with_pipe_and_eventfd(task(), 4096, &[7u8; 5000]);
+    assert_eq!(
+        exit_of(run(&os, &state, code_page(), (1000, 1000))),
+        ExitCode::ImageCorrupt
+    );
+    let mut state = with_pipe_and_eventfd(task(), 4096, b"");
+    let mut again = state.fds[7].clone();
+    again.record.fd = 8;
+    again.record.desc = 13;
+    state.fds.push(again);
+    assert_eq!(
+        exit_of(run(&os, &state, code_page(), (1000, 1000))),
+        ExitCode::ImageCorrupt
+    );
 }

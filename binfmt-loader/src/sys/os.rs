@@ -122,4 +122,7 @@ impl Os for Kernel {
     fn window_size(&self, fd: i32) -> Result<image_format::records::Winsize, Errno> {
         super::terminal::window_size(fd)
     }
+    fn bytes_waiting(&self, fd: i32) -> Result<usize, Errno> {
+        super::objects::bytes_waiting(fd)
+    }
 }
