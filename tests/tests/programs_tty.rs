@@ -310,6 +310,17 @@ fn interactive_bash_keeps_its_variables_and_history() {
     see(&tmux, "a line written to fd 6", "through-9-six");
     tmux.type_line("read -r -u 5 line; echo \"fd5-got-$line\"")
         .unwrap();
+    // Typed once it reads fd 5 (in its canonical mode), not ahead into
+    // readline's.
+    wait_until("bash reads fd 5", WAIT, || {
+        let now =
+            std::fs::read_to_string(format!("/proc/{}/syscall", inner.pid())).unwrap_or_default();
+        if now.starts_with("0 0x5 ") {
+            Ok(())
+        } else {
+            Err(now)
+        }
+    });
     tmux.type_line("typed-for-five").unwrap();
     see(
         &tmux,
