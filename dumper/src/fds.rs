@@ -56,7 +56,16 @@ pub fn kind_of(link: &str, mode: u32, rdev_major: u32) -> u32 {
 /// Whether an fd of `kind` is one of crimg's objects: saved with its state
 /// by a module of [`crate::objects`], which decides what it refuses.
 pub fn is_object(kind: u32) -> bool {
-    matches!(kind, fd_kind::PIPE | fd_kind::FIFO | fd_kind::EVENTFD)
+    matches!(
+        kind,
+        fd_kind::PIPE
+            | fd_kind::FIFO
+            | fd_kind::EVENTFD
+            | fd_kind::SIGNALFD
+            | fd_kind::TIMERFD
+            | fd_kind::EPOLL
+            | fd_kind::INOTIFY
+    )
 }
 
 /// Why fd `fd` of this kind cannot be restored faithfully, if it cannot

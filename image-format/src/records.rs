@@ -28,7 +28,9 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+mod event_objects;
 mod fd_objects;
+pub use event_objects::*;
 pub use fd_objects::*;
 
 /// Owner name of crimg's notes.
@@ -72,10 +74,14 @@ pub mod note {
     pub const PIPES: u32 = 0x4352_0010;
     /// [`super::EventfdRecord`]s.
     pub const EVENTFDS: u32 = 0x4352_0011;
+    /// [`super::SignalfdRecord`]s.
     pub const SIGNALFDS: u32 = 0x4352_0012;
+    /// [`super::TimerfdRecord`]s.
     pub const TIMERFDS: u32 = 0x4352_0013;
-    /// The interest lists of the epoll fds, one record per watched fd.
+    /// The interest lists of the epoll fds, one record per watched fd
+    /// ([`super::EpollItemRecord`]).
     pub const EPOLL_ITEMS: u32 = 0x4352_0014;
+    /// [`super::InotifyWatchRecord`]s.
     pub const INOTIFY_WATCHES: u32 = 0x4352_0015;
     pub const POSIX_TIMERS: u32 = 0x4352_0016;
     /// memfds, shared anonymous memory and deleted files.
@@ -197,6 +203,10 @@ pub const KNOWN_NOTES: &[NoteVersions] = &[
     NoteVersions::of::<ChecksumRecord>(),
     NoteVersions::of::<PipeRecord>(),
     NoteVersions::of::<EventfdRecord>(),
+    NoteVersions::of::<SignalfdRecord>(),
+    NoteVersions::of::<TimerfdRecord>(),
+    NoteVersions::of::<EpollItemRecord>(),
+    NoteVersions::of::<InotifyWatchRecord>(),
 ];
 
 /// A string in the [`note::STRTAB`] note (bytes, not NUL-terminated).

@@ -308,6 +308,8 @@ fn fixture(rng: &mut Rng) -> Fixture {
 
 fn input<'a>(f: &'a Fixture, gadgets: bool) -> PlanInput<'a> {
     PlanInput {
+        epoll_adds: &[],
+        timerfd_arms: &[],
         image_fd: 9,
         vmas: &f.vmas,
         loads: &f.loads,

@@ -53,7 +53,9 @@ impl WindowLayout {
             + input.fd_moves.len() * 2
             + input.keep_fds.len()
             + input.pending.len()
-            + input.itimers.len();
+            + input.itimers.len()
+            + input.epoll_adds.len()
+            + input.timerfd_arms.len() * 2;
         let code_off = HEADER_BYTES;
         let ops_off = (code_off + input.trampoline.len() as u64 + 63) & !63;
         let data_off = ops_off + (ops_cap * layout::OP_SIZE) as u64;
@@ -69,6 +71,8 @@ impl WindowLayout {
             + 16 * input.rlimits.len() as u64
             + 32 * input.itimers.len() as u64
             + 128 * input.pending.len() as u64
+            + 16 * input.epoll_adds.len() as u64
+            + 48 * input.timerfd_arms.len() as u64
             + 4 * image_format::records::MAX_GROUPS as u64
             + 1024;
         let stack_top_off = page_up(data_off + data_len) + WINDOW_STACK;
