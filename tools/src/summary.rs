@@ -175,6 +175,10 @@ pub fn fd_kind_name(k: u32) -> &'static str {
         fd_kind::ANON_INODE => "anon-inode",
         fd_kind::TTY => "tty",
         fd_kind::MEMFD => "memfd",
+        fd_kind::SIGNALFD => "signalfd",
+        fd_kind::TIMERFD => "timerfd",
+        fd_kind::EPOLL => "epoll",
+        fd_kind::INOTIFY => "inotify",
         _ => "unknown",
     }
 }

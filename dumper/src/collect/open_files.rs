@@ -277,7 +277,9 @@ fn save_epolls<T: Task>(
     records: &mut [FdState],
     objects: &mut ObjectStates,
 ) -> Result<(), CollectError> {
+    // First every epoll its number (an epoll may watch a later one).
     let mut epolls = 0u32;
+    let mut found = Vec::new();
     for (i, l) in listed.iter().enumerate() {
         if l.kind != fd_kind::EPOLL {
             continue;
@@ -287,15 +289,16 @@ fn save_epolls<T: Task>(
             records[i].record.object = earlier.record.object;
             continue;
         }
-        let items = match epoll_items(c, l) {
-            Ok(items) => items,
-            Err(why) => {
-                c.unsupported(why)?;
-                continue;
+        match epoll_items(c, l) {
+            Ok(items) => {
+                epolls += 1;
+                records[i].record.object = epolls;
+                found.push((l.fd, epolls, items));
             }
-        };
-        epolls += 1;
-        records[i].record.object = epolls;
+            Err(why) => c.unsupported(why)?,
+        }
+    }
+    for (fd, epoll, items) in found {
         for item in items {
             // The target, or a dup of it, is brought back.
             let kept = records.iter().any(|r| {
@@ -306,13 +309,13 @@ fn save_epolls<T: Task>(
             });
             if !kept {
                 c.unsupported(format!(
-                    "fd {} (epoll): its item for fd {} is lost: that fd is not saved",
-                    l.fd, item.tfd
+                    "fd {fd} (epoll): its item for fd {} is lost: that fd is not saved",
+                    item.tfd
                 ))?;
                 continue;
             }
             objects.epoll_items.push(EpollItemRecord {
-                epoll: epolls,
+                epoll,
                 tfd: item.tfd,
                 events: item.events,
                 _pad: 0,
