@@ -55,7 +55,9 @@ impl WindowLayout {
             + input.pending.len()
             + input.itimers.len()
             + input.epoll_adds.len()
-            + input.timerfd_arms.len() * 2;
+            + input.timerfd_arms.len() * 2
+            + 2
+            + 3 * input.posix_timers.len();
         let code_off = HEADER_BYTES;
         let ops_off = (code_off + input.trampoline.len() as u64 + 63) & !63;
         let data_off = ops_off + (ops_cap * layout::OP_SIZE) as u64;
@@ -70,6 +72,7 @@ impl WindowLayout {
             + 32 * input.sigactions.len() as u64
             + 16 * input.rlimits.len() as u64
             + 32 * input.itimers.len() as u64
+            + (64 + 8 + 32 + 16) * input.posix_timers.len() as u64
             + 128 * input.pending.len() as u64
             + 16 * input.epoll_adds.len() as u64
             + 48 * input.timerfd_arms.len() as u64

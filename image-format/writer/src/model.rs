@@ -6,7 +6,8 @@
 use image_format::elf::UserRegs;
 use image_format::records::{
     CredsRecord, EventfdRecord, FdRecord, GadgetsRecord, ItimerRecord, MmRecord,
-    PendingSignalRecord, ProcessRecord, RlimitRecord, SigactionRecord, ThreadRecord, VmaRecord,
+    PendingSignalRecord, PosixTimerRecord, ProcessRecord, RlimitRecord, SigactionRecord,
+    ThreadRecord, VmaRecord,
 };
 
 /// One thread: its registers and per-thread extras.
@@ -56,6 +57,8 @@ pub struct ObjectStates {
     pub inotify_watches: Vec<InotifyWatchState>,
     /// Every item of every epoll instance.
     pub epoll_items: Vec<image_format::records::EpollItemRecord>,
+    /// The POSIX timers (`timer_create`), by id; not behind an fd.
+    pub posix_timers: Vec<PosixTimerRecord>,
 }
 
 /// One inotify watch: its record and the watched file's path.

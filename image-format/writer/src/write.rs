@@ -406,6 +406,7 @@ fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
     notes.add_records(&state.objects.timerfds);
     notes.add_records(&watches);
     notes.add_records(&state.objects.epoll_items);
+    notes.add_records::<records::PosixTimerRecord>(&state.objects.posix_timers);
 }
 
 /// The computed placement of everything in the file.
