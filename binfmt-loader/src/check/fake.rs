@@ -53,6 +53,8 @@ pub struct Fake {
     /// What `TFD_IOC_SET_TICKS` answers with a count of 0 (EINVAL: the
     /// kernel has it; ENOTTY: it does not).
     pub set_ticks_probe: Errno,
+    /// An fd `epoll_add` refuses (EPERM), as epoll does a regular file.
+    pub unwatchable: Option<i32>,
 }
 
 impl Fake {
@@ -122,6 +124,7 @@ impl Fake {
             object_calls: RefCell::default(),
             wds: RefCell::default(),
             set_ticks_probe: Errno::EINVAL,
+            unwatchable: None,
         }
     }
 
@@ -371,7 +374,9 @@ impl Os for Fake {
         self.object_calls
             .borrow_mut()
             .push(format!("epoll_add {epfd} {fd} {events:#x} {data:#x}"));
-        if self.open.borrow().contains_key(&fd) || (0..=2).contains(&fd) {
+        if self.unwatchable == Some(fd) {
+            Err(Errno::EPERM)
+        } else if self.open.borrow().contains_key(&fd) || (0..=2).contains(&fd) {
             Ok(())
         } else {
             Err(Errno(9))

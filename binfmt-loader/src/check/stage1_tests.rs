@@ -560,3 +560,5 @@ fn posix_timers_need_restore_ids_and_each_of_their_clocks() {
     );
     assert_eq!(exit_of(r), ExitCode::ImageCorrupt);
 }
+
+mod event_objects;
