@@ -26,6 +26,10 @@ use crate::sys::O_CLOEXEC;
 
 /// `EPOLLIN`: what the look at a caller's fd asks for.
 const EPOLLIN: u32 = 1;
+/// `EPOLLWAKEUP`: kept only with CAP_BLOCK_SUSPEND (the kernel drops it
+/// silently otherwise).
+const EPOLLWAKEUP: u32 = 1 << 29;
+const CAP_BLOCK_SUSPEND: u32 = 36;
 /// The kernel nests epoll instances at most this deep (`EP_MAX_NESTS`).
 const MAX_NESTS: u32 = 4;
 
@@ -113,8 +117,12 @@ pub fn adds(
     let n = usize::try_from(items.len()).unwrap_or(usize::MAX);
     let table = scratch.take::<EpollAdd>("epoll items", n)?;
     let mut len = 0;
+    let mut wakeups = 0;
     for item in items {
         let (epfd, target) = ends(fds, &item).map_err(corrupt)?;
+        if item.events & EPOLLWAKEUP != 0 {
+            wakeups += 1;
+        }
         if let Some(caller) = inherited(fds, &target) {
             let probe = os
                 .epoll_create(O_CLOEXEC)
@@ -142,6 +150,14 @@ pub fn adds(
             };
             len += 1;
         }
+    }
+    if wakeups != 0 && os.effective_caps() & (1 << CAP_BLOCK_SUSPEND) == 0 {
+        os.report(
+            name,
+            format_args!(
+                "warning: {wakeups} epoll item(s) had EPOLLWAKEUP, which this process may not set (no CAP_BLOCK_SUSPEND): they come back without it"
+            ),
+        );
     }
     let table = &mut table[..len];
     order_nested(table, fds);

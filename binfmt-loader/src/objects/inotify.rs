@@ -25,6 +25,30 @@ pub const MAX_SKIPPED_WDS: u32 = 1 << 16;
 /// `O_NOFOLLOW`: a watched symlink is watched itself.
 const O_NOFOLLOW: u32 = 0o400_000;
 
+/// The rules' part: each instance's watches in increasing wd order from
+/// 1, and no more descriptors to skip than stage 1 does (the dumper then
+/// refuses the image before it kills the process).
+pub fn check_watches(image: &Image<'_>) -> Result<(), image_format::ImageError> {
+    let bad = |what| image_format::ImageError::BadRecords {
+        note_type: image_format::records::note::INOTIFY_WATCHES,
+        what,
+    };
+    let watches = image.records::<InotifyWatchRecord>()?;
+    for (k, w) in watches.clone().enumerate() {
+        let earlier = watches.clone().take(k).filter(|o| o.inotify == w.inotify);
+        let (count, last) = earlier.fold((0u32, 0), |(n, _), o| (n + 1, o.wd));
+        if w.wd <= last {
+            return Err(bad("inotify watches out of order"));
+        }
+        // Descriptors skipped before this one: every lower one unused.
+        let skipped = u32::try_from(w.wd - 1).unwrap_or(u32::MAX) - count;
+        if skipped > MAX_SKIPPED_WDS {
+            return Err(bad("an inotify watch descriptor too far past the last one (more than 65536 removed watches to skip)"));
+        }
+    }
+    Ok(())
+}
+
 /// A watch could not get its descriptor back.
 fn wd_lost(f: &FdRecord) -> CheckError {
     CheckError::Object {

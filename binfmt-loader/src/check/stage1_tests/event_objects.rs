@@ -200,3 +200,39 @@ fn an_epoll_item_on_an_fd_the_image_lacks_is_refused() {
     let r = run(&os, &state, code_page(), (1000, 1000));
     assert_eq!(exit_of(r), ExitCode::ImageCorrupt);
 }
+
+#[test]
+fn watch_descriptors_out_of_order_or_too_far_apart_are_refused() {
+    let os = event_machine();
+    let mut state = event_task();
+    state.objects.inotify_watches[1].record.wd = 1;
+    assert_eq!(
+        exit_of(run(&os, &state, code_page(), (1000, 1000))),
+        ExitCode::ImageCorrupt
+    );
+    let mut state = event_task();
+    state.objects.inotify_watches[1].record.wd = 3 + 65_536;
+    assert_eq!(
+        exit_of(run(&os, &state, code_page(), (1000, 1000))),
+        ExitCode::ImageCorrupt
+    );
+    // Exactly the most stage 1 skips (wd 2 to 65537): accepted.
+    let mut state = event_task();
+    state.objects.inotify_watches[1].record.wd = 2 + 65_536;
+    assert!(run(&os, &state, code_page(), (1000, 1000)).is_ok());
+    assert!(os
+        .object_calls
+        .borrow()
+        .iter()
+        .any(|l| l.ends_with("-> 65538")));
+}
+
+#[test]
+fn an_epoll_item_with_epollwakeup_warns_without_cap_block_suspend() {
+    let os = event_machine();
+    let mut state = event_task();
+    state.objects.epoll_items[0].events |= 1 << 29;
+    let c = run(&os, &state, code_page(), (1000, 1000)).unwrap();
+    assert_eq!(c.input.epoll_adds.len(), 4);
+    assert!(os.warned("EPOLLWAKEUP"));
+}
