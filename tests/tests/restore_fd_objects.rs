@@ -40,6 +40,19 @@ fn event_loop_objects_survive_a_restore() {
     for kind in ["signalfd", "timerfd", "epoll", "inotify"] {
         assert!(info.contains(kind), "crimg info names no {kind}: {info}");
     }
+    // The fired one-shot was saved with its flag bits only; the watches
+    // with their descriptors.
+    for object in [
+        "events 0x40000000 data 0x5555",
+        "events 0x80000019 data 0x1111222233334444",
+        "watch wd 3 mask 0x300",
+        "unread 1",
+    ] {
+        assert!(
+            info.contains(object),
+            "crimg info shows no {object:?}: {info}"
+        );
+    }
 
     let mut restored = bins
         .restore("restored fd_objects", &dumped.dump.image)
