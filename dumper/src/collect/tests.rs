@@ -535,3 +535,5 @@ fn scratch_lies_below_rsp_inside_its_own_area_or_nowhere() {
     // rsp in no writable area.
     assert_eq!(super::areas::scratch_for(&smaps, 0x1000), Err(0));
 }
+
+mod event_objects;
