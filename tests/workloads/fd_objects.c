@@ -10,7 +10,8 @@
  *             CLOCK_REALTIME one-shot keeps its expiry
  *   inotify   watches on two directories, wd 1 and 3 (2 was removed): a file
  *             created in each gives an event with that wd
- *   epoll     EPOLLET, EPOLLONESHOT (one fired, one armed), a nested epoll,
+ *   epoll     EPOLLET, EPOLLONESHOT (one fired, one armed), EPOLLEXCLUSIVE,
+ *             a nested epoll,
  *             an item on stdin: data values intact, the fired one-shot
  *             stays off until EPOLL_CTL_MOD re-arms it (by its fd number)
  *   flags     O_NONBLOCK and FD_CLOEXEC of every fd as they were
@@ -69,9 +70,10 @@ static void die(const char *what)
 #define D_NESTED 0x7777ULL
 #define D_INNER 0x8888ULL
 #define D_STDIN 0x9999ULL
+#define D_EXCL 0xeeeeULL
 
 static int pipe_r, pipe_w, ev_count, ev_sem, ev_sem_dup, ev_fired, ev_armed,
-	ev_inner, sig_fd, timer_fd, shot_fd, abs_fd, ino_fd, ep, ep_inner;
+	ev_inner, ev_excl, sig_fd, timer_fd, shot_fd, abs_fd, ino_fd, ep, ep_inner;
 static int wd_a, wd_b;
 static char dir_a[4096], dir_b[4096];
 static time_t abs_expiry;
@@ -144,7 +146,9 @@ static void setup(const char *dir)
 	ev_fired = eventfd(1, EFD_NONBLOCK);
 	ev_armed = eventfd(0, EFD_NONBLOCK);
 	ev_inner = eventfd(0, EFD_NONBLOCK);
-	if (ev_count < 0 || ev_sem < 0 || ev_fired < 0 || ev_armed < 0 || ev_inner < 0)
+	ev_excl = eventfd(0, EFD_NONBLOCK);
+	if (ev_count < 0 || ev_sem < 0 || ev_fired < 0 || ev_armed < 0 || ev_inner < 0 ||
+	    ev_excl < 0)
 		die("eventfd");
 	ev_sem_dup = dup(ev_sem);
 
@@ -211,6 +215,7 @@ static void setup(const char *dir)
 	add(ep_inner, ev_inner, EPOLLIN, D_INNER);
 	add(ep, ep_inner, EPOLLIN, D_NESTED);
 	add(ep, 0, EPOLLIN, D_STDIN);
+	add(ep, ev_excl, EPOLLIN | EPOLLEXCLUSIVE, D_EXCL);
 	/* Fire the one-shot (and take the edge of the ET item). */
 	struct epoll_event got[8];
 	int n = epoll_wait(ep, got, 8, 0), fired = 0;
@@ -381,6 +386,16 @@ static int check(long *ticks_out, long *next_ms_out)
 	put(ev_inner, 1);
 	CHECK(reported(ep, 1000, D_NESTED), "the nested epoll does not report");
 	CHECK(reported(ep_inner, 0, D_INNER), "the inner epoll's item does not report");
+
+	/* Exclusive: still so (MOD refuses it), and reporting. */
+	snprintf(want_text, sizeof want_text, "tfd: %8d events: %8x data: %16llx", ev_excl,
+		 EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLEXCLUSIVE, (unsigned long long)D_EXCL);
+	CHECK(fdinfo_has(ep, want_text), "the EPOLLEXCLUSIVE item differs");
+	struct epoll_event excl = { .events = EPOLLIN, .data.u64 = D_EXCL };
+	CHECK(epoll_ctl(ep, EPOLL_CTL_MOD, ev_excl, &excl) < 0 && errno == EINVAL,
+	      "EPOLL_CTL_MOD of the EPOLLEXCLUSIVE item did not fail with EINVAL");
+	put(ev_excl, 1);
+	CHECK(reported(ep, 1000, D_EXCL), "the EPOLLEXCLUSIVE item does not report");
 
 	/* signalfd. */
 	struct signalfd_siginfo si;
