@@ -45,7 +45,7 @@ fn event_loop_objects_survive_a_restore() {
     for object in [
         "events 0x40000000 data 0x5555",
         "events 0x80000019 data 0x1111222233334444",
-        "watch wd 3 mask 0x300",
+        "watch wd 3 mask 0x320",
         "unread 1",
     ] {
         assert!(

@@ -74,7 +74,7 @@ static void die(const char *what)
 
 static int pipe_r, pipe_w, ev_count, ev_sem, ev_sem_dup, ev_fired, ev_armed,
 	ev_inner, ev_excl, sig_fd, timer_fd, shot_fd, abs_fd, ino_fd, ep, ep_inner;
-static int wd_a, wd_b;
+static int wd_a, wd_b, held_fd;
 static char dir_a[4096], dir_b[4096];
 static time_t abs_expiry;
 
@@ -187,22 +187,30 @@ static void setup(const char *dir)
 	snprintf(gap, sizeof gap, "%s/gap", dir);
 	if (mkdir(dir_a, 0700) < 0 || mkdir(dir_b, 0700) < 0 || mkdir(gap, 0700) < 0)
 		die("mkdir");
-	ino_fd = inotify_init();
+	ino_fd = inotify_init1(IN_NONBLOCK);
 	if (ino_fd < 0)
 		die("inotify_init");
 	wd_a = inotify_add_watch(ino_fd, dir_a, IN_CREATE);
 	int wd_gap = inotify_add_watch(ino_fd, gap, IN_CREATE);
 	if (wd_gap < 0 || inotify_rm_watch(ino_fd, wd_gap) < 0)
 		die("inotify gap");
-	wd_b = inotify_add_watch(ino_fd, dir_b, IN_CREATE | IN_DELETE | IN_ONLYDIR);
+	/* A file held open in a watched directory (opened after the inotify
+	   instance, so a restore opens it again after the watches exist). */
+	char held[4200];
+	snprintf(held, sizeof held, "%s/held", dir_b);
+	wd_b = inotify_add_watch(ino_fd, dir_b, IN_CREATE | IN_DELETE | IN_OPEN | IN_ONLYDIR);
+	held_fd = open(held, O_CREAT | O_RDWR, 0600);
+	if (held_fd < 0)
+		die("open held");
 	if (wd_a != 1 || wd_b != 3) {
 		say("ERROR inotify wds %d %d", wd_a, wd_b);
 		exit(2);
 	}
-	/* The IN_IGNORED of the removed watch: read, so none is queued. */
+	/* The IN_IGNORED of the removed watch, the creation and opening of
+	   the held file: read, so none is queued. */
 	char ev[4096] __attribute__((aligned(8)));
-	if (read(ino_fd, ev, sizeof ev) <= 0)
-		die("inotify read");
+	while (read(ino_fd, ev, sizeof ev) > 0)
+		;
 
 	ep = epoll_create1(0);
 	ep_inner = epoll_create1(0);

@@ -469,6 +469,7 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
         })?;
     let epoll_adds = crate::objects::epoll::adds(os, name, &image, &notes.fds, &mut scratch)?;
     let timerfd_arms = crate::objects::timerfd::arms(os, name, &image, &notes.fds, &mut scratch)?;
+    let inotify_drains = crate::objects::inotify::drains(&image, &notes.fds, &mut scratch)?;
     let loads = page_loads(&image, &mut scratch)?;
     warn_read_only_shared(os, name, vmas, loads);
     limits::lower_rlimits(os, name, records.rlimits);
@@ -500,6 +501,7 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
         keep_fds,
         err_fd: loader_fds.err_fd,
         epoll_adds,
+        inotify_drains,
         timerfd_arms,
         threads,
         set_tids,

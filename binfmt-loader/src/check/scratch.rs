@@ -88,6 +88,7 @@ impl Tables {
             table_bytes::<crate::objects::MadeObject>(self.fds)?,
             table_bytes::<crate::plan::EpollAdd>(self.epoll_items)?,
             table_bytes::<crate::plan::TimerfdArm>(self.fds)?,
+            table_bytes::<crate::plan::InotifyDrain>(self.fds)?,
             table_bytes::<Range>(MAX_MAPS)?,
             // The window search's: target VMAs, loader maps, 4 more.
             table_bytes::<Range>(self.vmas.checked_add(MAX_MAPS + 4)?)?,
@@ -169,6 +170,7 @@ mod tests {
         s.take::<crate::objects::MadeObject>("objects", t.fds)?;
         s.take::<crate::plan::EpollAdd>("epoll items", t.epoll_items)?;
         s.take::<crate::plan::TimerfdArm>("timerfd arms", t.fds)?;
+        s.take::<crate::plan::InotifyDrain>("inotify drains", t.fds)?;
         s.take::<Range>("loader maps", MAX_MAPS)?;
         s.take::<Range>("window search", t.vmas + MAX_MAPS + 4)?;
         Ok(())

@@ -49,6 +49,52 @@ pub fn check_watches(image: &Image<'_>) -> Result<(), image_format::ImageError> 
     Ok(())
 }
 
+/// The events the loader's own opening, reading and closing of files
+/// can cause (`IN_ACCESS`, `IN_CLOSE_WRITE`, `IN_CLOSE_NOWRITE`,
+/// `IN_OPEN`).
+const LOADER_EVENTS: u32 = 0x01 | 0x08 | 0x10 | 0x20;
+
+/// The instances the plan drains of the restore's own events
+/// (`crate::plan::inotify`): those with a watch asking for them, at the
+/// first fd of each.
+pub fn drains(
+    image: &Image<'static>,
+    fds: &image_format::read::Records<'static, FdRecord>,
+    scratch: &mut crate::check::scratch::Scratch,
+) -> Result<&'static [crate::plan::InotifyDrain], CheckError> {
+    let corrupt = |error| CheckError::Corrupt { error };
+    let n = fds
+        .clone()
+        .filter(|f| f.kind == image_format::records::fd_kind::INOTIFY && f.object != 0)
+        .count();
+    let table = scratch.take::<crate::plan::InotifyDrain>("inotify drains", n)?;
+    let mut len = 0;
+    for f in fds.clone() {
+        if f.kind != image_format::records::fd_kind::INOTIFY || f.object == 0 {
+            continue;
+        }
+        let first = fds
+            .clone()
+            .find(|o| o.kind == f.kind && o.object == f.object)
+            .map(|o| o.fd);
+        if first != Some(f.fd) {
+            continue;
+        }
+        let asks = image
+            .records::<InotifyWatchRecord>()
+            .map_err(corrupt)?
+            .any(|w| w.inotify == f.object && w.mask & LOADER_EVENTS != 0);
+        if let (true, Some(slot)) = (asks, table.get_mut(len)) {
+            *slot = crate::plan::InotifyDrain {
+                fd: f.fd,
+                flags: f.open_flags,
+            };
+            len += 1;
+        }
+    }
+    Ok(&table[..len])
+}
+
 /// A watch could not get its descriptor back.
 fn wd_lost(f: &FdRecord) -> CheckError {
     CheckError::Object {

@@ -48,6 +48,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 pub mod abi;
 mod builder;
 pub mod epoll;
+pub mod inotify;
 mod posix_timers;
 pub mod printer;
 mod process;
@@ -58,6 +59,7 @@ pub mod window;
 
 pub use abi::{layout, op_kind, rule, Op, WindowHeader};
 pub use epoll::EpollAdd;
+pub use inotify::InotifyDrain;
 pub use printer::{op_label, syscall_name, window_ops, write_plan};
 pub use process::{charged_signals, check_sigqueue, parse_sigq, SigQueueError};
 pub use thread_ops::{
@@ -266,6 +268,8 @@ pub struct PlanInput<'a> {
     /// failure messages; kept through the fd step and closed once no
     /// thread can fail any more. `None`: messages go to fd 2.
     pub err_fd: Option<i32>,
+    /// Inotify instances to drain of the restore's own events.
+    pub inotify_drains: &'a [InotifyDrain],
     /// Epoll items to add once the fds are in place.
     pub epoll_adds: &'a [EpollAdd],
     /// Timerfds to arm, next to the interval timers.
@@ -470,6 +474,7 @@ pub fn build_plan(
     process::mm_fields(&mut b, input)?;
     process::process_state(&mut b, input)?;
     process::files(&mut b, input)?;
+    inotify::drain_inotify(&mut b, input)?;
     epoll::epoll_items(&mut b, input)?;
     process::limits(&mut b, input)?;
     // Step 8: the leader's own thread state, then the other threads'.

@@ -236,3 +236,18 @@ fn an_epoll_item_with_epollwakeup_warns_without_cap_block_suspend() {
     assert_eq!(c.input.epoll_adds.len(), 4);
     assert!(os.warned("EPOLLWAKEUP"));
 }
+
+#[test]
+fn an_inotify_watching_for_opens_is_drained_of_the_restores_own_events() {
+    let os = event_machine();
+    let c = run(&os, &event_task(), code_page(), (1000, 1000)).unwrap();
+    // IN_CREATE only: nothing the loader does shows there.
+    assert!(c.input.inotify_drains.is_empty());
+    let mut state = event_task();
+    state.objects.inotify_watches[1].record.mask |= 0x20;
+    state.fds[6].record.open_flags = sys::O_NONBLOCK;
+    let c = run(&os, &state, code_page(), (1000, 1000)).unwrap();
+    let drains = c.input.inotify_drains;
+    assert_eq!(drains.len(), 1);
+    assert_eq!((drains[0].fd, drains[0].flags), (6, sys::O_NONBLOCK));
+}
