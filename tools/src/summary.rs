@@ -180,6 +180,8 @@ pub struct FdSummary {
     /// a line each.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub object: Vec<String>,
+    /// Not saved (`crdump --force`): `/dev/null` at restore.
+    pub dropped: bool,
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -269,6 +271,7 @@ fn fd_summary(img: &Image, f: &FdRecord) -> Result<FdSummary, ImageError> {
         open_flags: format!("{:#o}", f.open_flags),
         cloexec: f.flags & image_format::records::fd_flags::CLOEXEC != 0,
         object: event_objects::object_lines(img, f)?,
+        dropped: f.flags & image_format::records::fd_flags::DROPPED != 0,
     })
 }
 
@@ -430,6 +433,19 @@ pub fn render_text(s: &Summary) -> String {
         for line in &f.object {
             let _ = writeln!(o, "         {}", shown(line));
         }
+    }
+    let dropped: Vec<String> = s
+        .fds
+        .iter()
+        .filter(|f| f.dropped)
+        .map(|f| format!("{} ({})", f.fd, shown(&f.path)))
+        .collect();
+    if !dropped.is_empty() {
+        let _ = writeln!(
+            o,
+            "  not saved (crdump --force), /dev/null at restore: {}",
+            dropped.join(", ")
+        );
     }
     if let Some(t) = s.threads.first() {
         let r = &t.registers;

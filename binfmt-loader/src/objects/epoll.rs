@@ -79,9 +79,15 @@ pub fn check_items(image: &Image<'_>) -> Result<(), ImageError> {
         let Some(target) = target else {
             return Err(bad("an epoll item watches an fd the image does not have"));
         };
-        let restored = |t: &FdRecord| rules::fd_restorable(t) || rules::fd_is_inherited(t);
-        let back = restored(&target)
-            || (target.desc != 0 && fds.clone().any(|o| o.desc == target.desc && restored(&o)));
+        // The first fd of its description decides how it comes back; a
+        // dropped one is /dev/null, which epoll cannot watch.
+        let first = (target.desc != 0)
+            .then(|| fds.clone().find(|o| o.desc == target.desc))
+            .flatten()
+            .unwrap_or(target);
+        let back = !rules::fd_is_dropped(&target)
+            && !rules::fd_is_dropped(&first)
+            && (rules::fd_restorable(&first) || rules::fd_is_inherited(&first));
         if !back {
             return Err(bad(
                 "an epoll item watches an fd the restore does not bring back",

@@ -69,6 +69,7 @@ pub(super) fn collect_fds<T: Task>(
         })
         .collect();
     let objects = save_objects(c, &listed, &mut records)?;
+    super::refusals::mark_dropped(&mut records);
     Ok((records, objects))
 }
 
@@ -93,6 +94,9 @@ fn list<T: Task>(c: &mut Collector<'_, T>) -> Result<Vec<Listed>, CollectError> 
                 continue;
             }
         };
+        if super::refusals::io_uring_fd(c, fd, &link) {
+            continue;
+        }
         let fd_path = c.proc_path(&format!("fd/{fd}"));
         let meta = c
             .task
@@ -300,13 +304,10 @@ fn save_epolls<T: Task>(
     }
     for (fd, epoll, items) in found {
         for item in items {
-            // The target, or a dup of it, is brought back.
-            let kept = records.iter().any(|r| {
-                r.record.fd == item.tfd
-                    && records
-                        .iter()
-                        .any(|o| o.record.desc == r.record.desc && target_restored(&o.record))
-            });
+            let kept = records
+                .iter()
+                .find(|r| r.record.fd == item.tfd)
+                .is_some_and(|r| target_restored(records, &r.record));
             if !kept {
                 c.unsupported(format!(
                     "fd {fd} (epoll): its item for fd {} is lost: that fd is not saved",
@@ -344,10 +345,16 @@ fn epoll_items<T: Task>(
     Ok(items)
 }
 
-/// Whether the restore brings fd record `r` back (reopened, made, or
-/// the caller's stdio).
-fn target_restored(r: &FdRecord) -> bool {
-    binfmt_loader::rules::fd_restorable(r) || binfmt_loader::rules::fd_is_inherited(r)
+/// Whether the restore brings fd record `r` back (reopened, made, the
+/// caller's stdio, or a dup of one of those), rather than dropping it
+/// (the loader's rule, which `refusals::mark_dropped` applies later).
+fn target_restored(records: &[FdState], r: &FdRecord) -> bool {
+    let first = records
+        .iter()
+        .map(|o| &o.record)
+        .find(|o| o.desc == r.desc && r.desc != 0)
+        .unwrap_or(r);
+    !binfmt_loader::rules::fd_must_be_dropped(first, None)
 }
 
 /// A 1-based object index.

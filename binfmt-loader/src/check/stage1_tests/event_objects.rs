@@ -251,3 +251,26 @@ fn an_inotify_watching_for_opens_is_drained_of_the_restores_own_events() {
     assert_eq!(drains.len(), 1);
     assert_eq!((drains[0].fd, drains[0].flags), (6, sys::O_NONBLOCK));
 }
+
+#[test]
+fn an_epoll_item_on_a_dropped_fd_is_refused() {
+    // A forced dump put /dev/null at fd 4, which epoll cannot watch: the
+    // dumper leaves such items out, and an image with one is refused.
+    let mut os = event_machine();
+    let mut state = event_task();
+    state.fds[4].record.flags = image_format::records::fd_flags::DROPPED;
+    state.fds[4].record.object = 0;
+    state.objects.signalfds.clear();
+    let r = run(&os, &state, code_page(), (1000, 1000));
+    assert_eq!(exit_of(r), ExitCode::ImageCorrupt);
+    state.objects.epoll_items.remove(0);
+    os.add(
+        "/dev/null",
+        Stat {
+            mode: sys::S_IFCHR | 0o666,
+            ..Default::default()
+        },
+        vec![],
+    );
+    assert!(run(&os, &state, code_page(), (1000, 1000)).is_ok());
+}
