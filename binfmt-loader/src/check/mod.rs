@@ -467,6 +467,9 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
         sigactions: limits::count(&record_notes.sigactions, scratch::MAX_SIGACTIONS),
         rlimits: limits::count(&record_notes.rlimits, scratch::MAX_RLIMITS),
         itimers: limits::count(&record_notes.itimers, scratch::MAX_ITIMERS),
+        epoll_items: image
+            .records::<image_format::records::EpollItemRecord>()
+            .map_or(0, |r| usize::try_from(r.len()).unwrap_or(usize::MAX)),
     };
     let mut scratch = Scratch::map(&tables)?;
     let records = limits::process_records(os, &image, &record_notes, &mut scratch)?;
@@ -496,6 +499,9 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
             let fds = fds::reopen_fds(os, name, &image, &notes.fds, base, &mut scratch)?;
             Ok((mapped_files, exe_fd, cwd_fd, fds))
         })?;
+    let epoll_adds = crate::objects::epoll::adds(os, name, &image, &notes.fds, &mut scratch)?;
+    let timerfd_arms = crate::objects::timerfd::arms(os, name, &image, &notes.fds, &mut scratch)?;
+    let inotify_drains = crate::objects::inotify::drains(&image, &notes.fds, &mut scratch)?;
     let loads = page_loads(&image, &mut scratch)?;
     warn_read_only_shared(os, name, vmas, loads);
     limits::lower_rlimits(os, name, records.rlimits);
@@ -526,6 +532,9 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
         fd_moves,
         keep_fds,
         err_fd: loader_fds.err_fd,
+        epoll_adds,
+        inotify_drains,
+        timerfd_arms,
         threads,
         set_tids,
         xfeatures,

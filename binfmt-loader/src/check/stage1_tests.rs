@@ -684,3 +684,4 @@ fn pipe_bytes_beyond_its_size_and_an_eventfd_of_two_descriptions_are_corrupt() {
         ExitCode::ImageCorrupt
     );
 }
+mod event_objects;
