@@ -47,6 +47,16 @@ pub struct Fake {
     pub pipes: RefCell<Vec<(i32, i32, u32)>>,
     /// The fds that are terminals, with their window size.
     pub terminals: HashMap<i32, image_format::records::Winsize>,
+    /// Every call on an event-loop object, as a line ("epoll_add 5 7 0x1
+    /// 0x2a"), in order.
+    pub object_calls: RefCell<Vec<String>>,
+    /// The next watch descriptor of each inotify fd.
+    pub wds: RefCell<HashMap<i32, i32>>,
+    /// What `TFD_IOC_SET_TICKS` answers with a count of 0 (EINVAL: the
+    /// kernel has it; ENOTTY: it does not).
+    pub set_ticks_probe: Errno,
+    /// An fd `epoll_add` refuses (EPERM), as epoll does a regular file.
+    pub unwatchable: Option<i32>,
 }
 
 impl Fake {
@@ -114,6 +124,10 @@ impl Fake {
             written: RefCell::default(),
             pipes: RefCell::default(),
             terminals: HashMap::new(),
+            object_calls: RefCell::default(),
+            wds: RefCell::default(),
+            set_ticks_probe: Errno::EINVAL,
+            unwatchable: None,
         }
     }
 
@@ -328,5 +342,78 @@ impl Os for Fake {
     }
     fn window_size(&self, fd: i32) -> Result<image_format::records::Winsize, Errno> {
         self.terminals.get(&fd).copied().ok_or(Errno::ENOTTY)
+    }
+    fn read(&self, fd: i32, _buf: &mut [u8]) -> Result<usize, Errno> {
+        self.object_calls.borrow_mut().push(format!("read {fd}"));
+        // Nothing queued (EAGAIN).
+        Err(Errno(11))
+    }
+    fn signalfd(&self, mask: u64, flags: u32) -> Result<i32, Errno> {
+        let fd = self.new_fd(b"anon_inode:[signalfd]".to_vec(), 0);
+        self.object_calls
+            .borrow_mut()
+            .push(format!("signalfd {mask:#x} {flags:#o} -> {fd}"));
+        Ok(fd)
+    }
+    fn timerfd_create(&self, clock: u32, flags: u32) -> Result<i32, Errno> {
+        let fd = self.new_fd(b"anon_inode:[timerfd]".to_vec(), 0);
+        self.object_calls
+            .borrow_mut()
+            .push(format!("timerfd_create {clock} {flags:#o} -> {fd}"));
+        Ok(fd)
+    }
+    fn timerfd_set_ticks(&self, fd: i32, ticks: u64) -> Result<(), Errno> {
+        self.object_calls
+            .borrow_mut()
+            .push(format!("set_ticks {fd} {ticks}"));
+        if ticks == 0 {
+            Err(self.set_ticks_probe)
+        } else {
+            Ok(())
+        }
+    }
+    fn inotify_init(&self, flags: u32) -> Result<i32, Errno> {
+        let fd = self.new_fd(b"anon_inode:inotify".to_vec(), 0);
+        self.wds.borrow_mut().insert(fd, 1);
+        self.object_calls
+            .borrow_mut()
+            .push(format!("inotify_init {flags:#o} -> {fd}"));
+        Ok(fd)
+    }
+    fn inotify_add_watch(&self, fd: i32, path: &[u8], mask: u32) -> Result<i32, Errno> {
+        let mut wds = self.wds.borrow_mut();
+        let next = wds.get_mut(&fd).ok_or(Errno(9))?;
+        let wd = *next;
+        *next += 1;
+        self.object_calls.borrow_mut().push(format!(
+            "add_watch {fd} {} {mask:#x} -> {wd}",
+            String::from_utf8_lossy(path)
+        ));
+        Ok(wd)
+    }
+    fn inotify_rm_watch(&self, fd: i32, wd: i32) -> Result<(), Errno> {
+        self.object_calls
+            .borrow_mut()
+            .push(format!("rm_watch {fd} {wd}"));
+        Ok(())
+    }
+    fn epoll_create(&self, flags: u32) -> Result<i32, Errno> {
+        let fd = self.new_fd(b"anon_inode:[eventpoll]".to_vec(), 0);
+        self.object_calls
+            .borrow_mut()
+            .push(format!("epoll_create {flags:#o} -> {fd}"));
+        Ok(fd)
+    }
+    fn epoll_add(&self, epfd: i32, fd: i32, events: u32, data: u64) -> Result<(), Errno> {
+        self.object_calls
+            .borrow_mut()
+            .push(format!("epoll_add {epfd} {fd} {events:#x} {data:#x}"));
+        if self.unwatchable == Some(fd) {
+            Err(Errno::EPERM)
+        } else if self.open.borrow().contains_key(&fd) || (0..=2).contains(&fd) {
+            Ok(())
+        } else {
+            Err(Errno(9))
+        }
     }
 }

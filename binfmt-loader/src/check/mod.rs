@@ -478,6 +478,9 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
         sigactions: limits::count(&record_notes.sigactions, scratch::MAX_SIGACTIONS),
         rlimits: limits::count(&record_notes.rlimits, scratch::MAX_RLIMITS),
         itimers: limits::count(&record_notes.itimers, scratch::MAX_ITIMERS),
+        epoll_items: image
+            .records::<image_format::records::EpollItemRecord>()
+            .map_or(0, |r| usize::try_from(r.len()).unwrap_or(usize::MAX)),
     };
     let mut scratch = Scratch::map(&tables)?;
     let records = limits::process_records(os, &image, &record_notes, &mut scratch)?;
@@ -510,6 +513,9 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
     // The terminals the task resumes on, and their SIGWINCH.
     let terminals = objects::terminal::setups(os, &image, &mut scratch, tables.fds)?;
     let pending = objects::terminal::with_sigwinch(records.pending, terminals, &mut scratch)?;
+    let epoll_adds = crate::objects::epoll::adds(os, name, &image, &notes.fds, &mut scratch)?;
+    let timerfd_arms = crate::objects::timerfd::arms(os, name, &image, &notes.fds, &mut scratch)?;
+    let inotify_drains = crate::objects::inotify::drains(&image, &notes.fds, &mut scratch)?;
     let loads = page_loads(&image, &mut scratch)?;
     warn_read_only_shared(os, name, vmas, loads);
     limits::lower_rlimits(os, name, records.rlimits);
@@ -541,6 +547,9 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
         keep_fds,
         terminals,
         err_fd: loader_fds.err_fd,
+        epoll_adds,
+        inotify_drains,
+        timerfd_arms,
         threads,
         set_tids,
         xfeatures,
@@ -642,6 +651,13 @@ fn check_memory(os: &impl Os, checked: &Checked, caps: u64) -> Result<(), CheckE
     crate::plan::check_sigqueue(input.pending, input.rlimits, sigq)
         .map_err(|error| CheckError::SigQueue { error })?;
     posix_timers::fit_sigqueue(input.posix_timers.len(), input.pending, input.rlimits, sigq)
+        .map_err(|error| CheckError::PosixTimer { error })?;
+    // The capabilities the task ends with: its recorded ones when the
+    // credentials are switched, else this process's.
+    let caps = input
+        .creds
+        .map_or_else(|| os.effective_caps(), |c| c.cap_effective);
+    crate::posix_timers::check_alarm_capability(input.posix_timers, caps)
         .map_err(|error| CheckError::PosixTimer { error })
 }
 

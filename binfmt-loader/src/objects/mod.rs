@@ -4,11 +4,17 @@
 //! same name saved. [`Made`] remembers what was created, so that an
 //! object several fds refer to is created once.
 
+pub mod epoll;
 pub mod eventfd;
+pub mod inotify;
 pub mod pipe;
+pub mod signalfd;
 pub mod terminal;
+pub mod timerfd;
 
-use image_format::records::{fd_kind, EventfdRecord, FdRecord, PipeRecord, TerminalRecord};
+use image_format::records::{
+    fd_kind, EventfdRecord, FdRecord, PipeRecord, SignalfdRecord, TerminalRecord, TimerfdRecord,
+};
 use image_format::Image;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -91,7 +97,14 @@ pub fn pipe_max_size(os: &impl Os) -> u32 {
 pub fn is_object(kind: u32) -> bool {
     matches!(
         kind,
-        fd_kind::PIPE | fd_kind::FIFO | fd_kind::EVENTFD | fd_kind::TTY
+        fd_kind::PIPE
+            | fd_kind::FIFO
+            | fd_kind::EVENTFD
+            | fd_kind::SIGNALFD
+            | fd_kind::TIMERFD
+            | fd_kind::EPOLL
+            | fd_kind::INOTIFY
+            | fd_kind::TTY
     )
 }
 
@@ -101,6 +114,11 @@ pub fn count(image: &Image<'_>, kind: u32) -> Result<u32, image_format::ImageErr
         fd_kind::PIPE | fd_kind::FIFO => image.records::<PipeRecord>()?.len(),
         fd_kind::EVENTFD => image.records::<EventfdRecord>()?.len(),
         fd_kind::TTY => image.records::<TerminalRecord>()?.len(),
+        fd_kind::SIGNALFD => image.records::<SignalfdRecord>()?.len(),
+        fd_kind::TIMERFD => image.records::<TimerfdRecord>()?.len(),
+        // Instance numbers: their watches (items) name them, and one
+        // without any has no record; any number is an instance.
+        fd_kind::EPOLL | fd_kind::INOTIFY => u32::MAX,
         _ => 0,
     })
 }
@@ -122,6 +140,10 @@ pub fn open(
         // Its status flags are set there (a duplicate of the caller's
         // terminal keeps the caller's).
         fd_kind::TTY => return terminal::open(os, image, f, base),
+        fd_kind::SIGNALFD => signalfd::open(os, image, f, base)?,
+        fd_kind::TIMERFD => timerfd::open(os, image, f, base)?,
+        fd_kind::INOTIFY => inotify::open(os, image, f, base)?,
+        fd_kind::EPOLL => epoll::open(os, f, base)?,
         _ => {
             return Err(CheckError::UnsupportedFd {
                 fd: f.fd,

@@ -55,6 +55,9 @@ impl WindowLayout {
             + input.pending.len()
             + input.terminals.len() * 2
             + input.itimers.len()
+            + input.epoll_adds.len()
+            + input.inotify_drains.len() * super::inotify::DRAIN_OPS
+            + input.timerfd_arms.len() * 2
             + 2
             + 3 * input.posix_timers.len();
         let code_off = HEADER_BYTES;
@@ -74,6 +77,13 @@ impl WindowLayout {
             + (64 + 8 + 32 + 16) * input.posix_timers.len() as u64
             + 128 * input.pending.len() as u64
             + 48 * input.terminals.len() as u64
+            + 16 * input.epoll_adds.len() as u64
+            + if input.inotify_drains.is_empty() {
+                0
+            } else {
+                super::inotify::DRAIN_BYTES as u64 + 8
+            }
+            + 48 * input.timerfd_arms.len() as u64
             + 4 * image_format::records::MAX_GROUPS as u64
             + 1024;
         let stack_top_off = page_up(data_off + data_len) + WINDOW_STACK;

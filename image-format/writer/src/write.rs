@@ -377,6 +377,15 @@ fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
             ..p.record
         })
         .collect();
+    let watches: Vec<records::InotifyWatchRecord> = state
+        .objects
+        .inotify_watches
+        .iter()
+        .map(|w| records::InotifyWatchRecord {
+            path: strings.add(&w.path),
+            ..w.record
+        })
+        .collect();
 
     notes.add(records::OWNER_CRIMG, records::note::STRTAB, &strings.bytes);
     notes.add_records::<ProcessRecord>(&[process]);
@@ -398,6 +407,10 @@ fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
     if !state.objects.terminals.is_empty() {
         notes.add_records(&state.objects.terminals);
     }
+    notes.add_records(&state.objects.signalfds);
+    notes.add_records(&state.objects.timerfds);
+    notes.add_records(&watches);
+    notes.add_records(&state.objects.epoll_items);
     notes.add_records::<records::PosixTimerRecord>(&state.objects.posix_timers);
 }
 
