@@ -56,7 +56,10 @@ pub fn kind_of(link: &str, mode: u32, rdev_major: u32) -> u32 {
 /// Whether an fd of `kind` is one of crimg's objects: saved with its state
 /// by a module of [`crate::objects`], which decides what it refuses.
 pub fn is_object(kind: u32) -> bool {
-    matches!(kind, fd_kind::PIPE | fd_kind::FIFO | fd_kind::EVENTFD)
+    matches!(
+        kind,
+        fd_kind::PIPE | fd_kind::FIFO | fd_kind::EVENTFD | fd_kind::SOCKET
+    )
 }
 
 /// Why fd `fd` of this kind cannot be restored faithfully, if it cannot
@@ -66,13 +69,8 @@ pub fn is_object(kind: u32) -> bool {
 /// and is shown escaped.
 pub fn unsupported_reason(fd: i32, kind: u32, deleted: bool, link: &str) -> Option<String> {
     let link = Escaped(link.as_bytes());
-    let stdio = (0..=2).contains(&fd);
     match kind {
         _ if is_object(kind) => None,
-        fd_kind::SOCKET if stdio => None,
-        fd_kind::SOCKET => Some(format!(
-            "fd {fd} is a socket ({link}): sockets are not saved"
-        )),
         fd_kind::IO_URING => Some(format!(
             "fd {fd} is an io_uring instance ({link}): its rings and requests in flight cannot be saved"
         )),
@@ -125,7 +123,11 @@ mod tests {
             None
         );
         assert!(unsupported_reason(5, fd_kind::IO_URING, false, "anon_inode:[io_uring]").is_some());
-        assert!(unsupported_reason(3, fd_kind::SOCKET, false, "socket:[1]").is_some());
+        // Sockets are objects too.
+        assert_eq!(
+            unsupported_reason(3, fd_kind::SOCKET, false, "socket:[1]"),
+            None
+        );
         assert!(unsupported_reason(3, fd_kind::REGULAR, true, "/tmp/x").is_some());
         assert_eq!(
             unsupported_reason(3, fd_kind::REGULAR, false, "/tmp/x"),

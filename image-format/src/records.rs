@@ -30,6 +30,8 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 mod fd_objects;
 pub use fd_objects::*;
+mod sockets;
+pub use sockets::*;
 
 /// Owner name of crimg's notes.
 pub const OWNER_CRIMG: &[u8] = b"CRIMG";
@@ -80,6 +82,7 @@ pub mod note {
     pub const POSIX_TIMERS: u32 = 0x4352_0016;
     /// memfds, shared anonymous memory and deleted files.
     pub const SHMEM: u32 = 0x4352_0017;
+    /// [`super::SocketRecord`]s.
     pub const SOCKETS: u32 = 0x4352_0018;
     pub const TERMINALS: u32 = 0x4352_0019;
     /// fds whose object was not saved (`crdump --force`).
@@ -197,6 +200,7 @@ pub const KNOWN_NOTES: &[NoteVersions] = &[
     NoteVersions::of::<ChecksumRecord>(),
     NoteVersions::of::<PipeRecord>(),
     NoteVersions::of::<EventfdRecord>(),
+    NoteVersions::of::<SocketRecord>(),
 ];
 
 /// A string in the [`note::STRTAB`] note (bytes, not NUL-terminated).

@@ -192,6 +192,7 @@ fn save_objects<T: Task>(
 ) -> Result<ObjectStates, CollectError> {
     let mut objects = ObjectStates::default();
     save_pipes(c, listed, records, &mut objects)?;
+    save_sockets(c, listed, records, &mut objects)?;
     for (i, l) in listed.iter().enumerate() {
         if l.kind != fd_kind::EVENTFD {
             continue;
@@ -335,6 +336,127 @@ fn save_pipes<T: Task>(
         for &i in &ends {
             records[i].record.object = object;
         }
+    }
+    Ok(())
+}
+
+/// Sockets: one object per socket (its first fd's description; a socket
+/// cannot be opened again, so every fd on it shares that one), saved by
+/// [`objects::socket`]; the two ends of a unix pair name each other.
+fn save_sockets<T: Task>(
+    c: &mut Collector<'_, T>,
+    listed: &[Listed],
+    records: &mut [FdState],
+    objects: &mut ObjectStates,
+) -> Result<(), CollectError> {
+    let socks: Vec<usize> = (0..listed.len())
+        .filter(|&i| listed[i].kind == fd_kind::SOCKET)
+        .collect();
+    if socks.is_empty() {
+        return Ok(());
+    }
+    let inodes: Vec<u64> = socks.iter().map(|&i| listed[i].meta.id.ino).collect();
+    let links: Vec<String> = socks.iter().map(|&i| listed[i].link.clone()).collect();
+    let elsewhere = c
+        .task
+        .holders_elsewhere(&links)
+        .map_err(|source| CollectError::Read {
+            pid: c.pid,
+            path: "/proc/*/fd".into(),
+            source,
+        })?;
+    let task = &*c.task;
+    let holders = |ino: u64| -> Vec<i32> {
+        task.holders_elsewhere(&[format!("socket:[{ino}]")])
+            .map(|v| v.into_iter().map(|(_, p)| p).collect())
+            .unwrap_or_default()
+    };
+    let mut cx = objects::socket::Context {
+        pid: c.pid,
+        task_sockets: &inodes,
+        holders: &holders,
+        unix: None,
+    };
+    let mut refusals = Vec::new();
+    let mut warnings = Vec::new();
+    // (record index of a saved socket, its peer's inode).
+    let mut peers: Vec<(usize, u64)> = Vec::new();
+    let first_index = objects.sockets.len();
+    for &i in &socks {
+        let l = &listed[i];
+        let desc = records[i].record.desc;
+        if let Some(earlier) = records[..i]
+            .iter()
+            .find(|r| r.record.desc == desc && r.record.kind == fd_kind::SOCKET)
+        {
+            records[i].record.object = earlier.record.object;
+            continue;
+        }
+        let stdio = (0..=2).contains(&l.fd);
+        let others: Vec<i32> = elsewhere
+            .iter()
+            .filter(|(link, _)| *link == l.link)
+            .map(|&(_, p)| p)
+            .collect();
+        if !others.is_empty() {
+            if !stdio {
+                refusals.push(format!(
+                    "{} (fd {}) is also held by pid {}; objects shared between processes need a tree dump",
+                    Escaped(l.link.as_bytes()),
+                    l.fd,
+                    join(&others)
+                ));
+            }
+            continue;
+        }
+        let stolen: OwnedFd = match task.take_fd(l.fd) {
+            Ok(f) => f,
+            Err(e) => {
+                refusals.push(format!("fd {}: cannot take a copy of the socket: {e}", l.fd));
+                continue;
+            }
+        };
+        match objects::socket::collect(
+            l.fd,
+            l.meta.id.ino,
+            std::os::fd::AsFd::as_fd(&stolen),
+            stdio,
+            &mut cx,
+        ) {
+            Ok(objects::socket::Outcome::Saved {
+                state,
+                peer,
+                warning,
+            }) => {
+                objects.sockets.push(state);
+                records[i].record.object = index(objects.sockets.len());
+                peers.push((objects.sockets.len() - 1, peer));
+                warnings.extend(warning);
+            }
+            Ok(objects::socket::Outcome::Inherited) => {}
+            Err(why) => refusals.push(why),
+        }
+    }
+    // Link each pair: the peer's 1-based record index.
+    for &(at, peer) in &peers {
+        if peer == 0 {
+            continue;
+        }
+        let found = objects.sockets[first_index..]
+            .iter()
+            .position(|s| s.record.ino == peer)
+            .map(|p| index(first_index + p + 1));
+        match found {
+            Some(p) => objects.sockets[at].record.peer = p,
+            None => refusals.push(format!(
+                "socket:[{}] is connected to socket:[{peer}], which this process holds but was not saved",
+                objects.sockets[at].record.ino
+            )),
+        }
+    }
+    c.warnings.extend(warnings);
+    for why in refusals {
+        c.unsupported(why)?;
     }
     Ok(())
 }

@@ -7,6 +7,7 @@
 
 pub mod eventfd;
 pub mod pipe;
+pub mod socket;
 
 /// Why an object cannot be saved faithfully (a sentence naming the fd).
 pub type Refusal = String;

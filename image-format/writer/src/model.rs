@@ -49,6 +49,20 @@ pub struct PipeState {
 pub struct ObjectStates {
     pub pipes: Vec<PipeState>,
     pub eventfds: Vec<EventfdRecord>,
+    pub sockets: Vec<SocketState>,
+}
+
+/// A socket: its record (`addr`, `queue`, `options` are filled in by the
+/// writer) and what they hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SocketState {
+    pub record: image_format::records::SocketRecord,
+    /// The `sockaddr` bound.
+    pub addr: Vec<u8>,
+    /// The data waiting to be received (framed per datagram for
+    /// datagram and seqpacket sockets, see `SocketRecord`).
+    pub queue: Vec<u8>,
+    pub options: Vec<image_format::records::SockOpt>,
 }
 
 /// A run of pages to store: `[start, start + len)`, page-aligned, inside one

@@ -377,6 +377,17 @@ fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
             ..p.record
         })
         .collect();
+    let sockets: Vec<records::SocketRecord> = state
+        .objects
+        .sockets
+        .iter()
+        .map(|s| records::SocketRecord {
+            addr: strings.add(&s.addr),
+            queue: strings.add(&s.queue),
+            options: strings.add(zerocopy::IntoBytes::as_bytes(s.options.as_slice())),
+            ..s.record
+        })
+        .collect();
 
     notes.add(records::OWNER_CRIMG, records::note::STRTAB, &strings.bytes);
     notes.add_records::<ProcessRecord>(&[process]);
@@ -393,6 +404,7 @@ fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
     notes.add_records::<WarningRecord>(&warnings);
     notes.add_records(&pipes);
     notes.add_records(&state.objects.eventfds);
+    notes.add_records(&sockets);
 }
 
 /// The computed placement of everything in the file.
