@@ -328,7 +328,19 @@ fn fd_flags_and_refusals() {
         0,
         "pos:\t0\nflags:\t02\nmnt_id:\t9\n",
     );
-    assert!(unsupported(run(&mut task, false)).contains("fd 5 is a socket"));
+    // A socket is an object: its module reads it through a copy of the fd.
+    assert!(unsupported(run(&mut task, false)).contains("fd 5: cannot take a copy of the socket"));
+    // An established TCP connection (both ends here; the task's fd 5 is
+    // the connecting end) is refused by name.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let conn = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    task.stolen.insert(5, std::os::fd::OwnedFd::from(conn));
+    let why = unsupported(run(&mut task, false));
+    assert!(
+        why.contains("fd 5 is an established TCP connection 127.0.0.1:")
+            && why.contains(&format!("-> {}: not saved yet", l.local_addr().unwrap())),
+        "{why}"
+    );
 }
 
 #[test]
