@@ -6,8 +6,9 @@
 
 pub mod eventfd;
 pub mod pipe;
+pub mod socket;
 
-use image_format::records::{fd_kind, EventfdRecord, FdRecord, PipeRecord};
+use image_format::records::{fd_kind, EventfdRecord, FdRecord, PipeRecord, SocketRecord};
 use image_format::Image;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -76,7 +77,10 @@ pub fn lift(os: &impl Os, fd: i32, base: i32) -> Result<i32, Errno> {
 /// Whether the loader restores fds of `kind` as objects (from the note
 /// `object` indexes).
 pub fn is_object(kind: u32) -> bool {
-    matches!(kind, fd_kind::PIPE | fd_kind::FIFO | fd_kind::EVENTFD)
+    matches!(
+        kind,
+        fd_kind::PIPE | fd_kind::FIFO | fd_kind::EVENTFD | fd_kind::SOCKET
+    )
 }
 
 /// How many objects of fd kind `kind` the image holds.
@@ -84,6 +88,7 @@ pub fn count(image: &Image<'_>, kind: u32) -> Result<u32, image_format::ImageErr
     Ok(match kind {
         fd_kind::PIPE | fd_kind::FIFO => image.records::<PipeRecord>()?.len(),
         fd_kind::EVENTFD => image.records::<EventfdRecord>()?.len(),
+        fd_kind::SOCKET => image.records::<SocketRecord>()?.len(),
         _ => 0,
     })
 }
@@ -102,6 +107,7 @@ pub fn open(
     let fd = match f.kind {
         fd_kind::PIPE | fd_kind::FIFO => pipe::open(os, image, f, path, base, made)?,
         fd_kind::EVENTFD => eventfd::open(os, image, f, base)?,
+        fd_kind::SOCKET => socket::open(os, image, f, base, made)?,
         _ => {
             return Err(CheckError::UnsupportedFd {
                 fd: f.fd,

@@ -15,6 +15,7 @@ use core::arch::asm;
 pub mod mm;
 pub mod objects;
 pub mod os;
+pub mod sockets;
 pub mod startup;
 
 /// The real OS for stage 1.

@@ -412,7 +412,10 @@ fn save_sockets<T: Task>(
         let stolen: OwnedFd = match task.take_fd(l.fd) {
             Ok(f) => f,
             Err(e) => {
-                refusals.push(format!("fd {}: cannot take a copy of the socket: {e}", l.fd));
+                refusals.push(format!(
+                    "fd {}: cannot take a copy of the socket: {e}",
+                    l.fd
+                ));
                 continue;
             }
         };

@@ -86,12 +86,7 @@ pub fn collect(
     }
 }
 
-fn save(
-    fd: i32,
-    ino: u64,
-    sock: BorrowedFd<'_>,
-    cx: &mut Context<'_>,
-) -> Result<Outcome, Refusal> {
+fn save(fd: i32, ino: u64, sock: BorrowedFd<'_>, cx: &mut Context<'_>) -> Result<Outcome, Refusal> {
     let int = |level, name, what: &str| {
         sys::getsockopt_int(sock, level, name)
             .map_err(|e| format!("fd {fd}: cannot read the socket's {what}: {e}"))
@@ -230,7 +225,11 @@ fn save(
             } else {
                 return Err(format!(
                     "fd {fd} is a {} socket (type {sock_type}, protocol {protocol}): not saved",
-                    if family == libc::AF_INET { "IPv4" } else { "IPv6" }
+                    if family == libc::AF_INET {
+                        "IPv4"
+                    } else {
+                        "IPv6"
+                    }
                 ));
             }
         }
@@ -283,8 +282,9 @@ fn read_queue(
     old: i32,
     pid: i32,
 ) -> Result<Vec<u8>, Refusal> {
-    sys::setsockopt_int(sock, libc::SOL_SOCKET, SO_PEEK_OFF, 0)
-        .map_err(|e| format!("fd {fd}: cannot set a peek offset to read the socket's queue: {e}"))?;
+    sys::setsockopt_int(sock, libc::SOL_SOCKET, SO_PEEK_OFF, 0).map_err(|e| {
+        format!("fd {fd}: cannot set a peek offset to read the socket's queue: {e}")
+    })?;
     let walked = walk_queue(fd, sock, sock_type, pid);
     let put_back = sys::setsockopt_int(sock, libc::SOL_SOCKET, SO_PEEK_OFF, old);
     let queue = walked?;
@@ -298,8 +298,8 @@ fn walk_queue(fd: i32, sock: BorrowedFd<'_>, sock_type: i32, pid: i32) -> Result
     let mut buf = vec![0u8; MAX_QUEUE_BYTES];
     let mut queue = Vec::new();
     for _ in 0..MAX_QUEUE_MESSAGES {
-        let Some(m) =
-            sys::peek(sock, &mut buf).map_err(|e| format!("fd {fd}: cannot peek at the socket's queue: {e}"))?
+        let Some(m) = sys::peek(sock, &mut buf)
+            .map_err(|e| format!("fd {fd}: cannot peek at the socket's queue: {e}"))?
         else {
             return Ok(queue);
         };
@@ -478,13 +478,16 @@ const fn concat<const N: usize>(parts: &[&[(i32, i32)]]) -> [(i32, i32); N] {
 
 /// The port of an IPv4 or IPv6 `sockaddr` (0 if none).
 fn inet_port(addr: &[u8]) -> u16 {
-    addr.get(2..4).map_or(0, |p| u16::from_be_bytes([p[0], p[1]]))
+    addr.get(2..4)
+        .map_or(0, |p| u16::from_be_bytes([p[0], p[1]]))
 }
 
 /// A `sockaddr` for messages: `127.0.0.1:80`, `[::1]:80`, a unix path,
 /// `@name` for an abstract one, `unnamed` for none.
 pub fn show_addr(addr: &[u8]) -> String {
-    let family = addr.get(..2).map_or(0, |f| u16::from_ne_bytes([f[0], f[1]]));
+    let family = addr
+        .get(..2)
+        .map_or(0, |f| u16::from_ne_bytes([f[0], f[1]]));
     match i32::from(family) {
         libc::AF_INET if addr.len() >= 8 => {
             format!(

@@ -56,9 +56,7 @@ pub fn getsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i
 pub fn setsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32, value: i32) -> io::Result<()> {
     let b = value.to_ne_bytes();
     // SAFETY: the kernel reads 4 bytes from `b`.
-    check(unsafe {
-        libc::setsockopt(fd.as_raw_fd(), level, name, b.as_ptr().cast(), socklen(4))
-    })?;
+    check(unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, b.as_ptr().cast(), socklen(4)) })?;
     Ok(())
 }
 

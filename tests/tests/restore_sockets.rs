@@ -1,0 +1,174 @@
+//! Sockets round-trip: unix pairs (stream, datagram, seqpacket, one whose
+//! peer closed) with their queued data in both directions, listeners (TCP
+//! over IPv4 and IPv6, unix on a path and abstract) and a bound UDP socket
+//! with their options; and the refusals: a restore while the dumped
+//! process still holds its ports fails in stage 1 naming the address, a
+//! socket file that something else replaced is left alone, an
+//! established TCP connection is refused at dump by name.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixStream};
+use std::path::Path;
+use std::time::Duration;
+
+use crimg_tests::cli::{self, RunOutput};
+use crimg_tests::process::{CheckTrigger, LINE_TIMEOUT};
+use crimg_tests::{binaries, scratch_dir, Facts, Workload};
+
+/// Connect to each listener of the workload (which printed LISTENING) and
+/// send one datagram to its UDP socket: each answers "pong".
+fn talk_to(ready: &Facts) {
+    let port = |key: &str| -> u16 { ready.require(key).unwrap().parse().unwrap() };
+    let timeout = Some(Duration::from_secs(20));
+    let mut streams: Vec<(String, Box<dyn ReadWrite>)> = Vec::new();
+    let tcp = TcpStream::connect(("127.0.0.1", port("tcp"))).expect("connect to the TCP listener");
+    let tcp6 = TcpStream::connect(("::1", port("tcp6"))).expect("connect to the TCP6 listener");
+    let path = ready.require("path").unwrap();
+    let unix = UnixStream::connect(path).expect("connect to the unix listener on its path");
+    let name = SocketAddr::from_abstract_name(ready.require("abstract").unwrap()).unwrap();
+    let abstract_ = UnixStream::connect_addr(&name).expect("connect to the abstract listener");
+    for s in [&tcp, &tcp6] {
+        s.set_read_timeout(timeout).unwrap();
+    }
+    for s in [&unix, &abstract_] {
+        s.set_read_timeout(timeout).unwrap();
+    }
+    streams.push(("tcp".into(), Box::new(tcp)));
+    streams.push(("tcp6".into(), Box::new(tcp6)));
+    streams.push(("unix path".into(), Box::new(unix)));
+    streams.push(("unix abstract".into(), Box::new(abstract_)));
+    for (_, s) in &mut streams {
+        s.write_all(b"ping").unwrap();
+    }
+    // In the order the workload serves them: it waits for each to close
+    // before the next.
+    for (what, mut s) in streams {
+        let mut answer = [0u8; 4];
+        s.read_exact(&mut answer)
+            .unwrap_or_else(|err| panic!("no answer on the {what} connection: {err}"));
+        assert_eq!(&answer, b"pong", "{what}");
+    }
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(timeout).unwrap();
+    udp.send_to(b"ping", ("127.0.0.1", port("udp"))).unwrap();
+    let mut answer = [0u8; 4];
+    let (n, _) = udp.recv_from(&mut answer).expect("an answer on UDP");
+    assert_eq!(&answer[..n], b"pong");
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// Ask for a check, serve the test's connections, expect PASS.
+fn check_and_talk(w: &mut Workload, ready: &Facts) {
+    w.send_line("check").unwrap();
+    w.expect_line("LISTENING");
+    talk_to(ready);
+    let verdict = w
+        .stdout()
+        .wait_for_any(&["PASS ", "FAIL "], LINE_TIMEOUT)
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert!(
+        verdict.starts_with("PASS "),
+        "{verdict}\n{}",
+        w.stderr_report()
+    );
+}
+
+/// The loader run on `image`: it must exit with `code` and one line on
+/// stderr, returned.
+fn refusal(output: RunOutput, code: i32) -> String {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "the loader exited with {}; stderr:\n{}",
+        output.status,
+        output.stderr
+    );
+    let lines: Vec<&str> = output
+        .stderr
+        .lines()
+        .filter(|l| !l.contains(": warning: "))
+        .collect();
+    assert_eq!(lines.len(), 1, "stderr:\n{}", output.stderr);
+    lines[0].to_owned()
+}
+
+#[test]
+fn sockets_keep_their_queues_options_and_ports() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let mut w = Workload::start("sockets", [scratch.path()]);
+    let ready = w.ready().cloned().unwrap();
+    let dump = bins
+        .dump(w.pid(), &scratch.path().join("out"), true)
+        .unwrap_or_else(|err| panic!("{err}\n{}", w.stderr_report()));
+
+    // The original still holds its addresses: stage 1 refuses, naming one.
+    let output = cli::run(bins.loader_command(&dump.image), LINE_TIMEOUT).unwrap();
+    let line = refusal(output, 10);
+    let tcp = format!("127.0.0.1:{}", ready.require("tcp").unwrap());
+    assert!(
+        line.contains("in use (EADDRINUSE") && line.contains(&tcp),
+        "{line}"
+    );
+
+    // The dump consumed nothing: the original passes its own check.
+    check_and_talk(&mut w, &ready);
+    w.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+    w.wait_exit(LINE_TIMEOUT).unwrap();
+
+    // Its socket file is left behind. Something other than that socket in
+    // its place (a symlink to it) is refused and left alone.
+    let path = Path::new(ready.require("path").unwrap()).to_owned();
+    let moved = path.with_extension("moved");
+    std::fs::rename(&path, &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, &path).unwrap();
+    let output = cli::run(bins.loader_command(&dump.image), LINE_TIMEOUT).unwrap();
+    let line = refusal(output, 5);
+    assert!(
+        line.contains(&path.display().to_string()) && line.contains("not a socket"),
+        "{line}"
+    );
+    assert!(std::fs::symlink_metadata(&path).unwrap().is_symlink());
+    assert!(moved.exists());
+    std::fs::remove_file(&path).unwrap();
+    std::fs::rename(&moved, &path).unwrap();
+
+    // The stale socket file is replaced; every queue, option and listener
+    // is back.
+    let mut restored = bins.restore("sockets (restored)", &dump.image).unwrap();
+    check_and_talk(&mut restored, &ready);
+}
+
+#[test]
+fn an_established_tcp_connection_is_refused_by_name() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let mut w = Workload::start("sockets", ["--established"]);
+    let port = w.ready().unwrap().require("tcp").unwrap().to_owned();
+    let out = scratch.path().join("out");
+    let output = cli::run(bins.crdump_command(w.pid(), &out, false), LINE_TIMEOUT).unwrap();
+    assert!(
+        !output.status.success(),
+        "crdump succeeded: {}",
+        output.stderr
+    );
+    assert!(
+        output
+            .stderr
+            .contains("is an established TCP connection 127.0.0.1:")
+            && output
+                .stderr
+                .contains(&format!("-> 127.0.0.1:{port}: not saved yet")),
+        "{}",
+        output.stderr
+    );
+    assert!(!out.join(format!("task-{}.crimg", w.pid())).exists());
+    // Left running, its connection intact.
+    w.expect_pass(CheckTrigger::Stdin);
+}
