@@ -44,6 +44,7 @@ pub mod image;
 pub mod layout;
 pub mod limits;
 pub mod os;
+pub mod posix_timers;
 pub mod scratch;
 pub mod stable;
 
@@ -239,6 +240,10 @@ pub enum CheckError {
     /// The image changed, or someone waits to open it for writing, since
     /// stage 1 began ([`stable`]).
     ImageBeingWritten,
+    /// This kernel or process cannot give the POSIX timers back.
+    PosixTimer {
+        error: crate::posix_timers::PosixTimerError,
+    },
 }
 
 impl CheckError {
@@ -250,6 +255,7 @@ impl CheckError {
             | CheckError::ImageBeingWritten
             | CheckError::ImageNotRegular { .. } => ExitCode::ImageUnreadable,
             CheckError::Rule { error } => error.exit_code(),
+            CheckError::PosixTimer { error } => error.exit_code(),
             CheckError::Corrupt { .. }
             | CheckError::NoThread
             | CheckError::BadXsave { .. }
@@ -408,6 +414,7 @@ impl fmt::Display for CheckError {
                 f,
                 "internal error: stage 1's scratch memory has no room for {items} entries of its {table} table"
             ),
+            CheckError::PosixTimer { error } => write!(f, "{error}"),
             CheckError::ImageBeingWritten => write!(
                 f,
                 "the image is being written by another process (it changed, or a writer waits for it, since it was checked); run it once it is complete"
@@ -483,6 +490,7 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
     };
     let mut scratch = Scratch::map(&tables)?;
     let records = limits::process_records(os, &image, &record_notes, &mut scratch)?;
+    let posix_timers = posix_timers::check_posix_timers(os, &image)?;
 
     // Fd numbers the task uses; everything the loader opens goes above.
     let loader_fds = fds::place_loader_fds(os, &notes.fds, mapped.fd)?;
@@ -544,6 +552,7 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
         pid: os.getpid(),
         pending: records.pending,
         itimers: records.itimers,
+        posix_timers,
         creds,
         no_new_privs,
         gadgets,
@@ -636,7 +645,9 @@ fn check_memory(os: &impl Os, checked: &Checked, caps: u64) -> Result<(), CheckE
         .ok()
         .and_then(|n| crate::plan::parse_sigq(&status[..n]));
     crate::plan::check_sigqueue(input.pending, input.rlimits, sigq)
-        .map_err(|error| CheckError::SigQueue { error })
+        .map_err(|error| CheckError::SigQueue { error })?;
+    posix_timers::fit_sigqueue(input.posix_timers.len(), input.pending, input.rlimits, sigq)
+        .map_err(|error| CheckError::PosixTimer { error })
 }
 
 /// Set the task's mm-wide memory settings (THP disabled, KSM merging) on

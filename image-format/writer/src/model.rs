@@ -6,7 +6,8 @@
 use image_format::elf::UserRegs;
 use image_format::records::{
     CredsRecord, EventfdRecord, FdRecord, GadgetsRecord, ItimerRecord, MmRecord,
-    PendingSignalRecord, ProcessRecord, RlimitRecord, SigactionRecord, ThreadRecord, VmaRecord,
+    PendingSignalRecord, PosixTimerRecord, ProcessRecord, RlimitRecord, SigactionRecord,
+    ThreadRecord, VmaRecord,
 };
 
 /// One thread: its registers and per-thread extras.
@@ -50,6 +51,8 @@ pub struct ObjectStates {
     pub pipes: Vec<PipeState>,
     pub eventfds: Vec<EventfdRecord>,
     pub sockets: Vec<SocketState>,
+    /// The POSIX timers (`timer_create`), by id; not behind an fd.
+    pub posix_timers: Vec<PosixTimerRecord>,
 }
 
 /// A socket: its record (`addr`, `queue`, `options` are filled in by the
