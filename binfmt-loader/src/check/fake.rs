@@ -187,6 +187,15 @@ impl Os for Fake {
         Ok(self.new_fd(path, min))
     }
     fn set_status_flags(&self, fd: i32, _flags: u32) -> Result<(), Errno> {
+        // Sockets are not files of the fake's table.
+        if self
+            .open
+            .borrow()
+            .get(&fd)
+            .is_some_and(|p| p.starts_with(b"socket:"))
+        {
+            return Ok(());
+        }
         self.file(fd).map(|_| ())
     }
     fn seek_to(&self, fd: i32, off: u64) -> Result<u64, Errno> {

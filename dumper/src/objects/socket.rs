@@ -147,6 +147,15 @@ fn save(fd: i32, ino: u64, sock: BorrowedFd<'_>, cx: &mut Context<'_>) -> Result
                         u.peer
                     ));
                 }
+                // A datagram socket connected to one that is not
+                // connected back (a bound server socket): not a pair.
+                let back = table.get(&u.peer).map_or(0, |p| p.peer);
+                if u64::from(back) != ino {
+                    return Err(format!(
+                        "fd {fd} is a unix datagram socket connected to socket:[{}] of this process, which is not connected back: not saved yet",
+                        u.peer
+                    ));
+                }
                 record.mode = socket_mode::UNIX_PAIR;
                 peer = u64::from(u.peer);
             } else if u.state == TCP_ESTABLISHED && sock_type != libc::SOCK_DGRAM {
@@ -633,6 +642,29 @@ mod tests {
             collect(1, socks[0], a.as_fd(), true, &mut cx).unwrap(),
             Outcome::Inherited
         ));
+    }
+
+    #[test]
+    fn a_datagram_socket_connected_one_way_is_refused() {
+        let dir = std::env::temp_dir().join(format!("crimg-dgram-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let server = UnixDatagram::bind(&dir).unwrap();
+        let client = UnixDatagram::unbound().unwrap();
+        client.connect(&dir).unwrap();
+        let socks = [ino(server.as_fd()), ino(client.as_fd())];
+        let none = |_| Vec::new();
+        let mut cx = context(&socks, &none);
+        let why = collect(8, socks[1], client.as_fd(), false, &mut cx).unwrap_err();
+        assert!(why.contains("not connected back"), "{why}");
+        // The bound server alone is kept, with its name.
+        let Outcome::Saved { state, .. } =
+            collect(9, socks[0], server.as_fd(), false, &mut cx).unwrap()
+        else {
+            panic!("not saved")
+        };
+        assert_eq!(state.record.mode, socket_mode::UNCONNECTED);
+        assert_ne!(state.record.flags & socket_flags::BOUND, 0);
+        std::fs::remove_file(&dir).unwrap();
     }
 
     #[test]
