@@ -31,6 +31,7 @@
 #include <poll.h>
 #include <stddef.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 
 /* One protocol line, flushed at once (the test reads a pipe). */
@@ -274,7 +275,8 @@ static void setup(const char *dir)
 	snprintf(path, sizeof path, "%s/listener", dir);
 	memcpy(un.sun_path, path, strlen(path) + 1);
 	unix_path = socket(AF_UNIX, SOCK_STREAM, 0);
-	if (bind(unix_path, (struct sockaddr *)&un, sizeof un) || listen(unix_path, 5))
+	if (bind(unix_path, (struct sockaddr *)&un, sizeof un) || listen(unix_path, 5) ||
+	    chmod(path, 0711))
 		die("unix path listen");
 	snprintf(abstract_name, sizeof abstract_name, "crimg-sockets-%d", getpid());
 	memset(&un, 0, sizeof un);
@@ -340,6 +342,13 @@ static void check_queues(void)
 	check_equal("tcp6 port", port_of(tcp6), tcp6_port);
 	check_equal("udp SO_BROADCAST", opt(udp, SOL_SOCKET, SO_BROADCAST), saved.broadcast);
 	check_equal("udp port", port_of(udp), udp_port);
+	{
+		struct stat st;
+		if (stat(path, &st) || !S_ISSOCK(st.st_mode))
+			fail("%s is not a socket", path);
+		else
+			check_equal("unix listener's file mode", (int)(st.st_mode & 07777), 0711);
+	}
 }
 
 /* Wait up to 20 s for `fd` to be readable. */

@@ -361,4 +361,8 @@ impl Os for Fake {
         self.call(std::format!("unlink {}", String::from_utf8_lossy(path)));
         Ok(())
     }
+    fn umask(&self, mask: u32) -> u32 {
+        self.call(std::format!("umask {mask:o}"));
+        0o022
+    }
 }

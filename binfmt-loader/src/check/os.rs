@@ -97,4 +97,6 @@ pub trait Os {
     fn shutdown(&self, fd: i32, how: u32) -> Result<(), Errno>;
     /// `unlinkat(AT_FDCWD, path, 0)`.
     fn unlink(&self, path: &[u8]) -> Result<(), Errno>;
+    /// `umask(mask)`: the old mask.
+    fn umask(&self, mask: u32) -> u32;
 }

@@ -623,6 +623,7 @@ fn socket_task(unix_path: &str) -> TaskState {
                 mode: socket_mode::LISTEN,
                 flags: socket_flags::BOUND,
                 backlog: 5,
+                file_mode: 0o710,
                 ..Default::default()
             },
             addr: unix_addr,
@@ -675,9 +676,27 @@ fn sockets_are_made_filled_and_bound_in_order() {
     let sent_to_five = at(&std::format!("send {a} [116, 111, 32, 102, 105, 118, 101]"));
     let peek = at(&std::format!("setsockopt {a} 1 42 [3, 0, 0, 0]"));
     assert!(sent_to_four < peek && sent_to_five < peek, "{calls:#?}");
-    // No socket file there: bound at once, then listening.
+    // No socket file there: bound at once (with the umask that gives its
+    // file the mode it had), then listening.
     assert!(!calls.iter().any(|c| c.starts_with("unlink")));
     assert!(at("bind") < at("listen") && calls.iter().any(|c| c.ends_with(" 5")));
+    assert!(
+        at("umask 67") < at("bind") && at("bind") < at("umask 22"),
+        "{calls:#?}"
+    );
+
+    // A socket whose file had been removed: bound, then removed again.
+    let mut state = socket_task("/run/s.sock");
+    state.objects.sockets[2].record.flags |= image_format::records::socket_flags::UNLINKED;
+    let os = machine();
+    run(&os, &state, code_page(), (1000, 1000)).unwrap();
+    let calls = os.socket_calls.borrow().clone();
+    let bind = calls.iter().position(|c| c.starts_with("bind")).unwrap();
+    let unlink = calls
+        .iter()
+        .position(|c| c == "unlink /run/s.sock")
+        .unwrap();
+    assert!(bind < unlink, "{calls:#?}");
     // TCP: SO_RCVBUF halved; SO_REUSEADDR on for the bind, back to 0 after
     // listen.
     let tcp = calls

@@ -344,16 +344,31 @@ fn single(
         let tcp_bind = bound && record.family != AF_UNIX && record.protocol == IPPROTO_TCP;
         set_options(os, image, f, fd, record, tcp_bind)?;
         if bound {
-            if record.family == AF_UNIX {
+            let path = if record.family == AF_UNIX {
                 clear_stale_path(os, f, addr, record.sock_type)?;
+                unix_path(addr)
+            } else {
+                None
+            };
+            // The socket file gets the permissions it had: bind makes it
+            // 0777 less the umask.
+            let old_mask = (path.is_some() && record.file_mode != 0)
+                .then(|| os.umask(0o777 & !record.file_mode));
+            let bound = os.bind_or_connect(fd, addr, false);
+            if let Some(m) = old_mask {
+                os.umask(m);
             }
-            os.bind_or_connect(fd, addr, false)
-                .map_err(|errno| CheckError::SocketAddress {
-                    fd: f.fd,
-                    step: "bind",
-                    addr,
-                    errno,
-                })?;
+            bound.map_err(|errno| CheckError::SocketAddress {
+                fd: f.fd,
+                step: "bind",
+                addr,
+                errno,
+            })?;
+            // Its file had been removed: so again (the name stays bound).
+            if let (Some(path), true) = (path, record.flags & socket_flags::UNLINKED != 0) {
+                os.unlink(path)
+                    .map_err(failed(f, "remove the socket's file, as it was"))?;
+            }
         }
         if record.mode == socket_mode::LISTEN {
             os.listen(fd, record.backlog)

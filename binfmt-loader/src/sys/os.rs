@@ -143,4 +143,7 @@ impl Os for Kernel {
     fn unlink(&self, path: &[u8]) -> Result<(), Errno> {
         super::sockets::unlink(path)
     }
+    fn umask(&self, mask: u32) -> u32 {
+        super::sockets::umask(mask)
+    }
 }

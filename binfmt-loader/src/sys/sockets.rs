@@ -150,3 +150,11 @@ pub fn unlink(path: &[u8]) -> Result<(), Errno> {
     };
     result(r).map(|_| ())
 }
+
+/// `umask(mask)`: the old mask (a unix socket file is made with the
+/// permissions the umask leaves).
+pub fn umask(mask: u32) -> u32 {
+    // SAFETY: integer argument only; umask cannot fail.
+    let r = unsafe { syscall6(super::nr::UMASK, u64::from(mask & 0o777), 0, 0, 0, 0, 0) };
+    result(r).map_or(0o022, |m| u32::try_from(m).unwrap_or(0o022))
+}

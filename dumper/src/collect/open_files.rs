@@ -377,11 +377,20 @@ fn save_sockets<T: Task>(
             .map(|v| v.into_iter().map(|(_, p)| p).collect())
             .unwrap_or_default()
     };
+    let root = c.proc_path("root");
+    let path_inode = |path: &[u8]| -> Option<(u64, u32)> {
+        let mut full = std::ffi::OsString::from(&root);
+        full.push(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path));
+        task.metadata(std::path::Path::new(&full))
+            .ok()
+            .map(|m| (m.id.ino, m.mode))
+    };
     let mut cx = objects::socket::Context {
         pid: c.pid,
         task_sockets: &inodes,
         holders: &holders,
         unix: None,
+        path_inode: &path_inode,
     };
     let mut refusals = Vec::new();
     let mut warnings = Vec::new();

@@ -69,6 +69,8 @@ pub struct Context<'a> {
     pub holders: &'a dyn Fn(u64) -> Vec<i32>,
     /// The unix socket table, read at the first unix socket.
     pub unix: Option<HashMap<u32, UnixSocket>>,
+    /// The inode and mode of a path as the task sees it (`None`: missing).
+    pub path_inode: &'a dyn Fn(&[u8]) -> Option<(u64, u32)>,
 }
 
 /// Save the socket behind the task's fd `fd` (`sock` is a copy of it).
@@ -134,6 +136,7 @@ fn save(fd: i32, ino: u64, sock: BorrowedFd<'_>, cx: &mut Context<'_>) -> Result
                 record.mode = socket_mode::LISTEN;
                 record.flags |= socket_flags::BOUND;
                 record.backlog = u.wqueue;
+                socket_file(&mut record, &addr, u, cx);
             } else if u.peer != 0 {
                 if !cx.task_sockets.contains(&u64::from(u.peer)) {
                     let pids = (cx.holders)(u64::from(u.peer));
@@ -172,6 +175,7 @@ fn save(fd: i32, ino: u64, sock: BorrowedFd<'_>, cx: &mut Context<'_>) -> Result
                 if addr.len() > 2 {
                     check_unix_name(fd, &addr)?;
                     record.flags |= socket_flags::BOUND;
+                    socket_file(&mut record, &addr, u, cx);
                 }
                 record.mode = socket_mode::UNCONNECTED;
             }
@@ -267,6 +271,23 @@ fn save(fd: i32, ino: u64, sock: BorrowedFd<'_>, cx: &mut Context<'_>) -> Result
         peer,
         warning,
     })
+}
+
+/// The socket file of a unix socket bound to a path: its permissions,
+/// or [`socket_flags::UNLINKED`] when the path no longer names it.
+fn socket_file(record: &mut SocketRecord, addr: &[u8], u: &UnixSocket, cx: &Context<'_>) {
+    let path = addr.get(2..).unwrap_or(&[]);
+    if path.first().is_none_or(|&b| b == 0) {
+        return;
+    }
+    let path = path.split(|&b| b == 0).next().unwrap_or(path);
+    let here = (cx.path_inode)(path);
+    match (here, u.vfs) {
+        (Some((ino, mode)), Some((_, vfs_ino))) if ino == u64::from(vfs_ino) => {
+            record.file_mode = mode & 0o7777;
+        }
+        _ => record.flags |= socket_flags::UNLINKED,
+    }
 }
 
 /// A unix name the loader can bind again: abstract, or an absolute path.
@@ -577,6 +598,12 @@ mod tests {
             task_sockets: socks,
             holders: none,
             unix: None,
+            path_inode: &|p| {
+                use std::os::unix::ffi::OsStrExt;
+                use std::os::unix::fs::MetadataExt;
+                let p = std::path::Path::new(std::ffi::OsStr::from_bytes(p));
+                std::fs::metadata(p).ok().map(|m| (m.ino(), m.mode()))
+            },
         }
     }
 
@@ -664,7 +691,23 @@ mod tests {
         };
         assert_eq!(state.record.mode, socket_mode::UNCONNECTED);
         assert_ne!(state.record.flags & socket_flags::BOUND, 0);
+        assert_eq!(state.record.flags & socket_flags::UNLINKED, 0);
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o741))
+            .unwrap();
+        let Outcome::Saved { state, .. } =
+            collect(9, socks[0], server.as_fd(), false, &mut cx).unwrap()
+        else {
+            panic!("not saved")
+        };
+        assert_eq!(state.record.file_mode, 0o741);
+        // Its file removed: bound again, then removed again.
         std::fs::remove_file(&dir).unwrap();
+        let Outcome::Saved { state, .. } =
+            collect(9, socks[0], server.as_fd(), false, &mut cx).unwrap()
+        else {
+            panic!("not saved")
+        };
+        assert_ne!(state.record.flags & socket_flags::UNLINKED, 0);
     }
 
     #[test]

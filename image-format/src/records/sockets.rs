@@ -29,6 +29,9 @@ pub mod socket_flags {
     pub const PEER_CLOSED: u32 = 1;
     /// `addr` is to be bound (a fresh socket of the kind would not be).
     pub const BOUND: u32 = 2;
+    /// A unix socket bound to a path whose file was removed since (or
+    /// now names another file): the loader binds, then removes the file.
+    pub const UNLINKED: u32 = 4;
 }
 
 /// `SocketRecord::shutdown` bits (the kernel's `sk_shutdown`).
@@ -90,8 +93,12 @@ pub struct SocketRecord {
     pub queue: StrRef,
     /// [`SockOpt`]s, in the order to set them.
     pub options: StrRef,
+    /// A unix socket bound to a path: the permission bits of its file
+    /// (0: not known, the loader's umask decides).
+    pub file_mode: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<SocketRecord>() == 64);
+const _: () = assert!(core::mem::size_of::<SocketRecord>() == 72);
 impl Record for SocketRecord {
     const NOTE_TYPE: u32 = note::SOCKETS;
 }
