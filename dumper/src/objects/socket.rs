@@ -70,8 +70,11 @@ pub struct Context<'a> {
     /// The unix socket table, read at the first unix socket.
     pub unix: Option<HashMap<u32, UnixSocket>>,
     /// The inode and mode of a path as the task sees it (`None`: missing).
-    pub path_inode: &'a dyn Fn(&[u8]) -> Option<(u64, u32)>,
+    pub path_inode: &'a PathLookup<'a>,
 }
+
+/// The inode and `st_mode` of a path as the task sees it (`None`: missing).
+pub type PathLookup<'a> = dyn Fn(&[u8]) -> Option<(u64, u32)> + 'a;
 
 /// Save the socket behind the task's fd `fd` (`sock` is a copy of it).
 /// A socket on fds 0–2 that cannot be saved is inherited instead.
