@@ -466,14 +466,12 @@ impl fmt::Display for SockAddr<'_> {
         match u32::from(family) {
             AF_INET if a.len() >= 8 => write!(f, "{}.{}.{}.{}:{port}", a[4], a[5], a[6], a[7]),
             AF_INET6 if a.len() >= 24 => {
-                f.write_str("[")?;
-                for i in 0..8 {
-                    if i > 0 {
-                        f.write_str(":")?;
-                    }
-                    let g = u16::from_be_bytes([a[8 + 2 * i], a[9 + 2 * i]]);
-                    write!(f, "{g:x}")?;
+                let mut g = [0u16; 8];
+                for (i, w) in g.iter_mut().enumerate() {
+                    *w = u16::from_be_bytes([a[8 + 2 * i], a[9 + 2 * i]]);
                 }
+                f.write_str("[")?;
+                write_ipv6(f, &g)?;
                 write!(f, "]:{port}")
             }
             AF_UNIX => match a.get(2..) {
@@ -484,6 +482,36 @@ impl fmt::Display for SockAddr<'_> {
             _ => write!(f, "an address of family {family}"),
         }
     }
+}
+
+/// The eight groups of an IPv6 address, the longest run of two or more
+/// zero groups written `::` (RFC 5952).
+fn write_ipv6(f: &mut fmt::Formatter<'_>, g: &[u16; 8]) -> fmt::Result {
+    let (mut best, mut best_len, mut i) = (8, 1, 0);
+    while i < 8 {
+        let start = i;
+        while i < 8 && g[i] == 0 {
+            i += 1;
+        }
+        if i - start > best_len {
+            (best, best_len) = (start, i - start);
+        }
+        i += 1;
+    }
+    let mut k = 0;
+    while k < 8 {
+        if k == best {
+            f.write_str("::")?;
+            k += best_len;
+            continue;
+        }
+        if k > 0 && k != best + best_len {
+            f.write_str(":")?;
+        }
+        write!(f, "{:x}", g[k])?;
+        k += 1;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -499,7 +527,13 @@ mod tests {
         let mut v6 = std::vec![10, 0, 0, 80, 0, 0, 0, 0];
         v6.extend([0; 15]);
         v6.push(1);
-        assert_eq!(SockAddr(&v6).to_string(), "[0:0:0:0:0:0:0:1]:80");
+        assert_eq!(SockAddr(&v6).to_string(), "[::1]:80");
+        v6[8] = 0xfe;
+        v6[9] = 0x80;
+        v6[19] = 0xab;
+        assert_eq!(SockAddr(&v6).to_string(), "[fe80::ab:0:1]:80");
+        v6[8..24].copy_from_slice(&[0; 16]);
+        assert_eq!(SockAddr(&v6).to_string(), "[::]:80");
         assert_eq!(SockAddr(b"\x01\0\0ab").to_string(), "@ab");
         assert_eq!(SockAddr(b"\x01\0/tmp/s\0").to_string(), "/tmp/s");
     }

@@ -455,6 +455,17 @@ fn save_sockets<T: Task>(
             Err(why) => refusals.push(why),
         }
     }
+    // The queues go into the image's notes, which are bounded in all.
+    let queued: usize = objects.sockets[first_index..]
+        .iter()
+        .map(|s| s.queue.len())
+        .sum();
+    if queued > objects::socket::MAX_TOTAL_QUEUE_BYTES {
+        refusals.push(format!(
+            "the process's sockets have {queued} bytes queued, more than the {} crimg saves",
+            objects::socket::MAX_TOTAL_QUEUE_BYTES
+        ));
+    }
     // Link each pair: the peer's 1-based record index.
     for &(at, peer) in &peers {
         if peer == 0 {

@@ -32,6 +32,9 @@ use super::Refusal;
 /// At most this many bytes are saved of one socket's queue; a fuller one is
 /// refused rather than cut.
 pub const MAX_QUEUE_BYTES: usize = 8 << 20;
+/// At most this many bytes of all the sockets' queues (the image's notes
+/// are bounded in all).
+pub const MAX_TOTAL_QUEUE_BYTES: usize = 32 << 20;
 /// At most this many messages of one queue (a bound on the walk).
 const MAX_QUEUE_MESSAGES: usize = 1 << 20;
 
