@@ -172,3 +172,82 @@ fn an_established_tcp_connection_is_refused_by_name() {
     // Left running, its connection intact.
     w.expect_pass(CheckTrigger::Stdin);
 }
+
+/// `python3 -u -c script`, once it printed a line starting with `first`
+/// (returned).
+fn python(script: &str, first: &str) -> (Workload, String) {
+    let mut command = std::process::Command::new("python3");
+    command.args(["-u", "-c", script]);
+    let mut w = Workload::spawn_command("python3", command).unwrap_or_else(|err| panic!("{err}"));
+    let line = w.expect_line(first);
+    (w, line)
+}
+
+/// crdump of `w` must fail with `want` in its message, write nothing, and
+/// leave `w` running.
+fn expect_dump_refused(w: &mut Workload, want: &str) -> String {
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let out = scratch.path().join("out");
+    let output = cli::run(bins.crdump_command(w.pid(), &out, false), LINE_TIMEOUT).unwrap();
+    assert!(
+        !output.status.success(),
+        "crdump succeeded: {}",
+        output.stderr
+    );
+    assert!(output.stderr.contains(want), "{}", output.stderr);
+    assert!(!out.join(format!("task-{}.crimg", w.pid())).exists());
+    output.stderr
+}
+
+#[test]
+fn file_descriptors_in_flight_are_refused_and_left_queued() {
+    crimg_tests::skip_unless_root!();
+    let script = r#"
+import os, socket, sys
+a, b = socket.socketpair()
+r, w = os.pipe()
+socket.send_fds(a, [b"with an fd"], [r])
+os.close(r)
+print("ready", flush=True)
+for line in sys.stdin:
+    msg, fds, _, _ = socket.recv_fds(b, 64, 4)
+    print("alive", msg.decode(), len(fds), flush=True)
+"#;
+    let (mut w, _) = python(script, "ready");
+    expect_dump_refused(
+        &mut w,
+        "file descriptor(s) in flight (SCM_RIGHTS): not saved",
+    );
+    // The message and its fd are still queued (peeking took copies only).
+    w.send_line("x").unwrap();
+    assert_eq!(w.expect_line("alive"), "alive with an fd 1");
+}
+
+#[test]
+fn a_unix_socket_whose_peer_is_in_another_process_is_refused_naming_it() {
+    crimg_tests::skip_unless_root!();
+    let script = r#"
+import os, socket, sys, time
+a, b = socket.socketpair()
+child = os.fork()
+if child == 0:
+    b.close()
+    while True:
+        time.sleep(60)
+a.close()
+print("ready", child, flush=True)
+for line in sys.stdin:
+    print("alive", flush=True)
+"#;
+    let (mut w, line) = python(script, "ready");
+    let child: i32 = line.split(' ').nth(1).unwrap().parse().unwrap();
+    let _child = crimg_tests::PidGuard::new(child).unwrap();
+    let message = expect_dump_refused(&mut w, "is a unix socket connected to socket:[");
+    assert!(
+        message.contains(&format!("outside this process (held by pid {child})")),
+        "{message}"
+    );
+    w.send_line("x").unwrap();
+    w.expect_line("alive");
+}
