@@ -251,3 +251,54 @@ for line in sys.stdin:
     w.send_line("x").unwrap();
     w.expect_line("alive");
 }
+
+/// `GET /` on `127.0.0.1:port`: the status line.
+fn http_get(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the HTTP server");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[test]
+fn python_http_server_answers_on_its_port_after_restore() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let mut command = std::process::Command::new("python3");
+    command
+        .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "0"])
+        .current_dir(scratch.path());
+    let mut w = Workload::spawn_command("http.server", command).unwrap();
+    // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
+    let line = w.expect_line("Serving HTTP on");
+    let port: u16 = line.split(' ').nth(5).unwrap().parse().unwrap();
+    assert!(http_get(port).contains(" 200 "), "before the dump");
+    let dump = bins
+        .dump(w.pid(), &scratch.path().join("out"), false)
+        .unwrap_or_else(|err| panic!("{err}\n{}", w.stderr_report()));
+    w.wait_exit(LINE_TIMEOUT).unwrap();
+    let mut restored = bins.restore("http.server (restored)", &dump.image).unwrap();
+    // It prints nothing once back: wait until its listener is there (the
+    // loader makes it in stage 1, before the switch), or it died.
+    let deadline = std::time::Instant::now() + LINE_TIMEOUT;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = restored.child().try_status() {
+            panic!("the restore ended ({status}): {}", restored.stderr_report());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no listener on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = http_get(port);
+    assert!(status.contains(" 200 "), "after the restore: {status:?}");
+}
