@@ -302,3 +302,71 @@ fn python_http_server_answers_on_its_port_after_restore() {
     let status = http_get(port);
     assert!(status.contains(" 200 "), "after the restore: {status:?}");
 }
+
+#[test]
+fn a_listener_with_connections_waiting_is_refused_with_their_count() {
+    crimg_tests::skip_unless_root!();
+    let script = r#"
+import socket, sys
+l = socket.socket()
+l.bind(("127.0.0.1", 0))
+l.listen(8)
+clients = [socket.create_connection(l.getsockname()) for _ in range(2)]
+print("ready", l.getsockname()[1], flush=True)
+for line in sys.stdin:
+    print("alive", len([l.accept() for _ in clients]), flush=True)
+"#;
+    let (mut w, line) = python(script, "ready");
+    let port = line.split(' ').nth(1).unwrap().to_owned();
+    expect_dump_refused(
+        &mut w,
+        &format!(
+            "is a TCP listener on 127.0.0.1:{port} with 2 connection(s) waiting to be accepted"
+        ),
+    );
+    w.send_line("x").unwrap();
+    assert_eq!(w.expect_line("alive"), "alive 2");
+}
+
+#[test]
+fn datagrams_queued_on_a_bound_udp_socket_are_dropped_with_a_warning() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let script = r#"
+import socket, sys
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(("127.0.0.1", 0))
+u.sendto(b"queued", u.getsockname())
+print("ready", u.getsockname()[1], flush=True)
+for line in sys.stdin:
+    u.setblocking(False)
+    try:
+        print("got", u.recv(64).decode(), flush=True)
+    except BlockingIOError:
+        print("got nothing", flush=True)
+"#;
+    let (mut w, line) = python(script, "ready");
+    let port = line.split(' ').nth(1).unwrap().to_owned();
+    let dump = bins
+        .dump(w.pid(), &scratch.path().join("out"), false)
+        .unwrap_or_else(|err| panic!("{err}\n{}", w.stderr_report()));
+    let said = format!("{}{}", dump.output.stdout, dump.output.stderr);
+    assert!(
+        said.contains(&format!(
+            "the datagrams queued on UDP socket 127.0.0.1:{port} are dropped"
+        )),
+        "{said}"
+    );
+    w.wait_exit(LINE_TIMEOUT).unwrap();
+    let mut restored = bins.restore("python3 (restored)", &dump.image).unwrap();
+    // Bound to its port again, and empty.
+    restored.send_line("x").unwrap();
+    assert_eq!(restored.expect_line("got"), "got nothing");
+    let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+    probe
+        .send_to(b"again", ("127.0.0.1", port.parse::<u16>().unwrap()))
+        .unwrap();
+    restored.send_line("x").unwrap();
+    assert_eq!(restored.expect_line("got"), "got again");
+}
