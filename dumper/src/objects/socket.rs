@@ -259,7 +259,12 @@ fn save(fd: i32, ino: u64, sock: BorrowedFd<'_>, cx: &mut Context<'_>) -> Result
             ))
         }
     }
-    let peek_off = int(libc::SOL_SOCKET, SO_PEEK_OFF, "peek offset")?;
+    // Only unix pairs need it; other kinds may not have one.
+    let peek_off = if record.mode == socket_mode::UNIX_PAIR {
+        int(libc::SOL_SOCKET, SO_PEEK_OFF, "peek offset")?
+    } else {
+        sys::getsockopt_int(sock, libc::SOL_SOCKET, SO_PEEK_OFF).unwrap_or(-1)
+    };
     if record.mode == socket_mode::UNIX_PAIR {
         queue = read_queue(fd, sock, sock_type, peek_off, cx.pid)?;
     }
@@ -438,6 +443,7 @@ fn option_list(family: i32, sock_type: i32, protocol: i32) -> &'static [(i32, i3
         (SOL_SOCKET, SO_BROADCAST),
         (SOL_SOCKET, SO_OOBINLINE),
         (SOL_SOCKET, SO_LINGER),
+        (SOL_SOCKET, SO_BINDTODEVICE),
     ];
     const TCP4: &[(i32, i32)] = &[
         (IPPROTO_IP, IP_TOS),
@@ -480,10 +486,10 @@ fn option_list(family: i32, sock_type: i32, protocol: i32) -> &'static [(i32, i3
     ];
     // One table per kind, options of every level in the order set.
     const UNIX_ALL: &[(i32, i32)] = UNIX;
-    const TCP4_ALL: &[(i32, i32)] = &concat::<36>(&[UNIX, SOCKET, TCP4, TCP]);
-    const TCP6_ALL: &[(i32, i32)] = &concat::<34>(&[UNIX, SOCKET, TCP6, TCP]);
-    const UDP4_ALL: &[(i32, i32)] = &concat::<25>(&[UNIX, SOCKET, TCP4, UDP4]);
-    const UDP6_ALL: &[(i32, i32)] = &concat::<22>(&[UNIX, SOCKET, TCP6, UDP6]);
+    const TCP4_ALL: &[(i32, i32)] = &concat::<37>(&[UNIX, SOCKET, TCP4, TCP]);
+    const TCP6_ALL: &[(i32, i32)] = &concat::<35>(&[UNIX, SOCKET, TCP6, TCP]);
+    const UDP4_ALL: &[(i32, i32)] = &concat::<26>(&[UNIX, SOCKET, TCP4, UDP4]);
+    const UDP6_ALL: &[(i32, i32)] = &concat::<23>(&[UNIX, SOCKET, TCP6, UDP6]);
     match (family, sock_type, protocol) {
         (AF_UNIX, _, _) => UNIX_ALL,
         (AF_INET, _, IPPROTO_TCP) => TCP4_ALL,
@@ -730,6 +736,32 @@ mod tests {
             l.local_addr().unwrap()
         );
         assert_eq!(why, want);
+    }
+
+    #[test]
+    fn options_that_differ_from_a_fresh_sockets_are_kept() {
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        u.set_broadcast(true).unwrap();
+        // SO_BINDTODEVICE needs CAP_NET_RAW: only where the test has it.
+        let on_lo =
+            sys::setsockopt(u.as_fd(), libc::SOL_SOCKET, libc::SO_BINDTODEVICE, b"lo\0").is_ok();
+        let socks = [ino(u.as_fd())];
+        let none = |_| Vec::new();
+        let mut cx = context(&socks, &none);
+        let Outcome::Saved { state, .. } = collect(3, socks[0], u.as_fd(), false, &mut cx).unwrap()
+        else {
+            panic!("not saved")
+        };
+        assert_eq!(state.record.mode, socket_mode::UNCONNECTED);
+        assert_ne!(state.record.flags & socket_flags::BOUND, 0);
+        let names: Vec<(u32, u32)> = state.options.iter().map(|o| (o.level, o.name)).collect();
+        assert!(names.contains(&(1, 6)), "SO_BROADCAST: {names:?}");
+        if on_lo {
+            let dev = state.options.iter().find(|o| o.name == 25).unwrap();
+            assert_eq!(&dev.value[..dev.len as usize], b"lo\0");
+        }
+        // Nothing else differs from a fresh UDP socket.
+        assert_eq!(names.len(), 1 + usize::from(on_lo), "{names:?}");
     }
 
     #[test]

@@ -52,12 +52,17 @@ pub fn getsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i
     Ok(i32::from_ne_bytes(b))
 }
 
+/// `setsockopt(fd, level, name, value)`.
+pub fn setsockopt(fd: BorrowedFd<'_>, level: i32, name: i32, value: &[u8]) -> io::Result<()> {
+    let len = socklen(value.len());
+    // SAFETY: the kernel reads `value.len()` bytes from `value`.
+    check(unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, value.as_ptr().cast(), len) })?;
+    Ok(())
+}
+
 /// `setsockopt` of an `int` option.
 pub fn setsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32, value: i32) -> io::Result<()> {
-    let b = value.to_ne_bytes();
-    // SAFETY: the kernel reads 4 bytes from `b`.
-    check(unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, b.as_ptr().cast(), socklen(4)) })?;
-    Ok(())
+    setsockopt(fd, level, name, &value.to_ne_bytes())
 }
 
 /// The receive memory in use (`SO_MEMINFO`'s `SK_MEMINFO_RMEM_ALLOC`):
