@@ -103,6 +103,7 @@ fn sockets_keep_their_queues_options_and_ports() {
     let scratch = scratch_dir();
     let mut w = Workload::start("sockets", [scratch.path()]);
     let ready = w.ready().cloned().unwrap();
+    let fds_before = fds_of(w.pid());
     let dump = bins
         .dump(w.pid(), &scratch.path().join("out"), true)
         .unwrap_or_else(|err| panic!("{err}\n{}", w.stderr_report()));
@@ -142,6 +143,18 @@ fn sockets_keep_their_queues_options_and_ports() {
     // is back.
     let mut restored = bins.restore("sockets (restored)", &dump.image).unwrap();
     check_and_talk(&mut restored, &ready);
+    // The same fd numbers, and no socket of the restore left behind.
+    assert_eq!(fds_of(restored.pid()), fds_before);
+}
+
+/// The fd numbers of process `pid`.
+fn fds_of(pid: i32) -> Vec<i32> {
+    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+        .collect();
+    fds.sort_unstable();
+    fds
 }
 
 #[test]
@@ -230,18 +243,28 @@ fn a_unix_socket_whose_peer_is_in_another_process_is_refused_naming_it() {
     let script = r#"
 import os, socket, sys, time
 a, b = socket.socketpair()
+r, w = os.pipe()
+# The holder is not a child (a child is refused first): a grandchild.
 child = os.fork()
 if child == 0:
-    b.close()
-    while True:
-        time.sleep(60)
+    if os.fork() == 0:
+        b.close()
+        os.write(w, b"%d\n" % os.getpid())
+        while True:
+            time.sleep(60)
+    os._exit(0)
+os.waitpid(child, 0)
 a.close()
-print("ready", child, flush=True)
+holder = os.read(r, 32).decode().strip()
+os.close(r)
+os.close(w)
+print("ready", holder, flush=True)
 for line in sys.stdin:
     print("alive", flush=True)
 "#;
     let (mut w, line) = python(script, "ready");
     let child: i32 = line.split(' ').nth(1).unwrap().parse().unwrap();
+    // Killed by pid whatever happens.
     let _child = crimg_tests::PidGuard::new(child).unwrap();
     let message = expect_dump_refused(&mut w, "is a unix socket connected to socket:[");
     assert!(
