@@ -393,3 +393,24 @@ for line in sys.stdin:
     restored.send_line("x").unwrap();
     assert_eq!(restored.expect_line("got"), "got again");
 }
+
+#[test]
+fn a_connected_udp_socket_is_refused_by_name() {
+    crimg_tests::skip_unless_root!();
+    let script = r#"
+import socket, sys
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.connect(("127.0.0.1", 9))
+print("ready", u.getsockname()[1], flush=True)
+for line in sys.stdin:
+    print("alive", flush=True)
+"#;
+    let (mut w, line) = python(script, "ready");
+    let port = line.split(' ').nth(1).unwrap().to_owned();
+    expect_dump_refused(
+        &mut w,
+        &format!("is a UDP socket connected 127.0.0.1:{port} -> 127.0.0.1:9: not saved yet"),
+    );
+    w.send_line("x").unwrap();
+    w.expect_line("alive");
+}
