@@ -301,6 +301,39 @@ fn socket_file(record: &mut SocketRecord, addr: &[u8], u: &UnixSocket, cx: &Cont
     }
 }
 
+/// Right before crdump kills a process whose TCP connections were dropped
+/// (`--force`): set them to abort (`SO_LINGER` on, 0 s), so the kill
+/// resets them instead of leaving them in TIME_WAIT, where they would hold
+/// the port of the listener they were accepted from (one without
+/// `SO_REUSEADDR`) against the restore for a minute. Best effort: a copy
+/// that cannot be taken is left as it is.
+pub fn abort_dropped_connections(pid: i32, fds: &[image_writer::model::FdState]) {
+    use image_format::records::{fd_flags, fd_kind};
+    let dropped = fds
+        .iter()
+        .filter(|f| f.record.kind == fd_kind::SOCKET && f.record.flags & fd_flags::DROPPED != 0);
+    let mut pidfd = None;
+    for f in dropped {
+        if pidfd.is_none() {
+            pidfd = crate::sys::fds::pidfd_open(pid).ok();
+        }
+        let Some(p) = pidfd.as_ref() else { return };
+        let Ok(sock) = crate::sys::fds::pidfd_getfd(p.as_fd(), f.record.fd) else {
+            continue;
+        };
+        let tcp = sys::getsockopt_int(sock.as_fd(), libc::SOL_SOCKET, libc::SO_PROTOCOL)
+            .is_ok_and(|p| p == libc::IPPROTO_TCP);
+        let connected =
+            sys::tcp_info(sock.as_fd()).is_ok_and(|i| !matches!(i.state, TCP_LISTEN | TCP_CLOSE));
+        if tcp && connected {
+            // struct linger { l_onoff = 1, l_linger = 0 }.
+            let mut linger = [0u8; 8];
+            linger[..4].copy_from_slice(&1i32.to_ne_bytes());
+            let _ = sys::setsockopt(sock.as_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &linger);
+        }
+    }
+}
+
 /// A unix name the loader can bind again: abstract, or an absolute path.
 fn check_unix_name(fd: i32, addr: &[u8]) -> Result<(), Refusal> {
     let path = addr.get(2..).unwrap_or(&[]);
