@@ -10,6 +10,7 @@ pub mod eventfd;
 pub mod inotify;
 pub mod pipe;
 pub mod signalfd;
+pub mod socket;
 pub mod terminal;
 pub mod timerfd;
 

@@ -10,4 +10,6 @@ pub mod pagemap_scan;
 pub mod process;
 pub mod ptrace;
 pub mod search;
+pub mod sock_diag;
+pub mod sockets;
 pub mod tty;
