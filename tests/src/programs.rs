@@ -78,8 +78,10 @@ pub fn wait_until<T>(
 
 /// Dump `program` (killing it), wait until it is gone, and run its image
 /// as a program (`./task-P.crimg`, through the test's binfmt entry) with
-/// piped stdio: the restored process. A refused dump panics with crdump's
-/// reasons, named as the first blocker of `what`.
+/// piped stdio: the restored process, returned once the loader is done
+/// (the process has the dumped one's name again; its listening sockets
+/// exist). A refused dump panics with crdump's reasons, named as the
+/// first blocker of `what`.
 #[track_caller]
 pub fn dump_and_run_image(
     bins: &Binaries,
@@ -87,13 +89,36 @@ pub fn dump_and_run_image(
     program: &mut Workload,
     out: &Path,
 ) -> (Dump, Workload) {
+    let comm = comm_of(program.pid());
     let dump = dump_or_panic(bins, what, program.pid(), out);
     program
         .wait_exit(LINE_TIMEOUT)
         .unwrap_or_else(|e| panic!("crdump did not kill {what}: {e}"));
-    let restored = Workload::spawn_command(&format!("restored {what}"), Command::new(&dump.image))
-        .unwrap_or_else(|e| panic!("cannot run the image of {what}: {e}"));
+    let mut restored =
+        Workload::spawn_command(&format!("restored {what}"), Command::new(&dump.image))
+            .unwrap_or_else(|e| panic!("cannot run the image of {what}: {e}"));
+    let pid = restored.pid();
+    // The loader runs under the image's name until the task's own is set.
+    let deadline = Instant::now() + PROGRAM_READY_TIMEOUT;
+    while comm_of(pid) != comm {
+        expect_running(&mut restored, what);
+        assert!(
+            Instant::now() < deadline,
+            "the restore of {what} did not finish in {PROGRAM_READY_TIMEOUT:?} (comm `{}`)\n{}",
+            comm_of(pid),
+            restored.stderr_report()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     (dump, restored)
+}
+
+/// `/proc/PID/comm` without its newline ("" once gone).
+fn comm_of(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim_end()
+        .to_owned()
 }
 
 /// `crdump --pid <pid> -o <out>`, panicking with `crdump refused <what>: …`.

@@ -31,7 +31,6 @@ fn ask_count(port: u64) -> Result<u64, String> {
 }
 
 #[test]
-#[ignore = "needs: listening TCP socket (fd 3), epoll (fd 5)"]
 fn go_ticker_ticks_on_and_answers_on_its_port_after_restore() {
     skip_unless_root!();
     let Some(go) = require_program("go", "golang-go") else {

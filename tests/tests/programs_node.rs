@@ -13,7 +13,6 @@ use crimg_tests::programs::{
 use crimg_tests::{binaries, scratch_dir, skip_unless_root, TestBinfmt};
 
 #[test]
-#[ignore = "needs: epoll (fds 3, 9, 13), inotify (fd 17), listening TCP socket (fd 19)"]
 fn node_counts_on_answers_curl_and_watches_after_restore() {
     skip_unless_root!();
     let (Some(node), Some(_)) = (

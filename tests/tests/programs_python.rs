@@ -14,7 +14,7 @@ use crimg_tests::programs::{
 use crimg_tests::{binaries, scratch_dir, skip_unless_root, TestBinfmt};
 
 #[test]
-#[ignore = "needs: epoll (fd 3), unix socketpair (fds 4, 5)"]
+#[ignore = "needs: the same pid (asyncio ties its running loop to os.getpid(): after a restore with a new pid, `Queue ... is bound to a different event loop`)"]
 fn asyncio_timers_and_threadsafe_queue_go_on_after_restore() {
     skip_unless_root!();
     let Some(python) = require_program("python3", "python3") else {
@@ -49,7 +49,6 @@ fn asyncio_timers_and_threadsafe_queue_go_on_after_restore() {
 }
 
 #[test]
-#[ignore = "needs: listening TCP socket (fd 3)"]
 fn http_server_answers_on_its_port_after_restore() {
     skip_unless_root!();
     let (Some(python), Some(_)) = (
