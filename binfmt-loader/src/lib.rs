@@ -42,6 +42,7 @@ pub mod maps;
 pub mod memlimits;
 pub mod message;
 pub mod mm_state;
+pub mod objects;
 pub mod plan;
 pub mod rules;
 pub mod run;

@@ -159,7 +159,9 @@ pub fn check_image<'a>(image: &Image<'a>, mmap_min_addr: u64) -> Result<(), Rule
             continue;
         }
         let path = image.string(v.path).map_err(corrupt)?;
-        if v.flags & vma_flags::FILE_DELETED != 0 {
+        // A deleted file with its content saved (`objects::shmem`) is made
+        // again; one without is not restorable.
+        if v.flags & vma_flags::FILE_DELETED != 0 && v.object == 0 {
             return Err(RuleError::FileDeleted {
                 what: "mapped file",
                 path,

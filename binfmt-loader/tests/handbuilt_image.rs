@@ -330,6 +330,7 @@ fn build_edited_image(
                 len: 4096,
             },
         ],
+        shmem: Vec::new(),
     };
     let mut state = state;
     edit(&mut state);

@@ -203,7 +203,9 @@ pub fn collect_from<T: Task>(
     refusals::too_many_groups(&mut c, &status)?;
     c.check_cancel()?;
 
-    let (vmas, classes) = areas::memory_areas(&mut c, &smaps)?;
+    let mut objects = crate::objects::shmem::ShmemObjects::default();
+    let (vmas, classes) = areas::memory_areas(&mut c, &smaps, &mut objects)?;
+    areas::object_contents(&mut c, &smaps, &vmas, &mut objects)?;
     // Gadgets, also those injection runs through.
     let gadgets = areas::find_gadgets(&c, &smaps, &classes);
     c.task.prepare_injection(&gadgets)?;
@@ -224,7 +226,8 @@ pub fn collect_from<T: Task>(
     let rlimits = identity::limits(&c)?;
     c.check_cancel()?;
 
-    let (pages, vma_stats) = areas::select_pages(&c, &smaps, &classes, zero_pfn)?;
+    let (pages, vma_stats) =
+        areas::select_pages(&c, &smaps, &classes, &vmas, &mut objects, zero_pfn)?;
 
     let state = TaskState {
         process,
@@ -245,6 +248,7 @@ pub fn collect_from<T: Task>(
         gadgets,
         warnings: std::mem::take(&mut c.warnings),
         pages,
+        shmem: objects.states,
     };
     Ok(Collected { state, vma_stats })
 }

@@ -36,6 +36,7 @@ pub mod freeze;
 pub mod gadgets;
 pub mod inject;
 pub mod memory;
+pub mod objects;
 pub mod options;
 pub mod outdir;
 pub mod pages;

@@ -28,6 +28,9 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+mod shmem;
+pub use shmem::*;
+
 /// Owner name of crimg's notes.
 pub const OWNER_CRIMG: &[u8] = b"CRIMG";
 
@@ -63,11 +66,13 @@ pub mod note {
     pub const SEGMENT_CHECKSUMS: u32 = 0x4352_000e;
     /// One [`super::ChecksumRecord`]; always the last note of the image.
     pub const CHECKSUM: u32 = 0x4352_000f;
+    /// [`super::ShmemRecord`]s: memfds, shared anonymous memory, saved files.
+    pub const SHMEM: u32 = 0x4352_0017;
 
     /// The lowest and highest crimg note type numbers in use (they are
     /// consecutive); the reader indexes these at parse.
     pub const FIRST: u32 = PROCESS;
-    pub const LAST: u32 = CHECKSUM;
+    pub const LAST: u32 = SHMEM;
 
     /// The name of a crimg note type, for messages (`"unknown"` for a type
     /// this build does not know).
@@ -88,6 +93,7 @@ pub mod note {
             WARNINGS => "WARNINGS",
             SEGMENT_CHECKSUMS => "SEGMENT_CHECKSUMS",
             CHECKSUM => "CHECKSUM",
+            SHMEM => "SHMEM",
             _ => "unknown",
         }
     }
@@ -148,7 +154,7 @@ impl NoteVersions {
 
 /// Every crimg note with a [`RecordHeader`] (all but [`note::STRTAB`]), and
 /// the record versions this build reads.
-pub const KNOWN_NOTES: [NoteVersions; 14] = [
+pub const KNOWN_NOTES: [NoteVersions; 15] = [
     NoteVersions::of::<ProcessRecord>(),
     NoteVersions::of::<CredsRecord>(),
     NoteVersions::of::<MmRecord>(),
@@ -163,6 +169,7 @@ pub const KNOWN_NOTES: [NoteVersions; 14] = [
     NoteVersions::of::<WarningRecord>(),
     NoteVersions::of::<SegmentChecksumRecord>(),
     NoteVersions::of::<ChecksumRecord>(),
+    NoteVersions::of::<ShmemRecord>(),
 ];
 
 /// A string in the [`note::STRTAB`] note (bytes, not NUL-terminated).
@@ -461,8 +468,13 @@ pub struct VmaRecord {
     /// The path as `/proc/P/maps` printed it (without ` (deleted)`).
     pub path: StrRef,
     pub file: FileId,
+    /// The shared memory object or saved file the area maps: 1-based index
+    /// of its [`ShmemRecord`] in the [`note::SHMEM`] note; 0 (and in images
+    /// written before this field existed): none, a file is opened by path.
+    pub object: u32,
+    pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<VmaRecord>() == 88);
+const _: () = assert!(core::mem::size_of::<VmaRecord>() == 96);
 impl Record for VmaRecord {
     const NOTE_TYPE: u32 = note::VMAS;
 }

@@ -31,6 +31,7 @@ const COMPILED: &[(&str, &str)] = &[
     ("sigsuspend_mask", env!("WORKLOAD_SIGSUSPEND_MASK")),
     ("cred_threads", env!("WORKLOAD_CRED_THREADS")),
     ("small_stack", env!("WORKLOAD_SMALL_STACK")),
+    ("shmem", env!("WORKLOAD_SHMEM")),
 ];
 
 /// The script workloads, by file name, in `workloads/`.

@@ -454,6 +454,7 @@ fn golden_state() -> TaskState {
                 len: 2 * page,
             },
         ],
+        shmem: Vec::new(),
     }
 }
 

@@ -35,6 +35,21 @@ pub struct Fake {
     pub fs_ids: RefCell<Option<(u32, u32)>>,
     /// What `fstatfs` says of every file's mount (`ST_*`).
     pub mount_flags: u64,
+    /// Files stage 1 made (memfds, `O_TMPFILE`s, new files), by fd.
+    pub made: RefCell<HashMap<i32, Made>>,
+    /// `O_TMPFILE` fails with this (file systems without it).
+    pub tmpfile_error: Option<Errno>,
+}
+
+/// A file stage 1 made: how, and what it holds now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Made {
+    /// `memfd:NAME`, `tmpfile:DIR` or `new:PATH`.
+    pub how: String,
+    pub mode: u32,
+    pub size: u64,
+    pub contents: Vec<u8>,
+    pub seals: u32,
 }
 
 impl Fake {
@@ -96,6 +111,8 @@ impl Fake {
             warnings: RefCell::new(Vec::new()),
             fs_ids: RefCell::new(None),
             mount_flags: 0,
+            made: RefCell::new(HashMap::new()),
+            tmpfile_error: None,
         }
     }
 
@@ -121,6 +138,28 @@ impl Fake {
         *next = fd + 1;
         self.open.borrow_mut().insert(fd, path);
         fd
+    }
+
+    fn make(&self, how: String, mode: u32) -> i32 {
+        let fd = self.new_fd(how.clone().into_bytes(), 0);
+        self.made.borrow_mut().insert(
+            fd,
+            Made {
+                how,
+                mode,
+                ..Made::default()
+            },
+        );
+        fd
+    }
+
+    fn with_made<R>(&self, fd: i32, f: impl FnOnce(&mut Made) -> R) -> Result<R, Errno> {
+        self.made.borrow_mut().get_mut(&fd).map(f).ok_or(Errno(9))
+    }
+
+    /// What the file made at `fd` holds.
+    pub fn made_at(&self, fd: i32) -> Option<Made> {
+        self.made.borrow().get(&fd).cloned()
     }
 
     /// The path an fd was opened from.
@@ -241,6 +280,68 @@ impl Os for Fake {
     }
     fn report(&self, _name: &[u8], what: core::fmt::Arguments<'_>) {
         self.warnings.borrow_mut().push(std::format!("{what}"));
+    }
+    fn memfd_create(&self, name: &[u8]) -> Result<i32, Errno> {
+        Ok(self.make(
+            std::format!("memfd:{}", String::from_utf8_lossy(name)),
+            0o777,
+        ))
+    }
+    fn open_tmpfile(&self, dir: &[u8], mode: u32) -> Result<i32, Errno> {
+        if let Some(e) = self.tmpfile_error {
+            return Err(e);
+        }
+        if !self
+            .files
+            .get(dir)
+            .is_some_and(|f| f.stat.mode & sys::S_IFMT == sys::S_IFDIR)
+        {
+            return Err(Errno::ENOENT);
+        }
+        Ok(self.make(
+            std::format!("tmpfile:{}", String::from_utf8_lossy(dir)),
+            mode,
+        ))
+    }
+    fn create_new(&self, path: &[u8], mode: u32) -> Result<i32, Errno> {
+        if self.files.contains_key(path) {
+            return Err(Errno::EEXIST);
+        }
+        Ok(self.make(std::format!("new:{}", String::from_utf8_lossy(path)), mode))
+    }
+    fn link_fd(&self, fd: i32, path: &[u8]) -> Result<(), Errno> {
+        if self.files.contains_key(path) {
+            return Err(Errno::EEXIST);
+        }
+        self.with_made(fd, |m| {
+            m.how
+                .push_str(&std::format!(" linked {}", String::from_utf8_lossy(path)))
+        })
+    }
+    fn unlink(&self, _path: &[u8]) -> Result<(), Errno> {
+        Ok(())
+    }
+    fn ftruncate(&self, fd: i32, len: u64) -> Result<(), Errno> {
+        self.with_made(fd, |m| {
+            m.size = len;
+            m.contents.resize(usize::try_from(len).unwrap(), 0);
+        })
+    }
+    fn pwrite(&self, fd: i32, buf: &[u8], off: u64) -> Result<usize, Errno> {
+        self.with_made(fd, |m| {
+            let off = usize::try_from(off).unwrap();
+            if m.contents.len() < off + buf.len() {
+                m.contents.resize(off + buf.len(), 0);
+            }
+            m.contents[off..off + buf.len()].copy_from_slice(buf);
+            buf.len()
+        })
+    }
+    fn fchmod(&self, fd: i32, mode: u32) -> Result<(), Errno> {
+        self.with_made(fd, |m| m.mode = mode)
+    }
+    fn add_seals(&self, fd: i32, seals: u32) -> Result<(), Errno> {
+        self.with_made(fd, |m| m.seals |= seals)
     }
     fn read_file(&self, path: &[u8], buf: &mut [u8]) -> Result<usize, Errno> {
         let f = self.files.get(path).ok_or(Errno::ENOENT)?;

@@ -206,6 +206,25 @@ pub enum CheckError {
     /// The image changed, or someone waits to open it for writing, since
     /// stage 1 began ([`stable`]).
     ImageBeingWritten,
+    /// A shared memory object or saved file (`objects::shmem`) could not be
+    /// made: `step` failed.
+    ShmemObject {
+        name: &'static [u8],
+        step: &'static str,
+        errno: Errno,
+    },
+    /// An object sealed against writes has an area that would need write
+    /// access (stored pages, or a shared writable mapping).
+    SealedObjectArea {
+        name: &'static [u8],
+        start: u64,
+    },
+    /// A record of the SHMEM note, or an area's or fd's reference to one,
+    /// is inconsistent.
+    BadObject {
+        object: image_format::records::StrRef,
+        why: &'static str,
+    },
 }
 
 impl CheckError {
@@ -228,6 +247,9 @@ impl CheckError {
             CheckError::NoXsave | CheckError::CpuLacks { .. } | CheckError::NotPermitted { .. } => {
                 ExitCode::CpuFeatures
             }
+            CheckError::BadObject { .. } => ExitCode::ImageCorrupt,
+            CheckError::SealedObjectArea { .. } => ExitCode::Unsupported,
+            CheckError::ShmemObject { .. } => ExitCode::Environment,
             CheckError::FileDeleted { .. }
             | CheckError::UnsupportedFd { .. }
             | CheckError::FdAboveLimit { .. }
@@ -337,6 +359,21 @@ impl fmt::Display for CheckError {
                 f,
                 "internal error: stage 1's scratch memory has no room for {items} entries of its {table} table"
             ),
+            CheckError::ShmemObject { name, step, errno } => write!(
+                f,
+                "cannot make {} again: {step}: {errno}",
+                Lossy(name)
+            ),
+            CheckError::SealedObjectArea { name, start } => write!(
+                f,
+                "memfd {} is sealed against writes, but its area at {start:#x} needs write access; not restorable",
+                Lossy(name)
+            ),
+            CheckError::BadObject { object, why } => write!(
+                f,
+                "corrupt image: shared memory object (name at {}+{}): {why}",
+                object.offset, object.len
+            ),
             CheckError::ImageBeingWritten => write!(
                 f,
                 "the image is being written by another process (it changed, or a writer waits for it, since it was checked); run it once it is complete"
@@ -409,6 +446,9 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
         sigactions: limits::count(&record_notes.sigactions, scratch::MAX_SIGACTIONS),
         rlimits: limits::count(&record_notes.rlimits, scratch::MAX_RLIMITS),
         itimers: limits::count(&record_notes.itimers, scratch::MAX_ITIMERS),
+        shmem: image
+            .records::<image_format::records::ShmemRecord>()
+            .map_or(0, |r| usize::try_from(r.len()).unwrap_or(usize::MAX)),
     };
     let mut scratch = Scratch::map(&tables)?;
     let records = limits::process_records(os, &image, &record_notes, &mut scratch)?;
@@ -430,14 +470,25 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
     let set_tids = privilege.privileged && threads.len() > 1;
     let ((vmas, target_vdso), exe_fd, cwd_fd, (fd_moves, keep_fds)) =
         credentials::as_task(os, creds.as_ref(), || {
-            let mapped_files =
-                files::open_mapped_files(os, name, &image, notes.vmas.clone(), base, &mut scratch)?;
+            // Objects first: areas and fds use them.
+            let objects =
+                crate::objects::shmem::create_objects(os, name, &image, base, &mut scratch)?;
+            let mapped_files = files::open_mapped_files(
+                os,
+                name,
+                &image,
+                notes.vmas.clone(),
+                objects,
+                base,
+                &mut scratch,
+            )?;
             let exe_fd = files::open_exe(os, name, &image, privilege.privileged, base)?;
             let cwd_fd = files::open_cwd(os, name, &image, base)?;
             let fds = fds::reopen_fds(os, name, &image, &notes.fds, base, &mut scratch)?;
             Ok((mapped_files, exe_fd, cwd_fd, fds))
         })?;
     let loads = page_loads(&image, &mut scratch)?;
+    files::check_object_areas(&image, vmas, loads)?;
     warn_read_only_shared(os, name, vmas, loads);
     limits::lower_rlimits(os, name, records.rlimits);
     let gadgets = gadgets::check_gadgets(os, name, &image, vmas);

@@ -52,6 +52,8 @@ pub struct Tables {
     pub sigactions: usize,
     pub rlimits: usize,
     pub itimers: usize,
+    /// Shared memory objects (`objects::shmem`).
+    pub shmem: usize,
 }
 
 /// Bytes for `n` values of `T` wherever the previous table ended.
@@ -73,6 +75,7 @@ impl Tables {
             table_bytes::<PageLoad>(self.segments)?,
             table_bytes::<FdMove>(self.fds)?,
             table_bytes::<i32>(self.fds)?,
+            table_bytes::<i32>(self.shmem)?,
             table_bytes::<FdFile>(self.fds)?,
             table_bytes::<Range>(MAX_MAPS)?,
             // The window search's: target VMAs, loader maps, 4 more.
@@ -150,6 +153,7 @@ mod tests {
         s.take::<PageLoad>("loads", t.segments)?;
         s.take::<FdMove>("fd moves", t.fds)?;
         s.take::<i32>("kept fds", t.fds)?;
+        s.take::<i32>("objects", t.shmem)?;
         s.take::<FdFile>("fd files", t.fds)?;
         s.take::<Range>("loader maps", MAX_MAPS)?;
         s.take::<Range>("window search", t.vmas + MAX_MAPS + 4)?;
@@ -186,6 +190,7 @@ mod tests {
                 sigactions: 64,
                 rlimits: 16,
                 itimers: 3,
+                shmem: 40,
             },
             Tables {
                 vmas: 1,
@@ -195,6 +200,7 @@ mod tests {
                 sigactions: 1,
                 rlimits: 1,
                 itimers: 1,
+                shmem: 1,
             },
         ] {
             let bytes = t.bytes().unwrap();

@@ -176,6 +176,7 @@ fn task() -> TaskState {
             start: CODE_AT,
             len: 4096,
         }],
+        shmem: Vec::new(),
     }
 }
 

@@ -137,8 +137,10 @@ impl TargetVma {
             vma_kind::VDSO | vma_kind::VVAR | vma_kind::VVAR_VCLOCK | vma_kind::VSYSCALL
         )
     }
+    /// A shared mapping of a file opened by path (pages cannot be stored
+    /// into it; a shared memory object's areas, `SHARED_ANON`, take them).
     pub(super) fn is_shared_file(&self) -> bool {
-        self.fd >= 0 && self.flags & vma_flags::SHARED != 0
+        self.fd >= 0 && self.flags & vma_flags::SHARED != 0 && self.kind != vma_kind::SHARED_ANON
     }
 }
 

@@ -169,7 +169,9 @@ pub(super) fn build_vmas(b: &mut Builder<'_>, input: &PlanInput<'_>) -> Result<(
         let shared = v.flags & vma_flags::SHARED != 0 || maps_read_only_shared(v, fill);
         let (flags, fd, off) = if v.fd >= 0 {
             (
-                if shared {
+                // A shared memory object's areas are all mapped from its
+                // one memfd, shared, so they see each other's writes.
+                if shared || v.kind == vma_kind::SHARED_ANON {
                     sys::MAP_SHARED
                 } else {
                     sys::MAP_PRIVATE

@@ -14,6 +14,7 @@ use core::arch::asm;
 
 pub mod mm;
 pub mod os;
+pub mod shmem;
 pub mod startup;
 
 /// The real OS for stage 1.

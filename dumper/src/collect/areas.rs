@@ -10,6 +10,7 @@ use image_writer::model::{PageRun, VmaState};
 
 use super::task::Task;
 use super::{CollectError, Collector};
+use crate::objects::shmem::{self, ShmemObjects};
 use crate::pages::{self, PagePolicy};
 use crate::procfs::smaps::SmapsEntry;
 use crate::report::VmaStat;
@@ -19,6 +20,7 @@ use crate::{gadgets, inject, vmas};
 pub(super) fn memory_areas<T: Task>(
     c: &mut Collector<'_, T>,
     smaps: &[SmapsEntry],
+    objects: &mut ShmemObjects,
 ) -> Result<(Vec<VmaState>, Vec<vmas::VmaClass>), CollectError> {
     let mut vma_states = Vec::with_capacity(smaps.len());
     let mut classes = Vec::with_capacity(smaps.len());
@@ -56,7 +58,10 @@ pub(super) fn memory_areas<T: Task>(
                 .metadata(Path::new(&link))
                 .or_else(|_| c.task.metadata(Path::new(&e.path)));
             match meta {
-                Ok(m) => record.file = m.id,
+                Ok(m) => {
+                    record.file = m.id;
+                    record.object = area_object(c, e, class.kind, &m, objects)?;
+                }
                 Err(source) => {
                     return Err(CollectError::Read {
                         pid: c.pid,
@@ -66,6 +71,16 @@ pub(super) fn memory_areas<T: Task>(
                     });
                 }
             }
+        }
+        if class.kind == vma_kind::SHARED_ANON {
+            // The shared object, by the inode behind the area.
+            let link = c.proc_path(&format!("map_files/{:x}-{:x}", e.start, e.end));
+            let meta = c
+                .task
+                .metadata(Path::new(&link))
+                .map_err(c.read_error(link))?;
+            record.file = meta.id;
+            record.object = area_object(c, e, class.kind, &meta, objects)?;
         }
         vma_states.push(VmaState {
             record,
@@ -77,6 +92,114 @@ pub(super) fn memory_areas<T: Task>(
         c.warnings.push(w);
     }
     Ok((vma_states, classes))
+}
+
+/// The 1-based object (0: none) area `e` of kind `kind` maps (`meta`: its
+/// file's), added to `objects` when it is the first area of it. A
+/// non-regular deleted file cannot be saved: refused by name.
+fn area_object<T: Task>(
+    c: &mut Collector<'_, T>,
+    e: &SmapsEntry,
+    kind: u32,
+    meta: &super::task::FileMeta,
+    objects: &mut ShmemObjects,
+) -> Result<u32, CollectError> {
+    let Some(object_kind) = shmem::object_kind(e, kind, meta, c.opts.ghost_limit()) else {
+        return Ok(0);
+    };
+    if object_kind == image_format::records::shmem_kind::GHOST && meta.mode & 0o170_000 != 0o100_000
+    {
+        c.unsupported(format!(
+            "mapped file {} was deleted and is not a regular file ({:#x}-{:#x})",
+            image_format::text::Escaped(e.path.as_bytes()),
+            e.start,
+            e.end
+        ))?;
+        return Ok(0);
+    }
+    let name = shmem::object_name(object_kind, &e.path);
+    Ok(objects.object_of(object_kind, &name, meta))
+}
+
+/// Each object's seals, and its whole content where no mapping carries it
+/// (`ShmemObjects::needs_whole`), read through the first area that maps it
+/// (`/proc/P/map_files`, which opens a deleted file or a memfd too). Content
+/// above `--ghost-limit` is refused with the area, its size and the limit.
+pub(super) fn object_contents<T: Task>(
+    c: &mut Collector<'_, T>,
+    smaps: &[SmapsEntry],
+    vmas: &[VmaState],
+    objects: &mut ShmemObjects,
+) -> Result<(), CollectError> {
+    use image_format::records::shmem_kind;
+    for index in 0..objects.states.len() {
+        // Fewer objects than areas: the index fits.
+        let object = u32::try_from(index + 1).unwrap_or(u32::MAX);
+        let areas: Vec<(&SmapsEntry, &VmaState)> = smaps
+            .iter()
+            .zip(vmas)
+            .filter(|(_, v)| v.record.object == object)
+            .collect();
+        let Some(&(first, _)) = areas.first() else {
+            continue;
+        };
+        let link = c.proc_path(&format!("map_files/{:x}-{:x}", first.start, first.end));
+        let mut record = objects.states[index].record;
+        if record.kind == shmem_kind::MEMFD {
+            record.seals = c
+                .task
+                .seals(Path::new(&link))
+                .map_err(c.read_error(link.clone()))?;
+            objects.states[index].record.seals = record.seals;
+        }
+        let shared: Vec<(u64, u64)> = areas
+            .iter()
+            .filter(|(_, v)| v.record.kind == vma_kind::SHARED_ANON)
+            .map(|(e, _)| (e.offset, e.offset.saturating_add(e.end - e.start)))
+            .collect();
+        let data = c
+            .task
+            .data_extents(Path::new(&link), record.size)
+            .unwrap_or_else(|_| vec![(0, record.size)]);
+        if !ShmemObjects::needs_whole(&record, &data, &shared) {
+            continue;
+        }
+        let name = objects.states[index].name.clone();
+        let what = || {
+            format!(
+                "{} {} (mapped at {:#x}-{:#x})",
+                match record.kind {
+                    shmem_kind::MEMFD => "memfd",
+                    shmem_kind::RECREATE => "shared-mapped file",
+                    _ => "deleted mapped file",
+                },
+                image_format::text::Escaped(&name),
+                first.start,
+                first.end
+            )
+        };
+        // Refused before it is read, by its size.
+        if record.size > c.opts.ghost_limit() {
+            c.unsupported(format!(
+                "{}: {} bytes, above the ghost limit of {} bytes (--ghost-limit)",
+                what(),
+                record.size,
+                c.opts.ghost_limit()
+            ))?;
+            continue;
+        }
+        let mut content = c
+            .task
+            .read(Path::new(&link))
+            .map_err(c.read_error(link.clone()))?;
+        // The size at the dump; a file read longer or shorter than its
+        // size is cut or zero-extended by the loader.
+        content.truncate(usize::try_from(record.size).unwrap_or(usize::MAX));
+        if let Err(why) = objects.save_content(object, content, c.opts.ghost_limit()) {
+            c.unsupported(format!("{}: {why}", what()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Scan the executable file mappings for the loader's gadgets.
@@ -142,6 +265,8 @@ pub(super) fn select_pages<T: Task>(
     c: &Collector<'_, T>,
     smaps: &[SmapsEntry],
     classes: &[vmas::VmaClass],
+    vmas: &[VmaState],
+    objects: &mut ShmemObjects,
     zero_pfn: Option<u64>,
 ) -> Result<(Vec<PageRun>, Vec<VmaStat>), CollectError> {
     /// Pagemap entries read per call (64 MiB of address space = 128 KiB).
@@ -151,10 +276,10 @@ pub(super) fn select_pages<T: Task>(
     let mut stats = Vec::with_capacity(smaps.len());
     let mut raw = vec![0u8; CHUNK_PAGES * 8];
     let mut entries = Vec::with_capacity(CHUNK_PAGES);
-    for (e, class) in smaps.iter().zip(classes) {
+    for ((e, class), v) in smaps.iter().zip(classes).zip(vmas) {
         let mut stored = 0;
         if class.kind == vma_kind::SHARED_ANON {
-            stored = shared_extents(c, e, &mut runs);
+            stored = shared_extents(c, e, v.record.object, objects, &mut runs);
         } else if class.policy != PagePolicy::Nothing && (e.rss_kb > 0 || e.swap_kb > 0) {
             for (from, to) in populated_ranges(c, e) {
                 let mut addr = from;
@@ -203,14 +328,33 @@ fn populated_ranges<T: Task>(c: &Collector<'_, T>, e: &SmapsEntry) -> Vec<(u64, 
     vec![(e.start, e.end)]
 }
 
-/// Shared anonymous memory: the data extents of the shared object (pages
-/// other processes wrote count too, even if not mapped here); the whole area
-/// when the object cannot be opened.
-fn shared_extents<T: Task>(c: &Collector<'_, T>, e: &SmapsEntry, runs: &mut Vec<PageRun>) -> u64 {
-    let link = c.proc_path(&format!("map_files/{:x}-{:x}", e.start, e.end));
-    let limit = e.offset.saturating_add(e.end - e.start);
-    match c.task.data_extents(Path::new(&link), limit) {
-        Ok(extents) => pages::select_extents(runs, e.start, e.end, e.offset, &extents),
-        Err(_) => pages::select_extents(runs, e.start, e.end, e.offset, &[(e.offset, limit)]),
+/// Shared anonymous memory and memfds: the data extents of the shared
+/// object (pages other processes wrote count too, even if not mapped
+/// here; the whole area when the object cannot be opened) that no area
+/// before this one of the same `object` stored: an object mapped three
+/// times (ZGC's heap views) is stored once. Nothing when the object's
+/// whole content is saved instead.
+fn shared_extents<T: Task>(
+    c: &Collector<'_, T>,
+    e: &SmapsEntry,
+    object: u32,
+    objects: &mut ShmemObjects,
+    runs: &mut Vec<PageRun>,
+) -> u64 {
+    if objects.whole(object) {
+        return 0;
     }
+    let link = c.proc_path(&format!("map_files/{:x}-{:x}", e.start, e.end));
+    let len = e.end - e.start;
+    let limit = e.offset.saturating_add(len);
+    let extents = c
+        .task
+        .data_extents(Path::new(&link), limit)
+        .unwrap_or_else(|_| vec![(e.offset, limit)]);
+    let extents = if object == 0 {
+        extents
+    } else {
+        objects.take_unstored(object, e.offset, len, &extents)
+    };
+    pages::select_extents(runs, e.start, e.end, e.offset, &extents)
 }

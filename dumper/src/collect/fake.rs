@@ -35,6 +35,8 @@ pub struct FakeTask {
     pub files: HashMap<PathBuf, Vec<u8>>,
     pub links: HashMap<PathBuf, PathBuf>,
     pub metas: HashMap<PathBuf, FileMeta>,
+    /// `F_GET_SEALS` answers by path.
+    pub seals: HashMap<PathBuf, u32>,
     pub dirs: HashMap<PathBuf, Vec<String>>,
     pub euid: u32,
     pub cancelled: bool,
@@ -120,6 +122,7 @@ impl FakeTask {
             files: HashMap::new(),
             links: HashMap::new(),
             metas: HashMap::new(),
+            seals: HashMap::new(),
             dirs: HashMap::new(),
             euid: 1000,
             cancelled: false,
@@ -174,6 +177,7 @@ impl FakeTask {
             },
             mode: 0o100_755,
             rdev: 0,
+            ..FileMeta::default()
         };
         t.meta("exe", file(1234));
         t.meta("cwd", file(99));
@@ -247,6 +251,7 @@ impl FakeTask {
                 },
                 mode,
                 rdev,
+                ..FileMeta::default()
             },
         );
         self.file(&format!("fdinfo/{fd}"), fdinfo);
@@ -367,6 +372,10 @@ impl Task for FakeTask {
 
     fn data_extents(&self, path: &Path, _limit: u64) -> io::Result<Vec<(u64, u64)>> {
         Err(not_found(path))
+    }
+
+    fn seals(&self, path: &Path) -> io::Result<u32> {
+        self.seals.get(path).copied().ok_or_else(|| not_found(path))
     }
 
     fn thread(&self, tid: i32) -> Result<FoundThread, CollectError> {

@@ -25,6 +25,7 @@ fn run(task: &mut FakeTask, force: bool) -> Result<Collected, CollectError> {
     let opts = DumpOptions {
         force,
         leave_running: false,
+        ..DumpOptions::default()
     };
     collect_from(task, &opts, Some(fake::ZERO_PFN))
 }

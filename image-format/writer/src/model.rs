@@ -6,7 +6,7 @@
 use image_format::elf::UserRegs;
 use image_format::records::{
     CredsRecord, FdRecord, GadgetsRecord, ItimerRecord, MmRecord, PendingSignalRecord,
-    ProcessRecord, RlimitRecord, SigactionRecord, ThreadRecord, VmaRecord,
+    ProcessRecord, RlimitRecord, ShmemRecord, SigactionRecord, ThreadRecord, VmaRecord,
 };
 
 /// One thread: its registers and per-thread extras.
@@ -33,6 +33,16 @@ pub struct VmaState {
 pub struct FdState {
     pub record: FdRecord,
     pub path: String,
+}
+
+/// One shared memory object or saved file (`records::ShmemRecord`);
+/// `record.name` and `record.content` are filled in by the writer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShmemState {
+    pub record: ShmemRecord,
+    pub name: Vec<u8>,
+    /// The whole content, with `shmem_flags::WHOLE_CONTENT`; else empty.
+    pub content: Vec<u8>,
 }
 
 /// A run of pages to store: `[start, start + len)`, page-aligned, inside one
@@ -78,6 +88,9 @@ pub struct TaskState {
     pub warnings: Vec<String>,
     /// Pages whose contents go into the image.
     pub pages: Vec<PageRun>,
+    /// Shared memory objects and saved files; `VmaRecord::object` and
+    /// `FdRecord::object` are 1-based indexes into it.
+    pub shmem: Vec<ShmemState>,
 }
 
 /// A file's identity as the image records it, from its metadata.

@@ -368,6 +368,15 @@ fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
         })
         .collect();
     let threads: Vec<ThreadRecord> = state.threads.iter().map(|t| t.record).collect();
+    let shmem: Vec<records::ShmemRecord> = state
+        .shmem
+        .iter()
+        .map(|o| records::ShmemRecord {
+            name: strings.add(&o.name),
+            content: strings.add(&o.content),
+            ..o.record
+        })
+        .collect();
 
     notes.add(records::OWNER_CRIMG, records::note::STRTAB, &strings.bytes);
     notes.add_records::<ProcessRecord>(&[process]);
@@ -382,6 +391,7 @@ fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
     notes.add_records::<PendingSignalRecord>(&state.pending);
     notes.add_records::<GadgetsRecord>(&[state.gadgets]);
     notes.add_records::<WarningRecord>(&warnings);
+    notes.add_records(&shmem);
 }
 
 /// The computed placement of everything in the file.

@@ -131,6 +131,7 @@ fn sample_state(nthreads: usize, pages: Vec<PageRun>) -> TaskState {
         },
         warnings: vec!["posix timer 0 was not kept".into()],
         pages,
+        shmem: Vec::new(),
     }
 }
 
@@ -554,6 +555,10 @@ fn the_note_index_finds_what_a_scan_finds() {
     let bytes = write_to_vec(&sample_state(2, default_pages()));
     let img = Image::parse(&bytes).unwrap();
     for note_type in records::note::FIRST..=records::note::LAST {
+        // Numbers kept for notes this build does not write yet.
+        if records::note::name(note_type) == "unknown" {
+            continue;
+        }
         let scanned = img
             .find_note(records::OWNER_CRIMG, note_type)
             .map(|n| n.desc);

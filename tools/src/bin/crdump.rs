@@ -34,6 +34,12 @@ struct Cli {
     /// lost), or into an output directory other users can write into.
     #[arg(long)]
     force: bool,
+    /// The most bytes of a deleted file's (or write-sealed memfd's) content
+    /// saved in the image; a larger one is refused by name. Small
+    /// shared-mapped files up to this size are saved too, to be recreated
+    /// if they are gone at restore. Default 4 MiB.
+    #[arg(long, value_name = "BYTES")]
+    ghost_limit: Option<u64>,
     /// Print nothing but errors.
     #[arg(short, long)]
     quiet: bool,
@@ -118,6 +124,7 @@ fn main() -> ExitCode {
     let opts = DumpOptions {
         leave_running: cli.leave_running,
         force: cli.force,
+        ghost_limit: cli.ghost_limit,
     };
     let mut bar = Bar {
         started: Instant::now(),
