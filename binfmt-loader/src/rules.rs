@@ -12,9 +12,10 @@
 use core::fmt;
 
 use image_format::read::limits::MAX_THREADS;
+use image_format::read::Records;
 use image_format::records::{
-    fd_flags, fd_kind, vma_flags, vma_kind, ItimerRecord, PendingSignalRecord, RlimitRecord,
-    ThreadRecord,
+    fd_flags, fd_kind, vma_flags, vma_kind, FdRecord, ItimerRecord, PendingSignalRecord,
+    RlimitRecord, ThreadRecord,
 };
 use image_format::{Image, ImageError};
 
@@ -93,7 +94,7 @@ impl fmt::Display for RuleError<'_> {
             RuleError::NegativeFd { fd } => write!(f, "corrupt image: fd number {fd}"),
             RuleError::UnsupportedFd { fd, kind, path } => write!(
                 f,
-                "fd {fd} ({}, kind {kind}) cannot be restored by the loader yet (it reopens only regular files, directories and character devices)",
+                "fd {fd} ({}, kind {kind}) cannot be restored by the loader yet (this kind of file, or one saved without its state)",
                 Lossy(path)
             ),
             RuleError::FileDeleted { what, path } => write!(
@@ -105,19 +106,38 @@ impl fmt::Display for RuleError<'_> {
     }
 }
 
-/// Whether the loader keeps fd `fd` of `kind` as the caller has it (stdio
-/// that was a terminal, pipe or socket) instead of opening it again.
-pub fn fd_is_inherited(fd: i32, kind: u32) -> bool {
-    (0..=2).contains(&fd)
+/// Whether the loader keeps fd `f` as the caller has it (stdio that was
+/// a terminal, pipe or socket, and not an object the image saved)
+/// instead of opening it again.
+pub fn fd_is_inherited(f: &FdRecord) -> bool {
+    (0..=2).contains(&f.fd)
+        && f.object == 0
         && matches!(
-            kind,
+            f.kind,
             fd_kind::TTY | fd_kind::PIPE | fd_kind::SOCKET | fd_kind::FIFO
         )
 }
 
-/// Whether the loader can open an fd of `kind` again.
+/// Whether the loader can open an fd of `kind` again by its path.
 pub fn fd_kind_reopenable(kind: u32) -> bool {
     matches!(kind, fd_kind::REGULAR | fd_kind::DIRECTORY | fd_kind::CHAR)
+}
+
+/// Whether the loader can restore fd record `f`: by its path, or as an
+/// object the image saved (`object` names it).
+pub fn fd_restorable(f: &FdRecord) -> bool {
+    fd_kind_reopenable(f.kind) || (crate::objects::is_object(f.kind) && f.object != 0)
+}
+
+/// The fd whose open file description `f` shares and that comes before it
+/// (the loader makes one description and duplicates it), if any.
+pub fn earlier_same_description(fds: &Records<'_, FdRecord>, f: &FdRecord) -> Option<FdRecord> {
+    if f.desc == 0 {
+        return None;
+    }
+    fds.clone()
+        .take_while(|o| o.fd != f.fd)
+        .find(|o| o.desc == f.desc)
 }
 
 /// Every rule of the loader that the image alone decides. `mmap_min_addr`
@@ -174,10 +194,35 @@ pub fn check_image<'a>(image: &Image<'a>, mmap_min_addr: u64) -> Result<(), Rule
         if f.fd < 0 {
             return Err(RuleError::NegativeFd { fd: f.fd });
         }
-        if fd_is_inherited(f.fd, f.kind) {
+        if fd_is_inherited(&f) {
             continue;
         }
-        if !fd_kind_reopenable(f.kind) {
+        let fds = image.fds().map_err(corrupt)?;
+        if let Some(first) = earlier_same_description(&fds, &f) {
+            // A copy of an earlier fd: restored as a dup of it, whatever
+            // its kind (stdio inherited from the caller included).
+            if first.kind != f.kind {
+                return Err(RuleError::Corrupt {
+                    error: ImageError::BadRecords {
+                        note_type: image_format::records::note::FDS,
+                        what: "two fds of one open file description have different kinds",
+                    },
+                });
+            }
+            continue;
+        }
+        if crate::objects::is_object(f.kind) && f.object != 0 {
+            let held = crate::objects::count(image, f.kind).map_err(corrupt)?;
+            if f.object > held {
+                return Err(RuleError::Corrupt {
+                    error: ImageError::BadRecords {
+                        note_type: image_format::records::note::FDS,
+                        what: "an fd names an object its kind's note does not hold",
+                    },
+                });
+            }
+        }
+        if !fd_restorable(&f) {
             return Err(RuleError::UnsupportedFd {
                 fd: f.fd,
                 kind: f.kind,

@@ -310,6 +310,7 @@ fn build_edited_image(
                 path: "pipe:[2]".into(),
             },
         ],
+        objects: Default::default(),
         pending: vec![],
         gadgets: if with_gadgets {
             GadgetsRecord {
@@ -330,7 +331,6 @@ fn build_edited_image(
                 len: 4096,
             },
         ],
-        shmem: Vec::new(),
     };
     let mut state = state;
     edit(&mut state);

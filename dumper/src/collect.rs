@@ -199,13 +199,13 @@ pub fn collect_from<T: Task>(
     refusals::process_checks(&mut c, &status)?;
     refusals::numa_policies(&mut c)?;
     refusals::tagged_addresses(&mut c, &status)?;
-    let fds = open_files::collect_fds(&mut c)?;
+    let (fds, mut objects) = open_files::collect_fds(&mut c)?;
     refusals::too_many_groups(&mut c, &status)?;
     c.check_cancel()?;
 
-    let mut objects = crate::objects::shmem::ShmemObjects::default();
-    let (vmas, classes) = areas::memory_areas(&mut c, &smaps, &mut objects)?;
-    areas::object_contents(&mut c, &smaps, &vmas, &mut objects)?;
+    let mut shmem = crate::objects::shmem::ShmemObjects::default();
+    let (vmas, classes) = areas::memory_areas(&mut c, &smaps, &mut shmem)?;
+    areas::object_contents(&mut c, &smaps, &vmas, &mut shmem)?;
     // Gadgets, also those injection runs through.
     let gadgets = areas::find_gadgets(&c, &smaps, &classes);
     c.task.prepare_injection(&gadgets)?;
@@ -227,7 +227,8 @@ pub fn collect_from<T: Task>(
     c.check_cancel()?;
 
     let (pages, vma_stats) =
-        areas::select_pages(&c, &smaps, &classes, &vmas, &mut objects, zero_pfn)?;
+        areas::select_pages(&c, &smaps, &classes, &vmas, &mut shmem, zero_pfn)?;
+    objects.shmem = shmem.states;
 
     let state = TaskState {
         process,
@@ -244,11 +245,11 @@ pub fn collect_from<T: Task>(
         threads: threads.into_iter().map(|(t, _)| t).collect(),
         vmas,
         fds,
+        objects,
         pending,
         gadgets,
         warnings: std::mem::take(&mut c.warnings),
         pages,
-        shmem: objects.states,
     };
     Ok(Collected { state, vma_stats })
 }

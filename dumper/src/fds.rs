@@ -27,8 +27,16 @@ pub fn kind_of(link: &str, mode: u32, rdev_major: u32) -> u32 {
     if link.starts_with("socket:") {
         return fd_kind::SOCKET;
     }
-    if link.starts_with("anon_inode:") {
-        return fd_kind::ANON_INODE;
+    if let Some(what) = link.strip_prefix("anon_inode:") {
+        return match what {
+            "[eventfd]" => fd_kind::EVENTFD,
+            "[signalfd]" => fd_kind::SIGNALFD,
+            "[timerfd]" => fd_kind::TIMERFD,
+            "[eventpoll]" => fd_kind::EPOLL,
+            "inotify" => fd_kind::INOTIFY,
+            "[io_uring]" => fd_kind::IO_URING,
+            _ => fd_kind::ANON_INODE,
+        };
     }
     if link.starts_with("/memfd:") {
         return fd_kind::MEMFD;
@@ -45,25 +53,34 @@ pub fn kind_of(link: &str, mode: u32, rdev_major: u32) -> u32 {
     }
 }
 
-/// Why fd `fd` of this kind cannot be restored faithfully, if it cannot.
-/// Terminals, pipes and sockets on fds 0–2 are the caller's on a direct run
-/// (ARCHITECTURE.md) and the orchestrator's in a tree. The link comes from
-/// the target (a file name is anything it chose) and is shown escaped.
+/// Whether an fd of `kind` is one of crimg's objects: saved with its state
+/// by a module of [`crate::objects`], which decides what it refuses.
+pub fn is_object(kind: u32) -> bool {
+    matches!(kind, fd_kind::PIPE | fd_kind::FIFO | fd_kind::EVENTFD)
+}
+
+/// Why fd `fd` of this kind cannot be restored faithfully, if it cannot
+/// (objects: see [`is_object`]). Terminals and sockets on fds 0–2 are the
+/// caller's on a direct run (ARCHITECTURE.md) and the orchestrator's in a
+/// tree. The link comes from the target (a file name is anything it chose)
+/// and is shown escaped.
 pub fn unsupported_reason(fd: i32, kind: u32, deleted: bool, link: &str) -> Option<String> {
     let link = Escaped(link.as_bytes());
     let stdio = (0..=2).contains(&fd);
     match kind {
-        fd_kind::PIPE | fd_kind::SOCKET | fd_kind::FIFO if stdio => None,
-        fd_kind::PIPE => Some(format!(
-            "fd {fd} is a pipe ({link}): its other end and buffered data are not saved"
-        )),
-        fd_kind::FIFO => Some(format!(
-            "fd {fd} is a FIFO ({link}): buffered data is not saved"
-        )),
+        _ if is_object(kind) => None,
+        fd_kind::SOCKET if stdio => None,
         fd_kind::SOCKET => Some(format!(
             "fd {fd} is a socket ({link}): sockets are not saved"
         )),
-        fd_kind::ANON_INODE => Some(format!("fd {fd} is {link}: this kind of file is not saved")),
+        fd_kind::IO_URING => Some(format!(
+            "fd {fd} is an io_uring instance ({link}): its rings and requests in flight cannot be saved"
+        )),
+        fd_kind::ANON_INODE
+        | fd_kind::SIGNALFD
+        | fd_kind::TIMERFD
+        | fd_kind::EPOLL
+        | fd_kind::INOTIFY => Some(format!("fd {fd} is {link}: this kind of file is not saved yet")),
         fd_kind::MEMFD => Some(format!(
             "fd {fd} is a memfd ({link}): its contents are not saved"
         )),
@@ -81,10 +98,14 @@ mod tests {
         assert_eq!(kind_of("pipe:[123]", S_IFIFO, 0), fd_kind::PIPE);
         assert_eq!(kind_of("/tmp/fifo", S_IFIFO, 0), fd_kind::FIFO);
         assert_eq!(kind_of("socket:[9]", S_IFSOCK, 0), fd_kind::SOCKET);
+        assert_eq!(kind_of("anon_inode:[eventfd]", 0o600, 0), fd_kind::EVENTFD);
+        assert_eq!(kind_of("anon_inode:[eventpoll]", 0o600, 0), fd_kind::EPOLL);
+        assert_eq!(kind_of("anon_inode:inotify", 0o600, 0), fd_kind::INOTIFY);
         assert_eq!(
-            kind_of("anon_inode:[eventfd]", 0o600, 0),
-            fd_kind::ANON_INODE
+            kind_of("anon_inode:[io_uring]", 0o600, 0),
+            fd_kind::IO_URING
         );
+        assert_eq!(kind_of("anon_inode:[pidfd]", 0o600, 0), fd_kind::ANON_INODE);
         assert_eq!(kind_of("/memfd:x (deleted)", S_IFREG, 0), fd_kind::MEMFD);
         assert_eq!(kind_of("/dev/pts/3", S_IFCHR, 136), fd_kind::TTY);
         assert_eq!(kind_of("/dev/null", S_IFCHR, 1), fd_kind::CHAR);
@@ -98,7 +119,12 @@ mod tests {
             unsupported_reason(1, fd_kind::PIPE, false, "pipe:[1]"),
             None
         );
-        assert!(unsupported_reason(5, fd_kind::PIPE, false, "pipe:[1]").is_some());
+        // Pipes are objects: their module decides.
+        assert_eq!(
+            unsupported_reason(5, fd_kind::PIPE, false, "pipe:[1]"),
+            None
+        );
+        assert!(unsupported_reason(5, fd_kind::IO_URING, false, "anon_inode:[io_uring]").is_some());
         assert!(unsupported_reason(3, fd_kind::SOCKET, false, "socket:[1]").is_some());
         assert!(unsupported_reason(3, fd_kind::REGULAR, true, "/tmp/x").is_some());
         assert_eq!(

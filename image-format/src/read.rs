@@ -343,6 +343,31 @@ impl<'a, T: Record> Records<'a, T> {
     pub fn is_empty(&self) -> bool {
         self.remaining == 0
     }
+
+    /// Record `i` of those not yet iterated (0-based), if there is one.
+    pub fn get(&self, i: u32) -> Option<T> {
+        if i >= self.remaining {
+            return None;
+        }
+        let at = usize::try_from(i).ok()?.checked_mul(self.record_size)?;
+        let rec = self.data.get(at..at.checked_add(self.record_size)?)?;
+        Some(decode(rec))
+    }
+
+    /// The record an object index names (1-based, as `FdRecord::object`).
+    pub fn object(&self, index: u32) -> Option<T> {
+        self.get(index.checked_sub(1)?)
+    }
+}
+
+/// One record from its bytes: a longer record (from a newer writer) is
+/// read as its prefix, a shorter one (an older writer) zero-filled.
+fn decode<T: Record>(rec: &[u8]) -> T {
+    let mut value = T::new_zeroed();
+    let dst = value.as_mut_bytes();
+    let n = dst.len().min(rec.len());
+    dst[..n].copy_from_slice(&rec[..n]);
+    value
 }
 
 impl<T: Record> Iterator for Records<'_, T> {
@@ -355,13 +380,7 @@ impl<T: Record> Iterator for Records<'_, T> {
         let (rec, rest) = self.data.split_at(self.record_size);
         self.data = rest;
         self.remaining -= 1;
-        // A record written by a newer writer may be longer (we read its prefix)
-        // or by an older one shorter (missing fields read as zero).
-        let mut value = T::new_zeroed();
-        let dst = value.as_mut_bytes();
-        let n = dst.len().min(rec.len());
-        dst[..n].copy_from_slice(&rec[..n]);
-        Some(value)
+        Some(decode(rec))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -690,7 +709,7 @@ impl<'a> Image<'a> {
         // writer is refused by its name, whichever note it is.
         for versions in KNOWN_NOTES {
             if let Some(desc) = self.index.crimg(versions.note_type) {
-                check_record_header(desc, versions)?;
+                check_record_header(desc, *versions)?;
             }
         }
         self.strtab = self.index.crimg(note::STRTAB).unwrap_or(&[]);

@@ -30,6 +30,8 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 mod shmem;
 pub use shmem::*;
+mod fd_objects;
+pub use fd_objects::*;
 
 /// Owner name of crimg's notes.
 pub const OWNER_CRIMG: &[u8] = b"CRIMG";
@@ -66,13 +68,29 @@ pub mod note {
     pub const SEGMENT_CHECKSUMS: u32 = 0x4352_000e;
     /// One [`super::ChecksumRecord`]; always the last note of the image.
     pub const CHECKSUM: u32 = 0x4352_000f;
-    /// [`super::ShmemRecord`]s: memfds, shared anonymous memory, saved files.
+    // The kernel objects behind fds and areas (one note per kind; an
+    // `FdRecord::object` is a 1-based index into its kind's note).
+    /// [`super::PipeRecord`]s: pipes and FIFOs with their buffered bytes.
+    pub const PIPES: u32 = 0x4352_0010;
+    /// [`super::EventfdRecord`]s.
+    pub const EVENTFDS: u32 = 0x4352_0011;
+    pub const SIGNALFDS: u32 = 0x4352_0012;
+    pub const TIMERFDS: u32 = 0x4352_0013;
+    /// The interest lists of the epoll fds, one record per watched fd.
+    pub const EPOLL_ITEMS: u32 = 0x4352_0014;
+    pub const INOTIFY_WATCHES: u32 = 0x4352_0015;
+    pub const POSIX_TIMERS: u32 = 0x4352_0016;
+    /// memfds, shared anonymous memory and deleted files.
     pub const SHMEM: u32 = 0x4352_0017;
+    pub const SOCKETS: u32 = 0x4352_0018;
+    pub const TERMINALS: u32 = 0x4352_0019;
+    /// fds whose object was not saved (`crdump --force`).
+    pub const DROPPED: u32 = 0x4352_001a;
 
     /// The lowest and highest crimg note type numbers in use (they are
     /// consecutive); the reader indexes these at parse.
     pub const FIRST: u32 = PROCESS;
-    pub const LAST: u32 = SHMEM;
+    pub const LAST: u32 = DROPPED;
 
     /// The name of a crimg note type, for messages (`"unknown"` for a type
     /// this build does not know).
@@ -93,7 +111,17 @@ pub mod note {
             WARNINGS => "WARNINGS",
             SEGMENT_CHECKSUMS => "SEGMENT_CHECKSUMS",
             CHECKSUM => "CHECKSUM",
+            PIPES => "PIPES",
+            EVENTFDS => "EVENTFDS",
+            SIGNALFDS => "SIGNALFDS",
+            TIMERFDS => "TIMERFDS",
+            EPOLL_ITEMS => "EPOLL_ITEMS",
+            INOTIFY_WATCHES => "INOTIFY_WATCHES",
+            POSIX_TIMERS => "POSIX_TIMERS",
             SHMEM => "SHMEM",
+            SOCKETS => "SOCKETS",
+            TERMINALS => "TERMINALS",
+            DROPPED => "DROPPED",
             _ => "unknown",
         }
     }
@@ -154,7 +182,7 @@ impl NoteVersions {
 
 /// Every crimg note with a [`RecordHeader`] (all but [`note::STRTAB`]), and
 /// the record versions this build reads.
-pub const KNOWN_NOTES: [NoteVersions; 15] = [
+pub const KNOWN_NOTES: &[NoteVersions] = &[
     NoteVersions::of::<ProcessRecord>(),
     NoteVersions::of::<CredsRecord>(),
     NoteVersions::of::<MmRecord>(),
@@ -169,6 +197,8 @@ pub const KNOWN_NOTES: [NoteVersions; 15] = [
     NoteVersions::of::<WarningRecord>(),
     NoteVersions::of::<SegmentChecksumRecord>(),
     NoteVersions::of::<ChecksumRecord>(),
+    NoteVersions::of::<PipeRecord>(),
+    NoteVersions::of::<EventfdRecord>(),
     NoteVersions::of::<ShmemRecord>(),
 ];
 
@@ -493,6 +523,14 @@ pub mod fd_kind {
     /// A terminal (pty or console), kept apart from other character devices.
     pub const TTY: u32 = 8;
     pub const MEMFD: u32 = 9;
+    // The `anon_inode:[…]` kinds crimg knows; images written before these
+    // existed say ANON_INODE for all of them (and were refused).
+    pub const EVENTFD: u32 = 10;
+    pub const SIGNALFD: u32 = 11;
+    pub const TIMERFD: u32 = 12;
+    pub const EPOLL: u32 = 13;
+    pub const INOTIFY: u32 = 14;
+    pub const IO_URING: u32 = 15;
 }
 
 /// `FdRecord::flags` bits.
@@ -522,8 +560,16 @@ pub struct FdRecord {
     /// `readlink /proc/P/fd/N`.
     pub path: StrRef,
     pub file: FileId,
+    // Appended (images before have none: every fd its own description,
+    // no object).
+    /// The open file description, 1-based: fds sharing one (`dup`,
+    /// `2>&1`) have the same number and are restored as one. 0: unknown.
+    pub desc: u32,
+    /// 1-based index of the fd's object in its kind's note ([`note::PIPES`]
+    /// for a pipe, …); 0: none.
+    pub object: u32,
 }
-const _: () = assert!(core::mem::size_of::<FdRecord>() == 80);
+const _: () = assert!(core::mem::size_of::<FdRecord>() == 88);
 impl Record for FdRecord {
     const NOTE_TYPE: u32 = note::FDS;
 }

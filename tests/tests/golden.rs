@@ -415,6 +415,7 @@ fn golden_state() -> TaskState {
         threads,
         vmas,
         fds,
+        objects: Default::default(),
         pending: vec![
             PendingSignalRecord {
                 tid: 0,
@@ -454,7 +455,6 @@ fn golden_state() -> TaskState {
                 len: 2 * page,
             },
         ],
-        shmem: Vec::new(),
     }
 }
 

@@ -35,6 +35,10 @@ pub struct Fake {
     pub fs_ids: RefCell<Option<(u32, u32)>>,
     /// What `fstatfs` says of every file's mount (`ST_*`).
     pub mount_flags: u64,
+    /// Every `write`: fd and bytes.
+    pub written: RefCell<Vec<(i32, Vec<u8>)>>,
+    /// Every pipe made: (read end, write end, size set).
+    pub pipes: RefCell<Vec<(i32, i32, u32)>>,
     /// Files stage 1 made (memfds, `O_TMPFILE`s, new files), by fd.
     pub made: RefCell<HashMap<i32, Made>>,
     /// `O_TMPFILE` fails with this (file systems without it).
@@ -113,6 +117,8 @@ impl Fake {
             mount_flags: 0,
             made: RefCell::new(HashMap::new()),
             tmpfile_error: None,
+            written: RefCell::default(),
+            pipes: RefCell::default(),
         }
     }
 
@@ -348,5 +354,27 @@ impl Os for Fake {
         let n = buf.len().min(f.contents.len());
         buf[..n].copy_from_slice(&f.contents[..n]);
         Ok(n)
+    }
+    fn pipe(&self) -> Result<(i32, i32), Errno> {
+        let r = self.new_fd(b"pipe:[r]".to_vec(), 0);
+        let w = self.new_fd(b"pipe:[w]".to_vec(), 0);
+        self.pipes.borrow_mut().push((r, w, 65536));
+        Ok((r, w))
+    }
+    fn set_pipe_size(&self, fd: i32, size: u32) -> Result<u32, Errno> {
+        let mut pipes = self.pipes.borrow_mut();
+        let p = pipes
+            .iter_mut()
+            .find(|p| p.0 == fd || p.1 == fd)
+            .ok_or(Errno(9))?;
+        p.2 = size.max(4096);
+        Ok(p.2)
+    }
+    fn write(&self, fd: i32, buf: &[u8]) -> Result<usize, Errno> {
+        self.written.borrow_mut().push((fd, buf.to_vec()));
+        Ok(buf.len())
+    }
+    fn eventfd(&self, _flags: u32) -> Result<i32, Errno> {
+        Ok(self.new_fd(b"anon_inode:[eventfd]".to_vec(), 0))
     }
 }

@@ -6,8 +6,9 @@ use image_format::{read::Records, Image};
 
 use super::files::open_typed;
 use super::os::Os;
-use super::scratch::{FdFile, Scratch};
+use super::scratch::{DescFrom, FdFile, Scratch};
 use super::CheckError;
+use crate::objects::{self, Made, MadeObject};
 use crate::plan::FdMove;
 use crate::rules;
 use crate::sys;
@@ -137,8 +138,10 @@ fn reopen_fd(
 }
 
 /// The task's fds: regular files, directories and plain character devices
-/// are reopened (`FdMove`s); stdio that was a terminal, pipe or socket is
-/// inherited (kept).
+/// are reopened, objects (pipes, eventfds, …) made ([`crate::objects`]),
+/// each open file description once (`FdMove`s from one fd to every fd
+/// sharing it); stdio that was a terminal, pipe or socket is inherited
+/// (kept).
 pub fn reopen_fds(
     os: &impl Os,
     name: &[u8],
@@ -151,20 +154,45 @@ pub fn reopen_fds(
     let moves = scratch.take::<FdMove>("fd moves", n)?;
     let keep = scratch.take::<i32>("kept fds", n)?;
     let files = scratch.take::<FdFile>("fd files", n)?;
-    let (mut nmoves, mut nkeep, mut nfiles) = (0, 0, 0);
+    let descs = scratch.take::<DescFrom>("descriptions", n)?;
+    let mut made = Made {
+        slots: scratch.take::<MadeObject>("objects", n)?,
+        len: 0,
+    };
+    let (mut nmoves, mut nkeep, mut nfiles, mut ndescs) = (0, 0, 0, 0);
     for f in fds.clone() {
         let path = image
             .string(f.path)
             .map_err(|error| CheckError::Corrupt { error })?;
-        if rules::fd_is_inherited(f.fd, f.kind) {
+        let known = (f.desc != 0)
+            .then(|| descs[..ndescs].iter().find(|d| d.desc == f.desc))
+            .flatten()
+            .map(|d| d.from);
+        // Stdio the caller gives is kept as the caller has it, even when
+        // two of them shared a description (the caller's say which).
+        let from = if rules::fd_is_inherited(&f) {
             // One slot per record: `nkeep` < `n`.
             if let Some(slot) = keep.get_mut(nkeep) {
                 *slot = f.fd;
                 nkeep += 1;
             }
+            f.fd
+        } else if let Some(from) = known {
+            from
+        } else if objects::is_object(f.kind) {
+            objects::open(os, image, &f, path, base, &mut made)?
+        } else {
+            reopen_fd(os, &f, path, base)?
+        };
+        if known.is_none() && f.desc != 0 {
+            if let Some(slot) = descs.get_mut(ndescs) {
+                *slot = DescFrom { desc: f.desc, from };
+                ndescs += 1;
+            }
+        }
+        if from == f.fd {
             continue;
         }
-        let from = reopen_fd(os, &f, path, base)?;
         if let Some(slot) = moves.get_mut(nmoves) {
             *slot = FdMove {
                 from,
@@ -173,7 +201,9 @@ pub fn reopen_fds(
             };
             nmoves += 1;
         }
-        if f.kind == fd_kind::REGULAR {
+        // Images from before descriptions were recorded cannot tell dups
+        // from two opens: say so for the files that might have been.
+        if f.kind == fd_kind::REGULAR && f.desc == 0 {
             if let Some(slot) = files.get_mut(nfiles) {
                 *slot = FdFile {
                     dev: f.file.dev,

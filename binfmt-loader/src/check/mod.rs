@@ -129,6 +129,17 @@ pub enum CheckError {
         kind: u32,
         path: &'static [u8],
     },
+    /// Creating the object of fd `fd` (a pipe, an eventfd, …) failed at
+    /// `step`.
+    Object {
+        fd: i32,
+        step: &'static str,
+        errno: Errno,
+    },
+    /// Fd `fd` names an object its kind's note does not have.
+    ObjectMissing {
+        fd: i32,
+    },
     VdsoLayout,
     Scratch {
         errno: Errno,
@@ -239,7 +250,8 @@ impl CheckError {
             CheckError::Corrupt { .. }
             | CheckError::NoThread
             | CheckError::BadXsave { .. }
-            | CheckError::Value { .. } => ExitCode::ImageCorrupt,
+            | CheckError::Value { .. }
+            | CheckError::ObjectMissing { .. } => ExitCode::ImageCorrupt,
             CheckError::FileMissing { .. }
             | CheckError::FileChanged { .. }
             | CheckError::FileType { .. }
@@ -263,6 +275,7 @@ impl CheckError {
             | CheckError::ProcMapsParse { .. }
             | CheckError::ProcMapsTooLong { .. }
             | CheckError::FdRelocate { .. }
+            | CheckError::Object { .. }
             | CheckError::CapsKept { .. }
             | CheckError::ExceedsOwner { .. }
             | CheckError::Identity { .. }
@@ -316,9 +329,15 @@ impl fmt::Display for CheckError {
             ),
             CheckError::UnsupportedFd { fd, kind, path } => write!(
                 f,
-                "fd {fd} ({}, kind {kind}) cannot be restored by the loader yet (it reopens only regular files, directories and character devices)",
+                "fd {fd} ({}, kind {kind}) cannot be restored by the loader yet (this kind of file, or one saved without its state)",
                 Lossy(path)
             ),
+            CheckError::Object { fd, step, errno } => {
+                write!(f, "fd {fd}: cannot {step}: {errno}")
+            }
+            CheckError::ObjectMissing { fd } => {
+                write!(f, "corrupt image: fd {fd} names an object the image does not hold")
+            }
             CheckError::VdsoLayout => {
                 write!(f, "the image's [vvar]/[vdso] layout differs from this kernel's (dumped on another kernel); not supported yet")
             }

@@ -88,4 +88,14 @@ pub trait Os {
     /// `buf.len()` bytes, read in order (`/proc` files are not all
     /// `pread`-able).
     fn read_file(&self, path: &[u8], buf: &mut [u8]) -> Result<usize, Errno>;
+
+    // The kernel objects behind fds (`crate::objects`).
+    /// `pipe2(O_CLOEXEC | O_NONBLOCK)`: (read end, write end).
+    fn pipe(&self) -> Result<(i32, i32), Errno>;
+    /// `fcntl(F_SETPIPE_SZ)`: the size set.
+    fn set_pipe_size(&self, fd: i32, size: u32) -> Result<u32, Errno>;
+    /// `write(fd, buf)`: how many bytes were taken.
+    fn write(&self, fd: i32, buf: &[u8]) -> Result<usize, Errno>;
+    /// `eventfd2(0, flags)`.
+    fn eventfd(&self, flags: u32) -> Result<i32, Errno>;
 }

@@ -43,6 +43,15 @@ pub struct FdFile {
 }
 
 /// How many entries each of stage 1's tables holds.
+/// The fd an open file description was made at (for the fds after the
+/// first that share it).
+#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct DescFrom {
+    pub desc: u32,
+    pub from: i32,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tables {
     pub vmas: usize,
@@ -77,6 +86,8 @@ impl Tables {
             table_bytes::<i32>(self.fds)?,
             table_bytes::<i32>(self.shmem)?,
             table_bytes::<FdFile>(self.fds)?,
+            table_bytes::<DescFrom>(self.fds)?,
+            table_bytes::<crate::objects::MadeObject>(self.fds)?,
             table_bytes::<Range>(MAX_MAPS)?,
             // The window search's: target VMAs, loader maps, 4 more.
             table_bytes::<Range>(self.vmas.checked_add(MAX_MAPS + 4)?)?,
@@ -155,6 +166,8 @@ mod tests {
         s.take::<i32>("kept fds", t.fds)?;
         s.take::<i32>("objects", t.shmem)?;
         s.take::<FdFile>("fd files", t.fds)?;
+        s.take::<DescFrom>("descriptions", t.fds)?;
+        s.take::<crate::objects::MadeObject>("objects", t.fds)?;
         s.take::<Range>("loader maps", MAX_MAPS)?;
         s.take::<Range>("window search", t.vmas + MAX_MAPS + 4)?;
         Ok(())

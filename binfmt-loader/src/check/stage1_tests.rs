@@ -166,6 +166,7 @@ fn task() -> TaskState {
             fd(2, fd_kind::PIPE, "pipe:[3]", FileId::default()),
             fd(3, fd_kind::REGULAR, LOG, id(&log_stat())),
         ],
+        objects: Default::default(),
         pending: vec![],
         gadgets: GadgetsRecord {
             syscall_ret: CODE_AT + SYSCALL_RET_AT,
@@ -176,7 +177,6 @@ fn task() -> TaskState {
             start: CODE_AT,
             len: 4096,
         }],
-        shmem: Vec::new(),
     }
 }
 

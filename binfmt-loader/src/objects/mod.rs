@@ -1,4 +1,117 @@
-//! Kernel objects stage 1 creates from the image's records, one module per
-//! kind, each handing back the fd the plan maps or places.
+//! The kernel objects behind fds, restored in stage 1: one module per
+//! kind, each creating its object (above the task's fd numbers, where the
+//! plan's `dup3`s move it from) with the state the dumper's module of the
+//! same name saved. [`Made`] remembers what was created, so that an
+//! object several fds refer to is created once.
 
+pub mod eventfd;
+pub mod pipe;
 pub mod shmem;
+
+use image_format::records::{fd_kind, EventfdRecord, FdRecord, PipeRecord};
+use image_format::Image;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::check::os::Os;
+use crate::check::CheckError;
+use crate::sys::Errno;
+
+/// One object created: its fds (for a pipe: read end, write end; else
+/// the first only) and whether the task's first description of each has
+/// taken it (later ones open it again through `/proc/self/fd`).
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct MadeObject {
+    pub kind: u32,
+    pub object: u32,
+    pub fds: [i32; 2],
+    pub taken: [u32; 2],
+}
+
+/// The objects stage 1 made so far (a table in its scratch memory, one
+/// slot per fd record: an object has at least one fd).
+pub struct Made {
+    pub slots: &'static mut [MadeObject],
+    pub len: usize,
+}
+
+impl Made {
+    /// The object `kind`/`object` made earlier.
+    pub fn find(&mut self, kind: u32, object: u32) -> Option<&mut MadeObject> {
+        self.slots[..self.len]
+            .iter_mut()
+            .find(|m| m.kind == kind && m.object == object)
+    }
+
+    /// Remember a new object.
+    pub fn add(&mut self, made: MadeObject) -> Result<&mut MadeObject, CheckError> {
+        let slot = self
+            .slots
+            .get_mut(self.len)
+            .ok_or(CheckError::ScratchShort {
+                table: "objects",
+                items: self.len + 1,
+            })?;
+        *slot = made;
+        self.len += 1;
+        Ok(slot)
+    }
+}
+
+/// A restore step of an object that failed.
+pub fn failed(f: &FdRecord, step: &'static str) -> impl FnOnce(Errno) -> CheckError {
+    let fd = f.fd;
+    move |errno| CheckError::Object { fd, step, errno }
+}
+
+/// `fd`, moved to a number at or above `base` if it is below.
+pub fn lift(os: &impl Os, fd: i32, base: i32) -> Result<i32, Errno> {
+    if fd >= base {
+        return Ok(fd);
+    }
+    let high = os.dup_above(fd, base);
+    os.close(fd);
+    high
+}
+
+/// Whether the loader restores fds of `kind` as objects (from the note
+/// `object` indexes).
+pub fn is_object(kind: u32) -> bool {
+    matches!(kind, fd_kind::PIPE | fd_kind::FIFO | fd_kind::EVENTFD)
+}
+
+/// How many objects of fd kind `kind` the image holds.
+pub fn count(image: &Image<'_>, kind: u32) -> Result<u32, image_format::ImageError> {
+    Ok(match kind {
+        fd_kind::PIPE | fd_kind::FIFO => image.records::<PipeRecord>()?.len(),
+        fd_kind::EVENTFD => image.records::<EventfdRecord>()?.len(),
+        _ => 0,
+    })
+}
+
+/// Create (or find) the object of fd record `f` and return an fd on one
+/// open file description of it, above `base`, with the record's status
+/// flags.
+pub fn open(
+    os: &impl Os,
+    image: &Image<'static>,
+    f: &FdRecord,
+    path: &'static [u8],
+    base: i32,
+    made: &mut Made,
+) -> Result<i32, CheckError> {
+    let fd = match f.kind {
+        fd_kind::PIPE | fd_kind::FIFO => pipe::open(os, image, f, path, base, made)?,
+        fd_kind::EVENTFD => eventfd::open(os, image, f, base)?,
+        _ => {
+            return Err(CheckError::UnsupportedFd {
+                fd: f.fd,
+                kind: f.kind,
+                path,
+            })
+        }
+    };
+    os.set_status_flags(fd, f.open_flags)
+        .map_err(failed(f, "set its status flags"))?;
+    Ok(fd)
+}

@@ -13,6 +13,7 @@
 use core::arch::asm;
 
 pub mod mm;
+pub mod objects;
 pub mod os;
 pub mod shmem;
 pub mod startup;

@@ -144,4 +144,16 @@ impl Os for Kernel {
     fn read_file(&self, path: &[u8], buf: &mut [u8]) -> Result<usize, Errno> {
         super::read_small_file(path, buf)
     }
+    fn pipe(&self) -> Result<(i32, i32), Errno> {
+        super::objects::pipe()
+    }
+    fn set_pipe_size(&self, fd: i32, size: u32) -> Result<u32, Errno> {
+        super::objects::set_pipe_size(fd, size)
+    }
+    fn write(&self, fd: i32, buf: &[u8]) -> Result<usize, Errno> {
+        super::write(fd, buf)
+    }
+    fn eventfd(&self, flags: u32) -> Result<i32, Errno> {
+        super::objects::eventfd(flags)
+    }
 }

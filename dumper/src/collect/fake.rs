@@ -59,6 +59,12 @@ pub struct FakeTask {
     pub pending: HashMap<(i32, bool), Vec<[u8; 128]>>,
     /// Pages whose pagemap entries were read.
     pub pagemap_reads: std::cell::Cell<u64>,
+    /// What `take_fd` hands out, by fd number (real objects the test made).
+    pub stolen: HashMap<i32, std::os::fd::OwnedFd>,
+    /// Groups of fds sharing one open file description.
+    pub shared_descs: Vec<Vec<i32>>,
+    /// (link, pid) of the objects other processes hold too.
+    pub elsewhere: Vec<(String, i32)>,
 }
 
 /// 52 fields of `/proc/P/stat`, `fields[n - 1]` being field n of proc(5).
@@ -145,6 +151,9 @@ impl FakeTask {
                 itimers: Vec::new(),
             },
             asked: Vec::new(),
+            stolen: HashMap::new(),
+            shared_descs: Vec::new(),
+            elsewhere: Vec::new(),
             prepared: None,
             scan: None,
             pending: HashMap::new(),
@@ -423,5 +432,29 @@ impl Task for FakeTask {
         let n = rest.len().min(buf.len());
         buf[..n].copy_from_slice(&rest[..n]);
         Ok(n)
+    }
+
+    fn take_fd(&self, fd: i32) -> io::Result<std::os::fd::OwnedFd> {
+        match self.stolen.get(&fd) {
+            Some(f) => f.try_clone(),
+            None => Err(io::Error::from_raw_os_error(libc::EBADF)),
+        }
+    }
+
+    fn same_description(&self, a: i32, b: i32) -> io::Result<bool> {
+        Ok(a == b
+            || self
+                .shared_descs
+                .iter()
+                .any(|g| g.contains(&a) && g.contains(&b)))
+    }
+
+    fn holders_elsewhere(&self, links: &[String]) -> io::Result<Vec<(String, i32)>> {
+        Ok(self
+            .elsewhere
+            .iter()
+            .filter(|(l, _)| links.contains(l))
+            .cloned()
+            .collect())
     }
 }

@@ -6,6 +6,7 @@
 use std::cell::OnceCell;
 use std::fs::{self, File};
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -19,7 +20,7 @@ use crate::cancel::cancel_requested;
 use crate::freeze::Frozen;
 use crate::inject::{self, Borrowed, Gadgets};
 use crate::sys::ptrace::PtraceError;
-use crate::sys::{process, ptrace};
+use crate::sys::{fds, process, ptrace};
 use crate::vmas;
 
 /// syscall numbers (x86_64) injected into the task.
@@ -45,6 +46,8 @@ pub struct LiveTask<'a> {
     pagemap: OnceCell<File>,
     /// Set by [`Task::prepare_injection`].
     injection: Option<Gadgets>,
+    /// The process's pidfd, opened when an fd is first taken.
+    pidfd: OnceCell<OwnedFd>,
 }
 
 impl<'a> LiveTask<'a> {
@@ -54,6 +57,7 @@ impl<'a> LiveTask<'a> {
             mem,
             pagemap: OnceCell::new(),
             injection: None,
+            pidfd: OnceCell::new(),
         }
     }
 
@@ -188,6 +192,64 @@ impl Task for LiveTask<'_> {
             ))?,
         )
     }
+
+    fn take_fd(&self, fd: i32) -> io::Result<OwnedFd> {
+        fds::pidfd_getfd(self.pidfd()?.as_fd(), fd)
+    }
+
+    fn same_description(&self, a: i32, b: i32) -> io::Result<bool> {
+        fds::same_description(self.pid(), a, b)
+    }
+
+    fn holders_elsewhere(&self, links: &[String]) -> io::Result<Vec<(String, i32)>> {
+        if links.is_empty() {
+            return Ok(Vec::new());
+        }
+        scan_holders(self.pid(), links)
+    }
+}
+
+impl LiveTask<'_> {
+    fn pidfd(&self) -> io::Result<&OwnedFd> {
+        if let Some(f) = self.pidfd.get() {
+            return Ok(f);
+        }
+        let f = fds::pidfd_open(self.pid())?;
+        Ok(self.pidfd.get_or_init(|| f))
+    }
+}
+
+/// The `/proc/P/fd/N` links of every process but `pid` and this one that
+/// are in `links`. A process that goes away meanwhile is skipped.
+fn scan_holders(pid: i32, links: &[String]) -> io::Result<Vec<(String, i32)>> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc")? {
+        let Some(other) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if other == pid || u32::try_from(other) == Ok(me) {
+            continue;
+        }
+        let Ok(dir) = fs::read_dir(format!("/proc/{other}/fd")) else {
+            continue;
+        };
+        for fd in dir.flatten() {
+            if let Ok(target) = fs::read_link(fd.path()) {
+                let target = target.to_string_lossy();
+                if let Some(l) = links.iter().find(|l| **l == target) {
+                    if !out.iter().any(|(o, p)| o == l && *p == other) {
+                        out.push((l.clone(), other));
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The little-endian word at `off` in `b` (the task's and the kernel's

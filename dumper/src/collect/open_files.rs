@@ -1,19 +1,80 @@
 //! The open file descriptors: what each is, where it points, its offset
-//! and flags; the kinds crimg cannot restore are refused (forced: lost).
+//! and flags, which fds share one open file description, and the objects
+//! behind them ([`crate::objects`]); the kinds crimg cannot restore are
+//! refused (forced: lost).
+//!
+//! In three passes: every fd is listed with its link, metadata and fdinfo;
+//! the fds are grouped into open file descriptions (`kcmp`, only between
+//! fds on one inode); then each description's object is saved once by its
+//! kind's module.
 
-use image_format::records::{fd_flags, FdRecord};
-use image_writer::model::FdState;
+use std::os::fd::OwnedFd;
 
-use super::task::Task;
+use image_format::records::{fd_flags, fd_kind, pipe_flags, FdRecord, PipeRecord};
+use image_format::text::Escaped;
+use image_writer::model::{FdState, ObjectStates, PipeState};
+
+use super::task::{FileMeta, Task};
 use super::{CollectError, Collector};
-use crate::{fds, procfs};
+use crate::procfs::fdinfo::FdInfo;
+use crate::{fds, objects, procfs};
 
 /// `O_CLOEXEC` is a flag of the descriptor, not of the open file: kept
 /// apart in [`fd_flags::CLOEXEC`]. (The constant is a small positive bit.)
 #[allow(clippy::cast_sign_loss)]
 const O_CLOEXEC: u32 = libc::O_CLOEXEC as u32;
+#[allow(clippy::cast_sign_loss)]
+const O_ACCMODE: u32 = libc::O_ACCMODE as u32;
+#[allow(clippy::cast_sign_loss)]
+const O_WRONLY: u32 = libc::O_WRONLY as u32;
+#[allow(clippy::cast_sign_loss)]
+const O_RDWR: u32 = libc::O_RDWR as u32;
 
-pub(super) fn collect_fds<T: Task>(c: &mut Collector<'_, T>) -> Result<Vec<FdState>, CollectError> {
+/// One fd as listed, before its object is saved.
+struct Listed {
+    fd: i32,
+    link: String,
+    meta: FileMeta,
+    info: FdInfo,
+    fdinfo: String,
+    kind: u32,
+    deleted: bool,
+}
+
+impl Listed {
+    fn reads(&self) -> bool {
+        self.info.flags & O_ACCMODE != O_WRONLY
+    }
+    fn writes(&self) -> bool {
+        matches!(self.info.flags & O_ACCMODE, O_WRONLY | O_RDWR)
+    }
+}
+
+/// The fds and the objects behind them.
+pub(super) fn collect_fds<T: Task>(
+    c: &mut Collector<'_, T>,
+) -> Result<(Vec<FdState>, ObjectStates), CollectError> {
+    let listed = list(c)?;
+    let descs = descriptions(c, &listed)?;
+    let mut records: Vec<FdState> = listed
+        .iter()
+        .zip(&descs)
+        .map(|(l, &desc)| FdState {
+            record: record(l, desc),
+            path: l
+                .link
+                .strip_suffix(" (deleted)")
+                .unwrap_or(&l.link)
+                .to_owned(),
+        })
+        .collect();
+    let objects = save_objects(c, &listed, &mut records)?;
+    Ok((records, objects))
+}
+
+/// Pass 1: every fd's link, metadata, fdinfo and kind; the kinds that
+/// cannot be kept are refused here.
+fn list<T: Task>(c: &mut Collector<'_, T>) -> Result<Vec<Listed>, CollectError> {
     let dir = c.proc_path("fd");
     let names = c
         .task
@@ -37,11 +98,9 @@ pub(super) fn collect_fds<T: Task>(c: &mut Collector<'_, T>) -> Result<Vec<FdSta
             .task
             .metadata(std::path::Path::new(&fd_path))
             .map_err(c.read_error(fd_path))?;
-        let info = c.parse(procfs::fdinfo::parse(
-            &c.read_text(&format!("fdinfo/{fd}"))?,
-        ))?;
+        let fdinfo = c.read_text(&format!("fdinfo/{fd}"))?;
+        let info = c.parse(procfs::fdinfo::parse(&fdinfo))?;
         let deleted = link.ends_with(" (deleted)");
-        let path = link.strip_suffix(" (deleted)").unwrap_or(&link).to_owned();
         // The major number: 12 bits (`MAJOR()` of the old encoding, which
         // is what the tty majors are compared in).
         let rdev_major = u32::try_from((meta.rdev >> 8) & 0xfff).unwrap_or(u32::MAX);
@@ -49,25 +108,240 @@ pub(super) fn collect_fds<T: Task>(c: &mut Collector<'_, T>) -> Result<Vec<FdSta
         if let Some(why) = fds::unsupported_reason(fd, kind, deleted, &link) {
             c.unsupported(why)?;
         }
-        let mut flags = 0;
-        if info.flags & O_CLOEXEC != 0 {
-            flags |= fd_flags::CLOEXEC;
-        }
-        if deleted {
-            flags |= fd_flags::DELETED;
-        }
-        let record = FdRecord {
+        out.push(Listed {
             fd,
+            link,
+            meta,
+            info,
+            fdinfo,
             kind,
-            flags,
-            open_flags: info.flags & !O_CLOEXEC,
-            pos: info.pos,
-            mnt_id: info.mnt_id,
-            mode: meta.mode,
-            file: meta.id,
-            ..FdRecord::default()
-        };
-        out.push(FdState { record, path });
+            deleted,
+        });
     }
     Ok(out)
+}
+
+/// Pass 2: the 1-based open file description of each fd. Two fds can
+/// share one only if they are on one inode, so `kcmp` runs within those.
+fn descriptions<T: Task>(
+    c: &Collector<'_, T>,
+    listed: &[Listed],
+) -> Result<Vec<u32>, CollectError> {
+    let mut descs = vec![0u32; listed.len()];
+    // The first fd of each description so far.
+    let mut firsts: Vec<usize> = Vec::new();
+    for (i, l) in listed.iter().enumerate() {
+        let mut found = None;
+        for (d, &j) in firsts.iter().enumerate() {
+            let o = &listed[j];
+            if o.meta.id.dev != l.meta.id.dev || o.meta.id.ino != l.meta.id.ino {
+                continue;
+            }
+            let same =
+                c.task
+                    .same_description(o.fd, l.fd)
+                    .map_err(|source| CollectError::Read {
+                        pid: c.pid,
+                        path: format!("kcmp of fds {} and {}", o.fd, l.fd),
+                        source,
+                    })?;
+            if same {
+                found = Some(d);
+                break;
+            }
+        }
+        let d = match found {
+            Some(d) => d,
+            None => {
+                firsts.push(i);
+                firsts.len() - 1
+            }
+        };
+        descs[i] = u32::try_from(d + 1).unwrap_or(u32::MAX);
+    }
+    Ok(descs)
+}
+
+fn record(l: &Listed, desc: u32) -> FdRecord {
+    let mut flags = 0;
+    if l.info.flags & O_CLOEXEC != 0 {
+        flags |= fd_flags::CLOEXEC;
+    }
+    if l.deleted {
+        flags |= fd_flags::DELETED;
+    }
+    FdRecord {
+        fd: l.fd,
+        kind: l.kind,
+        flags,
+        open_flags: l.info.flags & !O_CLOEXEC,
+        pos: l.info.pos,
+        mnt_id: l.info.mnt_id,
+        mode: l.meta.mode,
+        file: l.meta.id,
+        desc,
+        ..FdRecord::default()
+    }
+}
+
+/// Pass 3: each object saved once, and `object` set in every fd on it.
+fn save_objects<T: Task>(
+    c: &mut Collector<'_, T>,
+    listed: &[Listed],
+    records: &mut [FdState],
+) -> Result<ObjectStates, CollectError> {
+    let mut objects = ObjectStates::default();
+    save_pipes(c, listed, records, &mut objects)?;
+    for (i, l) in listed.iter().enumerate() {
+        if l.kind != fd_kind::EVENTFD {
+            continue;
+        }
+        let desc = records[i].record.desc;
+        // A dup of an earlier fd: the same eventfd.
+        if let Some(earlier) = records[..i].iter().find(|r| r.record.desc == desc) {
+            records[i].record.object = earlier.record.object;
+            continue;
+        }
+        match objects::eventfd::collect(l.fd, &l.fdinfo) {
+            Ok(e) => {
+                objects.eventfds.push(e);
+                records[i].record.object = index(objects.eventfds.len());
+            }
+            Err(why) => c.unsupported(why)?,
+        }
+    }
+    Ok(objects)
+}
+
+/// A 1-based object index.
+fn index(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
+
+/// Pipes and FIFOs: one object per pipe inode with both ends in the task
+/// and no other holder. A stdio pipe whose other end is elsewhere is the
+/// caller's (inherited on a direct run).
+fn save_pipes<T: Task>(
+    c: &mut Collector<'_, T>,
+    listed: &[Listed],
+    records: &mut [FdState],
+    objects: &mut ObjectStates,
+) -> Result<(), CollectError> {
+    let is_pipe = |l: &Listed| matches!(l.kind, fd_kind::PIPE | fd_kind::FIFO);
+    let mut inodes: Vec<(u64, u64)> = listed
+        .iter()
+        .filter(|l| is_pipe(l))
+        .map(|l| (l.meta.id.dev, l.meta.id.ino))
+        .collect();
+    inodes.sort_unstable();
+    inodes.dedup();
+    if inodes.is_empty() {
+        return Ok(());
+    }
+    let links: Vec<String> = listed
+        .iter()
+        .filter(|l| is_pipe(l))
+        .map(|l| l.link.clone())
+        .collect();
+    let elsewhere = c
+        .task
+        .holders_elsewhere(&links)
+        .map_err(|source| CollectError::Read {
+            pid: c.pid,
+            path: "/proc/*/fd".into(),
+            source,
+        })?;
+    for (dev, ino) in inodes {
+        let ends: Vec<usize> = (0..listed.len())
+            .filter(|&i| {
+                is_pipe(&listed[i]) && listed[i].meta.id.dev == dev && listed[i].meta.id.ino == ino
+            })
+            .collect();
+        let first = &listed[ends[0]];
+        let shown = Escaped(first.link.as_bytes());
+        let reader = ends.iter().copied().find(|&i| listed[i].reads());
+        let has_writer = ends.iter().any(|&i| listed[i].writes());
+        let others: Vec<i32> = elsewhere
+            .iter()
+            .filter(|(l, _)| *l == first.link)
+            .map(|&(_, p)| p)
+            .collect();
+        // Stdio, or copies of stdio (`exec 5>&1`): the caller's.
+        let stdio_descs: Vec<u32> = ends
+            .iter()
+            .filter(|&&i| (0..=2).contains(&listed[i].fd))
+            .map(|&i| records[i].record.desc)
+            .collect();
+        let all_stdio = ends.iter().all(|&i| {
+            (0..=2).contains(&listed[i].fd) || stdio_descs.contains(&records[i].record.desc)
+        });
+        let (Some(reader), true) = (reader, has_writer) else {
+            if all_stdio {
+                // The caller's pipe: inherited, as before objects existed.
+                continue;
+            }
+            let fds: Vec<String> = ends.iter().map(|&i| listed[i].fd.to_string()).collect();
+            let held = if others.is_empty() {
+                "no other process of this dump holds it".to_string()
+            } else {
+                format!("pid {} holds it", join(&others))
+            };
+            c.unsupported(format!(
+                "fd {} {} one end of {shown} whose other end is not in this process ({held}); pipes between processes need a tree dump",
+                fds.join(", "),
+                if fds.len() > 1 { "are" } else { "is" },
+            ))?;
+            continue;
+        };
+        if !others.is_empty() {
+            c.unsupported(format!(
+                "{shown} (fd {}) is also held by pid {}; objects shared between processes need a tree dump",
+                first.fd,
+                join(&others)
+            ))?;
+            continue;
+        }
+        let stolen: OwnedFd = match c.task.take_fd(listed[reader].fd) {
+            Ok(f) => f,
+            Err(e) => {
+                c.unsupported(format!(
+                    "fd {}: cannot take a copy to read {shown}: {e}",
+                    listed[reader].fd
+                ))?;
+                continue;
+            }
+        };
+        let buffered = match objects::pipe::buffered(listed[reader].fd, &stolen) {
+            Ok(b) => b,
+            Err(why) => {
+                c.unsupported(why)?;
+                continue;
+            }
+        };
+        objects.pipes.push(PipeState {
+            record: PipeRecord {
+                ino,
+                size: buffered.size,
+                flags: if first.kind == fd_kind::FIFO {
+                    pipe_flags::FIFO
+                } else {
+                    0
+                },
+                ..PipeRecord::default()
+            },
+            data: buffered.data,
+        });
+        let object = index(objects.pipes.len());
+        for &i in &ends {
+            records[i].record.object = object;
+        }
+    }
+    Ok(())
+}
+
+fn join(pids: &[i32]) -> String {
+    pids.iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

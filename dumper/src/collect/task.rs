@@ -10,6 +10,7 @@
 //! `collect` steps that call it.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use image_format::elf::UserRegs;
@@ -126,4 +127,15 @@ pub trait Task {
         shared: bool,
         buf: &mut [[u8; 128]],
     ) -> Result<usize, CollectError>;
+    /// A copy of the task's fd `fd`, on the same open file description
+    /// (`pidfd_getfd`): what the object modules read an fd's state
+    /// through without changing it.
+    fn take_fd(&self, fd: i32) -> io::Result<OwnedFd>;
+    /// Whether the task's fds `a` and `b` share one open file description
+    /// (`kcmp(KCMP_FILE)`).
+    fn same_description(&self, a: i32, b: i32) -> io::Result<bool>;
+    /// Which other processes hold an fd whose `/proc/P/fd/N` link is one
+    /// of `links` (`pipe:[…]`, `socket:[…]`, a FIFO's path): (link, pid)
+    /// pairs. An object another process holds too is not the task's alone.
+    fn holders_elsewhere(&self, links: &[String]) -> io::Result<Vec<(String, i32)>>;
 }

@@ -5,8 +5,9 @@
 
 use image_format::elf::UserRegs;
 use image_format::records::{
-    CredsRecord, FdRecord, GadgetsRecord, ItimerRecord, MmRecord, PendingSignalRecord,
-    ProcessRecord, RlimitRecord, ShmemRecord, SigactionRecord, ThreadRecord, VmaRecord,
+    CredsRecord, EventfdRecord, FdRecord, GadgetsRecord, ItimerRecord, MmRecord,
+    PendingSignalRecord, ProcessRecord, RlimitRecord, ShmemRecord, SigactionRecord, ThreadRecord,
+    VmaRecord,
 };
 
 /// One thread: its registers and per-thread extras.
@@ -43,6 +44,25 @@ pub struct ShmemState {
     pub name: Vec<u8>,
     /// The whole content, with `shmem_flags::WHOLE_CONTENT`; else empty.
     pub content: Vec<u8>,
+}
+
+/// A pipe or FIFO: its record (`data` is filled in by the writer) and
+/// the bytes buffered in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PipeState {
+    pub record: image_format::records::PipeRecord,
+    pub data: Vec<u8>,
+}
+
+/// The kernel objects behind the task's fds, one list per kind, in the
+/// order `FdRecord::object` counts them (1-based).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectStates {
+    pub pipes: Vec<PipeState>,
+    pub eventfds: Vec<EventfdRecord>,
+    /// Shared memory objects and saved files; `VmaRecord::object` and
+    /// `FdRecord::object` of a memfd are 1-based indexes into it.
+    pub shmem: Vec<ShmemState>,
 }
 
 /// A run of pages to store: `[start, start + len)`, page-aligned, inside one
@@ -82,15 +102,14 @@ pub struct TaskState {
     pub vmas: Vec<VmaState>,
     /// Sorted by fd number.
     pub fds: Vec<FdState>,
+    /// What the fds refer to beyond a path.
+    pub objects: ObjectStates,
     pub pending: Vec<PendingSignalRecord>,
     pub gadgets: GadgetsRecord,
     /// State the dump could not keep.
     pub warnings: Vec<String>,
     /// Pages whose contents go into the image.
     pub pages: Vec<PageRun>,
-    /// Shared memory objects and saved files; `VmaRecord::object` and
-    /// `FdRecord::object` are 1-based indexes into it.
-    pub shmem: Vec<ShmemState>,
 }
 
 /// A file's identity as the image records it, from its metadata.

@@ -124,6 +124,7 @@ fn sample_state(nthreads: usize, pages: Vec<PageRun>) -> TaskState {
             },
             path: "/tmp/log".into(),
         }],
+        objects: Default::default(),
         pending: vec![],
         gadgets: GadgetsRecord {
             syscall_ret: 0x40_1234,
@@ -131,7 +132,6 @@ fn sample_state(nthreads: usize, pages: Vec<PageRun>) -> TaskState {
         },
         warnings: vec!["posix timer 0 was not kept".into()],
         pages,
-        shmem: Vec::new(),
     }
 }
 
@@ -554,11 +554,11 @@ fn invalid_states_are_refused_by_the_writer() {
 fn the_note_index_finds_what_a_scan_finds() {
     let bytes = write_to_vec(&sample_state(2, default_pages()));
     let img = Image::parse(&bytes).unwrap();
-    for note_type in records::note::FIRST..=records::note::LAST {
-        // Numbers kept for notes this build does not write yet.
-        if records::note::name(note_type) == "unknown" {
-            continue;
-        }
+    let written = records::KNOWN_NOTES
+        .iter()
+        .map(|v| v.note_type)
+        .chain([records::note::STRTAB]);
+    for note_type in written {
         let scanned = img
             .find_note(records::OWNER_CRIMG, note_type)
             .map(|n| n.desc);

@@ -1,0 +1,156 @@
+//! Pipes and FIFOs: made once per object with its size and buffered
+//! bytes, then each of the task's open file descriptions on it: the first
+//! read (write) one is the end made, later ones open that end again
+//! through `/proc/self/fd` (a new description on the same pipe).
+
+use image_format::records::{pipe_flags, FdRecord, PipeRecord};
+use image_format::Image;
+
+use super::{failed, lift, Made, MadeObject};
+use crate::check::files::open_typed;
+use crate::check::os::Os;
+use crate::check::CheckError;
+use crate::sys::{self, Errno};
+
+const O_ACCMODE: u32 = 3;
+const O_WRONLY: u32 = 1;
+
+pub fn open(
+    os: &impl Os,
+    image: &Image<'static>,
+    f: &FdRecord,
+    path: &'static [u8],
+    base: i32,
+    made: &mut Made,
+) -> Result<i32, CheckError> {
+    if made.find(f.kind, f.object).is_none() {
+        let ends = make(os, image, f, path, base)?;
+        made.add(MadeObject {
+            kind: f.kind,
+            object: f.object,
+            fds: [ends.0, ends.1],
+            taken: [0, 0],
+        })?;
+    }
+    let m = made
+        .find(f.kind, f.object)
+        .ok_or(CheckError::ObjectMissing { fd: f.fd })?;
+    let access = f.open_flags & O_ACCMODE;
+    let end = usize::from(access == O_WRONLY);
+    if access != sys::O_RDWR && m.taken[end] == 0 {
+        m.taken[end] = 1;
+        return Ok(m.fds[end]);
+    }
+    // Another description on the same pipe (or a FIFO opened read-write).
+    let mut again = [0u8; 32];
+    let again = proc_fd_path(&mut again, m.fds[0]);
+    let fd = os
+        .open(again, access | sys::O_NONBLOCK | sys::O_CLOEXEC)
+        .and_then(|fd| lift(os, fd, base))
+        .map_err(failed(f, "open the pipe again"))?;
+    Ok(fd)
+}
+
+/// The pipe of `f`'s object: (read end, write end) above `base`, sized and
+/// holding its bytes.
+fn make(
+    os: &impl Os,
+    image: &Image<'static>,
+    f: &FdRecord,
+    path: &'static [u8],
+    base: i32,
+) -> Result<(i32, i32), CheckError> {
+    let corrupt = |error| CheckError::Corrupt { error };
+    let record = image
+        .records::<PipeRecord>()
+        .map_err(corrupt)?
+        .object(f.object)
+        .ok_or(CheckError::ObjectMissing { fd: f.fd })?;
+    let data = image.string(record.data).map_err(corrupt)?;
+    let (r, w) = if record.flags & pipe_flags::FIFO != 0 {
+        // The read end first: opening a FIFO to write fails (ENXIO) while
+        // it has no reader. Both non-blocking, so neither waits.
+        let (r, st) = open_typed(os, "FIFO", path, sys::O_RDONLY, sys::S_IFIFO, base)?;
+        if st.dev != f.file.dev || st.ino != f.file.ino {
+            os.close(r);
+            return Err(CheckError::FileChanged { what: "FIFO", path });
+        }
+        match open_typed(os, "FIFO", path, O_WRONLY, sys::S_IFIFO, base) {
+            Ok((w, _)) => (r, w),
+            Err(e) => {
+                os.close(r);
+                return Err(e);
+            }
+        }
+    } else {
+        let (r, w) = os.pipe().map_err(failed(f, "create the pipe"))?;
+        let lifted = lift(os, r, base).and_then(|r| Ok((r, lift(os, w, base)?)));
+        lifted.map_err(failed(f, "move the pipe"))?
+    };
+    let fill = || -> Result<(), CheckError> {
+        let size = os
+            .set_pipe_size(w, record.size)
+            .map_err(failed(f, "set the pipe's size"))?;
+        if size < record.size || data.len() > usize::try_from(size).unwrap_or(usize::MAX) {
+            return Err(CheckError::Object {
+                fd: f.fd,
+                step: "set the pipe's size",
+                errno: Errno::EINVAL,
+            });
+        }
+        let mut rest = data;
+        while !rest.is_empty() {
+            let n = os
+                .write(w, rest)
+                .map_err(failed(f, "write the pipe's buffered bytes"))?;
+            if n == 0 {
+                return Err(CheckError::Object {
+                    fd: f.fd,
+                    step: "write the pipe's buffered bytes",
+                    errno: Errno::EIO,
+                });
+            }
+            rest = rest.get(n..).unwrap_or(&[]);
+        }
+        Ok(())
+    };
+    if let Err(e) = fill() {
+        os.close(r);
+        os.close(w);
+        return Err(e);
+    }
+    Ok((r, w))
+}
+
+/// `/proc/self/fd/N` in `buf`.
+fn proc_fd_path(buf: &mut [u8; 32], fd: i32) -> &[u8] {
+    let prefix = b"/proc/self/fd/";
+    buf[..prefix.len()].copy_from_slice(prefix);
+    let mut digits = [0u8; 12];
+    let mut n = fd.unsigned_abs();
+    let mut k = digits.len();
+    loop {
+        k -= 1;
+        digits[k] = b'0' + u8::try_from(n % 10).unwrap_or(0);
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let len = digits.len() - k;
+    buf[prefix.len()..prefix.len() + len].copy_from_slice(&digits[k..]);
+    &buf[..prefix.len() + len]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_fd_paths() {
+        let mut b = [0u8; 32];
+        assert_eq!(proc_fd_path(&mut b, 7), b"/proc/self/fd/7");
+        assert_eq!(proc_fd_path(&mut b, 1234), b"/proc/self/fd/1234");
+        assert_eq!(proc_fd_path(&mut b, 0), b"/proc/self/fd/0");
+    }
+}
