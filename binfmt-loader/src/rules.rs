@@ -126,7 +126,9 @@ pub fn fd_kind_reopenable(kind: u32) -> bool {
 /// Whether the loader can restore fd record `f`: by its path, or as an
 /// object the image saved (`object` names it).
 pub fn fd_restorable(f: &FdRecord) -> bool {
-    fd_kind_reopenable(f.kind) || (crate::objects::is_object(f.kind) && f.object != 0)
+    fd_kind_reopenable(f.kind)
+        || (crate::objects::is_object(f.kind) && f.object != 0)
+        || crate::objects::shmem::backs_fd(f)
 }
 
 /// The fd whose open file description `f` shares and that comes before it
@@ -211,8 +213,16 @@ pub fn check_image<'a>(image: &Image<'a>, mmap_min_addr: u64) -> Result<(), Rule
             }
             continue;
         }
-        if crate::objects::is_object(f.kind) && f.object != 0 {
-            let held = crate::objects::count(image, f.kind).map_err(corrupt)?;
+        let shmem = crate::objects::shmem::backs_fd(&f);
+        if (crate::objects::is_object(f.kind) || shmem) && f.object != 0 {
+            let held = if shmem {
+                image
+                    .records::<image_format::records::ShmemRecord>()
+                    .map_err(corrupt)?
+                    .len()
+            } else {
+                crate::objects::count(image, f.kind).map_err(corrupt)?
+            };
             if f.object > held {
                 return Err(RuleError::Corrupt {
                     error: ImageError::BadRecords {
@@ -229,7 +239,8 @@ pub fn check_image<'a>(image: &Image<'a>, mmap_min_addr: u64) -> Result<(), Rule
                 path,
             });
         }
-        if f.flags & fd_flags::DELETED != 0 {
+        // A deleted file with its content saved is made again.
+        if f.flags & fd_flags::DELETED != 0 && !shmem {
             return Err(RuleError::FileDeleted {
                 what: "open file",
                 path,

@@ -199,13 +199,14 @@ pub fn collect_from<T: Task>(
     refusals::process_checks(&mut c, &status)?;
     refusals::numa_policies(&mut c)?;
     refusals::tagged_addresses(&mut c, &status)?;
-    let (fds, mut objects) = open_files::collect_fds(&mut c)?;
+    let (mut fds, mut objects) = open_files::collect_fds(&mut c)?;
     refusals::too_many_groups(&mut c, &status)?;
     c.check_cancel()?;
 
     let mut shmem = crate::objects::shmem::ShmemObjects::default();
     let (vmas, classes) = areas::memory_areas(&mut c, &smaps, &mut shmem)?;
-    areas::object_contents(&mut c, &smaps, &vmas, &mut shmem)?;
+    areas::fd_objects(&mut c, &mut fds, &mut shmem)?;
+    areas::object_contents(&mut c, &smaps, &vmas, &fds, &mut shmem)?;
     // Gadgets, also those injection runs through.
     let gadgets = areas::find_gadgets(&c, &smaps, &classes);
     c.task.prepare_injection(&gadgets)?;

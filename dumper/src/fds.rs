@@ -56,7 +56,10 @@ pub fn kind_of(link: &str, mode: u32, rdev_major: u32) -> u32 {
 /// Whether an fd of `kind` is one of crimg's objects: saved with its state
 /// by a module of [`crate::objects`], which decides what it refuses.
 pub fn is_object(kind: u32) -> bool {
-    matches!(kind, fd_kind::PIPE | fd_kind::FIFO | fd_kind::EVENTFD)
+    matches!(
+        kind,
+        fd_kind::PIPE | fd_kind::FIFO | fd_kind::EVENTFD | fd_kind::MEMFD
+    )
 }
 
 /// Why fd `fd` of this kind cannot be restored faithfully, if it cannot
@@ -81,9 +84,8 @@ pub fn unsupported_reason(fd: i32, kind: u32, deleted: bool, link: &str) -> Opti
         | fd_kind::TIMERFD
         | fd_kind::EPOLL
         | fd_kind::INOTIFY => Some(format!("fd {fd} is {link}: this kind of file is not saved yet")),
-        fd_kind::MEMFD => Some(format!(
-            "fd {fd} is a memfd ({link}): its contents are not saved"
-        )),
+        // Saved with its content (`objects::shmem`, under --ghost-limit).
+        fd_kind::REGULAR if deleted => None,
         _ if deleted => Some(format!("fd {fd} refers to a deleted file ({link})")),
         _ => None,
     }
@@ -126,7 +128,12 @@ mod tests {
         );
         assert!(unsupported_reason(5, fd_kind::IO_URING, false, "anon_inode:[io_uring]").is_some());
         assert!(unsupported_reason(3, fd_kind::SOCKET, false, "socket:[1]").is_some());
-        assert!(unsupported_reason(3, fd_kind::REGULAR, true, "/tmp/x").is_some());
+        // A deleted file is saved (objects::shmem); a deleted directory not.
+        assert_eq!(
+            unsupported_reason(3, fd_kind::REGULAR, true, "/tmp/x"),
+            None
+        );
+        assert!(unsupported_reason(3, fd_kind::DIRECTORY, true, "/tmp/d").is_some());
         assert_eq!(
             unsupported_reason(3, fd_kind::REGULAR, false, "/tmp/x"),
             None
@@ -139,7 +146,7 @@ mod tests {
 
     #[test]
     fn a_link_from_the_target_is_shown_escaped() {
-        let why = unsupported_reason(3, fd_kind::REGULAR, true, "/tmp/x\n\x1b[31mFAKE").unwrap();
+        let why = unsupported_reason(3, fd_kind::DIRECTORY, true, "/tmp/x\n\x1b[31mFAKE").unwrap();
         assert_eq!(
             why,
             "fd 3 refers to a deleted file (/tmp/x\\n\\x1b[31mFAKE)"

@@ -49,6 +49,29 @@ fn memfds_shared_anonymous_memory_and_deleted_files_round_trip() {
     );
 }
 
+/// The same with the fds kept open: a memfd's fd and its two areas are one
+/// restored memfd (a write through the fd shows in both), with its name
+/// and seals; a write-sealed one refuses writes through its fd; the
+/// deleted file's fd is at its offset, read-write, on the same file as its
+/// shared area.
+#[test]
+fn fds_on_memfds_and_deleted_files_are_the_same_objects_as_their_areas() {
+    skip_unless_root!();
+    let scratch = scratch_dir();
+    let gone = scratch.path().join("deleted file");
+    round_trip(
+        &scratch.path().join("out"),
+        &[
+            "--keep-fds",
+            "--memfd",
+            "--memfd-sealed",
+            "--shared-anon",
+            "--deleted",
+            gone.to_str().unwrap(),
+        ],
+    );
+}
+
 /// Pages stored in the image for the areas of each shared memory object
 /// (`VmaRecord::object`), by object, and the number of areas of each.
 fn stored_by_object(image: &Path) -> Vec<(u32, u64, usize)> {

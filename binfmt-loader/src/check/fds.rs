@@ -147,6 +147,7 @@ pub fn reopen_fds(
     name: &[u8],
     image: &Image<'static>,
     fds: &Records<'static, FdRecord>,
+    shmem: &[i32],
     base: i32,
     scratch: &mut Scratch,
 ) -> Result<(&'static [FdMove], &'static [i32]), CheckError> {
@@ -179,6 +180,8 @@ pub fn reopen_fds(
             f.fd
         } else if let Some(from) = known {
             from
+        } else if objects::shmem::backs_fd(&f) {
+            objects::shmem::open_fd(os, &f, shmem, base)?
         } else if objects::is_object(f.kind) {
             objects::open(os, image, &f, path, base, &mut made)?
         } else {

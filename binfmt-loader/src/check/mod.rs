@@ -503,7 +503,7 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
             )?;
             let exe_fd = files::open_exe(os, name, &image, privilege.privileged, base)?;
             let cwd_fd = files::open_cwd(os, name, &image, base)?;
-            let fds = fds::reopen_fds(os, name, &image, &notes.fds, base, &mut scratch)?;
+            let fds = fds::reopen_fds(os, name, &image, &notes.fds, objects, base, &mut scratch)?;
             Ok((mapped_files, exe_fd, cwd_fd, fds))
         })?;
     let loads = page_loads(&image, &mut scratch)?;

@@ -25,7 +25,7 @@
 //! - A saved shared-mapped file ([`shmem_kind::RECREATE`]) is made only
 //!   when its path is missing ([`recreate`], called by `check::files`).
 
-use image_format::records::{shmem_flags, shmem_kind, ShmemRecord};
+use image_format::records::{fd_flags, fd_kind, shmem_flags, shmem_kind, FdRecord, ShmemRecord};
 use image_format::Image;
 
 use crate::check::os::Os;
@@ -220,6 +220,57 @@ fn named_again(os: &impl Os, fd: i32, path: &[u8]) -> i32 {
         None => fd,
     }
 }
+
+/// Whether fd record `f` is on a shared memory object or saved file: a
+/// memfd, or a deleted regular file, with its object saved.
+pub fn backs_fd(f: &FdRecord) -> bool {
+    f.object != 0
+        && (f.kind == fd_kind::MEMFD
+            || (f.kind == fd_kind::REGULAR && f.flags & fd_flags::DELETED != 0))
+}
+
+/// The fd of record `f` on its object (made by [`create_objects`], `fds`:
+/// theirs): a new open file description of it, opened again through
+/// `/proc/self/fd` with the fd's access mode (a file whose mode refuses
+/// that to the task's fsuid gets a copy of the object's read-write fd
+/// instead), at the fd's offset, with its status flags.
+pub fn open_fd(os: &impl Os, f: &FdRecord, fds: &[i32], base: i32) -> Result<i32, CheckError> {
+    use core::fmt::Write;
+    let object_fd = usize::try_from(f.object - 1)
+        .ok()
+        .and_then(|i| fds.get(i))
+        .copied()
+        .filter(|&fd| fd >= 0)
+        .ok_or(CheckError::ObjectMissing { fd: f.fd })?;
+    let step = |step| {
+        move |errno| CheckError::Object {
+            fd: f.fd,
+            step,
+            errno,
+        }
+    };
+    let mut again = crate::message::Line::default();
+    let _ = write!(again, "/proc/self/fd/{object_fd}");
+    let access = f.open_flags & O_ACCMODE;
+    let fd = match above(
+        os,
+        os.open(again.as_bytes(), access | crate::sys::O_CLOEXEC),
+        base,
+    ) {
+        Ok(fd) => fd,
+        Err(Errno(13)) if access == crate::sys::O_RDWR => os
+            .dup_above(object_fd, base)
+            .map_err(step("copy its object's fd"))?,
+        Err(errno) => return Err(step("open its object again")(errno)),
+    };
+    os.set_status_flags(fd, f.open_flags)
+        .map_err(step("set its status flags"))?;
+    os.seek_to(fd, f.pos).map_err(step("seek to its offset"))?;
+    Ok(fd)
+}
+
+/// `O_ACCMODE`.
+const O_ACCMODE: u32 = 3;
 
 /// Shared-mapped file `path`, missing now, made again from `r`'s saved
 /// content: created exclusively (`O_CREAT | O_EXCL`, so a file that

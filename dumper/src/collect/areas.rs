@@ -121,6 +121,32 @@ fn area_object<T: Task>(
     Ok(objects.object_of(object_kind, &name, meta))
 }
 
+/// The fds on memfds and on deleted regular files: each refers to its
+/// object (`FdRecord::object`, 1-based in the SHMEM note), the same one as
+/// the areas that map that inode.
+pub(super) fn fd_objects<T: Task>(
+    c: &mut Collector<'_, T>,
+    fds: &mut [image_writer::model::FdState],
+    objects: &mut ShmemObjects,
+) -> Result<(), CollectError> {
+    use image_format::records::{fd_flags, fd_kind, shmem_kind};
+    for f in fds.iter_mut() {
+        let kind = match f.record.kind {
+            fd_kind::MEMFD => shmem_kind::MEMFD,
+            fd_kind::REGULAR if f.record.flags & fd_flags::DELETED != 0 => shmem_kind::GHOST,
+            _ => continue,
+        };
+        let link = c.proc_path(&format!("fd/{}", f.record.fd));
+        let meta = c
+            .task
+            .metadata(Path::new(&link))
+            .map_err(c.read_error(link))?;
+        let name = shmem::object_name(kind, &f.path);
+        f.record.object = objects.object_of(kind, &name, &meta);
+    }
+    Ok(())
+}
+
 /// Each object's seals, and its whole content where no mapping carries it
 /// (`ShmemObjects::needs_whole`), read through the first area that maps it
 /// (`/proc/P/map_files`, which opens a deleted file or a memfd too). Content
@@ -129,6 +155,7 @@ pub(super) fn object_contents<T: Task>(
     c: &mut Collector<'_, T>,
     smaps: &[SmapsEntry],
     vmas: &[VmaState],
+    fds: &[image_writer::model::FdState],
     objects: &mut ShmemObjects,
 ) -> Result<(), CollectError> {
     use image_format::records::shmem_kind;
@@ -140,10 +167,22 @@ pub(super) fn object_contents<T: Task>(
             .zip(vmas)
             .filter(|(_, v)| v.record.object == object)
             .collect();
-        let Some(&(first, _)) = areas.first() else {
-            continue;
+        let fd = fds
+            .iter()
+            .find(|f| f.record.object == object && object_fd(f));
+        // Read through an area, or else an fd (`/proc/P/fd/N` opens the
+        // file itself, deleted or not).
+        let (link, place) = match (areas.first(), fd) {
+            (Some(&(first, _)), _) => (
+                c.proc_path(&format!("map_files/{:x}-{:x}", first.start, first.end)),
+                format!("mapped at {:#x}-{:#x}", first.start, first.end),
+            ),
+            (None, Some(f)) => (
+                c.proc_path(&format!("fd/{}", f.record.fd)),
+                format!("fd {}", f.record.fd),
+            ),
+            (None, None) => continue,
         };
-        let link = c.proc_path(&format!("map_files/{:x}-{:x}", first.start, first.end));
         let mut record = objects.states[index].record;
         if record.kind == shmem_kind::MEMFD {
             record.seals = c
@@ -167,15 +206,13 @@ pub(super) fn object_contents<T: Task>(
         let name = objects.states[index].name.clone();
         let what = || {
             format!(
-                "{} {} (mapped at {:#x}-{:#x})",
+                "{} {} ({place})",
                 match record.kind {
                     shmem_kind::MEMFD => "memfd",
                     shmem_kind::RECREATE => "shared-mapped file",
-                    _ => "deleted mapped file",
+                    _ => "deleted file",
                 },
                 image_format::text::Escaped(&name),
-                first.start,
-                first.end
             )
         };
         // Refused before it is read, by its size.
@@ -200,6 +237,12 @@ pub(super) fn object_contents<T: Task>(
         }
     }
     Ok(())
+}
+
+/// Whether fd state `f` is on a shared memory object or saved file.
+fn object_fd(f: &image_writer::model::FdState) -> bool {
+    use image_format::records::fd_kind;
+    f.record.object != 0 && matches!(f.record.kind, fd_kind::MEMFD | fd_kind::REGULAR)
 }
 
 /// Scan the executable file mappings for the loader's gadgets.

@@ -315,11 +315,16 @@ fn fd_flags_and_refusals() {
         0,
         "pos:\t0\nflags:\t00\nmnt_id:\t31\n",
     );
-    assert!(unsupported(run(&mut task, false)).contains("deleted file"));
-    let c = run(&mut task, true).unwrap();
+    // A deleted file is saved with its content, as a shared memory object.
+    task.file("fd/4", b"gone".to_vec());
+    let c = run(&mut task, false).unwrap();
     let gone = &c.state.fds[4];
     assert_eq!(gone.path, "/tmp/gone");
     assert_eq!(gone.record.flags, fd_flags::DELETED);
+    assert_eq!(gone.record.object, 1);
+    let ghost = &c.state.objects.shmem[0];
+    assert_eq!(ghost.record.kind, image_format::records::shmem_kind::GHOST);
+    assert_eq!(ghost.name, b"/tmp/gone");
 
     let mut task = FakeTask::sleeping(PID);
     task.fd(
