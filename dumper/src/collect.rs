@@ -204,9 +204,10 @@ pub fn collect_from<T: Task>(
     c.check_cancel()?;
 
     let mut shmem = crate::objects::shmem::ShmemObjects::default();
-    let (vmas, classes) = areas::memory_areas(&mut c, &smaps, &mut shmem)?;
+    let (mut vmas, classes) = areas::memory_areas(&mut c, &smaps, &mut shmem)?;
     areas::fd_objects(&mut c, &mut fds, &mut shmem)?;
-    areas::object_contents(&mut c, &smaps, &vmas, &fds, &mut shmem)?;
+    let lost = areas::object_contents(&mut c, &smaps, &vmas, &fds, &mut shmem)?;
+    areas::forget_objects(&mut vmas, &mut fds, &lost);
     // Gadgets, also those injection runs through.
     let gadgets = areas::find_gadgets(&c, &smaps, &classes);
     c.task.prepare_injection(&gadgets)?;

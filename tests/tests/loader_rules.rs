@@ -15,11 +15,12 @@ use crimg_tests::process::{LINE_TIMEOUT, READY_TIMEOUT};
 use crimg_tests::roundtrip::{dump_and_kill, NOBODY, NOGROUP};
 use crimg_tests::{binaries, scratch_dir, Workload};
 
-/// A Python process that maps a file and then deletes it: the loader
-/// cannot restore a deleted mapped file, so a dump with `--force` (which
-/// would otherwise go on, losing it) must fail with the loader's reason
-/// and leave the process running, instead of killing it for an image that
-/// cannot restore.
+/// A Python process that maps a file and then deletes it: dumped with a
+/// ghost limit below its size, the loader cannot restore the deleted
+/// mapped file (its content is not in the image), so a dump with
+/// `--force` (which would otherwise go on, losing it) must fail with the
+/// loader's reason and leave the process running, instead of killing it
+/// for an image that cannot restore.
 const DELETED_MAPPING: &str = r#"
 import mmap, os, sys
 path = sys.argv[1]
@@ -55,7 +56,7 @@ fn crdump_does_not_kill_a_process_whose_image_the_loader_refuses() {
     let pid = python.pid();
     let out = scratch.path().join("out");
     let mut crdump = bins.crdump_command(pid, &out, false);
-    crdump.arg("--force");
+    crdump.args(["--force", "--ghost-limit", "1"]);
     let output = cli::run(crdump, LINE_TIMEOUT).unwrap();
     assert!(
         !output.status.success(),
@@ -89,7 +90,7 @@ fn crimg_verify_refuses_what_the_loader_refuses() {
     let pid = python.pid();
     let out = scratch.path().join("out");
     let mut crdump = bins.crdump_command(pid, &out, true);
-    crdump.arg("--force");
+    crdump.args(["--force", "--ghost-limit", "1"]);
     cli::run_ok(crdump, LINE_TIMEOUT).unwrap();
     let image = out.join(format!("task-{pid}.crimg"));
     let mut verify = bins.crimg_command(["verify"]);

@@ -112,7 +112,10 @@ fn zgc_heap_mapped_three_times_is_stored_once() {
         .filter(|l| l.contains("/memfd:java_heap"))
         .filter_map(|l| {
             let (a, b) = l.split_whitespace().next()?.split_once('-')?;
-            Some((u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?))
+            Some((
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            ))
         })
         .collect();
     assert!(
@@ -172,7 +175,9 @@ fn zgc_heap_mapped_three_times_is_stored_once() {
         .unwrap_or_else(|e| panic!("{e}\n{}", restored.stderr_report()));
     restored.send_line("quit").unwrap();
     restored.expect_line("BYE");
-    let status = restored.wait_exit(LINE_TIMEOUT).expect("the restored JVM exits");
+    let status = restored
+        .wait_exit(LINE_TIMEOUT)
+        .expect("the restored JVM exits");
     assert!(status.success(), "the restored JVM exited with {status}");
 }
 
@@ -182,14 +187,20 @@ fn perf_data_file(pid: i32) -> std::path::PathBuf {
     let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     let path = maps
         .lines()
-        .find_map(|l| l.split_whitespace().nth(5).filter(|p| p.contains("/hsperfdata_")))
+        .find_map(|l| {
+            l.split_whitespace()
+                .nth(5)
+                .filter(|p| p.contains("/hsperfdata_"))
+        })
         .unwrap_or_else(|| panic!("no hsperfdata mapping in\n{maps}"));
     path.into()
 }
 
 /// Dump a ticking JVM; returns the image, the perf-data file, the READY
 /// facts and the ticks before.
-fn dumped_jvm(scratch: &std::path::Path) -> Option<(std::path::PathBuf, std::path::PathBuf, TickStream, i64)> {
+fn dumped_jvm(
+    scratch: &std::path::Path,
+) -> Option<(std::path::PathBuf, std::path::PathBuf, TickStream, i64)> {
     let JavaLoop {
         mut jvm,
         classes: _classes,
@@ -249,7 +260,9 @@ fn a_jvm_whose_perf_data_file_was_deleted_restores() {
     );
     restored.send_line("quit").unwrap();
     restored.expect_line("BYE");
-    restored.wait_exit(LINE_TIMEOUT).expect("the restored JVM exits");
+    restored
+        .wait_exit(LINE_TIMEOUT)
+        .expect("the restored JVM exits");
     let _ = fs::remove_file(&perf);
 }
 
@@ -269,7 +282,10 @@ fn a_link_planted_at_a_missing_perf_data_file_is_not_followed() {
     let output = binaries().loader_command(&image).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     let _ = fs::remove_file(&perf);
-    assert!(!output.status.success(), "restored through a planted link: {stderr}");
+    assert!(
+        !output.status.success(),
+        "restored through a planted link: {stderr}"
+    );
     assert!(!target.exists(), "the link's target was made: {stderr}");
     assert!(
         stderr.contains(&perf.display().to_string()),

@@ -157,8 +157,9 @@ pub(super) fn object_contents<T: Task>(
     vmas: &[VmaState],
     fds: &[image_writer::model::FdState],
     objects: &mut ShmemObjects,
-) -> Result<(), CollectError> {
+) -> Result<Vec<u32>, CollectError> {
     use image_format::records::shmem_kind;
+    let mut lost = Vec::new();
     for index in 0..objects.states.len() {
         // Fewer objects than areas: the index fits.
         let object = u32::try_from(index + 1).unwrap_or(u32::MAX);
@@ -223,6 +224,7 @@ pub(super) fn object_contents<T: Task>(
                 record.size,
                 c.opts.ghost_limit()
             ))?;
+            lost.push(object);
             continue;
         }
         let mut content = c
@@ -234,9 +236,32 @@ pub(super) fn object_contents<T: Task>(
         content.truncate(usize::try_from(record.size).unwrap_or(usize::MAX));
         if let Err(why) = objects.save_content(object, content, c.opts.ghost_limit()) {
             c.unsupported(format!("{}: {why}", what()))?;
+            lost.push(object);
         }
     }
-    Ok(())
+    Ok(lost)
+}
+
+/// With `--force`, objects whose content was not saved (`lost`) are not
+/// made again: their areas and fds no longer refer to them, so they are
+/// what they were before objects existed (shared memory mapped anonymous,
+/// with its pages; a deleted file or a memfd fd the loader refuses, which
+/// the dump's self-check then reports).
+pub(super) fn forget_objects(
+    vmas: &mut [VmaState],
+    fds: &mut [image_writer::model::FdState],
+    lost: &[u32],
+) {
+    for v in vmas.iter_mut() {
+        if lost.contains(&v.record.object) {
+            v.record.object = 0;
+        }
+    }
+    for f in fds.iter_mut() {
+        if object_fd(f) && lost.contains(&f.record.object) {
+            f.record.object = 0;
+        }
+    }
 }
 
 /// Whether fd state `f` is on a shared memory object or saved file.
