@@ -39,8 +39,9 @@ pub struct Fake {
     pub written: RefCell<Vec<(i32, Vec<u8>)>>,
     /// Every pipe made: (read end, write end, size set).
     pub pipes: RefCell<Vec<(i32, i32, u32)>>,
-    /// Files stage 1 made (memfds, `O_TMPFILE`s, new files), by fd.
-    pub made: RefCell<HashMap<i32, Made>>,
+    /// Files stage 1 made (memfds, `O_TMPFILE`s, new files), by the
+    /// name their fds are open on (`Made::how`).
+    pub made: RefCell<HashMap<Vec<u8>, Made>>,
     /// `O_TMPFILE` fails with this (file systems without it).
     pub tmpfile_error: Option<Errno>,
 }
@@ -54,6 +55,8 @@ pub struct Made {
     pub size: u64,
     pub contents: Vec<u8>,
     pub seals: u32,
+    /// Where it was linked (`linkat`).
+    pub linked: Vec<String>,
 }
 
 impl Fake {
@@ -149,7 +152,7 @@ impl Fake {
     fn make(&self, how: String, mode: u32) -> i32 {
         let fd = self.new_fd(how.clone().into_bytes(), 0);
         self.made.borrow_mut().insert(
-            fd,
+            how.clone().into_bytes(),
             Made {
                 how,
                 mode,
@@ -160,12 +163,14 @@ impl Fake {
     }
 
     fn with_made<R>(&self, fd: i32, f: impl FnOnce(&mut Made) -> R) -> Result<R, Errno> {
-        self.made.borrow_mut().get_mut(&fd).map(f).ok_or(Errno(9))
+        let path = self.open.borrow().get(&fd).cloned().ok_or(Errno(9))?;
+        self.made.borrow_mut().get_mut(&path).map(f).ok_or(Errno(9))
     }
 
-    /// What the file made at `fd` holds.
+    /// What the file made and open at `fd` holds.
     pub fn made_at(&self, fd: i32) -> Option<Made> {
-        self.made.borrow().get(&fd).cloned()
+        let path = self.open.borrow().get(&fd).cloned()?;
+        self.made.borrow().get(&path).cloned()
     }
 
     /// The path an fd was opened from.
@@ -189,7 +194,7 @@ impl Os for Fake {
             }
             None => path.to_vec(),
         };
-        if !self.files.contains_key(&path) {
+        if !self.files.contains_key(&path) && !self.made.borrow().contains_key(&path) {
             return Err(Errno::ENOENT);
         }
         Ok(self.new_fd(path, 0))
@@ -297,11 +302,8 @@ impl Os for Fake {
         if let Some(e) = self.tmpfile_error {
             return Err(e);
         }
-        if !self
-            .files
-            .get(dir)
-            .is_some_and(|f| f.stat.mode & sys::S_IFMT == sys::S_IFDIR)
-        {
+        let is_dir = |f: &FakeFile| f.stat.mode & sys::S_IFMT == sys::S_IFDIR;
+        if !self.files.get(dir).is_some_and(is_dir) {
             return Err(Errno::ENOENT);
         }
         Ok(self.make(
@@ -320,8 +322,7 @@ impl Os for Fake {
             return Err(Errno::EEXIST);
         }
         self.with_made(fd, |m| {
-            m.how
-                .push_str(&std::format!(" linked {}", String::from_utf8_lossy(path)))
+            m.linked.push(String::from_utf8_lossy(path).into_owned());
         })
     }
     fn unlink(&self, _path: &[u8]) -> Result<(), Errno> {

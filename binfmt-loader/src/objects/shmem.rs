@@ -217,7 +217,12 @@ fn named_again(os: &impl Os, fd: i32, path: &[u8]) -> i32 {
             os.close(n);
             fd
         }
-        None => fd,
+        // Ours, but not to be opened so (its mode): unlinked again, and the
+        // file kept without its name.
+        None => {
+            let _ = os.unlink(path);
+            fd
+        }
     }
 }
 
