@@ -115,6 +115,17 @@ fn every_object_mapped_twice_is_stored_once() {
         [(2, 2), (4, 2), (5, 2)],
         "(pages stored, areas) of /dev/zero, the anonymous memory and the memfd"
     );
+    // `crimg info` lists the objects.
+    let info: serde_json::Value =
+        serde_json::from_str(&bins.info_json(&dumped.dump.image).unwrap()).unwrap();
+    let names: Vec<(&str, &str)> = info["shmem"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["kind"].as_str().unwrap(), o["name"].as_str().unwrap()))
+        .collect();
+    assert!(names.contains(&("memfd", "crimg-shmem-test")), "{names:?}");
+    assert!(names.contains(&("shared-anon", "dev/zero")), "{names:?}");
     let mut restored = bins
         .restore("restored shmem", &dumped.dump.image)
         .unwrap_or_else(|e| panic!("{e}"));
