@@ -19,6 +19,8 @@ const C_WORKLOADS: &[&str] = &[
     "cred_threads",
     "small_stack",
     "shmem",
+    "posix_timers",
+    "fd_sharing",
 ];
 
 fn main() {

@@ -44,6 +44,7 @@ pub mod message;
 pub mod mm_state;
 pub mod objects;
 pub mod plan;
+pub mod posix_timers;
 pub mod rules;
 pub mod run;
 #[allow(unsafe_code)]

@@ -15,10 +15,11 @@ use image_format::read::limits::MAX_THREADS;
 use image_format::read::Records;
 use image_format::records::{
     fd_flags, fd_kind, vma_flags, vma_kind, FdRecord, ItimerRecord, PendingSignalRecord,
-    RlimitRecord, ThreadRecord,
+    PosixTimerRecord, RlimitRecord, ThreadRecord,
 };
 use image_format::{Image, ImageError};
 
+use crate::posix_timers::PosixTimerError;
 use crate::validate::{check_segment_bases, validate_values, ValueError};
 use crate::{frame, ExitCode};
 
@@ -59,6 +60,10 @@ pub enum RuleError<'a> {
         what: &'static str,
         path: &'a [u8],
     },
+    /// The POSIX timers' records ([`crate::posix_timers::validate`]).
+    PosixTimer {
+        error: PosixTimerError,
+    },
 }
 
 impl RuleError<'_> {
@@ -72,6 +77,7 @@ impl RuleError<'_> {
             | RuleError::CompactedXsave { .. }
             | RuleError::UnsupportedFd { .. }
             | RuleError::FileDeleted { .. } => ExitCode::Unsupported,
+            RuleError::PosixTimer { error } => error.exit_code(),
         }
     }
 }
@@ -102,6 +108,7 @@ impl fmt::Display for RuleError<'_> {
                 "{what} {} was deleted before the dump; restoring deleted files is not supported yet",
                 Lossy(path)
             ),
+            RuleError::PosixTimer { error } => write!(f, "{error}"),
         }
     }
 }
@@ -175,6 +182,10 @@ pub fn check_image<'a>(image: &Image<'a>, mmap_min_addr: u64) -> Result<(), Rule
         mmap_min_addr,
     )
     .map_err(|error| RuleError::Value { error })?;
+    let timers = image.records::<PosixTimerRecord>().map_err(corrupt)?;
+    let tids = image.records::<ThreadRecord>().map_err(corrupt)?;
+    crate::posix_timers::validate(timers.clone(), u64::from(timers.len()), tids.map(|t| t.tid))
+        .map_err(|error| RuleError::PosixTimer { error })?;
 
     for v in vmas {
         if v.kind != vma_kind::FILE {

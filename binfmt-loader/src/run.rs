@@ -84,7 +84,8 @@ fn plan_exit_code(e: &PlanError) -> ExitCode {
         | PlanError::LoadInSharedFile { .. }
         | PlanError::BadVma { .. }
         | PlanError::XsaveTooSmall { .. }
-        | PlanError::NoThread => ExitCode::ImageCorrupt,
+        | PlanError::NoThread
+        | PlanError::TimerThread { .. } => ExitCode::ImageCorrupt,
         PlanError::WindowTooSmall { .. } | PlanError::PlanFull { .. } => ExitCode::Environment,
     }
 }

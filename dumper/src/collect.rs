@@ -17,6 +17,7 @@ mod fake;
 mod identity;
 mod live;
 mod open_files;
+mod posix_timers;
 mod refusals;
 pub mod task;
 #[cfg(test)]
@@ -197,6 +198,7 @@ pub fn collect_from<T: Task>(
     // syscall: a task that is not going to be dumped is not touched (a
     // seccomp filter, for one, could kill it for a syscall it never makes).
     refusals::process_checks(&mut c, &status)?;
+    let timers = posix_timers::list(&mut c)?;
     refusals::numa_policies(&mut c)?;
     refusals::tagged_addresses(&mut c, &status)?;
     let (mut fds, mut objects) = open_files::collect_fds(&mut c)?;
@@ -215,6 +217,7 @@ pub fn collect_from<T: Task>(
 
     let mut threads = threads::registers(&c)?;
     let process_wide = threads::injected_answers(&mut c, &smaps, &mut threads)?;
+    objects.posix_timers = posix_timers::records(&mut c, &smaps, &threads, &timers)?;
     c.check_cancel()?;
     let pending = threads::pending_signals(&c, &threads)?;
 

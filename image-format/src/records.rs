@@ -30,6 +30,8 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 mod shmem;
 pub use shmem::*;
+mod posix_timers;
+pub use posix_timers::*;
 mod fd_objects;
 pub use fd_objects::*;
 
@@ -79,6 +81,7 @@ pub mod note {
     /// The interest lists of the epoll fds, one record per watched fd.
     pub const EPOLL_ITEMS: u32 = 0x4352_0014;
     pub const INOTIFY_WATCHES: u32 = 0x4352_0015;
+    /// [`super::PosixTimerRecord`]s, one per POSIX timer (`timer_create`).
     pub const POSIX_TIMERS: u32 = 0x4352_0016;
     /// memfds, shared anonymous memory and deleted files.
     pub const SHMEM: u32 = 0x4352_0017;
@@ -87,8 +90,8 @@ pub mod note {
     /// fds whose object was not saved (`crdump --force`).
     pub const DROPPED: u32 = 0x4352_001a;
 
-    /// The lowest and highest crimg note type numbers in use (they are
-    /// consecutive); the reader indexes these at parse.
+    /// The lowest and highest crimg note type numbers in use; the reader
+    /// indexes these at parse.
     pub const FIRST: u32 = PROCESS;
     pub const LAST: u32 = DROPPED;
 
@@ -197,6 +200,7 @@ pub const KNOWN_NOTES: &[NoteVersions] = &[
     NoteVersions::of::<WarningRecord>(),
     NoteVersions::of::<SegmentChecksumRecord>(),
     NoteVersions::of::<ChecksumRecord>(),
+    NoteVersions::of::<PosixTimerRecord>(),
     NoteVersions::of::<PipeRecord>(),
     NoteVersions::of::<EventfdRecord>(),
     NoteVersions::of::<ShmemRecord>(),

@@ -32,6 +32,8 @@ const COMPILED: &[(&str, &str)] = &[
     ("cred_threads", env!("WORKLOAD_CRED_THREADS")),
     ("small_stack", env!("WORKLOAD_SMALL_STACK")),
     ("shmem", env!("WORKLOAD_SHMEM")),
+    ("posix_timers", env!("WORKLOAD_POSIX_TIMERS")),
+    ("fd_sharing", env!("WORKLOAD_FD_SHARING")),
 ];
 
 /// The script workloads, by file name, in `workloads/`.

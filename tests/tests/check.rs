@@ -51,6 +51,7 @@ fn check_reports_what_this_machine_allows() {
         "vDSO layout",
         "XSAVE features (XCR0)",
         "clone3 with set_tid",
+        "POSIX timers with their ids",
     ] {
         assert_eq!(verdict(&all, name), "ok", "{name}: {}", out);
     }

@@ -244,6 +244,26 @@ fn set_tid() -> Check {
     )
 }
 
+/// `prctl(PR_TIMER_CREATE_RESTORE_IDS, GET)`, which changes nothing: can
+/// POSIX timers be created again with their ids?
+fn posix_timer_ids() -> Check {
+    let name = "POSIX timers with their ids";
+    match binfmt_loader::sys::timer_restore_ids() {
+        Ok(_) => check(
+            name,
+            Verdict::Ok,
+            "PR_TIMER_CREATE_RESTORE_IDS works: timer_create takes the ids of the image",
+        ),
+        Err(errno) => check(
+            name,
+            Verdict::Warn,
+            format!(
+                "PR_TIMER_CREATE_RESTORE_IDS: {errno} (Linux 6.14+): images with POSIX timers are refused (loader exit 7)"
+            ),
+        ),
+    }
+}
+
 /// What the flags of a binfmt entry mean for the people who run images.
 fn flags_meaning(flags: &str) -> String {
     let mut out = vec![
@@ -414,6 +434,7 @@ pub fn run_all(binfmt_name: &str) -> Vec<Check> {
     out.push(vdso_layout());
     out.push(xsave());
     out.push(set_tid());
+    out.push(posix_timer_ids());
     out.push(loader());
     out.push(binfmt(binfmt_name));
     out.push(limits());

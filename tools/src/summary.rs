@@ -141,6 +141,9 @@ pub struct FdSummary {
     pub pos: u64,
     pub open_flags: String,
     pub cloexec: bool,
+    /// The lowest fd of the task sharing this fd's open file description
+    /// (`dup`, `2>&1`), when it is another one.
+    pub same_as: Option<i32>,
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -188,6 +191,12 @@ pub fn fd_kind_name(k: u32) -> &'static str {
         fd_kind::ANON_INODE => "anon-inode",
         fd_kind::TTY => "tty",
         fd_kind::MEMFD => "memfd",
+        fd_kind::EVENTFD => "eventfd",
+        fd_kind::SIGNALFD => "signalfd",
+        fd_kind::TIMERFD => "timerfd",
+        fd_kind::EPOLL => "epoll",
+        fd_kind::INOTIFY => "inotify",
+        fd_kind::IO_URING => "io_uring",
         _ => "unknown",
     }
 }
@@ -207,7 +216,16 @@ fn perms(v: &VmaRecord) -> String {
 }
 
 fn fd_summary(img: &Image, f: &FdRecord) -> Result<FdSummary, ImageError> {
+    let same_as = if f.desc == 0 {
+        None
+    } else {
+        img.fds()?
+            .find(|o| o.desc == f.desc)
+            .map(|o| o.fd)
+            .filter(|&fd| fd != f.fd)
+    };
     Ok(FdSummary {
+        same_as,
         fd: f.fd,
         kind: fd_kind_name(f.kind),
         path: text(img.string(f.path)?),
@@ -379,13 +397,16 @@ pub fn render_text(s: &Summary) -> String {
     for f in &s.fds {
         let _ = writeln!(
             o,
-            "  {:>4} {:<11} pos {:<10} flags {}{}  {}",
+            "  {:>4} {:<11} pos {:<10} flags {}{}  {}{}",
             f.fd,
             f.kind,
             f.pos,
             f.open_flags,
             if f.cloexec { " cloexec" } else { "" },
-            shown(&f.path)
+            shown(&f.path),
+            f.same_as
+                .map(|fd| format!("  (same open file as fd {fd})"))
+                .unwrap_or_default()
         );
     }
     if !s.shmem.is_empty() {

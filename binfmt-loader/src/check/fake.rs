@@ -35,6 +35,12 @@ pub struct Fake {
     pub fs_ids: RefCell<Option<(u32, u32)>>,
     /// What `fstatfs` says of every file's mount (`ST_*`).
     pub mount_flags: u64,
+    /// What the `PR_TIMER_CREATE_RESTORE_IDS` probe answers.
+    pub timer_restore_ids: Result<(), Errno>,
+    /// Clocks a POSIX timer may not be created on, with the errno.
+    pub timer_clocks_refused: Vec<(i32, Errno)>,
+    /// The clocks probed, in order.
+    pub timer_clocks_probed: RefCell<Vec<i32>>,
     /// Every `write`: fd and bytes.
     pub written: RefCell<Vec<(i32, Vec<u8>)>>,
     /// Every pipe made: (read end, write end, size set).
@@ -120,6 +126,9 @@ impl Fake {
             mount_flags: 0,
             made: RefCell::new(HashMap::new()),
             tmpfile_error: None,
+            timer_restore_ids: Ok(()),
+            timer_clocks_refused: Vec::new(),
+            timer_clocks_probed: RefCell::new(Vec::new()),
             written: RefCell::default(),
             pipes: RefCell::default(),
         }
@@ -270,6 +279,16 @@ impl Os for Fake {
     }
     fn getpid(&self) -> i32 {
         777
+    }
+    fn timer_restore_ids(&self) -> Result<(), Errno> {
+        self.timer_restore_ids
+    }
+    fn probe_timer_clock(&self, clock: i32) -> Result<(), Errno> {
+        self.timer_clocks_probed.borrow_mut().push(clock);
+        self.timer_clocks_refused
+            .iter()
+            .find(|(c, _)| *c == clock)
+            .map_or(Ok(()), |&(_, errno)| Err(errno))
     }
     fn xcr0(&self) -> Option<u64> {
         Some(self.xcr0)

@@ -44,6 +44,7 @@ pub mod image;
 pub mod layout;
 pub mod limits;
 pub mod os;
+pub mod posix_timers;
 pub mod scratch;
 pub mod stable;
 
@@ -236,6 +237,10 @@ pub enum CheckError {
         object: image_format::records::StrRef,
         why: &'static str,
     },
+    /// This kernel or process cannot give the POSIX timers back.
+    PosixTimer {
+        error: crate::posix_timers::PosixTimerError,
+    },
 }
 
 impl CheckError {
@@ -247,6 +252,7 @@ impl CheckError {
             | CheckError::ImageBeingWritten
             | CheckError::ImageNotRegular { .. } => ExitCode::ImageUnreadable,
             CheckError::Rule { error } => error.exit_code(),
+            CheckError::PosixTimer { error } => error.exit_code(),
             CheckError::Corrupt { .. }
             | CheckError::NoThread
             | CheckError::BadXsave { .. }
@@ -393,6 +399,7 @@ impl fmt::Display for CheckError {
                 "corrupt image: shared memory object (name at {}+{}): {why}",
                 object.offset, object.len
             ),
+            CheckError::PosixTimer { error } => write!(f, "{error}"),
             CheckError::ImageBeingWritten => write!(
                 f,
                 "the image is being written by another process (it changed, or a writer waits for it, since it was checked); run it once it is complete"
@@ -471,6 +478,7 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
     };
     let mut scratch = Scratch::map(&tables)?;
     let records = limits::process_records(os, &image, &record_notes, &mut scratch)?;
+    let posix_timers = posix_timers::check_posix_timers(os, &image)?;
 
     // Fd numbers the task uses; everything the loader opens goes above.
     let loader_fds = fds::place_loader_fds(os, &notes.fds, mapped.fd)?;
@@ -543,6 +551,7 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
         pid: os.getpid(),
         pending: records.pending,
         itimers: records.itimers,
+        posix_timers,
         creds,
         no_new_privs,
         gadgets,
@@ -635,7 +644,9 @@ fn check_memory(os: &impl Os, checked: &Checked, caps: u64) -> Result<(), CheckE
         .ok()
         .and_then(|n| crate::plan::parse_sigq(&status[..n]));
     crate::plan::check_sigqueue(input.pending, input.rlimits, sigq)
-        .map_err(|error| CheckError::SigQueue { error })
+        .map_err(|error| CheckError::SigQueue { error })?;
+    posix_timers::fit_sigqueue(input.posix_timers.len(), input.pending, input.rlimits, sigq)
+        .map_err(|error| CheckError::PosixTimer { error })
 }
 
 /// Set the task's mm-wide memory settings (THP disabled, KSM merging) on

@@ -51,6 +51,12 @@ pub trait Os {
     /// `(fsuid, fsgid)`. Only the ids file access is checked with change.
     fn set_fs_ids(&self, uid: u32, gid: u32) -> Result<(u32, u32), Errno>;
     fn getpid(&self) -> i32;
+    /// `prctl(PR_TIMER_CREATE_RESTORE_IDS, GET)`: whether this kernel can
+    /// create a POSIX timer with a given id.
+    fn timer_restore_ids(&self) -> Result<(), Errno>;
+    /// Whether this process may create a POSIX timer on `clock` (one is
+    /// created and deleted: [`crate::sys::probe_timer_clock`]).
+    fn probe_timer_clock(&self, clock: i32) -> Result<(), Errno>;
     /// XCR0, `None` without XSAVE.
     fn xcr0(&self) -> Option<u64>;
     /// `ARCH_GET_XCOMP_PERM`.

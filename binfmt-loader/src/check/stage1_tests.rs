@@ -633,3 +633,74 @@ fn a_write_sealed_memfd_mapped_writable_is_refused() {
         Err(CheckError::SealedObjectArea { .. })
     ));
 }
+
+#[test]
+fn posix_timers_need_restore_ids_and_each_of_their_clocks() {
+    use crate::posix_timers::PosixTimerError;
+    use image_format::records::{sigev_notify, PosixTimerRecord};
+    let timer = |id, clock| PosixTimerRecord {
+        id,
+        clock,
+        signo: 10,
+        ..Default::default()
+    };
+    // Without timers nothing is probed.
+    let os = machine();
+    let c = run(&os, &task(), code_page(), (1000, 1000)).unwrap();
+    assert!(c.input.posix_timers.is_empty());
+    assert!(os.timer_clocks_probed.borrow().is_empty());
+
+    let mut state = task();
+    state.objects.posix_timers = vec![timer(3, 1), timer(8, 9), timer(9, 1)];
+    let os = machine();
+    let c = run(&os, &state, code_page(), (1000, 1000)).unwrap();
+    let ids: Vec<i32> = c.input.posix_timers.iter().map(|t| t.id).collect();
+    assert_eq!(ids, [3, 8, 9]);
+    // Each clock once.
+    assert_eq!(*os.timer_clocks_probed.borrow(), [1, 9]);
+
+    // A kernel without PR_TIMER_CREATE_RESTORE_IDS.
+    let mut os = machine();
+    os.timer_restore_ids = Err(Errno::EINVAL);
+    match run(&os, &state, code_page(), (1000, 1000)) {
+        Err(e @ CheckError::PosixTimer { error }) => {
+            assert_eq!(
+                error,
+                PosixTimerError::NoRestoreIds {
+                    count: 3,
+                    errno: Errno::EINVAL
+                }
+            );
+            assert_eq!(e.exit_code(), ExitCode::Unsupported);
+        }
+        other => panic!("{:?}", other.err()),
+    }
+    // An alarm clock without CAP_WAKE_ALARM: named by timer and clock.
+    let mut os = machine();
+    os.timer_clocks_refused = vec![(9, Errno::EPERM)];
+    match run(&os, &state, code_page(), (1000, 1000)) {
+        Err(CheckError::PosixTimer { error }) => assert_eq!(
+            error,
+            PosixTimerError::ClockRefused {
+                id: 8,
+                clock: 9,
+                errno: Errno::EPERM
+            }
+        ),
+        other => panic!("{:?}", other.err()),
+    }
+    // A signal to a thread the image lacks: the image's rules refuse it.
+    let mut state = task();
+    state.objects.posix_timers = vec![PosixTimerRecord {
+        notify: sigev_notify::SIGNAL | sigev_notify::THREAD_ID,
+        tid: 31337,
+        ..timer(4, 1)
+    }];
+    let r = run(&machine(), &state, code_page(), (1000, 1000));
+    assert!(
+        matches!(r, Err(CheckError::Rule { .. })),
+        "{:?}",
+        r.as_ref().err()
+    );
+    assert_eq!(exit_of(r), ExitCode::ImageCorrupt);
+}

@@ -41,12 +41,13 @@ use core::fmt;
 use image_format::elf::UserRegs;
 use image_format::records::{
     vma_flags, vma_kind, CredsRecord, GadgetsRecord, ItimerRecord, MmRecord, PendingSignalRecord,
-    RlimitRecord, SigactionRecord, ThreadRecord,
+    PosixTimerRecord, RlimitRecord, SigactionRecord, ThreadRecord,
 };
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 pub mod abi;
 mod builder;
+mod posix_timers;
 pub mod printer;
 mod process;
 mod thread_ops;
@@ -55,7 +56,7 @@ pub mod window;
 
 pub use abi::{layout, op_kind, rule, Op, WindowHeader};
 pub use printer::{op_label, syscall_name, window_ops, write_plan};
-pub use process::{check_sigqueue, parse_sigq, SigQueueError};
+pub use process::{charged_signals, check_sigqueue, parse_sigq, SigQueueError};
 pub use thread_ops::{
     CLONE_ARGS_LEN, CLONE_ARGS_SET_TID, CLONE_ARGS_SIZE, CLONE_THREAD_FLAGS, FUTEX_OP_DECREMENT,
     XFEATURE_MASK_USER_DYNAMIC,
@@ -274,6 +275,8 @@ pub struct PlanInput<'a> {
     pub pid: i32,
     pub pending: &'a [PendingSignalRecord],
     pub itimers: &'a [ItimerRecord],
+    /// The POSIX timers, created with their ids and armed last.
+    pub posix_timers: &'a [PosixTimerRecord],
     /// Credentials to switch to, when they differ and we may.
     pub creds: Option<CredsRecord>,
     /// Set `PR_SET_NO_NEW_PRIVS` in every thread, after its credentials.
@@ -308,6 +311,8 @@ pub enum PlanError {
     XsaveTooSmall { len: usize },
     /// The input holds no thread at all.
     NoThread,
+    /// POSIX timer `id` signals thread `tid`, which the input lacks.
+    TimerThread { id: i32, tid: i32 },
 }
 
 impl fmt::Display for PlanError {
@@ -339,6 +344,10 @@ impl fmt::Display for PlanError {
             }
             PlanError::XsaveTooSmall { len } => write!(f, "xsave area of {len} bytes is too small"),
             PlanError::NoThread => write!(f, "the image holds no thread"),
+            PlanError::TimerThread { id, tid } => write!(
+                f,
+                "POSIX timer {id} signals thread {tid}, which the image does not have"
+            ),
         }
     }
 }
@@ -461,7 +470,9 @@ pub fn build_plan(
     let exit = Exit::for_input(input);
     let others = thread_ops::other_threads(&mut b, input, window, &lay)?;
     process::pending_signals(&mut b, input)?;
+    posix_timers::create(&mut b, input, &others)?;
     process::timers(&mut b, input)?;
+    posix_timers::arm(&mut b, input)?;
     thread_ops::leader_credentials(&mut b, input)?;
     thread_ops::release_others(&mut b, input, &others)?;
     thread_ops::leader_leaves(&mut b, input, window, exit)?;

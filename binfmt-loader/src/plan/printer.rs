@@ -96,6 +96,8 @@ pub fn syscall_name(n: u64) -> &'static str {
         nr::RT_SIGQUEUEINFO => "rt_sigqueueinfo",
         nr::RT_TGSIGQUEUEINFO => "rt_tgsigqueueinfo",
         nr::SETITIMER => "setitimer",
+        nr::TIMER_CREATE => "timer_create",
+        nr::TIMER_SETTIME => "timer_settime",
         nr::SETGROUPS => "setgroups",
         nr::SETRESGID => "setresgid",
         nr::SETRESUID => "setresuid",

@@ -343,6 +343,7 @@ fn input<'a>(f: &'a Fixture, gadgets: bool) -> PlanInput<'a> {
         pid: 100,
         pending: &[],
         itimers: &[],
+        posix_timers: &[],
         creds: None,
         no_new_privs: false,
         gadgets: gadgets.then_some(GadgetsRecord {
@@ -978,4 +979,154 @@ fn read_only_shared_file_mappings_stay_shared_unless_filled() {
         },
         false
     ));
+}
+
+/// The POSIX timers: created between the restore-ids prctl's on and off,
+/// each with its own id, clock and sigevent (a thread's timer naming the
+/// tid the thread has now), and armed after the interval timers.
+#[test]
+fn posix_timers_are_created_with_their_ids_and_armed_after_the_itimers() {
+    use crate::posix_timers::{PR_TIMER_CREATE_RESTORE_IDS, SIGEVENT_TID};
+    use image_format::records::{sigev_notify, PosixTimerRecord, TimerSpec};
+    let mut rng = Rng(11);
+    let mut f = fixture(&mut rng);
+    while f.threads.len() < 3 {
+        f = fixture(&mut rng);
+    }
+    let to_thread = sigev_notify::SIGNAL | sigev_notify::THREAD_ID;
+    let spec = |sec, nsec| TimerSpec { sec, nsec };
+    let timers = [
+        // A periodic process signal, armed.
+        PosixTimerRecord {
+            id: 7,
+            clock: 1,
+            signo: 35,
+            notify: sigev_notify::SIGNAL,
+            value: 0x1234,
+            interval: spec(0, 20_000_000),
+            left: spec(0, 5_000_000),
+            ..PosixTimerRecord::default()
+        },
+        // To the leader, disarmed.
+        PosixTimerRecord {
+            id: 3,
+            clock: 0,
+            signo: 10,
+            notify: to_thread,
+            tid: f.threads[0].record.tid,
+            ..PosixTimerRecord::default()
+        },
+        // To the third thread, armed.
+        PosixTimerRecord {
+            id: 12,
+            clock: 7,
+            signo: 36,
+            notify: to_thread,
+            tid: f.threads[2].record.tid,
+            value: 0xfeed_face_cafe,
+            interval: spec(1, 0),
+            left: spec(3600, 1),
+            ..PosixTimerRecord::default()
+        },
+    ];
+    let itimers = [ItimerRecord {
+        which: 0,
+        _pad: 0,
+        interval: image_format::elf::Timeval { sec: 1, usec: 0 },
+        value: image_format::elf::Timeval { sec: 1, usec: 0 },
+    }];
+    let mut inp = input(&f, true);
+    inp.posix_timers = &timers;
+    inp.itimers = &itimers;
+    let mut scratch = std::vec![Range::default(); 64];
+    let window = choose_window(&inp, &mut scratch).unwrap();
+    let mut buf = std::vec![0u8; window.len() as usize];
+    let summary = build_plan(&inp, window, &mut buf).unwrap();
+    let ops = window_ops(&buf);
+    let header = WindowHeader::read_from_prefix(&buf).unwrap().0;
+    let leader = &ops[..header.op_count as usize];
+    let at = |addr: u64| (addr - window.start) as usize;
+    let word = |addr: u64| u32::from_le_bytes(buf[at(addr)..at(addr) + 4].try_into().unwrap());
+    let prctl = |arg: u64| {
+        leader
+            .iter()
+            .position(|o| o.nr == nr::PRCTL && o.args[..2] == [PR_TIMER_CREATE_RESTORE_IDS, arg])
+            .unwrap()
+    };
+    let (on, off) = (prctl(1), prctl(0));
+    let creates: Vec<usize> = (0..leader.len())
+        .filter(|&i| leader[i].nr == sys::nr::TIMER_CREATE)
+        .collect();
+    assert_eq!(creates.len(), 3);
+    assert!(creates.iter().all(|&i| on < i && i < off));
+    for (&i, t) in creates.iter().zip(&timers) {
+        let o = &leader[i];
+        assert_eq!(o.rule, rule::OK);
+        assert_eq!(o.args[0], abi::int_arg(t.clock));
+        // The id wanted at the third argument, the sigevent at the second.
+        assert_eq!(word(o.args[2]), t.id as u32);
+        let ev = o.args[1];
+        let value = u64::from_le_bytes(buf[at(ev)..at(ev) + 8].try_into().unwrap());
+        assert_eq!(value, t.value);
+        assert_eq!((word(ev + 8), word(ev + 12)), (t.signo, t.notify));
+    }
+    // The leader's timer names the loader's pid (the leader's tid now).
+    assert_eq!(word(leader[creates[1]].args[1] + SIGEVENT_TID as u64), 100);
+    // The other thread's: copied from where clone3 wrote its tid, right
+    // before its timer_create.
+    let copy = &leader[creates[2] - 1];
+    let clones = clones_of(&buf, window, &summary);
+    let parent_tid = {
+        let a = at(clones[1].args + 24);
+        u64::from_le_bytes(buf[a..a + 8].try_into().unwrap())
+    };
+    assert_eq!(copy.kind, op_kind::MEMCPY);
+    assert_eq!(
+        copy.args[..3],
+        [
+            leader[creates[2]].args[1] + SIGEVENT_TID as u64,
+            parent_tid,
+            4
+        ]
+    );
+    // Armed: only those with time left, after the itimers, with their
+    // interval and time left, before the other threads are let go.
+    let setitimer = leader
+        .iter()
+        .position(|o| o.nr == sys::nr::SETITIMER)
+        .unwrap();
+    let armed: Vec<usize> = (0..leader.len())
+        .filter(|&i| leader[i].nr == sys::nr::TIMER_SETTIME)
+        .collect();
+    assert_eq!(armed.len(), 2);
+    assert!(armed.iter().all(|&i| i > setitimer && i > off));
+    let go = leader
+        .iter()
+        .rposition(|o| o.kind == op_kind::STORE_WAKE)
+        .unwrap();
+    assert!(armed.iter().all(|&i| i < go));
+    for (&i, t) in armed.iter().zip([&timers[0], &timers[2]]) {
+        let o = &leader[i];
+        assert_eq!((o.args[0], o.args[1], o.args[3]), (t.id as u64, 0, 0));
+        let a = at(o.args[2]);
+        let got: Vec<i64> = (0..4)
+            .map(|k| i64::from_le_bytes(buf[a + 8 * k..a + 8 * k + 8].try_into().unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [t.interval.sec, t.interval.nsec, t.left.sec, t.left.nsec]
+        );
+    }
+    // A timer for a thread the input lacks is refused, not guessed.
+    let mut lost = timers;
+    lost[2].tid = 99_999;
+    inp.posix_timers = &lost;
+    let mut buf = std::vec![0u8; window.len() as usize];
+    assert_eq!(
+        build_plan(&inp, window, &mut buf),
+        Err(PlanError::TimerThread {
+            id: 12,
+            tid: 99_999
+        })
+    );
 }

@@ -358,6 +358,14 @@ pub(super) struct Others {
     pub(super) clones: u64,
 }
 
+impl Others {
+    /// Where clone3 wrote the tid of the `k`-th other thread (0-based): the
+    /// recorded one, or a new one when that was taken.
+    pub(super) fn tid_slot(&self, k: usize) -> u64 {
+        self.tids + 4 * k as u64
+    }
+}
+
 /// Step 8b: the other threads, created before the point of no return and
 /// parked on `built` in the window (`crate::threads`), set their own state
 /// once the memory is back, then wait for `go`. `tids[k]` receives the tid

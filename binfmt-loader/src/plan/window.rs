@@ -53,7 +53,9 @@ impl WindowLayout {
             + input.fd_moves.len() * 2
             + input.keep_fds.len()
             + input.pending.len()
-            + input.itimers.len();
+            + input.itimers.len()
+            + 2
+            + 3 * input.posix_timers.len();
         let code_off = HEADER_BYTES;
         let ops_off = (code_off + input.trampoline.len() as u64 + 63) & !63;
         let data_off = ops_off + (ops_cap * layout::OP_SIZE) as u64;
@@ -68,6 +70,7 @@ impl WindowLayout {
             + 32 * input.sigactions.len() as u64
             + 16 * input.rlimits.len() as u64
             + 32 * input.itimers.len() as u64
+            + (64 + 8 + 32 + 16) * input.posix_timers.len() as u64
             + 128 * input.pending.len() as u64
             + 4 * image_format::records::MAX_GROUPS as u64
             + 1024;

@@ -74,6 +74,9 @@ pub mod nr {
     pub const CLOSE_RANGE: u64 = 436;
     pub const CLONE3: u64 = 435;
     pub const FUTEX: u64 = 202;
+    pub const TIMER_CREATE: u64 = 222;
+    pub const TIMER_SETTIME: u64 = 223;
+    pub const TIMER_DELETE: u64 = 226;
 }
 
 pub const AT_FDCWD: i32 = -100;
@@ -840,6 +843,62 @@ pub fn securebits() -> u32 {
     // SAFETY: no memory involved.
     let r = unsafe { syscall6(nr::PRCTL, PR_GET_SECUREBITS, 0, 0, 0, 0, 0) };
     result(r).map_or(0, |bits| u32::try_from(bits).unwrap_or(0))
+}
+
+/// `prctl(PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_GET)`:
+/// whether `timer_create` takes ids from its caller now (an error: this
+/// kernel cannot; EINVAL before Linux 6.14). Changes nothing.
+///
+/// # References
+/// `Documentation/userspace-api/` of Linux 6.14, `kernel/time/posix-timers.c`.
+pub fn timer_restore_ids() -> Result<u64, Errno> {
+    use crate::posix_timers::{PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_GET};
+    // SAFETY: no memory involved.
+    let r = unsafe {
+        syscall6(
+            nr::PRCTL,
+            PR_TIMER_CREATE_RESTORE_IDS,
+            PR_TIMER_CREATE_RESTORE_IDS_GET,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+    result(r)
+}
+
+/// `timer_create(clock, {SIGEV_NONE}, &id)` then `timer_delete(id)`:
+/// whether this process may have a timer on `clock` (the clock exists,
+/// has timers, and alarm clocks need `CAP_WAKE_ALARM`). The timer sends
+/// nothing and is gone when this returns.
+///
+/// # References
+/// `timer_create(2)`, `timer_delete(2)`.
+pub fn probe_timer_clock(clock: i32) -> Result<(), Errno> {
+    // `struct sigevent`: sigev_notify (at 12) SIGEV_NONE (1), the rest 0.
+    let mut sigevent = [0u8; crate::posix_timers::SIGEVENT_LEN];
+    sigevent[12] = 1;
+    // Read as the id wanted when the caller left PR_TIMER_CREATE_RESTORE_IDS
+    // on: one no image can have (ids are below INT_MAX), and freed below.
+    let mut id: i32 = i32::MAX;
+    // SAFETY: the kernel reads the 64-byte sigevent and reads and writes the
+    // int `id`, both live locals.
+    let r = unsafe {
+        syscall6(
+            nr::TIMER_CREATE,
+            int_arg(clock),
+            sigevent.as_ptr() as u64,
+            (&raw mut id) as u64,
+            0,
+            0,
+            0,
+        )
+    };
+    result(r)?;
+    // SAFETY: no memory involved; deletes the timer just created.
+    let r = unsafe { syscall6(nr::TIMER_DELETE, int_arg(id), 0, 0, 0, 0, 0) };
+    result(r).map(|_| ())
 }
 
 /// `getpid()`.

@@ -123,6 +123,12 @@ impl Os for Kernel {
     fn getpid(&self) -> i32 {
         super::getpid()
     }
+    fn timer_restore_ids(&self) -> Result<(), Errno> {
+        super::timer_restore_ids().map(|_| ())
+    }
+    fn probe_timer_clock(&self, clock: i32) -> Result<(), Errno> {
+        super::probe_timer_clock(clock)
+    }
     fn xcr0(&self) -> Option<u64> {
         crate::arch::xcr0()
     }

@@ -19,6 +19,7 @@ use image_format::elf::UserRegs;
 use image_format::records::{FileId, GadgetsRecord, SigactionRecord};
 use image_format::PAGE_SIZE;
 
+use super::posix_timers::TimerAnswer;
 use super::task::{FileMeta, FoundThread, ProcessWide, Task, ThreadAnswers};
 use super::CollectError;
 
@@ -59,6 +60,10 @@ pub struct FakeTask {
     pub pending: HashMap<(i32, bool), Vec<[u8; 128]>>,
     /// Pages whose pagemap entries were read.
     pub pagemap_reads: std::cell::Cell<u64>,
+    /// What `timer_gettime`/`timer_getoverrun` answer, by timer id.
+    pub posix_timers: HashMap<i32, TimerAnswer>,
+    /// Calls of `ask_posix_timers`: tid and the ids asked.
+    pub asked_timers: Vec<(i32, Vec<i32>)>,
     /// What `take_fd` hands out, by fd number (real objects the test made).
     pub stolen: HashMap<i32, std::os::fd::OwnedFd>,
     /// Groups of fds sharing one open file description.
@@ -158,6 +163,8 @@ impl FakeTask {
             scan: None,
             pending: HashMap::new(),
             pagemap_reads: std::cell::Cell::new(0),
+            posix_timers: HashMap::new(),
+            asked_timers: Vec::new(),
         };
         t.file("stat", stat_line(pid, "fake"));
         t.file("status", status_text(pid, &[100, 27], 0));
@@ -415,6 +422,29 @@ impl Task for FakeTask {
             answers.process = Some(self.process_wide.clone());
         }
         Ok(answers)
+    }
+
+    fn ask_posix_timers(
+        &mut self,
+        tid: i32,
+        _regs: &UserRegs,
+        _scratch: u64,
+        ids: &[i32],
+    ) -> Result<Vec<TimerAnswer>, CollectError> {
+        self.asked_timers.push((tid, ids.to_vec()));
+        ids.iter()
+            .map(|id| {
+                self.posix_timers
+                    .get(id)
+                    .copied()
+                    .ok_or(CollectError::InjectedSyscall {
+                        pid: self.pid,
+                        tid,
+                        what: "timer_gettime",
+                        errno: 22,
+                    })
+            })
+            .collect()
     }
 
     fn peek_siginfo(

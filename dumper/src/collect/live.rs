@@ -11,9 +11,10 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use image_format::elf::{Timeval, UserRegs};
-use image_format::records::{GadgetsRecord, ItimerRecord, SigactionRecord};
+use image_format::records::{GadgetsRecord, ItimerRecord, SigactionRecord, TimerSpec};
 use image_writer::model::file_id;
 
+use super::posix_timers::TimerAnswer;
 use super::task::{FileMeta, FoundThread, ProcessWide, Task, ThreadAnswers};
 use super::CollectError;
 use crate::cancel::cancel_requested;
@@ -28,6 +29,8 @@ mod nr {
     pub const BRK: u64 = 12;
     pub const RT_SIGACTION: u64 = 13;
     pub const GETITIMER: u64 = 36;
+    pub const TIMER_GETTIME: u64 = 224;
+    pub const TIMER_GETOVERRUN: u64 = 225;
     pub const SIGALTSTACK: u64 = 131;
     pub const PRCTL: u64 = 157;
 }
@@ -177,6 +180,31 @@ impl Task for LiveTask<'_> {
         answers
     }
 
+    fn ask_posix_timers(
+        &mut self,
+        tid: i32,
+        regs: &UserRegs,
+        scratch: u64,
+        ids: &[i32],
+    ) -> Result<Vec<TimerAnswer>, CollectError> {
+        let pid = self.pid();
+        let Some(injection) = self.injection else {
+            return Err(CollectError::Unsupported {
+                pid,
+                what: "a thread was to be borrowed before the gadgets were known".into(),
+            });
+        };
+        let read_u64 = |addr| {
+            let b = self.read_mem(addr, 8).ok()?;
+            Some(u64::from_le_bytes(b.try_into().ok()?))
+        };
+        let temporary_mask = inject::uses_temporary_sigmask(regs, read_u64);
+        let mut b = Borrowed::begin(pid, tid, self.mem, injection, scratch, temporary_mask)?;
+        let answers = ask_posix_timers(&mut b, pid, tid, ids);
+        b.finish()?;
+        answers
+    }
+
     fn peek_siginfo(
         &self,
         tid: i32,
@@ -265,6 +293,56 @@ fn i64_at(b: &[u8], off: usize) -> i64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[off..off + 8]);
     i64::from_le_bytes(a)
+}
+
+/// `timer_gettime` and `timer_getoverrun` of each timer, inside one
+/// borrowed thread.
+fn ask_posix_timers(
+    b: &mut Borrowed<'_>,
+    pid: i32,
+    tid: i32,
+    ids: &[i32],
+) -> Result<Vec<TimerAnswer>, CollectError> {
+    let scratch = b.scratch();
+    let check = |what: &'static str, r: i64| -> Result<i64, CollectError> {
+        if (-4095..0).contains(&r) {
+            Err(CollectError::InjectedSyscall {
+                pid,
+                tid,
+                what,
+                errno: -r,
+            })
+        } else {
+            Ok(r)
+        }
+    };
+    let mut out = Vec::with_capacity(ids.len());
+    // `struct itimerspec`: it_interval, then it_value.
+    let mut buf = [0u8; 32];
+    for &id in ids {
+        // A timer id is a non-negative int: its bits are the argument.
+        let arg = u64::from(id.cast_unsigned());
+        check(
+            "timer_gettime",
+            b.syscall(nr::TIMER_GETTIME, [arg, scratch, 0, 0, 0, 0])?,
+        )?;
+        b.read_scratch(&mut buf)?;
+        let overrun = check(
+            "timer_getoverrun",
+            b.syscall(nr::TIMER_GETOVERRUN, [arg, 0, 0, 0, 0, 0])?,
+        )?;
+        let spec = |off| TimerSpec {
+            sec: i64_at(&buf, off),
+            nsec: i64_at(&buf, off + 8),
+        };
+        out.push(TimerAnswer {
+            interval: spec(0),
+            left: spec(16),
+            // At most DELAYTIMER_MAX (INT_MAX), as the kernel clamps it.
+            overrun: i32::try_from(overrun).unwrap_or(i32::MAX),
+        });
+    }
+    Ok(out)
 }
 
 /// The questions asked inside one borrowed thread.

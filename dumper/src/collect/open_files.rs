@@ -275,43 +275,49 @@ fn save_pipes<T: Task>(
         let all_stdio = ends.iter().all(|&i| {
             (0..=2).contains(&listed[i].fd) || stdio_descs.contains(&records[i].record.desc)
         });
-        let (Some(reader), true) = (reader, has_writer) else {
-            if all_stdio {
-                // The caller's pipe: inherited, as before objects existed.
-                continue;
-            }
-            let fds: Vec<String> = ends.iter().map(|&i| listed[i].fd.to_string()).collect();
-            let held = if others.is_empty() {
-                "no other process of this dump holds it".to_string()
-            } else {
-                format!("pid {} holds it", join(&others))
-            };
-            c.unsupported(format!(
-                "fd {} {} one end of {shown} whose other end is not in this process ({held}); pipes between processes need a tree dump",
-                fds.join(", "),
-                if fds.len() > 1 { "are" } else { "is" },
-            ))?;
+        let both_ends = reader.is_some() && has_writer;
+        if !both_ends && all_stdio && !stdio_descs.is_empty() {
+            // The caller's pipe (its other end is the caller's): inherited,
+            // as before objects existed.
             continue;
-        };
+        }
         if !others.is_empty() {
+            let fds: Vec<String> = ends.iter().map(|&i| listed[i].fd.to_string()).collect();
             c.unsupported(format!(
-                "{shown} (fd {}) is also held by pid {}; objects shared between processes need a tree dump",
-                first.fd,
+                "fd {} {} {shown}, which pid {} holds too; pipes between processes need a tree dump",
+                fds.join(", "),
+                if fds.len() > 1 { "are ends of" } else { "is an end of" },
                 join(&others)
             ))?;
             continue;
         }
-        let stolen: OwnedFd = match c.task.take_fd(listed[reader].fd) {
+        if first.kind == fd_kind::FIFO && first.deleted {
+            c.unsupported(format!(
+                "fd {} is a FIFO whose path was deleted ({shown}): it cannot be opened again",
+                first.fd
+            ))?;
+            continue;
+        }
+        // No other process holds it: an end the task lacks is closed for
+        // good (a reader then sees the bytes and end-of-file), and comes
+        // back closed.
+        let probe = reader.unwrap_or(ends[0]);
+        let stolen: OwnedFd = match c.task.take_fd(listed[probe].fd) {
             Ok(f) => f,
             Err(e) => {
                 c.unsupported(format!(
                     "fd {}: cannot take a copy to read {shown}: {e}",
-                    listed[reader].fd
+                    listed[probe].fd
                 ))?;
                 continue;
             }
         };
-        let buffered = match objects::pipe::buffered(listed[reader].fd, &stolen) {
+        let buffered = match reader {
+            Some(_) => objects::pipe::buffered(listed[probe].fd, &stolen),
+            // Nobody can read them: the bytes do not matter, the size does.
+            None => objects::pipe::size_only(listed[probe].fd, &stolen),
+        };
+        let buffered = match buffered {
             Ok(b) => b,
             Err(why) => {
                 c.unsupported(why)?;

@@ -18,17 +18,6 @@ pub(super) fn process_checks<T: Task>(
     status: &Status,
 ) -> Result<(), CollectError> {
     seccomp(c, status)?;
-    // /proc/P/timers exists only with CONFIG_CHECKPOINT_RESTORE.
-    let timers = c.read_text("timers").unwrap_or_else(|e| {
-        c.warnings.push(format!(
-            "cannot check for POSIX timers (timer_create), which are not saved: {e}"
-        ));
-        String::new()
-    });
-    if !timers.trim().is_empty() {
-        let n = timers.lines().filter(|l| l.starts_with("ID:")).count();
-        c.unsupported(format!("{n} POSIX timer(s) (timer_create) are not saved"))?;
-    }
     let mut children = Vec::new();
     for &tid in c.task.tids() {
         if let Ok(text) = c.read_text(&format!("task/{tid}/children")) {

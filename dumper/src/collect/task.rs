@@ -117,6 +117,15 @@ pub trait Task {
         scratch: u64,
         process_wide: bool,
     ) -> Result<ThreadAnswers, CollectError>;
+    /// Borrow thread `tid` (as for [`Task::ask`]) to ask `timer_gettime`
+    /// and `timer_getoverrun` of each POSIX timer in `ids`, in that order.
+    fn ask_posix_timers(
+        &mut self,
+        tid: i32,
+        regs: &UserRegs,
+        scratch: u64,
+        ids: &[i32],
+    ) -> Result<Vec<super::posix_timers::TimerAnswer>, CollectError>;
     /// Copy queued siginfos of `tid` (its own queue, or with `shared` the
     /// process-wide one) from `offset` into `buf` without dequeuing them;
     /// returns how many.

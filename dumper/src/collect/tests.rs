@@ -102,16 +102,80 @@ fn seccomp_in_any_thread_refuses_even_forced_and_nothing_is_injected() {
 }
 
 #[test]
-fn posix_timers_are_refused_unless_forced() {
+fn posix_timers_are_recorded_with_what_the_task_answered() {
+    use super::posix_timers::TimerAnswer;
+    use image_format::records::{sigev_notify, PosixTimerRecord, TimerSpec};
     let mut task = FakeTask::sleeping(PID);
     task.file(
         "timers",
-        "ID: 0\nsignal: 14/0000000000000000\nnotify: signal/pid.4242\nClockID: 1\n",
+        "ID: 5\nsignal: 14/00000000000000ab\nnotify: signal/pid.4242\nClockID: 1\n\
+         ID: 2\nsignal: 0/0\nnotify: none/pid.4242\nClockID: -6\n",
     );
-    assert!(unsupported(run(&mut task, false)).contains("1 POSIX timer"));
+    let spec = |sec, nsec| TimerSpec { sec, nsec };
+    task.posix_timers.insert(
+        5,
+        TimerAnswer {
+            interval: spec(0, 20_000_000),
+            left: spec(0, 7_000_000),
+            overrun: 3,
+        },
+    );
+    task.posix_timers.insert(2, TimerAnswer::default());
+    let c = run(&mut task, false).unwrap();
+    // One borrow, of the leader, for both; the records sorted by id.
+    assert_eq!(task.asked_timers, vec![(PID, vec![5, 2])]);
+    assert_eq!(
+        c.state.objects.posix_timers,
+        vec![
+            PosixTimerRecord {
+                id: 2,
+                clock: 2,
+                notify: sigev_notify::NONE,
+                ..PosixTimerRecord::default()
+            },
+            PosixTimerRecord {
+                id: 5,
+                clock: 1,
+                signo: 14,
+                notify: sigev_notify::SIGNAL,
+                overrun: 3,
+                value: 0xab,
+                interval: spec(0, 20_000_000),
+                left: spec(0, 7_000_000),
+                ..PosixTimerRecord::default()
+            },
+        ]
+    );
+    // The overrun cannot be restored: said, for the timer that had one.
+    let said: Vec<_> = c
+        .state
+        .warnings
+        .iter()
+        .filter(|w| w.contains("overrun"))
+        .collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].contains("POSIX timer 5") && said[0].contains('3'));
+}
+
+#[test]
+fn posix_timers_that_cannot_be_restored_are_refused_untouched_unless_forced() {
+    let mut task = FakeTask::sleeping(PID);
+    task.file(
+        "timers",
+        "ID: 0\nsignal: 14/0000000000000000\nnotify: signal/tid.999\nClockID: 1\n",
+    );
+    let why = unsupported(run(&mut task, false));
+    assert!(
+        why.contains("POSIX timer 0") && why.contains("thread 999"),
+        "{why}"
+    );
     assert!(task.asked.is_empty(), "a refused task was borrowed");
+    assert!(task.asked_timers.is_empty());
+    // Forced: dropped, said, and not asked about.
     let c = run(&mut task, true).unwrap();
-    assert!(c.state.warnings.iter().any(|w| w.contains("POSIX timer")));
+    assert!(c.state.warnings.iter().any(|w| w.contains("POSIX timer 0")));
+    assert!(c.state.objects.posix_timers.is_empty());
+    assert!(task.asked_timers.is_empty());
 }
 
 #[test]

@@ -19,6 +19,22 @@ pub struct Buffered {
     pub data: Vec<u8>,
 }
 
+/// The size of the pipe `end` (a copy of the task's fd `fd`) is on, and
+/// no bytes: for a pipe nobody can read any more.
+pub fn size_only(fd: i32, end: &OwnedFd) -> Result<Buffered, Refusal> {
+    let size = fds::pipe_size(end.as_fd())
+        .map_err(|e| format!("fd {fd}: cannot read the pipe's size: {e}"))?;
+    if size > MAX_PIPE_BYTES {
+        return Err(format!(
+            "fd {fd} is a pipe of {size} bytes, more than the {MAX_PIPE_BYTES} crimg saves"
+        ));
+    }
+    Ok(Buffered {
+        size,
+        data: Vec::new(),
+    })
+}
+
 /// The size and buffered bytes of the pipe whose read end (a copy of the
 /// task's fd `fd`) is `read_end`, without consuming them.
 pub fn buffered(fd: i32, read_end: &OwnedFd) -> Result<Buffered, Refusal> {

@@ -20,6 +20,7 @@ pub mod limits;
 pub mod smaps;
 pub mod stat;
 pub mod status;
+pub mod timers;
 
 /// A `/proc` file did not look as expected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

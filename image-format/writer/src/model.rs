@@ -6,8 +6,8 @@
 use image_format::elf::UserRegs;
 use image_format::records::{
     CredsRecord, EventfdRecord, FdRecord, GadgetsRecord, ItimerRecord, MmRecord,
-    PendingSignalRecord, ProcessRecord, RlimitRecord, ShmemRecord, SigactionRecord, ThreadRecord,
-    VmaRecord,
+    PendingSignalRecord, PosixTimerRecord, ProcessRecord, RlimitRecord, ShmemRecord,
+    SigactionRecord, ThreadRecord, VmaRecord,
 };
 
 /// One thread: its registers and per-thread extras.
@@ -63,6 +63,8 @@ pub struct ObjectStates {
     /// Shared memory objects and saved files; `VmaRecord::object` and
     /// `FdRecord::object` of a memfd are 1-based indexes into it.
     pub shmem: Vec<ShmemState>,
+    /// The POSIX timers (`timer_create`), by id; not behind an fd.
+    pub posix_timers: Vec<PosixTimerRecord>,
 }
 
 /// A run of pages to store: `[start, start + len)`, page-aligned, inside one

@@ -404,6 +404,7 @@ fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
     notes.add_records(&shmem);
     notes.add_records(&pipes);
     notes.add_records(&state.objects.eventfds);
+    notes.add_records::<records::PosixTimerRecord>(&state.objects.posix_timers);
 }
 
 /// The computed placement of everything in the file.

@@ -1,0 +1,60 @@
+//! Open file descriptions across a round trip: two fds on one description
+//! keep one offset (`prog > log 2>&1`), a second open of the same file
+//! keeps its own, a FIFO comes back with its bytes, a copy of stdin at a
+//! high fd is the caller's stdin again; and a pipe shared with another
+//! process is refused by a single-process dump, naming that process.
+
+use crimg_tests::process::{CheckTrigger, PidGuard};
+use crimg_tests::roundtrip::dump_and_kill;
+use crimg_tests::{binaries, scratch_dir, Workload};
+
+#[test]
+fn shared_offsets_fifo_and_a_copy_of_stdin_survive() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let dir = scratch.path().display().to_string();
+    let w = Workload::start("fd_sharing", ["--dir", dir.as_str()]);
+    let dumped = dump_and_kill(&bins, w, &scratch.path().join("out"));
+    let mut restored = bins
+        .restore("restored fd_sharing", &dumped.dump.image)
+        .unwrap();
+    // The check command goes to the restored process's stdin and is read
+    // through its fd 10: a copy of the caller's stdin.
+    let facts = restored.expect_pass(CheckTrigger::Stdin);
+    assert_eq!(
+        facts.get("fifo"),
+        Some("3000"),
+        "{}",
+        restored.stderr_report()
+    );
+}
+
+#[test]
+fn a_pipe_shared_with_another_process_is_refused_naming_it() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let dir = scratch.path().display().to_string();
+    let mut w = Workload::start("fd_sharing", ["--dir", dir.as_str(), "--share-pipe"]);
+    let child: i32 = w
+        .ready()
+        .unwrap()
+        .require("child")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let _child = PidGuard::new(child).unwrap();
+    let err = bins
+        .dump(w.pid(), &scratch.path().join("out"), false)
+        .expect_err("a pipe shared with a child must be refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("pipe:[") && message.contains(&format!("pid {child}")),
+        "{message}"
+    );
+    // Refused: the workload runs on as it was.
+    let facts = w.expect_pass(CheckTrigger::Stdin);
+    assert_eq!(facts.get("fifo"), Some("3000"));
+    assert!(!scratch.path().join("out").exists());
+}
