@@ -3,7 +3,8 @@
  * restore (zdtm-style victim).
  *
  * Options (any combination):
- *   --memfd          a memfd "crimg-shmem-test" (MFD_ALLOW_SEALING) of 5
+ *   --memfd          a memfd "crimg-shmem-test" (MFD_ALLOW_SEALING, mode
+ *                    0640 like every memfd here) of 5
  *                    pages holding a pattern, sealed F_SEAL_SHRINK |
  *                    F_SEAL_GROW, mapped twice MAP_SHARED read-write; its fd
  *                    is closed unless --keep-fds
@@ -104,6 +105,9 @@ static int make_memfd(struct object *o, unsigned seals, int prot, int flags)
 			die("pwrite memfd");
 		free(buf);
 	}
+	/* A mode of its own, to be kept. */
+	if (fchmod(o->fd, 0640))
+		die("fchmod memfd");
 	if (seals && fcntl(o->fd, F_ADD_SEALS, seals))
 		die("F_ADD_SEALS");
 	o->seals = seals;
@@ -186,6 +190,12 @@ static int check_memfd(struct object *o, int writable)
 	seals = fcntl(fd, F_GET_SEALS);
 	if (seals != (int)o->seals)
 		return fail("%s: seals %#x, want %#x", o->name, seals, o->seals);
+	{
+		struct stat st;
+
+		if (fstat(fd, &st) || (st.st_mode & 07777) != 0640)
+			return fail("%s: mode %o, want 640", o->name, (unsigned)st.st_mode & 07777);
+	}
 	close(fd);
 	if (o->fd >= 0) {
 		char fdlink[64];

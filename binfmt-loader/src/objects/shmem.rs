@@ -69,6 +69,12 @@ pub fn create_objects(
                 let fd = above(os, os.memfd_create(memfd_name(object)), base)
                     .map_err(failed(object, "memfd_create"))?;
                 fill(os, fd, object, r.size, content)?;
+                // A memfd's mode (0777 when made; `MFD_NOEXEC_SEAL` or a
+                // chmod changed it), before `F_SEAL_EXEC` could forbid it.
+                if r.kind == shmem_kind::MEMFD && r.mode & PERMISSIONS != PERMISSIONS {
+                    os.fchmod(fd, r.mode & PERMISSIONS)
+                        .map_err(failed(object, "fchmod"))?;
+                }
                 fd
             }
             shmem_kind::GHOST => {

@@ -75,12 +75,21 @@ pub(super) fn memory_areas<T: Task>(
         if class.kind == vma_kind::SHARED_ANON {
             // The shared object, by the inode behind the area.
             let link = c.proc_path(&format!("map_files/{:x}-{:x}", e.start, e.end));
-            let meta = c
-                .task
-                .metadata(Path::new(&link))
-                .map_err(c.read_error(link))?;
-            record.file = meta.id;
-            record.object = area_object(c, e, class.kind, &meta, objects)?;
+            match c.task.metadata(Path::new(&link)) {
+                Ok(meta) => {
+                    record.file = meta.id;
+                    record.object = area_object(c, e, class.kind, &meta, objects)?;
+                }
+                // Following map_files needs CAP_SYS_ADMIN or
+                // CAP_CHECKPOINT_RESTORE: without, the area is kept on its
+                // own, as anonymous shared memory.
+                Err(err) => c.warnings.push(format!(
+                    "shared memory {} at {:#x}-{:#x} cannot be identified ({link}: {err}): restored as anonymous shared memory of its own, not shared with its other areas or fds",
+                    image_format::text::Escaped(e.path.as_bytes()),
+                    e.start,
+                    e.end
+                )),
+            }
         }
         vma_states.push(VmaState {
             record,
@@ -173,14 +182,16 @@ pub(super) fn object_contents<T: Task>(
             .find(|f| f.record.object == object && object_fd(f));
         // Read through an area, or else an fd (`/proc/P/fd/N` opens the
         // file itself, deleted or not).
-        let (link, place) = match (areas.first(), fd) {
-            (Some(&(first, _)), _) => (
-                c.proc_path(&format!("map_files/{:x}-{:x}", first.start, first.end)),
-                format!("mapped at {:#x}-{:#x}", first.start, first.end),
-            ),
-            (None, Some(f)) => (
+        // An fd first: `/proc/P/fd` opens for any dumper that may trace
+        // the task, `map_files` only with CAP_SYS_ADMIN.
+        let (link, place) = match (fd, areas.first()) {
+            (Some(f), _) => (
                 c.proc_path(&format!("fd/{}", f.record.fd)),
                 format!("fd {}", f.record.fd),
+            ),
+            (None, Some(&(first, _))) => (
+                c.proc_path(&format!("map_files/{:x}-{:x}", first.start, first.end)),
+                format!("mapped at {:#x}-{:#x}", first.start, first.end),
             ),
             (None, None) => continue,
         };
@@ -227,15 +238,24 @@ pub(super) fn object_contents<T: Task>(
             lost.push(object);
             continue;
         }
-        let mut content = c
-            .task
-            .read(Path::new(&link))
-            .map_err(c.read_error(link.clone()))?;
+        // A file that still exists is saved only in case it vanishes: one
+        // that cannot be read or kept is opened by its path, as before.
+        let spare = record.kind == shmem_kind::RECREATE;
+        let mut content = match c.task.read(Path::new(&link)) {
+            Ok(content) => content,
+            Err(_) if spare => {
+                lost.push(object);
+                continue;
+            }
+            Err(e) => return Err(c.read_error(link.clone())(e)),
+        };
         // The size at the dump; a file read longer or shorter than its
         // size is cut or zero-extended by the loader.
         content.truncate(usize::try_from(record.size).unwrap_or(usize::MAX));
         if let Err(why) = objects.save_content(object, content, c.opts.ghost_limit()) {
-            c.unsupported(format!("{}: {why}", what()))?;
+            if !spare {
+                c.unsupported(format!("{}: {why}", what()))?;
+            }
             lost.push(object);
         }
     }
