@@ -41,6 +41,7 @@ fn memfds_shared_anonymous_memory_and_deleted_files_round_trip() {
         &[
             "--memfd",
             "--memfd-sealed",
+            "--memfd-future",
             "--memfd-private",
             "--shared-anon",
             "--deleted",
@@ -65,6 +66,7 @@ fn fds_on_memfds_and_deleted_files_are_the_same_objects_as_their_areas() {
             "--keep-fds",
             "--memfd",
             "--memfd-sealed",
+            "--memfd-future",
             "--shared-anon",
             "--deleted",
             gone.to_str().unwrap(),

@@ -11,6 +11,11 @@
  *   --memfd-sealed   a memfd "crimg-sealed" of 3 pages with a pattern,
  *                    sealed F_SEAL_WRITE | F_SEAL_SEAL, mapped twice
  *                    MAP_SHARED read-only (fd closed unless --keep-fds)
+ *   --memfd-future   a memfd "crimg-future" of 2 pages mapped MAP_SHARED
+ *                    read-write, then sealed F_SEAL_FUTURE_WRITE and mapped
+ *                    again read-only: the first view stays writable, no
+ *                    new writable mapping is allowed (fd closed unless
+ *                    --keep-fds)
  *   --memfd-private  a memfd "crimg-private" of 2 pages mapped MAP_PRIVATE
  *                    and written there (copy-on-write), its fd closed: the
  *                    memfd's own bytes are reached only through the private
@@ -66,6 +71,7 @@ struct object {
 
 static struct object memfd = { .name = "crimg-shmem-test", .seed = 0x3e3f, .len = 5 * PAGE, .fd = -1 };
 static struct object sealed = { .name = "crimg-sealed", .seed = 0x5ea1, .len = 3 * PAGE, .fd = -1 };
+static struct object future = { .name = "crimg-future", .seed = 0xf07e, .len = 2 * PAGE, .fd = -1 };
 static struct object priv = { .name = "crimg-private", .seed = 0x9a1e, .len = 2 * PAGE, .fd = -1 };
 static struct object anon = { .name = "anon", .seed = 0xa707, .len = 4 * PAGE, .fd = -1 };
 static struct object zero = { .name = "dev/zero", .seed = 0x2e70, .len = 2 * PAGE, .fd = -1 };
@@ -233,6 +239,58 @@ static int check_memfd(struct object *o, int writable)
 	return 0;
 }
 
+static void make_future(void)
+{
+	struct object *o = &future;
+	int keep = keep_fds;
+
+	keep_fds = 1;
+	make_memfd(o, 0, PROT_READ | PROT_WRITE, MAP_SHARED);
+	keep_fds = keep;
+	munmap(o->b, o->len);
+	if (fcntl(o->fd, F_ADD_SEALS, F_SEAL_FUTURE_WRITE))
+		die("F_SEAL_FUTURE_WRITE");
+	o->seals = F_SEAL_FUTURE_WRITE;
+	o->b = mmap(NULL, o->len, PROT_READ, MAP_SHARED, o->fd, 0);
+	if (o->b == MAP_FAILED)
+		die("mmap future-sealed memfd");
+	if (!keep_fds) {
+		close(o->fd);
+		o->fd = -1;
+	}
+}
+
+/* The first view of a F_SEAL_FUTURE_WRITE memfd still writes into it
+ * (seen in the second); a new writable shared mapping is refused. */
+static int check_future(struct object *o)
+{
+	char path[128];
+	uint64_t *wa = (uint64_t *)o->a, mark = 0xf0f0000000000000ULL | (uint64_t)getpid();
+	int fd;
+	void *w;
+
+	if (check_pattern(o->name, o->a + 8, o->len - 8, o->seed, 1) ||
+	    check_pattern(o->name, o->b + 8, o->len - 8, o->seed, 1))
+		return -1;
+	*wa = mark;
+	if (*(uint64_t *)o->b != mark)
+		return fail("%s: a write through the writable view does not show", o->name);
+	*wa = pattern_word(o->seed, 0);
+	snprintf(path, sizeof(path), "/proc/self/map_files/%lx-%lx",
+		 (unsigned long)o->a, (unsigned long)o->a + o->len);
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return fail("%s: reopen: %m", o->name);
+	if (fcntl(fd, F_GET_SEALS) != F_SEAL_FUTURE_WRITE)
+		return fail("%s: seals %#x, want F_SEAL_FUTURE_WRITE", o->name, fcntl(fd, F_GET_SEALS));
+	w = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (w != MAP_FAILED || errno != EPERM)
+		return fail("%s: a new writable mapping was allowed", o->name);
+	close(fd);
+	checks++;
+	return 0;
+}
+
 static int check_private(struct object *o)
 {
 	char link[512], want[300];
@@ -325,6 +383,8 @@ static void do_check(void)
 	if (memfd.on && check_memfd(&memfd, 1))
 		return;
 	if (sealed.on && check_memfd(&sealed, 0))
+		return;
+	if (future.on && check_future(&future))
 		return;
 	if (priv.on && check_private(&priv))
 		return;
@@ -420,6 +480,8 @@ int main(int argc, char **argv)
 			make_memfd(&memfd, F_SEAL_SHRINK | F_SEAL_GROW, PROT_READ | PROT_WRITE, MAP_SHARED);
 		else if (!strcmp(argv[i], "--memfd-sealed"))
 			make_memfd(&sealed, F_SEAL_WRITE | F_SEAL_SEAL, PROT_READ, MAP_SHARED);
+		else if (!strcmp(argv[i], "--memfd-future"))
+			make_future();
 		else if (!strcmp(argv[i], "--memfd-private")) {
 			make_memfd(&priv, 0, PROT_READ | PROT_WRITE, MAP_PRIVATE);
 			pattern_fill(priv.a, PAGE, priv.seed ^ 0xffff, 0);

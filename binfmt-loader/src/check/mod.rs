@@ -495,7 +495,7 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
     // point of no return (`crate::threads`, which also says when they get
     // new ones): a look now would race.
     let set_tids = privilege.privileged && threads.len() > 1;
-    let ((vmas, target_vdso), exe_fd, cwd_fd, (fd_moves, keep_fds)) =
+    let ((vmas, target_vdso), exe_fd, cwd_fd, (fd_moves, keep_fds), late_seals) =
         credentials::as_task(os, creds.as_ref(), || {
             // Objects first: areas and fds use them.
             let objects =
@@ -505,14 +505,22 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
                 name,
                 &image,
                 notes.vmas.clone(),
-                objects,
+                objects.fds,
                 base,
                 &mut scratch,
             )?;
             let exe_fd = files::open_exe(os, name, &image, privilege.privileged, base)?;
             let cwd_fd = files::open_cwd(os, name, &image, base)?;
-            let fds = fds::reopen_fds(os, name, &image, &notes.fds, objects, base, &mut scratch)?;
-            Ok((mapped_files, exe_fd, cwd_fd, fds))
+            let fds = fds::reopen_fds(
+                os,
+                name,
+                &image,
+                &notes.fds,
+                objects.fds,
+                base,
+                &mut scratch,
+            )?;
+            Ok((mapped_files, exe_fd, cwd_fd, fds, objects.late_seals))
         })?;
     let loads = page_loads(&image, &mut scratch)?;
     files::check_object_areas(&image, vmas, loads)?;
@@ -552,6 +560,7 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
         pending: records.pending,
         itimers: records.itimers,
         posix_timers,
+        late_seals,
         creds,
         no_new_privs,
         gadgets,

@@ -85,6 +85,7 @@ impl Tables {
             table_bytes::<FdMove>(self.fds)?,
             table_bytes::<i32>(self.fds)?,
             table_bytes::<i32>(self.shmem)?,
+            table_bytes::<crate::plan::LateSeal>(self.shmem)?,
             table_bytes::<FdFile>(self.fds)?,
             table_bytes::<DescFrom>(self.fds)?,
             table_bytes::<crate::objects::MadeObject>(self.fds)?,
@@ -165,6 +166,7 @@ mod tests {
         s.take::<FdMove>("fd moves", t.fds)?;
         s.take::<i32>("kept fds", t.fds)?;
         s.take::<i32>("objects", t.shmem)?;
+        s.take::<crate::plan::LateSeal>("late seals", t.shmem)?;
         s.take::<FdFile>("fd files", t.fds)?;
         s.take::<DescFrom>("descriptions", t.fds)?;
         s.take::<crate::objects::MadeObject>("objects", t.fds)?;

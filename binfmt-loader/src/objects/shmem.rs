@@ -8,13 +8,16 @@
 //!   of its areas are read into the areas by the plan, which maps every one
 //!   of them `MAP_SHARED` from this memfd, so they land in it once and
 //!   every area sees the others' writes.
-//! - Seals are added last here, after the content: an object sealed against
-//!   writes (`F_SEAL_WRITE`, `F_SEAL_FUTURE_WRITE`) has its whole content
-//!   saved and none of its areas gets pages or maps it writable (checked:
-//!   [`check_sealed_areas`]), so sealing before the plan maps it is what
-//!   the task had (the kernel then maps it without `VM_MAYWRITE`, as it
-//!   did). Other seals (`F_SEAL_SHRINK`, `F_SEAL_GROW`, `F_SEAL_SEAL`) do
-//!   not hinder mapping or filling pages within the size.
+//! - Seals are added last here, after the content: an object sealed
+//!   `F_SEAL_WRITE` has its whole content saved and none of its areas gets
+//!   pages or maps it writable (checked: [`check_sealed_areas`]; the
+//!   kernel allows no writable shared mapping of it), so sealing before the
+//!   plan maps it is what the task had (the kernel then maps it without
+//!   `VM_MAYWRITE`, as it did). Other seals (`F_SEAL_SHRINK`,
+//!   `F_SEAL_GROW`, `F_SEAL_SEAL`) do not hinder mapping or filling pages
+//!   within the size. `F_SEAL_FUTURE_WRITE` keeps the writable mappings
+//!   made before it: an object with it is sealed by the plan
+//!   ([`LateSeal`]), once its areas are built and filled.
 //! - A deleted file becomes an unlinked file with the saved content: an
 //!   `O_TMPFILE` in the directory it was in when that works (same file
 //!   system, so `/proc/P/fd` and `st_dev` look as before, and
@@ -25,32 +28,44 @@
 //! - A saved shared-mapped file ([`shmem_kind::RECREATE`]) is made only
 //!   when its path is missing ([`recreate`], called by `check::files`).
 
-use image_format::records::{fd_flags, fd_kind, shmem_flags, shmem_kind, FdRecord, ShmemRecord};
+use image_format::records::{
+    fd_flags, fd_kind, seals, shmem_flags, shmem_kind, FdRecord, ShmemRecord,
+};
 use image_format::Image;
 
 use crate::check::os::Os;
 use crate::check::scratch::Scratch;
 use crate::check::CheckError;
 use crate::message::Lossy;
-use crate::plan::TargetVma;
+use crate::plan::{LateSeal, TargetVma};
 use crate::sys::Errno;
 
 /// `S_IFMT`'s permission part kept for a file made again.
 const PERMISSIONS: u32 = 0o777;
 
-/// The fd of each object of `image`'s SHMEM note, in order (-1: none, the
-/// file is opened by path), every one `>= base`.
+/// The objects stage 1 made.
+pub struct Made {
+    /// The fd of each object of the SHMEM note, in order (-1: none, the
+    /// file is opened by path), every one `>= base`.
+    pub fds: &'static [i32],
+    /// The seals the plan adds once the areas are filled.
+    pub late_seals: &'static [LateSeal],
+}
+
+/// Make every object of `image`'s SHMEM note.
 pub fn create_objects(
     os: &impl Os,
     name: &[u8],
     image: &Image<'static>,
     base: i32,
     scratch: &mut Scratch,
-) -> Result<&'static [i32], CheckError> {
+) -> Result<Made, CheckError> {
     let corrupt = |error| CheckError::Corrupt { error };
     let records = image.records::<ShmemRecord>().map_err(corrupt)?;
     let n = usize::try_from(records.len()).unwrap_or(usize::MAX);
     let fds = scratch.take::<i32>("shared memory objects", n)?;
+    let late = scratch.take::<LateSeal>("late seals", n)?;
+    let mut nlate = 0;
     for (slot, r) in fds.iter_mut().zip(records) {
         let object = image.string(r.name).map_err(corrupt)?;
         let content = if r.flags & shmem_flags::WHOLE_CONTENT != 0 {
@@ -84,12 +99,25 @@ pub fn create_objects(
             }
             _ => -1,
         };
-        if *slot >= 0 && r.seals != 0 {
+        if *slot >= 0 && r.seals & seals::FUTURE_WRITE != 0 {
+            // After the plan has mapped and filled the areas: writable
+            // shared mappings made before it stay writable, as the task's.
+            if let Some(l) = late.get_mut(nlate) {
+                *l = LateSeal {
+                    fd: *slot,
+                    seals: r.seals,
+                };
+                nlate += 1;
+            }
+        } else if *slot >= 0 && r.seals != 0 {
             os.add_seals(*slot, r.seals)
                 .map_err(failed(object, "fcntl(F_ADD_SEALS)"))?;
         }
     }
-    Ok(fds)
+    Ok(Made {
+        fds,
+        late_seals: &late[..nlate],
+    })
 }
 
 /// An error of making object `object` at `step`.
@@ -326,7 +354,7 @@ pub fn check_sealed_areas(
     vmas: &[TargetVma],
     loads: &[crate::plan::PageLoad],
 ) -> Result<(), CheckError> {
-    use image_format::records::{prot, seals, vma_flags};
+    use image_format::records::{prot, vma_flags};
     let corrupt = |error| CheckError::Corrupt { error };
     let records = image.records::<ShmemRecord>().map_err(corrupt)?;
     for (v, area) in vmas.iter().zip(image.vmas().map_err(corrupt)?) {
@@ -337,7 +365,8 @@ pub fn check_sealed_areas(
         else {
             continue;
         };
-        if r.seals & seals::ANY_WRITE == 0 {
+        // F_SEAL_FUTURE_WRITE is added after the areas are filled.
+        if r.seals & seals::WRITE == 0 {
             continue;
         }
         let writable = v.flags & vma_flags::SHARED != 0 && v.prot & prot::WRITE != 0;

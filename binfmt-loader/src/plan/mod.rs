@@ -61,7 +61,7 @@ pub use thread_ops::{
     CLONE_ARGS_LEN, CLONE_ARGS_SET_TID, CLONE_ARGS_SIZE, CLONE_THREAD_FLAGS, FUTEX_OP_DECREMENT,
     XFEATURE_MASK_USER_DYNAMIC,
 };
-pub use vmas::maps_read_only_shared;
+pub use vmas::{maps_read_only_shared, LateSeal};
 pub use window::{
     choose_window, find_free, occupied_ranges, WindowLayout, STACK_GUARD_GAP, THREAD_STACK,
     WINDOW_GAP, WINDOW_STACK,
@@ -277,6 +277,8 @@ pub struct PlanInput<'a> {
     pub itimers: &'a [ItimerRecord],
     /// The POSIX timers, created with their ids and armed last.
     pub posix_timers: &'a [PosixTimerRecord],
+    /// Seals added after the areas are filled (`F_SEAL_FUTURE_WRITE`).
+    pub late_seals: &'a [LateSeal],
     /// Credentials to switch to, when they differ and we may.
     pub creds: Option<CredsRecord>,
     /// Set `PR_SET_NO_NEW_PRIVS` in every thread, after its credentials.
@@ -459,6 +461,7 @@ pub fn build_plan(
     vmas::build_vmas(&mut b, input)?;
     vmas::fill_pages(&mut b, input)?;
     vmas::finish_vmas(&mut b, input)?;
+    vmas::late_seals(&mut b, input)?;
     vmas::place_vdso(&mut b, input, park)?;
     // Process-wide state that needs the memory back.
     process::mm_fields(&mut b, input)?;

@@ -121,8 +121,9 @@ impl ShmemObjects {
     }
 
     /// Whether the object's whole content must be saved: files (deleted or
-    /// recreated), memfds sealed against writes (a restored one is sealed
-    /// before it is mapped), and memfds with data that none of their shared
+    /// recreated), memfds sealed `F_SEAL_WRITE` (a restored one is sealed
+    /// before it is mapped; `F_SEAL_FUTURE_WRITE` is added after its areas
+    /// are filled, so their pages carry it), and memfds with data that none of their shared
     /// areas covers (`shared_ranges`: the object ranges those map; a private
     /// mapping or an fd reads the file itself). Shared anonymous memory
     /// nothing maps any more is out of the task's reach: not kept.
@@ -130,7 +131,7 @@ impl ShmemObjects {
         match record.kind {
             shmem_kind::GHOST | shmem_kind::RECREATE => true,
             shmem_kind::MEMFD => {
-                record.seals & seals::ANY_WRITE != 0 || data.iter().any(|&d| !covered(d, shared))
+                record.seals & seals::WRITE != 0 || data.iter().any(|&d| !covered(d, shared))
             }
             _ => false,
         }

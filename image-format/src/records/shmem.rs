@@ -52,8 +52,11 @@ pub mod seals {
     pub const FUTURE_WRITE: u32 = 0x10;
     pub const EXEC: u32 = 0x20;
     /// Seals that forbid writing the content through a new mapping or
-    /// `write`: such an object's content is restored before it is sealed
-    /// and mapped.
+    /// `write`. An object sealed `WRITE` has its content saved whole and is
+    /// sealed before it is mapped again (no writable shared mapping of it
+    /// can exist); one sealed `FUTURE_WRITE` (which keeps the writable
+    /// mappings made before it) is filled through its areas and sealed
+    /// after them.
     pub const ANY_WRITE: u32 = WRITE | FUTURE_WRITE;
 }
 
