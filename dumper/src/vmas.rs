@@ -80,7 +80,7 @@ pub fn classify(e: &SmapsEntry) -> Result<VmaClass, String> {
             kind: vma_kind::SHARED_ANON,
             policy: PagePolicy::Nothing,
             warning: Some(format!(
-                "SysV shared memory at {:#x}-{:#x} is restored as a private copy, no longer attached to the segment",
+                "SysV shared memory at {:#x}-{:#x} is restored as shared memory of its own (a memfd, shared by the areas that mapped the segment), no longer attached to the segment",
                 e.start, e.end
             )),
         });
