@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use crimg_tests::process::{CheckTrigger, Workload};
+use crimg_tests::process::{CheckTrigger, Workload, LINE_TIMEOUT};
 use crimg_tests::roundtrip::dump_and_kill;
 use crimg_tests::{binaries, scratch_dir, skip_unless_root};
 
@@ -64,6 +64,7 @@ fn fds_on_memfds_and_deleted_files_are_the_same_objects_as_their_areas() {
         &scratch.path().join("out"),
         &[
             "--keep-fds",
+            "--memfd-fd-only",
             "--memfd",
             "--memfd-sealed",
             "--memfd-future",
@@ -155,4 +156,42 @@ fn a_deleted_file_above_the_ghost_limit_is_refused_by_name() {
     );
     // Refused before anything was touched: the victim runs on, intact.
     victim.expect_pass(CheckTrigger::Stdin);
+}
+
+/// A restored victim dumps and restores again: its objects (memfds now,
+/// for the shared anonymous memory too, and the unlinked files) are found
+/// and made again the same way.
+#[test]
+fn a_restored_victim_round_trips_again() {
+    skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let gone = scratch.path().join("deleted again");
+    let args = [
+        "--keep-fds",
+        "--memfd",
+        "--memfd-sealed",
+        "--memfd-future",
+        "--shared-anon",
+        "--deleted",
+        gone.to_str().unwrap(),
+    ];
+    let mut victim = Workload::start("shmem", args);
+    let before = victim.expect_pass(CheckTrigger::Stdin);
+    let first = dump_and_kill(&bins, victim, &scratch.path().join("first"));
+    let mut restored = bins
+        .restore("restored shmem", &first.dump.image)
+        .unwrap_or_else(|e| panic!("{e}"));
+    restored.expect_pass(CheckTrigger::Stdin);
+    let second = bins
+        .dump(restored.pid(), &scratch.path().join("second"), false)
+        .unwrap_or_else(|e| panic!("second dump: {e}"));
+    restored
+        .wait_exit(LINE_TIMEOUT)
+        .expect("the second crdump killed the restored victim");
+    let mut again = bins
+        .restore("shmem restored twice", &second.image)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let after = again.expect_pass(CheckTrigger::Stdin);
+    assert_eq!(after.number("checks"), before.number("checks"));
 }

@@ -16,6 +16,9 @@
  *                    again read-only: the first view stays writable, no
  *                    new writable mapping is allowed (fd closed unless
  *                    --keep-fds)
+ *   --memfd-fd-only  a memfd "crimg-fd-only" of 3 pages and 10 bytes written
+ *                    through its fd, which stays open at offset 5000
+ *                    (O_RDWR | O_APPEND), sealed F_SEAL_GROW; never mapped
  *   --memfd-private  a memfd "crimg-private" of 2 pages mapped MAP_PRIVATE
  *                    and written there (copy-on-write), its fd closed: the
  *                    memfd's own bytes are reached only through the private
@@ -239,6 +242,59 @@ static int check_memfd(struct object *o, int writable)
 	return 0;
 }
 
+static int fd_only = -1;
+#define FD_ONLY_LEN (3 * PAGE + 10)
+#define FD_ONLY_SEED 0xf0d0
+#define FD_ONLY_POS 5000
+
+static void make_fd_only(void)
+{
+	char *buf = calloc(1, 4 * PAGE);
+
+	fd_only = memfd_create("crimg-fd-only", MFD_ALLOW_SEALING);
+	if (fd_only < 0)
+		die("memfd_create fd-only");
+	pattern_fill(buf, 4 * PAGE, FD_ONLY_SEED, 0);
+	if (write(fd_only, buf, FD_ONLY_LEN) != (ssize_t)FD_ONLY_LEN)
+		die("write fd-only memfd");
+	free(buf);
+	if (fcntl(fd_only, F_ADD_SEALS, F_SEAL_GROW))
+		die("F_ADD_SEALS fd-only");
+	if (lseek(fd_only, FD_ONLY_POS, SEEK_SET) != FD_ONLY_POS)
+		die("lseek fd-only");
+	if (fcntl(fd_only, F_SETFL, O_APPEND))
+		die("F_SETFL fd-only");
+}
+
+static int check_fd_only(void)
+{
+	char *buf = calloc(1, 4 * PAGE), link[128], path[64];
+	struct stat st;
+	ssize_t n;
+	int fl = fcntl(fd_only, F_GETFL);
+
+	if (lseek(fd_only, 0, SEEK_CUR) != FD_ONLY_POS)
+		return fail("fd-only memfd: offset %ld, want %d", (long)lseek(fd_only, 0, SEEK_CUR), FD_ONLY_POS);
+	if ((fl & O_ACCMODE) != O_RDWR || !(fl & O_APPEND))
+		return fail("fd-only memfd: flags %#x, want O_RDWR | O_APPEND", fl);
+	if (fstat(fd_only, &st) || st.st_size != (off_t)FD_ONLY_LEN)
+		return fail("fd-only memfd: size %ld, want %lu", (long)st.st_size, FD_ONLY_LEN);
+	if (pread(fd_only, buf, FD_ONLY_LEN, 0) != (ssize_t)FD_ONLY_LEN)
+		return fail("fd-only memfd: short read");
+	if (check_pattern("fd-only memfd", buf, 3 * PAGE + 8, FD_ONLY_SEED, 0))
+		return -1;
+	free(buf);
+	if (fcntl(fd_only, F_GET_SEALS) != F_SEAL_GROW)
+		return fail("fd-only memfd: seals %#x, want F_SEAL_GROW", fcntl(fd_only, F_GET_SEALS));
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd_only);
+	n = readlink(path, link, sizeof(link) - 1);
+	link[n < 0 ? 0 : n] = 0;
+	if (strcmp(link, "/memfd:crimg-fd-only (deleted)"))
+		return fail("fd-only memfd: links to '%s'", link);
+	checks++;
+	return 0;
+}
+
 static void make_future(void)
 {
 	struct object *o = &future;
@@ -384,6 +440,8 @@ static void do_check(void)
 		return;
 	if (sealed.on && check_memfd(&sealed, 0))
 		return;
+	if (fd_only >= 0 && check_fd_only())
+		return;
 	if (future.on && check_future(&future))
 		return;
 	if (priv.on && check_private(&priv))
@@ -480,6 +538,8 @@ int main(int argc, char **argv)
 			make_memfd(&memfd, F_SEAL_SHRINK | F_SEAL_GROW, PROT_READ | PROT_WRITE, MAP_SHARED);
 		else if (!strcmp(argv[i], "--memfd-sealed"))
 			make_memfd(&sealed, F_SEAL_WRITE | F_SEAL_SEAL, PROT_READ, MAP_SHARED);
+		else if (!strcmp(argv[i], "--memfd-fd-only"))
+			make_fd_only();
 		else if (!strcmp(argv[i], "--memfd-future"))
 			make_future();
 		else if (!strcmp(argv[i], "--memfd-private")) {
