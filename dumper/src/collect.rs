@@ -219,7 +219,8 @@ pub fn collect_from<T: Task>(
     let process_wide = threads::injected_answers(&mut c, &smaps, &mut threads)?;
     objects.posix_timers = posix_timers::records(&mut c, &smaps, &threads, &timers)?;
     c.check_cancel()?;
-    let pending = threads::pending_signals(&c, &threads)?;
+    let mut pending = threads::pending_signals(&c, &threads)?;
+    posix_timers::own_pending_signals(&mut objects.posix_timers, &mut pending);
 
     let identity::Identity {
         exe,

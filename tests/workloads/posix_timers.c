@@ -11,6 +11,14 @@
  *             SIGRTMIN+2, sival_int 0x5678, every 30 ms; the worker takes
  *             it with sigtimedwait (blocked in every thread)
  *   silent    CLOCK_BOOTTIME, SIGEV_NONE, in 5000 s then every 7 s
+ *   held      CLOCK_MONOTONIC, SIGEV_SIGNAL SIGRTMIN+3 (blocked in every
+ *             thread), sival_int 0x9abc, every 200 ms: its signal is
+ *             pending at the dump, and the timer waits for it to be taken
+ *             before it re-arms (Linux 6.13+)
+ *
+ * With the argument `foreign-clock`, a sixth timer counts the worker
+ * thread's CPU time (pthread_getcpuclockid), which a restore cannot name:
+ * the dump must refuse it by name and leave the task as it was.
  *
  * READY prints the ids and, once both periodic timers have ticked, the
  * counts. On "check" (stdin) it verifies: /proc/self/timers lists exactly
@@ -19,7 +27,9 @@
  * test to compare with the image); both periodic counts go on growing
  * with the right values, the worker's signal queued for the worker thread
  * itself (held pending there while it pauses, not for the process); the
- * one-shot never fired.
+ * one-shot never fired; the held timer's signal is pending once, as the
+ * timer's own: taken after 300 ms more, it counts the periods missed
+ * since it expired (a copy queued besides would come first, with none).
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -55,8 +65,10 @@ static void die(const char *what)
 #define PERIODIC_VALUE 0x1234
 #define WORKER_VALUE 0x5678
 #define ONESHOT_VALUE 0xfeedfacecafeULL
+#define HELD_VALUE 0x9abc
 
-static timer_t periodic, oneshot, worker_timer, silent;
+static timer_t periodic, oneshot, worker_timer, silent, held, foreign;
+static int has_foreign;
 static volatile sig_atomic_t periodic_count, oneshot_fired, bad_value;
 static volatile int worker_count, worker_bad, worker_pause, worker_paused;
 static volatile pid_t worker_tid;
@@ -208,15 +220,21 @@ static void listed_ids(char *out, size_t len)
 
 static void own_ids(char *out, size_t len)
 {
-	int ids[4] = { id_of(periodic), id_of(oneshot), id_of(worker_timer), id_of(silent) };
-	for (int i = 0; i < 4; i++)
-		for (int j = i + 1; j < 4; j++)
+	int ids[6] = { id_of(periodic), id_of(oneshot), id_of(worker_timer), id_of(silent),
+		       id_of(held), id_of(foreign) };
+	int n = has_foreign ? 6 : 5;
+	for (int i = 0; i < n; i++)
+		for (int j = i + 1; j < n; j++)
 			if (ids[j] < ids[i]) {
 				int x = ids[i];
 				ids[i] = ids[j];
 				ids[j] = x;
 			}
-	snprintf(out, len, "%d,%d,%d,%d", ids[0], ids[1], ids[2], ids[3]);
+	out[0] = 0;
+	for (int i = 0; i < n; i++) {
+		size_t at = strlen(out);
+		snprintf(out + at, len - at, "%s%d", i ? "," : "", ids[i]);
+	}
 }
 
 static int check(void)
@@ -300,13 +318,37 @@ static int check(void)
 		say("FAIL posix_timers the one-shot timer (3600 s) fired");
 		return 1;
 	}
-	say("PASS posix_timers ids=%s periodic=%d worker=%d oneshot_left=%ld.%09ld silent_left=%ld.%09ld",
+	/* The held timer: its signal pending, and once only. */
+	sigset_t pend, held_set;
+	sigemptyset(&held_set);
+	sigaddset(&held_set, SIGRTMIN + 3);
+	sigpending(&pend);
+	if (!sigismember(&pend, SIGRTMIN + 3)) {
+		say("FAIL posix_timers the held timer's signal is not pending");
+		return 1;
+	}
+	sleep_ms(300);
+	struct timespec now = { 0, 0 };
+	siginfo_t si;
+	if (sigtimedwait(&held_set, &si, &now) != SIGRTMIN + 3 || si.si_code != SI_TIMER ||
+	    si.si_timerid != id_of(held) || si.si_value.sival_int != HELD_VALUE) {
+		say("FAIL posix_timers the held timer's pending signal: code %d timer %d value %#x",
+		    si.si_code, si.si_timerid, si.si_value.sival_int);
+		return 1;
+	}
+	if (si.si_overrun < 1) {
+		say("FAIL posix_timers the held timer's signal counts %d overruns after 300 ms of its 200 ms period: not the timer's own",
+		    si.si_overrun);
+		return 1;
+	}
+	int held_overrun = si.si_overrun;
+	say("PASS posix_timers ids=%s periodic=%d worker=%d oneshot_left=%ld.%09ld silent_left=%ld.%09ld held_overrun=%d",
 	    own, periodic_now(), worker_count, (long)o.it_value.tv_sec, o.it_value.tv_nsec,
-	    (long)s.it_value.tv_sec, s.it_value.tv_nsec);
+	    (long)s.it_value.tv_sec, s.it_value.tv_nsec, held_overrun);
 	return 0;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
 	struct sigaction sa;
 	memset(&sa, 0, sizeof sa);
@@ -319,6 +361,7 @@ int main(void)
 	sigset_t set;
 	sigemptyset(&set);
 	sigaddset(&set, SIGRTMIN + 2);
+	sigaddset(&set, SIGRTMIN + 3);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	pthread_t t;
 	if (pthread_create(&t, NULL, worker, NULL))
@@ -338,16 +381,31 @@ int main(void)
 	worker_timer = make(CLOCK_MONOTONIC, SIGEV_THREAD_ID, SIGRTMIN + 2,
 			    (union sigval){ .sival_int = WORKER_VALUE }, worker_tid);
 	silent = make(CLOCK_BOOTTIME, SIGEV_NONE, 0, (union sigval){ .sival_int = 0 }, 0);
+	held = make(CLOCK_MONOTONIC, SIGEV_SIGNAL, SIGRTMIN + 3,
+		    (union sigval){ .sival_int = HELD_VALUE }, 0);
 	for (int i = 0; i < 3; i++)
 		timer_delete(gone[i]);
 	arm(periodic, 0, 20000000, 0, 20000000);
 	arm(oneshot, 3600, 0, 0, 0);
 	arm(worker_timer, 0, 30000000, 0, 30000000);
 	arm(silent, 5000, 0, 7, 0);
+	arm(held, 0, 1000000, 0, 200000000);
+	if (argc > 1 && strcmp(argv[1], "foreign-clock") == 0) {
+		clockid_t cpu;
+		if (pthread_getcpuclockid(t, &cpu))
+			die("pthread_getcpuclockid");
+		foreign = make(cpu, SIGEV_NONE, 0, (union sigval){ .sival_int = 0 }, 0);
+		arm(foreign, 1000, 0, 0, 0);
+		has_foreign = 1;
+	}
 	for (int i = 0; i < 500 && periodic_now() < 3; i++)
 		sleep_ms(10);
 	if (periodic_now() < 3 || wait_count(&worker_count, 3))
 		die("the timers do not tick");
+	sigset_t pend;
+	sigpending(&pend);
+	if (!sigismember(&pend, SIGRTMIN + 3))
+		die("the held timer's signal is not pending");
 	char own[128];
 	own_ids(own, sizeof own);
 	say("READY pid=%d worker=%d ids=%s oneshot=%d silent=%d", getpid(), worker_tid, own,

@@ -4,7 +4,9 @@
 use std::fmt::Write as _;
 
 use image_format::elf::UserRegs;
-use image_format::records::{fd_kind, restart, vma_flags, vma_kind, FdRecord, VmaRecord};
+use image_format::records::{
+    fd_kind, restart, sigev_notify, vma_flags, vma_kind, FdRecord, PosixTimerRecord, VmaRecord,
+};
 use image_format::{Image, ImageError, PAGE_SIZE};
 use serde::Serialize;
 
@@ -33,6 +35,47 @@ pub struct Summary {
     /// Code the loader borrows to leave no trace (`syscall; ret`, `rt_sigreturn`).
     pub gadgets: Gadgets,
     pub warnings: Vec<String>,
+    /// The POSIX timers (`timer_create`), by id.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub posix_timers: Vec<PosixTimerSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PosixTimerSummary {
+    pub id: i32,
+    pub clock: i32,
+    /// `signal`, `none`, `thread` or `thread-id` (to `tid`).
+    pub notify: &'static str,
+    pub signo: u32,
+    /// With `thread-id`: the thread the signal goes to.
+    pub tid: i32,
+    /// `sigev_value`, hex.
+    pub value: String,
+    /// Seconds, with nanoseconds.
+    pub interval: String,
+    pub left: String,
+    pub overrun: i32,
+}
+
+fn posix_timer_summary(t: &PosixTimerRecord) -> PosixTimerSummary {
+    let notify = match t.notify {
+        sigev_notify::SIGNAL => "signal",
+        sigev_notify::NONE => "none",
+        sigev_notify::THREAD => "thread",
+        n if n == sigev_notify::SIGNAL | sigev_notify::THREAD_ID => "thread-id",
+        _ => "unknown",
+    };
+    PosixTimerSummary {
+        id: t.id,
+        clock: t.clock,
+        notify,
+        signo: t.signo,
+        tid: t.tid,
+        value: format!("{:#x}", t.value),
+        interval: format!("{}.{:09}", t.interval.sec, t.interval.nsec),
+        left: format!("{}.{:09}", t.left.sec, t.left.nsec),
+        overrun: t.overrun,
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -320,6 +363,10 @@ pub fn summarize(img: &Image) -> Result<Summary, ImageError> {
             rt_sigreturn: format!("{:#x}", img.gadgets().rt_sigreturn),
         },
         warnings: img.warnings().map(text).collect(),
+        posix_timers: img
+            .records::<PosixTimerRecord>()?
+            .map(|t| posix_timer_summary(&t))
+            .collect(),
     })
 }
 
@@ -455,6 +502,21 @@ pub fn render_text(s: &Summary) -> String {
                 .map(|(n, v)| format!("{n:>8} {v:<18}"))
                 .collect();
             let _ = writeln!(o, " {}", line.join(" "));
+        }
+    }
+    if !s.posix_timers.is_empty() {
+        let _ = writeln!(o, "\nPOSIX timers ({}):", s.posix_timers.len());
+        for t in &s.posix_timers {
+            let to = if t.notify == "thread-id" {
+                format!(" to tid {}", t.tid)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                o,
+                "  id {:<5} clock {:<3} {}{} signal {} value {}  interval {} s  left {} s  overrun {}",
+                t.id, t.clock, t.notify, to, t.signo, t.value, t.interval, t.left, t.overrun
+            );
         }
     }
     let _ = writeln!(

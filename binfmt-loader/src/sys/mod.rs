@@ -879,9 +879,10 @@ pub fn probe_timer_clock(clock: i32) -> Result<(), Errno> {
     // `struct sigevent`: sigev_notify (at 12) SIGEV_NONE (1), the rest 0.
     let mut sigevent = [0u8; crate::posix_timers::SIGEVENT_LEN];
     sigevent[12] = 1;
-    // Read as the id wanted when the caller left PR_TIMER_CREATE_RESTORE_IDS
-    // on: one no image can have (ids are below INT_MAX), and freed below.
-    let mut id: i32 = i32::MAX;
+    // `execve` turned PR_TIMER_CREATE_RESTORE_IDS off, so the kernel picks
+    // the id and writes it here; the timer is deleted below, so no id an
+    // image wants stays taken.
+    let mut id: i32 = -1;
     // SAFETY: the kernel reads the 64-byte sigevent and reads and writes the
     // int `id`, both live locals.
     let r = unsafe {

@@ -13,7 +13,7 @@
 //! cannot be set by any syscall: the restored timer counts from 0, said in
 //! a warning when it was not 0.
 
-use image_format::records::{sigev_notify, PosixTimerRecord, TimerSpec};
+use image_format::records::{sigev_notify, PendingSignalRecord, PosixTimerRecord, TimerSpec};
 
 use super::task::Task;
 use super::threads::Thread;
@@ -140,6 +140,16 @@ pub(super) fn records<T: Task>(
     })?;
     let ids: Vec<i32> = listed.iter().map(|t| t.id).collect();
     let answers = c.task.ask_posix_timers(tid, found, scratch, &ids)?;
+    if answers.len() != ids.len() {
+        return Err(CollectError::Unsupported {
+            pid,
+            what: format!(
+                "thread {tid} answered for {} of its {} POSIX timers",
+                answers.len(),
+                ids.len()
+            ),
+        });
+    }
     let nthreads = threads.len();
     let mut out = Vec::with_capacity(listed.len());
     for (t, a) in listed.iter().zip(answers) {
@@ -171,6 +181,52 @@ pub(super) fn records<T: Task>(
     Ok(out)
 }
 
+/// `SI_TIMER`: the `si_code` of a POSIX timer's own signal.
+const SI_TIMER: i32 = -2;
+
+/// A timer whose signal was pending at the dump keeps it as its own: the
+/// signal is taken out of the pending signals (which the restore would
+/// queue as a plain one) and the timer fires again at once (time left
+/// 1 ns), so that its own signal is pending again, once, with its value
+/// and id, and a periodic timer re-arms when it is taken, as the kernel
+/// does (Linux 6.13+). Queued besides, the task would get the expiry
+/// twice. (A timer has one such signal at a time; the phase moves to the
+/// restore's.)
+pub(super) fn own_pending_signals(
+    timers: &mut [PosixTimerRecord],
+    pending: &mut Vec<PendingSignalRecord>,
+) {
+    let int_at =
+        |s: &[u8; 128], at: usize| i32::from_le_bytes([s[at], s[at + 1], s[at + 2], s[at + 3]]);
+    let mut owned = vec![false; timers.len()];
+    pending.retain(|p| {
+        // siginfo: si_signo at 0, si_code at 8, the timer id at 16.
+        if int_at(&p.siginfo, 8) != SI_TIMER {
+            return true;
+        }
+        let (signo, id) = (int_at(&p.siginfo, 0), int_at(&p.siginfo, 16));
+        let found = timers.iter().position(|t| {
+            let queue = if t.notify & sigev_notify::THREAD_ID != 0 {
+                t.tid
+            } else {
+                0
+            };
+            t.id == id
+                && i64::from(t.signo) == i64::from(signo)
+                && t.notify != sigev_notify::NONE
+                && p.tid == queue
+        });
+        match found {
+            Some(k) if !owned[k] => {
+                owned[k] = true;
+                timers[k].left = TimerSpec { sec: 0, nsec: 1 };
+                false
+            }
+            _ => true,
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +240,55 @@ mod tests {
             target,
             clock,
         }
+    }
+
+    fn timer_signal(tid: i32, signo: i32, id: i32) -> PendingSignalRecord {
+        let mut siginfo = [0u8; 128];
+        siginfo[0..4].copy_from_slice(&signo.to_le_bytes());
+        siginfo[8..12].copy_from_slice(&SI_TIMER.to_le_bytes());
+        siginfo[16..20].copy_from_slice(&id.to_le_bytes());
+        PendingSignalRecord {
+            tid,
+            _pad: 0,
+            siginfo,
+        }
+    }
+
+    #[test]
+    fn a_pending_timer_signal_becomes_the_timers_own_again() {
+        let timer = |id, notify, tid| PosixTimerRecord {
+            id,
+            signo: 35,
+            notify,
+            tid,
+            interval: TimerSpec { sec: 1, nsec: 0 },
+            left: TimerSpec {
+                sec: 0,
+                nsec: 400_000_000,
+            },
+            ..PosixTimerRecord::default()
+        };
+        let to_thread = sigev_notify::SIGNAL | sigev_notify::THREAD_ID;
+        let mut timers = [timer(3, 0, 0), timer(4, to_thread, 101), timer(5, 0, 0)];
+        let mut user = timer_signal(0, 35, 5);
+        // SI_QUEUE: sent with sigqueue, not the timer's own.
+        user.siginfo[8..12].copy_from_slice(&(-1i32).to_le_bytes());
+        let mut pending = vec![
+            timer_signal(0, 35, 3),
+            timer_signal(101, 35, 4),
+            // A second one for timer 3 cannot be its own (it has one).
+            timer_signal(0, 35, 3),
+            // On the wrong queue, of the wrong signal, of no timer.
+            timer_signal(0, 35, 4),
+            timer_signal(0, 36, 5),
+            timer_signal(0, 35, 9),
+            user,
+        ];
+        let kept_before = pending[2..].to_vec();
+        own_pending_signals(&mut timers, &mut pending);
+        assert_eq!(pending, kept_before);
+        let left: Vec<i64> = timers.iter().map(|t| t.left.nsec).collect();
+        assert_eq!(left, [1, 1, 400_000_000]);
     }
 
     #[test]

@@ -25,10 +25,13 @@ pub(super) fn process_checks<T: Task>(
         }
     }
     if !children.is_empty() {
-        c.warnings.push(format!(
-            "child processes are not part of this image: {}",
-            children.join(" ")
-        ));
+        // Killing the parent alone would leave its children running on,
+        // unsupervised, in its session and group: a tree is split only
+        // when asked (--force, which lists them as lost).
+        c.unsupported(format!(
+            "it has child processes ({}): dumping a process tree is not supported yet; forced, the image holds only this process and the children are left running",
+            children.join(", ")
+        ))?;
     }
     for ns in ["mnt", "pid", "net", "ipc", "uts", "user", "cgroup", "time"] {
         let theirs = c

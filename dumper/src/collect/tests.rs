@@ -191,17 +191,20 @@ fn a_missing_timers_file_is_a_warning() {
 }
 
 #[test]
-fn children_and_namespaces_are_warnings() {
+fn children_are_refused_and_namespaces_are_warnings() {
     let mut task = FakeTask::sleeping(PID);
     task.file(&format!("task/{PID}/children"), "777 778 ");
+    assert!(unsupported(run(&mut task, false)).contains("child processes (777, 778)"));
+    let c = run(&mut task, true).unwrap();
+    let w = &c.state.warnings;
+    assert!(
+        w.iter().any(|w| w.contains("child processes (777, 778)")),
+        "{w:?}"
+    );
+    let mut task = FakeTask::sleeping(PID);
     task.link("ns/net", "net:[1]");
     let c = run(&mut task, false).unwrap();
     let w = &c.state.warnings;
-    assert!(
-        w.iter()
-            .any(|w| w.contains("not part of this image: 777 778")),
-        "{w:?}"
-    );
     assert!(w.iter().any(|w| w.contains("own net namespace")), "{w:?}");
     assert!(!w.iter().any(|w| w.contains("own pid namespace")), "{w:?}");
 }
