@@ -541,3 +541,56 @@ fn scratch_lies_below_rsp_inside_its_own_area_or_nowhere() {
     // rsp in no writable area.
     assert_eq!(super::areas::scratch_for(&smaps, 0x1000), Err(0));
 }
+
+/// A memfd held only by an fd: saved as an object with its name, seals and
+/// whole content (no area carries its pages), and the fd refers to it; one
+/// above `--ghost-limit` is refused with its fd, size and the limit.
+#[test]
+fn a_memfd_fd_is_saved_with_its_name_seals_and_content() {
+    use image_format::records::{shmem_flags, shmem_kind, FileId};
+    let mut task = FakeTask::sleeping(PID);
+    task.fd(
+        5,
+        "/memfd:buf (deleted)",
+        0o100_600,
+        0,
+        "pos:\t3\nflags:\t02\nmnt_id:\t1\n",
+    );
+    task.meta(
+        "fd/5",
+        super::task::FileMeta {
+            id: FileId {
+                dev: 1,
+                ino: 77,
+                size: 4,
+                ..FileId::default()
+            },
+            mode: 0o100_600,
+            ..Default::default()
+        },
+    );
+    task.file("fd/5", b"data".to_vec());
+    task.seals.insert(task.path("fd/5"), 0x4 | 0x1);
+    let c = run(&mut task, false).unwrap();
+    let fd = c.state.fds.iter().find(|f| f.record.fd == 5).unwrap();
+    assert_eq!((fd.record.kind, fd.record.object), (fd_kind::MEMFD, 1));
+    let o = &c.state.objects.shmem[0];
+    assert_eq!(o.record.kind, shmem_kind::MEMFD);
+    assert_eq!(o.name, b"buf");
+    assert_eq!(o.record.seals, 0x5);
+    assert_ne!(o.record.flags & shmem_flags::WHOLE_CONTENT, 0);
+    assert_eq!(o.content, b"data");
+
+    let opts = DumpOptions {
+        ghost_limit: Some(3),
+        ..DumpOptions::default()
+    };
+    let Err(err) = collect_from(&mut task, &opts, Some(fake::ZERO_PFN)) else {
+        panic!("a memfd above the ghost limit was dumped");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("memfd buf (fd 5): 4 bytes, above the ghost limit of 3 bytes"),
+        "{err}"
+    );
+}
