@@ -21,6 +21,7 @@ const C_WORKLOADS: &[&str] = &[
     "shmem",
     "posix_timers",
     "fd_sharing",
+    "blockers",
 ];
 
 fn main() {

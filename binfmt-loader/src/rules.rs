@@ -125,6 +125,31 @@ pub fn fd_is_inherited(f: &FdRecord) -> bool {
         )
 }
 
+/// Whether fd record `f` was dropped by a forced dump (its object not
+/// saved): the loader puts `/dev/null` there whatever its kind, so no rule
+/// of its kind applies.
+pub fn fd_is_dropped(f: &FdRecord) -> bool {
+    f.flags & fd_flags::DROPPED != 0
+}
+
+/// Whether a forced dump must drop fd record `f` (`crdump --force`): it
+/// is neither inherited from the caller nor restorable (its object was not
+/// saved, or it is a deleted file). A copy of an earlier fd of its open
+/// file description (`earlier`, already decided) is restored as a dup of
+/// it, so it is dropped with it. The dumper marks fds with this rule, the
+/// loader's own, so a forced image is one the loader accepts.
+pub fn fd_must_be_dropped(f: &FdRecord, earlier: Option<&FdRecord>) -> bool {
+    match earlier {
+        Some(first) => fd_is_dropped(first),
+        // A deleted file is restored only with its content saved.
+        None => {
+            !fd_is_inherited(f)
+                && (!fd_restorable(f)
+                    || (f.flags & fd_flags::DELETED != 0 && !crate::objects::shmem::backs_fd(f)))
+        }
+    }
+}
+
 /// Whether the loader can open an fd of `kind` again by its path.
 pub fn fd_kind_reopenable(kind: u32) -> bool {
     matches!(kind, fd_kind::REGULAR | fd_kind::DIRECTORY | fd_kind::CHAR)
@@ -207,7 +232,7 @@ pub fn check_image<'a>(image: &Image<'a>, mmap_min_addr: u64) -> Result<(), Rule
         if f.fd < 0 {
             return Err(RuleError::NegativeFd { fd: f.fd });
         }
-        if fd_is_inherited(&f) {
+        if fd_is_inherited(&f) || fd_is_dropped(&f) {
             continue;
         }
         let fds = image.fds().map_err(corrupt)?;

@@ -37,6 +37,7 @@ use crate::procfs::{self, ParseError};
 use crate::report::VmaStat;
 use crate::sys::ptrace::PtraceError;
 pub use live::LiveTask;
+pub use refusals::{Blocker, PF_IO_WORKER};
 pub use task::Task;
 
 #[derive(Debug, thiserror::Error)]
@@ -81,11 +82,18 @@ pub enum CollectError {
         "pid {pid}: cannot be saved faithfully: {what} (use --force to dump anyway, losing it)"
     )]
     Unsupported { pid: i32, what: String },
-    #[error(
-        "pid {pid} tid {tid}: seccomp mode {mode} is active: seccomp filters are not saved, \
-         and injecting syscalls into a filtered task could trip its filter (refused even with --force)"
-    )]
-    Seccomp { pid: i32, tid: i32, mode: u32 },
+    /// Everything found before the first injected syscall that stops the
+    /// dump, one per line, then the summary.
+    #[error("{}", refusals::blocked_message(*pid, blockers, *forced))]
+    Blocked {
+        pid: i32,
+        blockers: Vec<Blocker>,
+        /// The warnings found so far (what a dump would say it loses).
+        warnings: Vec<String>,
+        /// Whether `--force` was given (the forcible ones were then taken
+        /// as lost, and only those refused even forced are left).
+        forced: bool,
+    },
     #[error("pid {pid}: dump cancelled")]
     Cancelled { pid: i32 },
 }
@@ -94,6 +102,10 @@ pub enum CollectError {
 pub struct Collected {
     pub state: TaskState,
     pub vma_stats: Vec<VmaStat>,
+    /// With `check_only`: everything that would stop a dump without
+    /// `--force` (none of them refused even forced: those end collection
+    /// with [`CollectError::Blocked`]).
+    pub blockers: Vec<Blocker>,
 }
 
 /// The steps' shared context: the task, what was asked for, and the
@@ -103,6 +115,11 @@ struct Collector<'a, T: Task> {
     pid: i32,
     opts: &'a DumpOptions,
     warnings: Vec<String>,
+    /// What stops the dump, gathered until [`Collector::refuse_if_blocked`].
+    blockers: Vec<Blocker>,
+    /// Only a check ([`crate::check`]): collected as `force` would, the
+    /// blockers returned, no page looked at.
+    check_only: bool,
 }
 
 impl<T: Task> Collector<'_, T> {
@@ -141,17 +158,58 @@ impl<T: Task> Collector<'_, T> {
         })
     }
 
-    /// State that cannot be kept: an error, or with `force` a warning.
+    /// State that cannot be kept: a blocker, listed with every other one
+    /// when the dump is refused, or with `force` a warning. Collection goes
+    /// on (so that one refusal names them all) until
+    /// [`Collector::refuse_if_blocked`]; the `Result` is for the callers'
+    /// `?`, always `Ok`.
     fn unsupported(&mut self, what: String) -> Result<(), CollectError> {
-        if self.opts.force {
-            self.warnings.push(what);
-            Ok(())
-        } else {
-            Err(CollectError::Unsupported {
+        self.blockers.push(Blocker {
+            what,
+            even_forced: false,
+        });
+        Ok(())
+    }
+
+    /// State that stops the dump even with `force` (a seccomp filter,
+    /// io_uring): listed with the others.
+    fn refuse(&mut self, what: String) {
+        self.blockers.push(Blocker {
+            what,
+            even_forced: true,
+        });
+    }
+
+    /// The end of the scan, before anything is injected: refuse the dump
+    /// naming every blocker found, unless all of them may be lost (`force`:
+    /// they become warnings) or this is only a check (they are returned).
+    fn refuse_if_blocked(&mut self) -> Result<Vec<Blocker>, CollectError> {
+        let hard = self.blockers.iter().any(|b| b.even_forced);
+        if hard || (!self.blockers.is_empty() && !self.opts.force && !self.check_only) {
+            let blockers = if self.opts.force {
+                // The forcible ones are lost anyway: the refusal names
+                // what --force cannot help.
+                self.blockers
+                    .iter()
+                    .filter(|b| b.even_forced)
+                    .cloned()
+                    .collect()
+            } else {
+                std::mem::take(&mut self.blockers)
+            };
+            return Err(CollectError::Blocked {
                 pid: self.pid,
-                what,
-            })
+                blockers,
+                warnings: std::mem::take(&mut self.warnings),
+                forced: self.opts.force,
+            });
         }
+        let blockers = std::mem::take(&mut self.blockers);
+        if self.opts.force {
+            self.warnings
+                .extend(blockers.iter().map(|b| b.what.clone()));
+        }
+        Ok(blockers)
     }
 
     fn check_cancel(&self) -> Result<(), CollectError> {
@@ -174,6 +232,18 @@ pub fn collect(
     collect_from(&mut LiveTask::new(frozen, mem), opts, zero_pfn)
 }
 
+/// What [`collect`] finds of the frozen thread group for a check: as a
+/// forced dump would collect it, with the blockers in
+/// [`Collected::blockers`] and no page selected or read.
+pub fn collect_for_check(frozen: &Frozen, mem: &File) -> Result<Collected, CollectError> {
+    collect_in(
+        &mut LiveTask::new(frozen, mem),
+        &DumpOptions::default(),
+        None,
+        true,
+    )
+}
+
 /// Collect everything `task` answers into a [`TaskState`]. `zero_pfn` is
 /// the page frame of the shared zero page, when known (its pages are not
 /// stored).
@@ -182,12 +252,24 @@ pub fn collect_from<T: Task>(
     opts: &DumpOptions,
     zero_pfn: Option<u64>,
 ) -> Result<Collected, CollectError> {
+    collect_in(task, opts, zero_pfn, false)
+}
+
+/// [`collect_from`], or with `check_only` [`collect_for_check`].
+fn collect_in<T: Task>(
+    task: &mut T,
+    opts: &DumpOptions,
+    zero_pfn: Option<u64>,
+    check_only: bool,
+) -> Result<Collected, CollectError> {
     let pid = task.pid();
     let mut c = Collector {
         task,
         pid,
         opts,
         warnings: Vec::new(),
+        blockers: Vec::new(),
+        check_only,
     };
 
     let stat = c.parse(procfs::stat::parse(&c.read_text("stat")?))?;
@@ -202,14 +284,17 @@ pub fn collect_from<T: Task>(
     refusals::numa_policies(&mut c)?;
     refusals::tagged_addresses(&mut c, &status)?;
     let (mut fds, mut objects) = open_files::collect_fds(&mut c)?;
+    refusals::io_uring_rings(&mut c, &smaps);
+    refusals::thread_stacks(&mut c, &smaps)?;
     refusals::too_many_groups(&mut c, &status)?;
     c.check_cancel()?;
 
     let mut shmem = crate::objects::shmem::ShmemObjects::default();
-    let (mut vmas, classes) = areas::memory_areas(&mut c, &smaps, &mut shmem)?;
+    let (mut vmas, mut classes) = areas::memory_areas(&mut c, &smaps, &mut shmem)?;
     areas::fd_objects(&mut c, &mut fds, &mut shmem)?;
     let lost = areas::object_contents(&mut c, &smaps, &vmas, &fds, &mut shmem)?;
-    areas::forget_objects(&mut vmas, &mut fds, &lost);
+    areas::forget_objects(&mut vmas, &mut classes, &mut fds, &lost);
+    let blockers = c.refuse_if_blocked()?;
     // Gadgets, also those injection runs through.
     let gadgets = areas::find_gadgets(&c, &smaps, &classes);
     c.task.prepare_injection(&gadgets)?;
@@ -232,8 +317,12 @@ pub fn collect_from<T: Task>(
     let rlimits = identity::limits(&c)?;
     c.check_cancel()?;
 
-    let (pages, vma_stats) =
-        areas::select_pages(&c, &smaps, &classes, &vmas, &mut shmem, zero_pfn)?;
+    // A check reads no pages (nor which ones are kept).
+    let (pages, vma_stats) = if check_only {
+        (Vec::new(), Vec::new())
+    } else {
+        areas::select_pages(&c, &smaps, &classes, &vmas, &mut shmem, zero_pfn)?
+    };
     objects.shmem = shmem.states;
 
     let state = TaskState {
@@ -257,5 +346,9 @@ pub fn collect_from<T: Task>(
         warnings: std::mem::take(&mut c.warnings),
         pages,
     };
-    Ok(Collected { state, vma_stats })
+    Ok(Collected {
+        state,
+        vma_stats,
+        blockers,
+    })
 }

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::io;
+use std::time::{Duration, Instant};
 
 use crate::sys::{process, ptrace};
 use ptrace::{PtraceError, Stop};
@@ -43,6 +44,19 @@ pub enum FreezeError {
     Exited { pid: i32 },
     #[error("pid {pid} tid {tid}: unexpected stop {stop:?} while freezing")]
     UnexpectedStop { pid: i32, tid: i32, stop: Stop },
+    #[error("pid {pid}: dump cancelled while freezing")]
+    Cancelled { pid: i32 },
+    #[error(
+        "pid {pid} tid {tid}: did not stop within {}s of PTRACE_INTERRUPT (state {state}, \
+         waiting in {wchan}); the process was left running",
+        STOP_LIMIT.as_secs()
+    )]
+    NoStop {
+        pid: i32,
+        tid: i32,
+        state: String,
+        wchan: String,
+    },
     #[error("pid {pid}: cannot kill: {source}")]
     Kill {
         pid: i32,
@@ -60,27 +74,46 @@ pub struct Frozen {
     tids: Vec<i32>,
 }
 
-/// The thread ids in `/proc/P/task`.
+/// The thread ids in `/proc/P/task`, without io_uring's kernel threads.
 fn list_threads(pid: i32) -> io::Result<BTreeSet<i32>> {
     let mut out = BTreeSet::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         if let Some(tid) = entry?.file_name().to_str().and_then(|s| s.parse().ok()) {
-            out.insert(tid);
+            if !is_io_worker(pid, tid) {
+                out.insert(tid);
+            }
         }
     }
     Ok(out)
 }
 
+/// Whether thread `tid` of `pid` is one of io_uring's kernel threads
+/// (`PF_IO_WORKER`: `iou-sqp-N`, `iou-wrk-N`). It never stops for ptrace
+/// (it does not return to user space), so waiting for it to stop would
+/// hang the dump: it is not seized, and collection refuses it by name.
+/// The flag is read, not the name: a thread may call itself anything.
+pub fn is_io_worker(pid: i32, tid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+        .ok()
+        .and_then(|text| crate::procfs::stat::parse(&text).ok())
+        .is_some_and(|stat| stat.flags & crate::collect::PF_IO_WORKER != 0)
+}
+
 impl Frozen {
     /// Seize and interrupt every thread of `pid`, re-reading `/proc/P/task`
     /// until a pass finds no thread that is not already stopped (a running
-    /// thread may create new ones until it is stopped itself).
+    /// thread may create new ones until it is stopped itself). io_uring's
+    /// kernel threads are left alone ([`is_io_worker`]). A cancel request
+    /// ([`crate::request_cancel`]) stops it between threads, detached.
     pub fn freeze(pid: i32) -> Result<Self, FreezeError> {
         let mut frozen = Frozen {
             pid,
             tids: Vec::new(),
         };
         loop {
+            if crate::cancel_requested() {
+                return Err(FreezeError::Cancelled { pid });
+            }
             let tids =
                 list_threads(pid).map_err(|source| FreezeError::ListThreads { pid, source })?;
             if !tids.contains(&pid) {
@@ -97,6 +130,9 @@ impl Frozen {
                 break;
             }
             for tid in new {
+                if crate::cancel_requested() {
+                    return Err(FreezeError::Cancelled { pid });
+                }
                 match ptrace::seize(tid, ptrace::PTRACE_O_TRACESYSGOOD) {
                     Ok(()) => {}
                     // The thread exited between the listing and the seize.
@@ -116,11 +152,20 @@ impl Frozen {
     }
 
     /// Stop one seized thread. Returns false when it exited instead.
-    fn interrupt_and_wait(&self, tid: i32) -> Result<bool, FreezeError> {
+    fn interrupt_and_wait(&mut self, tid: i32) -> Result<bool, FreezeError> {
         let pid = self.pid;
         ptrace::interrupt(tid).map_err(PtraceError::at(pid, tid, "PTRACE_INTERRUPT"))?;
         loop {
-            let status = ptrace::wait(tid).map_err(PtraceError::at(pid, tid, "waitpid"))?;
+            let status = match wait_stop(pid, tid) {
+                Ok(status) => status,
+                Err(e) => {
+                    // Not stopped: detaching it would wait for its stop
+                    // again. It stays seized until crdump exits, which
+                    // detaches it (the process runs on either way).
+                    self.tids.retain(|&t| t != tid);
+                    return Err(e);
+                }
+            };
             match ptrace::decode_status(status) {
                 Stop::Event {
                     event: ptrace::PTRACE_EVENT_STOP,
@@ -182,6 +227,46 @@ impl Frozen {
             }
         }
         Ok(())
+    }
+}
+
+/// How long a thread may take to stop after `PTRACE_INTERRUPT`: one that
+/// sleeps uninterruptibly (a `vfork` parent, a hung file system) does not
+/// stop until it wakes, and crdump must not hang on it.
+const STOP_LIMIT: Duration = Duration::from_secs(10);
+
+/// The next state change of seized thread `tid`, polled so that a cancel
+/// request ([`crate::request_cancel`]) or a thread that does not stop
+/// ([`STOP_LIMIT`]) ends the wait. A thread that is exiting is waited for
+/// with [`ptrace::wait`], which handles a dying leader.
+fn wait_stop(pid: i32, tid: i32) -> Result<i32, FreezeError> {
+    let started = Instant::now();
+    let mut pause = Duration::from_micros(10);
+    loop {
+        if let Some(status) = ptrace::try_wait(tid).map_err(PtraceError::at(pid, tid, "waitpid"))? {
+            return Ok(status);
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+            .ok()
+            .and_then(|text| crate::procfs::stat::parse(&text).ok());
+        if stat.as_ref().is_none_or(|s| matches!(s.state, b'Z' | b'X')) {
+            return ptrace::wait(tid).map_err(|e| PtraceError::at(pid, tid, "waitpid")(e).into());
+        }
+        if crate::cancel_requested() {
+            return Err(FreezeError::Cancelled { pid });
+        }
+        if started.elapsed() > STOP_LIMIT {
+            let wchan = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/wchan"))
+                .unwrap_or_default();
+            return Err(FreezeError::NoStop {
+                pid,
+                tid,
+                state: stat.map_or('?', |s| char::from(s.state)).to_string(),
+                wchan: if wchan.is_empty() { "?".into() } else { wchan },
+            });
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(1));
     }
 }
 

@@ -30,6 +30,7 @@
 )]
 
 pub mod cancel;
+pub mod check;
 pub mod collect;
 pub mod fds;
 pub mod freeze;
@@ -55,6 +56,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub use cancel::{cancel_requested, request_cancel};
+pub use check::{check, CheckReport, LoaderVerdict};
 use collect::CollectError;
 use freeze::{FreezeError, Frozen};
 /// `manifest.json`, a format of its own beside the image format.
@@ -262,7 +264,10 @@ pub fn dump(
 
     let mut phases = Phases::default();
     let t = Instant::now();
-    let frozen = Frozen::freeze(pid)?;
+    let frozen = Frozen::freeze(pid).map_err(|e| match e {
+        FreezeError::Cancelled { pid } => DumpError::Cancelled { pid },
+        e => e.into(),
+    })?;
     phases.freeze = t.elapsed();
     let t = Instant::now();
     let mem_path = PathBuf::from(format!("/proc/{pid}/mem"));
@@ -280,8 +285,10 @@ pub fn dump(
                 },
             )
         })?;
-    let collected =
-        collect::collect(&frozen, &mem, opts, zero_pfn).map_err(|e| exited_or(pid, e.into()))?;
+    let collected = collect::collect(&frozen, &mem, opts, zero_pfn).map_err(|e| match e {
+        CollectError::Cancelled { pid } => DumpError::Cancelled { pid },
+        e => exited_or(pid, e.into()),
+    })?;
     let state = &collected.state;
     phases.collect = t.elapsed();
     let t = Instant::now();

@@ -543,6 +543,10 @@ pub mod fd_flags {
     pub const CLOEXEC: u32 = 1;
     /// The file was deleted while open.
     pub const DELETED: u32 = 2;
+    /// The fd's object was not saved (`crdump --force`): the loader puts
+    /// `/dev/null` there, opened with the fd's access mode, and says so.
+    /// `kind` and `path` still tell what it was.
+    pub const DROPPED: u32 = 4;
 }
 
 #[derive(

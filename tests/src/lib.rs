@@ -15,7 +15,8 @@
 //! - [`cli`]: running `crdump`, `crimg` and the loader;
 //! - [`privilege`]: [`is_root`] and [`skip_unless_root!`];
 //! - [`smaps`]: the `VmFlags` of every area and `/proc/PID/status` lines,
-//!   compared across a dump and restore.
+//!   compared across a dump and restore;
+//! - [`untouched`]: a target left running, untraced and counting.
 //!
 //! The test command builds the whole workspace first, so the binaries exist:
 //! `cargo build --workspace && cargo test --workspace`.
@@ -34,6 +35,7 @@ pub mod roundtrip;
 pub mod smaps;
 mod sys;
 pub mod ticks;
+pub mod untouched;
 
 pub use binfmt::TestBinfmt;
 pub use cli::{Binaries, Dump};

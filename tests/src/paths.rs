@@ -34,6 +34,7 @@ const COMPILED: &[(&str, &str)] = &[
     ("shmem", env!("WORKLOAD_SHMEM")),
     ("posix_timers", env!("WORKLOAD_POSIX_TIMERS")),
     ("fd_sharing", env!("WORKLOAD_FD_SHARING")),
+    ("blockers", env!("WORKLOAD_BLOCKERS")),
 ];
 
 /// The script workloads, by file name, in `workloads/`.

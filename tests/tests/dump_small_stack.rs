@@ -31,7 +31,8 @@ fn a_thread_on_a_small_stack_is_refused_and_nothing_else_is_borrowed() {
         let r = run(command, CLI_TIMEOUT).expect("run crdump");
         assert_eq!(r.status.code(), Some(1), "force {force}: {r:?}");
         let lines: Vec<&str> = r.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "{}", r.stderr);
+        // The blocker, then the refusal's summary line.
+        assert_eq!(lines.len(), 2, "{}", r.stderr);
         assert!(
             lines[0].contains(&format!("tid {tid}")) && lines[0].contains("stack"),
             "{}",

@@ -106,7 +106,8 @@ fn a_missing_image_is_one_error_said_once() {
 }
 
 /// crdump's messages show what the target chose (here the name of a deleted
-/// file it holds open) escaped: one refusal stays one line.
+/// file it holds open) escaped: one blocker stays one line (then the
+/// refusal's summary line).
 #[test]
 fn a_deleted_file_with_control_bytes_in_its_name_is_one_escaped_line() {
     crimg_tests::skip_unless_root!();
@@ -134,7 +135,7 @@ fn a_deleted_file_with_control_bytes_in_its_name_is_one_escaped_line() {
     let r = cli::run(crdump, CLI_TIMEOUT).expect("run crdump");
     assert_eq!(r.status.code(), Some(1), "{r:?}");
     assert_no_control_bytes(&r.stderr, "crdump's refusal");
-    assert_eq!(r.stderr.lines().count(), 1, "{:?}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 2, "{:?}", r.stderr);
     assert!(
         r.stderr.contains("deleted file") && r.stderr.contains("x\\n\\x1b[31mFAKE"),
         "{:?}",

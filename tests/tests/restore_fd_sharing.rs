@@ -49,7 +49,12 @@ fn a_pipe_shared_with_another_process_is_refused_naming_it() {
         .dump(w.pid(), &scratch.path().join("out"), false)
         .expect_err("a pipe shared with a child must be refused");
     let message = err.to_string();
-    // Not split from its child either.
+    // Every blocker is named: the shared pipe, and the child the dump
+    // would split from its parent.
+    assert!(
+        message.contains("pipe:[") && message.contains(&format!("pid {child} holds too")),
+        "{message}"
+    );
     assert!(
         message.contains(&format!("child processes ({child})")),
         "{message}"

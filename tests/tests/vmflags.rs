@@ -670,14 +670,14 @@ fn threads_get_new_ids_in_a_user_namespace() {
         .unwrap_or_else(|e| panic!("{e}"));
     restored.expect_pass(CheckTrigger::Stdin);
     assert_eq!(tasks_of(restored.pid()).len(), 2);
-    assert!(
-        restored
-            .stderr_lines()
-            .iter()
-            .any(|line| line.contains("warning: not privileged")),
-        "{}",
-        restored.stderr_report()
-    );
+    // Written before the restore, but read from its pipe on another thread
+    // than stdout's PASS: waited for, not looked up.
+    if let Err(e) = restored.wait_stderr_containing(
+        "warning: not privileged",
+        std::time::Duration::from_secs(10),
+    ) {
+        panic!("{e}\n{}", restored.stderr_report());
+    }
 }
 
 /// A tmpfs mounted for one test, detached on drop (even on panic).

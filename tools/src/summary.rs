@@ -187,6 +187,8 @@ pub struct FdSummary {
     /// The lowest fd of the task sharing this fd's open file description
     /// (`dup`, `2>&1`), when it is another one.
     pub same_as: Option<i32>,
+    /// Not saved (`crdump --force`): `/dev/null` at restore.
+    pub dropped: bool,
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -275,6 +277,7 @@ fn fd_summary(img: &Image, f: &FdRecord) -> Result<FdSummary, ImageError> {
         pos: f.pos,
         open_flags: format!("{:#o}", f.open_flags),
         cloexec: f.flags & image_format::records::fd_flags::CLOEXEC != 0,
+        dropped: f.flags & image_format::records::fd_flags::DROPPED != 0,
     })
 }
 
@@ -454,6 +457,19 @@ pub fn render_text(s: &Summary) -> String {
             f.same_as
                 .map(|fd| format!("  (same open file as fd {fd})"))
                 .unwrap_or_default()
+        );
+    }
+    let dropped: Vec<String> = s
+        .fds
+        .iter()
+        .filter(|f| f.dropped)
+        .map(|f| format!("{} ({})", f.fd, shown(&f.path)))
+        .collect();
+    if !dropped.is_empty() {
+        let _ = writeln!(
+            o,
+            "  not saved (crdump --force), /dev/null at restore: {}",
+            dropped.join(", ")
         );
     }
     if !s.shmem.is_empty() {

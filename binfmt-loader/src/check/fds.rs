@@ -81,6 +81,46 @@ pub fn place_loader_fds(
     })
 }
 
+/// `/dev/null` in place of an fd a forced dump did not save
+/// ([`rules::fd_is_dropped`]), opened with the fd's access mode: reads see
+/// end of file, writes succeed, which most programs survive.
+fn open_dropped(os: &impl Os, f: &FdRecord, base: i32) -> Result<i32, CheckError> {
+    const O_ACCMODE: u32 = 3;
+    let (fd, _) = open_typed(
+        os,
+        "replacement for a dropped fd",
+        b"/dev/null",
+        f.open_flags & O_ACCMODE,
+        sys::S_IFCHR,
+        base,
+    )?;
+    Ok(fd)
+}
+
+/// The fds a forced dump dropped, as `5 (socket:[123]), 7 (...)`.
+struct DroppedList<'a> {
+    image: &'a Image<'static>,
+    fds: &'a Records<'static, FdRecord>,
+}
+
+impl core::fmt::Display for DroppedList<'_> {
+    fn fmt(&self, out: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut first = true;
+        for f in self.fds.clone().filter(rules::fd_is_dropped) {
+            let path = self.image.string(f.path).unwrap_or(b"?");
+            write!(
+                out,
+                "{}{} ({})",
+                if first { "" } else { ", " },
+                f.fd,
+                crate::message::Escaped(path)
+            )?;
+            first = false;
+        }
+        Ok(())
+    }
+}
+
 /// Open an fd's file again as the task had it, at its offset.
 fn reopen_fd(
     os: &impl Os,
@@ -180,6 +220,8 @@ pub fn reopen_fds(
             f.fd
         } else if let Some(from) = known {
             from
+        } else if rules::fd_is_dropped(&f) {
+            open_dropped(os, &f, base)?
         } else if objects::shmem::backs_fd(&f) {
             objects::shmem::open_fd(os, &f, shmem, base)?
         } else if objects::is_object(f.kind) {
@@ -206,7 +248,7 @@ pub fn reopen_fds(
         }
         // Images from before descriptions were recorded cannot tell dups
         // from two opens: say so for the files that might have been.
-        if f.kind == fd_kind::REGULAR && f.desc == 0 {
+        if f.kind == fd_kind::REGULAR && f.desc == 0 && !rules::fd_is_dropped(&f) {
             if let Some(slot) = files.get_mut(nfiles) {
                 *slot = FdFile {
                     dev: f.file.dev,
@@ -217,6 +259,17 @@ pub fn reopen_fds(
                 nfiles += 1;
             }
         }
+    }
+    let dropped = fds.clone().filter(rules::fd_is_dropped).count();
+    if dropped > 0 {
+        os.report(
+            name,
+            format_args!(
+                "warning: {dropped} fd{} not saved (crdump --force) replaced by /dev/null: {}",
+                if dropped == 1 { "" } else { "s" },
+                DroppedList { image, fds }
+            ),
+        );
     }
     if let Some((a, b)) = same_file_pair(&mut files[..nfiles]) {
         os.report(

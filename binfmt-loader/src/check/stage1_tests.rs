@@ -7,8 +7,8 @@ use std::vec::Vec;
 
 use image_format::elf::UserRegs;
 use image_format::records::{
-    fd_kind, prot, vma_kind, CredsRecord, FdRecord, FileId, GadgetsRecord, MmRecord, ProcessRecord,
-    ThreadRecord, VmaRecord,
+    fd_flags, fd_kind, prot, vma_kind, CredsRecord, FdRecord, FileId, GadgetsRecord, MmRecord,
+    ProcessRecord, ThreadRecord, VmaRecord,
 };
 use image_writer::model::{FdState, PageRun, TaskState, ThreadState, VmaState};
 use image_writer::write::{write_image, PageSource};
@@ -632,6 +632,38 @@ fn a_write_sealed_memfd_mapped_writable_is_refused() {
         run(&os, &state, code_page(), (1000, 1000)),
         Err(CheckError::SealedObjectArea { .. })
     ));
+}
+
+#[test]
+fn a_dropped_fd_becomes_dev_null_with_its_access_mode_and_one_warning() {
+    let mut os = machine();
+    os.add(
+        "/dev/null",
+        Stat {
+            mode: sys::S_IFCHR | 0o666,
+            ..Default::default()
+        },
+        vec![],
+    );
+    let mut state = task();
+    // A socket that a forced dump did not save, close-on-exec, O_RDWR.
+    state.fds[3].record.kind = fd_kind::SOCKET;
+    state.fds[3].record.flags = fd_flags::DROPPED | fd_flags::CLOEXEC;
+    state.fds[3].record.open_flags = sys::O_RDWR;
+    state.fds[3].path = "socket:[77]".into();
+    let checked = run(&os, &state, code_page(), (1000, 1000)).unwrap();
+    let moves = checked.input.fd_moves;
+    assert_eq!(moves.len(), 1);
+    assert_eq!((moves[0].to, moves[0].cloexec), (3, 1));
+    assert_eq!(os.path_of(moves[0].from).as_deref(), Some("/dev/null"));
+    assert!(os.warned("1 fd not saved (crdump --force) replaced by /dev/null: 3 (socket:[77])"));
+
+    // Without the flag the same socket is refused (exit 7).
+    state.fds[3].record.flags = 0;
+    assert_eq!(
+        exit_of(run(&os, &state, code_page(), (1000, 1000))),
+        ExitCode::Unsupported
+    );
 }
 
 #[test]

@@ -152,6 +152,9 @@ pub(super) fn fd_objects<T: Task>(
             .map_err(c.read_error(link))?;
         let name = shmem::object_name(kind, &f.path);
         f.record.object = objects.object_of(kind, &name, &meta);
+        // Saved with its object: not dropped (the fds were marked before
+        // the objects were found).
+        f.record.flags &= !fd_flags::DROPPED;
     }
     Ok(())
 }
@@ -262,24 +265,44 @@ pub(super) fn object_contents<T: Task>(
     Ok(lost)
 }
 
-/// With `--force`, objects whose content was not saved (`lost`) are not
-/// made again: their areas and fds no longer refer to them, so they are
-/// what they were before objects existed (shared memory mapped anonymous,
-/// with its pages; a deleted file or a memfd fd the loader refuses, which
-/// the dump's self-check then reports).
+/// Objects whose content was not saved (`lost`; a blocker each, so only a
+/// forced dump goes on) are not made again: their areas and fds no longer
+/// refer to them. Shared memory is then mapped anonymous with its pages,
+/// as before objects existed; a deleted file's areas keep their layout
+/// without contents (anonymous), as any area a forced dump cannot keep;
+/// their fds are dropped (`/dev/null` at restore), by the loader's rule.
 pub(super) fn forget_objects(
     vmas: &mut [VmaState],
+    classes: &mut [vmas::VmaClass],
     fds: &mut [image_writer::model::FdState],
     lost: &[u32],
 ) {
-    for v in vmas.iter_mut() {
-        if lost.contains(&v.record.object) {
-            v.record.object = 0;
+    use image_format::records::{fd_flags, vma_flags};
+    if lost.is_empty() {
+        return;
+    }
+    for (v, class) in vmas.iter_mut().zip(classes.iter_mut()) {
+        if !lost.contains(&v.record.object) {
+            continue;
+        }
+        v.record.object = 0;
+        if v.record.kind == vma_kind::FILE && v.record.flags & vma_flags::FILE_DELETED != 0 {
+            v.record.kind = vma_kind::ANON;
+            class.kind = vma_kind::ANON;
+            class.policy = PagePolicy::Nothing;
         }
     }
     for f in fds.iter_mut() {
         if object_fd(f) && lost.contains(&f.record.object) {
             f.record.object = 0;
+        }
+    }
+    super::refusals::mark_dropped(fds);
+    // An fd saved with its object is not dropped (marked before the
+    // objects were found).
+    for f in fds.iter_mut() {
+        if binfmt_loader::objects::shmem::backs_fd(&f.record) {
+            f.record.flags &= !fd_flags::DROPPED;
         }
     }
 }

@@ -277,6 +277,28 @@ impl FakeTask {
         }
     }
 
+    /// `/proc/P/task/TID` with `stat`.
+    fn list_task(&mut self, tid: i32, stat: String) {
+        self.file(&format!("task/{tid}/stat"), stat);
+        let names = self.dirs.entry(self.path("task")).or_default();
+        if !names.contains(&tid.to_string()) {
+            names.push(tid.to_string());
+        }
+    }
+
+    /// An io_uring kernel thread (`PF_IO_WORKER`) named `comm`: listed in
+    /// `/proc/P/task` but never frozen (not among the tids).
+    pub fn add_io_worker(&mut self, tid: i32, comm: &str) {
+        let mut line = stat_line(tid, comm);
+        line = line.replacen(
+            &format!(") S 1 {tid} {tid} 0 0 0 "),
+            &format!(") S 1 {tid} {tid} 0 0 {} ", 0x0040_4050),
+            1,
+        );
+        assert!(line.contains("4210768"), "{line}");
+        self.list_task(tid, line);
+    }
+
     /// A thread with registers `regs`, its comm and status, answering the
     /// injected questions with its tid as the altstack size.
     pub fn add_thread(&mut self, tid: i32, regs: UserRegs) {
@@ -285,6 +307,7 @@ impl FakeTask {
         }
         self.file(&format!("task/{tid}/comm"), "fake\n");
         self.file(&format!("task/{tid}/children"), "");
+        self.list_task(tid, stat_line(tid, "fake"));
         self.file(
             &format!("task/{tid}/status"),
             status_text(self.pid, &[100, 27], 0),

@@ -69,6 +69,7 @@ pub(super) fn collect_fds<T: Task>(
         })
         .collect();
     let objects = save_objects(c, &listed, &mut records)?;
+    super::refusals::mark_dropped(&mut records);
     Ok((records, objects))
 }
 
@@ -93,6 +94,9 @@ fn list<T: Task>(c: &mut Collector<'_, T>) -> Result<Vec<Listed>, CollectError> 
                 continue;
             }
         };
+        if super::refusals::io_uring_fd(c, fd, &link) {
+            continue;
+        }
         let fd_path = c.proc_path(&format!("fd/{fd}"));
         let meta = c
             .task

@@ -16,7 +16,7 @@ use image_format::PAGE_SIZE;
 use image_writer::model::PageRun;
 
 use super::fake::{self, FakeTask};
-use super::{collect_from, CollectError, Collected};
+use super::{collect_from, collect_in, CollectError, Collected};
 use crate::options::DumpOptions;
 
 const PID: i32 = 4242;
@@ -30,9 +30,11 @@ fn run(task: &mut FakeTask, force: bool) -> Result<Collected, CollectError> {
     collect_from(task, &opts, Some(fake::ZERO_PFN))
 }
 
+/// The refusal's text: every blocker on its line.
 fn unsupported(r: Result<Collected, CollectError>) -> String {
     match r {
         Err(CollectError::Unsupported { what, .. }) => what,
+        Err(e @ CollectError::Blocked { .. }) => e.to_string(),
         Err(e) => panic!("expected a refusal, got {e}"),
         Ok(_) => panic!("expected a refusal, got a dump"),
     }
@@ -93,7 +95,16 @@ fn seccomp_in_any_thread_refuses_even_forced_and_nothing_is_injected() {
         fake::status_text(PID, &[], 2),
     );
     match run(&mut task, true) {
-        Err(CollectError::Seccomp { tid, mode, .. }) => assert_eq!((tid, mode), (PID + 1, 2)),
+        Err(CollectError::Blocked { blockers, .. }) => {
+            assert_eq!(blockers.len(), 1, "{blockers:?}");
+            assert!(blockers[0].even_forced);
+            assert!(
+                blockers[0]
+                    .what
+                    .starts_with(&format!("thread {}: seccomp mode 2", PID + 1)),
+                "{blockers:?}"
+            );
+        }
         Err(e) => panic!("{e}"),
         Ok(_) => panic!("a filtered task was dumped"),
     }
@@ -500,14 +511,23 @@ fn no_scratch_memory_refuses_before_any_thread_is_borrowed() {
     let cut = smaps.find("7ffd0000-").unwrap();
     task.file("smaps", &smaps[..cut]);
     task.threads.get_mut(&PID).unwrap().regs.rsp = 0x1000;
-    assert!(matches!(
-        run(&mut task, false),
-        Err(CollectError::NoScratch {
-            tid: PID,
-            rsp: 0x1000,
-            ..
-        })
-    ));
+    // Named with every other blocker, even forced.
+    for force in [false, true] {
+        match run(&mut task, force) {
+            Err(CollectError::Blocked { blockers, .. }) => {
+                assert_eq!(blockers.len(), 1, "{blockers:?}");
+                assert!(blockers[0].even_forced);
+                assert!(
+                    blockers[0].what.starts_with(&format!(
+                        "tid {PID}: its stack has 0 bytes below rsp 0x1000"
+                    )),
+                    "{blockers:?}"
+                );
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a task without stack room was dumped"),
+        }
+    }
     assert!(task.asked.is_empty());
 }
 
@@ -593,4 +613,127 @@ fn a_memfd_fd_is_saved_with_its_name_seals_and_content() {
         err.contains("memfd buf (fd 5): 4 bytes, above the ghost limit of 3 bytes"),
         "{err}"
     );
+}
+
+#[test]
+fn one_refusal_names_every_blocker_and_nothing_is_injected() {
+    let mut task = FakeTask::sleeping(PID);
+    task.fd(
+        5,
+        "socket:[77]",
+        0o140777,
+        0,
+        "pos:\t0\nflags:\t02\nmnt_id:\t8\n",
+    );
+    task.fd(
+        6,
+        "/tmp/gone (deleted)",
+        0o100644,
+        0,
+        "pos:\t0\nflags:\t02\nmnt_id:\t8\n",
+    );
+    // Deleted files are saved up to --ghost-limit: this one is above.
+    task.meta(
+        "fd/6",
+        super::task::FileMeta {
+            id: image_format::records::FileId {
+                dev: 5,
+                ino: 16,
+                size: 5 << 20,
+                ..Default::default()
+            },
+            mode: 0o100644,
+            ..Default::default()
+        },
+    );
+    task.fd(
+        7,
+        "anon_inode:[io_uring]",
+        0o600,
+        0,
+        "pos:\t0\nflags:\t02\nmnt_id:\t8\n",
+    );
+    task.add_io_worker(PID + 7, "iou-sqp-4242");
+    let e = run(&mut task, false).err().expect("a refusal");
+    let text = e.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    for want in [
+        "fd 5 is a socket (socket:[77])",
+        "deleted file /tmp/gone (fd 6): 5242880 bytes, above the ghost limit",
+        "fd 7 is an io_uring instance",
+        "thread 4249 (iou-sqp-4242) is an io_uring kernel thread",
+    ] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("pid 4242: ") && l.contains(want)),
+            "{want} missing in {text}"
+        );
+    }
+    assert!(lines[4].contains("4 blockers above (2 of them refused even with --force)"));
+    assert!(task.asked.is_empty(), "a refused task was borrowed");
+    assert!(task.prepared.is_none());
+
+    // Forced: what may be lost is a warning; io_uring still refuses.
+    match run(&mut task, true) {
+        Err(CollectError::Blocked {
+            blockers, forced, ..
+        }) => {
+            assert!(forced);
+            assert_eq!(blockers.len(), 2, "{blockers:?}");
+            assert!(blockers
+                .iter()
+                .all(|b| b.even_forced && b.what.contains("io_uring")));
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("io_uring was dumped"),
+    }
+    assert!(task.asked.is_empty());
+}
+
+#[test]
+fn a_check_collects_as_forced_returns_the_blockers_and_reads_no_pages() {
+    let mut task = FakeTask::sleeping(PID);
+    task.fd(
+        5,
+        "socket:[77]",
+        0o140777,
+        0,
+        "pos:\t0\nflags:\t02\nmnt_id:\t8\n",
+    );
+    let c = collect_in(
+        &mut task,
+        &DumpOptions::default(),
+        Some(fake::ZERO_PFN),
+        true,
+    )
+    .unwrap();
+    assert_eq!(c.blockers.len(), 1);
+    assert!(c.blockers[0].what.contains("fd 5 is a socket"));
+    assert!(c.state.pages.is_empty());
+    assert!(c.state.warnings.iter().all(|w| !w.contains("socket")));
+    // The image a forced dump would write: the socket is dropped.
+    let f = c.state.fds.iter().find(|f| f.record.fd == 5).unwrap();
+    assert_ne!(f.record.flags & fd_flags::DROPPED, 0);
+}
+
+#[test]
+fn io_uring_rings_mapped_without_their_fd_are_refused_even_forced() {
+    let mut task = FakeTask::sleeping(PID);
+    let smaps = String::from_utf8(task.files[&task.path("smaps")].clone()).unwrap()
+        + "7f0000000000-7f0000004000 rw-s 00000000 00:0f 1077                       anon_inode:[io_uring]\n\
+           Rss:                   4 kB\nSwap:                  0 kB\nVmFlags: rd wr sh mr mw me ms de\n";
+    task.file("smaps", smaps);
+    match run(&mut task, true) {
+        Err(CollectError::Blocked { blockers, .. }) => {
+            assert_eq!(blockers.len(), 1, "{blockers:?}");
+            assert!(blockers[0].what.contains(
+                "an io_uring instance without an fd is mapped at 0x7f0000000000-0x7f0000004000"
+            ));
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("io_uring rings were dumped"),
+    }
+    assert!(task.asked.is_empty());
 }

@@ -212,3 +212,21 @@ pub fn link_anonymous(file: &std::fs::File, path: &std::path::Path) -> io::Resul
     }
     Ok(())
 }
+
+/// `memfd_create(name, MFD_CLOEXEC)`: an anonymous file in memory, for an
+/// image that is built only to be checked (`crdump --check-only`).
+///
+/// # References
+/// memfd_create(2)
+pub fn memfd(name: &std::ffi::CStr) -> io::Result<File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `name` is a valid NUL-terminated string for the call's
+    // duration; the returned fd is new and owned by nobody else.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created by this process and is closed only by
+    // the returned File.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}

@@ -309,6 +309,12 @@ fn waitpid(tid: i32, flags: i32) -> io::Result<Option<i32>> {
     }
 }
 
+/// `waitpid(tid, &status, __WALL | WNOHANG)`: the state change of a traced
+/// thread if one is queued, else `None` (for a wait that can be given up).
+pub fn try_wait(tid: i32) -> io::Result<Option<i32>> {
+    waitpid(tid, libc::WNOHANG)
+}
+
 /// Reap the exit of `tid` if it has exited, and nothing else:
 /// `waitid(P_PID, tid, WEXITED | WNOHANG | __WALL)` (stops stay queued).
 fn reap_exited(tid: i32) {
