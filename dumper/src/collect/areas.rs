@@ -187,14 +187,17 @@ pub(super) fn object_contents<T: Task>(
         // file itself, deleted or not).
         // An fd first: `/proc/P/fd` opens for any dumper that may trace
         // the task, `map_files` only with CAP_SYS_ADMIN.
-        let (link, place) = match (fd, areas.first()) {
+        // Named by its fd (`fd N is ...`, as every fd's refusal) or its area.
+        let (link, fd_place, area_place) = match (fd, areas.first()) {
             (Some(f), _) => (
                 c.proc_path(&format!("fd/{}", f.record.fd)),
-                format!("fd {}", f.record.fd),
+                format!("fd {} is a ", f.record.fd),
+                String::new(),
             ),
             (None, Some(&(first, _))) => (
                 c.proc_path(&format!("map_files/{:x}-{:x}", first.start, first.end)),
-                format!("mapped at {:#x}-{:#x}", first.start, first.end),
+                String::new(),
+                format!(" mapped at {:#x}-{:#x}", first.start, first.end),
             ),
             (None, None) => continue,
         };
@@ -221,7 +224,7 @@ pub(super) fn object_contents<T: Task>(
         let name = objects.states[index].name.clone();
         let what = || {
             format!(
-                "{} {} ({place})",
+                "{fd_place}{} {}{area_place}",
                 match record.kind {
                     shmem_kind::MEMFD => "memfd",
                     shmem_kind::RECREATE => "shared-mapped file",

@@ -610,7 +610,7 @@ fn a_memfd_fd_is_saved_with_its_name_seals_and_content() {
     };
     let err = err.to_string();
     assert!(
-        err.contains("memfd buf (fd 5): 4 bytes, above the ghost limit of 3 bytes"),
+        err.contains("fd 5 is a memfd buf: 4 bytes, above the ghost limit of 3 bytes"),
         "{err}"
     );
 }
@@ -660,7 +660,7 @@ fn one_refusal_names_every_blocker_and_nothing_is_injected() {
     assert_eq!(lines.len(), 5, "{text}");
     for want in [
         "fd 5 is a socket (socket:[77])",
-        "deleted file /tmp/gone (fd 6): 5242880 bytes, above the ghost limit",
+        "fd 6 is a deleted file /tmp/gone: 5242880 bytes, above the ghost limit",
         "fd 7 is an io_uring instance",
         "thread 4249 (iou-sqp-4242) is an io_uring kernel thread",
     ] {
