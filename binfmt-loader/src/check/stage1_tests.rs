@@ -490,6 +490,150 @@ fn the_files_group_counts_only_when_its_owner_belongs_to_it() {
     assert_eq!(c.input.creds.unwrap().gid, [65534; 4]);
 }
 
+/// `task()` with a memfd (two shared views, 2 pages) sealed against
+/// growing and a write-sealed memfd (one read-only view, its content
+/// saved whole) and a deleted file mapped privately (content saved).
+fn task_with_objects() -> TaskState {
+    use image_format::records::{seals, shmem_flags, shmem_kind, vma_flags, ShmemRecord};
+    use image_writer::model::ShmemState;
+    const SHM_AT: u64 = 0x5030_0000;
+    let mut state = task();
+    let area = |start: u64, pages: u64, prot, kind, object, path: &str| VmaState {
+        record: VmaRecord {
+            start,
+            end: start + pages * 4096,
+            prot,
+            kind,
+            flags: if kind == vma_kind::SHARED_ANON {
+                vma_flags::SHARED | vma_flags::MAYSHARE
+            } else {
+                vma_flags::FILE_DELETED
+            },
+            object,
+            ..Default::default()
+        },
+        path: path.into(),
+    };
+    let rw = prot::READ | prot::WRITE;
+    state.vmas.extend([
+        area(SHM_AT, 2, rw, vma_kind::SHARED_ANON, 1, "/memfd:ring"),
+        area(
+            SHM_AT + 0x10000,
+            2,
+            rw,
+            vma_kind::SHARED_ANON,
+            1,
+            "/memfd:ring",
+        ),
+        area(
+            SHM_AT + 0x20000,
+            1,
+            prot::READ,
+            vma_kind::SHARED_ANON,
+            2,
+            "/memfd:sealed",
+        ),
+        area(
+            SHM_AT + 0x30000,
+            1,
+            prot::READ,
+            vma_kind::FILE,
+            3,
+            "/tmp/gone",
+        ),
+    ]);
+    let object = |kind, seals, size, name: &str, content: &[u8]| ShmemState {
+        record: ShmemRecord {
+            kind,
+            seals,
+            size,
+            mode: sys::S_IFREG | 0o640,
+            flags: if content.is_empty() {
+                0
+            } else {
+                shmem_flags::WHOLE_CONTENT
+            },
+            ..Default::default()
+        },
+        name: name.as_bytes().to_vec(),
+        content: content.to_vec(),
+    };
+    state.objects.shmem = vec![
+        object(
+            shmem_kind::MEMFD,
+            seals::GROW | seals::SHRINK,
+            8192,
+            "ring",
+            b"",
+        ),
+        object(
+            shmem_kind::MEMFD,
+            seals::WRITE | seals::SEAL,
+            4096,
+            "sealed",
+            b"sealed",
+        ),
+        object(shmem_kind::GHOST, 0, 4096, "/tmp/gone", b"ghost"),
+    ];
+    state
+}
+
+#[test]
+fn shared_memory_objects_are_made_once_and_mapped_by_every_area() {
+    let mut os = machine();
+    os.add(
+        "/tmp",
+        Stat {
+            mode: sys::S_IFDIR | 0o1777,
+            ..Default::default()
+        },
+        vec![],
+    );
+    let c = run(&os, &task_with_objects(), code_page(), (1000, 1000)).unwrap();
+    let v = c.input.vmas;
+    // Both views of the memfd are mapped from one fd.
+    assert_eq!(v[3].fd, v[4].fd);
+    let ring = os.made_at(v[3].fd).unwrap();
+    assert_eq!(ring.how, "memfd:ring");
+    assert_eq!(ring.size, 8192);
+    assert_eq!(ring.seals, 0x2 | 0x4);
+    // The write-sealed one holds its content, then its seals.
+    let sealed = os.made_at(v[5].fd).unwrap();
+    assert_eq!(
+        (&sealed.contents[..6], sealed.seals),
+        (&b"sealed"[..], 0x8 | 0x1)
+    );
+    // The deleted file: an O_TMPFILE in its directory, linked at its name
+    // and unlinked again (the fake keeps the name in `how`).
+    let ghost_fd = v[6].fd;
+    let ghost = os.made_at(ghost_fd).unwrap();
+    assert_eq!(ghost.how, "tmpfile:/tmp");
+    assert_eq!(ghost.linked, ["/tmp/gone"]);
+    assert_eq!(&ghost.contents[..5], b"ghost");
+    assert_eq!(ghost.mode, 0o640);
+}
+
+#[test]
+fn a_deleted_file_whose_directory_has_no_o_tmpfile_becomes_a_memfd() {
+    let mut os = machine();
+    os.tmpfile_error = Some(Errno(95));
+    let c = run(&os, &task_with_objects(), code_page(), (1000, 1000)).unwrap();
+    let ghost = os.made_at(c.input.vmas[6].fd).unwrap();
+    assert_eq!(ghost.how, "memfd:gone");
+    assert!(os.warned("is restored as a memfd"));
+}
+
+#[test]
+fn a_write_sealed_memfd_mapped_writable_is_refused() {
+    let os = machine();
+    let mut state = task_with_objects();
+    state.vmas[5].record.prot |= prot::WRITE;
+    assert!(matches!(
+        run(&os, &state, code_page(), (1000, 1000)),
+        Err(CheckError::SealedObjectArea { .. })
+    ));
+}
+
 #[test]
 fn a_dropped_fd_becomes_dev_null_with_its_access_mode_and_one_warning() {
     let mut os = machine();
