@@ -31,6 +31,8 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 mod terminals;
 pub use terminals::*;
 mod event_objects;
+mod shmem;
+pub use shmem::*;
 mod posix_timers;
 pub use posix_timers::*;
 mod fd_objects;
@@ -219,6 +221,7 @@ pub const KNOWN_NOTES: &[NoteVersions] = &[
     NoteVersions::of::<EpollItemRecord>(),
     NoteVersions::of::<InotifyWatchRecord>(),
     NoteVersions::of::<SocketRecord>(),
+    NoteVersions::of::<ShmemRecord>(),
 ];
 
 /// A string in the [`note::STRTAB`] note (bytes, not NUL-terminated).
@@ -517,8 +520,13 @@ pub struct VmaRecord {
     /// The path as `/proc/P/maps` printed it (without ` (deleted)`).
     pub path: StrRef,
     pub file: FileId,
+    /// The shared memory object or saved file the area maps: 1-based index
+    /// of its [`ShmemRecord`] in the [`note::SHMEM`] note; 0 (and in images
+    /// written before this field existed): none, a file is opened by path.
+    pub object: u32,
+    pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<VmaRecord>() == 88);
+const _: () = assert!(core::mem::size_of::<VmaRecord>() == 96);
 impl Record for VmaRecord {
     const NOTE_TYPE: u32 = note::VMAS;
 }

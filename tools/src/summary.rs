@@ -28,6 +28,9 @@ pub struct Summary {
     pub threads: Vec<ThreadSummary>,
     pub vmas: Vec<VmaSummary>,
     pub fds: Vec<FdSummary>,
+    /// Shared memory objects and saved files, in the order areas and fds
+    /// count them (`object` 1 is the first).
+    pub shmem: Vec<ShmemSummary>,
     pub stored_bytes: u64,
     pub image_bytes: u64,
     pub brk: u64,
@@ -163,6 +166,16 @@ pub struct VmaSummary {
     pub stored: u64,
     pub offset: u64,
     pub path: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ShmemSummary {
+    pub kind: &'static str,
+    pub name: String,
+    pub size: u64,
+    pub seals: String,
+    /// Bytes of content saved whole (0: its areas' pages carry it).
+    pub saved_bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -338,6 +351,27 @@ pub fn summarize(img: &Image) -> Result<Summary, ImageError> {
         .fds()?
         .map(|f| fd_summary(img, &f))
         .collect::<Result<_, _>>()?;
+    let mut shmem = Vec::new();
+    for o in img.records::<image_format::records::ShmemRecord>()? {
+        use image_format::records::{shmem_flags, shmem_kind};
+        shmem.push(ShmemSummary {
+            kind: match o.kind {
+                shmem_kind::MEMFD => "memfd",
+                shmem_kind::SHARED_ANON => "shared-anon",
+                shmem_kind::GHOST => "deleted-file",
+                shmem_kind::RECREATE => "saved-file",
+                _ => "unknown",
+            },
+            name: text(img.string(o.name)?),
+            size: o.size,
+            seals: format!("{:#x}", o.seals),
+            saved_bytes: if o.flags & shmem_flags::WHOLE_CONTENT != 0 {
+                u64::from(o.content.len)
+            } else {
+                0
+            },
+        });
+    }
     let creds = img.creds();
     Ok(Summary {
         format_version: img.header().e_ident[14],
@@ -359,6 +393,7 @@ pub fn summarize(img: &Image) -> Result<Summary, ImageError> {
         threads,
         vmas,
         fds,
+        shmem,
         stored_bytes: img.stored_bytes(),
         image_bytes: img.bytes().len() as u64,
         brk: img.mm().brk,
@@ -479,6 +514,21 @@ pub fn render_text(s: &Summary) -> String {
             "  not saved (crdump --force), /dev/null at restore: {}",
             dropped.join(", ")
         );
+    }
+    if !s.shmem.is_empty() {
+        let _ = writeln!(o, "\nshared memory objects and saved files:");
+        for (i, m) in s.shmem.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "  {:>4} {:<12} {:>10} seals {:<5} saved {:>10}  {}",
+                i + 1,
+                m.kind,
+                human(m.size),
+                m.seals,
+                human(m.saved_bytes),
+                shown(&m.name)
+            );
+        }
     }
     if let Some(t) = s.threads.first() {
         let r = &t.registers;

@@ -187,6 +187,7 @@ pub fn reopen_fds(
     name: &[u8],
     image: &Image<'static>,
     fds: &Records<'static, FdRecord>,
+    shmem: &[i32],
     base: i32,
     scratch: &mut Scratch,
 ) -> Result<(&'static [FdMove], &'static [i32]), CheckError> {
@@ -229,6 +230,8 @@ pub fn reopen_fds(
             from
         } else if rules::fd_is_dropped(&f) {
             open_dropped(os, &f, base)?
+        } else if objects::shmem::backs_fd(&f) {
+            objects::shmem::open_fd(os, &f, shmem, base)?
         } else if objects::is_object(f.kind) {
             objects::open(os, image, &f, path, base, &mut made)?
         } else {

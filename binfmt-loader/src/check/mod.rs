@@ -262,6 +262,25 @@ pub enum CheckError {
     /// The image changed, or someone waits to open it for writing, since
     /// stage 1 began ([`stable`]).
     ImageBeingWritten,
+    /// A shared memory object or saved file (`objects::shmem`) could not be
+    /// made: `step` failed.
+    ShmemObject {
+        name: &'static [u8],
+        step: &'static str,
+        errno: Errno,
+    },
+    /// An object sealed against writes has an area that would need write
+    /// access (stored pages, or a shared writable mapping).
+    SealedObjectArea {
+        name: &'static [u8],
+        start: u64,
+    },
+    /// A record of the SHMEM note, or an area's or fd's reference to one,
+    /// is inconsistent.
+    BadObject {
+        object: image_format::records::StrRef,
+        why: &'static str,
+    },
     /// This kernel or process cannot give the POSIX timers back.
     PosixTimer {
         error: crate::posix_timers::PosixTimerError,
@@ -291,6 +310,9 @@ impl CheckError {
             CheckError::NoXsave | CheckError::CpuLacks { .. } | CheckError::NotPermitted { .. } => {
                 ExitCode::CpuFeatures
             }
+            CheckError::BadObject { .. } => ExitCode::ImageCorrupt,
+            CheckError::SealedObjectArea { .. } => ExitCode::Unsupported,
+            CheckError::ShmemObject { .. } => ExitCode::Environment,
             CheckError::FileDeleted { .. }
             | CheckError::UnsupportedFd { .. }
             | CheckError::FdAboveLimit { .. }
@@ -457,6 +479,21 @@ impl fmt::Display for CheckError {
                 f,
                 "internal error: stage 1's scratch memory has no room for {items} entries of its {table} table"
             ),
+            CheckError::ShmemObject { name, step, errno } => write!(
+                f,
+                "cannot make {} again: {step}: {errno}",
+                Lossy(name)
+            ),
+            CheckError::SealedObjectArea { name, start } => write!(
+                f,
+                "memfd {} is sealed against writes, but its area at {start:#x} needs write access; not restorable",
+                Lossy(name)
+            ),
+            CheckError::BadObject { object, why } => write!(
+                f,
+                "corrupt image: shared memory object (name at {}+{}): {why}",
+                object.offset, object.len
+            ),
             CheckError::PosixTimer { error } => write!(f, "{error}"),
             CheckError::ImageBeingWritten => write!(
                 f,
@@ -533,6 +570,9 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
         epoll_items: image
             .records::<image_format::records::EpollItemRecord>()
             .map_or(0, |r| usize::try_from(r.len()).unwrap_or(usize::MAX)),
+        shmem: image
+            .records::<image_format::records::ShmemRecord>()
+            .map_or(0, |r| usize::try_from(r.len()).unwrap_or(usize::MAX)),
     };
     let mut scratch = Scratch::map(&tables)?;
     let records = limits::process_records(os, &image, &record_notes, &mut scratch)?;
@@ -553,14 +593,32 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
     // point of no return (`crate::threads`, which also says when they get
     // new ones): a look now would race.
     let set_tids = privilege.privileged && threads.len() > 1;
-    let ((vmas, target_vdso), exe_fd, cwd_fd, (fd_moves, keep_fds)) =
+    let ((vmas, target_vdso), exe_fd, cwd_fd, (fd_moves, keep_fds), late_seals) =
         credentials::as_task(os, creds.as_ref(), || {
-            let mapped_files =
-                files::open_mapped_files(os, name, &image, notes.vmas.clone(), base, &mut scratch)?;
+            // Objects first: areas and fds use them.
+            let objects =
+                crate::objects::shmem::create_objects(os, name, &image, base, &mut scratch)?;
+            let mapped_files = files::open_mapped_files(
+                os,
+                name,
+                &image,
+                notes.vmas.clone(),
+                objects.fds,
+                base,
+                &mut scratch,
+            )?;
             let exe_fd = files::open_exe(os, name, &image, privilege.privileged, base)?;
             let cwd_fd = files::open_cwd(os, name, &image, base)?;
-            let fds = fds::reopen_fds(os, name, &image, &notes.fds, base, &mut scratch)?;
-            Ok((mapped_files, exe_fd, cwd_fd, fds))
+            let fds = fds::reopen_fds(
+                os,
+                name,
+                &image,
+                &notes.fds,
+                objects.fds,
+                base,
+                &mut scratch,
+            )?;
+            Ok((mapped_files, exe_fd, cwd_fd, fds, objects.late_seals))
         })?;
     // The terminals the task resumes on, and their SIGWINCH.
     let terminals = objects::terminal::setups(os, &image, &mut scratch, tables.fds)?;
@@ -569,6 +627,7 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
     let timerfd_arms = crate::objects::timerfd::arms(os, name, &image, &notes.fds, &mut scratch)?;
     let inotify_drains = crate::objects::inotify::drains(&image, &notes.fds, &mut scratch)?;
     let loads = page_loads(&image, &mut scratch)?;
+    files::check_object_areas(&image, vmas, loads)?;
     warn_read_only_shared(os, name, vmas, loads);
     limits::lower_rlimits(os, name, records.rlimits);
     let gadgets = gadgets::check_gadgets(os, name, &image, vmas);
@@ -609,6 +668,7 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
         pending,
         itimers: records.itimers,
         posix_timers,
+        late_seals,
         creds,
         no_new_privs,
         gadgets,

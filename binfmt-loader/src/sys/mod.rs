@@ -16,6 +16,7 @@ pub mod event_objects;
 pub mod mm;
 pub mod objects;
 pub mod os;
+pub mod shmem;
 pub mod sockets;
 pub mod startup;
 pub mod terminal;

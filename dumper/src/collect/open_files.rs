@@ -425,7 +425,7 @@ fn save_terminals<T: Task>(
 fn same_when(kind: u32) -> Option<SameWhen> {
     match kind {
         fd_kind::PIPE | fd_kind::SOCKET => Some(SameWhen::Link),
-        fd_kind::FIFO => Some(SameWhen::Inode),
+        fd_kind::FIFO | fd_kind::MEMFD => Some(SameWhen::Inode),
         fd_kind::EVENTFD
         | fd_kind::SIGNALFD
         | fd_kind::TIMERFD
@@ -479,15 +479,17 @@ fn holders<T: Task>(
     Ok(out)
 }
 
-/// An eventfd, epoll, timerfd, signalfd or inotify instance another
-/// process holds too would come back as a private copy.
+/// An eventfd, epoll, timerfd, signalfd or inotify instance (or a memfd)
+/// another process holds too would come back as a private copy.
 fn refuse_shared_anon<T: Task>(
     c: &mut Collector<'_, T>,
     listed: &[Listed],
     shared: &[Vec<i32>],
 ) -> Result<(), CollectError> {
     for (l, others) in listed.iter().zip(shared) {
-        if others.is_empty() || same_when(l.kind) != Some(SameWhen::Description) {
+        let private_copy =
+            l.kind == fd_kind::MEMFD || same_when(l.kind) == Some(SameWhen::Description);
+        if others.is_empty() || !private_copy {
             continue;
         }
         c.unsupported(format!(

@@ -9,6 +9,7 @@ pub mod epoll;
 pub mod eventfd;
 pub mod inotify;
 pub mod pipe;
+pub mod shmem;
 pub mod signalfd;
 pub mod socket;
 pub mod terminal;
