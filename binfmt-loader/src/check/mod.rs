@@ -163,6 +163,22 @@ pub enum CheckError {
         path: &'static [u8],
         why: &'static str,
     },
+    /// A FIFO has bytes in it already: another process holds it.
+    FifoInUse {
+        path: &'static [u8],
+    },
+    /// A pipe above `pipe-max-size` here.
+    PipeTooBig {
+        fd: i32,
+        size: u32,
+        max: u32,
+    },
+    /// Fd `fd` is a copy of the caller's stdio fd `of`, which the caller
+    /// did not give.
+    StdioMissing {
+        fd: i32,
+        of: i32,
+    },
     VdsoLayout,
     Scratch {
         errno: Errno,
@@ -285,6 +301,9 @@ impl CheckError {
             | CheckError::Object { .. }
             | CheckError::SocketAddress { .. }
             | CheckError::SocketOption { .. }
+            | CheckError::FifoInUse { .. }
+            | CheckError::PipeTooBig { .. }
+            | CheckError::StdioMissing { .. }
             | CheckError::CapsKept { .. }
             | CheckError::ExceedsOwner { .. }
             | CheckError::Identity { .. }
@@ -370,6 +389,19 @@ impl fmt::Display for CheckError {
                 f,
                 "fd {fd}: cannot bind the unix socket {} again: {why}",
                 Lossy(path)
+            ),
+            CheckError::FifoInUse { path } => write!(
+                f,
+                "FIFO {} has bytes in it already: another process holds it, so its saved bytes cannot be put back",
+                Lossy(path)
+            ),
+            CheckError::PipeTooBig { fd, size, max } => write!(
+                f,
+                "fd {fd}: its pipe of {size} bytes is larger than this machine's pipe-max-size {max}"
+            ),
+            CheckError::StdioMissing { fd, of } => write!(
+                f,
+                "fd {fd} is a copy of fd {of}, which the caller did not give (it is closed); run the image with fd {of} open"
             ),
             CheckError::ObjectMissing { fd } => {
                 write!(f, "corrupt image: fd {fd} names an object the image does not hold")
@@ -647,6 +679,13 @@ fn check_memory(os: &impl Os, checked: &Checked, caps: u64) -> Result<(), CheckE
     crate::plan::check_sigqueue(input.pending, input.rlimits, sigq)
         .map_err(|error| CheckError::SigQueue { error })?;
     posix_timers::fit_sigqueue(input.posix_timers.len(), input.pending, input.rlimits, sigq)
+        .map_err(|error| CheckError::PosixTimer { error })?;
+    // The capabilities the task ends with: its recorded ones when the
+    // credentials are switched, else this process's.
+    let caps = input
+        .creds
+        .map_or_else(|| os.effective_caps(), |c| c.cap_effective);
+    crate::posix_timers::check_alarm_capability(input.posix_timers, caps)
         .map_err(|error| CheckError::PosixTimer { error })
 }
 

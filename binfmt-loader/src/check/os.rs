@@ -99,4 +99,6 @@ pub trait Os {
     fn unlink(&self, path: &[u8]) -> Result<(), Errno>;
     /// `umask(mask)`: the old mask.
     fn umask(&self, mask: u32) -> u32;
+    /// `ioctl(FIONREAD)`: the bytes waiting in a pipe.
+    fn bytes_waiting(&self, fd: i32) -> Result<usize, Errno>;
 }

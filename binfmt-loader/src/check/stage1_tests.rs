@@ -539,13 +539,13 @@ fn posix_timers_need_restore_ids_and_each_of_their_clocks() {
     assert!(os.timer_clocks_probed.borrow().is_empty());
 
     let mut state = task();
-    state.objects.posix_timers = vec![timer(3, 1), timer(8, 9), timer(9, 1)];
+    state.objects.posix_timers = vec![timer(3, 1), timer(8, 7), timer(9, 1)];
     let os = machine();
     let c = run(&os, &state, code_page(), (1000, 1000)).unwrap();
     let ids: Vec<i32> = c.input.posix_timers.iter().map(|t| t.id).collect();
     assert_eq!(ids, [3, 8, 9]);
     // Each clock once.
-    assert_eq!(*os.timer_clocks_probed.borrow(), [1, 9]);
+    assert_eq!(*os.timer_clocks_probed.borrow(), [1, 7]);
 
     // A kernel without PR_TIMER_CREATE_RESTORE_IDS.
     let mut os = machine();
@@ -563,15 +563,15 @@ fn posix_timers_need_restore_ids_and_each_of_their_clocks() {
         }
         other => panic!("{:?}", other.err()),
     }
-    // An alarm clock without CAP_WAKE_ALARM: named by timer and clock.
+    // A clock this process may not use: named by timer and clock.
     let mut os = machine();
-    os.timer_clocks_refused = vec![(9, Errno::EPERM)];
+    os.timer_clocks_refused = vec![(7, Errno::EPERM)];
     match run(&os, &state, code_page(), (1000, 1000)) {
         Err(CheckError::PosixTimer { error }) => assert_eq!(
             error,
             PosixTimerError::ClockRefused {
                 id: 8,
-                clock: 9,
+                clock: 7,
                 errno: Errno::EPERM
             }
         ),
@@ -591,6 +591,98 @@ fn posix_timers_need_restore_ids_and_each_of_their_clocks() {
         r.as_ref().err()
     );
     assert_eq!(exit_of(r), ExitCode::ImageCorrupt);
+}
+
+/// `state` with a pipe (read end fd 4, write end fd 5 and its dup fd 6)
+/// holding `data`, and an eventfd at fd 7 with count 9.
+fn with_pipe_and_eventfd(mut state: TaskState, size: u32, data: &[u8]) -> TaskState {
+    use image_format::records::{EventfdRecord, PipeRecord};
+    use image_writer::model::PipeState;
+    let fd = |fd, kind, open_flags, desc, path: &str| FdState {
+        record: FdRecord {
+            fd,
+            kind,
+            open_flags,
+            desc,
+            object: 1,
+            ..Default::default()
+        },
+        path: path.into(),
+    };
+    state.fds.push(fd(4, fd_kind::PIPE, 0, 10, "pipe:[7]"));
+    state.fds.push(fd(5, fd_kind::PIPE, 0o4001, 11, "pipe:[7]"));
+    state.fds.push(fd(6, fd_kind::PIPE, 0o4001, 11, "pipe:[7]"));
+    state
+        .fds
+        .push(fd(7, fd_kind::EVENTFD, 2, 12, "anon_inode:[eventfd]"));
+    state.objects.pipes.push(PipeState {
+        record: PipeRecord {
+            ino: 7,
+            size,
+            ..Default::default()
+        },
+        data: data.to_vec(),
+    });
+    state.objects.eventfds.push(EventfdRecord {
+        count: 9,
+        ..Default::default()
+    });
+    state
+}
+
+#[test]
+fn a_pipe_is_made_once_filled_and_its_dup_shares_its_end() {
+    let os = machine();
+    let state = with_pipe_and_eventfd(task(), 65536, b"buffered");
+    let c = run(&os, &state, code_page(), (1000, 1000)).unwrap();
+    let pipes = os.pipes.borrow();
+    assert_eq!(pipes.len(), 1, "one pipe for three fds");
+    let (r, w, size) = pipes[0];
+    assert_eq!(size, 65536);
+    let written = os.written.borrow();
+    assert!(written.contains(&(w, b"buffered".to_vec())), "{written:?}");
+    // The eventfd's count is written as one 8-byte add.
+    assert!(
+        written.iter().any(|(_, b)| b == &9u64.to_ne_bytes()),
+        "{written:?}"
+    );
+    let from = |to| c.input.fd_moves.iter().find(|m| m.to == to).map(|m| m.from);
+    assert_eq!(from(4), Some(r));
+    assert_eq!(from(5), Some(w));
+    assert_eq!(from(6), Some(w), "a dup is a copy of the same description");
+}
+
+#[test]
+fn a_pipe_bigger_than_crimg_restores_is_refused_by_the_rules() {
+    let os = machine();
+    let state = with_pipe_and_eventfd(task(), (1 << 20) + 4096, b"");
+    assert_eq!(
+        exit_of(run(&os, &state, code_page(), (1000, 1000))),
+        ExitCode::Unsupported
+    );
+    assert!(
+        os.pipes.borrow().is_empty(),
+        "refused before anything is made"
+    );
+}
+
+#[test]
+fn pipe_bytes_beyond_its_size_and_an_eventfd_of_two_descriptions_are_corrupt() {
+    let os = machine();
+    let state = with_pipe_and_eventfd(task(), 4096, &[7u8; 5000]);
+    assert_eq!(
+        exit_of(run(&os, &state, code_page(), (1000, 1000))),
+        ExitCode::ImageCorrupt
+    );
+    let mut state = with_pipe_and_eventfd(task(), 4096, b"");
+    let mut again = state.fds[7].clone();
+    again.record.fd = 8;
+    again.record.desc = 13;
+    state.fds.push(again);
+    assert_eq!(
+        exit_of(run(&os, &state, code_page(), (1000, 1000))),
+        ExitCode::ImageCorrupt
+    );
 }
 
 /// Sockets (`crate::objects::socket`): a unix stream pair at fds 4 and 5

@@ -146,4 +146,7 @@ impl Os for Kernel {
     fn umask(&self, mask: u32) -> u32 {
         super::sockets::umask(mask)
     }
+    fn bytes_waiting(&self, fd: i32) -> Result<usize, Errno> {
+        super::objects::bytes_waiting(fd)
+    }
 }
