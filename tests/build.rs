@@ -18,6 +18,7 @@ const C_WORKLOADS: &[&str] = &[
     "sigsuspend_mask",
     "cred_threads",
     "small_stack",
+    "fd_objects",
     "sockets",
     "posix_timers",
     "fd_sharing",

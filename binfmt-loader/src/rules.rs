@@ -278,5 +278,8 @@ pub fn check_image<'a>(image: &Image<'a>, mmap_min_addr: u64) -> Result<(), Rule
             });
         }
     }
+    // Every epoll item names an epoll and a target the restore brings back.
+    crate::objects::epoll::check_items(image).map_err(corrupt)?;
+    crate::objects::inotify::check_watches(image).map_err(corrupt)?;
     Ok(())
 }

@@ -58,7 +58,14 @@ pub fn kind_of(link: &str, mode: u32, rdev_major: u32) -> u32 {
 pub fn is_object(kind: u32) -> bool {
     matches!(
         kind,
-        fd_kind::PIPE | fd_kind::FIFO | fd_kind::EVENTFD | fd_kind::SOCKET
+        fd_kind::PIPE
+            | fd_kind::FIFO
+            | fd_kind::EVENTFD
+            | fd_kind::SIGNALFD
+            | fd_kind::TIMERFD
+            | fd_kind::EPOLL
+            | fd_kind::INOTIFY
+            | fd_kind::SOCKET
     )
 }
 
@@ -74,11 +81,7 @@ pub fn unsupported_reason(fd: i32, kind: u32, deleted: bool, link: &str) -> Opti
         fd_kind::IO_URING => Some(format!(
             "fd {fd} is an io_uring instance ({link}): its rings and requests in flight cannot be saved"
         )),
-        fd_kind::ANON_INODE
-        | fd_kind::SIGNALFD
-        | fd_kind::TIMERFD
-        | fd_kind::EPOLL
-        | fd_kind::INOTIFY => Some(format!("fd {fd} is {link}: this kind of file is not saved yet")),
+        fd_kind::ANON_INODE => Some(format!("fd {fd} is {link}: this kind of file is not saved yet")),
         fd_kind::MEMFD => Some(format!(
             "fd {fd} is a memfd ({link}): its contents are not saved"
         )),

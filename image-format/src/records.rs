@@ -28,9 +28,11 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+mod event_objects;
 mod posix_timers;
 pub use posix_timers::*;
 mod fd_objects;
+pub use event_objects::*;
 pub use fd_objects::*;
 mod sockets;
 pub use sockets::*;
@@ -76,10 +78,14 @@ pub mod note {
     pub const PIPES: u32 = 0x4352_0010;
     /// [`super::EventfdRecord`]s.
     pub const EVENTFDS: u32 = 0x4352_0011;
+    /// [`super::SignalfdRecord`]s.
     pub const SIGNALFDS: u32 = 0x4352_0012;
+    /// [`super::TimerfdRecord`]s.
     pub const TIMERFDS: u32 = 0x4352_0013;
-    /// The interest lists of the epoll fds, one record per watched fd.
+    /// The interest lists of the epoll fds, one record per watched fd
+    /// ([`super::EpollItemRecord`]).
     pub const EPOLL_ITEMS: u32 = 0x4352_0014;
+    /// [`super::InotifyWatchRecord`]s.
     pub const INOTIFY_WATCHES: u32 = 0x4352_0015;
     /// [`super::PosixTimerRecord`]s, one per POSIX timer (`timer_create`).
     pub const POSIX_TIMERS: u32 = 0x4352_0016;
@@ -204,6 +210,10 @@ pub const KNOWN_NOTES: &[NoteVersions] = &[
     NoteVersions::of::<PosixTimerRecord>(),
     NoteVersions::of::<PipeRecord>(),
     NoteVersions::of::<EventfdRecord>(),
+    NoteVersions::of::<SignalfdRecord>(),
+    NoteVersions::of::<TimerfdRecord>(),
+    NoteVersions::of::<EpollItemRecord>(),
+    NoteVersions::of::<InotifyWatchRecord>(),
     NoteVersions::of::<SocketRecord>(),
 ];
 

@@ -45,6 +45,16 @@ pub struct Fake {
     pub written: RefCell<Vec<(i32, Vec<u8>)>>,
     /// Every pipe made: (read end, write end, size set).
     pub pipes: RefCell<Vec<(i32, i32, u32)>>,
+    /// Every call on an event-loop object, as a line ("epoll_add 5 7 0x1
+    /// 0x2a"), in order.
+    pub object_calls: RefCell<Vec<String>>,
+    /// The next watch descriptor of each inotify fd.
+    pub wds: RefCell<HashMap<i32, i32>>,
+    /// What `TFD_IOC_SET_TICKS` answers with a count of 0 (EINVAL: the
+    /// kernel has it; ENOTTY: it does not).
+    pub set_ticks_probe: Errno,
+    /// An fd `epoll_add` refuses (EPERM), as epoll does a regular file.
+    pub unwatchable: Option<i32>,
     /// Every socket call, in order, as a line (`bind 5 ...`).
     pub socket_calls: RefCell<Vec<String>>,
     /// What `bind` and `connect` answer.
@@ -116,6 +126,10 @@ impl Fake {
             timer_clocks_probed: RefCell::new(Vec::new()),
             written: RefCell::default(),
             pipes: RefCell::default(),
+            object_calls: RefCell::default(),
+            wds: RefCell::default(),
+            set_ticks_probe: Errno::EINVAL,
+            unwatchable: None,
             socket_calls: RefCell::default(),
             bind_result: Ok(()),
             connect_result: Err(Errno(111)),
@@ -314,6 +328,79 @@ impl Os for Fake {
     }
     fn eventfd(&self, _flags: u32) -> Result<i32, Errno> {
         Ok(self.new_fd(b"anon_inode:[eventfd]".to_vec(), 0))
+    }
+    fn read(&self, fd: i32, _buf: &mut [u8]) -> Result<usize, Errno> {
+        self.object_calls.borrow_mut().push(format!("read {fd}"));
+        // Nothing queued (EAGAIN).
+        Err(Errno(11))
+    }
+    fn signalfd(&self, mask: u64, flags: u32) -> Result<i32, Errno> {
+        let fd = self.new_fd(b"anon_inode:[signalfd]".to_vec(), 0);
+        self.object_calls
+            .borrow_mut()
+            .push(format!("signalfd {mask:#x} {flags:#o} -> {fd}"));
+        Ok(fd)
+    }
+    fn timerfd_create(&self, clock: u32, flags: u32) -> Result<i32, Errno> {
+        let fd = self.new_fd(b"anon_inode:[timerfd]".to_vec(), 0);
+        self.object_calls
+            .borrow_mut()
+            .push(format!("timerfd_create {clock} {flags:#o} -> {fd}"));
+        Ok(fd)
+    }
+    fn timerfd_set_ticks(&self, fd: i32, ticks: u64) -> Result<(), Errno> {
+        self.object_calls
+            .borrow_mut()
+            .push(format!("set_ticks {fd} {ticks}"));
+        if ticks == 0 {
+            Err(self.set_ticks_probe)
+        } else {
+            Ok(())
+        }
+    }
+    fn inotify_init(&self, flags: u32) -> Result<i32, Errno> {
+        let fd = self.new_fd(b"anon_inode:inotify".to_vec(), 0);
+        self.wds.borrow_mut().insert(fd, 1);
+        self.object_calls
+            .borrow_mut()
+            .push(format!("inotify_init {flags:#o} -> {fd}"));
+        Ok(fd)
+    }
+    fn inotify_add_watch(&self, fd: i32, path: &[u8], mask: u32) -> Result<i32, Errno> {
+        let mut wds = self.wds.borrow_mut();
+        let next = wds.get_mut(&fd).ok_or(Errno(9))?;
+        let wd = *next;
+        *next += 1;
+        self.object_calls.borrow_mut().push(format!(
+            "add_watch {fd} {} {mask:#x} -> {wd}",
+            String::from_utf8_lossy(path)
+        ));
+        Ok(wd)
+    }
+    fn inotify_rm_watch(&self, fd: i32, wd: i32) -> Result<(), Errno> {
+        self.object_calls
+            .borrow_mut()
+            .push(format!("rm_watch {fd} {wd}"));
+        Ok(())
+    }
+    fn epoll_create(&self, flags: u32) -> Result<i32, Errno> {
+        let fd = self.new_fd(b"anon_inode:[eventpoll]".to_vec(), 0);
+        self.object_calls
+            .borrow_mut()
+            .push(format!("epoll_create {flags:#o} -> {fd}"));
+        Ok(fd)
+    }
+    fn epoll_add(&self, epfd: i32, fd: i32, events: u32, data: u64) -> Result<(), Errno> {
+        self.object_calls
+            .borrow_mut()
+            .push(format!("epoll_add {epfd} {fd} {events:#x} {data:#x}"));
+        if self.unwatchable == Some(fd) {
+            Err(Errno::EPERM)
+        } else if self.open.borrow().contains_key(&fd) || (0..=2).contains(&fd) {
+            Ok(())
+        } else {
+            Err(Errno(9))
+        }
     }
     fn socket(&self, family: u32, sock_type: u32, protocol: u32) -> Result<i32, Errno> {
         let fd = self.new_fd(b"socket:[1]".to_vec(), 0);

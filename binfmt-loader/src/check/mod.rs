@@ -141,6 +141,22 @@ pub enum CheckError {
     ObjectMissing {
         fd: i32,
     },
+    /// A FIFO has bytes in it already: another process holds it.
+    FifoInUse {
+        path: &'static [u8],
+    },
+    /// A pipe above `pipe-max-size` here.
+    PipeTooBig {
+        fd: i32,
+        size: u32,
+        max: u32,
+    },
+    /// Fd `fd` is a copy of the caller's stdio fd `of`, which the caller
+    /// did not give.
+    StdioMissing {
+        fd: i32,
+        of: i32,
+    },
     /// Socket fd `fd` could not `step` its address `addr` (a `sockaddr`;
     /// `EADDRINUSE`: taken, e.g. by the dumped process still running).
     SocketAddress {
@@ -162,22 +178,6 @@ pub enum CheckError {
         fd: i32,
         path: &'static [u8],
         why: &'static str,
-    },
-    /// A FIFO has bytes in it already: another process holds it.
-    FifoInUse {
-        path: &'static [u8],
-    },
-    /// A pipe above `pipe-max-size` here.
-    PipeTooBig {
-        fd: i32,
-        size: u32,
-        max: u32,
-    },
-    /// Fd `fd` is a copy of the caller's stdio fd `of`, which the caller
-    /// did not give.
-    StdioMissing {
-        fd: i32,
-        of: i32,
     },
     VdsoLayout,
     Scratch {
@@ -299,11 +299,11 @@ impl CheckError {
             | CheckError::ProcMapsTooLong { .. }
             | CheckError::FdRelocate { .. }
             | CheckError::Object { .. }
-            | CheckError::SocketAddress { .. }
-            | CheckError::SocketOption { .. }
             | CheckError::FifoInUse { .. }
             | CheckError::PipeTooBig { .. }
             | CheckError::StdioMissing { .. }
+            | CheckError::SocketAddress { .. }
+            | CheckError::SocketOption { .. }
             | CheckError::CapsKept { .. }
             | CheckError::ExceedsOwner { .. }
             | CheckError::Identity { .. }
@@ -363,6 +363,19 @@ impl fmt::Display for CheckError {
             CheckError::Object { fd, step, errno } => {
                 write!(f, "fd {fd}: cannot {step}: {errno}")
             }
+            CheckError::FifoInUse { path } => write!(
+                f,
+                "FIFO {} has bytes in it already: another process holds it, so its saved bytes cannot be put back",
+                Lossy(path)
+            ),
+            CheckError::PipeTooBig { fd, size, max } => write!(
+                f,
+                "fd {fd}: its pipe of {size} bytes is larger than this machine's pipe-max-size {max}"
+            ),
+            CheckError::StdioMissing { fd, of } => write!(
+                f,
+                "fd {fd} is a copy of fd {of}, which the caller did not give (it is closed); run the image with fd {of} open"
+            ),
             CheckError::SocketAddress {
                 fd,
                 step,
@@ -389,19 +402,6 @@ impl fmt::Display for CheckError {
                 f,
                 "fd {fd}: cannot bind the unix socket {} again: {why}",
                 Lossy(path)
-            ),
-            CheckError::FifoInUse { path } => write!(
-                f,
-                "FIFO {} has bytes in it already: another process holds it, so its saved bytes cannot be put back",
-                Lossy(path)
-            ),
-            CheckError::PipeTooBig { fd, size, max } => write!(
-                f,
-                "fd {fd}: its pipe of {size} bytes is larger than this machine's pipe-max-size {max}"
-            ),
-            CheckError::StdioMissing { fd, of } => write!(
-                f,
-                "fd {fd} is a copy of fd {of}, which the caller did not give (it is closed); run the image with fd {of} open"
             ),
             CheckError::ObjectMissing { fd } => {
                 write!(f, "corrupt image: fd {fd} names an object the image does not hold")
@@ -519,6 +519,9 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
         sigactions: limits::count(&record_notes.sigactions, scratch::MAX_SIGACTIONS),
         rlimits: limits::count(&record_notes.rlimits, scratch::MAX_RLIMITS),
         itimers: limits::count(&record_notes.itimers, scratch::MAX_ITIMERS),
+        epoll_items: image
+            .records::<image_format::records::EpollItemRecord>()
+            .map_or(0, |r| usize::try_from(r.len()).unwrap_or(usize::MAX)),
     };
     let mut scratch = Scratch::map(&tables)?;
     let records = limits::process_records(os, &image, &record_notes, &mut scratch)?;
@@ -548,6 +551,9 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
             let fds = fds::reopen_fds(os, name, &image, &notes.fds, base, &mut scratch)?;
             Ok((mapped_files, exe_fd, cwd_fd, fds))
         })?;
+    let epoll_adds = crate::objects::epoll::adds(os, name, &image, &notes.fds, &mut scratch)?;
+    let timerfd_arms = crate::objects::timerfd::arms(os, name, &image, &notes.fds, &mut scratch)?;
+    let inotify_drains = crate::objects::inotify::drains(&image, &notes.fds, &mut scratch)?;
     let loads = page_loads(&image, &mut scratch)?;
     warn_read_only_shared(os, name, vmas, loads);
     limits::lower_rlimits(os, name, records.rlimits);
@@ -578,6 +584,9 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
         fd_moves,
         keep_fds,
         err_fd: loader_fds.err_fd,
+        epoll_adds,
+        inotify_drains,
+        timerfd_arms,
         threads,
         set_tids,
         xfeatures,

@@ -684,7 +684,6 @@ fn pipe_bytes_beyond_its_size_and_an_eventfd_of_two_descriptions_are_corrupt() {
         ExitCode::ImageCorrupt
     );
 }
-
 /// Sockets (`crate::objects::socket`): a unix stream pair at fds 4 and 5
 /// with a queue each way, a unix listener on a path at fd 6 and a TCP
 /// listener at fd 7.
@@ -933,3 +932,5 @@ fn a_taken_port_is_named_in_stage_1() {
         other => panic!("{:?}", other.err()),
     }
 }
+
+mod event_objects;

@@ -4,11 +4,17 @@
 //! same name saved. [`Made`] remembers what was created, so that an
 //! object several fds refer to is created once.
 
+pub mod epoll;
 pub mod eventfd;
+pub mod inotify;
 pub mod pipe;
+pub mod signalfd;
 pub mod socket;
+pub mod timerfd;
 
-use image_format::records::{fd_kind, EventfdRecord, FdRecord, PipeRecord, SocketRecord};
+use image_format::records::{
+    fd_kind, EventfdRecord, FdRecord, PipeRecord, SignalfdRecord, SocketRecord, TimerfdRecord,
+};
 use image_format::Image;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -91,7 +97,14 @@ pub fn pipe_max_size(os: &impl Os) -> u32 {
 pub fn is_object(kind: u32) -> bool {
     matches!(
         kind,
-        fd_kind::PIPE | fd_kind::FIFO | fd_kind::EVENTFD | fd_kind::SOCKET
+        fd_kind::PIPE
+            | fd_kind::FIFO
+            | fd_kind::EVENTFD
+            | fd_kind::SIGNALFD
+            | fd_kind::TIMERFD
+            | fd_kind::EPOLL
+            | fd_kind::INOTIFY
+            | fd_kind::SOCKET
     )
 }
 
@@ -100,6 +113,11 @@ pub fn count(image: &Image<'_>, kind: u32) -> Result<u32, image_format::ImageErr
     Ok(match kind {
         fd_kind::PIPE | fd_kind::FIFO => image.records::<PipeRecord>()?.len(),
         fd_kind::EVENTFD => image.records::<EventfdRecord>()?.len(),
+        fd_kind::SIGNALFD => image.records::<SignalfdRecord>()?.len(),
+        fd_kind::TIMERFD => image.records::<TimerfdRecord>()?.len(),
+        // Instance numbers: their watches (items) name them, and one
+        // without any has no record; any number is an instance.
+        fd_kind::EPOLL | fd_kind::INOTIFY => u32::MAX,
         fd_kind::SOCKET => image.records::<SocketRecord>()?.len(),
         _ => 0,
     })
@@ -119,6 +137,10 @@ pub fn open(
     let fd = match f.kind {
         fd_kind::PIPE | fd_kind::FIFO => pipe::open(os, image, f, path, base, made)?,
         fd_kind::EVENTFD => eventfd::open(os, image, f, base)?,
+        fd_kind::SIGNALFD => signalfd::open(os, image, f, base)?,
+        fd_kind::TIMERFD => timerfd::open(os, image, f, base)?,
+        fd_kind::INOTIFY => inotify::open(os, image, f, base)?,
+        fd_kind::EPOLL => epoll::open(os, f, base)?,
         fd_kind::SOCKET => socket::open(os, image, f, base, made)?,
         _ => {
             return Err(CheckError::UnsupportedFd {

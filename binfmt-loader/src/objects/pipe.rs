@@ -153,7 +153,7 @@ fn make(
 }
 
 /// `/proc/self/fd/N` in `buf`.
-fn proc_fd_path(buf: &mut [u8; 32], fd: i32) -> &[u8] {
+pub(super) fn proc_fd_path(buf: &mut [u8; 32], fd: i32) -> &[u8] {
     let prefix = b"/proc/self/fd/";
     buf[..prefix.len()].copy_from_slice(prefix);
     let mut digits = [0u8; 12];

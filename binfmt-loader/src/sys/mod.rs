@@ -12,6 +12,7 @@
 
 use core::arch::asm;
 
+pub mod event_objects;
 pub mod mm;
 pub mod objects;
 pub mod os;

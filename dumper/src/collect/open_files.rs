@@ -10,9 +10,9 @@
 
 use std::os::fd::OwnedFd;
 
-use image_format::records::{fd_flags, fd_kind, pipe_flags, FdRecord, PipeRecord};
+use image_format::records::{fd_flags, fd_kind, pipe_flags, EpollItemRecord, FdRecord, PipeRecord};
 use image_format::text::Escaped;
-use image_writer::model::{FdState, ObjectStates, PipeState};
+use image_writer::model::{FdState, InotifyWatchState, ObjectStates, PipeState};
 
 use super::task::{FileMeta, Held, SameWhen, Task};
 use super::{CollectError, Collector};
@@ -202,31 +202,170 @@ fn save_objects<T: Task>(
     save_pipes(c, listed, records, &shared, &mut objects)?;
     save_sockets(c, listed, records, &shared, &mut objects)?;
     for (i, l) in listed.iter().enumerate() {
-        if l.kind != fd_kind::EVENTFD {
+        if !matches!(
+            l.kind,
+            fd_kind::EVENTFD | fd_kind::SIGNALFD | fd_kind::TIMERFD | fd_kind::INOTIFY
+        ) {
             continue;
         }
         let desc = records[i].record.desc;
-        // A dup of an earlier fd: the same eventfd.
+        // A dup of an earlier fd: the same object.
         if let Some(earlier) = records[..i].iter().find(|r| r.record.desc == desc) {
             records[i].record.object = earlier.record.object;
             continue;
         }
-        match objects::eventfd::collect(l.fd, &l.fdinfo) {
-            Ok(e) => {
-                objects.eventfds.push(e);
-                records[i].record.object = index(objects.eventfds.len());
+        // Inotify instances are numbered by their fds (one without
+        // watches has no record).
+        let instance = records[..i]
+            .iter()
+            .filter(|r| r.record.kind == fd_kind::INOTIFY)
+            .map(|r| r.record.object)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        match save_object(c, l, instance, &mut objects) {
+            Ok(object) => records[i].record.object = object,
+            Err(why) => c.unsupported(why)?,
+        }
+    }
+    // Last: an item is kept only if its target fd is.
+    save_epolls(c, listed, records, &mut objects)?;
+    Ok(objects)
+}
+
+/// The object of one open file description of `l`'s kind, saved: its
+/// 1-based index (for inotify, the instance number its watches name).
+fn save_object<T: Task>(
+    c: &Collector<'_, T>,
+    l: &Listed,
+    instance: u32,
+    objects: &mut ObjectStates,
+) -> Result<u32, objects::Refusal> {
+    let take = || {
+        c.task
+            .take_fd(l.fd)
+            .map_err(|e| format!("fd {}: cannot take a copy to read it: {e}", l.fd))
+    };
+    Ok(match l.kind {
+        fd_kind::EVENTFD => {
+            objects
+                .eventfds
+                .push(objects::eventfd::collect(l.fd, &l.fdinfo)?);
+            index(objects.eventfds.len())
+        }
+        fd_kind::SIGNALFD => {
+            objects
+                .signalfds
+                .push(objects::signalfd::collect(l.fd, &l.fdinfo)?);
+            index(objects.signalfds.len())
+        }
+        fd_kind::TIMERFD => {
+            let timer = objects::timerfd::collect(l.fd, &take()?)?;
+            objects.timerfds.push(timer);
+            index(objects.timerfds.len())
+        }
+        _ => {
+            let watches = objects::inotify::collect(l.fd, &take()?, &l.fdinfo)?;
+            objects
+                .inotify_watches
+                .extend(watches.into_iter().map(|(mut record, path)| {
+                    record.inotify = instance;
+                    InotifyWatchState { record, path }
+                }));
+            instance
+        }
+    })
+}
+
+/// Every epoll instance (one per open file description) with its
+/// interest list. An item whose target fd is not restored (refused with
+/// `--force`) is lost with its warning.
+fn save_epolls<T: Task>(
+    c: &mut Collector<'_, T>,
+    listed: &[Listed],
+    records: &mut [FdState],
+    objects: &mut ObjectStates,
+) -> Result<(), CollectError> {
+    // First every epoll its number (an epoll may watch a later one).
+    let mut epolls = 0u32;
+    let mut found = Vec::new();
+    for (i, l) in listed.iter().enumerate() {
+        if l.kind != fd_kind::EPOLL {
+            continue;
+        }
+        let desc = records[i].record.desc;
+        if let Some(earlier) = records[..i].iter().find(|r| r.record.desc == desc) {
+            records[i].record.object = earlier.record.object;
+            continue;
+        }
+        match epoll_items(c, l) {
+            Ok(items) => {
+                epolls += 1;
+                records[i].record.object = epolls;
+                found.push((l.fd, epolls, items));
             }
             Err(why) => c.unsupported(why)?,
         }
     }
-    Ok(objects)
+    for (fd, epoll, items) in found {
+        for item in items {
+            let kept = records
+                .iter()
+                .find(|r| r.record.fd == item.tfd)
+                .is_some_and(|r| target_restored(records, &r.record));
+            if !kept {
+                c.unsupported(format!(
+                    "fd {fd} (epoll): its item for fd {} is lost: that fd is not saved",
+                    item.tfd
+                ))?;
+                continue;
+            }
+            objects.epoll_items.push(EpollItemRecord {
+                epoll,
+                tfd: item.tfd,
+                events: item.events,
+                _pad: 0,
+                data: item.data,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The items of the epoll fd `l`, each checked to watch the file its fd
+/// number names.
+fn epoll_items<T: Task>(
+    c: &Collector<'_, T>,
+    l: &Listed,
+) -> Result<Vec<objects::epoll::Item>, objects::Refusal> {
+    let items = objects::epoll::parse(l.fd, &l.fdinfo)?;
+    if items.is_empty() {
+        return Ok(items);
+    }
+    let epoll = c
+        .task
+        .take_fd(l.fd)
+        .map_err(|e| format!("fd {}: cannot take a copy to read it: {e}", l.fd))?;
+    objects::epoll::check_targets(l.fd, &epoll, &items, |tfd| c.task.take_fd(tfd))?;
+    Ok(items)
+}
+
+/// Whether the restore brings fd record `r` back (reopened, made, the
+/// caller's stdio, or a dup of one of those), rather than dropping it
+/// (the loader's rule, which `refusals::mark_dropped` applies later).
+fn target_restored(records: &[FdState], r: &FdRecord) -> bool {
+    let first = records
+        .iter()
+        .map(|o| &o.record)
+        .find(|o| o.desc == r.desc && r.desc != 0)
+        .unwrap_or(r);
+    !binfmt_loader::rules::fd_must_be_dropped(first, None)
 }
 
 /// How another process's fd on the same object is recognised, for the
 /// kinds that can be shared (None: not asked).
 fn same_when(kind: u32) -> Option<SameWhen> {
     match kind {
-        // `socket:[ino]`: unique per socket.
         fd_kind::PIPE | fd_kind::SOCKET => Some(SameWhen::Link),
         fd_kind::FIFO => Some(SameWhen::Inode),
         fd_kind::EVENTFD
@@ -452,16 +591,15 @@ fn save_sockets<T: Task>(
     }
     let inodes: Vec<u64> = socks.iter().map(|&i| listed[i].meta.id.ino).collect();
     let task = &*c.task;
-    // The holders of a peer outside the process, for its refusal.
     let holders = |ino: u64| -> Vec<i32> {
-        let asked = [super::task::Held {
+        let held = Held {
             fd: -1,
             link: format!("socket:[{ino}]"),
             dev: 0,
             ino,
-            same_when: super::task::SameWhen::Link,
-        }];
-        task.holders_elsewhere(&asked)
+            same_when: SameWhen::Link,
+        };
+        task.holders_elsewhere(&[held])
             .map(|h| h.found.into_iter().map(|(_, p)| p).collect())
             .unwrap_or_default()
     };

@@ -680,3 +680,5 @@ fn io_uring_rings_mapped_without_their_fd_are_refused_even_forced() {
     }
     assert!(task.asked.is_empty());
 }
+
+mod event_objects;

@@ -4,6 +4,7 @@
 //! plain data.
 
 pub mod dirs;
+pub mod event_objects;
 pub mod fds;
 pub mod pagemap_scan;
 pub mod process;

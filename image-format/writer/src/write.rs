@@ -377,6 +377,15 @@ fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
             ..p.record
         })
         .collect();
+    let watches: Vec<records::InotifyWatchRecord> = state
+        .objects
+        .inotify_watches
+        .iter()
+        .map(|w| records::InotifyWatchRecord {
+            path: strings.add(&w.path),
+            ..w.record
+        })
+        .collect();
     let sockets: Vec<records::SocketRecord> = state
         .objects
         .sockets
@@ -404,6 +413,10 @@ fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
     notes.add_records::<WarningRecord>(&warnings);
     notes.add_records(&pipes);
     notes.add_records(&state.objects.eventfds);
+    notes.add_records(&state.objects.signalfds);
+    notes.add_records(&state.objects.timerfds);
+    notes.add_records(&watches);
+    notes.add_records(&state.objects.epoll_items);
     notes.add_records(&sockets);
     notes.add_records::<records::PosixTimerRecord>(&state.objects.posix_timers);
 }
