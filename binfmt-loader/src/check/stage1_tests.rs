@@ -1077,8 +1077,6 @@ fn a_taken_port_is_named_in_stage_1() {
     }
 }
 
-mod event_objects;
-
 /// A task in a terminal: stdio on one description of `/dev/pts/1` (its
 /// record holds the modes) and fd 4 opened on it again.
 fn terminal_task() -> TaskState {
@@ -1214,3 +1212,5 @@ fn a_copy_of_a_stdio_terminal_fd_is_refused_when_the_callers_is_no_terminal() {
     let to4 = c.input.fd_moves.iter().find(|m| m.to == 4).unwrap();
     assert_eq!(to4.from, 0);
 }
+
+mod event_objects;
