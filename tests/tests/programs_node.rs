@@ -8,7 +8,7 @@ use std::process::Command;
 
 use crimg_tests::programs::{
     curl, dump_and_run_image, expect_running, numbered, program_source, require_program,
-    start_ready,
+    start_ready, wait_until, PROGRAM_READY_TIMEOUT,
 };
 use crimg_tests::{binaries, scratch_dir, skip_unless_root, TestBinfmt};
 
@@ -35,6 +35,29 @@ fn node_counts_on_answers_curl_and_watches_after_restore() {
     let url = format!("http://127.0.0.1:{port}/");
     let body = curl(&url).unwrap_or_else(|e| panic!("before the dump: {e}"));
     assert!(body.starts_with("count "), "node answered `{body}`");
+    // The connection curl made is kept alive by node for a while (then in
+    // CLOSE_WAIT): an established connection, which a dump refuses. The
+    // server closes it; dump once only the listener is left.
+    let pid = node.pid();
+    wait_until(
+        "node closes curl's connection",
+        PROGRAM_READY_TIMEOUT,
+        || {
+            let sockets = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .map_err(|e| e.to_string())?
+                .flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+                })
+                .count();
+            if sockets <= 1 {
+                Ok(())
+            } else {
+                Err(format!("{sockets} sockets"))
+            }
+        },
+    );
 
     let (_dump, mut restored) =
         dump_and_run_image(&bins, "node", &mut node, &scratch.path().join("out"));

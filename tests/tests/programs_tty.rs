@@ -77,7 +77,20 @@ fn dump_and_resume_resized(
         assert_eq!(tmux.pane_size().unwrap(), (cols, rows));
     }
     // `clear` first: whatever the restored program shows, it drew itself.
-    let run = format!("clear; {}", dump.image.display());
+    // A command line of its own: the shell's child running `clear` is
+    // named like the shell until it execs, and must not be taken for the
+    // restored program.
+    tmux.type_line("clear; echo ready-to-resume")
+        .unwrap_or_else(|e| panic!("{e}"));
+    see(tmux, "the cleared screen", "ready-to-resume");
+    wait_until("clear has run", WAIT, || {
+        if children_of(shell).is_empty() {
+            Ok(())
+        } else {
+            Err(format!("children {:?}", children_of(shell)))
+        }
+    });
+    let run = dump.image.display().to_string();
     let restored = start_in_pane(tmux, shell, &run, comm);
     assert_ne!(restored.pid(), program.pid());
     restored

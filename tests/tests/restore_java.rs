@@ -15,8 +15,19 @@ fn task_count(pid: i32) -> usize {
         .unwrap_or(0)
 }
 
+/// JVMs of these tests run one at a time: a JVM that starts deletes the
+/// perf-data files (`/tmp/hsperfdata_USER/PID`) of the pids it finds not
+/// running, and a restored JVM's file is named by its old, dead pid, so a
+/// JVM starting in a parallel test could delete the one a test checks.
+fn one_jvm_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static JVMS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    JVMS.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn java_loop_resumes_with_every_thread() {
+    let _one_jvm = one_jvm_at_a_time();
     skip_unless_root!();
     let Some(JavaLoop {
         mut jvm,
@@ -95,6 +106,7 @@ fn data_bytes(path: &str) -> u64 {
 /// times its heap).
 #[test]
 fn zgc_heap_mapped_three_times_is_stored_once() {
+    let _one_jvm = one_jvm_at_a_time();
     skip_unless_root!();
     let Some(JavaLoop {
         mut jvm,
@@ -223,6 +235,7 @@ fn dumped_jvm(
 /// gone, said in a warning.
 #[test]
 fn a_jvm_whose_perf_data_file_was_deleted_restores() {
+    let _one_jvm = one_jvm_at_a_time();
     skip_unless_root!();
     let scratch = scratch_dir();
     let Some((image, perf, before, _)) = dumped_jvm(scratch.path()) else {
@@ -271,6 +284,7 @@ fn a_jvm_whose_perf_data_file_was_deleted_restores() {
 /// restore is refused.
 #[test]
 fn a_link_planted_at_a_missing_perf_data_file_is_not_followed() {
+    let _one_jvm = one_jvm_at_a_time();
     skip_unless_root!();
     let scratch = scratch_dir();
     let Some((image, perf, _, _)) = dumped_jvm(scratch.path()) else {

@@ -12,7 +12,11 @@ const watched = process.argv[2];
 let n = 0;
 fs.watch(watched, (event) => console.log('WATCH ' + event));
 setInterval(() => { n += 1; console.log('TICK ' + n); }, 100);
-const server = http.createServer((req, res) => res.end('count ' + n + '\n'));
+const server = http.createServer((req, res) => {
+  // No keep-alive: a connection left open would be an established one.
+  res.setHeader('Connection', 'close');
+  res.end('count ' + n + '\n');
+});
 server.listen(0, '127.0.0.1', () => {
   console.log('READY port=' + server.address().port + ' pid=' + process.pid);
 });
