@@ -18,6 +18,8 @@ const C_WORKLOADS: &[&str] = &[
     "sigsuspend_mask",
     "cred_threads",
     "small_stack",
+    "fd_objects",
+    "sockets",
     "shmem",
     "posix_timers",
     "fd_sharing",

@@ -58,7 +58,15 @@ pub fn kind_of(link: &str, mode: u32, rdev_major: u32) -> u32 {
 pub fn is_object(kind: u32) -> bool {
     matches!(
         kind,
-        fd_kind::PIPE | fd_kind::FIFO | fd_kind::EVENTFD | fd_kind::MEMFD
+        fd_kind::PIPE
+            | fd_kind::FIFO
+            | fd_kind::EVENTFD
+            | fd_kind::SIGNALFD
+            | fd_kind::TIMERFD
+            | fd_kind::EPOLL
+            | fd_kind::INOTIFY
+            | fd_kind::SOCKET
+            | fd_kind::MEMFD
     )
 }
 
@@ -69,21 +77,12 @@ pub fn is_object(kind: u32) -> bool {
 /// and is shown escaped.
 pub fn unsupported_reason(fd: i32, kind: u32, deleted: bool, link: &str) -> Option<String> {
     let link = Escaped(link.as_bytes());
-    let stdio = (0..=2).contains(&fd);
     match kind {
         _ if is_object(kind) => None,
-        fd_kind::SOCKET if stdio => None,
-        fd_kind::SOCKET => Some(format!(
-            "fd {fd} is a socket ({link}): sockets are not saved"
-        )),
         fd_kind::IO_URING => Some(format!(
             "fd {fd} is an io_uring instance ({link}): its rings and requests in flight cannot be saved"
         )),
-        fd_kind::ANON_INODE
-        | fd_kind::SIGNALFD
-        | fd_kind::TIMERFD
-        | fd_kind::EPOLL
-        | fd_kind::INOTIFY => Some(format!("fd {fd} is {link}: this kind of file is not saved yet")),
+        fd_kind::ANON_INODE => Some(format!("fd {fd} is {link}: this kind of file is not saved yet")),
         // Saved with its content (`objects::shmem`, under --ghost-limit).
         fd_kind::REGULAR if deleted => None,
         _ if deleted => Some(format!("fd {fd} refers to a deleted file ({link})")),
@@ -127,7 +126,11 @@ mod tests {
             None
         );
         assert!(unsupported_reason(5, fd_kind::IO_URING, false, "anon_inode:[io_uring]").is_some());
-        assert!(unsupported_reason(3, fd_kind::SOCKET, false, "socket:[1]").is_some());
+        // Sockets are objects too.
+        assert_eq!(
+            unsupported_reason(3, fd_kind::SOCKET, false, "socket:[1]"),
+            None
+        );
         // A deleted file is saved (objects::shmem); a deleted directory not.
         assert_eq!(
             unsupported_reason(3, fd_kind::REGULAR, true, "/tmp/x"),

@@ -28,12 +28,16 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+mod event_objects;
 mod shmem;
 pub use shmem::*;
 mod posix_timers;
 pub use posix_timers::*;
 mod fd_objects;
+pub use event_objects::*;
 pub use fd_objects::*;
+mod sockets;
+pub use sockets::*;
 
 /// Owner name of crimg's notes.
 pub const OWNER_CRIMG: &[u8] = b"CRIMG";
@@ -76,15 +80,20 @@ pub mod note {
     pub const PIPES: u32 = 0x4352_0010;
     /// [`super::EventfdRecord`]s.
     pub const EVENTFDS: u32 = 0x4352_0011;
+    /// [`super::SignalfdRecord`]s.
     pub const SIGNALFDS: u32 = 0x4352_0012;
+    /// [`super::TimerfdRecord`]s.
     pub const TIMERFDS: u32 = 0x4352_0013;
-    /// The interest lists of the epoll fds, one record per watched fd.
+    /// The interest lists of the epoll fds, one record per watched fd
+    /// ([`super::EpollItemRecord`]).
     pub const EPOLL_ITEMS: u32 = 0x4352_0014;
+    /// [`super::InotifyWatchRecord`]s.
     pub const INOTIFY_WATCHES: u32 = 0x4352_0015;
     /// [`super::PosixTimerRecord`]s, one per POSIX timer (`timer_create`).
     pub const POSIX_TIMERS: u32 = 0x4352_0016;
     /// memfds, shared anonymous memory and deleted files.
     pub const SHMEM: u32 = 0x4352_0017;
+    /// [`super::SocketRecord`]s.
     pub const SOCKETS: u32 = 0x4352_0018;
     pub const TERMINALS: u32 = 0x4352_0019;
     /// fds whose object was not saved (`crdump --force`).
@@ -203,6 +212,11 @@ pub const KNOWN_NOTES: &[NoteVersions] = &[
     NoteVersions::of::<PosixTimerRecord>(),
     NoteVersions::of::<PipeRecord>(),
     NoteVersions::of::<EventfdRecord>(),
+    NoteVersions::of::<SignalfdRecord>(),
+    NoteVersions::of::<TimerfdRecord>(),
+    NoteVersions::of::<EpollItemRecord>(),
+    NoteVersions::of::<InotifyWatchRecord>(),
+    NoteVersions::of::<SocketRecord>(),
     NoteVersions::of::<ShmemRecord>(),
 ];
 

@@ -31,6 +31,8 @@ const COMPILED: &[(&str, &str)] = &[
     ("sigsuspend_mask", env!("WORKLOAD_SIGSUSPEND_MASK")),
     ("cred_threads", env!("WORKLOAD_CRED_THREADS")),
     ("small_stack", env!("WORKLOAD_SMALL_STACK")),
+    ("fd_objects", env!("WORKLOAD_FD_OBJECTS")),
+    ("sockets", env!("WORKLOAD_SOCKETS")),
     ("shmem", env!("WORKLOAD_SHMEM")),
     ("posix_timers", env!("WORKLOAD_POSIX_TIMERS")),
     ("fd_sharing", env!("WORKLOAD_FD_SHARING")),

@@ -3,6 +3,8 @@
 
 use std::fmt::Write as _;
 
+mod event_objects;
+
 use image_format::elf::UserRegs;
 use image_format::records::{
     fd_kind, restart, sigev_notify, vma_flags, vma_kind, FdRecord, PosixTimerRecord, VmaRecord,
@@ -187,6 +189,10 @@ pub struct FdSummary {
     /// The lowest fd of the task sharing this fd's open file description
     /// (`dup`, `2>&1`), when it is another one.
     pub same_as: Option<i32>,
+    /// The state of the fd's object (signalfd, timerfd, inotify, epoll),
+    /// a line each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub object: Vec<String>,
     /// Not saved (`crdump --force`): `/dev/null` at restore.
     pub dropped: bool,
 }
@@ -277,6 +283,7 @@ fn fd_summary(img: &Image, f: &FdRecord) -> Result<FdSummary, ImageError> {
         pos: f.pos,
         open_flags: format!("{:#o}", f.open_flags),
         cloexec: f.flags & image_format::records::fd_flags::CLOEXEC != 0,
+        object: event_objects::object_lines(img, f)?,
         dropped: f.flags & image_format::records::fd_flags::DROPPED != 0,
     })
 }
@@ -458,6 +465,9 @@ pub fn render_text(s: &Summary) -> String {
                 .map(|fd| format!("  (same open file as fd {fd})"))
                 .unwrap_or_default()
         );
+        for line in &f.object {
+            let _ = writeln!(o, "         {}", shown(line));
+        }
     }
     let dropped: Vec<String> = s
         .fds

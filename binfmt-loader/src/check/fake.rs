@@ -45,6 +45,21 @@ pub struct Fake {
     pub written: RefCell<Vec<(i32, Vec<u8>)>>,
     /// Every pipe made: (read end, write end, size set).
     pub pipes: RefCell<Vec<(i32, i32, u32)>>,
+    /// Every call on an event-loop object, as a line ("epoll_add 5 7 0x1
+    /// 0x2a"), in order.
+    pub object_calls: RefCell<Vec<String>>,
+    /// The next watch descriptor of each inotify fd.
+    pub wds: RefCell<HashMap<i32, i32>>,
+    /// What `TFD_IOC_SET_TICKS` answers with a count of 0 (EINVAL: the
+    /// kernel has it; ENOTTY: it does not).
+    pub set_ticks_probe: Errno,
+    /// An fd `epoll_add` refuses (EPERM), as epoll does a regular file.
+    pub unwatchable: Option<i32>,
+    /// Every socket call, in order, as a line (`bind 5 ...`).
+    pub socket_calls: RefCell<Vec<String>>,
+    /// What `bind` and `connect` answer.
+    pub bind_result: Result<(), Errno>,
+    pub connect_result: Result<(), Errno>,
     /// Files stage 1 made (memfds, `O_TMPFILE`s, new files), by the
     /// name their fds are open on (`Made::how`).
     pub made: RefCell<HashMap<Vec<u8>, Made>>,
@@ -131,7 +146,18 @@ impl Fake {
             timer_clocks_probed: RefCell::new(Vec::new()),
             written: RefCell::default(),
             pipes: RefCell::default(),
+            object_calls: RefCell::default(),
+            wds: RefCell::default(),
+            set_ticks_probe: Errno::EINVAL,
+            unwatchable: None,
+            socket_calls: RefCell::default(),
+            bind_result: Ok(()),
+            connect_result: Err(Errno(111)),
         }
+    }
+
+    fn call(&self, line: String) {
+        self.socket_calls.borrow_mut().push(line);
     }
 
     pub fn add(&mut self, path: &str, stat: Stat, contents: Vec<u8>) {
@@ -219,7 +245,12 @@ impl Os for Fake {
         Ok(self.new_fd(path, min))
     }
     fn set_status_flags(&self, fd: i32, _flags: u32) -> Result<(), Errno> {
-        self.file(fd).map(|_| ())
+        // Any open fd: files, and the pipes and eventfds made here.
+        self.open
+            .borrow()
+            .contains_key(&fd)
+            .then_some(())
+            .ok_or(Errno(9))
     }
     fn seek_to(&self, fd: i32, off: u64) -> Result<u64, Errno> {
         self.file(fd).map(|_| off)
@@ -344,9 +375,6 @@ impl Os for Fake {
             m.linked.push(String::from_utf8_lossy(path).into_owned());
         })
     }
-    fn unlink(&self, _path: &[u8]) -> Result<(), Errno> {
-        Ok(())
-    }
     fn ftruncate(&self, fd: i32, len: u64) -> Result<(), Errno> {
         self.with_made(fd, |m| {
             m.size = len;
@@ -394,7 +422,132 @@ impl Os for Fake {
         self.written.borrow_mut().push((fd, buf.to_vec()));
         Ok(buf.len())
     }
+    fn bytes_waiting(&self, _fd: i32) -> Result<usize, Errno> {
+        Ok(0)
+    }
     fn eventfd(&self, _flags: u32) -> Result<i32, Errno> {
         Ok(self.new_fd(b"anon_inode:[eventfd]".to_vec(), 0))
+    }
+    fn read(&self, fd: i32, _buf: &mut [u8]) -> Result<usize, Errno> {
+        self.object_calls.borrow_mut().push(format!("read {fd}"));
+        // Nothing queued (EAGAIN).
+        Err(Errno(11))
+    }
+    fn signalfd(&self, mask: u64, flags: u32) -> Result<i32, Errno> {
+        let fd = self.new_fd(b"anon_inode:[signalfd]".to_vec(), 0);
+        self.object_calls
+            .borrow_mut()
+            .push(format!("signalfd {mask:#x} {flags:#o} -> {fd}"));
+        Ok(fd)
+    }
+    fn timerfd_create(&self, clock: u32, flags: u32) -> Result<i32, Errno> {
+        let fd = self.new_fd(b"anon_inode:[timerfd]".to_vec(), 0);
+        self.object_calls
+            .borrow_mut()
+            .push(format!("timerfd_create {clock} {flags:#o} -> {fd}"));
+        Ok(fd)
+    }
+    fn timerfd_set_ticks(&self, fd: i32, ticks: u64) -> Result<(), Errno> {
+        self.object_calls
+            .borrow_mut()
+            .push(format!("set_ticks {fd} {ticks}"));
+        if ticks == 0 {
+            Err(self.set_ticks_probe)
+        } else {
+            Ok(())
+        }
+    }
+    fn inotify_init(&self, flags: u32) -> Result<i32, Errno> {
+        let fd = self.new_fd(b"anon_inode:inotify".to_vec(), 0);
+        self.wds.borrow_mut().insert(fd, 1);
+        self.object_calls
+            .borrow_mut()
+            .push(format!("inotify_init {flags:#o} -> {fd}"));
+        Ok(fd)
+    }
+    fn inotify_add_watch(&self, fd: i32, path: &[u8], mask: u32) -> Result<i32, Errno> {
+        let mut wds = self.wds.borrow_mut();
+        let next = wds.get_mut(&fd).ok_or(Errno(9))?;
+        let wd = *next;
+        *next += 1;
+        self.object_calls.borrow_mut().push(format!(
+            "add_watch {fd} {} {mask:#x} -> {wd}",
+            String::from_utf8_lossy(path)
+        ));
+        Ok(wd)
+    }
+    fn inotify_rm_watch(&self, fd: i32, wd: i32) -> Result<(), Errno> {
+        self.object_calls
+            .borrow_mut()
+            .push(format!("rm_watch {fd} {wd}"));
+        Ok(())
+    }
+    fn epoll_create(&self, flags: u32) -> Result<i32, Errno> {
+        let fd = self.new_fd(b"anon_inode:[eventpoll]".to_vec(), 0);
+        self.object_calls
+            .borrow_mut()
+            .push(format!("epoll_create {flags:#o} -> {fd}"));
+        Ok(fd)
+    }
+    fn epoll_add(&self, epfd: i32, fd: i32, events: u32, data: u64) -> Result<(), Errno> {
+        self.object_calls
+            .borrow_mut()
+            .push(format!("epoll_add {epfd} {fd} {events:#x} {data:#x}"));
+        if self.unwatchable == Some(fd) {
+            Err(Errno::EPERM)
+        } else if self.open.borrow().contains_key(&fd) || (0..=2).contains(&fd) {
+            Ok(())
+        } else {
+            Err(Errno(9))
+        }
+    }
+    fn socket(&self, family: u32, sock_type: u32, protocol: u32) -> Result<i32, Errno> {
+        let fd = self.new_fd(b"socket:[1]".to_vec(), 0);
+        self.call(std::format!(
+            "socket {family} {sock_type} {protocol} = {fd}"
+        ));
+        Ok(fd)
+    }
+    fn socketpair(&self, sock_type: u32) -> Result<(i32, i32), Errno> {
+        let a = self.new_fd(b"socket:[a]".to_vec(), 0);
+        let b = self.new_fd(b"socket:[b]".to_vec(), 0);
+        self.call(std::format!("socketpair {sock_type} = {a} {b}"));
+        Ok((a, b))
+    }
+    fn setsockopt(&self, fd: i32, level: u32, name: u32, value: &[u8]) -> Result<(), Errno> {
+        self.call(std::format!("setsockopt {fd} {level} {name} {value:?}"));
+        Ok(())
+    }
+    fn bind_or_connect(&self, fd: i32, addr: &[u8], connect: bool) -> Result<(), Errno> {
+        let what = if connect { "connect" } else { "bind" };
+        self.call(std::format!(
+            "{what} {fd} {}",
+            String::from_utf8_lossy(addr.get(2..).unwrap_or(&[]))
+        ));
+        if connect {
+            self.connect_result
+        } else {
+            self.bind_result
+        }
+    }
+    fn listen(&self, fd: i32, backlog: u32) -> Result<(), Errno> {
+        self.call(std::format!("listen {fd} {backlog}"));
+        Ok(())
+    }
+    fn send(&self, fd: i32, buf: &[u8]) -> Result<usize, Errno> {
+        self.call(std::format!("send {fd} {buf:?}"));
+        Ok(buf.len())
+    }
+    fn shutdown(&self, fd: i32, how: u32) -> Result<(), Errno> {
+        self.call(std::format!("shutdown {fd} {how}"));
+        Ok(())
+    }
+    fn unlink(&self, path: &[u8]) -> Result<(), Errno> {
+        self.call(std::format!("unlink {}", String::from_utf8_lossy(path)));
+        Ok(())
+    }
+    fn umask(&self, mask: u32) -> u32 {
+        self.call(std::format!("umask {mask:o}"));
+        0o022
     }
 }

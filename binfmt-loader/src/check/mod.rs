@@ -141,6 +141,44 @@ pub enum CheckError {
     ObjectMissing {
         fd: i32,
     },
+    /// A FIFO has bytes in it already: another process holds it.
+    FifoInUse {
+        path: &'static [u8],
+    },
+    /// A pipe above `pipe-max-size` here.
+    PipeTooBig {
+        fd: i32,
+        size: u32,
+        max: u32,
+    },
+    /// Fd `fd` is a copy of the caller's stdio fd `of`, which the caller
+    /// did not give.
+    StdioMissing {
+        fd: i32,
+        of: i32,
+    },
+    /// Socket fd `fd` could not `step` its address `addr` (a `sockaddr`;
+    /// `EADDRINUSE`: taken, e.g. by the dumped process still running).
+    SocketAddress {
+        fd: i32,
+        step: &'static str,
+        addr: &'static [u8],
+        errno: Errno,
+    },
+    /// A socket option of fd `fd` could not be set.
+    SocketOption {
+        fd: i32,
+        level: u32,
+        name: u32,
+        errno: Errno,
+    },
+    /// The path unix socket fd `fd` is bound to holds something that is
+    /// not a stale socket file.
+    SocketPath {
+        fd: i32,
+        path: &'static [u8],
+        why: &'static str,
+    },
     VdsoLayout,
     Scratch {
         errno: Errno,
@@ -258,6 +296,7 @@ impl CheckError {
             | CheckError::BadXsave { .. }
             | CheckError::Value { .. }
             | CheckError::ObjectMissing { .. } => ExitCode::ImageCorrupt,
+            CheckError::SocketPath { .. } => ExitCode::FileChanged,
             CheckError::FileMissing { .. }
             | CheckError::FileChanged { .. }
             | CheckError::FileType { .. }
@@ -282,6 +321,11 @@ impl CheckError {
             | CheckError::ProcMapsTooLong { .. }
             | CheckError::FdRelocate { .. }
             | CheckError::Object { .. }
+            | CheckError::FifoInUse { .. }
+            | CheckError::PipeTooBig { .. }
+            | CheckError::StdioMissing { .. }
+            | CheckError::SocketAddress { .. }
+            | CheckError::SocketOption { .. }
             | CheckError::CapsKept { .. }
             | CheckError::ExceedsOwner { .. }
             | CheckError::Identity { .. }
@@ -341,6 +385,46 @@ impl fmt::Display for CheckError {
             CheckError::Object { fd, step, errno } => {
                 write!(f, "fd {fd}: cannot {step}: {errno}")
             }
+            CheckError::FifoInUse { path } => write!(
+                f,
+                "FIFO {} has bytes in it already: another process holds it, so its saved bytes cannot be put back",
+                Lossy(path)
+            ),
+            CheckError::PipeTooBig { fd, size, max } => write!(
+                f,
+                "fd {fd}: its pipe of {size} bytes is larger than this machine's pipe-max-size {max}"
+            ),
+            CheckError::StdioMissing { fd, of } => write!(
+                f,
+                "fd {fd} is a copy of fd {of}, which the caller did not give (it is closed); run the image with fd {of} open"
+            ),
+            CheckError::SocketAddress {
+                fd,
+                step,
+                addr,
+                errno,
+            } => {
+                let addr = crate::objects::socket::SockAddr(addr);
+                if errno.0 == 98 {
+                    write!(f, "fd {fd}: cannot {step} {addr}: the address is in use (EADDRINUSE: by the dumped process, still running, or by connections of a listener without SO_REUSEADDR in TIME_WAIT, which end within a minute)")
+                } else {
+                    write!(f, "fd {fd}: cannot {step} {addr}: {errno}")
+                }
+            }
+            CheckError::SocketOption {
+                fd,
+                level,
+                name,
+                errno,
+            } => write!(
+                f,
+                "fd {fd}: cannot set socket option {level}/{name}: {errno}"
+            ),
+            CheckError::SocketPath { fd, path, why } => write!(
+                f,
+                "fd {fd}: cannot bind the unix socket {} again: {why}",
+                Lossy(path)
+            ),
             CheckError::ObjectMissing { fd } => {
                 write!(f, "corrupt image: fd {fd} names an object the image does not hold")
             }
@@ -472,6 +556,9 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
         sigactions: limits::count(&record_notes.sigactions, scratch::MAX_SIGACTIONS),
         rlimits: limits::count(&record_notes.rlimits, scratch::MAX_RLIMITS),
         itimers: limits::count(&record_notes.itimers, scratch::MAX_ITIMERS),
+        epoll_items: image
+            .records::<image_format::records::EpollItemRecord>()
+            .map_or(0, |r| usize::try_from(r.len()).unwrap_or(usize::MAX)),
         shmem: image
             .records::<image_format::records::ShmemRecord>()
             .map_or(0, |r| usize::try_from(r.len()).unwrap_or(usize::MAX)),
@@ -522,6 +609,9 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
             )?;
             Ok((mapped_files, exe_fd, cwd_fd, fds, objects.late_seals))
         })?;
+    let epoll_adds = crate::objects::epoll::adds(os, name, &image, &notes.fds, &mut scratch)?;
+    let timerfd_arms = crate::objects::timerfd::arms(os, name, &image, &notes.fds, &mut scratch)?;
+    let inotify_drains = crate::objects::inotify::drains(&image, &notes.fds, &mut scratch)?;
     let loads = page_loads(&image, &mut scratch)?;
     files::check_object_areas(&image, vmas, loads)?;
     warn_read_only_shared(os, name, vmas, loads);
@@ -553,6 +643,9 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
         fd_moves,
         keep_fds,
         err_fd: loader_fds.err_fd,
+        epoll_adds,
+        inotify_drains,
+        timerfd_arms,
         threads,
         set_tids,
         xfeatures,
@@ -655,6 +748,13 @@ fn check_memory(os: &impl Os, checked: &Checked, caps: u64) -> Result<(), CheckE
     crate::plan::check_sigqueue(input.pending, input.rlimits, sigq)
         .map_err(|error| CheckError::SigQueue { error })?;
     posix_timers::fit_sigqueue(input.posix_timers.len(), input.pending, input.rlimits, sigq)
+        .map_err(|error| CheckError::PosixTimer { error })?;
+    // The capabilities the task ends with: its recorded ones when the
+    // credentials are switched, else this process's.
+    let caps = input
+        .creds
+        .map_or_else(|| os.effective_caps(), |c| c.cap_effective);
+    crate::posix_timers::check_alarm_capability(input.posix_timers, caps)
         .map_err(|error| CheckError::PosixTimer { error })
 }
 

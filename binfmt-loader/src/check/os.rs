@@ -104,4 +104,38 @@ pub trait Os {
     fn write(&self, fd: i32, buf: &[u8]) -> Result<usize, Errno>;
     /// `eventfd2(0, flags)`.
     fn eventfd(&self, flags: u32) -> Result<i32, Errno>;
+    /// `ioctl(FIONREAD)`: the bytes waiting in a pipe.
+    fn bytes_waiting(&self, fd: i32) -> Result<usize, Errno>;
+    /// `read(fd, buf)`: how many bytes came.
+    fn read(&self, fd: i32, buf: &mut [u8]) -> Result<usize, Errno>;
+    /// `signalfd4(-1, &mask, 8, flags)`.
+    fn signalfd(&self, mask: u64, flags: u32) -> Result<i32, Errno>;
+    /// `timerfd_create(clock, flags)`.
+    fn timerfd_create(&self, clock: u32, flags: u32) -> Result<i32, Errno>;
+    /// `ioctl(fd, TFD_IOC_SET_TICKS, &ticks)`.
+    fn timerfd_set_ticks(&self, fd: i32, ticks: u64) -> Result<(), Errno>;
+    /// `inotify_init1(flags)`.
+    fn inotify_init(&self, flags: u32) -> Result<i32, Errno>;
+    /// `inotify_add_watch(fd, path, mask)`: the watch descriptor.
+    fn inotify_add_watch(&self, fd: i32, path: &[u8], mask: u32) -> Result<i32, Errno>;
+    /// `inotify_rm_watch(fd, wd)`.
+    fn inotify_rm_watch(&self, fd: i32, wd: i32) -> Result<(), Errno>;
+    /// `epoll_create1(flags)`.
+    fn epoll_create(&self, flags: u32) -> Result<i32, Errno>;
+    /// `epoll_ctl(epfd, EPOLL_CTL_ADD, fd, {events, data})`.
+    fn epoll_add(&self, epfd: i32, fd: i32, events: u32, data: u64) -> Result<(), Errno>;
+    // Sockets (`crate::objects::socket`); every socket made is
+    // close-on-exec and non-blocking.
+    fn socket(&self, family: u32, sock_type: u32, protocol: u32) -> Result<i32, Errno>;
+    /// `socketpair(AF_UNIX, sock_type, 0)`.
+    fn socketpair(&self, sock_type: u32) -> Result<(i32, i32), Errno>;
+    fn setsockopt(&self, fd: i32, level: u32, name: u32, value: &[u8]) -> Result<(), Errno>;
+    /// `bind(fd, addr)`, or `connect` when `connect` is true.
+    fn bind_or_connect(&self, fd: i32, addr: &[u8], connect: bool) -> Result<(), Errno>;
+    fn listen(&self, fd: i32, backlog: u32) -> Result<(), Errno>;
+    /// `send(fd, buf, MSG_DONTWAIT | MSG_NOSIGNAL)`: bytes taken.
+    fn send(&self, fd: i32, buf: &[u8]) -> Result<usize, Errno>;
+    fn shutdown(&self, fd: i32, how: u32) -> Result<(), Errno>;
+    /// `umask(mask)`: the old mask.
+    fn umask(&self, mask: u32) -> u32;
 }

@@ -61,6 +61,7 @@ pub struct Tables {
     pub sigactions: usize,
     pub rlimits: usize,
     pub itimers: usize,
+    pub epoll_items: usize,
     /// Shared memory objects (`objects::shmem`).
     pub shmem: usize,
 }
@@ -89,6 +90,9 @@ impl Tables {
             table_bytes::<FdFile>(self.fds)?,
             table_bytes::<DescFrom>(self.fds)?,
             table_bytes::<crate::objects::MadeObject>(self.fds)?,
+            table_bytes::<crate::plan::EpollAdd>(self.epoll_items)?,
+            table_bytes::<crate::plan::TimerfdArm>(self.fds)?,
+            table_bytes::<crate::plan::InotifyDrain>(self.fds)?,
             table_bytes::<Range>(MAX_MAPS)?,
             // The window search's: target VMAs, loader maps, 4 more.
             table_bytes::<Range>(self.vmas.checked_add(MAX_MAPS + 4)?)?,
@@ -170,6 +174,9 @@ mod tests {
         s.take::<FdFile>("fd files", t.fds)?;
         s.take::<DescFrom>("descriptions", t.fds)?;
         s.take::<crate::objects::MadeObject>("objects", t.fds)?;
+        s.take::<crate::plan::EpollAdd>("epoll items", t.epoll_items)?;
+        s.take::<crate::plan::TimerfdArm>("timerfd arms", t.fds)?;
+        s.take::<crate::plan::InotifyDrain>("inotify drains", t.fds)?;
         s.take::<Range>("loader maps", MAX_MAPS)?;
         s.take::<Range>("window search", t.vmas + MAX_MAPS + 4)?;
         Ok(())
@@ -205,6 +212,7 @@ mod tests {
                 sigactions: 64,
                 rlimits: 16,
                 itimers: 3,
+                epoll_items: 500,
                 shmem: 40,
             },
             Tables {
@@ -215,6 +223,7 @@ mod tests {
                 sigactions: 1,
                 rlimits: 1,
                 itimers: 1,
+                epoll_items: 1,
                 shmem: 1,
             },
         ] {

@@ -4,11 +4,18 @@
 //! same name saved. [`Made`] remembers what was created, so that an
 //! object several fds refer to is created once.
 
+pub mod epoll;
 pub mod eventfd;
+pub mod inotify;
 pub mod pipe;
 pub mod shmem;
+pub mod signalfd;
+pub mod socket;
+pub mod timerfd;
 
-use image_format::records::{fd_kind, EventfdRecord, FdRecord, PipeRecord};
+use image_format::records::{
+    fd_kind, EventfdRecord, FdRecord, PipeRecord, SignalfdRecord, SocketRecord, TimerfdRecord,
+};
 use image_format::Image;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -74,10 +81,32 @@ pub fn lift(os: &impl Os, fd: i32, base: i32) -> Result<i32, Errno> {
     high
 }
 
+/// `/proc/sys/fs/pipe-max-size` (1 MiB when it cannot be read).
+pub fn pipe_max_size(os: &impl Os) -> u32 {
+    let mut buf = [0u8; 24];
+    let n = os
+        .read_file(b"/proc/sys/fs/pipe-max-size", &mut buf)
+        .unwrap_or(0);
+    let text = core::str::from_utf8(&buf[..n]).unwrap_or("");
+    text.trim()
+        .parse()
+        .unwrap_or(image_format::records::MAX_PIPE_SIZE)
+}
+
 /// Whether the loader restores fds of `kind` as objects (from the note
 /// `object` indexes).
 pub fn is_object(kind: u32) -> bool {
-    matches!(kind, fd_kind::PIPE | fd_kind::FIFO | fd_kind::EVENTFD)
+    matches!(
+        kind,
+        fd_kind::PIPE
+            | fd_kind::FIFO
+            | fd_kind::EVENTFD
+            | fd_kind::SIGNALFD
+            | fd_kind::TIMERFD
+            | fd_kind::EPOLL
+            | fd_kind::INOTIFY
+            | fd_kind::SOCKET
+    )
 }
 
 /// How many objects of fd kind `kind` the image holds.
@@ -85,6 +114,12 @@ pub fn count(image: &Image<'_>, kind: u32) -> Result<u32, image_format::ImageErr
     Ok(match kind {
         fd_kind::PIPE | fd_kind::FIFO => image.records::<PipeRecord>()?.len(),
         fd_kind::EVENTFD => image.records::<EventfdRecord>()?.len(),
+        fd_kind::SIGNALFD => image.records::<SignalfdRecord>()?.len(),
+        fd_kind::TIMERFD => image.records::<TimerfdRecord>()?.len(),
+        // Instance numbers: their watches (items) name them, and one
+        // without any has no record; any number is an instance.
+        fd_kind::EPOLL | fd_kind::INOTIFY => u32::MAX,
+        fd_kind::SOCKET => image.records::<SocketRecord>()?.len(),
         _ => 0,
     })
 }
@@ -103,6 +138,11 @@ pub fn open(
     let fd = match f.kind {
         fd_kind::PIPE | fd_kind::FIFO => pipe::open(os, image, f, path, base, made)?,
         fd_kind::EVENTFD => eventfd::open(os, image, f, base)?,
+        fd_kind::SIGNALFD => signalfd::open(os, image, f, base)?,
+        fd_kind::TIMERFD => timerfd::open(os, image, f, base)?,
+        fd_kind::INOTIFY => inotify::open(os, image, f, base)?,
+        fd_kind::EPOLL => epoll::open(os, f, base)?,
+        fd_kind::SOCKET => socket::open(os, image, f, base, made)?,
         _ => {
             return Err(CheckError::UnsupportedFd {
                 fd: f.fd,

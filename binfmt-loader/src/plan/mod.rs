@@ -47,20 +47,26 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 pub mod abi;
 mod builder;
+pub mod epoll;
+pub mod inotify;
 mod posix_timers;
 pub mod printer;
 mod process;
 mod thread_ops;
+pub mod timerfds;
 mod vmas;
 pub mod window;
 
 pub use abi::{layout, op_kind, rule, Op, WindowHeader};
+pub use epoll::EpollAdd;
+pub use inotify::InotifyDrain;
 pub use printer::{op_label, syscall_name, window_ops, write_plan};
 pub use process::{charged_signals, check_sigqueue, parse_sigq, SigQueueError};
 pub use thread_ops::{
     CLONE_ARGS_LEN, CLONE_ARGS_SET_TID, CLONE_ARGS_SIZE, CLONE_THREAD_FLAGS, FUTEX_OP_DECREMENT,
     XFEATURE_MASK_USER_DYNAMIC,
 };
+pub use timerfds::TimerfdArm;
 pub use vmas::{maps_read_only_shared, LateSeal};
 pub use window::{
     choose_window, find_free, occupied_ranges, WindowLayout, STACK_GUARD_GAP, THREAD_STACK,
@@ -264,6 +270,12 @@ pub struct PlanInput<'a> {
     /// failure messages; kept through the fd step and closed once no
     /// thread can fail any more. `None`: messages go to fd 2.
     pub err_fd: Option<i32>,
+    /// Inotify instances to drain of the restore's own events.
+    pub inotify_drains: &'a [InotifyDrain],
+    /// Epoll items to add once the fds are in place.
+    pub epoll_adds: &'a [EpollAdd],
+    /// Timerfds to arm, next to the interval timers.
+    pub timerfd_arms: &'a [TimerfdArm],
     /// Leader first; the others are created before the plan runs
     /// (`crate::threads`, from the plan's [`ThreadClone`] table).
     pub threads: &'a [ThreadInput<'a>],
@@ -467,6 +479,8 @@ pub fn build_plan(
     process::mm_fields(&mut b, input)?;
     process::process_state(&mut b, input)?;
     process::files(&mut b, input)?;
+    inotify::drain_inotify(&mut b, input)?;
+    epoll::epoll_items(&mut b, input)?;
     process::limits(&mut b, input)?;
     // Step 8: the leader's own thread state, then the other threads'.
     b.thread_state(&input.threads[0], Who(None))?;
@@ -475,6 +489,7 @@ pub fn build_plan(
     process::pending_signals(&mut b, input)?;
     posix_timers::create(&mut b, input, &others)?;
     process::timers(&mut b, input)?;
+    timerfds::arm_timerfds(&mut b, input)?;
     posix_timers::arm(&mut b, input)?;
     thread_ops::leader_credentials(&mut b, input)?;
     thread_ops::release_others(&mut b, input, &others)?;

@@ -308,6 +308,9 @@ fn fixture(rng: &mut Rng) -> Fixture {
 
 fn input<'a>(f: &'a Fixture, gadgets: bool) -> PlanInput<'a> {
     PlanInput {
+        epoll_adds: &[],
+        inotify_drains: &[],
+        timerfd_arms: &[],
         image_fd: 9,
         late_seals: &[],
         vmas: &f.vmas,

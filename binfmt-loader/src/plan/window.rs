@@ -54,6 +54,9 @@ impl WindowLayout {
             + input.keep_fds.len()
             + input.pending.len()
             + input.itimers.len()
+            + input.epoll_adds.len()
+            + input.inotify_drains.len() * super::inotify::DRAIN_OPS
+            + input.timerfd_arms.len() * 2
             + 2
             + 3 * input.posix_timers.len();
         let code_off = HEADER_BYTES;
@@ -72,6 +75,13 @@ impl WindowLayout {
             + 32 * input.itimers.len() as u64
             + (64 + 8 + 32 + 16) * input.posix_timers.len() as u64
             + 128 * input.pending.len() as u64
+            + 16 * input.epoll_adds.len() as u64
+            + if input.inotify_drains.is_empty() {
+                0
+            } else {
+                super::inotify::DRAIN_BYTES as u64 + 8
+            }
+            + 48 * input.timerfd_arms.len() as u64
             + 4 * image_format::records::MAX_GROUPS as u64
             + 1024;
         let stack_top_off = page_up(data_off + data_len) + WINDOW_STACK;

@@ -12,10 +12,12 @@
 
 use core::arch::asm;
 
+pub mod event_objects;
 pub mod mm;
 pub mod objects;
 pub mod os;
 pub mod shmem;
+pub mod sockets;
 pub mod startup;
 
 /// The real OS for stage 1.

@@ -162,4 +162,58 @@ impl Os for Kernel {
     fn eventfd(&self, flags: u32) -> Result<i32, Errno> {
         super::objects::eventfd(flags)
     }
+    fn bytes_waiting(&self, fd: i32) -> Result<usize, Errno> {
+        super::objects::bytes_waiting(fd)
+    }
+    fn read(&self, fd: i32, buf: &mut [u8]) -> Result<usize, Errno> {
+        super::read(fd, buf)
+    }
+    fn signalfd(&self, mask: u64, flags: u32) -> Result<i32, Errno> {
+        super::event_objects::signalfd(mask, flags)
+    }
+    fn timerfd_create(&self, clock: u32, flags: u32) -> Result<i32, Errno> {
+        super::event_objects::timerfd_create(clock, flags)
+    }
+    fn timerfd_set_ticks(&self, fd: i32, ticks: u64) -> Result<(), Errno> {
+        super::event_objects::timerfd_set_ticks(fd, ticks)
+    }
+    fn inotify_init(&self, flags: u32) -> Result<i32, Errno> {
+        super::event_objects::inotify_init(flags)
+    }
+    fn inotify_add_watch(&self, fd: i32, path: &[u8], mask: u32) -> Result<i32, Errno> {
+        super::event_objects::inotify_add_watch(fd, path, mask)
+    }
+    fn inotify_rm_watch(&self, fd: i32, wd: i32) -> Result<(), Errno> {
+        super::event_objects::inotify_rm_watch(fd, wd)
+    }
+    fn epoll_create(&self, flags: u32) -> Result<i32, Errno> {
+        super::event_objects::epoll_create(flags)
+    }
+    fn epoll_add(&self, epfd: i32, fd: i32, events: u32, data: u64) -> Result<(), Errno> {
+        super::event_objects::epoll_add(epfd, fd, events, data)
+    }
+    fn socket(&self, family: u32, sock_type: u32, protocol: u32) -> Result<i32, Errno> {
+        super::sockets::socket(family, sock_type, protocol)
+    }
+    fn socketpair(&self, sock_type: u32) -> Result<(i32, i32), Errno> {
+        super::sockets::socketpair(sock_type)
+    }
+    fn setsockopt(&self, fd: i32, level: u32, name: u32, value: &[u8]) -> Result<(), Errno> {
+        super::sockets::setsockopt(fd, level, name, value)
+    }
+    fn bind_or_connect(&self, fd: i32, addr: &[u8], connect: bool) -> Result<(), Errno> {
+        super::sockets::bind_or_connect(fd, addr, connect)
+    }
+    fn listen(&self, fd: i32, backlog: u32) -> Result<(), Errno> {
+        super::sockets::listen(fd, backlog)
+    }
+    fn send(&self, fd: i32, buf: &[u8]) -> Result<usize, Errno> {
+        super::sockets::send(fd, buf)
+    }
+    fn shutdown(&self, fd: i32, how: u32) -> Result<(), Errno> {
+        super::sockets::shutdown(fd, how)
+    }
+    fn umask(&self, mask: u32) -> u32 {
+        super::sockets::umask(mask)
+    }
 }

@@ -10,11 +10,11 @@
 
 use std::os::fd::OwnedFd;
 
-use image_format::records::{fd_flags, fd_kind, pipe_flags, FdRecord, PipeRecord};
+use image_format::records::{fd_flags, fd_kind, pipe_flags, EpollItemRecord, FdRecord, PipeRecord};
 use image_format::text::Escaped;
-use image_writer::model::{FdState, ObjectStates, PipeState};
+use image_writer::model::{FdState, InotifyWatchState, ObjectStates, PipeState};
 
-use super::task::{FileMeta, Task};
+use super::task::{FileMeta, Held, SameWhen, Task};
 use super::{CollectError, Collector};
 use crate::procfs::fdinfo::FdInfo;
 use crate::{fds, objects, procfs};
@@ -29,6 +29,8 @@ const O_ACCMODE: u32 = libc::O_ACCMODE as u32;
 const O_WRONLY: u32 = libc::O_WRONLY as u32;
 #[allow(clippy::cast_sign_loss)]
 const O_RDWR: u32 = libc::O_RDWR as u32;
+#[allow(clippy::cast_sign_loss)]
+const O_DIRECT: u32 = libc::O_DIRECT as u32;
 
 /// One fd as listed, before its object is saved.
 struct Listed {
@@ -195,26 +197,251 @@ fn save_objects<T: Task>(
     records: &mut [FdState],
 ) -> Result<ObjectStates, CollectError> {
     let mut objects = ObjectStates::default();
-    save_pipes(c, listed, records, &mut objects)?;
+    let shared = holders(c, listed)?;
+    refuse_shared_anon(c, listed, &shared)?;
+    save_pipes(c, listed, records, &shared, &mut objects)?;
+    save_sockets(c, listed, records, &shared, &mut objects)?;
     for (i, l) in listed.iter().enumerate() {
-        if l.kind != fd_kind::EVENTFD {
+        if !matches!(
+            l.kind,
+            fd_kind::EVENTFD | fd_kind::SIGNALFD | fd_kind::TIMERFD | fd_kind::INOTIFY
+        ) {
             continue;
         }
         let desc = records[i].record.desc;
-        // A dup of an earlier fd: the same eventfd.
+        // A dup of an earlier fd: the same object.
         if let Some(earlier) = records[..i].iter().find(|r| r.record.desc == desc) {
             records[i].record.object = earlier.record.object;
             continue;
         }
-        match objects::eventfd::collect(l.fd, &l.fdinfo) {
-            Ok(e) => {
-                objects.eventfds.push(e);
-                records[i].record.object = index(objects.eventfds.len());
+        // Inotify instances are numbered by their fds (one without
+        // watches has no record).
+        let instance = records[..i]
+            .iter()
+            .filter(|r| r.record.kind == fd_kind::INOTIFY)
+            .map(|r| r.record.object)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        match save_object(c, l, instance, &mut objects) {
+            Ok(object) => records[i].record.object = object,
+            Err(why) => c.unsupported(why)?,
+        }
+    }
+    // Last: an item is kept only if its target fd is.
+    save_epolls(c, listed, records, &mut objects)?;
+    Ok(objects)
+}
+
+/// The object of one open file description of `l`'s kind, saved: its
+/// 1-based index (for inotify, the instance number its watches name).
+fn save_object<T: Task>(
+    c: &Collector<'_, T>,
+    l: &Listed,
+    instance: u32,
+    objects: &mut ObjectStates,
+) -> Result<u32, objects::Refusal> {
+    let take = || {
+        c.task
+            .take_fd(l.fd)
+            .map_err(|e| format!("fd {}: cannot take a copy to read it: {e}", l.fd))
+    };
+    Ok(match l.kind {
+        fd_kind::EVENTFD => {
+            objects
+                .eventfds
+                .push(objects::eventfd::collect(l.fd, &l.fdinfo)?);
+            index(objects.eventfds.len())
+        }
+        fd_kind::SIGNALFD => {
+            objects
+                .signalfds
+                .push(objects::signalfd::collect(l.fd, &l.fdinfo)?);
+            index(objects.signalfds.len())
+        }
+        fd_kind::TIMERFD => {
+            let timer = objects::timerfd::collect(l.fd, &take()?)?;
+            objects.timerfds.push(timer);
+            index(objects.timerfds.len())
+        }
+        _ => {
+            let watches = objects::inotify::collect(l.fd, &take()?, &l.fdinfo)?;
+            objects
+                .inotify_watches
+                .extend(watches.into_iter().map(|(mut record, path)| {
+                    record.inotify = instance;
+                    InotifyWatchState { record, path }
+                }));
+            instance
+        }
+    })
+}
+
+/// Every epoll instance (one per open file description) with its
+/// interest list. An item whose target fd is not restored (refused with
+/// `--force`) is lost with its warning.
+fn save_epolls<T: Task>(
+    c: &mut Collector<'_, T>,
+    listed: &[Listed],
+    records: &mut [FdState],
+    objects: &mut ObjectStates,
+) -> Result<(), CollectError> {
+    // First every epoll its number (an epoll may watch a later one).
+    let mut epolls = 0u32;
+    let mut found = Vec::new();
+    for (i, l) in listed.iter().enumerate() {
+        if l.kind != fd_kind::EPOLL {
+            continue;
+        }
+        let desc = records[i].record.desc;
+        if let Some(earlier) = records[..i].iter().find(|r| r.record.desc == desc) {
+            records[i].record.object = earlier.record.object;
+            continue;
+        }
+        match epoll_items(c, l) {
+            Ok(items) => {
+                epolls += 1;
+                records[i].record.object = epolls;
+                found.push((l.fd, epolls, items));
             }
             Err(why) => c.unsupported(why)?,
         }
     }
-    Ok(objects)
+    for (fd, epoll, items) in found {
+        for item in items {
+            let kept = records
+                .iter()
+                .find(|r| r.record.fd == item.tfd)
+                .is_some_and(|r| target_restored(records, &r.record));
+            if !kept {
+                c.unsupported(format!(
+                    "fd {fd} (epoll): its item for fd {} is lost: that fd is not saved",
+                    item.tfd
+                ))?;
+                continue;
+            }
+            objects.epoll_items.push(EpollItemRecord {
+                epoll,
+                tfd: item.tfd,
+                events: item.events,
+                _pad: 0,
+                data: item.data,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The items of the epoll fd `l`, each checked to watch the file its fd
+/// number names.
+fn epoll_items<T: Task>(
+    c: &Collector<'_, T>,
+    l: &Listed,
+) -> Result<Vec<objects::epoll::Item>, objects::Refusal> {
+    let items = objects::epoll::parse(l.fd, &l.fdinfo)?;
+    if items.is_empty() {
+        return Ok(items);
+    }
+    let epoll = c
+        .task
+        .take_fd(l.fd)
+        .map_err(|e| format!("fd {}: cannot take a copy to read it: {e}", l.fd))?;
+    objects::epoll::check_targets(l.fd, &epoll, &items, |tfd| c.task.take_fd(tfd))?;
+    Ok(items)
+}
+
+/// Whether the restore brings fd record `r` back (reopened, made, the
+/// caller's stdio, or a dup of one of those), rather than dropping it
+/// (the loader's rule, which `refusals::mark_dropped` applies later).
+fn target_restored(records: &[FdState], r: &FdRecord) -> bool {
+    let first = records
+        .iter()
+        .map(|o| &o.record)
+        .find(|o| o.desc == r.desc && r.desc != 0)
+        .unwrap_or(r);
+    !binfmt_loader::rules::fd_must_be_dropped(first, None)
+}
+
+/// How another process's fd on the same object is recognised, for the
+/// kinds that can be shared (None: not asked).
+fn same_when(kind: u32) -> Option<SameWhen> {
+    match kind {
+        fd_kind::PIPE | fd_kind::SOCKET => Some(SameWhen::Link),
+        fd_kind::FIFO | fd_kind::MEMFD => Some(SameWhen::Inode),
+        fd_kind::EVENTFD
+        | fd_kind::SIGNALFD
+        | fd_kind::TIMERFD
+        | fd_kind::EPOLL
+        | fd_kind::INOTIFY => Some(SameWhen::Description),
+        _ => None,
+    }
+}
+
+/// For every listed fd, the other processes that hold its object (one
+/// scan of `/proc` for them all).
+fn holders<T: Task>(
+    c: &mut Collector<'_, T>,
+    listed: &[Listed],
+) -> Result<Vec<Vec<i32>>, CollectError> {
+    let mut asked = Vec::new();
+    let mut held = Vec::new();
+    for (i, l) in listed.iter().enumerate() {
+        if let Some(same_when) = same_when(l.kind) {
+            asked.push(i);
+            held.push(Held {
+                fd: l.fd,
+                link: l.link.clone(),
+                dev: l.meta.id.dev,
+                ino: l.meta.id.ino,
+                same_when,
+            });
+        }
+    }
+    let mut out = vec![Vec::new(); listed.len()];
+    if held.is_empty() {
+        return Ok(out);
+    }
+    let answer = c
+        .task
+        .holders_elsewhere(&held)
+        .map_err(|source| CollectError::Read {
+            pid: c.pid,
+            path: "/proc/*/fd".into(),
+            source,
+        })?;
+    for (k, pid) in answer.found {
+        out[asked[k]].push(pid);
+    }
+    if answer.unreadable > 0 {
+        c.warnings.push(format!(
+            "the fds of {} other process(es) could not be read (run crdump as root): whether they share this process's pipes or event objects is not known",
+            answer.unreadable
+        ));
+    }
+    Ok(out)
+}
+
+/// An eventfd, epoll, timerfd, signalfd or inotify instance (or a memfd)
+/// another process holds too would come back as a private copy.
+fn refuse_shared_anon<T: Task>(
+    c: &mut Collector<'_, T>,
+    listed: &[Listed],
+    shared: &[Vec<i32>],
+) -> Result<(), CollectError> {
+    for (l, others) in listed.iter().zip(shared) {
+        let private_copy =
+            l.kind == fd_kind::MEMFD || same_when(l.kind) == Some(SameWhen::Description);
+        if others.is_empty() || !private_copy {
+            continue;
+        }
+        c.unsupported(format!(
+            "fd {} ({}) is shared with pid {}; objects shared between processes need a tree dump",
+            l.fd,
+            Escaped(l.link.as_bytes()),
+            join(others)
+        ))?;
+    }
+    Ok(())
 }
 
 /// A 1-based object index.
@@ -229,6 +456,7 @@ fn save_pipes<T: Task>(
     c: &mut Collector<'_, T>,
     listed: &[Listed],
     records: &mut [FdState],
+    shared: &[Vec<i32>],
     objects: &mut ObjectStates,
 ) -> Result<(), CollectError> {
     let is_pipe = |l: &Listed| matches!(l.kind, fd_kind::PIPE | fd_kind::FIFO);
@@ -242,19 +470,6 @@ fn save_pipes<T: Task>(
     if inodes.is_empty() {
         return Ok(());
     }
-    let links: Vec<String> = listed
-        .iter()
-        .filter(|l| is_pipe(l))
-        .map(|l| l.link.clone())
-        .collect();
-    let elsewhere = c
-        .task
-        .holders_elsewhere(&links)
-        .map_err(|source| CollectError::Read {
-            pid: c.pid,
-            path: "/proc/*/fd".into(),
-            source,
-        })?;
     for (dev, ino) in inodes {
         let ends: Vec<usize> = (0..listed.len())
             .filter(|&i| {
@@ -265,11 +480,12 @@ fn save_pipes<T: Task>(
         let shown = Escaped(first.link.as_bytes());
         let reader = ends.iter().copied().find(|&i| listed[i].reads());
         let has_writer = ends.iter().any(|&i| listed[i].writes());
-        let others: Vec<i32> = elsewhere
+        let mut others: Vec<i32> = ends
             .iter()
-            .filter(|(l, _)| *l == first.link)
-            .map(|&(_, p)| p)
+            .flat_map(|&i| shared[i].iter().copied())
             .collect();
+        others.sort_unstable();
+        others.dedup();
         // Stdio, or copies of stdio (`exec 5>&1`): the caller's.
         let stdio_descs: Vec<u32> = ends
             .iter()
@@ -328,6 +544,16 @@ fn save_pipes<T: Task>(
                 continue;
             }
         };
+        // A packet-mode pipe's bytes are packets: tee gives them as one
+        // stream, and their boundaries would be lost.
+        if !buffered.data.is_empty() && ends.iter().any(|&i| listed[i].info.flags & O_DIRECT != 0) {
+            c.unsupported(format!(
+                "fd {} is a packet-mode (O_DIRECT) pipe with {} bytes in it: their packet boundaries are not saved",
+                first.fd,
+                buffered.data.len()
+            ))?;
+            continue;
+        }
         objects.pipes.push(PipeState {
             record: PipeRecord {
                 ino,
@@ -345,6 +571,145 @@ fn save_pipes<T: Task>(
         for &i in &ends {
             records[i].record.object = object;
         }
+    }
+    Ok(())
+}
+
+/// Sockets: one object per socket (its first fd's description; a socket
+/// cannot be opened again, so every fd on it shares that one), saved by
+/// [`objects::socket`]; the two ends of a unix pair name each other.
+fn save_sockets<T: Task>(
+    c: &mut Collector<'_, T>,
+    listed: &[Listed],
+    records: &mut [FdState],
+    shared: &[Vec<i32>],
+    objects: &mut ObjectStates,
+) -> Result<(), CollectError> {
+    let socks: Vec<usize> = (0..listed.len())
+        .filter(|&i| listed[i].kind == fd_kind::SOCKET)
+        .collect();
+    if socks.is_empty() {
+        return Ok(());
+    }
+    let inodes: Vec<u64> = socks.iter().map(|&i| listed[i].meta.id.ino).collect();
+    let task = &*c.task;
+    let holders = |ino: u64| -> Vec<i32> {
+        let held = Held {
+            fd: -1,
+            link: format!("socket:[{ino}]"),
+            dev: 0,
+            ino,
+            same_when: SameWhen::Link,
+        };
+        task.holders_elsewhere(&[held])
+            .map(|h| h.found.into_iter().map(|(_, p)| p).collect())
+            .unwrap_or_default()
+    };
+    let root = c.proc_path("root");
+    let path_inode = |path: &[u8]| -> Option<(u64, u32)> {
+        let mut full = std::ffi::OsString::from(&root);
+        full.push(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path));
+        task.metadata(std::path::Path::new(&full))
+            .ok()
+            .map(|m| (m.id.ino, m.mode))
+    };
+    let mut cx = objects::socket::Context {
+        pid: c.pid,
+        task_sockets: &inodes,
+        holders: &holders,
+        unix: None,
+        path_inode: &path_inode,
+    };
+    let mut refusals = Vec::new();
+    let mut warnings = Vec::new();
+    // (record index of a saved socket, its peer's inode).
+    let mut peers: Vec<(usize, u64)> = Vec::new();
+    let first_index = objects.sockets.len();
+    for &i in &socks {
+        let l = &listed[i];
+        let desc = records[i].record.desc;
+        if let Some(earlier) = records[..i]
+            .iter()
+            .find(|r| r.record.desc == desc && r.record.kind == fd_kind::SOCKET)
+        {
+            records[i].record.object = earlier.record.object;
+            continue;
+        }
+        let stdio = (0..=2).contains(&l.fd);
+        let others = &shared[i];
+        if !others.is_empty() {
+            if !stdio {
+                refusals.push(format!(
+                    "{} (fd {}) is also held by pid {}; objects shared between processes need a tree dump",
+                    Escaped(l.link.as_bytes()),
+                    l.fd,
+                    join(others)
+                ));
+            }
+            continue;
+        }
+        let stolen: OwnedFd = match task.take_fd(l.fd) {
+            Ok(f) => f,
+            Err(e) => {
+                refusals.push(format!(
+                    "fd {}: cannot take a copy of the socket: {e}",
+                    l.fd
+                ));
+                continue;
+            }
+        };
+        match objects::socket::collect(
+            l.fd,
+            l.meta.id.ino,
+            std::os::fd::AsFd::as_fd(&stolen),
+            stdio,
+            &mut cx,
+        ) {
+            Ok(objects::socket::Outcome::Saved {
+                state,
+                peer,
+                warning,
+            }) => {
+                objects.sockets.push(state);
+                records[i].record.object = index(objects.sockets.len());
+                peers.push((objects.sockets.len() - 1, peer));
+                warnings.extend(warning);
+            }
+            Ok(objects::socket::Outcome::Inherited) => {}
+            Err(why) => refusals.push(why),
+        }
+    }
+    // The queues go into the image's notes, which are bounded in all.
+    let queued: usize = objects.sockets[first_index..]
+        .iter()
+        .map(|s| s.queue.len())
+        .sum();
+    if queued > objects::socket::MAX_TOTAL_QUEUE_BYTES {
+        refusals.push(format!(
+            "the process's sockets have {queued} bytes queued, more than the {} crimg saves",
+            objects::socket::MAX_TOTAL_QUEUE_BYTES
+        ));
+    }
+    // Link each pair: the peer's 1-based record index.
+    for &(at, peer) in &peers {
+        if peer == 0 {
+            continue;
+        }
+        let found = objects.sockets[first_index..]
+            .iter()
+            .position(|s| s.record.ino == peer)
+            .map(|p| index(first_index + p + 1));
+        match found {
+            Some(p) => objects.sockets[at].record.peer = p,
+            None => refusals.push(format!(
+                "socket:[{}] is connected to socket:[{peer}], which this process holds but was not saved",
+                objects.sockets[at].record.ino
+            )),
+        }
+    }
+    c.warnings.extend(warnings);
+    for why in refusals {
+        c.unsupported(why)?;
     }
     Ok(())
 }

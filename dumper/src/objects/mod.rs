@@ -5,9 +5,14 @@
 //! [`crate::collect`] decides which fds share an object and calls these.
 //! The loader's `objects` modules are their restoring halves.
 
+pub mod epoll;
 pub mod eventfd;
+pub mod inotify;
 pub mod pipe;
 pub mod shmem;
+pub mod signalfd;
+pub mod socket;
+pub mod timerfd;
 
 /// Why an object cannot be saved faithfully (a sentence naming the fd).
 pub type Refusal = String;

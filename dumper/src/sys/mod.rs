@@ -4,8 +4,11 @@
 //! plain data.
 
 pub mod dirs;
+pub mod event_objects;
 pub mod fds;
 pub mod pagemap_scan;
 pub mod process;
 pub mod ptrace;
 pub mod search;
+pub mod sock_diag;
+pub mod sockets;

@@ -60,11 +60,39 @@ pub struct PipeState {
 pub struct ObjectStates {
     pub pipes: Vec<PipeState>,
     pub eventfds: Vec<EventfdRecord>,
+    pub signalfds: Vec<image_format::records::SignalfdRecord>,
+    pub timerfds: Vec<image_format::records::TimerfdRecord>,
+    /// Every watch of every inotify instance (`path` is filled in by the
+    /// writer).
+    pub inotify_watches: Vec<InotifyWatchState>,
+    /// Every item of every epoll instance.
+    pub epoll_items: Vec<image_format::records::EpollItemRecord>,
+    pub sockets: Vec<SocketState>,
     /// Shared memory objects and saved files; `VmaRecord::object` and
     /// `FdRecord::object` of a memfd are 1-based indexes into it.
     pub shmem: Vec<ShmemState>,
     /// The POSIX timers (`timer_create`), by id; not behind an fd.
     pub posix_timers: Vec<PosixTimerRecord>,
+}
+
+/// One inotify watch: its record and the watched file's path.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InotifyWatchState {
+    pub record: image_format::records::InotifyWatchRecord,
+    pub path: Vec<u8>,
+}
+
+/// A socket: its record (`addr`, `queue`, `options` are filled in by the
+/// writer) and what they hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SocketState {
+    pub record: image_format::records::SocketRecord,
+    /// The `sockaddr` bound.
+    pub addr: Vec<u8>,
+    /// The data waiting to be received (framed per datagram for
+    /// datagram and seqpacket sockets, see `SocketRecord`).
+    pub queue: Vec<u8>,
+    pub options: Vec<image_format::records::SockOpt>,
 }
 
 /// A run of pages to store: `[start, start + len)`, page-aligned, inside one
