@@ -129,8 +129,10 @@ impl fmt::Display for RuleError<'_> {
 /// a terminal, pipe or socket, and not an object the image saved)
 /// instead of opening it again.
 pub fn fd_is_inherited(f: &FdRecord) -> bool {
+    // A terminal's object holds its modes, not how to make it: stdio on a
+    // terminal is the caller's all the same.
     (0..=2).contains(&f.fd)
-        && f.object == 0
+        && (f.object == 0 || f.kind == fd_kind::TTY)
         && matches!(
             f.kind,
             fd_kind::TTY | fd_kind::PIPE | fd_kind::SOCKET | fd_kind::FIFO

@@ -28,6 +28,8 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+mod terminals;
+pub use terminals::*;
 mod event_objects;
 mod shmem;
 pub use shmem::*;
@@ -95,6 +97,7 @@ pub mod note {
     pub const SHMEM: u32 = 0x4352_0017;
     /// [`super::SocketRecord`]s.
     pub const SOCKETS: u32 = 0x4352_0018;
+    /// [`super::TerminalRecord`]s, one per terminal fd's description.
     pub const TERMINALS: u32 = 0x4352_0019;
     /// fds whose object was not saved (`crdump --force`).
     pub const DROPPED: u32 = 0x4352_001a;
@@ -212,6 +215,7 @@ pub const KNOWN_NOTES: &[NoteVersions] = &[
     NoteVersions::of::<PosixTimerRecord>(),
     NoteVersions::of::<PipeRecord>(),
     NoteVersions::of::<EventfdRecord>(),
+    NoteVersions::of::<TerminalRecord>(),
     NoteVersions::of::<SignalfdRecord>(),
     NoteVersions::of::<TimerfdRecord>(),
     NoteVersions::of::<EpollItemRecord>(),

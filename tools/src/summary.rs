@@ -189,6 +189,9 @@ pub struct FdSummary {
     /// The lowest fd of the task sharing this fd's open file description
     /// (`dup`, `2>&1`), when it is another one.
     pub same_as: Option<i32>,
+    /// For a terminal: how it resumes, and its saved modes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub terminal: Option<String>,
     /// The state of the fd's object (signalfd, timerfd, inotify, epoll),
     /// a line each.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -276,6 +279,7 @@ fn fd_summary(img: &Image, f: &FdRecord) -> Result<FdSummary, ImageError> {
             .filter(|&fd| fd != f.fd)
     };
     Ok(FdSummary {
+        terminal: terminal_summary(img, f)?,
         same_as,
         fd: f.fd,
         kind: fd_kind_name(f.kind),
@@ -286,6 +290,31 @@ fn fd_summary(img: &Image, f: &FdRecord) -> Result<FdSummary, ImageError> {
         object: event_objects::object_lines(img, f)?,
         dropped: f.flags & image_format::records::fd_flags::DROPPED != 0,
     })
+}
+
+/// How terminal fd `f` resumes (its record in the TERMINALS note).
+fn terminal_summary(img: &Image, f: &FdRecord) -> Result<Option<String>, ImageError> {
+    use image_format::records::{terminal_flags, terminal_resume, TerminalRecord};
+    if f.kind != fd_kind::TTY || f.object == 0 {
+        return Ok(None);
+    }
+    let Some(t) = img.records::<TerminalRecord>()?.object(f.object) else {
+        return Ok(None);
+    };
+    let how = match t.resume {
+        terminal_resume::STDIO => "the caller's".to_owned(),
+        terminal_resume::DUP_STDIO => format!("a copy of the caller's fd {}", t.stdio_fd),
+        terminal_resume::DEV_TTY => "/dev/tty opened again".to_owned(),
+        _ => "unknown".to_owned(),
+    };
+    let modes = if t.flags & terminal_flags::MODES == 0 {
+        String::new()
+    } else if t.flags & terminal_flags::WINSIZE != 0 {
+        format!("; modes saved, {}x{}", t.winsize.cols, t.winsize.rows)
+    } else {
+        "; modes saved".to_owned()
+    };
+    Ok(Some(format!("resumes as {how}{modes}")))
 }
 
 /// Everything `crimg info` shows about a parsed image.
@@ -454,7 +483,7 @@ pub fn render_text(s: &Summary) -> String {
     for f in &s.fds {
         let _ = writeln!(
             o,
-            "  {:>4} {:<11} pos {:<10} flags {}{}  {}{}",
+            "  {:>4} {:<11} pos {:<10} flags {}{}  {}{}{}",
             f.fd,
             f.kind,
             f.pos,
@@ -463,6 +492,10 @@ pub fn render_text(s: &Summary) -> String {
             shown(&f.path),
             f.same_as
                 .map(|fd| format!("  (same open file as fd {fd})"))
+                .unwrap_or_default(),
+            f.terminal
+                .as_deref()
+                .map(|t| format!("  ({t})"))
                 .unwrap_or_default()
         );
         for line in &f.object {

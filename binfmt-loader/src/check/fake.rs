@@ -45,6 +45,8 @@ pub struct Fake {
     pub written: RefCell<Vec<(i32, Vec<u8>)>>,
     /// Every pipe made: (read end, write end, size set).
     pub pipes: RefCell<Vec<(i32, i32, u32)>>,
+    /// The fds that are terminals, with their window size.
+    pub terminals: HashMap<i32, image_format::records::Winsize>,
     /// Every call on an event-loop object, as a line ("epoll_add 5 7 0x1
     /// 0x2a"), in order.
     pub object_calls: RefCell<Vec<String>>,
@@ -146,6 +148,7 @@ impl Fake {
             timer_clocks_probed: RefCell::new(Vec::new()),
             written: RefCell::default(),
             pipes: RefCell::default(),
+            terminals: HashMap::new(),
             object_calls: RefCell::default(),
             wds: RefCell::default(),
             set_ticks_probe: Errno::EINVAL,
@@ -174,6 +177,26 @@ impl Fake {
     fn file(&self, fd: i32) -> Result<FakeFile, Errno> {
         let path = self.open.borrow().get(&fd).cloned().ok_or(Errno(9))?;
         self.files.get(&path).cloned().ok_or(Errno::ENOENT)
+    }
+
+    /// This process's fd `fd` is a terminal (`/dev/pts/0`) of that size.
+    pub fn give_terminal(&mut self, fd: i32, size: image_format::records::Winsize) {
+        self.give(fd, "/dev/pts/0", sys::S_IFCHR | 0o620);
+        self.terminals.insert(fd, size);
+    }
+
+    /// This process's fd `fd` is open on `path`, a file of type `mode`.
+    pub fn give(&mut self, fd: i32, path: &str, mode: u32) {
+        self.files
+            .entry(path.as_bytes().to_vec())
+            .or_insert(FakeFile {
+                stat: Stat {
+                    mode,
+                    ..Default::default()
+                },
+                ..Default::default()
+            });
+        self.open.borrow_mut().insert(fd, path.as_bytes().to_vec());
     }
 
     fn new_fd(&self, path: Vec<u8>, min: i32) -> i32 {
@@ -427,6 +450,9 @@ impl Os for Fake {
     }
     fn eventfd(&self, _flags: u32) -> Result<i32, Errno> {
         Ok(self.new_fd(b"anon_inode:[eventfd]".to_vec(), 0))
+    }
+    fn window_size(&self, fd: i32) -> Result<image_format::records::Winsize, Errno> {
+        self.terminals.get(&fd).copied().ok_or(Errno::ENOTTY)
     }
     fn read(&self, fd: i32, _buf: &mut [u8]) -> Result<usize, Errno> {
         self.object_calls.borrow_mut().push(format!("read {fd}"));

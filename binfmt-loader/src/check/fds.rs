@@ -224,6 +224,9 @@ pub fn reopen_fds(
             if keep[..nkeep].contains(&from) && os.fstat(from).is_err() {
                 return Err(CheckError::StdioMissing { fd: f.fd, of: from });
             }
+            if f.kind == fd_kind::TTY {
+                objects::terminal::check_copy_of_stdio(os, &f, from)?;
+            }
             from
         } else if rules::fd_is_dropped(&f) {
             open_dropped(os, &f, base)?

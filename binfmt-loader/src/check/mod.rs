@@ -33,7 +33,7 @@ use crate::plan::{PageLoad, PlanInput, Range, TargetVma};
 use crate::rules::{self, RuleError};
 use crate::sys::{kernel_os, startup::Startup, Errno};
 use crate::validate::ValueError;
-use crate::{arch, ExitCode};
+use crate::{arch, objects, ExitCode};
 
 pub mod cpu;
 pub mod credentials;
@@ -140,6 +140,12 @@ pub enum CheckError {
     /// Fd `fd` names an object its kind's note does not have.
     ObjectMissing {
         fd: i32,
+    },
+    /// Fd `fd` was on the terminal of stdio fd `stdio_fd`, which this
+    /// caller gave as something that is not a terminal.
+    NotOnTerminal {
+        fd: i32,
+        stdio_fd: i32,
     },
     /// A FIFO has bytes in it already: another process holds it.
     FifoInUse {
@@ -321,6 +327,7 @@ impl CheckError {
             | CheckError::ProcMapsTooLong { .. }
             | CheckError::FdRelocate { .. }
             | CheckError::Object { .. }
+            | CheckError::NotOnTerminal { .. }
             | CheckError::FifoInUse { .. }
             | CheckError::PipeTooBig { .. }
             | CheckError::StdioMissing { .. }
@@ -385,6 +392,10 @@ impl fmt::Display for CheckError {
             CheckError::Object { fd, step, errno } => {
                 write!(f, "fd {fd}: cannot {step}: {errno}")
             }
+            CheckError::NotOnTerminal { fd, stdio_fd } => write!(
+                f,
+                "fd {fd} was on the terminal of fd {stdio_fd}, and this caller's fd {stdio_fd} is not a terminal: run the image from a terminal"
+            ),
             CheckError::FifoInUse { path } => write!(
                 f,
                 "FIFO {} has bytes in it already: another process holds it, so its saved bytes cannot be put back",
@@ -609,6 +620,9 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
             )?;
             Ok((mapped_files, exe_fd, cwd_fd, fds, objects.late_seals))
         })?;
+    // The terminals the task resumes on, and their SIGWINCH.
+    let terminals = objects::terminal::setups(os, &image, &mut scratch, tables.fds)?;
+    let pending = objects::terminal::with_sigwinch(records.pending, terminals, &mut scratch)?;
     let epoll_adds = crate::objects::epoll::adds(os, name, &image, &notes.fds, &mut scratch)?;
     let timerfd_arms = crate::objects::timerfd::arms(os, name, &image, &notes.fds, &mut scratch)?;
     let inotify_drains = crate::objects::inotify::drains(&image, &notes.fds, &mut scratch)?;
@@ -642,6 +656,7 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
         cwd_fd,
         fd_moves,
         keep_fds,
+        terminals,
         err_fd: loader_fds.err_fd,
         epoll_adds,
         inotify_drains,
@@ -650,7 +665,7 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
         set_tids,
         xfeatures,
         pid: os.getpid(),
-        pending: records.pending,
+        pending,
         itimers: records.itimers,
         posix_timers,
         late_seals,

@@ -104,6 +104,9 @@ pub trait Os {
     fn write(&self, fd: i32, buf: &[u8]) -> Result<usize, Errno>;
     /// `eventfd2(0, flags)`.
     fn eventfd(&self, flags: u32) -> Result<i32, Errno>;
+    /// `ioctl(fd, TIOCGWINSZ)`: the window size of the terminal `fd` is
+    /// on (ENOTTY: not a terminal).
+    fn window_size(&self, fd: i32) -> Result<image_format::records::Winsize, Errno>;
     /// `ioctl(FIONREAD)`: the bytes waiting in a pipe.
     fn bytes_waiting(&self, fd: i32) -> Result<usize, Errno>;
     /// `read(fd, buf)`: how many bytes came.

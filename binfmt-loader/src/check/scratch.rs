@@ -90,6 +90,9 @@ impl Tables {
             table_bytes::<FdFile>(self.fds)?,
             table_bytes::<DescFrom>(self.fds)?,
             table_bytes::<crate::objects::MadeObject>(self.fds)?,
+            table_bytes::<crate::objects::terminal::TerminalSetup>(self.fds)?,
+            // The pending signals again, with a SIGWINCH for a terminal.
+            table_bytes::<PendingSignalRecord>(self.pending.checked_add(1)?)?,
             table_bytes::<crate::plan::EpollAdd>(self.epoll_items)?,
             table_bytes::<crate::plan::TimerfdArm>(self.fds)?,
             table_bytes::<crate::plan::InotifyDrain>(self.fds)?,

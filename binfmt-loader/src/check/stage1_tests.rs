@@ -1077,4 +1077,140 @@ fn a_taken_port_is_named_in_stage_1() {
     }
 }
 
+/// A task in a terminal: stdio on one description of `/dev/pts/1` (its
+/// record holds the modes) and fd 4 opened on it again.
+fn terminal_task() -> TaskState {
+    use image_format::records::{terminal_flags, terminal_resume, TerminalRecord, Winsize};
+    let mut state = task();
+    for (i, f) in state.fds.iter_mut().enumerate().take(3) {
+        f.record.kind = fd_kind::TTY;
+        f.record.desc = 1;
+        f.record.object = 1;
+        f.path = "/dev/pts/1".into();
+        assert_eq!(f.record.fd, i32::try_from(i).unwrap());
+    }
+    state.fds[3].record.desc = 2;
+    let mut again = state.fds[0].clone();
+    again.record.fd = 4;
+    again.record.desc = 3;
+    again.record.object = 2;
+    state.fds.push(again);
+    let mut modes = TerminalRecord {
+        fd: 0,
+        resume: terminal_resume::STDIO,
+        stdio_fd: -1,
+        flags: terminal_flags::MODES | terminal_flags::WINSIZE,
+        rdev: 34817,
+        winsize: Winsize {
+            rows: 30,
+            cols: 100,
+            ..Winsize::default()
+        },
+        ..TerminalRecord::default()
+    };
+    modes.termios.lflag = 0o5061;
+    state.objects.terminals = vec![
+        modes,
+        TerminalRecord {
+            fd: 4,
+            resume: terminal_resume::DUP_STDIO,
+            stdio_fd: 0,
+            rdev: 34817,
+            ..TerminalRecord::default()
+        },
+    ];
+    state
+}
+
+#[test]
+fn an_fd_on_the_stdio_terminal_is_a_dup_of_the_callers_and_gets_the_modes_and_a_sigwinch() {
+    use image_format::records::Winsize;
+    let mut os = machine();
+    let size = Winsize {
+        rows: 50,
+        cols: 200,
+        ..Winsize::default()
+    };
+    os.give_terminal(0, size);
+    let c = run(&os, &terminal_task(), code_page(), (1000, 1000)).unwrap();
+    let input = &c.input;
+    assert_eq!(input.keep_fds, &[0, 1, 2]);
+    let to4 = input.fd_moves.iter().find(|m| m.to == 4).unwrap();
+    assert_eq!(os.path_of(to4.from).as_deref(), Some("/dev/pts/0"));
+    // The modes go on fd 0; the terminal has a size: it keeps it.
+    assert_eq!(input.terminals.len(), 1);
+    assert_eq!(input.terminals[0].fd, 0);
+    assert_eq!(input.terminals[0].termios.lflag, 0o5061);
+    assert_eq!(input.terminals[0].set_winsize, 0);
+    // One SIGWINCH (28), as the kernel sends it (SI_KERNEL).
+    assert_eq!(input.pending.len(), 1);
+    assert_eq!(input.pending[0].siginfo[0], 28);
+    assert_eq!(input.pending[0].siginfo[8], 0x80);
+}
+
+#[test]
+fn a_terminal_without_a_size_gets_the_saved_one() {
+    let mut os = machine();
+    os.give_terminal(0, image_format::records::Winsize::default());
+    let c = run(&os, &terminal_task(), code_page(), (1000, 1000)).unwrap();
+    assert_eq!(c.input.terminals[0].set_winsize, 1);
+    assert_eq!(c.input.terminals[0].winsize.cols, 100);
+}
+
+#[test]
+fn an_fd_on_the_stdio_terminal_is_refused_when_the_callers_stdio_is_no_terminal() {
+    let os = machine();
+    let err = run(&os, &terminal_task(), code_page(), (1000, 1000))
+        .err()
+        .expect("stage 1 accepted fd 4 without a terminal at fd 0");
+    assert!(
+        matches!(err, CheckError::NotOnTerminal { fd: 4, stdio_fd: 0 }),
+        "{err}"
+    );
+    assert_eq!(err.exit_code(), ExitCode::Environment);
+    let line = std::format!("{err}");
+    assert!(
+        line.starts_with(
+            "fd 4 was on the terminal of fd 0, and this caller's fd 0 is not a terminal"
+        ),
+        "{line}"
+    );
+}
+
+#[test]
+fn stdio_given_as_pipes_gets_no_modes_and_no_sigwinch() {
+    let os = machine();
+    let mut state = terminal_task();
+    state.fds.pop();
+    state.objects.terminals.pop();
+    let c = run(&os, &state, code_page(), (1000, 1000)).unwrap();
+    assert!(c.input.terminals.is_empty());
+    assert!(c.input.pending.is_empty());
+}
+
+#[test]
+fn a_copy_of_a_stdio_terminal_fd_is_refused_when_the_callers_is_no_terminal() {
+    // bash's fd 255: the same open file as its fd 0.
+    let mut state = terminal_task();
+    state.fds[4].record.desc = 1;
+    state.fds[4].record.object = 1;
+    state.objects.terminals.pop();
+    // The caller's fd 0 is a pipe.
+    let mut os = machine();
+    os.give(0, "pipe:[9]", sys::S_IFIFO | 0o600);
+    let err = run(&os, &state, code_page(), (1000, 1000))
+        .err()
+        .expect("stage 1 accepted fd 4 without a terminal at fd 0");
+    assert!(
+        matches!(err, CheckError::NotOnTerminal { fd: 4, stdio_fd: 0 }),
+        "{err}"
+    );
+    // With a terminal there, fd 4 is a copy of it.
+    let mut os = machine();
+    os.give_terminal(0, image_format::records::Winsize::default());
+    let c = run(&os, &state, code_page(), (1000, 1000)).unwrap();
+    let to4 = c.input.fd_moves.iter().find(|m| m.to == 4).unwrap();
+    assert_eq!(to4.from, 0);
+}
+
 mod event_objects;

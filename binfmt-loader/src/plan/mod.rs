@@ -266,6 +266,9 @@ pub struct PlanInput<'a> {
     pub fd_moves: &'a [FdMove],
     /// Fds left as they are (inherited stdio).
     pub keep_fds: &'a [i32],
+    /// The modes to set on the terminals the task resumes on, once its
+    /// fds are in place.
+    pub terminals: &'a [crate::objects::terminal::TerminalSetup],
     /// The caller's stderr, duplicated above every fd of the task, for
     /// failure messages; kept through the fd step and closed once no
     /// thread can fail any more. `None`: messages go to fd 2.
@@ -479,6 +482,7 @@ pub fn build_plan(
     process::mm_fields(&mut b, input)?;
     process::process_state(&mut b, input)?;
     process::files(&mut b, input)?;
+    process::terminals(&mut b, input)?;
     inotify::drain_inotify(&mut b, input)?;
     epoll::epoll_items(&mut b, input)?;
     process::limits(&mut b, input)?;

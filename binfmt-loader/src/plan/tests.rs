@@ -340,6 +340,7 @@ fn input<'a>(f: &'a Fixture, gadgets: bool) -> PlanInput<'a> {
             },
         ],
         keep_fds: &[1, 2],
+        terminals: &[],
         err_fd: Some(20),
         threads: &f.threads,
         set_tids: true,

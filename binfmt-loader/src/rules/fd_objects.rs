@@ -53,6 +53,10 @@ pub fn check(image: &Image<'_>, fds: &Records<'_, FdRecord>) -> Result<(), RuleE
     let corrupt = |error| RuleError::Corrupt { error };
     let mut last = -1;
     for f in fds.clone() {
+        // A negative number is said as such, not as out of order.
+        if f.fd < 0 {
+            return Err(RuleError::NegativeFd { fd: f.fd });
+        }
         if f.fd <= last {
             return Err(bad("fd numbers are not in increasing order"));
         }

@@ -162,6 +162,9 @@ impl Os for Kernel {
     fn eventfd(&self, flags: u32) -> Result<i32, Errno> {
         super::objects::eventfd(flags)
     }
+    fn window_size(&self, fd: i32) -> Result<image_format::records::Winsize, Errno> {
+        super::terminal::window_size(fd)
+    }
     fn bytes_waiting(&self, fd: i32) -> Result<usize, Errno> {
         super::objects::bytes_waiting(fd)
     }

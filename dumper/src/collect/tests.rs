@@ -627,6 +627,96 @@ fn a_memfd_fd_is_saved_with_its_name_seals_and_content() {
     );
 }
 
+/// A fake task whose stdio is one open file of `/dev/pts/5` and whose fd 3
+/// is the same pty opened again; `extra` adds fd 4 at that path and device.
+/// The modes are read from a real pty master standing for the terminal.
+fn task_in_a_terminal(
+    extra: Option<(&str, u64)>,
+) -> (FakeTask, image_format::records::KernelTermios) {
+    use super::task::FileMeta;
+    use std::os::fd::OwnedFd;
+    let pts5 = (136 << 8) | 5;
+    let mut t = FakeTask::sleeping(PID);
+    let ptmx: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/ptmx")
+        .expect("open /dev/ptmx")
+        .into();
+    let termios = crate::sys::tty::termios(&ptmx).expect("TCGETS on a pty master");
+    let tty = |t: &mut FakeTask, fd: i32, path: &str, rdev: u64, ino: u64| {
+        t.fd(
+            fd,
+            path,
+            0o020_620,
+            rdev,
+            "pos:\t0\nflags:\t0100002\nmnt_id:\t26\n",
+        );
+        t.meta(
+            &format!("fd/{fd}"),
+            FileMeta {
+                id: image_format::records::FileId {
+                    dev: 24,
+                    ino,
+                    ..Default::default()
+                },
+                mode: 0o020_620,
+                rdev,
+                ..Default::default()
+            },
+        );
+    };
+    for fd in 0..3 {
+        tty(&mut t, fd, "/dev/pts/5", pts5, 8);
+    }
+    tty(&mut t, 3, "/dev/pts/5", pts5, 8);
+    if let Some((path, rdev)) = extra {
+        tty(&mut t, 4, path, rdev, 12);
+    }
+    t.shared_descs = vec![vec![0, 1, 2]];
+    t.stolen.insert(0, ptmx);
+    (t, termios)
+}
+
+#[test]
+fn terminal_fds_get_one_record_per_open_file_and_the_modes_once() {
+    use image_format::records::{terminal_flags, terminal_resume};
+    let (mut t, termios) = task_in_a_terminal(None);
+    let c = run(&mut t, false).unwrap();
+    let fds = &c.state.fds;
+    let objects: Vec<(i32, u32)> = fds.iter().map(|f| (f.record.fd, f.record.object)).collect();
+    assert_eq!(objects, [(0, 1), (1, 1), (2, 1), (3, 2)]);
+    let terminals = &c.state.objects.terminals;
+    assert_eq!(terminals.len(), 2);
+    assert_eq!(terminals[0].resume, terminal_resume::STDIO);
+    assert_eq!(
+        terminals[0].flags & terminal_flags::MODES,
+        terminal_flags::MODES
+    );
+    assert_eq!(terminals[0].termios, termios);
+    assert_eq!(
+        (
+            terminals[1].resume,
+            terminals[1].stdio_fd,
+            terminals[1].flags
+        ),
+        (terminal_resume::DUP_STDIO, 0, 0)
+    );
+}
+
+#[test]
+fn a_terminal_the_stdio_is_not_on_is_refused_by_name() {
+    let (mut t, _) = task_in_a_terminal(Some(("/dev/pts/9", (136 << 8) | 9)));
+    let why = unsupported(run(&mut t, false));
+    assert!(
+        why.contains("fd 4 is a terminal (/dev/pts/9, device 136:9)"),
+        "{why}"
+    );
+    let (mut t, _) = task_in_a_terminal(Some(("/dev/ptmx", (5 << 8) | 2)));
+    let why = unsupported(run(&mut t, false));
+    assert!(why.contains("fd 4 is a pty master (/dev/ptmx)"), "{why}");
+}
+
 #[test]
 fn one_refusal_names_every_blocker_and_nothing_is_injected() {
     let mut task = FakeTask::sleeping(PID);

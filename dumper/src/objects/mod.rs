@@ -12,6 +12,7 @@ pub mod pipe;
 pub mod shmem;
 pub mod signalfd;
 pub mod socket;
+pub mod terminal;
 pub mod timerfd;
 
 /// Why an object cannot be saved faithfully (a sentence naming the fd).

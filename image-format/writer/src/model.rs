@@ -60,6 +60,8 @@ pub struct PipeState {
 pub struct ObjectStates {
     pub pipes: Vec<PipeState>,
     pub eventfds: Vec<EventfdRecord>,
+    /// One per terminal fd's description, in fd order.
+    pub terminals: Vec<image_format::records::TerminalRecord>,
     pub signalfds: Vec<image_format::records::SignalfdRecord>,
     pub timerfds: Vec<image_format::records::TimerfdRecord>,
     /// Every watch of every inotify instance (`path` is filled in by the

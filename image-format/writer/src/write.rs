@@ -424,6 +424,11 @@ fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
     notes.add_records(&shmem);
     notes.add_records(&pipes);
     notes.add_records(&state.objects.eventfds);
+    // Only images with a terminal fd carry the note (the golden image and
+    // images without one stay byte for byte as they were).
+    if !state.objects.terminals.is_empty() {
+        notes.add_records(&state.objects.terminals);
+    }
     notes.add_records(&state.objects.signalfds);
     notes.add_records(&state.objects.timerfds);
     notes.add_records(&watches);
