@@ -165,11 +165,12 @@ fn zgc_heap_mapped_three_times_is_stored_once() {
         mib(in_views),
         mib(image_bytes.len() as u64)
     );
-    // Stored once: about the heap's size (pages it holds that are all zero
-    // are not stored), never more, where three views stored each once
-    // would be three times as much.
+    // Stored once: about the heap's data (measured just before the dump;
+    // the running JVM may touch a few pages more before it is frozen),
+    // where the three views stored each on their own would be three times
+    // as much.
     assert!(
-        in_views <= heap && in_views * 2 > heap,
+        in_views * 2 > heap && in_views < heap + heap / 2,
         "the heap's {heap} bytes are stored as {in_views} bytes in the image"
     );
 
