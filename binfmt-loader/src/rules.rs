@@ -21,6 +21,8 @@ use image_format::{Image, ImageError};
 
 use crate::posix_timers::PosixTimerError;
 use crate::validate::{check_segment_bases, validate_values, ValueError};
+
+mod fd_objects;
 use crate::{frame, ExitCode};
 
 /// Why the image is refused, whatever machine it runs on.
@@ -64,6 +66,11 @@ pub enum RuleError<'a> {
     PosixTimer {
         error: PosixTimerError,
     },
+    /// A pipe larger than crimg restores (and than a user may make).
+    PipeTooBig {
+        size: u32,
+        limit: u32,
+    },
 }
 
 impl RuleError<'_> {
@@ -76,7 +83,8 @@ impl RuleError<'_> {
             RuleError::Threads { .. }
             | RuleError::CompactedXsave { .. }
             | RuleError::UnsupportedFd { .. }
-            | RuleError::FileDeleted { .. } => ExitCode::Unsupported,
+            | RuleError::FileDeleted { .. }
+            | RuleError::PipeTooBig { .. } => ExitCode::Unsupported,
             RuleError::PosixTimer { error } => error.exit_code(),
         }
     }
@@ -98,6 +106,10 @@ impl fmt::Display for RuleError<'_> {
             ),
             RuleError::Value { error } => write!(f, "corrupt image: {error}"),
             RuleError::NegativeFd { fd } => write!(f, "corrupt image: fd number {fd}"),
+            RuleError::PipeTooBig { size, limit } => write!(
+                f,
+                "a pipe of {size} bytes is larger than the {limit} crimg restores"
+            ),
             RuleError::UnsupportedFd { fd, kind, path } => write!(
                 f,
                 "fd {fd} ({}, kind {kind}) cannot be restored by the loader yet (this kind of file, or one saved without its state)",
@@ -218,6 +230,7 @@ pub fn check_image<'a>(image: &Image<'a>, mmap_min_addr: u64) -> Result<(), Rule
         }
     }
 
+    fd_objects::check(image, &image.fds().map_err(corrupt)?)?;
     for f in image.fds().map_err(corrupt)? {
         let path = image.string(f.path).map_err(corrupt)?;
         if f.fd < 0 {

@@ -59,8 +59,72 @@ fn a_pipe_shared_with_another_process_is_refused_naming_it() {
         message.contains(&format!("child processes ({child})")),
         "{message}"
     );
+    assert!(
+        message.contains(&format!(
+            "fd 12 (anon_inode:[eventfd]) is shared with pid {child}"
+        )),
+        "{message}"
+    );
     // Refused: the workload runs on as it was.
     let facts = w.expect_pass(CheckTrigger::Stdin);
     assert_eq!(facts.get("fifo"), Some("3000"));
     assert!(!scratch.path().join("out").exists());
+}
+
+/// The dumped workload, killed, and its scratch directory.
+fn dumped() -> (
+    crimg_tests::Binaries,
+    tempfile::TempDir,
+    crimg_tests::roundtrip::Dumped,
+) {
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let dir = scratch.path().display().to_string();
+    let w = Workload::start("fd_sharing", ["--dir", dir.as_str()]);
+    let dumped = dump_and_kill(&bins, w, &scratch.path().join("out"));
+    (bins, scratch, dumped)
+}
+
+#[test]
+fn a_fifo_someone_else_filled_meanwhile_is_refused_before_anything_changes() {
+    crimg_tests::skip_unless_root!();
+    let (bins, scratch, dumped) = dumped();
+    // Another process opens the FIFO and leaves bytes in it.
+    let fifo = scratch.path().join("fifo");
+    let other = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    std::io::Write::write_all(&mut &other, b"not the task's").unwrap();
+    let out = crimg_tests::cli::run(
+        bins.loader_command(&dumped.dump.image),
+        crimg_tests::process::LINE_TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(out.status.code(), Some(10), "{out:?}");
+    assert!(
+        out.stderr.contains("has bytes in it already"),
+        "{}",
+        out.stderr
+    );
+    drop(other);
+}
+
+#[test]
+fn a_copy_of_stdin_without_a_stdin_is_refused_before_anything_changes() {
+    crimg_tests::skip_unless_root!();
+    let (bins, _scratch, dumped) = dumped();
+    let mut sh = std::process::Command::new("sh");
+    sh.arg("-c")
+        .arg("exec \"$0\" \"$1\" <&-")
+        .arg(&bins.loader)
+        .arg(&dumped.dump.image);
+    let out = crimg_tests::cli::run(sh, crimg_tests::process::LINE_TIMEOUT).unwrap();
+    assert_eq!(out.status.code(), Some(10), "{out:?}");
+    assert!(
+        out.stderr.contains("fd 10 is a copy of fd 0"),
+        "{}",
+        out.stderr
+    );
 }

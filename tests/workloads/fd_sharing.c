@@ -10,7 +10,8 @@
  *   fd 11     the read end of a pipe whose write end is closed, "tail" in it
  *
  * With --share-pipe a child is forked that holds a pipe with the parent
- * (a pipe between processes: a single-process dump must refuse it).
+ * (a pipe between processes: a single-process dump must refuse it), and
+ * an eventfd at fd 12 that both hold.
  *
  * "check" on fd 10: writes a line through fd 5 and one through fd 6, then
  * checks that the log holds all four lines in order (separate offsets
@@ -19,6 +20,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -144,6 +146,9 @@ int main(int argc, char **argv)
 
 		if (pipe(p))
 			die("pipe");
+		/* An eventfd the child holds too. */
+		if (dup2(eventfd(1, 0), 12) != 12)
+			die("eventfd");
 		child = fork();
 		if (child < 0)
 			die("fork");

@@ -189,7 +189,12 @@ impl Os for Fake {
         Ok(self.new_fd(path, min))
     }
     fn set_status_flags(&self, fd: i32, _flags: u32) -> Result<(), Errno> {
-        self.file(fd).map(|_| ())
+        // Any open fd: files, and the pipes and eventfds made here.
+        self.open
+            .borrow()
+            .contains_key(&fd)
+            .then_some(())
+            .ok_or(Errno(9))
     }
     fn seek_to(&self, fd: i32, off: u64) -> Result<u64, Errno> {
         self.file(fd).map(|_| off)
@@ -305,6 +310,9 @@ impl Os for Fake {
     fn write(&self, fd: i32, buf: &[u8]) -> Result<usize, Errno> {
         self.written.borrow_mut().push((fd, buf.to_vec()));
         Ok(buf.len())
+    }
+    fn bytes_waiting(&self, _fd: i32) -> Result<usize, Errno> {
+        Ok(0)
     }
     fn eventfd(&self, _flags: u32) -> Result<i32, Errno> {
         Ok(self.new_fd(b"anon_inode:[eventfd]".to_vec(), 0))

@@ -218,6 +218,11 @@ pub fn reopen_fds(
             }
             f.fd
         } else if let Some(from) = known {
+            // A copy of the caller's stdio must find it there, or its dup3
+            // would fail after the point of no return.
+            if keep[..nkeep].contains(&from) && os.fstat(from).is_err() {
+                return Err(CheckError::StdioMissing { fd: f.fd, of: from });
+            }
             from
         } else if rules::fd_is_dropped(&f) {
             open_dropped(os, &f, base)?

@@ -141,6 +141,22 @@ pub enum CheckError {
     ObjectMissing {
         fd: i32,
     },
+    /// A FIFO has bytes in it already: another process holds it.
+    FifoInUse {
+        path: &'static [u8],
+    },
+    /// A pipe above `pipe-max-size` here.
+    PipeTooBig {
+        fd: i32,
+        size: u32,
+        max: u32,
+    },
+    /// Fd `fd` is a copy of the caller's stdio fd `of`, which the caller
+    /// did not give.
+    StdioMissing {
+        fd: i32,
+        of: i32,
+    },
     VdsoLayout,
     Scratch {
         errno: Errno,
@@ -260,6 +276,9 @@ impl CheckError {
             | CheckError::ProcMapsTooLong { .. }
             | CheckError::FdRelocate { .. }
             | CheckError::Object { .. }
+            | CheckError::FifoInUse { .. }
+            | CheckError::PipeTooBig { .. }
+            | CheckError::StdioMissing { .. }
             | CheckError::CapsKept { .. }
             | CheckError::ExceedsOwner { .. }
             | CheckError::Identity { .. }
@@ -319,6 +338,19 @@ impl fmt::Display for CheckError {
             CheckError::Object { fd, step, errno } => {
                 write!(f, "fd {fd}: cannot {step}: {errno}")
             }
+            CheckError::FifoInUse { path } => write!(
+                f,
+                "FIFO {} has bytes in it already: another process holds it, so its saved bytes cannot be put back",
+                Lossy(path)
+            ),
+            CheckError::PipeTooBig { fd, size, max } => write!(
+                f,
+                "fd {fd}: its pipe of {size} bytes is larger than this machine's pipe-max-size {max}"
+            ),
+            CheckError::StdioMissing { fd, of } => write!(
+                f,
+                "fd {fd} is a copy of fd {of}, which the caller did not give (it is closed); run the image with fd {of} open"
+            ),
             CheckError::ObjectMissing { fd } => {
                 write!(f, "corrupt image: fd {fd} names an object the image does not hold")
             }

@@ -101,4 +101,6 @@ pub trait Os {
     fn epoll_create(&self, flags: u32) -> Result<i32, Errno>;
     /// `epoll_ctl(epfd, EPOLL_CTL_ADD, fd, {events, data})`.
     fn epoll_add(&self, epfd: i32, fd: i32, events: u32, data: u64) -> Result<(), Errno>;
+    /// `ioctl(FIONREAD)`: the bytes waiting in a pipe.
+    fn bytes_waiting(&self, fd: i32) -> Result<usize, Errno>;
 }

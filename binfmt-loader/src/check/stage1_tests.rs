@@ -593,4 +593,96 @@ fn posix_timers_need_restore_ids_and_each_of_their_clocks() {
     assert_eq!(exit_of(r), ExitCode::ImageCorrupt);
 }
 
+/// `state` with a pipe (read end fd 4, write end fd 5 and its dup fd 6)
+/// holding `data`, and an eventfd at fd 7 with count 9.
+fn with_pipe_and_eventfd(mut state: TaskState, size: u32, data: &[u8]) -> TaskState {
+    use image_format::records::{EventfdRecord, PipeRecord};
+    use image_writer::model::PipeState;
+    let fd = |fd, kind, open_flags, desc, path: &str| FdState {
+        record: FdRecord {
+            fd,
+            kind,
+            open_flags,
+            desc,
+            object: 1,
+            ..Default::default()
+        },
+        path: path.into(),
+    };
+    state.fds.push(fd(4, fd_kind::PIPE, 0, 10, "pipe:[7]"));
+    state.fds.push(fd(5, fd_kind::PIPE, 0o4001, 11, "pipe:[7]"));
+    state.fds.push(fd(6, fd_kind::PIPE, 0o4001, 11, "pipe:[7]"));
+    state
+        .fds
+        .push(fd(7, fd_kind::EVENTFD, 2, 12, "anon_inode:[eventfd]"));
+    state.objects.pipes.push(PipeState {
+        record: PipeRecord {
+            ino: 7,
+            size,
+            ..Default::default()
+        },
+        data: data.to_vec(),
+    });
+    state.objects.eventfds.push(EventfdRecord {
+        count: 9,
+        ..Default::default()
+    });
+    state
+}
+
+#[test]
+fn a_pipe_is_made_once_filled_and_its_dup_shares_its_end() {
+    let os = machine();
+    let state = with_pipe_and_eventfd(task(), 65536, b"buffered");
+    let c = run(&os, &state, code_page(), (1000, 1000)).unwrap();
+    let pipes = os.pipes.borrow();
+    assert_eq!(pipes.len(), 1, "one pipe for three fds");
+    let (r, w, size) = pipes[0];
+    assert_eq!(size, 65536);
+    let written = os.written.borrow();
+    assert!(written.contains(&(w, b"buffered".to_vec())), "{written:?}");
+    // The eventfd's count is written as one 8-byte add.
+    assert!(
+        written.iter().any(|(_, b)| b == &9u64.to_ne_bytes()),
+        "{written:?}"
+    );
+    let from = |to| c.input.fd_moves.iter().find(|m| m.to == to).map(|m| m.from);
+    assert_eq!(from(4), Some(r));
+    assert_eq!(from(5), Some(w));
+    assert_eq!(from(6), Some(w), "a dup is a copy of the same description");
+}
+
+#[test]
+fn a_pipe_bigger_than_crimg_restores_is_refused_by_the_rules() {
+    let os = machine();
+    let state = with_pipe_and_eventfd(task(), (1 << 20) + 4096, b"");
+    assert_eq!(
+        exit_of(run(&os, &state, code_page(), (1000, 1000))),
+        ExitCode::Unsupported
+    );
+    assert!(
+        os.pipes.borrow().is_empty(),
+        "refused before anything is made"
+    );
+}
+
+#[test]
+fn pipe_bytes_beyond_its_size_and_an_eventfd_of_two_descriptions_are_corrupt() {
+    let os = machine();
+    let state = with_pipe_and_eventfd(task(), 4096, &[7u8; 5000]);
+    assert_eq!(
+        exit_of(run(&os, &state, code_page(), (1000, 1000))),
+        ExitCode::ImageCorrupt
+    );
+    let mut state = with_pipe_and_eventfd(task(), 4096, b"");
+    let mut again = state.fds[7].clone();
+    again.record.fd = 8;
+    again.record.desc = 13;
+    state.fds.push(again);
+    assert_eq!(
+        exit_of(run(&os, &state, code_page(), (1000, 1000))),
+        ExitCode::ImageCorrupt
+    );
+}
+
 mod event_objects;

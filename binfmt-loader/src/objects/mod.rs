@@ -79,6 +79,18 @@ pub fn lift(os: &impl Os, fd: i32, base: i32) -> Result<i32, Errno> {
     high
 }
 
+/// `/proc/sys/fs/pipe-max-size` (1 MiB when it cannot be read).
+pub fn pipe_max_size(os: &impl Os) -> u32 {
+    let mut buf = [0u8; 24];
+    let n = os
+        .read_file(b"/proc/sys/fs/pipe-max-size", &mut buf)
+        .unwrap_or(0);
+    let text = core::str::from_utf8(&buf[..n]).unwrap_or("");
+    text.trim()
+        .parse()
+        .unwrap_or(image_format::records::MAX_PIPE_SIZE)
+}
+
 /// Whether the loader restores fds of `kind` as objects (from the note
 /// `object` indexes).
 pub fn is_object(kind: u32) -> bool {

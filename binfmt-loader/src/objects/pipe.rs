@@ -69,17 +69,37 @@ fn make(
     let data = image.string(record.data).map_err(corrupt)?;
     let (r, w) = if record.flags & pipe_flags::FIFO != 0 {
         // The read end first: opening a FIFO to write fails (ENXIO) while
-        // it has no reader. Both non-blocking, so neither waits.
-        let (r, st) = open_typed(os, "FIFO", path, sys::O_RDONLY, sys::S_IFIFO, base)?;
+        // it has no reader. Both stay non-blocking until the bytes are in
+        // (the record's flags are set on each description afterwards).
+        let nonblocking = sys::O_RDONLY | sys::O_NONBLOCK;
+        let (r, st) = open_typed(os, "FIFO", path, nonblocking, sys::S_IFIFO, base)?;
         if st.dev != f.file.dev || st.ino != f.file.ino {
             os.close(r);
             return Err(CheckError::FileChanged { what: "FIFO", path });
         }
-        match open_typed(os, "FIFO", path, O_WRONLY, sys::S_IFIFO, base) {
-            Ok((w, _)) => (r, w),
-            Err(e) => {
+        // Bytes in it now were put there by another holder: writing the
+        // saved ones after them would mix the two (and the FIFO is not
+        // the task's alone).
+        if os.bytes_waiting(r) != Ok(0) {
+            os.close(r);
+            return Err(CheckError::FifoInUse { path });
+        }
+        // The write end through the read end, not the path again: the
+        // same FIFO, whatever the path names by now.
+        let mut again = [0u8; 32];
+        let again = proc_fd_path(&mut again, r);
+        match os
+            .open(again, O_WRONLY | sys::O_NONBLOCK | sys::O_CLOEXEC)
+            .and_then(|w| lift(os, w, base))
+        {
+            Ok(w) => (r, w),
+            Err(errno) => {
                 os.close(r);
-                return Err(e);
+                return Err(CheckError::Object {
+                    fd: f.fd,
+                    step: "open the FIFO's write end",
+                    errno,
+                });
             }
         }
     } else {
@@ -88,6 +108,16 @@ fn make(
         lifted.map_err(failed(f, "move the pipe"))?
     };
     let fill = || -> Result<(), CheckError> {
+        // Above pipe-max-size only CAP_SYS_RESOURCE may go, which a user's
+        // image must not borrow from a root loader.
+        let max = super::pipe_max_size(os);
+        if record.size > max {
+            return Err(CheckError::PipeTooBig {
+                fd: f.fd,
+                size: record.size,
+                max,
+            });
+        }
         let size = os
             .set_pipe_size(w, record.size)
             .map_err(failed(f, "set the pipe's size"))?;

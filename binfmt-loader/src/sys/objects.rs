@@ -51,3 +51,15 @@ pub fn eventfd(flags: u32) -> Result<i32, Errno> {
     let r = unsafe { syscall6(EVENTFD2, 0, u64::from(flags), 0, 0, 0, 0) };
     result(r).and_then(fd_of)
 }
+
+const FIONREAD: u64 = 0x541b;
+const IOCTL: u64 = 16;
+
+/// `ioctl(fd, FIONREAD)`: the bytes waiting in a pipe.
+pub fn bytes_waiting(fd: i32) -> Result<usize, Errno> {
+    let mut n: i32 = 0;
+    // SAFETY: FIONREAD writes one int to `n`, which lives through the call.
+    let r = unsafe { syscall6(IOCTL, int_arg(fd), FIONREAD, (&raw mut n) as u64, 0, 0, 0) };
+    result(r)?;
+    usize::try_from(n).map_err(|_| Errno::EINVAL)
+}

@@ -146,4 +146,7 @@ impl Os for Kernel {
     fn epoll_add(&self, epfd: i32, fd: i32, events: u32, data: u64) -> Result<(), Errno> {
         super::event_objects::epoll_add(epfd, fd, events, data)
     }
+    fn bytes_waiting(&self, fd: i32) -> Result<usize, Errno> {
+        super::objects::bytes_waiting(fd)
+    }
 }

@@ -20,7 +20,7 @@ use image_format::records::{FileId, GadgetsRecord, SigactionRecord};
 use image_format::PAGE_SIZE;
 
 use super::posix_timers::TimerAnswer;
-use super::task::{FileMeta, FoundThread, ProcessWide, Task, ThreadAnswers};
+use super::task::{FileMeta, FoundThread, Held, Holders, ProcessWide, Task, ThreadAnswers};
 use super::CollectError;
 
 /// Where the fake executable is mapped, and its gadgets inside it.
@@ -493,12 +493,18 @@ impl Task for FakeTask {
                 .any(|g| g.contains(&a) && g.contains(&b)))
     }
 
-    fn holders_elsewhere(&self, links: &[String]) -> io::Result<Vec<(String, i32)>> {
-        Ok(self
-            .elsewhere
-            .iter()
-            .filter(|(l, _)| links.contains(l))
-            .cloned()
-            .collect())
+    fn holders_elsewhere(&self, held: &[Held]) -> io::Result<Holders> {
+        let mut found = Vec::new();
+        for (i, h) in held.iter().enumerate() {
+            for (link, pid) in &self.elsewhere {
+                if *link == h.link {
+                    found.push((i, *pid));
+                }
+            }
+        }
+        Ok(Holders {
+            found,
+            unreadable: 0,
+        })
     }
 }

@@ -15,7 +15,9 @@ use image_format::records::{GadgetsRecord, ItimerRecord, SigactionRecord, TimerS
 use image_writer::model::file_id;
 
 use super::posix_timers::TimerAnswer;
-use super::task::{FileMeta, FoundThread, ProcessWide, Task, ThreadAnswers};
+use super::task::{
+    FileMeta, FoundThread, Held, Holders, ProcessWide, SameWhen, Task, ThreadAnswers,
+};
 use super::CollectError;
 use crate::cancel::cancel_requested;
 use crate::freeze::Frozen;
@@ -223,11 +225,11 @@ impl Task for LiveTask<'_> {
         fds::same_description(self.pid(), a, b)
     }
 
-    fn holders_elsewhere(&self, links: &[String]) -> io::Result<Vec<(String, i32)>> {
-        if links.is_empty() {
-            return Ok(Vec::new());
+    fn holders_elsewhere(&self, held: &[Held]) -> io::Result<Holders> {
+        if held.is_empty() {
+            return Ok(Holders::default());
         }
-        scan_holders(self.pid(), links)
+        scan_holders(self.pid(), held)
     }
 }
 
@@ -241,11 +243,14 @@ impl LiveTask<'_> {
     }
 }
 
-/// The `/proc/P/fd/N` links of every process but `pid` and this one that
-/// are in `links`. A process that goes away meanwhile is skipped.
-fn scan_holders(pid: i32, links: &[String]) -> io::Result<Vec<(String, i32)>> {
+/// Which processes but `pid` and this one hold the objects of `held`. A
+/// process that goes away meanwhile is skipped; one whose fds cannot be
+/// read is counted.
+fn scan_holders(pid: i32, held: &[Held]) -> io::Result<Holders> {
+    use std::os::unix::fs::MetadataExt as _;
     let me = std::process::id();
-    let mut out = Vec::new();
+    let mut out = Holders::default();
+    let gone = |e: &io::Error| matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH));
     for entry in fs::read_dir("/proc")? {
         let Some(other) = entry?
             .file_name()
@@ -257,16 +262,41 @@ fn scan_holders(pid: i32, links: &[String]) -> io::Result<Vec<(String, i32)>> {
         if other == pid || u32::try_from(other) == Ok(me) {
             continue;
         }
-        let Ok(dir) = fs::read_dir(format!("/proc/{other}/fd")) else {
-            continue;
+        let dir = match fs::read_dir(format!("/proc/{other}/fd")) {
+            Ok(d) => d,
+            Err(e) if gone(&e) => continue,
+            Err(_) => {
+                out.unreadable += 1;
+                continue;
+            }
         };
-        for fd in dir.flatten() {
-            if let Ok(target) = fs::read_link(fd.path()) {
-                let target = target.to_string_lossy();
-                if let Some(l) = links.iter().find(|l| **l == target) {
-                    if !out.iter().any(|(o, p)| o == l && *p == other) {
-                        out.push((l.clone(), other));
+        for entry in dir.flatten() {
+            let Some(ofd) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(target) = fs::read_link(entry.path()) else {
+                continue;
+            };
+            let target = target.to_string_lossy();
+            for (i, h) in held.iter().enumerate() {
+                let same = match h.same_when {
+                    SameWhen::Link => h.link == target,
+                    SameWhen::Inode => {
+                        target.starts_with('/')
+                            && fs::metadata(entry.path())
+                                .is_ok_and(|m| m.dev() == h.dev && m.ino() == h.ino)
                     }
+                    SameWhen::Description => {
+                        h.link == target
+                            && fds::same_description_across(pid, h.fd, other, ofd).unwrap_or(false)
+                    }
+                };
+                if same && !out.found.contains(&(i, other)) {
+                    out.found.push((i, other));
                 }
             }
         }

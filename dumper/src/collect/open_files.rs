@@ -14,7 +14,7 @@ use image_format::records::{fd_flags, fd_kind, pipe_flags, EpollItemRecord, FdRe
 use image_format::text::Escaped;
 use image_writer::model::{FdState, InotifyWatchState, ObjectStates, PipeState};
 
-use super::task::{FileMeta, Task};
+use super::task::{FileMeta, Held, SameWhen, Task};
 use super::{CollectError, Collector};
 use crate::procfs::fdinfo::FdInfo;
 use crate::{fds, objects, procfs};
@@ -29,6 +29,8 @@ const O_ACCMODE: u32 = libc::O_ACCMODE as u32;
 const O_WRONLY: u32 = libc::O_WRONLY as u32;
 #[allow(clippy::cast_sign_loss)]
 const O_RDWR: u32 = libc::O_RDWR as u32;
+#[allow(clippy::cast_sign_loss)]
+const O_DIRECT: u32 = libc::O_DIRECT as u32;
 
 /// One fd as listed, before its object is saved.
 struct Listed {
@@ -195,7 +197,9 @@ fn save_objects<T: Task>(
     records: &mut [FdState],
 ) -> Result<ObjectStates, CollectError> {
     let mut objects = ObjectStates::default();
-    save_pipes(c, listed, records, &mut objects)?;
+    let shared = holders(c, listed)?;
+    refuse_shared_anon(c, listed, &shared)?;
+    save_pipes(c, listed, records, &shared, &mut objects)?;
     for (i, l) in listed.iter().enumerate() {
         if !matches!(
             l.kind,
@@ -357,6 +361,86 @@ fn target_restored(records: &[FdState], r: &FdRecord) -> bool {
     !binfmt_loader::rules::fd_must_be_dropped(first, None)
 }
 
+/// How another process's fd on the same object is recognised, for the
+/// kinds that can be shared (None: not asked).
+fn same_when(kind: u32) -> Option<SameWhen> {
+    match kind {
+        fd_kind::PIPE => Some(SameWhen::Link),
+        fd_kind::FIFO => Some(SameWhen::Inode),
+        fd_kind::EVENTFD
+        | fd_kind::SIGNALFD
+        | fd_kind::TIMERFD
+        | fd_kind::EPOLL
+        | fd_kind::INOTIFY => Some(SameWhen::Description),
+        _ => None,
+    }
+}
+
+/// For every listed fd, the other processes that hold its object (one
+/// scan of `/proc` for them all).
+fn holders<T: Task>(
+    c: &mut Collector<'_, T>,
+    listed: &[Listed],
+) -> Result<Vec<Vec<i32>>, CollectError> {
+    let mut asked = Vec::new();
+    let mut held = Vec::new();
+    for (i, l) in listed.iter().enumerate() {
+        if let Some(same_when) = same_when(l.kind) {
+            asked.push(i);
+            held.push(Held {
+                fd: l.fd,
+                link: l.link.clone(),
+                dev: l.meta.id.dev,
+                ino: l.meta.id.ino,
+                same_when,
+            });
+        }
+    }
+    let mut out = vec![Vec::new(); listed.len()];
+    if held.is_empty() {
+        return Ok(out);
+    }
+    let answer = c
+        .task
+        .holders_elsewhere(&held)
+        .map_err(|source| CollectError::Read {
+            pid: c.pid,
+            path: "/proc/*/fd".into(),
+            source,
+        })?;
+    for (k, pid) in answer.found {
+        out[asked[k]].push(pid);
+    }
+    if answer.unreadable > 0 {
+        c.warnings.push(format!(
+            "the fds of {} other process(es) could not be read (run crdump as root): whether they share this process's pipes or event objects is not known",
+            answer.unreadable
+        ));
+    }
+    Ok(out)
+}
+
+/// An eventfd, epoll, timerfd, signalfd or inotify instance another
+/// process holds too would come back as a private copy.
+fn refuse_shared_anon<T: Task>(
+    c: &mut Collector<'_, T>,
+    listed: &[Listed],
+    shared: &[Vec<i32>],
+) -> Result<(), CollectError> {
+    for (l, others) in listed.iter().zip(shared) {
+        if others.is_empty() || same_when(l.kind) != Some(SameWhen::Description) {
+            continue;
+        }
+        c.unsupported(format!(
+            "fd {} ({}) is shared with pid {}; objects shared between processes need a tree dump",
+            l.fd,
+            Escaped(l.link.as_bytes()),
+            join(others)
+        ))?;
+    }
+    Ok(())
+}
+
 /// A 1-based object index.
 fn index(len: usize) -> u32 {
     u32::try_from(len).unwrap_or(u32::MAX)
@@ -369,6 +453,7 @@ fn save_pipes<T: Task>(
     c: &mut Collector<'_, T>,
     listed: &[Listed],
     records: &mut [FdState],
+    shared: &[Vec<i32>],
     objects: &mut ObjectStates,
 ) -> Result<(), CollectError> {
     let is_pipe = |l: &Listed| matches!(l.kind, fd_kind::PIPE | fd_kind::FIFO);
@@ -382,19 +467,6 @@ fn save_pipes<T: Task>(
     if inodes.is_empty() {
         return Ok(());
     }
-    let links: Vec<String> = listed
-        .iter()
-        .filter(|l| is_pipe(l))
-        .map(|l| l.link.clone())
-        .collect();
-    let elsewhere = c
-        .task
-        .holders_elsewhere(&links)
-        .map_err(|source| CollectError::Read {
-            pid: c.pid,
-            path: "/proc/*/fd".into(),
-            source,
-        })?;
     for (dev, ino) in inodes {
         let ends: Vec<usize> = (0..listed.len())
             .filter(|&i| {
@@ -405,11 +477,12 @@ fn save_pipes<T: Task>(
         let shown = Escaped(first.link.as_bytes());
         let reader = ends.iter().copied().find(|&i| listed[i].reads());
         let has_writer = ends.iter().any(|&i| listed[i].writes());
-        let others: Vec<i32> = elsewhere
+        let mut others: Vec<i32> = ends
             .iter()
-            .filter(|(l, _)| *l == first.link)
-            .map(|&(_, p)| p)
+            .flat_map(|&i| shared[i].iter().copied())
             .collect();
+        others.sort_unstable();
+        others.dedup();
         // Stdio, or copies of stdio (`exec 5>&1`): the caller's.
         let stdio_descs: Vec<u32> = ends
             .iter()
@@ -468,6 +541,16 @@ fn save_pipes<T: Task>(
                 continue;
             }
         };
+        // A packet-mode pipe's bytes are packets: tee gives them as one
+        // stream, and their boundaries would be lost.
+        if !buffered.data.is_empty() && ends.iter().any(|&i| listed[i].info.flags & O_DIRECT != 0) {
+            c.unsupported(format!(
+                "fd {} is a packet-mode (O_DIRECT) pipe with {} bytes in it: their packet boundaries are not saved",
+                first.fd,
+                buffered.data.len()
+            ))?;
+            continue;
+        }
         objects.pipes.push(PipeState {
             record: PipeRecord {
                 ino,

@@ -29,6 +29,38 @@ pub struct FileMeta {
     pub rdev: u64,
 }
 
+/// How another process's fd is known to be on the same object as one of
+/// the task's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SameWhen {
+    /// The same `/proc/P/fd/N` link (`pipe:[ino]`: unique per pipe).
+    Link,
+    /// The same device and inode (a FIFO, reachable by several paths).
+    Inode,
+    /// The same open file description (`kcmp`): anonymous-inode objects,
+    /// whose links and inode are one for all of their kind.
+    Description,
+}
+
+/// One of the task's fds whose holders are asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub fd: i32,
+    pub link: String,
+    pub dev: u64,
+    pub ino: u64,
+    pub same_when: SameWhen,
+}
+
+/// The answer of [`Task::holders_elsewhere`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Holders {
+    /// (index into the question, pid).
+    pub found: Vec<(usize, i32)>,
+    /// Processes whose fds could not be read (not root, or hidden).
+    pub unreadable: usize,
+}
+
 /// What ptrace says about one frozen thread.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FoundThread {
@@ -137,8 +169,8 @@ pub trait Task {
     /// Whether the task's fds `a` and `b` share one open file description
     /// (`kcmp(KCMP_FILE)`).
     fn same_description(&self, a: i32, b: i32) -> io::Result<bool>;
-    /// Which other processes hold an fd whose `/proc/P/fd/N` link is one
-    /// of `links` (`pipe:[…]`, `socket:[…]`, a FIFO's path): (link, pid)
-    /// pairs. An object another process holds too is not the task's alone.
-    fn holders_elsewhere(&self, links: &[String]) -> io::Result<Vec<(String, i32)>>;
+    /// Which other processes hold the objects of `held` (the task's fds):
+    /// (index in `held`, pid) pairs. An object another process holds too
+    /// is not the task's alone.
+    fn holders_elsewhere(&self, held: &[Held]) -> io::Result<Holders>;
 }

@@ -8,9 +8,9 @@ use crate::sys::fds;
 
 use super::Refusal;
 
-/// Pipe buffers are at most this big here (`pipe-max-size` without
-/// CAP_SYS_RESOURCE); a bigger one is refused rather than half copied.
-pub const MAX_PIPE_BYTES: u32 = 1 << 20;
+/// A bigger pipe is refused rather than half copied (the loader's rules
+/// refuse one too).
+pub const MAX_PIPE_BYTES: u32 = image_format::records::MAX_PIPE_SIZE;
 
 /// What a pipe holds: its capacity and buffered bytes, in order.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -46,6 +46,17 @@ pub fn same_description(pid: i32, a: i32, b: i32) -> io::Result<bool> {
     Ok(r == 0)
 }
 
+/// Whether fd `a` of process `pa` and fd `b` of process `pb` are one open
+/// file description.
+pub fn same_description_across(pa: i32, a: i32, pb: i32, b: i32) -> io::Result<bool> {
+    // SAFETY: integer arguments only.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pa, pb, KCMP_FILE, a, b) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r == 0)
+}
+
 /// `pipe2(O_CLOEXEC | O_NONBLOCK)`: (read end, write end).
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];

@@ -10,7 +10,14 @@ use super::{note, Record, StrRef};
 pub mod pipe_flags {
     /// A named pipe, reopened by the path of its fds (`FdRecord::path`).
     pub const FIFO: u32 = 1;
+    /// Every bit this format defines.
+    pub const KNOWN: u32 = FIFO;
 }
+
+/// The largest pipe crimg saves and restores, bytes: the default
+/// `pipe-max-size`, above which an unprivileged process cannot go (and
+/// which a loader running as root must not grant a user's image).
+pub const MAX_PIPE_SIZE: u32 = 1 << 20;
 
 /// A pipe (or FIFO) whose ends are all in the process, with the bytes
 /// that were buffered in it, in order.
@@ -37,7 +44,12 @@ impl Record for PipeRecord {
 pub mod eventfd_flags {
     /// `EFD_SEMAPHORE`.
     pub const SEMAPHORE: u32 = 1;
+    /// Every bit this format defines.
+    pub const KNOWN: u32 = SEMAPHORE;
 }
+
+/// The largest count an eventfd holds (`ULLONG_MAX - 1`).
+pub const MAX_EVENTFD_COUNT: u64 = u64::MAX - 1;
 
 /// An eventfd's counter.
 #[derive(
