@@ -496,8 +496,10 @@ fn an_xsave_area_xrstor_would_fault_on_is_refused() {
 fn fd_numbers_no_process_can_have_are_refused() {
     let dir = temp_dir("badfd");
     for (fd, code, what) in [(-5, 4, "fd number -5"), (i32::MAX, 7, "RLIMIT_NOFILE")] {
+        // Kept in increasing order (another rule refuses the others).
         let image = build_edited_image(&dir.0, true, |state| {
             state.fds[0].record.fd = fd;
+            state.fds.sort_by_key(|f| f.record.fd);
         });
         let (got, _, stderr) = run_loader(&image);
         assert_eq!(got, code, "fd {fd}: {stderr}");

@@ -36,13 +36,20 @@ fn family(kind: u32) -> u32 {
 /// Whether one object of `kind` is one open file description (eventfd),
 /// rather than something several descriptions can be open on (a pipe).
 fn object_is_description(kind: u32) -> bool {
-    kind == fd_kind::EVENTFD
+    matches!(
+        kind,
+        fd_kind::EVENTFD | fd_kind::SIGNALFD | fd_kind::TIMERFD | fd_kind::EPOLL | fd_kind::INOTIFY
+    )
 }
 
 pub fn check(image: &Image<'_>, fds: &Records<'_, FdRecord>) -> Result<(), RuleError<'static>> {
     let corrupt = |error| RuleError::Corrupt { error };
     let mut last = -1;
     for f in fds.clone() {
+        // A negative number is named as such (not as out of order).
+        if f.fd < 0 {
+            return Err(RuleError::NegativeFd { fd: f.fd });
+        }
         if f.fd <= last {
             return Err(bad("fd numbers are not in increasing order"));
         }
