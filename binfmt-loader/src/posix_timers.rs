@@ -58,6 +58,18 @@ pub enum PosixTimerError {
         id: i32,
         tid: i32,
     },
+    /// A clock the dumper never records (only the fixed clocks are).
+    BadClock {
+        id: i32,
+        clock: i32,
+    },
+    /// An alarm clock's timer (it wakes the machine from suspend) needs
+    /// `CAP_WAKE_ALARM`, which the restored task will not have: the loader
+    /// must not create it with its own.
+    AlarmNeedsCapability {
+        id: i32,
+        clock: i32,
+    },
     /// A time `timer_settime` refuses (`timespec64_valid`).
     BadTime {
         id: i32,
@@ -91,9 +103,9 @@ pub enum PosixTimerError {
 impl PosixTimerError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            PosixTimerError::NoRestoreIds { .. } | PosixTimerError::ClockRefused { .. } => {
-                ExitCode::Unsupported
-            }
+            PosixTimerError::NoRestoreIds { .. }
+            | PosixTimerError::ClockRefused { .. }
+            | PosixTimerError::AlarmNeedsCapability { .. } => ExitCode::Unsupported,
             PosixTimerError::SigQueue { .. } => ExitCode::Environment,
             PosixTimerError::TooMany { .. } => ExitCode::Unsupported,
             _ => ExitCode::ImageCorrupt,
@@ -123,6 +135,13 @@ impl fmt::Display for PosixTimerError {
                 f,
                 "corrupt image: POSIX timer {id} signals thread {tid}, which the image does not have"
             ),
+            PosixTimerError::BadClock { id, clock } => {
+                write!(f, "corrupt image: POSIX timer {id} is on clock {clock}")
+            }
+            PosixTimerError::AlarmNeedsCapability { id, clock } => write!(
+                f,
+                "POSIX timer {id} is on alarm clock {clock}, which needs CAP_WAKE_ALARM; the restored task would not have it"
+            ),
             PosixTimerError::BadTime { id, sec, nsec } => write!(
                 f,
                 "corrupt image: POSIX timer {id} has time {sec} s {nsec} ns"
@@ -145,6 +164,33 @@ impl fmt::Display for PosixTimerError {
                 "POSIX timer {id}: this process may not create a timer on clock {clock}: {errno}"
             ),
         }
+    }
+}
+
+/// The clocks a timer is restored on: REALTIME, MONOTONIC, the process's
+/// and the thread's CPU time, BOOTTIME, the two alarm clocks and TAI (a
+/// CPU clock of another process, or a dynamic clock, is never recorded).
+pub const RESTORED_CLOCKS: [i32; 8] = [0, 1, 2, 3, 7, 8, 9, 11];
+
+/// The alarm clocks (`CLOCK_REALTIME_ALARM`, `CLOCK_BOOTTIME_ALARM`).
+pub const ALARM_CLOCKS: [i32; 2] = [8, 9];
+
+/// `CAP_WAKE_ALARM`'s bit.
+const CAP_WAKE_ALARM: u64 = 1 << 35;
+
+/// Whether a task ending with effective capabilities `caps` may keep the
+/// timers `timers` (an alarm clock needs `CAP_WAKE_ALARM`, checked by the
+/// kernel only when the timer is created, by the loader).
+pub fn check_alarm_capability(
+    timers: &[PosixTimerRecord],
+    caps: u64,
+) -> Result<(), PosixTimerError> {
+    match timers.iter().find(|t| ALARM_CLOCKS.contains(&t.clock)) {
+        Some(t) if caps & CAP_WAKE_ALARM == 0 => Err(PosixTimerError::AlarmNeedsCapability {
+            id: t.id,
+            clock: t.clock,
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -172,6 +218,9 @@ pub fn validate(
         }
         if timers.clone().take(i).any(|o| o.id == id) {
             return Err(PosixTimerError::DuplicateId { id });
+        }
+        if !RESTORED_CLOCKS.contains(&t.clock) {
+            return Err(PosixTimerError::BadClock { id, clock: t.clock });
         }
         let to_thread = sigev_notify::SIGNAL | sigev_notify::THREAD_ID;
         match t.notify {
@@ -217,6 +266,28 @@ mod tests {
 
     fn run(t: &[PosixTimerRecord]) -> Result<(), PosixTimerError> {
         validate(t.iter().copied(), t.len() as u64, [100, 101].into_iter())
+    }
+
+    #[test]
+    fn unknown_clocks_and_alarms_without_the_capability_are_refused() {
+        let mut cpu_of_another = timer(3, 0, 0);
+        cpu_of_another.clock = -(4242 * 8) - 6;
+        assert_eq!(
+            run(&[cpu_of_another]),
+            Err(PosixTimerError::BadClock {
+                id: 3,
+                clock: cpu_of_another.clock
+            })
+        );
+        let mut alarm = timer(4, 0, 0);
+        alarm.clock = 9;
+        assert_eq!(run(&[alarm]), Ok(()));
+        assert_eq!(
+            check_alarm_capability(&[alarm], 0),
+            Err(PosixTimerError::AlarmNeedsCapability { id: 4, clock: 9 })
+        );
+        assert_eq!(check_alarm_capability(&[alarm], 1 << 35), Ok(()));
+        assert_eq!(check_alarm_capability(&[timer(5, 0, 0)], 0), Ok(()));
     }
 
     #[test]

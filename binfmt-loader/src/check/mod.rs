@@ -636,6 +636,13 @@ fn check_memory(os: &impl Os, checked: &Checked, caps: u64) -> Result<(), CheckE
     crate::plan::check_sigqueue(input.pending, input.rlimits, sigq)
         .map_err(|error| CheckError::SigQueue { error })?;
     posix_timers::fit_sigqueue(input.posix_timers.len(), input.pending, input.rlimits, sigq)
+        .map_err(|error| CheckError::PosixTimer { error })?;
+    // The capabilities the task ends with: its recorded ones when the
+    // credentials are switched, else this process's.
+    let caps = input
+        .creds
+        .map_or_else(|| os.effective_caps(), |c| c.cap_effective);
+    crate::posix_timers::check_alarm_capability(input.posix_timers, caps)
         .map_err(|error| CheckError::PosixTimer { error })
 }
 

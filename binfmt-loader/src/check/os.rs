@@ -83,6 +83,8 @@ pub trait Os {
     fn write(&self, fd: i32, buf: &[u8]) -> Result<usize, Errno>;
     /// `eventfd2(0, flags)`.
     fn eventfd(&self, flags: u32) -> Result<i32, Errno>;
+    /// `ioctl(FIONREAD)`: the bytes waiting in a pipe.
+    fn bytes_waiting(&self, fd: i32) -> Result<usize, Errno>;
     /// `read(fd, buf)`: how many bytes came.
     fn read(&self, fd: i32, buf: &mut [u8]) -> Result<usize, Errno>;
     /// `signalfd4(-1, &mask, 8, flags)`.
@@ -101,6 +103,4 @@ pub trait Os {
     fn epoll_create(&self, flags: u32) -> Result<i32, Errno>;
     /// `epoll_ctl(epfd, EPOLL_CTL_ADD, fd, {events, data})`.
     fn epoll_add(&self, epfd: i32, fd: i32, events: u32, data: u64) -> Result<(), Errno>;
-    /// `ioctl(FIONREAD)`: the bytes waiting in a pipe.
-    fn bytes_waiting(&self, fd: i32) -> Result<usize, Errno>;
 }

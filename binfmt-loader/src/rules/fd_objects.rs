@@ -33,8 +33,10 @@ fn family(kind: u32) -> u32 {
     }
 }
 
-/// Whether one object of `kind` is one open file description (eventfd),
-/// rather than something several descriptions can be open on (a pipe).
+/// Whether one object of `kind` is one open file description (an
+/// eventfd, signalfd, timerfd, epoll or inotify instance: the loader makes
+/// one per object), rather than something several descriptions can be
+/// open on (a pipe).
 fn object_is_description(kind: u32) -> bool {
     matches!(
         kind,
@@ -67,7 +69,9 @@ pub fn check(image: &Image<'_>, fds: &Records<'_, FdRecord>) -> Result<(), RuleE
             return Err(bad("one pipe object is named by a pipe fd and a FIFO fd"));
         }
         if object_is_description(f.kind) && first.desc != f.desc {
-            return Err(bad("one eventfd is named by two open file descriptions"));
+            return Err(bad(
+                "one eventfd, signalfd, timerfd, epoll or inotify instance is named by two open file descriptions",
+            ));
         }
     }
     for p in image.records::<PipeRecord>().map_err(corrupt)? {

@@ -119,6 +119,9 @@ impl Os for Kernel {
     fn eventfd(&self, flags: u32) -> Result<i32, Errno> {
         super::objects::eventfd(flags)
     }
+    fn bytes_waiting(&self, fd: i32) -> Result<usize, Errno> {
+        super::objects::bytes_waiting(fd)
+    }
     fn read(&self, fd: i32, buf: &mut [u8]) -> Result<usize, Errno> {
         super::read(fd, buf)
     }
@@ -145,8 +148,5 @@ impl Os for Kernel {
     }
     fn epoll_add(&self, epfd: i32, fd: i32, events: u32, data: u64) -> Result<(), Errno> {
         super::event_objects::epoll_add(epfd, fd, events, data)
-    }
-    fn bytes_waiting(&self, fd: i32) -> Result<usize, Errno> {
-        super::objects::bytes_waiting(fd)
     }
 }
