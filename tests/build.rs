@@ -19,6 +19,7 @@ const C_WORKLOADS: &[&str] = &[
     "cred_threads",
     "small_stack",
     "fd_objects",
+    "sockets",
     "posix_timers",
     "fd_sharing",
     "blockers",

@@ -65,6 +65,7 @@ pub fn is_object(kind: u32) -> bool {
             | fd_kind::TIMERFD
             | fd_kind::EPOLL
             | fd_kind::INOTIFY
+            | fd_kind::SOCKET
     )
 }
 
@@ -75,13 +76,8 @@ pub fn is_object(kind: u32) -> bool {
 /// and is shown escaped.
 pub fn unsupported_reason(fd: i32, kind: u32, deleted: bool, link: &str) -> Option<String> {
     let link = Escaped(link.as_bytes());
-    let stdio = (0..=2).contains(&fd);
     match kind {
         _ if is_object(kind) => None,
-        fd_kind::SOCKET if stdio => None,
-        fd_kind::SOCKET => Some(format!(
-            "fd {fd} is a socket ({link}): sockets are not saved"
-        )),
         fd_kind::IO_URING => Some(format!(
             "fd {fd} is an io_uring instance ({link}): its rings and requests in flight cannot be saved"
         )),
@@ -130,7 +126,11 @@ mod tests {
             None
         );
         assert!(unsupported_reason(5, fd_kind::IO_URING, false, "anon_inode:[io_uring]").is_some());
-        assert!(unsupported_reason(3, fd_kind::SOCKET, false, "socket:[1]").is_some());
+        // Sockets are objects too.
+        assert_eq!(
+            unsupported_reason(3, fd_kind::SOCKET, false, "socket:[1]"),
+            None
+        );
         assert!(unsupported_reason(3, fd_kind::REGULAR, true, "/tmp/x").is_some());
         assert_eq!(
             unsupported_reason(3, fd_kind::REGULAR, false, "/tmp/x"),

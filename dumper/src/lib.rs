@@ -342,6 +342,7 @@ pub fn dump(
     if opts.leave_running {
         frozen.detach()?;
     } else {
+        objects::socket::abort_dropped_connections(pid, &state.fds);
         frozen.kill()?;
     }
     published.keep();

@@ -34,6 +34,8 @@ pub use posix_timers::*;
 mod fd_objects;
 pub use event_objects::*;
 pub use fd_objects::*;
+mod sockets;
+pub use sockets::*;
 
 /// Owner name of crimg's notes.
 pub const OWNER_CRIMG: &[u8] = b"CRIMG";
@@ -89,6 +91,7 @@ pub mod note {
     pub const POSIX_TIMERS: u32 = 0x4352_0016;
     /// memfds, shared anonymous memory and deleted files.
     pub const SHMEM: u32 = 0x4352_0017;
+    /// [`super::SocketRecord`]s.
     pub const SOCKETS: u32 = 0x4352_0018;
     pub const TERMINALS: u32 = 0x4352_0019;
     /// fds whose object was not saved (`crdump --force`).
@@ -211,6 +214,7 @@ pub const KNOWN_NOTES: &[NoteVersions] = &[
     NoteVersions::of::<TimerfdRecord>(),
     NoteVersions::of::<EpollItemRecord>(),
     NoteVersions::of::<InotifyWatchRecord>(),
+    NoteVersions::of::<SocketRecord>(),
 ];
 
 /// A string in the [`note::STRTAB`] note (bytes, not NUL-terminated).

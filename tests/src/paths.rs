@@ -32,6 +32,7 @@ const COMPILED: &[(&str, &str)] = &[
     ("cred_threads", env!("WORKLOAD_CRED_THREADS")),
     ("small_stack", env!("WORKLOAD_SMALL_STACK")),
     ("fd_objects", env!("WORKLOAD_FD_OBJECTS")),
+    ("sockets", env!("WORKLOAD_SOCKETS")),
     ("posix_timers", env!("WORKLOAD_POSIX_TIMERS")),
     ("fd_sharing", env!("WORKLOAD_FD_SHARING")),
     ("blockers", env!("WORKLOAD_BLOCKERS")),

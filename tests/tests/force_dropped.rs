@@ -60,7 +60,9 @@ fn a_forced_image_with_dropped_tcp_fds_runs_and_finds_dev_null() {
     let warning = restored
         .wait_stderr_containing("replaced by /dev/null", Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{e}\n{}", restored.stderr_report()));
-    // The listener too, while listening sockets are not saved.
+    // The connection's two ends; the listener is saved (and rebound: the
+    // dropped connections were reset at the kill, so no TIME_WAIT holds
+    // its port).
     assert!(
         warning.contains(" fds not saved (crdump --force) replaced by /dev/null: ")
             && warning.contains(&format!(" {a} (socket:["))

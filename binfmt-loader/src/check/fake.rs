@@ -55,6 +55,11 @@ pub struct Fake {
     pub set_ticks_probe: Errno,
     /// An fd `epoll_add` refuses (EPERM), as epoll does a regular file.
     pub unwatchable: Option<i32>,
+    /// Every socket call, in order, as a line (`bind 5 ...`).
+    pub socket_calls: RefCell<Vec<String>>,
+    /// What `bind` and `connect` answer.
+    pub bind_result: Result<(), Errno>,
+    pub connect_result: Result<(), Errno>,
 }
 
 impl Fake {
@@ -125,7 +130,14 @@ impl Fake {
             wds: RefCell::default(),
             set_ticks_probe: Errno::EINVAL,
             unwatchable: None,
+            socket_calls: RefCell::default(),
+            bind_result: Ok(()),
+            connect_result: Err(Errno(111)),
         }
+    }
+
+    fn call(&self, line: String) {
+        self.socket_calls.borrow_mut().push(line);
     }
 
     pub fn add(&mut self, path: &str, stat: Stat, contents: Vec<u8>) {
@@ -389,5 +401,54 @@ impl Os for Fake {
         } else {
             Err(Errno(9))
         }
+    }
+    fn socket(&self, family: u32, sock_type: u32, protocol: u32) -> Result<i32, Errno> {
+        let fd = self.new_fd(b"socket:[1]".to_vec(), 0);
+        self.call(std::format!(
+            "socket {family} {sock_type} {protocol} = {fd}"
+        ));
+        Ok(fd)
+    }
+    fn socketpair(&self, sock_type: u32) -> Result<(i32, i32), Errno> {
+        let a = self.new_fd(b"socket:[a]".to_vec(), 0);
+        let b = self.new_fd(b"socket:[b]".to_vec(), 0);
+        self.call(std::format!("socketpair {sock_type} = {a} {b}"));
+        Ok((a, b))
+    }
+    fn setsockopt(&self, fd: i32, level: u32, name: u32, value: &[u8]) -> Result<(), Errno> {
+        self.call(std::format!("setsockopt {fd} {level} {name} {value:?}"));
+        Ok(())
+    }
+    fn bind_or_connect(&self, fd: i32, addr: &[u8], connect: bool) -> Result<(), Errno> {
+        let what = if connect { "connect" } else { "bind" };
+        self.call(std::format!(
+            "{what} {fd} {}",
+            String::from_utf8_lossy(addr.get(2..).unwrap_or(&[]))
+        ));
+        if connect {
+            self.connect_result
+        } else {
+            self.bind_result
+        }
+    }
+    fn listen(&self, fd: i32, backlog: u32) -> Result<(), Errno> {
+        self.call(std::format!("listen {fd} {backlog}"));
+        Ok(())
+    }
+    fn send(&self, fd: i32, buf: &[u8]) -> Result<usize, Errno> {
+        self.call(std::format!("send {fd} {buf:?}"));
+        Ok(buf.len())
+    }
+    fn shutdown(&self, fd: i32, how: u32) -> Result<(), Errno> {
+        self.call(std::format!("shutdown {fd} {how}"));
+        Ok(())
+    }
+    fn unlink(&self, path: &[u8]) -> Result<(), Errno> {
+        self.call(std::format!("unlink {}", String::from_utf8_lossy(path)));
+        Ok(())
+    }
+    fn umask(&self, mask: u32) -> u32 {
+        self.call(std::format!("umask {mask:o}"));
+        0o022
     }
 }

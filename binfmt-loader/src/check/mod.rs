@@ -157,6 +157,28 @@ pub enum CheckError {
         fd: i32,
         of: i32,
     },
+    /// Socket fd `fd` could not `step` its address `addr` (a `sockaddr`;
+    /// `EADDRINUSE`: taken, e.g. by the dumped process still running).
+    SocketAddress {
+        fd: i32,
+        step: &'static str,
+        addr: &'static [u8],
+        errno: Errno,
+    },
+    /// A socket option of fd `fd` could not be set.
+    SocketOption {
+        fd: i32,
+        level: u32,
+        name: u32,
+        errno: Errno,
+    },
+    /// The path unix socket fd `fd` is bound to holds something that is
+    /// not a stale socket file.
+    SocketPath {
+        fd: i32,
+        path: &'static [u8],
+        why: &'static str,
+    },
     VdsoLayout,
     Scratch {
         errno: Errno,
@@ -255,6 +277,7 @@ impl CheckError {
             | CheckError::BadXsave { .. }
             | CheckError::Value { .. }
             | CheckError::ObjectMissing { .. } => ExitCode::ImageCorrupt,
+            CheckError::SocketPath { .. } => ExitCode::FileChanged,
             CheckError::FileMissing { .. }
             | CheckError::FileChanged { .. }
             | CheckError::FileType { .. }
@@ -279,6 +302,8 @@ impl CheckError {
             | CheckError::FifoInUse { .. }
             | CheckError::PipeTooBig { .. }
             | CheckError::StdioMissing { .. }
+            | CheckError::SocketAddress { .. }
+            | CheckError::SocketOption { .. }
             | CheckError::CapsKept { .. }
             | CheckError::ExceedsOwner { .. }
             | CheckError::Identity { .. }
@@ -350,6 +375,33 @@ impl fmt::Display for CheckError {
             CheckError::StdioMissing { fd, of } => write!(
                 f,
                 "fd {fd} is a copy of fd {of}, which the caller did not give (it is closed); run the image with fd {of} open"
+            ),
+            CheckError::SocketAddress {
+                fd,
+                step,
+                addr,
+                errno,
+            } => {
+                let addr = crate::objects::socket::SockAddr(addr);
+                if errno.0 == 98 {
+                    write!(f, "fd {fd}: cannot {step} {addr}: the address is in use (EADDRINUSE: by the dumped process, still running, or by connections of a listener without SO_REUSEADDR in TIME_WAIT, which end within a minute)")
+                } else {
+                    write!(f, "fd {fd}: cannot {step} {addr}: {errno}")
+                }
+            }
+            CheckError::SocketOption {
+                fd,
+                level,
+                name,
+                errno,
+            } => write!(
+                f,
+                "fd {fd}: cannot set socket option {level}/{name}: {errno}"
+            ),
+            CheckError::SocketPath { fd, path, why } => write!(
+                f,
+                "fd {fd}: cannot bind the unix socket {} again: {why}",
+                Lossy(path)
             ),
             CheckError::ObjectMissing { fd } => {
                 write!(f, "corrupt image: fd {fd} names an object the image does not hold")

@@ -103,4 +103,20 @@ pub trait Os {
     fn epoll_create(&self, flags: u32) -> Result<i32, Errno>;
     /// `epoll_ctl(epfd, EPOLL_CTL_ADD, fd, {events, data})`.
     fn epoll_add(&self, epfd: i32, fd: i32, events: u32, data: u64) -> Result<(), Errno>;
+    // Sockets (`crate::objects::socket`); every socket made is
+    // close-on-exec and non-blocking.
+    fn socket(&self, family: u32, sock_type: u32, protocol: u32) -> Result<i32, Errno>;
+    /// `socketpair(AF_UNIX, sock_type, 0)`.
+    fn socketpair(&self, sock_type: u32) -> Result<(i32, i32), Errno>;
+    fn setsockopt(&self, fd: i32, level: u32, name: u32, value: &[u8]) -> Result<(), Errno>;
+    /// `bind(fd, addr)`, or `connect` when `connect` is true.
+    fn bind_or_connect(&self, fd: i32, addr: &[u8], connect: bool) -> Result<(), Errno>;
+    fn listen(&self, fd: i32, backlog: u32) -> Result<(), Errno>;
+    /// `send(fd, buf, MSG_DONTWAIT | MSG_NOSIGNAL)`: bytes taken.
+    fn send(&self, fd: i32, buf: &[u8]) -> Result<usize, Errno>;
+    fn shutdown(&self, fd: i32, how: u32) -> Result<(), Errno>;
+    /// `unlinkat(AT_FDCWD, path, 0)`.
+    fn unlink(&self, path: &[u8]) -> Result<(), Errno>;
+    /// `umask(mask)`: the old mask.
+    fn umask(&self, mask: u32) -> u32;
 }

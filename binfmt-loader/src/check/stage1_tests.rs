@@ -684,4 +684,253 @@ fn pipe_bytes_beyond_its_size_and_an_eventfd_of_two_descriptions_are_corrupt() {
         ExitCode::ImageCorrupt
     );
 }
+/// Sockets (`crate::objects::socket`): a unix stream pair at fds 4 and 5
+/// with a queue each way, a unix listener on a path at fd 6 and a TCP
+/// listener at fd 7.
+fn socket_task(unix_path: &str) -> TaskState {
+    use image_format::records::{socket_flags, socket_mode, SockOpt, SocketRecord};
+    use image_writer::model::SocketState;
+    let mut state = task();
+    for (fd, object, desc) in [(4, 1, 10), (5, 2, 11), (6, 3, 12), (7, 4, 13)] {
+        state.fds.push(FdState {
+            record: FdRecord {
+                fd,
+                kind: fd_kind::SOCKET,
+                object,
+                desc,
+                open_flags: sys::O_RDWR,
+                ..Default::default()
+            },
+            path: std::format!("socket:[{fd}]"),
+        });
+    }
+    let opt = |level: u32, name: u32, v: i32| {
+        let mut o = SockOpt {
+            level,
+            name,
+            len: 4,
+            ..Default::default()
+        };
+        o.value[..4].copy_from_slice(&v.to_ne_bytes());
+        o
+    };
+    let end = |peer, queue: &[u8]| SocketState {
+        record: SocketRecord {
+            family: 1,
+            sock_type: 1,
+            mode: socket_mode::UNIX_PAIR,
+            peer,
+            ..Default::default()
+        },
+        queue: queue.to_vec(),
+        // The task peeked 3 bytes at this end.
+        options: if peer == 2 {
+            vec![opt(1, 42, 3)]
+        } else {
+            vec![]
+        },
+        ..Default::default()
+    };
+    let mut unix_addr = vec![1u8, 0];
+    unix_addr.extend_from_slice(unix_path.as_bytes());
+    unix_addr.push(0);
+    let mut tcp_addr = vec![2u8, 0, 0x1f, 0x90, 127, 0, 0, 1];
+    tcp_addr.extend([0; 8]);
+    state.objects.sockets = vec![
+        end(2, b"to four"),
+        end(1, b"to five"),
+        SocketState {
+            record: SocketRecord {
+                family: 1,
+                sock_type: 1,
+                mode: socket_mode::LISTEN,
+                flags: socket_flags::BOUND,
+                backlog: 5,
+                file_mode: 0o710,
+                ..Default::default()
+            },
+            addr: unix_addr,
+            ..Default::default()
+        },
+        SocketState {
+            record: SocketRecord {
+                family: 2,
+                sock_type: 1,
+                protocol: 6,
+                mode: socket_mode::LISTEN,
+                flags: socket_flags::BOUND,
+                backlog: 7,
+                ..Default::default()
+            },
+            addr: tcp_addr,
+            // SO_RCVBUF as getsockopt showed it (twice what was set).
+            options: vec![opt(1, 8, 200_000)],
+            ..Default::default()
+        },
+    ];
+    state
+}
+
+fn socket_stat(mode: u32) -> Stat {
+    Stat {
+        mode,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn sockets_are_made_filled_and_bound_in_order() {
+    let state = socket_task("/run/s.sock");
+    let os = machine();
+    run(&os, &state, code_page(), (1000, 1000)).unwrap();
+    let calls = os.socket_calls.borrow().clone();
+    let at = |prefix: &str| {
+        calls
+            .iter()
+            .position(|c| c.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` in {calls:#?}"))
+    };
+    // The pair: each end's queue sent from the other, then the task's peek
+    // offset on the end that had one.
+    let pair = &calls[at("socketpair 1")];
+    let ends: Vec<&str> = pair.rsplit(' ').take(2).collect();
+    let (a, b) = (ends[1], ends[0]);
+    let sent_to_four = at(&std::format!("send {b} [116, 111, 32, 102, 111, 117, 114]"));
+    let sent_to_five = at(&std::format!("send {a} [116, 111, 32, 102, 105, 118, 101]"));
+    let peek = at(&std::format!("setsockopt {a} 1 42 [3, 0, 0, 0]"));
+    assert!(sent_to_four < peek && sent_to_five < peek, "{calls:#?}");
+    // No socket file there: bound at once (with the umask that gives its
+    // file the mode it had), then listening.
+    assert!(!calls.iter().any(|c| c.starts_with("unlink")));
+    assert!(at("bind") < at("listen") && calls.iter().any(|c| c.ends_with(" 5")));
+    assert!(
+        at("umask 67") < at("bind") && at("bind") < at("umask 22"),
+        "{calls:#?}"
+    );
+
+    // A socket whose file had been removed: bound, then removed again.
+    let mut state = socket_task("/run/s.sock");
+    state.objects.sockets[2].record.flags |= image_format::records::socket_flags::UNLINKED;
+    let os = machine();
+    run(&os, &state, code_page(), (1000, 1000)).unwrap();
+    let calls = os.socket_calls.borrow().clone();
+    let bind = calls.iter().position(|c| c.starts_with("bind")).unwrap();
+    let unlink = calls
+        .iter()
+        .position(|c| c == "unlink /run/s.sock")
+        .unwrap();
+    assert!(bind < unlink, "{calls:#?}");
+    // TCP: SO_RCVBUF halved; SO_REUSEADDR on for the bind, back to 0 after
+    // listen.
+    let tcp = calls
+        .iter()
+        .rposition(|c| c.starts_with("socket 2 1 6"))
+        .unwrap();
+    let rcvbuf = calls[tcp..]
+        .iter()
+        .position(|c| {
+            c.contains(" 1 8 ") && c.ends_with(&std::format!("{:?}", 100_000i32.to_ne_bytes()))
+        })
+        .unwrap_or_else(|| panic!("{calls:#?}"));
+    let after = &calls[tcp + rcvbuf..];
+    let reuse_on = after
+        .iter()
+        .position(|c| c.ends_with(" 1 2 [1, 0, 0, 0]"))
+        .unwrap();
+    let bind = after.iter().position(|c| c.starts_with("bind")).unwrap();
+    let listen = after.iter().position(|c| c.ends_with(" 7")).unwrap();
+    let reuse_off = after
+        .iter()
+        .position(|c| c.ends_with(" 1 2 [0, 0, 0, 0]"))
+        .unwrap();
+    assert!(
+        reuse_on < bind && bind < listen && listen < reuse_off,
+        "{calls:#?}"
+    );
+}
+
+#[test]
+fn a_stale_unix_socket_file_is_removed_and_anything_else_refused() {
+    let state = socket_task("/run/s.sock");
+    // A socket file nobody listens on (connect refused): removed first.
+    let mut os = machine();
+    os.add("/run/s.sock", socket_stat(sys::S_IFSOCK | 0o755), vec![]);
+    run(&os, &state, code_page(), (1000, 1000)).unwrap();
+    let calls = os.socket_calls.borrow().clone();
+    let unlink = calls
+        .iter()
+        .position(|c| c == "unlink /run/s.sock")
+        .unwrap();
+    let bind = calls
+        .iter()
+        .position(|c| c.starts_with("bind") && c.contains("/run/s.sock"))
+        .unwrap();
+    assert!(unlink < bind, "{calls:#?}");
+
+    // One that answers: the address is in use, nothing removed.
+    let mut os = machine();
+    os.add("/run/s.sock", socket_stat(sys::S_IFSOCK | 0o755), vec![]);
+    os.connect_result = Ok(());
+    match run(&os, &state, code_page(), (1000, 1000)) {
+        Err(e @ CheckError::SocketAddress { fd: 6, .. }) => {
+            let line = std::format!("{e}");
+            assert!(
+                line.contains("/run/s.sock") && line.contains("EADDRINUSE"),
+                "{line}"
+            );
+            assert_eq!(e.exit_code(), ExitCode::Environment);
+        }
+        other => panic!("{:?}", other.err()),
+    }
+    assert!(!os
+        .socket_calls
+        .borrow()
+        .iter()
+        .any(|c| c.starts_with("unlink")));
+
+    // A symlink (never followed) or a file: left alone, refused.
+    for mode in [sys::S_IFLNK | 0o777, sys::S_IFREG | 0o644] {
+        let mut os = machine();
+        os.add("/run/s.sock", socket_stat(mode), vec![]);
+        match run(&os, &state, code_page(), (1000, 1000)) {
+            Err(e @ CheckError::SocketPath { fd: 6, .. }) => {
+                assert!(std::format!("{e}").contains("not a socket"));
+                assert_eq!(e.exit_code(), ExitCode::FileChanged);
+            }
+            other => panic!("{:?}", other.err()),
+        }
+        assert!(!os
+            .socket_calls
+            .borrow()
+            .iter()
+            .any(|c| c.starts_with("unlink")));
+    }
+}
+
+#[test]
+fn a_taken_port_is_named_in_stage_1() {
+    let state = socket_task("/run/s.sock");
+    let mut os = machine();
+    os.bind_result = Err(Errno(98));
+    // The unix listener binds first (fd 6) and is refused the same way.
+    match run(&os, &state, code_page(), (1000, 1000)) {
+        Err(e @ CheckError::SocketAddress { .. }) => {
+            assert!(std::format!("{e}").contains("in use (EADDRINUSE"));
+        }
+        other => panic!("{:?}", other.err()),
+    }
+    let mut state = state;
+    state.fds.retain(|f| f.record.fd != 6);
+    match run(&os, &state, code_page(), (1000, 1000)) {
+        Err(e @ CheckError::SocketAddress { fd: 7, .. }) => {
+            let line = std::format!("{e}");
+            assert!(
+                line.starts_with("fd 7: cannot bind 127.0.0.1:8080: the address is in use"),
+                "{line}"
+            );
+        }
+        other => panic!("{:?}", other.err()),
+    }
+}
+
 mod event_objects;

@@ -9,10 +9,11 @@ pub mod eventfd;
 pub mod inotify;
 pub mod pipe;
 pub mod signalfd;
+pub mod socket;
 pub mod timerfd;
 
 use image_format::records::{
-    fd_kind, EventfdRecord, FdRecord, PipeRecord, SignalfdRecord, TimerfdRecord,
+    fd_kind, EventfdRecord, FdRecord, PipeRecord, SignalfdRecord, SocketRecord, TimerfdRecord,
 };
 use image_format::Image;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -103,6 +104,7 @@ pub fn is_object(kind: u32) -> bool {
             | fd_kind::TIMERFD
             | fd_kind::EPOLL
             | fd_kind::INOTIFY
+            | fd_kind::SOCKET
     )
 }
 
@@ -116,6 +118,7 @@ pub fn count(image: &Image<'_>, kind: u32) -> Result<u32, image_format::ImageErr
         // Instance numbers: their watches (items) name them, and one
         // without any has no record; any number is an instance.
         fd_kind::EPOLL | fd_kind::INOTIFY => u32::MAX,
+        fd_kind::SOCKET => image.records::<SocketRecord>()?.len(),
         _ => 0,
     })
 }
@@ -138,6 +141,7 @@ pub fn open(
         fd_kind::TIMERFD => timerfd::open(os, image, f, base)?,
         fd_kind::INOTIFY => inotify::open(os, image, f, base)?,
         fd_kind::EPOLL => epoll::open(os, f, base)?,
+        fd_kind::SOCKET => socket::open(os, image, f, base, made)?,
         _ => {
             return Err(CheckError::UnsupportedFd {
                 fd: f.fd,

@@ -40,7 +40,12 @@ fn family(kind: u32) -> u32 {
 fn object_is_description(kind: u32) -> bool {
     matches!(
         kind,
-        fd_kind::EVENTFD | fd_kind::SIGNALFD | fd_kind::TIMERFD | fd_kind::EPOLL | fd_kind::INOTIFY
+        fd_kind::EVENTFD
+            | fd_kind::SIGNALFD
+            | fd_kind::TIMERFD
+            | fd_kind::EPOLL
+            | fd_kind::INOTIFY
+            | fd_kind::SOCKET
     )
 }
 

@@ -16,6 +16,7 @@ pub mod event_objects;
 pub mod mm;
 pub mod objects;
 pub mod os;
+pub mod sockets;
 pub mod startup;
 
 /// The real OS for stage 1.

@@ -149,4 +149,31 @@ impl Os for Kernel {
     fn epoll_add(&self, epfd: i32, fd: i32, events: u32, data: u64) -> Result<(), Errno> {
         super::event_objects::epoll_add(epfd, fd, events, data)
     }
+    fn socket(&self, family: u32, sock_type: u32, protocol: u32) -> Result<i32, Errno> {
+        super::sockets::socket(family, sock_type, protocol)
+    }
+    fn socketpair(&self, sock_type: u32) -> Result<(i32, i32), Errno> {
+        super::sockets::socketpair(sock_type)
+    }
+    fn setsockopt(&self, fd: i32, level: u32, name: u32, value: &[u8]) -> Result<(), Errno> {
+        super::sockets::setsockopt(fd, level, name, value)
+    }
+    fn bind_or_connect(&self, fd: i32, addr: &[u8], connect: bool) -> Result<(), Errno> {
+        super::sockets::bind_or_connect(fd, addr, connect)
+    }
+    fn listen(&self, fd: i32, backlog: u32) -> Result<(), Errno> {
+        super::sockets::listen(fd, backlog)
+    }
+    fn send(&self, fd: i32, buf: &[u8]) -> Result<usize, Errno> {
+        super::sockets::send(fd, buf)
+    }
+    fn shutdown(&self, fd: i32, how: u32) -> Result<(), Errno> {
+        super::sockets::shutdown(fd, how)
+    }
+    fn unlink(&self, path: &[u8]) -> Result<(), Errno> {
+        super::sockets::unlink(path)
+    }
+    fn umask(&self, mask: u32) -> u32 {
+        super::sockets::umask(mask)
+    }
 }

@@ -407,7 +407,19 @@ fn fd_flags_and_refusals() {
         0,
         "pos:\t0\nflags:\t02\nmnt_id:\t9\n",
     );
-    assert!(unsupported(run(&mut task, false)).contains("fd 5 is a socket"));
+    // A socket is an object: its module reads it through a copy of the fd.
+    assert!(unsupported(run(&mut task, false)).contains("fd 5: cannot take a copy of the socket"));
+    // An established TCP connection (both ends here; the task's fd 5 is
+    // the connecting end) is refused by name.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let conn = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    task.stolen.insert(5, std::os::fd::OwnedFd::from(conn));
+    let why = unsupported(run(&mut task, false));
+    assert!(
+        why.contains("fd 5 is an established TCP connection 127.0.0.1:")
+            && why.contains(&format!("-> {}: not saved yet", l.local_addr().unwrap())),
+        "{why}"
+    );
 }
 
 #[test]
@@ -587,7 +599,8 @@ fn one_refusal_names_every_blocker_and_nothing_is_injected() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 5, "{text}");
     for want in [
-        "fd 5 is a socket (socket:[77])",
+        // The fake has no copy of the socket to read (sockets are objects).
+        "fd 5: cannot take a copy of the socket",
         "fd 6 refers to a deleted file",
         "fd 7 is an io_uring instance",
         "thread 4249 (iou-sqp-4242) is an io_uring kernel thread",
@@ -638,7 +651,9 @@ fn a_check_collects_as_forced_returns_the_blockers_and_reads_no_pages() {
     )
     .unwrap();
     assert_eq!(c.blockers.len(), 1);
-    assert!(c.blockers[0].what.contains("fd 5 is a socket"));
+    assert!(c.blockers[0]
+        .what
+        .contains("fd 5: cannot take a copy of the socket"));
     assert!(c.state.pages.is_empty());
     assert!(c.state.warnings.iter().all(|w| !w.contains("socket")));
     // The image a forced dump would write: the socket is dropped.

@@ -10,6 +10,7 @@ pub mod eventfd;
 pub mod inotify;
 pub mod pipe;
 pub mod signalfd;
+pub mod socket;
 pub mod timerfd;
 
 /// Why an object cannot be saved faithfully (a sentence naming the fd).

@@ -10,3 +10,5 @@ pub mod pagemap_scan;
 pub mod process;
 pub mod ptrace;
 pub mod search;
+pub mod sock_diag;
+pub mod sockets;

@@ -57,6 +57,7 @@ pub struct ObjectStates {
     pub inotify_watches: Vec<InotifyWatchState>,
     /// Every item of every epoll instance.
     pub epoll_items: Vec<image_format::records::EpollItemRecord>,
+    pub sockets: Vec<SocketState>,
     /// The POSIX timers (`timer_create`), by id; not behind an fd.
     pub posix_timers: Vec<PosixTimerRecord>,
 }
@@ -66,6 +67,19 @@ pub struct ObjectStates {
 pub struct InotifyWatchState {
     pub record: image_format::records::InotifyWatchRecord,
     pub path: Vec<u8>,
+}
+
+/// A socket: its record (`addr`, `queue`, `options` are filled in by the
+/// writer) and what they hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SocketState {
+    pub record: image_format::records::SocketRecord,
+    /// The `sockaddr` bound.
+    pub addr: Vec<u8>,
+    /// The data waiting to be received (framed per datagram for
+    /// datagram and seqpacket sockets, see `SocketRecord`).
+    pub queue: Vec<u8>,
+    pub options: Vec<image_format::records::SockOpt>,
 }
 
 /// A run of pages to store: `[start, start + len)`, page-aligned, inside one

@@ -386,6 +386,17 @@ fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
             ..w.record
         })
         .collect();
+    let sockets: Vec<records::SocketRecord> = state
+        .objects
+        .sockets
+        .iter()
+        .map(|s| records::SocketRecord {
+            addr: strings.add(&s.addr),
+            queue: strings.add(&s.queue),
+            options: strings.add(zerocopy::IntoBytes::as_bytes(s.options.as_slice())),
+            ..s.record
+        })
+        .collect();
 
     notes.add(records::OWNER_CRIMG, records::note::STRTAB, &strings.bytes);
     notes.add_records::<ProcessRecord>(&[process]);
@@ -406,6 +417,7 @@ fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
     notes.add_records(&state.objects.timerfds);
     notes.add_records(&watches);
     notes.add_records(&state.objects.epoll_items);
+    notes.add_records(&sockets);
     notes.add_records::<records::PosixTimerRecord>(&state.objects.posix_timers);
 }
 
