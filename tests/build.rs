@@ -20,6 +20,7 @@ const C_WORKLOADS: &[&str] = &[
     "small_stack",
     "fd_objects",
     "sockets",
+    "shmem",
     "posix_timers",
     "fd_sharing",
     "blockers",

@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Run crimg's checks and tests: what CI runs (.ci/run) and what a developer
-# runs. Installs the programs the tests drive (gcc, binutils, gdb, python3)
-# when they are missing and we are root.
+# runs. Installs the programs the tests drive (gcc, binutils, gdb, python3,
+# a JDK, and the real programs of the program tests: Go, redis, ruby, node,
+# tmux, vim, less, top, curl) when they are missing and we are root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 need=()
-for cmd in cc:gcc readelf:binutils gdb:gdb python3:python3 setpriv:util-linux javac:default-jdk-headless tmux:tmux; do
+# command:package, one per program a test runs.
+programs=(
+    cc:gcc readelf:binutils gdb:gdb python3:python3 setpriv:util-linux
+    javac:default-jdk-headless tmux:tmux go:golang-go redis-server:redis-server
+    redis-cli:redis-tools ruby:ruby node:nodejs vim:vim less:less top:procps curl:curl
+)
+for cmd in "${programs[@]}"; do
     command -v "${cmd%%:*}" >/dev/null || need+=("${cmd##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -129,8 +129,10 @@ impl fmt::Display for RuleError<'_> {
 /// a terminal, pipe or socket, and not an object the image saved)
 /// instead of opening it again.
 pub fn fd_is_inherited(f: &FdRecord) -> bool {
+    // A terminal's object holds its modes, not how to make it: stdio on a
+    // terminal is the caller's all the same.
     (0..=2).contains(&f.fd)
-        && f.object == 0
+        && (f.object == 0 || f.kind == fd_kind::TTY)
         && matches!(
             f.kind,
             fd_kind::TTY | fd_kind::PIPE | fd_kind::SOCKET | fd_kind::FIFO
@@ -153,7 +155,12 @@ pub fn fd_is_dropped(f: &FdRecord) -> bool {
 pub fn fd_must_be_dropped(f: &FdRecord, earlier: Option<&FdRecord>) -> bool {
     match earlier {
         Some(first) => fd_is_dropped(first),
-        None => !fd_is_inherited(f) && (!fd_restorable(f) || f.flags & fd_flags::DELETED != 0),
+        // A deleted file is restored only with its content saved.
+        None => {
+            !fd_is_inherited(f)
+                && (!fd_restorable(f)
+                    || (f.flags & fd_flags::DELETED != 0 && !crate::objects::shmem::backs_fd(f)))
+        }
     }
 }
 
@@ -165,7 +172,9 @@ pub fn fd_kind_reopenable(kind: u32) -> bool {
 /// Whether the loader can restore fd record `f`: by its path, or as an
 /// object the image saved (`object` names it).
 pub fn fd_restorable(f: &FdRecord) -> bool {
-    fd_kind_reopenable(f.kind) || (crate::objects::is_object(f.kind) && f.object != 0)
+    fd_kind_reopenable(f.kind)
+        || (crate::objects::is_object(f.kind) && f.object != 0)
+        || crate::objects::shmem::backs_fd(f)
 }
 
 /// The fd whose open file description `f` shares and that comes before it
@@ -222,7 +231,9 @@ pub fn check_image<'a>(image: &Image<'a>, mmap_min_addr: u64) -> Result<(), Rule
             continue;
         }
         let path = image.string(v.path).map_err(corrupt)?;
-        if v.flags & vma_flags::FILE_DELETED != 0 {
+        // A deleted file with its content saved (`objects::shmem`) is made
+        // again; one without is not restorable.
+        if v.flags & vma_flags::FILE_DELETED != 0 && v.object == 0 {
             return Err(RuleError::FileDeleted {
                 what: "mapped file",
                 path,
@@ -253,8 +264,16 @@ pub fn check_image<'a>(image: &Image<'a>, mmap_min_addr: u64) -> Result<(), Rule
             }
             continue;
         }
-        if crate::objects::is_object(f.kind) && f.object != 0 {
-            let held = crate::objects::count(image, f.kind).map_err(corrupt)?;
+        let shmem = crate::objects::shmem::backs_fd(&f);
+        if (crate::objects::is_object(f.kind) || shmem) && f.object != 0 {
+            let held = if shmem {
+                image
+                    .records::<image_format::records::ShmemRecord>()
+                    .map_err(corrupt)?
+                    .len()
+            } else {
+                crate::objects::count(image, f.kind).map_err(corrupt)?
+            };
             if f.object > held {
                 return Err(RuleError::Corrupt {
                     error: ImageError::BadRecords {
@@ -271,7 +290,8 @@ pub fn check_image<'a>(image: &Image<'a>, mmap_min_addr: u64) -> Result<(), Rule
                 path,
             });
         }
-        if f.flags & fd_flags::DELETED != 0 {
+        // A deleted file with its content saved is made again.
+        if f.flags & fd_flags::DELETED != 0 && !shmem {
             return Err(RuleError::FileDeleted {
                 what: "open file",
                 path,

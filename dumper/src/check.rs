@@ -62,6 +62,7 @@ pub fn check(pid: i32) -> Result<CheckReport, DumpError> {
     let opts = DumpOptions {
         leave_running: true,
         force: false,
+        ..DumpOptions::default()
     };
     check_target(pid, &opts)?;
     let frozen = Frozen::freeze(pid).map_err(|e| match e {

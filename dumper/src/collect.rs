@@ -283,13 +283,17 @@ fn collect_in<T: Task>(
     let timers = posix_timers::list(&mut c)?;
     refusals::numa_policies(&mut c)?;
     refusals::tagged_addresses(&mut c, &status)?;
-    let (fds, mut objects) = open_files::collect_fds(&mut c)?;
+    let (mut fds, mut objects) = open_files::collect_fds(&mut c)?;
     refusals::io_uring_rings(&mut c, &smaps);
     refusals::thread_stacks(&mut c, &smaps)?;
     refusals::too_many_groups(&mut c, &status)?;
     c.check_cancel()?;
 
-    let (vmas, classes) = areas::memory_areas(&mut c, &smaps)?;
+    let mut shmem = crate::objects::shmem::ShmemObjects::default();
+    let (mut vmas, mut classes) = areas::memory_areas(&mut c, &smaps, &mut shmem)?;
+    areas::fd_objects(&mut c, &mut fds, &mut shmem)?;
+    let lost = areas::object_contents(&mut c, &smaps, &vmas, &fds, &mut shmem)?;
+    areas::forget_objects(&mut vmas, &mut classes, &mut fds, &lost);
     let blockers = c.refuse_if_blocked()?;
     // Gadgets, also those injection runs through.
     let gadgets = areas::find_gadgets(&c, &smaps, &classes);
@@ -317,8 +321,9 @@ fn collect_in<T: Task>(
     let (pages, vma_stats) = if check_only {
         (Vec::new(), Vec::new())
     } else {
-        areas::select_pages(&c, &smaps, &classes, zero_pfn)?
+        areas::select_pages(&c, &smaps, &classes, &vmas, &mut shmem, zero_pfn)?
     };
+    objects.shmem = shmem.states;
 
     let state = TaskState {
         process,

@@ -66,6 +66,7 @@ pub fn is_object(kind: u32) -> bool {
             | fd_kind::EPOLL
             | fd_kind::INOTIFY
             | fd_kind::SOCKET
+            | fd_kind::MEMFD
     )
 }
 
@@ -82,9 +83,8 @@ pub fn unsupported_reason(fd: i32, kind: u32, deleted: bool, link: &str) -> Opti
             "fd {fd} is an io_uring instance ({link}): its rings and requests in flight cannot be saved"
         )),
         fd_kind::ANON_INODE => Some(format!("fd {fd} is {link}: this kind of file is not saved yet")),
-        fd_kind::MEMFD => Some(format!(
-            "fd {fd} is a memfd ({link}): its contents are not saved"
-        )),
+        // Saved with its content (`objects::shmem`, under --ghost-limit).
+        fd_kind::REGULAR if deleted => None,
         _ if deleted => Some(format!("fd {fd} refers to a deleted file ({link})")),
         _ => None,
     }
@@ -131,7 +131,12 @@ mod tests {
             unsupported_reason(3, fd_kind::SOCKET, false, "socket:[1]"),
             None
         );
-        assert!(unsupported_reason(3, fd_kind::REGULAR, true, "/tmp/x").is_some());
+        // A deleted file is saved (objects::shmem); a deleted directory not.
+        assert_eq!(
+            unsupported_reason(3, fd_kind::REGULAR, true, "/tmp/x"),
+            None
+        );
+        assert!(unsupported_reason(3, fd_kind::DIRECTORY, true, "/tmp/d").is_some());
         assert_eq!(
             unsupported_reason(3, fd_kind::REGULAR, false, "/tmp/x"),
             None
@@ -144,7 +149,7 @@ mod tests {
 
     #[test]
     fn a_link_from_the_target_is_shown_escaped() {
-        let why = unsupported_reason(3, fd_kind::REGULAR, true, "/tmp/x\n\x1b[31mFAKE").unwrap();
+        let why = unsupported_reason(3, fd_kind::DIRECTORY, true, "/tmp/x\n\x1b[31mFAKE").unwrap();
         assert_eq!(
             why,
             "fd 3 refers to a deleted file (/tmp/x\\n\\x1b[31mFAKE)"

@@ -80,34 +80,19 @@ pub fn classify(e: &SmapsEntry) -> Result<VmaClass, String> {
             kind: vma_kind::SHARED_ANON,
             policy: PagePolicy::Nothing,
             warning: Some(format!(
-                "SysV shared memory at {:#x}-{:#x} is restored as a private copy, no longer attached to the segment",
+                "SysV shared memory at {:#x}-{:#x} is restored as shared memory of its own (a memfd, shared by the areas that mapped the segment), no longer attached to the segment",
                 e.start, e.end
             )),
         });
     }
-    if p.starts_with("/memfd:") {
-        if e.shared {
-            return Ok(VmaClass {
-                kind: vma_kind::SHARED_ANON,
-                policy: PagePolicy::Nothing,
-                warning: Some(format!(
-                    "memfd mapping {shown} at {:#x}-{:#x} is restored as anonymous shared memory, not the memfd",
-                    e.start, e.end
-                )),
-            });
-        }
-        return Err(format!(
-            "private mapping of a memfd ({shown}) at {:#x}-{:#x}",
-            e.start, e.end
-        ));
+    // A memfd is restored as a memfd (`objects::shmem`): its shared areas
+    // carry its pages, a private one is a file mapping of it.
+    if p.starts_with("/memfd:") && e.shared {
+        return class(vma_kind::SHARED_ANON, PagePolicy::Nothing);
     }
+    // Deleted files too are mapped from their saved content
+    // (`objects::shmem`), as any file.
     if p.starts_with('/') {
-        if e.deleted {
-            return Err(format!(
-                "mapped file {shown} was deleted ({:#x}-{:#x})",
-                e.start, e.end
-            ));
-        }
         let policy = if e.shared {
             PagePolicy::Nothing
         } else {
@@ -319,12 +304,18 @@ mod tests {
             Ok((vma_kind::FILE, PagePolicy::Nothing))
         );
         assert!(k("[uprobes]", false).is_err());
-        assert!(k("/memfd:x", false).is_err());
-        assert!(classify(&entry("/memfd:x", true, true))
-            .unwrap()
-            .warning
-            .is_some());
-        assert!(classify(&entry("/tmp/gone", false, true)).is_err());
+        // A memfd's shared areas carry its pages; a private one maps it.
+        assert_eq!(
+            k("/memfd:x", false),
+            Ok((vma_kind::FILE, PagePolicy::PrivateFile))
+        );
+        let memfd = classify(&entry("/memfd:x", true, true)).unwrap();
+        assert_eq!((memfd.kind, memfd.warning), (vma_kind::SHARED_ANON, None));
+        // Deleted files are mapped from their saved content.
+        assert_eq!(
+            classify(&entry("/tmp/gone", false, true)).map(|c| c.kind),
+            Ok(vma_kind::FILE)
+        );
         let mut io = entry("/dev/mem", true, false);
         io.vm_flags = vec!["io".into()];
         assert!(classify(&io).is_err());

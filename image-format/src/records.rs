@@ -28,7 +28,11 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+mod terminals;
+pub use terminals::*;
 mod event_objects;
+mod shmem;
+pub use shmem::*;
 mod posix_timers;
 pub use posix_timers::*;
 mod fd_objects;
@@ -93,6 +97,7 @@ pub mod note {
     pub const SHMEM: u32 = 0x4352_0017;
     /// [`super::SocketRecord`]s.
     pub const SOCKETS: u32 = 0x4352_0018;
+    /// [`super::TerminalRecord`]s, one per terminal fd's description.
     pub const TERMINALS: u32 = 0x4352_0019;
     /// fds whose object was not saved (`crdump --force`).
     pub const DROPPED: u32 = 0x4352_001a;
@@ -210,11 +215,13 @@ pub const KNOWN_NOTES: &[NoteVersions] = &[
     NoteVersions::of::<PosixTimerRecord>(),
     NoteVersions::of::<PipeRecord>(),
     NoteVersions::of::<EventfdRecord>(),
+    NoteVersions::of::<TerminalRecord>(),
     NoteVersions::of::<SignalfdRecord>(),
     NoteVersions::of::<TimerfdRecord>(),
     NoteVersions::of::<EpollItemRecord>(),
     NoteVersions::of::<InotifyWatchRecord>(),
     NoteVersions::of::<SocketRecord>(),
+    NoteVersions::of::<ShmemRecord>(),
 ];
 
 /// A string in the [`note::STRTAB`] note (bytes, not NUL-terminated).
@@ -513,8 +520,13 @@ pub struct VmaRecord {
     /// The path as `/proc/P/maps` printed it (without ` (deleted)`).
     pub path: StrRef,
     pub file: FileId,
+    /// The shared memory object or saved file the area maps: 1-based index
+    /// of its [`ShmemRecord`] in the [`note::SHMEM`] note; 0 (and in images
+    /// written before this field existed): none, a file is opened by path.
+    pub object: u32,
+    pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<VmaRecord>() == 88);
+const _: () = assert!(core::mem::size_of::<VmaRecord>() == 96);
 impl Record for VmaRecord {
     const NOTE_TYPE: u32 = note::VMAS;
 }

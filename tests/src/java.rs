@@ -28,6 +28,11 @@ pub fn on_path(program: &str) -> Option<PathBuf> {
 /// READY line; `None` (after printing `skipped: …`) without a JDK on PATH
 /// (tools/test.sh installs one when it runs as root).
 pub fn start_java_loop(interval_ms: u32) -> Option<JavaLoop> {
+    start_java_loop_with(interval_ms, &[])
+}
+
+/// [`start_java_loop`] with more JVM options (`-XX:+UseZGC`).
+pub fn start_java_loop_with(interval_ms: u32, jvm_args: &[&str]) -> Option<JavaLoop> {
     let (Some(java), Some(javac)) = (on_path("java"), on_path("javac")) else {
         report_skip("no java and javac on PATH");
         return None;
@@ -44,6 +49,7 @@ pub fn start_java_loop(interval_ms: u32) -> Option<JavaLoop> {
     let mut command = Command::new(java);
     command
         .arg("-Xmx256m")
+        .args(jvm_args)
         .arg("-cp")
         .arg(classes.path())
         .arg("Loop")

@@ -16,6 +16,8 @@
 //! - [`privilege`]: [`is_root`] and [`skip_unless_root!`];
 //! - [`smaps`]: the `VmFlags` of every area and `/proc/PID/status` lines,
 //!   compared across a dump and restore;
+//! - [`tmux`]: [`Tmux`](tmux::Tmux), a private tmux server whose pane is a
+//!   terminal a test types into and reads;
 //! - [`untouched`]: a target left running, untraced and counting.
 //!
 //! The test command builds the whole workspace first, so the binaries exist:
@@ -31,10 +33,12 @@ pub mod lines;
 pub mod paths;
 pub mod privilege;
 pub mod process;
+pub mod programs;
 pub mod roundtrip;
 pub mod smaps;
 mod sys;
 pub mod ticks;
+pub mod tmux;
 pub mod untouched;
 
 pub use binfmt::TestBinfmt;

@@ -33,6 +33,7 @@ const COMPILED: &[(&str, &str)] = &[
     ("small_stack", env!("WORKLOAD_SMALL_STACK")),
     ("fd_objects", env!("WORKLOAD_FD_OBJECTS")),
     ("sockets", env!("WORKLOAD_SOCKETS")),
+    ("shmem", env!("WORKLOAD_SHMEM")),
     ("posix_timers", env!("WORKLOAD_POSIX_TIMERS")),
     ("fd_sharing", env!("WORKLOAD_FD_SHARING")),
     ("blockers", env!("WORKLOAD_BLOCKERS")),

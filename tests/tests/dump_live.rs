@@ -80,6 +80,7 @@ for line in sys.stdin:
     let opts = DumpOptions {
         leave_running: true,
         force: false,
+        ..DumpOptions::default()
     };
     let report = dumper::dump(pid, &dir, &opts, &mut NoProgress).expect("dump");
     assert_eq!(report.threads.len(), 4);
@@ -158,6 +159,7 @@ fn refuses_self_and_kernel_threads() {
     let opts = DumpOptions {
         leave_running: true,
         force: false,
+        ..DumpOptions::default()
     };
     assert!(matches!(
         dumper::dump(me, &dir, &opts, &mut NoProgress),
@@ -188,6 +190,7 @@ for line in sys.stdin:
     let opts = DumpOptions {
         leave_running: true,
         force: false,
+        ..DumpOptions::default()
     };
     let err = dumper::dump(pid, &dir, &opts, &mut NoProgress).unwrap_err();
     assert!(err.to_string().contains("is a netlink socket"), "{err}");
@@ -197,6 +200,7 @@ for line in sys.stdin:
     let opts = DumpOptions {
         leave_running: true,
         force: true,
+        ..DumpOptions::default()
     };
     let report = dumper::dump(pid, &dir, &opts, &mut NoProgress).expect("forced dump");
     assert!(report.warnings.iter().any(|m| m.contains("socket")));
@@ -224,6 +228,7 @@ sys.stdin.read()
     let opts = DumpOptions {
         leave_running: true,
         force: false,
+        ..DumpOptions::default()
     };
     let report = dumper::dump(pid, &dir, &opts, &mut NoProgress).expect("dump");
     let secs = t.elapsed().as_secs_f64();

@@ -16,8 +16,8 @@ use crimg_tests::roundtrip::{dump_and_kill, NOBODY, NOGROUP};
 use crimg_tests::{binaries, scratch_dir, Workload};
 
 /// A Python process that maps a file and then deletes it (the fd it
-/// mapped through stays open, deleted). Neither is saved, so a dump is
-/// refused; with `--force` the fd is dropped (`/dev/null` at restore) and
+/// mapped through stays open, deleted). Dumped with a ghost limit below
+/// its size, neither is saved, so a dump is refused; with `--force` the fd is dropped (`/dev/null` at restore) and
 /// the area kept without contents, and the image must be one the loader
 /// accepts: crdump runs the loader's own rules on it before it kills the
 /// process, and `crimg verify` runs the same ones.
@@ -56,10 +56,14 @@ fn crdump_force_of_a_deleted_mapping_writes_an_image_the_loader_runs() {
     let pid = python.pid();
     let out = scratch.path().join("out");
     // Refused without --force, naming both, and left running.
-    let output = cli::run(bins.crdump_command(pid, &out, false), LINE_TIMEOUT).unwrap();
+    let mut crdump = bins.crdump_command(pid, &out, false);
+    crdump.args(["--ghost-limit", "1"]);
+    let output = cli::run(crdump, LINE_TIMEOUT).unwrap();
     assert!(!output.status.success(), "{output:?}");
     assert!(
-        output.stderr.contains("refers to a deleted file") && output.stderr.contains("was deleted"),
+        output.stderr.contains("deleted file")
+            && output.stderr.contains("/mapped")
+            && output.stderr.contains("above the ghost limit of 1 bytes"),
         "{}",
         output.stderr
     );
@@ -67,7 +71,7 @@ fn crdump_force_of_a_deleted_mapping_writes_an_image_the_loader_runs() {
     python.expect_line("alive");
 
     let mut crdump = bins.crdump_command(pid, &out, false);
-    crdump.arg("--force");
+    crdump.args(["--force", "--ghost-limit", "1"]);
     let output = cli::run_ok(crdump, LINE_TIMEOUT).unwrap();
     assert!(
         !output.stdout.contains("the loader would refuse"),
@@ -99,7 +103,7 @@ fn crimg_verify_accepts_what_a_forced_dump_checked() {
     let pid = python.pid();
     let out = scratch.path().join("out");
     let mut crdump = bins.crdump_command(pid, &out, true);
-    crdump.arg("--force");
+    crdump.args(["--force", "--ghost-limit", "1"]);
     let output = cli::run_ok(crdump, LINE_TIMEOUT).unwrap();
     assert!(
         !output.stdout.contains("the loader would refuse"),

@@ -191,6 +191,7 @@ fn a_timer_on_another_threads_cpu_clock_is_refused_by_name() {
     let refuse = DumpOptions {
         leave_running: true,
         force: false,
+        ..DumpOptions::default()
     };
     let err = dumper::dump(pid, &out, &refuse, &mut NoProgress)
         .unwrap_err()
@@ -203,6 +204,7 @@ fn a_timer_on_another_threads_cpu_clock_is_refused_by_name() {
     let forced = DumpOptions {
         leave_running: true,
         force: true,
+        ..DumpOptions::default()
     };
     dumper::dump(pid, &out, &forced, &mut NoProgress).unwrap();
     let image = out.join(format!("task-{pid}.crimg"));

@@ -19,6 +19,7 @@ fn seccomp_task_is_refused_untouched_even_with_force() {
     let opts = DumpOptions {
         leave_running: true,
         force: true,
+        ..DumpOptions::default()
     };
     let err = dumper::dump(pid, &out, &opts, &mut NoProgress).unwrap_err();
     assert!(err.to_string().contains("seccomp"), "{err}");

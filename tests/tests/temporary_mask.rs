@@ -25,6 +25,7 @@ fn sigsuspend_keeps_its_real_mask() {
     let opts = DumpOptions {
         leave_running: true,
         force: false,
+        ..DumpOptions::default()
     };
     let report = dumper::dump(pid, &out, &opts, &mut NoProgress).expect("dump");
     let bytes = std::fs::read(&report.image).unwrap();

@@ -28,6 +28,9 @@ pub struct Summary {
     pub threads: Vec<ThreadSummary>,
     pub vmas: Vec<VmaSummary>,
     pub fds: Vec<FdSummary>,
+    /// Shared memory objects and saved files, in the order areas and fds
+    /// count them (`object` 1 is the first).
+    pub shmem: Vec<ShmemSummary>,
     pub stored_bytes: u64,
     pub image_bytes: u64,
     pub brk: u64,
@@ -166,6 +169,16 @@ pub struct VmaSummary {
 }
 
 #[derive(Debug, Serialize)]
+pub struct ShmemSummary {
+    pub kind: &'static str,
+    pub name: String,
+    pub size: u64,
+    pub seals: String,
+    /// Bytes of content saved whole (0: its areas' pages carry it).
+    pub saved_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
 pub struct FdSummary {
     pub fd: i32,
     pub kind: &'static str,
@@ -176,6 +189,9 @@ pub struct FdSummary {
     /// The lowest fd of the task sharing this fd's open file description
     /// (`dup`, `2>&1`), when it is another one.
     pub same_as: Option<i32>,
+    /// For a terminal: how it resumes, and its saved modes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub terminal: Option<String>,
     /// The state of the fd's object (signalfd, timerfd, inotify, epoll),
     /// a line each.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -263,6 +279,7 @@ fn fd_summary(img: &Image, f: &FdRecord) -> Result<FdSummary, ImageError> {
             .filter(|&fd| fd != f.fd)
     };
     Ok(FdSummary {
+        terminal: terminal_summary(img, f)?,
         same_as,
         fd: f.fd,
         kind: fd_kind_name(f.kind),
@@ -273,6 +290,31 @@ fn fd_summary(img: &Image, f: &FdRecord) -> Result<FdSummary, ImageError> {
         object: event_objects::object_lines(img, f)?,
         dropped: f.flags & image_format::records::fd_flags::DROPPED != 0,
     })
+}
+
+/// How terminal fd `f` resumes (its record in the TERMINALS note).
+fn terminal_summary(img: &Image, f: &FdRecord) -> Result<Option<String>, ImageError> {
+    use image_format::records::{terminal_flags, terminal_resume, TerminalRecord};
+    if f.kind != fd_kind::TTY || f.object == 0 {
+        return Ok(None);
+    }
+    let Some(t) = img.records::<TerminalRecord>()?.object(f.object) else {
+        return Ok(None);
+    };
+    let how = match t.resume {
+        terminal_resume::STDIO => "the caller's".to_owned(),
+        terminal_resume::DUP_STDIO => format!("a copy of the caller's fd {}", t.stdio_fd),
+        terminal_resume::DEV_TTY => "/dev/tty opened again".to_owned(),
+        _ => "unknown".to_owned(),
+    };
+    let modes = if t.flags & terminal_flags::MODES == 0 {
+        String::new()
+    } else if t.flags & terminal_flags::WINSIZE != 0 {
+        format!("; modes saved, {}x{}", t.winsize.cols, t.winsize.rows)
+    } else {
+        "; modes saved".to_owned()
+    };
+    Ok(Some(format!("resumes as {how}{modes}")))
 }
 
 /// Everything `crimg info` shows about a parsed image.
@@ -309,6 +351,27 @@ pub fn summarize(img: &Image) -> Result<Summary, ImageError> {
         .fds()?
         .map(|f| fd_summary(img, &f))
         .collect::<Result<_, _>>()?;
+    let mut shmem = Vec::new();
+    for o in img.records::<image_format::records::ShmemRecord>()? {
+        use image_format::records::{shmem_flags, shmem_kind};
+        shmem.push(ShmemSummary {
+            kind: match o.kind {
+                shmem_kind::MEMFD => "memfd",
+                shmem_kind::SHARED_ANON => "shared-anon",
+                shmem_kind::GHOST => "deleted-file",
+                shmem_kind::RECREATE => "saved-file",
+                _ => "unknown",
+            },
+            name: text(img.string(o.name)?),
+            size: o.size,
+            seals: format!("{:#x}", o.seals),
+            saved_bytes: if o.flags & shmem_flags::WHOLE_CONTENT != 0 {
+                u64::from(o.content.len)
+            } else {
+                0
+            },
+        });
+    }
     let creds = img.creds();
     Ok(Summary {
         format_version: img.header().e_ident[14],
@@ -330,6 +393,7 @@ pub fn summarize(img: &Image) -> Result<Summary, ImageError> {
         threads,
         vmas,
         fds,
+        shmem,
         stored_bytes: img.stored_bytes(),
         image_bytes: img.bytes().len() as u64,
         brk: img.mm().brk,
@@ -419,7 +483,7 @@ pub fn render_text(s: &Summary) -> String {
     for f in &s.fds {
         let _ = writeln!(
             o,
-            "  {:>4} {:<11} pos {:<10} flags {}{}  {}{}",
+            "  {:>4} {:<11} pos {:<10} flags {}{}  {}{}{}",
             f.fd,
             f.kind,
             f.pos,
@@ -428,6 +492,10 @@ pub fn render_text(s: &Summary) -> String {
             shown(&f.path),
             f.same_as
                 .map(|fd| format!("  (same open file as fd {fd})"))
+                .unwrap_or_default(),
+            f.terminal
+                .as_deref()
+                .map(|t| format!("  ({t})"))
                 .unwrap_or_default()
         );
         for line in &f.object {
@@ -446,6 +514,21 @@ pub fn render_text(s: &Summary) -> String {
             "  not saved (crdump --force), /dev/null at restore: {}",
             dropped.join(", ")
         );
+    }
+    if !s.shmem.is_empty() {
+        let _ = writeln!(o, "\nshared memory objects and saved files:");
+        for (i, m) in s.shmem.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "  {:>4} {:<12} {:>10} seals {:<5} saved {:>10}  {}",
+                i + 1,
+                m.kind,
+                human(m.size),
+                m.seals,
+                human(m.saved_bytes),
+                shown(&m.name)
+            );
+        }
     }
     if let Some(t) = s.threads.first() {
         let r = &t.registers;

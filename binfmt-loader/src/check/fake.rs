@@ -45,6 +45,8 @@ pub struct Fake {
     pub written: RefCell<Vec<(i32, Vec<u8>)>>,
     /// Every pipe made: (read end, write end, size set).
     pub pipes: RefCell<Vec<(i32, i32, u32)>>,
+    /// The fds that are terminals, with their window size.
+    pub terminals: HashMap<i32, image_format::records::Winsize>,
     /// Every call on an event-loop object, as a line ("epoll_add 5 7 0x1
     /// 0x2a"), in order.
     pub object_calls: RefCell<Vec<String>>,
@@ -60,6 +62,24 @@ pub struct Fake {
     /// What `bind` and `connect` answer.
     pub bind_result: Result<(), Errno>,
     pub connect_result: Result<(), Errno>,
+    /// Files stage 1 made (memfds, `O_TMPFILE`s, new files), by the
+    /// name their fds are open on (`Made::how`).
+    pub made: RefCell<HashMap<Vec<u8>, Made>>,
+    /// `O_TMPFILE` fails with this (file systems without it).
+    pub tmpfile_error: Option<Errno>,
+}
+
+/// A file stage 1 made: how, and what it holds now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Made {
+    /// `memfd:NAME`, `tmpfile:DIR` or `new:PATH`.
+    pub how: String,
+    pub mode: u32,
+    pub size: u64,
+    pub contents: Vec<u8>,
+    pub seals: u32,
+    /// Where it was linked (`linkat`).
+    pub linked: Vec<String>,
 }
 
 impl Fake {
@@ -121,11 +141,14 @@ impl Fake {
             warnings: RefCell::new(Vec::new()),
             fs_ids: RefCell::new(None),
             mount_flags: 0,
+            made: RefCell::new(HashMap::new()),
+            tmpfile_error: None,
             timer_restore_ids: Ok(()),
             timer_clocks_refused: Vec::new(),
             timer_clocks_probed: RefCell::new(Vec::new()),
             written: RefCell::default(),
             pipes: RefCell::default(),
+            terminals: HashMap::new(),
             object_calls: RefCell::default(),
             wds: RefCell::default(),
             set_ticks_probe: Errno::EINVAL,
@@ -156,12 +179,56 @@ impl Fake {
         self.files.get(&path).cloned().ok_or(Errno::ENOENT)
     }
 
+    /// This process's fd `fd` is a terminal (`/dev/pts/0`) of that size.
+    pub fn give_terminal(&mut self, fd: i32, size: image_format::records::Winsize) {
+        self.give(fd, "/dev/pts/0", sys::S_IFCHR | 0o620);
+        self.terminals.insert(fd, size);
+    }
+
+    /// This process's fd `fd` is open on `path`, a file of type `mode`.
+    pub fn give(&mut self, fd: i32, path: &str, mode: u32) {
+        self.files
+            .entry(path.as_bytes().to_vec())
+            .or_insert(FakeFile {
+                stat: Stat {
+                    mode,
+                    ..Default::default()
+                },
+                ..Default::default()
+            });
+        self.open.borrow_mut().insert(fd, path.as_bytes().to_vec());
+    }
+
     fn new_fd(&self, path: Vec<u8>, min: i32) -> i32 {
         let mut next = self.next_fd.borrow_mut();
         let fd = (*next).max(min);
         *next = fd + 1;
         self.open.borrow_mut().insert(fd, path);
         fd
+    }
+
+    fn make(&self, how: String, mode: u32) -> i32 {
+        let fd = self.new_fd(how.clone().into_bytes(), 0);
+        self.made.borrow_mut().insert(
+            how.clone().into_bytes(),
+            Made {
+                how,
+                mode,
+                ..Made::default()
+            },
+        );
+        fd
+    }
+
+    fn with_made<R>(&self, fd: i32, f: impl FnOnce(&mut Made) -> R) -> Result<R, Errno> {
+        let path = self.open.borrow().get(&fd).cloned().ok_or(Errno(9))?;
+        self.made.borrow_mut().get_mut(&path).map(f).ok_or(Errno(9))
+    }
+
+    /// What the file made and open at `fd` holds.
+    pub fn made_at(&self, fd: i32) -> Option<Made> {
+        let path = self.open.borrow().get(&fd).cloned()?;
+        self.made.borrow().get(&path).cloned()
     }
 
     /// The path an fd was opened from.
@@ -185,7 +252,7 @@ impl Os for Fake {
             }
             None => path.to_vec(),
         };
-        if !self.files.contains_key(&path) {
+        if !self.files.contains_key(&path) && !self.made.borrow().contains_key(&path) {
             return Err(Errno::ENOENT);
         }
         Ok(self.new_fd(path, 0))
@@ -298,6 +365,61 @@ impl Os for Fake {
     fn report(&self, _name: &[u8], what: core::fmt::Arguments<'_>) {
         self.warnings.borrow_mut().push(std::format!("{what}"));
     }
+    fn memfd_create(&self, name: &[u8]) -> Result<i32, Errno> {
+        Ok(self.make(
+            std::format!("memfd:{}", String::from_utf8_lossy(name)),
+            0o777,
+        ))
+    }
+    fn open_tmpfile(&self, dir: &[u8], mode: u32) -> Result<i32, Errno> {
+        if let Some(e) = self.tmpfile_error {
+            return Err(e);
+        }
+        let is_dir = |f: &FakeFile| f.stat.mode & sys::S_IFMT == sys::S_IFDIR;
+        if !self.files.get(dir).is_some_and(is_dir) {
+            return Err(Errno::ENOENT);
+        }
+        Ok(self.make(
+            std::format!("tmpfile:{}", String::from_utf8_lossy(dir)),
+            mode,
+        ))
+    }
+    fn create_new(&self, path: &[u8], mode: u32) -> Result<i32, Errno> {
+        if self.files.contains_key(path) {
+            return Err(Errno::EEXIST);
+        }
+        Ok(self.make(std::format!("new:{}", String::from_utf8_lossy(path)), mode))
+    }
+    fn link_fd(&self, fd: i32, path: &[u8]) -> Result<(), Errno> {
+        if self.files.contains_key(path) {
+            return Err(Errno::EEXIST);
+        }
+        self.with_made(fd, |m| {
+            m.linked.push(String::from_utf8_lossy(path).into_owned());
+        })
+    }
+    fn ftruncate(&self, fd: i32, len: u64) -> Result<(), Errno> {
+        self.with_made(fd, |m| {
+            m.size = len;
+            m.contents.resize(usize::try_from(len).unwrap(), 0);
+        })
+    }
+    fn pwrite(&self, fd: i32, buf: &[u8], off: u64) -> Result<usize, Errno> {
+        self.with_made(fd, |m| {
+            let off = usize::try_from(off).unwrap();
+            if m.contents.len() < off + buf.len() {
+                m.contents.resize(off + buf.len(), 0);
+            }
+            m.contents[off..off + buf.len()].copy_from_slice(buf);
+            buf.len()
+        })
+    }
+    fn fchmod(&self, fd: i32, mode: u32) -> Result<(), Errno> {
+        self.with_made(fd, |m| m.mode = mode)
+    }
+    fn add_seals(&self, fd: i32, seals: u32) -> Result<(), Errno> {
+        self.with_made(fd, |m| m.seals |= seals)
+    }
     fn read_file(&self, path: &[u8], buf: &mut [u8]) -> Result<usize, Errno> {
         let f = self.files.get(path).ok_or(Errno::ENOENT)?;
         let n = buf.len().min(f.contents.len());
@@ -328,6 +450,9 @@ impl Os for Fake {
     }
     fn eventfd(&self, _flags: u32) -> Result<i32, Errno> {
         Ok(self.new_fd(b"anon_inode:[eventfd]".to_vec(), 0))
+    }
+    fn window_size(&self, fd: i32) -> Result<image_format::records::Winsize, Errno> {
+        self.terminals.get(&fd).copied().ok_or(Errno::ENOTTY)
     }
     fn read(&self, fd: i32, _buf: &mut [u8]) -> Result<usize, Errno> {
         self.object_calls.borrow_mut().push(format!("read {fd}"));

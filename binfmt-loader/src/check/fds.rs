@@ -187,6 +187,7 @@ pub fn reopen_fds(
     name: &[u8],
     image: &Image<'static>,
     fds: &Records<'static, FdRecord>,
+    shmem: &[i32],
     base: i32,
     scratch: &mut Scratch,
 ) -> Result<(&'static [FdMove], &'static [i32]), CheckError> {
@@ -223,9 +224,14 @@ pub fn reopen_fds(
             if keep[..nkeep].contains(&from) && os.fstat(from).is_err() {
                 return Err(CheckError::StdioMissing { fd: f.fd, of: from });
             }
+            if f.kind == fd_kind::TTY {
+                objects::terminal::check_copy_of_stdio(os, &f, from)?;
+            }
             from
         } else if rules::fd_is_dropped(&f) {
             open_dropped(os, &f, base)?
+        } else if objects::shmem::backs_fd(&f) {
+            objects::shmem::open_fd(os, &f, shmem, base)?
         } else if objects::is_object(f.kind) {
             objects::open(os, image, &f, path, base, &mut made)?
         } else {

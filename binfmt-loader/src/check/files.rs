@@ -115,6 +115,7 @@ pub fn open_mapped_files(
     name: &[u8],
     image: &Image<'static>,
     records: Records<'static, VmaRecord>,
+    objects: &[i32],
     base: i32,
     scratch: &mut Scratch,
 ) -> Result<(&'static [TargetVma], VdsoBlock), CheckError> {
@@ -126,7 +127,25 @@ pub fn open_mapped_files(
     let mut nopened = 0;
     for (slot, v) in vmas.iter_mut().zip(records) {
         let mut fd = -1;
-        if v.kind == vma_kind::FILE {
+        // A shared memory object or saved file, made by `objects::shmem`.
+        let object_fd = match v.object {
+            0 => -1,
+            n => *usize::try_from(n - 1)
+                .ok()
+                .and_then(|i| objects.get(i))
+                .ok_or(CheckError::BadObject {
+                    object: v.path,
+                    why: "an area refers to an object the image does not have",
+                })?,
+        };
+        if object_fd >= 0 {
+            fd = object_fd;
+        } else if v.kind == vma_kind::SHARED_ANON && v.object != 0 {
+            return Err(CheckError::BadObject {
+                object: v.path,
+                why: "shared memory mapped from an object that is not shared memory",
+            });
+        } else if v.kind == vma_kind::FILE {
             let path = image.string(v.path).map_err(corrupt)?;
             if v.flags & vma_flags::FILE_DELETED != 0 {
                 return Err(CheckError::FileDeleted {
@@ -153,6 +172,27 @@ pub fn open_mapped_files(
                         sys::S_IFREG,
                         base,
                     ) {
+                        // Gone, and saved to be made again (another
+                        // program deletes such files: the JVM's perf data).
+                        Err(CheckError::FileMissing { errno, .. })
+                            if errno == sys::Errno::ENOENT && v.object != 0 =>
+                        {
+                            let r = saved_file(image, v.object)?;
+                            let f =
+                                crate::objects::shmem::recreate(os, name, image, &r, path, base)?;
+                            let mut st = os.fstat(f).map_err(|errno| CheckError::FileMissing {
+                                what: "mapped file",
+                                path,
+                                errno,
+                            })?;
+                            // The file made again is the file the image names.
+                            st.dev = v.file.dev;
+                            st.ino = v.file.ino;
+                            st.size = v.file.size;
+                            st.mtime_sec = v.file.mtime_sec;
+                            st.mtime_nsec = v.file.mtime_nsec;
+                            (f, st)
+                        }
                         // Read-write only for VM_MAYWRITE: a file this caller
                         // may not open so (EPERM, EACCES, ETXTBSY, EROFS) is
                         // mapped as it may, and said.
@@ -212,6 +252,39 @@ pub fn open_mapped_files(
         };
     }
     Ok((vmas, target_vdso))
+}
+
+/// The saved file record `object` (1-based) of `image`'s SHMEM note.
+fn saved_file(
+    image: &Image<'static>,
+    object: u32,
+) -> Result<image_format::records::ShmemRecord, CheckError> {
+    use image_format::records::{shmem_flags, shmem_kind, ShmemRecord};
+    let records = image
+        .records::<ShmemRecord>()
+        .map_err(|error| CheckError::Corrupt { error })?;
+    let r = usize::try_from(object - 1)
+        .ok()
+        .and_then(|i| records.clone().nth(i));
+    match r {
+        Some(r) if r.kind == shmem_kind::RECREATE && r.flags & shmem_flags::WHOLE_CONTENT != 0 => {
+            Ok(r)
+        }
+        _ => Err(CheckError::BadObject {
+            object: r.map(|r| r.name).unwrap_or_default(),
+            why: "a file to make again without its saved content",
+        }),
+    }
+}
+
+/// The areas of shared memory objects sealed against writes need no write
+/// access ([`crate::objects::shmem::check_sealed_areas`]).
+pub fn check_object_areas(
+    image: &Image<'static>,
+    vmas: &[TargetVma],
+    loads: &[crate::plan::PageLoad],
+) -> Result<(), CheckError> {
+    crate::objects::shmem::check_sealed_areas(image, vmas, loads)
 }
 
 /// The exe link's file, when this loader may set it (`privileged`).

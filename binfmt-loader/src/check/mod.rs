@@ -33,7 +33,7 @@ use crate::plan::{PageLoad, PlanInput, Range, TargetVma};
 use crate::rules::{self, RuleError};
 use crate::sys::{kernel_os, startup::Startup, Errno};
 use crate::validate::ValueError;
-use crate::{arch, ExitCode};
+use crate::{arch, objects, ExitCode};
 
 pub mod cpu;
 pub mod credentials;
@@ -140,6 +140,12 @@ pub enum CheckError {
     /// Fd `fd` names an object its kind's note does not have.
     ObjectMissing {
         fd: i32,
+    },
+    /// Fd `fd` was on the terminal of stdio fd `stdio_fd`, which this
+    /// caller gave as something that is not a terminal.
+    NotOnTerminal {
+        fd: i32,
+        stdio_fd: i32,
     },
     /// A FIFO has bytes in it already: another process holds it.
     FifoInUse {
@@ -256,6 +262,25 @@ pub enum CheckError {
     /// The image changed, or someone waits to open it for writing, since
     /// stage 1 began ([`stable`]).
     ImageBeingWritten,
+    /// A shared memory object or saved file (`objects::shmem`) could not be
+    /// made: `step` failed.
+    ShmemObject {
+        name: &'static [u8],
+        step: &'static str,
+        errno: Errno,
+    },
+    /// An object sealed against writes has an area that would need write
+    /// access (stored pages, or a shared writable mapping).
+    SealedObjectArea {
+        name: &'static [u8],
+        start: u64,
+    },
+    /// A record of the SHMEM note, or an area's or fd's reference to one,
+    /// is inconsistent.
+    BadObject {
+        object: image_format::records::StrRef,
+        why: &'static str,
+    },
     /// This kernel or process cannot give the POSIX timers back.
     PosixTimer {
         error: crate::posix_timers::PosixTimerError,
@@ -285,6 +310,9 @@ impl CheckError {
             CheckError::NoXsave | CheckError::CpuLacks { .. } | CheckError::NotPermitted { .. } => {
                 ExitCode::CpuFeatures
             }
+            CheckError::BadObject { .. } => ExitCode::ImageCorrupt,
+            CheckError::SealedObjectArea { .. } => ExitCode::Unsupported,
+            CheckError::ShmemObject { .. } => ExitCode::Environment,
             CheckError::FileDeleted { .. }
             | CheckError::UnsupportedFd { .. }
             | CheckError::FdAboveLimit { .. }
@@ -299,6 +327,7 @@ impl CheckError {
             | CheckError::ProcMapsTooLong { .. }
             | CheckError::FdRelocate { .. }
             | CheckError::Object { .. }
+            | CheckError::NotOnTerminal { .. }
             | CheckError::FifoInUse { .. }
             | CheckError::PipeTooBig { .. }
             | CheckError::StdioMissing { .. }
@@ -363,6 +392,10 @@ impl fmt::Display for CheckError {
             CheckError::Object { fd, step, errno } => {
                 write!(f, "fd {fd}: cannot {step}: {errno}")
             }
+            CheckError::NotOnTerminal { fd, stdio_fd } => write!(
+                f,
+                "fd {fd} was on the terminal of fd {stdio_fd}, and this caller's fd {stdio_fd} is not a terminal: run the image from a terminal"
+            ),
             CheckError::FifoInUse { path } => write!(
                 f,
                 "FIFO {} has bytes in it already: another process holds it, so its saved bytes cannot be put back",
@@ -446,6 +479,21 @@ impl fmt::Display for CheckError {
                 f,
                 "internal error: stage 1's scratch memory has no room for {items} entries of its {table} table"
             ),
+            CheckError::ShmemObject { name, step, errno } => write!(
+                f,
+                "cannot make {} again: {step}: {errno}",
+                Lossy(name)
+            ),
+            CheckError::SealedObjectArea { name, start } => write!(
+                f,
+                "memfd {} is sealed against writes, but its area at {start:#x} needs write access; not restorable",
+                Lossy(name)
+            ),
+            CheckError::BadObject { object, why } => write!(
+                f,
+                "corrupt image: shared memory object (name at {}+{}): {why}",
+                object.offset, object.len
+            ),
             CheckError::PosixTimer { error } => write!(f, "{error}"),
             CheckError::ImageBeingWritten => write!(
                 f,
@@ -522,6 +570,9 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
         epoll_items: image
             .records::<image_format::records::EpollItemRecord>()
             .map_or(0, |r| usize::try_from(r.len()).unwrap_or(usize::MAX)),
+        shmem: image
+            .records::<image_format::records::ShmemRecord>()
+            .map_or(0, |r| usize::try_from(r.len()).unwrap_or(usize::MAX)),
     };
     let mut scratch = Scratch::map(&tables)?;
     let records = limits::process_records(os, &image, &record_notes, &mut scratch)?;
@@ -542,19 +593,41 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
     // point of no return (`crate::threads`, which also says when they get
     // new ones): a look now would race.
     let set_tids = privilege.privileged && threads.len() > 1;
-    let ((vmas, target_vdso), exe_fd, cwd_fd, (fd_moves, keep_fds)) =
+    let ((vmas, target_vdso), exe_fd, cwd_fd, (fd_moves, keep_fds), late_seals) =
         credentials::as_task(os, creds.as_ref(), || {
-            let mapped_files =
-                files::open_mapped_files(os, name, &image, notes.vmas.clone(), base, &mut scratch)?;
+            // Objects first: areas and fds use them.
+            let objects =
+                crate::objects::shmem::create_objects(os, name, &image, base, &mut scratch)?;
+            let mapped_files = files::open_mapped_files(
+                os,
+                name,
+                &image,
+                notes.vmas.clone(),
+                objects.fds,
+                base,
+                &mut scratch,
+            )?;
             let exe_fd = files::open_exe(os, name, &image, privilege.privileged, base)?;
             let cwd_fd = files::open_cwd(os, name, &image, base)?;
-            let fds = fds::reopen_fds(os, name, &image, &notes.fds, base, &mut scratch)?;
-            Ok((mapped_files, exe_fd, cwd_fd, fds))
+            let fds = fds::reopen_fds(
+                os,
+                name,
+                &image,
+                &notes.fds,
+                objects.fds,
+                base,
+                &mut scratch,
+            )?;
+            Ok((mapped_files, exe_fd, cwd_fd, fds, objects.late_seals))
         })?;
+    // The terminals the task resumes on, and their SIGWINCH.
+    let terminals = objects::terminal::setups(os, &image, &mut scratch, tables.fds)?;
+    let pending = objects::terminal::with_sigwinch(records.pending, terminals, &mut scratch)?;
     let epoll_adds = crate::objects::epoll::adds(os, name, &image, &notes.fds, &mut scratch)?;
     let timerfd_arms = crate::objects::timerfd::arms(os, name, &image, &notes.fds, &mut scratch)?;
     let inotify_drains = crate::objects::inotify::drains(&image, &notes.fds, &mut scratch)?;
     let loads = page_loads(&image, &mut scratch)?;
+    files::check_object_areas(&image, vmas, loads)?;
     warn_read_only_shared(os, name, vmas, loads);
     limits::lower_rlimits(os, name, records.rlimits);
     let gadgets = gadgets::check_gadgets(os, name, &image, vmas);
@@ -583,6 +656,7 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
         cwd_fd,
         fd_moves,
         keep_fds,
+        terminals,
         err_fd: loader_fds.err_fd,
         epoll_adds,
         inotify_drains,
@@ -591,9 +665,10 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
         set_tids,
         xfeatures,
         pid: os.getpid(),
-        pending: records.pending,
+        pending,
         itimers: records.itimers,
         posix_timers,
+        late_seals,
         creds,
         no_new_privs,
         gadgets,

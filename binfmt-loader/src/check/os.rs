@@ -69,6 +69,27 @@ pub trait Os {
     /// A warning or error line about image `name` for the caller.
     fn report(&self, name: &[u8], what: fmt::Arguments<'_>);
 
+    /// `memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING)`.
+    fn memfd_create(&self, name: &[u8]) -> Result<i32, Errno>;
+    /// `open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, mode)`: a new unlinked
+    /// file on `dir`'s file system.
+    fn open_tmpfile(&self, dir: &[u8], mode: u32) -> Result<i32, Errno>;
+    /// `openat2(path, O_CREAT | O_EXCL | O_RDWR | O_NOFOLLOW | O_CLOEXEC,
+    /// mode, RESOLVE_NO_SYMLINKS)`: a new file, never through a symbolic
+    /// link on the path, never one that is there.
+    fn create_new(&self, path: &[u8], mode: u32) -> Result<i32, Errno>;
+    /// `linkat(AT_FDCWD, "/proc/self/fd/FD", AT_FDCWD, path,
+    /// AT_SYMLINK_FOLLOW)`: give an `O_TMPFILE` a name (fails if `path`
+    /// exists).
+    fn link_fd(&self, fd: i32, path: &[u8]) -> Result<(), Errno>;
+    /// `unlinkat(AT_FDCWD, path, 0)`.
+    fn unlink(&self, path: &[u8]) -> Result<(), Errno>;
+    fn ftruncate(&self, fd: i32, len: u64) -> Result<(), Errno>;
+    fn pwrite(&self, fd: i32, buf: &[u8], off: u64) -> Result<usize, Errno>;
+    fn fchmod(&self, fd: i32, mode: u32) -> Result<(), Errno>;
+    /// `fcntl(fd, F_ADD_SEALS, seals)`.
+    fn add_seals(&self, fd: i32, seals: u32) -> Result<(), Errno>;
+
     /// The start of a small file (`/proc/...`) into `buf`: up to
     /// `buf.len()` bytes, read in order (`/proc` files are not all
     /// `pread`-able).
@@ -83,6 +104,9 @@ pub trait Os {
     fn write(&self, fd: i32, buf: &[u8]) -> Result<usize, Errno>;
     /// `eventfd2(0, flags)`.
     fn eventfd(&self, flags: u32) -> Result<i32, Errno>;
+    /// `ioctl(fd, TIOCGWINSZ)`: the window size of the terminal `fd` is
+    /// on (ENOTTY: not a terminal).
+    fn window_size(&self, fd: i32) -> Result<image_format::records::Winsize, Errno>;
     /// `ioctl(FIONREAD)`: the bytes waiting in a pipe.
     fn bytes_waiting(&self, fd: i32) -> Result<usize, Errno>;
     /// `read(fd, buf)`: how many bytes came.
@@ -115,8 +139,6 @@ pub trait Os {
     /// `send(fd, buf, MSG_DONTWAIT | MSG_NOSIGNAL)`: bytes taken.
     fn send(&self, fd: i32, buf: &[u8]) -> Result<usize, Errno>;
     fn shutdown(&self, fd: i32, how: u32) -> Result<(), Errno>;
-    /// `unlinkat(AT_FDCWD, path, 0)`.
-    fn unlink(&self, path: &[u8]) -> Result<(), Errno>;
     /// `umask(mask)`: the old mask.
     fn umask(&self, mask: u32) -> u32;
 }

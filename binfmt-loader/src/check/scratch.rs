@@ -62,6 +62,8 @@ pub struct Tables {
     pub rlimits: usize,
     pub itimers: usize,
     pub epoll_items: usize,
+    /// Shared memory objects (`objects::shmem`).
+    pub shmem: usize,
 }
 
 /// Bytes for `n` values of `T` wherever the previous table ended.
@@ -83,9 +85,14 @@ impl Tables {
             table_bytes::<PageLoad>(self.segments)?,
             table_bytes::<FdMove>(self.fds)?,
             table_bytes::<i32>(self.fds)?,
+            table_bytes::<i32>(self.shmem)?,
+            table_bytes::<crate::plan::LateSeal>(self.shmem)?,
             table_bytes::<FdFile>(self.fds)?,
             table_bytes::<DescFrom>(self.fds)?,
             table_bytes::<crate::objects::MadeObject>(self.fds)?,
+            table_bytes::<crate::objects::terminal::TerminalSetup>(self.fds)?,
+            // The pending signals again, with a SIGWINCH for a terminal.
+            table_bytes::<PendingSignalRecord>(self.pending.checked_add(1)?)?,
             table_bytes::<crate::plan::EpollAdd>(self.epoll_items)?,
             table_bytes::<crate::plan::TimerfdArm>(self.fds)?,
             table_bytes::<crate::plan::InotifyDrain>(self.fds)?,
@@ -165,6 +172,8 @@ mod tests {
         s.take::<PageLoad>("loads", t.segments)?;
         s.take::<FdMove>("fd moves", t.fds)?;
         s.take::<i32>("kept fds", t.fds)?;
+        s.take::<i32>("objects", t.shmem)?;
+        s.take::<crate::plan::LateSeal>("late seals", t.shmem)?;
         s.take::<FdFile>("fd files", t.fds)?;
         s.take::<DescFrom>("descriptions", t.fds)?;
         s.take::<crate::objects::MadeObject>("objects", t.fds)?;
@@ -207,6 +216,7 @@ mod tests {
                 rlimits: 16,
                 itimers: 3,
                 epoll_items: 500,
+                shmem: 40,
             },
             Tables {
                 vmas: 1,
@@ -217,6 +227,7 @@ mod tests {
                 rlimits: 1,
                 itimers: 1,
                 epoll_items: 1,
+                shmem: 1,
             },
         ] {
             let bytes = t.bytes().unwrap();

@@ -490,6 +490,150 @@ fn the_files_group_counts_only_when_its_owner_belongs_to_it() {
     assert_eq!(c.input.creds.unwrap().gid, [65534; 4]);
 }
 
+/// `task()` with a memfd (two shared views, 2 pages) sealed against
+/// growing and a write-sealed memfd (one read-only view, its content
+/// saved whole) and a deleted file mapped privately (content saved).
+fn task_with_objects() -> TaskState {
+    use image_format::records::{seals, shmem_flags, shmem_kind, vma_flags, ShmemRecord};
+    use image_writer::model::ShmemState;
+    const SHM_AT: u64 = 0x5030_0000;
+    let mut state = task();
+    let area = |start: u64, pages: u64, prot, kind, object, path: &str| VmaState {
+        record: VmaRecord {
+            start,
+            end: start + pages * 4096,
+            prot,
+            kind,
+            flags: if kind == vma_kind::SHARED_ANON {
+                vma_flags::SHARED | vma_flags::MAYSHARE
+            } else {
+                vma_flags::FILE_DELETED
+            },
+            object,
+            ..Default::default()
+        },
+        path: path.into(),
+    };
+    let rw = prot::READ | prot::WRITE;
+    state.vmas.extend([
+        area(SHM_AT, 2, rw, vma_kind::SHARED_ANON, 1, "/memfd:ring"),
+        area(
+            SHM_AT + 0x10000,
+            2,
+            rw,
+            vma_kind::SHARED_ANON,
+            1,
+            "/memfd:ring",
+        ),
+        area(
+            SHM_AT + 0x20000,
+            1,
+            prot::READ,
+            vma_kind::SHARED_ANON,
+            2,
+            "/memfd:sealed",
+        ),
+        area(
+            SHM_AT + 0x30000,
+            1,
+            prot::READ,
+            vma_kind::FILE,
+            3,
+            "/tmp/gone",
+        ),
+    ]);
+    let object = |kind, seals, size, name: &str, content: &[u8]| ShmemState {
+        record: ShmemRecord {
+            kind,
+            seals,
+            size,
+            mode: sys::S_IFREG | 0o640,
+            flags: if content.is_empty() {
+                0
+            } else {
+                shmem_flags::WHOLE_CONTENT
+            },
+            ..Default::default()
+        },
+        name: name.as_bytes().to_vec(),
+        content: content.to_vec(),
+    };
+    state.objects.shmem = vec![
+        object(
+            shmem_kind::MEMFD,
+            seals::GROW | seals::SHRINK,
+            8192,
+            "ring",
+            b"",
+        ),
+        object(
+            shmem_kind::MEMFD,
+            seals::WRITE | seals::SEAL,
+            4096,
+            "sealed",
+            b"sealed",
+        ),
+        object(shmem_kind::GHOST, 0, 4096, "/tmp/gone", b"ghost"),
+    ];
+    state
+}
+
+#[test]
+fn shared_memory_objects_are_made_once_and_mapped_by_every_area() {
+    let mut os = machine();
+    os.add(
+        "/tmp",
+        Stat {
+            mode: sys::S_IFDIR | 0o1777,
+            ..Default::default()
+        },
+        vec![],
+    );
+    let c = run(&os, &task_with_objects(), code_page(), (1000, 1000)).unwrap();
+    let v = c.input.vmas;
+    // Both views of the memfd are mapped from one fd.
+    assert_eq!(v[3].fd, v[4].fd);
+    let ring = os.made_at(v[3].fd).unwrap();
+    assert_eq!(ring.how, "memfd:ring");
+    assert_eq!(ring.size, 8192);
+    assert_eq!(ring.seals, 0x2 | 0x4);
+    // The write-sealed one holds its content, then its seals.
+    let sealed = os.made_at(v[5].fd).unwrap();
+    assert_eq!(
+        (&sealed.contents[..6], sealed.seals),
+        (&b"sealed"[..], 0x8 | 0x1)
+    );
+    // The deleted file: an O_TMPFILE in its directory, linked at its name
+    // and unlinked again (the fake keeps the name in `how`).
+    let ghost_fd = v[6].fd;
+    let ghost = os.made_at(ghost_fd).unwrap();
+    assert_eq!(ghost.how, "tmpfile:/tmp");
+    assert_eq!(ghost.linked, ["/tmp/gone"]);
+    assert_eq!(&ghost.contents[..5], b"ghost");
+    assert_eq!(ghost.mode, 0o640);
+}
+
+#[test]
+fn a_deleted_file_whose_directory_has_no_o_tmpfile_becomes_a_memfd() {
+    let mut os = machine();
+    os.tmpfile_error = Some(Errno(95));
+    let c = run(&os, &task_with_objects(), code_page(), (1000, 1000)).unwrap();
+    let ghost = os.made_at(c.input.vmas[6].fd).unwrap();
+    assert_eq!(ghost.how, "memfd:gone");
+    assert!(os.warned("is restored as a memfd"));
+}
+
+#[test]
+fn a_write_sealed_memfd_mapped_writable_is_refused() {
+    let os = machine();
+    let mut state = task_with_objects();
+    state.vmas[5].record.prot |= prot::WRITE;
+    assert!(matches!(
+        run(&os, &state, code_page(), (1000, 1000)),
+        Err(CheckError::SealedObjectArea { .. })
+    ));
+}
+
 #[test]
 fn a_dropped_fd_becomes_dev_null_with_its_access_mode_and_one_warning() {
     let mut os = machine();
@@ -931,6 +1075,142 @@ fn a_taken_port_is_named_in_stage_1() {
         }
         other => panic!("{:?}", other.err()),
     }
+}
+
+/// A task in a terminal: stdio on one description of `/dev/pts/1` (its
+/// record holds the modes) and fd 4 opened on it again.
+fn terminal_task() -> TaskState {
+    use image_format::records::{terminal_flags, terminal_resume, TerminalRecord, Winsize};
+    let mut state = task();
+    for (i, f) in state.fds.iter_mut().enumerate().take(3) {
+        f.record.kind = fd_kind::TTY;
+        f.record.desc = 1;
+        f.record.object = 1;
+        f.path = "/dev/pts/1".into();
+        assert_eq!(f.record.fd, i32::try_from(i).unwrap());
+    }
+    state.fds[3].record.desc = 2;
+    let mut again = state.fds[0].clone();
+    again.record.fd = 4;
+    again.record.desc = 3;
+    again.record.object = 2;
+    state.fds.push(again);
+    let mut modes = TerminalRecord {
+        fd: 0,
+        resume: terminal_resume::STDIO,
+        stdio_fd: -1,
+        flags: terminal_flags::MODES | terminal_flags::WINSIZE,
+        rdev: 34817,
+        winsize: Winsize {
+            rows: 30,
+            cols: 100,
+            ..Winsize::default()
+        },
+        ..TerminalRecord::default()
+    };
+    modes.termios.lflag = 0o5061;
+    state.objects.terminals = vec![
+        modes,
+        TerminalRecord {
+            fd: 4,
+            resume: terminal_resume::DUP_STDIO,
+            stdio_fd: 0,
+            rdev: 34817,
+            ..TerminalRecord::default()
+        },
+    ];
+    state
+}
+
+#[test]
+fn an_fd_on_the_stdio_terminal_is_a_dup_of_the_callers_and_gets_the_modes_and_a_sigwinch() {
+    use image_format::records::Winsize;
+    let mut os = machine();
+    let size = Winsize {
+        rows: 50,
+        cols: 200,
+        ..Winsize::default()
+    };
+    os.give_terminal(0, size);
+    let c = run(&os, &terminal_task(), code_page(), (1000, 1000)).unwrap();
+    let input = &c.input;
+    assert_eq!(input.keep_fds, &[0, 1, 2]);
+    let to4 = input.fd_moves.iter().find(|m| m.to == 4).unwrap();
+    assert_eq!(os.path_of(to4.from).as_deref(), Some("/dev/pts/0"));
+    // The modes go on fd 0; the terminal has a size: it keeps it.
+    assert_eq!(input.terminals.len(), 1);
+    assert_eq!(input.terminals[0].fd, 0);
+    assert_eq!(input.terminals[0].termios.lflag, 0o5061);
+    assert_eq!(input.terminals[0].set_winsize, 0);
+    // One SIGWINCH (28), as the kernel sends it (SI_KERNEL).
+    assert_eq!(input.pending.len(), 1);
+    assert_eq!(input.pending[0].siginfo[0], 28);
+    assert_eq!(input.pending[0].siginfo[8], 0x80);
+}
+
+#[test]
+fn a_terminal_without_a_size_gets_the_saved_one() {
+    let mut os = machine();
+    os.give_terminal(0, image_format::records::Winsize::default());
+    let c = run(&os, &terminal_task(), code_page(), (1000, 1000)).unwrap();
+    assert_eq!(c.input.terminals[0].set_winsize, 1);
+    assert_eq!(c.input.terminals[0].winsize.cols, 100);
+}
+
+#[test]
+fn an_fd_on_the_stdio_terminal_is_refused_when_the_callers_stdio_is_no_terminal() {
+    let os = machine();
+    let err = run(&os, &terminal_task(), code_page(), (1000, 1000))
+        .err()
+        .expect("stage 1 accepted fd 4 without a terminal at fd 0");
+    assert!(
+        matches!(err, CheckError::NotOnTerminal { fd: 4, stdio_fd: 0 }),
+        "{err}"
+    );
+    assert_eq!(err.exit_code(), ExitCode::Environment);
+    let line = std::format!("{err}");
+    assert!(
+        line.starts_with(
+            "fd 4 was on the terminal of fd 0, and this caller's fd 0 is not a terminal"
+        ),
+        "{line}"
+    );
+}
+
+#[test]
+fn stdio_given_as_pipes_gets_no_modes_and_no_sigwinch() {
+    let os = machine();
+    let mut state = terminal_task();
+    state.fds.pop();
+    state.objects.terminals.pop();
+    let c = run(&os, &state, code_page(), (1000, 1000)).unwrap();
+    assert!(c.input.terminals.is_empty());
+    assert!(c.input.pending.is_empty());
+}
+
+#[test]
+fn a_copy_of_a_stdio_terminal_fd_is_refused_when_the_callers_is_no_terminal() {
+    // bash's fd 255: the same open file as its fd 0.
+    let mut state = terminal_task();
+    state.fds[4].record.desc = 1;
+    state.fds[4].record.object = 1;
+    state.objects.terminals.pop();
+    // The caller's fd 0 is a pipe.
+    let mut os = machine();
+    os.give(0, "pipe:[9]", sys::S_IFIFO | 0o600);
+    let err = run(&os, &state, code_page(), (1000, 1000))
+        .err()
+        .expect("stage 1 accepted fd 4 without a terminal at fd 0");
+    assert!(
+        matches!(err, CheckError::NotOnTerminal { fd: 4, stdio_fd: 0 }),
+        "{err}"
+    );
+    // With a terminal there, fd 4 is a copy of it.
+    let mut os = machine();
+    os.give_terminal(0, image_format::records::Winsize::default());
+    let c = run(&os, &state, code_page(), (1000, 1000)).unwrap();
+    let to4 = c.input.fd_moves.iter().find(|m| m.to == 4).unwrap();
+    assert_eq!(to4.from, 0);
 }
 
 mod event_objects;

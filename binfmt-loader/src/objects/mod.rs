@@ -8,12 +8,15 @@ pub mod epoll;
 pub mod eventfd;
 pub mod inotify;
 pub mod pipe;
+pub mod shmem;
 pub mod signalfd;
 pub mod socket;
+pub mod terminal;
 pub mod timerfd;
 
 use image_format::records::{
-    fd_kind, EventfdRecord, FdRecord, PipeRecord, SignalfdRecord, SocketRecord, TimerfdRecord,
+    fd_kind, EventfdRecord, FdRecord, PipeRecord, SignalfdRecord, SocketRecord, TerminalRecord,
+    TimerfdRecord,
 };
 use image_format::Image;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -104,6 +107,7 @@ pub fn is_object(kind: u32) -> bool {
             | fd_kind::TIMERFD
             | fd_kind::EPOLL
             | fd_kind::INOTIFY
+            | fd_kind::TTY
             | fd_kind::SOCKET
     )
 }
@@ -113,6 +117,7 @@ pub fn count(image: &Image<'_>, kind: u32) -> Result<u32, image_format::ImageErr
     Ok(match kind {
         fd_kind::PIPE | fd_kind::FIFO => image.records::<PipeRecord>()?.len(),
         fd_kind::EVENTFD => image.records::<EventfdRecord>()?.len(),
+        fd_kind::TTY => image.records::<TerminalRecord>()?.len(),
         fd_kind::SIGNALFD => image.records::<SignalfdRecord>()?.len(),
         fd_kind::TIMERFD => image.records::<TimerfdRecord>()?.len(),
         // Instance numbers: their watches (items) name them, and one
@@ -137,6 +142,9 @@ pub fn open(
     let fd = match f.kind {
         fd_kind::PIPE | fd_kind::FIFO => pipe::open(os, image, f, path, base, made)?,
         fd_kind::EVENTFD => eventfd::open(os, image, f, base)?,
+        // Its status flags are set there (a duplicate of the caller's
+        // terminal keeps the caller's).
+        fd_kind::TTY => return terminal::open(os, image, f, base),
         fd_kind::SIGNALFD => signalfd::open(os, image, f, base)?,
         fd_kind::TIMERFD => timerfd::open(os, image, f, base)?,
         fd_kind::INOTIFY => inotify::open(os, image, f, base)?,

@@ -67,7 +67,7 @@ pub use thread_ops::{
     XFEATURE_MASK_USER_DYNAMIC,
 };
 pub use timerfds::TimerfdArm;
-pub use vmas::maps_read_only_shared;
+pub use vmas::{maps_read_only_shared, LateSeal};
 pub use window::{
     choose_window, find_free, occupied_ranges, WindowLayout, STACK_GUARD_GAP, THREAD_STACK,
     WINDOW_GAP, WINDOW_STACK,
@@ -144,8 +144,10 @@ impl TargetVma {
             vma_kind::VDSO | vma_kind::VVAR | vma_kind::VVAR_VCLOCK | vma_kind::VSYSCALL
         )
     }
+    /// A shared mapping of a file opened by path (pages cannot be stored
+    /// into it; a shared memory object's areas, `SHARED_ANON`, take them).
     pub(super) fn is_shared_file(&self) -> bool {
-        self.fd >= 0 && self.flags & vma_flags::SHARED != 0
+        self.fd >= 0 && self.flags & vma_flags::SHARED != 0 && self.kind != vma_kind::SHARED_ANON
     }
 }
 
@@ -264,6 +266,9 @@ pub struct PlanInput<'a> {
     pub fd_moves: &'a [FdMove],
     /// Fds left as they are (inherited stdio).
     pub keep_fds: &'a [i32],
+    /// The modes to set on the terminals the task resumes on, once its
+    /// fds are in place.
+    pub terminals: &'a [crate::objects::terminal::TerminalSetup],
     /// The caller's stderr, duplicated above every fd of the task, for
     /// failure messages; kept through the fd step and closed once no
     /// thread can fail any more. `None`: messages go to fd 2.
@@ -287,6 +292,8 @@ pub struct PlanInput<'a> {
     pub itimers: &'a [ItimerRecord],
     /// The POSIX timers, created with their ids and armed last.
     pub posix_timers: &'a [PosixTimerRecord],
+    /// Seals added after the areas are filled (`F_SEAL_FUTURE_WRITE`).
+    pub late_seals: &'a [LateSeal],
     /// Credentials to switch to, when they differ and we may.
     pub creds: Option<CredsRecord>,
     /// Set `PR_SET_NO_NEW_PRIVS` in every thread, after its credentials.
@@ -469,11 +476,13 @@ pub fn build_plan(
     vmas::build_vmas(&mut b, input)?;
     vmas::fill_pages(&mut b, input)?;
     vmas::finish_vmas(&mut b, input)?;
+    vmas::late_seals(&mut b, input)?;
     vmas::place_vdso(&mut b, input, park)?;
     // Process-wide state that needs the memory back.
     process::mm_fields(&mut b, input)?;
     process::process_state(&mut b, input)?;
     process::files(&mut b, input)?;
+    process::terminals(&mut b, input)?;
     inotify::drain_inotify(&mut b, input)?;
     epoll::epoll_items(&mut b, input)?;
     process::limits(&mut b, input)?;

@@ -104,6 +104,7 @@ pub fn syscall_name(n: u64) -> &'static str {
         nr::RT_SIGRETURN => "rt_sigreturn",
         nr::CLONE3 => "clone3",
         nr::FUTEX => "futex",
+        crate::sys::terminal::IOCTL => "ioctl",
         _ => "syscall",
     }
 }

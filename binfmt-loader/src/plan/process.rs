@@ -194,6 +194,32 @@ pub(super) fn files(b: &mut Builder<'_>, input: &PlanInput<'_>) -> Result<(), Pl
     Ok(())
 }
 
+/// Step 7a: the terminals' modes (and a window size where the terminal
+/// has none) on the fds the task resumes on, now at their numbers.
+pub(super) fn terminals(b: &mut Builder<'_>, input: &PlanInput<'_>) -> Result<(), PlanError> {
+    use crate::sys::terminal::{IOCTL, TCSETS, TIOCSWINSZ};
+    for t in input.terminals {
+        let fd = int_arg(t.fd);
+        let a = b.put(t.termios.as_bytes(), 8)?;
+        b.sys(
+            rule::OK,
+            IOCTL,
+            [fd, TCSETS, a, 0, 0, 0],
+            format_args!("ioctl TCSETS fd {}", t.fd),
+        )?;
+        if t.set_winsize != 0 {
+            let a = b.put(t.winsize.as_bytes(), 8)?;
+            b.sys(
+                rule::OK,
+                IOCTL,
+                [fd, TIOCSWINSZ, a, 0, 0, 0],
+                format_args!("ioctl TIOCSWINSZ fd {}", t.fd),
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// Step 7b: resource limits (a hard limit this process may not raise is
 /// EPERM, which is let pass), then memory-deny-write-execute, once no area
 /// will be made executable.

@@ -312,6 +312,7 @@ fn input<'a>(f: &'a Fixture, gadgets: bool) -> PlanInput<'a> {
         inotify_drains: &[],
         timerfd_arms: &[],
         image_fd: 9,
+        late_seals: &[],
         vmas: &f.vmas,
         loads: &f.loads,
         loader_maps: &f.loader_maps,
@@ -339,6 +340,7 @@ fn input<'a>(f: &'a Fixture, gadgets: bool) -> PlanInput<'a> {
             },
         ],
         keep_fds: &[1, 2],
+        terminals: &[],
         err_fd: Some(20),
         threads: &f.threads,
         set_tids: true,
@@ -1132,4 +1134,33 @@ fn posix_timers_are_created_with_their_ids_and_armed_after_the_itimers() {
             tid: 99_999
         })
     );
+}
+
+/// A late seal (`F_SEAL_FUTURE_WRITE`) is added after every area is
+/// mapped, filled and given its protections, before the vDSO moves.
+#[test]
+fn late_seals_come_after_the_areas_are_filled() {
+    use super::LateSeal;
+    let mut rng = Rng(3);
+    let f = fixture(&mut rng);
+    let seals = [LateSeal {
+        fd: 33,
+        seals: 0x10,
+    }];
+    let mut inp = input(&f, true);
+    inp.late_seals = &seals;
+    let mut scratch = std::vec![Range::default(); 64];
+    let window = choose_window(&inp, &mut scratch).unwrap();
+    let mut buf = std::vec![0u8; window.len() as usize];
+    build_plan(&inp, window, &mut buf).unwrap();
+    let ops = window_ops(&buf);
+    let seal = ops
+        .iter()
+        .position(|o| o.nr == nr::FCNTL && o.args[..3] == [33, 1033, 0x10])
+        .expect("an F_ADD_SEALS op");
+    let last = |n: u64| ops.iter().rposition(|o| o.nr == n).unwrap_or(0);
+    assert!(seal > last(nr::MMAP) && seal > last(nr::PREAD64));
+    if let Some(m) = ops.iter().rposition(|o| o.nr == nr::MPROTECT) {
+        assert!(seal > m || ops[m].args[0] >= window.start, "{seal} {m}");
+    }
 }

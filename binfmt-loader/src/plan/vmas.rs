@@ -5,6 +5,7 @@
 //! stored pages against the VMAs that come first.
 
 use image_format::records::{prot, vma_flags, vma_kind};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::abi::{int_arg, op_kind, rule};
 use super::builder::Builder;
@@ -169,7 +170,9 @@ pub(super) fn build_vmas(b: &mut Builder<'_>, input: &PlanInput<'_>) -> Result<(
         let shared = v.flags & vma_flags::SHARED != 0 || maps_read_only_shared(v, fill);
         let (flags, fd, off) = if v.fd >= 0 {
             (
-                if shared {
+                // A shared memory object's areas are all mapped from its
+                // one memfd, shared, so they see each other's writes.
+                if shared || v.kind == vma_kind::SHARED_ANON {
                     sys::MAP_SHARED
                 } else {
                     sys::MAP_PRIVATE
@@ -283,6 +286,36 @@ pub(super) fn finish_vmas(b: &mut Builder<'_>, input: &PlanInput<'_>) -> Result<
                 format_args!("{name} {:#x}-{:#x}", v.start, v.end),
             )?;
         }
+    }
+    Ok(())
+}
+
+/// Seals a shared memory object gets once its areas are built and
+/// filled: a memfd sealed `F_SEAL_FUTURE_WRITE` keeps the writable shared
+/// mappings made before the seal, and refuses new ones (stage 1 seals
+/// every other object before the plan maps it).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct LateSeal {
+    pub fd: i32,
+    pub seals: u32,
+}
+
+/// `fcntl`'s `F_ADD_SEALS`.
+const F_ADD_SEALS: u64 = 1033;
+
+/// Step 3d: the late seals ([`LateSeal`]), after every area of their
+/// objects has its pages and protections.
+pub(super) fn late_seals(b: &mut Builder<'_>, input: &PlanInput<'_>) -> Result<(), PlanError> {
+    for s in input.late_seals {
+        b.sys(
+            rule::OK,
+            nr::FCNTL,
+            [int_arg(s.fd), F_ADD_SEALS, u64::from(s.seals), 0, 0, 0],
+            format_args!("fcntl {} F_ADD_SEALS {:#x}", s.fd, s.seals),
+        )?;
     }
     Ok(())
 }

@@ -53,6 +53,7 @@ impl WindowLayout {
             + input.fd_moves.len() * 2
             + input.keep_fds.len()
             + input.pending.len()
+            + input.terminals.len() * 2
             + input.itimers.len()
             + input.epoll_adds.len()
             + input.inotify_drains.len() * super::inotify::DRAIN_OPS
@@ -75,6 +76,7 @@ impl WindowLayout {
             + 32 * input.itimers.len() as u64
             + (64 + 8 + 32 + 16) * input.posix_timers.len() as u64
             + 128 * input.pending.len() as u64
+            + 48 * input.terminals.len() as u64
             + 16 * input.epoll_adds.len() as u64
             + if input.inotify_drains.is_empty() {
                 0

@@ -53,7 +53,7 @@ pub fn check(image: &Image<'_>, fds: &Records<'_, FdRecord>) -> Result<(), RuleE
     let corrupt = |error| RuleError::Corrupt { error };
     let mut last = -1;
     for f in fds.clone() {
-        // A negative number is named as such (not as out of order).
+        // A negative number is said as such, not as out of order.
         if f.fd < 0 {
             return Err(RuleError::NegativeFd { fd: f.fd });
         }

@@ -16,8 +16,10 @@ pub mod event_objects;
 pub mod mm;
 pub mod objects;
 pub mod os;
+pub mod shmem;
 pub mod sockets;
 pub mod startup;
+pub mod terminal;
 
 /// The real OS for stage 1.
 pub fn kernel_os() -> os::Kernel {
@@ -118,6 +120,7 @@ impl Errno {
     pub const EEXIST: Errno = Errno(17);
     pub const EINVAL: Errno = Errno(22);
     pub const EPIPE: Errno = Errno(32);
+    pub const ENOTTY: Errno = Errno(25);
 }
 
 impl core::fmt::Display for Errno {

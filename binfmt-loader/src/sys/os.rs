@@ -2,7 +2,10 @@
 
 use core::fmt;
 
-use super::{CPath, Errno, Stat};
+use super::{shmem, CPath, Errno, Stat};
+
+/// `O_NOFOLLOW`.
+const O_NOFOLLOW: u32 = 0o400_000;
 use crate::check::os::Os;
 
 /// The real operating system.
@@ -13,6 +16,46 @@ impl Os for Kernel {
     fn open(&self, path: &[u8], flags: u32) -> Result<i32, Errno> {
         let cpath = CPath::new(path).ok_or(Errno::ENOENT)?;
         super::openat(super::AT_FDCWD, &cpath, flags)
+    }
+    fn memfd_create(&self, name: &[u8]) -> Result<i32, Errno> {
+        let name = CPath::new(name).ok_or(Errno::EINVAL)?;
+        shmem::memfd_create(&name, shmem::MFD_CLOEXEC | shmem::MFD_ALLOW_SEALING)
+    }
+    fn open_tmpfile(&self, dir: &[u8], mode: u32) -> Result<i32, Errno> {
+        let dir = CPath::new(dir).ok_or(Errno::ENOENT)?;
+        shmem::open_mode(
+            &dir,
+            shmem::O_TMPFILE | super::O_RDWR | super::O_CLOEXEC,
+            mode,
+        )
+    }
+    fn create_new(&self, path: &[u8], mode: u32) -> Result<i32, Errno> {
+        let path = CPath::new(path).ok_or(Errno::ENOENT)?;
+        let flags = super::O_CREAT | super::O_EXCL | super::O_RDWR | O_NOFOLLOW | super::O_CLOEXEC;
+        shmem::openat2(&path, flags, mode, shmem::RESOLVE_NO_SYMLINKS)
+    }
+    fn link_fd(&self, fd: i32, path: &[u8]) -> Result<(), Errno> {
+        use core::fmt::Write;
+        let mut from = crate::message::Line::default();
+        let _ = write!(from, "/proc/self/fd/{fd}");
+        let from = CPath::new(from.as_bytes()).ok_or(Errno::EINVAL)?;
+        let to = CPath::new(path).ok_or(Errno::ENOENT)?;
+        shmem::linkat(&from, &to, shmem::AT_SYMLINK_FOLLOW)
+    }
+    fn unlink(&self, path: &[u8]) -> Result<(), Errno> {
+        shmem::unlink(&CPath::new(path).ok_or(Errno::ENOENT)?)
+    }
+    fn ftruncate(&self, fd: i32, len: u64) -> Result<(), Errno> {
+        shmem::ftruncate(fd, len)
+    }
+    fn pwrite(&self, fd: i32, buf: &[u8], off: u64) -> Result<usize, Errno> {
+        shmem::pwrite(fd, buf, off)
+    }
+    fn fchmod(&self, fd: i32, mode: u32) -> Result<(), Errno> {
+        shmem::fchmod(fd, mode)
+    }
+    fn add_seals(&self, fd: i32, seals: u32) -> Result<(), Errno> {
+        shmem::add_seals(fd, seals)
     }
     fn fstat(&self, fd: i32) -> Result<Stat, Errno> {
         super::fstat(fd)
@@ -119,6 +162,9 @@ impl Os for Kernel {
     fn eventfd(&self, flags: u32) -> Result<i32, Errno> {
         super::objects::eventfd(flags)
     }
+    fn window_size(&self, fd: i32) -> Result<image_format::records::Winsize, Errno> {
+        super::terminal::window_size(fd)
+    }
     fn bytes_waiting(&self, fd: i32) -> Result<usize, Errno> {
         super::objects::bytes_waiting(fd)
     }
@@ -169,9 +215,6 @@ impl Os for Kernel {
     }
     fn shutdown(&self, fd: i32, how: u32) -> Result<(), Errno> {
         super::sockets::shutdown(fd, how)
-    }
-    fn unlink(&self, path: &[u8]) -> Result<(), Errno> {
-        super::sockets::unlink(path)
     }
     fn umask(&self, mask: u32) -> u32 {
         super::sockets::umask(mask)

@@ -7,7 +7,7 @@
 //! `socket(2)`, `socketpair(2)`, `setsockopt(2)`, `bind(2)`, `listen(2)`,
 //! `connect(2)`, `send(2)`, `shutdown(2)`, `unlink(2)`.
 
-use super::{fd_of, int_arg, result, syscall6, CPath, Errno, AT_FDCWD, O_CLOEXEC, O_NONBLOCK};
+use super::{fd_of, int_arg, result, syscall6, Errno, O_CLOEXEC, O_NONBLOCK};
 
 const SOCKET: u64 = 41;
 const CONNECT: u64 = 42;
@@ -17,7 +17,6 @@ const BIND: u64 = 49;
 const LISTEN: u64 = 50;
 const SOCKETPAIR: u64 = 53;
 const SETSOCKOPT: u64 = 54;
-const UNLINKAT: u64 = 263;
 
 const AF_UNIX: u64 = 1;
 const MSG_DONTWAIT: u64 = 0x40;
@@ -130,24 +129,6 @@ pub fn send(fd: i32, buf: &[u8]) -> Result<usize, Errno> {
 pub fn shutdown(fd: i32, how: u32) -> Result<(), Errno> {
     // SAFETY: integer arguments only.
     let r = unsafe { syscall6(SHUTDOWN, int_arg(fd), u64::from(how), 0, 0, 0, 0) };
-    result(r).map(|_| ())
-}
-
-/// `unlinkat(AT_FDCWD, path, 0)` (a symlink is removed, never followed).
-pub fn unlink(path: &[u8]) -> Result<(), Errno> {
-    let p = CPath::new(path).ok_or(Errno::ENOENT)?;
-    // SAFETY: `p` is NUL-terminated inside its buffer.
-    let r = unsafe {
-        syscall6(
-            UNLINKAT,
-            int_arg(AT_FDCWD),
-            p.buf.as_ptr() as u64,
-            0,
-            0,
-            0,
-            0,
-        )
-    };
     result(r).map(|_| ())
 }
 

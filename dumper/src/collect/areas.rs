@@ -10,6 +10,7 @@ use image_writer::model::{PageRun, VmaState};
 
 use super::task::Task;
 use super::{CollectError, Collector};
+use crate::objects::shmem::{self, ShmemObjects};
 use crate::pages::{self, PagePolicy};
 use crate::procfs::smaps::SmapsEntry;
 use crate::report::VmaStat;
@@ -19,6 +20,7 @@ use crate::{gadgets, inject, vmas};
 pub(super) fn memory_areas<T: Task>(
     c: &mut Collector<'_, T>,
     smaps: &[SmapsEntry],
+    objects: &mut ShmemObjects,
 ) -> Result<(Vec<VmaState>, Vec<vmas::VmaClass>), CollectError> {
     let mut vma_states = Vec::with_capacity(smaps.len());
     let mut classes = Vec::with_capacity(smaps.len());
@@ -56,7 +58,10 @@ pub(super) fn memory_areas<T: Task>(
                 .metadata(Path::new(&link))
                 .or_else(|_| c.task.metadata(Path::new(&e.path)));
             match meta {
-                Ok(m) => record.file = m.id,
+                Ok(m) => {
+                    record.file = m.id;
+                    record.object = area_object(c, e, class.kind, &m, objects)?;
+                }
                 Err(source) => {
                     return Err(CollectError::Read {
                         pid: c.pid,
@@ -65,6 +70,25 @@ pub(super) fn memory_areas<T: Task>(
                         source,
                     });
                 }
+            }
+        }
+        if class.kind == vma_kind::SHARED_ANON {
+            // The shared object, by the inode behind the area.
+            let link = c.proc_path(&format!("map_files/{:x}-{:x}", e.start, e.end));
+            match c.task.metadata(Path::new(&link)) {
+                Ok(meta) => {
+                    record.file = meta.id;
+                    record.object = area_object(c, e, class.kind, &meta, objects)?;
+                }
+                // Following map_files needs CAP_SYS_ADMIN or
+                // CAP_CHECKPOINT_RESTORE: without, the area is kept on its
+                // own, as anonymous shared memory.
+                Err(err) => c.warnings.push(format!(
+                    "shared memory {} at {:#x}-{:#x} cannot be identified ({link}: {err}): restored as anonymous shared memory of its own, not shared with its other areas or fds",
+                    image_format::text::Escaped(e.path.as_bytes()),
+                    e.start,
+                    e.end
+                )),
             }
         }
         vma_states.push(VmaState {
@@ -77,6 +101,219 @@ pub(super) fn memory_areas<T: Task>(
         c.warnings.push(w);
     }
     Ok((vma_states, classes))
+}
+
+/// The 1-based object (0: none) area `e` of kind `kind` maps (`meta`: its
+/// file's), added to `objects` when it is the first area of it. A
+/// non-regular deleted file cannot be saved: refused by name.
+fn area_object<T: Task>(
+    c: &mut Collector<'_, T>,
+    e: &SmapsEntry,
+    kind: u32,
+    meta: &super::task::FileMeta,
+    objects: &mut ShmemObjects,
+) -> Result<u32, CollectError> {
+    let Some(object_kind) = shmem::object_kind(e, kind, meta, c.opts.ghost_limit()) else {
+        return Ok(0);
+    };
+    if object_kind == image_format::records::shmem_kind::GHOST && meta.mode & 0o170_000 != 0o100_000
+    {
+        c.unsupported(format!(
+            "mapped file {} was deleted and is not a regular file ({:#x}-{:#x})",
+            image_format::text::Escaped(e.path.as_bytes()),
+            e.start,
+            e.end
+        ))?;
+        return Ok(0);
+    }
+    let name = shmem::object_name(object_kind, &e.path);
+    Ok(objects.object_of(object_kind, &name, meta))
+}
+
+/// The fds on memfds and on deleted regular files: each refers to its
+/// object (`FdRecord::object`, 1-based in the SHMEM note), the same one as
+/// the areas that map that inode.
+pub(super) fn fd_objects<T: Task>(
+    c: &mut Collector<'_, T>,
+    fds: &mut [image_writer::model::FdState],
+    objects: &mut ShmemObjects,
+) -> Result<(), CollectError> {
+    use image_format::records::{fd_flags, fd_kind, shmem_kind};
+    for f in fds.iter_mut() {
+        let kind = match f.record.kind {
+            fd_kind::MEMFD => shmem_kind::MEMFD,
+            fd_kind::REGULAR if f.record.flags & fd_flags::DELETED != 0 => shmem_kind::GHOST,
+            _ => continue,
+        };
+        let link = c.proc_path(&format!("fd/{}", f.record.fd));
+        let meta = c
+            .task
+            .metadata(Path::new(&link))
+            .map_err(c.read_error(link))?;
+        let name = shmem::object_name(kind, &f.path);
+        f.record.object = objects.object_of(kind, &name, &meta);
+        // Saved with its object: not dropped (the fds were marked before
+        // the objects were found).
+        f.record.flags &= !fd_flags::DROPPED;
+    }
+    Ok(())
+}
+
+/// Each object's seals, and its whole content where no mapping carries it
+/// (`ShmemObjects::needs_whole`), read through the first area that maps it
+/// (`/proc/P/map_files`, which opens a deleted file or a memfd too). Content
+/// above `--ghost-limit` is refused with the area, its size and the limit.
+pub(super) fn object_contents<T: Task>(
+    c: &mut Collector<'_, T>,
+    smaps: &[SmapsEntry],
+    vmas: &[VmaState],
+    fds: &[image_writer::model::FdState],
+    objects: &mut ShmemObjects,
+) -> Result<Vec<u32>, CollectError> {
+    use image_format::records::shmem_kind;
+    let mut lost = Vec::new();
+    for index in 0..objects.states.len() {
+        // Fewer objects than areas: the index fits.
+        let object = u32::try_from(index + 1).unwrap_or(u32::MAX);
+        let areas: Vec<(&SmapsEntry, &VmaState)> = smaps
+            .iter()
+            .zip(vmas)
+            .filter(|(_, v)| v.record.object == object)
+            .collect();
+        let fd = fds
+            .iter()
+            .find(|f| f.record.object == object && object_fd(f));
+        // Read through an area, or else an fd (`/proc/P/fd/N` opens the
+        // file itself, deleted or not).
+        // An fd first: `/proc/P/fd` opens for any dumper that may trace
+        // the task, `map_files` only with CAP_SYS_ADMIN.
+        // Named by its fd (`fd N is ...`, as every fd's refusal) or its area.
+        let (link, fd_place, area_place) = match (fd, areas.first()) {
+            (Some(f), _) => (
+                c.proc_path(&format!("fd/{}", f.record.fd)),
+                format!("fd {} is a ", f.record.fd),
+                String::new(),
+            ),
+            (None, Some(&(first, _))) => (
+                c.proc_path(&format!("map_files/{:x}-{:x}", first.start, first.end)),
+                String::new(),
+                format!(" mapped at {:#x}-{:#x}", first.start, first.end),
+            ),
+            (None, None) => continue,
+        };
+        let mut record = objects.states[index].record;
+        if record.kind == shmem_kind::MEMFD {
+            record.seals = c
+                .task
+                .seals(Path::new(&link))
+                .map_err(c.read_error(link.clone()))?;
+            objects.states[index].record.seals = record.seals;
+        }
+        let shared: Vec<(u64, u64)> = areas
+            .iter()
+            .filter(|(_, v)| v.record.kind == vma_kind::SHARED_ANON)
+            .map(|(e, _)| (e.offset, e.offset.saturating_add(e.end - e.start)))
+            .collect();
+        let data = c
+            .task
+            .data_extents(Path::new(&link), record.size)
+            .unwrap_or_else(|_| vec![(0, record.size)]);
+        if !ShmemObjects::needs_whole(&record, &data, &shared) {
+            continue;
+        }
+        let name = objects.states[index].name.clone();
+        let what = || {
+            format!(
+                "{fd_place}{} {}{area_place}",
+                match record.kind {
+                    shmem_kind::MEMFD => "memfd",
+                    shmem_kind::RECREATE => "shared-mapped file",
+                    _ => "deleted file",
+                },
+                image_format::text::Escaped(&name),
+            )
+        };
+        // Refused before it is read, by its size.
+        if record.size > c.opts.ghost_limit() {
+            c.unsupported(format!(
+                "{}: {} bytes, above the ghost limit of {} bytes (--ghost-limit)",
+                what(),
+                record.size,
+                c.opts.ghost_limit()
+            ))?;
+            lost.push(object);
+            continue;
+        }
+        // A file that still exists is saved only in case it vanishes: one
+        // that cannot be read or kept is opened by its path, as before.
+        let spare = record.kind == shmem_kind::RECREATE;
+        let mut content = match c.task.read(Path::new(&link)) {
+            Ok(content) => content,
+            Err(_) if spare => {
+                lost.push(object);
+                continue;
+            }
+            Err(e) => return Err(c.read_error(link.clone())(e)),
+        };
+        // The size at the dump; a file read longer or shorter than its
+        // size is cut or zero-extended by the loader.
+        content.truncate(usize::try_from(record.size).unwrap_or(usize::MAX));
+        if let Err(why) = objects.save_content(object, content, c.opts.ghost_limit()) {
+            if !spare {
+                c.unsupported(format!("{}: {why}", what()))?;
+            }
+            lost.push(object);
+        }
+    }
+    Ok(lost)
+}
+
+/// Objects whose content was not saved (`lost`; a blocker each, so only a
+/// forced dump goes on) are not made again: their areas and fds no longer
+/// refer to them. Shared memory is then mapped anonymous with its pages,
+/// as before objects existed; a deleted file's areas keep their layout
+/// without contents (anonymous), as any area a forced dump cannot keep;
+/// their fds are dropped (`/dev/null` at restore), by the loader's rule.
+pub(super) fn forget_objects(
+    vmas: &mut [VmaState],
+    classes: &mut [vmas::VmaClass],
+    fds: &mut [image_writer::model::FdState],
+    lost: &[u32],
+) {
+    use image_format::records::{fd_flags, vma_flags};
+    if lost.is_empty() {
+        return;
+    }
+    for (v, class) in vmas.iter_mut().zip(classes.iter_mut()) {
+        if !lost.contains(&v.record.object) {
+            continue;
+        }
+        v.record.object = 0;
+        if v.record.kind == vma_kind::FILE && v.record.flags & vma_flags::FILE_DELETED != 0 {
+            v.record.kind = vma_kind::ANON;
+            class.kind = vma_kind::ANON;
+            class.policy = PagePolicy::Nothing;
+        }
+    }
+    for f in fds.iter_mut() {
+        if object_fd(f) && lost.contains(&f.record.object) {
+            f.record.object = 0;
+        }
+    }
+    super::refusals::mark_dropped(fds);
+    // An fd saved with its object is not dropped (marked before the
+    // objects were found).
+    for f in fds.iter_mut() {
+        if binfmt_loader::objects::shmem::backs_fd(&f.record) {
+            f.record.flags &= !fd_flags::DROPPED;
+        }
+    }
+}
+
+/// Whether fd state `f` is on a shared memory object or saved file.
+fn object_fd(f: &image_writer::model::FdState) -> bool {
+    use image_format::records::fd_kind;
+    f.record.object != 0 && matches!(f.record.kind, fd_kind::MEMFD | fd_kind::REGULAR)
 }
 
 /// Scan the executable file mappings for the loader's gadgets.
@@ -142,6 +379,8 @@ pub(super) fn select_pages<T: Task>(
     c: &Collector<'_, T>,
     smaps: &[SmapsEntry],
     classes: &[vmas::VmaClass],
+    vmas: &[VmaState],
+    objects: &mut ShmemObjects,
     zero_pfn: Option<u64>,
 ) -> Result<(Vec<PageRun>, Vec<VmaStat>), CollectError> {
     /// Pagemap entries read per call (64 MiB of address space = 128 KiB).
@@ -151,10 +390,10 @@ pub(super) fn select_pages<T: Task>(
     let mut stats = Vec::with_capacity(smaps.len());
     let mut raw = vec![0u8; CHUNK_PAGES * 8];
     let mut entries = Vec::with_capacity(CHUNK_PAGES);
-    for (e, class) in smaps.iter().zip(classes) {
+    for ((e, class), v) in smaps.iter().zip(classes).zip(vmas) {
         let mut stored = 0;
         if class.kind == vma_kind::SHARED_ANON {
-            stored = shared_extents(c, e, &mut runs);
+            stored = shared_extents(c, e, v.record.object, objects, &mut runs);
         } else if class.policy != PagePolicy::Nothing && (e.rss_kb > 0 || e.swap_kb > 0) {
             for (from, to) in populated_ranges(c, e) {
                 let mut addr = from;
@@ -203,14 +442,33 @@ fn populated_ranges<T: Task>(c: &Collector<'_, T>, e: &SmapsEntry) -> Vec<(u64, 
     vec![(e.start, e.end)]
 }
 
-/// Shared anonymous memory: the data extents of the shared object (pages
-/// other processes wrote count too, even if not mapped here); the whole area
-/// when the object cannot be opened.
-fn shared_extents<T: Task>(c: &Collector<'_, T>, e: &SmapsEntry, runs: &mut Vec<PageRun>) -> u64 {
-    let link = c.proc_path(&format!("map_files/{:x}-{:x}", e.start, e.end));
-    let limit = e.offset.saturating_add(e.end - e.start);
-    match c.task.data_extents(Path::new(&link), limit) {
-        Ok(extents) => pages::select_extents(runs, e.start, e.end, e.offset, &extents),
-        Err(_) => pages::select_extents(runs, e.start, e.end, e.offset, &[(e.offset, limit)]),
+/// Shared anonymous memory and memfds: the data extents of the shared
+/// object (pages other processes wrote count too, even if not mapped
+/// here; the whole area when the object cannot be opened) that no area
+/// before this one of the same `object` stored: an object mapped three
+/// times (ZGC's heap views) is stored once. Nothing when the object's
+/// whole content is saved instead.
+fn shared_extents<T: Task>(
+    c: &Collector<'_, T>,
+    e: &SmapsEntry,
+    object: u32,
+    objects: &mut ShmemObjects,
+    runs: &mut Vec<PageRun>,
+) -> u64 {
+    if objects.whole(object) {
+        return 0;
     }
+    let link = c.proc_path(&format!("map_files/{:x}-{:x}", e.start, e.end));
+    let len = e.end - e.start;
+    let limit = e.offset.saturating_add(len);
+    let extents = c
+        .task
+        .data_extents(Path::new(&link), limit)
+        .unwrap_or_else(|_| vec![(e.offset, limit)]);
+    let extents = if object == 0 {
+        extents
+    } else {
+        objects.take_unstored(object, e.offset, len, &extents)
+    };
+    pages::select_extents(runs, e.start, e.end, e.offset, &extents)
 }

@@ -36,6 +36,8 @@ pub struct FakeTask {
     pub files: HashMap<PathBuf, Vec<u8>>,
     pub links: HashMap<PathBuf, PathBuf>,
     pub metas: HashMap<PathBuf, FileMeta>,
+    /// `F_GET_SEALS` answers by path.
+    pub seals: HashMap<PathBuf, u32>,
     pub dirs: HashMap<PathBuf, Vec<String>>,
     pub euid: u32,
     pub cancelled: bool,
@@ -131,6 +133,7 @@ impl FakeTask {
             files: HashMap::new(),
             links: HashMap::new(),
             metas: HashMap::new(),
+            seals: HashMap::new(),
             dirs: HashMap::new(),
             euid: 1000,
             cancelled: false,
@@ -190,6 +193,7 @@ impl FakeTask {
             },
             mode: 0o100_755,
             rdev: 0,
+            ..FileMeta::default()
         };
         t.meta("exe", file(1234));
         t.meta("cwd", file(99));
@@ -263,6 +267,7 @@ impl FakeTask {
                 },
                 mode,
                 rdev,
+                ..FileMeta::default()
             },
         );
         self.file(&format!("fdinfo/{fd}"), fdinfo);
@@ -406,6 +411,10 @@ impl Task for FakeTask {
 
     fn data_extents(&self, path: &Path, _limit: u64) -> io::Result<Vec<(u64, u64)>> {
         Err(not_found(path))
+    }
+
+    fn seals(&self, path: &Path) -> io::Result<u32> {
+        self.seals.get(path).copied().ok_or_else(|| not_found(path))
     }
 
     fn thread(&self, tid: i32) -> Result<FoundThread, CollectError> {

@@ -98,6 +98,8 @@ impl Task for LiveTask<'_> {
             id: file_id(&m),
             mode: m.mode(),
             rdev: m.rdev(),
+            uid: m.uid(),
+            gid: m.gid(),
         })
     }
 
@@ -132,6 +134,10 @@ impl Task for LiveTask<'_> {
 
     fn data_extents(&self, path: &Path, limit: u64) -> io::Result<Vec<(u64, u64)>> {
         File::open(path).and_then(|f| process::data_extents(&f, limit))
+    }
+
+    fn seals(&self, path: &Path) -> io::Result<u32> {
+        File::open(path).and_then(|f| process::file_seals(&f))
     }
 
     fn thread(&self, tid: i32) -> Result<FoundThread, CollectError> {

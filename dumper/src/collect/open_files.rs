@@ -201,6 +201,7 @@ fn save_objects<T: Task>(
     refuse_shared_anon(c, listed, &shared)?;
     save_pipes(c, listed, records, &shared, &mut objects)?;
     save_sockets(c, listed, records, &shared, &mut objects)?;
+    save_terminals(c, listed, records, &mut objects)?;
     for (i, l) in listed.iter().enumerate() {
         if !matches!(
             l.kind,
@@ -362,12 +363,69 @@ fn target_restored(records: &[FdState], r: &FdRecord) -> bool {
     !binfmt_loader::rules::fd_must_be_dropped(first, None)
 }
 
+/// Terminals: one record per open file description on a terminal (its
+/// first fd decides how it resumes, [`objects::terminal::plan_terminals`];
+/// its dups follow it), the modes read once per terminal.
+fn save_terminals<T: Task>(
+    c: &mut Collector<'_, T>,
+    listed: &[Listed],
+    records: &mut [FdState],
+    objects: &mut ObjectStates,
+) -> Result<(), CollectError> {
+    use objects::terminal::{modes_of, plan_terminals, TerminalFd};
+    let firsts: Vec<usize> = (0..listed.len())
+        .filter(|&i| listed[i].kind == fd_kind::TTY)
+        .filter(|&i| {
+            let desc = records[i].record.desc;
+            !records[..i].iter().any(|r| r.record.desc == desc)
+        })
+        .collect();
+    if firsts.is_empty() {
+        return Ok(());
+    }
+    // `/dev/tty` stands for the controlling terminal.
+    let tty_nr = c.parse(procfs::stat::parse(&c.read_text("stat")?))?.tty_nr;
+    let terminal_fds: Vec<TerminalFd> = firsts
+        .iter()
+        .map(|&i| TerminalFd {
+            fd: listed[i].fd,
+            link: listed[i].link.clone(),
+            rdev: listed[i].meta.rdev,
+        })
+        .collect();
+    let (mut plan, refusals) = plan_terminals(&terminal_fds, u64::from(tty_nr));
+    for why in refusals {
+        c.unsupported(why)?;
+    }
+    let wanted: Vec<i32> = plan.needs_modes().collect();
+    for fd in wanted {
+        match c.task.take_fd(fd).and_then(|file| modes_of(&file)) {
+            Ok(modes) => plan.set_modes(fd, modes),
+            Err(e) => c.unsupported(format!(
+                "fd {fd} is a terminal whose modes cannot be read ({e})"
+            ))?,
+        }
+    }
+    for r in plan.records {
+        objects.terminals.push(r);
+        let object = index(objects.terminals.len());
+        let Some(first) = records.iter().position(|s| s.record.fd == r.fd) else {
+            continue;
+        };
+        let desc = records[first].record.desc;
+        for s in records.iter_mut().filter(|s| s.record.desc == desc) {
+            s.record.object = object;
+        }
+    }
+    Ok(())
+}
+
 /// How another process's fd on the same object is recognised, for the
 /// kinds that can be shared (None: not asked).
 fn same_when(kind: u32) -> Option<SameWhen> {
     match kind {
         fd_kind::PIPE | fd_kind::SOCKET => Some(SameWhen::Link),
-        fd_kind::FIFO => Some(SameWhen::Inode),
+        fd_kind::FIFO | fd_kind::MEMFD => Some(SameWhen::Inode),
         fd_kind::EVENTFD
         | fd_kind::SIGNALFD
         | fd_kind::TIMERFD
@@ -421,15 +479,17 @@ fn holders<T: Task>(
     Ok(out)
 }
 
-/// An eventfd, epoll, timerfd, signalfd or inotify instance another
-/// process holds too would come back as a private copy.
+/// An eventfd, epoll, timerfd, signalfd or inotify instance (or a memfd)
+/// another process holds too would come back as a private copy.
 fn refuse_shared_anon<T: Task>(
     c: &mut Collector<'_, T>,
     listed: &[Listed],
     shared: &[Vec<i32>],
 ) -> Result<(), CollectError> {
     for (l, others) in listed.iter().zip(shared) {
-        if others.is_empty() || same_when(l.kind) != Some(SameWhen::Description) {
+        let private_copy =
+            l.kind == fd_kind::MEMFD || same_when(l.kind) == Some(SameWhen::Description);
+        if others.is_empty() || !private_copy {
             continue;
         }
         c.unsupported(format!(

@@ -27,6 +27,9 @@ pub struct FileMeta {
     pub mode: u32,
     /// `st_rdev`.
     pub rdev: u64,
+    /// `st_uid`, `st_gid`.
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// How another process's fd is known to be on the same object as one of
@@ -128,6 +131,9 @@ pub trait Task {
     /// The data extents (`SEEK_DATA`/`SEEK_HOLE`, file offsets below
     /// `limit`) of the file behind `path`.
     fn data_extents(&self, path: &Path, limit: u64) -> io::Result<Vec<(u64, u64)>>;
+    /// `fcntl(F_GET_SEALS)` of the file behind `path` (a memfd), opened
+    /// read-only.
+    fn seals(&self, path: &Path) -> io::Result<u32>;
     /// Registers and ptrace-visible state of one frozen thread.
     fn thread(&self, tid: i32) -> Result<FoundThread, CollectError>;
     /// Get ready to inject syscalls through the task's own `gadgets`;

@@ -25,6 +25,7 @@ fn run(task: &mut FakeTask, force: bool) -> Result<Collected, CollectError> {
     let opts = DumpOptions {
         force,
         leave_running: false,
+        ..DumpOptions::default()
     };
     collect_from(task, &opts, Some(fake::ZERO_PFN))
 }
@@ -392,12 +393,16 @@ fn fd_flags_and_refusals() {
         0,
         "pos:\t0\nflags:\t00\nmnt_id:\t31\n",
     );
-    assert!(unsupported(run(&mut task, false)).contains("deleted file"));
-    let c = run(&mut task, true).unwrap();
+    // A deleted file is saved with its content, as a shared memory object.
+    task.file("fd/4", b"gone".to_vec());
+    let c = run(&mut task, false).unwrap();
     let gone = &c.state.fds[4];
     assert_eq!(gone.path, "/tmp/gone");
-    // Forced: not saved, so dropped (the loader puts /dev/null there).
-    assert_eq!(gone.record.flags, fd_flags::DELETED | fd_flags::DROPPED);
+    assert_eq!(gone.record.flags, fd_flags::DELETED);
+    assert_eq!(gone.record.object, 1);
+    let ghost = &c.state.objects.shmem[0];
+    assert_eq!(ghost.record.kind, image_format::records::shmem_kind::GHOST);
+    assert_eq!(ghost.name, b"/tmp/gone");
 
     let mut task = FakeTask::sleeping(PID);
     task.fd(
@@ -569,6 +574,149 @@ fn scratch_lies_below_rsp_inside_its_own_area_or_nowhere() {
     assert_eq!(super::areas::scratch_for(&smaps, 0x1000), Err(0));
 }
 
+/// A memfd held only by an fd: saved as an object with its name, seals and
+/// whole content (no area carries its pages), and the fd refers to it; one
+/// above `--ghost-limit` is refused with its fd, size and the limit.
+#[test]
+fn a_memfd_fd_is_saved_with_its_name_seals_and_content() {
+    use image_format::records::{shmem_flags, shmem_kind, FileId};
+    let mut task = FakeTask::sleeping(PID);
+    task.fd(
+        5,
+        "/memfd:buf (deleted)",
+        0o100_600,
+        0,
+        "pos:\t3\nflags:\t02\nmnt_id:\t1\n",
+    );
+    task.meta(
+        "fd/5",
+        super::task::FileMeta {
+            id: FileId {
+                dev: 1,
+                ino: 77,
+                size: 4,
+                ..FileId::default()
+            },
+            mode: 0o100_600,
+            ..Default::default()
+        },
+    );
+    task.file("fd/5", b"data".to_vec());
+    task.seals.insert(task.path("fd/5"), 0x4 | 0x1);
+    let c = run(&mut task, false).unwrap();
+    let fd = c.state.fds.iter().find(|f| f.record.fd == 5).unwrap();
+    assert_eq!((fd.record.kind, fd.record.object), (fd_kind::MEMFD, 1));
+    let o = &c.state.objects.shmem[0];
+    assert_eq!(o.record.kind, shmem_kind::MEMFD);
+    assert_eq!(o.name, b"buf");
+    assert_eq!(o.record.seals, 0x5);
+    assert_ne!(o.record.flags & shmem_flags::WHOLE_CONTENT, 0);
+    assert_eq!(o.content, b"data");
+
+    let opts = DumpOptions {
+        ghost_limit: Some(3),
+        ..DumpOptions::default()
+    };
+    let Err(err) = collect_from(&mut task, &opts, Some(fake::ZERO_PFN)) else {
+        panic!("a memfd above the ghost limit was dumped");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("fd 5 is a memfd buf: 4 bytes, above the ghost limit of 3 bytes"),
+        "{err}"
+    );
+}
+
+/// A fake task whose stdio is one open file of `/dev/pts/5` and whose fd 3
+/// is the same pty opened again; `extra` adds fd 4 at that path and device.
+/// The modes are read from a real pty master standing for the terminal.
+fn task_in_a_terminal(
+    extra: Option<(&str, u64)>,
+) -> (FakeTask, image_format::records::KernelTermios) {
+    use super::task::FileMeta;
+    use std::os::fd::OwnedFd;
+    let pts5 = (136 << 8) | 5;
+    let mut t = FakeTask::sleeping(PID);
+    let ptmx: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/ptmx")
+        .expect("open /dev/ptmx")
+        .into();
+    let termios = crate::sys::tty::termios(&ptmx).expect("TCGETS on a pty master");
+    let tty = |t: &mut FakeTask, fd: i32, path: &str, rdev: u64, ino: u64| {
+        t.fd(
+            fd,
+            path,
+            0o020_620,
+            rdev,
+            "pos:\t0\nflags:\t0100002\nmnt_id:\t26\n",
+        );
+        t.meta(
+            &format!("fd/{fd}"),
+            FileMeta {
+                id: image_format::records::FileId {
+                    dev: 24,
+                    ino,
+                    ..Default::default()
+                },
+                mode: 0o020_620,
+                rdev,
+                ..Default::default()
+            },
+        );
+    };
+    for fd in 0..3 {
+        tty(&mut t, fd, "/dev/pts/5", pts5, 8);
+    }
+    tty(&mut t, 3, "/dev/pts/5", pts5, 8);
+    if let Some((path, rdev)) = extra {
+        tty(&mut t, 4, path, rdev, 12);
+    }
+    t.shared_descs = vec![vec![0, 1, 2]];
+    t.stolen.insert(0, ptmx);
+    (t, termios)
+}
+
+#[test]
+fn terminal_fds_get_one_record_per_open_file_and_the_modes_once() {
+    use image_format::records::{terminal_flags, terminal_resume};
+    let (mut t, termios) = task_in_a_terminal(None);
+    let c = run(&mut t, false).unwrap();
+    let fds = &c.state.fds;
+    let objects: Vec<(i32, u32)> = fds.iter().map(|f| (f.record.fd, f.record.object)).collect();
+    assert_eq!(objects, [(0, 1), (1, 1), (2, 1), (3, 2)]);
+    let terminals = &c.state.objects.terminals;
+    assert_eq!(terminals.len(), 2);
+    assert_eq!(terminals[0].resume, terminal_resume::STDIO);
+    assert_eq!(
+        terminals[0].flags & terminal_flags::MODES,
+        terminal_flags::MODES
+    );
+    assert_eq!(terminals[0].termios, termios);
+    assert_eq!(
+        (
+            terminals[1].resume,
+            terminals[1].stdio_fd,
+            terminals[1].flags
+        ),
+        (terminal_resume::DUP_STDIO, 0, 0)
+    );
+}
+
+#[test]
+fn a_terminal_the_stdio_is_not_on_is_refused_by_name() {
+    let (mut t, _) = task_in_a_terminal(Some(("/dev/pts/9", (136 << 8) | 9)));
+    let why = unsupported(run(&mut t, false));
+    assert!(
+        why.contains("fd 4 is a terminal (/dev/pts/9, device 136:9)"),
+        "{why}"
+    );
+    let (mut t, _) = task_in_a_terminal(Some(("/dev/ptmx", (5 << 8) | 2)));
+    let why = unsupported(run(&mut t, false));
+    assert!(why.contains("fd 4 is a pty master (/dev/ptmx)"), "{why}");
+}
+
 #[test]
 fn one_refusal_names_every_blocker_and_nothing_is_injected() {
     let mut task = FakeTask::sleeping(PID);
@@ -586,6 +734,20 @@ fn one_refusal_names_every_blocker_and_nothing_is_injected() {
         0,
         "pos:\t0\nflags:\t02\nmnt_id:\t8\n",
     );
+    // Deleted files are saved up to --ghost-limit: this one is above.
+    task.meta(
+        "fd/6",
+        super::task::FileMeta {
+            id: image_format::records::FileId {
+                dev: 5,
+                ino: 16,
+                size: 5 << 20,
+                ..Default::default()
+            },
+            mode: 0o100644,
+            ..Default::default()
+        },
+    );
     task.fd(
         7,
         "anon_inode:[io_uring]",
@@ -601,7 +763,7 @@ fn one_refusal_names_every_blocker_and_nothing_is_injected() {
     for want in [
         // The fake has no copy of the socket to read (sockets are objects).
         "fd 5: cannot take a copy of the socket",
-        "fd 6 refers to a deleted file",
+        "fd 6 is a deleted file /tmp/gone: 5242880 bytes, above the ghost limit",
         "fd 7 is an io_uring instance",
         "thread 4249 (iou-sqp-4242) is an io_uring kernel thread",
     ] {

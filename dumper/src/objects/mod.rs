@@ -9,8 +9,10 @@ pub mod epoll;
 pub mod eventfd;
 pub mod inotify;
 pub mod pipe;
+pub mod shmem;
 pub mod signalfd;
 pub mod socket;
+pub mod terminal;
 pub mod timerfd;
 
 /// Why an object cannot be saved faithfully (a sentence naming the fd).

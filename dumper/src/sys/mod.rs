@@ -12,3 +12,4 @@ pub mod ptrace;
 pub mod search;
 pub mod sock_diag;
 pub mod sockets;
+pub mod tty;

@@ -132,6 +132,17 @@ pub fn zero_page_pfn() -> io::Result<Option<u64>> {
     result
 }
 
+/// `fcntl(fd, F_GET_SEALS)`: the seals of a memfd (or any shmem file).
+///
+/// # References
+/// `memfd_create(2)`, `fcntl(2)` "File Sealing".
+pub fn file_seals(file: &File) -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl F_GET_SEALS on a descriptor owned by `file`; no pointers.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    u32::try_from(r).map_err(|_| io::Error::last_os_error())
+}
+
 /// The data extents of a file (`lseek` with `SEEK_DATA`/`SEEK_HOLE`), as
 /// `(start, end)` byte offsets, up to `limit`.
 ///

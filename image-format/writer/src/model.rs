@@ -6,8 +6,8 @@
 use image_format::elf::UserRegs;
 use image_format::records::{
     CredsRecord, EventfdRecord, FdRecord, GadgetsRecord, ItimerRecord, MmRecord,
-    PendingSignalRecord, PosixTimerRecord, ProcessRecord, RlimitRecord, SigactionRecord,
-    ThreadRecord, VmaRecord,
+    PendingSignalRecord, PosixTimerRecord, ProcessRecord, RlimitRecord, ShmemRecord,
+    SigactionRecord, ThreadRecord, VmaRecord,
 };
 
 /// One thread: its registers and per-thread extras.
@@ -36,6 +36,16 @@ pub struct FdState {
     pub path: String,
 }
 
+/// One shared memory object or saved file (`records::ShmemRecord`);
+/// `record.name` and `record.content` are filled in by the writer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShmemState {
+    pub record: ShmemRecord,
+    pub name: Vec<u8>,
+    /// The whole content, with `shmem_flags::WHOLE_CONTENT`; else empty.
+    pub content: Vec<u8>,
+}
+
 /// A pipe or FIFO: its record (`data` is filled in by the writer) and
 /// the bytes buffered in it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -50,6 +60,8 @@ pub struct PipeState {
 pub struct ObjectStates {
     pub pipes: Vec<PipeState>,
     pub eventfds: Vec<EventfdRecord>,
+    /// One per terminal fd's description, in fd order.
+    pub terminals: Vec<image_format::records::TerminalRecord>,
     pub signalfds: Vec<image_format::records::SignalfdRecord>,
     pub timerfds: Vec<image_format::records::TimerfdRecord>,
     /// Every watch of every inotify instance (`path` is filled in by the
@@ -58,6 +70,9 @@ pub struct ObjectStates {
     /// Every item of every epoll instance.
     pub epoll_items: Vec<image_format::records::EpollItemRecord>,
     pub sockets: Vec<SocketState>,
+    /// Shared memory objects and saved files; `VmaRecord::object` and
+    /// `FdRecord::object` of a memfd are 1-based indexes into it.
+    pub shmem: Vec<ShmemState>,
     /// The POSIX timers (`timer_create`), by id; not behind an fd.
     pub posix_timers: Vec<PosixTimerRecord>,
 }

@@ -368,6 +368,16 @@ fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
         })
         .collect();
     let threads: Vec<ThreadRecord> = state.threads.iter().map(|t| t.record).collect();
+    let shmem: Vec<records::ShmemRecord> = state
+        .objects
+        .shmem
+        .iter()
+        .map(|o| records::ShmemRecord {
+            name: strings.add(&o.name),
+            content: strings.add(&o.content),
+            ..o.record
+        })
+        .collect();
     let pipes: Vec<records::PipeRecord> = state
         .objects
         .pipes
@@ -411,8 +421,14 @@ fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
     notes.add_records::<PendingSignalRecord>(&state.pending);
     notes.add_records::<GadgetsRecord>(&[state.gadgets]);
     notes.add_records::<WarningRecord>(&warnings);
+    notes.add_records(&shmem);
     notes.add_records(&pipes);
     notes.add_records(&state.objects.eventfds);
+    // Only images with a terminal fd carry the note (the golden image and
+    // images without one stay byte for byte as they were).
+    if !state.objects.terminals.is_empty() {
+        notes.add_records(&state.objects.terminals);
+    }
     notes.add_records(&state.objects.signalfds);
     notes.add_records(&state.objects.timerfds);
     notes.add_records(&watches);

@@ -124,7 +124,17 @@ fn sample_state(nthreads: usize, pages: Vec<PageRun>) -> TaskState {
             },
             path: "/tmp/log".into(),
         }],
-        objects: Default::default(),
+        // A terminal record too, so every known note is in the image
+        // (the writer leaves the note out when there is none).
+        objects: image_writer::model::ObjectStates {
+            terminals: vec![records::TerminalRecord {
+                fd: 0,
+                resume: records::terminal_resume::STDIO,
+                stdio_fd: -1,
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
         pending: vec![],
         gadgets: GadgetsRecord {
             syscall_ret: 0x40_1234,

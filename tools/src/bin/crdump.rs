@@ -55,6 +55,12 @@ struct Cli {
     /// and the process is left running.
     #[arg(long)]
     force: bool,
+    /// The most bytes of a deleted file's (or write-sealed memfd's) content
+    /// saved in the image; a larger one is refused by name. Small
+    /// shared-mapped files up to this size are saved too, to be recreated
+    /// if they are gone at restore. Default 4 MiB.
+    #[arg(long, value_name = "BYTES")]
+    ghost_limit: Option<u64>,
     /// Only tell whether a dump would succeed: freeze for the scan (no page
     /// is read, nothing is written, no DIR needed), print every blocker and
     /// warning and the loader's verdict on the image, then let the process
@@ -241,6 +247,7 @@ fn main() -> ExitCode {
     let opts = DumpOptions {
         leave_running: cli.leave_running,
         force: cli.force,
+        ghost_limit: cli.ghost_limit,
     };
     let mut bar = Bar {
         started: Instant::now(),
