@@ -260,7 +260,17 @@ fn a_jvm_whose_perf_data_file_was_deleted_restores() {
     before
         .check_resumed_by(&after)
         .unwrap_or_else(|e| panic!("{e}\n{}", restored.stderr_report()));
-    let made = fs::symlink_metadata(&perf).expect("the perf-data file is there again");
+    // The file made again, as the restored JVM maps it (another JVM
+    // starting meanwhile may already have deleted it again: the restored
+    // one runs under a new pid).
+    let area = fs::read_to_string(format!("/proc/{}/maps", restored.pid()))
+        .unwrap()
+        .lines()
+        .find(|l| l.contains(perf.to_str().unwrap()))
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .expect("the restored JVM maps its perf-data file");
+    let made = fs::metadata(format!("/proc/{}/map_files/{area}", restored.pid()))
+        .expect("the perf-data file was made again");
     {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         assert!(made.is_file());
