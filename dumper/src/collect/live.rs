@@ -164,22 +164,9 @@ impl Task for LiveTask<'_> {
         scratch: u64,
         process_wide: bool,
     ) -> Result<ThreadAnswers, CollectError> {
-        let pid = self.pid();
-        let Some(injection) = self.injection else {
-            return Err(CollectError::Unsupported {
-                pid,
-                what: "a thread was to be borrowed before the gadgets were known".into(),
-            });
-        };
-        let read_u64 = |addr| {
-            let b = self.read_mem(addr, 8).ok()?;
-            Some(u64::from_le_bytes(b.try_into().ok()?))
-        };
-        let temporary_mask = inject::uses_temporary_sigmask(regs, read_u64);
-        let mut b = Borrowed::begin(pid, tid, self.mem, injection, scratch, temporary_mask)?;
-        let answers = ask_thread(&mut b, pid, tid, process_wide);
-        b.finish()?;
-        answers
+        self.with_borrowed(tid, regs, scratch, |b, pid| {
+            ask_thread(b, pid, tid, process_wide)
+        })
     }
 
     fn ask_posix_timers(
@@ -189,22 +176,9 @@ impl Task for LiveTask<'_> {
         scratch: u64,
         ids: &[i32],
     ) -> Result<Vec<TimerAnswer>, CollectError> {
-        let pid = self.pid();
-        let Some(injection) = self.injection else {
-            return Err(CollectError::Unsupported {
-                pid,
-                what: "a thread was to be borrowed before the gadgets were known".into(),
-            });
-        };
-        let read_u64 = |addr| {
-            let b = self.read_mem(addr, 8).ok()?;
-            Some(u64::from_le_bytes(b.try_into().ok()?))
-        };
-        let temporary_mask = inject::uses_temporary_sigmask(regs, read_u64);
-        let mut b = Borrowed::begin(pid, tid, self.mem, injection, scratch, temporary_mask)?;
-        let answers = ask_posix_timers(&mut b, pid, tid, ids);
-        b.finish()?;
-        answers
+        self.with_borrowed(tid, regs, scratch, |b, pid| {
+            ask_posix_timers(b, pid, tid, ids)
+        })
     }
 
     fn peek_siginfo(
@@ -240,6 +214,34 @@ impl Task for LiveTask<'_> {
 }
 
 impl LiveTask<'_> {
+    /// Borrow thread `tid` (registers `regs`, scratch memory at
+    /// `scratch`) for `questions`, and give it back as it was, whatever
+    /// they answered.
+    fn with_borrowed<R>(
+        &self,
+        tid: i32,
+        regs: &UserRegs,
+        scratch: u64,
+        questions: impl FnOnce(&mut Borrowed<'_>, i32) -> Result<R, CollectError>,
+    ) -> Result<R, CollectError> {
+        let pid = self.pid();
+        let Some(injection) = self.injection else {
+            return Err(CollectError::Unsupported {
+                pid,
+                what: "a thread was to be borrowed before the gadgets were known".into(),
+            });
+        };
+        let read_u64 = |addr| {
+            let b = self.read_mem(addr, 8).ok()?;
+            Some(u64::from_le_bytes(b.try_into().ok()?))
+        };
+        let temporary_mask = inject::uses_temporary_sigmask(regs, read_u64);
+        let mut b = Borrowed::begin(pid, tid, self.mem, injection, scratch, temporary_mask)?;
+        let answers = questions(&mut b, pid);
+        b.finish()?;
+        answers
+    }
+
     fn pidfd(&self) -> io::Result<&OwnedFd> {
         if let Some(f) = self.pidfd.get() {
             return Ok(f);
