@@ -49,6 +49,14 @@ impl Line {
     }
 }
 
+/// `/proc/self/fd/N`: the path that opens fd `fd`'s file again, on a new
+/// open file description (or names it to a call taking a path).
+pub fn proc_self_fd(fd: i32) -> Line {
+    let mut path = Line::default();
+    let _ = write!(path, "/proc/self/fd/{fd}");
+    path
+}
+
 /// `crimg-loader: <image>: <what>` on stderr.
 pub fn report(image: &[u8], what: fmt::Arguments<'_>) {
     let mut l = Line::default();
@@ -64,3 +72,15 @@ pub fn report(image: &[u8], what: fmt::Arguments<'_>) {
 pub use image_format::text::Escaped;
 /// The former name of [`Escaped`].
 pub use image_format::text::Escaped as Lossy;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_self_fd_paths() {
+        assert_eq!(proc_self_fd(7).as_bytes(), b"/proc/self/fd/7");
+        assert_eq!(proc_self_fd(1234).as_bytes(), b"/proc/self/fd/1234");
+        assert_eq!(proc_self_fd(0).as_bytes(), b"/proc/self/fd/0");
+    }
+}

@@ -16,12 +16,7 @@ use crate::sys::{self, Errno, Stat};
 /// task uses, so the plan's `dup3`s never clobber an fd it still needs.
 pub fn open_high(os: &impl Os, path: &[u8], flags: u32, base: i32) -> Result<i32, Errno> {
     let fd = os.open(path, flags | sys::O_CLOEXEC)?;
-    if fd >= base {
-        return Ok(fd);
-    }
-    let high = os.dup_above(fd, base);
-    os.close(fd);
-    high
+    crate::objects::lift(os, fd, base)
 }
 
 /// Whether `st` is the file `id` recorded: device, inode, size and mtime.

@@ -2,8 +2,6 @@
 //! path, only if it is a regular file; then take the lease that keeps its
 //! bytes still ([`super::stable`]), map it and parse it.
 
-use core::fmt;
-
 use image_format::Image;
 
 use super::os::Os;
@@ -40,8 +38,7 @@ pub fn open_regular(os: &impl Os, path: &[u8]) -> Result<i32, CheckError> {
         if now != sys::S_IFREG {
             return Err(CheckError::ImageNotRegular { now });
         }
-        let mut again = message::Line::default();
-        let _ = fmt::Write::write_fmt(&mut again, format_args!("/proc/self/fd/{at}"));
+        let again = message::proc_self_fd(at);
         os.open(again.as_bytes(), sys::O_RDONLY | sys::O_CLOEXEC)
             .map_err(open_error)
     });

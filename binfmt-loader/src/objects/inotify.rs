@@ -12,10 +12,10 @@
 use image_format::records::{FdRecord, InotifyWatchRecord};
 use image_format::Image;
 
-use super::pipe::proc_fd_path;
 use super::{failed, lift};
 use crate::check::os::Os;
 use crate::check::CheckError;
+use crate::message::proc_self_fd;
 use crate::sys::{self, Errno};
 
 /// The most watch descriptors stage 1 skips to reach the task's: beyond,
@@ -190,8 +190,8 @@ fn watch(
     if st.dev != w.dev || st.ino != w.ino {
         return Err(changed);
     }
-    let mut buf = [0u8; 32];
-    let through = proc_fd_path(&mut buf, file);
+    let through = proc_self_fd(file);
+    let through = through.as_bytes();
     loop {
         let wd = os
             .inotify_add_watch(fd, through, w.mask)

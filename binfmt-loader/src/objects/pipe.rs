@@ -10,6 +10,7 @@ use super::{failed, lift, Made, MadeObject};
 use crate::check::files::open_typed;
 use crate::check::os::Os;
 use crate::check::CheckError;
+use crate::message::proc_self_fd;
 use crate::sys::{self, Errno};
 
 const O_ACCMODE: u32 = 3;
@@ -42,10 +43,9 @@ pub fn open(
         return Ok(m.fds[end]);
     }
     // Another description on the same pipe (or a FIFO opened read-write).
-    let mut again = [0u8; 32];
-    let again = proc_fd_path(&mut again, m.fds[0]);
+    let again = proc_self_fd(m.fds[0]);
     let fd = os
-        .open(again, access | sys::O_NONBLOCK | sys::O_CLOEXEC)
+        .open(again.as_bytes(), access | sys::O_NONBLOCK | sys::O_CLOEXEC)
         .and_then(|fd| lift(os, fd, base))
         .map_err(failed(f, "open the pipe again"))?;
     Ok(fd)
@@ -86,10 +86,12 @@ fn make(
         }
         // The write end through the read end, not the path again: the
         // same FIFO, whatever the path names by now.
-        let mut again = [0u8; 32];
-        let again = proc_fd_path(&mut again, r);
+        let again = proc_self_fd(r);
         match os
-            .open(again, O_WRONLY | sys::O_NONBLOCK | sys::O_CLOEXEC)
+            .open(
+                again.as_bytes(),
+                O_WRONLY | sys::O_NONBLOCK | sys::O_CLOEXEC,
+            )
             .and_then(|w| lift(os, w, base))
         {
             Ok(w) => (r, w),
@@ -150,37 +152,4 @@ fn make(
         return Err(e);
     }
     Ok((r, w))
-}
-
-/// `/proc/self/fd/N` in `buf`.
-pub(super) fn proc_fd_path(buf: &mut [u8; 32], fd: i32) -> &[u8] {
-    let prefix = b"/proc/self/fd/";
-    buf[..prefix.len()].copy_from_slice(prefix);
-    let mut digits = [0u8; 12];
-    let mut n = fd.unsigned_abs();
-    let mut k = digits.len();
-    loop {
-        k -= 1;
-        digits[k] = b'0' + u8::try_from(n % 10).unwrap_or(0);
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let len = digits.len() - k;
-    buf[prefix.len()..prefix.len() + len].copy_from_slice(&digits[k..]);
-    &buf[..prefix.len() + len]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn proc_fd_paths() {
-        let mut b = [0u8; 32];
-        assert_eq!(proc_fd_path(&mut b, 7), b"/proc/self/fd/7");
-        assert_eq!(proc_fd_path(&mut b, 1234), b"/proc/self/fd/1234");
-        assert_eq!(proc_fd_path(&mut b, 0), b"/proc/self/fd/0");
-    }
 }

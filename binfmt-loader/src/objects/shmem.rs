@@ -131,13 +131,7 @@ fn failed(object: &'static [u8], step: &'static str) -> impl Fn(Errno) -> CheckE
 
 /// `fd` moved to `>= base` (the task's fd numbers stay free).
 fn above(os: &impl Os, fd: Result<i32, Errno>, base: i32) -> Result<i32, Errno> {
-    let fd = fd?;
-    if fd >= base {
-        return Ok(fd);
-    }
-    let high = os.dup_above(fd, base);
-    os.close(fd);
-    high
+    fd.and_then(|fd| super::lift(os, fd, base))
 }
 
 /// A memfd name the kernel takes: at most 249 bytes.
@@ -274,7 +268,6 @@ pub fn backs_fd(f: &FdRecord) -> bool {
 /// that to the task's fsuid gets a copy of the object's read-write fd
 /// instead), at the fd's offset, with its status flags.
 pub fn open_fd(os: &impl Os, f: &FdRecord, fds: &[i32], base: i32) -> Result<i32, CheckError> {
-    use core::fmt::Write;
     let object_fd = usize::try_from(f.object - 1)
         .ok()
         .and_then(|i| fds.get(i))
@@ -288,8 +281,7 @@ pub fn open_fd(os: &impl Os, f: &FdRecord, fds: &[i32], base: i32) -> Result<i32
             errno,
         }
     };
-    let mut again = crate::message::Line::default();
-    let _ = write!(again, "/proc/self/fd/{object_fd}");
+    let again = crate::message::proc_self_fd(object_fd);
     let access = f.open_flags & O_ACCMODE;
     let fd = match above(
         os,

@@ -35,9 +35,7 @@ impl Os for Kernel {
         shmem::openat2(&path, flags, mode, shmem::RESOLVE_NO_SYMLINKS)
     }
     fn link_fd(&self, fd: i32, path: &[u8]) -> Result<(), Errno> {
-        use core::fmt::Write;
-        let mut from = crate::message::Line::default();
-        let _ = write!(from, "/proc/self/fd/{fd}");
+        let from = crate::message::proc_self_fd(fd);
         let from = CPath::new(from.as_bytes()).ok_or(Errno::EINVAL)?;
         let to = CPath::new(path).ok_or(Errno::ENOENT)?;
         shmem::linkat(&from, &to, shmem::AT_SYMLINK_FOLLOW)
