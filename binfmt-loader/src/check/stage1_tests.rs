@@ -244,6 +244,23 @@ fn machine() -> Fake {
 }
 
 /// Stage 1 of `state` (owned by `owner`) on `os`.
+/// [`machine`] as root with every capability.
+fn root_machine() -> Fake {
+    let mut os = machine();
+    os.uids = [0; 3];
+    os.gids = [0; 3];
+    os.caps = (1 << 41) - 1;
+    os
+}
+
+/// [`task`] whose image says it runs as root.
+fn root_task() -> TaskState {
+    let mut state = task();
+    state.creds.uid = [0; 4];
+    state.creds.gid = [0; 4];
+    state
+}
+
 fn run(
     os: &Fake,
     state: &TaskState,
@@ -408,14 +425,9 @@ fn saved_features_this_cpu_lacks_are_refused() {
 
 #[test]
 fn root_may_restore_the_exe_and_the_owners_credentials_only() {
-    let mut os = machine();
-    os.uids = [0; 3];
-    os.gids = [0; 3];
-    os.caps = (1 << 41) - 1;
-    let mut state = task();
+    let os = root_machine();
     // The image says root; the file belongs to uid 1000.
-    state.creds.uid = [0; 4];
-    state.creds.gid = [0; 4];
+    let state = root_task();
     let c = run(&os, &state, code_page(), (1000, 1000)).unwrap();
     let creds = c.input.creds.expect("credentials switched");
     assert_eq!(creds.uid[0], 1000);
@@ -423,13 +435,7 @@ fn root_may_restore_the_exe_and_the_owners_credentials_only() {
     assert!(os.warned("belongs to uid 1000"));
     assert!(c.input.exe_fd.is_some());
     // Owned by root, the image's own credentials stand.
-    let os2 = {
-        let mut os = machine();
-        os.uids = [0; 3];
-        os.gids = [0; 3];
-        os.caps = (1 << 41) - 1;
-        os
-    };
+    let os2 = root_machine();
     let c = run(&os2, &state, code_page(), (0, 0)).unwrap();
     assert_eq!(c.input.creds, None, "root to root: nothing to change");
 }
@@ -452,14 +458,9 @@ fn a_caller_whose_capabilities_would_stay_is_refused() {
 
 #[test]
 fn an_image_on_a_nosuid_mount_counts_as_owned_by_nobody() {
-    let mut os = machine();
-    os.uids = [0; 3];
-    os.gids = [0; 3];
-    os.caps = (1 << 41) - 1;
+    let mut os = root_machine();
     os.mount_flags = 2; // ST_NOSUID
-    let mut state = task();
-    state.creds.uid = [0; 4];
-    state.creds.gid = [0; 4];
+    let state = root_task();
     // Owned by root, but on a nosuid mount: nobody's credentials.
     let c = run(&os, &state, code_page(), (0, 0)).unwrap();
     let creds = c.input.creds.expect("credentials switched");
@@ -471,13 +472,8 @@ fn an_image_on_a_nosuid_mount_counts_as_owned_by_nobody() {
 
 #[test]
 fn the_files_group_counts_only_when_its_owner_belongs_to_it() {
-    let mut os = machine();
-    os.uids = [0; 3];
-    os.gids = [0; 3];
-    os.caps = (1 << 41) - 1;
-    let mut state = task();
-    state.creds.uid = [0; 4];
-    state.creds.gid = [0; 4];
+    let os = root_machine();
+    let state = root_task();
     // Group root (a setgid directory's, say): the owner's primary instead.
     let c = run(&os, &state, code_page(), (1000, 0)).unwrap();
     assert_eq!(c.input.creds.unwrap().gid, [1000; 4]);

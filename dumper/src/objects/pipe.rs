@@ -40,18 +40,11 @@ pub fn size_only(fd: i32, end: &OwnedFd) -> Result<Buffered, Refusal> {
 pub fn buffered(fd: i32, read_end: &OwnedFd) -> Result<Buffered, Refusal> {
     let fail =
         |what: &str, e: std::io::Error| format!("fd {fd}: cannot read the pipe's {what}: {e}");
-    let size = fds::pipe_size(read_end.as_fd()).map_err(|e| fail("size", e))?;
-    if size > MAX_PIPE_BYTES {
-        return Err(format!(
-            "fd {fd} is a pipe of {size} bytes, more than the {MAX_PIPE_BYTES} crimg saves"
-        ));
-    }
+    let empty = size_only(fd, read_end)?;
+    let size = empty.size;
     let waiting = fds::bytes_waiting(read_end.as_fd()).map_err(|e| fail("byte count", e))?;
     if waiting == 0 {
-        return Ok(Buffered {
-            size,
-            data: Vec::new(),
-        });
+        return Ok(empty);
     }
     // A pipe as big as the task's holds as many buffers as it does, so one
     // tee copies them all (tee counts buffers, not bytes).

@@ -20,9 +20,6 @@ pub(super) fn save_pipes<T: Task>(
         .collect();
     inodes.sort_unstable();
     inodes.dedup();
-    if inodes.is_empty() {
-        return Ok(());
-    }
     for (dev, ino) in inodes {
         let ends: Vec<usize> = (0..listed.len())
             .filter(|&i| {
