@@ -6,8 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::process::{Workload, READY_TIMEOUT};
-use crate::{paths::scratch_dir, privilege::report_skip};
+use std::time::Duration;
+
+use crate::process::{CheckTrigger, Workload, LINE_TIMEOUT, READY_TIMEOUT};
+use crate::{paths::scratch_dir, privilege::report_skip, Facts, TickStream};
 
 /// A running `Loop` JVM that printed READY; its classes live as long as it.
 pub struct JavaLoop {
@@ -59,4 +61,31 @@ pub fn start_java_loop_with(interval_ms: u32, jvm_args: &[&str]) -> Option<JavaL
         panic!("{e}\n{}", jvm.stderr_report());
     }
     Some(JavaLoop { jvm, classes })
+}
+
+/// A restored `Loop` JVM (which printed a TICK) carries on as the dumped
+/// one would have: its heap checksum is the one it gave at READY
+/// (`ready`), its ticks continue `before` with none lost or repeated, and
+/// it quits on `quit` with status 0.
+pub fn assert_loop_resumed(ready: &Facts, before: &TickStream, restored: &mut Workload) {
+    let pass = restored
+        .check(CheckTrigger::Stdin, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{}", restored.stderr_report()));
+    assert_eq!(
+        pass.number("sum").unwrap(),
+        ready.number("sum").unwrap(),
+        "heap checksum: READY `{}`, PASS `{}`",
+        ready.line(),
+        pass.line()
+    );
+    let after = TickStream::from_lines(restored.stdout_lines()).unwrap();
+    before
+        .check_resumed_by(&after)
+        .unwrap_or_else(|e| panic!("{e}\n{}", restored.stderr_report()));
+    restored.send_line("quit").unwrap();
+    restored.expect_line("BYE");
+    let status = restored
+        .wait_exit(LINE_TIMEOUT)
+        .expect("the restored JVM exits");
+    assert!(status.success(), "the restored JVM exited with {status}");
 }

@@ -6,10 +6,9 @@
 
 use std::fs;
 use std::process::Command;
-use std::time::Duration;
 
-use crimg_tests::java::{start_java_loop_with, JavaLoop};
-use crimg_tests::process::{CheckTrigger, Workload, LINE_TIMEOUT};
+use crimg_tests::java::{assert_loop_resumed, start_java_loop_with, JavaLoop};
+use crimg_tests::process::{Workload, LINE_TIMEOUT};
 use crimg_tests::programs::dump_or_panic;
 use crimg_tests::{binaries, scratch_dir, skip_unless_root, TestBinfmt, TickStream};
 
@@ -92,20 +91,5 @@ fn zgc_jvm_counts_on_and_its_image_holds_the_heap_once() {
     let mut restored = Workload::spawn_command("restored ZGC JVM", Command::new(&dump.image))
         .unwrap_or_else(|e| panic!("{e}"));
     restored.expect_line("TICK ");
-    let pass = restored
-        .check(CheckTrigger::Stdin, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e}\n{}", restored.stderr_report()));
-    assert_eq!(
-        pass.number("sum").unwrap(),
-        ready.number("sum").unwrap(),
-        "heap checksum: READY `{}`, PASS `{}`",
-        ready.line(),
-        pass.line()
-    );
-    let after = TickStream::from_lines(restored.stdout_lines()).unwrap();
-    before
-        .check_resumed_by(&after)
-        .unwrap_or_else(|e| panic!("{e}\n{}", restored.stderr_report()));
-    restored.send_line("quit").unwrap();
-    restored.expect_line("BYE");
+    assert_loop_resumed(&ready, &before, &mut restored);
 }

@@ -5,7 +5,7 @@
 use std::fs;
 use std::time::Duration;
 
-use crimg_tests::java::{start_java_loop, start_java_loop_with, JavaLoop};
+use crimg_tests::java::{assert_loop_resumed, start_java_loop, start_java_loop_with, JavaLoop};
 use crimg_tests::process::{CheckTrigger, LINE_TIMEOUT};
 use crimg_tests::{binaries, scratch_dir, skip_unless_root, TickStream};
 
@@ -58,26 +58,7 @@ fn java_loop_resumes_with_every_thread() {
         threads,
         "threads after the restore"
     );
-    let pass = restored
-        .check(CheckTrigger::Stdin, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e}\n{}", restored.stderr_report()));
-    assert_eq!(
-        pass.number("sum").unwrap(),
-        ready.number("sum").unwrap(),
-        "heap checksum: READY `{}`, PASS `{}`",
-        ready.line(),
-        pass.line()
-    );
-    let after = TickStream::from_lines(restored.stdout_lines()).unwrap();
-    before
-        .check_resumed_by(&after)
-        .unwrap_or_else(|e| panic!("{e}\n{}", restored.stderr_report()));
-    restored.send_line("quit").unwrap();
-    restored.expect_line("BYE");
-    let status = restored
-        .wait_exit(LINE_TIMEOUT)
-        .expect("the restored JVM exits");
-    assert!(status.success(), "the restored JVM exited with {status}");
+    assert_loop_resumed(&ready, &before, &mut restored);
 }
 
 /// The bytes of the file at `path` that hold data (`SEEK_DATA` and
@@ -178,20 +159,7 @@ fn zgc_heap_mapped_three_times_is_stored_once() {
         .restore("restored ZGC loop.java", &dump.image)
         .unwrap_or_else(|e| panic!("{e}"));
     restored.expect_line("TICK ");
-    let pass = restored
-        .check(CheckTrigger::Stdin, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e}\n{}", restored.stderr_report()));
-    assert_eq!(pass.number("sum").unwrap(), ready.number("sum").unwrap());
-    let after = TickStream::from_lines(restored.stdout_lines()).unwrap();
-    before
-        .check_resumed_by(&after)
-        .unwrap_or_else(|e| panic!("{e}\n{}", restored.stderr_report()));
-    restored.send_line("quit").unwrap();
-    restored.expect_line("BYE");
-    let status = restored
-        .wait_exit(LINE_TIMEOUT)
-        .expect("the restored JVM exits");
-    assert!(status.success(), "the restored JVM exited with {status}");
+    assert_loop_resumed(&ready, &before, &mut restored);
 }
 
 /// The path of the JVM's perf-data file (`/tmp/hsperfdata_USER/PID`), from
