@@ -13,6 +13,8 @@ use std::process::Command;
 const C_WORKLOADS: &[&str] = &[
     "counter",
     "bigmem",
+    "thp_area",
+    "bench_mem",
     "vmflags",
     "seccomp_echo",
     "sigsuspend_mask",
@@ -21,9 +23,19 @@ const C_WORKLOADS: &[&str] = &[
     "fd_objects",
     "sockets",
     "shmem",
+    "snapshot_threads",
     "posix_timers",
     "fd_sharing",
     "blockers",
+    "tree_pipe",
+    "tree_shared",
+    "tree_zombies",
+    "tree_session",
+    "tree_refused",
+    "tree_mem",
+    "sparse_reserve",
+    "incr_counter",
+    "lazy_mem",
 ];
 
 fn main() {

@@ -18,7 +18,7 @@ fi
 
 cargo build --release --workspace --locked
 install -d "$PREFIX/bin" "$PREFIX/lib/crimg"
-install -m 0755 target/release/crdump target/release/crimg "$PREFIX/bin/"
+install -m 0755 target/release/crdump target/release/crimg target/release/crrestore-tree "$PREFIX/bin/"
 install -m 0755 target/release/crimg-loader "$PREFIX/lib/crimg/"
 "$PREFIX/bin/crimg" binfmt install --loader "$PREFIX/lib/crimg/crimg-loader"
-echo "installed crdump and crimg in $PREFIX/bin, the loader in $PREFIX/lib/crimg"
+echo "installed crdump, crimg and crrestore-tree in $PREFIX/bin, the loader in $PREFIX/lib/crimg"

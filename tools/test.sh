@@ -2,7 +2,8 @@
 # Run crimg's checks and tests: what CI runs (.ci/run) and what a developer
 # runs. Installs the programs the tests drive (gcc, binutils, gdb, python3,
 # a JDK, and the real programs of the program tests: Go, redis, ruby, node,
-# tmux, vim, less, top, curl) when they are missing and we are root.
+# tmux, vim, less, top, curl; numpy for the benchmark) when they are missing
+# and we are root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -10,13 +11,17 @@ export PATH="$HOME/.cargo/bin:$PATH"
 need=()
 # command:package, one per program a test runs.
 programs=(
-    cc:gcc readelf:binutils gdb:gdb python3:python3 setpriv:util-linux
+    cc:gcc readelf:binutils gdb:gdb python3:python3 setpriv:util-linux setsid:util-linux
     javac:default-jdk-headless tmux:tmux go:golang-go redis-server:redis-server
-    redis-cli:redis-tools ruby:ruby node:nodejs vim:vim less:less top:procps curl:curl
+    redis-cli:redis-tools ruby:ruby node:nodejs vim:vim less:less top:procps ps:procps curl:curl
 )
 for cmd in "${programs[@]}"; do
     command -v "${cmd%%:*}" >/dev/null || need+=("${cmd##*:}")
 done
+# numpy, for the benchmark's numpy workload (the distribution's package goes
+# to /usr/bin/python3, which the benchmark also tries).
+python3 -c 'import numpy' 2>/dev/null || /usr/bin/python3 -c 'import numpy' 2>/dev/null ||
+    need+=(python3-numpy)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"

@@ -13,7 +13,8 @@
 //!   function the dumper runs too before it kills the process.
 //! * [`threads`] — the other threads, created before the point of no
 //!   return so that their tids are held (a taken one is found then).
-//! * [`args`] — the arguments after the image (`--same-ids`).
+//! * [`args`] — the arguments after the image (`--same-ids`, and a tree
+//!   restore's `--tree`, `--placed`, `--shmem`, `--barrier`, `--report`).
 //! * [`memlimits`] — stage 1's check of the kernel's memory limits
 //!   (overcommit, `RLIMIT_AS`/`DATA`/`MEMLOCK`) against the task's areas.
 //! * [`mm_state`] — VMA flags beyond mapping and protections (no-reserve,
@@ -38,11 +39,13 @@ pub mod args;
 pub mod check;
 pub mod creds;
 pub mod frame;
+pub mod lazy;
 pub mod maps;
 pub mod memlimits;
 pub mod message;
 pub mod mm_state;
 pub mod objects;
+pub mod parent;
 pub mod plan;
 pub mod posix_timers;
 pub mod rules;
@@ -50,6 +53,7 @@ pub mod run;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod threads;
+pub mod tree_objects;
 pub mod validate;
 
 /// The loader's exit codes, one per class of failure. Everything up to

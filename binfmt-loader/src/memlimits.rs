@@ -347,33 +347,54 @@ fn in_initial_user_ns() -> bool {
 }
 
 /// This process's and this machine's limits, as the kernel will apply them.
-/// A `/proc` file that cannot be read leaves its check out.
-pub fn read_facts(effective_caps: u64) -> MemoryFacts {
-    let effective_caps = if in_initial_user_ns() {
+/// A `/proc` file that cannot be read leaves its check out. Only what
+/// [`check`] uses under this machine's `vm.overcommit_memory` is read
+/// (each `/proc` file costs an open, the kernel's formatting and a parse;
+/// stage 1's fixed cost is mostly such reads): RAM and swap by `sysinfo`
+/// for mode 0, `/proc/meminfo` and the reserves for mode 2 only, and the
+/// user namespace (for the capabilities) only when mode 2 or a `locked`
+/// area needs them. What is not read stays 0 / `false`.
+pub fn read_facts(effective_caps: u64, locked: bool) -> MemoryFacts {
+    let overcommit = sysctl(b"/proc/sys/vm/overcommit_memory").and_then(|m| u32::try_from(m).ok());
+    let strict = overcommit == Some(2);
+    let effective_caps = if (strict || locked) && in_initial_user_ns() {
         effective_caps
     } else {
         0
     };
-    let mut meminfo = [0u8; 8192];
-    let n = crate::sys::read_small_file(b"/proc/meminfo", &mut meminfo).unwrap_or(0);
-    let meminfo = &meminfo[..n];
-    let kb = |key: &[u8]| meminfo_kb(meminfo, key);
-    let overcommit = sysctl(b"/proc/sys/vm/overcommit_memory").and_then(|m| u32::try_from(m).ok());
-    let (commit_limit, committed, total) =
-        match (kb(b"CommitLimit"), kb(b"Committed_AS"), kb(b"MemTotal")) {
-            (Some(a), Some(b), Some(c)) => (a, b, c),
-            _ => (0, 0, 0),
-        };
+    let (mut commit_limit, mut committed, mut total, mut swap) = (0, 0, 0, 0);
+    let mut reserves = (0, 0);
+    if strict {
+        let mut meminfo = [0u8; 8192];
+        let n = crate::sys::read_small_file(b"/proc/meminfo", &mut meminfo).unwrap_or(0);
+        let meminfo = &meminfo[..n];
+        let kb = |key: &[u8]| meminfo_kb(meminfo, key);
+        if let (Some(a), Some(b), Some(c)) =
+            (kb(b"CommitLimit"), kb(b"Committed_AS"), kb(b"MemTotal"))
+        {
+            (commit_limit, committed, total) = (a, b, c);
+        }
+        swap = kb(b"SwapTotal").unwrap_or(0);
+        reserves = (
+            sysctl(b"/proc/sys/vm/admin_reserve_kbytes").unwrap_or(0),
+            sysctl(b"/proc/sys/vm/user_reserve_kbytes").unwrap_or(0),
+        );
+    } else if overcommit == Some(0) {
+        // The same totals as meminfo's MemTotal and SwapTotal.
+        if let Ok(size) = crate::sys::machine::memory_size() {
+            (total, swap) = (size.ram / 1024, size.swap / 1024);
+        }
+    }
     let soft = |resource| crate::sys::get_rlimit(resource).map_or(RLIM_INFINITY, |(cur, _)| cur);
     MemoryFacts {
-        // Without meminfo there is nothing to compare with.
-        overcommit: overcommit.filter(|_| total != 0),
+        // Without the machine's size there is nothing to compare with.
+        overcommit: overcommit.filter(|&m| m == 1 || total != 0),
         commit_limit_kb: commit_limit,
         committed_kb: committed,
         mem_total_kb: total,
-        swap_total_kb: kb(b"SwapTotal").unwrap_or(0),
-        admin_reserve_kb: sysctl(b"/proc/sys/vm/admin_reserve_kbytes").unwrap_or(0),
-        user_reserve_kb: sysctl(b"/proc/sys/vm/user_reserve_kbytes").unwrap_or(0),
+        swap_total_kb: swap,
+        admin_reserve_kb: reserves.0,
+        user_reserve_kb: reserves.1,
         rlimit_as: soft(RLIMIT_AS),
         rlimit_data: soft(RLIMIT_DATA),
         rlimit_memlock: soft(RLIMIT_MEMLOCK),
@@ -503,6 +524,7 @@ mod tests {
             vaddr: 0x1000_0000,
             offset: 0,
             len: PAGE,
+            ..PageLoad::default()
         }];
         assert!(check(&ro, &filled, 0, &strict).is_err());
         let accounted = [anon(0x1000_0000, 4 * GIB, prot::READ, vma_flags::ACCOUNT)];
@@ -519,6 +541,7 @@ mod tests {
             vaddr,
             offset: 0,
             len: PAGE,
+            ..PageLoad::default()
         };
         for sorted in [true, false] {
             assert!(gets_pages(
@@ -575,5 +598,20 @@ mod tests {
             ..facts()
         };
         assert_eq!(check(&locked, &[], 0, &capable), Ok(()));
+    }
+
+    #[test]
+    fn sysinfo_gives_what_meminfo_says_for_mode_0() {
+        let mut text = [0u8; 8192];
+        let n = crate::sys::read_small_file(b"/proc/meminfo", &mut text).unwrap();
+        let size = crate::sys::machine::memory_size().unwrap();
+        assert_eq!(Some(size.ram / 1024), meminfo_kb(&text[..n], b"MemTotal"));
+        assert_eq!(Some(size.swap / 1024), meminfo_kb(&text[..n], b"SwapTotal"));
+        // Mode 0 judges one charge against the two.
+        let facts = read_facts(0, false);
+        if facts.overcommit == Some(0) {
+            assert_eq!(facts.mem_total_kb, size.ram / 1024);
+            assert_eq!(facts.swap_total_kb, size.swap / 1024);
+        }
     }
 }

@@ -1,10 +1,40 @@
 //! One-line diagnostics on stderr without allocation: formatted into a
 //! fixed buffer and written with a single `write(2)` so lines from parallel
 //! loaders do not interleave.
+//!
+//! Lines go to fd 2, or to the fd `--report E` names ([`set_report_fd`]):
+//! run by the tree restorer, the loader's messages go to the restorer,
+//! which relays them naming the pid.
 
 use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicI32, Ordering};
 
 use crate::sys;
+
+/// The fd every line goes to: 2 unless `--report` named another.
+static REPORT_FD: AtomicI32 = AtomicI32::new(2);
+
+/// Run by the tree restorer (`--report`): the loader's pid (its image's:
+/// the restorer made it with that pid), which every line starts with,
+/// since the lines of every loader of the tree share one pipe and the
+/// image is named by an fd (`/proc/self/fd/N`). 0: a direct run.
+static REPORT_PID: AtomicI32 = AtomicI32::new(0);
+
+/// Send every later line to `fd` instead of fd 2.
+pub fn set_report_fd(fd: i32) {
+    REPORT_FD.store(fd, Ordering::Relaxed);
+}
+
+/// Run by the tree restorer: every later line names this process's pid
+/// instead of the image.
+pub fn name_lines_by_pid() {
+    REPORT_PID.store(sys::getpid(), Ordering::Relaxed);
+}
+
+/// The fd lines go to (2, or the `--report` fd).
+pub fn report_fd() -> i32 {
+    REPORT_FD.load(Ordering::Relaxed)
+}
 
 /// A line under construction; longer text is cut.
 pub struct Line {
@@ -42,10 +72,11 @@ impl Line {
         &self.buf[..self.len]
     }
 
-    /// Append the newline and write the line to stderr.
+    /// Append the newline and write the line to stderr (or the
+    /// `--report` fd).
     pub fn emit(mut self) {
         self.buf[self.len] = b'\n';
-        sys::write_all(2, &self.buf[..self.len + 1]);
+        sys::write_all(report_fd(), &self.buf[..self.len + 1]);
     }
 }
 
@@ -57,11 +88,17 @@ pub fn proc_self_fd(fd: i32) -> Line {
     path
 }
 
-/// `crimg-loader: <image>: <what>` on stderr.
+/// `crimg-loader: <image>: <what>` on stderr; to a `--report` fd,
+/// `crimg-loader: pid <pid>: <what>`.
 pub fn report(image: &[u8], what: fmt::Arguments<'_>) {
     let mut l = Line::default();
     let _ = l.write_str("crimg-loader: ");
-    l.bytes(image);
+    match REPORT_PID.load(Ordering::Relaxed) {
+        0 => l.bytes(image),
+        pid => {
+            let _ = write!(l, "pid {pid}");
+        }
+    }
     let _ = l.write_str(": ");
     let _ = l.write_fmt(what);
     l.emit();

@@ -265,8 +265,9 @@ pub fn probe_kernel(vmas: &[TargetVma], process_flags: u32) -> Result<(), MmStat
     Ok(())
 }
 
-/// `MADV_HUGEPAGE`.
-const MADV_HUGEPAGE: u64 = 14;
+/// `MADV_HUGEPAGE`, `MADV_NOHUGEPAGE`.
+pub const MADV_HUGEPAGE: u64 = 14;
+pub const MADV_NOHUGEPAGE: u64 = 15;
 
 /// The plan's THP advice (`MADV_HUGEPAGE`/`MADV_NOHUGEPAGE`) is a hint it
 /// does not check: on a kernel without transparent huge pages it is lost.

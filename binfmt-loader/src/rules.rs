@@ -125,6 +125,26 @@ impl fmt::Display for RuleError<'_> {
     }
 }
 
+/// Whether an object of fd kind `kind` that several processes of a tree
+/// hold can be restored shared by `crrestore-tree` (created once, placed
+/// in every holder). The dumper refuses the other kinds when they are
+/// shared within a tree, so a tree dump that succeeds restores.
+pub fn tree_shareable_fd_kind(kind: u32) -> bool {
+    matches!(
+        kind,
+        fd_kind::REGULAR
+            | fd_kind::DIRECTORY
+            | fd_kind::CHAR
+            | fd_kind::PIPE
+            | fd_kind::FIFO
+            | fd_kind::MEMFD
+            | fd_kind::EVENTFD
+            | fd_kind::SIGNALFD
+            | fd_kind::TIMERFD
+            | fd_kind::INOTIFY
+    )
+}
+
 /// Whether the loader keeps fd `f` as the caller has it (stdio that was
 /// a terminal, pipe or socket, and not an object the image saved)
 /// instead of opening it again.

@@ -102,7 +102,17 @@ pub fn run(startup: &Startup) -> ExitCode {
             return ExitCode::Usage;
         }
     };
-    let mut checked = match check::check(startup) {
+    // Every message from here on goes to the `--report` fd, once it is
+    // known to be open (else the refusal goes to stderr).
+    if let Some(fd) = args.report {
+        if sys::fstat(fd).is_err() {
+            message::report(name, format_args!("fd {fd} of --report: it is not open"));
+            return ExitCode::Usage;
+        }
+        message::set_report_fd(fd);
+        message::name_lines_by_pid();
+    }
+    let mut checked = match check::check(startup, &args) {
         Ok(c) => c,
         Err(CheckError::Usage) => {
             let mut line = message::Line::default();
@@ -190,6 +200,14 @@ pub fn run(startup: &Startup) -> ExitCode {
             name,
             format_args!("warning: no room for the signal frame on the task's stack; the bootstrap window stays mapped"),
         );
+    }
+    // A lazy restore's page server, forked now: nothing can fail after it
+    // but the check below (and then it exits, seeing no fd come).
+    if let Some(lazy) = input.lazy {
+        if let Err(e) = crate::lazy::start_server(&checked, lazy) {
+            message::report(name, format_args!("{e}"));
+            return e.exit_code();
+        }
     }
     // The image must still be what stage 1 checked (`check::stable`).
     if let Err(e) = checked.still_same(&sys::kernel_os()) {

@@ -1,17 +1,15 @@
 //! `crdump --check-only`: whether a dump would succeed, without dumping.
-//! The process is frozen for the scan only (the same collection a forced
+//! The tree is frozen for the scan only (the same collection a forced
 //! dump runs, so every blocker is found, but no page is read), the image a
 //! forced dump would write is built in memory (a memfd: its notes, no page
 //! contents) and put through the loader's own image rules, then every
 //! thread is detached. Nothing is written anywhere.
 
-use std::fs::OpenOptions;
 use std::path::PathBuf;
 
-use crate::collect::{self, Blocker, CollectError};
-use crate::freeze::{FreezeError, Frozen};
+use crate::collect::{Blocker, CollectError};
 use crate::options::DumpOptions;
-use crate::{check_target, exited_or, loader_refusal, sys, DumpError};
+use crate::{check_target, loader_refusal, sys, tree, DumpError};
 
 /// What the loader's image rules said of the image a dump would write.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,10 +52,43 @@ impl CheckReport {
     }
 }
 
-/// Check whether process `pid` can be dumped; it runs on in any case.
-/// An `Err` is a check that could not be made (no such process, not
-/// permitted, cancelled), not a blocker.
-pub fn check(pid: i32) -> Result<CheckReport, DumpError> {
+/// What a check of a whole tree found: each live process's report (the
+/// root first) and what the tree as a whole cannot keep.
+#[derive(Clone, Debug)]
+pub struct TreeCheckReport {
+    pub processes: Vec<CheckReport>,
+    /// The zombies of the tree (recorded by a dump, nothing to check).
+    pub zombies: Vec<i32>,
+    /// (pid, blocker): objects shared in the tree that cannot be restored
+    /// shared (refused even with `--force`).
+    pub tree_blockers: Vec<(i32, Blocker)>,
+}
+
+impl TreeCheckReport {
+    /// A dump without `--force` would succeed.
+    pub fn dump_would_succeed(&self) -> bool {
+        self.tree_blockers.is_empty() && self.processes.iter().all(CheckReport::dump_would_succeed)
+    }
+
+    /// A dump with `--force` would succeed (losing the blockers).
+    pub fn forced_dump_would_succeed(&self) -> bool {
+        self.tree_blockers.is_empty()
+            && self
+                .processes
+                .iter()
+                .all(CheckReport::forced_dump_would_succeed)
+    }
+}
+
+/// Check whether process `pid` and its descendants can be dumped; they run
+/// on in any case. An `Err` is a check that could not be made (no such
+/// process, not permitted, cancelled, a process of the tree refused by
+/// name while freezing), not a blocker. `rules`: the tree restorer's
+/// (as [`DumpOptions::tree_rules`]); what it refuses is a tree blocker.
+pub fn check(
+    pid: i32,
+    rules: Option<crate::options::TreeRules>,
+) -> Result<TreeCheckReport, DumpError> {
     // Nothing is killed.
     let opts = DumpOptions {
         leave_running: true,
@@ -65,58 +96,92 @@ pub fn check(pid: i32) -> Result<CheckReport, DumpError> {
         ..DumpOptions::default()
     };
     check_target(pid, &opts)?;
-    let frozen = Frozen::freeze(pid).map_err(|e| match e {
-        FreezeError::Cancelled { pid } => DumpError::Cancelled { pid },
-        e => e.into(),
-    })?;
-    let mem_path = PathBuf::from(format!("/proc/{pid}/mem"));
-    let mem = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&mem_path)
-        .map_err(|source| {
-            exited_or(
-                pid,
-                DumpError::Io {
-                    pid,
-                    path: mem_path,
-                    source,
-                },
-            )
-        })?;
-    let mut report = CheckReport {
-        pid,
-        threads: frozen.tids().to_vec(),
-        blockers: Vec::new(),
-        warnings: Vec::new(),
-        loader: LoaderVerdict::Accepts,
+    let frozen = tree::freeze::freeze_tree(pid).map_err(crate::tree_error)?;
+    let (collected, blocked) = crate::collect_each(&frozen, &opts, None, true)?;
+    let mut report = TreeCheckReport {
+        processes: Vec::new(),
+        zombies: frozen.zombies.iter().map(|z| z.pid).collect(),
+        tree_blockers: Vec::new(),
     };
-    match collect::collect_for_check(&frozen, &mem) {
-        Ok(collected) => {
-            report.blockers = collected.blockers;
-            report.warnings.clone_from(&collected.state.warnings);
-            report.loader = loader_verdict(pid, &collected.state)?;
+    let mut states = Vec::new();
+    for (i, c) in collected {
+        let p = frozen.processes[i].pid();
+        report.processes.push(CheckReport {
+            pid: p,
+            threads: frozen.processes[i].tids().to_vec(),
+            blockers: c.blockers,
+            warnings: c.state.warnings.clone(),
+            loader: loader_verdict(p, &c.state)?,
+        });
+        states.push(c.state);
+    }
+    let all_collected = blocked.is_empty();
+    for (i, e) in blocked {
+        let p = frozen.processes[i].pid();
+        let mut r = CheckReport {
+            pid: p,
+            threads: frozen.processes[i].tids().to_vec(),
+            blockers: Vec::new(),
+            warnings: Vec::new(),
+            loader: LoaderVerdict::Accepts,
+        };
+        match e {
+            CollectError::Blocked {
+                blockers, warnings, ..
+            } => {
+                r.blockers = blockers;
+                r.warnings = warnings;
+                r.loader = LoaderVerdict::NotRun(
+                    "a blocker refused even with --force ends the scan before anything is \
+                     injected"
+                        .into(),
+                );
+            }
+            // Found only once the threads are looked at, after the scan: a
+            // dump fails on them all the same.
+            e => {
+                r.blockers.push(Blocker {
+                    what: e.to_string(),
+                    even_forced: true,
+                });
+                r.loader = LoaderVerdict::NotRun("the threads could not be collected".into());
+            }
         }
-        Err(CollectError::Blocked {
-            blockers, warnings, ..
-        }) => {
-            report.blockers = blockers;
-            report.warnings = warnings;
-            report.loader = LoaderVerdict::NotRun(
-                "a blocker refused even with --force ends the scan before anything is injected"
-                    .into(),
-            );
-        }
-        // Found only once the threads are looked at, after the scan: a
-        // dump fails on them all the same.
-        Err(e @ (CollectError::NoScratch { .. } | CollectError::Unsupported { .. })) => {
-            report.blockers.push(Blocker {
-                what: e.to_string(),
-                even_forced: true,
-            });
-            report.loader = LoaderVerdict::NotRun("the threads could not be collected".into());
-        }
-        Err(e) => return Err(exited_or(pid, e.into())),
+        report.processes.insert(i.min(report.processes.len()), r);
+    }
+    report.processes.sort_by_key(|r| {
+        frozen
+            .processes
+            .iter()
+            .position(|f| f.pid() == r.pid)
+            .unwrap_or(usize::MAX)
+    });
+    // What is shared in the tree is known only when every process is.
+    if all_collected {
+        let found = crate::shared_in(&frozen, &states);
+        let restorer = match rules {
+            Some(rules) if found.refusals.is_empty() => {
+                let manifest = crate::tree_manifest(pid, &frozen, &states, found.objects.clone());
+                rules(&manifest)
+                    .err()
+                    .map(|why| (pid, format!("crrestore-tree would refuse this tree: {why}")))
+            }
+            _ => None,
+        };
+        report.tree_blockers = found
+            .refusals
+            .into_iter()
+            .chain(restorer)
+            .map(|(p, what)| {
+                (
+                    p,
+                    Blocker {
+                        what,
+                        even_forced: true,
+                    },
+                )
+            })
+            .collect();
     }
     frozen.detach()?;
     Ok(report)

@@ -14,11 +14,14 @@
 mod areas;
 #[cfg(test)]
 mod fake;
+pub mod fd_index;
+mod gadget_scan;
 mod identity;
 mod live;
 mod open_files;
 mod posix_timers;
 mod refusals;
+mod sigactions;
 pub mod task;
 #[cfg(test)]
 mod tests;
@@ -106,6 +109,9 @@ pub struct Collected {
     /// `--force` (none of them refused even forced: those end collection
     /// with [`CollectError::Blocked`]).
     pub blockers: Vec<Blocker>,
+    /// The areas whose pages a snapshot dump selects after the resume
+    /// ([`crate::snapshot::defer_pages`]).
+    pub deferred: Vec<crate::snapshot::DeferredArea>,
 }
 
 /// The steps' shared context: the task, what was asked for, and the
@@ -120,6 +126,9 @@ struct Collector<'a, T: Task> {
     /// Only a check ([`crate::check`]): collected as `force` would, the
     /// blockers returned, no page looked at.
     check_only: bool,
+    /// How many other processes' fds could not be read (not root): who
+    /// else holds the task's pipes is then not known.
+    unreadable_holders: usize,
 }
 
 impl<T: Task> Collector<'_, T> {
@@ -232,6 +241,38 @@ pub fn collect(
     collect_from(&mut LiveTask::new(frozen, mem), opts, zero_pfn)
 }
 
+/// [`collect`] for a process of a tree (`opts.tree`), whose objects'
+/// other holders are looked up in `index` (read once for the tree).
+pub fn collect_in_tree(
+    frozen: &Frozen,
+    mem: &File,
+    opts: &DumpOptions,
+    zero_pfn: Option<u64>,
+    index: &fd_index::FdIndex,
+) -> Result<Collected, CollectError> {
+    collect_from(
+        &mut LiveTask::with_index(frozen, mem, Some(index)),
+        opts,
+        zero_pfn,
+    )
+}
+
+/// [`collect_for_check`] for a process of a tree (`opts.tree`; the other
+/// options are those of a check).
+pub fn collect_for_check_in_tree(
+    frozen: &Frozen,
+    mem: &File,
+    opts: &DumpOptions,
+    index: &fd_index::FdIndex,
+) -> Result<Collected, CollectError> {
+    collect_in(
+        &mut LiveTask::with_index(frozen, mem, Some(index)),
+        opts,
+        None,
+        true,
+    )
+}
+
 /// What [`collect`] finds of the frozen thread group for a check: as a
 /// forced dump would collect it, with the blockers in
 /// [`Collected::blockers`] and no page selected or read.
@@ -270,18 +311,36 @@ fn collect_in<T: Task>(
         warnings: Vec::new(),
         blockers: Vec::new(),
         check_only,
+        unreadable_holders: 0,
     };
 
     let stat = c.parse(procfs::stat::parse(&c.read_text("stat")?))?;
-    let status = c.parse(procfs::status::parse(&c.read_text("status")?))?;
-    let smaps = c.parse(procfs::smaps::parse(&c.read_text("smaps")?))?;
+    let status_text = c.read_text("status")?;
+    let status = c.parse(procfs::status::parse(&status_text))?;
+    // A snapshot dump's areas as read before the freeze, when the layout
+    // is unchanged: smaps walks every page table entry
+    // ([`crate::snapshot::Presample`]).
+    let presampled = match &opts.presample {
+        Some(p) => p.at_freeze(pid, &c.read_text("maps")?, &status_text),
+        None => None,
+    };
+    let numa_frozen = presampled
+        .as_deref()
+        .is_none_or(crate::snapshot::numa_needed_frozen);
+    let smaps = match presampled {
+        Some(entries) => entries,
+        None => c.parse(procfs::smaps::parse(&c.read_text("smaps")?))?,
+    };
 
     // Everything that can refuse the dump comes before the first injected
     // syscall: a task that is not going to be dumped is not touched (a
     // seccomp filter, for one, could kill it for a syscall it never makes).
     refusals::process_checks(&mut c, &status)?;
     let timers = posix_timers::list(&mut c)?;
-    refusals::numa_policies(&mut c)?;
+    // Else the snapshot child's, after the resume.
+    if numa_frozen {
+        refusals::numa_policies(&mut c)?;
+    }
     refusals::tagged_addresses(&mut c, &status)?;
     let (mut fds, mut objects) = open_files::collect_fds(&mut c)?;
     refusals::io_uring_rings(&mut c, &smaps);
@@ -296,12 +355,15 @@ fn collect_in<T: Task>(
     areas::forget_objects(&mut vmas, &mut classes, &mut fds, &lost);
     let blockers = c.refuse_if_blocked()?;
     // Gadgets, also those injection runs through.
-    let gadgets = areas::find_gadgets(&c, &smaps, &classes);
+    let gadgets = gadget_scan::find_gadgets(&c, &smaps, &classes);
     c.task.prepare_injection(&gadgets)?;
     c.check_cancel()?;
 
     let mut threads = threads::registers(&c)?;
-    let process_wide = threads::injected_answers(&mut c, &smaps, &mut threads)?;
+    let questions = task::ProcessQuestions {
+        sigactions: sigactions::to_ask(status.sig_ign, status.sig_cgt),
+    };
+    let process_wide = threads::injected_answers(&mut c, &smaps, &mut threads, questions)?;
     objects.posix_timers = posix_timers::records(&mut c, &smaps, &threads, &timers)?;
     c.check_cancel()?;
     let mut pending = threads::pending_signals(&c, &threads)?;
@@ -317,11 +379,14 @@ fn collect_in<T: Task>(
     let rlimits = identity::limits(&c)?;
     c.check_cancel()?;
 
-    // A check reads no pages (nor which ones are kept).
+    // A check reads no pages (nor which ones are kept). A snapshot dump
+    // selects those of the areas its copy-on-write child carries once the
+    // tree runs on again, not while it is frozen.
+    let (page_classes, deferred) = crate::snapshot::defer_pages(opts, &smaps, &vmas, &classes);
     let (pages, vma_stats) = if check_only {
         (Vec::new(), Vec::new())
     } else {
-        areas::select_pages(&c, &smaps, &classes, &vmas, &mut shmem, zero_pfn)?
+        areas::select_pages(&c, &smaps, &page_classes, &vmas, &mut shmem, zero_pfn)?
     };
     objects.shmem = shmem.states;
 
@@ -350,5 +415,6 @@ fn collect_in<T: Task>(
         state,
         vma_stats,
         blockers,
+        deferred,
     })
 }

@@ -72,6 +72,9 @@ pub struct Frozen {
     pid: i32,
     /// Seized threads, the leader first.
     tids: Vec<i32>,
+    /// Whether a cancel request ends the freeze ([`Frozen::freeze`]), or
+    /// not ([`Frozen::freeze_to_clean_up`]).
+    cancellable: bool,
 }
 
 /// The thread ids in `/proc/P/task`, without io_uring's kernel threads.
@@ -106,12 +109,24 @@ impl Frozen {
     /// kernel threads are left alone ([`is_io_worker`]). A cancel request
     /// ([`crate::request_cancel`]) stops it between threads, detached.
     pub fn freeze(pid: i32) -> Result<Self, FreezeError> {
+        Self::freeze_as(pid, true)
+    }
+
+    /// [`Self::freeze`] for cleaning up after crdump in a process that runs
+    /// on (reaping a snapshot child): a cancel request does not stop it,
+    /// since the clean-up is what a cancelled dump must still do.
+    pub fn freeze_to_clean_up(pid: i32) -> Result<Self, FreezeError> {
+        Self::freeze_as(pid, false)
+    }
+
+    fn freeze_as(pid: i32, cancellable: bool) -> Result<Self, FreezeError> {
         let mut frozen = Frozen {
             pid,
             tids: Vec::new(),
+            cancellable,
         };
         loop {
-            if crate::cancel_requested() {
+            if cancellable && crate::cancel_requested() {
                 return Err(FreezeError::Cancelled { pid });
             }
             let tids =
@@ -130,7 +145,7 @@ impl Frozen {
                 break;
             }
             for tid in new {
-                if crate::cancel_requested() {
+                if cancellable && crate::cancel_requested() {
                     return Err(FreezeError::Cancelled { pid });
                 }
                 match ptrace::seize(tid, ptrace::PTRACE_O_TRACESYSGOOD) {
@@ -156,7 +171,7 @@ impl Frozen {
         let pid = self.pid;
         ptrace::interrupt(tid).map_err(PtraceError::at(pid, tid, "PTRACE_INTERRUPT"))?;
         loop {
-            let status = match wait_stop(pid, tid) {
+            let status = match wait_stop(pid, tid, self.cancellable) {
                 Ok(status) => status,
                 Err(e) => {
                     // Not stopped: detaching it would wait for its stop
@@ -203,30 +218,48 @@ impl Frozen {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Kill the process while it is still frozen, so it never runs past the
-    /// snapshot, and collect the threads' exit notifications.
-    pub fn kill(mut self) -> Result<(), FreezeError> {
-        let pid = self.pid;
-        process::kill(pid, libc::SIGKILL).map_err(|source| FreezeError::Kill { pid, source })?;
-        let tids = std::mem::take(&mut self.tids);
-        // Non-leaders first: a leader's exit is reported only after its
-        // threads are gone.
-        for &tid in tids
-            .iter()
-            .filter(|&&t| t != pid)
-            .chain(tids.iter().filter(|&&t| t == pid))
-        {
-            loop {
-                match ptrace::wait(tid).map(ptrace::decode_status) {
-                    Ok(Stop::Exited(_) | Stop::Killed(_)) | Err(_) => break,
-                    // An exit stop or a late event: let it go on dying.
-                    Ok(_) => {
-                        let _ = ptrace::resume(tid);
-                    }
+    /// Give up the guard without detaching: the threads stay traced (and,
+    /// with `PTRACE_O_EXITKILL` set, die when crdump exits). For the kill
+    /// phase, after which no process of a tree may run on.
+    pub fn keep_traced(mut self) {
+        self.tids.clear();
+    }
+}
+
+/// Set `PTRACE_O_EXITKILL` on seized thread `tid` of `pid` (and keep
+/// `PTRACE_O_TRACESYSGOOD`): from then on the kernel kills it if crdump
+/// exits, even killed, while still attached.
+pub fn arm_exit_kill(pid: i32, tid: i32) -> Result<(), FreezeError> {
+    ptrace::set_options(
+        tid,
+        ptrace::PTRACE_O_TRACESYSGOOD | ptrace::PTRACE_O_EXITKILL,
+    )
+    .map_err(|e| PtraceError::at(pid, tid, "PTRACE_SETOPTIONS(EXITKILL)")(e).into())
+}
+
+/// Send SIGKILL to process `pid` (frozen: it never runs past the snapshot).
+pub fn send_kill(pid: i32) -> Result<(), FreezeError> {
+    process::kill(pid, libc::SIGKILL).map_err(|source| FreezeError::Kill { pid, source })
+}
+
+/// Collect the exit notifications of the threads `tids` of `pid`, killed.
+pub fn reap_killed(pid: i32, tids: &[i32]) {
+    // Non-leaders first: a leader's exit is reported only after its
+    // threads are gone.
+    for &tid in tids
+        .iter()
+        .filter(|&&t| t != pid)
+        .chain(tids.iter().filter(|&&t| t == pid))
+    {
+        loop {
+            match ptrace::wait(tid).map(ptrace::decode_status) {
+                Ok(Stop::Exited(_) | Stop::Killed(_)) | Err(_) => break,
+                // An exit stop or a late event: let it go on dying.
+                Ok(_) => {
+                    let _ = ptrace::resume(tid);
                 }
             }
         }
-        Ok(())
     }
 }
 
@@ -239,7 +272,7 @@ const STOP_LIMIT: Duration = Duration::from_secs(10);
 /// request ([`crate::request_cancel`]) or a thread that does not stop
 /// ([`STOP_LIMIT`]) ends the wait. A thread that is exiting is waited for
 /// with [`ptrace::wait`], which handles a dying leader.
-fn wait_stop(pid: i32, tid: i32) -> Result<i32, FreezeError> {
+fn wait_stop(pid: i32, tid: i32, cancellable: bool) -> Result<i32, FreezeError> {
     let started = Instant::now();
     let mut pause = Duration::from_micros(10);
     loop {
@@ -252,7 +285,7 @@ fn wait_stop(pid: i32, tid: i32) -> Result<i32, FreezeError> {
         if stat.as_ref().is_none_or(|s| matches!(s.state, b'Z' | b'X')) {
             return ptrace::wait(tid).map_err(|e| PtraceError::at(pid, tid, "waitpid")(e).into());
         }
-        if crate::cancel_requested() {
+        if cancellable && crate::cancel_requested() {
             return Err(FreezeError::Cancelled { pid });
         }
         if started.elapsed() > STOP_LIMIT {

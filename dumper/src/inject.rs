@@ -541,6 +541,16 @@ impl<'a> Borrowed<'a> {
             match ptrace::decode_status(status) {
                 Stop::Syscall => syscall_stops += 1,
                 Stop::Signal(sig) => self.held.hold(sig),
+                // A group stop (SIGSTOP, SIGTSTP, ... sent to the process
+                // meanwhile) or the trap that tells of its end (SIGCONT):
+                // the thread stopped before it reached the syscall. It is
+                // resumed on to it; the group stop itself stays in effect
+                // for the process, and the kernel puts the thread back
+                // into it when it is detached.
+                Stop::Event {
+                    event: ptrace::PTRACE_EVENT_STOP,
+                    ..
+                } => {}
                 Stop::Exited(_) | Stop::Killed(_) => return Err(InjectError::Exited { pid }),
                 stop => return Err(InjectError::UnexpectedStop { pid, tid, nr, stop }),
             }

@@ -41,6 +41,39 @@ impl PageSource for TaskMemory<'_> {
         Ok(())
     }
 
+    /// Batches of up to `IOV_MAX` ranges per `process_vm_readv`; where
+    /// one stops short (a range it cannot read), the rest of that range
+    /// goes through [`Self::read_pages`] (`/proc/P/mem`), and the batch
+    /// goes on after it.
+    fn read_pieces(&mut self, pieces: &[(u64, usize)], buf: &mut [u8]) -> io::Result<()> {
+        /// `IOV_MAX`.
+        const BATCH: usize = 1024;
+        if cancel_requested() {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "dump cancelled"));
+        }
+        let mut next = 0;
+        let mut at = 0;
+        while next < pieces.len() {
+            let batch = &pieces[next..pieces.len().min(next + BATCH)];
+            let mut n = process::process_vm_read_many(self.pid, batch, &mut buf[at..]).unwrap_or(0);
+            // Whole pieces read; then the one it stopped in, if any.
+            for &(addr, len) in batch {
+                if n >= len {
+                    n -= len;
+                    at += len;
+                    next += 1;
+                    continue;
+                }
+                let read = n;
+                self.read_pages(addr + read as u64, &mut buf[at + read..at + len])?;
+                at += len;
+                next += 1;
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn progress(&mut self, done: u64, total: u64) {
         self.progress.bytes(done, total);
     }

@@ -26,6 +26,13 @@ pub struct Phases {
     /// Making the image and manifest durable (fsync) and renaming them into
     /// place: the process is killed only after this.
     pub sync: Duration,
+    /// `--leave-running`: making the copy-on-write snapshot children and
+    /// copying what they do not carry, while frozen (part of `collect`'s
+    /// frozen time, not of `write`).
+    pub snapshot: Duration,
+    /// `--leave-running`: the longest a process was stopped again, after
+    /// its image was written, to reap its snapshot child.
+    pub reap_stop: Duration,
 }
 
 /// What a successful dump did.
@@ -50,4 +57,20 @@ pub struct DumpReport {
     pub warnings: Vec<String>,
     /// The process was left running (else it was killed).
     pub left_running: bool,
+    /// The other live processes of the tree (the root's report only; the
+    /// times above are the tree's).
+    pub others: Vec<DumpReport>,
+    /// The tree's zombies and how they ended (the root's report only).
+    pub zombies: Vec<(i32, image_manifest::WaitStatus)>,
+    /// How many objects the manifest lists as shared in the tree.
+    pub shared_objects: usize,
+    /// An incremental image: what it stored and took from its parent.
+    pub incremental: Option<crate::incremental::Split>,
+}
+
+impl DumpReport {
+    /// The root's report, then every other process's.
+    pub fn processes(&self) -> impl Iterator<Item = &DumpReport> {
+        std::iter::once(self).chain(&self.others)
+    }
 }

@@ -25,6 +25,13 @@ pub struct VmaClass {
 
 /// Classify one VMA. `Err` names what cannot be restored.
 pub fn classify(e: &SmapsEntry) -> Result<VmaClass, String> {
+    classify_tracked(e, false)
+}
+
+/// [`classify`]; `wp_tracked`: the process's areas are registered for
+/// write tracking by crimg's own holder (`crate::incremental::holder`), so
+/// `VmFlags` `uw` is not the task's state (a restored task has none).
+pub fn classify_tracked(e: &SmapsEntry, wp_tracked: bool) -> Result<VmaClass, String> {
     let class = |kind, policy| {
         Ok(VmaClass {
             kind,
@@ -43,7 +50,8 @@ pub fn classify(e: &SmapsEntry) -> Result<VmaClass, String> {
     // The path is the target's to choose: shown escaped.
     let shown = Escaped(p.as_bytes());
     if !matches!(p, "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]") {
-        if let Some(what) = unkept_flag(e) {
+        let ours = |f: &str| wp_tracked && f == "uw";
+        if let Some(what) = unkept_flag_but(e, ours) {
             return Err(format!("{what} at {:#x}-{:#x} {shown}", e.start, e.end));
         }
     }
@@ -122,10 +130,15 @@ const NOT_STATE: &[&str] = &["sd"];
 /// The first `VmFlags` bit of `e` that the restore would not give back,
 /// by name, or `None`.
 pub fn unkept_flag(e: &SmapsEntry) -> Option<String> {
+    unkept_flag_but(e, |_| false)
+}
+
+/// [`unkept_flag`], not counting the flags `ignored` says.
+fn unkept_flag_but(e: &SmapsEntry, ignored: impl Fn(&str) -> bool) -> Option<String> {
     let flag = e
         .vm_flags
         .iter()
-        .find(|f| !KEPT.contains(&f.as_str()) && !NOT_STATE.contains(&f.as_str()))?;
+        .find(|f| !KEPT.contains(&f.as_str()) && !NOT_STATE.contains(&f.as_str()) && !ignored(f))?;
     let what = match flag.as_str() {
         "pf" | "io" | "mm" | "ar" => "device memory (VM_IO/VM_PFNMAP/VM_MIXEDMAP)",
         "de" => "a kernel object's or driver's mapping (VM_DONTEXPAND)",

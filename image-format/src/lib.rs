@@ -30,6 +30,7 @@
     clippy::cast_sign_loss
 )]
 
+pub mod chain;
 pub mod elf;
 pub mod read;
 pub mod records;

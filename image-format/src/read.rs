@@ -153,6 +153,13 @@ impl Segment {
     pub fn end(&self) -> u64 {
         self.vaddr + self.len
     }
+
+    /// Whether the segment's pages are in the parent image (an
+    /// incremental image, [`records::PF_FROM_PARENT`]): `offset` is 0 and
+    /// nothing of this file holds them.
+    pub fn from_parent(&self) -> bool {
+        self.flags & records::PF_FROM_PARENT != 0
+    }
 }
 
 /// One note in the `PT_NOTE` segment.
@@ -189,6 +196,32 @@ impl ThreadView<'_> {
     pub fn xfeatures(&self) -> u64 {
         read_at::<FpxSwBytes>(self.xsave, elf::FX_SW_BYTES_OFFSET).map_or(0, |sw| sw.xfeatures)
     }
+}
+
+/// A `PT_LOAD` marked [`records::PF_FROM_PARENT`] (segment `i`, 0-based):
+/// no bytes in this file, `p_memsz` bytes of memory from the parent.
+fn parent_segment(i: u32, ph: &Phdr) -> Result<Segment, ImageError> {
+    let bad = |what| ImageError::BadSegment { index: i + 1, what };
+    if ph.p_filesz != 0 || ph.p_offset != 0 || ph.p_memsz == 0 {
+        return Err(bad("pages from the parent, but with file contents or none"));
+    }
+    if !is_page_aligned(ph.p_vaddr) || !is_page_aligned(ph.p_memsz) {
+        return Err(bad("not page-aligned"));
+    }
+    if ph
+        .p_vaddr
+        .checked_add(ph.p_memsz)
+        .is_none_or(|e| e > (1 << 47))
+    {
+        return Err(bad("outside the user address space"));
+    }
+    Ok(Segment {
+        index: i,
+        vaddr: ph.p_vaddr,
+        offset: 0,
+        len: ph.p_memsz,
+        flags: ph.p_flags,
+    })
 }
 
 /// The `T` at `bytes[at..]`, if it fits.
@@ -757,6 +790,19 @@ impl<'a> Image<'a> {
         for w in self.records::<records::WarningRecord>()? {
             self.string(w.message)?;
         }
+        match self.records::<records::ParentRecord>()?.next() {
+            Some(p) => {
+                self.string(p.path)?;
+            }
+            None => {
+                if let Some(s) = self.segments().find(Segment::from_parent) {
+                    return Err(ImageError::BadSegment {
+                        index: s.index + 1,
+                        what: "pages from a parent image, but no parent note",
+                    });
+                }
+            }
+        }
         let sums = self.records::<SegmentChecksumRecord>()?;
         if sums.len() != self.nsegments {
             return Err(ImageError::BadRecords {
@@ -832,6 +878,9 @@ impl<'a> Image<'a> {
         if ph.p_type != elf::PT_LOAD {
             return Err(bad("not PT_LOAD"));
         }
+        if ph.p_flags & records::PF_FROM_PARENT != 0 {
+            return parent_segment(i, &ph);
+        }
         if ph.p_filesz != ph.p_memsz || ph.p_filesz == 0 {
             return Err(bad("file size differs from memory size, or is zero"));
         }
@@ -869,15 +918,20 @@ impl<'a> Image<'a> {
     }
 
     /// The stored bytes of a segment of this image (empty for a segment that
-    /// did not come from it).
+    /// did not come from it, or whose pages are in the parent image).
     pub fn segment_bytes(&self, s: &Segment) -> &'a [u8] {
+        if s.from_parent() {
+            return &[];
+        }
         let range = usize::try_from(s.offset)
             .ok()
             .zip(usize::try_from(s.offset.saturating_add(s.len)).ok());
         range.and_then(|(a, b)| self.bytes.get(a..b)).unwrap_or(&[])
     }
 
-    /// Checks the checksum of every segment's contents (reads every stored page).
+    /// Checks the checksum of every segment's contents stored in this file
+    /// (reads every stored page). The segments whose pages are in the
+    /// parent image are checked with the chain (`crate::chain`).
     pub fn verify_segments(&self) -> Result<(), ImageError> {
         let mut sums = self.records::<SegmentChecksumRecord>()?;
         for s in self.segments() {
@@ -888,6 +942,9 @@ impl<'a> Image<'a> {
                     what: "missing checksum",
                 })?
                 .checksum;
+            if s.from_parent() {
+                continue;
+            }
             let found = crate::checksum(self.segment_bytes(&s));
             if found != expected {
                 return Err(ImageError::SegmentChecksumMismatch {
@@ -1066,9 +1123,23 @@ impl<'a> Image<'a> {
             .filter_map(move |w| self.string(w.message).ok())
     }
 
-    /// Total bytes of page contents stored.
+    /// Total bytes of page contents stored in this file.
     pub fn stored_bytes(&self) -> u64 {
-        self.segments().map(|s| s.len).sum()
+        self.segments()
+            .filter(|s| !s.from_parent())
+            .map(|s| s.len)
+            .sum()
+    }
+
+    /// The parent of an incremental image ([`note::PARENT`]).
+    pub fn parent(&self) -> Option<records::ParentRecord> {
+        self.records::<records::ParentRecord>().ok()?.next()
+    }
+
+    /// This image's own [`ChecksumRecord`] (the last note): what a child
+    /// image records as its parent's identity.
+    pub fn checksum_record(&self) -> Option<ChecksumRecord> {
+        self.records::<ChecksumRecord>().ok()?.next()
     }
 
     /// Pages in `[start, end)` that have stored contents.

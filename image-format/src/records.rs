@@ -40,6 +40,8 @@ pub use event_objects::*;
 pub use fd_objects::*;
 mod sockets;
 pub use sockets::*;
+mod parent;
+pub use parent::*;
 
 /// Owner name of crimg's notes.
 pub const OWNER_CRIMG: &[u8] = b"CRIMG";
@@ -101,11 +103,13 @@ pub mod note {
     pub const TERMINALS: u32 = 0x4352_0019;
     /// fds whose object was not saved (`crdump --force`).
     pub const DROPPED: u32 = 0x4352_001a;
+    /// One [`super::ParentRecord`]: an incremental image's parent.
+    pub const PARENT: u32 = 0x4352_001b;
 
     /// The lowest and highest crimg note type numbers in use; the reader
     /// indexes these at parse.
     pub const FIRST: u32 = PROCESS;
-    pub const LAST: u32 = DROPPED;
+    pub const LAST: u32 = PARENT;
 
     /// The name of a crimg note type, for messages (`"unknown"` for a type
     /// this build does not know).
@@ -137,6 +141,7 @@ pub mod note {
             SOCKETS => "SOCKETS",
             TERMINALS => "TERMINALS",
             DROPPED => "DROPPED",
+            PARENT => "PARENT",
             _ => "unknown",
         }
     }
@@ -222,6 +227,7 @@ pub const KNOWN_NOTES: &[NoteVersions] = &[
     NoteVersions::of::<InotifyWatchRecord>(),
     NoteVersions::of::<SocketRecord>(),
     NoteVersions::of::<ShmemRecord>(),
+    NoteVersions::of::<ParentRecord>(),
 ];
 
 /// A string in the [`note::STRTAB`] note (bytes, not NUL-terminated).
@@ -565,6 +571,10 @@ pub mod fd_flags {
     /// `/dev/null` there, opened with the fd's access mode, and says so.
     /// `kind` and `path` still tell what it was.
     pub const DROPPED: u32 = 4;
+    /// Another process of the dumped tree holds this fd's object too
+    /// (`manifest.json` lists where): `crrestore-tree` places it shared;
+    /// a direct run of this image alone gets a private copy, and says so.
+    pub const SHARED_IN_TREE: u32 = 8;
 }
 
 #[derive(

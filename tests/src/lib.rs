@@ -18,6 +18,10 @@
 //!   compared across a dump and restore;
 //! - [`tmux`]: [`Tmux`](tmux::Tmux), a private tmux server whose pane is a
 //!   terminal a test types into and reads;
+//! - [`tree`]: process trees for `crrestore-tree`: started in a session of
+//!   their own, listed, dumped, restored and killed by pids;
+//! - [`tree_rounds`]: the benchmarks' timed tree rounds (a shell pipeline
+//!   dumped and restored);
 //! - [`untouched`]: a target left running, untraced and counting.
 //!
 //! The test command builds the whole workspace first, so the binaries exist:
@@ -39,6 +43,8 @@ pub mod smaps;
 mod sys;
 pub mod ticks;
 pub mod tmux;
+pub mod tree;
+pub mod tree_rounds;
 pub mod untouched;
 
 pub use binfmt::TestBinfmt;

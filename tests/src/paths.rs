@@ -26,6 +26,8 @@ pub enum PathsError {
 const COMPILED: &[(&str, &str)] = &[
     ("counter", env!("WORKLOAD_COUNTER")),
     ("bigmem", env!("WORKLOAD_BIGMEM")),
+    ("thp_area", env!("WORKLOAD_THP_AREA")),
+    ("bench_mem", env!("WORKLOAD_BENCH_MEM")),
     ("vmflags", env!("WORKLOAD_VMFLAGS")),
     ("seccomp_echo", env!("WORKLOAD_SECCOMP_ECHO")),
     ("sigsuspend_mask", env!("WORKLOAD_SIGSUSPEND_MASK")),
@@ -34,13 +36,30 @@ const COMPILED: &[(&str, &str)] = &[
     ("fd_objects", env!("WORKLOAD_FD_OBJECTS")),
     ("sockets", env!("WORKLOAD_SOCKETS")),
     ("shmem", env!("WORKLOAD_SHMEM")),
+    ("snapshot_threads", env!("WORKLOAD_SNAPSHOT_THREADS")),
     ("posix_timers", env!("WORKLOAD_POSIX_TIMERS")),
     ("fd_sharing", env!("WORKLOAD_FD_SHARING")),
     ("blockers", env!("WORKLOAD_BLOCKERS")),
+    ("tree_pipe", env!("WORKLOAD_TREE_PIPE")),
+    ("tree_shared", env!("WORKLOAD_TREE_SHARED")),
+    ("tree_zombies", env!("WORKLOAD_TREE_ZOMBIES")),
+    ("tree_session", env!("WORKLOAD_TREE_SESSION")),
+    ("tree_refused", env!("WORKLOAD_TREE_REFUSED")),
+    ("tree_mem", env!("WORKLOAD_TREE_MEM")),
+    ("sparse_reserve", env!("WORKLOAD_SPARSE_RESERVE")),
+    ("incr_counter", env!("WORKLOAD_INCR_COUNTER")),
+    ("lazy_mem", env!("WORKLOAD_LAZY_MEM")),
 ];
 
 /// The script workloads, by file name, in `workloads/`.
-const SCRIPTS: &[&str] = &["loop.py", "loop.sh", "files.py"];
+const SCRIPTS: &[&str] = &[
+    "loop.py",
+    "loop.sh",
+    "files.py",
+    "tree_http.sh",
+    "bench_py.py",
+    "bench_sh.sh",
+];
 
 /// The program for workload `name`: `counter`, `bigmem` (compiled C) or
 /// `loop.py`, `loop.sh` (scripts run through their `#!` line).

@@ -333,9 +333,20 @@ impl Workload {
     /// Start `command` with piped stdin, stdout and stderr (whatever stdio
     /// it had is replaced). `name` names it in messages. Use this for the
     /// loader or a `.crimg` image: the restored process is this child.
-    pub fn spawn_command(name: &str, mut command: Command) -> Result<Workload, ProcessError> {
+    pub fn spawn_command(name: &str, command: Command) -> Result<Workload, ProcessError> {
+        Workload::spawn_command_with_stdin(name, command, Stdio::piped())
+    }
+
+    /// [`Self::spawn_command`] with `stdin` as its stdin (a pipe from
+    /// another program: `crdump -o - | crimg run -`); it then takes no
+    /// [`Self::send_line`].
+    pub fn spawn_command_with_stdin(
+        name: &str,
+        mut command: Command,
+        stdin: Stdio,
+    ) -> Result<Workload, ProcessError> {
         command
-            .stdin(Stdio::piped())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         only_stdio(&mut command);

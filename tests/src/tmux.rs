@@ -368,10 +368,14 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(tmux.pane_size().unwrap(), (91, 27));
         let cat = tmux.pane_pid().unwrap();
-        assert_eq!(
-            std::fs::read_to_string(format!("/proc/{cat}/comm")).unwrap(),
-            "cat\n"
-        );
+        // The pane's shell execs cat: under load its pid may still show
+        // the shell for a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let comm = || std::fs::read_to_string(format!("/proc/{cat}/comm")).unwrap();
+        while comm() != "cat\n" && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(comm(), "cat\n");
         tmux.type_line("hello pane").unwrap();
         // The line shows twice: the terminal's echo, then cat's copy.
         tmux.wait_screen("cat's copy", Duration::from_secs(10), |s| {

@@ -52,6 +52,7 @@ fn check_reports_what_this_machine_allows() {
         "XSAVE features (XCR0)",
         "clone3 with set_tid",
         "POSIX timers with their ids",
+        "lazy restore (userfaultfd)",
     ] {
         assert_eq!(verdict(&all, name), "ok", "{name}: {}", out);
     }
@@ -72,6 +73,15 @@ fn unprivileged_check_warns_instead_of_failing() {
     );
     assert_eq!(verdict(&all, "clone3 with set_tid"), "warn", "{}", out);
     assert_eq!(verdict(&all, "ptrace seize and interrupt"), "ok", "{}", out);
+    let uffd = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd").unwrap_or_default();
+    if uffd.trim() == "0" {
+        assert_eq!(
+            verdict(&all, "lazy restore (userfaultfd)"),
+            "warn",
+            "{}",
+            out
+        );
+    }
 }
 
 /// `crimg check --json --binfmt-name NAME`: exit status, verdict and detail

@@ -622,7 +622,7 @@ fn an_interrupted_dump_leaves_the_target_running_and_nothing_behind() {
 }
 
 #[test]
-fn two_dumps_into_one_directory_are_both_in_the_manifest() {
+fn a_second_dump_into_one_directory_replaces_the_manifest_and_keeps_the_first_image() {
     skip_unless_root!();
     let dir = scratch_dir();
     let mut a = Workload::start("loop.py", ["--interval-ms", "20"]);
@@ -632,9 +632,11 @@ fn two_dumps_into_one_directory_are_both_in_the_manifest() {
             .dump(w.pid(), dir.path(), true)
             .unwrap_or_else(|e| panic!("{e}"));
     }
+    // A manifest describes one dumped tree: the last one.
     let manifest: serde_json::Value =
         serde_json::from_slice(&fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["format"], "crimg-manifest");
+    assert_eq!(manifest["root"], b.pid());
     let listed: Vec<(i64, String)> = manifest["processes"]
         .as_array()
         .unwrap()
@@ -646,12 +648,9 @@ fn two_dumps_into_one_directory_are_both_in_the_manifest() {
             )
         })
         .collect();
-    let mut expected: Vec<(i64, String)> = [a.pid(), b.pid()]
-        .iter()
-        .map(|&p| (i64::from(p), format!("task-{p}.crimg")))
-        .collect();
-    expected.sort();
+    let expected = vec![(i64::from(b.pid()), format!("task-{}.crimg", b.pid()))];
     assert_eq!(listed, expected, "{manifest:#}");
+    assert!(dir.path().join(format!("task-{}.crimg", a.pid())).is_file());
     a.expect_pass(CheckTrigger::Stdin);
     b.expect_pass(CheckTrigger::Stdin);
 }

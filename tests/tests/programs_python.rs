@@ -1,51 +1,70 @@
 //! python3 round trips: an asyncio loop (`call_later` timers and an
 //! `asyncio.Queue` fed by a thread through `call_soon_threadsafe`: epoll
-//! and the loop's self-socketpair) and `python3 -m http.server` (a
-//! listening TCP socket), each dumped, killed and resumed by running its
-//! image.
+//! and the loop's self-socketpair), dumped, killed and restored by
+//! `crrestore-tree` with its pid, and `python3 -m http.server` (a
+//! listening TCP socket), dumped, killed and resumed by running its image.
 
 use std::process::Command;
 
-use crimg_tests::process::Workload;
+use crimg_tests::process::{PidGuard, Workload, LINE_TIMEOUT};
 use crimg_tests::programs::{
-    curl, dump_and_run_image, expect_running, free_port, numbered, program_source, require_program,
-    start_ready, wait_until, PROGRAM_READY_TIMEOUT,
+    curl, dump_and_run_image, dump_or_panic, expect_running, free_port, numbered, program_source,
+    require_program, start_ready, wait_until, PROGRAM_READY_TIMEOUT,
 };
+use crimg_tests::tree::restore_tree_command;
 use crimg_tests::{binaries, scratch_dir, skip_unless_root, TestBinfmt};
 
 #[test]
-#[ignore = "needs: the same pid (asyncio ties its running loop to os.getpid(): after a restore with a new pid, `Queue ... is bound to a different event loop`)"]
 fn asyncio_timers_and_threadsafe_queue_go_on_after_restore() {
     skip_unless_root!();
-    let Some(python) = require_program("python3", "python3") else {
-        return;
-    };
-    let bins = binaries();
-    let _binfmt = TestBinfmt::register(&bins.loader).unwrap_or_else(|e| panic!("{e}"));
-    let scratch = scratch_dir();
-    let mut command = Command::new(python);
-    command.arg(program_source("asyncio_queue.py"));
-    let mut aio = start_ready("python3 asyncio", command);
-    aio.expect_line("TICK 3");
-    aio.expect_line("GOT 2");
+    crimg_tests::tree::retrying_taken_pids(|| {
+        let Some(python) = require_program("python3", "python3") else {
+            return;
+        };
+        let bins = binaries();
+        let scratch = scratch_dir();
+        let mut command = Command::new(python);
+        command.arg(program_source("asyncio_queue.py"));
+        let mut aio = start_ready("python3 asyncio", command);
+        aio.expect_line("TICK 3");
+        aio.expect_line("GOT 2");
+        let pid = aio.pid();
+        let dump = dump_or_panic(&bins, "python3 asyncio", pid, &scratch.path().join("out"));
+        aio.wait_exit(LINE_TIMEOUT)
+            .unwrap_or_else(|e| panic!("crdump did not kill python3 asyncio: {e}"));
 
-    let (_dump, mut restored) = dump_and_run_image(
-        &bins,
-        "python3 asyncio",
-        &mut aio,
-        &scratch.path().join("out"),
-    );
-    restored.expect_line("TICK ");
-    restored.expect_line("GOT ");
-    restored.expect_line("GOT ");
-    expect_running(&mut restored, "python3 asyncio");
-    for stream in ["TICK ", "GOT "] {
-        let before = numbered(aio.stdout_lines(), stream);
-        let after = numbered(restored.stdout_lines(), stream);
-        before.check_resumed_by(&after).unwrap_or_else(|e| {
-            panic!("asyncio's {stream}lines: {e}\n{}", restored.stderr_report())
-        });
-    }
+        // Restored through crrestore-tree, it gets its pid back (CPython ties
+        // its running loop to getpid()), and its stdio is crrestore-tree's: the
+        // test reads it as it read the original's.
+        let mut restorer = Workload::spawn_command(
+            "crrestore-tree of python3 asyncio",
+            restore_tree_command(&dump.dir, [] as [&str; 0]),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let status = restorer
+            .child()
+            .wait_exit(PROGRAM_READY_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
+        crimg_tests::tree::panic_if_pid_taken(status.code(), &restorer.stderr_report());
+        assert!(
+            status.success(),
+            "crrestore-tree exited {status}\n{}",
+            restorer.stderr_report()
+        );
+        let _restored = PidGuard::new(pid).unwrap_or_else(|e| panic!("no restored pid {pid}: {e}"));
+        restorer.expect_line("TICK ");
+        restorer.expect_line("GOT ");
+        restorer.expect_line("GOT ");
+        for stream in ["TICK ", "GOT "] {
+            let before = numbered(aio.stdout_lines(), stream);
+            let after = numbered(restorer.stdout_lines(), stream);
+            before.check_resumed_by(&after).unwrap_or_else(|e| {
+                panic!("asyncio's {stream}lines: {e}\n{}", restorer.stderr_report())
+            });
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        assert!(comm.starts_with("python3"), "pid {pid} is `{comm}` now");
+    });
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! Open file descriptions across a round trip: two fds on one description
 //! keep one offset (`prog > log 2>&1`), a second open of the same file
 //! keeps its own, a FIFO comes back with its bytes, a copy of stdin at a
-//! high fd is the caller's stdin again; and a pipe shared with another
-//! process (its child) is refused by a single-process dump, naming it.
+//! high fd is the caller's stdin again; and a pipe and an eventfd shared
+//! with a child are dumped with the child, as one tree.
 
 use crimg_tests::process::{CheckTrigger, PidGuard};
 use crimg_tests::roundtrip::dump_and_kill;
@@ -31,7 +31,7 @@ fn shared_offsets_fifo_and_a_copy_of_stdin_survive() {
 }
 
 #[test]
-fn a_pipe_shared_with_another_process_is_refused_naming_it() {
+fn a_pipe_and_an_eventfd_shared_with_a_child_are_dumped_with_it_as_one_tree() {
     crimg_tests::skip_unless_root!();
     let bins = binaries();
     let scratch = scratch_dir();
@@ -45,30 +45,32 @@ fn a_pipe_shared_with_another_process_is_refused_naming_it() {
         .parse()
         .unwrap();
     let _child = PidGuard::new(child).unwrap();
-    let err = bins
-        .dump(w.pid(), &scratch.path().join("out"), false)
-        .expect_err("a pipe shared with a child must be refused");
-    let message = err.to_string();
-    // Every blocker is named: the shared pipe, and the child the dump
-    // would split from its parent.
-    assert!(
-        message.contains("pipe:[") && message.contains(&format!("pid {child} holds too")),
-        "{message}"
-    );
-    assert!(
-        message.contains(&format!("child processes ({child})")),
-        "{message}"
-    );
-    assert!(
-        message.contains(&format!(
-            "fd 12 (anon_inode:[eventfd]) is shared with pid {child}"
-        )),
-        "{message}"
-    );
-    // Refused: the workload runs on as it was.
+    // No dump splits a tree: the child is dumped with its parent, and
+    // what they share is listed once in the manifest.
+    let out = scratch.path().join("out");
+    let dumped = bins.dump(w.pid(), &out, true).unwrap();
+    assert!(out.join(format!("task-{child}.crimg")).is_file());
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&dumped.manifest).unwrap()).unwrap();
+    let shared = m["shared"].as_array().unwrap();
+    let held_by_both = |kind: &str, fd: i32| {
+        shared.iter().any(|o| {
+            o["kind"] == kind
+                && [w.pid(), child].iter().all(|&p| {
+                    o["holders"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|h| h["pid"] == p && h["fd"] == fd)
+                })
+        })
+    };
+    assert!(held_by_both("event", 12), "{m:#}");
+    assert!(held_by_both("file", 5) && held_by_both("file", 6), "{m:#}");
+    assert!(held_by_both("pipe", 11), "{m:#}");
+    // Left running: the workload runs on as it was.
     let facts = w.expect_pass(CheckTrigger::Stdin);
     assert_eq!(facts.get("fifo"), Some("3000"));
-    assert!(!scratch.path().join("out").exists());
 }
 
 /// The dumped workload, killed, and its scratch directory.

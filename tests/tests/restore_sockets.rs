@@ -268,7 +268,9 @@ for line in sys.stdin:
     let _child = crimg_tests::PidGuard::new(child).unwrap();
     let message = expect_dump_refused(&mut w, "is a unix socket connected to socket:[");
     assert!(
-        message.contains(&format!("outside this process (held by pid {child})")),
+        message.contains(&format!(
+            "outside this process (held by pid {child}, outside the dumped tree)"
+        )),
         "{message}"
     );
     w.send_line("x").unwrap();

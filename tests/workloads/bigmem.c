@@ -98,21 +98,8 @@ static void do_check(void)
 	    pages_written * PAGE, written_sum());
 }
 
-static void on_usr2(int sig, siginfo_t *info, void *ucontext)
-{
-	(void)sig;
-	(void)info;
-	check_requested = 1;
-	redirect_if_in_window(ucontext, crimg_read_window_start,
-			      crimg_read_window_end, crimg_read_eintr);
-}
-
 int main(int argc, char **argv)
 {
-	struct sigaction sa;
-	char line[256];
-	size_t len = 0;
-
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 
@@ -138,13 +125,7 @@ int main(int argc, char **argv)
 		exit(2);
 	}
 
-	/* No SA_RESTART: the blocking read() returns EINTR and the check runs. */
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_sigaction = on_usr2;
-	sa.sa_flags = SA_SIGINFO;
-	sigemptyset(&sa.sa_mask);
-	if (sigaction(SIGUSR2, &sa, NULL))
-		die("sigaction SIGUSR2");
+	check_on_usr2(&check_requested);
 
 	size = (size_t)opt.mb * 1024 * 1024;
 	pages = size / PAGE;
@@ -170,41 +151,5 @@ int main(int argc, char **argv)
 	    getpid(), (void *)region, size, pages_written * PAGE, pages_written,
 	    opt.interleaved ? "interleaved" : "contiguous", written_sum());
 
-	for (;;) {
-		ssize_t n = crimg_checked_read(0, line + len,
-					       sizeof(line) - 1 - len,
-					       &check_requested);
-		char *nl;
-
-		if (n == 0) {
-			/* stdin closed: wait for signals only */
-			for (;;) {
-				wait_for_check(&check_requested);
-				if (check_requested)
-					do_check();
-			}
-		}
-		if (n > 0) {
-			len += (size_t)n;
-			line[len] = 0;
-			while ((nl = strchr(line, '\n'))) {
-				*nl = 0;
-				if (!strcmp(line, "check"))
-					do_check();
-				else if (!strcmp(line, "quit")) {
-					say("BYE");
-					return 0;
-				}
-				len -= (size_t)(nl + 1 - line);
-				memmove(line, nl + 1, len + 1);
-			}
-			if (len == sizeof(line) - 1)
-				len = 0;
-		} else if (n != -EINTR) {
-			errno = (int)-n;
-			die("read stdin");
-		}
-		if (check_requested)
-			do_check();
-	}
+	return serve_commands(&check_requested, do_check);
 }

@@ -17,6 +17,7 @@
 /* A workload uses only some of these helpers. */
 #pragma GCC diagnostic ignored "-Wunused-function"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -191,6 +192,81 @@ static void wait_for_check(volatile sig_atomic_t *flag)
 	if (idle_pipe[0] < 0 && pipe(idle_pipe))
 		die("pipe");
 	crimg_checked_read(idle_pipe[0], &byte, 1, flag);
+}
+
+/* The flag the SIGUSR2 handler of check_on_usr2() sets. */
+static volatile sig_atomic_t *usr2_check_flag;
+
+static void usr2_requests_check(int sig, siginfo_t *info, void *ucontext)
+{
+	(void)sig;
+	(void)info;
+	*usr2_check_flag = 1;
+	redirect_if_in_window(ucontext, crimg_read_window_start,
+			      crimg_read_window_end, crimg_read_eintr);
+}
+
+/* SIGUSR2 asks for a check: it sets *flag, and a checked read it
+ * interrupts returns EINTR (no SA_RESTART), so serve_commands runs it. */
+static void check_on_usr2(volatile sig_atomic_t *flag)
+{
+	struct sigaction sa;
+
+	usr2_check_flag = flag;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = usr2_requests_check;
+	sa.sa_flags = SA_SIGINFO;
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGUSR2, &sa, NULL))
+		die("sigaction SIGUSR2");
+}
+
+/* The command loop of a workload on stdin, one command a line: "check"
+ * runs do_check, "quit" says BYE and returns 0. A check is also run when
+ * *check_requested is set (a signal handler sets it; the checked read
+ * makes that race-free). Once stdin is closed only signals ask. */
+static int serve_commands(volatile sig_atomic_t *check_requested,
+			  void (*do_check)(void))
+{
+	char line[256];
+	size_t len = 0;
+
+	for (;;) {
+		ssize_t n = crimg_checked_read(0, line + len,
+					       sizeof(line) - 1 - len,
+					       check_requested);
+		char *nl;
+
+		if (n == 0) {
+			for (;;) {
+				wait_for_check(check_requested);
+				if (*check_requested)
+					do_check();
+			}
+		}
+		if (n > 0) {
+			len += (size_t)n;
+			line[len] = 0;
+			while ((nl = strchr(line, '\n'))) {
+				*nl = 0;
+				if (!strcmp(line, "check"))
+					do_check();
+				else if (!strcmp(line, "quit")) {
+					say("BYE");
+					return 0;
+				}
+				len -= (size_t)(nl + 1 - line);
+				memmove(line, nl + 1, len + 1);
+			}
+			if (len == sizeof(line) - 1)
+				len = 0;
+		} else if (n != -EINTR) {
+			errno = (int)-n;
+			die("read stdin");
+		}
+		if (*check_requested)
+			do_check();
+	}
 }
 
 /* A non-negative decimal option value; exits with status 2 on anything else. */

@@ -264,6 +264,29 @@ fn posix_timer_ids() -> Check {
     }
 }
 
+/// `crimg run --lazy`: a userfaultfd with its events that also catches
+/// the kernel's faults (what the loader makes for it), made and closed.
+fn lazy_restore() -> Check {
+    let name = "lazy restore (userfaultfd)";
+    match binfmt_loader::sys::uffd::open_for_lazy() {
+        Ok(fd) => {
+            let _ = binfmt_loader::sys::close(fd);
+            check(
+                name,
+                Verdict::Ok,
+                "a userfaultfd for kernel and user faults, with fork/remap/remove/unmap events: crimg run --lazy works",
+            )
+        }
+        Err(errno) => check(
+            name,
+            Verdict::Warn,
+            format!(
+                "userfaultfd without UFFD_USER_MODE_ONLY: {errno} (needs CAP_SYS_PTRACE or vm.unprivileged_userfaultfd = 1): crimg run --lazy is refused (loader exit 7)"
+            ),
+        ),
+    }
+}
+
 /// What the flags of a binfmt entry mean for the people who run images.
 fn flags_meaning(flags: &str) -> String {
     let mut out = vec![
@@ -435,6 +458,7 @@ pub fn run_all(binfmt_name: &str) -> Vec<Check> {
     out.push(xsave());
     out.push(set_tid());
     out.push(posix_timer_ids());
+    out.push(lazy_restore());
     out.push(loader());
     out.push(binfmt(binfmt_name));
     out.push(limits());

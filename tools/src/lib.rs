@@ -6,16 +6,22 @@
 //! - [`binfmt`]: registering the loader with binfmt_misc.
 //! - [`check`]: what this machine's kernel allows, found by trying.
 //! - [`loader_path`]: finding the loader binary.
+//! - [`stream`]: a dump stream (`crdump -o -`) received for `crimg run -`.
+//! - [`tree`]: `crrestore-tree`, a dumped process tree restored whole.
 //! - [`signals`]: turning Ctrl-C into a clean cancel of a dump.
 //! - [`error_line`]: an error and its causes as one line.
 
 #![deny(unsafe_code)]
 
 pub mod binfmt;
+pub mod chain;
 pub mod check;
 pub mod image_file;
 pub mod loader_path;
+pub mod stream;
+pub mod stream_owner;
 pub mod summary;
+pub mod tree;
 
 /// An error and its causes as one line, `top: cause: cause`, leaving out a
 /// cause whose text the line already holds (messages that spell out their

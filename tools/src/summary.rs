@@ -40,6 +40,19 @@ pub struct Summary {
     /// The POSIX timers (`timer_create`), by id.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub posix_timers: Vec<PosixTimerSummary>,
+    /// An incremental image's parent: its recorded path (relative to this
+    /// image's directory) and the chain depth.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ParentSummary {
+    pub path: String,
+    /// Parent images below this one.
+    pub depth: u32,
+    /// Bytes of memory whose pages the parents hold.
+    pub from_parent_bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -406,6 +419,18 @@ pub fn summarize(img: &Image) -> Result<Summary, ImageError> {
             .records::<PosixTimerRecord>()?
             .map(|t| posix_timer_summary(&t))
             .collect(),
+        parent: match img.parent() {
+            Some(p) => Some(ParentSummary {
+                path: text(img.string(p.path)?),
+                depth: p.depth,
+                from_parent_bytes: img
+                    .segments()
+                    .filter(|s| s.from_parent())
+                    .map(|s| s.len)
+                    .sum(),
+            }),
+            None => None,
+        },
     })
 }
 
@@ -451,6 +476,15 @@ pub fn render_text(s: &Summary) -> String {
         human(s.image_bytes),
         s.format_version
     );
+    if let Some(p) = &s.parent {
+        let _ = writeln!(
+            o,
+            "parent   {} (chain depth {}; {} of pages there)",
+            shown(&p.path),
+            p.depth,
+            human(p.from_parent_bytes)
+        );
+    }
     let _ = writeln!(o, "\nthreads ({}):", s.threads.len());
     for t in &s.threads {
         let r = &t.registers;

@@ -41,21 +41,21 @@ impl Privilege {
 }
 
 /// The task's credentials: `(creds to switch to, no_new_privs)`.
+/// `status`: this process's ([`super::status::Status`]).
 pub fn decide_creds(
     os: &impl Os,
     name: &[u8],
     image: &Image<'static>,
     image_owner: (u32, u32),
     p: &Privilege,
+    status: &super::status::Status,
 ) -> Result<(Option<CredsRecord>, bool), CheckError> {
     let (uids, gids) = (p.uids, p.gids);
     // This process's capabilities and groups: what the task will have,
     // but for what the plan's setgroups/setresuid change.
-    let mut status = [0u8; 4096];
-    let now_creds = os
-        .read_file(b"/proc/self/status", &mut status)
-        .ok()
-        .and_then(|n| creds::parse_status(&status[..n], os.securebits()));
+    let now_creds = status
+        .text()
+        .and_then(|text| creds::parse_status(text, os.securebits()));
     // Never more than the image file's owner has, as with a setuid file:
     // the image is untrusted input, and its owner wrote (or could write)
     // every byte of it.
@@ -201,22 +201,30 @@ pub fn owner_group(os: &impl Os, name: &[u8], owner: (u32, u32)) -> (u32, u32) {
     if uid == 0 {
         return owner;
     }
-    let mut passwd = [0u8; DB_BYTES];
-    let n = os.read_file(b"/etc/passwd", &mut passwd).unwrap_or(0);
+    // The databases are read into scratch memory, not the stack: a frame
+    // of 2 × 64 KiB is touched page by page by the stack probes (32 page
+    // faults on every run), while a fresh mapping faults in only the pages
+    // the reads fill. Without the memory, both count as unreadable.
+    let db = crate::sys::map_scratch(2 * DB_BYTES).unwrap_or(&mut []);
+    let (passwd, group) = db.split_at_mut(db.len() / 2);
+    let n = os.read_file(b"/etc/passwd", passwd).unwrap_or(0);
     let entry = creds::passwd_entry(&passwd[..n], uid);
     let member = entry.is_some_and(|(user, primary)| {
         if primary == file_gid {
             return true;
         }
-        let mut group = [0u8; DB_BYTES];
-        let n = os.read_file(b"/etc/group", &mut group).unwrap_or(0);
+        let n = os.read_file(b"/etc/group", group).unwrap_or(0);
         creds::group_lists(&group[..n], file_gid, user)
     });
+    let primary = entry.map(|(_, primary)| primary);
+    if !db.is_empty() {
+        crate::sys::unmap_window(db);
+    }
     if member {
         return owner;
     }
-    let gid = match entry {
-        Some((_, primary)) => primary,
+    let gid = match primary {
+        Some(primary) => primary,
         None => {
             let mut buf = [0u8; 16];
             os.read_file(b"/proc/sys/kernel/overflowgid", &mut buf)

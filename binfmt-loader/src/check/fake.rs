@@ -67,6 +67,13 @@ pub struct Fake {
     pub made: RefCell<HashMap<Vec<u8>, Made>>,
     /// `O_TMPFILE` fails with this (file systems without it).
     pub tmpfile_error: Option<Errno>,
+    /// What `ARCH_GET_XCOMP_PERM` answers (`None`: XCR0, all permitted).
+    pub permitted: Option<u64>,
+    /// Every path `read_file` read, in order.
+    pub reads: RefCell<Vec<Vec<u8>>>,
+    /// How many times CPUID leaf 0xD was asked (`xsave_component_end`,
+    /// `xsave_size`): each is a VM exit on a virtual machine.
+    pub cpuid_asks: std::cell::Cell<usize>,
 }
 
 /// A file stage 1 made: how, and what it holds now.
@@ -143,6 +150,9 @@ impl Fake {
             mount_flags: 0,
             made: RefCell::new(HashMap::new()),
             tmpfile_error: None,
+            permitted: None,
+            reads: RefCell::new(Vec::new()),
+            cpuid_asks: std::cell::Cell::new(0),
             timer_restore_ids: Ok(()),
             timer_clocks_refused: Vec::new(),
             timer_clocks_probed: RefCell::new(Vec::new()),
@@ -183,6 +193,32 @@ impl Fake {
     pub fn give_terminal(&mut self, fd: i32, size: image_format::records::Winsize) {
         self.give(fd, "/dev/pts/0", sys::S_IFCHR | 0o620);
         self.terminals.insert(fd, size);
+    }
+
+    /// This process's fd `fd` is a memfd `name` of `size` bytes with
+    /// `seals`, made by someone else (a tree restore's orchestrator).
+    pub fn give_memfd(&mut self, fd: i32, name: &str, size: u64, seals: u32) {
+        let how = std::format!("memfd:{name} (given)");
+        self.add(
+            &how,
+            Stat {
+                mode: sys::S_IFREG | 0o777,
+                size,
+                ..Default::default()
+            },
+            Vec::new(),
+        );
+        self.made.borrow_mut().insert(
+            how.clone().into_bytes(),
+            Made {
+                how: how.clone(),
+                mode: 0o777,
+                size,
+                seals,
+                ..Made::default()
+            },
+        );
+        self.open.borrow_mut().insert(fd, how.into_bytes());
     }
 
     /// This process's fd `fd` is open on `path`, a file of type `mode`.
@@ -240,6 +276,14 @@ impl Fake {
 
     pub fn warned(&self, part: &str) -> bool {
         self.warnings.borrow().iter().any(|w| w.contains(part))
+    }
+}
+
+/// The fake CPU's XSAVE layout: AVX (component 2) at its standard place.
+fn component_end(i: u32) -> u32 {
+    match i {
+        2 => 576 + 256,
+        _ => 0,
     }
 }
 
@@ -348,7 +392,7 @@ impl Os for Fake {
         Some(self.xcr0)
     }
     fn xcomp_perm(&self) -> Result<u64, Errno> {
-        Ok(self.xcr0)
+        Ok(self.permitted.unwrap_or(self.xcr0))
     }
     fn request_xcomp_perm(&self, _feature: u32) -> Result<(), Errno> {
         Err(Errno::EINVAL)
@@ -357,10 +401,17 @@ impl Os for Fake {
         0xffff
     }
     fn xsave_component_end(&self, i: u32) -> u32 {
-        match i {
-            2 => 576 + 256,
-            _ => 0,
-        }
+        self.cpuid_asks.set(self.cpuid_asks.get() + 1);
+        component_end(i)
+    }
+    fn xsave_size(&self) -> u32 {
+        self.cpuid_asks.set(self.cpuid_asks.get() + 1);
+        (2..63)
+            .filter(|i| self.xcr0 & (1 << i) != 0)
+            .map(component_end)
+            .max()
+            .unwrap_or(0)
+            .max(576)
     }
     fn report(&self, _name: &[u8], what: core::fmt::Arguments<'_>) {
         self.warnings.borrow_mut().push(std::format!("{what}"));
@@ -420,7 +471,11 @@ impl Os for Fake {
     fn add_seals(&self, fd: i32, seals: u32) -> Result<(), Errno> {
         self.with_made(fd, |m| m.seals |= seals)
     }
+    fn get_seals(&self, fd: i32) -> Result<u32, Errno> {
+        self.with_made(fd, |m| m.seals).map_err(|_| Errno::EINVAL)
+    }
     fn read_file(&self, path: &[u8], buf: &mut [u8]) -> Result<usize, Errno> {
+        self.reads.borrow_mut().push(path.to_vec());
         let f = self.files.get(path).ok_or(Errno::ENOENT)?;
         let n = buf.len().min(f.contents.len());
         buf[..n].copy_from_slice(&f.contents[..n]);

@@ -21,16 +21,19 @@ pub struct LoaderFds {
     /// The first fd number above every fd of the task.
     pub base: i32,
     pub image_fd: i32,
-    /// The caller's stderr, for the plan's failure messages.
+    /// The caller's stderr (or `--report` fd), for the plan's failure
+    /// messages.
     pub err_fd: Option<i32>,
 }
 
 /// Check the task's fd numbers against `RLIMIT_NOFILE` and move the image
-/// fd and a copy of stderr above them.
+/// fd and a copy of stderr (`report_fd`: 2, or the `--report` fd) above
+/// them.
 pub fn place_loader_fds(
     os: &impl Os,
     fds: &Records<'static, FdRecord>,
     raw_image_fd: i32,
+    report_fd: i32,
 ) -> Result<LoaderFds, CheckError> {
     // Each must be one this process may have, or its dup3 would fail after
     // the point of no return.
@@ -72,8 +75,10 @@ pub fn place_loader_fds(
     };
     // The caller's stderr, apart from every fd the task will have: the
     // plan's failure messages must reach the caller, not what the task has
-    // at fd 2. No stderr: messages go to fd 2 as it is then.
-    let err_fd = os.dup_above(2, base).ok();
+    // at fd 2. No stderr: messages go to fd 2 as it is then. With
+    // `--report E` the copy is of E, which the close_range of the plan's
+    // fd step then closes: the copy is the one kept.
+    let err_fd = os.dup_above(report_fd, base).ok();
     Ok(LoaderFds {
         base,
         image_fd,
@@ -121,8 +126,56 @@ impl core::fmt::Display for DroppedList<'_> {
     }
 }
 
+/// The fds of a list, as `3, 4`.
+struct FdList<'a> {
+    fds: &'a Records<'static, FdRecord>,
+    which: fn(&FdRecord) -> bool,
+}
+
+impl core::fmt::Display for FdList<'_> {
+    fn fmt(&self, out: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for (i, f) in self.fds.clone().filter(|f| (self.which)(f)).enumerate() {
+            write!(out, "{}{}", if i == 0 { "" } else { ", " }, f.fd)?;
+        }
+        Ok(())
+    }
+}
+
+fn shared_in_tree(f: &FdRecord) -> bool {
+    f.flags & fd_flags::SHARED_IN_TREE != 0
+}
+
+/// A direct run of one image of a tree dump: the fds the dumped process
+/// shared with others of its tree (`fd_flags::SHARED_IN_TREE`) get
+/// private copies; said once, naming them.
+pub fn warn_shared_in_tree(os: &impl Os, name: &[u8], fds: &Records<'static, FdRecord>) {
+    let n = fds.clone().filter(shared_in_tree).count();
+    if n == 0 {
+        return;
+    }
+    let list = FdList {
+        fds,
+        which: shared_in_tree,
+    };
+    if n == 1 {
+        os.report(
+            name,
+            format_args!(
+                "warning: fd {list} was shared with other processes of the dumped tree; restored alone it is a private copy (use crrestore-tree DIR)"
+            ),
+        );
+    } else {
+        os.report(
+            name,
+            format_args!(
+                "warning: fds {list} were shared with other processes of the dumped tree; restored alone they are private copies (use crrestore-tree DIR)"
+            ),
+        );
+    }
+}
+
 /// Open an fd's file again as the task had it, at its offset.
-fn reopen_fd(
+pub fn reopen_fd(
     os: &impl Os,
     f: &FdRecord,
     path: &'static [u8],
@@ -182,6 +235,15 @@ fn reopen_fd(
 /// each open file description once (`FdMove`s from one fd to every fd
 /// sharing it); stdio that was a terminal, pipe or socket is inherited
 /// (kept).
+///
+/// A tree restore (`placed`: the `--placed` fds) inherits no stdio by
+/// that rule: the placed fds are kept as they are (each checked:
+/// [`super::tree::check_placed`]), every fd sharing a description with a
+/// placed fd is a dup of it, and the others are opened as in a direct
+/// run. A placed fd recorded close-on-exec gets an `FdMove` onto itself,
+/// which the plan makes an `F_SETFD` (the orchestrator's `dup2` cleared
+/// the flag, or `execve` would have closed it).
+#[allow(clippy::too_many_arguments)] // The stage-1 tables, each its own.
 pub fn reopen_fds(
     os: &impl Os,
     name: &[u8],
@@ -189,6 +251,7 @@ pub fn reopen_fds(
     fds: &Records<'static, FdRecord>,
     shmem: &[i32],
     base: i32,
+    placed: Option<&[i32]>,
     scratch: &mut Scratch,
 ) -> Result<(&'static [FdMove], &'static [i32]), CheckError> {
     let n = usize::try_from(fds.len()).unwrap_or(usize::MAX);
@@ -201,17 +264,51 @@ pub fn reopen_fds(
         len: 0,
     };
     let (mut nmoves, mut nkeep, mut nfiles, mut ndescs) = (0, 0, 0, 0);
+    let mut anon = None;
     for f in fds.clone() {
         let path = image
             .string(f.path)
             .map_err(|error| CheckError::Corrupt { error })?;
+        let is_placed = placed.is_some_and(|p| p.contains(&f.fd));
+        // A placed fd of the description comes first, wherever its record
+        // is: the others are its dups, never a second object.
         let known = (f.desc != 0)
-            .then(|| descs[..ndescs].iter().find(|d| d.desc == f.desc))
+            .then(|| {
+                let placed_of_desc = placed.and_then(|p| {
+                    fds.clone()
+                        .find(|g| g.desc == f.desc && p.contains(&g.fd))
+                        .map(|g| g.fd)
+                });
+                placed_of_desc.or_else(|| {
+                    descs[..ndescs]
+                        .iter()
+                        .find(|d| d.desc == f.desc)
+                        .map(|d| d.from)
+                })
+            })
             .flatten()
-            .map(|d| d.from);
+            .filter(|_| !is_placed);
+        let from = if is_placed {
+            super::tree::check_placed(os, &f, path, &mut anon)?;
+            if let Some(slot) = keep.get_mut(nkeep) {
+                *slot = f.fd;
+                nkeep += 1;
+            }
+            if f.flags & fd_flags::CLOEXEC != 0 {
+                if let Some(slot) = moves.get_mut(nmoves) {
+                    *slot = FdMove {
+                        from: f.fd,
+                        to: f.fd,
+                        cloexec: 1,
+                    };
+                    nmoves += 1;
+                }
+            }
+            f.fd
         // Stdio the caller gives is kept as the caller has it, even when
-        // two of them shared a description (the caller's say which).
-        let from = if rules::fd_is_inherited(&f) {
+        // two of them shared a description (the caller's say which); not
+        // in a tree restore, where the orchestrator places what is kept.
+        } else if placed.is_none() && rules::fd_is_inherited(&f) {
             // One slot per record: `nkeep` < `n`.
             if let Some(slot) = keep.get_mut(nkeep) {
                 *slot = f.fd;
@@ -233,6 +330,9 @@ pub fn reopen_fds(
         } else if objects::shmem::backs_fd(&f) {
             objects::shmem::open_fd(os, &f, shmem, base)?
         } else if objects::is_object(f.kind) {
+            if let Some(p) = placed {
+                super::tree::check_not_on_placed_object(&f, fds, p)?;
+            }
             objects::open(os, image, &f, path, base, &mut made)?
         } else {
             reopen_fd(os, &f, path, base)?

@@ -88,3 +88,72 @@ pub fn parse(bytes: &'static [u8]) -> Result<Image<'static>, CheckError> {
     image.verify_segments().map_err(corrupt)?;
     Ok(image)
 }
+
+/// [`parse`] for a lazy restore (`crate::lazy`): every segment's checksum
+/// but those of the segments the page server fills, which it verifies
+/// itself before it copies a page of them (so the time to the task's
+/// first instruction does not grow with its memory).
+pub fn parse_lazy(bytes: &'static [u8]) -> Result<Image<'static>, CheckError> {
+    use image_format::records::{note, SegmentChecksumRecord};
+    use image_format::ImageError;
+    let corrupt = |error| CheckError::Corrupt { error };
+    let image = Image::parse(bytes).map_err(corrupt)?;
+    let mut vmas = image.vmas().map_err(corrupt)?.peekable();
+    let mut sums = image.records::<SegmentChecksumRecord>().map_err(corrupt)?;
+    // The last area's start and whether the server fills it (the rule of
+    // `plan::lazy::is_lazy_area`, from the records and the segments).
+    let mut lazy_area: Option<(u64, bool)> = None;
+    for s in image.segments() {
+        let expected = sums
+            .next()
+            .ok_or(corrupt(ImageError::BadRecords {
+                note_type: note::SEGMENT_CHECKSUMS,
+                what: "missing checksum",
+            }))?
+            .checksum;
+        // Both sorted; parse checked that each segment lies in one area.
+        while vmas.next_if(|v| v.end <= s.vaddr).is_some() {}
+        let lazy = match vmas.peek() {
+            Some(v) if lazy_area.is_some_and(|(start, _)| start == v.start) => {
+                lazy_area.is_some_and(|(_, lazy)| lazy)
+            }
+            Some(v) => {
+                let area = crate::plan::TargetVma {
+                    start: v.start,
+                    end: v.end,
+                    pgoff: v.pgoff,
+                    prot: v.prot,
+                    flags: v.flags,
+                    kind: v.kind,
+                    fd: if v.object == 0 { -1 } else { 0 },
+                };
+                // Its stored bytes: the segments from this one on inside it.
+                let stored: u64 = (s.index..image.segment_count())
+                    .map_while(|i| image.segment(i).ok())
+                    .take_while(|t| t.vaddr < v.end)
+                    .map(|t| t.len)
+                    .sum();
+                let lazy = crate::plan::lazy::is_lazy_vma(&area)
+                    && stored >= crate::plan::lazy::LAZY_WORTH;
+                lazy_area = Some((v.start, lazy));
+                lazy
+            }
+            None => false,
+        };
+        // A parent image's pages are checked with the chain
+        // (`crate::parent`).
+        if lazy || s.from_parent() {
+            continue;
+        }
+        let found = image_format::checksum(image.segment_bytes(&s));
+        if found != expected {
+            return Err(corrupt(ImageError::SegmentChecksumMismatch {
+                index: s.index,
+                vaddr: s.vaddr,
+                expected,
+                found,
+            }));
+        }
+    }
+    Ok(image)
+}

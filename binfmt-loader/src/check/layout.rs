@@ -3,7 +3,7 @@
 //! must have the target's shape: the plan moves it onto the old one).
 
 use super::os::Os;
-use super::scratch::{Scratch, MAX_MAPS};
+use super::scratch::{Scratch, MAPS_TEXT, MAX_MAPS};
 use super::CheckError;
 use crate::maps::{self, MapKind, MapsEntry};
 use crate::plan::{Range, VdsoBlock};
@@ -22,9 +22,11 @@ pub fn read_loader_layout(
     target_vdso: &VdsoBlock,
     scratch: &mut Scratch,
 ) -> Result<LoaderLayout, CheckError> {
-    let mut text = [0u8; 32 * 1024];
+    // In scratch memory, not on the stack: the stack probes would touch
+    // (fault in) all of its pages, the read fills only what the text needs.
+    let text = scratch.take::<u8>("maps text", MAPS_TEXT)?;
     let n = os
-        .read_file(b"/proc/self/maps", &mut text)
+        .read_file(b"/proc/self/maps", text)
         .map_err(|errno| CheckError::ProcMaps { errno })?;
     // A full buffer may have cut the list: a mapping the window search
     // does not know of would be unmapped or overlapped after the point of

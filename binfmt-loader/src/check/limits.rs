@@ -9,6 +9,7 @@ use image_format::{read::Records, Image};
 
 use super::os::Os;
 use super::scratch::{Scratch, MAX_ITIMERS, MAX_RLIMITS, MAX_SIGACTIONS};
+use super::status::Status;
 use super::CheckError;
 use crate::validate;
 
@@ -65,13 +66,17 @@ fn copy_records<T: Record>(
 }
 
 /// Copy the records and check them against this process's limits.
+/// `status`: this process's, to leave out the signal actions it already
+/// has ([`actions_to_set`]).
 pub fn process_records(
     os: &impl Os,
     image: &Image<'static>,
     notes: &RecordNotes,
+    status: &Status,
     scratch: &mut Scratch,
 ) -> Result<ProcessRecords, CheckError> {
     let sigactions = copy_records(&notes.sigactions, scratch, "sigactions", MAX_SIGACTIONS)?;
+    let sigactions = actions_to_set(sigactions, status.not_default());
     let rlimits = copy_records(&notes.rlimits, scratch, "rlimits", MAX_RLIMITS)?;
     let itimers = copy_records(&notes.itimers, scratch, "itimers", MAX_ITIMERS)?;
     let pending = copy_records(&notes.pending, scratch, "pending signals", usize::MAX)?;
@@ -86,6 +91,36 @@ pub fn process_records(
         itimers,
         pending,
     })
+}
+
+/// The signal actions the plan must set, moved to the front of `all`:
+/// those that differ from what this process has. An `execve` left every
+/// action `SIG_DFL` with no flags, mask or restorer, but those ignored
+/// (`SIG_IGN`, flags and mask cleared too), and the loader sets none of
+/// its own; so a record of exactly that default, for a signal this process
+/// neither ignores nor catches (`not_default`, from its status), would
+/// change nothing: most of a task's 64 are such, each an `rt_sigaction` of
+/// the switch. Unknown (`None`): all are set.
+pub fn actions_to_set(
+    all: &'static mut [SigactionRecord],
+    not_default: Option<u64>,
+) -> &'static [SigactionRecord] {
+    let Some(not_default) = not_default else {
+        return all;
+    };
+    let unchanged = |s: &SigactionRecord| {
+        let bit = s.signo.checked_sub(1).filter(|&b| b < 64);
+        bit.is_some_and(|b| not_default & (1 << b) == 0)
+            && (s.handler, s.flags, s.restorer, s.mask) == (0, 0, 0, 0)
+    };
+    let mut kept = 0;
+    for i in 0..all.len() {
+        if !unchanged(&all[i]) {
+            all.swap(kept, i);
+            kept += 1;
+        }
+    }
+    &all[..kept]
 }
 
 /// Lower the hard limits this process may not raise (that needs

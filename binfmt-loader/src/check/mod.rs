@@ -25,6 +25,7 @@ use core::fmt;
 use image_format::records::{vma_flags, FdRecord, VmaRecord};
 use image_format::{read::Records, Image, ImageError};
 
+use crate::args::LoaderArgs;
 use crate::maps;
 use crate::memlimits::{self, LimitError};
 use crate::message::Lossy;
@@ -47,6 +48,8 @@ pub mod os;
 pub mod posix_timers;
 pub mod scratch;
 pub mod stable;
+pub mod status;
+pub mod tree;
 
 #[cfg(test)]
 mod fake;
@@ -78,6 +81,11 @@ pub enum CheckError {
     },
     Corrupt {
         error: ImageError,
+    },
+    /// The chain of parent images of an incremental image
+    /// ([`crate::parent`]).
+    Parent {
+        error: crate::parent::ParentError,
     },
     /// A rule the image alone decides ([`rules::check_image`], which the
     /// dumper runs too).
@@ -285,6 +293,33 @@ pub enum CheckError {
     PosixTimer {
         error: crate::posix_timers::PosixTimerError,
     },
+    /// An fd the tree restorer named (`what`: its option) is not one it
+    /// can be ([`tree`]).
+    TreeFd {
+        fd: i32,
+        what: &'static str,
+        why: &'static str,
+    },
+    /// The shared memory object `name` given at `fd` (`--shmem`) has
+    /// `size` bytes, not the recorded `want`.
+    GivenObjectSize {
+        name: &'static [u8],
+        fd: i32,
+        size: u64,
+        want: u64,
+    },
+    /// Placed fd `fd` is not what the image recorded there (`now`: its
+    /// `st_mode`).
+    PlacedKind {
+        fd: i32,
+        kind: u32,
+        path: &'static [u8],
+        now: u32,
+    },
+    /// A lazy restore cannot be made here (`crate::lazy`).
+    Lazy {
+        error: crate::lazy::LazyError,
+    },
 }
 
 impl CheckError {
@@ -296,7 +331,12 @@ impl CheckError {
             | CheckError::ImageBeingWritten
             | CheckError::ImageNotRegular { .. } => ExitCode::ImageUnreadable,
             CheckError::Rule { error } => error.exit_code(),
+            CheckError::Parent { error } => error.exit_code(),
             CheckError::PosixTimer { error } => error.exit_code(),
+            CheckError::Lazy { error } => error.exit_code(),
+            CheckError::TreeFd { .. } => ExitCode::Usage,
+            CheckError::GivenObjectSize { .. } => ExitCode::FileChanged,
+            CheckError::PlacedKind { .. } => ExitCode::FileChanged,
             CheckError::Corrupt { .. }
             | CheckError::NoThread
             | CheckError::BadXsave { .. }
@@ -345,13 +385,14 @@ impl CheckError {
 impl fmt::Display for CheckError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            CheckError::Usage => write!(f, "usage: crimg-loader IMAGE [--same-ids] (or run the image through binfmt_misc)"),
+            CheckError::Usage => write!(f, "{} (or run the image through binfmt_misc)", crate::args::USAGE),
             CheckError::OpenImage { errno } => write!(f, "cannot open the image: {errno}"),
             CheckError::MapImage { errno } => write!(f, "cannot read the image: {errno}"),
             CheckError::ImageNotRegular { now } => {
                 write!(f, "the image is not a regular file: it is {}", files::file_type_name(now))
             }
             CheckError::Corrupt { error } => write!(f, "corrupt image: {error}"),
+            CheckError::Parent { error } => write!(f, "{error}"),
             CheckError::Rule { error } => write!(f, "{error}"),
             CheckError::NoThread => write!(f, "corrupt image: no thread"),
             CheckError::FileMissing { what, path, errno } => {
@@ -495,6 +536,19 @@ impl fmt::Display for CheckError {
                 object.offset, object.len
             ),
             CheckError::PosixTimer { error } => write!(f, "{error}"),
+            CheckError::TreeFd { fd, what, why } => write!(f, "fd {fd} of {what}: {why}"),
+            CheckError::GivenObjectSize { name, fd, size, want } => write!(
+                f,
+                "shared memory object {} given at fd {fd} has {size} bytes, the image {want}",
+                Lossy(name)
+            ),
+            CheckError::PlacedKind { fd, kind, path, now } => write!(
+                f,
+                "placed fd {fd} is not what the image had there ({}, kind {kind}): it is {}",
+                Lossy(path),
+                files::file_type_name(now & crate::sys::S_IFMT)
+            ),
+            CheckError::Lazy { error } => write!(f, "{error}"),
             CheckError::ImageBeingWritten => write!(
                 f,
                 "the image is being written by another process (it changed, or a writer waits for it, since it was checked); run it once it is complete"
@@ -513,13 +567,16 @@ pub struct Checked {
     pub range_scratch: &'static mut [Range],
     /// How the image is held still until the plan has loaded it.
     pub hold: stable::Hold,
+    /// The image's parents (an incremental image), held still likewise.
+    pub chain: crate::parent::Chain,
 }
 
 impl Checked {
     /// Whether the image is still what was checked ([`stable`]): the
     /// loader's last question before the point of no return.
     pub fn still_same(&self, os: &impl Os) -> Result<(), CheckError> {
-        stable::still_same(os, self.input.image_fd, &self.hold)
+        stable::still_same(os, self.input.image_fd, &self.hold)?;
+        self.chain.still_same(os)
     }
 }
 
@@ -530,22 +587,49 @@ struct Notes {
 }
 
 /// Run every check; on success everything the plan needs is open and known.
-pub fn check(startup: &Startup) -> Result<Checked, CheckError> {
+/// `args`: the loader's options (a tree restore's fds).
+pub fn check(startup: &Startup, args: &LoaderArgs) -> Result<Checked, CheckError> {
     let os = kernel_os();
     let (name, fd) = image::open_image(&os, startup)?;
-    check_fd(&os, name, fd)
+    check_fd_with(&os, name, fd, args)
 }
 
-/// [`check`] of the image open at `fd` (`name`: for messages).
+/// [`check`] of the image open at `fd` (`name`: for messages), as a direct
+/// run.
 pub fn check_fd(os: &impl Os, name: &'static [u8], fd: i32) -> Result<Checked, CheckError> {
+    check_fd_with(os, name, fd, &LoaderArgs::default())
+}
+
+/// [`check_fd`] with the loader's options `args`.
+pub fn check_fd_with(
+    os: &impl Os,
+    name: &'static [u8],
+    fd: i32,
+    args: &LoaderArgs,
+) -> Result<Checked, CheckError> {
     let mapped = image::map_image(os, name, fd)?;
-    check_mapped(os, mapped)
+    check_mapped(os, mapped, args)
 }
 
 /// Every check of an image already open and mapped.
-fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, CheckError> {
+fn check_mapped(
+    os: &impl Os,
+    mapped: image::MappedImage,
+    args: &LoaderArgs,
+) -> Result<Checked, CheckError> {
     let name = mapped.name;
-    let image = image::parse(mapped.bytes)?;
+    let image = if args.lazy {
+        image::parse_lazy(mapped.bytes)?
+    } else {
+        image::parse(mapped.bytes)?
+    };
+    // The parents of an incremental image, each checked like the image.
+    let mut chain = crate::parent::open_chain(os, name, mapped.fd, image, mapped.owner.0)?;
+    if args.lazy && chain.parents() > 0 {
+        return Err(CheckError::Parent {
+            error: crate::parent::ParentError::LazyNotBuilt,
+        });
+    }
     // What the image alone decides, first: the dumper ran the same rules
     // before it killed the process.
     let mmap_min_addr = limits::read_mmap_min_addr(os);
@@ -561,7 +645,8 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
     let record_notes = limits::RecordNotes::find(&image)?;
     let tables = Tables {
         vmas: usize::try_from(notes.vmas.len()).unwrap_or(usize::MAX),
-        segments: usize::try_from(image.segment_count()).unwrap_or(usize::MAX),
+        // One page load per segment, or per piece of one the parents hold.
+        segments: chain.load_count()?,
         fds: usize::try_from(notes.fds.len()).unwrap_or(usize::MAX),
         pending: limits::count(&record_notes.pending, usize::MAX),
         sigactions: limits::count(&record_notes.sigactions, scratch::MAX_SIGACTIONS),
@@ -575,19 +660,27 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
             .map_or(0, |r| usize::try_from(r.len()).unwrap_or(usize::MAX)),
     };
     let mut scratch = Scratch::map(&tables)?;
-    let records = limits::process_records(os, &image, &record_notes, &mut scratch)?;
+    let status = status::Status::read(os);
+    let records = limits::process_records(os, &image, &record_notes, &status, &mut scratch)?;
     let posix_timers = posix_timers::check_posix_timers(os, &image)?;
 
     // Fd numbers the task uses; everything the loader opens goes above.
-    let loader_fds = fds::place_loader_fds(os, &notes.fds, mapped.fd)?;
+    let loader_fds = fds::place_loader_fds(os, &notes.fds, mapped.fd, args.report.unwrap_or(2))?;
     let base = loader_fds.base;
+    chain.place_fds(os, loader_fds.image_fd, base)?;
+    if args.tree {
+        tree::check_tree_fds(os, args, &notes.fds)?;
+    } else {
+        fds::warn_shared_in_tree(os, name, &notes.fds);
+    }
 
     let owner = credentials::image_owner(os, name, loader_fds.image_fd, mapped.owner);
     let owner = credentials::owner_group(os, name, owner);
     // The credentials first: every path the image names is opened as the
     // task will be (`credentials::as_task`), never with this process's.
     let privilege = credentials::Privilege::of(os);
-    let (creds, no_new_privs) = credentials::decide_creds(os, name, &image, owner, &privilege)?;
+    let (creds, no_new_privs) =
+        credentials::decide_creds(os, name, &image, owner, &privilege, &status)?;
     // The other threads get their tids back only with set_tid (privileged).
     // Whether a tid is free is found by creating the thread, before the
     // point of no return (`crate::threads`, which also says when they get
@@ -596,8 +689,14 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
     let ((vmas, target_vdso), exe_fd, cwd_fd, (fd_moves, keep_fds), late_seals) =
         credentials::as_task(os, creds.as_ref(), || {
             // Objects first: areas and fds use them.
-            let objects =
-                crate::objects::shmem::create_objects(os, name, &image, base, &mut scratch)?;
+            let objects = crate::objects::shmem::create_objects(
+                os,
+                name,
+                &image,
+                base,
+                if args.tree { args.shmem() } else { &[] },
+                &mut scratch,
+            )?;
             let mapped_files = files::open_mapped_files(
                 os,
                 name,
@@ -616,6 +715,7 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
                 &notes.fds,
                 objects.fds,
                 base,
+                args.tree.then(|| args.placed()),
                 &mut scratch,
             )?;
             Ok((mapped_files, exe_fd, cwd_fd, fds, objects.late_seals))
@@ -626,7 +726,7 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
     let epoll_adds = crate::objects::epoll::adds(os, name, &image, &notes.fds, &mut scratch)?;
     let timerfd_arms = crate::objects::timerfd::arms(os, name, &image, &notes.fds, &mut scratch)?;
     let inotify_drains = crate::objects::inotify::drains(&image, &notes.fds, &mut scratch)?;
-    let loads = page_loads(&image, &mut scratch)?;
+    let loads = page_loads(&chain, &mut scratch)?;
     files::check_object_areas(&image, vmas, loads)?;
     warn_read_only_shared(os, name, vmas, loads);
     limits::lower_rlimits(os, name, records.rlimits);
@@ -638,8 +738,26 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
         scratch.take::<Range>("window search", vmas.len() + loader.maps.len() + 4)?;
 
     let process = image.process();
+    // A lazy restore with nothing to leave to a server is an eager one.
+    let lazy = if args.lazy && crate::plan::lazy::any_lazy(vmas, loads) {
+        let fill = crate::lazy::prepare().map_err(|error| CheckError::Lazy { error })?;
+        // The server reads the image after the task runs: only while a
+        // lease holds it still (and tells when a writer comes).
+        if !matches!(mapped.hold, stable::Hold::Lease) {
+            crate::lazy::abandon(fill);
+            let error = crate::lazy::LazyError::NoLease;
+            return Err(CheckError::Lazy { error });
+        }
+        Some(fill)
+    } else {
+        None
+    };
     let input = PlanInput {
         image_fd: loader_fds.image_fd,
+        fill_uffd: (lazy.is_none() && crate::plan::wants_fill_copies(vmas, loads))
+            .then(crate::sys::uffd::open_for_fill)
+            .flatten(),
+        lazy,
         vmas,
         loads,
         loader_maps: loader.maps,
@@ -658,6 +776,7 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
         keep_fds,
         terminals,
         err_fd: loader_fds.err_fd,
+        barrier: args.barrier.filter(|_| args.tree),
         epoll_adds,
         inotify_drains,
         timerfd_arms,
@@ -682,27 +801,21 @@ fn check_mapped(os: &impl Os, mapped: image::MappedImage) -> Result<Checked, Che
         input,
         range_scratch,
         hold: mapped.hold,
+        chain,
     };
-    check_memory(os, &checked, privilege.caps)?;
+    check_memory(os, &checked, privilege.caps, &status)?;
     Ok(checked)
 }
 
-/// Where each segment's stored pages go.
+/// Where each segment's stored pages go (for an incremental image, the
+/// pieces its parents hold, from their fds).
 fn page_loads(
-    image: &Image<'static>,
+    chain: &crate::parent::Chain,
     scratch: &mut Scratch,
 ) -> Result<&'static [PageLoad], CheckError> {
-    let n = usize::try_from(image.segment_count()).unwrap_or(usize::MAX);
+    let n = chain.load_count()?;
     let loads = scratch.take::<PageLoad>("page loads", n)?;
-    let mut filled = 0;
-    for (slot, s) in loads.iter_mut().zip(image.segments()) {
-        *slot = PageLoad {
-            vaddr: s.vaddr,
-            offset: s.offset,
-            len: s.len,
-        };
-        filled += 1;
-    }
+    let filled = chain.fill_loads(loads)?;
     // Every segment has its load: a short table would restore no pages.
     if filled != n {
         return Err(CheckError::ScratchShort {
@@ -739,10 +852,16 @@ fn warn_read_only_shared(os: &impl Os, name: &[u8], vmas: &[TargetVma], loads: &
 
 /// The kernel's limits on the areas the plan will map (with the window it
 /// will run from), then the kernel's support for the area kinds they need.
-fn check_memory(os: &impl Os, checked: &Checked, caps: u64) -> Result<(), CheckError> {
+fn check_memory(
+    os: &impl Os,
+    checked: &Checked,
+    caps: u64,
+    status: &status::Status,
+) -> Result<(), CheckError> {
     let input = &checked.input;
     let window = crate::plan::WindowLayout::for_input(input).size;
-    let facts = memlimits::read_facts(caps);
+    let locked = input.vmas.iter().any(|v| v.flags & vma_flags::LOCKED != 0);
+    let facts = memlimits::read_facts(caps, locked);
     memlimits::check(input.vmas, input.loads, window, &facts)
         .map_err(|error| CheckError::MemoryLimit { error })?;
     if let Some(errno) = mm_state::thp_advice_refused(input.vmas) {
@@ -756,10 +875,7 @@ fn check_memory(os: &impl Os, checked: &Checked, caps: u64) -> Result<(), CheckE
     mm_state::probe_kernel(input.vmas, checked.image.process().flags)
         .map_err(|error| CheckError::MmState { error })?;
     files::check_exec_mappings(&checked.image, input.vmas)?;
-    let mut status = [0u8; 4096];
-    let sigq = crate::sys::read_small_file(b"/proc/self/status", &mut status)
-        .ok()
-        .and_then(|n| crate::plan::parse_sigq(&status[..n]));
+    let sigq = status.text().and_then(crate::plan::parse_sigq);
     crate::plan::check_sigqueue(input.pending, input.rlimits, sigq)
         .map_err(|error| CheckError::SigQueue { error })?;
     posix_timers::fit_sigqueue(input.posix_timers.len(), input.pending, input.rlimits, sigq)

@@ -66,6 +66,9 @@ pub trait Os {
     fn mxcsr_mask(&self) -> u32;
     /// Where XSAVE component `i` ends (CPUID leaf 0xD).
     fn xsave_component_end(&self, i: u32) -> u32;
+    /// The standard-format XSAVE area size for every feature enabled in
+    /// XCR0 (CPUID leaf 0xD, 0: EBX): where the last of them ends.
+    fn xsave_size(&self) -> u32;
     /// A warning or error line about image `name` for the caller.
     fn report(&self, name: &[u8], what: fmt::Arguments<'_>);
 
@@ -89,6 +92,9 @@ pub trait Os {
     fn fchmod(&self, fd: i32, mode: u32) -> Result<(), Errno>;
     /// `fcntl(fd, F_ADD_SEALS, seals)`.
     fn add_seals(&self, fd: i32, seals: u32) -> Result<(), Errno>;
+    /// `fcntl(fd, F_GET_SEALS)`: the seals of a memfd or other shmem file
+    /// (`EINVAL` for a file of any other file system).
+    fn get_seals(&self, fd: i32) -> Result<u32, Errno>;
 
     /// The start of a small file (`/proc/...`) into `buf`: up to
     /// `buf.len()` bytes, read in order (`/proc` files are not all

@@ -15,6 +15,9 @@ use crate::plan::{FdMove, PageLoad, Range, TargetVma};
 
 /// The most `/proc/self/maps` lines of the loader's own layout.
 pub const MAX_MAPS: usize = 512;
+/// The most bytes of `/proc/self/maps` text read (a fuller read is refused:
+/// the list may be cut).
+pub const MAPS_TEXT: usize = 32 * 1024;
 /// Records stage 1 keeps at most (the rules refuse more: `validate`).
 pub const MAX_SIGACTIONS: usize = 64;
 pub const MAX_RLIMITS: usize = 16;
@@ -96,6 +99,7 @@ impl Tables {
             table_bytes::<crate::plan::EpollAdd>(self.epoll_items)?,
             table_bytes::<crate::plan::TimerfdArm>(self.fds)?,
             table_bytes::<crate::plan::InotifyDrain>(self.fds)?,
+            table_bytes::<u8>(MAPS_TEXT)?,
             table_bytes::<Range>(MAX_MAPS)?,
             // The window search's: target VMAs, loader maps, 4 more.
             table_bytes::<Range>(self.vmas.checked_add(MAX_MAPS + 4)?)?,
@@ -180,6 +184,7 @@ mod tests {
         s.take::<crate::plan::EpollAdd>("epoll items", t.epoll_items)?;
         s.take::<crate::plan::TimerfdArm>("timerfd arms", t.fds)?;
         s.take::<crate::plan::InotifyDrain>("inotify drains", t.fds)?;
+        s.take::<u8>("maps text", MAPS_TEXT)?;
         s.take::<Range>("loader maps", MAX_MAPS)?;
         s.take::<Range>("window search", t.vmas + MAX_MAPS + 4)?;
         Ok(())
@@ -187,7 +192,8 @@ mod tests {
 
     #[test]
     fn a_short_scratch_is_an_error_not_an_empty_table() {
-        let mut s = Scratch::new(leak(100));
+        // Room for four loads and a little more, not five.
+        let mut s = Scratch::new(leak(4 * size_of::<PageLoad>() + 4));
         assert!(matches!(
             s.take::<PageLoad>("loads", 5),
             Err(CheckError::ScratchShort {

@@ -17,6 +17,7 @@ use zerocopy::FromZeros;
 use super::fake::Fake;
 use super::image::MappedImage;
 use super::{check_mapped, stable, CheckError, Checked};
+use crate::args::LoaderArgs;
 use crate::sys::{self, Errno, Stat};
 use crate::ExitCode;
 
@@ -267,6 +268,17 @@ fn run(
     code: Vec<u8>,
     owner: (u32, u32),
 ) -> Result<Checked, CheckError> {
+    run_with(os, state, code, owner, &LoaderArgs::default())
+}
+
+/// [`run`] with the loader's options `args`.
+fn run_with(
+    os: &Fake,
+    state: &TaskState,
+    code: Vec<u8>,
+    owner: (u32, u32),
+    args: &LoaderArgs,
+) -> Result<Checked, CheckError> {
     let bytes = image_bytes(state, code);
     check_mapped(
         os,
@@ -277,6 +289,7 @@ fn run(
             bytes,
             hold: stable::Hold::Lease,
         },
+        args,
     )
 }
 
@@ -1210,3 +1223,6 @@ fn a_copy_of_a_stdio_terminal_fd_is_refused_when_the_callers_is_no_terminal() {
 }
 
 mod event_objects;
+mod fixed_costs;
+#[cfg(test)]
+mod tree_mode;

@@ -27,12 +27,19 @@
 //!   task: `credentials::as_task`).
 //! - A saved shared-mapped file ([`shmem_kind::RECREATE`]) is made only
 //!   when its path is missing ([`recreate`], called by `check::files`).
+//! - In a tree restore, an object several processes of the tree share is
+//!   made once by the orchestrator and given by fd (`--shmem IDX=FD`):
+//!   checked ([`given_object`]: a shmem file of the recorded size), used
+//!   as it is (nothing created, no content written, no seal added), its
+//!   areas mapped from it and filled with their stored pages by the plan
+//!   as usual (every sharer writes the same bytes).
 
 use image_format::records::{
     fd_flags, fd_kind, seals, shmem_flags, shmem_kind, FdRecord, ShmemRecord,
 };
 use image_format::Image;
 
+use crate::args::ShmemFd;
 use crate::check::os::Os;
 use crate::check::scratch::Scratch;
 use crate::check::CheckError;
@@ -52,22 +59,44 @@ pub struct Made {
     pub late_seals: &'static [LateSeal],
 }
 
-/// Make every object of `image`'s SHMEM note.
+/// Make every object of `image`'s SHMEM note, but those `given` by the
+/// tree restorer (`--shmem`: empty in a direct run).
 pub fn create_objects(
     os: &impl Os,
     name: &[u8],
     image: &Image<'static>,
     base: i32,
+    given: &[ShmemFd],
     scratch: &mut Scratch,
 ) -> Result<Made, CheckError> {
     let corrupt = |error| CheckError::Corrupt { error };
     let records = image.records::<ShmemRecord>().map_err(corrupt)?;
     let n = usize::try_from(records.len()).unwrap_or(usize::MAX);
+    if let Some(g) = given
+        .iter()
+        .find(|g| usize::try_from(g.index).map_or(true, |i| i > n))
+    {
+        return Err(CheckError::TreeFd {
+            fd: g.fd,
+            what: "--shmem",
+            why: "the image has no shared memory object of that index",
+        });
+    }
     let fds = scratch.take::<i32>("shared memory objects", n)?;
     let late = scratch.take::<LateSeal>("late seals", n)?;
     let mut nlate = 0;
-    for (slot, r) in fds.iter_mut().zip(records) {
+    for (i, (slot, r)) in fds.iter_mut().zip(records).enumerate() {
         let object = image.string(r.name).map_err(corrupt)?;
+        let index = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        if let Some(g) = given.iter().find(|g| g.index == index) {
+            // The orchestrator owns the object: it made it, wrote its
+            // content and sealed it once for every sharer; the late seals
+            // (`F_SEAL_FUTURE_WRITE`) too are its to add, once every
+            // sharer has mapped it, so none is added here (one loader's
+            // seal would refuse the writable mappings of the others).
+            *slot = given_object(os, &r, object, g.fd)?;
+            continue;
+        }
         let content = if r.flags & shmem_flags::WHOLE_CONTENT != 0 {
             image.string(r.content).map_err(corrupt)?
         } else {
@@ -120,8 +149,43 @@ pub fn create_objects(
     })
 }
 
+/// Check the object the tree restorer gave at `fd` for record `r`: a
+/// memfd or shared anonymous memory object of the image, and at `fd` a
+/// shmem file (it has seals to ask for: memfds and tmpfs files do) of the
+/// recorded size.
+fn given_object(
+    os: &impl Os,
+    r: &ShmemRecord,
+    object: &'static [u8],
+    fd: i32,
+) -> Result<i32, CheckError> {
+    let tree_fd = |why| CheckError::TreeFd {
+        fd,
+        what: "--shmem",
+        why,
+    };
+    if !matches!(r.kind, shmem_kind::MEMFD | shmem_kind::SHARED_ANON) {
+        return Err(tree_fd(
+            "the image's object of that index is not a memfd or shared memory",
+        ));
+    }
+    let st = os.fstat(fd).map_err(|_| tree_fd("it is not open"))?;
+    if st.mode & crate::sys::S_IFMT != crate::sys::S_IFREG || os.get_seals(fd).is_err() {
+        return Err(tree_fd("it is not a memfd or shared memory file"));
+    }
+    if st.size != r.size {
+        return Err(CheckError::GivenObjectSize {
+            name: object,
+            fd,
+            size: st.size,
+            want: r.size,
+        });
+    }
+    Ok(fd)
+}
+
 /// An error of making object `object` at `step`.
-fn failed(object: &'static [u8], step: &'static str) -> impl Fn(Errno) -> CheckError {
+pub fn failed(object: &'static [u8], step: &'static str) -> impl Fn(Errno) -> CheckError {
     move |errno| CheckError::ShmemObject {
         name: object,
         step,
@@ -135,12 +199,12 @@ fn above(os: &impl Os, fd: Result<i32, Errno>, base: i32) -> Result<i32, Errno> 
 }
 
 /// A memfd name the kernel takes: at most 249 bytes.
-fn memfd_name(name: &[u8]) -> &[u8] {
+pub fn memfd_name(name: &[u8]) -> &[u8] {
     &name[..name.len().min(249)]
 }
 
 /// Size the new file and write its saved content.
-fn fill(
+pub fn fill(
     os: &impl Os,
     fd: i32,
     object: &'static [u8],

@@ -46,9 +46,11 @@ use image_format::records::{
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 pub mod abi;
+mod barrier;
 mod builder;
 pub mod epoll;
 pub mod inotify;
+pub mod lazy;
 mod posix_timers;
 pub mod printer;
 mod process;
@@ -67,7 +69,7 @@ pub use thread_ops::{
     XFEATURE_MASK_USER_DYNAMIC,
 };
 pub use timerfds::TimerfdArm;
-pub use vmas::{maps_read_only_shared, LateSeal};
+pub use vmas::{copies_by_uffd, maps_read_only_shared, wants_fill_copies, LateSeal};
 pub use window::{
     choose_window, find_free, occupied_ranges, WindowLayout, STACK_GUARD_GAP, THREAD_STACK,
     WINDOW_GAP, WINDOW_STACK,
@@ -151,7 +153,9 @@ impl TargetVma {
     }
 }
 
-/// Stored pages: `len` bytes at image offset `offset` belong at `vaddr`.
+/// Stored pages: `len` bytes at offset `offset` of the image open at `fd`
+/// belong at `vaddr` (`fd`: the image's own, or a parent image's for an
+/// incremental image, `crate::parent`).
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
 )]
@@ -160,6 +164,8 @@ pub struct PageLoad {
     pub vaddr: u64,
     pub offset: u64,
     pub len: u64,
+    pub fd: i32,
+    pub _pad: u32,
 }
 
 /// The kernel's vDSO block (`[vvar]`, `[vvar_vclock]`, `[vdso]`), in order.
@@ -242,6 +248,13 @@ pub struct ThreadInput<'a> {
 #[derive(Clone, Copy, Debug)]
 pub struct PlanInput<'a> {
     pub image_fd: i32,
+    /// A userfaultfd stage 1 made for the fill (`crate::sys::uffd`): the
+    /// plan copies pages with it and closes it. `None`: every page by
+    /// `pread`.
+    pub fill_uffd: Option<i32>,
+    /// A lazy restore (`--lazy`): the task's userfaultfd and the socket
+    /// to the page server (`lazy::LazyFill`); `None`: an eager one.
+    pub lazy: Option<lazy::LazyFill>,
     /// Sorted by address, not overlapping (special mappings included).
     pub vmas: &'a [TargetVma],
     pub loads: &'a [PageLoad],
@@ -273,6 +286,10 @@ pub struct PlanInput<'a> {
     /// failure messages; kept through the fd step and closed once no
     /// thread can fail any more. `None`: messages go to fd 2.
     pub err_fd: Option<i32>,
+    /// A tree restore's barrier (`--barrier R,G`): its fds are kept
+    /// through the fd step, and the plan writes a byte to `ready` and
+    /// reads one from `go` once the memory and the threads are back.
+    pub barrier: Option<crate::args::Barrier>,
     /// Inotify instances to drain of the restore's own events.
     pub inotify_drains: &'a [InotifyDrain],
     /// Epoll items to add once the fds are in place.
@@ -474,7 +491,7 @@ pub fn build_plan(
     vmas::park_vdso(&mut b, input, park)?;
     vmas::unmap_loader(&mut b, window)?;
     vmas::build_vmas(&mut b, input)?;
-    vmas::fill_pages(&mut b, input)?;
+    vmas::fill_pages(&mut b, input, window)?;
     vmas::finish_vmas(&mut b, input)?;
     vmas::late_seals(&mut b, input)?;
     vmas::place_vdso(&mut b, input, park)?;
@@ -491,6 +508,7 @@ pub fn build_plan(
     let exit = Exit::for_input(input);
     let others = thread_ops::other_threads(&mut b, input, window, &lay)?;
     process::pending_signals(&mut b, input)?;
+    barrier::barrier(&mut b, input)?;
     posix_timers::create(&mut b, input, &others)?;
     process::timers(&mut b, input)?;
     timerfds::arm_timerfds(&mut b, input)?;

@@ -104,6 +104,10 @@ pub fn syscall_name(n: u64) -> &'static str {
         nr::RT_SIGRETURN => "rt_sigreturn",
         nr::CLONE3 => "clone3",
         nr::FUTEX => "futex",
+        nr::READ => "read",
+        nr::WRITE => "write",
+        nr::CLOSE => "close",
+        nr::FCNTL => "fcntl",
         crate::sys::terminal::IOCTL => "ioctl",
         _ => "syscall",
     }

@@ -17,6 +17,9 @@ use crate::sys::{self, nr};
 const PR_SET_MM: u64 = 35;
 const PR_SET_MM_MAP: u64 = 14;
 pub(super) const EPERM: u64 = 1;
+/// `fcntl` `F_SETFD`, `FD_CLOEXEC`.
+const F_SETFD: u64 = 2;
+const FD_CLOEXEC: u64 = 1;
 
 /// `struct prctl_mm_map`.
 #[derive(Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -133,9 +136,20 @@ pub(super) fn process_state(b: &mut Builder<'_>, input: &PlanInput<'_>) -> Resul
 
 /// Step 7: every opened fd into place, then close everything else (the
 /// image, the mapped files, anything the caller leaked) but the kept fds
-/// and the error fd.
+/// and the error fd (and the barrier's fds, closed after it).
+/// A move of an fd onto itself (a placed fd of a tree restore) sets its
+/// `FD_CLOEXEC` instead: dup3 refuses `from == to`.
 pub(super) fn files(b: &mut Builder<'_>, input: &PlanInput<'_>) -> Result<(), PlanError> {
     for m in input.fd_moves {
+        if m.from == m.to {
+            b.sys(
+                rule::OK,
+                nr::FCNTL,
+                [int_arg(m.to), F_SETFD, FD_CLOEXEC, 0, 0, 0],
+                format_args!("fcntl F_SETFD FD_CLOEXEC {}", m.to),
+            )?;
+            continue;
+        }
         b.op(
             op_kind::SYSCALL,
             rule::EQ,
@@ -165,6 +179,7 @@ pub(super) fn files(b: &mut Builder<'_>, input: &PlanInput<'_>) -> Result<(), Pl
             .map(|m| m.to)
             .chain(input.keep_fds.iter().copied())
             .chain(input.err_fd)
+            .chain(input.barrier.iter().flat_map(|b| [b.ready, b.go]))
             .filter_map(|fd| u64::try_from(fd).ok())
             .filter(|&fd| fd >= next)
             .min();

@@ -102,7 +102,14 @@ impl Model {
         let a = op.args;
         match (op.kind, op.nr) {
             (op_kind::SYSCALL, nr::MMAP) => {
-                assert!(a[3] & sys::MAP_FIXED != 0);
+                assert!(a[3] & (sys::MAP_FIXED | sys::MAP_FIXED_NOREPLACE) != 0);
+                if a[3] & sys::MAP_FIXED_NOREPLACE != 0 {
+                    assert!(
+                        self.pages.range(a[0]..a[0] + a[1]).next().is_none(),
+                        "MAP_FIXED_NOREPLACE over a mapping at {:#x}",
+                        a[0]
+                    );
+                }
                 self.map(a[0], a[1], a[2]);
             }
             (op_kind::SYSCALL, nr::MUNMAP) => self.unmap(a[0], a[1]),
@@ -150,6 +157,115 @@ impl Model {
                 }
             }
             _ => {}
+        }
+    }
+}
+
+/// The userfaultfd number the fixtures give the plan.
+const UFFD: i32 = 77;
+
+/// The fill through a userfaultfd, on top of [`Model`]: which areas are
+/// registered, where the image is mapped, and that every `UFFDIO_COPY`
+/// puts the right image pages into a registered, writable area.
+#[derive(Default)]
+struct FillModel {
+    registered: Vec<Range>,
+    /// Address of the image mapping and the image offset it starts at.
+    source: Option<(u64, u64, u64)>,
+    closed: bool,
+    copies: usize,
+}
+
+impl FillModel {
+    fn read_struct<const N: usize>(buf: &[u8], window: Range, addr: u64) -> [u64; N] {
+        let off = (addr - window.start) as usize;
+        core::array::from_fn(|i| {
+            u64::from_le_bytes(buf[off + 8 * i..off + 8 * i + 8].try_into().unwrap())
+        })
+    }
+
+    fn apply(&mut self, m: &mut Model, inp: &PlanInput<'_>, op: &Op, buf: &[u8], window: Range) {
+        let a = op.args;
+        let uffd = inp.fill_uffd.map(|fd| fd as u64);
+        match op.nr {
+            nr::MMAP if a[4] == inp.image_fd as u64 && op.kind == op_kind::SYSCALL => {
+                assert!(self.source.is_none(), "the image is mapped once");
+                assert_eq!(a[2], sys::PROT_READ);
+                self.source = Some((a[0], a[1], a[5]));
+            }
+            nr::MUNMAP if self.source.is_some_and(|(at, _, _)| at == a[0]) => {
+                assert!(self.closed, "the image unmapped before the copies end");
+            }
+            sys::uffd::NR_IOCTL if Some(a[0]) == uffd => {
+                assert!(!self.closed, "ioctl on the closed userfaultfd");
+                match a[1] {
+                    sys::uffd::UFFDIO_REGISTER => {
+                        let [start, len, mode, _] = Self::read_struct::<4>(buf, window, a[2]);
+                        assert_eq!(mode, sys::uffd::REGISTER_MODE_MISSING);
+                        let v = inp
+                            .vmas
+                            .iter()
+                            .find(|v| v.start == start && v.end == start + len)
+                            .expect("registers a whole area");
+                        assert!(copies_by_uffd(v), "{v:x?} registered");
+                        self.registered.push(v.range());
+                    }
+                    sys::uffd::UFFDIO_COPY => {
+                        let [dst, src, len, mode, _] = Self::read_struct::<5>(buf, window, a[2]);
+                        assert_eq!(mode, 0);
+                        assert!(
+                            self.registered
+                                .iter()
+                                .any(|r| r.start <= dst && dst + len <= r.end),
+                            "copy to {dst:#x}+{len:#x} outside a registered area"
+                        );
+                        let (at, maplen, offset) = self.source.expect("the image mapped");
+                        assert!(at <= src && src + len <= at + maplen);
+                        for p in (dst..dst + len).step_by(PAGE as usize) {
+                            let want = inp
+                                .loads
+                                .iter()
+                                .find(|l| l.vaddr <= p && p < l.vaddr + l.len)
+                                .map(|l| l.offset + (p - l.vaddr))
+                                .expect("a stored page");
+                            assert_eq!(offset + (src + (p - dst) - at), want, "page {p:#x}");
+                            let prot = m.pages.get(&p).copied();
+                            assert!(
+                                prot.is_some_and(|x| x & sys::PROT_WRITE != 0),
+                                "copy into {p:#x} ({prot:?})"
+                            );
+                            *m.written.entry(p).or_default() += 1;
+                        }
+                        self.copies += 1;
+                    }
+                    other => panic!("unexpected userfaultfd ioctl {other:#x}"),
+                }
+            }
+            nr::CLOSE if Some(a[0]) == uffd => {
+                assert!(!self.closed, "the userfaultfd closed twice");
+                self.closed = true;
+            }
+            nr::MPROTECT | mm_state::NR_MLOCK => {
+                assert!(
+                    uffd.is_none() || self.closed,
+                    "an area finished while the userfaultfd is open"
+                );
+            }
+            _ => {}
+        }
+    }
+
+    fn check_done(&self, inp: &PlanInput<'_>) {
+        if inp.fill_uffd.is_some() {
+            assert!(self.closed, "the userfaultfd is never closed");
+            let copyable = inp.loads.iter().any(|l| {
+                inp.vmas
+                    .iter()
+                    .any(|v| copies_by_uffd(v) && v.start < l.vaddr + l.len && l.vaddr < v.end)
+            });
+            assert_eq!(self.copies > 0, copyable, "copies made: {}", self.copies);
+        } else {
+            assert_eq!(self.copies, 0);
         }
     }
 }
@@ -240,6 +356,8 @@ fn fixture(rng: &mut Rng) -> Fixture {
                 vaddr: v.start + (p + skip) * PAGE,
                 offset: off,
                 len: len * PAGE,
+                fd: 9,
+                _pad: 0,
             });
             off += len * PAGE;
             p += skip + len;
@@ -312,6 +430,8 @@ fn input<'a>(f: &'a Fixture, gadgets: bool) -> PlanInput<'a> {
         inotify_drains: &[],
         timerfd_arms: &[],
         image_fd: 9,
+        fill_uffd: None,
+        lazy: None,
         late_seals: &[],
         vmas: &f.vmas,
         loads: &f.loads,
@@ -342,6 +462,7 @@ fn input<'a>(f: &'a Fixture, gadgets: bool) -> PlanInput<'a> {
         keep_fds: &[1, 2],
         terminals: &[],
         err_fd: Some(20),
+        barrier: None,
         threads: &f.threads,
         set_tids: true,
         xfeatures: 3,
@@ -393,7 +514,11 @@ fn plans_rebuild_the_target_layout_exactly() {
     let mut rng = Rng(0xfeed_beef);
     for round in 0..200 {
         let f = fixture(&mut rng);
-        let inp = input(&f, round % 2 == 0);
+        let mut inp = input(&f, round % 2 == 0);
+        // Every fourth round fills through a userfaultfd.
+        if round % 4 < 2 {
+            inp.fill_uffd = Some(UFFD);
+        }
         let mut scratch = std::vec![Range::default(); f.vmas.len() + f.loader_maps.len() + 4];
         let window = choose_window(&inp, &mut scratch).unwrap();
         for r in f
@@ -425,9 +550,12 @@ fn plans_rebuild_the_target_layout_exactly() {
         m.map(window.start, window.len(), 7);
         let ops = window_ops(&buf);
         assert_eq!(ops.len(), summary.ops);
+        let mut fill = FillModel::default();
         for op in ops {
+            fill.apply(&mut m, &inp, op, &buf, window);
             m.apply(op);
         }
+        fill.check_done(&inp);
         // Every target page mapped with its final protection.
         for v in f.vmas.iter().filter(|v| !v.is_special()) {
             for p in (v.start..v.end).step_by(PAGE as usize) {
@@ -775,6 +903,8 @@ fn refuses_pages_outside_vmas_and_mismatched_vdso() {
         vaddr: 0x1000_0000_0000 - PAGE,
         offset: 0,
         len: PAGE,
+        fd: 9,
+        _pad: 0,
     });
     let inp = input(&f, true);
     let mut buf = std::vec![0u8; WindowLayout::for_input(&inp).size as usize];
@@ -1163,4 +1293,230 @@ fn late_seals_come_after_the_areas_are_filled() {
     if let Some(m) = ops.iter().rposition(|o| o.nr == nr::MPROTECT) {
         assert!(seal > m || ops[m].args[0] >= window.start, "{seal} {m}");
     }
+}
+
+/// A tree restore's barrier: after the memory, the threads and the
+/// pending signals, before every timer and the credentials; its fds kept
+/// through the close_ranges and closed right after it. A placed fd's
+/// close-on-exec is an `F_SETFD`, not a dup3 onto itself.
+#[test]
+fn the_barrier_waits_before_timers_and_credentials_with_its_fds_kept() {
+    use crate::args::Barrier;
+    use image_format::records::{sigev_notify, PosixTimerRecord, TimerSpec};
+    let mut rng = Rng(21);
+    let mut f = fixture(&mut rng);
+    while f.threads.len() < 2 {
+        f = fixture(&mut rng);
+    }
+    let mut info = [0u8; 128];
+    info[0] = 10;
+    let pending = [PendingSignalRecord {
+        tid: 0,
+        _pad: 0,
+        siginfo: info,
+    }];
+    let itimers = [ItimerRecord {
+        which: 0,
+        _pad: 0,
+        interval: image_format::elf::Timeval { sec: 1, usec: 0 },
+        value: image_format::elf::Timeval { sec: 1, usec: 0 },
+    }];
+    let timers = [PosixTimerRecord {
+        id: 7,
+        clock: 1,
+        signo: 35,
+        notify: sigev_notify::SIGNAL,
+        left: TimerSpec { sec: 1, nsec: 0 },
+        ..PosixTimerRecord::default()
+    }];
+    let moves = [
+        FdMove {
+            from: 13,
+            to: 0,
+            cloexec: 0,
+        },
+        FdMove {
+            from: 7,
+            to: 7,
+            cloexec: 1,
+        },
+    ];
+    let mut creds = <CredsRecord as zerocopy::FromZeros>::new_zeroed();
+    creds.uid = [1000; 4];
+    creds.gid = [1000; 4];
+    let plan = |barrier: Option<Barrier>| {
+        let mut inp = input(&f, true);
+        inp.pending = &pending;
+        inp.itimers = &itimers;
+        inp.posix_timers = &timers;
+        inp.creds = Some(creds);
+        inp.fd_moves = &moves;
+        inp.keep_fds = &[1, 2, 7];
+        inp.barrier = barrier;
+        let mut scratch = std::vec![Range::default(); 64];
+        let window = choose_window(&inp, &mut scratch).unwrap();
+        let mut buf = std::vec![0u8; window.len() as usize];
+        build_plan(&inp, window, &mut buf).unwrap();
+        let header = WindowHeader::read_from_prefix(&buf).unwrap().0;
+        let leader: Vec<Op> = window_ops(&buf)[..header.op_count as usize].to_vec();
+        let labels: Vec<std::string::String> = leader
+            .iter()
+            .map(|op| std::string::String::from_utf8_lossy(op_label(&buf, op)).into_owned())
+            .collect();
+        let byte_at = |addr: u64| buf[(addr - window.start) as usize];
+        let written = leader
+            .iter()
+            .find(|o| o.kind == op_kind::SYSCALL && o.nr == nr::WRITE)
+            .map(|o| byte_at(o.args[1]));
+        (leader, labels, written)
+    };
+    let (ops, labels, written) = plan(Some(Barrier { ready: 60, go: 61 }));
+    let at = |what: &dyn Fn(&Op) -> bool| ops.iter().position(what).unwrap();
+    let write = at(&|o| o.kind == op_kind::SYSCALL && o.nr == nr::WRITE);
+    assert_eq!(ops[write].args[..3], [60, ops[write].args[1], 1]);
+    assert_eq!((ops[write].rule, ops[write].expect), (rule::EQ, 1));
+    assert_eq!(written, Some(1));
+    // Then the read of exactly one byte from G, then both closed.
+    let read = &ops[write + 1];
+    assert_eq!((read.nr, read.args[0], read.args[2]), (nr::READ, 61, 1));
+    assert_eq!((read.rule, read.expect), (rule::EQ, 1));
+    assert!(labels[write + 1].contains("read the barrier's go byte from fd 61"));
+    assert_eq!((ops[write + 2].nr, ops[write + 2].args[0]), (nr::CLOSE, 60));
+    assert_eq!((ops[write + 3].nr, ops[write + 3].args[0]), (nr::CLOSE, 61));
+    // After the memory, the fds, the threads' go-ahead to build and the
+    // pending signals; before the timers and the credentials.
+    let last = |what: &dyn Fn(&Op) -> bool| ops.iter().rposition(what).unwrap();
+    assert!(write > last(&|o| o.nr == nr::RT_SIGQUEUEINFO));
+    assert!(write > last(&|o| o.nr == nr::CLOSE_RANGE));
+    assert!(write > last(&|o| o.nr == nr::PREAD64 || o.kind == op_kind::PREAD_ALL));
+    assert!(write > last(&|o| o.nr == nr::MMAP));
+    assert!(write < at(&|o| o.nr == nr::SETITIMER));
+    assert!(write < at(&|o| o.nr == nr::TIMER_CREATE));
+    assert!(write < at(&|o| o.nr == nr::SETRESUID));
+    // No close_range closes R or G; the placed fd 7 is kept too.
+    for o in ops.iter().filter(|o| o.nr == nr::CLOSE_RANGE) {
+        for fd in [7, 60, 61] {
+            assert!(!(o.args[0]..=o.args[1]).contains(&fd), "{:?}", o.args);
+        }
+    }
+    let setfd = at(&|o| o.nr == nr::FCNTL);
+    assert_eq!(ops[setfd].args[..3], [7, 2, 1]);
+    assert!(!ops.iter().any(|o| o.nr == nr::DUP3 && o.args[0] == 7));
+
+    // Without a barrier: none of it, and R and G are closed like any fd.
+    let (ops2, _, written) = plan(None);
+    assert_eq!(written, None);
+    // The four barrier ops, and the close_range split around R and G.
+    assert_eq!(ops2.len() + 5, ops.len());
+    assert!(!ops2
+        .iter()
+        .any(|o| o.kind == op_kind::SYSCALL && matches!(o.nr, nr::READ | nr::WRITE)));
+    assert!(ops2
+        .iter()
+        .filter(|o| o.nr == nr::CLOSE_RANGE)
+        .any(|o| (o.args[0]..=o.args[1]).contains(&60)));
+}
+
+/// THP advice is given right after an area's `mmap`, before any page is
+/// read into it (the fill's first write into each 2 MiB range then faults
+/// in a huge page), and not again after the fill; other advice still
+/// comes once the pages are in.
+#[test]
+fn thp_advice_comes_before_the_fill() {
+    let mut rng = Rng(17);
+    let mut f = fixture(&mut rng);
+    let filled = |v: &TargetVma, loads: &[PageLoad]| {
+        loads
+            .iter()
+            .any(|l| l.vaddr < v.end && v.start < l.vaddr + l.len)
+    };
+    let loads = f.loads.clone();
+    let mut picked = f
+        .vmas
+        .iter_mut()
+        .filter(|v| !v.is_special() && v.fd < 0 && filled(v, &loads));
+    let huge = picked.next().expect("an anonymous area with pages");
+    huge.flags |= vma_flags::HUGEPAGE | vma_flags::DONTFORK;
+    let huge = huge.range();
+    let nohuge = picked.next().map(|v| {
+        v.flags |= vma_flags::NOHUGEPAGE;
+        v.range()
+    });
+    let inp = input(&f, true);
+    let mut scratch = std::vec![Range::default(); 64];
+    let window = choose_window(&inp, &mut scratch).unwrap();
+    let mut buf = std::vec![0u8; window.len() as usize];
+    build_plan(&inp, window, &mut buf).unwrap();
+    let ops = window_ops(&buf);
+    let in_area = |op: &Op, r: Range| op.args[1] < r.end && r.start < op.args[1] + op.args[2];
+    for (r, advice) in [(Some(huge), mm_state::MADV_HUGEPAGE)]
+        .into_iter()
+        .chain([(nohuge, mm_state::MADV_NOHUGEPAGE)])
+    {
+        let Some(r) = r else { continue };
+        let advised: Vec<usize> = ops
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.nr == nr::MADVISE && o.args[0] == r.start && o.args[2] == advice)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(advised.len(), 1, "one THP advice for {r:?}: {advised:?}");
+        let mmap = ops
+            .iter()
+            .position(|o| o.nr == nr::MMAP && o.args[0] == r.start)
+            .unwrap();
+        let first_read = ops
+            .iter()
+            .position(|o| o.kind == op_kind::PREAD_ALL && in_area(o, r))
+            .expect("a pread into the area");
+        assert!(
+            mmap < advised[0] && advised[0] < first_read,
+            "mmap at op {mmap}, advice at {}, first pread at {first_read}",
+            advised[0]
+        );
+    }
+    let dontfork = ops
+        .iter()
+        .position(|o| o.nr == nr::MADVISE && o.args[0] == huge.start && o.args[2] == 10)
+        .expect("MADV_DONTFORK");
+    let last_read = ops
+        .iter()
+        .rposition(|o| o.kind == op_kind::PREAD_ALL && in_area(o, huge))
+        .unwrap();
+    assert!(dontfork > last_read);
+}
+
+/// Stage 1 makes a userfaultfd only when enough is copied to pay for it:
+/// a few pages, or pages only in areas a copy cannot fill (a file's, a
+/// `MADV_HUGEPAGE` area's), go by `pread`.
+#[test]
+fn a_userfaultfd_is_made_only_for_large_anonymous_fills() {
+    let anon = TargetVma {
+        start: 0x1000_0000,
+        end: 0x2000_0000,
+        prot: prot::READ | prot::WRITE,
+        kind: vma_kind::ANON,
+        fd: -1,
+        ..Default::default()
+    };
+    let load = |len| PageLoad {
+        vaddr: anon.start,
+        offset: 0x4000,
+        len,
+        fd: 9,
+        _pad: 0,
+    };
+    assert!(!wants_fill_copies(&[anon], &[load(16 * PAGE)]));
+    assert!(wants_fill_copies(&[anon], &[load(64 << 20)]));
+    let huge = TargetVma {
+        flags: vma_flags::HUGEPAGE,
+        ..anon
+    };
+    assert!(!wants_fill_copies(&[huge], &[load(64 << 20)]));
+    let file = TargetVma {
+        kind: vma_kind::FILE,
+        fd: 5,
+        ..anon
+    };
+    assert!(!wants_fill_copies(&[file], &[load(64 << 20)]));
 }

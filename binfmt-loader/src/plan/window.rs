@@ -59,7 +59,24 @@ impl WindowLayout {
             + input.inotify_drains.len() * super::inotify::DRAIN_OPS
             + input.timerfd_arms.len() * 2
             + 2
-            + 3 * input.posix_timers.len();
+            + 3 * input.posix_timers.len()
+            + if input.barrier.is_some() {
+                super::barrier::BARRIER_OPS
+            } else {
+                0
+            }
+            // The fill by copies: source mmap, close, munmap; a register
+            // per area and a load cut at each area boundary.
+            + if input.fill_uffd.is_some() {
+                3 + 2 * input.vmas.len()
+            } else {
+                0
+            }
+            + if input.lazy.is_some() {
+                super::lazy::ops_for(input.vmas.len())
+            } else {
+                0
+            };
         let code_off = HEADER_BYTES;
         let ops_off = (code_off + input.trampoline.len() as u64 + 63) & !63;
         let data_off = ops_off + (ops_cap * layout::OP_SIZE) as u64;
@@ -85,6 +102,19 @@ impl WindowLayout {
             }
             + 48 * input.timerfd_arms.len() as u64
             + 4 * image_format::records::MAX_GROUPS as u64
+            + if input.fill_uffd.is_some() {
+                // A uffdio_copy per piece, a uffdio_register per area.
+                (crate::sys::uffd::COPY_SIZE + 8) as u64
+                    * (input.loads.len() + 2 * input.vmas.len()) as u64
+            } else {
+                0
+            }
+            + if input.lazy.is_some() {
+                super::lazy::data_for(input.vmas.len()) as u64
+            } else {
+                0
+            }
+            + 16
             + 1024;
         let stack_top_off = page_up(data_off + data_len) + WINDOW_STACK;
         let thread_stacks_off = stack_top_off;

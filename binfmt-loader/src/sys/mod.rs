@@ -13,6 +13,7 @@
 use core::arch::asm;
 
 pub mod event_objects;
+pub mod machine;
 pub mod mm;
 pub mod objects;
 pub mod os;
@@ -20,6 +21,7 @@ pub mod shmem;
 pub mod sockets;
 pub mod startup;
 pub mod terminal;
+pub mod uffd;
 
 /// The real OS for stage 1.
 pub fn kernel_os() -> os::Kernel {
@@ -73,6 +75,7 @@ pub mod nr {
     pub const DUP3: u64 = 292;
     pub const PRLIMIT64: u64 = 302;
     pub const OPENAT: u64 = 257;
+    pub const READLINKAT: u64 = 267;
     pub const RSEQ: u64 = 334;
     pub const CLOSE_RANGE: u64 = 436;
     pub const CLONE3: u64 = 435;
@@ -301,6 +304,26 @@ pub fn openat(dirfd: i32, path: &CPath, flags: u32) -> Result<i32, Errno> {
         )
     };
     result(r).and_then(fd_of)
+}
+
+/// `readlinkat(AT_FDCWD, path, buf, buf.len())`: the link's target, its
+/// length in `buf` (cut at `buf.len()`).
+pub fn readlink(path: &[u8], buf: &mut [u8]) -> Result<usize, Errno> {
+    let cpath = CPath::new(path).ok_or(Errno::ENOENT)?;
+    // SAFETY: `cpath` is NUL-terminated inside its buffer; the kernel
+    // writes at most `buf.len()` bytes into `buf`, which we own.
+    let r = unsafe {
+        syscall6(
+            nr::READLINKAT,
+            int_arg(AT_FDCWD),
+            cpath.buf.as_ptr() as u64,
+            buf.as_mut_ptr() as u64,
+            buf.len() as u64,
+            0,
+            0,
+        )
+    };
+    result(r).map(|n| usize::try_from(n).unwrap_or(0))
 }
 
 /// `close(fd)`.
@@ -625,6 +648,26 @@ pub fn unmap_window(window: &'static mut [u8]) {
             nr::MUNMAP,
             window.as_ptr() as u64,
             window.len() as u64,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+}
+
+/// `munmap` of a table made by [`map_table`], no longer used.
+pub fn unmap_table<T: Copy>(table: &'static mut [T]) {
+    if table.is_empty() {
+        return;
+    }
+    // SAFETY: the slice is consumed, so no reference to it remains; it is
+    // a whole mapping of its own (`map_table`), page-aligned.
+    unsafe {
+        syscall6(
+            nr::MUNMAP,
+            table.as_ptr() as u64,
+            core::mem::size_of_val(table) as u64,
             0,
             0,
             0,

@@ -55,6 +55,9 @@ impl Os for Kernel {
     fn add_seals(&self, fd: i32, seals: u32) -> Result<(), Errno> {
         shmem::add_seals(fd, seals)
     }
+    fn get_seals(&self, fd: i32) -> Result<u32, Errno> {
+        shmem::get_seals(fd)
+    }
     fn fstat(&self, fd: i32) -> Result<Stat, Errno> {
         super::fstat(fd)
     }
@@ -141,6 +144,9 @@ impl Os for Kernel {
     }
     fn xsave_component_end(&self, i: u32) -> u32 {
         crate::arch::xsave_component_end(i)
+    }
+    fn xsave_size(&self) -> u32 {
+        crate::arch::xsave_size()
     }
     fn report(&self, name: &[u8], what: fmt::Arguments<'_>) {
         crate::message::report(name, what);

@@ -29,8 +29,9 @@ pub const MFD_CLOEXEC: u32 = 1;
 pub const MFD_ALLOW_SEALING: u32 = 2;
 /// `O_TMPFILE` (with `O_DIRECTORY`, as the kernel wants it).
 pub const O_TMPFILE: u32 = 0o20_200_000;
-/// `F_ADD_SEALS`.
+/// `F_ADD_SEALS`, `F_GET_SEALS`.
 const F_ADD_SEALS: u64 = 1033;
+const F_GET_SEALS: u64 = 1034;
 /// `openat2`'s `RESOLVE_NO_SYMLINKS`: no symbolic link anywhere on the path.
 pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
 
@@ -182,4 +183,16 @@ pub fn add_seals(fd: i32, seals: u32) -> Result<(), Errno> {
         )
     };
     result(r).map(|_| ())
+}
+
+/// `fcntl(fd, F_GET_SEALS)`: only shmem files (memfds, tmpfs) and
+/// hugetlbfs have seals; any other file is `EINVAL`.
+///
+/// # References
+/// fcntl(2) "File Sealing".
+pub fn get_seals(fd: i32) -> Result<u32, Errno> {
+    // SAFETY: touches no memory of ours.
+    let r = unsafe { syscall6(nr::FCNTL, int_arg(fd), F_GET_SEALS, 0, 0, 0, 0) };
+    // The seals are a small bit set.
+    result(r).map(|v| u32::try_from(v).unwrap_or(u32::MAX))
 }

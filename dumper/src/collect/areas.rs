@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use image_format::records::{vma_kind, GadgetsRecord};
+use image_format::records::vma_kind;
 use image_format::PAGE_SIZE;
 use image_writer::model::{PageRun, VmaState};
 
@@ -14,7 +14,7 @@ use crate::objects::shmem::{self, ShmemObjects};
 use crate::pages::{self, PagePolicy};
 use crate::procfs::smaps::SmapsEntry;
 use crate::report::VmaStat;
-use crate::{gadgets, inject, vmas};
+use crate::{inject, vmas};
 
 /// The record of every area, and how each is kept (for the pages).
 pub(super) fn memory_areas<T: Task>(
@@ -24,8 +24,11 @@ pub(super) fn memory_areas<T: Task>(
 ) -> Result<(Vec<VmaState>, Vec<vmas::VmaClass>), CollectError> {
     let mut vma_states = Vec::with_capacity(smaps.len());
     let mut classes = Vec::with_capacity(smaps.len());
+    // Areas registered by crimg's own write tracking (`uw`) are no state.
+    let wp_tracked = smaps.iter().any(|e| e.vm_flags.iter().any(|f| f == "uw"))
+        && crate::incremental::holder::tracks(c.pid);
     for e in smaps {
-        let class = match vmas::classify(e) {
+        let class = match vmas::classify_tracked(e, wp_tracked) {
             Ok(class) => class,
             Err(what) => {
                 c.unsupported(what)?;
@@ -316,33 +319,6 @@ fn object_fd(f: &image_writer::model::FdState) -> bool {
     f.record.object != 0 && matches!(f.record.kind, fd_kind::MEMFD | fd_kind::REGULAR)
 }
 
-/// Scan the executable file mappings for the loader's gadgets.
-pub(super) fn find_gadgets<T: Task>(
-    c: &Collector<'_, T>,
-    smaps: &[SmapsEntry],
-    classes: &[vmas::VmaClass],
-) -> GadgetsRecord {
-    let mut g = GadgetsRecord::default();
-    for (e, class) in smaps.iter().zip(classes) {
-        if !e.exec || class.kind != vma_kind::FILE {
-            continue;
-        }
-        let Ok(bytes) = c.task.read_mem(e.start, e.end - e.start) else {
-            continue;
-        };
-        if g.syscall_ret == 0 {
-            g.syscall_ret = gadgets::find(&bytes, e.start, gadgets::SYSCALL_RET).unwrap_or(0);
-        }
-        if g.rt_sigreturn == 0 {
-            g.rt_sigreturn = gadgets::find_rt_sigreturn(&bytes, e.start).unwrap_or(0);
-        }
-        if g.syscall_ret != 0 && g.rt_sigreturn != 0 {
-            break;
-        }
-    }
-    g
-}
-
 /// Scratch memory for injected syscalls: [`inject::SCRATCH_LEN`] bytes
 /// below the red zone of the thread's stack, all inside the writable
 /// private area that holds `rsp` (the bytes just below it), or `Err` with
@@ -395,7 +371,16 @@ pub(super) fn select_pages<T: Task>(
         if class.kind == vma_kind::SHARED_ANON {
             stored = shared_extents(c, e, v.record.object, objects, &mut runs);
         } else if class.policy != PagePolicy::Nothing && (e.rss_kb > 0 || e.swap_kb > 0) {
-            for (from, to) in populated_ranges(c, e) {
+            for (from, to, decided) in scanned_ranges(c, e, class.policy) {
+                match decided {
+                    Some(true) => {
+                        pages::push_run(&mut runs, e.start, from, to - from);
+                        stored += (to - from) / PAGE_SIZE;
+                        continue;
+                    }
+                    Some(false) => continue,
+                    None => {}
+                }
                 let mut addr = from;
                 while addr < to {
                     // At most CHUNK_PAGES, so the count fits.
@@ -426,13 +411,46 @@ pub(super) fn select_pages<T: Task>(
     Ok((runs, stats))
 }
 
+/// Below this size, reading an area's pagemap (2 KiB per MiB, one `pread`
+/// per 64 MiB) is as quick as scanning its page tables.
+const SCAN_FROM: u64 = 1 << 30;
+
+/// The ranges of area `e` where pages may be present or swapped, in
+/// address order, each with what `PAGEMAP_SCAN`'s categories decide of its
+/// pages: `Some(stored)` for present pages, `None` where pagemap must be
+/// read (swapped pages and markers; all of a small area, or of any area on
+/// a kernel without the ioctl, see [`populated_ranges`]). A reservation of
+/// terabytes with pages scattered in it then costs one scan, not a
+/// `pread` per page.
+fn scanned_ranges<T: Task>(
+    c: &Collector<'_, T>,
+    e: &SmapsEntry,
+    policy: PagePolicy,
+) -> Vec<(u64, u64, Option<bool>)> {
+    let read_all = || {
+        populated_ranges(c, e)
+            .into_iter()
+            .map(|(from, to)| (from, to, None))
+            .collect()
+    };
+    if e.end - e.start < SCAN_FROM {
+        return read_all();
+    }
+    let mut regions = Vec::new();
+    if c.task.scan_regions(e.start, e.end, &mut regions).is_err() {
+        return read_all();
+    }
+    regions
+        .into_iter()
+        .map(|r| (r.start, r.end, pages::region_stored(r.categories, policy)))
+        .collect()
+}
+
 /// Where in area `e` pages may be present or swapped: for a large area the
 /// ranges `PAGEMAP_SCAN` finds (a reservation of terabytes is mostly empty
 /// page tables, and reading its pagemap would take minutes), else, or on a
 /// kernel without the ioctl, the whole area.
 fn populated_ranges<T: Task>(c: &Collector<'_, T>, e: &SmapsEntry) -> Vec<(u64, u64)> {
-    /// Below this, reading the pagemap (2 KiB per MiB) is as quick.
-    const SCAN_FROM: u64 = 1 << 30;
     if e.end - e.start >= SCAN_FROM {
         let mut ranges = Vec::new();
         if c.task.scan_populated(e.start, e.end, &mut ranges).is_ok() {

@@ -20,7 +20,9 @@ use image_format::records::{FileId, GadgetsRecord, SigactionRecord};
 use image_format::PAGE_SIZE;
 
 use super::posix_timers::TimerAnswer;
-use super::task::{FileMeta, FoundThread, Held, Holders, ProcessWide, Task, ThreadAnswers};
+use super::task::{
+    FileMeta, FoundThread, Held, Holders, ProcessQuestions, ProcessWide, Task, ThreadAnswers,
+};
 use super::CollectError;
 
 /// Where the fake executable is mapped, and its gadgets inside it.
@@ -53,6 +55,8 @@ pub struct FakeTask {
     /// Calls of `ask`: tid, the registers given, and whether the
     /// process-wide questions were asked.
     pub asked: Vec<(i32, UserRegs, bool)>,
+    /// The signals whose actions the process-wide questions asked for.
+    pub asked_sigactions: Option<u64>,
     pub prepared: Option<GadgetsRecord>,
     /// What `PAGEMAP_SCAN` answers; `None`: a kernel without it.
     pub scan: Option<Vec<(u64, u64)>>,
@@ -70,6 +74,10 @@ pub struct FakeTask {
     pub shared_descs: Vec<Vec<i32>>,
     /// (link, pid) of the objects other processes hold too.
     pub elsewhere: Vec<(String, i32)>,
+    /// How many other processes' fds the fake cannot read.
+    pub unreadable_elsewhere: usize,
+    /// Calls of `holders_elsewhere`.
+    pub holders_asked: std::cell::Cell<usize>,
 }
 
 /// 52 fields of `/proc/P/stat`, `fields[n - 1]` being field n of proc(5).
@@ -97,7 +105,7 @@ pub fn status_text(tgid: i32, groups: &[u32], seccomp: u32) -> String {
          Uid:\t1000\t1000\t1000\t1000\nGid:\t100\t100\t100\t100\nFDSize:\t64\n\
          Groups:\t{}\nThreads:\t1\nSigQ:\t0/63204\nSigPnd:\t0000000000000000\n\
          ShdPnd:\t0000000000000000\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n\
-         SigCgt:\t0000000000000000\n\
+         SigCgt:\t0000000000000200\n\
          CapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\n\
          CapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t0\n\
          Seccomp:\t{seccomp}\nuntag_mask:\t0xffffffffffffffff\n",
@@ -156,9 +164,12 @@ impl FakeTask {
                 itimers: Vec::new(),
             },
             asked: Vec::new(),
+            asked_sigactions: None,
             stolen: HashMap::new(),
             shared_descs: Vec::new(),
             elsewhere: Vec::new(),
+            unreadable_elsewhere: 0,
+            holders_asked: std::cell::Cell::new(0),
             prepared: None,
             scan: None,
             pending: HashMap::new(),
@@ -437,12 +448,18 @@ impl Task for FakeTask {
         tid: i32,
         regs: &UserRegs,
         _scratch: u64,
-        process_wide: bool,
+        process_wide: Option<ProcessQuestions>,
     ) -> Result<ThreadAnswers, CollectError> {
-        self.asked.push((tid, *regs, process_wide));
+        self.asked.push((tid, *regs, process_wide.is_some()));
         let mut answers = self.answers.get(&tid).cloned().unwrap_or_default();
-        if process_wide {
-            answers.process = Some(self.process_wide.clone());
+        if let Some(questions) = process_wide {
+            self.asked_sigactions = Some(questions.sigactions);
+            // The actions of the signals asked for, as the kernel answers.
+            let mut process = self.process_wide.clone();
+            process.sigactions.retain(|s| {
+                (1..=64).contains(&s.signo) && questions.sigactions & (1 << (s.signo - 1)) != 0
+            });
+            answers.process = Some(process);
         }
         Ok(answers)
     }
@@ -503,6 +520,7 @@ impl Task for FakeTask {
     }
 
     fn holders_elsewhere(&self, held: &[Held]) -> io::Result<Holders> {
+        self.holders_asked.set(self.holders_asked.get() + 1);
         let mut found = Vec::new();
         for (i, h) in held.iter().enumerate() {
             for (link, pid) in &self.elsewhere {
@@ -513,7 +531,7 @@ impl Task for FakeTask {
         }
         Ok(Holders {
             found,
-            unreadable: 0,
+            unreadable: self.unreadable_elsewhere,
         })
     }
 }

@@ -16,7 +16,7 @@ use image_writer::model::file_id;
 
 use super::posix_timers::TimerAnswer;
 use super::task::{
-    FileMeta, FoundThread, Held, Holders, ProcessWide, SameWhen, Task, ThreadAnswers,
+    FileMeta, FoundThread, Held, Holders, ProcessQuestions, ProcessWide, Task, ThreadAnswers,
 };
 use super::CollectError;
 use crate::cancel::cancel_requested;
@@ -53,6 +53,9 @@ pub struct LiveTask<'a> {
     injection: Option<Gadgets>,
     /// The process's pidfd, opened when an fd is first taken.
     pidfd: OnceCell<OwnedFd>,
+    /// Every process's fds, read once for the tree (else `/proc` is read
+    /// for each question of [`Task::holders_elsewhere`]).
+    index: Option<&'a super::fd_index::FdIndex>,
 }
 
 impl<'a> LiveTask<'a> {
@@ -63,6 +66,20 @@ impl<'a> LiveTask<'a> {
             pagemap: OnceCell::new(),
             injection: None,
             pidfd: OnceCell::new(),
+            index: None,
+        }
+    }
+
+    /// A frozen thread group of a tree, whose other holders are looked up
+    /// in `index`.
+    pub fn with_index(
+        frozen: &'a Frozen,
+        mem: &'a File,
+        index: Option<&'a super::fd_index::FdIndex>,
+    ) -> Self {
+        LiveTask {
+            index,
+            ..LiveTask::new(frozen, mem)
         }
     }
 
@@ -132,6 +149,15 @@ impl Task for LiveTask<'_> {
         crate::sys::pagemap_scan::present_or_swapped(self.pagemap()?, start, end, out)
     }
 
+    fn scan_regions(
+        &self,
+        start: u64,
+        end: u64,
+        out: &mut Vec<crate::pages::ScanRegion>,
+    ) -> io::Result<()> {
+        crate::sys::pagemap_scan::regions(self.pagemap()?, start, end, out)
+    }
+
     fn data_extents(&self, path: &Path, limit: u64) -> io::Result<Vec<(u64, u64)>> {
         File::open(path).and_then(|f| process::data_extents(&f, limit))
     }
@@ -162,7 +188,7 @@ impl Task for LiveTask<'_> {
         tid: i32,
         regs: &UserRegs,
         scratch: u64,
-        process_wide: bool,
+        process_wide: Option<ProcessQuestions>,
     ) -> Result<ThreadAnswers, CollectError> {
         self.with_borrowed(tid, regs, scratch, |b, pid| {
             ask_thread(b, pid, tid, process_wide)
@@ -209,7 +235,11 @@ impl Task for LiveTask<'_> {
         if held.is_empty() {
             return Ok(Holders::default());
         }
-        scan_holders(self.pid(), held)
+        match self.index {
+            Some(index) => Ok(index.holders(self.pid(), held)),
+            // Collected alone: one scan for this process.
+            None => Ok(super::fd_index::FdIndex::scan()?.holders(self.pid(), held)),
+        }
     }
 }
 
@@ -249,67 +279,6 @@ impl LiveTask<'_> {
         let f = fds::pidfd_open(self.pid())?;
         Ok(self.pidfd.get_or_init(|| f))
     }
-}
-
-/// Which processes but `pid` and this one hold the objects of `held`. A
-/// process that goes away meanwhile is skipped; one whose fds cannot be
-/// read is counted.
-fn scan_holders(pid: i32, held: &[Held]) -> io::Result<Holders> {
-    use std::os::unix::fs::MetadataExt as _;
-    let me = std::process::id();
-    let mut out = Holders::default();
-    let gone = |e: &io::Error| matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH));
-    for entry in fs::read_dir("/proc")? {
-        let Some(other) = entry?
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if other == pid || u32::try_from(other) == Ok(me) {
-            continue;
-        }
-        let dir = match fs::read_dir(format!("/proc/{other}/fd")) {
-            Ok(d) => d,
-            Err(e) if gone(&e) => continue,
-            Err(_) => {
-                out.unreadable += 1;
-                continue;
-            }
-        };
-        for entry in dir.flatten() {
-            let Some(ofd) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let Ok(target) = fs::read_link(entry.path()) else {
-                continue;
-            };
-            let target = target.to_string_lossy();
-            for (i, h) in held.iter().enumerate() {
-                let same = match h.same_when {
-                    SameWhen::Link => h.link == target,
-                    SameWhen::Inode => {
-                        target.starts_with('/')
-                            && fs::metadata(entry.path())
-                                .is_ok_and(|m| m.dev() == h.dev && m.ino() == h.ino)
-                    }
-                    SameWhen::Description => {
-                        h.link == target
-                            && fds::same_description_across(pid, h.fd, other, ofd).unwrap_or(false)
-                    }
-                };
-                if same && !out.found.contains(&(i, other)) {
-                    out.found.push((i, other));
-                }
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// The little-endian word at `off` in `b` (the task's and the kernel's
@@ -382,7 +351,7 @@ fn ask_thread(
     b: &mut Borrowed<'_>,
     pid: i32,
     tid: i32,
-    process_wide: bool,
+    process_wide: Option<ProcessQuestions>,
 ) -> Result<ThreadAnswers, CollectError> {
     let scratch = b.scratch();
     let check = |what: &'static str, r: i64| -> Result<i64, CollectError> {
@@ -413,7 +382,7 @@ fn ask_thread(
     )?;
     b.read_scratch(&mut buf[..8])?;
     let clear_child_tid = u64_at(&buf, 0);
-    let process = if process_wide {
+    let process = if let Some(questions) = process_wide {
         // brk(0) returns the break, a user address (below 2^47): never
         // negative, so the bits are the address.
         #[allow(clippy::cast_sign_loss)]
@@ -430,10 +399,7 @@ fn ask_thread(
             b.syscall(nr::PRCTL, [PR_GET_SECUREBITS, 0, 0, 0, 0, 0])?,
         )?;
         let mut sigactions = Vec::with_capacity(64);
-        for signo in 1..=64u32 {
-            if signo == libc::SIGKILL as u32 || signo == libc::SIGSTOP as u32 {
-                continue;
-            }
+        for signo in (1..=64u32).filter(|s| questions.sigactions & (1 << (s - 1)) != 0) {
             check(
                 "rt_sigaction",
                 b.syscall(nr::RT_SIGACTION, [u64::from(signo), 0, scratch, 8, 0, 0])?,

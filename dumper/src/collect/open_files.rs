@@ -28,7 +28,7 @@ mod sockets;
 mod terminals;
 
 use epolls::save_epolls;
-use holders::{holders, refuse_shared_anon};
+use holders::{holders, mark_shared_in_tree, refuse_shared_anon};
 use pipes::save_pipes;
 use sockets::save_sockets;
 use terminals::save_terminals;
@@ -245,6 +245,7 @@ fn save_objects<T: Task>(
     }
     // Last: an item is kept only if its target fd is.
     save_epolls(c, listed, records, &mut objects)?;
+    mark_shared_in_tree(c, listed, records, &shared);
     Ok(objects)
 }
 

@@ -76,12 +76,17 @@ pub(super) fn process_checks<T: Task>(
             children.extend(text.split_whitespace().map(str::to_owned));
         }
     }
+    // A tree dump freezes and dumps the children too; a child that is not
+    // in the tree (a process collected alone) would be left running on,
+    // unsupervised, in its session and group: a tree is split only when
+    // asked (--force, which lists them as lost).
+    children.retain(|child| {
+        let pid = child.parse::<i32>().unwrap_or(0);
+        !c.opts.tree.as_ref().is_some_and(|t| t.contains(pid))
+    });
     if !children.is_empty() {
-        // Killing the parent alone would leave its children running on,
-        // unsupervised, in its session and group: a tree is split only
-        // when asked (--force, which lists them as lost).
         c.unsupported(format!(
-            "it has child processes ({}): dumping a process tree is not supported yet; forced, the image holds only this process and the children are left running",
+            "it has child processes ({}) that are not dumped with it; forced, the image holds only this process and the children are left running",
             children.join(", ")
         ))?;
     }

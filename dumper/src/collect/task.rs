@@ -89,6 +89,15 @@ pub struct ProcessWide {
     pub itimers: Vec<ItimerRecord>,
 }
 
+/// The process-wide questions asked in one borrowed thread.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessQuestions {
+    /// The signals whose action `rt_sigaction` is asked for, bit `n - 1`
+    /// for signal `n` (see `super::sigactions::to_ask`); the answers hold
+    /// one record for each, in signal order.
+    pub sigactions: u64,
+}
+
 /// What one borrowed thread answered.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ThreadAnswers {
@@ -128,6 +137,18 @@ pub trait Task {
     /// The ranges of `[start, end)` whose pages are present or swapped, as
     /// the page tables say (`PAGEMAP_SCAN`, Linux 6.7+), appended to `out`.
     fn scan_populated(&self, start: u64, end: u64, out: &mut Vec<(u64, u64)>) -> io::Result<()>;
+    /// The regions of `[start, end)` whose pages are present or swapped,
+    /// with their `PAGEMAP_SCAN` categories, appended to `out`: enough to
+    /// choose the pages to store without reading pagemap. Unsupported
+    /// unless the task has it (then pagemap is read).
+    fn scan_regions(
+        &self,
+        _start: u64,
+        _end: u64,
+        _out: &mut Vec<crate::pages::ScanRegion>,
+    ) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
     /// The data extents (`SEEK_DATA`/`SEEK_HOLE`, file offsets below
     /// `limit`) of the file behind `path`.
     fn data_extents(&self, path: &Path, limit: u64) -> io::Result<Vec<(u64, u64)>>;
@@ -141,13 +162,13 @@ pub trait Task {
     fn prepare_injection(&mut self, gadgets: &GadgetsRecord) -> Result<(), CollectError>;
     /// Borrow thread `tid` (whose registers are `regs`, with scratch memory
     /// at `scratch`) for the injected questions, the process-wide ones too
-    /// with `process_wide`, and give it back as it was.
+    /// when `process_wide` says which, and give it back as it was.
     fn ask(
         &mut self,
         tid: i32,
         regs: &UserRegs,
         scratch: u64,
-        process_wide: bool,
+        process_wide: Option<ProcessQuestions>,
     ) -> Result<ThreadAnswers, CollectError>;
     /// Borrow thread `tid` (as for [`Task::ask`]) to ask `timer_gettime`
     /// and `timer_getoverrun` of each POSIX timer in `ids`, in that order.

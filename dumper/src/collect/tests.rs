@@ -71,7 +71,17 @@ fn a_sleeping_task_is_collected_whole() {
         (3, 8 << 20, u64::MAX)
     );
     assert_eq!((s.rlimits[7].cur, s.rlimits[7].max), (1024, 524_288));
-    assert_eq!(s.sigactions.len(), 1);
+    // Every signal but SIGKILL and SIGSTOP has its action; only those
+    // status names (the handler of SIGUSR1) and SIGCHLD were asked.
+    assert_eq!(s.sigactions.len(), 62);
+    assert_eq!(task.asked_sigactions, Some((1 << 9) | (1 << 16)));
+    let usr1 = s.sigactions.iter().find(|a| a.signo == 10).unwrap();
+    assert_eq!(*usr1, task.process_wide.sigactions[0]);
+    assert!(s
+        .sigactions
+        .iter()
+        .filter(|a| a.signo != 10)
+        .all(|a| (a.handler, a.flags, a.restorer, a.mask) == (0, 0, 0, 0)));
     assert_eq!(s.gadgets.syscall_ret, fake::SYSCALL_RET_AT);
     assert_eq!(s.gadgets.rt_sigreturn, fake::RT_SIGRETURN_AT);
     // Injection got the gadgets found, and the one thread was asked the
@@ -844,3 +854,4 @@ fn io_uring_rings_mapped_without_their_fd_are_refused_even_forced() {
 }
 
 mod event_objects;
+mod tree;

@@ -8,7 +8,7 @@ use image_format::records::{PendingSignalRecord, ThreadRecord};
 use image_writer::model::ThreadState;
 
 use super::identity::comm16;
-use super::task::{ProcessWide, Task};
+use super::task::{ProcessQuestions, ProcessWide, Task};
 use super::{areas, CollectError, Collector};
 use crate::procfs::smaps::SmapsEntry;
 use crate::regs;
@@ -57,6 +57,7 @@ pub(super) fn injected_answers<T: Task>(
     c: &mut Collector<'_, T>,
     smaps: &[SmapsEntry],
     threads: &mut [Thread],
+    questions: ProcessQuestions,
 ) -> Result<ProcessWide, CollectError> {
     let pid = c.pid;
     // Scratch memory for every thread is found first, so that no thread is
@@ -75,17 +76,22 @@ pub(super) fn injected_answers<T: Task>(
     let mut process_wide = None;
     for ((thread, found), scratch) in threads.iter_mut().zip(scratches) {
         c.check_cancel()?;
-        let answers = c
-            .task
-            .ask(thread.record.tid, found, scratch, process_wide.is_none())?;
+        let answers = c.task.ask(
+            thread.record.tid,
+            found,
+            scratch,
+            process_wide.is_none().then_some(questions),
+        )?;
         // Under a temporary mask, ptrace showed the temporary one.
         thread.record.sigmask = answers.original_mask;
         thread.record.altstack_sp = answers.altstack_sp;
         thread.record.altstack_flags = answers.altstack_flags;
         thread.record.altstack_size = answers.altstack_size;
         thread.record.clear_child_tid = answers.clear_child_tid;
-        if answers.process.is_some() {
-            process_wide = answers.process;
+        if let Some(mut process) = answers.process {
+            process.sigactions =
+                super::sigactions::table(questions.sigactions, &process.sigactions);
+            process_wide = Some(process);
         }
     }
     process_wide.ok_or_else(|| CollectError::Unsupported {

@@ -74,10 +74,42 @@ pub struct Context<'a> {
     pub unix: Option<HashMap<u32, UnixSocket>>,
     /// The inode and mode of a path as the task sees it (`None`: missing).
     pub path_inode: &'a PathLookup<'a>,
+    /// The pids of the tree being dumped (`None`: the process alone).
+    pub tree: Option<&'a [i32]>,
 }
 
 /// The inode and `st_mode` of a path as the task sees it (`None`: missing).
 pub type PathLookup<'a> = dyn Fn(&[u8]) -> Option<(u64, u32)> + 'a;
+
+/// Why fd `fd`, a unix socket connected to `socket:[peer]` that the
+/// process does not hold, is refused: the peer's holders `pids` are
+/// named, as processes of the dumped tree (`tree`) or outside it.
+fn peer_elsewhere(fd: i32, peer: u32, pids: &[i32], tree: Option<&[i32]>) -> String {
+    let start =
+        format!("fd {fd} is a unix socket connected to socket:[{peer}] outside this process");
+    let (in_tree, outside): (Vec<i32>, Vec<i32>) = match tree {
+        Some(t) => pids.iter().partition(|p| t.contains(p)),
+        None => (Vec::new(), pids.to_vec()),
+    };
+    match (tree, in_tree.is_empty(), outside.is_empty()) {
+        (_, true, true) => format!("{start} (no other process found holding it): not saved"),
+        (None, _, _) => format!(
+            "{start} (held by pid {}): not saved (sockets between processes need a tree dump)",
+            join(&outside)
+        ),
+        (Some(_), _, false) => format!(
+            "{start} (held by pid {}, outside the dumped tree): a socket connected to a process \
+             outside the tree cannot be saved",
+            join(&outside)
+        ),
+        (Some(_), false, true) => format!(
+            "{start} (held by pid {} of the tree): a socket shared with pid {} of the tree \
+             cannot be restored yet",
+            join(&in_tree),
+            join(&in_tree)
+        ),
+    }
+}
 
 /// Save the socket behind the task's fd `fd` (`sock` is a copy of it).
 /// A socket on fds 0–2 that cannot be saved is inherited instead.
@@ -146,15 +178,7 @@ fn save(fd: i32, ino: u64, sock: BorrowedFd<'_>, cx: &mut Context<'_>) -> Result
             } else if u.peer != 0 {
                 if !cx.task_sockets.contains(&u64::from(u.peer)) {
                     let pids = (cx.holders)(u64::from(u.peer));
-                    let held = if pids.is_empty() {
-                        "no other process found holding it".to_string()
-                    } else {
-                        format!("held by pid {}", join(&pids))
-                    };
-                    return Err(format!(
-                        "fd {fd} is a unix socket connected to socket:[{}] outside this process ({held}): not saved (sockets between processes need a tree dump)",
-                        u.peer
-                    ));
+                    return Err(peer_elsewhere(fd, u.peer, &pids, cx.tree));
                 }
                 // A datagram socket connected to one that is not
                 // connected back (a bound server socket): not a pair.
@@ -649,7 +673,31 @@ mod tests {
                 let p = std::path::Path::new(std::ffi::OsStr::from_bytes(p));
                 std::fs::metadata(p).ok().map(|m| (m.ino(), m.mode()))
             },
+            tree: None,
         }
+    }
+
+    #[test]
+    fn a_peer_elsewhere_is_named_in_the_tree_or_outside_it() {
+        let tree = [100, 200, 300];
+        let why = peer_elsewhere(4, 77, &[200], Some(&tree));
+        assert_eq!(
+            why,
+            "fd 4 is a unix socket connected to socket:[77] outside this process (held by pid \
+             200 of the tree): a socket shared with pid 200 of the tree cannot be restored yet"
+        );
+        let why = peer_elsewhere(4, 77, &[200, 999], Some(&tree));
+        assert!(
+            why.contains(
+                "(held by pid 999, outside the dumped tree): a socket connected to a process"
+            ) && !why.contains("200"),
+            "{why}"
+        );
+        assert!(!why.contains("need a tree dump"), "{why}");
+        let why = peer_elsewhere(4, 77, &[999], None);
+        assert!(why.contains("(held by pid 999)"), "{why}");
+        let why = peer_elsewhere(4, 77, &[], Some(&tree));
+        assert!(why.contains("no other process found holding it"), "{why}");
     }
 
     #[test]

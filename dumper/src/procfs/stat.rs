@@ -22,6 +22,9 @@ pub struct Stat {
     pub pgrp: i32,
     pub session: i32,
     pub tty_nr: u32,
+    /// (8) the foreground process group of the controlling terminal (-1:
+    /// none).
+    pub tpgid: i32,
     /// (9) `PF_*` flags.
     pub flags: u64,
     /// (22) clock ticks after boot.
@@ -36,6 +39,9 @@ pub struct Stat {
     pub arg_end: u64,
     pub env_start: u64,
     pub env_end: u64,
+    /// (52) the exit status as `waitpid` reports it (a zombie's); 0 on a
+    /// kernel that does not show it.
+    pub exit_code: i32,
 }
 
 /// Parse `/proc/P/stat`. The command name may contain spaces and parentheses,
@@ -76,6 +82,7 @@ pub fn parse(text: &str) -> Result<Stat, ParseError> {
         // tty_nr is printed as a signed int; the device number fits in u32
         // (its bits are kept).
         tty_nr: u32::from_ne_bytes(int(7)?.to_ne_bytes()),
+        tpgid: int(8)?,
         flags: num(9)?,
         start_time: num(22)?,
         start_code: num(26)?,
@@ -88,6 +95,7 @@ pub fn parse(text: &str) -> Result<Stat, ParseError> {
         arg_end: num(49)?,
         env_start: num(50)?,
         env_end: num(51)?,
+        exit_code: int(52).unwrap_or(0),
     })
 }
 
@@ -129,6 +137,19 @@ mod tests {
             (s.arg_start, s.arg_end, s.env_start, s.env_end),
             (140100, 140200, 140300, 140400)
         );
+        assert_eq!((s.tpgid, s.exit_code), (1234, 0));
+    }
+
+    #[test]
+    fn a_zombie_exit_code_is_field_52() {
+        let mut fields: Vec<String> = (1..=52).map(|_| "0".to_owned()).collect();
+        fields[0] = "7".into();
+        fields[1] = "(z)".into();
+        fields[2] = "Z".into();
+        fields[7] = "-1".into();
+        fields[51] = (3 << 8).to_string();
+        let s = parse(&fields.join(" ")).unwrap();
+        assert_eq!((s.state, s.tpgid, s.exit_code), (b'Z', -1, 3 << 8));
     }
 
     #[test]

@@ -33,6 +33,10 @@ pub struct Status {
     /// `untag_mask` (x86 LAM): all ones unless the task enabled tagged
     /// addresses; `None` on kernels that do not show it.
     pub untag_mask: Option<u64>,
+    /// `SigIgn`, `SigCgt`: the signals whose action is `SIG_IGN`, and
+    /// those with a handler (bit `n - 1` for signal `n`).
+    pub sig_ign: u64,
+    pub sig_cgt: u64,
 }
 
 /// Parse `/proc/P/status`.
@@ -61,6 +65,8 @@ pub fn parse(text: &str) -> Result<Status, ParseError> {
         no_new_privs: p.nonewprivs.map_or(0, |v| u32::try_from(v).unwrap_or(1)),
         seccomp: p.seccomp.unwrap_or(0),
         untag_mask,
+        sig_ign: p.sigign,
+        sig_cgt: p.sigcgt,
     })
 }
 

@@ -109,3 +109,18 @@ pub fn tee(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<u
     };
     usize::try_from(r).map_err(|_| io::Error::last_os_error())
 }
+
+/// `kcmp` type comparing two processes' address spaces.
+const KCMP_VM: libc::c_int = 1;
+
+/// Whether processes `a` and `b` share one address space
+/// (`kcmp(a, b, KCMP_VM, 0, 0) == 0`): a `vfork()` child that has not
+/// called `execve` yet, or a `clone(CLONE_VM)` child.
+pub fn same_address_space(a: i32, b: i32) -> io::Result<bool> {
+    // SAFETY: integer arguments only.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_VM, 0, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r == 0)
+}

@@ -13,9 +13,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 
-/// `PAGE_IS_PRESENT`, `PAGE_IS_SWAPPED`.
-const PAGE_IS_PRESENT: u64 = 1 << 3;
-const PAGE_IS_SWAPPED: u64 = 1 << 4;
+use crate::pages::{ScanRegion, PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED};
 
 /// `struct pm_scan_arg`.
 #[repr(C)]
@@ -57,6 +55,48 @@ pub fn present_or_swapped(
     end: u64,
     out: &mut Vec<(u64, u64)>,
 ) -> io::Result<()> {
+    scan(
+        pagemap,
+        start,
+        end,
+        PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        |r| match out.last_mut() {
+            Some(last) if last.1 == r.start => last.1 = r.end,
+            _ => out.push((r.start, r.end)),
+        },
+    )
+}
+
+/// The regions of pages present or swapped within `[start, end)`, each
+/// with its categories (`PAGE_IS_PRESENT`, `_SWAPPED`, `_FILE`,
+/// `_PFNZERO`: the kernel starts a new region where they change), in
+/// address order, appended to `out`: what deciding which pages to store
+/// needs, without reading pagemap (8 bytes a page, one `pread` per range).
+/// An error means the caller reads pagemap instead.
+pub fn regions(pagemap: &File, start: u64, end: u64, out: &mut Vec<ScanRegion>) -> io::Result<()> {
+    let mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO;
+    scan(pagemap, start, end, mask, |r| match out.last_mut() {
+        Some(last) if last.end == r.start && last.categories == r.categories => {
+            last.end = r.end;
+        }
+        _ => out.push(ScanRegion {
+            start: r.start,
+            end: r.end,
+            categories: r.categories,
+        }),
+    })
+}
+
+/// `PAGEMAP_SCAN` over `[start, end)` for pages present or swapped,
+/// reporting the categories in `return_mask`; `each` gets every region in
+/// address order.
+fn scan(
+    pagemap: &File,
+    start: u64,
+    end: u64,
+    return_mask: u64,
+    mut each: impl FnMut(&PageRegion),
+) -> io::Result<()> {
     let mut regions = [PageRegion::default(); 512];
     let mut at = start;
     while at < end {
@@ -67,7 +107,7 @@ pub fn present_or_swapped(
             vec: regions.as_mut_ptr() as u64,
             vec_len: regions.len() as u64,
             category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            return_mask,
             ..PmScanArg::default()
         };
         // SAFETY: `arg` is a live pm_scan_arg of the size it states; `vec`
@@ -79,10 +119,7 @@ pub fn present_or_swapped(
         }
         let n = usize::try_from(n).unwrap_or(0).min(regions.len());
         for r in &regions[..n] {
-            match out.last_mut() {
-                Some(last) if last.1 == r.start => last.1 = r.end,
-                _ => out.push((r.start, r.end)),
-            }
+            each(r);
         }
         if arg.walk_end <= at {
             // No progress: stop rather than spin (the kernel always moves on).
@@ -97,15 +134,15 @@ pub fn present_or_swapped(
 mod tests {
     use super::*;
 
-    #[test]
-    fn finds_the_touched_pages_of_a_large_reservation() {
-        const LEN: usize = 4 << 30;
-        const PAGE: usize = 4096;
-        // SAFETY: a fresh private anonymous reservation, unmapped below.
+    /// A fresh private anonymous `MAP_NORESERVE` reservation of `len`
+    /// bytes without huge pages (they would make the present ranges 2 MiB
+    /// wide); the caller unmaps it.
+    pub(super) fn reservation(len: usize) -> *mut libc::c_void {
+        // SAFETY: a new mapping at an address the kernel picks.
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                LEN,
+                len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
@@ -113,9 +150,16 @@ mod tests {
             )
         };
         assert_ne!(base, libc::MAP_FAILED);
-        // SAFETY: advice on the reservation made above; huge pages would
-        // make the present ranges 2 MiB wide.
-        unsafe { libc::madvise(base, LEN, libc::MADV_NOHUGEPAGE) };
+        // SAFETY: advice on the reservation just made.
+        unsafe { libc::madvise(base, len, libc::MADV_NOHUGEPAGE) };
+        base
+    }
+
+    #[test]
+    fn finds_the_touched_pages_of_a_large_reservation() {
+        const LEN: usize = 4 << 30;
+        const PAGE: usize = 4096;
+        let base = reservation(LEN);
         let base = base as usize;
         let touched = [0, 2 * PAGE, 3 * PAGE, LEN / 2, LEN - PAGE];
         for off in touched {
@@ -144,5 +188,128 @@ mod tests {
                 (b + l - p, b + l)
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod category_tests {
+    use super::tests::reservation;
+    use super::*;
+    use crate::pages::{self, PagePolicy};
+    use std::os::unix::fs::FileExt;
+
+    /// The pages of `[start, end)` stored under `policy`, page by page from
+    /// pagemap (the oracle).
+    fn stored_by_pagemap(
+        pagemap: &File,
+        start: u64,
+        end: u64,
+        policy: PagePolicy,
+        zero_pfn: Option<u64>,
+    ) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut entry = [0u8; 8];
+        let mut ranges = Vec::new();
+        present_or_swapped(pagemap, start, end, &mut ranges).unwrap();
+        for (from, to) in ranges {
+            for page in (from..to).step_by(4096) {
+                pagemap.read_exact_at(&mut entry, page / 4096 * 8).unwrap();
+                if pages::is_stored(u64::from_le_bytes(entry), policy, zero_pfn) {
+                    out.push(page);
+                }
+            }
+        }
+        out
+    }
+
+    /// The same pages, from the scan's categories.
+    fn stored_by_categories(pagemap: &File, start: u64, end: u64, policy: PagePolicy) -> Vec<u64> {
+        let mut found = Vec::new();
+        regions(pagemap, start, end, &mut found).unwrap();
+        let mut out = Vec::new();
+        for r in found {
+            let stored = pages::region_stored(r.categories, policy)
+                .expect("no swap here: every region is decided");
+            if stored {
+                out.extend((r.start..r.end).step_by(4096));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn categories_store_what_pagemap_stores() {
+        const LEN: usize = 2 << 30;
+        const PAGE: usize = 4096;
+        let Some(zero_pfn) = crate::sys::process::zero_page_pfn().ok().flatten() else {
+            eprintln!("skipped: page frame numbers are hidden (not root)");
+            return;
+        };
+        let base = reservation(LEN);
+        let b = base as usize;
+        // Written pages, runs of them, pages only read (the zero page), and
+        // a read page right after a written one.
+        for i in 0..300usize {
+            let off = (i * 1021 * PAGE) % (LEN / 2);
+            // SAFETY: inside the reservation made above.
+            unsafe {
+                if i % 3 == 0 {
+                    std::ptr::read_volatile((b + off) as *const u8);
+                } else {
+                    ((b + off) as *mut u8).write_volatile(1);
+                }
+                std::ptr::read_volatile((b + off + PAGE) as *const u8);
+            }
+        }
+        for off in (LEN / 2..LEN / 2 + 64 * PAGE).step_by(PAGE) {
+            // SAFETY: inside the reservation made above.
+            unsafe { ((b + off) as *mut u8).write_volatile(2) };
+        }
+        let pagemap = File::open("/proc/self/pagemap").unwrap();
+        let (start, end) = (b as u64, (b + LEN) as u64);
+        let mut result = Ok(());
+        for policy in [PagePolicy::Anonymous, PagePolicy::PrivateFile] {
+            let want = stored_by_pagemap(&pagemap, start, end, policy, Some(zero_pfn));
+            let got = stored_by_categories(&pagemap, start, end, policy);
+            if want != got || want.len() < 200 + 64 {
+                result = Err(format!(
+                    "{policy:?}: pagemap stores {} pages, the categories {}",
+                    want.len(),
+                    got.len()
+                ));
+            }
+        }
+        // A private file mapping: a page read from the file (not stored)
+        // and one written (copied on write: stored).
+        let file = crate::sys::process::memfd(c"category-test").unwrap();
+        file.write_all_at(&[7u8; 2 * PAGE], 0).unwrap();
+        // SAFETY: a private mapping of the two pages of a file of ours.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED);
+        // SAFETY: inside the two-page mapping made above.
+        unsafe {
+            std::ptr::read_volatile(map.cast::<u8>());
+            (map.cast::<u8>().add(PAGE)).write_volatile(9);
+        }
+        let (fs, fe) = (map as u64, map as u64 + 2 * PAGE as u64);
+        let want = stored_by_pagemap(&pagemap, fs, fe, PagePolicy::PrivateFile, Some(zero_pfn));
+        let got = stored_by_categories(&pagemap, fs, fe, PagePolicy::PrivateFile);
+        // SAFETY: neither mapping is used after this.
+        unsafe {
+            libc::munmap(map, 2 * PAGE);
+            libc::munmap(base, LEN);
+        }
+        result.unwrap();
+        assert_eq!(want, vec![fs + PAGE as u64]);
+        assert_eq!(got, want);
     }
 }

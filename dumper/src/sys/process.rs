@@ -36,6 +36,98 @@ pub fn process_vm_read(pid: i32, remote: u64, buf: &mut [u8]) -> io::Result<usiz
     }
 }
 
+/// `process_vm_readv(pid, [buf], 1, remote, remote.len(), 0)`: copy the
+/// remote ranges `remote` (address, length), one after the other, into
+/// `buf`, in one call. Returns how many bytes were read: a count short of
+/// `buf.len()` means the range holding the byte after them is not readable
+/// (the kernel stops there). At most `IOV_MAX` (1024) ranges.
+///
+/// # References
+/// `process_vm_readv(2)`.
+pub fn process_vm_read_many(
+    pid: i32,
+    remote: &[(u64, usize)],
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    let total: usize = remote.iter().map(|&(_, len)| len).sum();
+    if total > buf.len() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: total,
+    };
+    let remote: Vec<libc::iovec> = remote
+        .iter()
+        .map(|&(addr, len)| libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: len,
+        })
+        .collect();
+    let count = libc::c_ulong::try_from(remote.len())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `local` describes the first `total` bytes of `buf` (checked
+    // to fit), writable; the remote iovecs (as many as `count` says, alive
+    // for the call) are only interpreted in the other process's address
+    // space.
+    let n = unsafe { libc::process_vm_readv(pid, &raw const local, 1, remote.as_ptr(), count, 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n.unsigned_abs())
+    }
+}
+
+/// `sync_file_range(fd, offset, len, SYNC_FILE_RANGE_WRITE)`: start writing
+/// the dirty pages of that range of `file` to the disk, without waiting
+/// for it. Only a head start: the data is durable after `fsync`, which
+/// waits for this writeback and does the rest. Errors are the `fsync`'s
+/// to report.
+///
+/// # References
+/// `sync_file_range(2)`.
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: sync_file_range on a descriptor owned by `file`; no pointers.
+    let _ = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
+}
+
+/// `fallocate(fd, 0, 0, len)`: reserve the disk blocks of the first `len`
+/// bytes of `file` (which then reads zeros there), so that writing them
+/// cannot run out of space. Not done on tmpfs, where it would allocate and
+/// clear the memory that the writes then fill, nor where the file system
+/// has no `fallocate` (`EOPNOTSUPP`): both are `Ok`.
+///
+/// # References
+/// `fallocate(2)`, `statfs(2)`.
+pub fn reserve_blocks(file: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: `statfs` is a plain struct the kernel fills; it outlives the
+    // call.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs on a descriptor owned by `file`, writing into `fs`.
+    if unsafe { libc::fstatfs(fd, &raw mut fs) } == 0 && fs.f_type == libc::TMPFS_MAGIC {
+        return Ok(());
+    }
+    let len = i64::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: fallocate on a descriptor owned by `file`; no pointers.
+    if unsafe { libc::fallocate(fd, 0, 0, len) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
 /// `get_robust_list(tid, &head, &len)`: the thread's robust futex list head.
 ///
 /// # References
@@ -92,6 +184,12 @@ pub fn map_read_only(file: &File) -> io::Result<memmap2::Mmap> {
 pub fn effective_uid() -> u32 {
     // SAFETY: geteuid cannot fail and takes no arguments.
     unsafe { libc::geteuid() }
+}
+
+/// `getegid()`.
+pub fn effective_gid() -> u32 {
+    // SAFETY: getegid cannot fail and takes no arguments.
+    unsafe { libc::getegid() }
 }
 
 /// The page frame number of the kernel's shared zero page, as

@@ -43,6 +43,11 @@ const PTRACE_CONT: libc::c_uint = 7;
 
 /// `PTRACE_O_TRACESYSGOOD`: syscall stops report `SIGTRAP | 0x80`.
 pub const PTRACE_O_TRACESYSGOOD: u64 = 1;
+/// `PTRACE_O_EXITKILL`: the kernel sends SIGKILL to the tracee if the
+/// tracer exits (even when killed itself) while it is still attached.
+pub const PTRACE_O_EXITKILL: u64 = 1 << 20;
+/// `PTRACE_SETOPTIONS`.
+const PTRACE_SETOPTIONS: libc::c_uint = 0x4200;
 /// `PTRACE_EVENT_STOP`: the event of a `PTRACE_INTERRUPT` (or group) stop.
 pub const PTRACE_EVENT_STOP: i32 = 128;
 /// `PTRACE_PEEKSIGINFO_SHARED`: peek the process-wide queue.
@@ -108,6 +113,16 @@ unsafe fn request(request: libc::c_uint, tid: i32, addr: usize, data: usize) -> 
 pub fn seize(tid: i32, options: u64) -> io::Result<()> {
     // SAFETY: SEIZE reads no memory; options is passed by value.
     unsafe { request(PTRACE_SEIZE, tid, 0, options as usize) }.map(drop)
+}
+
+/// `ptrace(PTRACE_SETOPTIONS, tid, 0, options)`: replace the options of a
+/// stopped tracee.
+///
+/// # References
+/// `ptrace(2)`.
+pub fn set_options(tid: i32, options: u64) -> io::Result<()> {
+    // SAFETY: SETOPTIONS reads no memory; options is passed by value.
+    unsafe { request(PTRACE_SETOPTIONS, tid, 0, options as usize) }.map(drop)
 }
 
 /// `ptrace(PTRACE_INTERRUPT, tid, 0, 0)`: ask a seized thread to stop.

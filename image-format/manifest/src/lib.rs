@@ -20,8 +20,11 @@ use serde::{Deserialize, Serialize};
 
 /// The value of `format`.
 pub const FORMAT: &str = "crimg-manifest";
-/// The manifest version this crate writes.
-pub const VERSION: u32 = 1;
+/// The manifest version this crate writes. Version 1 (one process, no
+/// shared objects) is still read.
+pub const VERSION: u32 = 2;
+/// The oldest version read.
+pub const OLDEST_VERSION: u32 = 1;
 /// File name of the manifest in the output directory.
 pub const FILE_NAME: &str = "manifest.json";
 
@@ -32,7 +35,7 @@ pub enum ManifestError {
     Json(#[source] serde_json::Error),
     #[error("not a crimg manifest (format {found:?}, expected {FORMAT:?})")]
     Format { found: String },
-    #[error("manifest version {found} is not supported (this reader knows version {VERSION})")]
+    #[error("manifest version {found} is not supported (this reader knows versions {OLDEST_VERSION} to {VERSION})")]
     Version { found: u32 },
     #[error("{path}: {source}")]
     Io {
@@ -50,32 +53,158 @@ struct Header {
     version: u32,
 }
 
+/// A dump: the tree of processes crdump froze together (the pid it was
+/// given, `root`, and every descendant), which image holds each, and the
+/// objects two or more of them hold.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: String,
     pub version: u32,
+    /// The pid crdump was given: the tree's root (0 in a version-1
+    /// manifest, whose one process is the root).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub root: i32,
+    /// Every process of the tree, zombies too, sorted by pid.
     pub processes: Vec<ManifestProcess>,
+    /// The objects held by more than one process of the tree, and the
+    /// root's stdio that other processes of the tree hold too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared: Vec<SharedObject>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestProcess {
     pub pid: i32,
+    /// The parent's pid (outside the tree for the root).
     pub ppid: i32,
     pub pgid: i32,
     pub sid: i32,
-    /// Image file name, relative to the manifest.
-    pub image: String,
-    /// Thread ids, the leader first.
+    /// Image file name, relative to the manifest (`None` for a zombie:
+    /// nothing of it is left to save but its exit status).
+    pub image: Option<String>,
+    /// Thread ids, the leader first (empty for a zombie).
     pub threads: Vec<i32>,
+    /// `/proc/P/comm`, for messages and listings.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub comm: String,
+    /// The controlling terminal's device number (`stat` field 7, 0: none).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub tty_nr: u64,
+    /// The foreground process group of that terminal (`stat` field 8;
+    /// 0 or -1: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tpgid: i32,
+    /// A zombie (exited, not yet reaped by its parent): its wait status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zombie: Option<WaitStatus>,
+}
+
+/// How a zombie ended, as `waitpid` will tell its parent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitStatus {
+    /// `_exit(code)`.
+    Exited(i32),
+    /// Killed by that signal.
+    Signaled(i32),
+}
+
+impl WaitStatus {
+    /// From the raw status (`stat` field 52, as `waitpid` gives it).
+    pub fn from_raw(raw: i32) -> Self {
+        if raw & 0x7f == 0 {
+            WaitStatus::Exited((raw >> 8) & 0xff)
+        } else {
+            WaitStatus::Signaled(raw & 0x7f)
+        }
+    }
+}
+
+/// What kind of object several processes hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedKind {
+    /// One open file description of a regular file, directory or device
+    /// (one offset, one set of status flags).
+    File,
+    /// A pipe: its ends' descriptions, with the data in it.
+    Pipe,
+    /// A FIFO opened by path: its descriptions, with the data in it.
+    Fifo,
+    /// One open file description of an eventfd, signalfd, timerfd or
+    /// inotify instance.
+    Event,
+    /// A memfd or shared anonymous memory (a shmem inode): its fds and the
+    /// areas that map it.
+    Shmem,
+    /// Not the tree's: the root's stdio fd `caller_fd` (a terminal, or a
+    /// pipe or socket whose other end is outside the tree), which the
+    /// restorer takes from its own caller, as a direct run does.
+    Caller,
+}
+
+/// One object held by more than one process of the tree.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedObject {
+    pub kind: SharedKind,
+    /// For [`SharedKind::Caller`]: the root's stdio fd (0, 1 or 2) it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller_fd: Option<i32>,
+    /// Where each process has it.
+    pub holders: Vec<Holder>,
+}
+
+/// One place a process holds a shared object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub pid: i32,
+    /// The fd number; `None` for an area mapping a shmem object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fd: Option<i32>,
+    /// Which open file description of the object the fd is on, 1-based
+    /// within the object (a pipe's read end and write end are two; a file
+    /// shared after fork is one): holders with the same `desc` share one
+    /// offset and one set of flags. 0 for an area.
+    #[serde(default)]
+    pub desc: u32,
+    /// For a shmem object: its 1-based index in that process's image's
+    /// SHMEM note (the `object` of its fd and area records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shmem: Option<u32>,
+}
+
+fn is_zero(v: &i32) -> bool {
+    *v == 0
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
 }
 
 impl Manifest {
+    /// A manifest of one process without shared objects.
     pub fn new(processes: Vec<ManifestProcess>) -> Self {
         Manifest {
             format: FORMAT.into(),
             version: VERSION,
+            root: processes.first().map_or(0, |p| p.pid),
             processes,
+            shared: Vec::new(),
         }
+    }
+
+    /// The tree's root: `root`, or in a version-1 manifest its process.
+    pub fn root_pid(&self) -> Option<i32> {
+        if self.root != 0 {
+            Some(self.root)
+        } else {
+            self.processes.first().map(|p| p.pid)
+        }
+    }
+
+    /// The process `pid`.
+    pub fn process(&self, pid: i32) -> Option<&ManifestProcess> {
+        self.processes.iter().find(|p| p.pid == pid)
     }
 
     /// Parse a manifest, refusing another format and another version
@@ -87,7 +216,7 @@ impl Manifest {
                 found: header.format,
             });
         }
-        if header.version != VERSION {
+        if !(OLDEST_VERSION..=VERSION).contains(&header.version) {
             return Err(ManifestError::Version {
                 found: header.version,
             });
@@ -123,7 +252,9 @@ impl Manifest {
         let earlier = Manifest::read(dir).map(|m| m.processes).unwrap_or_default();
         let mut processes: Vec<ManifestProcess> = earlier
             .into_iter()
-            .filter(|p| p.pid != process.pid && dir.join(&p.image).is_file())
+            .filter(|p| {
+                p.pid != process.pid && p.image.as_ref().is_some_and(|i| dir.join(i).is_file())
+            })
             .collect();
         processes.push(process);
         processes.sort_by_key(|p| p.pid);
@@ -170,18 +301,22 @@ mod tests {
             ppid: 1,
             pgid: 5,
             sid: 5,
-            image: "task-5.crimg".into(),
+            image: Some("task-5.crimg".into()),
             threads: vec![5, 6],
+            comm: String::new(),
+            tty_nr: 0,
+            tpgid: 0,
+            zombie: None,
         }]);
         let v: serde_json::Value = serde_json::to_value(&m).unwrap();
         assert_eq!(v["format"], "crimg-manifest");
-        assert_eq!(v["version"], 1);
+        assert_eq!(v["version"], 2);
+        assert_eq!(v["root"], 5);
         assert_eq!(v["processes"][0]["image"], "task-5.crimg");
         assert_eq!(v["processes"][0]["threads"][1], 6);
     }
 
-    /// Version 1 exactly as the dumper writes it: this text must keep
-    /// parsing, and keep being what is written, while the version is 1.
+    /// Version 1 as the dumper wrote it: it must keep parsing.
     const GOLDEN_V1: &str = r#"{
   "format": "crimg-manifest",
   "version": 1,
@@ -202,10 +337,105 @@ mod tests {
 "#;
 
     #[test]
-    fn version_1_is_stable() {
+    fn version_1_is_still_read() {
         let m = Manifest::parse(GOLDEN_V1.as_bytes()).unwrap();
         assert_eq!(m.processes[0].threads, vec![5, 6]);
-        assert_eq!(String::from_utf8(m.to_bytes()).unwrap(), GOLDEN_V1);
+        assert_eq!(m.processes[0].image.as_deref(), Some("task-5.crimg"));
+        assert_eq!(m.root_pid(), Some(5));
+        assert!(m.shared.is_empty());
+    }
+
+    /// Version 2 exactly as the dumper writes it: this text must keep
+    /// parsing, and keep being what is written, while the version is 2.
+    const GOLDEN_V2: &str = r#"{
+  "format": "crimg-manifest",
+  "version": 2,
+  "root": 10,
+  "processes": [
+    {
+      "pid": 10,
+      "ppid": 1,
+      "pgid": 10,
+      "sid": 10,
+      "image": "task-10.crimg",
+      "threads": [
+        10
+      ],
+      "comm": "sh",
+      "tty_nr": 34816,
+      "tpgid": 10
+    },
+    {
+      "pid": 11,
+      "ppid": 10,
+      "pgid": 10,
+      "sid": 10,
+      "image": null,
+      "threads": [],
+      "comm": "true",
+      "zombie": {
+        "exited": 3
+      }
+    }
+  ],
+  "shared": [
+    {
+      "kind": "pipe",
+      "holders": [
+        {
+          "pid": 10,
+          "fd": 1,
+          "desc": 1
+        },
+        {
+          "pid": 12,
+          "fd": 0,
+          "desc": 2
+        }
+      ]
+    },
+    {
+      "kind": "caller",
+      "caller_fd": 2,
+      "holders": [
+        {
+          "pid": 10,
+          "fd": 2,
+          "desc": 1
+        }
+      ]
+    },
+    {
+      "kind": "shmem",
+      "holders": [
+        {
+          "pid": 10,
+          "desc": 0,
+          "shmem": 1
+        }
+      ]
+    }
+  ]
+}
+"#;
+
+    #[test]
+    fn version_2_is_stable() {
+        let m = Manifest::parse(GOLDEN_V2.as_bytes()).unwrap();
+        assert_eq!(m.root_pid(), Some(10));
+        assert_eq!(m.process(11).unwrap().zombie, Some(WaitStatus::Exited(3)));
+        assert_eq!(m.shared[0].kind, SharedKind::Pipe);
+        assert_eq!(m.shared[1].caller_fd, Some(2));
+        assert_eq!(m.shared[2].holders[0].shmem, Some(1));
+        assert_eq!(String::from_utf8(m.to_bytes()).unwrap(), GOLDEN_V2);
+    }
+
+    #[test]
+    fn wait_status_from_raw() {
+        assert_eq!(WaitStatus::from_raw(3 << 8), WaitStatus::Exited(3));
+        assert_eq!(WaitStatus::from_raw(9), WaitStatus::Signaled(9));
+        // A core dump flag (0x80) does not change the signal.
+        assert_eq!(WaitStatus::from_raw(0x80 | 11), WaitStatus::Signaled(11));
     }
 
     #[test]
@@ -245,8 +475,12 @@ mod tests {
             ppid: 1,
             pgid: 9,
             sid: 9,
-            image: "elsewhere.json".into(),
+            image: Some("elsewhere.json".into()),
             threads: vec![9],
+            comm: String::new(),
+            tty_nr: 0,
+            tpgid: 0,
+            zombie: None,
         }]);
         fs::write(&elsewhere, serde_json::to_vec(&earlier).unwrap()).unwrap();
         std::os::unix::fs::symlink(&elsewhere, dir.join(FILE_NAME)).unwrap();
@@ -274,8 +508,12 @@ mod with_process_tests {
             ppid: 1,
             pgid: pid,
             sid: pid,
-            image: format!("task-{pid}.crimg"),
+            image: Some(format!("task-{pid}.crimg")),
             threads: vec![pid],
+            comm: String::new(),
+            tty_nr: 0,
+            tpgid: 0,
+            zombie: None,
         }
     }
 

@@ -18,9 +18,13 @@
 )]
 
 pub mod model;
+pub mod parent;
+pub mod sequential;
 pub mod write;
 
-pub use write::{write_image, PageSource, WriteError};
+pub use write::{
+    write_image, write_image_linked, write_image_with, PageSource, WriteError, WriteOptions,
+};
 
 /// The binfmt_misc magic string for [`image_format::IDENT`], escaped as the
 /// `register` file expects (`\xHH` for every byte, so no byte is taken as a

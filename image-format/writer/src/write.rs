@@ -15,6 +15,7 @@ use std::sync::mpsc;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::model::{PageRun, TaskState};
+use crate::parent::ParentLink;
 use image_format::elf::{self, Ehdr, Nhdr, Phdr, Prpsinfo, Prstatus, Shdr};
 use image_format::read::limits;
 use image_format::records::{
@@ -28,6 +29,22 @@ use image_format::{checksum, is_page_aligned, page_align_up, Checksummer, IDENT,
 pub trait PageSource {
     /// Fills `buf` with the task's memory starting at `addr`.
     fn read_pages(&mut self, addr: u64, buf: &mut [u8]) -> io::Result<()>;
+
+    /// Fills `buf` with the task's memory of `pieces` (address, length),
+    /// one after the other; `buf.len()` is their total. A source that can
+    /// read many ranges in one call (`process_vm_readv` takes up to 1024)
+    /// overrides this: an image of many small runs (pages scattered in a
+    /// large reservation) then costs a few calls, not one per run. An
+    /// error here is retried piece by piece with [`Self::read_pages`],
+    /// which names the piece that fails.
+    fn read_pieces(&mut self, pieces: &[(u64, usize)], buf: &mut [u8]) -> io::Result<()> {
+        let mut at = 0;
+        for &(addr, len) in pieces {
+            self.read_pages(addr, &mut buf[at..at + len])?;
+            at += len;
+        }
+        Ok(())
+    }
 
     /// Called after each chunk: `done` of `total` page bytes are written.
     fn progress(&mut self, _done: u64, _total: u64) {}
@@ -46,6 +63,11 @@ pub enum WriteError {
     },
     /// Writing the image file failed (a full disk is `ENOSPC` here).
     Write { offset: u64, source: io::Error },
+    /// The disk space for the image could not be reserved (a full disk).
+    Reserve { len: u64, source: io::Error },
+    /// A page run read twice (a sequential write: `crate::sequential`)
+    /// gave other bytes the second time.
+    PagesChanged { addr: u64 },
 }
 
 impl std::fmt::Display for WriteError {
@@ -63,6 +85,14 @@ impl std::fmt::Display for WriteError {
             Self::Write { offset, source } => {
                 write!(f, "cannot write the image at offset {offset}: {source}")
             }
+            Self::Reserve { len, source } => {
+                write!(f, "cannot reserve {len} bytes for the image: {source}")
+            }
+            Self::PagesChanged { addr } => write!(
+                f,
+                "the memory of the page run at {addr:#x} changed between its checksum and its \
+                 copy (an area another process writes?)"
+            ),
         }
     }
 }
@@ -70,8 +100,10 @@ impl std::fmt::Display for WriteError {
 impl std::error::Error for WriteError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::InvalidState { .. } => None,
-            Self::ReadMemory { source, .. } | Self::Write { source, .. } => Some(source),
+            Self::InvalidState { .. } | Self::PagesChanged { .. } => None,
+            Self::ReadMemory { source, .. }
+            | Self::Write { source, .. }
+            | Self::Reserve { source, .. } => Some(source),
         }
     }
 }
@@ -85,10 +117,31 @@ const _: () = assert!(PHDR_SIZE as usize == core::mem::size_of::<Phdr>());
 const _: () = assert!(SHDR_SIZE as usize == core::mem::size_of::<Shdr>());
 
 /// Size of one copy chunk: large enough that syscalls are few, small enough
-/// to stay in cache-friendly territory.
-const CHUNK: usize = 8 << 20;
+/// that a chunk the reading thread just filled is still in the CPU's cache
+/// when the writing thread copies it into the page cache.
+const CHUNK: usize = 1 << 20;
 /// Chunks in flight between the reading and the writing thread.
-const BUFFERS: usize = 3;
+const BUFFERS: usize = 4;
+/// Pieces (parts of page runs) read into one chunk at most: what one
+/// `process_vm_readv` takes (`IOV_MAX`).
+const MAX_PIECES: usize = 1024;
+
+/// What the writer does beyond laying out and writing the image.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriteOptions {
+    /// Called by the writing thread after each chunk of pages is written,
+    /// with the file and the chunk's offset and length: the dumper starts
+    /// the chunk's writeback there (`sync_file_range`), so that the disk
+    /// writes while pages are still being copied and the `fsync` before
+    /// the image is published has little left to wait for.
+    pub after_write: Option<fn(&File, u64, u64)>,
+    /// Called before any page is written, with the file and the image's
+    /// size: the dumper reserves the disk blocks there (`fallocate`), so
+    /// that a full disk fails the dump at once, before a page is copied,
+    /// and the file system allocates no blocks page by page while the
+    /// pages are written.
+    pub reserve: Option<fn(&File, u64) -> io::Result<()>>,
+}
 
 /// Interned strings of the string table.
 #[derive(Default)]
@@ -127,7 +180,7 @@ fn to_usize(n: u64, what: &'static str) -> Result<usize, WriteError> {
 
 /// The note segment under construction.
 #[derive(Default)]
-struct NoteWriter {
+pub(crate) struct NoteWriter {
     bytes: Vec<u8>,
 }
 
@@ -333,8 +386,12 @@ fn standard_notes(state: &TaskState, notes: &mut NoteWriter) {
 }
 
 /// crimg's own notes, except the segment checksums and the checksum.
-fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
+fn crimg_notes(state: &TaskState, link: Option<&ParentLink>, notes: &mut NoteWriter) {
     let mut strings = StringTable::default();
+    let parent = link.map(|l| records::ParentRecord {
+        path: strings.add(l.path.as_bytes()),
+        ..l.record
+    });
     let process = ProcessRecord {
         exe: strings.add(state.exe.as_bytes()),
         cwd: strings.add(state.cwd.as_bytes()),
@@ -435,10 +492,14 @@ fn crimg_notes(state: &TaskState, notes: &mut NoteWriter) {
     notes.add_records(&state.objects.epoll_items);
     notes.add_records(&sockets);
     notes.add_records::<records::PosixTimerRecord>(&state.objects.posix_timers);
+    // Only incremental images carry it.
+    if let Some(parent) = parent {
+        notes.add_records(&[parent]);
+    }
 }
 
 /// The computed placement of everything in the file.
-struct Layout {
+pub(crate) struct Layout {
     phnum: usize,
     phoff: u64,
     /// Offset of section header 0, when `PN_XNUM` is needed.
@@ -450,8 +511,15 @@ struct Layout {
     file_size: u64,
 }
 
-fn layout(pages: &[PageRun], notes_len_without_tail: usize) -> Layout {
-    let phnum = 1 + pages.len();
+impl Layout {
+    /// The image's size in bytes.
+    pub(crate) fn file_size(&self) -> u64 {
+        self.file_size
+    }
+}
+
+fn layout(pages: &[PageRun], parent_runs: usize, notes_len_without_tail: usize) -> Layout {
+    let phnum = 1 + pages.len() + parent_runs;
     let phoff = len64(core::mem::size_of::<Ehdr>());
     let mut end = phoff + len64(phnum * core::mem::size_of::<Phdr>());
     let shoff = if phnum >= usize::from(elf::PN_XNUM) {
@@ -465,7 +533,7 @@ fn layout(pages: &[PageRun], notes_len_without_tail: usize) -> Layout {
     let header = core::mem::size_of::<RecordHeader>();
     let tail = note_size(
         records::OWNER_CRIMG,
-        header + core::mem::size_of::<SegmentChecksumRecord>() * pages.len(),
+        header + core::mem::size_of::<SegmentChecksumRecord>() * (phnum - 1),
     ) + note_size(
         records::OWNER_CRIMG,
         header + core::mem::size_of::<ChecksumRecord>(),
@@ -488,6 +556,96 @@ fn layout(pages: &[PageRun], notes_len_without_tail: usize) -> Layout {
     }
 }
 
+/// One `PT_LOAD` to write: the own page runs at their offsets, the
+/// parent's with no file contents.
+#[derive(Clone, Copy)]
+struct SegmentOut {
+    vaddr: u64,
+    len: u64,
+    offset: u64,
+    filesz: u64,
+    /// Extra `p_flags` ([`records::PF_FROM_PARENT`]).
+    flags: u32,
+}
+
+/// Every `PT_LOAD` with its checksum, in address order (what the program
+/// header table and the segment checksum note list).
+fn merge_segments(
+    state: &TaskState,
+    link: Option<&ParentLink>,
+    lay: &Layout,
+    own_sums: &[SegmentChecksumRecord],
+) -> Vec<(SegmentOut, SegmentChecksumRecord)> {
+    let mut out: Vec<(SegmentOut, SegmentChecksumRecord)> = state
+        .pages
+        .iter()
+        .zip(&lay.run_offsets)
+        .zip(own_sums)
+        .map(|((run, &offset), &sum)| {
+            let seg = SegmentOut {
+                vaddr: run.start,
+                len: run.len,
+                offset,
+                filesz: run.len,
+                flags: 0,
+            };
+            (seg, sum)
+        })
+        .collect();
+    for p in link.map_or(&[][..], |l| &l.runs) {
+        let seg = SegmentOut {
+            vaddr: p.run.start,
+            len: p.run.len,
+            offset: 0,
+            filesz: 0,
+            flags: records::PF_FROM_PARENT,
+        };
+        out.push((
+            seg,
+            SegmentChecksumRecord {
+                checksum: p.checksum,
+            },
+        ));
+    }
+    // Disjoint (checked by `check_parent_runs`): the start orders them.
+    out.sort_by_key(|(seg, _)| seg.vaddr);
+    out
+}
+
+/// The parent's runs: page-aligned, sorted, disjoint from each other and
+/// from the own runs, each inside one memory area.
+fn check_parent_runs(state: &TaskState, link: &ParentLink) -> Result<(), WriteError> {
+    let invalid = |what, addr| Err(WriteError::InvalidState { what, addr });
+    let mut prev = 0;
+    for p in &link.runs {
+        let run = p.run;
+        if run.len == 0
+            || !is_page_aligned(run.start)
+            || !is_page_aligned(run.len)
+            || run.start < prev
+        {
+            return invalid(
+                "parent page runs empty, unaligned, unsorted or overlapping",
+                run.start,
+            );
+        }
+        prev = run.end();
+        let i = state.pages.partition_point(|r| r.end() <= run.start);
+        if state.pages.get(i).is_some_and(|r| r.start < run.end()) {
+            return invalid("a parent page run overlaps a stored one", run.start);
+        }
+        let v = state.vmas.partition_point(|v| v.record.end <= run.start);
+        match state.vmas.get(v) {
+            Some(v) if v.record.start <= run.start && run.end() <= v.record.end => {}
+            _ => return invalid("parent page run outside every memory area", run.start),
+        }
+    }
+    if link.record.depth == 0 || link.record.depth > records::MAX_CHAIN_DEPTH {
+        return invalid("chain depth out of bounds", u64::from(link.record.depth));
+    }
+    Ok(())
+}
+
 /// [`PAGE_SIZE`] as a buffer length.
 const PAGE_BYTES: usize = 4096;
 const _: () = assert!(PAGE_BYTES as u64 == PAGE_SIZE);
@@ -499,10 +657,9 @@ struct AlignedPage([u8; PAGE_BYTES]);
 
 /// A buffer of whole pages, page-aligned in memory. With it every write the
 /// writer makes is page-aligned in file offset, length and memory, so the
-/// image may be opened with `O_DIRECT`: pages then go from the buffer to the
-/// disk without allocating page cache for the whole image (on this machine
-/// 0.6 s per GiB, against up to 3 s through the page cache on memory the
-/// VM has not backed yet).
+/// image may be opened with `O_DIRECT` (the dumper writes through the page
+/// cache instead, so that a restore right after the dump reads the image
+/// from memory, not from the disk).
 struct AlignedBuf(Vec<AlignedPage>);
 
 impl AlignedBuf {
@@ -526,32 +683,138 @@ fn write_at(out: &File, bytes: &[u8], offset: u64) -> Result<(), WriteError> {
         .map_err(|source| WriteError::Write { offset, source })
 }
 
+/// One chunk of the page copy: `len` bytes of the file from `offset`, made
+/// of `pieces` (address, length) of consecutive page runs (runs lie back
+/// to back in the file), the first piece a part of run `first_run`.
+struct Chunk {
+    offset: u64,
+    len: usize,
+    first_run: usize,
+    pieces: Vec<(u64, usize)>,
+}
+
+/// Cuts the page runs, laid out from `lay.run_offsets`, into chunks of at
+/// most [`CHUNK`] bytes and [`MAX_PIECES`] pieces, in file order.
+fn chunks(pages: &[PageRun], lay: &Layout) -> Vec<Chunk> {
+    let mut out: Vec<Chunk> = Vec::new();
+    let mut current: Option<Chunk> = None;
+    for (i, (run, &file_off)) in pages.iter().zip(&lay.run_offsets).enumerate() {
+        let mut at = 0u64;
+        while at < run.len {
+            let chunk = current.get_or_insert_with(|| Chunk {
+                offset: file_off + at,
+                len: 0,
+                first_run: i,
+                pieces: Vec::new(),
+            });
+            // At most CHUNK, which is a usize.
+            let n = usize::try_from((run.len - at).min(len64(CHUNK - chunk.len))).unwrap_or(CHUNK);
+            chunk.pieces.push((run.start + at, n));
+            chunk.len += n;
+            at += len64(n);
+            if chunk.len == CHUNK || chunk.pieces.len() == MAX_PIECES {
+                out.extend(current.take());
+            }
+        }
+    }
+    out.extend(current);
+    out
+}
+
+/// Reads the pieces of `chunk` into `buf`, in one batch, else (the batch
+/// failed) piece by piece so that the error names the piece that failed.
+fn read_chunk(
+    source: &mut dyn PageSource,
+    chunk: &Chunk,
+    buf: &mut [u8],
+) -> Result<(), WriteError> {
+    if source.read_pieces(&chunk.pieces, buf).is_ok() {
+        return Ok(());
+    }
+    let mut at = 0;
+    for &(addr, len) in &chunk.pieces {
+        source
+            .read_pages(addr, &mut buf[at..at + len])
+            .map_err(|source| WriteError::ReadMemory {
+                addr,
+                len: len64(len),
+                source,
+            })?;
+        at += len;
+    }
+    Ok(())
+}
+
+/// Where [`copy_pages`] puts each chunk of pages.
+pub(crate) enum PageSink<'a> {
+    /// At its offset in the image file (`pwrite`), then the options'
+    /// `after_write`.
+    File(&'a File, WriteOptions),
+    /// Appended to a stream (a pipe, a socket: no seek) that has reached
+    /// file offset `at`: chunks come in file order, back to back.
+    Stream {
+        out: &'a mut (dyn io::Write + Send),
+        at: u64,
+    },
+    /// Nowhere: only the checksums are wanted (the first pass of a
+    /// sequential write, `crate::sequential`).
+    Discard,
+}
+
+impl PageSink<'_> {
+    fn put(&mut self, bytes: &[u8], offset: u64) -> Result<(), WriteError> {
+        match self {
+            PageSink::File(out, opts) => {
+                write_at(out, bytes, offset)?;
+                if let Some(after_write) = opts.after_write {
+                    after_write(out, offset, len64(bytes.len()));
+                }
+            }
+            PageSink::Stream { out, at } => {
+                if offset != *at {
+                    return Err(WriteError::InvalidState {
+                        what: "page chunks not back to back in a stream",
+                        addr: offset,
+                    });
+                }
+                out.write_all(bytes)
+                    .map_err(|source| WriteError::Write { offset, source })?;
+                *at += len64(bytes.len());
+            }
+            PageSink::Discard => {}
+        }
+        Ok(())
+    }
+}
+
 /// Copies every page run from `source` to its place in `out` and returns
 /// the runs' checksums, in order.
 ///
 /// Two threads: this one reads and checksums a chunk while a second writes
 /// the previous one, each chunk in its own page-aligned buffer, so reading
-/// the task's memory and writing the file overlap. The source is used from
-/// this thread only.
-fn copy_pages(
+/// the task's memory and writing the file overlap. A chunk holds many runs
+/// when they are small, read with one batched call and written with one
+/// `pwrite`. The source is used from this thread only.
+pub(crate) fn copy_pages(
     state: &TaskState,
     lay: &Layout,
-    out: &File,
+    mut sink: PageSink<'_>,
     source: &mut dyn PageSource,
 ) -> Result<Vec<SegmentChecksumRecord>, WriteError> {
     let total: u64 = state.pages.iter().map(|r| r.len).sum();
     let chunk_len = usize::try_from(total).map_or(CHUNK, |total| CHUNK.min(total));
+    let chunks = chunks(&state.pages, lay);
     let mut sums = Vec::with_capacity(state.pages.len());
     std::thread::scope(|scope| {
         // Filled chunks go to the writer; emptied buffers come back.
-        let (to_writer, filled) = mpsc::sync_channel::<(AlignedBuf, usize, u64)>(1);
+        let (to_writer, filled) = mpsc::sync_channel::<(AlignedBuf, usize, u64)>(BUFFERS);
         let (to_reader, emptied) = mpsc::channel::<AlignedBuf>();
         for _ in 0..BUFFERS {
             let _ = to_reader.send(AlignedBuf::new(chunk_len));
         }
         let writer = scope.spawn(move || -> Result<(), WriteError> {
             for (buf, len, offset) in filled {
-                write_at(out, &buf.bytes()[..len], offset)?;
+                sink.put(&buf.bytes()[..len], offset)?;
                 // The reader may have stopped (an error): nothing to return to.
                 let _ = to_reader.send(buf);
             }
@@ -559,36 +822,44 @@ fn copy_pages(
         });
         let read = (|| -> Result<(), WriteError> {
             let mut done = 0u64;
-            for (run, &file_off) in state.pages.iter().zip(&lay.run_offsets) {
-                let mut hasher = Checksummer::new();
-                let mut at = 0u64;
-                while at < run.len {
-                    // At most CHUNK, which is a usize.
-                    let n = usize::try_from((run.len - at).min(len64(CHUNK))).unwrap_or(CHUNK);
-                    let addr = run.start + at;
-                    // No buffer back: the writer stopped, with an error.
-                    let Ok(mut buf) = emptied.recv() else {
-                        return Ok(());
-                    };
-                    let chunk = &mut buf.bytes_mut()[..n];
-                    source
-                        .read_pages(addr, chunk)
-                        .map_err(|source| WriteError::ReadMemory {
-                            addr,
-                            len: len64(n),
-                            source,
-                        })?;
-                    hasher.update(chunk);
-                    if to_writer.send((buf, n, file_off + at)).is_err() {
-                        return Ok(());
+            // The run being checksummed, and its hash so far.
+            let mut run = 0usize;
+            let mut hasher = Checksummer::new();
+            let mut hashed = 0u64;
+            for chunk in &chunks {
+                // No buffer back: the writer stopped, with an error.
+                let Ok(mut buf) = emptied.recv() else {
+                    return Ok(());
+                };
+                let bytes = &mut buf.bytes_mut()[..chunk.len];
+                read_chunk(source, chunk, bytes)?;
+                // Each piece continues the run being hashed or starts the
+                // next one (pieces come in run order, runs are not empty).
+                let mut at = 0;
+                for (k, &(_, len)) in chunk.pieces.iter().enumerate() {
+                    if k == 0 && chunk.first_run != run {
+                        return Err(WriteError::InvalidState {
+                            what: "page chunks out of order",
+                            addr: chunk.offset,
+                        });
                     }
-                    at += len64(n);
-                    done += len64(n);
-                    source.progress(done, total);
+                    hasher.update(&bytes[at..at + len]);
+                    hashed += len64(len);
+                    at += len;
+                    if hashed == state.pages[run].len {
+                        sums.push(SegmentChecksumRecord {
+                            checksum: hasher.digest(),
+                        });
+                        hasher = Checksummer::new();
+                        hashed = 0;
+                        run += 1;
+                    }
                 }
-                sums.push(SegmentChecksumRecord {
-                    checksum: hasher.digest(),
-                });
+                if to_writer.send((buf, chunk.len, chunk.offset)).is_err() {
+                    return Ok(());
+                }
+                done += len64(chunk.len);
+                source.progress(done, total);
             }
             Ok(())
         })();
@@ -617,11 +888,71 @@ pub fn write_image(
     out: &File,
     source: &mut dyn PageSource,
 ) -> Result<u64, WriteError> {
+    write_image_with(state, out, source, WriteOptions::default())
+}
+
+/// [`write_image`], with `opts`.
+pub fn write_image_with(
+    state: &TaskState,
+    out: &File,
+    source: &mut dyn PageSource,
+    opts: WriteOptions,
+) -> Result<u64, WriteError> {
+    write_image_linked(state, None, out, source, opts)
+}
+
+/// [`write_image_with`] of an incremental image when `link` is given: the
+/// state's own page runs are stored, `link`'s runs are taken from the
+/// parent image it names (see `image_format::records::ParentRecord`).
+pub fn write_image_linked(
+    state: &TaskState,
+    link: Option<&ParentLink>,
+    out: &File,
+    source: &mut dyn PageSource,
+    opts: WriteOptions,
+) -> Result<u64, WriteError> {
+    let (notes, lay) = laid_out_linked(state, link)?;
+
+    // Pages first: their checksums go into the notes.
+    if let Some(reserve) = opts.reserve {
+        reserve(out, lay.file_size).map_err(|source| WriteError::Reserve {
+            len: lay.file_size,
+            source,
+        })?;
+    }
+    let sums = copy_pages(state, &lay, PageSink::File(out, opts), source)?;
+    let head = head_linked(state, link, &lay, notes, &sums)?;
+    let mut aligned = AlignedBuf::new(head.len());
+    aligned.bytes_mut().copy_from_slice(&head);
+    write_at(out, aligned.bytes_mut(), 0)?;
+    out.set_len(lay.file_size)
+        .map_err(|source| WriteError::Write {
+            offset: lay.file_size,
+            source,
+        })?;
+    Ok(lay.file_size)
+}
+
+/// The notes of `state` but the checksums, and the layout of its image,
+/// refused if a reader would refuse it.
+pub(crate) fn laid_out(state: &TaskState) -> Result<(NoteWriter, Layout), WriteError> {
+    laid_out_linked(state, None)
+}
+
+/// [`laid_out`] with the parent `link` of an incremental image.
+fn laid_out_linked(
+    state: &TaskState,
+    link: Option<&ParentLink>,
+) -> Result<(NoteWriter, Layout), WriteError> {
     check_state(state)?;
+    if let Some(link) = link {
+        check_parent_runs(state, link)?;
+    }
+    let parent_runs = link.map_or(0, |l| l.runs.len());
     let mut notes = NoteWriter::default();
     standard_notes(state, &mut notes);
-    crimg_notes(state, &mut notes);
-    let lay = layout(&state.pages, notes.bytes.len());
+    crimg_notes(state, link, &mut notes);
+    let lay = layout(&state.pages, parent_runs, notes.bytes.len());
     // Never write what the reader (and so the loader) would refuse.
     if lay.notes_len > limits::MAX_NOTES_SIZE {
         return Err(WriteError::InvalidState {
@@ -635,9 +966,33 @@ pub fn write_image(
             addr: len64(lay.phnum),
         });
     }
+    Ok((notes, lay))
+}
 
-    // Pages first: their checksums go into the notes.
-    let sums = copy_pages(state, &lay, out, source)?;
+/// Everything of the image before its first page: the ELF header, the
+/// program headers, the notes with the page runs' checksums `sums` and
+/// the checksum record, zeros up to the first page.
+pub(crate) fn head(
+    state: &TaskState,
+    lay: &Layout,
+    notes: NoteWriter,
+    sums: &[SegmentChecksumRecord],
+) -> Result<Vec<u8>, WriteError> {
+    head_linked(state, None, lay, notes, sums)
+}
+
+/// [`head`] of an incremental image with parent `link`: `own_sums` are the
+/// checksums of the state's own page runs, merged in address order with
+/// those of the parent's runs.
+fn head_linked(
+    state: &TaskState,
+    link: Option<&ParentLink>,
+    lay: &Layout,
+    mut notes: NoteWriter,
+    own_sums: &[SegmentChecksumRecord],
+) -> Result<Vec<u8>, WriteError> {
+    let segments = merge_segments(state, link, lay, own_sums);
+    let sums: Vec<SegmentChecksumRecord> = segments.iter().map(|&(_, sum)| sum).collect();
     notes.add_records(&sums);
 
     // Headers.
@@ -671,18 +1026,18 @@ pub fn write_image(
     };
     head.extend_from_slice(note_ph.as_bytes());
     let mut vmas = state.vmas.iter().peekable();
-    for (run, &off) in state.pages.iter().zip(&lay.run_offsets) {
-        while vmas.peek().is_some_and(|v| v.record.end <= run.start) {
+    for &(seg, _) in &segments {
+        while vmas.peek().is_some_and(|v| v.record.end <= seg.vaddr) {
             vmas.next();
         }
         let prot = vmas.peek().map_or(0, |v| v.record.prot);
         let ph = Phdr {
             p_type: elf::PT_LOAD,
-            p_flags: segment_flags(prot),
-            p_offset: off,
-            p_vaddr: run.start,
-            p_filesz: run.len,
-            p_memsz: run.len,
+            p_flags: segment_flags(prot) | seg.flags,
+            p_offset: seg.offset,
+            p_vaddr: seg.vaddr,
+            p_filesz: seg.filesz,
+            p_memsz: seg.len,
             p_align: PAGE_SIZE,
             ..Phdr::default()
         };
@@ -716,13 +1071,5 @@ pub fn write_image(
     // Zero the gap up to the first page so the file has no hole there.
     let first_page = page_align_up(lay.notes_offset + lay.notes_len);
     head.resize(to_usize(first_page, "headers larger than memory")?, 0);
-    let mut aligned = AlignedBuf::new(head.len());
-    aligned.bytes_mut().copy_from_slice(&head);
-    write_at(out, aligned.bytes_mut(), 0)?;
-    out.set_len(lay.file_size)
-        .map_err(|source| WriteError::Write {
-            offset: lay.file_size,
-            source,
-        })?;
-    Ok(lay.file_size)
+    Ok(head)
 }

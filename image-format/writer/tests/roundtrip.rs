@@ -308,7 +308,12 @@ fn every_note_of_an_unknown_record_version_is_refused_by_name() {
     let headers = record_headers(&bytes);
     // Every known record note is in the sample image, and only those.
     let mut types: Vec<u32> = headers.iter().map(|&(t, _)| t).collect();
-    let mut known: Vec<u32> = records::KNOWN_NOTES.iter().map(|v| v.note_type).collect();
+    // (Only an incremental image has a PARENT note: `tests/chain.rs`.)
+    let mut known: Vec<u32> = records::KNOWN_NOTES
+        .iter()
+        .map(|v| v.note_type)
+        .filter(|&t| t != records::note::PARENT)
+        .collect();
     types.sort_unstable();
     known.sort_unstable();
     assert_eq!(types, known);
@@ -567,6 +572,7 @@ fn the_note_index_finds_what_a_scan_finds() {
     let written = records::KNOWN_NOTES
         .iter()
         .map(|v| v.note_type)
+        .filter(|&t| t != records::note::PARENT)
         .chain([records::note::STRTAB]);
     for note_type in written {
         let scanned = img
@@ -602,4 +608,164 @@ fn a_crimg_note_of_a_type_this_reader_does_not_know_is_skipped() {
     assert_eq!(img.warnings().count(), 0);
     let desc = img.crimg_note(newer).unwrap();
     assert_eq!(u16::from_le_bytes([desc[0], desc[1]]), 9);
+}
+
+/// Pattern memory that counts its batched reads, and fails every batch
+/// (falling back to piece-by-piece reads) when asked to.
+struct CountingMemory {
+    batches: usize,
+    pieces: usize,
+    fail_batches: bool,
+}
+
+impl PageSource for CountingMemory {
+    fn read_pages(&mut self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+        PatternMemory.read_pages(addr, buf)
+    }
+
+    fn read_pieces(&mut self, pieces: &[(u64, usize)], buf: &mut [u8]) -> io::Result<()> {
+        self.batches += 1;
+        self.pieces += pieces.len();
+        assert_eq!(buf.len(), pieces.iter().map(|p| p.1).sum::<usize>());
+        if self.fail_batches {
+            return Err(io::Error::other("batch refused"));
+        }
+        let mut at = 0;
+        for &(addr, len) in pieces {
+            PatternMemory.read_pages(addr, &mut buf[at..at + len])?;
+            at += len;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn small_runs_are_read_in_batches_and_large_ones_in_chunks() {
+    // 3000 single pages far apart (a sparse reservation), then a 5 MiB run
+    // and a 3-page one: each run's content and checksum must come out as
+    // if it had been copied alone.
+    let base = 0x1000_0000u64;
+    let mut runs: Vec<PageRun> = (0..3000u64)
+        .map(|i| PageRun {
+            start: base + 1021 * i * PAGE_SIZE,
+            len: PAGE_SIZE,
+        })
+        .collect();
+    let big = base + 1021 * 3000 * PAGE_SIZE;
+    runs.push(PageRun {
+        start: big,
+        len: 5 << 20,
+    });
+    runs.push(PageRun {
+        start: big + (6 << 20),
+        len: 3 * PAGE_SIZE,
+    });
+    let mut state = sample_state(1, runs.clone());
+    state.vmas = vec![vma(base, big + (8 << 20), vma_kind::ANON, "")];
+    for fail_batches in [false, true] {
+        let file = tempfile::tempfile().unwrap();
+        let mut source = CountingMemory {
+            batches: 0,
+            pieces: 0,
+            fail_batches,
+        };
+        let size = write_image(&state, &file, &mut source).unwrap();
+        let mut bytes = vec![0u8; size as usize];
+        file.read_exact_at(&mut bytes, 0).unwrap();
+        let img = Image::parse(&bytes).unwrap();
+        img.verify_segments().unwrap();
+        let segments: Vec<_> = img.segments().collect();
+        assert_eq!(segments.len(), runs.len());
+        for (s, r) in segments.iter().zip(&runs) {
+            assert_eq!((s.vaddr, s.len), (r.start, r.len));
+            let data = img.segment_bytes(s);
+            assert!(
+                data.iter()
+                    .enumerate()
+                    .all(|(i, &b)| b == pattern(r.start + i as u64)),
+                "segment at {:#x} holds other bytes",
+                s.vaddr
+            );
+        }
+        // The 3000 pages in 1 MiB chunks of 256 pages each, the big run in
+        // 1 MiB chunks: 18 reads or so, not one per run.
+        assert!(source.batches <= 20, "{} batches", source.batches);
+        assert!(source.pieces >= runs.len(), "{} pieces", source.pieces);
+    }
+}
+
+/// [`PatternMemory`] until `reads` reads are done, then every byte
+/// flipped: memory that changes between two passes.
+struct ChangingMemory {
+    reads: usize,
+    change_after: usize,
+}
+
+impl PageSource for ChangingMemory {
+    fn read_pages(&mut self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+        PatternMemory.read_pages(addr, buf)?;
+        self.reads += 1;
+        if self.reads > self.change_after {
+            buf.iter_mut().for_each(|b| *b = !*b);
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn an_image_written_in_file_order_is_the_one_written_in_place() {
+    // Many runs (more than one chunk's pieces) and a large one (several
+    // chunks), so that chunks are cut as in a real dump.
+    let mut pages: Vec<PageRun> = (0..1500u64)
+        .map(|i| PageRun {
+            start: 0x60_0000 + 2 * i * PAGE_SIZE,
+            len: PAGE_SIZE,
+        })
+        .collect();
+    pages.push(PageRun {
+        start: 0x7fff_0000_0000,
+        len: 700 * PAGE_SIZE,
+    });
+    let mut state = sample_state(2, pages);
+    state.vmas = vec![vma(0x40_0000, 0x40_2000, vma_kind::FILE, "/usr/bin/sample")];
+    state.vmas.push(vma(
+        0x60_0000,
+        0x60_0000 + 3000 * PAGE_SIZE,
+        vma_kind::ANON,
+        "",
+    ));
+    state.vmas.push(vma(
+        0x7fff_0000_0000,
+        0x7fff_0000_0000 + 700 * PAGE_SIZE,
+        vma_kind::ANON,
+        "",
+    ));
+    let in_place = write_to_vec(&state);
+    let prepared = image_writer::sequential::prepare(&state, &mut PatternMemory).unwrap();
+    assert_eq!(prepared.size(), in_place.len() as u64);
+    assert!(in_place.starts_with(prepared.head()));
+    let mut streamed = Vec::new();
+    let n = prepared
+        .write_to(&mut streamed, &mut PatternMemory)
+        .unwrap();
+    assert_eq!(n, in_place.len() as u64);
+    assert!(streamed == in_place, "the streamed image differs");
+    Image::parse(&streamed).unwrap().verify_segments().unwrap();
+}
+
+#[test]
+fn pages_that_change_between_the_two_reads_stop_a_sequential_write() {
+    let state = sample_state(1, default_pages());
+    let mut memory = ChangingMemory {
+        reads: 0,
+        change_after: usize::MAX,
+    };
+    let prepared = image_writer::sequential::prepare(&state, &mut memory).unwrap();
+    memory.change_after = memory.reads;
+    let mut streamed = Vec::new();
+    let err = prepared.write_to(&mut streamed, &mut memory).unwrap_err();
+    assert!(
+        matches!(err, image_writer::WriteError::PagesChanged { addr } if addr == 0x60_0000),
+        "{err}"
+    );
 }

@@ -46,6 +46,11 @@ enum Command {
     /// run in this process, and nothing is changed.
     Plan { image: PathBuf },
     /// Resume the process in an image, in this terminal (runs the loader).
+    /// IMAGE `-` reads a dump stream (crdump -o -) on stdin and resumes its
+    /// one process: the image is held in memory (a sealed memfd) until the
+    /// restore is done, never written to disk; a cut or corrupt stream, or
+    /// a tree, is refused before anything resumes. The process's stdin is
+    /// /dev/null then (the stream was crimg's).
     Run {
         image: PathBuf,
         /// The loader binary (default: found beside crimg or installed).
@@ -56,6 +61,20 @@ enum Command {
         /// (another copy of the image runs) gets a new one, with a warning.
         #[arg(long)]
         same_ids: bool,
+        /// Fill the memory before the process resumes (the default:
+        /// anonymous pages are copied in with UFFDIO_COPY where the kernel
+        /// allows it, else read), every checksum verified before anything
+        /// changes.
+        #[arg(long)]
+        eager: bool,
+        /// Resume the process as soon as its memory areas exist: a page
+        /// server fills its private anonymous pages on first touch and in
+        /// the background (userfaultfd), then exits. Needs CAP_SYS_PTRACE
+        /// (else refused, exit 7). Those pages' checksums are verified by
+        /// the server before it copies them: a corrupt page found then
+        /// kills the resumed process.
+        #[arg(long, conflicts_with = "eager")]
+        lazy: bool,
     },
     /// Check what this machine allows: ptrace, pagemap, vDSO layout, XSAVE,
     /// capabilities, set_tid, the loader and the binfmt entry (each by
@@ -138,6 +157,16 @@ fn info(path: &Path, json: bool) -> Result<()> {
 fn verify(paths: &[PathBuf]) -> Result<()> {
     let mut failed = 0;
     for path in paths {
+        // An incremental image: its whole chain first, naming a broken link.
+        if let Err(e) = crimg_tools::chain::ChainFiles::open(path).and_then(|c| c.verify()) {
+            eprintln!(
+                "crimg: {}: {}",
+                path.display(),
+                crimg_tools::error_line(crimg_tools::error_chain(&e))
+            );
+            failed += 1;
+            continue;
+        }
         let result = ImageFile::open(path).and_then(|f| {
             let img = f.verify()?;
             Ok((
@@ -169,8 +198,11 @@ fn verify(paths: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-fn run(image: &Path, loader_bin: Option<PathBuf>, same_ids: bool) -> Result<()> {
+fn run(image: &Path, loader_bin: Option<PathBuf>, same_ids: bool, lazy: bool) -> Result<()> {
     let loader = loader(loader_bin)?;
+    if image.as_os_str() == "-" {
+        return run_stream(&loader, same_ids, lazy);
+    }
     // Fail early with a clear message rather than through the loader.
     if !image.exists() {
         bail!("{}: no such image", image.display());
@@ -183,6 +215,45 @@ fn run(image: &Path, loader_bin: Option<PathBuf>, same_ids: bool) -> Result<()> 
     if same_ids {
         command.arg("--same-ids");
     }
+    if lazy {
+        command.arg("--lazy");
+    }
+    let err = crimg_tools::signals::exec_with_signals_blocked(&mut command);
+    Err(err).with_context(|| format!("cannot execute the loader {}", loader.display()))
+}
+
+/// `crimg run -`: the stream on stdin received whole into a sealed memfd
+/// (`crimg_tools::stream`), then the loader run on it as on an image file.
+fn run_stream(loader: &Path, same_ids: bool, lazy: bool) -> Result<()> {
+    use std::io::IsTerminal;
+    use std::os::fd::AsRawFd;
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        bail!("run -: stdin is a terminal; give it a dump stream (crdump -o - | crimg run -)");
+    }
+    // Whom the stream counts as owned by, while its writer still runs;
+    // the loader bounds the task by the memfd's owner.
+    let owner = crimg_tools::stream_owner::of_stdin().context("run -: stdin")?;
+    // Unbuffered (std's stdin reads ahead): the image is spliced from the
+    // fd right after its header, which must be all that was read.
+    let input = std::fs::File::from(
+        std::os::fd::AsFd::as_fd(&stdin)
+            .try_clone_to_owned()
+            .context("stdin")?,
+    );
+    crimg_tools::stream::grow_pipe(&input);
+    let received = crimg_tools::stream::receive(input)?;
+    crimg_tools::stream_owner::give(&received.image, &owner).context("run -")?;
+    let mut command = std::process::Command::new(loader);
+    command.arg(format!("/proc/self/fd/{}", received.image.as_raw_fd()));
+    if same_ids {
+        command.arg("--same-ids");
+    }
+    if lazy {
+        command.arg("--lazy");
+    }
+    let null = std::fs::File::open("/dev/null").context("/dev/null")?;
+    command.stdin(null);
     let err = crimg_tools::signals::exec_with_signals_blocked(&mut command);
     Err(err).with_context(|| format!("cannot execute the loader {}", loader.display()))
 }
@@ -318,7 +389,34 @@ fn binfmt_action(action: BinfmtAction) -> Result<()> {
     Ok(())
 }
 
+/// `crimg run [--eager|--lazy] IMAGE` exactly (the restore path, whose every microsecond
+/// before the loader's exec counts): the image (and whether lazy), without building clap's
+/// parser for every subcommand (which costs more than all else `run` does
+/// before the exec). Any other form, options included, goes through clap.
+fn plain_run() -> Option<(PathBuf, bool)> {
+    let mut args = std::env::args_os().skip(1).peekable();
+    let command = args.next()?;
+    // `--eager` is the default restore: the same fast path.
+    let lazy = args
+        .next_if(|a| a == "--eager" || a == "--lazy")
+        .is_some_and(|a| a == "--lazy");
+    let image = args.next()?;
+    let image_is_a_path = !image.is_empty() && !image.as_encoded_bytes().starts_with(b"-");
+    (command == "run" && image_is_a_path && args.next().is_none())
+        .then(|| (PathBuf::from(image), lazy))
+}
+
 fn main() -> ExitCode {
+    if let Some((image, lazy)) = plain_run() {
+        return match run(&image, None, false, lazy) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                let line = crimg_tools::error_line(e.chain().map(|c| c.to_string()));
+                eprintln!("crimg: {line}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info { image, json } => info(&image, json),
@@ -331,7 +429,9 @@ fn main() -> ExitCode {
             image,
             loader,
             same_ids,
-        } => run(&image, loader, same_ids),
+            eager: _,
+            lazy,
+        } => run(&image, loader, same_ids, lazy),
         Command::Check { json, binfmt_name } => check_machine(json, &binfmt_name),
         Command::Binfmt { action } => binfmt_action(action),
     };

@@ -1,5 +1,6 @@
 //! Pipes and FIFOs.
 
+use super::holders;
 use super::*;
 
 /// Pipes and FIFOs: one object per pipe inode with both ends in the task
@@ -46,18 +47,48 @@ pub(super) fn save_pipes<T: Task>(
             (0..=2).contains(&listed[i].fd) || stdio_descs.contains(&records[i].record.desc)
         });
         let both_ends = reader.is_some() && has_writer;
+        let (in_tree, outside) = c.opts.split_holders(&others);
         if !both_ends && all_stdio && !stdio_descs.is_empty() {
             // The caller's pipe (its other end is the caller's): inherited,
-            // as before objects existed.
-            continue;
+            // as before objects existed. In a tree: the root's, unless only
+            // processes of the tree hold it (then it is the tree's), and
+            // another process's where it is the root's caller's pipe.
+            let caller = match &c.opts.tree {
+                None => true,
+                Some(t) if t.root == c.pid => !outside.is_empty() || in_tree.is_empty(),
+                Some(t) => ends.iter().all(|&i| t.caller_fd(listed[i].fd).is_some()),
+            };
+            if caller {
+                continue;
+            }
         }
-        if !others.is_empty() {
+        if !outside.is_empty() {
             let fds: Vec<String> = ends.iter().map(|&i| listed[i].fd.to_string()).collect();
             c.unsupported(format!(
-                "fd {} {} {shown}, which pid {} holds too; pipes between processes need a tree dump",
+                "fd {} {} {shown}, which pid {} holds too; {}",
+                fds.join(", "),
+                if fds.len() > 1 {
+                    "are ends of"
+                } else {
+                    "is an end of"
+                },
+                join(&outside),
+                holders::held_outside(c.opts, "pipes")
+            ))?;
+            continue;
+        }
+        // Not root: an end missing here may be held by a process whose fds
+        // could not be read, and would come back closed (a writer whose
+        // reader is gone, a reader that sees end-of-file): refused rather
+        // than published so.
+        if !both_ends && in_tree.is_empty() && c.unreadable_holders > 0 {
+            let fds: Vec<String> = ends.iter().map(|&i| listed[i].fd.to_string()).collect();
+            c.unsupported(format!(
+                "fd {} {} {shown} without its {} end, and the fds of {} other process(es) could not be read (run crdump as root): whether another process holds that end is not known, and restored it would be closed",
                 fds.join(", "),
                 if fds.len() > 1 { "are ends of" } else { "is an end of" },
-                join(&others)
+                if reader.is_some() { "write" } else { "read" },
+                c.unreadable_holders
             ))?;
             continue;
         }
@@ -70,7 +101,10 @@ pub(super) fn save_pipes<T: Task>(
         }
         // No other process holds it: an end the task lacks is closed for
         // good (a reader then sees the bytes and end-of-file), and comes
-        // back closed.
+        // back closed. Held by other processes of the tree too, it is
+        // saved as if it were this process's alone (with its bytes when
+        // this process holds a read end): the tree restore makes it once
+        // and places it in every holder, with the other ends.
         let probe = reader.unwrap_or(ends[0]);
         let stolen: OwnedFd = match c.task.take_fd(listed[probe].fd) {
             Ok(f) => f,

@@ -1,5 +1,6 @@
 //! Sockets.
 
+use super::holders;
 use super::*;
 
 /// Sockets: one object per socket (its first fd's description; a socket
@@ -46,6 +47,7 @@ pub(super) fn save_sockets<T: Task>(
         holders: &holders,
         unix: None,
         path_inode: &path_inode,
+        tree: c.opts.tree.as_ref().map(|t| t.pids.as_slice()),
     };
     let mut refusals = Vec::new();
     let mut warnings = Vec::new();
@@ -65,12 +67,28 @@ pub(super) fn save_sockets<T: Task>(
         let stdio = (0..=2).contains(&l.fd);
         let others = &shared[i];
         if !others.is_empty() {
-            if !stdio {
+            let (in_tree, outside) = c.opts.split_holders(others);
+            // Stdio on a socket others hold is the caller's: a process's
+            // alone, the root's, and another's of the tree where it is the
+            // root's.
+            let caller = stdio
+                && match &c.opts.tree {
+                    None => true,
+                    Some(t) if t.root == c.pid => !outside.is_empty(),
+                    Some(t) => t.caller_fd(l.fd).is_some(),
+                };
+            if caller {
+                continue;
+            }
+            if outside.is_empty() {
+                refusals.push(holders::in_tree_refusal(l, &in_tree, false));
+            } else {
                 refusals.push(format!(
-                    "{} (fd {}) is also held by pid {}; objects shared between processes need a tree dump",
+                    "{} (fd {}) is also held by pid {}; {}",
                     Escaped(l.link.as_bytes()),
                     l.fd,
-                    join(others)
+                    join(&outside),
+                    holders::held_outside(c.opts, "sockets")
                 ));
             }
             continue;

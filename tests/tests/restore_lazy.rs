@@ -1,0 +1,343 @@
+//! Lazy restore (`crimg run --lazy`): the process resumes before its
+//! anonymous memory is in, a page server fills it through a userfaultfd
+//! (faults first, the rest in the background) and exits. The workload
+//! checks all of its memory; once the fill is done the process has no
+//! extra fd, thread, child or mapping and no area is still registered
+//! (`um` in smaps); a corrupted page kills it with one line.
+
+use std::fs;
+use std::time::Duration;
+
+use crimg_tests::cli::{self, CLI_TIMEOUT};
+use crimg_tests::process::CheckTrigger;
+use crimg_tests::roundtrip::{assert_same_maps, dump_and_kill, maps_of, tasks_of, Dumped};
+use crimg_tests::smaps::{assert_same_vm_flags, vm_flags_of, AreaFlags};
+use crimg_tests::untouched::wait_until;
+use crimg_tests::{binaries, scratch_dir, Binaries, Workload};
+
+/// Each fd of `pid` with what it refers to.
+fn fds_of(pid: i32) -> Vec<(String, String)> {
+    let mut fds: Vec<(String, String)> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|err| panic!("cannot read /proc/{pid}/fd: {err}"))
+        .map(|e| {
+            let e = e.expect("an fd entry");
+            let target = fs::read_link(e.path()).map_or_else(
+                |err| format!("unreadable: {err}"),
+                |p| p.display().to_string(),
+            );
+            (e.file_name().to_string_lossy().into_owned(), target)
+        })
+        .collect();
+    fds.sort();
+    fds
+}
+
+/// Areas of `flags` still registered with a userfaultfd (`um`: missing).
+fn registered(flags: &[AreaFlags]) -> Vec<&AreaFlags> {
+    flags
+        .iter()
+        .filter(|a| a.flags.iter().any(|f| f == "um"))
+        .collect()
+}
+
+/// The children of `pid` (all its threads').
+fn children_of(pid: i32) -> Vec<String> {
+    tasks_of(pid)
+        .iter()
+        .flat_map(|t| {
+            fs::read_to_string(format!("/proc/{pid}/task/{t}/children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// `crimg run --lazy IMAGE`, as a workload.
+fn run_lazy(bins: &Binaries, dumped: &Dumped, name: &str) -> Workload {
+    let mut lazy = bins.crimg_command(["run", "--lazy"]);
+    lazy.arg(&dumped.dump.image);
+    Workload::spawn_command(name, lazy).unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// Wait until the page server is done with `pid`: no area registered.
+fn wait_fill_done(pid: i32) {
+    let done = wait_until(Duration::from_secs(30), || {
+        registered(&vm_flags_of(pid)).is_empty()
+    });
+    assert!(
+        done,
+        "areas of {pid} still registered after 30 s: {:?}",
+        registered(&vm_flags_of(pid))
+    );
+}
+
+#[test]
+fn lazy_restore_checks_all_memory_and_leaves_nothing() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let victim = Workload::start(
+        "bigmem",
+        ["--mb", "96", "--write-pct", "60", "--layout", "interleaved"],
+    );
+    let ready = victim.ready().cloned().expect("READY");
+    let pid = victim.pid();
+    let (maps, flags) = (maps_of(pid), vm_flags_of(pid));
+    let dumped = dump_and_kill(&bins, victim, &scratch.path().join("out"));
+    let mut restored = run_lazy(&bins, &dumped, "lazily restored bigmem");
+    // The first check touches every page, most of them still out.
+    let pass = restored.expect_pass(CheckTrigger::Stdin);
+    assert_eq!(pass.get("sum"), ready.get("sum"), "{}", pass.line());
+    let rpid = restored.pid();
+    wait_fill_done(rpid);
+    let pass = restored.expect_pass(CheckTrigger::Stdin);
+    assert_eq!(pass.get("sum"), ready.get("sum"), "{}", pass.line());
+    let fds = fds_of(rpid);
+    let numbers: Vec<&str> = fds.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(numbers, ["0", "1", "2"], "{fds:?}");
+    assert_eq!(tasks_of(rpid).len(), 1, "threads of {rpid}");
+    assert_eq!(
+        children_of(rpid),
+        Vec::<String>::new(),
+        "children of {rpid}"
+    );
+    assert_same_maps(&maps, &maps_of(rpid));
+    assert_same_vm_flags(&flags, &vm_flags_of(rpid));
+}
+
+#[test]
+fn lazy_restore_of_a_corrupt_page_kills_with_a_line() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let victim = Workload::start("bigmem", ["--mb", "16", "--write-pct", "100"]);
+    let ready = victim.ready().cloned().expect("READY");
+    let addr = ready.get("addr").expect("addr").to_owned();
+    let dumped = dump_and_kill(&bins, victim, &scratch.path().join("out"));
+    corrupt_page_at(&dumped.dump.image, &addr);
+    let mut restored = run_lazy(&bins, &dumped, "corrupt lazily restored bigmem");
+    let status = restored
+        .wait_exit(CLI_TIMEOUT)
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert!(!status.success(), "{status:?}");
+    let report = restored.stderr_report();
+    assert!(
+        report.contains("lazy restore: checksum mismatch in segment")
+            && report.contains("was killed"),
+        "{report}"
+    );
+    // The eager restore refuses the same image before anything changes.
+    let mut eager = bins.crimg_command(["run", "--eager"]);
+    eager.arg(&dumped.dump.image);
+    let out = cli::run(eager, CLI_TIMEOUT).unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(out.stderr.contains("checksum mismatch"), "{}", out.stderr);
+}
+
+/// Flip a byte of the stored page at `addr` (`0x…`) in `image`: the
+/// segment that holds it, by its program header.
+fn corrupt_page_at(image: &std::path::Path, addr: &str) {
+    let addr = u64::from_str_radix(addr.trim_start_matches("0x"), 16).expect("hex address");
+    let mut bytes = fs::read(image).expect("read image");
+    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    let phoff = usize::try_from(u64_at(&bytes, 0x20)).unwrap();
+    let phnum = usize::from(u16::from_le_bytes([bytes[0x38], bytes[0x39]]));
+    let offset = (0..phnum)
+        .map(|i| phoff + i * 56)
+        .find_map(|ph| {
+            let p_type = u32::from_le_bytes(bytes[ph..ph + 4].try_into().unwrap());
+            let (off, vaddr, len) = (
+                u64_at(&bytes, ph + 8),
+                u64_at(&bytes, ph + 16),
+                u64_at(&bytes, ph + 32),
+            );
+            (p_type == 1 && vaddr <= addr && addr < vaddr + len).then(|| off + (addr - vaddr))
+        })
+        .expect("a segment holding the address");
+    let at = usize::try_from(offset).unwrap() + 100;
+    bytes[at] ^= 0x5a;
+    fs::write(image, &bytes).expect("write image");
+}
+
+/// Run `command` of `lazy_mem` at the restored process's first
+/// instruction (sent before it resumes), then its full check, then wait
+/// for the fill to end and check again; the PASS line of the command.
+fn command_at_resume(bins: &Binaries, dumped: &Dumped, command: &str) -> String {
+    let mut restored = run_lazy(bins, dumped, &format!("lazy_mem {command}"));
+    restored
+        .send_line(command)
+        .unwrap_or_else(|err| panic!("{err}"));
+    let line = restored
+        .stdout()
+        .wait_for_any(&["PASS ", "FAIL "], CLI_TIMEOUT)
+        .unwrap_or_else(|err| panic!("{command}: {err}\n{}", restored.stderr_report()));
+    assert!(
+        line.starts_with(&format!("PASS {command} ")),
+        "{line}\n{}",
+        restored.stderr_report()
+    );
+    let rpid = restored.pid();
+    restored.expect_pass(CheckTrigger::Stdin);
+    wait_fill_done(rpid);
+    restored.expect_pass(CheckTrigger::Stdin);
+    assert_eq!(
+        children_of(rpid),
+        Vec::<String>::new(),
+        "children of {rpid}"
+    );
+    restored
+        .send_line("quit")
+        .unwrap_or_else(|err| panic!("{err}"));
+    restored.expect_line("BYE");
+    line
+}
+
+/// `MADV_DONTNEED`, a fork, an `mremap` and a read by the kernel, each
+/// right after a lazy restore of 256 MiB (while the server is filling it,
+/// as `during_fill=1` in their lines says): dropped pages read zeros, not
+/// the image, a child sees the same memory, moved pages are found at their
+/// new place, and a page the kernel reads first is the image's.
+#[test]
+fn memory_map_changes_during_the_fill() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let victim = Workload::start("lazy_mem", ["--mb", "256"]);
+    let dumped = dump_and_kill(&bins, victim, &scratch.path().join("out"));
+    for command in ["dontneed", "fork", "mremap", "kread"] {
+        let line = command_at_resume(&bins, &dumped, command);
+        println!("{line}");
+    }
+}
+
+/// Without `CAP_SYS_PTRACE` no userfaultfd can follow the task's forks
+/// (`UFFD_FEATURE_EVENT_FORK` needs the capability even with
+/// `vm.unprivileged_userfaultfd` 1, and with it 0 none can catch the
+/// kernel's own accesses either): `--lazy` is refused before anything
+/// changes (exit 7, one line saying how to go on).
+#[test]
+fn lazy_restore_unprivileged_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mut command = crimg_tests::roundtrip::as_nobody();
+    command
+        .arg(crimg_tests::workload_path("bigmem"))
+        .args(["--mb", "4", "--write-pct", "100"]);
+    let mut original = Workload::spawn_command("bigmem as nobody", command).unwrap();
+    if let Err(err) = original.wait_ready(CLI_TIMEOUT) {
+        panic!("{err}\n{}", original.stderr_report());
+    }
+    let dumped = dump_and_kill(&bins, original, &scratch.path().join("out"));
+    let dir = dumped.dump.image.parent().unwrap();
+    for (path, mode) in [(dir, 0o755), (dumped.dump.image.as_path(), 0o644)] {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let mut lazy = crimg_tests::roundtrip::as_nobody();
+    lazy.arg(&bins.loader).arg(&dumped.dump.image).arg("--lazy");
+    let out = cli::run(lazy, CLI_TIMEOUT).unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("--lazy needs a userfaultfd that also waits on the kernel's own accesses"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// A counter with three worker threads and 64 MiB of heap (lazily
+/// filled, used by all four threads at once), restored lazily: it checks
+/// every piece of its state and counts on without a gap; once the fill is
+/// done nothing of the server is left.
+#[test]
+fn lazy_restore_of_a_threaded_counter() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let dir = scratch.path().display().to_string();
+    let mut counter = Workload::start(
+        "counter",
+        ["--tmpdir", &dir, "--threads", "3", "--heap-mb", "64"],
+    );
+    counter.expect_line("TICK 3");
+    let dumped = dump_and_kill(&bins, counter, &scratch.path().join("out"));
+    let mut restored = run_lazy(&bins, &dumped, "lazily restored counter");
+    // Signals only once it runs (the loader holds them; before its exec,
+    // crimg itself would take one).
+    restored.expect_line("TICK ");
+    crimg_tests::roundtrip::assert_ticks_resume(&dumped, &mut restored);
+    let pass = restored.expect_pass(CheckTrigger::Signal);
+    assert_eq!(pass.pid().ok(), Some(restored.pid()), "{}", pass.line());
+    let rpid = restored.pid();
+    wait_fill_done(rpid);
+    restored.expect_pass(CheckTrigger::Signal);
+    assert_eq!(tasks_of(rpid).len(), 4, "threads of {rpid}");
+    assert_eq!(
+        children_of(rpid),
+        Vec::<String>::new(),
+        "children of {rpid}"
+    );
+    assert!(
+        fds_of(rpid)
+            .iter()
+            .all(|(_, t)| !t.contains("userfaultfd") && !t.contains("socket")),
+        "{:?}",
+        fds_of(rpid)
+    );
+}
+
+/// `crdump -o - | crimg run --lazy -`: the image received into a memfd
+/// is filled from lazily, by a server that holds the memfd until it is
+/// done; all the memory is there, and then no memfd or fd of the server.
+#[test]
+fn a_streamed_dump_restores_lazily() {
+    use std::process::{Command, Stdio};
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let victim = Workload::start("bigmem", ["--mb", "24", "--write-pct", "100"]);
+    let ready = victim.ready().cloned().expect("READY");
+    let pid = victim.pid();
+    let mut crdump = Command::new(&bins.crdump);
+    crdump
+        .args(["--pid", &pid.to_string(), "-o", "-"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    crimg_tests::process::only_stdio(&mut crdump);
+    let mut child = crdump.spawn().expect("crdump");
+    let pipe = child.stdout.take().expect("crdump's stdout");
+    let mut crdump = crimg_tests::ChildGuard::new("crdump -o -", child);
+    let mut restored = Workload::spawn_command_with_stdin(
+        "bigmem restored lazily from a stream",
+        bins.crimg_command(["run", "--lazy", "-"]),
+        Stdio::from(pipe),
+    )
+    .unwrap_or_else(|err| panic!("{err}"));
+    let status = crdump
+        .wait_exit(CLI_TIMEOUT)
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert!(status.success(), "crdump -o - failed: {status}");
+    drop(victim);
+    let rpid = restored.pid();
+    // It is bigmem once its exe link is bigmem's (crimg would die of the
+    // check's signal before).
+    let bigmem = fs::canonicalize(crimg_tests::workload_path("bigmem")).expect("bigmem's path");
+    let resumed = wait_until(Duration::from_secs(30), || {
+        fs::read_link(format!("/proc/{rpid}/exe")).is_ok_and(|p| p == bigmem)
+    });
+    assert!(resumed, "{}", restored.stderr_report());
+    let pass = restored.expect_pass(CheckTrigger::Signal);
+    assert_eq!(pass.get("sum"), ready.get("sum"), "{}", pass.line());
+    wait_fill_done(rpid);
+    let fds = fds_of(rpid);
+    assert!(
+        fds.iter().all(|(_, t)| !t.contains("memfd:")
+            && !t.contains("userfaultfd")
+            && !t.contains("socket")),
+        "{fds:?}"
+    );
+}
