@@ -598,6 +598,12 @@ fn report(bench: &Bench, spec: &Spec, f: &Figures) -> Vec<String> {
         against(f, "frozen", "dump_ceiling", no_frozen)
     ));
     match spec.kind {
+        Kind::Series if bench.modes.incremental => lines.push(
+            "  the first dump --pre-dump (full), each other --parent the one before (incremental: \
+             the pages written since, as the kernel's write tracking tells), all --leave-running \
+             and frozen for the whole dump"
+                .to_owned(),
+        ),
         Kind::Series => lines.push(format!(
             "  every dump is a full --leave-running dump ({}{}): incremental dumps are not built",
             if bench.modes.cow {
@@ -678,7 +684,15 @@ fn report(bench: &Bench, spec: &Spec, f: &Figures) -> Vec<String> {
                 "lazy_populated",
             ),
         ] {
-            if built {
+            if built
+                && matches!(spec.kind, Kind::Series)
+                && label.ends_with("--lazy")
+                && bench.modes.incremental
+            {
+                lines.push(format!(
+                    "    {label:<24} n/a (the loader refuses a lazy restore of an incremental image)"
+                ));
+            } else if built {
                 lines.push(row(label, first, populated, "restore_ceiling"));
             } else {
                 lines.push(format!("    {label:<24} n/a (not built)"));
