@@ -32,6 +32,7 @@
 pub mod binfmt;
 pub mod cli;
 pub mod facts;
+pub mod inspect;
 pub mod java;
 pub mod lines;
 pub mod paths;

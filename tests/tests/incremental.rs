@@ -11,6 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crimg_tests::cli::{self, Binaries, RunOutput, CLI_TIMEOUT};
+use crimg_tests::inspect::fd_numbers as fds_of;
 use crimg_tests::process::{CheckTrigger, LINE_TIMEOUT};
 use crimg_tests::{binaries, scratch_dir, Workload};
 
@@ -72,15 +73,6 @@ fn stored_bytes(bins: &Binaries, image: &Path) -> u64 {
     json["stored_bytes"].as_u64().unwrap()
 }
 
-fn fds_of(pid: i32) -> Vec<String> {
-    let mut fds: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    fds.sort();
-    fds
-}
-
 /// Runs `image` with the loader and expects a refusal: returns its exit
 /// code and stderr.
 fn refused(bins: &Binaries, image: &Path) -> (i32, String) {
@@ -133,7 +125,7 @@ fn a_chain_of_three_restores_the_newest_state() {
         "{facts:?}"
     );
     // The parents' fds are gone with the loader's.
-    assert_eq!(fds_of(restored.pid()), ["0", "1", "2"]);
+    assert_eq!(fds_of(restored.pid()), [0, 1, 2]);
     restored.send_line("quit").unwrap();
     restored.wait_line("BYE", LINE_TIMEOUT).unwrap();
 

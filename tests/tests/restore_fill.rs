@@ -6,29 +6,11 @@
 //! `um` in smaps). `crimg run --eager` is that restore (`--lazy` is
 //! tested in `restore_lazy.rs`).
 
-use std::fs;
-
+use crimg_tests::inspect::fds_of;
 use crimg_tests::process::CheckTrigger;
 use crimg_tests::roundtrip::{assert_same_maps, dump_and_kill, maps_of};
 use crimg_tests::smaps::{assert_same_vm_flags, vm_flags_of};
 use crimg_tests::{binaries, scratch_dir, Workload};
-
-/// Each fd of `pid` with what it refers to.
-fn fds_of(pid: i32) -> Vec<(String, String)> {
-    let mut fds: Vec<(String, String)> = fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap_or_else(|err| panic!("cannot read /proc/{pid}/fd: {err}"))
-        .map(|e| {
-            let e = e.expect("an fd entry");
-            let target = fs::read_link(e.path()).map_or_else(
-                |err| format!("unreadable: {err}"),
-                |p| p.display().to_string(),
-            );
-            (e.file_name().to_string_lossy().into_owned(), target)
-        })
-        .collect();
-    fds.sort();
-    fds
-}
 
 #[test]
 fn copied_fill_leaves_no_fd_mapping_or_registration() {
@@ -54,8 +36,8 @@ fn copied_fill_leaves_no_fd_mapping_or_registration() {
     );
     // The restored process got its stdio from the loader: the same fd
     // numbers as the original, nothing more.
-    let numbers: Vec<&str> = fds.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(numbers, ["0", "1", "2"], "{fds:?}");
+    let numbers: Vec<i32> = fds.iter().map(|(n, _)| *n).collect();
+    assert_eq!(numbers, [0, 1, 2], "{fds:?}");
     assert_same_maps(&maps, &maps_of(rpid));
     assert_same_vm_flags(&flags, &vm_flags_of(rpid));
 }

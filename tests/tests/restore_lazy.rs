@@ -9,28 +9,12 @@ use std::fs;
 use std::time::Duration;
 
 use crimg_tests::cli::{self, CLI_TIMEOUT};
+use crimg_tests::inspect::{corrupt_page_at, fds_of};
 use crimg_tests::process::CheckTrigger;
 use crimg_tests::roundtrip::{assert_same_maps, dump_and_kill, maps_of, tasks_of, Dumped};
 use crimg_tests::smaps::{assert_same_vm_flags, vm_flags_of, AreaFlags};
 use crimg_tests::untouched::wait_until;
 use crimg_tests::{binaries, scratch_dir, Binaries, Workload};
-
-/// Each fd of `pid` with what it refers to.
-fn fds_of(pid: i32) -> Vec<(String, String)> {
-    let mut fds: Vec<(String, String)> = fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap_or_else(|err| panic!("cannot read /proc/{pid}/fd: {err}"))
-        .map(|e| {
-            let e = e.expect("an fd entry");
-            let target = fs::read_link(e.path()).map_or_else(
-                |err| format!("unreadable: {err}"),
-                |p| p.display().to_string(),
-            );
-            (e.file_name().to_string_lossy().into_owned(), target)
-        })
-        .collect();
-    fds.sort();
-    fds
-}
 
 /// Areas of `flags` still registered with a userfaultfd (`um`: missing).
 fn registered(flags: &[AreaFlags]) -> Vec<&AreaFlags> {
@@ -95,8 +79,8 @@ fn lazy_restore_checks_all_memory_and_leaves_nothing() {
     let pass = restored.expect_pass(CheckTrigger::Stdin);
     assert_eq!(pass.get("sum"), ready.get("sum"), "{}", pass.line());
     let fds = fds_of(rpid);
-    let numbers: Vec<&str> = fds.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(numbers, ["0", "1", "2"], "{fds:?}");
+    let numbers: Vec<i32> = fds.iter().map(|(n, _)| *n).collect();
+    assert_eq!(numbers, [0, 1, 2], "{fds:?}");
     assert_eq!(tasks_of(rpid).len(), 1, "threads of {rpid}");
     assert_eq!(
         children_of(rpid),
@@ -114,9 +98,10 @@ fn lazy_restore_of_a_corrupt_page_kills_with_a_line() {
     let scratch = scratch_dir();
     let victim = Workload::start("bigmem", ["--mb", "16", "--write-pct", "100"]);
     let ready = victim.ready().cloned().expect("READY");
-    let addr = ready.get("addr").expect("addr").to_owned();
+    let addr = ready.get("addr").expect("addr");
+    let addr = u64::from_str_radix(addr.trim_start_matches("0x"), 16).expect("hex address");
     let dumped = dump_and_kill(&bins, victim, &scratch.path().join("out"));
-    corrupt_page_at(&dumped.dump.image, &addr);
+    corrupt_page_at(&dumped.dump.image, addr);
     let mut restored = run_lazy(&bins, &dumped, "corrupt lazily restored bigmem");
     let status = restored
         .wait_exit(CLI_TIMEOUT)
@@ -134,31 +119,6 @@ fn lazy_restore_of_a_corrupt_page_kills_with_a_line() {
     let out = cli::run(eager, CLI_TIMEOUT).unwrap_or_else(|err| panic!("{err}"));
     assert_eq!(out.status.code(), Some(4), "{out:?}");
     assert!(out.stderr.contains("checksum mismatch"), "{}", out.stderr);
-}
-
-/// Flip a byte of the stored page at `addr` (`0x…`) in `image`: the
-/// segment that holds it, by its program header.
-fn corrupt_page_at(image: &std::path::Path, addr: &str) {
-    let addr = u64::from_str_radix(addr.trim_start_matches("0x"), 16).expect("hex address");
-    let mut bytes = fs::read(image).expect("read image");
-    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
-    let phoff = usize::try_from(u64_at(&bytes, 0x20)).unwrap();
-    let phnum = usize::from(u16::from_le_bytes([bytes[0x38], bytes[0x39]]));
-    let offset = (0..phnum)
-        .map(|i| phoff + i * 56)
-        .find_map(|ph| {
-            let p_type = u32::from_le_bytes(bytes[ph..ph + 4].try_into().unwrap());
-            let (off, vaddr, len) = (
-                u64_at(&bytes, ph + 8),
-                u64_at(&bytes, ph + 16),
-                u64_at(&bytes, ph + 32),
-            );
-            (p_type == 1 && vaddr <= addr && addr < vaddr + len).then(|| off + (addr - vaddr))
-        })
-        .expect("a segment holding the address");
-    let at = usize::try_from(offset).unwrap() + 100;
-    bytes[at] ^= 0x5a;
-    fs::write(image, &bytes).expect("write image");
 }
 
 /// Run `command` of `lazy_mem` at the restored process's first

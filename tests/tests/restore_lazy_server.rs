@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crimg_tests::cli::CLI_TIMEOUT;
+use crimg_tests::inspect::corrupt_page_at;
 use crimg_tests::process::CheckTrigger;
 use crimg_tests::roundtrip::{as_nobody, dump_and_kill, nobody_ids, Dumped};
 use crimg_tests::smaps::vm_flags_of;
@@ -231,29 +232,6 @@ fn many_mremaps_during_the_fill() {
         .send_line("quit")
         .unwrap_or_else(|err| panic!("{err}"));
     restored.expect_line("BYE");
-}
-
-/// Flip a byte of the stored page at `addr` in `image` (found by the
-/// program header of the segment that holds it).
-fn corrupt_page_at(image: &Path, addr: u64) {
-    let mut bytes = fs::read(image).expect("read image");
-    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
-    let phoff = usize::try_from(u64_at(&bytes, 0x20)).unwrap();
-    let phnum = usize::from(u16::from_le_bytes([bytes[0x38], bytes[0x39]]));
-    let offset = (0..phnum)
-        .map(|i| phoff + i * 56)
-        .find_map(|ph| {
-            let p_type = u32::from_le_bytes(bytes[ph..ph + 4].try_into().unwrap());
-            let (off, vaddr, len) = (
-                u64_at(&bytes, ph + 8),
-                u64_at(&bytes, ph + 16),
-                u64_at(&bytes, ph + 32),
-            );
-            (p_type == 1 && vaddr <= addr && addr < vaddr + len).then(|| off + (addr - vaddr))
-        })
-        .expect("a segment holding the address");
-    bytes[usize::try_from(offset).unwrap() + 100] ^= 0x5a;
-    fs::write(image, &bytes).expect("write image");
 }
 
 /// A corrupt page the task has not touched, and the task forks at its

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crimg_tests::cli::{self, RunOutput};
+use crimg_tests::inspect::fd_numbers as fds_of;
 use crimg_tests::process::{CheckTrigger, LINE_TIMEOUT};
 use crimg_tests::{binaries, scratch_dir, Facts, Workload};
 
@@ -145,16 +146,6 @@ fn sockets_keep_their_queues_options_and_ports() {
     check_and_talk(&mut restored, &ready);
     // The same fd numbers, and no socket of the restore left behind.
     assert_eq!(fds_of(restored.pid()), fds_before);
-}
-
-/// The fd numbers of process `pid`.
-fn fds_of(pid: i32) -> Vec<i32> {
-    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
-        .collect();
-    fds.sort_unstable();
-    fds
 }
 
 #[test]

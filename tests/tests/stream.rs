@@ -14,6 +14,7 @@ use std::process::{ChildStdout, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use crimg_tests::cli::CLI_TIMEOUT;
+use crimg_tests::inspect::fds_of;
 use crimg_tests::process::{only_stdio, CheckTrigger, LINE_TIMEOUT};
 use crimg_tests::roundtrip::{assert_same_maps, assert_ticks_resume, view_of, Dumped};
 use crimg_tests::untouched::{assert_counts_on, assert_running_untraced, next_tick, wait_until};
@@ -128,23 +129,6 @@ fn run_stream_from(
     )
 }
 
-/// The fds of `pid`, as `N -> target` lines.
-fn fds_of(pid: i32) -> Vec<String> {
-    let mut fds: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            format!(
-                "{} -> {}",
-                e.file_name().to_string_lossy(),
-                fs::read_link(e.path()).unwrap_or_default().display()
-            )
-        })
-        .collect();
-    fds.sort();
-    fds
-}
-
 #[test]
 fn a_streamed_dump_through_a_pipe_restores() {
     crimg_tests::skip_unless_root!();
@@ -203,11 +187,11 @@ fn a_streamed_dump_through_a_pipe_restores() {
     // /dev/null, as the stream was crimg's stdin.
     let fds = fds_of(restored.pid());
     assert!(
-        !fds.iter().any(|f| f.contains("memfd:")),
+        !fds.iter().any(|(_, t)| t.contains("memfd:")),
         "the image's memfd is left in the task: {fds:?}"
     );
     assert!(
-        fds.iter().any(|f| f == "0 -> /dev/null"),
+        fds.iter().any(|(n, t)| *n == 0 && t == "/dev/null"),
         "stdin is not /dev/null: {fds:?}"
     );
 }
