@@ -43,6 +43,7 @@ pub mod roundtrip;
 pub mod smaps;
 mod sys;
 pub mod ticks;
+pub mod tmpfs;
 pub mod tmux;
 pub mod tree;
 pub mod tree_rounds;

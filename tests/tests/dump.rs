@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crimg_tests::cli::{run, CLI_TIMEOUT};
 use crimg_tests::process::CheckTrigger;
+use crimg_tests::tmpfs::Tmpfs;
 use crimg_tests::{binaries, scratch_dir, skip_unless_root, workload_path, TickStream, Workload};
 use image_format::{Image, PAGE_SIZE};
 
@@ -400,28 +401,6 @@ fn assert_failed_cleanly(w: &mut Workload, out: &Path, expect: &str) {
             .map(|e| e.unwrap().path())
             .collect();
         assert!(left.is_empty(), "left behind: {left:?}");
-    }
-}
-
-/// A tmpfs of `size` mounted on `dir` for the life of the guard.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, options: &str) -> Tmpfs {
-        fs::create_dir_all(dir).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "crimg-test"])
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs on {}", dir.display());
-        Tmpfs(dir.to_owned())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
     }
 }
 

@@ -4,37 +4,15 @@
 //! left in the output directory, and every process runs on untraced.
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crimg_tests::cli::{run, CLI_TIMEOUT};
 use crimg_tests::process::only_stdio;
+use crimg_tests::tmpfs::Tmpfs;
 use crimg_tests::tree::{children_of, TreeGuard};
 use crimg_tests::untouched::{assert_running_untraced, wait_until};
 use crimg_tests::{binaries, scratch_dir, skip_unless_root, workload_path, ChildGuard};
-
-/// A tmpfs mounted on `dir` for the life of the guard.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, options: &str) -> Tmpfs {
-        fs::create_dir_all(dir).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "crimg-test"])
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs on {}", dir.display());
-        Tmpfs(dir.to_owned())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
 
 #[test]
 fn a_full_disk_while_a_tree_is_written_leaves_it_running_and_nothing_behind() {

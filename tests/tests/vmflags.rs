@@ -19,6 +19,7 @@ use crimg_tests::smaps::{
     area_at, assert_same_vm_flags, assert_same_vm_flags_of_unchanged_areas, status_lines,
     vm_flags_of, AreaFlags,
 };
+use crimg_tests::tmpfs::Tmpfs;
 use crimg_tests::{binaries, scratch_dir, Binaries, Facts, Workload};
 
 /// Status lines that describe the mm and must survive a restore.
@@ -680,47 +681,6 @@ fn threads_get_new_ids_in_a_user_namespace() {
     }
 }
 
-/// A tmpfs mounted for one test, detached on drop (even on panic).
-struct Tmpfs {
-    dir: std::path::PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(dir: &Path) -> Tmpfs {
-        fs::create_dir_all(dir).unwrap();
-        nix::mount::mount(
-            Some("tmpfs"),
-            dir,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some("size=64m"),
-        )
-        .unwrap_or_else(|err| panic!("mount tmpfs on {}: {err}", dir.display()));
-        Tmpfs {
-            dir: dir.to_owned(),
-        }
-    }
-
-    /// Remount it `noexec` (the mount's flags only).
-    fn make_noexec(&self) {
-        use nix::mount::MsFlags;
-        nix::mount::mount(
-            None::<&str>,
-            &self.dir,
-            None::<&str>,
-            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOEXEC,
-            None::<&str>,
-        )
-        .unwrap_or_else(|err| panic!("remount {} noexec: {err}", self.dir.display()));
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
 /// A program whose file now lies on a `noexec` mount cannot have its code
 /// mapped executable: the loader refuses by name before anything changes
 /// (the `mmap` failed with EPERM after the point of no return).
@@ -729,8 +689,8 @@ fn an_executable_file_area_on_a_noexec_mount_is_refused() {
     crimg_tests::skip_unless_root!();
     let bins = binaries();
     let scratch = scratch_dir();
-    let mnt = Tmpfs::mount(&scratch.path().join("mnt"));
-    let program = mnt.dir.join("vmflags");
+    let mnt = Tmpfs::mount(&scratch.path().join("mnt"), "size=64m");
+    let program = mnt.dir().join("vmflags");
     fs::copy(crimg_tests::workload_path("vmflags"), &program).unwrap();
     let mut victim = Workload::spawn_command("vmflags from a tmpfs", Command::new(&program))
         .unwrap_or_else(|e| panic!("{e}"));
