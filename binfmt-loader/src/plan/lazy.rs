@@ -135,14 +135,7 @@ pub(super) fn fill_and_hand_over(
             continue;
         }
         last = Some(v.start);
-        let reg = [v.start, v.end - v.start, uffd::REGISTER_MODE_MISSING, 0];
-        let at = b.put(reg.as_bytes(), 8)?;
-        b.sys(
-            rule::OK,
-            uffd::NR_IOCTL,
-            [int_arg(lazy.uffd), uffd::UFFDIO_REGISTER, at, 0, 0, 0],
-            format_args!("UFFDIO_REGISTER {:#x}-{:#x}", v.start, v.end),
-        )?;
+        super::vmas::register_missing(b, lazy.uffd, v)?;
     }
     // One byte of data carries the fd (`SCM_RIGHTS` needs some).
     let byte = b.put(&[b'u', 0, 0, 0, 0, 0, 0, 0], 8)?;

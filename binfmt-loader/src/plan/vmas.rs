@@ -271,6 +271,23 @@ fn pread_pages(b: &mut Builder<'_>, l: &PageLoad) -> Result<(), PlanError> {
     )
 }
 
+/// Register area `v` with the userfaultfd `uffd` in missing mode (its
+/// pages then come by `UFFDIO_COPY`, from the plan or the page server).
+pub(super) fn register_missing(
+    b: &mut Builder<'_>,
+    uffd: i32,
+    v: &TargetVma,
+) -> Result<(), PlanError> {
+    let reg = [v.start, v.end - v.start, uffd::REGISTER_MODE_MISSING, 0];
+    let at = b.put(reg.as_bytes(), 8)?;
+    b.sys(
+        rule::OK,
+        uffd::NR_IOCTL,
+        [int_arg(uffd), uffd::UFFDIO_REGISTER, at, 0, 0, 0],
+        format_args!("UFFDIO_REGISTER {:#x}-{:#x}", v.start, v.end),
+    )
+}
+
 fn close_uffd(b: &mut Builder<'_>, uffd: i32) -> Result<(), PlanError> {
     b.sys(
         rule::OK,
@@ -445,14 +462,7 @@ fn fill_by_copy(
             continue;
         }
         last = Some(v.start);
-        let reg = [v.start, v.end - v.start, uffd::REGISTER_MODE_MISSING, 0];
-        let at = b.put(reg.as_bytes(), 8)?;
-        b.sys(
-            rule::OK,
-            uffd::NR_IOCTL,
-            [int_arg(uffd), uffd::UFFDIO_REGISTER, at, 0, 0, 0],
-            format_args!("UFFDIO_REGISTER {:#x}-{:#x}", v.start, v.end),
-        )?;
+        register_missing(b, uffd, v)?;
     }
     for (p, v) in pieces(input) {
         if p.fd != input.image_fd {
