@@ -210,6 +210,33 @@ fn an_unprivileged_dump_chooses_pids_only_in_a_namespace_of_its_own() {
     drop(held);
 }
 
+/// A manifest of zombies alone has no image, yet is its writer's dump: it
+/// may not choose pids outside a pid namespace of its own either (nor
+/// take root's terminal for a zombie session leader).
+#[test]
+fn a_manifest_of_zombies_only_is_its_writers_dump_too() {
+    skip_unless_root!();
+    let scratch = scratch_dir();
+    let dump = scratch.path().join("zombies");
+    std::fs::create_dir(&dump).unwrap();
+    // A pid no process has now (nor as its group or session).
+    let pid = (400_000..4_000_000)
+        .find(|p| !Path::new(&format!("/proc/{p}")).exists())
+        .expect("a free pid");
+    let manifest = format!(
+        r#"{{"format":"crimg-manifest","version":2,"root":{pid},"processes":[{{"pid":{pid},"ppid":1,"pgid":{pid},"sid":{pid},"image":null,"threads":[],"tty_nr":34816,"tpgid":{pid},"zombie":{{"exited":7}}}}]}}"#
+    );
+    std::fs::write(dump.join("manifest.json"), manifest).unwrap();
+    give_to_user(&dump);
+    let out = run_restore_tree(&dump, [] as [&str; 0], &[pid]).unwrap();
+    assert!(
+        !out.status.success() && out.stderr.contains("--pidns"),
+        "uid {UID}'s manifest of zombies chose pid {pid} in the initial pid namespace: {:?}\n{}",
+        out.status,
+        out.stderr
+    );
+}
+
 #[test]
 fn a_dump_directory_cannot_borrow_another_users_image() {
     skip_unless_root!();

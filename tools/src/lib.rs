@@ -25,10 +25,24 @@ pub mod tree;
 
 /// An error and its causes as one line, `top: cause: cause`, leaving out a
 /// cause whose text the line already holds (messages that spell out their
-/// cause, like `path: No such file…`, are not repeated).
+/// cause, like `path: No such file…`, are not repeated). Control
+/// characters are escaped (`\n`, `\u{1b}`): a message may carry names
+/// from an image or a manifest another user wrote, and must stay one line
+/// that cannot drive the terminal.
 pub fn error_line(messages: impl IntoIterator<Item = String>) -> String {
     let mut line = String::new();
     for text in messages {
+        let text: String = text
+            .trim_end()
+            .chars()
+            .flat_map(|c| {
+                let escaped = c.is_control().then(|| c.escape_default());
+                escaped
+                    .into_iter()
+                    .flatten()
+                    .chain((!c.is_control()).then_some(c))
+            })
+            .collect();
         if line.contains(&text) {
             continue;
         }
@@ -53,3 +67,17 @@ pub mod signals {
 }
 #[allow(unsafe_code)]
 mod sys;
+
+#[cfg(test)]
+mod tests {
+    use super::error_line;
+
+    #[test]
+    fn an_error_line_is_one_line_without_control_characters() {
+        let line = error_line([
+            "image \"a\nb\u{1b}[2J\"".to_owned(),
+            "loader: refused\n".to_owned(),
+        ]);
+        assert_eq!(line, "image \"a\\nb\\u{1b}[2J\": loader: refused");
+    }
+}

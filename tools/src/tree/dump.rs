@@ -29,9 +29,6 @@ pub struct TaskImage {
     pub file: RawFd,
     /// Whom its restore acts as, as the loader decides it.
     pub identity: TaskIdentity,
-    /// The image file's owner (the manifest's): whose dump it is, even
-    /// where the loader counts it as nobody's (a `nosuid` mount).
-    pub owner_uid: u32,
     pub image: Image<'static>,
     /// The highest fd number of the task (2 at least).
     pub max_fd: i32,
@@ -44,11 +41,21 @@ impl TaskImage {
     }
 }
 
+/// The largest `manifest.json` read (one of 65 536 processes with their
+/// shared objects is some tens of MiB): a bigger file is refused, not
+/// read into memory.
+const MAX_MANIFEST: u64 = 256 << 20;
+
 /// The dump: its manifest and the image of each live process.
 pub struct Dump {
     pub dir: PathBuf,
     pub manifest: Manifest,
     pub images: BTreeMap<i32, TaskImage>,
+    /// The owner of `manifest.json`, who every image must belong to too:
+    /// whose dump it is, even where the loader counts an image as
+    /// nobody's (a `nosuid` mount), and even when it has no image (only
+    /// zombies).
+    pub owner_uid: u32,
 }
 
 impl Dump {
@@ -80,12 +87,19 @@ impl Dump {
                 }
             })?;
         let mut bytes = Vec::new();
-        manifest_file
+        (&mut manifest_file)
+            .take(MAX_MANIFEST + 1)
             .read_to_end(&mut bytes)
             .map_err(|source| TreeError::Dir {
                 dir: manifest_path.clone(),
                 source,
             })?;
+        if bytes.len() as u64 > MAX_MANIFEST {
+            return Err(bad(format!(
+                "file {} is larger than {MAX_MANIFEST} bytes: not a manifest crdump writes",
+                manifest_path.display()
+            )));
+        }
         let manifest = Manifest::parse(&bytes).map_err(|source| TreeError::Manifest {
             dir: dir.clone(),
             source,
@@ -173,7 +187,6 @@ impl Dump {
                     path,
                     file: file.as_raw_fd(),
                     identity,
-                    owner_uid: meta.uid(),
                     image,
                     max_fd,
                 },
@@ -183,18 +196,18 @@ impl Dump {
             dir,
             manifest,
             images,
+            owner_uid: manifest_owner.0,
         };
         dump.check_holders()?;
         Ok(dump)
     }
 
-    /// A process whose image's owner is not `uid` (`(pid, owner uid)`):
-    /// such a dump may not choose pids outside a pid namespace of its own.
+    /// When the dump is not `uid`'s (`(root pid, owner uid)`): such a dump
+    /// may not choose pids outside a pid namespace of its own, nor take a
+    /// terminal. The owner is the manifest's (every image has it too), so
+    /// a manifest without images (zombies only) is its writer's as well.
     pub fn owned_by_other(&self, uid: u32) -> Option<(i32, u32)> {
-        self.images
-            .iter()
-            .find(|(_, i)| i.owner_uid != uid)
-            .map(|(&pid, i)| (pid, i.owner_uid))
+        (self.owner_uid != uid).then(|| (self.manifest.root_pid().unwrap_or(0), self.owner_uid))
     }
 
     /// Pid choice is the owner's only in a namespace of its own: restoring

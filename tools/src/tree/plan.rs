@@ -14,6 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use image_manifest::{Holder, Manifest, ManifestProcess, SharedKind, SharedObject, WaitStatus};
 
+use binfmt_loader::args;
+
 use super::error::TreeError;
 
 /// Who does a step.
@@ -291,7 +293,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<TreePlan, TreeError> {
                     ));
                 }
             } else {
-                b.session_leader(s, root_p.tty_nr);
+                b.session_leader(s, root_p.tty_nr, true);
             }
             root_by = Actor::Pid(s);
             root_group = if root_p.pgid == s {
@@ -337,6 +339,18 @@ pub fn plan(input: &PlanInput<'_>) -> Result<TreePlan, TreeError> {
     b.process(root_by, root_p, root_group)?;
     if let Actor::Pid(s) = root_by {
         b.foreground_and_done(s, root_p.tpgid, true);
+    }
+    // Every process of the manifest is made: one the root's descendants
+    // do not reach (a cycle of parents, a session entered otherwise) is
+    // refused, not left out.
+    if let Some(p) = m.processes.iter().find(|p| !b.made.contains(&p.pid)) {
+        return Err(shape(
+            p.pid,
+            format!(
+                "it is not made by the restore of the tree of {root} (its parent {} is not reached from the root)",
+                p.ppid
+            ),
+        ));
     }
 
     let plan = TreePlan {
@@ -393,12 +407,20 @@ impl Builder<'_> {
         }
     }
 
-    /// The terminal steps of session leader `pid` right after `setsid`.
-    fn session_leader(&mut self, pid: i32, tty_nr: u64) {
+    /// The terminal steps of session leader `pid` right after `setsid`;
+    /// `exits`: the leader is a stand-in or a zombie.
+    fn session_leader(&mut self, pid: i32, tty_nr: u64, exits: bool) {
         if tty_nr == 0 {
             return;
         }
-        if tty_nr != self.root_tty {
+        if exits {
+            // A session leader that exits hangs its controlling terminal
+            // up: the kernel sends SIGHUP to the terminal's foreground
+            // group (the tree's job) and the session loses the terminal.
+            self.notes.push(format!(
+                "pid {pid}: the leader of its session is not a process of the dump (it is made again only to exit): the session gets no controlling terminal, which its exit would hang up on the tree"
+            ));
+        } else if tty_nr != self.root_tty {
             self.notes.push(format!(
                 "pid {pid}: its controlling terminal (device {tty_nr:#x}) is not the root's: not restored"
             ));
@@ -479,7 +501,7 @@ impl Builder<'_> {
         let leader = p.pid == p.sid;
         if leader {
             self.steps.push(Step::Setsid { pid: p.pid });
-            self.session_leader(p.pid, p.tty_nr);
+            self.session_leader(p.pid, p.tty_nr, p.zombie.is_some());
         } else {
             match group {
                 GroupIs::Inherited => {}
@@ -543,6 +565,14 @@ impl Builder<'_> {
         self.steps.push(Step::Done { pid: p.pid });
         match p.zombie {
             Some(status) => {
+                if let WaitStatus::Exited(code) = status {
+                    if !(0..=255).contains(&code) {
+                        return Err(shape(
+                            p.pid,
+                            format!("a zombie with exit code {code}, which no exit gives"),
+                        ));
+                    }
+                }
                 if let WaitStatus::Signaled(sig) = status {
                     if !kills_by_default(sig) {
                         return Err(shape(
@@ -624,6 +654,31 @@ fn placements(
             }
         }
     }
+    // What one loader takes as arguments (`--placed`, `--shmem`): a tree
+    // with more is refused here, before crdump kills it or anything is
+    // made, not by a loader once part of the tree exists. Room is kept
+    // for the root's stdio from the caller (3 places the dump does not
+    // know of), so a dump crdump accepts is restorable from any caller.
+    let most = args::MAX_PLACED - 3;
+    for (&pid, steps) in &out {
+        let placed = steps
+            .iter()
+            .filter(|s| matches!(s, Step::Place { object, .. } if objects[*object].kind != SharedKind::Caller))
+            .count();
+        let shmem = steps
+            .iter()
+            .filter(|s| matches!(s, Step::Shmem { .. }))
+            .count();
+        if placed > most || shmem > args::MAX_SHMEM {
+            return Err(shape(
+                pid,
+                format!(
+                    "it shares {placed} fds and {shmem} shared memory objects with other processes of the tree: a restore places at most {most} and {}",
+                    args::MAX_SHMEM
+                ),
+            ));
+        }
+    }
     Ok(out)
 }
 
@@ -702,6 +757,63 @@ mod tests {
 
     fn nobody(_: i32) -> bool {
         false
+    }
+
+    #[test]
+    fn more_shared_fds_than_a_loader_places_are_refused_by_the_plan() {
+        let with_pipes = |n: i32| {
+            let mut m = manifest(10, vec![proc(10, 1, 10, 10), proc(11, 10, 10, 10)]);
+            for fd in 3..3 + n {
+                m.shared.push(SharedObject {
+                    kind: SharedKind::Pipe,
+                    caller_fd: None,
+                    holders: [10, 11]
+                        .map(|pid| Holder {
+                            pid,
+                            fd: Some(fd),
+                            desc: 1,
+                            shmem: None,
+                        })
+                        .to_vec(),
+                });
+            }
+            m
+        };
+        let most = i32::try_from(args::MAX_PLACED - 3).unwrap();
+        assert!(plan_of(&with_pipes(most), true, &nobody).is_ok());
+        match plan_of(&with_pipes(most + 1), true, &nobody) {
+            Err(TreeError::Shape { pid: 10, why }) => {
+                assert!(why.contains("places at most"), "{why}")
+            }
+            other => panic!("not refused: {:?}", other.map(|p| p.steps.len())),
+        }
+    }
+
+    #[test]
+    fn processes_the_root_does_not_reach_are_refused() {
+        // 20 and 21 are each other's parent: in the manifest, never made.
+        let m = manifest(
+            10,
+            vec![
+                proc(10, 1, 10, 10),
+                proc(11, 10, 10, 10),
+                proc(20, 21, 20, 20),
+                proc(21, 20, 20, 20),
+            ],
+        );
+        match plan_of(&m, true, &nobody) {
+            Err(TreeError::Shape { pid, why }) => {
+                assert_eq!(pid, 20);
+                assert!(why.contains("not reached from the root"), "{why}");
+            }
+            other => panic!("planned: {:?}", other.map(|p| p.steps)),
+        }
+        // A process that is its own parent.
+        let m = manifest(10, vec![proc(10, 1, 10, 10), proc(12, 12, 12, 12)]);
+        assert!(matches!(
+            plan_of(&m, true, &nobody),
+            Err(TreeError::Shape { pid: 12, .. })
+        ));
     }
 
     #[test]
@@ -842,8 +954,20 @@ mod tests {
             .steps
             .iter()
             .any(|s| matches!(s, ControllingTerminal { .. })));
+        // Nor given to a stand-in leader, whose exit would hang it up on
+        // the tree (SIGHUP to the foreground group): said instead.
         let p = plan_of(&on_tty, true, &|_| false).unwrap();
-        assert_eq!(p.steps[2], ControllingTerminal { pid: 30 });
+        assert!(!p
+            .steps
+            .iter()
+            .any(|s| matches!(s, ControllingTerminal { .. } | Foreground { .. })));
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| n.contains("no controlling terminal")),
+            "{:?}",
+            p.notes
+        );
         // Without a namespace, a session whose leader still runs (the
         // caller's shell) is not recreated.
         let p = plan_of(&m, false, &|pid| pid == 30).unwrap();

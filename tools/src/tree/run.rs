@@ -772,14 +772,27 @@ fn run_steps(ctx: &Ctx, me: Actor, from: usize) -> Result<(), TreeError> {
     Ok(())
 }
 
-/// Say `pid` started, as the creator and as the orchestrator see it.
+/// Say `pid` started, as the creator and as the orchestrator see it; a
+/// process that cannot tell its outer pid dies with the reason (the
+/// orchestrator must never watch, and kill, some other process by the
+/// inner number).
 fn register(ctx: &Ctx, pid: i32) {
     // /proc is the orchestrator's: /proc/self is our pid there.
     let outer = if ctx.pidns {
-        std::fs::read_link("/proc/self")
+        match std::fs::read_link("/proc/self")
             .ok()
             .and_then(|p| p.to_str().and_then(|s| s.parse().ok()))
-            .unwrap_or(pid)
+        {
+            Some(outer) => outer,
+            None => die_with(
+                ctx,
+                pid,
+                &TreeError::Process {
+                    pid,
+                    why: "cannot read its pid outside the new pid namespace (/proc/self)".into(),
+                },
+            ),
+        }
     } else {
         pid
     };
