@@ -209,6 +209,14 @@ pub fn restore(opts: &Options) -> Result<Restored, TreeError> {
     let live = ctx.plan.live.len();
     loop {
         watch.collect_created();
+        if let Some(pid) = watch.gone_unexpectedly() {
+            return Err(watch.fail(Some(pid), None));
+        }
+        for &pid in &watch.gone {
+            if !watch.exited.contains(&pid) {
+                watch.exited.push(pid);
+            }
+        }
         let zombies_done = ctx.plan.zombies.iter().all(|z| watch.exited.contains(z));
         if ready >= live && zombies_done {
             break;
@@ -360,6 +368,9 @@ struct Watch<'a> {
     /// pid (as in the manifest) → pidfd.
     pidfds: BTreeMap<i32, RawFd>,
     exited: Vec<i32>,
+    /// Started, but gone before a pidfd could hold it (`--pidns`: its
+    /// init reaps whatever dies).
+    gone: Vec<i32>,
     init: Option<i32>,
     init_pidfd: Option<RawFd>,
     reports: String,
@@ -402,6 +413,7 @@ impl<'a> Watch<'a> {
             created_r,
             pidfds: BTreeMap::new(),
             exited: Vec::new(),
+            gone: Vec::new(),
             init,
             init_pidfd: init.and_then(|p| sys::pidfd_open(p).ok()),
             reports: String::new(),
@@ -420,11 +432,24 @@ impl<'a> Watch<'a> {
             for rec in buf[..n].chunks_exact(8) {
                 let inner = i32::from_ne_bytes([rec[0], rec[1], rec[2], rec[3]]);
                 let outer = i32::from_ne_bytes([rec[4], rec[5], rec[6], rec[7]]);
-                if let Ok(fd) = sys::pidfd_open(outer) {
-                    self.pidfds.insert(inner, fd);
+                match sys::pidfd_open(outer) {
+                    Ok(fd) => {
+                        self.pidfds.insert(inner, fd);
+                    }
+                    // Gone (and reaped: the namespace's init reaps what
+                    // dies) before it could be held: it exited.
+                    Err(_) => self.gone.push(inner),
                 }
             }
         }
+    }
+
+    /// A process that exited before it could be held by a pidfd and was
+    /// not to (a zombie or a stand-in may).
+    fn gone_unexpectedly(&self) -> Option<i32> {
+        self.gone.iter().copied().find(|pid| {
+            !self.ctx.plan.zombies.contains(pid) && !self.ctx.plan.stand_ins.contains(pid)
+        })
     }
 
     /// Relay the loaders' warnings; keep everything for the error line.
