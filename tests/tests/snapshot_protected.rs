@@ -217,3 +217,48 @@ fn areas_registered_already_make_it_a_fork_snapshot() {
     original.expect_pass(CheckTrigger::Stdin);
     restores_exactly(&out, pid, "restored wp_writers, forked");
 }
+
+/// A stream (`-o -`), whose writer reads every page twice (checksums
+/// first): a page written between the two reads still goes out as it was
+/// at the freeze, so the stream's own check of the second read passes and
+/// the image restores as at the freeze.
+#[test]
+fn a_stream_of_writers_reads_every_page_as_at_the_freeze_twice() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let mut original = Workload::start("wp_writers", ["--threads", "2", "--mb", "64"]);
+    let pid = original.pid();
+    let stream = scratch.path().join("stream.tar");
+    let err = scratch.path().join("crdump.err");
+    let mut command = std::process::Command::new(&bins.crdump);
+    command
+        .args(["--pid", &pid.to_string(), "-o", "-"])
+        .args(["--leave-running", "--snapshot", "-v"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&stream).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap());
+    crimg_tests::process::only_stdio(&mut command);
+    let mut crdump = crimg_tests::process::ChildGuard::new("crdump -o -", command.spawn().unwrap());
+    let status = crdump
+        .wait_exit(Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let all = std::fs::read_to_string(&err).unwrap_or_default();
+    assert!(status.success(), "crdump -o - failed ({status}):\n{all}");
+    assert!(
+        all.contains(PROTECTED),
+        "not the write-protected snapshot:\n{all}"
+    );
+    let out = scratch.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let untar = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(&stream)
+        .arg("-C")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(untar.success());
+    original.expect_pass(CheckTrigger::Stdin);
+    restores_exactly(&out, pid, "restored wp_writers from a stream");
+}
