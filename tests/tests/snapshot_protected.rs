@@ -82,6 +82,36 @@ fn restores_exactly(out: &Path, pid: i32, what: &str) -> crimg_tests::Facts {
     restored.expect_pass(CheckTrigger::Stdin)
 }
 
+/// A thread watching `pid` traced and untraced: true once it was untraced
+/// again for the second time (the first follows the stop that made the
+/// userfaultfd, the second the freeze), false if `done` came first.
+fn resumes_watcher(pid: i32, done: Arc<AtomicBool>) -> std::thread::JoinHandle<bool> {
+    std::thread::spawn(move || {
+        let traced = || {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("TracerPid:"))
+                        .map(|v| v.trim() != "0")
+                })
+                .unwrap_or(false)
+        };
+        let (mut was, mut resumes) = (false, 0);
+        while !done.load(Ordering::Relaxed) {
+            let now = traced();
+            if was && !now {
+                resumes += 1;
+                if resumes == 2 {
+                    return true;
+                }
+            }
+            was = now;
+        }
+        false
+    })
+}
+
 #[test]
 fn writers_running_through_the_dump_restore_as_at_the_freeze() {
     crimg_tests::skip_unless_root!();
@@ -132,34 +162,7 @@ fn memory_dropped_right_after_the_resume_is_never_wrong_in_the_image() {
         );
         let pid = original.pid();
         let done = Arc::new(AtomicBool::new(false));
-        // Untraced again after being traced: how often.
-        let watcher = {
-            let done = done.clone();
-            std::thread::spawn(move || {
-                let traced = || {
-                    std::fs::read_to_string(format!("/proc/{pid}/status"))
-                        .ok()
-                        .and_then(|s| {
-                            s.lines()
-                                .find_map(|l| l.strip_prefix("TracerPid:"))
-                                .map(|v| v.trim() != "0")
-                        })
-                        .unwrap_or(false)
-                };
-                let (mut was, mut resumes) = (false, 0);
-                while !done.load(Ordering::Relaxed) {
-                    let now = traced();
-                    if was && !now {
-                        resumes += 1;
-                        if resumes == 2 {
-                            return true;
-                        }
-                    }
-                    was = now;
-                }
-                false
-            })
-        };
+        let watcher = resumes_watcher(pid, done.clone());
         let dumper = {
             let done = done.clone();
             std::thread::spawn(move || {
@@ -261,4 +264,44 @@ fn a_stream_of_writers_reads_every_page_as_at_the_freeze_twice() {
     assert!(untar.success());
     original.expect_pass(CheckTrigger::Stdin);
     restores_exactly(&out, pid, "restored wp_writers from a stream");
+}
+
+/// crdump killed (SIGKILL) while it reads a write-protected process: its
+/// userfaultfd closes with it, which wakes every writer waiting and clears
+/// every registration: the process runs on with the areas, flags and fds
+/// it had, its memory consistent.
+#[test]
+fn a_crdump_killed_mid_dump_leaves_the_process_running_as_before() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let mut original = Workload::start("wp_writers", ["--threads", "2", "--mb", "512"]);
+    let pid = original.pid();
+    let before = footprint(pid);
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = resumes_watcher(pid, done.clone());
+    let mut command = bins.crdump_command(pid, &scratch.path().join("out"), true);
+    command.args(["-v", "--snapshot"]);
+    crimg_tests::process::only_stdio(&mut command);
+    command.stdout(std::process::Stdio::null());
+    let mut crdump = crimg_tests::process::ChildGuard::new("crdump", command.spawn().unwrap());
+    let resumed = watcher.join().unwrap();
+    assert!(resumed, "the process was not resumed after the freeze");
+    crdump
+        .signal(nix::sys::signal::Signal::SIGKILL)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let status = crdump
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}"));
+    done.store(true, Ordering::Relaxed);
+    assert!(!status.success(), "crdump finished before it was killed");
+    // Closed with crdump: nothing registered or protected is left.
+    assert_eq!(
+        footprint(pid),
+        before,
+        "the original's areas or fds changed"
+    );
+    original.send_line("ping").unwrap();
+    original.expect_line("PONG");
+    original.expect_pass(CheckTrigger::Stdin);
 }
