@@ -36,6 +36,7 @@ const C_WORKLOADS: &[&str] = &[
     "sparse_reserve",
     "incr_counter",
     "lazy_mem",
+    "wp_writers",
 ];
 
 fn main() {

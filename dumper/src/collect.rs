@@ -15,7 +15,7 @@ mod areas;
 #[cfg(test)]
 mod fake;
 pub mod fd_index;
-mod gadget_scan;
+pub(crate) mod gadget_scan;
 mod identity;
 mod live;
 mod open_files;

@@ -409,6 +409,7 @@ impl<'a> Borrowed<'a> {
             moved: false,
             done: false,
         };
+        crate::snapshot::protected::before_write(pid, place.frame, blob.len() as u64);
         mem.write_all_at(&blob, place.frame)
             .map_err(|source| InjectError::Scratch {
                 pid,
@@ -657,6 +658,7 @@ impl<'a> Borrowed<'a> {
         // was what a vanished dumper would have left the thread with.
         if self.written {
             let addr = self.scratch;
+            crate::snapshot::protected::before_write(pid, addr, self.saved_scratch.len() as u64);
             self.mem
                 .write_all_at(&self.saved_scratch, addr)
                 .map_err(|source| InjectError::Scratch {

@@ -339,11 +339,11 @@ pub fn dump_to(
         stream::Target::Dir(dir) => Some(stream::Target::Dir(dir)),
         stream::Target::Stream(file) => file.try_clone().ok().map(stream::Target::Stream),
     };
-    match (dump_attempt(pid, target, opts, progress, true), again) {
+    match (dump_attempt(pid, target, opts, progress, true, None), again) {
         // Nothing was written; the tree runs on. Without the presample the
         // areas are read frozen, which cannot disagree with the snapshot.
-        (Err(DumpError::AreasChanged { stopped, .. }), Some(again)) => {
-            dump_attempt(pid, again, opts, progress, false).map(|mut report| {
+        (Err(DumpError::AreasChanged { stopped, why, .. }), Some(again)) => {
+            dump_attempt(pid, again, opts, progress, false, Some(why)).map(|mut report| {
                 report.frozen_for += stopped;
                 for other in &mut report.others {
                     other.frozen_for += stopped;
@@ -356,13 +356,15 @@ pub fn dump_to(
 }
 
 /// [`dump_to`], a snapshot dump reading the areas before the freeze when
-/// `presample`.
+/// `presample` (and, for a process alone, write-protected); `again`: why
+/// the attempt before failed.
 fn dump_attempt(
     pid: i32,
     target: stream::Target<'_>,
     opts: &DumpOptions,
     progress: &mut dyn Progress,
     presample: bool,
+    again: Option<String>,
 ) -> Result<DumpReport, DumpError> {
     let started = Instant::now();
     let stat = check_target(pid, opts)?;
@@ -375,11 +377,30 @@ fn dump_attempt(
     // anything is frozen.
     let (parent_dir, mut root_parent) = incremental_parent(pid, stat.start_time, out_dir, opts)?;
     let zero_pfn = sys::process::zero_page_pfn().ok().flatten();
-    // A snapshot dump reads the tree's areas before it freezes it.
+    // A snapshot dump of one process first arms its write-protection
+    // (`snapshot::protected`), while it runs; then it reads the tree's
+    // areas, before it freezes it. The attempt after a lost snapshot is a
+    // fork snapshot.
+    let mut armed = None;
+    let mut method_note = again.map(|why| format!("dumped again: {why}"));
+    if presample && snapshot::wanted(opts) {
+        if opts.fork_snapshot {
+            method_note = Some("--fork-snapshot".to_owned());
+        } else if snapshot::has_children(pid) {
+            method_note = Some("a tree of processes".to_owned());
+        } else {
+            match snapshot::Protected::arm(pid) {
+                Ok(p) => armed = Some(p),
+                Err(why) => method_note = Some(why),
+            }
+        }
+    }
+    let arm_stop = armed.as_ref().map(|p| p.stopped).unwrap_or_default();
     let presampled;
     let opts = if presample && snapshot::wanted(opts) {
         presampled = DumpOptions {
             presample: Some(snapshot::Presample::take(pid)),
+            own_uffd: armed.as_ref().map(snapshot::Protected::pid),
             ..opts.clone()
         };
         &presampled
@@ -431,13 +452,15 @@ fn dump_attempt(
         .collect();
     let pids: Vec<i32> = frozen.processes.iter().map(freeze::Frozen::pid).collect();
     let mut frozen_for = None;
+    phases.arm_stop = arm_stop;
     let (frozen, mut snapshots, mut dump_warnings) = match take_snapshots(
         frozen,
         opts,
         (&mut states, &mut vma_stats, &deferred),
         zero_pfn,
         &mut phases,
-        || frozen_for = Some(freeze_started.elapsed()),
+        (armed, &mut method_note),
+        || frozen_for = Some(freeze_started.elapsed() + arm_stop),
     ) {
         // Resumed after the snapshot, or (no snapshot could be made) as
         // the frozen tree dropped: now.
@@ -445,11 +468,20 @@ fn dump_attempt(
             return Err(DumpError::AreasChanged {
                 pid,
                 why,
-                stopped: frozen_for.unwrap_or_else(|| freeze_started.elapsed()),
+                stopped: frozen_for.unwrap_or_else(|| freeze_started.elapsed() + arm_stop),
             })
         }
         r => r?,
     };
+    let snapshot_method = snapshot_method(&snapshots, method_note);
+    if out.is_stream() {
+        // A stream reads each page twice (checksums first).
+        for s in snapshots.iter().flatten() {
+            if let snapshot::Held::Protected(p) = &s.held {
+                p.keep_for_rereads();
+            }
+        }
+    }
     out.begin(pid, &manifest)?;
     let mut loader_warnings = Vec::with_capacity(states.len());
     let mut written = Vec::with_capacity(states.len());
@@ -553,6 +585,24 @@ fn dump_attempt(
             let image = out_dir.join(image_name(p));
             let done = write_process(pid, p, snap.as_ref(), &image, &mut *progress, |source| {
                 out.write_image(p, state, source, &image, opts, link_of(i))
+            })
+            .map_err(|e| {
+                match snap.as_ref().and_then(snapshot::ProcessSnapshot::lost) {
+                    // A directory's files have no name yet: the dump is tried
+                    // again (a fork snapshot). A stream has the bytes already.
+                    Some(why) if !out.is_stream() => DumpError::AreasChanged {
+                        pid: p,
+                        why: format!("its write-protected snapshot was lost ({why})"),
+                        stopped: frozen_for.unwrap_or_default(),
+                    },
+                    Some(why) => DumpError::Refused {
+                        pid: p,
+                        why: format!(
+                            "its write-protected snapshot was lost ({why}): dump it again"
+                        ),
+                    },
+                    None => e,
+                }
             })?;
             loader_warnings.push(done.warning);
             written.push(done.bytes);
@@ -601,7 +651,7 @@ fn dump_attempt(
             // take a second here; `crrestore-tree` waits for what is still an
             // exited process, so the dump does not.
             // Killed as it was when frozen: stopped until the image was complete.
-            frozen_for = Some(freeze_started.elapsed());
+            frozen_for = Some(freeze_started.elapsed() + arm_stop);
             frozen.kill().map_err(|source| DumpError::KillFailed {
                 pid,
                 dir: out_dir.to_owned(),
@@ -613,7 +663,7 @@ fn dump_attempt(
                 // Still stopped: protect the memory from now on.
                 dump_warnings.extend(incremental::rearm_all(trackings, &states));
                 frozen.detach()?;
-                frozen_for = Some(freeze_started.elapsed());
+                frozen_for = Some(freeze_started.elapsed() + arm_stop);
             }
             published.keep();
         }
@@ -661,6 +711,7 @@ fn dump_attempt(
                     zombies: Vec::new(),
                     shared_objects: manifest.shared.len(),
                     incremental: split,
+                    snapshot_method: snapshot_method.clone(),
                 }
             },
         )
@@ -683,7 +734,7 @@ fn write_process<T>(
     progress: &mut dyn Progress,
     write: impl FnOnce(&mut dyn image_writer::PageSource) -> Result<T, stream::ImageFailure>,
 ) -> Result<T, DumpError> {
-    let mem = open_mem(snap.map_or(p, |s| s.child.pid()))?;
+    let mem = open_mem(snap.map_or(p, snapshot::ProcessSnapshot::read_pid))?;
     let mut from_snapshot;
     let mut from_task;
     let source: &mut dyn image_writer::PageSource = match snap {
@@ -764,6 +815,7 @@ fn take_snapshots(
     ),
     zero_pfn: Option<u64>,
     phases: &mut Phases,
+    (armed, note): (Option<snapshot::Protected>, &mut Option<String>),
     resumed: impl FnOnce(),
 ) -> Result<
     (
@@ -787,6 +839,51 @@ fn take_snapshots(
     };
     let pids: Vec<i32> = frozen.processes.iter().map(freeze::Frozen::pid).collect();
     let mut warnings = Vec::new();
+    if let Some(p) = armed {
+        let t = std::time::Instant::now();
+        match frozen.processes.as_slice() {
+            [f] => match snapshot::take_protected(
+                f,
+                p,
+                &deferred[0],
+                zero_pfn,
+                &mut states[0],
+                &mut vma_stats[0],
+            ) {
+                Ok((snap, live)) => {
+                    phases.snapshot = t.elapsed();
+                    frozen.detach()?;
+                    resumed();
+                    let pid = pids[0];
+                    check_snapshot(pid, None, &mut states[0], opts)?;
+                    let snapshot::Held::Protected(p) = &snap.held else {
+                        unreachable!("take_protected holds a write-protection")
+                    };
+                    snapshot::select_live(
+                        pid,
+                        p,
+                        &live,
+                        zero_pfn,
+                        &mut states[0],
+                        &mut vma_stats[0],
+                    )
+                    .map_err(|e| {
+                        exited_or(
+                            pid,
+                            DumpError::Refused {
+                                pid,
+                                why: e.to_string(),
+                            },
+                        )
+                    })?;
+                    return Ok((None, vec![Some(snap)], warnings));
+                }
+                Err(why) => *note = Some(why),
+            },
+            // The tree grew children since: the fork snapshot.
+            _ => *note = Some("a tree of processes at the freeze".into()),
+        }
+    }
     if snapshot::wanted(opts) {
         match snapshot::take_tree(&frozen.processes, states) {
             Ok((snaps, took)) => {
@@ -794,8 +891,8 @@ fn take_snapshots(
                 frozen.detach()?;
                 resumed();
                 for (i, s) in snaps.iter().enumerate() {
-                    check_snapshot(pids[i], s.child.pid(), &mut states[i], opts)?;
-                    select(s.child.pid(), i, states, vma_stats)?;
+                    check_snapshot(pids[i], Some(s.read_pid()), &mut states[i], opts)?;
+                    select(s.read_pid(), i, states, vma_stats)?;
                 }
                 return Ok((None, snaps.into_iter().map(Some).collect(), warnings));
             }
@@ -825,14 +922,19 @@ fn take_snapshots(
 /// After the resume: the snapshot child `child` of `pid` shows every area
 /// as `state` records it (else the dump is refused: its areas changed as
 /// it began), and no memory policy (refused as the frozen dump refuses
-/// one; with `--force`, a warning).
+/// one; with `--force`, a warning). Without a child (a write-protected
+/// snapshot), the original's areas are asked ([`snapshot::check_original`]).
 fn check_snapshot(
     pid: i32,
-    child: i32,
+    child: Option<i32>,
     state: &mut TaskState,
     opts: &DumpOptions,
 ) -> Result<(), DumpError> {
-    let refusals = snapshot::check_child(pid, child, state).map_err(|e| match e {
+    let checked = match child {
+        Some(child) => snapshot::check_child(pid, child, state),
+        None => snapshot::check_original(pid, state),
+    };
+    let refusals = checked.map_err(|e| match e {
         snapshot::ChildCheckError::Changed { .. } => DumpError::AreasChanged {
             pid,
             why: e.to_string(),
@@ -878,13 +980,40 @@ fn release_snapshot(
     phases: &mut Phases,
     warnings: &mut Vec<String>,
 ) {
-    let child = s.child.pid();
-    match s.child.release(None) {
+    let child = match s.held {
+        snapshot::Held::Protected(p) => {
+            p.close();
+            return;
+        }
+        snapshot::Held::Child(c) => c,
+    };
+    let pid_of_child = child.pid();
+    match child.release(None) {
         Ok(stopped) => phases.reap_stop = phases.reap_stop.max(stopped),
         Err(e) => warnings.push(format!(
-            "pid {pid}: its snapshot child {child} was killed but could not be reaped: {e}"
+            "pid {pid}: its snapshot child {pid_of_child} was killed but could not be reaped: {e}"
         )),
     }
+}
+
+/// What `crdump -v` says of a snapshot dump's method: which one and, for
+/// the fork snapshot, why not the write-protected one.
+fn snapshot_method(
+    snaps: &[Option<snapshot::ProcessSnapshot>],
+    note: Option<String>,
+) -> Option<String> {
+    let first = snaps.iter().flatten().next()?;
+    Some(match &first.held {
+        snapshot::Held::Protected(p) => format!(
+            "userfaultfd write-protection (armed while running; protected again before the \
+             freeze: {:?} pages)",
+            p.passes
+        ),
+        snapshot::Held::Child(_) => format!(
+            "copy-on-write child (no userfaultfd write-protection: {})",
+            note.unwrap_or_else(|| "not tried".into())
+        ),
+    })
 }
 
 /// A tree error as a dump error: a cancel is a cancel.

@@ -9,9 +9,16 @@ pub struct DumpOptions {
     /// copy-on-write snapshot child after the tree resumes
     /// ([`crate::snapshot`]) instead of while it is frozen.
     pub snapshot: bool,
+    /// With `snapshot`: always the copy-on-write child, never the
+    /// write-protected snapshot ([`crate::snapshot::protected`]).
+    pub fork_snapshot: bool,
     /// A snapshot dump's smaps of the tree, read before the freeze
     /// ([`crate::snapshot::Presample`]; set by [`crate::dump`]).
     pub presample: Option<std::sync::Arc<crate::snapshot::Presample>>,
+    /// The process whose `uw` areas (registered with userfaultfd for
+    /// write-protection) are this dump's own ([`crate::snapshot::protected`];
+    /// set by [`crate::dump`]): no state of the process.
+    pub own_uffd: Option<i32>,
     /// Dump even when some state cannot be kept; what is lost is listed in
     /// the image's warnings and the report.
     pub force: bool,

@@ -33,6 +33,10 @@ pub struct Phases {
     /// `--leave-running`: the longest a process was stopped again, after
     /// its image was written, to reap its snapshot child.
     pub reap_stop: Duration,
+    /// `--leave-running --snapshot` write-protected: how long the process
+    /// was stopped, before the freeze, to make its userfaultfd (counted in
+    /// [`DumpReport::frozen_for`]).
+    pub arm_stop: Duration,
 }
 
 /// What a successful dump did.
@@ -66,6 +70,8 @@ pub struct DumpReport {
     pub shared_objects: usize,
     /// An incremental image: what it stored and took from its parent.
     pub incremental: Option<crate::incremental::Split>,
+    /// A snapshot dump: the method used (and why not the other).
+    pub snapshot_method: Option<String>,
 }
 
 impl DumpReport {

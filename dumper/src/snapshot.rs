@@ -53,14 +53,43 @@
 //! whose copy of the page tables costs about 27–30 ms per GiB of 4 KiB
 //! pages on these machines (0.5 ms per GiB of transparent huge pages).
 //! Write-protecting the same memory with userfaultfd while frozen costs
-//! 21 ms per GiB, no better; only a protection armed before the freeze
-//! (while the task runs, the pages it writes meanwhile protected again in
-//! a few passes, then a handler saving each page before its first write
-//! after the freeze) takes the memory out of the frozen window.
+//! 21 ms per GiB, no better. So a process alone (no children) is instead
+//! write-protected before the freeze, while it runs ([`protected`]):
+//!
+//! ```text
+//! running: stopped for a moment: userfaultfd() injected, the fd copied
+//!          here and closed there; resumed
+//!          its private anonymous areas registered (MODE_WP, sync: a
+//!          write waits for crdump's handler thread) and protected; pages
+//!          written meanwhile noted and protected again in a few passes
+//! frozen:  collected as above; the pages noted since protected again
+//!          (the snapshot point); the areas not registered whole (made,
+//!          grown, moved or emptied since, shared, DONTFORK, WIPEONFORK,
+//!          DROPPABLE) copied now
+//! resumed: the registered areas' pages selected (pagemap, as for a child)
+//!          and read from the running task; the handler saves each page
+//!          before its first write and the saved copy wins
+//! written: the uffd closed: the kernel unregisters and unprotects
+//! ```
+//!
+//! The frozen time then no longer grows with the memory; the stop that
+//! makes the uffd counts in the stopped time crdump reports. What it costs
+//! the task: its first write to each page during the dump waits for the
+//! handler to copy the page. An `madvise(MADV_DONTNEED)`, `munmap` or
+//! `mremap` of pages not read yet after the resume may have taken the
+//! snapshot's content with it: the dump goes again (a fork snapshot).
+//! Without a child to ask, the areas' flags at the freeze are checked
+//! against the task's own after the resume (an area's `madvise` in between
+//! that is undone by then is not seen). A task with areas registered with
+//! a userfaultfd already (its own, or crimg's write tracking), one whose
+//! credentials may not make a userfaultfd for kernel faults, a tree, or
+//! `--fork-snapshot` gets the fork snapshot; `crdump -v` says which was
+//! used and why.
 
 mod child;
 mod pages;
 mod presample;
+pub mod protected;
 mod source;
 
 use std::fs::File;
@@ -80,7 +109,8 @@ use crate::report::VmaStat;
 use crate::vmas::VmaClass;
 
 pub use child::SnapshotChild;
-pub use presample::{check_child, numa_needed_frozen, ChildCheckError, Presample};
+pub use presample::{check_child, check_original, numa_needed_frozen, ChildCheckError, Presample};
+pub use protected::Protected;
 pub use source::SnapshotMemory;
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +145,11 @@ pub struct DeferredArea {
 /// for: `--leave-running --snapshot`; the default is the frozen dump).
 pub fn wanted(opts: &DumpOptions) -> bool {
     opts.leave_running && opts.snapshot
+}
+
+/// Whether process `pid` has children (a tree: the fork snapshot).
+pub fn has_children(pid: i32) -> bool {
+    !presample::children(pid).is_empty()
 }
 
 /// Whether a fork gives the child area `v`'s pages as they are.
@@ -166,6 +201,20 @@ pub fn select_deferred(
     state: &mut TaskState,
     stats: &mut [VmaStat],
 ) -> Result<(), SnapshotError> {
+    select_deferred_but(pid, deferred, zero_pfn, None, state, stats)
+}
+
+/// [`select_deferred`], where a pagemap entry equal to `marker` (a
+/// userfaultfd write-protect marker of a page that is not there, which
+/// pagemap shows as swapped) is a page not there.
+fn select_deferred_but(
+    pid: i32,
+    deferred: &[DeferredArea],
+    zero_pfn: Option<u64>,
+    marker: Option<u64>,
+    state: &mut TaskState,
+    stats: &mut [VmaStat],
+) -> Result<(), SnapshotError> {
     if deferred.is_empty() {
         return Ok(());
     }
@@ -177,13 +226,14 @@ pub fn select_deferred(
     })?;
     let mut runs = Vec::new();
     for area in deferred {
-        let stored = pages::select_area(&pagemap, area, zero_pfn, &mut runs).map_err(|source| {
-            SnapshotError::Read {
-                pid,
-                path: path.clone(),
-                source,
-            }
-        })?;
+        let stored =
+            pages::select_area(&pagemap, area, zero_pfn, marker, &mut runs).map_err(|source| {
+                SnapshotError::Read {
+                    pid,
+                    path: path.clone(),
+                    source,
+                }
+            })?;
         if let Some(s) = stats.iter_mut().find(|s| s.start == area.start) {
             s.stored_pages += stored;
         }
@@ -233,30 +283,111 @@ fn copy_frozen_pages(
     Ok(copied)
 }
 
-/// The snapshot of one process: its child and the pages copied from it
-/// while frozen.
+/// What a snapshot's pages come from after the resume.
+pub enum Held {
+    /// A copy-on-write child.
+    Child(SnapshotChild),
+    /// The original, write-protected.
+    Protected(Protected),
+}
+
+/// The snapshot of one process: its child (or its write-protection) and
+/// the pages copied from it while frozen.
 pub struct ProcessSnapshot {
-    pub child: SnapshotChild,
+    pub held: Held,
     copied: source::Copied,
 }
 
 impl ProcessSnapshot {
+    /// Why its write-protected snapshot was lost, if it was.
+    pub fn lost(&self) -> Option<String> {
+        match &self.held {
+            Held::Protected(p) => p.lost(),
+            Held::Child(_) => None,
+        }
+    }
+
+    /// The process whose memory is read for the image's other pages.
+    pub fn read_pid(&self) -> i32 {
+        match &self.held {
+            Held::Child(c) => c.pid(),
+            Held::Protected(p) => p.pid(),
+        }
+    }
+
     /// The page source for the image: the copied pages, the rest from the
-    /// child.
+    /// child (`child_mem`: the `/proc/P/mem` of [`Self::read_pid`]).
     pub fn memory<'a>(
         &'a self,
         child_mem: &'a File,
         progress: &'a mut dyn crate::progress::Progress,
     ) -> SnapshotMemory<'a> {
+        let protected = match &self.held {
+            Held::Protected(p) => Some(p),
+            Held::Child(_) => None,
+        };
         SnapshotMemory::new(
             TaskMemory {
-                pid: self.child.pid(),
+                pid: self.read_pid(),
                 mem: child_mem,
                 progress,
             },
             &self.copied,
+            protected,
         )
     }
+}
+
+/// The write-protected snapshot of frozen process `f` (`p`, armed before
+/// the freeze): the snapshot point passed, the deferred areas that are not
+/// registered whole selected and copied now with the rest of
+/// `state.pages`. Returns it and the areas to select after the resume;
+/// on error (the tree still frozen) `p` is closed.
+pub fn take_protected(
+    f: &Frozen,
+    p: Protected,
+    deferred: &[DeferredArea],
+    zero_pfn: Option<u64>,
+    state: &mut TaskState,
+    stats: &mut [VmaStat],
+) -> Result<(ProcessSnapshot, Vec<DeferredArea>), String> {
+    let pid = f.pid();
+    let (live, now) = p
+        .snapshot_point(deferred)
+        .map_err(|e| format!("pid {pid}: protecting the pages written before the freeze: {e}"))?;
+    select_deferred_but(pid, &now, zero_pfn, Some(p.marker()), state, stats)
+        .map_err(|e| e.to_string())?;
+    let mem = crate::open_mem(pid).map_err(|e| e.to_string())?;
+    let copied = copy_frozen_pages(pid, &mem, state).map_err(|e| e.to_string())?;
+    Ok((
+        ProcessSnapshot {
+            held: Held::Protected(p),
+            copied,
+        },
+        live,
+    ))
+}
+
+/// After the resume: the pages of the `live` areas of process `pid`
+/// (write-protected since the freeze) selected from it into `state`, and
+/// only those left to be read from it.
+pub fn select_live(
+    pid: i32,
+    p: &Protected,
+    live: &[DeferredArea],
+    zero_pfn: Option<u64>,
+    state: &mut TaskState,
+    stats: &mut [VmaStat],
+) -> Result<(), SnapshotError> {
+    select_deferred_but(pid, live, zero_pfn, Some(p.marker()), state, stats)?;
+    let runs = state
+        .pages
+        .iter()
+        .filter(|r| live.iter().any(|a| a.start <= r.start && r.start < a.end))
+        .map(|r| (r.start, r.start + r.len))
+        .collect();
+    p.set_live(runs);
+    Ok(())
 }
 
 /// Every process of a frozen tree snapshotted (and how long that took),
@@ -274,7 +405,9 @@ pub fn take_tree(
             Ok(s) => out.push(s),
             Err(why) => {
                 for (s, f) in out.into_iter().zip(frozen) {
-                    let _ = s.child.release(Some(f));
+                    if let Held::Child(c) = s.held {
+                        let _ = c.release(Some(f));
+                    }
                 }
                 return Err(why);
             }
@@ -288,7 +421,10 @@ fn take_one(f: &Frozen, state: &TaskState) -> Result<ProcessSnapshot, String> {
     let mem = crate::open_mem(pid).map_err(|e| e.to_string())?;
     let child = SnapshotChild::clone_from(f, &mem, state).map_err(|e| e.to_string())?;
     match copy_frozen_pages(pid, &mem, state) {
-        Ok(copied) => Ok(ProcessSnapshot { child, copied }),
+        Ok(copied) => Ok(ProcessSnapshot {
+            held: Held::Child(child),
+            copied,
+        }),
         Err(e) => {
             let _ = child.release(Some(f));
             Err(e.to_string())

@@ -614,7 +614,7 @@ fn report(bench: &Bench, spec: &Spec, f: &Figures) -> Vec<String> {
             again(f)
         )),
         Kind::Single(..) if bench.modes.cow => lines.push(format!(
-            "  --leave-running --snapshot (copy-on-write): dump {}, frozen {}{}",
+            "  --leave-running --snapshot (a process alone: write-protected): dump {}, frozen {}{}",
             against(f, "cow_dump", "dump_ceiling", "failed"),
             against(f, "cow_frozen", "dump_ceiling", no_frozen),
             again(f)

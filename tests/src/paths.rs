@@ -49,6 +49,7 @@ const COMPILED: &[(&str, &str)] = &[
     ("sparse_reserve", env!("WORKLOAD_SPARSE_RESERVE")),
     ("incr_counter", env!("WORKLOAD_INCR_COUNTER")),
     ("lazy_mem", env!("WORKLOAD_LAZY_MEM")),
+    ("wp_writers", env!("WORKLOAD_WP_WRITERS")),
 ];
 
 /// The script workloads, by file name, in `workloads/`.

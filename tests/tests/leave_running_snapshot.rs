@@ -1,12 +1,15 @@
-//! `crdump --leave-running --snapshot` through a copy-on-write snapshot
-//! child (`--leave-running` alone is the frozen dump): the
-//! image restores exactly what the original held at the freeze (a second
-//! thread, MAP_SHARED, MADV_DONTFORK and MADV_WIPEONFORK areas, a signal
-//! pending for the process and one for a thread), the original runs on
-//! unchanged, has no child afterwards (not even a zombie: its own waitid
-//! with `__WALL` finds none) and never got a SIGCHLD. A snapshot that
-//! cannot be made (the clone refused by RLIMIT_NPROC) falls back to the
-//! frozen dump with one warning line. Needs root.
+//! `crdump --leave-running --snapshot` (`--leave-running` alone is the
+//! frozen dump), through a copy-on-write snapshot child (a tree,
+//! `--fork-snapshot`, or a process that cannot be write-protected) or a
+//! userfaultfd write-protection (a process alone; see also
+//! `snapshot_protected.rs`): the image restores exactly what the original
+//! held at the freeze (a second thread, MAP_SHARED, MADV_DONTFORK and
+//! MADV_WIPEONFORK areas, a signal pending for the process and one for a
+//! thread), the original runs on unchanged, has no child afterwards (not
+//! even a zombie: its own waitid with `__WALL` finds none) and never got a
+//! SIGCHLD. A snapshot that cannot be made (the clone refused by
+//! RLIMIT_NPROC, for a user who may not make a userfaultfd either) falls
+//! back to the frozen dump with one warning line. Needs root.
 
 use std::path::Path;
 
@@ -19,6 +22,10 @@ use crimg_tests::{binaries, scratch_dir, workload_path, Binaries, PidGuard, Work
 
 /// The fallback's warning, as crdump prints it.
 const FALLBACK: &str = "no copy-on-write snapshot";
+/// What `crdump -v` prints after a fork snapshot, and after a
+/// write-protected one.
+const FORKED: &str = "to reap the snapshot child";
+const PROTECTED: &str = "snapshot by userfaultfd write-protection";
 
 /// After a `--leave-running` dump of `original` (pid `pid`, READY facts
 /// `ready`) into `out`: no child is left, the original passes its own
@@ -41,12 +48,15 @@ fn assert_untouched_and_complete(
 /// `crdump --leave-running --snapshot -v` of `pid` into `out` (without
 /// `--snapshot` unless `snapshot`): its stdout and stderr.
 fn dump_leaving_running(pid: i32, out: &Path, snapshot: bool) -> (String, String) {
+    dump_with(pid, out, if snapshot { &["--snapshot"] } else { &[] })
+}
+
+/// `crdump --leave-running -v` with `args` of `pid` into `out`: its
+/// stdout and stderr.
+fn dump_with(pid: i32, out: &Path, args: &[&str]) -> (String, String) {
     let bins = binaries();
     let mut command = bins.crdump_command(pid, out, true);
-    command.arg("-v");
-    if snapshot {
-        command.arg("--snapshot");
-    }
+    command.arg("-v").args(args);
     let output =
         run_ok(command, std::time::Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
     assert!(
@@ -58,14 +68,22 @@ fn dump_leaving_running(pid: i32, out: &Path, snapshot: bool) -> (String, String
 }
 
 /// `crdump --leave-running --snapshot -v` of `pid` into `out`, which must
-/// have been made from a snapshot (no fallback, its child reaped): stdout.
+/// have been made from a snapshot (no fallback; the write-protected one,
+/// or a child that was reaped): stdout.
 fn dump_from_snapshot(pid: i32, out: &Path) -> String {
-    let (stdout, stderr) = dump_leaving_running(pid, out, true);
+    dump_from_snapshot_with(pid, out, &[], &[PROTECTED, FORKED])
+}
+
+/// [`dump_from_snapshot`] with more `args`, its stdout showing one of
+/// `methods`.
+fn dump_from_snapshot_with(pid: i32, out: &Path, args: &[&str], methods: &[&str]) -> String {
+    let args: Vec<&str> = ["--snapshot"].iter().chain(args).copied().collect();
+    let (stdout, stderr) = dump_with(pid, out, &args);
     let all = format!("{stdout}{stderr}");
     assert!(!all.contains(FALLBACK), "the dump fell back:\n{all}");
     assert!(
-        stdout.contains("to reap the snapshot child"),
-        "no snapshot line:\n{stdout}"
+        methods.iter().any(|m| stdout.contains(m)),
+        "no snapshot line of {methods:?}:\n{stdout}"
     );
     stdout
 }
@@ -93,9 +111,37 @@ fn a_snapshot_dump_restores_exactly_and_leaves_the_original_untouched() {
     let ready = original.ready().unwrap().clone();
     let pid = original.pid();
 
-    let stdout = dump_from_snapshot(pid, &out);
+    let stdout = dump_from_snapshot_with(pid, &out, &[], &[PROTECTED]);
     assert!(stopped_ms(&stdout) > 0.0);
+    restores_as_at_the_freeze(&bins, &mut original, &ready, pid, &out);
+}
 
+/// The same through the copy-on-write child (`--fork-snapshot`).
+#[test]
+fn a_fork_snapshot_dump_restores_exactly_and_leaves_the_original_untouched() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let out = scratch.path().join("out");
+    let mut original = Workload::start("snapshot_threads", ["--private-mb", "32"]);
+    let ready = original.ready().unwrap().clone();
+    let pid = original.pid();
+
+    let stdout = dump_from_snapshot_with(pid, &out, &["--fork-snapshot"], &[FORKED]);
+    assert!(stopped_ms(&stdout) > 0.0);
+    restores_as_at_the_freeze(&bins, &mut original, &ready, pid, &out);
+}
+
+/// After a snapshot dump of `original` (`pid`, READY facts `ready`) into
+/// `out`: the original has no child, its state and no SIGCHLD; the image
+/// has every area, both pending signals and the worker thread.
+fn restores_as_at_the_freeze(
+    bins: &Binaries,
+    original: &mut Workload,
+    ready: &Facts,
+    pid: i32,
+    out: &Path,
+) {
     // The original: no child left, state as it was, no SIGCHLD.
     assert_eq!(children_of(pid), Vec::<i32>::new(), "a child is left");
     let pass = original.expect_pass(CheckTrigger::Stdin);
@@ -284,11 +330,15 @@ fn group_stops_during_the_dump_do_not_make_the_reap_fail() {
     // here) and is tried again.
     let mut rounds = Vec::new();
     let mut attempts = 0;
-    while rounds.len() < 5 && attempts < 100 {
+    while rounds.len() < 6 && attempts < 100 {
         attempts += 1;
         let out = scratch.path().join(format!("out{attempts}"));
         let mut command = bins.crdump_command(pid, &out, true);
         command.args(["-v", "--snapshot"]);
+        // Every other round through the child, whose reap meets the stops.
+        if attempts % 2 == 1 {
+            command.arg("--fork-snapshot");
+        }
         let r = run_ok(command, std::time::Duration::from_secs(120))
             .map(|o| format!("{}{}", o.stdout, o.stderr))
             .map_err(|e| e.to_string());
@@ -297,19 +347,17 @@ fn group_stops_during_the_dump_do_not_make_the_reap_fail() {
         {
             continue;
         }
-        rounds.push((r, children_of(pid), out));
+        rounds.push((r, children_of(pid), out, attempts % 2 == 1));
     }
     stop.store(true, Ordering::Relaxed);
     storm.join().unwrap();
     nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGCONT).unwrap();
-    assert_eq!(rounds.len(), 5, "the process was always stopped");
-    for (r, children, out) in &rounds {
+    assert_eq!(rounds.len(), 6, "the process was always stopped");
+    for (r, children, out, forked) in &rounds {
         let all = r.as_ref().unwrap_or_else(|e| panic!("a dump failed: {e}"));
         assert!(!all.contains(FALLBACK), "a dump fell back:\n{all}");
-        assert!(
-            all.contains("to reap the snapshot child"),
-            "no snapshot line:\n{all}"
-        );
+        let method = if *forked { FORKED } else { PROTECTED };
+        assert!(all.contains(method), "no snapshot line {method:?}:\n{all}");
         assert_eq!(children, &Vec::<i32>::new(), "a child is left:\n{all}");
         bins.verify(&out.join(format!("task-{pid}.crimg")))
             .unwrap_or_else(|e| panic!("{e}"));
@@ -347,7 +395,7 @@ fn the_snapshot_child_is_the_oom_killers_first_choice() {
             seen
         })
     };
-    let (stdout, stderr) = dump_leaving_running(pid, &out, true);
+    let (stdout, stderr) = dump_with(pid, &out, &["--snapshot", "--fork-snapshot"]);
     done.store(true, Ordering::Relaxed);
     let seen = watcher.join().unwrap();
     let all = format!("{stdout}{stderr}");
@@ -449,7 +497,7 @@ fn reading_the_snapshot_copies_none_of_its_pages() {
             seen
         })
     };
-    let (stdout, stderr) = dump_leaving_running(pid, &out, true);
+    let (stdout, stderr) = dump_with(pid, &out, &["--snapshot", "--fork-snapshot"]);
     done.store(true, Ordering::Relaxed);
     let seen = watcher.join().unwrap();
     let all = format!("{stdout}{stderr}");

@@ -24,9 +24,10 @@ pub(super) fn memory_areas<T: Task>(
 ) -> Result<(Vec<VmaState>, Vec<vmas::VmaClass>), CollectError> {
     let mut vma_states = Vec::with_capacity(smaps.len());
     let mut classes = Vec::with_capacity(smaps.len());
-    // Areas registered by crimg's own write tracking (`uw`) are no state.
+    // Areas registered by crimg's own write tracking or by this dump's
+    // write-protected snapshot (`uw`) are no state.
     let wp_tracked = smaps.iter().any(|e| e.vm_flags.iter().any(|f| f == "uw"))
-        && crate::incremental::holder::tracks(c.pid);
+        && (c.opts.own_uffd == Some(c.pid) || crate::incremental::holder::tracks(c.pid));
     for e in smaps {
         let class = match vmas::classify_tracked(e, wp_tracked) {
             Ok(class) => class,

@@ -61,13 +61,46 @@ pub(super) fn find_gadgets<T: Task>(
 /// each. A chunk that cannot be read (a page past the end of its file) is
 /// skipped.
 fn scan_area<T: Task>(task: &T, start: u64, end: u64, g: &mut GadgetsRecord) {
+    scan_with(|at, len| task.read_mem(at, len), start, end, g);
+}
+
+/// The gadgets of a process that is not collected (stopped for a moment
+/// before its dump, [`crate::snapshot::protected`]): its executable file
+/// mappings among `maps` (C library first), read through `mem`.
+pub(crate) fn find_in(maps: &[SmapsEntry], mem: &std::fs::File) -> GadgetsRecord {
+    use std::os::unix::fs::FileExt;
+    let mut areas: Vec<&SmapsEntry> = maps
+        .iter()
+        .filter(|e| e.exec && e.path.starts_with('/'))
+        .collect();
+    areas.sort_by_key(|e| !is_libc(&e.path));
+    let mut g = GadgetsRecord::default();
+    let read = |at: u64, len: u64| {
+        let mut b = vec![0u8; usize::try_from(len).unwrap_or(0)];
+        mem.read_exact_at(&mut b, at).map(|()| b)
+    };
+    for e in areas {
+        scan_with(read, e.start, e.end, &mut g);
+        if g.syscall_ret != 0 && g.rt_sigreturn != 0 {
+            break;
+        }
+    }
+    g
+}
+
+fn scan_with(
+    read_mem: impl Fn(u64, u64) -> std::io::Result<Vec<u8>>,
+    start: u64,
+    end: u64,
+    g: &mut GadgetsRecord,
+) {
     // The patterns are a few bytes long.
     #[allow(clippy::cast_possible_truncation)]
     let overlap = gadgets::LONGEST as u64 - 1;
     let mut at = start;
     while at < end {
         let len = CHUNK.min(end - at);
-        if let Ok(bytes) = task.read_mem(at, len) {
+        if let Ok(bytes) = read_mem(at, len) {
             if g.syscall_ret == 0 {
                 g.syscall_ret = gadgets::find_syscall_ret(&bytes, at).unwrap_or(0);
             }

@@ -25,7 +25,7 @@ use image_writer::{PageSource, WriteError, WriteOptions};
 
 pub mod holder;
 #[allow(unsafe_code)]
-mod sys;
+pub(crate) mod sys;
 pub mod track;
 
 /// Why an incremental dump could not be made.

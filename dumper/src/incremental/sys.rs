@@ -1,6 +1,8 @@
 //! The system calls of write tracking: userfaultfd's write-protect
-//! ioctls, `PAGEMAP_SCAN` for `PAGE_IS_WRITTEN`, and the holder's unix
-//! socket with an fd passed in `SCM_RIGHTS`.
+//! ioctls (async for tracking, sync with fault and event messages for
+//! the write-protected snapshot, `crate::snapshot::protected`),
+//! `PAGEMAP_SCAN` for `PAGE_IS_WRITTEN`, and the holder's unix socket with
+//! an fd passed in `SCM_RIGHTS`.
 //!
 //! # References
 //! `Documentation/admin-guide/mm/userfaultfd.rst` ("Write Protect
@@ -54,6 +56,23 @@ const UFFDIO_REGISTER: u64 = 0xc020_aa00;
 const UFFDIO_WRITEPROTECT: u64 = 0xc018_aa06;
 const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
 const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1;
+/// `UFFD_FEATURE_EVENT_REMAP`, `_REMOVE`, `_UNMAP`: an `mremap` move, a
+/// `madvise(MADV_DONTNEED/REMOVE)`, a `munmap` of a registered range is a
+/// message (the task waits until it is read).
+pub const UFFD_FEATURE_EVENT_REMAP: u64 = 1 << 2;
+pub const UFFD_FEATURE_EVENT_REMOVE: u64 = 1 << 3;
+pub const UFFD_FEATURE_EVENT_UNMAP: u64 = 1 << 6;
+/// `UFFD_FEATURE_WP_UNPOPULATED`: protecting a range also protects its
+/// pages not there yet (a marker in the page table), so that the first
+/// write to one faults too.
+pub const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+/// `uffd_msg.event` values.
+pub const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+pub const UFFD_EVENT_REMAP: u8 = 0x14;
+pub const UFFD_EVENT_REMOVE: u8 = 0x15;
+pub const UFFD_EVENT_UNMAP: u8 = 0x16;
+/// `sizeof(struct uffd_msg)`.
+pub const UFFD_MSG_LEN: usize = 32;
 
 fn check(r: libc::c_int) -> io::Result<()> {
     if r < 0 {
@@ -76,6 +95,111 @@ pub fn enable_wp_async(uffd: BorrowedFd<'_>) -> io::Result<()> {
     };
     // SAFETY: `api` is a live uffdio_api the kernel reads and writes.
     check(unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API as _, &mut api) })
+}
+
+/// `ioctl(uffd, UFFDIO_API, {UFFD_API, features})` without `WP_ASYNC`:
+/// a write to a protected page blocks the writer and is a fault message
+/// for the uffd's reader, who unprotects the page to let it go on.
+pub fn enable_wp_sync(uffd: BorrowedFd<'_>, features: u64) -> io::Result<()> {
+    let mut api = UffdioApi {
+        api: UFFD_API,
+        features,
+        ioctls: 0,
+    };
+    // SAFETY: `api` is a live uffdio_api the kernel reads and writes.
+    check(unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API as _, &mut api) })
+}
+
+/// `ioctl(uffd, UFFDIO_WRITEPROTECT, {start, len, 0})`: unprotect, and
+/// wake the threads blocked in a fault on the range.
+pub fn unprotect(uffd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<()> {
+    let mut wp = UffdioWriteprotect {
+        start,
+        len,
+        mode: 0,
+    };
+    // SAFETY: `wp` is a live uffdio_writeprotect the kernel reads.
+    check(unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_WRITEPROTECT as _, &mut wp) })
+}
+
+/// `read(uffd, buf)` of whole `uffd_msg`s (the uffd is non-blocking):
+/// how many bytes, 0 when none is pending.
+pub fn read_messages(uffd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is live and writable for its length.
+    let n = unsafe { libc::read(uffd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::EINTR) => Ok(0),
+            _ => Err(e),
+        };
+    }
+    Ok(n as usize)
+}
+
+/// `userfaultfd(O_CLOEXEC | O_NONBLOCK)` of this process (crdump's own,
+/// for a page of its own).
+pub fn own_userfaultfd() -> io::Result<OwnedFd> {
+    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
+    // SAFETY: integer arguments only.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned `fd`, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// One page of private anonymous memory of this process, never touched.
+pub struct AnonPage {
+    addr: u64,
+    mapped: bool,
+}
+
+impl AnonPage {
+    /// `mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)`.
+    pub fn map() -> io::Result<AnonPage> {
+        // SAFETY: a new mapping at an address the kernel picks; nothing
+        // of this process is touched.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(AnonPage {
+            addr: p as u64,
+            mapped: true,
+        })
+    }
+
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+
+    /// `munmap` it.
+    pub fn unmap(&mut self) {
+        if self.mapped {
+            self.mapped = false;
+            // SAFETY: the page this value mapped, used by nothing else.
+            unsafe {
+                libc::munmap(self.addr as *mut libc::c_void, 4096);
+            }
+        }
+    }
+}
+
+impl Drop for AnonPage {
+    fn drop(&mut self) {
+        self.unmap();
+    }
 }
 
 /// `ioctl(uffd, UFFDIO_REGISTER, {start, len, MODE_WP})`: the uffd's mm

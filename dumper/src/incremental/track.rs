@@ -47,7 +47,7 @@ pub enum TrackError {
 const UFFD_USER_MODE_ONLY: u64 = 1;
 
 /// Whether area `v` is tracked: private anonymous memory.
-fn tracked_area(v: &VmaState) -> bool {
+pub(crate) fn tracked_area(v: &VmaState) -> bool {
     matches!(
         v.record.kind,
         vma_kind::ANON | vma_kind::HEAP | vma_kind::STACK
@@ -91,7 +91,7 @@ impl Tracking {
         if !create {
             return Ok(None);
         }
-        let uffd = make_uffd(pid, gadgets, vmas)?;
+        let uffd = make_uffd(pid, gadgets, vmas, false)?;
         sys::enable_wp_async(uffd.as_fd()).map_err(io("UFFDIO_API with WP_ASYNC"))?;
         Ok(Some(Tracking {
             pid,
@@ -167,7 +167,16 @@ impl Tracking {
 
 /// A userfaultfd of the task `pid` (stopped), made by an injected
 /// `userfaultfd()` in its leader, copied here and closed there.
-fn make_uffd(pid: i32, gadgets: &GadgetsRecord, vmas: &[VmaState]) -> Result<OwnedFd, TrackError> {
+/// `kernel_faults`: it must also report faults in kernel mode (a `read()`
+/// into a protected buffer), which a task without `CAP_SYS_PTRACE` may not
+/// ask for (`vm.unprivileged_userfaultfd` 0): then it is refused (EPERM),
+/// not made for user-mode faults only.
+pub(crate) fn make_uffd(
+    pid: i32,
+    gadgets: &GadgetsRecord,
+    vmas: &[VmaState],
+    kernel_faults: bool,
+) -> Result<OwnedFd, TrackError> {
     let io = |what| move |source| TrackError::Io { pid, what, source };
     let mem = std::fs::OpenOptions::new()
         .read(true)
@@ -201,7 +210,7 @@ fn make_uffd(pid: i32, gadgets: &GadgetsRecord, vmas: &[VmaState]) -> Result<Own
     let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
     let nr = libc::SYS_userfaultfd as u64;
     let mut fd = b.syscall(nr, [flags, 0, 0, 0, 0, 0])?;
-    if fd == -i64::from(libc::EPERM) {
+    if fd == -i64::from(libc::EPERM) && !kernel_faults {
         // Without CAP_SYS_PTRACE: one for faults in user mode only, which
         // async write-protect does not need (the kernel resolves them).
         fd = b.syscall(nr, [flags | UFFD_USER_MODE_ONLY, 0, 0, 0, 0, 0])?;

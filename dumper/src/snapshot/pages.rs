@@ -20,11 +20,13 @@ const CHUNK_PAGES: usize = 16384;
 const SCAN_FROM: u64 = 1 << 30;
 
 /// Append the stored pages of `area` (from `pagemap`, `/proc/P/pagemap`)
-/// to `runs`; returns how many pages.
+/// to `runs`; returns how many pages. An entry equal to `marker` (a
+/// userfaultfd write-protect marker) is a page not there.
 pub(super) fn select_area(
     pagemap: &File,
     area: &DeferredArea,
     zero_pfn: Option<u64>,
+    marker: Option<u64>,
     runs: &mut Vec<PageRun>,
 ) -> io::Result<u64> {
     let mut ranges = Vec::new();
@@ -50,7 +52,8 @@ pub(super) fn select_area(
             entries.extend(
                 bytes
                     .chunks_exact(8)
-                    .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])),
+                    .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                    .map(|e| if Some(e) == marker { 0 } else { e }),
             );
             stored += pages::select(runs, area.start, addr, &entries, area.policy, zero_pfn);
             addr += entries.len() as u64 * PAGE_SIZE;

@@ -95,7 +95,7 @@ pub fn numa_needed_frozen(entries: &[SmapsEntry]) -> bool {
     entries.iter().any(|e| e.has_flag("dc"))
 }
 
-fn children(pid: i32) -> Vec<i32> {
+pub(super) fn children(pid: i32) -> Vec<i32> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
@@ -226,6 +226,42 @@ pub fn check_child(
     };
     check_areas(pid, &state.vmas, &read("smaps")?)?;
     // Without NUMA support there is no numa_maps and no policy.
+    Ok(read("numa_maps")
+        .map(|t| numa_refusals(&t))
+        .unwrap_or_default())
+}
+
+/// After the resume of a write-protected snapshot (no child to ask): the
+/// original's own areas that are still where the image records them have
+/// the recorded protections and flags (a madvise between the presample
+/// and the freeze is seen unless undone since), and its memory policies
+/// as refusal lines. An area gone or moved since is not checked: the
+/// layout at the freeze was checked against the presample.
+pub fn check_original(pid: i32, state: &TaskState) -> Result<Vec<String>, ChildCheckError> {
+    let read = |what: &str| {
+        let path = format!("/proc/{pid}/{what}");
+        std::fs::read_to_string(&path).map_err(|source| ChildCheckError::Read { pid, path, source })
+    };
+    let changed = |what: String| ChildCheckError::Changed { pid, what };
+    let now = smaps::parse(&read("smaps")?).map_err(|e| changed(e.to_string()))?;
+    for v in &state.vmas {
+        let r = &v.record;
+        let Some(e) = now.iter().find(|e| (e.start, e.end) == (r.start, r.end)) else {
+            continue;
+        };
+        let rw = prot::READ | prot::WRITE | prot::EXEC;
+        let (want, got) = (r.flags & !NOT_INHERITED, vmas::flags_of(e) & !NOT_INHERITED);
+        if vmas::prot_of(e) != r.prot & rw || want != got {
+            return Err(changed(format!(
+                "the area at {:#x}-{:#x} has flags {got:#x} (protections {:#x}), not {want:#x} \
+                 ({:#x}) as at the freeze",
+                r.start,
+                r.end,
+                vmas::prot_of(e),
+                r.prot
+            )));
+        }
+    }
     Ok(read("numa_maps")
         .map(|t| numa_refusals(&t))
         .unwrap_or_default())

@@ -1,6 +1,7 @@
 //! The image writer's page source for a snapshot dump: the pages copied
 //! from the original while it was frozen, and the snapshot child's memory
-//! for the rest.
+//! for the rest (or, for a write-protected snapshot, the original's with
+//! the pages its handler saved).
 //!
 //! The child's memory is read through `/proc/P/mem`, not
 //! `process_vm_readv`: its pages are shared copy-on-write with the
@@ -14,6 +15,7 @@ use std::os::unix::fs::FileExt;
 
 use image_writer::PageSource;
 
+use super::protected::Protected;
 use crate::memory::TaskMemory;
 
 /// Pages copied from the original, by address, in address order.
@@ -52,22 +54,38 @@ impl Copied {
 
 /// The snapshot's page source.
 pub struct SnapshotMemory<'a> {
+    /// The snapshot child, or the original itself for a write-protected
+    /// snapshot (`protected`: its saved pages are put over what is read).
     child: TaskMemory<'a>,
     copied: &'a Copied,
+    protected: Option<&'a Protected>,
 }
 
 impl<'a> SnapshotMemory<'a> {
-    pub(super) fn new(child: TaskMemory<'a>, copied: &'a Copied) -> Self {
-        SnapshotMemory { child, copied }
+    pub(super) fn new(
+        child: TaskMemory<'a>,
+        copied: &'a Copied,
+        protected: Option<&'a Protected>,
+    ) -> Self {
+        SnapshotMemory {
+            child,
+            copied,
+            protected,
+        }
     }
 
     /// `buf.len()` bytes of the child's memory at `addr`, through its
-    /// `/proc/P/mem` (see the module doc).
+    /// `/proc/P/mem` (see the module doc); of a write-protected task, with
+    /// the pages saved before their first write put in.
     fn read_child(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
         if crate::cancel::cancel_requested() {
             return Err(io::Error::new(io::ErrorKind::Interrupted, "dump cancelled"));
         }
-        self.child.mem.read_exact_at(buf, addr)
+        self.child.mem.read_exact_at(buf, addr)?;
+        match self.protected {
+            Some(p) => p.patch(addr, buf),
+            None => Ok(()),
+        }
     }
 }
 

@@ -73,16 +73,25 @@ struct Cli {
     /// Let the processes run on after the dump instead of killing them.
     #[arg(long)]
     leave_running: bool,
-    /// With --leave-running: copy the memory from a copy-on-write snapshot
-    /// of each process (a child injected into it) after it runs on, instead
-    /// of keeping it frozen for the whole copy. What it costs the original:
-    /// while the dump runs it has one extra child (exit signal 0, visible
-    /// to waitid with __WALL); its children's rusage (RUSAGE_CHILDREN
-    /// maxrss and times) grows by the child's; if crdump is SIGKILLed while
-    /// a snapshot child exists, a zombie child stays in the original until
-    /// it exits.
+    /// With --leave-running: copy the memory after the processes run on,
+    /// instead of keeping them frozen for the whole copy. A process alone
+    /// is write-protected with a userfaultfd armed before the freeze (it
+    /// is stopped for a moment to make one; a write during the copy waits
+    /// until its page is saved). Otherwise, or when that cannot be done,
+    /// from a copy-on-write snapshot of each process (a child injected into
+    /// it). What the child costs the original: while the dump runs it has
+    /// one extra child (exit signal 0, visible to waitid with __WALL); its
+    /// children's rusage (RUSAGE_CHILDREN maxrss and times) grows by the
+    /// child's; if crdump is SIGKILLed while a snapshot child exists, a
+    /// zombie child stays in the original until it exits. -v says which
+    /// method was used.
     #[arg(long, requires = "leave_running")]
     snapshot: bool,
+    /// With --snapshot: always the copy-on-write child, never the
+    /// userfaultfd write-protection that a process alone (no children) gets
+    /// when its kernel and privileges allow (see README: --snapshot).
+    #[arg(long, requires = "snapshot")]
+    fork_snapshot: bool,
     /// Dump even when some state cannot be kept (the image lists what was
     /// lost: an fd whose object is not saved becomes /dev/null), or into an
     /// output directory other users can write into. io_uring, seccomp
@@ -171,7 +180,26 @@ fn print_details(r: &DumpReport) {
         if r.others.is_empty() { "process" } else { "processes" },
         ms(r.frozen_for)
     );
-    if r.left_running && (!p.snapshot.is_zero() || !p.reap_stop.is_zero()) {
+    if let Some(method) = &r.snapshot_method {
+        println!("crdump: snapshot by {method}");
+    }
+    if !p.arm_stop.is_zero() {
+        println!(
+            "crdump: stopped {:.1} ms before the freeze to make the userfaultfd (counted in the \
+             stopped time)",
+            ms(p.arm_stop)
+        );
+    }
+    let protected = r
+        .snapshot_method
+        .as_deref()
+        .is_some_and(|m| m.starts_with("userfaultfd"));
+    if protected {
+        println!(
+            "crdump: snapshot {:.1} ms while frozen (part of write)",
+            ms(p.snapshot)
+        );
+    } else if r.left_running && (!p.snapshot.is_zero() || !p.reap_stop.is_zero()) {
         println!(
             "crdump: snapshot {:.1} ms while frozen (part of write), stopped again {:.1} ms \
              to reap the snapshot child",
@@ -411,7 +439,9 @@ fn main() -> ExitCode {
     let opts = DumpOptions {
         leave_running: cli.leave_running || cli.pre_dump,
         snapshot: cli.snapshot,
+        fork_snapshot: cli.fork_snapshot,
         presample: None,
+        own_uffd: None,
         force: cli.force,
         ghost_limit: cli.ghost_limit,
         tree: None,
