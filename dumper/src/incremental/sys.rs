@@ -1,13 +1,12 @@
 //! The system calls of write tracking: userfaultfd's write-protect
 //! ioctls (async for tracking, sync with fault and event messages for
-//! the write-protected snapshot, `crate::snapshot::protected`),
-//! `PAGEMAP_SCAN` for `PAGE_IS_WRITTEN`, and the holder's unix socket with
-//! an fd passed in `SCM_RIGHTS`.
+//! the write-protected snapshot, `crate::snapshot::protected`) and the
+//! holder's unix socket with an fd passed in `SCM_RIGHTS` (what was written
+//! since: `crate::sys::pagemap_scan::written`).
 //!
 //! # References
 //! `Documentation/admin-guide/mm/userfaultfd.rst` ("Write Protect
 //! Notifications", `UFFD_FEATURE_WP_ASYNC`),
-//! `Documentation/admin-guide/mm/pagemap.rst` ("PAGEMAP_SCAN IOCTL"),
 //! unix(7) (`SCM_RIGHTS`, `SO_PEERCRED`, abstract names).
 
 // The casts here are between the C ABI's fixed widths (socket address
@@ -224,79 +223,6 @@ pub fn write_protect(uffd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<(
     };
     // SAFETY: `wp` is a live uffdio_writeprotect the kernel reads.
     check(unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_WRITEPROTECT as _, &mut wp) })
-}
-
-/// `struct pm_scan_arg`.
-#[repr(C)]
-#[derive(Default)]
-struct PmScanArg {
-    size: u64,
-    flags: u64,
-    start: u64,
-    end: u64,
-    walk_end: u64,
-    vec: u64,
-    vec_len: u64,
-    max_pages: u64,
-    category_inverted: u64,
-    category_mask: u64,
-    category_anyof_mask: u64,
-    return_mask: u64,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct PageRegion {
-    start: u64,
-    end: u64,
-    categories: u64,
-}
-
-const PAGEMAP_SCAN: u64 = (3 << 30) | (96 << 16) | ((b'f' as u64) << 8) | 16;
-const PAGE_IS_WRITTEN: u64 = 1 << 1;
-
-/// The ranges of `[start, end)` written since they were protected, from
-/// `/proc/P/pagemap` open at `pagemap` (the range must be an area that is
-/// registered for async write-protect: elsewhere a page's bit says nothing;
-/// `PM_SCAN_CHECK_WPASYNC` cannot tell, it wants `WP_UNPOPULATED`).
-pub fn written(
-    pagemap: BorrowedFd<'_>,
-    start: u64,
-    end: u64,
-) -> io::Result<Option<Vec<(u64, u64)>>> {
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    let mut regions = [PageRegion::default(); 512];
-    let mut at = start;
-    while at < end {
-        let mut arg = PmScanArg {
-            size: std::mem::size_of::<PmScanArg>() as u64,
-            start: at,
-            end,
-            vec: regions.as_mut_ptr() as u64,
-            vec_len: regions.len() as u64,
-            category_mask: PAGE_IS_WRITTEN,
-            return_mask: PAGE_IS_WRITTEN,
-            ..PmScanArg::default()
-        };
-        // SAFETY: `arg` is a live pm_scan_arg of the size it states; `vec`
-        // points at `regions`, `vec_len` entries the kernel may fill.
-        let n = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = usize::try_from(n).unwrap_or(0).min(regions.len());
-        for r in &regions[..n] {
-            match out.last_mut() {
-                Some(last) if last.1 == r.start => last.1 = r.end,
-                _ => out.push((r.start, r.end)),
-            }
-        }
-        if arg.walk_end <= at {
-            break;
-        }
-        at = arg.walk_end;
-    }
-    Ok(Some(out))
 }
 
 /// A unix stream socket bound to the abstract `name`, listening.

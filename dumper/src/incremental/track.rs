@@ -135,7 +135,7 @@ impl Tracking {
         if !self.trusted {
             return None;
         }
-        sys::written(pagemap.as_fd(), start, end).ok().flatten()
+        crate::sys::pagemap_scan::written(pagemap, start, end).ok()
     }
 
     /// Once the image of identity `id` is published, with the task still

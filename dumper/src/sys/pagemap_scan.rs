@@ -59,7 +59,7 @@ pub fn present_or_swapped(
         pagemap,
         start,
         end,
-        PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        present_or_swapped_with(PAGE_IS_PRESENT | PAGE_IS_SWAPPED),
         |r| match out.last_mut() {
             Some(last) if last.1 == r.start => last.1 = r.end,
             _ => out.push((r.start, r.end)),
@@ -75,26 +75,72 @@ pub fn present_or_swapped(
 /// An error means the caller reads pagemap instead.
 pub fn regions(pagemap: &File, start: u64, end: u64, out: &mut Vec<ScanRegion>) -> io::Result<()> {
     let mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO;
-    scan(pagemap, start, end, mask, |r| match out.last_mut() {
-        Some(last) if last.end == r.start && last.categories == r.categories => {
-            last.end = r.end;
-        }
-        _ => out.push(ScanRegion {
-            start: r.start,
-            end: r.end,
-            categories: r.categories,
-        }),
-    })
+    scan(
+        pagemap,
+        start,
+        end,
+        present_or_swapped_with(mask),
+        |r| match out.last_mut() {
+            Some(last) if last.end == r.start && last.categories == r.categories => {
+                last.end = r.end;
+            }
+            _ => out.push(ScanRegion {
+                start: r.start,
+                end: r.end,
+                categories: r.categories,
+            }),
+        },
+    )
 }
 
-/// `PAGEMAP_SCAN` over `[start, end)` for pages present or swapped,
-/// reporting the categories in `return_mask`; `each` gets every region in
-/// address order.
+/// `PAGE_IS_WRITTEN`: written since the range was write-protected (an
+/// area registered with a userfaultfd for async write-protect).
+const PAGE_IS_WRITTEN: u64 = 1 << 1;
+
+/// The ranges of `[start, end)` written since they were protected, in
+/// address order (the range must be an area registered for async
+/// write-protect: elsewhere a page's bit says nothing;
+/// `PM_SCAN_CHECK_WPASYNC` cannot tell, it wants `WP_UNPOPULATED`).
+pub fn written(pagemap: &File, start: u64, end: u64) -> io::Result<Vec<(u64, u64)>> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let which = Which {
+        all_of: PAGE_IS_WRITTEN,
+        any_of: 0,
+        report: PAGE_IS_WRITTEN,
+    };
+    scan(pagemap, start, end, which, |r| match out.last_mut() {
+        Some(last) if last.1 == r.start => last.1 = r.end,
+        _ => out.push((r.start, r.end)),
+    })?;
+    Ok(out)
+}
+
+/// Which pages a scan reports (`category_mask`: all of these;
+/// `category_anyof_mask`: one of these, when not 0) and which categories
+/// it tells of them (`return_mask`).
+#[derive(Clone, Copy)]
+struct Which {
+    all_of: u64,
+    any_of: u64,
+    report: u64,
+}
+
+/// The pages present or swapped, reporting `report`.
+fn present_or_swapped_with(report: u64) -> Which {
+    Which {
+        all_of: 0,
+        any_of: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        report,
+    }
+}
+
+/// `PAGEMAP_SCAN` over `[start, end)` for the pages `which` selects;
+/// `each` gets every region in address order.
 fn scan(
     pagemap: &File,
     start: u64,
     end: u64,
-    return_mask: u64,
+    which: Which,
     mut each: impl FnMut(&PageRegion),
 ) -> io::Result<()> {
     let mut regions = [PageRegion::default(); 512];
@@ -106,8 +152,9 @@ fn scan(
             end,
             vec: regions.as_mut_ptr() as u64,
             vec_len: regions.len() as u64,
-            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-            return_mask,
+            category_mask: which.all_of,
+            category_anyof_mask: which.any_of,
+            return_mask: which.report,
             ..PmScanArg::default()
         };
         // SAFETY: `arg` is a live pm_scan_arg of the size it states; `vec`
