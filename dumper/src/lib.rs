@@ -474,8 +474,9 @@ fn dump_attempt(
         r => r?,
     };
     let snapshot_method = snapshot_method(&snapshots, method_note);
-    if out.is_stream() {
-        // A stream reads each page twice (checksums first).
+    if out.is_stream() || opts.parent.is_some() {
+        // A stream reads each page twice (checksums first), and so does an
+        // incremental image (compared with the parent's, then written).
         for s in snapshots.iter().flatten() {
             if let snapshot::Held::Protected(p) = &s.held {
                 p.keep_for_rereads();

@@ -221,6 +221,36 @@ fn areas_registered_already_make_it_a_fork_snapshot() {
     restores_exactly(&out, pid, "restored wp_writers, forked");
 }
 
+/// An incremental dump (`--parent`) compares each page with the parent's,
+/// then writes the changed ones: it reads them twice, and a page written
+/// between the two reads still goes in as it was at the freeze. The parent
+/// is a `--pre-dump --snapshot` (which arms no write tracking: the next
+/// dump is write-protected, not a fork snapshot).
+#[test]
+fn an_incremental_dump_of_writers_is_as_at_the_freeze() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let mut original = Workload::start("wp_writers", ["--threads", "2", "--mb", "32"]);
+    let pid = original.pid();
+    let pre = scratch.path().join("pre");
+    let mut command = bins.crdump_command(pid, &pre, true);
+    command.args(["--pre-dump", "--snapshot"]);
+    run_ok(command, Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
+    let out = scratch.path().join("out");
+    let mut command = bins.crdump_command(pid, &out, true);
+    command.args(["-v", "--snapshot", "--parent"]).arg(&pre);
+    let output = run_ok(command, Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
+    let all = format!("{}{}", output.stdout, output.stderr);
+    assert!(
+        all.contains(PROTECTED),
+        "not the write-protected snapshot:\n{all}"
+    );
+    original.expect_pass(CheckTrigger::Stdin);
+    let restored = restores_exactly(&out, pid, "restored incremental wp_writers");
+    assert_eq!(restored.get("dropped"), Some("0"), "{}", restored.line());
+}
+
 /// A stream (`-o -`), whose writer reads every page twice (checksums
 /// first): a page written between the two reads still goes out as it was
 /// at the freeze, so the stream's own check of the second read passes and

@@ -137,14 +137,16 @@ fn is_eagain(e: &io::Error) -> bool {
 }
 
 /// Protect `[start, start + len)`, again while the kernel reports the mm
-/// changing (an event not read yet: the handler reads it).
-fn protect(uffd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<()> {
+/// changing (an event not read yet: the handler reads it). `Ok(false)`:
+/// some of the range is no longer registered (`ENOENT`: the kernel stops
+/// at the first area that is not, leaving the rest unprotected), so the
+/// caller counts the whole range as changed.
+fn protect(uffd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<bool> {
     for _ in 0..10_000 {
         match sys::write_protect(uffd, start, len) {
             Err(e) if is_eagain(&e) => std::thread::sleep(Duration::from_micros(50)),
-            // Unmapped since (an event says so).
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-            r => return r,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
+            r => return r.map(|()| true),
         }
     }
     Err(io::Error::from_raw_os_error(libc::EAGAIN))
@@ -201,8 +203,7 @@ impl Shared {
     }
 
     /// An event that took `[start, end)` away (or moved it).
-    fn removed(&self, what: &str, start: u64, end: u64) {
-        let mut st = self.lock();
+    fn removed(st: &mut State, what: &str, start: u64, end: u64) {
         if !st.after {
             st.changed.push((start, end));
         } else if st.lost.is_none()
@@ -219,7 +220,8 @@ impl Shared {
         }
     }
 
-    fn message(&self, m: &[u8], retry: &mut Vec<u64>) {
+    /// One message of the uffd, `st` locked since before it was read.
+    fn message(st: &mut State, m: &[u8], retry: &mut Vec<u64>) {
         let arg = |i: usize| {
             let mut b = [0u8; 8];
             b.copy_from_slice(&m[8 + 8 * i..16 + 8 * i]);
@@ -227,12 +229,12 @@ impl Shared {
         };
         match m[0] {
             sys::UFFD_EVENT_PAGEFAULT => retry.push(arg(1) & !(PAGE_SIZE - 1)),
-            sys::UFFD_EVENT_REMOVE => self.removed("madvise", arg(0), arg(1)),
-            sys::UFFD_EVENT_UNMAP => self.removed("munmap", arg(0), arg(1)),
+            sys::UFFD_EVENT_REMOVE => Self::removed(st, "madvise", arg(0), arg(1)),
+            sys::UFFD_EVENT_UNMAP => Self::removed(st, "munmap", arg(0), arg(1)),
             sys::UFFD_EVENT_REMAP => {
                 let (from, to, len) = (arg(0), arg(1), arg(2));
-                self.removed("mremap", from, from.saturating_add(len));
-                self.removed("mremap", to, to.saturating_add(len));
+                Self::removed(st, "mremap", from, from.saturating_add(len));
+                Self::removed(st, "mremap", to, to.saturating_add(len));
             }
             _ => {}
         }
@@ -260,15 +262,21 @@ fn serve(shared: &Shared, stop: &UnixStream) {
             std::thread::sleep(Duration::from_micros(50));
         }
         loop {
+            // Locked from before the read to the end of what it read: the
+            // kernel lets a task's `madvise` go on (and empty the range)
+            // as soon as its event is read, so the snapshot must be known
+            // lost before the reader may count a read of that range
+            // (`patch` takes the lock too).
+            let mut st = shared.lock();
             match sys::read_messages(shared.uffd.as_fd(), &mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
                     for m in buf[..n].chunks_exact(sys::UFFD_MSG_LEN) {
-                        shared.message(m, &mut faults);
+                        Shared::message(&mut st, m, &mut faults);
                     }
                 }
                 Err(e) => {
-                    shared.lock().lost = Some(format!("reading the userfaultfd: {e}"));
+                    st.lost = Some(format!("reading the userfaultfd: {e}"));
                     return;
                 }
             }
@@ -391,6 +399,7 @@ impl Protected {
                 e.start
             ));
         }
+        pinned_memory(pid, &entries)?;
         let areas: Vec<(u64, u64)> = entries
             .iter()
             .filter(|e| wanted_area(e))
@@ -449,8 +458,12 @@ impl Protected {
                 // Changed since smaps was read: not registered, copied frozen.
                 Err(_) => continue,
             }
-            protect(uffd, start, end - start)
-                .map_err(|e| format!("UFFDIO_WRITEPROTECT of {start:#x}-{end:#x}: {e}"))?;
+            if !protect(uffd, start, end - start)
+                .map_err(|e| format!("UFFDIO_WRITEPROTECT of {start:#x}-{end:#x}: {e}"))?
+            {
+                // Changed since it was registered: copied frozen.
+                continue;
+            }
             p.registered.push((start, end));
         }
         for _ in 0..PASSES {
@@ -458,7 +471,9 @@ impl Protected {
             p.passes.push(dirty.len());
             let few = dirty.len() < FEW_PAGES;
             for (s, e) in runs_of(&mut dirty) {
-                protect(uffd, s, e - s).map_err(|e| format!("UFFDIO_WRITEPROTECT: {e}"))?;
+                if !protect(uffd, s, e - s).map_err(|e| format!("UFFDIO_WRITEPROTECT: {e}"))? {
+                    p.shared.lock().changed.push((s, e));
+                }
             }
             if few {
                 break;
@@ -484,26 +499,31 @@ impl Protected {
         &self,
         deferred: &[DeferredArea],
     ) -> io::Result<(Vec<DeferredArea>, Vec<DeferredArea>)> {
-        let (live, frozen): (Vec<DeferredArea>, Vec<DeferredArea>);
-        let mut dirty;
-        {
-            let mut st = self.shared.lock();
-            let changed = std::mem::take(&mut st.changed);
-            (live, frozen) = deferred.iter().cloned().partition(|a| {
+        // The task is frozen: nothing of it faults or changes its map
+        // meanwhile (crdump's own writes are done), so the pages noted
+        // are all that is unprotected, and protecting them again first
+        // tells which runs are no longer registered whole.
+        let mut dirty = std::mem::take(&mut self.shared.lock().dirty);
+        let uffd = self.shared.uffd.as_fd();
+        let mut unregistered = Vec::new();
+        for (s, e) in runs_of(&mut dirty) {
+            if !protect(uffd, s, e - s)? {
+                unregistered.push((s, e));
+            }
+        }
+        let mut st = self.shared.lock();
+        let mut changed = std::mem::take(&mut st.changed);
+        changed.extend(unregistered);
+        let (live, frozen): (Vec<DeferredArea>, Vec<DeferredArea>) =
+            deferred.iter().cloned().partition(|a| {
                 self.registered
                     .iter()
                     .any(|&(s, e)| s <= a.start && a.end <= e)
                     && !changed.iter().any(|&(s, e)| s < a.end && a.start < e)
             });
-            st.live = live.iter().map(|a| (a.start, a.end)).collect();
-            st.live.sort_unstable();
-            st.after = true;
-            dirty = std::mem::take(&mut st.dirty);
-        }
-        let uffd = self.shared.uffd.as_fd();
-        for (s, e) in runs_of(&mut dirty) {
-            protect(uffd, s, e - s)?;
-        }
+        st.live = live.iter().map(|a| (a.start, a.end)).collect();
+        st.live.sort_unstable();
+        st.after = true;
         Ok((live, frozen))
     }
 
@@ -520,7 +540,7 @@ impl Protected {
     /// before.
     pub fn patch(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
         let end = addr + buf.len() as u64;
-        let mut st = self.shared.lock();
+        let mut st = self.settled(addr);
         if let Some(why) = &st.lost {
             return Err(io::Error::other(format!("the snapshot is lost: {why}")));
         }
@@ -545,6 +565,51 @@ impl Protected {
         }
         add_range(&mut st.read, addr, end);
         Ok(())
+    }
+
+    /// The state, locked once no change of the task's memory map is
+    /// pending: an `munmap`, `mremap` or `mmap(MAP_FIXED)` changes the map
+    /// before its event is queued, with the uffd's `mmap_changing` raised
+    /// (an ioctl then fails with `EAGAIN`) until the handler has read the
+    /// event, which it handles under this lock. So a read that ended
+    /// before this returns either met no such change, or the change's
+    /// event is handled (the snapshot marked lost if it took pages not
+    /// read yet). The probe protects the page at `addr` again (already
+    /// protected, or saved and read: an extra fault at most); a range
+    /// no longer registered there is a change too.
+    fn settled(&self, addr: u64) -> MutexGuard<'_, State> {
+        let uffd = self.shared.uffd.as_fd();
+        let page = addr & !(PAGE_SIZE - 1);
+        for _ in 0..10_000 {
+            let mut st = self.shared.lock();
+            if st.lost.is_some() {
+                return st;
+            }
+            match sys::write_protect(uffd, page, PAGE_SIZE) {
+                Err(e) if is_eagain(&e) => {
+                    drop(st);
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                Ok(()) => return st,
+                Err(e) => {
+                    st.lost = Some(format!(
+                        "the area at {page:#x} changed while it was read ({e})"
+                    ));
+                    return st;
+                }
+            }
+        }
+        let mut st = self.shared.lock();
+        st.lost
+            .get_or_insert_with(|| "the task's memory map kept changing while it was read".into());
+        st
+    }
+
+    /// A read of the task at `addr` failed: once the map changes pending
+    /// are handled, the snapshot is lost if that is why (an area unmapped
+    /// before its pages were read), which the caller tells by [`Self::lost`].
+    pub fn read_failed(&self, addr: u64) {
+        drop(self.settled(addr));
     }
 
     /// The writer will read each page twice (a stream): every page is
@@ -584,6 +649,37 @@ impl Drop for Protected {
         // The uffd closes with the last reference, the handler's first.
         self.shut();
     }
+}
+
+/// `Err` when the task may have pages the kernel writes through a pin of
+/// its own, without a fault a write-protection would catch (in-flight
+/// `io_submit` direct I/O, RDMA, VFIO device DMA): the fork snapshot
+/// copies pinned pages at the fork instead.
+fn pinned_memory(pid: i32, entries: &[SmapsEntry]) -> Result<(), String> {
+    if let Some(e) = entries.iter().find(|e| e.path.starts_with("/[aio]")) {
+        return Err(format!(
+            "it has an AIO context (at {:#x}): direct I/O in flight writes pinned pages without a fault",
+            e.start
+        ));
+    }
+    let dir = format!("/proc/{pid}/fd");
+    let fds = std::fs::read_dir(&dir).map_err(|e| format!("reading {dir}: {e}"))?;
+    for fd in fds.flatten() {
+        let Ok(target) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        if ["/dev/infiniband/", "/dev/vfio/"]
+            .iter()
+            .any(|d| target.starts_with(d))
+        {
+            return Err(format!(
+                "fd {} is {target}: a device that writes pinned pages without a fault",
+                fd.file_name().to_string_lossy()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `PM_SWAP` of a pagemap entry.

@@ -81,7 +81,12 @@ impl<'a> SnapshotMemory<'a> {
         if crate::cancel::cancel_requested() {
             return Err(io::Error::new(io::ErrorKind::Interrupted, "dump cancelled"));
         }
-        self.child.mem.read_exact_at(buf, addr)?;
+        if let Err(e) = self.child.mem.read_exact_at(buf, addr) {
+            if let Some(p) = self.protected {
+                p.read_failed(addr);
+            }
+            return Err(e);
+        }
         match self.protected {
             Some(p) => p.patch(addr, buf),
             None => Ok(()),
