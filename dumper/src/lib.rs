@@ -382,6 +382,7 @@ fn dump_attempt(
     // areas, before it freezes it. The attempt after a lost snapshot is a
     // fork snapshot.
     let mut armed = None;
+    let mut arm_stop = std::time::Duration::ZERO;
     let mut method_note = again.map(|why| format!("dumped again: {why}"));
     if presample && snapshot::wanted(opts) {
         if opts.fork_snapshot {
@@ -389,13 +390,12 @@ fn dump_attempt(
         } else if snapshot::has_children(pid) {
             method_note = Some("a tree of processes".to_owned());
         } else {
-            match snapshot::Protected::arm(pid) {
+            match snapshot::Protected::arm(pid, &mut arm_stop) {
                 Ok(p) => armed = Some(p),
                 Err(why) => method_note = Some(why),
             }
         }
     }
-    let arm_stop = armed.as_ref().map(|p| p.stopped).unwrap_or_default();
     let presampled;
     let opts = if presample && snapshot::wanted(opts) {
         presampled = DumpOptions {

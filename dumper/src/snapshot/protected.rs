@@ -385,8 +385,9 @@ fn vma_state(e: &SmapsEntry) -> VmaState {
 
 impl Protected {
     /// Arm the write-protection of process `pid` (running; stopped for a
-    /// moment to make its uffd), or why not.
-    pub fn arm(pid: i32) -> Result<Protected, String> {
+    /// moment to make its uffd), or why not; `stopped` gets the time it was
+    /// stopped for that, whether or not the rest succeeds.
+    pub fn arm(pid: i32, stopped: &mut Duration) -> Result<Protected, String> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
             .map_err(|e| format!("reading /proc/{pid}/smaps: {e}"))?;
         let entries = smaps::parse(&text).map_err(|e| e.to_string())?;
@@ -410,7 +411,8 @@ impl Protected {
         }
         let marker = marker_entry()
             .map_err(|e| format!("learning the pagemap entry of a write-protect marker: {e}"))?;
-        let (uffd, stopped) = make_uffd(pid)?;
+        let uffd = make_uffd(pid, stopped)?;
+        let stopped = *stopped;
         sys::enable_wp_sync(uffd.as_fd(), FEATURES)
             .map_err(|e| format!("UFFDIO_API (write-protect with events): {e}"))?;
         let mem = File::open(format!("/proc/{pid}/mem"))
@@ -716,11 +718,20 @@ fn marker_entry() -> io::Result<u64> {
     r.map_err(io::Error::from_raw_os_error)
 }
 
-/// The uffd of `pid`, made in it while it is stopped for a moment, and how
-/// long it was stopped.
-fn make_uffd(pid: i32) -> Result<(OwnedFd, Duration), String> {
+/// The uffd of `pid`, made in it while it is stopped for a moment; how
+/// long it was stopped is added to `stopped` (a failure too).
+fn make_uffd(pid: i32, stopped: &mut Duration) -> Result<OwnedFd, String> {
     let t = Instant::now();
-    let frozen = Frozen::freeze(pid).map_err(|e| e.to_string())?;
+    let frozen = Frozen::freeze(pid).map_err(|e| e.to_string());
+    // Whatever happens from here, the stop is counted when this returns.
+    struct Count<'a>(&'a mut Duration, Instant);
+    impl Drop for Count<'_> {
+        fn drop(&mut self) {
+            *self.0 += self.1.elapsed();
+        }
+    }
+    let _count = Count(stopped, t);
+    let frozen = frozen?;
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
         .map_err(|e| format!("reading /proc/{pid}/maps: {e}"))?;
     let entries = smaps::parse(&maps).map_err(|e| e.to_string())?;
@@ -730,8 +741,7 @@ fn make_uffd(pid: i32) -> Result<(OwnedFd, Duration), String> {
     let vmas: Vec<VmaState> = entries.iter().map(vma_state).collect();
     let made = track::make_uffd(pid, &gadgets, &vmas, true);
     frozen.detach().map_err(|e| e.to_string())?;
-    let stopped = t.elapsed();
-    made.map(|uffd| (uffd, stopped)).map_err(|e| e.to_string())
+    made.map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
