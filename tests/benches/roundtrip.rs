@@ -362,6 +362,10 @@ fn single_round(
         if let Some(again) = d.stopped_again {
             f.time("cow_again", again);
         }
+        if let Some(method) = &d.snapshot_method {
+            let protected = method.contains("write-protection");
+            f.add("cow_protected", if protected { 1.0 } else { 0.0 });
+        }
         let _ = fs::remove_dir_all(&out);
     }
     let out = scratch.path().join("out");
@@ -614,7 +618,12 @@ fn report(bench: &Bench, spec: &Spec, f: &Figures) -> Vec<String> {
             again(f)
         )),
         Kind::Single(..) if bench.modes.cow => lines.push(format!(
-            "  --leave-running --snapshot (a process alone: write-protected): dump {}, frozen {}{}",
+            "  --leave-running --snapshot ({}): dump {}, frozen {}{}",
+            match f.median("cow_protected") {
+                Some(p) if p >= 0.5 => "write-protected, as crdump -v said",
+                Some(_) => "a copy-on-write child, as crdump -v said",
+                None => "crdump -v named no method",
+            },
             against(f, "cow_dump", "dump_ceiling", "failed"),
             against(f, "cow_frozen", "dump_ceiling", no_frozen),
             again(f)

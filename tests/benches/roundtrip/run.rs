@@ -42,6 +42,8 @@ pub struct Dumped {
     /// A copy-on-write `--leave-running` dump's "stopped again N ms" (to
     /// reap its snapshot child).
     pub stopped_again: Option<Duration>,
+    /// What `crdump -v` said of its snapshot (`snapshot by ...`), if any.
+    pub snapshot_method: Option<String>,
     pub image: PathBuf,
 }
 
@@ -108,6 +110,11 @@ pub fn dump_over(
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
             .map(|ms| Duration::from_secs_f64(ms / 1e3)),
+        snapshot_method: output
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("crdump: snapshot by "))
+            .map(|m| m.split(" (").next().unwrap_or(m).to_owned()),
         image: out.join(format!("task-{pid}.crimg")),
     })
 }
