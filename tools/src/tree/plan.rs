@@ -418,7 +418,7 @@ impl Builder<'_> {
             // up: the kernel sends SIGHUP to the terminal's foreground
             // group (the tree's job) and the session loses the terminal.
             self.notes.push(format!(
-                "pid {pid}: the leader of its session is not a process of the dump (it is made again only to exit): the session gets no controlling terminal, which its exit would hang up on the tree"
+                "pid {pid}: this session leader only exits once the tree is made (a stand-in or a zombie): the session gets no controlling terminal, which its exit would hang up on the tree"
             ));
         } else if tty_nr != self.root_tty {
             self.notes.push(format!(
