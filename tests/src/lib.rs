@@ -34,6 +34,7 @@ pub mod cli;
 pub mod facts;
 pub mod inspect;
 pub mod java;
+pub mod lazy;
 pub mod lines;
 pub mod paths;
 pub mod privilege;

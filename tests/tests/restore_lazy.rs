@@ -10,50 +10,21 @@ use std::time::Duration;
 
 use crimg_tests::cli::{self, CLI_TIMEOUT};
 use crimg_tests::inspect::{corrupt_page_at, fds_of};
+use crimg_tests::lazy::{expect_pass_of, registered_areas, run_lazy};
 use crimg_tests::process::CheckTrigger;
 use crimg_tests::roundtrip::{assert_same_maps, dump_and_kill, maps_of, tasks_of, Dumped};
-use crimg_tests::smaps::{assert_same_vm_flags, vm_flags_of, AreaFlags};
+use crimg_tests::smaps::{assert_same_vm_flags, vm_flags_of};
+use crimg_tests::tree::children_of;
 use crimg_tests::untouched::wait_until;
 use crimg_tests::{binaries, scratch_dir, Binaries, Workload};
 
-/// Areas of `flags` still registered with a userfaultfd (`um`: missing).
-fn registered(flags: &[AreaFlags]) -> Vec<&AreaFlags> {
-    flags
-        .iter()
-        .filter(|a| a.flags.iter().any(|f| f == "um"))
-        .collect()
-}
-
-/// The children of `pid` (all its threads').
-fn children_of(pid: i32) -> Vec<String> {
-    tasks_of(pid)
-        .iter()
-        .flat_map(|t| {
-            fs::read_to_string(format!("/proc/{pid}/task/{t}/children"))
-                .unwrap_or_default()
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-/// `crimg run --lazy IMAGE`, as a workload.
-fn run_lazy(bins: &Binaries, dumped: &Dumped, name: &str) -> Workload {
-    let mut lazy = bins.crimg_command(["run", "--lazy"]);
-    lazy.arg(&dumped.dump.image);
-    Workload::spawn_command(name, lazy).unwrap_or_else(|err| panic!("{err}"))
-}
-
 /// Wait until the page server is done with `pid`: no area registered.
 fn wait_fill_done(pid: i32) {
-    let done = wait_until(Duration::from_secs(30), || {
-        registered(&vm_flags_of(pid)).is_empty()
-    });
+    let done = wait_until(Duration::from_secs(30), || registered_areas(pid).is_empty());
     assert!(
         done,
         "areas of {pid} still registered after 30 s: {:?}",
-        registered(&vm_flags_of(pid))
+        registered_areas(pid)
     );
 }
 
@@ -82,11 +53,7 @@ fn lazy_restore_checks_all_memory_and_leaves_nothing() {
     let numbers: Vec<i32> = fds.iter().map(|(n, _)| *n).collect();
     assert_eq!(numbers, [0, 1, 2], "{fds:?}");
     assert_eq!(tasks_of(rpid).len(), 1, "threads of {rpid}");
-    assert_eq!(
-        children_of(rpid),
-        Vec::<String>::new(),
-        "children of {rpid}"
-    );
+    assert_eq!(children_of(rpid), Vec::<i32>::new(), "children of {rpid}");
     assert_same_maps(&maps, &maps_of(rpid));
     assert_same_vm_flags(&flags, &vm_flags_of(rpid));
 }
@@ -126,27 +93,12 @@ fn lazy_restore_of_a_corrupt_page_kills_with_a_line() {
 /// for the fill to end and check again; the PASS line of the command.
 fn command_at_resume(bins: &Binaries, dumped: &Dumped, command: &str) -> String {
     let mut restored = run_lazy(bins, dumped, &format!("lazy_mem {command}"));
-    restored
-        .send_line(command)
-        .unwrap_or_else(|err| panic!("{err}"));
-    let line = restored
-        .stdout()
-        .wait_for_any(&["PASS ", "FAIL "], CLI_TIMEOUT)
-        .unwrap_or_else(|err| panic!("{command}: {err}\n{}", restored.stderr_report()));
-    assert!(
-        line.starts_with(&format!("PASS {command} ")),
-        "{line}\n{}",
-        restored.stderr_report()
-    );
+    let line = expect_pass_of(&mut restored, command);
     let rpid = restored.pid();
     restored.expect_pass(CheckTrigger::Stdin);
     wait_fill_done(rpid);
     restored.expect_pass(CheckTrigger::Stdin);
-    assert_eq!(
-        children_of(rpid),
-        Vec::<String>::new(),
-        "children of {rpid}"
-    );
+    assert_eq!(children_of(rpid), Vec::<i32>::new(), "children of {rpid}");
     restored
         .send_line("quit")
         .unwrap_or_else(|err| panic!("{err}"));
@@ -236,11 +188,7 @@ fn lazy_restore_of_a_threaded_counter() {
     wait_fill_done(rpid);
     restored.expect_pass(CheckTrigger::Signal);
     assert_eq!(tasks_of(rpid).len(), 4, "threads of {rpid}");
-    assert_eq!(
-        children_of(rpid),
-        Vec::<String>::new(),
-        "children of {rpid}"
-    );
+    assert_eq!(children_of(rpid), Vec::<i32>::new(), "children of {rpid}");
     assert!(
         fds_of(rpid)
             .iter()

@@ -11,25 +11,11 @@ use std::time::Duration;
 
 use crimg_tests::cli::CLI_TIMEOUT;
 use crimg_tests::inspect::corrupt_page_at;
+use crimg_tests::lazy::{expect_pass_of, registered_areas, run_lazy};
 use crimg_tests::process::CheckTrigger;
 use crimg_tests::roundtrip::{as_nobody, dump_and_kill, nobody_ids, Dumped};
-use crimg_tests::smaps::vm_flags_of;
 use crimg_tests::untouched::wait_until;
 use crimg_tests::{binaries, scratch_dir, Binaries, Workload};
-
-/// `crimg run --lazy IMAGE`, as a workload.
-fn run_lazy(bins: &Binaries, dumped: &Dumped, name: &str) -> Workload {
-    let mut lazy = bins.crimg_command(["run", "--lazy"]);
-    lazy.arg(&dumped.dump.image);
-    Workload::spawn_command(name, lazy).unwrap_or_else(|err| panic!("{err}"))
-}
-
-/// Is any area of `pid` still registered with a userfaultfd (`um`)?
-fn any_registered(pid: i32) -> bool {
-    vm_flags_of(pid)
-        .iter()
-        .any(|a| a.flags.iter().any(|f| f == "um"))
-}
 
 /// The processes other than `not` with an fd open on `image`: the page
 /// server keeps the image open while it fills.
@@ -148,7 +134,8 @@ fn the_page_server_has_the_tasks_ids_and_no_privilege_then_exits() {
     let pass = restored.expect_pass(CheckTrigger::Stdin);
     assert_eq!(pass.get("sum"), ready.get("sum"), "{}", pass.line());
     assert!(
-        wait_until(Duration::from_secs(30), || !any_registered(rpid)),
+        wait_until(Duration::from_secs(30), || registered_areas(rpid)
+            .is_empty()),
         "areas of {rpid} still registered after 30 s"
     );
     assert!(
@@ -157,24 +144,6 @@ fn the_page_server_has_the_tasks_ids_and_no_privilege_then_exits() {
         status_field(server, "State")
     );
     assert_eq!(holders_of(&dumped.dump.image, rpid), Vec::<i32>::new());
-}
-
-/// Send `command` to `lazy_mem` before it resumes (it runs at the first
-/// instruction, while the fill is young); its PASS line.
-fn expect_pass_of(restored: &mut Workload, command: &str) -> String {
-    restored
-        .send_line(command)
-        .unwrap_or_else(|err| panic!("{err}"));
-    let line = restored
-        .stdout()
-        .wait_for_any(&["PASS ", "FAIL "], CLI_TIMEOUT)
-        .unwrap_or_else(|err| panic!("{command}: {err}\n{}", restored.stderr_report()));
-    assert!(
-        line.starts_with(&format!("PASS {command} ")),
-        "{line}\n{}",
-        restored.stderr_report()
-    );
-    line
 }
 
 /// 24 children forked at the first instruction of a lazy restore (more
@@ -224,7 +193,8 @@ fn many_mremaps_during_the_fill() {
     let rpid = restored.pid();
     println!("{}", expect_pass_of(&mut restored, "mremaps"));
     assert!(
-        wait_until(Duration::from_secs(30), || !any_registered(rpid)),
+        wait_until(Duration::from_secs(30), || registered_areas(rpid)
+            .is_empty()),
         "areas of {rpid} still registered after 30 s"
     );
     restored.expect_pass(CheckTrigger::Stdin);

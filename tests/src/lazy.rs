@@ -1,0 +1,44 @@
+//! Lazy restores (`crimg run --lazy`) as tests drive them: the restored
+//! `lazy_mem`-style workload, a command it runs at its first instruction,
+//! and whether the page server still has areas registered.
+
+use crate::cli::CLI_TIMEOUT;
+use crate::roundtrip::Dumped;
+use crate::smaps::vm_flags_of;
+use crate::{Binaries, Workload};
+
+/// `crimg run --lazy IMAGE` of `dumped`, as a workload.
+pub fn run_lazy(bins: &Binaries, dumped: &Dumped, name: &str) -> Workload {
+    let mut lazy = bins.crimg_command(["run", "--lazy"]);
+    lazy.arg(&dumped.dump.image);
+    Workload::spawn_command(name, lazy).unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// Send `command` to the restored workload (sent before it resumes, it
+/// runs at the first instruction, while the fill is young) and expect its
+/// `PASS command ...` line, which is returned.
+pub fn expect_pass_of(restored: &mut Workload, command: &str) -> String {
+    restored
+        .send_line(command)
+        .unwrap_or_else(|err| panic!("{err}"));
+    let line = restored
+        .stdout()
+        .wait_for_any(&["PASS ", "FAIL "], CLI_TIMEOUT)
+        .unwrap_or_else(|err| panic!("{command}: {err}\n{}", restored.stderr_report()));
+    assert!(
+        line.starts_with(&format!("PASS {command} ")),
+        "{line}\n{}",
+        restored.stderr_report()
+    );
+    line
+}
+
+/// The areas of `pid` still registered with a userfaultfd (`um`: missing
+/// mode, the page server's), by their smaps header line.
+pub fn registered_areas(pid: i32) -> Vec<String> {
+    vm_flags_of(pid)
+        .into_iter()
+        .filter(|a| a.flags.iter().any(|f| f == "um"))
+        .map(|a| a.header)
+        .collect()
+}
