@@ -226,6 +226,12 @@ pub fn plan(input: &PlanInput<'_>) -> Result<TreePlan, TreeError> {
         if p.pid <= 0 {
             return Err(shape(p.pid, "not a valid pid"));
         }
+        if p.sid < 0 || p.pgid < 0 || (p.pgid == UNSEEN && p.sid != UNSEEN) {
+            return Err(shape(
+                p.pid,
+                format!("not a valid session {} and process group {}", p.sid, p.pgid),
+            ));
+        }
         if p.image.is_none() != p.zombie.is_some() {
             return Err(shape(
                 p.pid,
@@ -275,7 +281,9 @@ pub fn plan(input: &PlanInput<'_>) -> Result<TreePlan, TreeError> {
     let mut root_by = Actor::Top;
     let mut root_group = GroupIs::Own;
     if root_p.sid != root_p.pid {
-        if input.pidns || !(input.in_use)(root_p.sid) {
+        // A session without an id cannot be made again (there is no pid
+        // to give a stand-in); it is left like one in use outside the tree.
+        if root_p.sid != UNSEEN && (input.pidns || !(input.in_use)(root_p.sid)) {
             let s = root_p.sid;
             if by_pid.contains_key(&s) {
                 return Err(shape(
@@ -315,9 +323,15 @@ pub fn plan(input: &PlanInput<'_>) -> Result<TreePlan, TreeError> {
             // with its id, and the tree runs in the caller's session and
             // group, which are the dump's own when the caller is in them
             // (crrestore-tree run from where the tree ran).
+            // With --pidns, the namespace's init is in the caller's
+            // session but leads a group of its own, which the root joins.
             let same_session = input.caller.is_some_and(|c| c.sid == root_p.sid);
-            let same_group = input.caller.is_some_and(|c| c.pgid == root_p.pgid);
-            if !same_session {
+            let same_group = !input.pidns && input.caller.is_some_and(|c| c.pgid == root_p.pgid);
+            if root_p.sid == UNSEEN {
+                b.notes.push(format!(
+                    "pid {root}: its session has no id in the dump's pid namespace (its leader is outside it, as with the session the machine's init started in): the tree runs in the caller's session"
+                ));
+            } else if !same_session {
                 b.notes.push(format!(
                     "pid {root}: its session {} (in use outside the tree) is not recreated: the tree runs in the caller's session",
                     root_p.sid
@@ -365,6 +379,13 @@ pub fn plan(input: &PlanInput<'_>) -> Result<TreePlan, TreeError> {
     check_groups(&plan, &by_pid)?;
     Ok(plan)
 }
+
+/// The session or process group id `/proc/PID/stat` gives when its
+/// leader has no pid in the reader's pid namespace: the session (and group)
+/// the first process of the machine started in, which every process that
+/// never called `setsid()` is still in (CI runs there), or one made in an
+/// ancestor namespace. No pid can be given to it: it is never made again.
+pub const UNSEEN: i32 = 0;
 
 /// How a process gets its process group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -470,6 +491,13 @@ impl Builder<'_> {
             GroupIs::Own
         } else if child.pgid == creator_pgid {
             GroupIs::Inherited
+        } else if child.pgid == UNSEEN {
+            return Err(shape(
+                c,
+                format!(
+                    "it is in a process group without an id in the dump's pid namespace, and its creator in group {creator_pgid}"
+                ),
+            ));
         } else if self.by_pid.contains_key(&child.pgid) {
             if !self.made.contains(&child.pgid) {
                 return Err(shape(
@@ -523,6 +551,15 @@ impl Builder<'_> {
                     continue;
                 }
                 let s = child.sid;
+                if s == UNSEEN {
+                    return Err(shape(
+                        c,
+                        format!(
+                            "it is in a session without an id in the dump's pid namespace but its parent {} is in session {}",
+                            p.pid, p.sid
+                        ),
+                    ));
+                }
                 if self.by_pid.contains_key(&s) {
                     return Err(shape(
                         c,
@@ -1031,6 +1068,50 @@ mod tests {
         // In a new pid namespace both are made again.
         let p = plan_of(&m, true, &in_use).unwrap();
         assert_eq!(p.stand_ins, vec![30, 29]);
+    }
+
+    #[test]
+    fn a_session_without_an_id_is_the_callers_even_in_a_new_pid_namespace() {
+        // As under CI: the tests run in the session the machine's init
+        // started in (id 0 in /proc/PID/stat), in the group of `timeout`
+        // (29); tree 31 (child 32 in its own group 32) is in both. Nothing
+        // has pid 0: no stand-in may be planned for it, with or without a
+        // namespace, and the nothing-is-free check of crdump's plan
+        // (`in_use` false) must not plan one either.
+        let m = manifest(31, vec![proc(31, 1, 29, UNSEEN), proc(32, 31, 32, UNSEEN)]);
+        let in_use = |n: i32| n == 29;
+        for (pidns, in_use) in [
+            (false, &in_use as &dyn Fn(i32) -> bool),
+            (true, &in_use),
+            (false, &|_| false),
+        ] {
+            let p = plan(&PlanInput {
+                manifest: &m,
+                pidns,
+                root_stdio: &[],
+                caller_tty: false,
+                in_use,
+                caller: Some(Caller {
+                    sid: UNSEEN,
+                    pgid: 29,
+                }),
+            })
+            .unwrap();
+            assert!(p.stand_ins.is_empty(), "pidns {pidns}: {p:?}");
+            assert_eq!(p.pids().collect::<Vec<_>>(), vec![31, 32]);
+            assert!(!p.steps.iter().any(|s| matches!(s, Step::Setsid { .. })));
+            assert!(p.steps.contains(&Step::Setpgid { pid: 32, pgid: 32 }));
+            // Said only where the group differs (the namespace's init
+            // leads its own); the session is the caller's either way.
+            assert_eq!(p.notes.len(), usize::from(pidns) + 1, "{:?}", p.notes);
+        }
+        // A process group without an id in a session with one, or a
+        // member of such a session under a parent in another, is refused.
+        let bad = manifest(31, vec![proc(31, 1, UNSEEN, 30)]);
+        assert!(plan_of(&bad, false, &|_| true).is_err());
+        let bad = manifest(31, vec![proc(31, 1, 31, 31), proc(32, 31, 29, UNSEEN)]);
+        let e = plan_of(&bad, false, &|_| true).unwrap_err().to_string();
+        assert!(e.contains("session without an id"), "{e}");
     }
 
     #[test]
