@@ -40,4 +40,12 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The integration tests drive the binaries (crdump, crimg, crimg-loader): build them first.
 cargo build --workspace --locked
+# The tests' temporary files go in one directory of this run, removed at
+# its end, as /tmp would be (sticky, open to all: some tests run as
+# nobody): a workload's mapped file has to outlive the test that killed
+# the workload, and is left behind otherwise.
+run_tmp=$(mktemp -d "${TMPDIR:-/tmp}/crimg-run-XXXXXX")
+chmod 1777 "$run_tmp"
+trap 'rm -rf --one-file-system "$run_tmp"' EXIT
+export TMPDIR=$run_tmp
 cargo test --workspace --locked
