@@ -244,6 +244,14 @@ fn run_stream(loader: &Path, same_ids: bool, lazy: bool) -> Result<()> {
     crimg_tools::stream::grow_pipe(&input);
     let received = crimg_tools::stream::receive(input)?;
     crimg_tools::stream_owner::give(&received.image, &owner).context("run -")?;
+    // Said when it is not the runner: the loader bounds the task by it
+    // (its own warning names the ids, this line says how they were found).
+    if owner.uid != nix::unistd::geteuid().as_raw() {
+        eprintln!(
+            "crimg: run -: the stream counts as uid {} gid {}'s ({})",
+            owner.uid, owner.gid, owner.how
+        );
+    }
     let mut command = std::process::Command::new(loader);
     command.arg(format!("/proc/self/fd/{}", received.image.as_raw_fd()));
     if same_ids {
