@@ -46,6 +46,14 @@ cargo build --workspace --locked
 # the workload, and is left behind otherwise.
 run_tmp=$(mktemp -d "${TMPDIR:-/tmp}/crimg-run-XXXXXX")
 chmod 1777 "$run_tmp"
-trap 'rm -rf --one-file-system "$run_tmp"' EXIT
+# A mount a test could not remove is let go lazily first, so that nothing
+# under the directory is left behind; the tests' exit status stays the
+# script's (no errexit in here).
+remove_run_tmp() {
+    set +e
+    findmnt -rno TARGET | grep "^$run_tmp/" | sort -r | xargs -r umount -l
+    rm -rf --one-file-system "$run_tmp"
+}
+trap remove_run_tmp EXIT
 export TMPDIR=$run_tmp
 cargo test --workspace --locked

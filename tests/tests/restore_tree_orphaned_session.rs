@@ -158,6 +158,7 @@ fn a_tree_in_a_session_without_an_id_comes_back_in_it_and_in_its_group() {
     // a taken one.
     let script = format!(
         r#"{SAY_TREE}
+        trap 'echo > "$DIR/done"' EXIT
         sh -c 'sleep 1000 & sleep 1001 & wait' &
         root=$!
         until [ "$(wc -w < /proc/$root/task/$root/children)" = 2 ]; do :; done
@@ -167,8 +168,6 @@ fn a_tree_in_a_session_without_an_id_comes_back_in_it_and_in_its_group() {
         "$RESTORER" -v "$DIR/out" > "$DIR/restore.out" 2>&1
         echo $? > "$DIR/status"
         [ -d /proc/$root ] && say_tree $root > "$DIR/after.tmp" && mv "$DIR/after.tmp" "$DIR/after"
-        echo > "$DIR/done"
-        exec sleep 1000
     "#
     );
     let mut command = Command::new("unshare");
@@ -182,7 +181,7 @@ fn a_tree_in_a_session_without_an_id_comes_back_in_it_and_in_its_group() {
             "--kill-child",
             "sh",
             "-c",
-            "timeout 120 sh -c \"$SCRIPT\" < /dev/null > /dev/null 2>&1; exec sleep 1000",
+            "timeout 120 sh -c \"$SCRIPT\" < /dev/null > /dev/null 2>&1; exec sleep 200",
         ])
         .env("SCRIPT", script)
         .env("DIR", dir)
@@ -192,10 +191,12 @@ fn a_tree_in_a_session_without_an_id_comes_back_in_it_and_in_its_group() {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     only_stdio(&mut command);
-    let _namespace = ChildGuard::new("unshare", command.spawn().unwrap());
+    let mut namespace = ChildGuard::new("unshare", command.spawn().unwrap());
     wait_until("the script to finish", TIMEOUT, || {
         if dir.join("done").exists() {
             Ok(())
+        } else if let Some(status) = namespace.try_status() {
+            panic!("unshare exited ({status}) before the script finished");
         } else {
             Err(format!(
                 "crdump said {:?}",
@@ -204,11 +205,14 @@ fn a_tree_in_a_session_without_an_id_comes_back_in_it_and_in_its_group() {
         }
     });
     let said = std::fs::read_to_string(dir.join("restore.out")).unwrap_or_default();
-    let status = std::fs::read_to_string(dir.join("status")).unwrap();
+    let status = std::fs::read_to_string(dir.join("status")).unwrap_or_else(|e| {
+        let dumped = std::fs::read_to_string(dir.join("dump.out")).unwrap_or_default();
+        panic!("no status of crrestore-tree ({e}): crdump said {dumped:?}")
+    });
     assert_eq!(status.trim(), "0", "crrestore-tree said: {said}");
     let table = |name: &str| -> Vec<Vec<i32>> {
-        let text =
-            std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let text = std::fs::read_to_string(dir.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}; crrestore-tree said: {said}"));
         text.lines()
             .map(|l| l.split(' ').map(|w| w.parse().unwrap()).collect())
             .collect()

@@ -341,9 +341,21 @@ pub fn plan(input: &PlanInput<'_>) -> Result<TreePlan, TreeError> {
                 GroupIs::Own
             } else {
                 if !same_group {
+                    let group = if root_p.pgid == UNSEEN {
+                        "its process group, which has no id in the dump's pid namespace,".to_owned()
+                    } else {
+                        format!("its process group {} (outside the tree)", root_p.pgid)
+                    };
+                    let runs_in = if input.pidns {
+                        // Its own, in the caller's session: where the
+                        // caller has a terminal, the tree is not its
+                        // foreground job (a read of it stops on SIGTTIN).
+                        "the namespace's init's group, in the background of the caller's terminal if it has one"
+                    } else {
+                        "the caller's group"
+                    };
                     b.notes.push(format!(
-                        "pid {root}: its process group {} (outside the tree) is not recreated: the tree runs in the caller's group",
-                        root_p.pgid
+                        "pid {root}: {group} is not recreated: the tree runs in {runs_in}"
                     ));
                 }
                 GroupIs::Inherited
