@@ -1052,4 +1052,127 @@ mod tests {
         }
         assert_eq!(s.next_pending(&c, 0), None);
     }
+
+    /// Two files standing for links of a chain, with `pages` pages of
+    /// distinct bytes each; their fds and their bytes.
+    fn link_files(name: &str, pages: u64) -> ([i32; 2], [std::vec::Vec<u8>; 2]) {
+        use std::os::fd::IntoRawFd;
+        let bytes = [0u8, 1].map(|k| {
+            (0..pages * PAGE)
+                .map(|i| u8::try_from(i / 7 % 256).unwrap() ^ (k * 0x5a))
+                .collect::<std::vec::Vec<u8>>()
+        });
+        let fds = [0, 1].map(|k| {
+            let path = std::env::temp_dir().join(std::format!(
+                "crimg-server-{name}-{}-{k}",
+                std::process::id()
+            ));
+            std::fs::write(&path, &bytes[k]).unwrap();
+            let file = std::fs::File::open(&path).unwrap();
+            std::fs::remove_file(&path).unwrap();
+            file.into_raw_fd()
+        });
+        (fds, bytes)
+    }
+
+    #[test]
+    fn a_segment_is_verified_over_its_pieces_read_from_their_links() {
+        let ([image, parent], [ib, pb]) = link_files("pieces", 3);
+        let page = |b: &[u8], i: u64| b[to_usize(i * PAGE)..to_usize((i + 1) * PAGE)].to_vec();
+        // Segment 1 of the image (from its parents): its three pages are
+        // the parent's page 2, the image's page 0, the parent's page 0;
+        // segment 0 is the image's own page 1.
+        let loads: &'static [PageLoad] = std::vec![
+            PageLoad {
+                vaddr: 0x10000,
+                offset: PAGE,
+                len: PAGE,
+                fd: image,
+                _pad: 0
+            },
+            PageLoad {
+                vaddr: 0x20000,
+                offset: 2 * PAGE,
+                len: PAGE,
+                fd: parent,
+                _pad: 0
+            },
+            PageLoad {
+                vaddr: 0x21000,
+                offset: 0,
+                len: PAGE,
+                fd: image,
+                _pad: 0
+            },
+            PageLoad {
+                vaddr: 0x22000,
+                offset: 0,
+                len: PAGE,
+                fd: parent,
+                _pad: 0
+            },
+        ]
+        .leak();
+        let want = [page(&pb, 2), page(&ib, 0), page(&pb, 0)].concat();
+        let segs: &'static [SegmentSum] = std::vec![
+            SegmentSum {
+                vaddr: 0x10000,
+                offset: PAGE,
+                len: PAGE,
+                sum: image_format::checksum(&page(&ib, 1)),
+                from_parent: false,
+            },
+            SegmentSum {
+                vaddr: 0x20000,
+                offset: 0,
+                len: 3 * PAGE,
+                sum: image_format::checksum(&want),
+                from_parent: true,
+            },
+        ]
+        .leak();
+        let links: &'static [Link] = std::vec![
+            Link {
+                fd: image,
+                path: b"task-1.crimg"
+            },
+            Link {
+                fd: parent,
+                path: b"../1/task-1.crimg"
+            },
+        ]
+        .leak();
+        assert_eq!(
+            pieces_of(loads, &segs[1])
+                .copied()
+                .collect::<std::vec::Vec<_>>(),
+            loads[1..]
+        );
+        assert_eq!(pieces_of(loads, &segs[0]).count(), 1);
+        // Whole in the buffer: each piece at its place in the segment.
+        let mut s = Server::new(b"t", 0, links, loads, &[], segs, std::vec![false; 2].leak());
+        s.buf = std::vec![0u8; to_usize(4 * PAGE)].leak();
+        s.load(1);
+        assert_eq!(s.buffered, Some(1));
+        assert!(s.verified[1] && !s.verified[0]);
+        assert!(s.buf[..to_usize(3 * PAGE)] == want[..]);
+        s.load(0);
+        assert_eq!(s.buffered, Some(0));
+        assert!(s.buf[..to_usize(PAGE)] == page(&ib, 1)[..]);
+        // Larger than the buffer: verified by chunks, once, not buffered.
+        let mut s = Server::new(b"t", 0, links, loads, &[], segs, std::vec![false; 2].leak());
+        s.buf = std::vec![0u8; to_usize(2 * PAGE)].leak();
+        s.load(1);
+        assert_eq!(s.buffered, None);
+        assert!(s.verified[1]);
+        // Messages name the link read.
+        assert_eq!(std::format!("{}", s.link_name(image)), "the image");
+        assert_eq!(
+            std::format!("{}", s.link_name(parent)),
+            "parent image ../1/task-1.crimg"
+        );
+        for fd in [image, parent] {
+            let _ = sys::close(fd);
+        }
+    }
 }
