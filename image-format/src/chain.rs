@@ -144,9 +144,9 @@ impl Piece {
     }
 }
 
-/// The first segment of `img` that ends after `addr` (segments are sorted
-/// and disjoint: checked at parse).
-fn first_after(img: &Image<'_>, addr: u64) -> u32 {
+/// The index of the first segment of `img` that ends after `addr`
+/// (segments are sorted and disjoint: checked at parse).
+pub fn first_after(img: &Image<'_>, addr: u64) -> u32 {
     let (mut lo, mut hi) = (0, img.segment_count());
     while lo < hi {
         let mid = lo + (hi - lo) / 2;

@@ -129,7 +129,8 @@ pub fn parse_lazy(bytes: &'static [u8]) -> Result<Image<'static>, CheckError> {
 /// Which segments of an image the page server of a lazy restore fills,
 /// by the rule of `plan::lazy::is_lazy_area` applied to the image's
 /// records and segments (the plan applies it to the areas and loads
-/// these become). Asked in segment order.
+/// these become). Asked in segment order, about every segment or only
+/// some (the chain asks about parent segments only).
 pub struct LazyAreas<'a> {
     image: Image<'a>,
     vmas: core::iter::Peekable<image_format::read::Records<'a, image_format::records::VmaRecord>>,
@@ -166,8 +167,9 @@ impl<'a> LazyAreas<'a> {
                     fd: if v.object == 0 { -1 } else { 0 },
                 };
                 // Its stored bytes (its own or its parents'): the
-                // segments from this one on inside it.
-                let stored: u64 = (s.index..self.image.segment_count())
+                // segments inside it, from its first one (not always `s`).
+                let stored: u64 = (image_format::chain::first_after(&self.image, v.start)
+                    ..self.image.segment_count())
                     .map_while(|i| self.image.segment(i).ok())
                     .take_while(|t| t.vaddr < v.end)
                     .map(|t| t.len)

@@ -152,7 +152,9 @@ fn tables(checked: &Checked) -> Result<Tables, LazyError> {
             vaddr: p.vaddr,
             len: p.len,
             offset: p.offset,
-            seg: segment_at(image, p.vaddr),
+            // Its segment's (every run lies in one: a piece of it the
+            // chain resolved, `crate::parent::Chain::fill_loads`).
+            seg: image_format::chain::first_after(image, p.vaddr),
             fd: p.fd,
             bit,
         };
@@ -173,21 +175,6 @@ fn tables(checked: &Checked) -> Result<Tables, LazyError> {
         };
     }
     Ok(Tables { links, runs, segs })
-}
-
-/// The index of the segment of `image` that holds `vaddr` (a run's
-/// start: every run lies in one segment, a piece of it the chain
-/// resolved, `crate::parent::Chain::fill_loads`).
-fn segment_at(image: &image_format::Image<'_>, vaddr: u64) -> u32 {
-    let (mut lo, mut hi) = (0, image.segment_count());
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        match image.segment(mid) {
-            Ok(s) if s.end() <= vaddr => lo = mid + 1,
-            _ => hi = mid,
-        }
-    }
-    lo
 }
 
 /// Fork the page server (twice over; the intermediate is reaped here),
