@@ -144,9 +144,9 @@ impl Piece {
     }
 }
 
-/// The first segment of `img` that ends after `addr` (segments are sorted
-/// and disjoint: checked at parse).
-fn first_after(img: &Image<'_>, addr: u64) -> u32 {
+/// The index of the first segment of `img` that ends after `addr`
+/// (segments are sorted and disjoint: checked at parse).
+pub fn first_after(img: &Image<'_>, addr: u64) -> u32 {
     let (mut lo, mut hi) = (0, img.segment_count());
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
@@ -202,6 +202,18 @@ pub fn resolve<E: From<ChainError>>(
 /// bytes the rest of `chain` gives for it (its own stored segments are
 /// checked by [`Image::verify_segments`]). Reads every page it takes.
 pub fn verify_parent_segments(chain: &[Image<'_>], link: usize) -> Result<(), ChainError> {
+    verify_parent_segments_but(chain, link, &mut |_| false)
+}
+
+/// [`verify_parent_segments`] of the parent segments for which `skip`
+/// says no (asked in segment order): a lazy restore leaves those of the
+/// areas its page server fills to the server, which verifies each one
+/// before it copies a page of it.
+pub fn verify_parent_segments_but(
+    chain: &[Image<'_>],
+    link: usize,
+    skip: &mut dyn FnMut(&Segment) -> bool,
+) -> Result<(), ChainError> {
     let Some(img) = chain.get(link) else {
         return Ok(());
     };
@@ -217,7 +229,7 @@ pub fn verify_parent_segments(chain: &[Image<'_>], link: usize) -> Result<(), Ch
                 what: "missing checksum",
             }))?
             .checksum;
-        if !s.from_parent() {
+        if !s.from_parent() || skip(&s) {
             continue;
         }
         let mut h = crate::Checksummer::new();

@@ -518,10 +518,6 @@ fn series(bench: &Bench, f: &mut Figures) -> Result<(), String> {
         .cloned()
         .ok_or("the last dump has no image")?;
     restores(bench, f, &images, |flag, f, key| {
-        // A lazy restore of an incremental image is not built (refused).
-        if flag == Some("--lazy") && bench.modes.incremental {
-            return Ok(());
-        }
         let r = run::restore(
             "restored bench_mem (series)",
             restore_command(&bench.bins, &image, flag),
@@ -693,15 +689,7 @@ fn report(bench: &Bench, spec: &Spec, f: &Figures) -> Vec<String> {
                 "lazy_populated",
             ),
         ] {
-            if built
-                && matches!(spec.kind, Kind::Series)
-                && label.ends_with("--lazy")
-                && bench.modes.incremental
-            {
-                lines.push(format!(
-                    "    {label:<24} n/a (the loader refuses a lazy restore of an incremental image)"
-                ));
-            } else if built {
+            if built {
                 lines.push(row(label, first, populated, "restore_ceiling"));
             } else {
                 lines.push(format!("    {label:<24} n/a (not built)"));

@@ -2,15 +2,24 @@
 //! `lazy_mem`-style workload, a command it runs at its first instruction,
 //! and whether the page server still has areas registered.
 
+use std::path::Path;
+use std::time::Duration;
+
 use crate::cli::CLI_TIMEOUT;
 use crate::roundtrip::Dumped;
 use crate::smaps::vm_flags_of;
+use crate::untouched::wait_until;
 use crate::{Binaries, Workload};
 
 /// `crimg run --lazy IMAGE` of `dumped`, as a workload.
 pub fn run_lazy(bins: &Binaries, dumped: &Dumped, name: &str) -> Workload {
+    run_lazy_image(bins, &dumped.dump.image, name)
+}
+
+/// `crimg run --lazy IMAGE`, as a workload.
+pub fn run_lazy_image(bins: &Binaries, image: &Path, name: &str) -> Workload {
     let mut lazy = bins.crimg_command(["run", "--lazy"]);
-    lazy.arg(&dumped.dump.image);
+    lazy.arg(image);
     Workload::spawn_command(name, lazy).unwrap_or_else(|err| panic!("{err}"))
 }
 
@@ -41,4 +50,14 @@ pub fn registered_areas(pid: i32) -> Vec<String> {
         .filter(|a| a.flags.iter().any(|f| f == "um"))
         .map(|a| a.header)
         .collect()
+}
+
+/// Wait until the page server is done with `pid`: no area registered.
+pub fn wait_fill_done(pid: i32) {
+    let done = wait_until(Duration::from_secs(30), || registered_areas(pid).is_empty());
+    assert!(
+        done,
+        "areas of {pid} still registered after 30 s: {:?}",
+        registered_areas(pid)
+    );
 }

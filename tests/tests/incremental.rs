@@ -4,7 +4,9 @@
 //! directly (the loader reads those pages from the parents), a parent that
 //! changed, went or was replaced by a symlink is refused by the loader with
 //! one line naming it before anything is torn down, and `crimg verify`
-//! checks the whole chain and names the broken link.
+//! checks the whole chain and names the broken link. It also runs lazily
+//! (`crimg run --lazy`): the page server reads each page from the link
+//! that holds it and verifies each segment before it copies a page of it.
 
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -12,7 +14,9 @@ use std::path::{Path, PathBuf};
 
 use crimg_tests::cli::{self, Binaries, RunOutput, CLI_TIMEOUT};
 use crimg_tests::inspect::fd_numbers as fds_of;
+use crimg_tests::lazy::{registered_areas, run_lazy_image, wait_fill_done};
 use crimg_tests::process::{CheckTrigger, LINE_TIMEOUT};
+use crimg_tests::tree::children_of;
 use crimg_tests::{binaries, scratch_dir, Workload};
 
 /// A chain of three dumps of one `incr_counter`: `1` (pre-dump), `2`
@@ -100,30 +104,12 @@ fn a_chain_of_three_restores_the_newest_state() {
     bins.verify(&chain.image(2))
         .unwrap_or_else(|err| panic!("crimg verify of the chain: {err}"));
 
-    // Lazily: not built for a chain, refused before anything changes.
-    let mut lazy = bins.crimg_command(["run", "--lazy"]);
-    lazy.arg(chain.image(2));
-    let out = cli::run(lazy, CLI_TIMEOUT).unwrap();
-    assert_eq!(out.status.code(), Some(7), "{out:?}");
-    assert!(
-        out.stderr.contains("run it without --lazy"),
-        "{}",
-        out.stderr
-    );
-
     let mut restored = bins
         .restore("restored incr_counter", &chain.image(2))
         .unwrap_or_else(|err| panic!("{err}"));
-    // Generation 1 on the even pages not a multiple of 3, 2 on those that are.
-    let pages = 32 * 256u64;
-    let twos = pages.div_ceil(3);
-    let ones = pages.div_ceil(2) - pages.div_ceil(6);
+    let gen_sum = newest_gen_sum(32);
     let facts = restored.expect_pass(CheckTrigger::Stdin);
-    assert_eq!(
-        facts.get("gen_sum"),
-        Some((ones + 2 * twos).to_string().as_str()),
-        "{facts:?}"
-    );
+    assert_eq!(facts.get("gen_sum"), Some(gen_sum.as_str()), "{facts:?}");
     // The parents' fds are gone with the loader's.
     assert_eq!(fds_of(restored.pid()), [0, 1, 2]);
     restored.send_line("quit").unwrap();
@@ -139,13 +125,162 @@ fn a_chain_of_three_restores_the_newest_state() {
     let facts = orchestrator.expect_pass(CheckTrigger::Stdin);
     let pid: i32 = facts.get("pid").unwrap().parse().unwrap();
     let _guard = crimg_tests::PidGuard::new(pid).unwrap();
-    assert_eq!(
-        facts.get("gen_sum"),
-        Some((ones + 2 * twos).to_string().as_str()),
-        "{facts:?}"
-    );
+    assert_eq!(facts.get("gen_sum"), Some(gen_sum.as_str()), "{facts:?}");
     orchestrator.send_line("quit").unwrap();
     orchestrator.wait_line("BYE", LINE_TIMEOUT).unwrap();
+}
+
+/// The `gen_sum` of the newest state of a chain of `mb` MiB: generation 1
+/// on the even pages not a multiple of 3, 2 on those that are.
+fn newest_gen_sum(mb: u64) -> String {
+    let pages = mb * 256;
+    let twos = pages.div_ceil(3);
+    let ones = pages.div_ceil(2) - pages.div_ceil(6);
+    (ones + 2 * twos).to_string()
+}
+
+/// The newest image of a chain of three restored lazily: its 32 MiB area
+/// is left to the page server, which reads each page from the link that
+/// holds it (the newest stores the pages a multiple of 3, the middle one
+/// the other even ones, the first the rest: every segment the newest
+/// takes from its parents is pieces of both) and verifies each segment,
+/// assembled from its pieces, before it copies a page of it. The task's
+/// check of all its memory passes at once (most of it not in yet) and
+/// once the fill is done, when nothing is left registered, no child of it
+/// and no fd of the loader (the parents' included).
+#[test]
+fn a_chain_of_three_restores_lazily() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let chain = make_chain(&bins, scratch.path(), "32");
+    let gen_sum = newest_gen_sum(32);
+    let mut restored = run_lazy_image(&bins, &chain.image(2), "lazily restored incr_counter");
+    let facts = restored.expect_pass(CheckTrigger::Stdin);
+    assert_eq!(facts.get("gen_sum"), Some(gen_sum.as_str()), "{facts:?}");
+    let rpid = restored.pid();
+    wait_fill_done(rpid);
+    let facts = restored.expect_pass(CheckTrigger::Stdin);
+    assert_eq!(facts.get("gen_sum"), Some(gen_sum.as_str()), "{facts:?}");
+    assert_eq!(registered_areas(rpid), Vec::<String>::new());
+    assert_eq!(fds_of(rpid), [0, 1, 2]);
+    assert_eq!(children_of(rpid), Vec::<i32>::new(), "children of {rpid}");
+    restored.send_line("quit").unwrap();
+    restored.wait_line("BYE", LINE_TIMEOUT).unwrap();
+}
+
+/// Flip a byte of a page of the first image of `chain` that the newest
+/// takes from it in its largest area (the one a lazy restore leaves to
+/// the page server); its headers and notes intact, so the links check.
+fn corrupt_first_image_page(chain: &Chain) {
+    let bytes: Vec<Vec<u8>> = (0..3)
+        .rev()
+        .map(|i| fs::read(chain.image(i)).unwrap())
+        .collect();
+    let images: Vec<image_format::Image<'_>> = bytes
+        .iter()
+        .map(|b| image_format::Image::parse(b).unwrap())
+        .collect();
+    let area = images[0]
+        .vmas()
+        .unwrap()
+        .max_by_key(|v| v.end - v.start)
+        .unwrap();
+    let mut target = None;
+    for s in images[0].segments() {
+        if !s.from_parent() || s.vaddr < area.start || s.end() > area.end {
+            continue;
+        }
+        image_format::chain::resolve::<image_format::chain::ChainError>(
+            &images,
+            1,
+            s.vaddr,
+            s.len,
+            &mut |p| {
+                if p.link == 2 && target.is_none() {
+                    target = Some(p.offset);
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+        if target.is_some() {
+            break;
+        }
+    }
+    let at = target.expect("a page of the first image the newest takes") + 100;
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(chain.image(0))
+        .unwrap();
+    file.write_all_at(&[bytes[2][at as usize] ^ 0x5a], at)
+        .unwrap();
+}
+
+/// A page the newest image takes from the first one corrupted: a lazy
+/// restore does not read it before the task runs; the page server finds
+/// the mismatch when it verifies the segment (its pieces from the first
+/// and the middle image) and kills the task with one line. The eager
+/// restore refuses the same chain before anything changes.
+#[test]
+fn lazy_restore_of_a_corrupt_parent_page_kills_with_a_line() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let chain = make_chain(&bins, scratch.path(), "32");
+    corrupt_first_image_page(&chain);
+    let mut restored = run_lazy_image(&bins, &chain.image(2), "corrupt lazy incr_counter");
+    let status = restored
+        .wait_exit(CLI_TIMEOUT)
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert!(!status.success(), "{status:?}");
+    let report = restored.stderr_report();
+    assert!(
+        report.contains("lazy restore: checksum mismatch in segment")
+            && report.contains("read from its parent images")
+            && report.contains("was killed"),
+        "{report}"
+    );
+    let (code, stderr) = refused(&bins, &chain.image(2));
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.contains("checksum mismatch"), "{stderr}");
+}
+
+/// The server reads the parents after the task resumes: without a read
+/// lease on one (here the first image is open for writing elsewhere)
+/// `--lazy` is refused before anything changes (exit 7, one line naming
+/// that parent); an eager restore still runs the chain.
+#[test]
+fn lazy_restore_without_a_lease_on_a_parent_is_refused() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let chain = make_chain(&bins, scratch.path(), "4");
+    let writer = fs::OpenOptions::new()
+        .write(true)
+        .open(chain.image(0))
+        .unwrap();
+    let mut lazy = bins.crimg_command(["run", "--lazy"]);
+    lazy.arg(chain.image(2));
+    let out = cli::run(lazy, CLI_TIMEOUT).unwrap();
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    let name = format!("task-{}.crimg", chain.pid);
+    assert!(
+        out.stderr.contains(&format!(
+            "--lazy needs a read lease on parent image ../1/{name}"
+        )),
+        "{}",
+        out.stderr
+    );
+    let mut restored = bins
+        .restore("eagerly restored incr_counter", &chain.image(2))
+        .unwrap_or_else(|err| panic!("{err}"));
+    let facts = restored.expect_pass(CheckTrigger::Stdin);
+    assert_eq!(facts.get("gen_sum"), Some(newest_gen_sum(4).as_str()));
+    restored.send_line("quit").unwrap();
+    restored.wait_line("BYE", LINE_TIMEOUT).unwrap();
+    drop(writer);
 }
 
 #[test]

@@ -10,23 +10,13 @@ use std::time::Duration;
 
 use crimg_tests::cli::{self, CLI_TIMEOUT};
 use crimg_tests::inspect::{corrupt_page_at, fds_of};
-use crimg_tests::lazy::{expect_pass_of, registered_areas, run_lazy};
+use crimg_tests::lazy::{expect_pass_of, run_lazy, wait_fill_done};
 use crimg_tests::process::CheckTrigger;
 use crimg_tests::roundtrip::{assert_same_maps, dump_and_kill, maps_of, tasks_of, Dumped};
 use crimg_tests::smaps::{assert_same_vm_flags, vm_flags_of};
 use crimg_tests::tree::children_of;
 use crimg_tests::untouched::wait_until;
 use crimg_tests::{binaries, scratch_dir, Binaries, Workload};
-
-/// Wait until the page server is done with `pid`: no area registered.
-fn wait_fill_done(pid: i32) {
-    let done = wait_until(Duration::from_secs(30), || registered_areas(pid).is_empty());
-    assert!(
-        done,
-        "areas of {pid} still registered after 30 s: {:?}",
-        registered_areas(pid)
-    );
-}
 
 #[test]
 fn lazy_restore_checks_all_memory_and_leaves_nothing() {

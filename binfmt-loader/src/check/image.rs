@@ -98,11 +98,8 @@ pub fn parse_lazy(bytes: &'static [u8]) -> Result<Image<'static>, CheckError> {
     use image_format::ImageError;
     let corrupt = |error| CheckError::Corrupt { error };
     let image = Image::parse(bytes).map_err(corrupt)?;
-    let mut vmas = image.vmas().map_err(corrupt)?.peekable();
+    let mut areas = LazyAreas::new(image).map_err(corrupt)?;
     let mut sums = image.records::<SegmentChecksumRecord>().map_err(corrupt)?;
-    // The last area's start and whether the server fills it (the rule of
-    // `plan::lazy::is_lazy_area`, from the records and the segments).
-    let mut lazy_area: Option<(u64, bool)> = None;
     for s in image.segments() {
         let expected = sums
             .next()
@@ -111,38 +108,9 @@ pub fn parse_lazy(bytes: &'static [u8]) -> Result<Image<'static>, CheckError> {
                 what: "missing checksum",
             }))?
             .checksum;
-        // Both sorted; parse checked that each segment lies in one area.
-        while vmas.next_if(|v| v.end <= s.vaddr).is_some() {}
-        let lazy = match vmas.peek() {
-            Some(v) if lazy_area.is_some_and(|(start, _)| start == v.start) => {
-                lazy_area.is_some_and(|(_, lazy)| lazy)
-            }
-            Some(v) => {
-                let area = crate::plan::TargetVma {
-                    start: v.start,
-                    end: v.end,
-                    pgoff: v.pgoff,
-                    prot: v.prot,
-                    flags: v.flags,
-                    kind: v.kind,
-                    fd: if v.object == 0 { -1 } else { 0 },
-                };
-                // Its stored bytes: the segments from this one on inside it.
-                let stored: u64 = (s.index..image.segment_count())
-                    .map_while(|i| image.segment(i).ok())
-                    .take_while(|t| t.vaddr < v.end)
-                    .map(|t| t.len)
-                    .sum();
-                let lazy = crate::plan::lazy::is_lazy_vma(&area)
-                    && stored >= crate::plan::lazy::LAZY_WORTH;
-                lazy_area = Some((v.start, lazy));
-                lazy
-            }
-            None => false,
-        };
         // A parent image's pages are checked with the chain
-        // (`crate::parent`).
-        if lazy || s.from_parent() {
+        // (`crate::parent`, which leaves the served ones to the server too).
+        if areas.served(&s) || s.from_parent() {
             continue;
         }
         let found = image_format::checksum(image.segment_bytes(&s));
@@ -156,4 +124,62 @@ pub fn parse_lazy(bytes: &'static [u8]) -> Result<Image<'static>, CheckError> {
         }
     }
     Ok(image)
+}
+
+/// Which segments of an image the page server of a lazy restore fills,
+/// by the rule of `plan::lazy::is_lazy_area` applied to the image's
+/// records and segments (the plan applies it to the areas and loads
+/// these become). Asked in segment order, about every segment or only
+/// some (the chain asks about parent segments only).
+pub struct LazyAreas<'a> {
+    image: Image<'a>,
+    vmas: core::iter::Peekable<image_format::read::Records<'a, image_format::records::VmaRecord>>,
+    /// The last area's start and whether the server fills it.
+    last: Option<(u64, bool)>,
+}
+
+impl<'a> LazyAreas<'a> {
+    pub fn new(image: Image<'a>) -> Result<Self, image_format::ImageError> {
+        Ok(LazyAreas {
+            image,
+            vmas: image.vmas()?.peekable(),
+            last: None,
+        })
+    }
+
+    /// Is segment `s` (after every one asked before) in an area the
+    /// server fills?
+    pub fn served(&mut self, s: &image_format::read::Segment) -> bool {
+        // Both sorted; parse checked that each segment lies in one area.
+        while self.vmas.next_if(|v| v.end <= s.vaddr).is_some() {}
+        match self.vmas.peek() {
+            Some(v) if self.last.is_some_and(|(start, _)| start == v.start) => {
+                self.last.is_some_and(|(_, lazy)| lazy)
+            }
+            Some(v) => {
+                let area = crate::plan::TargetVma {
+                    start: v.start,
+                    end: v.end,
+                    pgoff: v.pgoff,
+                    prot: v.prot,
+                    flags: v.flags,
+                    kind: v.kind,
+                    fd: if v.object == 0 { -1 } else { 0 },
+                };
+                // Its stored bytes (its own or its parents'): the
+                // segments inside it, from its first one (not always `s`).
+                let stored: u64 = (image_format::chain::first_after(&self.image, v.start)
+                    ..self.image.segment_count())
+                    .map_while(|i| self.image.segment(i).ok())
+                    .take_while(|t| t.vaddr < v.end)
+                    .map(|t| t.len)
+                    .sum();
+                let lazy = crate::plan::lazy::is_lazy_vma(&area)
+                    && stored >= crate::plan::lazy::LAZY_WORTH;
+                self.last = Some((v.start, lazy));
+                lazy
+            }
+            None => false,
+        }
+    }
 }

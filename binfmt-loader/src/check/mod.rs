@@ -624,12 +624,8 @@ fn check_mapped(
         image::parse(mapped.bytes)?
     };
     // The parents of an incremental image, each checked like the image.
-    let mut chain = crate::parent::open_chain(os, name, mapped.fd, image, mapped.owner.0)?;
-    if args.lazy && chain.parents() > 0 {
-        return Err(CheckError::Parent {
-            error: crate::parent::ParentError::LazyNotBuilt,
-        });
-    }
+    let mut chain =
+        crate::parent::open_chain(os, name, mapped.fd, image, mapped.owner.0, args.lazy)?;
     // What the image alone decides, first: the dumper ran the same rules
     // before it killed the process.
     let mmap_min_addr = limits::read_mmap_min_addr(os);
@@ -741,11 +737,18 @@ fn check_mapped(
     // A lazy restore with nothing to leave to a server is an eager one.
     let lazy = if args.lazy && crate::plan::lazy::any_lazy(vmas, loads) {
         let fill = crate::lazy::prepare().map_err(|error| CheckError::Lazy { error })?;
-        // The server reads the image after the task runs: only while a
-        // lease holds it still (and tells when a writer comes).
-        if !matches!(mapped.hold, stable::Hold::Lease) {
+        // The server reads the image and its parents after the task
+        // runs: only while a lease holds each still (and tells when a
+        // writer comes).
+        let unleased = if matches!(mapped.hold, stable::Hold::Lease) {
+            chain
+                .unleased_parent()
+                .map(|path| crate::lazy::LazyError::NoParentLease { path })
+        } else {
+            Some(crate::lazy::LazyError::NoLease)
+        };
+        if let Some(error) = unleased {
             crate::lazy::abandon(fill);
-            let error = crate::lazy::LazyError::NoLease;
             return Err(CheckError::Lazy { error });
         }
         Some(fill)

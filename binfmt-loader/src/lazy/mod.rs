@@ -11,18 +11,22 @@
 //!   needs `CAP_SYS_PTRACE` whatever `vm.unprivileged_userfaultfd` says
 //!   (measured on 6.18: `EPERM` for nobody from `UFFDIO_API`), so without
 //!   the capability `--lazy` is always refused. It also needs a read lease
-//!   on the image (stage 1's `Hold::Lease`), else it is refused, exit 7.
+//!   on the image and on each of its parent images, if it is incremental
+//!   (stage 1's `Hold::Lease`, `crate::parent::Chain::unleased_parent`),
+//!   else it is refused, exit 7.
 //! - Before the point of no return, [`start_server`] forks the server
 //!   twice over (the intermediate exits at once and is reaped here, so the
 //!   server is nobody's child in the task; it has a session of its own and
-//!   keeps only the image fd, the message fd and its socket).
+//!   keeps only the fds of the image and its parents, the message fd, the
+//!   task's pidfd and its socket).
 //! - The plan (`crate::plan::lazy`) registers the areas, sends the fd to
 //!   the server and closes its own copies; the task then runs.
 //! - The server ([`server`]) fills faults first, the rest in the
 //!   background, verifying each segment's checksum before it copies a page
-//!   of it, and exits when every page is in. A mismatch kills the task
-//!   (it already runs: eager restores, the default, check everything
-//!   before they change anything).
+//!   of it (a segment an incremental image takes from its parents is read
+//!   piece by piece from the links that hold it), and exits when every page
+//!   is in. A mismatch kills the task (it already runs: eager restores, the
+//!   default, check everything before they change anything).
 //!
 //! What the task sees once the fill is done: nothing of it (no fd, thread,
 //! child or mapping; its areas no longer registered). While it runs, a
@@ -40,7 +44,7 @@ use crate::plan::lazy::{lazy_pieces, LazyFill};
 use crate::sys::{self, uffd, Errno};
 use crate::ExitCode;
 use image_format::records::CredsRecord;
-use server::{Run, SegmentSum, Server};
+use server::{Link, Run, SegmentSum, Server};
 
 /// Why a lazy restore cannot start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,12 +57,17 @@ pub enum LazyError {
     /// No read lease could be taken on the image: the server reads it
     /// after the task runs, and nothing would keep it from changing.
     NoLease,
+    /// Likewise for the parent image `path` (recorded, relative to its
+    /// child's directory) of an incremental image.
+    NoParentLease { path: &'static [u8] },
 }
 
 impl LazyError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            LazyError::NoUserfaultfd { .. } | LazyError::NoLease => ExitCode::Unsupported,
+            LazyError::NoUserfaultfd { .. }
+            | LazyError::NoLease
+            | LazyError::NoParentLease { .. } => ExitCode::Unsupported,
             LazyError::Server { .. } => ExitCode::Environment,
         }
     }
@@ -77,6 +86,11 @@ impl fmt::Display for LazyError {
             LazyError::NoLease => write!(
                 f,
                 "--lazy needs a read lease on the image, which its pages are read from after the process resumes (none could be taken: the image is open for writing somewhere, or is another user's, or its file system has no leases); run without --lazy for an eager restore"
+            ),
+            LazyError::NoParentLease { path } => write!(
+                f,
+                "--lazy needs a read lease on parent image {}, which pages are read from after the process resumes (none could be taken: it is open for writing somewhere, or is another user's, or its file system has no leases); run without --lazy for an eager restore",
+                message::Lossy(path)
             ),
         }
     }
@@ -106,28 +120,46 @@ pub fn abandon(fill: LazyFill) {
     }
 }
 
-/// The server's tables: the lazily filled runs and every segment's
-/// checksum, built before the fork (a few entries per area).
-fn tables(checked: &Checked) -> Result<(&'static [Run], &'static [SegmentSum]), LazyError> {
+/// The server's tables, built before the fork (a few entries per area):
+/// the chain's links (the image, its parents), the lazily filled runs,
+/// and every segment's checksum.
+struct Tables {
+    links: &'static [Link],
+    runs: &'static [Run],
+    segs: &'static [SegmentSum],
+}
+
+fn tables(checked: &Checked) -> Result<Tables, LazyError> {
     let no_memory = |errno| LazyError::Server {
         step: "tables",
         errno,
     };
+    let chain = &checked.chain;
+    let links = sys::map_table::<Link>(chain.images().len()).map_err(no_memory)?;
+    for (i, slot) in links.iter_mut().enumerate() {
+        *slot = Link {
+            fd: chain.fd(i),
+            path: if i == 0 { checked.name } else { chain.path(i) },
+        };
+    }
     let input = &checked.input;
+    let image = &checked.image;
     let n = lazy_pieces(input).count();
     let runs = sys::map_table::<Run>(n).map_err(no_memory)?;
     let mut bit = 0;
-    for (slot, (p, seg)) in runs.iter_mut().zip(lazy_pieces(input)) {
+    for (slot, p) in runs.iter_mut().zip(lazy_pieces(input)) {
         *slot = Run {
             vaddr: p.vaddr,
             len: p.len,
             offset: p.offset,
-            seg: u32::try_from(seg).unwrap_or(u32::MAX),
+            // Its segment's (every run lies in one: a piece of it the
+            // chain resolved, `crate::parent::Chain::fill_loads`).
+            seg: image_format::chain::first_after(image, p.vaddr),
+            fd: p.fd,
             bit,
         };
         bit += p.len / crate::plan::PAGE;
     }
-    let image = &checked.image;
     let nseg = usize::try_from(image.segment_count()).unwrap_or(0);
     let segs = sys::map_table::<SegmentSum>(nseg).map_err(no_memory)?;
     let sums = image
@@ -135,19 +167,21 @@ fn tables(checked: &Checked) -> Result<(&'static [Run], &'static [SegmentSum]), 
         .map_err(|_| no_memory(Errno::EINVAL))?;
     for ((slot, s), sum) in segs.iter_mut().zip(image.segments()).zip(sums) {
         *slot = SegmentSum {
+            vaddr: s.vaddr,
             offset: s.offset,
             len: s.len,
             sum: sum.checksum,
+            from_parent: s.from_parent(),
         };
     }
-    Ok((runs, segs))
+    Ok(Tables { links, runs, segs })
 }
 
 /// Fork the page server (twice over; the intermediate is reaped here),
 /// then close this process's end of its socket. Before the point of no
 /// return: a failure leaves everything as it was.
 pub fn start_server(checked: &Checked, lazy: LazyFill) -> Result<(), LazyError> {
-    let (runs, segs) = tables(checked)?;
+    let Tables { links, runs, segs } = tables(checked)?;
     let verified = sys::map_table::<bool>(segs.len()).map_err(|errno| LazyError::Server {
         step: "tables",
         errno,
@@ -181,13 +215,14 @@ pub fn start_server(checked: &Checked, lazy: LazyFill) -> Result<(), LazyError> 
         let mut server = Server::new(
             checked.name,
             checked.input.pid,
-            checked.input.image_fd,
+            links,
+            checked.input.loads,
             runs,
             segs,
             verified,
         );
         server.pidfd = pidfd;
-        serve(server, lazy, checked.input.image_fd, checked.input.creds)
+        serve(server, lazy, checked.input.creds)
     }
     let status = uffd::wait_child(middle).map_err(fork_failed)?;
     let _ = sys::close(pidfd);
@@ -198,12 +233,17 @@ pub fn start_server(checked: &Checked, lazy: LazyFill) -> Result<(), LazyError> 
     Ok(())
 }
 
-/// The server process: only its fds kept, the task's credentials taken
+/// The server process: only its fds kept (its socket, the chain's links,
+/// the message fd, the task's pidfd), the task's credentials taken
 /// (`creds`: what the plan switches the task to; `None`: it keeps the
 /// loader's) with no capability, the task's userfaultfd received once the
 /// plan has registered the areas, then served.
-fn serve(server: Server, lazy: LazyFill, image_fd: i32, creds: Option<CredsRecord>) -> ! {
-    let mut keep = [lazy.server, image_fd, message::report_fd(), server.pidfd];
+fn serve(server: Server, lazy: LazyFill, creds: Option<CredsRecord>) -> ! {
+    let mut keep = [-1; 3 + crate::parent::MAX_LINKS];
+    keep[..3].copy_from_slice(&[lazy.server, message::report_fd(), server.pidfd]);
+    for (slot, link) in keep[3..].iter_mut().zip(server.links) {
+        *slot = link.fd;
+    }
     keep.sort_unstable();
     let mut next = 0u32;
     for fd in keep {

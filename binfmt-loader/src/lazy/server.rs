@@ -19,13 +19,18 @@
 //! shorter file, truncated meanwhile, is one line and the task killed, not
 //! a `SIGBUS` of a mapping), a whole segment at a time, and verified there
 //! against its checksum before a page of it is copied, so what is copied
-//! is what was verified. A segment larger than the buffer (images of
-//! before segments were cut at 4 MiB) is verified once, then read by
-//! chunks, which the read lease keeps equal. The lease is polled: when a
-//! writer comes (the lease breaks; its open waits `lease-break-time`),
-//! every map is filled at once. A mismatch kills the task, with one line.
+//! is what was verified. A segment of an incremental image is assembled
+//! from its pieces ([`crate::plan::PageLoad`]s: the chain resolved it),
+//! each read from the fd of the link of the chain (the image or one of its
+//! parents, [`Link`]) that holds it. A segment larger than the buffer
+//! (images of before segments were cut at 4 MiB) is verified once, then
+//! read by chunks, which the read leases keep equal. Every link's lease is
+//! polled: when a writer comes to one (the lease breaks; its open waits
+//! `lease-break-time`), every map is filled at once. A mismatch kills the
+//! task, with one line.
 
 use crate::message;
+use crate::plan::PageLoad;
 use crate::sys::uffd::{self, UffdMsg};
 use crate::sys::{self, Errno};
 
@@ -52,24 +57,40 @@ const EAGAIN: Errno = Errno(11);
 const ESRCH: Errno = Errno(3);
 const ENOENT: Errno = Errno(2);
 
-/// A stored page run the server fills: `len` bytes at `vaddr`, from image
-/// offset `offset`, in segment `seg`; its pages are bits `bit..` of the
-/// books.
+/// A stored page run the server fills: `len` bytes at `vaddr`, from
+/// offset `offset` of the link open at `fd` (the image, or the parent
+/// that holds them), in segment `seg` of the image; its pages are bits
+/// `bit..` of the books.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Run {
     pub vaddr: u64,
     pub len: u64,
     pub offset: u64,
     pub seg: u32,
+    pub fd: i32,
     pub bit: u64,
 }
 
-/// A segment's bytes in the image and its recorded checksum.
+/// A segment of the image (memory `vaddr..vaddr + len`) and its recorded
+/// checksum. Its bytes are the pieces of the server's `loads` in that
+/// range: one at `offset` in the image, or, `from_parent`, those its
+/// parents hold.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SegmentSum {
+    pub vaddr: u64,
     pub offset: u64,
     pub len: u64,
     pub sum: u64,
+    pub from_parent: bool,
+}
+
+/// A link of the image's chain (0: the image, then its parents): its fd,
+/// kept open and its lease polled, and its path for messages (a parent's
+/// as its child recorded it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Link {
+    pub fd: i32,
+    pub path: &'static [u8],
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -162,8 +183,12 @@ pub struct Server {
     /// it is killed on a checksum mismatch.
     pub pid: i32,
     pub pidfd: i32,
-    /// The image, read with `pread` (its lease is polled).
-    pub image_fd: i32,
+    /// The image and its parents, read with `pread` (their leases are
+    /// polled).
+    pub links: &'static [Link],
+    /// Where every segment's bytes are, in address order (the plan's
+    /// page loads: a segment's pieces, each with its link's fd).
+    pub loads: &'static [PageLoad],
     pub runs: &'static [Run],
     pub segs: &'static [SegmentSum],
     pub verified: &'static mut [bool],
@@ -178,7 +203,7 @@ pub struct Server {
     /// verified bytes it holds.
     buf: &'static mut [u8],
     buffered: Option<u32>,
-    /// The image's lease broke (a writer waits): fill everything now.
+    /// A link's lease broke (a writer waits): fill everything now.
     lease_broken: bool,
 }
 
@@ -186,7 +211,8 @@ impl Server {
     pub fn new(
         name: &'static [u8],
         pid: i32,
-        image_fd: i32,
+        links: &'static [Link],
+        loads: &'static [PageLoad],
         runs: &'static [Run],
         segs: &'static [SegmentSum],
         verified: &'static mut [bool],
@@ -196,7 +222,8 @@ impl Server {
             name,
             pid,
             pidfd: -1,
-            image_fd,
+            links,
+            loads,
             runs,
             segs,
             verified,
@@ -296,9 +323,9 @@ impl Server {
             if self.ctxs.iter().all(Option::is_none) {
                 uffd::exit_thread(0);
             }
-            if !self.lease_broken && !sys::lease_intact(self.image_fd) {
-                // A writer waits for the image: everything in before its
-                // open goes on (after `lease-break-time`).
+            if !self.lease_broken && !self.links.iter().all(|l| sys::lease_intact(l.fd)) {
+                // A writer waits for the image or a parent: everything in
+                // before its open goes on (after `lease-break-time`).
                 self.lease_broken = true;
                 for c in self.ctxs.iter_mut().flatten() {
                     c.eager = true;
@@ -524,7 +551,8 @@ impl Server {
 
     /// Segment `seg` ready to copy from: read whole into the buffer and
     /// verified (unless it is there already), or, when larger than the
-    /// buffer, verified once by chunks.
+    /// buffer, verified once by chunks. Its bytes are its pieces, each from
+    /// its link, in address order (as its checksum was taken).
     fn load(&mut self, seg: u32) {
         let i = seg as usize;
         let Some(&s) = self.segs.get(i) else {
@@ -539,18 +567,38 @@ impl Server {
         }
         self.buffered = None;
         let mut sum = image_format::Checksummer::new();
-        let mut at = 0;
-        while at < s.len {
-            let n = (s.len - at).min(self.buf.len() as u64);
-            let chunk = &mut self.buf[..to_usize(n)];
-            if let Err(e) = read_exact(self.image_fd, chunk, s.offset + at) {
-                self.short_read(s.offset + at, n, e);
+        let mut covered = 0;
+        for l in pieces_of(self.loads, &s) {
+            let mut at = 0;
+            while at < l.len {
+                let n = (l.len - at).min(self.buf.len() as u64);
+                // Whole, each piece at its place in the segment.
+                let from = if fits {
+                    to_usize(l.vaddr - s.vaddr + at)
+                } else {
+                    0
+                };
+                let chunk = &mut self.buf[from..from + to_usize(n)];
+                if let Err(e) = read_exact(l.fd, chunk, l.offset + at) {
+                    self.short_read(l.fd, l.offset + at, n, e);
+                }
+                sum.update(chunk);
+                at += n;
             }
-            sum.update(chunk);
-            at += n;
+            covered += l.len;
         }
         let found = sum.digest();
-        if found != s.sum {
+        if found != s.sum || covered != s.len {
+            if s.from_parent {
+                self.fatal(format_args!(
+                    "lazy restore: checksum mismatch in segment {} of the image (memory at {:#x}, {} bytes, read from its parent images): recorded {:#018x}, computed {found:#018x}; the task (pid {}) was killed",
+                    i + 1,
+                    s.vaddr,
+                    s.len,
+                    s.sum,
+                    self.pid
+                ));
+            }
             self.fatal(format_args!(
                 "lazy restore: checksum mismatch in segment {} of the image (image offset {:#x}, {} bytes): recorded {:#018x}, computed {found:#018x}; the task (pid {}) was killed",
                 i + 1,
@@ -566,16 +614,25 @@ impl Server {
         self.verified[i] = true;
     }
 
-    /// The image could not be read at `off` (`n` bytes): it was truncated
-    /// or its disk failed.
-    fn short_read(&self, off: u64, n: u64, e: Option<Errno>) -> ! {
+    /// What the link open at `fd` is, for messages.
+    fn link_name(&self, fd: i32) -> LinkName {
+        match self.links.iter().position(|l| l.fd == fd) {
+            Some(0) | None => LinkName(None),
+            Some(i) => LinkName(Some(self.links[i].path)),
+        }
+    }
+
+    /// The link open at `fd` could not be read at `off` (`n` bytes): it
+    /// was truncated or its disk failed.
+    fn short_read(&self, fd: i32, off: u64, n: u64, e: Option<Errno>) -> ! {
+        let link = self.link_name(fd);
         match e {
             Some(e) => self.fatal(format_args!(
-                "lazy restore: reading the image at offset {off:#x} ({n} bytes) failed: {e}; the task (pid {}) was killed",
+                "lazy restore: reading {link} at offset {off:#x} ({n} bytes) failed: {e}; the task (pid {}) was killed",
                 self.pid
             )),
             None => self.fatal(format_args!(
-                "lazy restore: the image ends before offset {:#x} (it was truncated); the task (pid {}) was killed",
+                "lazy restore: {link} ends before offset {:#x} (it was truncated); the task (pid {}) was killed",
                 off + n,
                 self.pid
             )),
@@ -588,7 +645,7 @@ impl Server {
         self.load(r.seg);
         let seg = self.segs.get(r.seg as usize).copied().unwrap_or_default();
         let whole = self.buffered == Some(r.seg);
-        let (pid, pidfd, image_fd) = (self.pid, self.pidfd, self.image_fd);
+        let (pid, pidfd) = (self.pid, self.pidfd);
         let Some(c) = self.ctxs[ci].as_mut() else {
             return Step::Done;
         };
@@ -601,15 +658,16 @@ impl Server {
             let off = r.offset + (at - r.vaddr);
             let n = n.min(buf.len() as u64);
             let src: &[u8] = if whole {
-                let from = to_usize(off - seg.offset);
+                // The buffer holds the segment's memory from its start.
+                let from = to_usize(at - seg.vaddr);
                 buf.get(from..from + to_usize(n)).unwrap_or(&[])
             } else {
                 // A segment larger than the buffer: this chunk, read now
                 // (verified as a whole once; the lease keeps it so).
                 let chunk = &mut buf[..to_usize(n)];
-                if let Err(e) = read_exact(image_fd, chunk, off) {
+                if let Err(e) = read_exact(r.fd, chunk, off) {
                     self.buffered = None;
-                    self.short_read(off, n, e);
+                    self.short_read(r.fd, off, n, e);
                 }
                 chunk
             };
@@ -815,6 +873,25 @@ impl Server {
     }
 }
 
+/// The pieces of `loads` (in address order) that hold segment `s`.
+fn pieces_of<'a>(loads: &'a [PageLoad], s: &SegmentSum) -> impl Iterator<Item = &'a PageLoad> {
+    let first = loads.partition_point(|l| l.vaddr + l.len <= s.vaddr);
+    let end = s.vaddr + s.len;
+    loads[first..].iter().take_while(move |l| l.vaddr < end)
+}
+
+/// A link in messages: "the image", or "parent image PATH".
+struct LinkName(Option<&'static [u8]>);
+
+impl core::fmt::Display for LinkName {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            None => f.write_str("the image"),
+            Some(path) => write!(f, "parent image {}", message::Lossy(path)),
+        }
+    }
+}
+
 /// A length or offset within the buffer (a `usize` already, on x86_64).
 fn to_usize(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
@@ -882,6 +959,7 @@ mod tests {
                 len: 8 * PAGE,
                 offset: 0,
                 seg: 0,
+                fd: -1,
                 bit: 0
             },
             Run {
@@ -889,11 +967,12 @@ mod tests {
                 len: 240 * PAGE,
                 offset: 8 * PAGE,
                 seg: 0,
+                fd: -1,
                 bit: 8
             }
         ]
         .leak();
-        let mut s = Server::new(b"t", 0, -1, runs, &[], std::vec![false; 1].leak());
+        let mut s = Server::new(b"t", 0, &[], &[], runs, &[], std::vec![false; 1].leak());
         let mut c = ctx_with(&[]);
         c.done = std::vec![0; 8].leak();
         c.removed = std::vec![0; 8].leak();
@@ -944,6 +1023,7 @@ mod tests {
                 len: 70 * PAGE,
                 offset: 0,
                 seg: 0,
+                fd: -1,
                 bit: 0
             },
             Run {
@@ -951,11 +1031,12 @@ mod tests {
                 len: 2 * PAGE,
                 offset: 70 * PAGE,
                 seg: 1,
+                fd: -1,
                 bit: 70
             }
         ]
         .leak();
-        let s = Server::new(b"t", 0, -1, runs, &[], std::vec![false; 2].leak());
+        let s = Server::new(b"t", 0, &[], &[], runs, &[], std::vec![false; 2].leak());
         assert_eq!(s.pages, 72);
         let c = ctx_with(&[]);
         assert_eq!(s.next_pending(&c, 0), Some(0));
@@ -970,5 +1051,128 @@ mod tests {
             set(c.done, b);
         }
         assert_eq!(s.next_pending(&c, 0), None);
+    }
+
+    /// Two files standing for links of a chain, with `pages` pages of
+    /// distinct bytes each; their fds and their bytes.
+    fn link_files(name: &str, pages: u64) -> ([i32; 2], [std::vec::Vec<u8>; 2]) {
+        use std::os::fd::IntoRawFd;
+        let bytes = [0u8, 1].map(|k| {
+            (0..pages * PAGE)
+                .map(|i| u8::try_from(i / 7 % 256).unwrap() ^ (k * 0x5a))
+                .collect::<std::vec::Vec<u8>>()
+        });
+        let fds = [0, 1].map(|k| {
+            let path = std::env::temp_dir().join(std::format!(
+                "crimg-server-{name}-{}-{k}",
+                std::process::id()
+            ));
+            std::fs::write(&path, &bytes[k]).unwrap();
+            let file = std::fs::File::open(&path).unwrap();
+            std::fs::remove_file(&path).unwrap();
+            file.into_raw_fd()
+        });
+        (fds, bytes)
+    }
+
+    #[test]
+    fn a_segment_is_verified_over_its_pieces_read_from_their_links() {
+        let ([image, parent], [ib, pb]) = link_files("pieces", 3);
+        let page = |b: &[u8], i: u64| b[to_usize(i * PAGE)..to_usize((i + 1) * PAGE)].to_vec();
+        // Segment 1 of the image (from its parents): its three pages are
+        // the parent's page 2, the image's page 0, the parent's page 0;
+        // segment 0 is the image's own page 1.
+        let loads: &'static [PageLoad] = std::vec![
+            PageLoad {
+                vaddr: 0x10000,
+                offset: PAGE,
+                len: PAGE,
+                fd: image,
+                _pad: 0
+            },
+            PageLoad {
+                vaddr: 0x20000,
+                offset: 2 * PAGE,
+                len: PAGE,
+                fd: parent,
+                _pad: 0
+            },
+            PageLoad {
+                vaddr: 0x21000,
+                offset: 0,
+                len: PAGE,
+                fd: image,
+                _pad: 0
+            },
+            PageLoad {
+                vaddr: 0x22000,
+                offset: 0,
+                len: PAGE,
+                fd: parent,
+                _pad: 0
+            },
+        ]
+        .leak();
+        let want = [page(&pb, 2), page(&ib, 0), page(&pb, 0)].concat();
+        let segs: &'static [SegmentSum] = std::vec![
+            SegmentSum {
+                vaddr: 0x10000,
+                offset: PAGE,
+                len: PAGE,
+                sum: image_format::checksum(&page(&ib, 1)),
+                from_parent: false,
+            },
+            SegmentSum {
+                vaddr: 0x20000,
+                offset: 0,
+                len: 3 * PAGE,
+                sum: image_format::checksum(&want),
+                from_parent: true,
+            },
+        ]
+        .leak();
+        let links: &'static [Link] = std::vec![
+            Link {
+                fd: image,
+                path: b"task-1.crimg"
+            },
+            Link {
+                fd: parent,
+                path: b"../1/task-1.crimg"
+            },
+        ]
+        .leak();
+        assert_eq!(
+            pieces_of(loads, &segs[1])
+                .copied()
+                .collect::<std::vec::Vec<_>>(),
+            loads[1..]
+        );
+        assert_eq!(pieces_of(loads, &segs[0]).count(), 1);
+        // Whole in the buffer: each piece at its place in the segment.
+        let mut s = Server::new(b"t", 0, links, loads, &[], segs, std::vec![false; 2].leak());
+        s.buf = std::vec![0u8; to_usize(4 * PAGE)].leak();
+        s.load(1);
+        assert_eq!(s.buffered, Some(1));
+        assert!(s.verified[1] && !s.verified[0]);
+        assert!(s.buf[..to_usize(3 * PAGE)] == want[..]);
+        s.load(0);
+        assert_eq!(s.buffered, Some(0));
+        assert!(s.buf[..to_usize(PAGE)] == page(&ib, 1)[..]);
+        // Larger than the buffer: verified by chunks, once, not buffered.
+        let mut s = Server::new(b"t", 0, links, loads, &[], segs, std::vec![false; 2].leak());
+        s.buf = std::vec![0u8; to_usize(2 * PAGE)].leak();
+        s.load(1);
+        assert_eq!(s.buffered, None);
+        assert!(s.verified[1]);
+        // Messages name the link read.
+        assert_eq!(std::format!("{}", s.link_name(image)), "the image");
+        assert_eq!(
+            std::format!("{}", s.link_name(parent)),
+            "parent image ../1/task-1.crimg"
+        );
+        for fd in [image, parent] {
+            let _ = sys::close(fd);
+        }
     }
 }

@@ -10,8 +10,12 @@
 //! is (`check::image::map_image`), parsed, and must be the exact file
 //! the child recorded ([`image_format::chain::check_link`]). The bytes the
 //! chain gives for the image's parent segments are checked against the
-//! image's own checksums before anything is torn down. Then the plan
-//! reads those pages from the parent's fd ([`crate::plan::PageLoad::fd`]).
+//! image's own checksums before anything is torn down, except, in a lazy
+//! restore, those of the areas the page server fills: the server verifies
+//! each of those segments, its pieces read from their links' fds, before
+//! it copies a page of it (`crate::lazy::server`). Then the plan (or the
+//! server) reads those pages from the parent's fd
+//! ([`crate::plan::PageLoad::fd`]).
 
 use core::fmt;
 
@@ -19,7 +23,7 @@ use image_format::chain::{self, ChainError};
 use image_format::records::MAX_CHAIN_DEPTH;
 use image_format::{Image, ImageError};
 
-use crate::check::image::map_image;
+use crate::check::image::{map_image, LazyAreas};
 use crate::check::os::Os;
 use crate::check::stable::{self, Hold};
 use crate::check::CheckError;
@@ -64,8 +68,6 @@ pub enum ParentError {
     },
     /// A recorded path too long for the loader's buffer.
     PathTooLong { path: &'static [u8] },
-    /// `--lazy` of an incremental image: its page server serves one image.
-    LazyNotBuilt,
 }
 
 impl ParentError {
@@ -81,7 +83,6 @@ impl ParentError {
             }
             | ParentError::Unreadable { .. } => ExitCode::ImageCorrupt,
             ParentError::Map { .. } => ExitCode::ImageUnreadable,
-            ParentError::LazyNotBuilt => ExitCode::Unsupported,
             _ => ExitCode::FileChanged,
         }
     }
@@ -130,10 +131,6 @@ impl fmt::Display for ParentError {
             ParentError::PathTooLong { path } => {
                 write!(f, "parent image {}: path too long", Lossy(path))
             }
-            ParentError::LazyNotBuilt => write!(
-                f,
-                "a lazy restore of an incremental image (pages in parent images) is not built: run it without --lazy"
-            ),
         }
     }
 }
@@ -164,6 +161,20 @@ impl Chain {
     /// The recorded path of parent `link` (1-based).
     pub fn path(&self, link: usize) -> &'static [u8] {
         self.paths.get(link).copied().unwrap_or(b"?")
+    }
+
+    /// The fd of image `link` (0: the image's own, once
+    /// [`Chain::place_fds`] set it).
+    pub fn fd(&self, link: usize) -> i32 {
+        self.fds[..self.len].get(link).copied().unwrap_or(-1)
+    }
+
+    /// The recorded path of the first parent not held by a read lease
+    /// (`None`: every parent is; a lazy restore needs them all to be).
+    pub fn unleased_parent(&self) -> Option<&'static [u8]> {
+        (1..self.len)
+            .find(|&link| !matches!(self.holds[link], Some(Hold::Lease)))
+            .map(|link| self.path(link))
     }
 
     /// Moves the parents' fds above `base` (above every fd of the task:
@@ -376,7 +387,10 @@ fn walk(os: &impl Os, dir: i32, path: &'static [u8]) -> Result<(i32, i32), Paren
 }
 
 /// Opens, maps and checks the chain of `image` (open at `fd`, named
-/// `name`, owned by `owner`); a full image gives a chain of one.
+/// `name`, owned by `owner`); a full image gives a chain of one. `lazy`:
+/// for a lazy restore, whose page server verifies the parent segments of
+/// the areas it fills ([`crate::check::image::LazyAreas`]): those are not
+/// read now.
 ///
 /// The parents are looked for beside the image file itself: its path as
 /// the kernel knows it (`/proc/self/fd/N`), which also holds when the
@@ -388,6 +402,7 @@ pub fn open_chain(
     fd: i32,
     image: Image<'static>,
     owner: u32,
+    lazy: bool,
 ) -> Result<Chain, CheckError> {
     let mut chain = Chain {
         images: [image; MAX_LINKS],
@@ -421,7 +436,13 @@ pub fn open_chain(
         }
     }
     result?;
-    chain::verify_parent_segments(chain.images(), 0).map_err(|e| chain.chain_error(e))?;
+    let verified = if lazy {
+        let mut areas = LazyAreas::new(image).map_err(|error| CheckError::Corrupt { error })?;
+        chain::verify_parent_segments_but(chain.images(), 0, &mut |s| areas.served(s))
+    } else {
+        chain::verify_parent_segments(chain.images(), 0)
+    };
+    verified.map_err(|e| chain.chain_error(e))?;
     Ok(chain)
 }
 

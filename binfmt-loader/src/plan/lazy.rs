@@ -98,16 +98,12 @@ fn pieces_sorted<'a>(
     })
 }
 
-/// The stored page runs the server fills, each with the index of the
-/// load (segment) it belongs to, in address order.
-pub fn lazy_pieces<'a>(input: &PlanInput<'a>) -> impl Iterator<Item = (PageLoad, usize)> + 'a {
-    let loads = input.loads;
+/// The stored page runs the server fills, in address order, each with
+/// the fd of the link of the chain it is read from.
+pub fn lazy_pieces<'a>(input: &PlanInput<'a>) -> impl Iterator<Item = PageLoad> + 'a {
     pieces_sorted(input)
         .filter(|(_, _, lazy)| *lazy)
-        .map(move |(p, _, _)| {
-            let seg = loads.partition_point(|l| l.vaddr + l.len <= p.vaddr);
-            (p, seg)
-        })
+        .map(|(p, _, _)| p)
 }
 
 /// Step 3b of a lazy restore: the stored pages the server does not fill,
@@ -125,7 +121,8 @@ pub(super) fn fill_and_hand_over(
                 super::abi::op_kind::PREAD_ALL,
                 rule::OK,
                 nr::PREAD64,
-                [int_arg(input.image_fd), p.vaddr, p.len, p.offset, 0, 0],
+                // From the link of the chain that holds them.
+                [int_arg(p.fd), p.vaddr, p.len, p.offset, 0, 0],
                 0,
                 format_args!("pread pages {:#x}+{:#x}", p.vaddr, p.len),
             )?;
