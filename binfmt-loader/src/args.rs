@@ -5,7 +5,9 @@
 //!
 //! The options ([`USAGE`]): `--same-ids`, `--lazy` (the task resumes
 //! before its anonymous memory is in: a page server fills it through a
-//! userfaultfd, `crate::lazy`), and those of a tree restore
+//! userfaultfd, `crate::lazy`), `--eager` (all of it is in before; without
+//! either, a direct run is lazy where that wins, [`LoaderArgs::auto_lazy`]),
+//! and those of a tree restore
 //! (`crrestore-tree` execs each process's loader with them): `--tree`
 //! (stdio is not inherited; `check::tree`), `--placed N` (repeatable:
 //! fd N of the image is in place, kept as it is), `--shmem IDX=FD`
@@ -29,7 +31,7 @@ pub const MAX_PLACED: usize = 256;
 pub const MAX_SHMEM: usize = 64;
 
 /// The usage line every argument error ends with.
-pub const USAGE: &str = "usage: crimg-loader IMAGE [--same-ids] [--lazy] [--tree [--placed N]... [--shmem IDX=FD]... [--barrier R,G] [--report E]]";
+pub const USAGE: &str = "usage: crimg-loader IMAGE [--same-ids] [--lazy|--eager] [--tree [--placed N]... [--shmem IDX=FD]... [--barrier R,G] [--report E]]";
 
 /// `--shmem IDX=FD`: object `index` (1-based, in the SHMEM note) is the
 /// memfd open at `fd`.
@@ -56,6 +58,8 @@ pub struct LoaderArgs {
     /// Fill private anonymous memory lazily, after the task resumes
     /// (`crate::lazy`), instead of before.
     pub lazy: bool,
+    /// Fill it all before the task resumes, whatever its size.
+    pub eager: bool,
     /// Run by the tree restorer: stdio is not inherited, only the
     /// [`placed`](Self::placed) fds are kept as they are.
     pub tree: bool,
@@ -73,6 +77,7 @@ impl Default for LoaderArgs {
         LoaderArgs {
             same_ids: false,
             lazy: false,
+            eager: false,
             tree: false,
             placed: [0; MAX_PLACED],
             nplaced: 0,
@@ -85,6 +90,14 @@ impl Default for LoaderArgs {
 }
 
 impl LoaderArgs {
+    /// Neither `--lazy` nor `--eager`, in a direct run: lazy when the
+    /// image has enough for a page server to fill and a lazy restore can
+    /// be made here (`check`), eager otherwise. A tree restore is eager
+    /// (its processes wait for each other at the barrier, filled).
+    pub fn auto_lazy(&self) -> bool {
+        !self.lazy && !self.eager && !self.tree
+    }
+
     /// The fds of the image already in place (`--placed`), in the order given.
     pub fn placed(&self) -> &[i32] {
         &self.placed[..self.nplaced]
@@ -150,6 +163,8 @@ pub enum ArgError {
     Twice { opt: &'static str },
     /// A tree option without `--tree`.
     NeedsTree { opt: &'static str },
+    /// Two options that exclude each other.
+    Both { a: &'static str, b: &'static str },
 }
 
 impl fmt::Display for ArgError {
@@ -164,6 +179,7 @@ impl fmt::Display for ArgError {
             ArgError::TooMany { opt, max } => write!(f, "more than {max} {opt} arguments")?,
             ArgError::Twice { opt } => write!(f, "{opt} given twice for the same value")?,
             ArgError::NeedsTree { opt } => write!(f, "{opt} is only for a tree restore (--tree)")?,
+            ArgError::Both { a, b } => write!(f, "{a} and {b} exclude each other")?,
         }
         write!(f, "; {USAGE}")
     }
@@ -206,6 +222,10 @@ pub fn parse_args<'a>(
                 out.lazy = true;
                 continue;
             }
+            b"--eager" => {
+                out.eager = true;
+                continue;
+            }
             b"--placed" => "--placed",
             b"--shmem" => "--shmem",
             b"--barrier" => "--barrier",
@@ -238,6 +258,12 @@ pub fn parse_args<'a>(
                 }
             }
         }
+    }
+    if out.lazy && out.eager {
+        return Err(ArgError::Both {
+            a: "--lazy",
+            b: "--eager",
+        });
     }
     match tree_opt {
         Some(opt) if !out.tree => Err(ArgError::NeedsTree { opt }),
@@ -282,6 +308,24 @@ mod tests {
             parse(&["--same-ids", "-x"]),
             Err(ArgError::Unknown { arg: b"-x" })
         );
+    }
+
+    #[test]
+    fn lazy_eager_or_as_it_wins() {
+        assert!(parse(&[]).unwrap().auto_lazy());
+        let eager = parse(&["--eager"]).unwrap();
+        assert!(eager.eager && !eager.lazy && !eager.auto_lazy());
+        assert!(!parse(&["--lazy"]).unwrap().auto_lazy());
+        assert!(!parse(&["--tree"]).unwrap().auto_lazy());
+        let both = parse(&["--eager", "--lazy"]).unwrap_err();
+        assert_eq!(
+            both,
+            ArgError::Both {
+                a: "--lazy",
+                b: "--eager"
+            }
+        );
+        assert!(format!("{both}").starts_with("--lazy and --eager exclude each other; usage:"));
     }
 
     #[test]

@@ -255,7 +255,7 @@ fn lazy_restore_without_a_lease_on_a_parent_is_refused() {
     crimg_tests::skip_unless_root!();
     let bins = binaries();
     let scratch = scratch_dir();
-    let chain = make_chain(&bins, scratch.path(), "4");
+    let chain = make_chain(&bins, scratch.path(), "8");
     let writer = fs::OpenOptions::new()
         .write(true)
         .open(chain.image(0))
@@ -277,7 +277,7 @@ fn lazy_restore_without_a_lease_on_a_parent_is_refused() {
         .restore("eagerly restored incr_counter", &chain.image(2))
         .unwrap_or_else(|err| panic!("{err}"));
     let facts = restored.expect_pass(CheckTrigger::Stdin);
-    assert_eq!(facts.get("gen_sum"), Some(newest_gen_sum(4).as_str()));
+    assert_eq!(facts.get("gen_sum"), Some(newest_gen_sum(8).as_str()));
     restored.send_line("quit").unwrap();
     restored.wait_line("BYE", LINE_TIMEOUT).unwrap();
     drop(writer);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crimg_tests::cli::{self, CLI_TIMEOUT};
 use crimg_tests::inspect::{corrupt_page_at, fds_of};
-use crimg_tests::lazy::{expect_pass_of, run_lazy, wait_fill_done};
+use crimg_tests::lazy::{expect_pass_of, registered_areas, run_lazy, wait_fill_done};
 use crimg_tests::process::CheckTrigger;
 use crimg_tests::roundtrip::{assert_same_maps, dump_and_kill, maps_of, tasks_of, Dumped};
 use crimg_tests::smaps::{assert_same_vm_flags, vm_flags_of};
@@ -238,4 +238,127 @@ fn a_streamed_dump_restores_lazily() {
             && !t.contains("socket")),
         "{fds:?}"
     );
+}
+
+/// `bigmem --mb MB --write-pct 100`, started by `command` (empty: as it
+/// is), its `addr` and its memory's sum; dumped (and killed) into `out`.
+fn bigmem_dumped(
+    bins: &Binaries,
+    mut command: std::process::Command,
+    mb: &str,
+    out: &std::path::Path,
+) -> (Dumped, u64, String) {
+    command
+        .arg(crimg_tests::workload_path("bigmem"))
+        .args(["--mb", mb, "--write-pct", "100"]);
+    let mut original = Workload::spawn_command(&format!("bigmem --mb {mb}"), command).unwrap();
+    let ready = match original.wait_ready(CLI_TIMEOUT) {
+        Ok(facts) => facts.clone(),
+        Err(err) => panic!("{err}\n{}", original.stderr_report()),
+    };
+    let addr = ready.get("addr").expect("addr");
+    let addr = u64::from_str_radix(addr.trim_start_matches("0x"), 16).expect("hex address");
+    let sum = ready.get("sum").expect("sum").to_owned();
+    (dump_and_kill(bins, original, out), addr, sum)
+}
+
+/// A command that runs `crimg run [FILL] IMAGE`.
+fn crimg_run(
+    bins: &Binaries,
+    wrapper: std::process::Command,
+    fill: &[&str],
+    image: &std::path::Path,
+) -> std::process::Command {
+    let mut command = wrapper;
+    command.arg(&bins.crimg).arg("run").args(fill).arg(image);
+    command
+}
+
+/// A command that runs what it is given as it is.
+fn direct() -> std::process::Command {
+    std::process::Command::new("env")
+}
+
+/// Without `--lazy` or `--eager`, an image with 256 MiB or more for a page
+/// server restores lazily (a corrupt page is found by the server after
+/// the resume, and kills it), `--eager` and a smaller image eagerly (the
+/// same corruption refused before anything changes, exit 4); the intact
+/// image restores by default with all its memory, and nothing is left.
+#[test]
+fn a_large_image_restores_lazily_by_default_and_eagerly_when_asked() {
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    let (dumped, addr, sum) = bigmem_dumped(&bins, direct(), "272", &scratch.path().join("big"));
+    let image = &dumped.dump.image;
+    let command = crimg_run(&bins, direct(), &[], image);
+    let mut restored = Workload::spawn_command("bigmem restored by default", command).unwrap();
+    let pass = restored.expect_pass(CheckTrigger::Stdin);
+    assert_eq!(pass.get("sum"), Some(sum.as_str()), "{}", pass.line());
+    let rpid = restored.pid();
+    wait_fill_done(rpid);
+    let numbers: Vec<i32> = fds_of(rpid).iter().map(|(n, _)| *n).collect();
+    assert_eq!(numbers, [0, 1, 2]);
+    assert_eq!(children_of(rpid), Vec::<i32>::new(), "children of {rpid}");
+    drop(restored);
+
+    corrupt_page_at(image, addr);
+    let command = crimg_run(&bins, direct(), &[], image);
+    let mut restored = Workload::spawn_command("corrupt bigmem by default", command).unwrap();
+    let status = restored
+        .wait_exit(CLI_TIMEOUT)
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert!(!status.success(), "{status:?}");
+    let report = restored.stderr_report();
+    assert!(
+        report.contains("lazy restore: checksum mismatch in segment")
+            && report.contains("was killed"),
+        "not restored lazily by default: {report}"
+    );
+    let out = cli::run(crimg_run(&bins, direct(), &["--eager"], image), CLI_TIMEOUT).unwrap();
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(out.stderr.contains("checksum mismatch"), "{}", out.stderr);
+
+    let (small, addr, _) = bigmem_dumped(&bins, direct(), "16", &scratch.path().join("small"));
+    corrupt_page_at(&small.dump.image, addr);
+    let out = cli::run(
+        crimg_run(&bins, direct(), &[], &small.dump.image),
+        CLI_TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "a 16 MiB image is restored eagerly: {out:?}"
+    );
+}
+
+/// Unprivileged, no lazy restore can be made (no userfaultfd that follows
+/// forks, no lease on root's file): a large image restores eagerly by
+/// default, and every page left for the server is verified before
+/// anything changes (a corrupt one is refused, exit 4).
+#[test]
+fn unprivileged_a_large_image_restores_eagerly_by_default_and_is_verified_first() {
+    use std::os::unix::fs::PermissionsExt;
+    crimg_tests::skip_unless_root!();
+    let bins = binaries();
+    let scratch = scratch_dir();
+    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = crimg_tests::roundtrip::as_nobody;
+    let (dumped, addr, sum) = bigmem_dumped(&bins, as_nobody(), "272", &scratch.path().join("out"));
+    let image = &dumped.dump.image;
+    for (path, mode) in [(image.parent().unwrap(), 0o755), (image.as_path(), 0o644)] {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let command = crimg_run(&bins, as_nobody(), &[], image);
+    let mut restored = Workload::spawn_command("bigmem restored as nobody", command).unwrap();
+    let pass = restored.expect_pass(CheckTrigger::Stdin);
+    assert_eq!(pass.get("sum"), Some(sum.as_str()), "{}", pass.line());
+    assert_eq!(registered_areas(restored.pid()), Vec::<String>::new());
+    drop(restored);
+
+    corrupt_page_at(image, addr);
+    let out = cli::run(crimg_run(&bins, as_nobody(), &[], image), CLI_TIMEOUT).unwrap();
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(out.stderr.contains("checksum mismatch"), "{}", out.stderr);
 }

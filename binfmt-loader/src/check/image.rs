@@ -81,24 +81,29 @@ pub fn map_image(os: &impl Os, name: &'static [u8], fd: i32) -> Result<MappedIma
     })
 }
 
-/// Parse the image and verify every segment's XXH3 checksum.
-pub fn parse(bytes: &'static [u8]) -> Result<Image<'static>, CheckError> {
-    let corrupt = |error| CheckError::Corrupt { error };
-    let image = Image::parse(bytes).map_err(corrupt)?;
-    image.verify_segments().map_err(corrupt)?;
-    Ok(image)
+/// Which segments [`verify`] checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Segments {
+    /// All but those the page server of a lazy restore fills, which it
+    /// verifies itself before it copies a page of them (so the time to the
+    /// task's first instruction does not grow with its memory).
+    ButServed,
+    /// Only those: a restore that was to be lazy and is eager after all.
+    Served,
 }
 
-/// [`parse`] for a lazy restore (`crate::lazy`): every segment's checksum
-/// but those of the segments the page server fills, which it verifies
-/// itself before it copies a page of them (so the time to the task's
-/// first instruction does not grow with its memory).
-pub fn parse_lazy(bytes: &'static [u8]) -> Result<Image<'static>, CheckError> {
+/// Parse the image, verifying no checksum yet ([`verify`] does).
+pub fn parse_unverified(bytes: &'static [u8]) -> Result<Image<'static>, CheckError> {
+    Image::parse(bytes).map_err(|error| CheckError::Corrupt { error })
+}
+
+/// Verify the XXH3 checksums of the image's own `which` segments (a
+/// parent image's pages are checked with the chain, `crate::parent`).
+pub fn verify(image: &Image<'static>, which: Segments) -> Result<(), CheckError> {
     use image_format::records::{note, SegmentChecksumRecord};
     use image_format::ImageError;
     let corrupt = |error| CheckError::Corrupt { error };
-    let image = Image::parse(bytes).map_err(corrupt)?;
-    let mut areas = LazyAreas::new(image).map_err(corrupt)?;
+    let mut areas = LazyAreas::new(*image).map_err(corrupt)?;
     let mut sums = image.records::<SegmentChecksumRecord>().map_err(corrupt)?;
     for s in image.segments() {
         let expected = sums
@@ -108,9 +113,9 @@ pub fn parse_lazy(bytes: &'static [u8]) -> Result<Image<'static>, CheckError> {
                 what: "missing checksum",
             }))?
             .checksum;
-        // A parent image's pages are checked with the chain
-        // (`crate::parent`, which leaves the served ones to the server too).
-        if areas.served(&s) || s.from_parent() {
+        // Asked of every segment, in order (as `LazyAreas` wants).
+        let served = areas.served(&s);
+        if s.from_parent() || served != (which == Segments::Served) {
             continue;
         }
         let found = image_format::checksum(image.segment_bytes(&s));
@@ -123,7 +128,46 @@ pub fn parse_lazy(bytes: &'static [u8]) -> Result<Image<'static>, CheckError> {
             }));
         }
     }
-    Ok(image)
+    Ok(())
+}
+
+/// The stored bytes (the image's own and its parents') that the page
+/// server of a lazy restore would fill.
+pub fn served_bytes(image: &Image<'static>) -> Result<u64, CheckError> {
+    let mut areas = LazyAreas::new(*image).map_err(|error| CheckError::Corrupt { error })?;
+    Ok(image
+        .segments()
+        .filter(|s| areas.served(s))
+        .map(|s| s.len)
+        .sum())
+}
+
+/// Whether every segment [`LazyAreas`] counts as served (whose checksum
+/// stage 1 left to the server) lies in an area the plan's own rule
+/// (`plan::lazy::is_lazy_area`, on the areas and loads these became)
+/// leaves to the server: where it did not, the plan would read that
+/// segment in unverified. Two codings of one rule, held to each other.
+pub fn served_agrees(
+    image: &Image<'static>,
+    vmas: &[crate::plan::TargetVma],
+    loads: &[crate::plan::PageLoad],
+) -> Result<bool, CheckError> {
+    let mut areas = LazyAreas::new(*image).map_err(|error| CheckError::Corrupt { error })?;
+    for s in image.segments() {
+        if !areas.served(&s) {
+            continue;
+        }
+        let at = vmas.partition_point(|v| v.end <= s.vaddr);
+        let agrees = vmas.get(at).is_some_and(|v| {
+            v.start <= s.vaddr
+                && s.vaddr + s.len <= v.end
+                && crate::plan::lazy::is_lazy_area(v, loads)
+        });
+        if !agrees {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Which segments of an image the page server of a lazy restore fills,

@@ -611,6 +611,31 @@ pub fn check_fd_with(
     check_mapped(os, mapped, args)
 }
 
+/// The task's userfaultfd and the server's socket for a lazy restore of
+/// the image `mapped` with its `chain`, or why it cannot be made here.
+fn prepare_lazy(
+    mapped: &image::MappedImage,
+    chain: &crate::parent::Chain,
+) -> Result<crate::plan::lazy::LazyFill, crate::lazy::LazyError> {
+    let fill = crate::lazy::prepare()?;
+    // The server reads the image and its parents after the task runs:
+    // only while a lease holds each still (and tells when a writer comes).
+    let unleased = if matches!(mapped.hold, stable::Hold::Lease) {
+        chain
+            .unleased_parent()
+            .map(|path| crate::lazy::LazyError::NoParentLease { path })
+    } else {
+        Some(crate::lazy::LazyError::NoLease)
+    };
+    match unleased {
+        Some(error) => {
+            crate::lazy::abandon(fill);
+            Err(error)
+        }
+        None => Ok(fill),
+    }
+}
+
 /// Every check of an image already open and mapped.
 fn check_mapped(
     os: &impl Os,
@@ -618,14 +643,22 @@ fn check_mapped(
     args: &LoaderArgs,
 ) -> Result<Checked, CheckError> {
     let name = mapped.name;
-    let image = if args.lazy {
-        image::parse_lazy(mapped.bytes)?
+    let image = image::parse_unverified(mapped.bytes)?;
+    // Lazy when asked, or, neither lazy nor eager asked, when it wins: a
+    // page server would have much to fill. Its segments are verified
+    // later, by the server, or here if the restore is eager after all.
+    let lazy_wanted = args.lazy
+        || (args.auto_lazy() && image::served_bytes(&image)? >= crate::plan::lazy::AUTO_LAZY_MIN);
+    if lazy_wanted {
+        image::verify(&image, image::Segments::ButServed)?;
     } else {
-        image::parse(mapped.bytes)?
-    };
+        image
+            .verify_segments()
+            .map_err(|error| CheckError::Corrupt { error })?;
+    }
     // The parents of an incremental image, each checked like the image.
     let mut chain =
-        crate::parent::open_chain(os, name, mapped.fd, image, mapped.owner.0, args.lazy)?;
+        crate::parent::open_chain(os, name, mapped.fd, image, mapped.owner.0, lazy_wanted)?;
     // What the image alone decides, first: the dumper ran the same rules
     // before it killed the process.
     let mmap_min_addr = limits::read_mmap_min_addr(os);
@@ -734,27 +767,23 @@ fn check_mapped(
         scratch.take::<Range>("window search", vmas.len() + loader.maps.len() + 4)?;
 
     let process = image.process();
-    // A lazy restore with nothing to leave to a server is an eager one.
-    let lazy = if args.lazy && crate::plan::lazy::any_lazy(vmas, loads) {
-        let fill = crate::lazy::prepare().map_err(|error| CheckError::Lazy { error })?;
-        // The server reads the image and its parents after the task
-        // runs: only while a lease holds each still (and tells when a
-        // writer comes).
-        let unleased = if matches!(mapped.hold, stable::Hold::Lease) {
-            chain
-                .unleased_parent()
-                .map(|path| crate::lazy::LazyError::NoParentLease { path })
-        } else {
-            Some(crate::lazy::LazyError::NoLease)
-        };
-        if let Some(error) = unleased {
-            crate::lazy::abandon(fill);
-            return Err(CheckError::Lazy { error });
+    // A lazy restore with nothing to leave to a server is an eager one;
+    // one not asked for that cannot be made here is eager too. Either
+    // way, what was left to the server is verified now.
+    let lazy = if lazy_wanted && crate::plan::lazy::any_lazy(vmas, loads) {
+        match prepare_lazy(&mapped, &chain) {
+            Ok(fill) => Some(fill),
+            Err(error) if args.lazy => return Err(CheckError::Lazy { error }),
+            Err(_) => None,
         }
-        Some(fill)
     } else {
         None
     };
+    let plan_serves_all = lazy.is_some() && image::served_agrees(&image, vmas, loads)?;
+    if lazy_wanted && !plan_serves_all {
+        image::verify(&image, image::Segments::Served)?;
+        chain.verify_served()?;
+    }
     let input = PlanInput {
         image_fd: loader_fds.image_fd,
         fill_uffd: (lazy.is_none() && crate::plan::wants_fill_copies(vmas, loads))

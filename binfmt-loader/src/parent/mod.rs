@@ -261,6 +261,18 @@ impl Chain {
         }
     }
 
+    /// The parent segments [`open_chain`] left to a lazy restore's page
+    /// server, verified now: the restore is eager after all.
+    pub fn verify_served(&self) -> Result<(), CheckError> {
+        if self.parents() == 0 {
+            return Ok(());
+        }
+        let mut areas =
+            LazyAreas::new(self.images[0]).map_err(|error| CheckError::Corrupt { error })?;
+        chain::verify_parent_segments_but(self.images(), 0, &mut |s| !areas.served(s))
+            .map_err(|e| self.chain_error(e))
+    }
+
     /// Whether every parent is still as it was checked (as the image:
     /// [`stable::still_same`]).
     pub fn still_same(&self, os: &impl Os) -> Result<(), CheckError> {

@@ -61,18 +61,20 @@ enum Command {
         /// (another copy of the image runs) gets a new one, with a warning.
         #[arg(long)]
         same_ids: bool,
-        /// Fill the memory before the process resumes (the default:
-        /// anonymous pages are copied in with UFFDIO_COPY where the kernel
-        /// allows it, else read), every checksum verified before anything
-        /// changes.
+        /// Fill the memory before the process resumes (anonymous pages
+        /// are copied in with UFFDIO_COPY where the kernel allows it, else
+        /// read), every checksum verified before anything changes. The
+        /// default below 256 MiB of private anonymous pages in large areas,
+        /// and wherever --lazy cannot be made.
         #[arg(long)]
         eager: bool,
         /// Resume the process as soon as its memory areas exist: a page
         /// server fills its private anonymous pages on first touch and in
         /// the background (userfaultfd), then exits. Needs CAP_SYS_PTRACE
-        /// (else refused, exit 7). Those pages' checksums are verified by
-        /// the server before it copies them: a corrupt page found then
-        /// kills the resumed process.
+        /// and a read lease on the image (else refused, exit 7). Those
+        /// pages' checksums are verified by the server before it copies
+        /// them: a corrupt page found then kills the resumed process. The
+        /// default from 256 MiB of such pages, where it can be made.
         #[arg(long, conflicts_with = "eager")]
         lazy: bool,
     },
@@ -198,10 +200,21 @@ fn verify(paths: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-fn run(image: &Path, loader_bin: Option<PathBuf>, same_ids: bool, lazy: bool) -> Result<()> {
+/// `--lazy` or `--eager` for the loader, or neither (its own choice).
+type Fill = Option<&'static str>;
+
+fn fill_of(eager: bool, lazy: bool) -> Fill {
+    if lazy {
+        Some("--lazy")
+    } else {
+        eager.then_some("--eager")
+    }
+}
+
+fn run(image: &Path, loader_bin: Option<PathBuf>, same_ids: bool, fill: Fill) -> Result<()> {
     let loader = loader(loader_bin)?;
     if image.as_os_str() == "-" {
-        return run_stream(&loader, same_ids, lazy);
+        return run_stream(&loader, same_ids, fill);
     }
     // Fail early with a clear message rather than through the loader.
     if !image.exists() {
@@ -215,16 +228,14 @@ fn run(image: &Path, loader_bin: Option<PathBuf>, same_ids: bool, lazy: bool) ->
     if same_ids {
         command.arg("--same-ids");
     }
-    if lazy {
-        command.arg("--lazy");
-    }
+    command.args(fill);
     let err = crimg_tools::signals::exec_with_signals_blocked(&mut command);
     Err(err).with_context(|| format!("cannot execute the loader {}", loader.display()))
 }
 
 /// `crimg run -`: the stream on stdin received whole into a sealed memfd
 /// (`crimg_tools::stream`), then the loader run on it as on an image file.
-fn run_stream(loader: &Path, same_ids: bool, lazy: bool) -> Result<()> {
+fn run_stream(loader: &Path, same_ids: bool, fill: Fill) -> Result<()> {
     use std::io::IsTerminal;
     use std::os::fd::AsRawFd;
     let stdin = std::io::stdin();
@@ -257,9 +268,7 @@ fn run_stream(loader: &Path, same_ids: bool, lazy: bool) -> Result<()> {
     if same_ids {
         command.arg("--same-ids");
     }
-    if lazy {
-        command.arg("--lazy");
-    }
+    command.args(fill);
     let null = std::fs::File::open("/dev/null").context("/dev/null")?;
     command.stdin(null);
     let err = crimg_tools::signals::exec_with_signals_blocked(&mut command);
@@ -398,25 +407,24 @@ fn binfmt_action(action: BinfmtAction) -> Result<()> {
 }
 
 /// `crimg run [--eager|--lazy] IMAGE` exactly (the restore path, whose every microsecond
-/// before the loader's exec counts): the image (and whether lazy), without building clap's
+/// before the loader's exec counts): the image (and the fill asked), without building clap's
 /// parser for every subcommand (which costs more than all else `run` does
 /// before the exec). Any other form, options included, goes through clap.
-fn plain_run() -> Option<(PathBuf, bool)> {
+fn plain_run() -> Option<(PathBuf, Fill)> {
     let mut args = std::env::args_os().skip(1).peekable();
     let command = args.next()?;
-    // `--eager` is the default restore: the same fast path.
-    let lazy = args
+    let fill = args
         .next_if(|a| a == "--eager" || a == "--lazy")
-        .is_some_and(|a| a == "--lazy");
+        .map(|a| fill_of(a == "--eager", a == "--lazy"));
     let image = args.next()?;
     let image_is_a_path = !image.is_empty() && !image.as_encoded_bytes().starts_with(b"-");
     (command == "run" && image_is_a_path && args.next().is_none())
-        .then(|| (PathBuf::from(image), lazy))
+        .then(|| (PathBuf::from(image), fill.flatten()))
 }
 
 fn main() -> ExitCode {
-    if let Some((image, lazy)) = plain_run() {
-        return match run(&image, None, false, lazy) {
+    if let Some((image, fill)) = plain_run() {
+        return match run(&image, None, false, fill) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 let line = crimg_tools::error_line(e.chain().map(|c| c.to_string()));
@@ -437,9 +445,9 @@ fn main() -> ExitCode {
             image,
             loader,
             same_ids,
-            eager: _,
+            eager,
             lazy,
-        } => run(&image, loader, same_ids, lazy),
+        } => run(&image, loader, same_ids, fill_of(eager, lazy)),
         Command::Check { json, binfmt_name } => check_machine(json, &binfmt_name),
         Command::Binfmt { action } => binfmt_action(action),
     };
