@@ -25,8 +25,10 @@
 //!   background, verifying each segment's checksum before it copies a page
 //!   of it (a segment an incremental image takes from its parents is read
 //!   piece by piece from the links that hold it), and exits when every page
-//!   is in. A mismatch kills the task (it already runs: eager restores, the
-//!   default, check everything before they change anything).
+//!   is in. A mismatch kills the task (it already runs: eager restores
+//!   check everything before they change anything). Without `--lazy` or
+//!   `--eager` a direct run is lazy from `plan::lazy::AUTO_LAZY_MIN` bytes
+//!   for the server, when [`prepare`] and the leases allow it.
 //!
 //! What the task sees once the fill is done: nothing of it (no fd, thread,
 //! child or mapping; its areas no longer registered). While it runs, a
