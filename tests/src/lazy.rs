@@ -61,3 +61,19 @@ pub fn wait_fill_done(pid: i32) {
         registered_areas(pid)
     );
 }
+
+/// Wait for `restored` to be killed by its page server for a checksum
+/// mismatch found after the resume; its stderr report, which says so.
+pub fn expect_killed_for_a_mismatch(restored: &mut Workload) -> String {
+    let status = restored
+        .wait_exit(CLI_TIMEOUT)
+        .unwrap_or_else(|err| panic!("{err}"));
+    let report = restored.stderr_report();
+    assert!(!status.success(), "{status:?}: {report}");
+    assert!(
+        report.contains("lazy restore: checksum mismatch in segment")
+            && report.contains("was killed"),
+        "not killed by the page server for a mismatch: {report}"
+    );
+    report
+}

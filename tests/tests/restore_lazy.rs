@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use crimg_tests::cli::{self, CLI_TIMEOUT};
 use crimg_tests::inspect::{corrupt_page_at, fds_of};
-use crimg_tests::lazy::{expect_pass_of, registered_areas, run_lazy, wait_fill_done};
+use crimg_tests::lazy::{
+    expect_killed_for_a_mismatch, expect_pass_of, registered_areas, run_lazy, wait_fill_done,
+};
 use crimg_tests::process::CheckTrigger;
 use crimg_tests::roundtrip::{assert_same_maps, dump_and_kill, maps_of, tasks_of, Dumped};
 use crimg_tests::smaps::{assert_same_vm_flags, vm_flags_of};
@@ -60,16 +62,7 @@ fn lazy_restore_of_a_corrupt_page_kills_with_a_line() {
     let dumped = dump_and_kill(&bins, victim, &scratch.path().join("out"));
     corrupt_page_at(&dumped.dump.image, addr);
     let mut restored = run_lazy(&bins, &dumped, "corrupt lazily restored bigmem");
-    let status = restored
-        .wait_exit(CLI_TIMEOUT)
-        .unwrap_or_else(|err| panic!("{err}"));
-    assert!(!status.success(), "{status:?}");
-    let report = restored.stderr_report();
-    assert!(
-        report.contains("lazy restore: checksum mismatch in segment")
-            && report.contains("was killed"),
-        "{report}"
-    );
+    expect_killed_for_a_mismatch(&mut restored);
     // The eager restore refuses the same image before anything changes.
     let mut eager = bins.crimg_command(["run", "--eager"]);
     eager.arg(&dumped.dump.image);
@@ -305,16 +298,7 @@ fn a_large_image_restores_lazily_by_default_and_eagerly_when_asked() {
     corrupt_page_at(image, addr);
     let command = crimg_run(&bins, direct(), &[], image);
     let mut restored = Workload::spawn_command("corrupt bigmem by default", command).unwrap();
-    let status = restored
-        .wait_exit(CLI_TIMEOUT)
-        .unwrap_or_else(|err| panic!("{err}"));
-    assert!(!status.success(), "{status:?}");
-    let report = restored.stderr_report();
-    assert!(
-        report.contains("lazy restore: checksum mismatch in segment")
-            && report.contains("was killed"),
-        "not restored lazily by default: {report}"
-    );
+    expect_killed_for_a_mismatch(&mut restored);
     let out = cli::run(crimg_run(&bins, direct(), &["--eager"], image), CLI_TIMEOUT).unwrap();
     assert_eq!(out.status.code(), Some(4), "{out:?}");
     assert!(out.stderr.contains("checksum mismatch"), "{}", out.stderr);
