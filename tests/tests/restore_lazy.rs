@@ -119,19 +119,7 @@ fn lazy_restore_unprivileged_is_refused() {
     let bins = binaries();
     let scratch = scratch_dir();
     fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let mut command = crimg_tests::roundtrip::as_nobody();
-    command
-        .arg(crimg_tests::workload_path("bigmem"))
-        .args(["--mb", "4", "--write-pct", "100"]);
-    let mut original = Workload::spawn_command("bigmem as nobody", command).unwrap();
-    if let Err(err) = original.wait_ready(CLI_TIMEOUT) {
-        panic!("{err}\n{}", original.stderr_report());
-    }
-    let dumped = dump_and_kill(&bins, original, &scratch.path().join("out"));
-    let dir = dumped.dump.image.parent().unwrap();
-    for (path, mode) in [(dir, 0o755), (dumped.dump.image.as_path(), 0o644)] {
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-    }
+    let (dumped, _, _) = bigmem_dumped(&bins, As::Nobody, "4", &scratch.path().join("out"));
     let mut lazy = crimg_tests::roundtrip::as_nobody();
     lazy.arg(&bins.loader).arg(&dumped.dump.image).arg("--lazy");
     let out = cli::run(lazy, CLI_TIMEOUT).unwrap_or_else(|err| panic!("{err}"));
@@ -233,17 +221,39 @@ fn a_streamed_dump_restores_lazily() {
     );
 }
 
-/// `bigmem --mb MB --write-pct 100`, started by `command` (empty: as it
-/// is), its `addr` and its memory's sum; dumped (and killed) into `out`.
+/// Who runs a command: this test (root), or nobody (`setpriv`).
+#[derive(Clone, Copy)]
+enum As {
+    Root,
+    Nobody,
+}
+
+impl As {
+    /// A command that runs `program` as this user.
+    fn command(self, program: &std::path::Path) -> std::process::Command {
+        match self {
+            As::Root => std::process::Command::new(program),
+            As::Nobody => {
+                let mut command = crimg_tests::roundtrip::as_nobody();
+                command.arg(program);
+                command
+            }
+        }
+    }
+}
+
+/// `bigmem --mb MB --write-pct 100` run by `who`, its `addr` and its
+/// memory's sum; dumped (and killed) into `out`, which nobody can read
+/// when it was nobody's.
 fn bigmem_dumped(
     bins: &Binaries,
-    mut command: std::process::Command,
+    who: As,
     mb: &str,
     out: &std::path::Path,
 ) -> (Dumped, u64, String) {
-    command
-        .arg(crimg_tests::workload_path("bigmem"))
-        .args(["--mb", mb, "--write-pct", "100"]);
+    use std::os::unix::fs::PermissionsExt;
+    let mut command = who.command(&crimg_tests::workload_path("bigmem"));
+    command.args(["--mb", mb, "--write-pct", "100"]);
     let mut original = Workload::spawn_command(&format!("bigmem --mb {mb}"), command).unwrap();
     let ready = match original.wait_ready(CLI_TIMEOUT) {
         Ok(facts) => facts.clone(),
@@ -252,24 +262,26 @@ fn bigmem_dumped(
     let addr = ready.get("addr").expect("addr");
     let addr = u64::from_str_radix(addr.trim_start_matches("0x"), 16).expect("hex address");
     let sum = ready.get("sum").expect("sum").to_owned();
-    (dump_and_kill(bins, original, out), addr, sum)
+    let dumped = dump_and_kill(bins, original, out);
+    if let As::Nobody = who {
+        let image = dumped.dump.image.as_path();
+        for (path, mode) in [(image.parent().unwrap(), 0o755), (image, 0o644)] {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+        }
+    }
+    (dumped, addr, sum)
 }
 
-/// A command that runs `crimg run [FILL] IMAGE`.
+/// `crimg run [FILL] IMAGE`, run by `who`.
 fn crimg_run(
     bins: &Binaries,
-    wrapper: std::process::Command,
+    who: As,
     fill: &[&str],
     image: &std::path::Path,
 ) -> std::process::Command {
-    let mut command = wrapper;
-    command.arg(&bins.crimg).arg("run").args(fill).arg(image);
+    let mut command = who.command(&bins.crimg);
+    command.arg("run").args(fill).arg(image);
     command
-}
-
-/// A command that runs what it is given as it is.
-fn direct() -> std::process::Command {
-    std::process::Command::new("env")
 }
 
 /// Without `--lazy` or `--eager`, an image with 256 MiB or more for a page
@@ -282,9 +294,9 @@ fn a_large_image_restores_lazily_by_default_and_eagerly_when_asked() {
     crimg_tests::skip_unless_root!();
     let bins = binaries();
     let scratch = scratch_dir();
-    let (dumped, addr, sum) = bigmem_dumped(&bins, direct(), "272", &scratch.path().join("big"));
+    let (dumped, addr, sum) = bigmem_dumped(&bins, As::Root, "272", &scratch.path().join("big"));
     let image = &dumped.dump.image;
-    let command = crimg_run(&bins, direct(), &[], image);
+    let command = crimg_run(&bins, As::Root, &[], image);
     let mut restored = Workload::spawn_command("bigmem restored by default", command).unwrap();
     let pass = restored.expect_pass(CheckTrigger::Stdin);
     assert_eq!(pass.get("sum"), Some(sum.as_str()), "{}", pass.line());
@@ -296,17 +308,17 @@ fn a_large_image_restores_lazily_by_default_and_eagerly_when_asked() {
     drop(restored);
 
     corrupt_page_at(image, addr);
-    let command = crimg_run(&bins, direct(), &[], image);
+    let command = crimg_run(&bins, As::Root, &[], image);
     let mut restored = Workload::spawn_command("corrupt bigmem by default", command).unwrap();
     expect_killed_for_a_mismatch(&mut restored);
-    let out = cli::run(crimg_run(&bins, direct(), &["--eager"], image), CLI_TIMEOUT).unwrap();
+    let out = cli::run(crimg_run(&bins, As::Root, &["--eager"], image), CLI_TIMEOUT).unwrap();
     assert_eq!(out.status.code(), Some(4), "{out:?}");
     assert!(out.stderr.contains("checksum mismatch"), "{}", out.stderr);
 
-    let (small, addr, _) = bigmem_dumped(&bins, direct(), "16", &scratch.path().join("small"));
+    let (small, addr, _) = bigmem_dumped(&bins, As::Root, "16", &scratch.path().join("small"));
     corrupt_page_at(&small.dump.image, addr);
     let out = cli::run(
-        crimg_run(&bins, direct(), &[], &small.dump.image),
+        crimg_run(&bins, As::Root, &[], &small.dump.image),
         CLI_TIMEOUT,
     )
     .unwrap();
@@ -328,13 +340,9 @@ fn unprivileged_a_large_image_restores_eagerly_by_default_and_is_verified_first(
     let bins = binaries();
     let scratch = scratch_dir();
     fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let as_nobody = crimg_tests::roundtrip::as_nobody;
-    let (dumped, addr, sum) = bigmem_dumped(&bins, as_nobody(), "272", &scratch.path().join("out"));
+    let (dumped, addr, sum) = bigmem_dumped(&bins, As::Nobody, "272", &scratch.path().join("out"));
     let image = &dumped.dump.image;
-    for (path, mode) in [(image.parent().unwrap(), 0o755), (image.as_path(), 0o644)] {
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-    }
-    let command = crimg_run(&bins, as_nobody(), &[], image);
+    let command = crimg_run(&bins, As::Nobody, &[], image);
     let mut restored = Workload::spawn_command("bigmem restored as nobody", command).unwrap();
     let pass = restored.expect_pass(CheckTrigger::Stdin);
     assert_eq!(pass.get("sum"), Some(sum.as_str()), "{}", pass.line());
@@ -342,7 +350,7 @@ fn unprivileged_a_large_image_restores_eagerly_by_default_and_is_verified_first(
     drop(restored);
 
     corrupt_page_at(image, addr);
-    let out = cli::run(crimg_run(&bins, as_nobody(), &[], image), CLI_TIMEOUT).unwrap();
+    let out = cli::run(crimg_run(&bins, As::Nobody, &[], image), CLI_TIMEOUT).unwrap();
     assert_eq!(out.status.code(), Some(4), "{out:?}");
     assert!(out.stderr.contains("checksum mismatch"), "{}", out.stderr);
 }
