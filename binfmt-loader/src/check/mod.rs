@@ -782,7 +782,7 @@ fn check_mapped(
     let plan_serves_all = lazy.is_some() && image::served_agrees(&image, vmas, loads)?;
     if lazy_wanted && !plan_serves_all {
         image::verify(&image, image::Segments::Served)?;
-        chain.verify_served()?;
+        chain.verify_parents(Some(image::Segments::Served))?;
     }
     let input = PlanInput {
         image_fd: loader_fds.image_fd,

@@ -23,7 +23,7 @@ use image_format::chain::{self, ChainError};
 use image_format::records::MAX_CHAIN_DEPTH;
 use image_format::{Image, ImageError};
 
-use crate::check::image::{map_image, LazyAreas};
+use crate::check::image::{map_image, LazyAreas, Segments};
 use crate::check::os::Os;
 use crate::check::stable::{self, Hold};
 use crate::check::CheckError;
@@ -261,16 +261,26 @@ impl Chain {
         }
     }
 
-    /// The parent segments [`open_chain`] left to a lazy restore's page
-    /// server, verified now: the restore is eager after all.
-    pub fn verify_served(&self) -> Result<(), CheckError> {
+    /// The image's parent segments, verified against its own checksums:
+    /// all of them (`None`), or, for a lazy restore, `which` of them by
+    /// the areas its page server fills (all but those before the task
+    /// runs, [`open_chain`]; those when the restore is eager after all).
+    pub fn verify_parents(&self, which: Option<Segments>) -> Result<(), CheckError> {
         if self.parents() == 0 {
             return Ok(());
         }
-        let mut areas =
-            LazyAreas::new(self.images[0]).map_err(|error| CheckError::Corrupt { error })?;
-        chain::verify_parent_segments_but(self.images(), 0, &mut |s| !areas.served(s))
-            .map_err(|e| self.chain_error(e))
+        let verified = match which {
+            None => chain::verify_parent_segments(self.images(), 0),
+            Some(which) => {
+                let mut areas = LazyAreas::new(self.images[0])
+                    .map_err(|error| CheckError::Corrupt { error })?;
+                let skipped = which == Segments::ButServed;
+                chain::verify_parent_segments_but(self.images(), 0, &mut |s| {
+                    areas.served(s) == skipped
+                })
+            }
+        };
+        verified.map_err(|e| self.chain_error(e))
     }
 
     /// Whether every parent is still as it was checked (as the image:
@@ -448,13 +458,7 @@ pub fn open_chain(
         }
     }
     result?;
-    let verified = if lazy {
-        let mut areas = LazyAreas::new(image).map_err(|error| CheckError::Corrupt { error })?;
-        chain::verify_parent_segments_but(chain.images(), 0, &mut |s| areas.served(s))
-    } else {
-        chain::verify_parent_segments(chain.images(), 0)
-    };
-    verified.map_err(|e| chain.chain_error(e))?;
+    chain.verify_parents(lazy.then_some(Segments::ButServed))?;
     Ok(chain)
 }
 
